@@ -1,0 +1,126 @@
+// The backend interface: every numeric operation the Llama-family forward pass needs.
+//
+// The model graph (models/) is written once against this interface. The CPU backend
+// (kernels/cpu/) is the fp32 reference; the CUDA backend (kernels/cuda/) implements the same
+// operations in bf16 with fp32 accumulation. All tensors passed to a backend live on that
+// backend's device; index tensors are i32. Shapes use these letters:
+//   T  tokens in the batch (all sequences' new tokens, concatenated)
+//   H  hidden size, I intermediate size, V vocabulary size
+//   Hq query heads, Hkv KV heads, D head dim
+//   S  sequences in the batch
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string_view>
+
+#include "core/tensor.h"
+
+namespace headwise::kernels {
+
+// Owning device allocation; the view is what operations take.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Tensor view, std::function<void(void*)> release)
+      : view_(view), release_(std::move(release)) {}
+  Buffer(Buffer&& o) noexcept : view_(o.view_), release_(std::move(o.release_)) {
+    o.release_ = nullptr;
+    o.view_ = Tensor();
+  }
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      view_ = o.view_;
+      release_ = std::move(o.release_);
+      o.release_ = nullptr;
+      o.view_ = Tensor();
+    }
+    return *this;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { Reset(); }
+
+  const Tensor& view() const { return view_; }
+  bool empty() const { return view_.data == nullptr; }
+
+ private:
+  void Reset() {
+    if (release_) release_(view_.data);
+    release_ = nullptr;
+  }
+  Tensor view_;
+  std::function<void(void*)> release_;
+};
+
+// Host-resident weights handed to a backend. `keepalive` owns the memory `data` points into
+// (a mapped file, or a vector of dequantized values), so a backend may alias it without a copy.
+struct HostTensor {
+  std::shared_ptr<const void> keepalive;
+  const float* data = nullptr;
+  Tensor shape;  // dims only; data/dtype/device of this field are ignored
+};
+
+// Paged KV storage of all layers and heads. A page holds `page_size` tokens of one KV head of
+// one layer; K and V live in two pools indexed by the same page id.
+struct KvPoolView {
+  Tensor k;  // [num_pages, page_size, D]
+  Tensor v;  // [num_pages, page_size, D]
+  int page_size = 16;
+};
+
+// Which cache entries a batch of query tokens attends to, for one layer.
+// Key j of (sequence s, KV head h) lives at page block_table[s * Hkv + h][j / page_size],
+// slot j % page_size. A query token at position p attends keys 0..p of its sequence (causal),
+// which covers both prefill chunks and decode.
+struct PagedAttentionBatch {
+  Tensor token_seq;    // i32 [T]: batch index of each query token's sequence
+  Tensor token_pos;    // i32 [T]: position of each query token
+  Tensor block_table;  // i32 [S * Hkv, max_pages]: physical page ids, row per (sequence, KV head)
+  int num_seqs = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;
+  virtual Device device() const = 0;
+
+  // --- memory ---
+  virtual Buffer Allocate(DType dtype, std::initializer_list<int64_t> shape) = 0;
+  virtual void CopyFromHost(const Tensor& dst, const void* src, size_t bytes) = 0;
+  virtual void CopyToHost(void* dst, const Tensor& src, size_t bytes) = 0;
+  // Weights in the backend's storage type; the CPU backend aliases f32 host memory.
+  virtual Buffer LoadWeight(const HostTensor& weight) = 0;
+  // Waits for queued work (no-op on the CPU).
+  virtual void Synchronize() = 0;
+
+  // --- operations ---
+  // out[t] = table[ids[t]].  table [V, H], ids [T], out [T, H]
+  virtual void Embedding(const Tensor& table, const Tensor& ids, const Tensor& out) = 0;
+  // out = x / rms(x) * weight.  x, out [T, H], weight [H]
+  virtual void RmsNorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) = 0;
+  // residual += x; out = RmsNorm(residual).  The pre-norm block boundary in one pass.
+  virtual void AddRmsNorm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps,
+                          const Tensor& out) = 0;
+  // out = x * w^T (+ bias).  x [M, K], w [N, K], bias [N] or empty, out [M, N]
+  virtual void Matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) = 0;
+  // out = silu(gate) * up, where gate_up [T, 2I] holds gate in its first I columns.
+  virtual void SiluMul(const Tensor& gate_up, const Tensor& out) = 0;
+  // Splits a fused projection qkv [T, (Hq + 2 Hkv) D] into q, k, v; applies rotary embedding
+  // (rotate-half convention, angle pos * inv_freq[i]) to q and k; writes q to q_out
+  // [T, Hq, D] and k, v into the KV pool at slots [T, Hkv] (page * page_size + offset).
+  virtual void RopeWriteKv(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
+                           const Tensor& slots, const KvPoolView& pool, const Tensor& q_out) = 0;
+  // Causal attention of q [T, Hq, D] over the paged cache; out [T, Hq, D]. GQA: query head
+  // qh reads KV head qh / (Hq / Hkv).
+  virtual void PagedAttention(const Tensor& q, const KvPoolView& pool,
+                              const PagedAttentionBatch& batch, float scale,
+                              const Tensor& out) = 0;
+  // out[r] = x[rows[r]].  x [T, H], rows [R], out [R, H]
+  virtual void GatherRows(const Tensor& x, const Tensor& rows, const Tensor& out) = 0;
+};
+
+}  // namespace headwise::kernels

@@ -1,0 +1,252 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "kernels/cpu/thread_pool.h"
+
+namespace headwise::kernels {
+namespace {
+
+void CheckF32(const Tensor& t, const char* what) {
+  HW_CHECK(t.dtype == DType::kF32 && t.device == Device::kCpu, "{} must be f32 on the CPU", what);
+}
+void CheckI32(const Tensor& t, const char* what) {
+  HW_CHECK(t.dtype == DType::kI32 && t.device == Device::kCpu, "{} must be i32 on the CPU", what);
+}
+
+float RmsScale(const float* x, int64_t n, float eps) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+  return 1.0f / std::sqrt(static_cast<float>(sum / static_cast<double>(n)) + eps);
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int num_threads) : pool_(num_threads) {}
+
+  std::string_view name() const override { return "cpu"; }
+  Device device() const override { return Device::kCpu; }
+
+  Buffer Allocate(DType dtype, std::initializer_list<int64_t> shape) override {
+    Tensor view(nullptr, dtype, Device::kCpu, shape);
+    const size_t bytes = std::max<size_t>(view.nbytes(), 1);
+    // 64-byte alignment keeps rows friendly to OpenBLAS's vector loads.
+    view.data = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    HW_CHECK(view.data != nullptr, "out of host memory allocating {} bytes", bytes);
+    return Buffer(view, [](void* p) { std::free(p); });
+  }
+
+  void CopyFromHost(const Tensor& dst, const void* src, size_t bytes) override {
+    HW_CHECK_LE(bytes, dst.nbytes());
+    std::memcpy(dst.data, src, bytes);
+  }
+  void CopyToHost(void* dst, const Tensor& src, size_t bytes) override {
+    HW_CHECK_LE(bytes, src.nbytes());
+    std::memcpy(dst, src.data, bytes);
+  }
+
+  Buffer LoadWeight(const HostTensor& weight) override {
+    Tensor view = weight.shape;
+    view.data = const_cast<float*>(weight.data);
+    view.dtype = DType::kF32;
+    view.device = Device::kCpu;
+    std::shared_ptr<const void> keep = weight.keepalive;
+    return Buffer(view, [keep](void*) mutable { keep.reset(); });
+  }
+
+  void Synchronize() override {}
+
+  void Embedding(const Tensor& table, const Tensor& ids, const Tensor& out) override {
+    CheckF32(table, "table");
+    CheckI32(ids, "ids");
+    CheckF32(out, "out");
+    const int64_t vocab = table.dim(0), hidden = table.dim(1);
+    HW_CHECK_EQ(out.dim(1), hidden);
+    for (int64_t t = 0; t < ids.numel(); ++t) {
+      const int32_t id = ids.ptr<int32_t>()[t];
+      HW_CHECK(id >= 0 && id < vocab, "token id {} outside vocabulary of {}", id, vocab);
+      std::memcpy(out.ptr<float>() + t * hidden, table.ptr<float>() + id * hidden,
+                  static_cast<size_t>(hidden) * sizeof(float));
+    }
+  }
+
+  void RmsNorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override {
+    CheckF32(x, "x");
+    const int64_t rows = x.dim(0), n = x.dim(1);
+    const float* w = weight.ptr<float>();
+    pool_.ParallelFor(rows, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const float* xr = x.ptr<float>() + r * n;
+        float* yr = out.ptr<float>() + r * n;
+        const float scale = RmsScale(xr, n, eps);
+        for (int64_t i = 0; i < n; ++i) yr[i] = w[i] * (xr[i] * scale);
+      }
+    });
+  }
+
+  void AddRmsNorm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps,
+                  const Tensor& out) override {
+    CheckF32(residual, "residual");
+    HW_CHECK_EQ(residual.numel(), x.numel());
+    float* res = residual.ptr<float>();
+    const float* xs = x.ptr<float>();
+    for (int64_t i = 0; i < residual.numel(); ++i) res[i] += xs[i];
+    RmsNorm(residual, weight, eps, out);
+  }
+
+  void Matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) override {
+    CheckF32(x, "x");
+    CheckF32(w, "w");
+    CheckF32(out, "out");
+    const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
+    HW_CHECK_EQ(w.dim(1), k);
+    HW_CHECK_EQ(out.dim(0), m);
+    HW_CHECK_EQ(out.dim(1), n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
+                static_cast<int>(k), 1.0f, x.ptr<float>(), static_cast<int>(k), w.ptr<float>(),
+                static_cast<int>(k), 0.0f, out.ptr<float>(), static_cast<int>(n));
+    if (bias.data != nullptr) {
+      HW_CHECK_EQ(bias.numel(), n);
+      for (int64_t r = 0; r < m; ++r) {
+        float* row = out.ptr<float>() + r * n;
+        for (int64_t c = 0; c < n; ++c) row[c] += bias.ptr<float>()[c];
+      }
+    }
+  }
+
+  void SiluMul(const Tensor& gate_up, const Tensor& out) override {
+    const int64_t rows = gate_up.dim(0), inter = out.dim(1);
+    HW_CHECK_EQ(gate_up.dim(1), 2 * inter);
+    pool_.ParallelFor(rows, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const float* g = gate_up.ptr<float>() + r * 2 * inter;
+        const float* u = g + inter;
+        float* y = out.ptr<float>() + r * inter;
+        for (int64_t i = 0; i < inter; ++i) y[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+      }
+    });
+  }
+
+  void RopeWriteKv(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
+                   const Tensor& slots, const KvPoolView& pool, const Tensor& q_out) override {
+    CheckF32(qkv, "qkv");
+    CheckI32(positions, "positions");
+    CheckI32(slots, "slots");
+    const int64_t tokens = qkv.dim(0);
+    const int64_t num_q_heads = q_out.dim(1), head_dim = q_out.dim(2);
+    const int64_t num_kv_heads = slots.dim(1);
+    const int64_t half = head_dim / 2;
+    HW_CHECK_EQ(qkv.dim(1), (num_q_heads + 2 * num_kv_heads) * head_dim);
+    HW_CHECK_EQ(inv_freq.numel(), half);
+    const int64_t num_slots = pool.k.dim(0) * pool.k.dim(1);
+    pool_.ParallelFor(tokens, [&](int64_t begin, int64_t end) {
+      std::vector<float> cos_v(static_cast<size_t>(half)), sin_v(static_cast<size_t>(half));
+      for (int64_t t = begin; t < end; ++t) {
+        const float pos = static_cast<float>(positions.ptr<int32_t>()[t]);
+        for (int64_t i = 0; i < half; ++i) {
+          const float angle = pos * inv_freq.ptr<float>()[i];
+          cos_v[static_cast<size_t>(i)] = std::cos(angle);
+          sin_v[static_cast<size_t>(i)] = std::sin(angle);
+        }
+        const float* row = qkv.ptr<float>() + t * qkv.dim(1);
+        auto rotate = [&](const float* x, float* y) {
+          for (int64_t i = 0; i < half; ++i) {
+            const float a = x[i], b = x[i + half];
+            y[i] = a * cos_v[static_cast<size_t>(i)] - b * sin_v[static_cast<size_t>(i)];
+            y[i + half] = b * cos_v[static_cast<size_t>(i)] + a * sin_v[static_cast<size_t>(i)];
+          }
+        };
+        for (int64_t h = 0; h < num_q_heads; ++h) {
+          rotate(row + h * head_dim, q_out.ptr<float>() + (t * num_q_heads + h) * head_dim);
+        }
+        const float* k = row + num_q_heads * head_dim;
+        const float* v = k + num_kv_heads * head_dim;
+        for (int64_t h = 0; h < num_kv_heads; ++h) {
+          const int64_t slot = slots.ptr<int32_t>()[t * num_kv_heads + h];
+          HW_CHECK(slot >= 0 && slot < num_slots, "KV slot {} outside pool of {}", slot, num_slots);
+          rotate(k + h * head_dim, pool.k.ptr<float>() + slot * head_dim);
+          std::memcpy(pool.v.ptr<float>() + slot * head_dim, v + h * head_dim,
+                      static_cast<size_t>(head_dim) * sizeof(float));
+        }
+      }
+    });
+  }
+
+  void PagedAttention(const Tensor& q, const KvPoolView& pool, const PagedAttentionBatch& batch,
+                      float scale, const Tensor& out) override {
+    CheckF32(q, "q");
+    const int64_t tokens = q.dim(0), num_q_heads = q.dim(1), head_dim = q.dim(2);
+    const int64_t rows = batch.block_table.dim(0), max_pages = batch.block_table.dim(1);
+    HW_CHECK(batch.num_seqs > 0 && rows % batch.num_seqs == 0, "block table rows {} for {} seqs",
+             rows, batch.num_seqs);
+    const int64_t num_kv_heads = rows / batch.num_seqs;
+    HW_CHECK_EQ(num_q_heads % num_kv_heads, 0);
+    const int64_t group = num_q_heads / num_kv_heads;
+    const int page_size = pool.page_size;
+    pool_.ParallelFor(tokens * num_q_heads, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t t = i / num_q_heads, qh = i % num_q_heads;
+        const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
+        const int32_t pos = batch.token_pos.ptr<int32_t>()[t];
+        HW_CHECK((pos + page_size) / page_size <= max_pages, "position {} beyond {} pages", pos,
+                 max_pages);
+        const int32_t* table =
+            batch.block_table.ptr<int32_t>() + (seq * num_kv_heads + qh / group) * max_pages;
+        const float* qv = q.ptr<float>() + i * head_dim;
+        scores.resize(static_cast<size_t>(pos) + 1);
+        float max_score = -INFINITY;
+        for (int32_t j = 0; j <= pos; ++j) {
+          const int64_t slot = int64_t{table[j / page_size]} * page_size + j % page_size;
+          const float* kv = pool.k.ptr<float>() + slot * head_dim;
+          float dot = 0.0f;
+          for (int64_t d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
+          scores[static_cast<size_t>(j)] = dot * scale;
+          max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
+        }
+        float denom = 0.0f;
+        for (auto& s : scores) {
+          s = std::exp(s - max_score);
+          denom += s;
+        }
+        float* o = out.ptr<float>() + i * head_dim;
+        std::fill(o, o + head_dim, 0.0f);
+        for (int32_t j = 0; j <= pos; ++j) {
+          const int64_t slot = int64_t{table[j / page_size]} * page_size + j % page_size;
+          const float* vv = pool.v.ptr<float>() + slot * head_dim;
+          const float p = scores[static_cast<size_t>(j)] / denom;
+          for (int64_t d = 0; d < head_dim; ++d) o[d] += p * vv[d];
+        }
+      }
+    });
+  }
+
+  void GatherRows(const Tensor& x, const Tensor& rows, const Tensor& out) override {
+    const int64_t width = x.dim(1);
+    for (int64_t r = 0; r < rows.numel(); ++r) {
+      const int32_t src = rows.ptr<int32_t>()[r];
+      HW_CHECK(src >= 0 && src < x.dim(0), "row {} of {}", src, x.dim(0));
+      std::memcpy(out.ptr<float>() + r * width, x.ptr<float>() + src * width,
+                  static_cast<size_t>(width) * sizeof(float));
+    }
+  }
+
+ private:
+  cpu::ThreadPool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> CreateCpuBackend(int num_threads) {
+  if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::make_unique<CpuBackend>(num_threads);
+}
+
+}  // namespace headwise::kernels

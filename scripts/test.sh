@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds headwise and runs every test. On a fresh machine it first installs what is missing
+# (Debian packages, the Python test venv). Exits non-zero on any failure.
+#   HEADWISE_SHARED  where the shared models/tokenizers live (default ../shared)
+#   BUILD_DIR        build folder (default build)
+#   JOBS             parallel build jobs (default: number of cores)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+build=${BUILD_DIR:-build}
+jobs=${JOBS:-$(nproc)}
+export HEADWISE_SHARED=${HEADWISE_SHARED:-$root/../shared}
+
+scripts/install-deps.sh
+python=$(scripts/python-env.sh)
+
+cmake -S . -B "$build" -G Ninja -DHEADWISE_PYTHON="$python" >/dev/null
+cmake --build "$build" -j "$jobs"
+ctest --test-dir "$build" --output-on-failure -j "$jobs" -L cpu
