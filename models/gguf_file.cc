@@ -110,8 +110,10 @@ class Reader {
     uint64_t len = 0;
     HW_RETURN_IF_ERROR(Read(&len, what));
     if (len > remaining()) {
-      return InvalidArgument("{} at byte {} has length {} beyond the end of the file ({} left)",
-                             what, pos_ - 8, len, remaining());
+      return InvalidArgument(
+          "{} at byte {} has length {}, past the end of the file ({} bytes left): truncated or "
+          "garbled file",
+          what, pos_ - 8, len, remaining());
     }
     out->assign(reinterpret_cast<const char*>(data_ + pos_), static_cast<size_t>(len));
     pos_ += static_cast<size_t>(len);
@@ -128,43 +130,43 @@ Status ReadScalar(Reader& r, GgufType type, GgufValue* v, std::string_view key) 
   v->type = type;
   switch (type) {
     case GgufType::kUint8: {
-      uint8_t x;
+      uint8_t x = 0;
       HW_RETURN_IF_ERROR(r.Read(&x, key));
       v->int_value = x;
       return Status::Ok();
     }
     case GgufType::kInt8: {
-      int8_t x;
+      int8_t x = 0;
       HW_RETURN_IF_ERROR(r.Read(&x, key));
       v->int_value = x;
       return Status::Ok();
     }
     case GgufType::kUint16: {
-      uint16_t x;
+      uint16_t x = 0;
       HW_RETURN_IF_ERROR(r.Read(&x, key));
       v->int_value = x;
       return Status::Ok();
     }
     case GgufType::kInt16: {
-      int16_t x;
+      int16_t x = 0;
       HW_RETURN_IF_ERROR(r.Read(&x, key));
       v->int_value = x;
       return Status::Ok();
     }
     case GgufType::kUint32: {
-      uint32_t x;
+      uint32_t x = 0;
       HW_RETURN_IF_ERROR(r.Read(&x, key));
       v->int_value = x;
       return Status::Ok();
     }
     case GgufType::kInt32: {
-      int32_t x;
+      int32_t x = 0;
       HW_RETURN_IF_ERROR(r.Read(&x, key));
       v->int_value = x;
       return Status::Ok();
     }
     case GgufType::kUint64: {
-      uint64_t x;
+      uint64_t x = 0;
       HW_RETURN_IF_ERROR(r.Read(&x, key));
       v->uint_value = x;
       if (x > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
@@ -175,25 +177,25 @@ Status ReadScalar(Reader& r, GgufType type, GgufValue* v, std::string_view key) 
       return Status::Ok();
     }
     case GgufType::kInt64: {
-      int64_t x;
+      int64_t x = 0;
       HW_RETURN_IF_ERROR(r.Read(&x, key));
       v->int_value = x;
       return Status::Ok();
     }
     case GgufType::kFloat32: {
-      float x;
+      float x = 0;
       HW_RETURN_IF_ERROR(r.Read(&x, key));
       v->float_value = x;
       return Status::Ok();
     }
     case GgufType::kFloat64: {
-      double x;
+      double x = 0;
       HW_RETURN_IF_ERROR(r.Read(&x, key));
       v->float_value = x;
       return Status::Ok();
     }
     case GgufType::kBool: {
-      uint8_t x;
+      uint8_t x = 0;
       HW_RETURN_IF_ERROR(r.Read(&x, key));
       if (x > 1) return InvalidArgument("key '{}': bool value {} is neither 0 nor 1", key, x);
       v->bool_value = x != 0;
@@ -231,8 +233,10 @@ Status ReadValue(Reader& r, uint32_t raw_type, GgufValue* v, const std::string& 
   v->array_size = count;
   // Overflow-safe: count * min_size <= remaining  <=>  count <= remaining / min_size.
   if (count > r.remaining() / MinEncodedSize(elem)) {
-    return InvalidArgument("key '{}': array of {} {} elements does not fit in the {} bytes left",
-                           key, count, GgufTypeName(elem), r.remaining());
+    return InvalidArgument(
+        "key '{}': array of {} {} elements does not fit in the {} bytes left: truncated or "
+        "garbled file",
+        key, count, GgufTypeName(elem), r.remaining());
   }
   const size_t n = static_cast<size_t>(count);
   if (elem == GgufType::kArray) {
@@ -321,7 +325,7 @@ const GgmlTypeTraits* FindGgmlType(uint32_t type) {
 
 std::string GgmlTypeName(uint32_t type) {
   if (const GgmlTypeTraits* t = FindGgmlType(type)) return std::string(t->name);
-  return fmt::format("type {}", type);
+  return fmt::format("{} (unknown)", type);
 }
 
 bool GgufValue::IsInteger() const {
@@ -357,12 +361,15 @@ StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
   // least 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset): reject counts the file cannot
   // hold before reserving anything.
   if (kv_count > r.remaining() / 13) {
-    return InvalidArgument("{}: metadata key/value count {} is impossible for a {}-byte file", path,
-                           kv_count, mapped->size());
+    return InvalidArgument(
+        "{}: metadata key/value count {} is impossible for a {}-byte file (truncated or garbled "
+        "file)",
+        path, kv_count, mapped->size());
   }
   if (tensor_count > r.remaining() / 24) {
-    return InvalidArgument("{}: tensor count {} is impossible for a {}-byte file", path,
-                           tensor_count, mapped->size());
+    return InvalidArgument(
+        "{}: tensor count {} is impossible for a {}-byte file (truncated or garbled file)", path,
+        tensor_count, mapped->size());
   }
 
   for (uint64_t i = 0; i < kv_count; ++i) {

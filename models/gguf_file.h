@@ -83,7 +83,7 @@ struct GgmlTypeTraits {
 
 // The traits of `type`, or nullptr for a type id this build does not know.
 const GgmlTypeTraits* FindGgmlType(uint32_t type);
-// "Q4_K", or "type 99" for an unknown id.
+// "Q4_K", or "99 (unknown)" for an id this build does not know.
 std::string GgmlTypeName(uint32_t type);
 
 // One metadata value. Scalars use the field of their kind; arrays hold their elements in the

@@ -305,7 +305,7 @@ Status DequantizeGgml(uint32_t type, const uint8_t* data, size_t num_bytes, int6
   const GgmlTypeTraits* traits = FindGgmlType(type);
   if (traits == nullptr || !CanDequantizeGgml(type)) {
     return Unimplemented(
-        "ggml tensor type {} is not supported (supported: F32, F16, BF16, Q4_0, "
+        "ggml type {} is not supported (supported: F32, F16, BF16, Q4_0, "
         "Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
         GgmlTypeName(type));
   }
