@@ -109,9 +109,16 @@ class CpuBackend final : public Backend {
     HW_CHECK_EQ(w.dim(1), k);
     HW_CHECK_EQ(out.dim(0), m);
     HW_CHECK_EQ(out.dim(1), n);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-                static_cast<int>(k), 1.0f, x.ptr<float>(), static_cast<int>(k), w.ptr<float>(),
-                static_cast<int>(k), 0.0f, out.ptr<float>(), static_cast<int>(n));
+    if (m == 1) {
+      // Decode: a matrix-vector product; OpenBLAS's sgemv streams w without sgemm's packing.
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(n), static_cast<int>(k), 1.0f,
+                  w.ptr<float>(), static_cast<int>(k), x.ptr<float>(), 1, 0.0f, out.ptr<float>(), 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
+                  static_cast<int>(n), static_cast<int>(k), 1.0f, x.ptr<float>(),
+                  static_cast<int>(k), w.ptr<float>(), static_cast<int>(k), 0.0f,
+                  out.ptr<float>(), static_cast<int>(n));
+    }
     if (bias.data != nullptr) {
       HW_CHECK_EQ(bias.numel(), n);
       for (int64_t r = 0; r < m; ++r) {

@@ -1,0 +1,159 @@
+#include "engine/model_loader.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "models/gguf_file.h"
+#include "tokenizer/gguf_vocab.h"
+
+namespace headwise::engine {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool IsGguf(const std::string& path) {
+  return fs::is_regular_file(path) && fs::path(path).extension() == ".gguf";
+}
+
+StatusOr<nlohmann::json> ReadJson(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) return NotFound("{}: cannot open", path.string());
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return InvalidArgument("{}: not valid JSON", path.string());
+  return j;
+}
+
+void AddIds(const nlohmann::json& value, std::vector<int32_t>& out) {
+  if (value.is_number_integer()) out.push_back(value.get<int32_t>());
+  if (value.is_array()) {
+    for (const auto& v : value)
+      if (v.is_number_integer()) out.push_back(v.get<int32_t>());
+  }
+}
+
+StatusOr<tokenizer::GgufVocab> ReadGgufVocab(const models::GgufFile& gguf) {
+  tokenizer::GgufVocab vocab;
+  HW_ASSIGN_OR_RETURN(vocab.model, gguf.GetString("tokenizer.ggml.model"));
+  HW_ASSIGN_OR_RETURN(vocab.tokens, gguf.GetStringArray("tokenizer.ggml.tokens"));
+  if (gguf.Has("tokenizer.ggml.pre")) {
+    HW_ASSIGN_OR_RETURN(vocab.pre, gguf.GetString("tokenizer.ggml.pre"));
+  }
+  if (gguf.Has("tokenizer.ggml.scores")) {
+    HW_ASSIGN_OR_RETURN(vocab.scores, gguf.GetFloatArray("tokenizer.ggml.scores"));
+  }
+  if (gguf.Has("tokenizer.ggml.token_type")) {
+    HW_ASSIGN_OR_RETURN(std::vector<int64_t> types, gguf.GetIntArray("tokenizer.ggml.token_type"));
+    vocab.token_type.assign(types.begin(), types.end());
+  }
+  if (gguf.Has("tokenizer.ggml.merges")) {
+    HW_ASSIGN_OR_RETURN(vocab.merges, gguf.GetStringArray("tokenizer.ggml.merges"));
+  }
+  auto opt_id = [&](const char* key, std::optional<int32_t>& out) -> Status {
+    if (!gguf.Has(key)) return Status::Ok();
+    HW_ASSIGN_OR_RETURN(int64_t v, gguf.GetInt(key));
+    out = static_cast<int32_t>(v);
+    return Status::Ok();
+  };
+  auto opt_bool = [&](const char* key, std::optional<bool>& out) -> Status {
+    if (!gguf.Has(key)) return Status::Ok();
+    HW_ASSIGN_OR_RETURN(bool v, gguf.GetBool(key));
+    out = v;
+    return Status::Ok();
+  };
+  HW_RETURN_IF_ERROR(opt_id("tokenizer.ggml.bos_token_id", vocab.bos_id));
+  HW_RETURN_IF_ERROR(opt_id("tokenizer.ggml.eos_token_id", vocab.eos_id));
+  HW_RETURN_IF_ERROR(opt_id("tokenizer.ggml.eot_token_id", vocab.eot_id));
+  HW_RETURN_IF_ERROR(opt_id("tokenizer.ggml.eom_token_id", vocab.eom_id));
+  HW_RETURN_IF_ERROR(opt_id("tokenizer.ggml.unknown_token_id", vocab.unk_id));
+  HW_RETURN_IF_ERROR(opt_id("tokenizer.ggml.padding_token_id", vocab.pad_id));
+  HW_RETURN_IF_ERROR(opt_bool("tokenizer.ggml.add_bos_token", vocab.add_bos_token));
+  HW_RETURN_IF_ERROR(opt_bool("tokenizer.ggml.add_eos_token", vocab.add_eos_token));
+  HW_RETURN_IF_ERROR(opt_bool("tokenizer.ggml.add_space_prefix", vocab.add_space_prefix));
+  return vocab;
+}
+
+StatusOr<std::unique_ptr<tokenizer::Tokenizer>> LoadGgufFileTokenizer(const std::string& path) {
+  HW_ASSIGN_OR_RETURN(auto gguf, models::GgufFile::Open(path));
+  auto vocab = ReadGgufVocab(*gguf);
+  if (!vocab.ok()) return vocab.status().WithContext(path);
+  auto tok = tokenizer::LoadGgufTokenizer(*vocab);
+  if (!tok.ok()) return tok.status().WithContext(path);
+  return tok;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<tokenizer::Tokenizer>> LoadTokenizerFor(const std::string& path) {
+  if (IsGguf(path)) return LoadGgufFileTokenizer(path);
+  const fs::path p(path);
+  if (fs::is_regular_file(p)) {
+    if (p.extension() == ".model") return tokenizer::LoadSentencePieceTokenizer(path);
+    const fs::path config = p.parent_path() / "tokenizer_config.json";
+    return tokenizer::LoadHfTokenizer(path, fs::exists(config) ? config.string() : "");
+  }
+  if (fs::exists(p / "tokenizer.json")) {
+    const fs::path config = p / "tokenizer_config.json";
+    return tokenizer::LoadHfTokenizer((p / "tokenizer.json").string(),
+                                      fs::exists(config) ? config.string() : "");
+  }
+  if (fs::exists(p / "tokenizer.model")) {
+    return tokenizer::LoadSentencePieceTokenizer((p / "tokenizer.model").string());
+  }
+  return NotFound("{}: no tokenizer.json, tokenizer.model or GGUF vocabulary", path);
+}
+
+StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& options,
+                                kernels::Backend& backend) {
+  HW_ASSIGN_OR_RETURN(models::ModelFiles files,
+                      models::OpenModel(path, options.format, options.dummy_seed));
+  LoadedModel out;
+  out.path = files.path;
+  out.format = files.format;
+  auto model = models::LlamaModel::Load(files.config, *files.weights, backend);
+  if (!model.ok()) return model.status().WithContext(path);
+  out.model = std::move(model).value();
+
+  out.eos_token_ids = files.config.eos_token_ids;
+  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  if (!IsGguf(path) && fs::exists(dir / "generation_config.json")) {
+    HW_ASSIGN_OR_RETURN(nlohmann::json gen, ReadJson(dir / "generation_config.json"));
+    if (gen.contains("eos_token_id")) AddIds(gen["eos_token_id"], out.eos_token_ids);
+  }
+
+  const std::string tok_path = options.tokenizer_path.empty() ? path : options.tokenizer_path;
+  const bool has_own_tokenizer = IsGguf(tok_path) || fs::exists(fs::path(tok_path) / "tokenizer.json") ||
+                                 fs::exists(fs::path(tok_path) / "tokenizer.model") ||
+                                 fs::is_regular_file(tok_path);
+  // A model without tokenizer files still loads (vLLM's skip_tokenizer_init); users of text
+  // then say it is missing.
+  if (has_own_tokenizer) {
+    HW_ASSIGN_OR_RETURN(out.tokenizer, LoadTokenizerFor(tok_path));
+    if (auto eos = out.tokenizer->eos_id()) out.eos_token_ids.push_back(*eos);
+  }
+
+  // Chat template: tokenizer_config.json's, or the GGUF's tokenizer.chat_template.
+  if (IsGguf(tok_path)) {
+    HW_ASSIGN_OR_RETURN(auto gguf, models::GgufFile::Open(tok_path));
+    if (gguf->Has("tokenizer.chat_template")) {
+      HW_ASSIGN_OR_RETURN(out.chat_template, gguf->GetString("tokenizer.chat_template"));
+    }
+  } else {
+    const fs::path tok_dir = fs::is_directory(tok_path) ? fs::path(tok_path) : fs::path(tok_path).parent_path();
+    if (fs::exists(tok_dir / "tokenizer_config.json")) {
+      HW_ASSIGN_OR_RETURN(nlohmann::json cfg, ReadJson(tok_dir / "tokenizer_config.json"));
+      if (cfg.contains("chat_template") && cfg["chat_template"].is_string()) {
+        out.chat_template = cfg["chat_template"].get<std::string>();
+      }
+    }
+  }
+  std::sort(out.eos_token_ids.begin(), out.eos_token_ids.end());
+  out.eos_token_ids.erase(std::unique(out.eos_token_ids.begin(), out.eos_token_ids.end()),
+                          out.eos_token_ids.end());
+  return out;
+}
+
+}  // namespace headwise::engine

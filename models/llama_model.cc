@@ -1,0 +1,245 @@
+#include "models/llama_model.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+namespace headwise::models {
+namespace {
+
+using kernels::Buffer;
+using kernels::HostTensor;
+
+// Concatenates f32 matrices along dimension 0 into one owned host tensor: fused projections
+// (q|k|v, gate|up) turn several GEMMs into one.
+HostTensor ConcatRows(const std::vector<HostTensor>& parts) {
+  int64_t rows = 0;
+  const int64_t cols = parts.front().shape.rank == 2 ? parts.front().shape.dim(1) : 1;
+  for (const auto& p : parts) rows += p.shape.dim(0);
+  auto storage = std::make_shared<std::vector<float>>(static_cast<size_t>(rows * cols));
+  size_t offset = 0;
+  for (const auto& p : parts) {
+    const size_t n = static_cast<size_t>(p.shape.numel());
+    std::memcpy(storage->data() + offset, p.data, n * sizeof(float));
+    offset += n;
+  }
+  HostTensor out;
+  out.data = storage->data();
+  out.keepalive = storage;
+  out.shape = parts.front().shape.rank == 2
+                  ? Tensor(nullptr, DType::kF32, Device::kCpu, {rows, cols})
+                  : Tensor(nullptr, DType::kF32, Device::kCpu, {rows});
+  return out;
+}
+
+HostTensor FromVector(std::vector<float> values) {
+  auto storage = std::make_shared<std::vector<float>>(std::move(values));
+  HostTensor out;
+  out.data = storage->data();
+  out.shape = Tensor(nullptr, DType::kF32, Device::kCpu, {static_cast<int64_t>(storage->size())});
+  out.keepalive = storage;
+  return out;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const ModelConfig& config,
+                                                       WeightSource& weights,
+                                                       kernels::Backend& backend) {
+  HW_RETURN_IF_ERROR(config.Validate());
+  std::unique_ptr<LlamaModel> model(new LlamaModel(config, backend));
+  HW_RETURN_IF_ERROR(model->LoadWeights(weights));
+  return model;
+}
+
+Status LlamaModel::LoadWeights(WeightSource& weights) {
+  const ModelConfig& c = config_;
+  const int64_t hidden = c.hidden_size, head_dim = c.head_dim;
+  const int64_t q_dim = int64_t{c.num_heads} * head_dim,
+                kv_dim = int64_t{c.num_kv_heads} * head_dim;
+  auto load = [&](const std::string& name, std::vector<int64_t> shape) -> StatusOr<HostTensor> {
+    return weights.Load(name, shape);
+  };
+  auto upload = [&](const HostTensor& t) {
+    Buffer b = backend_->LoadWeight(t);
+    weight_bytes_ += b.view().nbytes();
+    return b;
+  };
+
+  HW_ASSIGN_OR_RETURN(HostTensor embed, load("model.embed_tokens.weight", {c.vocab_size, hidden}));
+  embed_ = upload(embed);
+  HW_ASSIGN_OR_RETURN(HostTensor norm, load("model.norm.weight", {hidden}));
+  final_norm_ = upload(norm);
+  if (!c.tie_word_embeddings) {
+    HW_ASSIGN_OR_RETURN(HostTensor head, load("lm_head.weight", {c.vocab_size, hidden}));
+    lm_head_ = upload(head);
+  }
+  inv_freq_ = backend_->LoadWeight(FromVector(RopeInverseFrequencies(c)));
+
+  layers_.resize(static_cast<size_t>(c.num_layers));
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    Layer& layer = layers_[static_cast<size_t>(l)];
+    HW_ASSIGN_OR_RETURN(HostTensor in_norm, load(p + "input_layernorm.weight", {hidden}));
+    HW_ASSIGN_OR_RETURN(HostTensor post_norm,
+                        load(p + "post_attention_layernorm.weight", {hidden}));
+    HW_ASSIGN_OR_RETURN(HostTensor wq, load(p + "self_attn.q_proj.weight", {q_dim, hidden}));
+    HW_ASSIGN_OR_RETURN(HostTensor wk, load(p + "self_attn.k_proj.weight", {kv_dim, hidden}));
+    HW_ASSIGN_OR_RETURN(HostTensor wv, load(p + "self_attn.v_proj.weight", {kv_dim, hidden}));
+    HW_ASSIGN_OR_RETURN(HostTensor wo, load(p + "self_attn.o_proj.weight", {hidden, q_dim}));
+    HW_ASSIGN_OR_RETURN(HostTensor wg,
+                        load(p + "mlp.gate_proj.weight", {c.intermediate_size, hidden}));
+    HW_ASSIGN_OR_RETURN(HostTensor wu,
+                        load(p + "mlp.up_proj.weight", {c.intermediate_size, hidden}));
+    HW_ASSIGN_OR_RETURN(HostTensor wd,
+                        load(p + "mlp.down_proj.weight", {hidden, c.intermediate_size}));
+    layer.input_norm = upload(in_norm);
+    layer.post_norm = upload(post_norm);
+    layer.qkv = upload(ConcatRows({wq, wk, wv}));
+    layer.o_proj = upload(wo);
+    layer.gate_up = upload(ConcatRows({wg, wu}));
+    layer.down = upload(wd);
+    if (c.attention_bias) {
+      HW_ASSIGN_OR_RETURN(HostTensor bq, load(p + "self_attn.q_proj.bias", {q_dim}));
+      HW_ASSIGN_OR_RETURN(HostTensor bk, load(p + "self_attn.k_proj.bias", {kv_dim}));
+      HW_ASSIGN_OR_RETURN(HostTensor bv, load(p + "self_attn.v_proj.bias", {kv_dim}));
+      layer.qkv_bias = upload(ConcatRows({bq, bk, bv}));
+    }
+  }
+  return Status::Ok();
+}
+
+kvcache::KvCacheConfig LlamaModel::KvConfig(int num_pages, int page_size) const {
+  kvcache::KvCacheConfig kv;
+  kv.num_layers = config_.num_layers;
+  kv.num_kv_heads = config_.num_kv_heads;
+  kv.head_dim = config_.head_dim;
+  kv.page_size = page_size;
+  kv.num_pages = num_pages;
+  return kv;
+}
+
+Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& cache) {
+  const ModelConfig& c = config_;
+  kernels::Backend& be = *backend_;
+  const int num_seqs = static_cast<int>(batch.size());
+  const int hkv = c.num_kv_heads;
+  const int page_size = cache.config().page_size;
+  HW_CHECK(num_seqs > 0, "empty batch");
+
+  // Host-side batch metadata.
+  std::vector<int32_t> ids, positions, token_seq, logit_rows;
+  int max_pages = 1;
+  for (int s = 0; s < num_seqs; ++s) {
+    const BatchEntry& e = batch[static_cast<size_t>(s)];
+    const int end = e.start_pos + static_cast<int>(e.tokens.size());
+    HW_CHECK(!e.tokens.empty() && e.kv != nullptr, "sequence {} has no tokens or no cache", s);
+    HW_CHECK_LE(end, e.kv->capacity_tokens());
+    max_pages = std::max(max_pages, (end + page_size - 1) / page_size);
+    for (size_t i = 0; i < e.tokens.size(); ++i) {
+      if (e.all_logits || i + 1 == e.tokens.size())
+        logit_rows.push_back(static_cast<int32_t>(ids.size()));
+      ids.push_back(e.tokens[i]);
+      positions.push_back(e.start_pos + static_cast<int32_t>(i));
+      token_seq.push_back(s);
+    }
+  }
+  const int64_t num_tokens = static_cast<int64_t>(ids.size());
+  const int64_t num_rows = static_cast<int64_t>(logit_rows.size());
+
+  auto upload_i32 = [&](const std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
+    Buffer b = be.Allocate(DType::kI32, shape);
+    be.CopyFromHost(b.view(), v.data(), v.size() * sizeof(int32_t));
+    return b;
+  };
+  Buffer ids_buf = upload_i32(ids, {num_tokens});
+  Buffer pos_buf = upload_i32(positions, {num_tokens});
+  Buffer seq_buf = upload_i32(token_seq, {num_tokens});
+  Buffer rows_buf = upload_i32(logit_rows, {num_rows});
+
+  // Per-layer page tables and KV write slots: heads of one request may own different pages.
+  std::vector<Buffer> tables(static_cast<size_t>(c.num_layers));
+  std::vector<Buffer> slots(static_cast<size_t>(c.num_layers));
+  std::vector<int32_t> table_host(static_cast<size_t>(num_seqs * hkv * max_pages));
+  std::vector<int32_t> slot_host(static_cast<size_t>(num_tokens * hkv));
+  for (int l = 0; l < c.num_layers; ++l) {
+    std::fill(table_host.begin(), table_host.end(), -1);
+    size_t t = 0;
+    for (int s = 0; s < num_seqs; ++s) {
+      const BatchEntry& e = batch[static_cast<size_t>(s)];
+      const int end = e.start_pos + static_cast<int>(e.tokens.size());
+      for (int h = 0; h < hkv; ++h) {
+        for (int pg = 0; pg < (end + page_size - 1) / page_size; ++pg) {
+          table_host[static_cast<size_t>((s * hkv + h) * max_pages + pg)] = e.kv->Page(l, h, pg);
+        }
+      }
+      for (size_t i = 0; i < e.tokens.size(); ++i, ++t) {
+        for (int h = 0; h < hkv; ++h) {
+          slot_host[t * static_cast<size_t>(hkv) + static_cast<size_t>(h)] =
+              e.kv->Slot(l, h, e.start_pos + static_cast<int>(i));
+        }
+      }
+    }
+    tables[static_cast<size_t>(l)] = upload_i32(table_host, {num_seqs * hkv, max_pages});
+    slots[static_cast<size_t>(l)] = upload_i32(slot_host, {num_tokens, hkv});
+  }
+
+  // Activations.
+  const int64_t hidden = c.hidden_size, head_dim = c.head_dim;
+  const int64_t q_dim = int64_t{c.num_heads} * head_dim;
+  const int64_t qkv_dim = q_dim + 2 * int64_t{hkv} * head_dim;
+  const DType act = be.device() == Device::kCpu ? DType::kF32 : DType::kBF16;
+  Buffer residual = be.Allocate(act, {num_tokens, hidden});
+  Buffer normed = be.Allocate(act, {num_tokens, hidden});
+  Buffer qkv = be.Allocate(act, {num_tokens, qkv_dim});
+  Buffer q = be.Allocate(act, {num_tokens, c.num_heads, head_dim});
+  Buffer attn = be.Allocate(act, {num_tokens, c.num_heads, head_dim});
+  Buffer proj = be.Allocate(act, {num_tokens, hidden});
+  Buffer gate_up = be.Allocate(act, {num_tokens, 2 * int64_t{c.intermediate_size}});
+  Buffer mlp = be.Allocate(act, {num_tokens, c.intermediate_size});
+
+  const kernels::KvPoolView pool = cache.pool_view();
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const Tensor no_bias;
+
+  be.Embedding(embed_.view(), ids_buf.view(), residual.view());
+  be.RmsNorm(residual.view(), layers_.front().input_norm.view(), eps, normed.view());
+  for (int l = 0; l < c.num_layers; ++l) {
+    const Layer& layer = layers_[static_cast<size_t>(l)];
+    be.Matmul(normed.view(), layer.qkv.view(), layer.qkv_bias.view(), qkv.view());
+    be.RopeWriteKv(qkv.view(), pos_buf.view(), inv_freq_.view(),
+                   slots[static_cast<size_t>(l)].view(), pool, q.view());
+    kernels::PagedAttentionBatch attn_batch{seq_buf.view(), pos_buf.view(),
+                                            tables[static_cast<size_t>(l)].view(), num_seqs};
+    be.PagedAttention(q.view(), pool, attn_batch, scale, attn.view());
+    be.Matmul(attn.view().Reshape({num_tokens, q_dim}), layer.o_proj.view(), no_bias, proj.view());
+    be.AddRmsNorm(residual.view(), proj.view(), layer.post_norm.view(), eps, normed.view());
+    be.Matmul(normed.view(), layer.gate_up.view(), no_bias, gate_up.view());
+    be.SiluMul(gate_up.view(), mlp.view());
+    be.Matmul(mlp.view(), layer.down.view(), no_bias, proj.view());
+    const Buffer& next_norm =
+        l + 1 < c.num_layers ? layers_[static_cast<size_t>(l + 1)].input_norm : final_norm_;
+    be.AddRmsNorm(residual.view(), proj.view(), next_norm.view(), eps, normed.view());
+  }
+
+  Buffer last = be.Allocate(act, {num_rows, hidden});
+  be.GatherRows(normed.view(), rows_buf.view(), last.view());
+  logits_ = be.Allocate(DType::kF32, {num_rows, c.vocab_size});
+  const Buffer& head = c.tie_word_embeddings ? embed_ : lm_head_;
+  be.Matmul(last.view(), head.view(), no_bias, logits_.view());
+  return logits_.view();
+}
+
+std::vector<float> LlamaModel::ForwardToHost(std::span<const BatchEntry> batch,
+                                             kvcache::KvCache& cache) {
+  const Tensor logits = Forward(batch, cache);
+  std::vector<float> host(static_cast<size_t>(logits.numel()));
+  backend_->CopyToHost(host.data(), logits, host.size() * sizeof(float));
+  return host;
+}
+
+}  // namespace headwise::models

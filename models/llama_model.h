@@ -1,0 +1,64 @@
+// The Llama-family forward pass (Llama 2/3, Mistral, Qwen2, SmolLM2, TinyStories), written
+// once against kernels::Backend. It runs a batch of sequences of different lengths — prefill
+// chunks and decode steps mixed — through the paged KV cache.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "core/status.h"
+#include "kernels/backend.h"
+#include "kvcache/kv_cache.h"
+#include "models/model_config.h"
+#include "models/weight_source.h"
+
+namespace headwise::models {
+
+// One sequence's share of a forward pass: `tokens` at positions start_pos, start_pos + 1, ...
+// Its SequenceKv must already hold room for start_pos + tokens.size() tokens, and the cache
+// must hold this sequence's K/V for positions [0, start_pos).
+struct BatchEntry {
+  const kvcache::SequenceKv* kv = nullptr;
+  std::span<const int32_t> tokens;
+  int start_pos = 0;
+  bool all_logits = false;  // logits for every token; otherwise for the last one only
+};
+
+class LlamaModel {
+ public:
+  static StatusOr<std::unique_ptr<LlamaModel>> Load(const ModelConfig& config,
+                                                    WeightSource& weights,
+                                                    kernels::Backend& backend);
+
+  const ModelConfig& config() const { return config_; }
+  kernels::Backend& backend() const { return *backend_; }
+  kvcache::KvCacheConfig KvConfig(int num_pages, int page_size = 16) const;
+  // Bytes of weights as the backend stores them, for roofline figures.
+  size_t weight_bytes() const { return weight_bytes_; }
+
+  // Runs the batch and returns logits [R, V] on the backend's device, R = the entries' logit
+  // rows in order. The view stays valid until the next Forward.
+  Tensor Forward(std::span<const BatchEntry> batch, kvcache::KvCache& cache);
+  // Forward, then the logits copied to the host.
+  std::vector<float> ForwardToHost(std::span<const BatchEntry> batch, kvcache::KvCache& cache);
+
+ private:
+  struct Layer {
+    kernels::Buffer input_norm, qkv, qkv_bias, o_proj, post_norm, gate_up, down;
+  };
+
+  LlamaModel(const ModelConfig& config, kernels::Backend& backend)
+      : config_(config), backend_(&backend) {}
+  Status LoadWeights(WeightSource& weights);
+
+  ModelConfig config_;
+  kernels::Backend* backend_;
+  std::vector<Layer> layers_;
+  kernels::Buffer embed_, final_norm_, lm_head_, inv_freq_;
+  size_t weight_bytes_ = 0;
+  kernels::Buffer logits_;  // storage behind the last Forward's result
+};
+
+}  // namespace headwise::models

@@ -1,0 +1,134 @@
+// The CPU backend against Hugging Face transformers: logits and greedy text of real and seeded
+// random models, from golden files that scripts/goldens/make_goldens.py made on the GPU machine.
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "engine/generator.h"
+#include "engine/model_loader.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/test_util.h"
+
+namespace headwise::engine {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string ResolveModel(const std::string& where) {
+  if (where.rfind("shared:", 0) == 0) return testing::SharedDir() + "/" + where.substr(7);
+  if (where.rfind("repo:", 0) == 0) return testing::SourcePath(where.substr(5));
+  if (where == "smollm2-135m-instruct") {
+    if (const char* env = std::getenv("HEADWISE_SMOLLM2_GGUF"); env && *env) return env;
+    const char* cache = std::getenv("XDG_CACHE_HOME");
+    const std::string base = cache && *cache ? cache : std::string(std::getenv("HOME")) + "/.cache";
+    return base + "/headwise/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+  }
+  return where;
+}
+
+std::vector<float> ReadF32(const fs::path& path, size_t count) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  std::vector<float> v(count);
+  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(count * sizeof(float)));
+  REQUIRE(in.gcount() == static_cast<std::streamsize>(count * sizeof(float)));
+  return v;
+}
+
+struct Golden {
+  std::string name;
+  nlohmann::json meta;
+  fs::path dir;
+};
+
+std::vector<Golden> AllGoldens() {
+  std::vector<Golden> out;
+  const fs::path dir = testing::SourcePath("tests/golden");
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() != ".json") continue;
+    std::ifstream in(entry.path());
+    out.push_back({entry.path().stem().string(), nlohmann::json::parse(in), dir});
+  }
+  std::sort(out.begin(), out.end(), [](const Golden& a, const Golden& b) { return a.name < b.name; });
+  return out;
+}
+
+TEST_CASE("Logits and greedy text equal transformers'", "[golden]") {
+  const auto goldens = AllGoldens();
+  REQUIRE(goldens.size() >= 7);
+  for (const auto& g : goldens) {
+    DYNAMIC_SECTION(g.name) {
+      const std::string model_path = ResolveModel(g.meta["model"].get<std::string>());
+      INFO("model " << model_path << " (fetch SmolLM2 with scripts/get-model.sh smollm2-135m-instruct)");
+      REQUIRE(fs::exists(model_path));
+      auto backend = kernels::CreateCpuBackend(0);
+      auto loaded = LoadModel(model_path, LoadOptions{}, *backend);
+      INFO(loaded.status().ToString());
+      REQUIRE(loaded.ok());
+      auto& model = *loaded->model;
+      const auto& cfg = model.config();
+
+      const auto prompt = g.meta["prompt_ids"].get<std::vector<int32_t>>();
+      if (g.meta["prompt"].is_string() && loaded->tokenizer) {
+        // The prompt ids come from transformers' tokenizer; ours must agree.
+        const bool chat = g.meta["prompt"].get<std::string>().find("<|im_start|>") != std::string::npos;
+        CHECK(loaded->tokenizer->Encode(g.meta["prompt"].get<std::string>(), !chat) == prompt);
+      }
+      const auto positions = g.meta["logits_positions"].get<std::vector<int>>();
+      const auto shape = g.meta["logits_shape"].get<std::vector<size_t>>();
+      REQUIRE(shape[1] == static_cast<size_t>(cfg.vocab_size));
+      const auto ref = ReadF32(g.dir / g.meta["logits_file"].get<std::string>(), shape[0] * shape[1]);
+
+      // One pass over the prompt, and the same prompt in chunks of 7 tokens.
+      for (size_t chunk : {prompt.size(), size_t{7}}) {
+        kvcache::KvCache cache(model.KvConfig(static_cast<int>((prompt.size() + 15) / 16) * cfg.num_layers * cfg.num_kv_heads),
+                               kvcache::HeadClassLayout::Dense(cfg.num_layers, cfg.num_kv_heads), *backend);
+        kvcache::SequenceKv kv(cache);
+        REQUIRE(kv.Reserve(static_cast<int>(prompt.size())).ok());
+        std::vector<float> logits;
+        for (size_t start = 0; start < prompt.size(); start += chunk) {
+          const size_t n = std::min(chunk, prompt.size() - start);
+          models::BatchEntry e{&kv, std::span<const int32_t>(prompt).subspan(start, n), static_cast<int>(start), true};
+          auto part = model.ForwardToHost(std::span<const models::BatchEntry>(&e, 1), cache);
+          logits.insert(logits.end(), part.begin(), part.end());
+        }
+        const size_t vocab = shape[1];
+        double max_diff = 0, lo = INFINITY, hi = -INFINITY;
+        for (size_t r = 0; r < positions.size(); ++r) {
+          for (size_t v = 0; v < vocab; ++v) {
+            const double want = ref[r * vocab + v];
+            const double got = logits[static_cast<size_t>(positions[r]) * vocab + v];
+            max_diff = std::max(max_diff, std::abs(want - got));
+            lo = std::min(lo, want);
+            hi = std::max(hi, want);
+          }
+        }
+        INFO("chunk " << chunk << ": max |diff| " << max_diff << ", logit range " << hi - lo);
+        CHECK(max_diff <= 1e-4 * (hi - lo));
+      }
+
+      const auto greedy = g.meta["greedy_ids"].get<std::vector<int32_t>>();
+      if (!greedy.empty()) {
+        REQUIRE(loaded->tokenizer);
+        const int total = static_cast<int>(prompt.size() + greedy.size());
+        kvcache::KvCache cache(model.KvConfig((total + 15) / 16 * cfg.num_layers * cfg.num_kv_heads),
+                               kvcache::HeadClassLayout::Dense(cfg.num_layers, cfg.num_kv_heads), *backend);
+        SamplingParams params;
+        params.temperature = 0.0f;
+        params.max_tokens = static_cast<int>(greedy.size());
+        Generator generator(model, cache, loaded->tokenizer.get(), loaded->eos_token_ids);
+        auto result = generator.Generate(prompt, params);
+        REQUIRE(result.ok());
+        CHECK(result->output_ids == greedy);
+        CHECK(result->text == g.meta["greedy_text"].get<std::string>());
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace headwise::engine

@@ -1,0 +1,92 @@
+#include <algorithm>
+#include <set>
+
+#include <catch2/catch.hpp>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kvcache/kv_cache.h"
+
+namespace headwise::kvcache {
+namespace {
+
+KvCacheConfig SmallConfig(int num_pages) {
+  KvCacheConfig c;
+  c.num_layers = 2;
+  c.num_kv_heads = 3;
+  c.head_dim = 8;
+  c.page_size = 4;
+  c.num_pages = num_pages;
+  return c;
+}
+
+TEST_CASE("PagePool hands out each page once and takes them back", "[kvcache]") {
+  PagePool pool(5);
+  std::vector<int32_t> a, b;
+  REQUIRE(pool.Allocate(3, a));
+  CHECK_FALSE(pool.Allocate(3, b));
+  CHECK(b.empty());
+  REQUIRE(pool.Allocate(2, b));
+  std::set<int32_t> all(a.begin(), a.end());
+  all.insert(b.begin(), b.end());
+  CHECK(all.size() == 5);
+  CHECK(pool.num_free() == 0);
+  pool.Free(a);
+  CHECK(pool.num_free() == 3);
+}
+
+TEST_CASE("SequenceKv reserves pages per layer and head, all or nothing", "[kvcache]") {
+  auto be = kernels::CreateCpuBackend(1);
+  // 2 layers x 3 heads: 6 pages per 4 tokens.
+  KvCache cache(SmallConfig(14), HeadClassLayout::Dense(2, 3), *be);
+  SequenceKv seq(cache);
+  REQUIRE(seq.Reserve(5).ok());  // 2 pages per head -> 12 pages
+  CHECK(seq.num_pages_held() == 12);
+  CHECK(cache.pages().num_free() == 2);
+  Status grow = seq.Reserve(9);  // needs 6 more
+  CHECK(grow.code() == StatusCode::kResourceExhausted);
+  CHECK(seq.capacity_tokens() == 5);
+  CHECK(cache.pages().num_free() == 2);
+
+  // Every (layer, head, logical page) owns a distinct physical page; slots follow positions.
+  std::set<int32_t> pages;
+  for (int l = 0; l < 2; ++l)
+    for (int h = 0; h < 3; ++h)
+      for (int p = 0; p < 2; ++p) pages.insert(seq.Page(l, h, p));
+  CHECK(pages.size() == 12);
+  CHECK(seq.Slot(1, 2, 6) == seq.Page(1, 2, 1) * 4 + 2);
+
+  seq.Release();
+  CHECK(cache.pages().num_free() == 14);
+}
+
+TEST_CASE("Head classes: several classes per layer keep separate tables", "[kvcache]") {
+  auto be = kernels::CreateCpuBackend(1);
+  HeadClassLayout layout;
+  layout.classes = {{{0, 2}, {1}}, {{2}, {0}, {1}}};
+  KvCache cache(SmallConfig(32), layout, *be);
+  CHECK(cache.ClassOf(0, 1) == 1);
+  CHECK(cache.IndexInClass(0, 2) == 1);
+  SequenceKv seq(cache);
+  REQUIRE(seq.Reserve(8).ok());
+  std::set<int32_t> pages;
+  for (int l = 0; l < 2; ++l)
+    for (int h = 0; h < 3; ++h)
+      for (int p = 0; p < 2; ++p) pages.insert(seq.Page(l, h, p));
+  CHECK(pages.size() == 12);
+}
+
+TEST_CASE("HeadClassLayout validation names the problem", "[kvcache]") {
+  HeadClassLayout layout;
+  layout.classes = {{{0, 1}, {1}}};
+  Status s = layout.Validate(1, 3);
+  CHECK_FALSE(s.ok());
+  CHECK_THAT(s.message(), Catch::Contains("two classes"));
+  layout.classes = {{{0, 1}}};
+  CHECK_THAT(layout.Validate(1, 3).message(), Catch::Contains("in no class"));
+  layout.classes = {{{0, 5}}};
+  CHECK_THAT(layout.Validate(1, 3).message(), Catch::Contains("out of range"));
+  CHECK_THAT(layout.Validate(2, 2).message(), Catch::Contains("layers"));
+}
+
+}  // namespace
+}  // namespace headwise::kvcache

@@ -1,0 +1,175 @@
+// `headwise generate`: one prompt through one model, the completion on stdout, speed on stderr.
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "engine/chat_prompt.h"
+#include "engine/generator.h"
+#include "engine/model_loader.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tools/commands.h"
+#include "tools/flags.h"
+
+namespace headwise::tools {
+namespace {
+
+constexpr const char* kUsage = R"(usage: headwise generate --model PATH --prompt TEXT [options]
+
+  --model PATH              Hugging Face model directory, .gguf file, or (with
+                            --load-format dummy) a directory holding config.json
+  --prompt TEXT             the prompt
+  --chat                    wrap the prompt as a user message in the model's chat template
+  --system TEXT             system message for --chat
+  --load-format auto|dummy  dummy: seeded random weights from config.json alone
+  --tokenizer PATH          tokenizer to use instead of the model's own
+  --max-tokens N            tokens to generate (default 64)
+  --temperature T           0 = greedy (default 0)
+  --top-k K  --top-p P  --min-p P
+  --repetition-penalty R  --presence-penalty P  --frequency-penalty F
+  --seed N                  seed of the sampler (same seed, same output)
+  --stop TEXT               stop string (repeatable); not printed
+  --stop-token-id ID        stop token id (repeatable)
+  --logit-bias ID=BIAS      additive logit bias (repeatable)
+  --ignore-eos              keep going past end-of-sequence tokens
+  --logprobs K              print each token's logprob and K alternatives to stderr
+  --no-special              do not add BOS/special tokens to the prompt
+  --threads N               CPU threads (default: all)
+  --prefill-chunk N         prefill chunk size in tokens (default 512)
+  --kv-pages N              KV pages of 16 tokens (default: enough for the request)
+)";
+
+int Fail(const Status& s) {
+  std::fprintf(stderr, "headwise: error: %s\n", s.message().c_str());
+  return s.code() == StatusCode::kInternal ? 1 : 2;
+}
+
+}  // namespace
+
+int RunGenerate(int argc, char** argv) {
+  spdlog::set_level(spdlog::level::warn);
+  FlagParser flags(argc, argv);
+  if (flags.Has("help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  std::string model_path, prompt, load_format = "auto", tokenizer_path, system;
+  bool chat = false, ignore_eos = false, no_special = false;
+  int threads = 0, prefill_chunk = 512, kv_pages = 0;
+  engine::SamplingParams params;
+  params.temperature = 0.0f;
+  params.max_tokens = 64;
+  int64_t seed = -1;
+  std::vector<std::string> stops, stop_ids, biases;
+
+  flags.String("model", model_path);
+  flags.String("prompt", prompt);
+  flags.Bool("chat", chat);
+  flags.String("system", system);
+  flags.String("load-format", load_format);
+  flags.String("tokenizer", tokenizer_path);
+  flags.Int("max-tokens", params.max_tokens);
+  flags.Float("temperature", params.temperature);
+  flags.Int("top-k", params.top_k);
+  flags.Float("top-p", params.top_p);
+  flags.Float("min-p", params.min_p);
+  flags.Float("repetition-penalty", params.repetition_penalty);
+  flags.Float("presence-penalty", params.presence_penalty);
+  flags.Float("frequency-penalty", params.frequency_penalty);
+  flags.Int64("seed", seed);
+  flags.StringList("stop", stops);
+  flags.StringList("stop-token-id", stop_ids);
+  flags.StringList("logit-bias", biases);
+  flags.Bool("ignore-eos", ignore_eos);
+  flags.Int("logprobs", params.logprobs);
+  flags.Bool("no-special", no_special);
+  flags.Int("threads", threads);
+  flags.Int("prefill-chunk", prefill_chunk);
+  flags.Int("kv-pages", kv_pages);
+  if (Status s = flags.Finish(); !s.ok()) return Fail(s);
+  if (model_path.empty()) return Fail(InvalidArgument("--model is required"));
+  if (prompt.empty()) return Fail(InvalidArgument("--prompt is required"));
+  if (load_format != "auto" && load_format != "dummy") {
+    return Fail(InvalidArgument("--load-format must be auto or dummy, got '{}'", load_format));
+  }
+  params.stop = stops;
+  params.ignore_eos = ignore_eos;
+  if (seed >= 0) params.seed = static_cast<uint64_t>(seed);
+  for (const auto& s : stop_ids) {
+    auto id = ParseInt(s);
+    if (!id.ok()) return Fail(id.status().WithContext("--stop-token-id"));
+    params.stop_token_ids.push_back(static_cast<int32_t>(*id));
+  }
+  for (const auto& b : biases) {
+    const size_t eq = b.find('=');
+    if (eq == std::string::npos) return Fail(InvalidArgument("--logit-bias expects ID=BIAS, got '{}'", b));
+    auto id = ParseInt(b.substr(0, eq));
+    auto bias = ParseFloat(b.substr(eq + 1));
+    if (!id.ok() || !bias.ok()) return Fail(InvalidArgument("--logit-bias expects ID=BIAS, got '{}'", b));
+    params.logit_bias[static_cast<int32_t>(*id)] = static_cast<float>(*bias);
+  }
+
+  auto backend = kernels::CreateCpuBackend(threads);
+  engine::LoadOptions options;
+  options.format = load_format == "dummy" ? models::LoadFormat::kDummy : models::LoadFormat::kAuto;
+  options.tokenizer_path = tokenizer_path;
+  auto loaded = engine::LoadModel(model_path, options, *backend);
+  if (!loaded.ok()) return Fail(loaded.status());
+  if (!loaded->tokenizer) {
+    return Fail(InvalidArgument("{}: no tokenizer found; pass --tokenizer PATH", model_path));
+  }
+  const tokenizer::Tokenizer& tok = *loaded->tokenizer;
+
+  std::string text = prompt;
+  if (chat) {
+    std::vector<engine::ChatMessage> messages;
+    if (!system.empty()) messages.push_back({"system", system});
+    messages.push_back({"user", prompt});
+    const std::string bos = tok.bos_id() ? std::string(tok.IdToPiece(*tok.bos_id())) : "";
+    auto rendered = engine::RenderChatPrompt(loaded->chat_template, messages, bos);
+    if (!rendered.ok()) return Fail(rendered.status());
+    text = *rendered;
+  }
+  // A chat rendering already carries its BOS, like transformers' apply_chat_template.
+  const std::vector<int32_t> ids = tok.Encode(text, !no_special && !chat);
+
+  const auto& config = loaded->model->config();
+  const int needed = static_cast<int>(ids.size()) + params.max_tokens;
+  const int page_size = 16;
+  if (kv_pages <= 0) {
+    kv_pages = (needed + page_size - 1) / page_size * config.num_layers * config.num_kv_heads;
+  }
+  kvcache::KvCache cache(loaded->model->KvConfig(kv_pages, page_size),
+                         kvcache::HeadClassLayout::Dense(config.num_layers, config.num_kv_heads),
+                         *backend);
+  std::vector<int32_t> eos = loaded->eos_token_ids;
+  for (int32_t id : tok.stop_ids()) eos.push_back(id);
+  engine::Generator generator(*loaded->model, cache, &tok, eos);
+  auto result = generator.Generate(ids, params, prefill_chunk, [](std::string_view delta) {
+    std::fwrite(delta.data(), 1, delta.size(), stdout);
+    std::fflush(stdout);
+  });
+  if (!result.ok()) return Fail(result.status());
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+
+  if (params.logprobs >= 0) {
+    for (const auto& t : result->tokens) {
+      std::string alts;
+      for (const auto& [id, lp] : t.top_logprobs) alts += fmt::format(" {}:{:.4f}", id, lp);
+      std::fprintf(stderr, "token %d logprob %.4f top:%s\n", t.id, t.logprob, alts.c_str());
+    }
+  }
+  const size_t n_out = result->output_ids.size();
+  std::fprintf(stderr,
+               "prompt: %zu tokens, %.1f tokens/s; generation: %zu tokens, %.1f tokens/s; "
+               "finish: %s\n",
+               ids.size(), result->prefill_seconds > 0 ? ids.size() / result->prefill_seconds : 0.0,
+               n_out, result->decode_seconds > 0 ? n_out / result->decode_seconds : 0.0,
+               result->finish_reason.c_str());
+  return 0;
+}
+
+}  // namespace headwise::tools
