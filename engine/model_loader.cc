@@ -5,6 +5,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "models/gguf_file.h"
@@ -85,6 +87,29 @@ StatusOr<std::unique_ptr<tokenizer::Tokenizer>> LoadGgufFileTokenizer(const std:
   return tok;
 }
 
+// Parameters of the Llama-family graph the config describes.
+double ParameterCount(const models::ModelConfig& c) {
+  const double h = c.hidden_size, q = double(c.num_heads) * c.head_dim,
+               kv = double(c.num_kv_heads) * c.head_dim;
+  const double per_layer = h * (q + 2 * kv) + q * h + 3 * h * c.intermediate_size + 2 * h +
+                           (c.attention_bias ? q + 2 * kv : 0);
+  return double(c.vocab_size) * h * (c.tie_word_embeddings ? 1 : 2) + c.num_layers * per_layer + h;
+}
+
+// The CPU backend keeps f32 weights in host memory: refuse a model that cannot fit before
+// spending minutes loading it into swapless memory and dying.
+Status CheckHostMemory(const models::ModelConfig& config) {
+  const double need = ParameterCount(config) * sizeof(float);
+  const double have = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  if (have > 0 && need > 0.9 * have) {
+    return ResourceExhausted(
+        "the model needs {:.1f} GiB of f32 weights on the CPU backend, this machine has {:.1f} GiB "
+        "of memory",
+        need / (1 << 30), have / (1 << 30));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<tokenizer::Tokenizer>> LoadTokenizerFor(const std::string& path) {
@@ -113,6 +138,7 @@ StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& opti
   LoadedModel out;
   out.path = files.path;
   out.format = files.format;
+  if (backend.device() == Device::kCpu) HW_RETURN_IF_ERROR(CheckHostMemory(files.config));
   auto model = models::LlamaModel::Load(files.config, *files.weights, backend);
   if (!model.ok()) return model.status().WithContext(path);
   out.model = std::move(model).value();

@@ -13,6 +13,9 @@ export HEADWISE_SHARED=${HEADWISE_SHARED:-$root/../shared}
 
 scripts/install-deps.sh
 python=$(scripts/python-env.sh)
+# The real chat model the goldens and tokenizer checks use (cached after the first run).
+HEADWISE_SMOLLM2_GGUF=$(scripts/get-model.sh smollm2-135m-instruct)
+export HEADWISE_SMOLLM2_GGUF
 
 cmake -S . -B "$build" -G Ninja -DHEADWISE_PYTHON="$python" >/dev/null
 cmake --build "$build" -j "$jobs"

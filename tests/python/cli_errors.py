@@ -1,0 +1,159 @@
+"""Bad model input through the `headwise` CLI: each case must end with exit code 2 and exactly
+one line on stderr that names the problem — never a crash, a hang or a stack trace.
+
+usage: cli_errors.py CASE   (CASE from CASES below; `all` runs every case)
+Needs HEADWISE_BIN (the headwise binary) and HEADWISE_SHARED (default ../shared)."""
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+SHARED = os.environ.get("HEADWISE_SHARED") or os.path.join(os.environ["HEADWISE_SOURCE_DIR"], "..", "shared")
+TINY = os.path.join(SHARED, "models", "tinystories-656k")
+GGUF = os.path.join(SHARED, "models", "stories260k-gguf", "stories260K.gguf")
+
+
+def copy_tiny(tmp):
+    d = os.path.join(tmp, "model")
+    shutil.copytree(TINY, d)
+    for name in os.listdir(d):
+        os.chmod(os.path.join(d, name), 0o644)
+    return d
+
+
+def rewrite_safetensors(path, edit_header):
+    data = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    edit_header(header)
+    raw = json.dumps(header).encode()
+    open(path, "wb").write(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+
+
+def case_missing_path(tmp):
+    return os.path.join(tmp, "no-such-model"), "no such"
+
+
+def case_truncated_safetensors(tmp):
+    d = copy_tiny(tmp)
+    p = os.path.join(d, "model.safetensors")
+    size = os.path.getsize(p)
+    with open(p, "r+b") as f:
+        f.truncate(size // 2)
+    return d, "beyond"
+
+
+def case_truncated_safetensors_header(tmp):
+    d = copy_tiny(tmp)
+    p = os.path.join(d, "model.safetensors")
+    with open(p, "r+b") as f:
+        f.truncate(100)
+    return d, "header"
+
+
+def case_garbled_safetensors(tmp):
+    d = copy_tiny(tmp)
+    p = os.path.join(d, "model.safetensors")
+    junk = b"{this is not json"
+    open(p, "wb").write(struct.pack("<Q", len(junk)) + junk)
+    return d, "json"
+
+
+def case_truncated_gguf(tmp):
+    p = os.path.join(tmp, "model.gguf")
+    data = open(GGUF, "rb").read()
+    open(p, "wb").write(data[: len(data) * 3 // 5])
+    return p, "beyond"
+
+
+def case_truncated_gguf_metadata(tmp):
+    p = os.path.join(tmp, "model.gguf")
+    open(p, "wb").write(open(GGUF, "rb").read()[:200])
+    return p, "truncated"
+
+
+def case_garbled_gguf(tmp):
+    p = os.path.join(tmp, "model.gguf")
+    data = bytearray(open(GGUF, "rb").read())
+    data[0:4] = b"XXXX"
+    open(p, "wb").write(bytes(data))
+    return p, "magic"
+
+
+def case_unknown_architecture(tmp):
+    d = copy_tiny(tmp)
+    p = os.path.join(d, "config.json")
+    cfg = json.load(open(p))
+    cfg["architectures"] = ["GPTNeoXForCausalLM"]
+    json.dump(cfg, open(p, "w"))
+    return d, "GPTNeoXForCausalLM"
+
+
+def case_unknown_tensor_type(tmp):
+    d = copy_tiny(tmp)
+
+    def edit(header):
+        # I32 has the size of F32, so only the type itself is wrong.
+        header["model.norm.weight"]["dtype"] = "I32"
+
+    rewrite_safetensors(os.path.join(d, "model.safetensors"), edit)
+    return d, "I32"
+
+
+def case_shape_contradicts_config(tmp):
+    d = copy_tiny(tmp)
+    p = os.path.join(d, "config.json")
+    cfg = json.load(open(p))
+    cfg["intermediate_size"] = 512
+    json.dump(cfg, open(p, "w"))
+    return d, "shape"
+
+
+def case_bad_flag_value(tmp):
+    return TINY, "--max-tokens"
+
+
+CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
+
+
+def run_case(name):
+    with tempfile.TemporaryDirectory() as tmp:
+        model, keyword = CASES[name](tmp)
+        cmd = [os.environ["HEADWISE_BIN"], "generate", "--model", model, "--prompt", "hello", "--max-tokens", "4"]
+        if name == "bad_flag_value":
+            cmd[-1] = "four"
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return f"{name}: hung (no exit within 60 s)"
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        problems = []
+        if r.returncode != 2:
+            problems.append(f"exit code {r.returncode}, want 2")
+        if len(lines) != 1:
+            problems.append(f"{len(lines)} stderr lines, want 1")
+        elif not lines[0].startswith("headwise: error: "):
+            problems.append("stderr does not start with 'headwise: error: '")
+        elif keyword.lower() not in lines[0].lower():
+            problems.append(f"error does not mention {keyword!r}")
+        if problems:
+            return f"{name}: {'; '.join(problems)}\n  stderr: {r.stderr.strip()!r}"
+        print(f"ok   {name}: {lines[0]}")
+        return None
+
+
+def main():
+    names = list(CASES) if sys.argv[1:] == ["all"] else sys.argv[1:]
+    failures = [f for f in (run_case(n) for n in names) if f]
+    for f in failures:
+        print("FAIL", f)
+    print(f"{len(names) - len(failures)} passed, {len(failures)} failed")
+    return 1 if failures or not names else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
