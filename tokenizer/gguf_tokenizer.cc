@@ -44,11 +44,16 @@ StatusOr<PreSpec> PreFor(const std::string& pre) {
   return Unimplemented("GGUF pre-tokenizer '{}' is not supported", pre);
 }
 
-Status CheckId(const char* what, const std::optional<int32_t>& id, size_t n) {
-  if (id && (*id < 0 || static_cast<size_t>(*id) >= n)) {
-    return InvalidArgument("GGUF {} id {} is outside the vocabulary of {} tokens", what, *id, n);
-  }
-  return Status::Ok();
+// llama.cpp keeps its default when a special-token id is outside the vocabulary (converters
+// write 0xFFFFFFFF, read back as -1, for "none"); so do we.
+std::optional<int32_t> ValidId(std::optional<int32_t> given, std::optional<int32_t> fallback,
+                               size_t n) {
+  const auto valid = [n](std::optional<int32_t> id) {
+    return id && *id >= 0 && static_cast<size_t>(*id) < n;
+  };
+  if (valid(given)) return given;
+  if (valid(fallback)) return fallback;
+  return std::nullopt;
 }
 
 }  // namespace
@@ -105,9 +110,8 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const GgufVocab& vocab) {
       auto it = piece_to_id.find(fmt::format("<0x{:02X}>", b));
       if (it != piece_to_id.end()) byte_ids[b] = it->second;
     }
-    HW_RETURN_IF_ERROR(CheckId("unknown", vocab.unk_id, n));
     config.model = internal::MakeSpmScoreModel(vocab.tokens, vocab.scores, byte_ids,
-                                               vocab.unk_id ? vocab.unk_id : unk);
+                                               ValidId(vocab.unk_id, unk, n));
     config.decoders.push_back({DecoderStep::Kind::kReplace, "\xE2\x96\x81", " "});
     config.decoders.push_back({DecoderStep::Kind::kByteFallback});
     config.decoders.push_back({DecoderStep::Kind::kFuse});
@@ -138,12 +142,8 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const GgufVocab& vocab) {
     config.decoders.push_back({DecoderStep::Kind::kByteLevel});
   }
 
-  if (vocab.bos_id) bos = vocab.bos_id;
-  if (vocab.eos_id) eos = vocab.eos_id;
-  HW_RETURN_IF_ERROR(CheckId("bos", bos, n));
-  HW_RETURN_IF_ERROR(CheckId("eos", eos, n));
-  HW_RETURN_IF_ERROR(CheckId("eot", vocab.eot_id, n));
-  HW_RETURN_IF_ERROR(CheckId("eom", vocab.eom_id, n));
+  bos = ValidId(vocab.bos_id, bos, n);
+  eos = ValidId(vocab.eos_id, eos, n);
   add_bos = vocab.add_bos_token.value_or(add_bos);
   add_eos = vocab.add_eos_token.value_or(add_eos);
   if (add_bos) {
@@ -163,8 +163,8 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const GgufVocab& vocab) {
     }
   };
   add_stop(eos);
-  add_stop(vocab.eot_id);
-  add_stop(vocab.eom_id);
+  add_stop(ValidId(vocab.eot_id, std::nullopt, n));
+  add_stop(ValidId(vocab.eom_id, std::nullopt, n));
   for (const AddedToken& t : config.added_tokens) {
     if (t.special && internal::IsEndOfTurnText(t.content)) add_stop(t.id);
   }

@@ -147,10 +147,17 @@ TEST_CASE("GGUF vocabularies are validated", "[tokenizer]") {
   v.scores = {0, 0, 0};
   CHECK(LoadGgufTokenizer(v).status().code() == StatusCode::kInvalidArgument);
   v.scores.push_back(0);
+  // As in llama.cpp, an id outside the vocabulary (-1 is "none") keeps the default.
+  v.bos_id = -1;
+  v.eos_id = 3;
+  auto loaded = LoadGgufTokenizer(v);
+  REQUIRE(loaded.ok());
+  CHECK((*loaded)->bos_id() == 1);
+  CHECK((*loaded)->eos_id() == 3);
   v.bos_id = 7;
-  CHECK(LoadGgufTokenizer(v).status().code() == StatusCode::kInvalidArgument);
+  v.add_bos_token = true;
+  CHECK((*LoadGgufTokenizer(v))->Encode("a", true).front() == 1);
   v.bos_id.reset();
-  CHECK(LoadGgufTokenizer(v).ok());
   v.model = "bert";
   CHECK(LoadGgufTokenizer(v).status().code() == StatusCode::kUnimplemented);
   v.model = "gpt2";
