@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
+
+#include "tokenizer/incremental_detokenizer.h"
 
 namespace headwise::engine {
 namespace {
@@ -23,17 +26,6 @@ size_t StopPrefixHold(std::string_view text, const std::vector<std::string>& sto
     }
   }
   return hold;
-}
-
-// Bytes at the end of `text` that form an incomplete UTF-8 sequence.
-size_t IncompleteUtf8Tail(std::string_view text) {
-  for (size_t back = 1; back <= std::min<size_t>(3, text.size()); ++back) {
-    const auto c = static_cast<unsigned char>(text[text.size() - back]);
-    if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back
-    const size_t need = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
-    return need > back ? back : 0;
-  }
-  return 0;
 }
 
 }  // namespace
@@ -76,7 +68,14 @@ StatusOr<GenerationResult> Generator::Generate(std::span<const int32_t> prompt,
   auto t1 = std::chrono::steady_clock::now();
   result.prefill_seconds = Seconds(t0, t1);
 
-  size_t emitted = 0;  // bytes of result.text already handed to on_text
+  // Decoded with the prompt as left context, as vLLM does, so a continuation keeps its
+  // leading space.
+  std::optional<tokenizer::IncrementalDetokenizer> detok;
+  if (tokenizer_ != nullptr) {
+    detok.emplace(*tokenizer_, /*skip_special_tokens=*/true,
+                  std::vector<int32_t>(prompt.begin(), prompt.end()));
+  }
+  size_t emitted = 0;  // bytes of text already handed to on_text
   std::string text;
   int32_t next = 0;
   for (int step = 0;; ++step) {
@@ -88,9 +87,14 @@ StatusOr<GenerationResult> Generator::Generate(std::span<const int32_t> prompt,
         std::find(params.stop_token_ids.begin(), params.stop_token_ids.end(), id) != params.stop_token_ids.end() ||
         (!params.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), id) != eos_ids_.end());
 
-    if (tokenizer_ != nullptr) text = tokenizer_->Decode(result.output_ids, /*skip_special_tokens=*/true);
+    const size_t scan_from = text.size();
+    if (detok) text += detok->Add(id);
+    // A stop string can only complete in the new text or straddle into it.
     size_t stop_at = std::string::npos;
-    for (const auto& s : params.stop) stop_at = std::min(stop_at, text.find(s));
+    for (const auto& s : params.stop) {
+      const size_t from = scan_from >= s.size() ? scan_from - s.size() + 1 : 0;
+      stop_at = std::min(stop_at, text.find(s, from));
+    }
     if (stop_at != std::string::npos) {
       text.resize(stop_at);
       result.finish_reason = "stop";
@@ -100,8 +104,9 @@ StatusOr<GenerationResult> Generator::Generate(std::span<const int32_t> prompt,
       result.finish_reason = "length";
     }
     const bool done = !result.finish_reason.empty();
+    if (done && detok && stop_at == std::string::npos) text += detok->Finish();
     size_t ready = text.size();
-    if (!done) ready -= std::max(StopPrefixHold(text, params.stop), IncompleteUtf8Tail(text));
+    if (!done) ready -= StopPrefixHold(text, params.stop);
     if (on_text && ready > emitted) on_text(std::string_view(text).substr(emitted, ready - emitted));
     emitted = std::max(emitted, ready);
     if (done) break;

@@ -158,7 +158,10 @@ StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& opti
   // then say it is missing.
   if (has_own_tokenizer) {
     HW_ASSIGN_OR_RETURN(out.tokenizer, LoadTokenizerFor(tok_path));
+    // End-of-generation tokens the vocabulary names (eos, <|eot_id|>, <|im_end|>, ...), as
+    // llama.cpp stops on them.
     if (auto eos = out.tokenizer->eos_id()) out.eos_token_ids.push_back(*eos);
+    for (int32_t id : out.tokenizer->stop_ids()) out.eos_token_ids.push_back(id);
   }
 
   // Chat template: tokenizer_config.json's, or the GGUF's tokenizer.chat_template.

@@ -25,7 +25,7 @@ struct LoadedModel {
   std::unique_ptr<models::LlamaModel> model;
   std::unique_ptr<tokenizer::Tokenizer> tokenizer;  // null when the path has no tokenizer files
   std::string chat_template;                        // empty when the model ships none
-  std::vector<int32_t> eos_token_ids;               // config + generation_config + tokenizer
+  std::vector<int32_t> eos_token_ids;  // config, generation_config and the tokenizer's stop ids
   std::string path;
   std::string format;
 };

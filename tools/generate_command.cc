@@ -144,9 +144,7 @@ int RunGenerate(int argc, char** argv) {
   kvcache::KvCache cache(loaded->model->KvConfig(kv_pages, page_size),
                          kvcache::HeadClassLayout::Dense(config.num_layers, config.num_kv_heads),
                          *backend);
-  std::vector<int32_t> eos = loaded->eos_token_ids;
-  for (int32_t id : tok.stop_ids()) eos.push_back(id);
-  engine::Generator generator(*loaded->model, cache, &tok, eos);
+  engine::Generator generator(*loaded->model, cache, &tok, loaded->eos_token_ids);
   auto result = generator.Generate(ids, params, prefill_chunk, [](std::string_view delta) {
     std::fwrite(delta.data(), 1, delta.size(), stdout);
     std::fflush(stdout);

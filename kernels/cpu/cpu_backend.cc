@@ -29,7 +29,7 @@ float RmsScale(const float* x, int64_t n, float eps) {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int num_threads) : pool_(num_threads) {}
+  explicit CpuBackend(int num_threads) : pool_(num_threads) { openblas_set_num_threads(1); }
 
   std::string_view name() const override { return "cpu"; }
   Device device() const override { return Device::kCpu; }
@@ -109,16 +109,20 @@ class CpuBackend final : public Backend {
     HW_CHECK_EQ(w.dim(1), k);
     HW_CHECK_EQ(out.dim(0), m);
     HW_CHECK_EQ(out.dim(1), n);
-    if (m == 1) {
-      // Decode: a matrix-vector product; OpenBLAS's sgemv streams w without sgemm's packing.
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(n), static_cast<int>(k), 1.0f,
-                  w.ptr<float>(), static_cast<int>(k), x.ptr<float>(), 1, 0.0f, out.ptr<float>(), 1);
-    } else {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
-                  static_cast<int>(n), static_cast<int>(k), 1.0f, x.ptr<float>(),
-                  static_cast<int>(k), w.ptr<float>(), static_cast<int>(k), 0.0f,
-                  out.ptr<float>(), static_cast<int>(n));
-    }
+    // Each pool thread multiplies by its own slice of w's rows with a single-threaded OpenBLAS
+    // call: one level of threading, no OpenBLAS worker threads spinning against ours.
+    pool_.ParallelFor(n, [&](int64_t begin, int64_t end) {
+      const int cols = static_cast<int>(end - begin);
+      const float* w_slice = w.ptr<float>() + begin * k;
+      if (m == 1) {  // decode: a matrix-vector product, bound by streaming w
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, cols, static_cast<int>(k), 1.0f, w_slice,
+                    static_cast<int>(k), x.ptr<float>(), 1, 0.0f, out.ptr<float>() + begin, 1);
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), cols,
+                    static_cast<int>(k), 1.0f, x.ptr<float>(), static_cast<int>(k), w_slice,
+                    static_cast<int>(k), 0.0f, out.ptr<float>() + begin, static_cast<int>(n));
+      }
+    });
     if (bias.data != nullptr) {
       HW_CHECK_EQ(bias.numel(), n);
       for (int64_t r = 0; r < m; ++r) {
