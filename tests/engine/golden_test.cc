@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "engine/chat_prompt.h"
 #include "engine/generator.h"
 #include "engine/model_loader.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -130,6 +131,21 @@ TEST_CASE("Logits and greedy text equal transformers'", "[golden]") {
       }
     }
   }
+}
+
+TEST_CASE("Minimal chat rendering equals transformers' apply_chat_template", "[golden]") {
+  // The golden's prompt is what transformers rendered from SmolLM2's own template for one user
+  // message (default system prompt included).
+  std::ifstream in(testing::SourcePath("tests/golden/smollm2-135m-instruct.json"));
+  const auto meta = nlohmann::json::parse(in);
+  const std::string model_path = ResolveModel("smollm2-135m-instruct");
+  REQUIRE(fs::exists(model_path));
+  auto backend = kernels::CreateCpuBackend(1);
+  auto loaded = LoadModel(model_path, LoadOptions{}, *backend);
+  REQUIRE(loaded.ok());
+  auto rendered = RenderChatPrompt(loaded->chat_template, {{"user", "What is the capital of France?"}}, "");
+  REQUIRE(rendered.ok());
+  CHECK(*rendered == meta["prompt"].get<std::string>());
 }
 
 }  // namespace

@@ -1,0 +1,28 @@
+"""`headwise generate --chat` on SmolLM2-135M-Instruct answers like transformers does: its
+stdout equals the greedy answer in tests/golden/smollm2-135m-instruct.json, which
+transformers produced from the same question through the model's own chat template."""
+
+import json
+import os
+import subprocess
+import sys
+
+root = os.environ["HEADWISE_SOURCE_DIR"]
+golden = json.load(open(os.path.join(root, "tests/golden/smollm2-135m-instruct.json")))
+cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+model = os.environ.get("HEADWISE_SMOLLM2_GGUF") or os.path.join(
+    cache, "headwise/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+if not model or not os.path.exists(model):
+    print("FAIL: SmolLM2 GGUF not found; run scripts/get-model.sh smollm2-135m-instruct "
+          "and set HEADWISE_SMOLLM2_GGUF (scripts/test.sh does both)")
+    sys.exit(1)
+
+question = "What is the capital of France?"
+assert question in golden["prompt"], "golden made from another question"
+r = subprocess.run([os.environ["HEADWISE_BIN"], "generate", "--model", model, "--chat", "--prompt",
+                    question, "--max-tokens", "32"], capture_output=True, text=True, timeout=120)
+answer = r.stdout.strip()
+ok = r.returncode == 0 and answer == golden["greedy_text"].strip() and "tokens/s" in r.stderr
+print(f"answer: {answer!r}\nwant:   {golden['greedy_text']!r}\nstderr: {r.stderr.strip()}")
+print("1 passed, 0 failed" if ok else "0 passed, 1 failed")
+sys.exit(0 if ok else 1)
