@@ -3,18 +3,26 @@
 namespace headwise::engine {
 namespace {
 
-// ChatML templates that inject a default system message (SmolLM2, Qwen2) spell it as a literal
-// between "<|im_start|>system\n" and "<|im_end|>".
+// ChatML templates that inject a default system message (SmolLM2, Qwen2) spell it as a string
+// literal between "<|im_start|>system" plus a newline (a real one, or the escape \n that
+// Jinja unescapes) and "<|im_end|>".
 std::string DefaultChatMlSystem(const std::string& tmpl) {
-  const std::string open = "<|im_start|>system\\n";
+  const std::string open = "<|im_start|>system";
   const std::string close = "<|im_end|>";
   const size_t start = tmpl.find(open);
   if (start == std::string::npos) return "";
-  const size_t text = start + open.size();
+  size_t text = start + open.size();
+  if (tmpl.compare(text, 1, "\n") == 0) {
+    text += 1;
+  } else if (tmpl.compare(text, 2, "\\n") == 0) {
+    text += 2;
+  } else {
+    return "";
+  }
   const size_t end = tmpl.find(close, text);
   if (end == std::string::npos) return "";
   std::string s = tmpl.substr(text, end - text);
-  if (s.find_first_of("{}'\"") != std::string::npos) return "";  // not a plain literal
+  if (s.find_first_of("{}'\"\\") != std::string::npos) return "";  // not a plain literal
   return s;
 }
 

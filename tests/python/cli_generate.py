@@ -22,7 +22,9 @@ assert question in golden["prompt"], "golden made from another question"
 r = subprocess.run([os.environ["HEADWISE_BIN"], "generate", "--model", model, "--chat", "--prompt",
                     question, "--max-tokens", "32"], capture_output=True, text=True, timeout=120)
 answer = r.stdout.strip()
-ok = r.returncode == 0 and answer == golden["greedy_text"].strip() and "tokens/s" in r.stderr
-print(f"answer: {answer!r}\nwant:   {golden['greedy_text']!r}\nstderr: {r.stderr.strip()}")
+# The rendered prompt must be transformers' too, not just the answer.
+want_prompt = f"prompt: {len(golden['prompt_ids'])} tokens"
+ok = r.returncode == 0 and answer == golden["greedy_text"].strip() and want_prompt in r.stderr
+print(f"answer: {answer!r}\nwant:   {golden['greedy_text']!r} and {want_prompt!r}\nstderr: {r.stderr.strip()}")
 print("1 passed, 0 failed" if ok else "0 passed, 1 failed")
 sys.exit(0 if ok else 1)
