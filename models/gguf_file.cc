@@ -351,6 +351,10 @@ StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
   if (Status s = r.Read(&f->version_, "version"); !s.ok()) return fail(s);
   // v1 used 32-bit counts and lengths; v2 and v3 share the layout (v3 only added big-endian
   // files, which announce themselves by a byte-swapped version and are rejected here).
+  if (f->version_ != 0 && (f->version_ & 0xffff) == 0) {
+    return Unimplemented("{}: big-endian GGUF files are not supported (version field {:#x})", path,
+                         f->version_);
+  }
   if (f->version_ != 2 && f->version_ != 3) {
     return Unimplemented("{}: unsupported GGUF version {} (supported: 2, 3)", path, f->version_);
   }

@@ -75,7 +75,7 @@ StatusOr<bool> ReadBool(const json& obj, const char* key, bool fallback) {
   return v->get<bool>();
 }
 
-StatusOr<RopeScaling> ParseHfRopeScaling(const json& config, const json* rope) {
+StatusOr<RopeScaling> ParseHfRopeScaling(const json* rope) {
   RopeScaling scaling;
   if (rope == nullptr) return scaling;
   if (!rope->is_object()) {
@@ -113,7 +113,6 @@ StatusOr<RopeScaling> ParseHfRopeScaling(const json& config, const json* rope) {
     scaling.original_max_position_embeddings = static_cast<int>(orig);
     return scaling;
   }
-  (void)config;
   return Unimplemented(
       "config.json: rope_scaling type '{}' is not supported (supported: "
       "llama3, linear, default)",
@@ -284,11 +283,10 @@ StatusOr<ModelConfig> ParseHfConfig(const json& config) {
   if (rope_params != nullptr) {
     HW_ASSIGN_OR_RETURN(c.rope_theta, ReadDouble(*rope_params, "rope_theta", 10000.0,
                                                  "config.json: rope_parameters"));
-    HW_ASSIGN_OR_RETURN(c.rope_scaling, ParseHfRopeScaling(config, rope_params));
+    HW_ASSIGN_OR_RETURN(c.rope_scaling, ParseHfRopeScaling(rope_params));
   } else {
     HW_ASSIGN_OR_RETURN(c.rope_theta, ReadDouble(config, "rope_theta", 10000.0));
-    HW_ASSIGN_OR_RETURN(c.rope_scaling,
-                        ParseHfRopeScaling(config, FindKey(config, "rope_scaling")));
+    HW_ASSIGN_OR_RETURN(c.rope_scaling, ParseHfRopeScaling(FindKey(config, "rope_scaling")));
   }
 
   // Qwen2's attention always has q/k/v biases (the config has no switch for it); Llama and

@@ -1,6 +1,7 @@
 // GGUF: the reader on the shared stories260K file, GGUF weights as HF weights (names, dims,
 // rotary un-permutation), and garbled files.
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
@@ -196,7 +197,8 @@ struct TinyGguf {
   std::map<std::string, std::vector<float>> hf;  // the HF-layout values each tensor must load as
   GgufBuilder builder;
 
-  explicit TinyGguf(const std::string& arch = "llama", uint32_t q_type = 1) {
+  explicit TinyGguf(const std::string& arch = "llama", uint32_t q_type = 1,
+                    float rope_theta = 10000.0f) {
     builder.AddString("general.architecture", arch);
     builder.AddU32(arch + ".context_length", 128);
     builder.AddU32(arch + ".embedding_length", 32);
@@ -205,7 +207,7 @@ struct TinyGguf {
     builder.AddU32(arch + ".attention.head_count", 4);
     builder.AddU32(arch + ".attention.head_count_kv", 2);
     builder.AddF32(arch + ".attention.layer_norm_rms_epsilon", 1e-5f);
-    builder.AddF32(arch + ".rope.freq_base", 10000.0f);
+    builder.AddF32(arch + ".rope.freq_base", rope_theta);
     builder.AddStringArray("tokenizer.ggml.tokens", std::vector<std::string>(16, "t"));
     uint32_t seed = 1;
     auto add = [&](const std::string& hf_name, const std::string& gguf_name, int64_t rows,
@@ -290,6 +292,64 @@ TEST_CASE("gguf: llama file with permuted Q/K (F16 and F32) and biases loads as 
 
 TEST_CASE("gguf: qwen2 file is not un-permuted", "[models][gguf]") {
   CheckTinyGgufRoundTrip("qwen2");
+}
+
+// convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors: per-frequency divisors for llama3
+// rope scaling, as Llama-3.1/3.2 GGUF files carry them.
+std::vector<float> Llama3RopeFactors(double theta, int head_dim, double factor) {
+  const double low_freq_factor = 1, high_freq_factor = 4, old_context_len = 8192;
+  const double low_freq_wavelen = old_context_len / low_freq_factor;
+  const double high_freq_wavelen = old_context_len / high_freq_factor;
+  std::vector<float> factors;
+  for (int i = 0; i < head_dim; i += 2) {
+    const float freq = static_cast<float>(1.0 / std::pow(theta, static_cast<double>(i) / head_dim));
+    const double wavelen = 2 * M_PI / freq;
+    if (wavelen < high_freq_wavelen) {
+      factors.push_back(1);
+    } else if (wavelen > low_freq_wavelen) {
+      factors.push_back(static_cast<float>(factor));
+    } else {
+      const double smooth =
+          (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+      factors.push_back(static_cast<float>(1 / ((1 - smooth) / factor + smooth)));
+    }
+  }
+  return factors;
+}
+
+TEST_CASE("gguf: llama3 rope scaling recovered from rope_freqs.weight", "[models][gguf][rope]") {
+  // theta 4e5 with head_dim 8 puts frequencies 0 and 1 in llama3's high band (unchanged),
+  // 2 in the medium band (smoothed: wavelength ~3974) and 3 in the low band (divided).
+  for (double factor : {8.0, 32.0}) {
+    INFO("factor " << factor);
+    TempDir dir;
+    TinyGguf tiny("llama", 1, 4e5f);
+    const std::vector<float> rope = Llama3RopeFactors(4e5f, 8, factor);
+    REQUIRE(rope[2] > 1);
+    REQUIRE(rope[2] < factor);
+    tiny.builder.AddTensor("rope_freqs.weight", {4}, 0, testing::FloatBytes(rope));
+    testing::WriteFileBytes(dir.File("r.gguf"), tiny.builder.Build());
+    auto files = OpenModel(dir.File("r.gguf"), LoadFormat::kAuto);
+    REQUIRE(files.ok());
+    const RopeScaling& rs = files->config.rope_scaling;
+    CHECK(rs.type == RopeScaling::Type::kLlama3);
+    CHECK(rs.factor == factor);
+    CHECK(rs.original_max_position_embeddings == 8192);
+    ModelConfig plain = files->config;
+    plain.rope_scaling = RopeScaling{};
+    const std::vector<float> f0 = RopeInverseFrequencies(plain);
+    const std::vector<float> f1 = RopeInverseFrequencies(files->config);
+    for (int i = 0; i < 4; ++i) CHECK(f1[i] == Approx(f0[i] / rope[i]).epsilon(1e-6));
+  }
+
+  TempDir dir;
+  TinyGguf tiny("llama", 1, 4e5f);
+  tiny.builder.AddTensor("rope_freqs.weight", {4}, 0, testing::FloatBytes({1, 2, 3, 4}));
+  testing::WriteFileBytes(dir.File("odd.gguf"), tiny.builder.Build());
+  auto files = OpenModel(dir.File("odd.gguf"), LoadFormat::kAuto);
+  REQUIRE_FALSE(files.ok());
+  CHECK(files.status().code() == StatusCode::kUnimplemented);
+  CHECK_THAT(files.status().message(), Catch::Contains("rope_freqs.weight"));
 }
 
 // --- bad input ---
@@ -513,6 +573,43 @@ TEST_CASE("gguf bad: tensor shape contradicts the metadata", "[models][gguf][bad
   CHECK_THAT(m.status().message(), Catch::Contains("model.layers.0.mlp.gate_proj.weight") &&
                                        Catch::Contains("[172, 64]") &&
                                        Catch::Contains("[173, 64]"));
+}
+
+}  // namespace
+}  // namespace headwise::models
+
+namespace headwise::models {
+namespace {
+
+// Random corruption of the header region (key/values and tensor infos): whatever the reader
+// makes of it, it must return a status or a model whose every weight loads, never crash or
+// read out of bounds (run under ASan to see the latter).
+TEST_CASE("gguf bad: random header corruption is handled", "[models][gguf][bad]") {
+  TempDir dir;
+  const std::string full = testing::ReadFileBytes(Stories260k());
+  std::mt19937 rng(123);
+  const std::string path = dir.File("fuzz.gguf");
+  int opened = 0;
+  for (int iter = 0; iter < 300; ++iter) {
+    std::string bytes = full;
+    const int flips = 1 + static_cast<int>(rng() % 4);
+    for (int k = 0; k < flips; ++k) {
+      const size_t at = rng() % 14176;  // the header ends where the data section starts
+      bytes[at] = static_cast<char>(rng() % 3 == 0 ? 0xff : rng());
+    }
+    if (rng() % 4 == 0) bytes.resize(rng() % bytes.size());
+    testing::WriteFileBytes(path, bytes);
+    auto files = OpenModel(path, LoadFormat::kAuto);
+    if (!files.ok()) {
+      CHECK_FALSE(files.status().message().empty());
+      continue;
+    }
+    ++opened;
+    for (const WeightSpec& w : ExpectedWeights(files->config)) {
+      CHECK(files->weights->Load(w.name, w.shape).ok());
+    }
+  }
+  WARN(opened << " of 300 corrupted files still opened");
 }
 
 }  // namespace

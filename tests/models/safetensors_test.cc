@@ -3,9 +3,11 @@
 #include "models/safetensors.h"
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 
 #include "core/dtype.h"
@@ -310,6 +312,83 @@ TEST_CASE("safetensors bad: garbled config.json", "[models][safetensors][bad]") 
   Status s = OpenStatus(dir.path().string());
   CHECK(s.code() == StatusCode::kInvalidArgument);
   CHECK_THAT(s.message(), Catch::Contains("config.json: invalid JSON"));
+}
+
+}  // namespace
+}  // namespace headwise::models
+
+namespace headwise::models {
+namespace {
+
+// The seeded random checkpoints the golden-logit tests use (tests/golden/models): Llama with
+// llama3 rope, sharded Llama, Mistral MQA in f16, Qwen2 with biases in bf16.
+TEST_CASE("safetensors: golden checkpoints open and every weight loads", "[models][safetensors]") {
+  struct Case {
+    const char* dir;
+    Architecture arch;
+    bool tied, bias;
+    RopeScaling::Type rope;
+    int kv_heads;
+  };
+  for (const Case& c :
+       {Case{"llama-gqa-rope3", Architecture::kLlama, false, false, RopeScaling::Type::kLlama3, 2},
+        Case{"llama-sharded", Architecture::kLlama, true, false, RopeScaling::Type::kNone, 4},
+        Case{"mistral-mqa-f16", Architecture::kMistral, false, false, RopeScaling::Type::kNone, 1},
+        Case{"qwen2-bias-bf16", Architecture::kQwen2, true, true, RopeScaling::Type::kNone, 2}}) {
+    INFO(c.dir);
+    auto files =
+        OpenModel(headwise::testing::SourcePath(std::string("tests/golden/models/") + c.dir),
+                  LoadFormat::kAuto);
+    REQUIRE(files.ok());
+    CHECK(files->config.architecture == c.arch);
+    CHECK(files->config.tie_word_embeddings == c.tied);
+    CHECK(files->config.attention_bias == c.bias);
+    CHECK(files->config.rope_scaling.type == c.rope);
+    CHECK(files->config.num_kv_heads == c.kv_heads);
+    for (const WeightSpec& w : ExpectedWeights(files->config)) {
+      INFO(w.name);
+      auto t = files->weights->Load(w.name, w.shape);
+      REQUIRE(t.ok());
+      int64_t finite = 0;
+      for (int64_t i = 0; i < t->shape.numel(); ++i) finite += std::isfinite(t->data[i]);
+      CHECK(finite == t->shape.numel());
+    }
+  }
+}
+
+}  // namespace
+}  // namespace headwise::models
+
+namespace headwise::models {
+namespace {
+
+TEST_CASE("safetensors bad: random header corruption is handled", "[models][safetensors][bad]") {
+  TempDir dir;
+  const std::string full = testing::ReadFileBytes(TinyStoriesDir() + "/model.safetensors");
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, full.data(), 8);
+  std::mt19937 rng(321);
+  int opened = 0;
+  for (int iter = 0; iter < 300; ++iter) {
+    std::string bytes = full;
+    const int flips = 1 + static_cast<int>(rng() % 4);
+    for (int k = 0; k < flips; ++k) {
+      const size_t at = rng() % (8 + header_len);
+      bytes[at] = static_cast<char>(rng() % 2 ? "0123456789\"[]{},:"[rng() % 17] : rng());
+    }
+    if (rng() % 4 == 0) bytes.resize(rng() % bytes.size());
+    WriteModelDir(dir, bytes);
+    auto files = OpenModel(dir.path().string(), LoadFormat::kAuto);
+    if (!files.ok()) {
+      CHECK_FALSE(files.status().message().empty());
+      continue;
+    }
+    ++opened;
+    for (const WeightSpec& w : ExpectedWeights(files->config)) {
+      CHECK(files->weights->Load(w.name, w.shape).ok());
+    }
+  }
+  WARN(opened << " of 300 corrupted files still opened");
 }
 
 }  // namespace
