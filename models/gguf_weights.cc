@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "models/gguf_quants.h"
+#include "models/host_buffer.h"
 
 namespace headwise::models {
 namespace {
@@ -92,13 +93,13 @@ class GgufWeightSource : public WeightSource {
       return out;
     }
     const size_t n = static_cast<size_t>(t->num_elements);
-    std::shared_ptr<float[]> buf(new float[n]);
+    std::shared_ptr<float[]> buf = AllocateHostFloats(n);
     if (Status s = DequantizeGgml(t->type, t->data, t->num_bytes, t->num_elements, buf.get());
         !s.ok()) {
       return s.WithContext(fmt::format("{}: tensor '{}'", gguf_->path(), t->name));
     }
     if (heads > 0) {
-      std::shared_ptr<float[]> hf(new float[n]);
+      std::shared_ptr<float[]> hf = AllocateHostFloats(n);
       const int64_t rows = shape[0];
       const int64_t cols = shape.size() > 1 ? static_cast<int64_t>(n) / rows : 1;
       UnpermuteRotaryRows(buf.get(), hf.get(), rows, cols, heads);

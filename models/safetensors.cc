@@ -9,6 +9,7 @@
 #include <set>
 
 #include "core/dtype.h"
+#include "models/host_buffer.h"
 #include "models/json_file.h"
 
 namespace headwise::models {
@@ -167,14 +168,14 @@ StatusOr<kernels::HostTensor> SafetensorsFile::ToF32(const SafetensorsTensor& t)
       return out;
     }
     // A header length that is not a multiple of 4 misaligns the data section.
-    std::shared_ptr<float[]> buf(new float[n]);
+    std::shared_ptr<float[]> buf = AllocateHostFloats(n);
     std::memcpy(buf.get(), t.data, n * sizeof(float));
     out.data = buf.get();
     out.keepalive = std::move(buf);
     return out;
   }
   if (t.dtype == "F16" || t.dtype == "BF16") {
-    std::shared_ptr<float[]> buf(new float[n]);
+    std::shared_ptr<float[]> buf = AllocateHostFloats(n);
     const bool bf16 = t.dtype == "BF16";
     for (size_t i = 0; i < n; ++i) {
       uint16_t h;

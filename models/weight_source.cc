@@ -14,6 +14,7 @@
 
 #include "models/gguf_file.h"
 #include "models/gguf_weights.h"
+#include "models/host_buffer.h"
 #include "models/json_file.h"
 #include "models/safetensors.h"
 
@@ -130,7 +131,7 @@ class DummyWeightSource : public WeightSource {
     HW_RETURN_IF_ERROR(Check(name, shape));
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
-    std::shared_ptr<float[]> buf(new float[static_cast<size_t>(n)]);
+    std::shared_ptr<float[]> buf = AllocateHostFloats(static_cast<size_t>(n));
     float* out = buf.get();
     if (EndsWith(name, "norm.weight")) {
       std::fill(out, out + n, 1.0f);  // RMSNorm gains start at one, as in training
