@@ -269,6 +269,12 @@ StatusOr<ModelConfig> ParseHfConfig(const json& config) {
   if (c.num_heads <= 0) {
     return InvalidArgument("config.json: num_attention_heads {} must be positive", c.num_heads);
   }
+  if (FindKey(config, "head_dim") == nullptr && c.hidden_size % c.num_heads != 0) {
+    return InvalidArgument(
+        "config.json: hidden_size {} is not a multiple of num_attention_heads "
+        "{} and no head_dim is given",
+        c.hidden_size, c.num_heads);
+  }
   HW_ASSIGN_OR_RETURN(c.head_dim, ReadInt(config, "head_dim", c.hidden_size / c.num_heads));
   HW_ASSIGN_OR_RETURN(c.max_position_embeddings,
                       ReadInt(config, "max_position_embeddings", default_max_pos));
@@ -385,6 +391,10 @@ StatusOr<ModelConfig> ParseGgufConfig(const GgufFile& gguf) {
   if (c.num_heads <= 0) {
     return InvalidArgument("{}: {}.attention.head_count {} must be positive", gguf.path(), arch,
                            c.num_heads);
+  }
+  if (!gguf.Has(arch + ".attention.key_length") && c.hidden_size % c.num_heads != 0) {
+    return InvalidArgument("{}: {}.embedding_length {} is not a multiple of the head count {}",
+                           gguf.path(), arch, c.hidden_size, c.num_heads);
   }
   HW_ASSIGN_OR_RETURN(c.head_dim,
                       get_int(arch + ".attention.key_length", c.hidden_size / c.num_heads));

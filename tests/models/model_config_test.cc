@@ -184,6 +184,12 @@ TEST_CASE("config: wrong types and impossible values name the key", "[models][co
   CHECK_THAT(c.status().message(), Catch::Contains("num_key_value_heads 3"));
 
   j = LlamaBase();
+  j["hidden_size"] = 250;  // not a multiple of 8 heads, and no head_dim
+  c = ParseHfConfig(j);
+  REQUIRE_FALSE(c.ok());
+  CHECK_THAT(c.status().message(), Catch::Contains("hidden_size 250 is not a multiple"));
+
+  j = LlamaBase();
   j["num_attention_heads"] = 0;
   CHECK_FALSE(ParseHfConfig(j).ok());
 
