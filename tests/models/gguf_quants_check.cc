@@ -4,14 +4,19 @@
 //
 //   gguf_quants_check QUANTIZED.gguf REFERENCE.gguf
 //   gguf_quants_check --type-sizes      (prints id:block_size:type_size of every known type)
+//   gguf_quants_check --model MODEL.gguf REFERENCE.gguf
+//       opens MODEL.gguf with OpenModel and compares every weight it serves (HF names and
+//       layout) with the f32 tensor of that HF name in REFERENCE.gguf
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "models/gguf_file.h"
 #include "models/gguf_quants.h"
+#include "models/weight_source.h"
 
 using headwise::models::CanDequantizeGgml;
 using headwise::models::DequantizeGgml;
@@ -19,6 +24,44 @@ using headwise::models::FindGgmlType;
 using headwise::models::GgmlType;
 using headwise::models::GgmlTypeName;
 using headwise::models::GgufFile;
+
+namespace {
+
+int CheckModel(const char* model_path, const char* reference_path) {
+  auto files = headwise::models::OpenModel(model_path, headwise::models::LoadFormat::kAuto);
+  auto reference = GgufFile::Open(reference_path);
+  if (!files.ok() || !reference.ok()) {
+    std::fprintf(stderr, "open failed: %s %s\n", files.status().ToString().c_str(),
+                 reference.status().ToString().c_str());
+    return 1;
+  }
+  int failures = 0;
+  for (const auto& w : headwise::models::ExpectedWeights(files->config)) {
+    const auto* ref = (*reference)->FindTensor(w.name);
+    const std::vector<int64_t> ref_shape =
+        ref ? std::vector<int64_t>(ref->dims.rbegin(), ref->dims.rend()) : std::vector<int64_t>{};
+    if (ref == nullptr || ref->type != 0 || ref_shape != w.shape) {
+      std::printf("FAIL %s: no f32 reference of the expected shape\n", w.name.c_str());
+      ++failures;
+      continue;
+    }
+    auto t = files->weights->Load(w.name, w.shape);
+    if (!t.ok()) {
+      std::printf("FAIL %s: %s\n", w.name.c_str(), t.status().ToString().c_str());
+      ++failures;
+      continue;
+    }
+    if (std::memcmp(t->data, ref->data, ref->num_bytes) != 0) {
+      std::printf("FAIL %s: values differ from the reference\n", w.name.c_str());
+      ++failures;
+      continue;
+    }
+    std::printf("OK %s\n", w.name.c_str());
+  }
+  return failures == 0 ? 0 : 1;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc == 2 && std::strcmp(argv[1], "--type-sizes") == 0) {
@@ -30,6 +73,7 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
+  if (argc == 4 && std::strcmp(argv[1], "--model") == 0) return CheckModel(argv[2], argv[3]);
   if (argc != 3) {
     std::fprintf(stderr, "usage: %s QUANTIZED.gguf REFERENCE.gguf | --type-sizes\n", argv[0]);
     return 2;
