@@ -4,14 +4,14 @@
 //
 // usage: hw_bench_decode MODEL [--context N] [--tokens N] [--threads N] [--load-format dummy]
 // Prints one JSON object on stdout.
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <numeric>
 #include <thread>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "engine/model_loader.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -43,7 +43,8 @@ double ReadBandwidth(size_t bytes, int threads) {
         float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (size_t i = 0; i + 8 <= n; i += 8)
           for (int k = 0; k < 8; ++k) acc[k] += p[i + static_cast<size_t>(k)];
-        sums[static_cast<size_t>(t) * 8] = acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
+        sums[static_cast<size_t>(t) * 8] =
+            acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
       }
     });
     best = std::max(best, static_cast<double>(bytes) / (Now() - t0));
@@ -56,7 +57,9 @@ double ReadBandwidth(size_t bytes, int threads) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: hw_bench_decode MODEL [--context N] [--tokens N] [--threads N] [--load-format dummy]\n");
+    std::fprintf(stderr,
+                 "usage: hw_bench_decode MODEL [--context N] [--tokens N] [--threads N] "
+                 "[--load-format dummy]\n");
     return 2;
   }
   const std::string model_path = argv[1];
@@ -85,7 +88,8 @@ int main(int argc, char** argv) {
   const auto& c = model.config();
   const int total = context + tokens;
   hw::kvcache::KvCache cache(model.KvConfig((total + 15) / 16 * c.num_layers * c.num_kv_heads),
-                             hw::kvcache::HeadClassLayout::Dense(c.num_layers, c.num_kv_heads), *backend);
+                             hw::kvcache::HeadClassLayout::Dense(c.num_layers, c.num_kv_heads),
+                             *backend);
   hw::kvcache::SequenceKv kv(cache);
   if (!kv.Reserve(total).ok()) return 1;
 
@@ -110,17 +114,19 @@ int main(int argc, char** argv) {
   const double median = step_s[step_s.size() / 2];
 
   const double bandwidth = ReadBandwidth(size_t{1} << 30, threads);
-  const double kv_bytes = 2.0 * (context + tokens / 2.0) * c.num_layers * c.num_kv_heads * c.head_dim * sizeof(float);
+  const double kv_bytes =
+      2.0 * (context + tokens / 2.0) * c.num_layers * c.num_kv_heads * c.head_dim * sizeof(float);
   const double bytes = static_cast<double>(model.weight_bytes()) + kv_bytes;
   const double bound = bytes / bandwidth;
-  std::printf("%s\n",
-              fmt::format(R"({{"model": "{}", "threads": {}, "context": {}, "decode_tokens": {}, )"
-                          R"("prefill_tokens_per_s": {:.1f}, "decode_ms_median": {:.3f}, "decode_tokens_per_s": {:.2f}, )"
-                          R"("weight_bytes": {}, "kv_bytes_mean": {:.0f}, "read_bandwidth_gb_s": {:.2f}, )"
-                          R"("roofline_ms": {:.3f}, "fraction_of_roofline": {:.3f}}})",
-                          model_path, threads, context, tokens, context / prefill_s, median * 1e3,
-                          1.0 / median, model.weight_bytes(), kv_bytes, bandwidth / 1e9, bound * 1e3,
-                          bound / median)
-                  .c_str());
+  std::printf(
+      "%s\n",
+      fmt::format(
+          R"({{"model": "{}", "threads": {}, "context": {}, "decode_tokens": {}, )"
+          R"("prefill_tokens_per_s": {:.1f}, "decode_ms_median": {:.3f}, "decode_tokens_per_s": {:.2f}, )"
+          R"("weight_bytes": {}, "kv_bytes_mean": {:.0f}, "read_bandwidth_gb_s": {:.2f}, )"
+          R"("roofline_ms": {:.3f}, "fraction_of_roofline": {:.3f}}})",
+          model_path, threads, context, tokens, context / prefill_s, median * 1e3, 1.0 / median,
+          model.weight_bytes(), kv_bytes, bandwidth / 1e9, bound * 1e3, bound / median)
+          .c_str());
   return 0;
 }

@@ -5,14 +5,14 @@
 // which aborts, because a broken invariant means a bug, not bad input.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <string>
 #include <utility>
 #include <variant>
-
-#include <fmt/format.h>
 
 namespace headwise {
 
@@ -104,10 +104,10 @@ class [[nodiscard]] StatusOr {
 #define HW_CONCAT_INNER(a, b) a##b
 #define HW_CONCAT(a, b) HW_CONCAT_INNER(a, b)
 
-#define HW_RETURN_IF_ERROR(expr)                       \
-  do {                                                 \
-    ::headwise::Status hw_status_ = (expr);            \
-    if (!hw_status_.ok()) return hw_status_;           \
+#define HW_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::headwise::Status hw_status_ = (expr);  \
+    if (!hw_status_.ok()) return hw_status_; \
   } while (0)
 
 #define HW_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
@@ -119,18 +119,18 @@ class [[nodiscard]] StatusOr {
   HW_ASSIGN_OR_RETURN_IMPL(HW_CONCAT(hw_statusor_, __LINE__), lhs, expr)
 
 // Invariant checks: a failure is a bug in headwise, so it aborts with the values involved.
-#define HW_CHECK(cond, ...)                                                       \
-  do {                                                                            \
+#define HW_CHECK(cond, ...)                                                                       \
+  do {                                                                                            \
     if (!(cond)) ::headwise::CheckFailed(__FILE__, __LINE__, #cond, fmt::format("" __VA_ARGS__)); \
   } while (0)
 
-#define HW_CHECK_OP(a, op, b)                                                               \
-  do {                                                                                      \
-    const auto& hw_a_ = (a);                                                                \
-    const auto& hw_b_ = (b);                                                                \
-    if (!(hw_a_ op hw_b_))                                                                  \
-      ::headwise::CheckFailed(__FILE__, __LINE__, #a " " #op " " #b,                        \
-                              fmt::format("({} vs. {})", hw_a_, hw_b_));                    \
+#define HW_CHECK_OP(a, op, b)                                            \
+  do {                                                                   \
+    const auto& hw_a_ = (a);                                             \
+    const auto& hw_b_ = (b);                                             \
+    if (!(hw_a_ op hw_b_))                                               \
+      ::headwise::CheckFailed(__FILE__, __LINE__, #a " " #op " " #b,     \
+                              fmt::format("({} vs. {})", hw_a_, hw_b_)); \
   } while (0)
 #define HW_CHECK_EQ(a, b) HW_CHECK_OP(a, ==, b)
 #define HW_CHECK_LE(a, b) HW_CHECK_OP(a, <=, b)

@@ -38,7 +38,9 @@ struct Tensor {
   }
   size_t nbytes() const { return static_cast<size_t>(numel()) * DTypeSize(dtype); }
   template <typename T>
-  T* ptr() const { return static_cast<T*>(data); }
+  T* ptr() const {
+    return static_cast<T*>(data);
+  }
 
   // The first `rows` rows of dimension 0, as a view.
   Tensor Rows(int64_t first, int64_t count) const {
@@ -46,7 +48,8 @@ struct Tensor {
              first + count, dims[0]);
     Tensor t = *this;
     t.dims[0] = count;
-    t.data = static_cast<char*>(data) + first * (nbytes() / static_cast<size_t>(dims[0] ? dims[0] : 1));
+    t.data =
+        static_cast<char*>(data) + first * (nbytes() / static_cast<size_t>(dims[0] ? dims[0] : 1));
     return t;
   }
   // Same memory, new shape with the same element count.

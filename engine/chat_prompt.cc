@@ -43,7 +43,8 @@ StatusOr<std::string> RenderChatPrompt(const std::string& chat_template,
       const std::string sys = DefaultChatMlSystem(chat_template);
       if (!sys.empty()) out += "<|im_start|>system\n" + sys + "<|im_end|>\n";
     }
-    for (const auto& m : messages) out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+    for (const auto& m : messages)
+      out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
     return out + "<|im_start|>assistant\n";
   }
   if (chat_template.find("<|start_header_id|>") != std::string::npos) {

@@ -34,13 +34,14 @@ Generator::Generator(models::LlamaModel& model, kvcache::KvCache& cache,
                      const tokenizer::Tokenizer* tok, std::vector<int32_t> eos_ids)
     : model_(model), cache_(cache), tokenizer_(tok), eos_ids_(std::move(eos_ids)) {}
 
-StatusOr<GenerationResult> Generator::Generate(std::span<const int32_t> prompt,
-                                               const SamplingParams& params, int prefill_chunk,
-                                               const std::function<void(std::string_view)>& on_text) {
+StatusOr<GenerationResult> Generator::Generate(
+    std::span<const int32_t> prompt, const SamplingParams& params, int prefill_chunk,
+    const std::function<void(std::string_view)>& on_text) {
   const auto& config = model_.config();
   HW_RETURN_IF_ERROR(params.Validate(config.vocab_size));
   if (prompt.empty()) return InvalidArgument("the prompt is empty");
-  if (prefill_chunk < 1) return InvalidArgument("prefill chunk must be >= 1, got {}", prefill_chunk);
+  if (prefill_chunk < 1)
+    return InvalidArgument("prefill chunk must be >= 1, got {}", prefill_chunk);
   for (int32_t id : prompt) {
     if (id < 0 || id >= config.vocab_size) {
       return InvalidArgument("prompt token id {} outside vocabulary of {}", id, config.vocab_size);
@@ -84,7 +85,8 @@ StatusOr<GenerationResult> Generator::Generate(std::span<const int32_t> prompt,
     result.tokens.push_back(std::move(tok));
     const int32_t id = result.output_ids.back();
     const bool is_stop_token =
-        std::find(params.stop_token_ids.begin(), params.stop_token_ids.end(), id) != params.stop_token_ids.end() ||
+        std::find(params.stop_token_ids.begin(), params.stop_token_ids.end(), id) !=
+            params.stop_token_ids.end() ||
         (!params.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), id) != eos_ids_.end());
 
     const size_t scan_from = text.size();
@@ -107,7 +109,8 @@ StatusOr<GenerationResult> Generator::Generate(std::span<const int32_t> prompt,
     if (done && detok && stop_at == std::string::npos) text += detok->Finish();
     size_t ready = text.size();
     if (!done) ready -= StopPrefixHold(text, params.stop);
-    if (on_text && ready > emitted) on_text(std::string_view(text).substr(emitted, ready - emitted));
+    if (on_text && ready > emitted)
+      on_text(std::string_view(text).substr(emitted, ready - emitted));
     emitted = std::max(emitted, ready);
     if (done) break;
 

@@ -21,7 +21,7 @@ namespace headwise::engine {
 struct GenerationResult {
   std::vector<int32_t> output_ids;
   std::string text;
-  std::string finish_reason;  // "stop" (eos, stop token or stop string) or "length"
+  std::string finish_reason;         // "stop" (eos, stop token or stop string) or "length"
   std::vector<SampledToken> tokens;  // per output token, with logprobs when asked
   double prefill_seconds = 0.0;
   double decode_seconds = 0.0;

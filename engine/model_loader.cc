@@ -1,13 +1,12 @@
 #include "engine/model_loader.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "models/gguf_file.h"
 #include "tokenizer/gguf_vocab.h"
@@ -151,9 +150,9 @@ StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& opti
   }
 
   const std::string tok_path = options.tokenizer_path.empty() ? path : options.tokenizer_path;
-  const bool has_own_tokenizer = IsGguf(tok_path) || fs::exists(fs::path(tok_path) / "tokenizer.json") ||
-                                 fs::exists(fs::path(tok_path) / "tokenizer.model") ||
-                                 fs::is_regular_file(tok_path);
+  const bool has_own_tokenizer =
+      IsGguf(tok_path) || fs::exists(fs::path(tok_path) / "tokenizer.json") ||
+      fs::exists(fs::path(tok_path) / "tokenizer.model") || fs::is_regular_file(tok_path);
   // A model without tokenizer files still loads (vLLM's skip_tokenizer_init); users of text
   // then say it is missing.
   if (has_own_tokenizer) {
@@ -171,7 +170,8 @@ StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& opti
       HW_ASSIGN_OR_RETURN(out.chat_template, gguf->GetString("tokenizer.chat_template"));
     }
   } else {
-    const fs::path tok_dir = fs::is_directory(tok_path) ? fs::path(tok_path) : fs::path(tok_path).parent_path();
+    const fs::path tok_dir =
+        fs::is_directory(tok_path) ? fs::path(tok_path) : fs::path(tok_path).parent_path();
     if (fs::exists(tok_dir / "tokenizer_config.json")) {
       HW_ASSIGN_OR_RETURN(nlohmann::json cfg, ReadJson(tok_dir / "tokenizer_config.json"));
       if (cfg.contains("chat_template") && cfg["chat_template"].is_string()) {

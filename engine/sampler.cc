@@ -45,7 +45,8 @@ SampledToken Sampler::Sample(std::span<const float> logits, std::span<const int3
     std::unordered_map<int32_t, int> counts;
     for (int32_t t : output_tokens) ++counts[t];
     for (const auto& [id, n] : counts) {
-      x[static_cast<size_t>(id)] -= params_.frequency_penalty * static_cast<float>(n) + params_.presence_penalty;
+      x[static_cast<size_t>(id)] -=
+          params_.frequency_penalty * static_cast<float>(n) + params_.presence_penalty;
     }
   }
 
@@ -115,10 +116,12 @@ SampledToken Sampler::Sample(std::span<const float> logits, std::span<const int3
     std::iota(idx.begin(), idx.end(), 0);
     std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
                       [&](int32_t a, int32_t b) {
-                        const float la = lp[static_cast<size_t>(a)], lb = lp[static_cast<size_t>(b)];
+                        const float la = lp[static_cast<size_t>(a)],
+                                    lb = lp[static_cast<size_t>(b)];
                         return la != lb ? la > lb : a < b;
                       });
-    for (size_t i = 0; i < k; ++i) out.top_logprobs.emplace_back(idx[i], lp[static_cast<size_t>(idx[i])]);
+    for (size_t i = 0; i < k; ++i)
+      out.top_logprobs.emplace_back(idx[i], lp[static_cast<size_t>(idx[i])]);
   }
   return out;
 }

@@ -9,8 +9,10 @@ Status SamplingParams::Validate(int vocab_size) const {
     return InvalidArgument("temperature must be >= 0, got {}", temperature);
   }
   if (top_k < -1) return InvalidArgument("top_k must be -1, 0 or positive, got {}", top_k);
-  if (!(top_p > 0.0f && top_p <= 1.0f)) return InvalidArgument("top_p must be in (0, 1], got {}", top_p);
-  if (!(min_p >= 0.0f && min_p <= 1.0f)) return InvalidArgument("min_p must be in [0, 1], got {}", min_p);
+  if (!(top_p > 0.0f && top_p <= 1.0f))
+    return InvalidArgument("top_p must be in (0, 1], got {}", top_p);
+  if (!(min_p >= 0.0f && min_p <= 1.0f))
+    return InvalidArgument("min_p must be in [0, 1], got {}", min_p);
   if (!(repetition_penalty > 0.0f && std::isfinite(repetition_penalty))) {
     return InvalidArgument("repetition_penalty must be > 0, got {}", repetition_penalty);
   }

@@ -117,8 +117,7 @@ class Backend {
   // Causal attention of q [T, Hq, D] over the paged cache; out [T, Hq, D]. GQA: query head
   // qh reads KV head qh / (Hq / Hkv).
   virtual void PagedAttention(const Tensor& q, const KvPoolView& pool,
-                              const PagedAttentionBatch& batch, float scale,
-                              const Tensor& out) = 0;
+                              const PagedAttentionBatch& batch, float scale, const Tensor& out) = 0;
   // out[r] = x[rows[r]].  x [T, H], rows [R], out [R, H]
   virtual void GatherRows(const Tensor& x, const Tensor& rows, const Tensor& out) = 0;
 };

@@ -31,7 +31,8 @@ Status HeadClassLayout::Validate(int num_layers, int num_kv_heads) const {
       }
     }
     for (int h = 0; h < num_kv_heads; ++h) {
-      if (!seen[static_cast<size_t>(h)]) return InvalidArgument("layer {}: KV head {} in no class", l, h);
+      if (!seen[static_cast<size_t>(h)])
+        return InvalidArgument("layer {}: KV head {} in no class", l, h);
     }
   }
   return Status::Ok();
@@ -85,7 +86,9 @@ SequenceKv::SequenceKv(KvCache& cache) : cache_(&cache) {
   for (size_t l = 0; l < classes.size(); ++l) tables_[l].resize(classes[l].size());
 }
 
-SequenceKv::~SequenceKv() { Release(); }
+SequenceKv::~SequenceKv() {
+  Release();
+}
 
 SequenceKv::SequenceKv(SequenceKv&& o) noexcept
     : cache_(o.cache_), capacity_tokens_(o.capacity_tokens_), tables_(std::move(o.tables_)) {
@@ -135,7 +138,8 @@ int SequenceKv::num_pages_held() const {
 
 int32_t SequenceKv::Page(int layer, int kv_head, int logical_page) const {
   const int cls = cache_->ClassOf(layer, kv_head);
-  const size_t heads = cache_->layout().classes[static_cast<size_t>(layer)][static_cast<size_t>(cls)].size();
+  const size_t heads =
+      cache_->layout().classes[static_cast<size_t>(layer)][static_cast<size_t>(cls)].size();
   const auto& table = tables_[static_cast<size_t>(layer)][static_cast<size_t>(cls)];
   const size_t i = static_cast<size_t>(logical_page) * heads +
                    static_cast<size_t>(cache_->IndexInClass(layer, kv_head));

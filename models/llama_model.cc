@@ -60,7 +60,8 @@ Status LlamaModel::LoadWeights(WeightSource& weights) {
   const int64_t hidden = c.hidden_size, head_dim = c.head_dim;
   const int64_t q_dim = int64_t{c.num_heads} * head_dim,
                 kv_dim = int64_t{c.num_kv_heads} * head_dim;
-  auto load = [&](const std::string& name, std::vector<int64_t> shape) -> StatusOr<HostTensor> {
+  auto load = [&](const std::string& name,
+                  const std::vector<int64_t>& shape) -> StatusOr<HostTensor> {
     return weights.Load(name, shape);
   };
   auto upload = [&](const HostTensor& t) {
@@ -173,7 +174,7 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
       const int end = e.start_pos + static_cast<int>(e.tokens.size());
       for (int h = 0; h < hkv; ++h) {
         for (int pg = 0; pg < (end + page_size - 1) / page_size; ++pg) {
-          table_host[static_cast<size_t>((s * hkv + h) * max_pages + pg)] = e.kv->Page(l, h, pg);
+          table_host[(static_cast<size_t>(s) * hkv + h) * max_pages + pg] = e.kv->Page(l, h, pg);
         }
       }
       for (size_t i = 0; i < e.tokens.size(); ++i, ++t) {
@@ -222,7 +223,7 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
     be.SiluMul(gate_up.view(), mlp.view());
     be.Matmul(mlp.view(), layer.down.view(), no_bias, proj.view());
     const Buffer& next_norm =
-        l + 1 < c.num_layers ? layers_[static_cast<size_t>(l + 1)].input_norm : final_norm_;
+        l + 1 < c.num_layers ? layers_[static_cast<size_t>(l) + 1].input_norm : final_norm_;
     be.AddRmsNorm(residual.view(), proj.view(), next_norm.view(), eps, normed.view());
   }
 

@@ -11,7 +11,8 @@ StatusOr<int64_t> ParseInt(const std::string& s) {
   errno = 0;
   char* end = nullptr;
   const long long v = std::strtoll(s.c_str(), &end, 10);
-  if (s.empty() || *end != '\0' || errno == ERANGE) return InvalidArgument("'{}' is not an integer", s);
+  if (s.empty() || *end != '\0' || errno == ERANGE)
+    return InvalidArgument("'{}' is not an integer", s);
   return static_cast<int64_t>(v);
 }
 
@@ -48,13 +49,16 @@ FlagParser::FlagParser(int argc, char** argv) {
   }
 }
 
-bool FlagParser::Has(const std::string& name) const { return values_.count(name) > 0; }
+bool FlagParser::Has(const std::string& name) const {
+  return values_.count(name) > 0;
+}
 
 void FlagParser::String(const std::string& name, std::string& out) {
   known_.push_back(name);
   auto it = values_.find(name);
   if (it == values_.end()) return;
-  if (bare_.count(name) && bare_[name] && error_.ok()) error_ = InvalidArgument("--{} needs a value", name);
+  if (bare_.count(name) && bare_[name] && error_.ok())
+    error_ = InvalidArgument("--{} needs a value", name);
   out = it->second;
 }
 

@@ -1,10 +1,10 @@
 // `headwise generate`: one prompt through one model, the completion on stdout, speed on stderr.
+#include <spdlog/spdlog.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
-
-#include <spdlog/spdlog.h>
 
 #include "engine/chat_prompt.h"
 #include "engine/generator.h"
@@ -104,10 +104,12 @@ int RunGenerate(int argc, char** argv) {
   }
   for (const auto& b : biases) {
     const size_t eq = b.find('=');
-    if (eq == std::string::npos) return Fail(InvalidArgument("--logit-bias expects ID=BIAS, got '{}'", b));
+    if (eq == std::string::npos)
+      return Fail(InvalidArgument("--logit-bias expects ID=BIAS, got '{}'", b));
     auto id = ParseInt(b.substr(0, eq));
     auto bias = ParseFloat(b.substr(eq + 1));
-    if (!id.ok() || !bias.ok()) return Fail(InvalidArgument("--logit-bias expects ID=BIAS, got '{}'", b));
+    if (!id.ok() || !bias.ok())
+      return Fail(InvalidArgument("--logit-bias expects ID=BIAS, got '{}'", b));
     params.logit_bias[static_cast<int32_t>(*id)] = static_cast<float>(*bias);
   }
 

@@ -1,6 +1,11 @@
 // A fixed pool of worker threads for data-parallel loops of the CPU backend.
+//
+// A decode step issues hundreds of small loops, so waking sleeping threads through the kernel
+// each time would cost more than the loops themselves: workers and the caller spin briefly
+// on an atomic before they fall back to sleeping on a condition variable.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -19,7 +24,7 @@ class ThreadPool {
 
   int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
   // Calls fn(begin, end) over contiguous chunks of [0, n), on the workers and the caller;
-  // returns when all chunks are done.
+  // returns when all chunks are done. One caller at a time.
   void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
 
  private:
@@ -31,8 +36,8 @@ class ThreadPool {
   std::condition_variable done_cv_;
   const std::function<void(int64_t, int64_t)>* task_ = nullptr;
   int64_t task_n_ = 0;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
   bool stop_ = false;
 };
 

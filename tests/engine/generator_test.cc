@@ -1,7 +1,8 @@
 // Stop conditions and streaming of the Generator on the real TinyStories model.
+#include "engine/generator.h"
+
 #include <catch2/catch.hpp>
 
-#include "engine/generator.h"
 #include "engine/model_loader.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/test_util.h"
@@ -16,9 +17,9 @@ struct TinyStories {
     REQUIRE(l.ok());
     loaded = std::move(l).value();
     const auto& c = loaded.model->config();
-    cache = std::make_unique<kvcache::KvCache>(loaded.model->KvConfig(64 * c.num_layers * c.num_kv_heads),
-                                               kvcache::HeadClassLayout::Dense(c.num_layers, c.num_kv_heads),
-                                               *backend);
+    cache = std::make_unique<kvcache::KvCache>(
+        loaded.model->KvConfig(64 * c.num_layers * c.num_kv_heads),
+        kvcache::HeadClassLayout::Dense(c.num_layers, c.num_kv_heads), *backend);
   }
   GenerationResult Run(const SamplingParams& p, std::string* streamed = nullptr) {
     Generator g(*loaded.model, *cache, loaded.tokenizer.get(), loaded.eos_token_ids);

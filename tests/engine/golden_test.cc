@@ -1,11 +1,10 @@
 // The CPU backend against Hugging Face transformers: logits and greedy text of real and seeded
 // random models, from golden files that scripts/goldens/make_goldens.py made on the GPU machine.
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-
-#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
 #include "engine/chat_prompt.h"
@@ -54,7 +53,8 @@ std::vector<Golden> AllGoldens() {
     std::ifstream in(entry.path());
     out.push_back({entry.path().stem().string(), nlohmann::json::parse(in), dir});
   }
-  std::sort(out.begin(), out.end(), [](const Golden& a, const Golden& b) { return a.name < b.name; });
+  std::sort(out.begin(), out.end(),
+            [](const Golden& a, const Golden& b) { return a.name < b.name; });
   return out;
 }
 
@@ -64,7 +64,8 @@ TEST_CASE("Logits and greedy text equal transformers'", "[golden]") {
   for (const auto& g : goldens) {
     DYNAMIC_SECTION(g.name) {
       const std::string model_path = ResolveModel(g.meta["model"].get<std::string>());
-      INFO("model " << model_path << " (fetch SmolLM2 with scripts/get-model.sh smollm2-135m-instruct)");
+      INFO("model " << model_path
+                    << " (fetch SmolLM2 with scripts/get-model.sh smollm2-135m-instruct)");
       REQUIRE(fs::exists(model_path));
       auto backend = kernels::CreateCpuBackend(0);
       auto loaded = LoadModel(model_path, LoadOptions{}, *backend);
@@ -76,24 +77,29 @@ TEST_CASE("Logits and greedy text equal transformers'", "[golden]") {
       const auto prompt = g.meta["prompt_ids"].get<std::vector<int32_t>>();
       if (g.meta["prompt"].is_string() && loaded->tokenizer) {
         // The prompt ids come from transformers' tokenizer; ours must agree.
-        const bool chat = g.meta["prompt"].get<std::string>().find("<|im_start|>") != std::string::npos;
+        const bool chat =
+            g.meta["prompt"].get<std::string>().find("<|im_start|>") != std::string::npos;
         CHECK(loaded->tokenizer->Encode(g.meta["prompt"].get<std::string>(), !chat) == prompt);
       }
       const auto positions = g.meta["logits_positions"].get<std::vector<int>>();
       const auto shape = g.meta["logits_shape"].get<std::vector<size_t>>();
       REQUIRE(shape[1] == static_cast<size_t>(cfg.vocab_size));
-      const auto ref = ReadF32(g.dir / g.meta["logits_file"].get<std::string>(), shape[0] * shape[1]);
+      const auto ref =
+          ReadF32(g.dir / g.meta["logits_file"].get<std::string>(), shape[0] * shape[1]);
 
       // One pass over the prompt, and the same prompt in chunks of 7 tokens.
       for (size_t chunk : {prompt.size(), size_t{7}}) {
-        kvcache::KvCache cache(model.KvConfig(static_cast<int>((prompt.size() + 15) / 16) * cfg.num_layers * cfg.num_kv_heads),
-                               kvcache::HeadClassLayout::Dense(cfg.num_layers, cfg.num_kv_heads), *backend);
+        kvcache::KvCache cache(model.KvConfig(static_cast<int>((prompt.size() + 15) / 16) *
+                                              cfg.num_layers * cfg.num_kv_heads),
+                               kvcache::HeadClassLayout::Dense(cfg.num_layers, cfg.num_kv_heads),
+                               *backend);
         kvcache::SequenceKv kv(cache);
         REQUIRE(kv.Reserve(static_cast<int>(prompt.size())).ok());
         std::vector<float> logits;
         for (size_t start = 0; start < prompt.size(); start += chunk) {
           const size_t n = std::min(chunk, prompt.size() - start);
-          models::BatchEntry e{&kv, std::span<const int32_t>(prompt).subspan(start, n), static_cast<int>(start), true};
+          models::BatchEntry e{&kv, std::span<const int32_t>(prompt).subspan(start, n),
+                               static_cast<int>(start), true};
           auto part = model.ForwardToHost(std::span<const models::BatchEntry>(&e, 1), cache);
           logits.insert(logits.end(), part.begin(), part.end());
         }
@@ -116,8 +122,9 @@ TEST_CASE("Logits and greedy text equal transformers'", "[golden]") {
       if (!greedy.empty()) {
         REQUIRE(loaded->tokenizer);
         const int total = static_cast<int>(prompt.size() + greedy.size());
-        kvcache::KvCache cache(model.KvConfig((total + 15) / 16 * cfg.num_layers * cfg.num_kv_heads),
-                               kvcache::HeadClassLayout::Dense(cfg.num_layers, cfg.num_kv_heads), *backend);
+        kvcache::KvCache cache(
+            model.KvConfig((total + 15) / 16 * cfg.num_layers * cfg.num_kv_heads),
+            kvcache::HeadClassLayout::Dense(cfg.num_layers, cfg.num_kv_heads), *backend);
         SamplingParams params;
         params.temperature = 0.0f;
         params.max_tokens = static_cast<int>(greedy.size());
@@ -143,7 +150,8 @@ TEST_CASE("Minimal chat rendering equals transformers' apply_chat_template", "[g
   auto backend = kernels::CreateCpuBackend(1);
   auto loaded = LoadModel(model_path, LoadOptions{}, *backend);
   REQUIRE(loaded.ok());
-  auto rendered = RenderChatPrompt(loaded->chat_template, {{"user", "What is the capital of France?"}}, "");
+  auto rendered =
+      RenderChatPrompt(loaded->chat_template, {{"user", "What is the capital of France?"}}, "");
   REQUIRE(rendered.ok());
   CHECK(*rendered == meta["prompt"].get<std::string>());
 }

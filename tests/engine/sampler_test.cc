@@ -1,10 +1,9 @@
+#include "engine/sampler.h"
+
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <map>
 #include <random>
-
-#include <catch2/catch.hpp>
-
-#include "engine/sampler.h"
 
 namespace headwise::engine {
 namespace {
@@ -77,7 +76,8 @@ TEST_CASE("Same seed, same tokens; another seed, other tokens", "[sampler]") {
 }
 
 TEST_CASE("Sampling follows the softmax; top-k, top-p and min-p cut the tail", "[sampler]") {
-  const std::vector<float> logits = {std::log(0.5f), std::log(0.3f), std::log(0.15f), std::log(0.05f)};
+  const std::vector<float> logits = {std::log(0.5f), std::log(0.3f), std::log(0.15f),
+                                     std::log(0.05f)};
   auto histogram = [&](SamplingParams p) {
     p.seed = std::random_device{}();
     Sampler s(p);
@@ -130,7 +130,8 @@ TEST_CASE("Logprobs are the raw log-softmax, alternatives best first", "[sampler
   CHECK(tok.logprob == Approx(logits[static_cast<size_t>(tok.id)] - std::log(z)).epsilon(1e-5));
   REQUIRE(tok.top_logprobs.size() == 5);
   CHECK(tok.top_logprobs[0].first == tok.id);
-  for (size_t i = 1; i < 5; ++i) CHECK(tok.top_logprobs[i - 1].second >= tok.top_logprobs[i].second);
+  for (size_t i = 1; i < 5; ++i)
+    CHECK(tok.top_logprobs[i - 1].second >= tok.top_logprobs[i].second);
 }
 
 TEST_CASE("Out-of-range sampling parameters are refused by name", "[sampler]") {
@@ -139,15 +140,20 @@ TEST_CASE("Out-of-range sampling parameters are refused by name", "[sampler]") {
     mutate(p);
     return p.Validate(100).message();
   };
-  CHECK_THAT(message([](SamplingParams& p) { p.temperature = -1; }), Catch::Contains("temperature"));
+  CHECK_THAT(message([](SamplingParams& p) { p.temperature = -1; }),
+             Catch::Contains("temperature"));
   CHECK_THAT(message([](SamplingParams& p) { p.top_p = 0; }), Catch::Contains("top_p"));
   CHECK_THAT(message([](SamplingParams& p) { p.min_p = 2; }), Catch::Contains("min_p"));
   CHECK_THAT(message([](SamplingParams& p) { p.top_k = -5; }), Catch::Contains("top_k"));
-  CHECK_THAT(message([](SamplingParams& p) { p.repetition_penalty = 0; }), Catch::Contains("repetition_penalty"));
-  CHECK_THAT(message([](SamplingParams& p) { p.presence_penalty = 3; }), Catch::Contains("presence_penalty"));
-  CHECK_THAT(message([](SamplingParams& p) { p.logit_bias[100] = 1; }), Catch::Contains("logit_bias"));
+  CHECK_THAT(message([](SamplingParams& p) { p.repetition_penalty = 0; }),
+             Catch::Contains("repetition_penalty"));
+  CHECK_THAT(message([](SamplingParams& p) { p.presence_penalty = 3; }),
+             Catch::Contains("presence_penalty"));
+  CHECK_THAT(message([](SamplingParams& p) { p.logit_bias[100] = 1; }),
+             Catch::Contains("logit_bias"));
   CHECK_THAT(message([](SamplingParams& p) { p.max_tokens = 0; }), Catch::Contains("max_tokens"));
-  CHECK_THAT(message([](SamplingParams& p) { p.stop_token_ids = {-1}; }), Catch::Contains("stop_token_ids"));
+  CHECK_THAT(message([](SamplingParams& p) { p.stop_token_ids = {-1}; }),
+             Catch::Contains("stop_token_ids"));
   SamplingParams ok;
   CHECK(ok.Validate(100).ok());
 }

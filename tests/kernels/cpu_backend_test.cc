@@ -1,13 +1,13 @@
 // The CPU backend against naive double-precision references on random non-zero inputs.
+#include "kernels/cpu/cpu_backend.h"
+
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <numeric>
 #include <random>
 #include <vector>
 
-#include <catch2/catch.hpp>
-
-#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace headwise::kernels {
@@ -71,7 +71,8 @@ TEST_CASE("Matmul with and without bias", "[kernels]") {
       for (int i = 0; i < m; ++i)
         for (int j = 0; j < n; ++j) {
           double s = with_bias ? bias[static_cast<size_t>(j)] : 0.0;
-          for (int p = 0; p < k; ++p) s += double{x[static_cast<size_t>(i * k + p)]} * w[static_cast<size_t>(j * k + p)];
+          for (int p = 0; p < k; ++p)
+            s += double{x[static_cast<size_t>(i * k + p)]} * w[static_cast<size_t>(j * k + p)];
           ref[static_cast<size_t>(i * n + j)] = s;
         }
       CHECK(MaxAbsDiff(out.view().ptr<float>(), ref) < 1e-4);
@@ -124,7 +125,9 @@ std::vector<double> DenseAttention(const std::vector<float>& q, const std::vecto
     double mx = -INFINITY;
     for (int j = 0; j <= pos; ++j) {
       double dot = 0;
-      for (int c = 0; c < d; ++c) dot += double{q[static_cast<size_t>((qrow * hq + h) * d + c)]} * k[static_cast<size_t>((j * hkv + kh) * d + c)];
+      for (int c = 0; c < d; ++c)
+        dot += double{q[static_cast<size_t>((qrow * hq + h) * d + c)]} *
+               k[static_cast<size_t>((j * hkv + kh) * d + c)];
       s[static_cast<size_t>(j)] = dot / std::sqrt(double(d));
       mx = std::max(mx, s[static_cast<size_t>(j)]);
     }
@@ -132,12 +135,14 @@ std::vector<double> DenseAttention(const std::vector<float>& q, const std::vecto
     for (auto& e : s) z += (e = std::exp(e - mx));
     for (int j = 0; j <= pos; ++j)
       for (int c = 0; c < d; ++c)
-        out[static_cast<size_t>(h * d + c)] += s[static_cast<size_t>(j)] / z * v[static_cast<size_t>((j * hkv + kh) * d + c)];
+        out[static_cast<size_t>(h * d + c)] +=
+            s[static_cast<size_t>(j)] / z * v[static_cast<size_t>((j * hkv + kh) * d + c)];
   }
   return out;
 }
 
-TEST_CASE("RopeWriteKv and PagedAttention match dense attention over scattered pages", "[kernels]") {
+TEST_CASE("RopeWriteKv and PagedAttention match dense attention over scattered pages",
+          "[kernels]") {
   auto be = CreateCpuBackend(2);
   std::mt19937 rng(std::random_device{}());
   const int page_size = 16, d = 32;
@@ -158,24 +163,30 @@ TEST_CASE("RopeWriteKv and PagedAttention match dense attention over scattered p
       for (int t = 0; t < len; ++t) {
         pos[static_cast<size_t>(t)] = t;
         for (int h = 0; h < hkv; ++h)
-          slots[static_cast<size_t>(t * hkv + h)] = table[static_cast<size_t>(h * max_pages + t / page_size)] * page_size + t % page_size;
+          slots[static_cast<size_t>(t * hkv + h)] =
+              table[static_cast<size_t>(h * max_pages + t / page_size)] * page_size + t % page_size;
       }
       std::vector<float> inv_freq(d / 2);
-      for (int i = 0; i < d / 2; ++i) inv_freq[static_cast<size_t>(i)] = std::pow(10000.0f, -2.0f * i / d);
+      for (int i = 0; i < d / 2; ++i)
+        inv_freq[static_cast<size_t>(i)] = std::pow(10000.0f, -2.0f * i / d);
 
-      Buffer k_pool = Poisoned(*be, {num_pages, page_size, d}), v_pool = Poisoned(*be, {num_pages, page_size, d});
+      Buffer k_pool = Poisoned(*be, {num_pages, page_size, d}),
+             v_pool = Poisoned(*be, {num_pages, page_size, d});
       KvPoolView pool{k_pool.view(), v_pool.view(), page_size};
       Buffer qkv_b = Upload(*be, qkv, {len, (hq + 2 * hkv) * d});
       Buffer pos_b = UploadI32(*be, pos, {len}), seq_b = UploadI32(*be, seq, {len});
-      Buffer slot_b = UploadI32(*be, slots, {len, hkv}), table_b = UploadI32(*be, table, {hkv, max_pages});
+      Buffer slot_b = UploadI32(*be, slots, {len, hkv}),
+             table_b = UploadI32(*be, table, {hkv, max_pages});
       Buffer freq_b = Upload(*be, inv_freq, {d / 2});
       Buffer q = Poisoned(*be, {len, hq, d}), out = Poisoned(*be, {len, hq, d});
       be->RopeWriteKv(qkv_b.view(), pos_b.view(), freq_b.view(), slot_b.view(), pool, q.view());
-      be->PagedAttention(q.view(), pool, PagedAttentionBatch{seq_b.view(), pos_b.view(), table_b.view(), 1},
+      be->PagedAttention(q.view(), pool,
+                         PagedAttentionBatch{seq_b.view(), pos_b.view(), table_b.view(), 1},
                          1.0f / std::sqrt(float(d)), out.view());
 
       // Reference: rotate with double math into contiguous q/k, copy v.
-      std::vector<float> rq(static_cast<size_t>(len * hq * d)), rk(static_cast<size_t>(len * hkv * d)), rv(static_cast<size_t>(len * hkv * d));
+      std::vector<float> rq(static_cast<size_t>(len * hq * d)),
+          rk(static_cast<size_t>(len * hkv * d)), rv(static_cast<size_t>(len * hkv * d));
       const int w = (hq + 2 * hkv) * d;
       auto rot = [&](const float* x, float* y, int p) {
         for (int i = 0; i < d / 2; ++i) {
@@ -213,7 +224,9 @@ TEST_CASE("Embedding and GatherRows copy the right rows", "[kernels]") {
   Buffer out = Poisoned(*be, {4, 6});
   be->Embedding(tb.view(), ib.view(), out.view());
   for (int t = 0; t < 4; ++t)
-    for (int j = 0; j < 6; ++j) CHECK(out.view().ptr<float>()[t * 6 + j] == table[static_cast<size_t>(ids[static_cast<size_t>(t)] * 6 + j)]);
+    for (int j = 0; j < 6; ++j)
+      CHECK(out.view().ptr<float>()[t * 6 + j] ==
+            table[static_cast<size_t>(ids[static_cast<size_t>(t)] * 6 + j)]);
   std::vector<int32_t> rows = {2, 1};
   Buffer rb = UploadI32(*be, rows, {2});
   Buffer g = Poisoned(*be, {2, 6});

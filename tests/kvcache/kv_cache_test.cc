@@ -1,10 +1,10 @@
+#include "kvcache/kv_cache.h"
+
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <set>
 
-#include <catch2/catch.hpp>
-
 #include "kernels/cpu/cpu_backend.h"
-#include "kvcache/kv_cache.h"
 
 namespace headwise::kvcache {
 namespace {
