@@ -110,8 +110,11 @@ inline float DummyNormal(uint64_t key, uint64_t i, float std) {
 
 class DummyWeightSource : public WeightSource {
  public:
-  DummyWeightSource(const ModelConfig& config, uint64_t seed) : seed_(seed) {
+  DummyWeightSource(const ModelConfig& config, uint64_t seed)
+      : seed_(seed), tied_(config.tie_word_embeddings) {
     for (WeightSpec& w : ExpectedWeights(config)) shapes_.emplace(w.name, std::move(w.shape));
+    // Tied: lm_head.weight is served too, as the embedding (same values), like the file sources.
+    if (config.tie_word_embeddings) shapes_.emplace(kLmHead, shapes_.at(std::string(kEmbed)));
   }
 
   bool Has(const std::string& name) const override { return shapes_.count(name) != 0; }
@@ -136,7 +139,8 @@ class DummyWeightSource : public WeightSource {
     if (EndsWith(name, "norm.weight")) {
       std::fill(out, out + n, 1.0f);  // RMSNorm gains start at one, as in training
     } else {
-      const uint64_t key = HashName(name, seed_);
+      const uint64_t key =
+          HashName(tied_ && name == kLmHead ? kEmbed : std::string_view(name), seed_);
       constexpr int64_t kPerThread = 1 << 20;
       const int threads = static_cast<int>(std::clamp<int64_t>(
           n / kPerThread, 1, std::max(1u, std::thread::hardware_concurrency())));
@@ -164,6 +168,7 @@ class DummyWeightSource : public WeightSource {
 
  private:
   uint64_t seed_;
+  bool tied_;
   std::map<std::string, std::vector<int64_t>> shapes_;
 };
 

@@ -65,6 +65,17 @@ TEST_CASE("dummy: values are deterministic per (seed, tensor) and look like N(0,
   CHECK(norm == std::vector<float>(4096, 1.0f));
 }
 
+TEST_CASE("dummy: tied embeddings serve lm_head.weight as the embedding", "[models][dummy]") {
+  auto files = OpenModel(headwise::testing::SourcePath("tests/golden/models/llama-sharded"),
+                         LoadFormat::kDummy, 3);
+  REQUIRE(files.ok());
+  REQUIRE(files->config.tie_word_embeddings);
+  const std::vector<int64_t> shape = {files->config.vocab_size, files->config.hidden_size};
+  REQUIRE(files->weights->Has("lm_head.weight"));
+  CHECK(LoadVector(*files->weights, "lm_head.weight", shape) ==
+        LoadVector(*files->weights, "model.embed_tokens.weight", shape));
+}
+
 TEST_CASE("dummy: the largest Llama-3-8B tensor is drawn quickly", "[models][dummy]") {
   auto files = OpenModel(Llama3Config(), LoadFormat::kDummy, 1);
   REQUIRE(files.ok());
