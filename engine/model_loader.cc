@@ -4,11 +4,10 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "models/gguf_file.h"
+#include "models/json_file.h"
 #include "tokenizer/gguf_vocab.h"
 
 namespace headwise::engine {
@@ -18,22 +17,6 @@ namespace fs = std::filesystem;
 
 bool IsGguf(const std::string& path) {
   return fs::is_regular_file(path) && fs::path(path).extension() == ".gguf";
-}
-
-StatusOr<nlohmann::json> ReadJson(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) return NotFound("{}: cannot open", path.string());
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return InvalidArgument("{}: not valid JSON", path.string());
-  return j;
-}
-
-void AddIds(const nlohmann::json& value, std::vector<int32_t>& out) {
-  if (value.is_number_integer()) out.push_back(value.get<int32_t>());
-  if (value.is_array()) {
-    for (const auto& v : value)
-      if (v.is_number_integer()) out.push_back(v.get<int32_t>());
-  }
 }
 
 StatusOr<tokenizer::GgufVocab> ReadGgufVocab(const models::GgufFile& gguf) {
@@ -77,9 +60,9 @@ StatusOr<tokenizer::GgufVocab> ReadGgufVocab(const models::GgufFile& gguf) {
   return vocab;
 }
 
-StatusOr<std::unique_ptr<tokenizer::Tokenizer>> LoadGgufFileTokenizer(const std::string& path) {
-  HW_ASSIGN_OR_RETURN(auto gguf, models::GgufFile::Open(path));
-  auto vocab = ReadGgufVocab(*gguf);
+StatusOr<std::unique_ptr<tokenizer::Tokenizer>> TokenizerFromGguf(const models::GgufFile& gguf,
+                                                                  const std::string& path) {
+  auto vocab = ReadGgufVocab(gguf);
   if (!vocab.ok()) return vocab.status().WithContext(path);
   auto tok = tokenizer::LoadGgufTokenizer(*vocab);
   if (!tok.ok()) return tok.status().WithContext(path);
@@ -112,7 +95,10 @@ Status CheckHostMemory(const models::ModelConfig& config) {
 }  // namespace
 
 StatusOr<std::unique_ptr<tokenizer::Tokenizer>> LoadTokenizerFor(const std::string& path) {
-  if (IsGguf(path)) return LoadGgufFileTokenizer(path);
+  if (IsGguf(path)) {
+    HW_ASSIGN_OR_RETURN(auto gguf, models::GgufFile::Open(path));
+    return TokenizerFromGguf(*gguf, path);
+  }
   const fs::path p(path);
   if (fs::is_regular_file(p)) {
     if (p.extension() == ".model") return tokenizer::LoadSentencePieceTokenizer(path);
@@ -142,30 +128,38 @@ StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& opti
   if (!model.ok()) return model.status().WithContext(path);
   out.model = std::move(model).value();
 
+  // config.json and generation_config.json's, or the GGUF's eos/eot/eom ids.
   out.eos_token_ids = files.config.eos_token_ids;
-  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
-  if (!IsGguf(path) && fs::exists(dir / "generation_config.json")) {
-    HW_ASSIGN_OR_RETURN(nlohmann::json gen, ReadJson(dir / "generation_config.json"));
-    if (gen.contains("eos_token_id")) AddIds(gen["eos_token_id"], out.eos_token_ids);
-  }
 
   const std::string tok_path = options.tokenizer_path.empty() ? path : options.tokenizer_path;
-  const bool has_own_tokenizer =
-      IsGguf(tok_path) || fs::exists(fs::path(tok_path) / "tokenizer.json") ||
-      fs::exists(fs::path(tok_path) / "tokenizer.model") || fs::is_regular_file(tok_path);
+  // The model's own GGUF is open already; another one (--tokenizer x.gguf) is opened here.
+  std::shared_ptr<const models::GgufFile> gguf;
+  if (IsGguf(tok_path)) {
+    if (tok_path == path && files.gguf) {
+      gguf = files.gguf;
+    } else {
+      HW_ASSIGN_OR_RETURN(gguf, models::GgufFile::Open(tok_path));
+    }
+  }
+  const bool has_tokenizer = gguf || fs::exists(fs::path(tok_path) / "tokenizer.json") ||
+                             fs::exists(fs::path(tok_path) / "tokenizer.model") ||
+                             fs::is_regular_file(tok_path);
   // A model without tokenizer files still loads (vLLM's skip_tokenizer_init); users of text
   // then say it is missing.
-  if (has_own_tokenizer) {
-    HW_ASSIGN_OR_RETURN(out.tokenizer, LoadTokenizerFor(tok_path));
+  if (has_tokenizer) {
+    if (gguf) {
+      HW_ASSIGN_OR_RETURN(out.tokenizer, TokenizerFromGguf(*gguf, tok_path));
+    } else {
+      HW_ASSIGN_OR_RETURN(out.tokenizer, LoadTokenizerFor(tok_path));
+    }
     // End-of-generation tokens the vocabulary names (eos, <|eot_id|>, <|im_end|>, ...), as
     // llama.cpp stops on them.
     if (auto eos = out.tokenizer->eos_id()) out.eos_token_ids.push_back(*eos);
     for (int32_t id : out.tokenizer->stop_ids()) out.eos_token_ids.push_back(id);
   }
 
-  // Chat template: tokenizer_config.json's, or the GGUF's tokenizer.chat_template.
-  if (IsGguf(tok_path)) {
-    HW_ASSIGN_OR_RETURN(auto gguf, models::GgufFile::Open(tok_path));
+  // Chat template: the GGUF's tokenizer.chat_template, or tokenizer_config.json's.
+  if (gguf) {
     if (gguf->Has("tokenizer.chat_template")) {
       HW_ASSIGN_OR_RETURN(out.chat_template, gguf->GetString("tokenizer.chat_template"));
     }
@@ -173,7 +167,8 @@ StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& opti
     const fs::path tok_dir =
         fs::is_directory(tok_path) ? fs::path(tok_path) : fs::path(tok_path).parent_path();
     if (fs::exists(tok_dir / "tokenizer_config.json")) {
-      HW_ASSIGN_OR_RETURN(nlohmann::json cfg, ReadJson(tok_dir / "tokenizer_config.json"));
+      HW_ASSIGN_OR_RETURN(nlohmann::json cfg,
+                          models::ReadJsonFile((tok_dir / "tokenizer_config.json").string()));
       if (cfg.contains("chat_template") && cfg["chat_template"].is_string()) {
         out.chat_template = cfg["chat_template"].get<std::string>();
       }
