@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "models/gguf_file.h"
-#include "models/json_file.h"
+#include "core/json_file.h"
 #include "tokenizer/gguf_vocab.h"
 
 namespace headwise::engine {
@@ -168,7 +168,7 @@ StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& opti
         fs::is_directory(tok_path) ? fs::path(tok_path) : fs::path(tok_path).parent_path();
     if (fs::exists(tok_dir / "tokenizer_config.json")) {
       HW_ASSIGN_OR_RETURN(nlohmann::json cfg,
-                          models::ReadJsonFile((tok_dir / "tokenizer_config.json").string()));
+                          ReadJsonFile((tok_dir / "tokenizer_config.json").string()));
       if (cfg.contains("chat_template") && cfg["chat_template"].is_string()) {
         out.chat_template = cfg["chat_template"].get<std::string>();
       }

@@ -10,7 +10,7 @@
 
 #include "core/dtype.h"
 #include "models/host_buffer.h"
-#include "models/json_file.h"
+#include "core/json_file.h"
 
 namespace headwise::models {
 namespace {

@@ -15,7 +15,7 @@
 #include "models/gguf_file.h"
 #include "models/gguf_weights.h"
 #include "models/host_buffer.h"
-#include "models/json_file.h"
+#include "core/json_file.h"
 #include "models/safetensors.h"
 
 namespace headwise::models {

@@ -1,10 +1,9 @@
 // tokenizer.json -> PipelineConfig. Every field that changes tokenization is either mapped or
 // refused with kUnimplemented: a tokenizer that silently drops a normalizer is wrong on some
 // input and nobody notices.
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
+#include "core/json_file.h"
 #include "tokenizer/pipeline.h"
 
 namespace headwise::tokenizer {
@@ -16,16 +15,6 @@ using internal::NormalizerStep;
 using internal::PipelineConfig;
 using internal::PreTokenizerStep;
 using json = nlohmann::json;
-
-StatusOr<json> ReadJson(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound("{}: cannot open", path);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  json j = json::parse(buffer.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return InvalidArgument("{}: not valid JSON", path);
-  return j;
-}
 
 std::string TypeOf(const json& j) {
   if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) return "";
@@ -398,10 +387,10 @@ StatusOr<std::unique_ptr<Tokenizer>> Load(const json& tj, const json& cfg) {
 
 StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& tokenizer_json_path,
                                                      const std::string& tokenizer_config_path) {
-  HW_ASSIGN_OR_RETURN(json tj, ReadJson(tokenizer_json_path));
+  HW_ASSIGN_OR_RETURN(json tj, ReadJsonFile(tokenizer_json_path));
   json cfg = json::object();
   if (!tokenizer_config_path.empty()) {
-    HW_ASSIGN_OR_RETURN(cfg, ReadJson(tokenizer_config_path));
+    HW_ASSIGN_OR_RETURN(cfg, ReadJsonFile(tokenizer_config_path));
   }
   try {
     auto result = Load(tj, cfg);

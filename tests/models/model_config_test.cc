@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "models/json_file.h"
+#include "core/json_file.h"
 #include "tests/test_util.h"
 
 namespace headwise::models {

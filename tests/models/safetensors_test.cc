@@ -11,7 +11,7 @@
 #include <string>
 
 #include "core/dtype.h"
-#include "models/json_file.h"
+#include "core/json_file.h"
 #include "models/weight_source.h"
 #include "tests/models/model_files_util.h"
 #include "tests/test_util.h"

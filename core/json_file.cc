@@ -1,8 +1,8 @@
-#include "models/json_file.h"
+#include "core/json_file.h"
 
 #include "core/mapped_file.h"
 
-namespace headwise::models {
+namespace headwise {
 
 StatusOr<nlohmann::json> ParseJson(std::string_view text, const std::string& source) {
   try {
@@ -19,4 +19,4 @@ StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
   return ParseJson(text, path);
 }
 
-}  // namespace headwise::models
+}  // namespace headwise

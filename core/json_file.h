@@ -7,10 +7,10 @@
 
 #include "core/status.h"
 
-namespace headwise::models {
+namespace headwise {
 
 StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
 // The same for text already in memory; `source` names it in messages.
 StatusOr<nlohmann::json> ParseJson(std::string_view text, const std::string& source);
 
-}  // namespace headwise::models
+}  // namespace headwise
