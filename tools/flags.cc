@@ -92,32 +92,30 @@ void FlagParser::Int(const std::string& name, int& out) {
 
 void FlagParser::Int64(const std::string& name, int64_t& out) {
   std::string s;
-  if (!values_.count(name)) {
-    known_.push_back(name);
-    return;
-  }
-  String(name, s);
+  if (!Take(name, s)) return;
   auto v = ParseInt(s);
-  if (!v.ok()) {
-    if (error_.ok()) error_ = v.status().WithContext("--" + name);
-    return;
+  if (v.ok()) {
+    out = *v;
+  } else if (error_.ok()) {
+    error_ = v.status().WithContext("--" + name);
   }
-  out = *v;
 }
 
 void FlagParser::Float(const std::string& name, float& out) {
   std::string s;
-  if (!values_.count(name)) {
-    known_.push_back(name);
-    return;
-  }
-  String(name, s);
+  if (!Take(name, s)) return;
   auto v = ParseFloat(s);
-  if (!v.ok()) {
-    if (error_.ok()) error_ = v.status().WithContext("--" + name);
-    return;
+  if (v.ok()) {
+    out = static_cast<float>(*v);
+  } else if (error_.ok()) {
+    error_ = v.status().WithContext("--" + name);
   }
-  out = static_cast<float>(*v);
+}
+
+bool FlagParser::Take(const std::string& name, std::string& out) {
+  const bool present = values_.count(name) > 0;
+  String(name, out);
+  return present;
 }
 
 Status FlagParser::Finish() {

@@ -31,6 +31,9 @@ class FlagParser {
   Status Finish();
 
  private:
+  // String() that says whether the flag was given.
+  bool Take(const std::string& name, std::string& out);
+
   std::multimap<std::string, std::string> values_;  // flag -> value ("" for a bare flag)
   std::map<std::string, bool> bare_;                // flag given without a value
   std::vector<std::string> positional_;
