@@ -1,0 +1,114 @@
+// The serving engine: one engine thread owns the model, the KV cache and the scheduler, and
+// runs iteration-level continuous batching (decode first, then chunked prefill within a token
+// budget), prefix caching and preemption by recompute. Front ends talk to it through this
+// small API only: Submit() a request from any thread, read its events from the returned
+// stream, Abort() it (or drop the stream), read Stats() and the metrics registry.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "engine/metrics.h"
+#include "engine/model_loader.h"
+#include "engine/sampler.h"
+#include "engine/sampling_params.h"
+
+namespace headwise::engine {
+
+struct EngineConfig {
+  int max_num_seqs = 64;              // sequences running at once
+  int max_num_batched_tokens = 2048;  // tokens per step (decode tokens + prefill chunks)
+  int max_model_len = 0;              // 0: the model's max_position_embeddings
+  int max_waiting = 1024;             // queued requests beyond this are refused
+  int num_kv_pages = 0;               // pages of page_size tokens per (layer, KV head)
+  int page_size = 16;
+  bool enable_prefix_caching = true;
+};
+
+struct EngineRequest {
+  std::vector<int32_t> prompt_ids;
+  SamplingParams params;
+  bool detokenize = true;  // produce text deltas (needs the model's tokenizer)
+};
+
+// One event of a request: what it produced since the last event.
+struct RequestOutput {
+  std::vector<int32_t> token_ids;
+  std::string text;                  // text delta (stop strings and incomplete UTF-8 held back)
+  std::vector<SampledToken> tokens;  // one per token id, with logprobs when asked
+  bool finished = false;
+  std::string finish_reason;         // when finished: "stop", "length", "abort" or "error"
+  std::string error;                 // when finish_reason == "error"
+  int prompt_tokens = 0;
+  int completion_tokens = 0;         // so far
+  int cached_tokens = 0;             // prompt tokens served from the prefix cache
+};
+
+// The consumer side of one request. Dropping it aborts the request if it has not finished.
+class RequestStream {
+ public:
+  ~RequestStream();
+  RequestStream(const RequestStream&) = delete;
+  RequestStream& operator=(const RequestStream&) = delete;
+
+  const std::string& id() const { return id_; }
+  // The next event, waiting at most `timeout`; nullopt on timeout. After the finished event,
+  // always nullopt.
+  std::optional<RequestOutput> Next(std::chrono::milliseconds timeout);
+  // Asks the engine to stop the request; it finishes with reason "abort" within one step and
+  // its pages return to the pool.
+  void Abort();
+
+ private:
+  friend class Engine;
+  struct Shared;
+  explicit RequestStream(std::string id, std::shared_ptr<Shared> shared)
+      : id_(std::move(id)), shared_(std::move(shared)) {}
+  std::string id_;
+  std::shared_ptr<Shared> shared_;
+};
+
+struct EngineStats {
+  int running = 0;
+  int waiting = 0;
+  int kv_pages_used = 0;
+  int kv_pages_total = 0;
+  int max_model_len = 0;
+};
+
+class Engine {
+ public:
+  // Takes ownership of the loaded model and starts the engine thread. Refuses impossible
+  // configurations (a pool that cannot hold one max_model_len request, zero limits).
+  static StatusOr<std::unique_ptr<Engine>> Start(LoadedModel model,
+                                                 std::unique_ptr<kernels::Backend> backend,
+                                                 const EngineConfig& config);
+  ~Engine();  // stops the thread; unfinished requests end with reason "abort"
+
+  // Validates and queues a request. InvalidArgument: bad parameters, or a request that can
+  // never fit (prompt + max_tokens over max_model_len or over the whole KV pool).
+  // ResourceExhausted: the waiting queue is full.
+  StatusOr<std::unique_ptr<RequestStream>> Submit(EngineRequest request);
+
+  EngineStats Stats() const;
+  MetricsRegistry& metrics() { return *metrics_; }
+  const LoadedModel& model() const;
+  const EngineConfig& config() const;
+
+  struct Impl;
+
+ private:
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::shared_ptr<MetricsRegistry> metrics_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace headwise::engine
