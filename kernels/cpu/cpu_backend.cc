@@ -1,7 +1,5 @@
 #include "kernels/cpu/cpu_backend.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -9,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/cpu/matmul.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace headwise::kernels {
@@ -29,7 +28,7 @@ float RmsScale(const float* x, int64_t n, float eps) {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int num_threads) : pool_(num_threads) { openblas_set_num_threads(1); }
+  explicit CpuBackend(int num_threads) : pool_(num_threads) {}
 
   std::string_view name() const override { return "cpu"; }
   Device device() const override { return Device::kCpu; }
@@ -37,7 +36,7 @@ class CpuBackend final : public Backend {
   Buffer Allocate(DType dtype, std::initializer_list<int64_t> shape) override {
     Tensor view(nullptr, dtype, Device::kCpu, shape);
     const size_t bytes = std::max<size_t>(view.nbytes(), 1);
-    // 64-byte alignment keeps rows friendly to OpenBLAS's vector loads.
+    // 64-byte alignment keeps rows friendly to vector loads.
     view.data = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     HW_CHECK(view.data != nullptr, "out of host memory allocating {} bytes", bytes);
     return Buffer(view, [](void* p) { std::free(p); });
@@ -109,20 +108,7 @@ class CpuBackend final : public Backend {
     HW_CHECK_EQ(w.dim(1), k);
     HW_CHECK_EQ(out.dim(0), m);
     HW_CHECK_EQ(out.dim(1), n);
-    // Each pool thread multiplies by its own slice of w's rows with a single-threaded OpenBLAS
-    // call: one level of threading, no OpenBLAS worker threads spinning against ours.
-    pool_.ParallelFor(n, [&](int64_t begin, int64_t end) {
-      const int cols = static_cast<int>(end - begin);
-      const float* w_slice = w.ptr<float>() + begin * k;
-      if (m == 1) {  // decode: a matrix-vector product, bound by streaming w
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, cols, static_cast<int>(k), 1.0f, w_slice,
-                    static_cast<int>(k), x.ptr<float>(), 1, 0.0f, out.ptr<float>() + begin, 1);
-      } else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), cols,
-                    static_cast<int>(k), 1.0f, x.ptr<float>(), static_cast<int>(k), w_slice,
-                    static_cast<int>(k), 0.0f, out.ptr<float>() + begin, static_cast<int>(n));
-      }
-    });
+    cpu::MatmulBatchInvariant(x.ptr<float>(), m, w.ptr<float>(), n, k, out.ptr<float>(), pool_);
     if (bias.data != nullptr) {
       HW_CHECK_EQ(bias.numel(), n);
       for (int64_t r = 0; r < m; ++r) {

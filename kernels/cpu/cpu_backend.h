@@ -1,5 +1,5 @@
 // The CPU backend: the fp32 reference implementation of kernels::Backend. Simple loops that are
-// obviously correct, OpenBLAS for GEMMs, a thread pool for the rest.
+// obviously correct, a batch-invariant vectorised GEMM (cpu/matmul.h), a thread pool for the rest.
 #pragma once
 
 #include <memory>

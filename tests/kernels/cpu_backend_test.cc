@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -76,6 +77,30 @@ TEST_CASE("Matmul with and without bias", "[kernels]") {
           ref[static_cast<size_t>(i * n + j)] = s;
         }
       CHECK(MaxAbsDiff(out.view().ptr<float>(), ref) < 1e-4);
+    }
+  }
+}
+
+TEST_CASE("Matmul rows are bitwise independent of the batch around them", "[kernels]") {
+  auto be = CreateCpuBackend(2);
+  std::mt19937 rng(std::random_device{}());
+  for (auto [n, k] : {std::pair{96, 576}, std::pair{37, 61}, std::pair{5, 16}}) {
+    auto w = Random(static_cast<size_t>(n * k), rng);
+    auto row = Random(static_cast<size_t>(k), rng);
+    Buffer wb = Upload(*be, w, {n, k}), rb = Upload(*be, row, {1, k});
+    Buffer alone = Poisoned(*be, {1, n});
+    be->Matmul(rb.view(), wb.view(), Tensor(), alone.view());
+    for (int m : {2, 3, 4, 5, 8, 13, 33}) {
+      for (int pos : {0, m / 2, m - 1}) {
+        auto x = Random(static_cast<size_t>(m * k), rng);
+        std::copy(row.begin(), row.end(), x.begin() + static_cast<long>(pos) * k);
+        Buffer xb = Upload(*be, x, {m, k});
+        Buffer out = Poisoned(*be, {m, n});
+        be->Matmul(xb.view(), wb.view(), Tensor(), out.view());
+        INFO("n " << n << " k " << k << " m " << m << " row " << pos);
+        CHECK(std::memcmp(out.view().ptr<float>() + static_cast<long>(pos) * n,
+                          alone.view().ptr<float>(), static_cast<size_t>(n) * sizeof(float)) == 0);
+      }
     }
   }
 }
