@@ -1,5 +1,6 @@
 #include "kvcache/kv_cache.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace headwise::kvcache {
@@ -44,15 +45,19 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
   HW_CHECK(valid.ok(), "{}", valid.message());
   HW_CHECK(config.page_size > 0 && config.head_dim > 0, "page_size {} head_dim {}",
            config.page_size, config.head_dim);
-  head_class_.assign(static_cast<size_t>(config.num_layers),
-                     std::vector<int>(static_cast<size_t>(config.num_kv_heads)));
+  const auto layers = static_cast<size_t>(config.num_layers);
+  const auto heads = static_cast<size_t>(config.num_kv_heads);
+  head_class_.assign(layers, std::vector<int>(heads));
   head_index_ = head_class_;
-  for (size_t l = 0; l < layout_.classes.size(); ++l) {
+  page_index_ = head_class_;
+  for (size_t l = 0; l < layers; ++l) {
     for (size_t c = 0; c < layout_.classes[l].size(); ++c) {
-      const auto& heads = layout_.classes[l][c];
-      for (size_t i = 0; i < heads.size(); ++i) {
-        head_class_[l][static_cast<size_t>(heads[i])] = static_cast<int>(c);
-        head_index_[l][static_cast<size_t>(heads[i])] = static_cast<int>(i);
+      const auto& cls = layout_.classes[l][c];
+      for (size_t i = 0; i < cls.size(); ++i) {
+        const auto h = static_cast<size_t>(cls[i]);
+        head_class_[l][h] = static_cast<int>(c);
+        head_index_[l][h] = static_cast<int>(i);
+        page_index_[l][h] = pages_per_block_++;  // class by class, heads in class order
       }
     }
   }
@@ -66,85 +71,161 @@ kernels::KvPoolView KvCache::pool_view() const {
   return kernels::KvPoolView{k_pool_.view(), v_pool_.view(), config_.page_size};
 }
 
-int KvCache::PagesToGrow(int from_tokens, int to_tokens) const {
-  const int ps = config_.page_size;
-  const int from_pages = (from_tokens + ps - 1) / ps;
-  const int to_pages = (to_tokens + ps - 1) / ps;
-  if (to_pages <= from_pages) return 0;
-  // Dense classes: every KV head of every layer grows by the same number of pages.
-  return (to_pages - from_pages) * config_.num_layers * config_.num_kv_heads;
-}
-
 size_t KvCache::PageBytes(const KvCacheConfig& config, DType dtype) {
   return 2 * static_cast<size_t>(config.page_size) * static_cast<size_t>(config.head_dim) *
          DTypeSize(dtype);
 }
 
-SequenceKv::SequenceKv(KvCache& cache) : cache_(&cache) {
-  const auto& classes = cache.layout().classes;
-  tables_.resize(classes.size());
-  for (size_t l = 0; l < classes.size(); ++l) tables_[l].resize(classes[l].size());
+std::optional<int32_t> KvCache::AllocateBlock() {
+  std::vector<int32_t> pages;
+  if (!pages_.Allocate(pages_per_block_, pages)) {
+    if (lru_.empty()) return std::nullopt;
+    // Evict the least recently used cached block and take over its pages.
+    const int32_t victim = lru_.front();
+    lru_.pop_front();
+    Block& v = blocks_[static_cast<size_t>(victim)];
+    cached_.erase(v.hash);
+    pages = std::move(v.pages);
+    v = Block();
+    free_block_ids_.push_back(victim);
+  }
+  int32_t id;
+  if (!free_block_ids_.empty()) {
+    id = free_block_ids_.back();
+    free_block_ids_.pop_back();
+  } else {
+    id = static_cast<int32_t>(blocks_.size());
+    blocks_.emplace_back();
+  }
+  Block& b = blocks_[static_cast<size_t>(id)];
+  b.pages = std::move(pages);
+  b.refs = 1;
+  return id;
 }
+
+void KvCache::ReleaseBlock(int32_t id) {
+  Block& b = blocks_[static_cast<size_t>(id)];
+  HW_CHECK(b.refs > 0, "block {} released more often than taken", id);
+  if (--b.refs > 0) return;
+  if (b.cached) {
+    b.lru = lru_.insert(lru_.end(), id);  // stays findable until evicted
+    return;
+  }
+  pages_.Free(b.pages);
+  b = Block();
+  free_block_ids_.push_back(id);
+}
+
+std::optional<int32_t> KvCache::FindCached(uint64_t hash, uint64_t parent_hash,
+                                           std::span<const int32_t> tokens) {
+  ++prefix_stats_.queried_blocks;
+  auto it = cached_.find(hash);
+  if (it == cached_.end()) return std::nullopt;
+  Block& b = blocks_[static_cast<size_t>(it->second)];
+  if (b.parent_hash != parent_hash ||
+      !std::equal(tokens.begin(), tokens.end(), b.tokens.begin(), b.tokens.end())) {
+    return std::nullopt;  // a collision, not a hit
+  }
+  if (b.refs++ == 0) lru_.erase(b.lru);
+  ++prefix_stats_.hit_blocks;
+  return it->second;
+}
+
+void KvCache::CommitBlock(int32_t id, uint64_t hash, uint64_t parent_hash,
+                          std::span<const int32_t> tokens) {
+  Block& b = blocks_[static_cast<size_t>(id)];
+  if (b.cached || cached_.count(hash)) return;  // already known, maybe from another sequence
+  b.cached = true;
+  b.hash = hash;
+  b.parent_hash = parent_hash;
+  b.tokens.assign(tokens.begin(), tokens.end());
+  cached_.emplace(hash, id);
+}
+
+SequenceKv::SequenceKv(KvCache& cache) : cache_(&cache) {}
 
 SequenceKv::~SequenceKv() {
   Release();
 }
 
 SequenceKv::SequenceKv(SequenceKv&& o) noexcept
-    : cache_(o.cache_), capacity_tokens_(o.capacity_tokens_), tables_(std::move(o.tables_)) {
-  o.capacity_tokens_ = 0;
-  o.tables_.clear();
+    : cache_(o.cache_), blocks_(std::move(o.blocks_)), hashes_(std::move(o.hashes_)) {
+  o.blocks_.clear();
+  o.hashes_.clear();
+}
+
+uint64_t SequenceKv::HashOf(size_t page, std::span<const int32_t> tokens) const {
+  // FNV-1a over the parent hash and the page's tokens; hits are verified against the tokens.
+  uint64_t h = page == 0 ? 0xcbf29ce484222325ull : hashes_[page - 1];
+  auto mix = [&h](uint64_t v) {
+    for (int i = 0; i < 8; ++i) {
+      h ^= (v >> (8 * i)) & 0xff;
+      h *= 0x100000001b3ull;
+    }
+  };
+  for (int32_t t : tokens) mix(static_cast<uint32_t>(t));
+  return h;
+}
+
+int SequenceKv::AttachCachedPrefix(std::span<const int32_t> tokens) {
+  HW_CHECK(blocks_.empty(), "prefix must be attached before anything is reserved");
+  if (!cache_->prefix_caching()) return 0;
+  const size_t ps = static_cast<size_t>(cache_->config().page_size);
+  for (size_t p = 0; (p + 1) * ps <= tokens.size(); ++p) {
+    const auto page_tokens = tokens.subspan(p * ps, ps);
+    const uint64_t parent = p == 0 ? 0 : hashes_[p - 1];
+    const uint64_t hash = HashOf(p, page_tokens);
+    auto block = cache_->FindCached(hash, parent, page_tokens);
+    if (!block) break;
+    blocks_.push_back(*block);
+    hashes_.push_back(hash);
+  }
+  return static_cast<int>(blocks_.size() * ps);
 }
 
 Status SequenceKv::Reserve(int num_tokens) {
-  if (num_tokens <= capacity_tokens_) return Status::Ok();
-  const int needed = cache_->PagesToGrow(capacity_tokens_, num_tokens);
-  std::vector<int32_t> fresh;
-  if (!cache_->pages().Allocate(needed, fresh)) {
-    return ResourceExhausted("KV cache: {} pages needed, {} free of {}", needed,
-                             cache_->pages().num_free(), cache_->pages().num_pages());
-  }
-  const int ps = cache_->config().page_size;
-  const int to_pages = (num_tokens + ps - 1) / ps;
-  size_t next = 0;
-  for (size_t l = 0; l < tables_.size(); ++l) {
-    for (size_t c = 0; c < tables_[l].size(); ++c) {
-      const size_t heads = cache_->layout().classes[l][c].size();
-      auto& table = tables_[l][c];
-      while (table.size() < static_cast<size_t>(to_pages) * heads) table.push_back(fresh[next++]);
+  const size_t want = static_cast<size_t>(cache_->BlocksFor(num_tokens));
+  const size_t have = blocks_.size();
+  while (blocks_.size() < want) {
+    auto block = cache_->AllocateBlock();
+    if (!block) {
+      const int needed = static_cast<int>(want - have) * cache_->pages_per_block();
+      while (blocks_.size() > have) {
+        cache_->ReleaseBlock(blocks_.back());
+        blocks_.pop_back();
+      }
+      return ResourceExhausted("KV cache: {} pages needed, {} free of {}", needed,
+                               cache_->num_pages_free(), cache_->num_pages());
     }
+    blocks_.push_back(*block);
   }
-  HW_CHECK_EQ(next, fresh.size());
-  capacity_tokens_ = num_tokens;
   return Status::Ok();
 }
 
-void SequenceKv::Release() {
-  for (auto& layer : tables_) {
-    for (auto& table : layer) {
-      cache_->pages().Free(table);
-      table.clear();
-    }
+void SequenceKv::CommitComputed(std::span<const int32_t> tokens, int num_computed) {
+  if (!cache_->prefix_caching()) return;
+  const size_t ps = static_cast<size_t>(cache_->config().page_size);
+  const size_t full = std::min(static_cast<size_t>(num_computed), tokens.size()) / ps;
+  for (size_t p = hashes_.size(); p < full && p < blocks_.size(); ++p) {
+    const auto page_tokens = tokens.subspan(p * ps, ps);
+    const uint64_t parent = p == 0 ? 0 : hashes_[p - 1];
+    const uint64_t hash = HashOf(p, page_tokens);
+    cache_->CommitBlock(blocks_[p], hash, parent, page_tokens);
+    hashes_.push_back(hash);
   }
-  capacity_tokens_ = 0;
 }
 
-int SequenceKv::num_pages_held() const {
-  size_t n = 0;
-  for (const auto& layer : tables_)
-    for (const auto& table : layer) n += table.size();
-  return static_cast<int>(n);
+void SequenceKv::Release() {
+  for (int32_t b : blocks_) cache_->ReleaseBlock(b);
+  blocks_.clear();
+  hashes_.clear();
 }
 
 int32_t SequenceKv::Page(int layer, int kv_head, int logical_page) const {
-  const int cls = cache_->ClassOf(layer, kv_head);
-  const size_t heads =
-      cache_->layout().classes[static_cast<size_t>(layer)][static_cast<size_t>(cls)].size();
-  const auto& table = tables_[static_cast<size_t>(layer)][static_cast<size_t>(cls)];
-  const size_t i = static_cast<size_t>(logical_page) * heads +
-                   static_cast<size_t>(cache_->IndexInClass(layer, kv_head));
-  HW_CHECK_LT(i, table.size());
-  return table[i];
+  HW_CHECK_LT(static_cast<size_t>(logical_page), blocks_.size());
+  const auto& block =
+      cache_->blocks_[static_cast<size_t>(blocks_[static_cast<size_t>(logical_page)])];
+  return block.pages[static_cast<size_t>(cache_->PageIndex(layer, kv_head))];
 }
 
 int32_t SequenceKv::Slot(int layer, int kv_head, int position) const {

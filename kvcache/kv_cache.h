@@ -1,14 +1,24 @@
-// The paged KV cache: one pool of pages for all layers and KV heads, and per-sequence page
-// tables kept per (layer, KV-head class).
+// The paged KV cache: one pool of pages for all layers and KV heads, per-sequence page tables
+// per (layer, KV-head class), and prefix caching of full pages by content.
 //
 // A KV-head class is a set of KV heads of one layer that keep the same tokens. With dense
 // attention every layer has one class holding all its KV heads; sparse policies (DESIGN.md §4)
-// split a layer into several classes, e.g. DuoAttention's retrieval and streaming heads, each
-// with its own page table and retention. A class's page table holds, for each logical page,
-// one physical page per head of the class, because a page stores a single KV head.
+// split a layer into several classes, e.g. DuoAttention's retrieval and streaming heads. A
+// page stores one KV head of one layer, so heads of one request can hold different tokens.
+//
+// Pages of full-storage classes are handed out in blocks: a block is logical page p of a
+// sequence for every (layer, class, head) at once, L x Hkv physical pages. Blocks are the unit
+// of prefix caching: a full block is keyed by a hash chain over the tokens of all pages up to
+// it, reference counted while sequences use it, and kept, evictable in LRU order, once none
+// does. A hit is verified against the stored tokens, so a hash collision cannot serve another
+// prompt's KV.
 #pragma once
 
 #include <cstdint>
+#include <list>
+#include <optional>
+#include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "core/status.h"
@@ -34,6 +44,11 @@ struct HeadClassLayout {
   Status Validate(int num_layers, int num_kv_heads) const;
 };
 
+struct PrefixCacheStats {
+  uint64_t queried_blocks = 0;
+  uint64_t hit_blocks = 0;
+};
+
 class KvCache {
  public:
   // Allocates the K and V pools on `backend`: 2 * num_pages * page_size * head_dim elements.
@@ -42,30 +57,70 @@ class KvCache {
   const KvCacheConfig& config() const { return config_; }
   const HeadClassLayout& layout() const { return layout_; }
   kernels::KvPoolView pool_view() const;
-  PagePool& pages() { return pages_; }
-  const PagePool& pages() const { return pages_; }
 
-  // Where head `kv_head` of `layer` sits: its class and its index inside the class.
   int ClassOf(int layer, int kv_head) const { return head_class_[layer][kv_head]; }
   int IndexInClass(int layer, int kv_head) const { return head_index_[layer][kv_head]; }
 
-  // Pages a sequence needs to grow from `from_tokens` to `to_tokens` tokens, over all classes.
-  int PagesToGrow(int from_tokens, int to_tokens) const;
+  int pages_per_block() const { return pages_per_block_; }
+  int num_pages() const { return pages_.num_pages(); }
+  // Pages held by sequences; cached pages that nobody uses count as free (evictable).
+  int num_pages_used() const { return pages_.num_used() - num_evictable_pages(); }
+  int num_pages_free() const { return num_pages() - num_pages_used(); }
+  // Blocks a sequence of `tokens` tokens needs.
+  int BlocksFor(int tokens) const { return (tokens + config_.page_size - 1) / config_.page_size; }
+  // Pages a sequence needs to grow from `from_tokens` to `to_tokens` tokens.
+  int PagesToGrow(int from_tokens, int to_tokens) const {
+    return std::max(0, BlocksFor(to_tokens) - BlocksFor(from_tokens)) * pages_per_block_;
+  }
+
+  void set_prefix_caching(bool on) { prefix_caching_ = on; }
+  bool prefix_caching() const { return prefix_caching_; }
+  const PrefixCacheStats& prefix_stats() const { return prefix_stats_; }
 
   // Bytes of K+V per page, for turning a memory budget into a page count.
   static size_t PageBytes(const KvCacheConfig& config, DType dtype);
 
  private:
+  friend class SequenceKv;
+  struct Block {
+    std::vector<int32_t> pages;
+    int refs = 0;
+    bool cached = false;  // registered under `hash`
+    uint64_t hash = 0;
+    std::vector<int32_t> tokens;  // the page's tokens, to verify hits
+    uint64_t parent_hash = 0;
+    std::list<int32_t>::iterator lru;
+  };
+
+  std::optional<int32_t> AllocateBlock();
+  void ReleaseBlock(int32_t block);
+  std::optional<int32_t> FindCached(uint64_t hash, uint64_t parent_hash,
+                                    std::span<const int32_t> tokens);
+  void CommitBlock(int32_t block, uint64_t hash, uint64_t parent_hash,
+                   std::span<const int32_t> tokens);
+  int num_evictable_pages() const { return static_cast<int>(lru_.size()) * pages_per_block_; }
+  // Position of (layer, kv_head) inside a block's page list.
+  int PageIndex(int layer, int kv_head) const { return page_index_[layer][kv_head]; }
+
   KvCacheConfig config_;
   HeadClassLayout layout_;
   std::vector<std::vector<int>> head_class_;
   std::vector<std::vector<int>> head_index_;
+  std::vector<std::vector<int>> page_index_;
+  int pages_per_block_ = 0;
   PagePool pages_;
   kernels::Buffer k_pool_;
   kernels::Buffer v_pool_;
+
+  bool prefix_caching_ = true;
+  std::vector<Block> blocks_;
+  std::vector<int32_t> free_block_ids_;
+  std::unordered_map<uint64_t, int32_t> cached_;
+  std::list<int32_t> lru_;  // cached blocks nobody uses, oldest first
+  PrefixCacheStats prefix_stats_;
 };
 
-// The page tables of one sequence. Owns its pages until Release().
+// The page tables of one sequence. Owns references to its blocks until Release().
 class SequenceKv {
  public:
   explicit SequenceKv(KvCache& cache);
@@ -75,24 +130,34 @@ class SequenceKv {
   SequenceKv(SequenceKv&&) noexcept;
   SequenceKv& operator=(SequenceKv&&) = delete;
 
-  // Makes room for `num_tokens` tokens in every class, all or nothing: ResourceExhausted leaves
-  // the sequence as it was.
+  // Takes the longest run of cached full pages that starts `tokens`, before anything else is
+  // reserved. Returns how many tokens they hold.
+  int AttachCachedPrefix(std::span<const int32_t> tokens);
+  // Makes room for `num_tokens` tokens, all or nothing: ResourceExhausted leaves the sequence
+  // as it was.
   Status Reserve(int num_tokens);
-  // Returns every page to the pool.
+  // Registers the full pages among the first `num_computed` tokens in the prefix cache.
+  void CommitComputed(std::span<const int32_t> tokens, int num_computed);
+  // Drops every block reference.
   void Release();
 
-  int capacity_tokens() const { return capacity_tokens_; }
-  int num_pages_held() const;
+  int capacity_tokens() const {
+    return static_cast<int>(blocks_.size()) * cache_->config().page_size;
+  }
+  int num_pages_held() const {
+    return static_cast<int>(blocks_.size()) * cache_->pages_per_block();
+  }
   // Physical page of logical page `logical_page` for (layer, kv_head).
   int32_t Page(int layer, int kv_head, int logical_page) const;
   // Physical slot (page * page_size + offset) of token `position` for (layer, kv_head).
   int32_t Slot(int layer, int kv_head, int position) const;
 
  private:
+  uint64_t HashOf(size_t page, std::span<const int32_t> tokens) const;
+
   KvCache* cache_;
-  int capacity_tokens_ = 0;
-  // tables_[layer][class]: logical-page-major, heads of the class contiguous.
-  std::vector<std::vector<std::vector<int32_t>>> tables_;
+  std::vector<int32_t> blocks_;   // per logical page
+  std::vector<uint64_t> hashes_;  // hash chain of the committed/attached full pages
 };
 
 }  // namespace headwise::kvcache

@@ -29,7 +29,7 @@ struct TinyStories {
     });
     INFO(r.status().ToString());
     REQUIRE(r.ok());
-    CHECK(cache->pages().num_used() == 0);  // every page back after the request
+    CHECK(cache->num_pages_used() == 0);  // every page back after the request
     return std::move(r).value();
   }
   std::unique_ptr<kernels::Backend> backend;

@@ -105,7 +105,7 @@ TEST_CASE("Chunked prefill gives the logits of a single pass", "[models]") {
     const auto whole = f.Alone(tokens, tokens.size());
     const auto chunked = f.Alone(tokens, 7);
     CHECK(MaxDiff(whole, chunked) < 1e-5);
-    CHECK(f.cache->pages().num_used() == 0);
+    CHECK(f.cache->num_pages_used() == 0);
   }
 }
 
