@@ -45,11 +45,11 @@ struct RequestOutput {
   std::string text;                  // text delta (stop strings and incomplete UTF-8 held back)
   std::vector<SampledToken> tokens;  // one per token id, with logprobs when asked
   bool finished = false;
-  std::string finish_reason;         // when finished: "stop", "length", "abort" or "error"
-  std::string error;                 // when finish_reason == "error"
+  std::string finish_reason;  // when finished: "stop", "length", "abort" or "error"
+  std::string error;          // when finish_reason == "error"
   int prompt_tokens = 0;
-  int completion_tokens = 0;         // so far
-  int cached_tokens = 0;             // prompt tokens served from the prefix cache
+  int completion_tokens = 0;  // so far
+  int cached_tokens = 0;      // prompt tokens served from the prefix cache
 };
 
 // The consumer side of one request. Dropping it aborts the request if it has not finished.
@@ -67,9 +67,10 @@ class RequestStream {
   // its pages return to the pool.
   void Abort();
 
+  struct Shared;  // the engine's side of the channel; opaque to front ends
+
  private:
   friend class Engine;
-  struct Shared;
   explicit RequestStream(std::string id, std::shared_ptr<Shared> shared)
       : id_(std::move(id)), shared_(std::move(shared)) {}
   std::string id_;

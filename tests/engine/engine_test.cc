@@ -1,0 +1,231 @@
+// The serving engine on the real TinyStories model: continuous batching must not change what a
+// request produces (greedy or seeded), whatever the batch, chunking, preemption or prefix
+// caching around it; aborts return pages; impossible requests are refused at submission.
+#include "engine/engine.h"
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <thread>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/test_util.h"
+
+namespace headwise::engine {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::unique_ptr<Engine> StartEngine(EngineConfig config) {
+  auto backend = kernels::CreateCpuBackend(2);
+  auto loaded =
+      LoadModel(testing::SharedDir() + "/models/tinystories-656k", LoadOptions{}, *backend);
+  REQUIRE(loaded.ok());
+  auto engine = Engine::Start(std::move(loaded).value(), std::move(backend), config);
+  INFO(engine.status().ToString());
+  REQUIRE(engine.ok());
+  return std::move(engine).value();
+}
+
+struct Result {
+  std::vector<int32_t> ids;
+  std::string text;
+  std::string finish_reason;
+  int cached_tokens = 0;
+};
+
+// Reads a stream to its end (bounded: 60 s).
+Result Drain(RequestStream& stream) {
+  Result r;
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto ev = stream.Next(100ms);
+    if (!ev) continue;
+    r.ids.insert(r.ids.end(), ev->token_ids.begin(), ev->token_ids.end());
+    r.text += ev->text;
+    if (ev->finished) {
+      r.finish_reason = ev->finish_reason;
+      r.cached_tokens = ev->cached_tokens;
+      return r;
+    }
+  }
+  FAIL("request did not finish within 60 s");
+  return r;
+}
+
+std::vector<std::string> Prompts() {
+  return {"Once upon a time",           "Tom had a red ball",
+          "The cat sat on the mat and", "Lily went to the park with her mom. She saw",
+          "One day, a little bird",     "Ben and Sue were friends. They liked to",
+          "There was a big tree",       "The sun was hot and"};
+}
+
+EngineRequest Request(const Engine& engine, const std::string& prompt, int max_tokens,
+                      float temperature = 0.0f, std::optional<uint64_t> seed = std::nullopt) {
+  EngineRequest r;
+  r.prompt_ids = engine.model().tokenizer->Encode(prompt, true);
+  r.params.temperature = temperature;
+  r.params.seed = seed;
+  r.params.max_tokens = max_tokens;
+  r.params.ignore_eos = true;
+  return r;
+}
+
+// Each prompt alone, one after the other, in a fresh engine with default settings.
+std::vector<Result> Alone(const std::vector<std::string>& prompts, int max_tokens,
+                          float temperature = 0.0f) {
+  auto engine = StartEngine(EngineConfig{});
+  std::vector<Result> out;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto s = engine->Submit(Request(*engine, prompts[i], max_tokens, temperature, 100 + i));
+    REQUIRE(s.ok());
+    out.push_back(Drain(**s));
+  }
+  return out;
+}
+
+std::vector<Result> Together(Engine& engine, const std::vector<std::string>& prompts,
+                             int max_tokens, float temperature = 0.0f) {
+  std::vector<std::unique_ptr<RequestStream>> streams;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto s = engine.Submit(Request(engine, prompts[i], max_tokens, temperature, 100 + i));
+    REQUIRE(s.ok());
+    streams.push_back(std::move(s).value());
+  }
+  std::vector<Result> out;
+  for (auto& s : streams) out.push_back(Drain(*s));
+  return out;
+}
+
+void CheckSame(const std::vector<Result>& a, const std::vector<Result>& b) {
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    INFO("request " << i);
+    CHECK(a[i].ids == b[i].ids);
+    CHECK(a[i].text == b[i].text);
+  }
+}
+
+TEST_CASE("Batched greedy and seeded requests produce what they produce alone", "[engine]") {
+  const auto prompts = Prompts();
+  const auto greedy_alone = Alone(prompts, 40);
+  const auto seeded_alone = Alone(prompts, 40, 0.9f);
+  auto engine = StartEngine(EngineConfig{});
+  CheckSame(greedy_alone, Together(*engine, prompts, 40));
+  CheckSame(seeded_alone, Together(*engine, prompts, 40, 0.9f));
+  CHECK(engine->Stats().kv_pages_used == 0);
+}
+
+TEST_CASE("A small token budget chunks prefills without changing outputs", "[engine]") {
+  const auto prompts = Prompts();
+  const auto alone = Alone(prompts, 24);
+  EngineConfig config;
+  config.max_num_batched_tokens = 5;
+  config.enable_prefix_caching = false;
+  auto engine = StartEngine(config);
+  CheckSame(alone, Together(*engine, prompts, 24));
+}
+
+TEST_CASE("Preemption by recompute when pages run out; outputs unchanged", "[engine]") {
+  const auto prompts = Prompts();
+  const auto alone = Alone(prompts, 60);
+  EngineConfig config;
+  // TinyStories: 2 layers x 4 KV heads = 8 pages a block of 16 tokens. 14 blocks cannot hold
+  // eight requests of ~70 tokens (5 blocks each).
+  config.num_kv_pages = 14 * 8;
+  config.max_model_len = 128;
+  auto engine = StartEngine(config);
+  CheckSame(alone, Together(*engine, prompts, 60));
+  CHECK(engine->metrics().Value("headwise_preemptions_total") > 0);
+  CHECK(engine->Stats().kv_pages_used == 0);
+}
+
+TEST_CASE("A repeated prompt hits the prefix cache and gives the same output", "[engine]") {
+  const std::string prompt =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside with her "
+      "friends in the big green park near her house.";
+  for (bool caching : {true, false}) {
+    EngineConfig config;
+    config.enable_prefix_caching = caching;
+    auto engine = StartEngine(config);
+    auto first = engine->Submit(Request(*engine, prompt, 20));
+    REQUIRE(first.ok());
+    const Result a = Drain(**first);
+    auto second = engine->Submit(Request(*engine, prompt, 20));
+    REQUIRE(second.ok());
+    const Result b = Drain(**second);
+    CHECK(a.ids == b.ids);
+    CHECK(a.cached_tokens == 0);
+    if (caching) {
+      CHECK(b.cached_tokens >= 16);
+      CHECK(engine->metrics().Value("headwise_prefix_cache_hits_total") == 1);
+    } else {
+      CHECK(b.cached_tokens == 0);
+    }
+  }
+}
+
+TEST_CASE("Abort, by call or by dropping the stream, returns the pages", "[engine]") {
+  auto engine = StartEngine(EngineConfig{});
+  for (bool drop : {false, true}) {
+    auto s = engine->Submit(Request(*engine, "Once upon a time", 400));
+    REQUIRE(s.ok());
+    std::optional<RequestOutput> ev;
+    for (int i = 0; i < 100 && !ev; ++i) ev = (*s)->Next(100ms);
+    REQUIRE(ev);
+    CHECK(engine->Stats().kv_pages_used > 0);
+    if (drop) {
+      s->reset();
+    } else {
+      (*s)->Abort();
+      Result rest = Drain(**s);
+      CHECK(rest.finish_reason == "abort");
+    }
+    int used = -1;
+    for (int i = 0; i < 100 && used != 0; ++i) {
+      std::this_thread::sleep_for(10ms);
+      used = engine->Stats().kv_pages_used;
+    }
+    CHECK(used == 0);
+  }
+  CHECK(engine->metrics().Value("headwise_request_finished_total", {{"finish_reason", "abort"}}) ==
+        2);
+}
+
+TEST_CASE("Requests that can never fit are refused at submission", "[engine]") {
+  EngineConfig config;
+  config.max_model_len = 64;
+  config.num_kv_pages = 3 * 8;  // 48 tokens
+  auto engine = StartEngine(config);
+  auto too_long = engine->Submit(Request(*engine, "Once upon a time", 61));
+  CHECK(too_long.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(too_long.status().message(), Catch::Contains("maximum context length is 64"));
+  auto over_pool = engine->Submit(Request(*engine, "Once upon a time", 50));
+  CHECK(over_pool.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(over_pool.status().message(), Catch::Contains("whole cache holds 48"));
+  EngineRequest bad = Request(*engine, "Once upon a time", 4);
+  bad.params.top_p = 0;
+  CHECK(engine->Submit(bad).status().code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("A full queue refuses with ResourceExhausted", "[engine]") {
+  EngineConfig config;
+  config.max_num_seqs = 1;
+  config.max_waiting = 1;
+  auto engine = StartEngine(config);
+  std::vector<std::unique_ptr<RequestStream>> held;
+  Status last;
+  for (int i = 0; i < 6 && last.ok(); ++i) {
+    auto s = engine->Submit(Request(*engine, "Once upon a time", 200));
+    if (s.ok()) {
+      held.push_back(std::move(s).value());
+    } else {
+      last = s.status();
+    }
+  }
+  CHECK(last.code() == StatusCode::kResourceExhausted);
+  CHECK(held.size() >= 1);
+  CHECK(held.size() <= 3);
+}
+
+}  // namespace
+}  // namespace headwise::engine
