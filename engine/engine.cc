@@ -134,6 +134,9 @@ void Engine::Impl::Finish(Sequence& seq, const std::string& reason, const std::s
   out.completion_tokens = static_cast<int>(seq.tokens.size() - seq.prompt_len);
   out.cached_tokens = seq.cached_tokens;
   seq.kv->Release();
+  // Visible before the consumer hears of the finish: its pages are back in the pool.
+  pages_used = cache->num_pages_used();
+  metrics->Set("headwise_kv_pages_used", pages_used);
   metrics->Increment("headwise_request_finished_total", 1, {{"finish_reason", reason}});
   metrics->Increment("headwise_prompt_tokens_total", static_cast<double>(seq.prompt_len));
   metrics->Increment("headwise_generation_tokens_total", out.completion_tokens);
