@@ -12,6 +12,7 @@ void PrintUsage() {
                "usage: headwise <command> [options]\n"
                "commands:\n"
                "  generate   run one prompt through a model and print the completion\n"
+               "  serve      serve a model over the OpenAI HTTP API\n"
                "run 'headwise <command> --help' for a command's options\n");
 }
 
@@ -24,6 +25,7 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   if (command == "generate") return headwise::tools::RunGenerate(argc - 1, argv + 1);
+  if (command == "serve") return headwise::tools::RunServe(argc - 1, argv + 1);
   std::fprintf(stderr, "headwise: error: unknown command '%s'\n", command.c_str());
   PrintUsage();
   return 2;

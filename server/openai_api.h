@@ -1,0 +1,183 @@
+// The OpenAI-compatible API without the HTTP transport: request parsing and validation,
+// response and stream-chunk shaping, SSE framing and the OpenAI error shape. Everything here
+// is a pure function of its inputs (plus a tokenizer for token texts), so it is unit-tested
+// without an engine; http_server.cc glues it to cpp-httplib and the engine.
+//
+// Strictness: a field we do not know, or a known one we do not implement with a non-default
+// value, is a 400 naming the field. Silently ignoring a parameter gives users wrong answers
+// they cannot see (PEERS.md §3, item 10), so we never do it.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+#include "engine/sampler.h"
+#include "engine/sampling_params.h"
+
+namespace headwise::tokenizer {
+class Tokenizer;
+}
+
+namespace headwise::server {
+
+using Json = nlohmann::json;
+
+// An error answered in OpenAI's shape {"error": {"message", "type", "param", "code"}}.
+struct ApiError {
+  int status = 400;
+  std::string message;
+  std::string type = "invalid_request_error";
+  std::string param;  // empty: null
+  std::string code;   // empty: null
+};
+
+ApiError BadRequest(std::string message, std::string param = "");
+ApiError NotFoundError(std::string message, std::string param = "", std::string code = "");
+// Maps an engine Status: InvalidArgument/OutOfRange/Unimplemented -> 400 (param guessed from
+// the message's first word when it names a parameter), ResourceExhausted -> 503, others 500.
+ApiError ErrorFromStatus(const Status& status);
+Json ErrorBody(const ApiError& error);
+
+// Parses a request body; anything but a JSON object is a 400.
+std::optional<ApiError> ParseJsonObject(std::string_view body, Json& out);
+
+// One prompt of /v1/completions: text, or token ids given by the client.
+struct PromptInput {
+  bool is_ids = false;
+  std::string text;
+  std::vector<int32_t> ids;
+};
+
+struct ChatMessageIn {
+  std::string role;  // system, user or assistant
+  std::string content;
+  std::string name;  // optional participant name, handed to the chat template
+};
+
+enum class ApiKind { kCompletion, kChat };
+
+// A parsed /v1/completions or /v1/chat/completions request.
+struct GenerationRequest {
+  ApiKind kind = ApiKind::kCompletion;
+  std::string model;                    // empty: not given (the first served model)
+  std::vector<PromptInput> prompts;     // completions
+  std::vector<ChatMessageIn> messages;  // chat
+  engine::SamplingParams params;        // max_tokens filled in by ResolveMaxTokens
+  std::optional<int> max_tokens;        // as the client gave it
+  int n = 1;
+  bool stream = false;
+  bool include_usage = false;
+  bool echo = false;                  // completions: the prompt text precedes the output
+  bool logprobs = false;              // any logprobs asked for
+  int top_logprobs = 0;               // alternatives per token
+  bool add_special_tokens = true;     // completions true, chat false (vLLM defaults)
+  bool add_generation_prompt = true;  // chat
+  Json chat_template_kwargs = Json::object();
+};
+
+std::optional<ApiError> ParseCompletionRequest(const Json& body, GenerationRequest& out);
+std::optional<ApiError> ParseChatRequest(const Json& body, GenerationRequest& out);
+
+// max_tokens after the prompt is known: the client's value, else 16 for completions (OpenAI)
+// and the rest of the context for chat (vLLM). A request that cannot fit max_model_len is a
+// 400 with vLLM's message.
+std::optional<ApiError> ResolveMaxTokens(const GenerationRequest& request, int prompt_tokens,
+                                         int max_model_len, int& max_tokens);
+
+// SamplingParams::Validate against the model's vocabulary, mapped to a 400 naming the field.
+std::optional<ApiError> ValidateParams(const engine::SamplingParams& params, int vocab_size);
+// Token ids given by the client: inside the vocabulary and not empty.
+std::optional<ApiError> ValidatePromptIds(const std::vector<int32_t>& ids, int vocab_size,
+                                          const std::string& param);
+
+// /tokenize and /detokenize (vLLM's shapes).
+struct TokenizeRequest {
+  std::string model;
+  bool chat = false;
+  std::string prompt;
+  std::vector<ChatMessageIn> messages;
+  bool add_special_tokens = true;  // default true for prompts, false for messages
+  bool add_generation_prompt = true;
+  Json chat_template_kwargs = Json::object();
+};
+std::optional<ApiError> ParseTokenizeRequest(const Json& body, TokenizeRequest& out);
+
+struct DetokenizeRequest {
+  std::string model;
+  std::vector<int32_t> tokens;
+};
+std::optional<ApiError> ParseDetokenizeRequest(const Json& body, DetokenizeRequest& out);
+
+// --- Response shaping ---
+
+// "cmpl-" / "chatcmpl-" followed by 32 random hex digits.
+std::string NewResponseId(ApiKind kind);
+
+// The decoded text of one token, and its UTF-8 bytes (a byte-fallback piece "<0xE2>" gives
+// its raw byte, which the decoded text cannot show).
+std::string TokenText(const tokenizer::Tokenizer& tok, int32_t id);
+std::vector<int> TokenBytes(const tokenizer::Tokenizer& tok, int32_t id);
+
+// Token texts are decoded after the token before them (`prev_token`, -1 for none; updated past
+// `tokens`), because sentencepiece-style decoders drop the leading space of a decode's first
+// token: " the" would otherwise read "the".
+//
+// Completions logprobs {tokens, token_logprobs, top_logprobs, text_offset} for `tokens`;
+// text_offset counts characters from `text_offset` (updated past the tokens).
+Json CompletionLogprobs(const tokenizer::Tokenizer& tok,
+                        const std::vector<engine::SampledToken>& tokens, int top_k,
+                        int64_t& text_offset, int32_t& prev_token);
+// Chat logprobs {"content": [{token, logprob, bytes, top_logprobs: [...]}]}.
+Json ChatLogprobs(const tokenizer::Tokenizer& tok, const std::vector<engine::SampledToken>& tokens,
+                  int top_k, int32_t& prev_token);
+
+// Number of Unicode code points in UTF-8 text (text_offset counts characters, as Python does).
+int64_t CountCodePoints(std::string_view utf8);
+
+struct UsageInfo {
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+  int cached_tokens = 0;
+};
+Json UsageJson(const UsageInfo& usage);
+// The attention policy that served the request; "dense" until policies land.
+Json HeadwiseExtras(const std::string& attention_policy = "dense");
+
+// The final state of one choice, for a non-streaming response.
+struct ChoiceResult {
+  int index = 0;
+  std::string text;  // including the echoed prompt when echo is on
+  std::vector<engine::SampledToken> tokens;
+  std::string finish_reason;
+  Json logprobs;  // null, or the formatted logprobs
+};
+
+Json CompletionResponse(const std::string& id, int64_t created, const std::string& model,
+                        const std::vector<ChoiceResult>& choices, const UsageInfo& usage);
+Json ChatResponse(const std::string& id, int64_t created, const std::string& model,
+                  const std::vector<ChoiceResult>& choices, const UsageInfo& usage);
+
+// One streamed chunk with a single choice. Chat: `role_delta` gives {"role": "assistant",
+// "content": ""}; otherwise a content delta ({} when `text` is empty and finish_reason set).
+// `finish_reason` empty: null. `logprobs` null when not asked for. `include_usage` adds
+// "usage": null as OpenAI does on every chunk but the last.
+Json StreamChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
+                 int index, bool role_delta, const std::string& text, const Json& logprobs,
+                 const std::string& finish_reason, bool include_usage);
+// The final usage chunk: "choices": [] and the usage.
+Json UsageChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
+                const UsageInfo& usage);
+
+// SSE framing: "data: <json>\n\n", and the terminating "data: [DONE]\n\n".
+std::string SseEvent(const Json& payload);
+inline constexpr std::string_view kSseDone = "data: [DONE]\n\n";
+
+// JSON text that never throws on invalid UTF-8 (replaced by U+FFFD).
+std::string DumpJson(const Json& j);
+
+}  // namespace headwise::server

@@ -1,0 +1,513 @@
+// The OpenAI API layer without a server: parsing, validation, response and chunk shapes,
+// SSE framing, errors.
+#include "server/openai_api.h"
+
+#include <catch2/catch.hpp>
+#include <map>
+#include <string>
+
+#include "server/chat_renderer.h"
+#include "tokenizer/tokenizer.h"
+
+namespace headwise::server {
+namespace {
+
+// A sentencepiece-like toy vocabulary: "▁" marks a leading space, dropped at the start of a
+// decode (as the Llama decoder does), and <0xHH> byte pieces.
+class FakeTokenizer : public tokenizer::Tokenizer {
+ public:
+  FakeTokenizer() {
+    pieces_ = {"<unk>",   "<s>",        "</s>",   "\u2581Once", "\u2581upon",
+               "\u2581a", "\u2581time", "<0xE2>", "!",          "\u2581the"};
+  }
+  std::vector<int32_t> Encode(std::string_view, bool) const override { return {1, 3}; }
+  std::string Decode(std::span<const int32_t> ids, bool skip_special) const override {
+    std::string out;
+    for (int32_t id : ids) {
+      if (id < 0 || id >= static_cast<int32_t>(pieces_.size())) continue;
+      if (skip_special && id < 3) continue;
+      std::string p = pieces_[id];
+      if (p == "<0xE2>") p = "\xEF\xBF\xBD";  // a lone lead byte decodes to U+FFFD
+      const std::string mark = "\u2581";
+      if (p.rfind(mark, 0) == 0) p = " " + p.substr(mark.size());
+      out += p;
+    }
+    if (!out.empty() && out[0] == ' ') out.erase(0, 1);
+    return out;
+  }
+  std::string_view IdToPiece(int32_t id) const override {
+    return id >= 0 && id < static_cast<int32_t>(pieces_.size()) ? std::string_view(pieces_[id])
+                                                                : std::string_view();
+  }
+  std::optional<int32_t> PieceToId(std::string_view) const override { return std::nullopt; }
+  int32_t vocab_size() const override { return static_cast<int32_t>(pieces_.size()); }
+  std::optional<int32_t> bos_id() const override { return 1; }
+  std::optional<int32_t> eos_id() const override { return 2; }
+  const std::vector<int32_t>& stop_ids() const override { return stops_; }
+  bool IsSpecial(int32_t id) const override { return id < 3; }
+
+ private:
+  std::vector<std::string> pieces_;
+  std::vector<int32_t> stops_ = {2};
+};
+
+ApiError CompletionError(const Json& body) {
+  GenerationRequest r;
+  auto e = ParseCompletionRequest(body, r);
+  REQUIRE(e.has_value());
+  return *e;
+}
+
+ApiError ChatError(const Json& body) {
+  GenerationRequest r;
+  auto e = ParseChatRequest(body, r);
+  REQUIRE(e.has_value());
+  return *e;
+}
+
+Json Chat(Json extra = Json::object()) {
+  Json body = {{"model", "m"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}};
+  body.update(extra);
+  return body;
+}
+
+Json Completion(Json extra = Json::object()) {
+  Json body = {{"model", "m"}, {"prompt", "Once upon"}};
+  body.update(extra);
+  return body;
+}
+
+}  // namespace
+
+TEST_CASE("completion request: sampling fields reach SamplingParams", "[server]") {
+  GenerationRequest r;
+  Json body = Completion({{"max_tokens", 7},
+                          {"temperature", 0.5},
+                          {"top_p", 0.9},
+                          {"top_k", 40},
+                          {"min_p", 0.05},
+                          {"presence_penalty", 0.5},
+                          {"frequency_penalty", -0.5},
+                          {"repetition_penalty", 1.1},
+                          {"seed", 42},
+                          {"stop", "\n"},
+                          {"stop_token_ids", {2}},
+                          {"logit_bias", {{"5", 10}}},
+                          {"ignore_eos", true},
+                          {"n", 3},
+                          {"best_of", 3},
+                          {"logprobs", 2},
+                          {"user", "u1"},
+                          {"suffix", nullptr},
+                          {"stream", true},
+                          {"stream_options", {{"include_usage", true}}}});
+  REQUIRE_FALSE(ParseCompletionRequest(body, r).has_value());
+  CHECK(r.kind == ApiKind::kCompletion);
+  CHECK(r.model == "m");
+  REQUIRE(r.prompts.size() == 1);
+  CHECK(r.prompts[0].text == "Once upon");
+  CHECK(r.max_tokens == 7);
+  CHECK(r.params.temperature == Approx(0.5));
+  CHECK(r.params.top_p == Approx(0.9));
+  CHECK(r.params.top_k == 40);
+  CHECK(r.params.min_p == Approx(0.05));
+  CHECK(r.params.presence_penalty == Approx(0.5));
+  CHECK(r.params.frequency_penalty == Approx(-0.5));
+  CHECK(r.params.repetition_penalty == Approx(1.1));
+  CHECK(r.params.seed == 42u);
+  CHECK(r.params.stop == std::vector<std::string>{"\n"});
+  CHECK(r.params.stop_token_ids == std::vector<int32_t>{2});
+  CHECK(r.params.logit_bias.at(5) == Approx(10));
+  CHECK(r.params.ignore_eos);
+  CHECK(r.n == 3);
+  CHECK(r.logprobs);
+  CHECK(r.top_logprobs == 2);
+  CHECK(r.params.logprobs == 2);
+  CHECK(r.stream);
+  CHECK(r.include_usage);
+  CHECK(r.add_special_tokens);
+}
+
+TEST_CASE("completion request: the four prompt forms", "[server]") {
+  GenerationRequest r;
+  REQUIRE_FALSE(ParseCompletionRequest(Completion({{"prompt", {"a", "b"}}}), r).has_value());
+  CHECK(r.prompts.size() == 2);
+  REQUIRE_FALSE(ParseCompletionRequest(Completion({{"prompt", {1, 5, 6}}}), r).has_value());
+  REQUIRE(r.prompts.size() == 1);
+  CHECK(r.prompts[0].is_ids);
+  CHECK(r.prompts[0].ids == std::vector<int32_t>{1, 5, 6});
+  REQUIRE_FALSE(ParseCompletionRequest(Completion({{"prompt", {{1, 2}, {3}}}}), r).has_value());
+  CHECK(r.prompts.size() == 2);
+  CHECK(r.prompts[1].ids == std::vector<int32_t>{3});
+
+  CHECK(CompletionError(Completion({{"prompt", Json::array()}})).param == "prompt");
+  CHECK(CompletionError(Completion({{"prompt", {"a", 1}}})).param == "prompt");
+  CHECK(CompletionError(Completion({{"prompt", {{1}, Json::array()}}})).param == "prompt");
+  CHECK(CompletionError(Completion({{"prompt", {-1}}})).param == "prompt");
+  CHECK(CompletionError(Completion({{"prompt", 5}})).param == "prompt");
+  CHECK(CompletionError(Json{{"model", "m"}}).param == "prompt");
+}
+
+TEST_CASE("bad values name their parameter", "[server]") {
+  struct Case {
+    Json extra;
+    std::string param;
+  };
+  const std::vector<Case> cases = {
+      {{{"temperature", -0.1}}, "temperature"},
+      {{{"temperature", 2.5}}, "temperature"},
+      {{{"temperature", "hot"}}, "temperature"},
+      {{{"temperature", true}}, "temperature"},
+      {{{"top_p", 0}}, "top_p"},
+      {{{"top_p", 1.5}}, "top_p"},
+      {{{"top_k", -2}}, "top_k"},
+      {{{"min_p", 2}}, "min_p"},
+      {{{"max_tokens", 0}}, "max_tokens"},
+      {{{"max_tokens", 1.5}}, "max_tokens"},
+      {{{"max_tokens", "10"}}, "max_tokens"},
+      {{{"n", 0}}, "n"},
+      {{{"n", 1000}}, "n"},
+      {{{"best_of", 2}}, "best_of"},
+      {{{"logprobs", 21}}, "logprobs"},
+      {{{"logprobs", -1}}, "logprobs"},
+      {{{"logprobs", true}}, "logprobs"},
+      {{{"presence_penalty", 3}}, "presence_penalty"},
+      {{{"frequency_penalty", -3}}, "frequency_penalty"},
+      {{{"repetition_penalty", 0}}, "repetition_penalty"},
+      {{{"seed", 1.5}}, "seed"},
+      {{{"stop", 5}}, "stop"},
+      {{{"stop", {""}}}, "stop"},
+      {{{"stop", Json::array({"a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n",
+                              "o", "p", "q"})}},
+       "stop"},
+      {{{"stop_token_ids", {"a"}}}, "stop_token_ids"},
+      {{{"logit_bias", {{"abc", 1}}}}, "logit_bias"},
+      {{{"logit_bias", {{"-1", 1}}}}, "logit_bias"},
+      {{{"logit_bias", {{"5", 101}}}}, "logit_bias"},
+      {{{"logit_bias", {{"5", "x"}}}}, "logit_bias"},
+      {{{"stream", "yes"}}, "stream"},
+      {{{"stream_options", {{"include_usage", true}}}}, "stream_options"},  // without stream
+      {{{"stream", true}, {"stream_options", {{"bogus", true}}}}, "stream_options.bogus"},
+      {{{"model", 5}}, "model"},
+      {{{"user", 5}}, "user"},
+      {{{"echo", "yes"}}, "echo"},
+      {{{"echo", true}, {"logprobs", 1}}, "echo"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.extra.dump());
+    const ApiError e = CompletionError(Completion(c.extra));
+    CHECK(e.status == 400);
+    CHECK(e.type == "invalid_request_error");
+    CHECK(e.param == c.param);
+    CHECK_FALSE(e.message.empty());
+  }
+}
+
+TEST_CASE("unknown and unsupported fields are refused, their no-op values accepted", "[server]") {
+  ApiError e = CompletionError(Completion({{"temprature", 1}}));
+  CHECK(e.param == "temprature");
+  CHECK(e.message.find("unknown") != std::string::npos);
+  e = CompletionError(Completion({{"suffix", "tail"}}));
+  CHECK(e.param == "suffix");
+  CHECK(e.message.find("not supported") != std::string::npos);
+  e = ChatError(Chat({{"tools", {{{"type", "function"}}}}}));
+  CHECK(e.param == "tools");
+  e = ChatError(Chat({{"response_format", {{"type", "json_object"}}}}));
+  CHECK(e.param == "response_format");
+  e = ChatError(Chat({{"tool_choice", "auto"}}));
+  CHECK(e.param == "tool_choice");
+  e = ChatError(Chat({{"guided_json", {{"type", "object"}}}}));
+  CHECK(e.param == "guided_json");
+  e = ChatError(Chat({{"min_tokens", 5}}));
+  CHECK(e.param == "min_tokens");
+  e = ChatError(Chat({{"prompt", "x"}}));  // a completions field on chat
+  CHECK(e.param == "prompt");
+  e = CompletionError(Completion({{"messages", Json::array()}}));
+  CHECK(e.param == "messages");
+  e = CompletionError(Completion({{"top_logprobs", 2}}));
+  CHECK(e.param == "top_logprobs");
+
+  GenerationRequest r;
+  CHECK_FALSE(ParseChatRequest(Chat({{"tools", Json::array()},
+                                     {"tool_choice", "none"},
+                                     {"response_format", {{"type", "text"}}},
+                                     {"store", false},
+                                     {"parallel_tool_calls", nullptr},
+                                     {"min_tokens", 0},
+                                     {"metadata", nullptr}}),
+                               r)
+                  .has_value());
+}
+
+TEST_CASE("chat request: messages, content parts, roles", "[server]") {
+  GenerationRequest r;
+  Json body = Chat();
+  body["messages"] = {
+      {{"role", "system"}, {"content", "be brief"}},
+      {{"role", "user"},
+       {"content", {{{"type", "text"}, {"text", "a"}}, {{"type", "text"}, {"text", "b"}}}},
+       {"name", "alice"}},
+      {{"role", "assistant"}, {"content", "ok"}}};
+  body["max_completion_tokens"] = 9;
+  body["logprobs"] = true;
+  body["top_logprobs"] = 3;
+  REQUIRE_FALSE(ParseChatRequest(body, r).has_value());
+  REQUIRE(r.messages.size() == 3);
+  CHECK(r.messages[1].content == "a\nb");
+  CHECK(r.messages[1].name == "alice");
+  CHECK(r.max_tokens == 9);
+  CHECK(r.logprobs);
+  CHECK(r.top_logprobs == 3);
+  CHECK(r.params.logprobs == 3);
+  CHECK_FALSE(r.add_special_tokens);
+
+  REQUIRE_FALSE(ParseChatRequest(Chat({{"logprobs", true}}), r).has_value());
+  CHECK(r.params.logprobs == 0);
+  REQUIRE_FALSE(ParseChatRequest(Chat(), r).has_value());
+  CHECK(r.params.logprobs == -1);
+
+  auto with_messages = [](Json messages) {
+    Json b = Chat();
+    b["messages"] = std::move(messages);
+    return b;
+  };
+  CHECK(ChatError(with_messages(Json::array())).param == "messages");
+  CHECK(ChatError(with_messages("hi")).param == "messages");
+  CHECK(ChatError(with_messages({{{"role", "wizard"}, {"content", "x"}}})).param ==
+        "messages[0].role");
+  CHECK(ChatError(with_messages({{{"role", "tool"}, {"content", "x"}}})).param ==
+        "messages[0].role");
+  CHECK(ChatError(with_messages({{{"content", "x"}}})).param == "messages[0].role");
+  CHECK(ChatError(with_messages({{{"role", "user"}}})).param == "messages[0].content");
+  CHECK(ChatError(with_messages({{{"role", "user"}, {"content", 5}}})).param ==
+        "messages[0].content");
+  const ApiError image = ChatError(with_messages(
+      {{{"role", "user"},
+        {"content", {{{"type", "image_url"}, {"image_url", {{"url", "http://x"}}}}}}}}));
+  CHECK(image.param == "messages[0].content[0].type");
+  CHECK(image.message.find("image_url") != std::string::npos);
+  CHECK(ChatError(with_messages({{{"role", "user"}, {"content", "x"}, {"colour", "red"}}})).param ==
+        "messages[0].colour");
+  CHECK(ChatError(with_messages(
+                      {{{"role", "assistant"}, {"content", "x"}, {"tool_calls", {{{"id", "1"}}}}}}))
+            .param == "messages[0].tool_calls");
+
+  CHECK(ChatError(Chat({{"top_logprobs", 2}})).param == "top_logprobs");  // without logprobs
+  CHECK(ChatError(Chat({{"logprobs", true}, {"top_logprobs", 21}})).param == "top_logprobs");
+  CHECK(ChatError(Chat({{"logprobs", 1}})).param == "logprobs");
+  CHECK(ChatError(Chat({{"max_completion_tokens", 0}})).param == "max_completion_tokens");
+  CHECK(ChatError(Chat({{"echo", true}})).param == "echo");
+}
+
+TEST_CASE("max_tokens defaults and context-length errors", "[server]") {
+  GenerationRequest chat;
+  chat.kind = ApiKind::kChat;
+  GenerationRequest completion;
+  int max_tokens = 0;
+  CHECK_FALSE(ResolveMaxTokens(chat, 100, 512, max_tokens).has_value());
+  CHECK(max_tokens == 412);
+  CHECK_FALSE(ResolveMaxTokens(completion, 100, 512, max_tokens).has_value());
+  CHECK(max_tokens == 16);
+  CHECK_FALSE(ResolveMaxTokens(completion, 500, 512, max_tokens).has_value());
+  CHECK(max_tokens == 12);
+  auto e = ResolveMaxTokens(completion, 512, 512, max_tokens);
+  REQUIRE(e.has_value());
+  CHECK(e->param == "prompt");
+  CHECK(e->message.find("maximum context length is 512") != std::string::npos);
+  completion.max_tokens = 100;
+  e = ResolveMaxTokens(completion, 500, 512, max_tokens);
+  REQUIRE(e.has_value());
+  CHECK(e->status == 400);
+  CHECK(e->param == "max_tokens");
+}
+
+TEST_CASE("engine statuses map to HTTP errors", "[server]") {
+  ApiError e = ErrorFromStatus(InvalidArgument("temperature must be >= 0, got -1"));
+  CHECK(e.status == 400);
+  CHECK(e.param == "temperature");
+  e = ErrorFromStatus(InvalidArgument("the prompt is empty"));
+  CHECK(e.status == 400);
+  CHECK(e.param.empty());
+  e = ErrorFromStatus(ResourceExhausted("the request queue is full (3 waiting)"));
+  CHECK(e.status == 503);
+  CHECK(e.code == "server_overloaded");
+  e = ErrorFromStatus(Internal("boom"));
+  CHECK(e.status == 500);
+  CHECK(e.type == "server_error");
+
+  engine::SamplingParams p;
+  p.logit_bias[50] = 1.0f;
+  auto v = ValidateParams(p, 10);
+  REQUIRE(v.has_value());
+  CHECK(v->param == "logit_bias");
+  CHECK(ValidatePromptIds({1, 10}, 10, "prompt")->param == "prompt");
+  CHECK(ValidatePromptIds({}, 10, "prompt").has_value());
+  CHECK_FALSE(ValidatePromptIds({0, 9}, 10, "prompt").has_value());
+}
+
+TEST_CASE("error body has OpenAI's shape", "[server]") {
+  Json j = ErrorBody(BadRequest("bad temperature", "temperature"));
+  CHECK(j == Json::parse(R"({"error": {"message": "bad temperature",
+      "type": "invalid_request_error", "param": "temperature", "code": null}})"));
+  j = ErrorBody(NotFoundError("The model `x` does not exist.", "model", "model_not_found"));
+  CHECK(j["error"]["code"] == "model_not_found");
+
+  Json body;
+  CHECK(ParseJsonObject("{\"a\": 1", body).has_value());
+  CHECK(ParseJsonObject("[1, 2]", body).has_value());
+  CHECK(ParseJsonObject("", body).has_value());
+  CHECK_FALSE(ParseJsonObject("{\"a\": 1}", body).has_value());
+}
+
+TEST_CASE("tokenize and detokenize requests", "[server]") {
+  TokenizeRequest t;
+  REQUIRE_FALSE(ParseTokenizeRequest(Json{{"prompt", "hi"}}, t).has_value());
+  CHECK_FALSE(t.chat);
+  CHECK(t.add_special_tokens);
+  REQUIRE_FALSE(ParseTokenizeRequest(Json{{"messages", {{{"role", "user"}, {"content", "hi"}}}}}, t)
+                    .has_value());
+  CHECK(t.chat);
+  CHECK_FALSE(t.add_special_tokens);
+  CHECK(ParseTokenizeRequest(Json::object(), t).has_value());
+  CHECK(ParseTokenizeRequest(Json{{"prompt", "x"}, {"messages", Json::array()}}, t).has_value());
+  CHECK(ParseTokenizeRequest(Json{{"prompt", "x"}, {"bogus", 1}}, t)->param == "bogus");
+
+  DetokenizeRequest d;
+  REQUIRE_FALSE(ParseDetokenizeRequest(Json{{"tokens", {1, 2, 3}}}, d).has_value());
+  CHECK(d.tokens == std::vector<int32_t>{1, 2, 3});
+  CHECK(ParseDetokenizeRequest(Json{{"tokens", "abc"}}, d)->param == "tokens");
+  CHECK(ParseDetokenizeRequest(Json::object(), d)->param == "tokens");
+}
+
+TEST_CASE("ids look like OpenAI's", "[server]") {
+  const std::string a = NewResponseId(ApiKind::kCompletion);
+  const std::string b = NewResponseId(ApiKind::kChat);
+  CHECK(a.rfind("cmpl-", 0) == 0);
+  CHECK(a.size() == 5 + 32);
+  CHECK(b.rfind("chatcmpl-", 0) == 0);
+  CHECK(a != NewResponseId(ApiKind::kCompletion));
+}
+
+TEST_CASE("completion logprobs: texts in context, offsets, alternatives", "[server]") {
+  FakeTokenizer tok;
+  std::vector<engine::SampledToken> tokens = {
+      {4, -0.5f, {{4, -0.5f}, {5, -1.5f}}},
+      {5, -2.0f, {{6, -0.1f}, {4, -1.0f}}},
+  };
+  int64_t offset = 10;
+  int32_t prev = 3;  // "▁Once" ends the prompt
+  Json lp = CompletionLogprobs(tok, tokens, 1, offset, prev);
+  CHECK(lp["tokens"] == Json({" upon", " a"}));
+  CHECK(lp["token_logprobs"][0] == Approx(-0.5));
+  CHECK(lp["text_offset"] == Json({10, 15}));
+  CHECK(offset == 17);
+  CHECK(prev == 5);
+  // k = 1 alternative plus the sampled token when it is not among them.
+  CHECK(lp["top_logprobs"][0].size() == 1);
+  CHECK(lp["top_logprobs"][1].size() == 2);
+  CHECK(lp["top_logprobs"][1][" time"] == Approx(-0.1));
+  CHECK(lp["top_logprobs"][1][" a"] == Approx(-2.0));
+}
+
+TEST_CASE("chat logprobs: tokens, bytes, top_logprobs", "[server]") {
+  FakeTokenizer tok;
+  std::vector<engine::SampledToken> tokens = {
+      {8, -0.25f, {{8, -0.25f}, {7, -3.0f}}},
+      {7, -std::numeric_limits<float>::infinity(), {}},
+  };
+  int32_t prev = -1;
+  Json lp = ChatLogprobs(tok, tokens, 2, prev);
+  REQUIRE(lp["content"].size() == 2);
+  const Json& first = lp["content"][0];
+  CHECK(first["token"] == "!");
+  CHECK(first["bytes"] == Json({33}));
+  REQUIRE(first["top_logprobs"].size() == 2);
+  CHECK(first["top_logprobs"][1]["bytes"] == Json({0xE2}));  // the raw byte of <0xE2>
+  CHECK(first["top_logprobs"][1]["logprob"] == Approx(-3.0));
+  CHECK(lp["content"][1]["logprob"] == Approx(-9999.0));  // -inf is not JSON
+  CHECK(lp["content"][1]["top_logprobs"] == Json::array());
+}
+
+TEST_CASE("response shapes", "[server]") {
+  ChoiceResult c;
+  c.index = 0;
+  c.text = "hello";
+  c.finish_reason = "length";
+  UsageInfo u{5, 3, 0};
+  Json r = CompletionResponse("cmpl-1", 123, "m", {c}, u);
+  CHECK(r["object"] == "text_completion");
+  CHECK(r["choices"][0]["text"] == "hello");
+  CHECK(r["choices"][0]["logprobs"].is_null());
+  CHECK(r["choices"][0]["finish_reason"] == "length");
+  CHECK(r["usage"] == Json{{"prompt_tokens", 5}, {"completion_tokens", 3}, {"total_tokens", 8}});
+  CHECK(r["headwise"]["attention_policy"] == "dense");
+
+  u.cached_tokens = 4;
+  Json chat = ChatResponse("chatcmpl-1", 123, "m", {c}, u);
+  CHECK(chat["object"] == "chat.completion");
+  CHECK(chat["choices"][0]["message"] == Json{{"role", "assistant"}, {"content", "hello"}});
+  CHECK(chat["usage"]["prompt_tokens_details"]["cached_tokens"] == 4);
+}
+
+TEST_CASE("stream chunks and SSE framing", "[server]") {
+  Json role = StreamChunk(ApiKind::kChat, "id", 1, "m", 0, true, "", nullptr, "", true);
+  CHECK(role["object"] == "chat.completion.chunk");
+  CHECK(role["choices"][0]["delta"] == Json{{"role", "assistant"}, {"content", ""}});
+  CHECK(role["choices"][0]["finish_reason"].is_null());
+  CHECK(role.contains("usage"));
+  CHECK(role["usage"].is_null());
+
+  Json content = StreamChunk(ApiKind::kChat, "id", 1, "m", 1, false, "hi", nullptr, "", false);
+  CHECK(content["choices"][0]["index"] == 1);
+  CHECK(content["choices"][0]["delta"] == Json{{"content", "hi"}});
+  CHECK_FALSE(content.contains("usage"));
+
+  Json fin = StreamChunk(ApiKind::kChat, "id", 1, "m", 0, false, "", nullptr, "stop", false);
+  CHECK(fin["choices"][0]["delta"] == Json::object());
+  CHECK(fin["choices"][0]["finish_reason"] == "stop");
+
+  Json text = StreamChunk(ApiKind::kCompletion, "id", 1, "m", 0, false, "x", nullptr, "", false);
+  CHECK(text["object"] == "text_completion");
+  CHECK(text["choices"][0]["text"] == "x");
+
+  Json usage = UsageChunk(ApiKind::kChat, "id", 1, "m", UsageInfo{2, 3, 0});
+  CHECK(usage["choices"] == Json::array());
+  CHECK(usage["usage"]["total_tokens"] == 5);
+
+  CHECK(SseEvent(Json{{"a", 1}}) == "data: {\"a\":1}\n\n");
+  CHECK(kSseDone == "data: [DONE]\n\n");
+  // Invalid UTF-8 never throws while serialising.
+  CHECK(DumpJson(Json("\xE2")) == "\"\xEF\xBF\xBD\"");
+}
+
+TEST_CASE("text offsets count characters", "[server]") {
+  CHECK(CountCodePoints("abc") == 3);
+  CHECK(CountCodePoints("h\xC3\xA9") == 2);
+  CHECK(CountCodePoints("\xE2\x96\x81x") == 2);
+}
+
+TEST_CASE("chat renderer: probe at creation, refusals", "[server]") {
+  auto none = ChatRenderer::Create("", "<s>", "</s>");
+  REQUIRE(none.ok());
+  CHECK_FALSE((*none)->has_template());
+  auto r = (*none)->Render({{"user", "hi", ""}}, true, Json::object());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message().find("--chat-template") != std::string::npos);
+
+  const std::string chatml =
+      "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+  auto ok = ChatRenderer::Create(chatml, "<s>", "</s>");
+  REQUIRE(ok.ok());
+  auto text = (*ok)->Render({{"user", "hi", ""}}, true, Json::object());
+  REQUIRE(text.ok());
+  CHECK(text->find("<|im_start|>user\nhi<|im_end|>\n") != std::string::npos);
+  const std::string tail = "<|im_start|>assistant\n";
+  REQUIRE(text->size() >= tail.size());
+  CHECK(text->substr(text->size() - tail.size()) == tail);
+
+  // A template that cannot render the probe conversation is refused at creation.
+  CHECK_FALSE(ChatRenderer::Create("{{ not a known template", "<s>", "</s>").ok());
+}
+
+}  // namespace headwise::server

@@ -1,0 +1,294 @@
+// `headwise serve MODEL`: the OpenAI-compatible HTTP server over one engine.
+#include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/dtype.h"
+#include "engine/engine.h"
+#include "engine/model_loader.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kvcache/kv_cache.h"
+#include "server/chat_renderer.h"
+#include "server/http_server.h"
+#include "tools/commands.h"
+#include "tools/flags.h"
+
+namespace headwise::tools {
+namespace {
+
+constexpr const char* kServeUsage = R"(usage: headwise serve MODEL [options]    (or --model MODEL)
+
+Serves MODEL (a Hugging Face directory or a .gguf file) over the OpenAI HTTP API:
+/v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /metrics.
+
+  --host HOST                 address to listen on (default 127.0.0.1)
+  --port N                    port (default 8000; 0 picks a free one, printed at startup)
+  --served-model-name NAME    name clients use as "model" (repeatable; default: MODEL)
+  --api-key KEY               require "Authorization: Bearer KEY" on /v1 routes
+                              (default: $HEADWISE_API_KEY)
+  --max-model-len N           context length (default: the model's)
+  --max-num-seqs N            sequences running at once (default 64)
+  --max-num-batched-tokens N  tokens per engine step (default 2048)
+  --max-waiting N             queued requests beyond this get 503 (default 1024)
+  --kv-cache-memory BYTES     KV cache budget, e.g. 512M or 2G
+  --num-kv-pages N            KV pages of 16 tokens per (layer, KV head); overrides the budget
+  --no-prefix-caching         do not reuse the KV of shared prompt prefixes
+  --chat-template FILE        Jinja chat template instead of the model's
+  --device cpu|cuda           backend (default cpu)
+  --threads N                 CPU threads (default: all)
+  --load-format auto|dummy    dummy: seeded random weights from config.json alone
+  --seed N                    seed of dummy weights (default 0)
+  --tokenizer PATH            tokenizer to use instead of the model's own
+  --max-body-bytes BYTES      request body limit (default 16M)
+  --http-threads N            connections served at once (default 128)
+)";
+
+int Fail(const Status& s) {
+  std::fprintf(stderr, "headwise: error: %s\n", s.message().c_str());
+  std::fflush(stderr);
+  return s.code() == StatusCode::kInternal ? 1 : 2;
+}
+
+// "512M", "2G", "1048576", "64k": binary multiples.
+StatusOr<int64_t> ParseBytes(const std::string& flag, std::string s) {
+  int64_t mult = 1;
+  if (!s.empty()) {
+    switch (std::toupper(static_cast<unsigned char>(s.back()))) {
+      case 'K':
+        mult = int64_t{1} << 10;
+        break;
+      case 'M':
+        mult = int64_t{1} << 20;
+        break;
+      case 'G':
+        mult = int64_t{1} << 30;
+        break;
+      case 'T':
+        mult = int64_t{1} << 40;
+        break;
+      default:
+        break;
+    }
+    if (mult != 1) s.pop_back();
+    if (!s.empty() && std::toupper(static_cast<unsigned char>(s.back())) == 'I') s.pop_back();
+  }
+  auto v = ParseFloat(s);
+  if (!v.ok() || *v <= 0 || *v * static_cast<double>(mult) > 9e18) {
+    return InvalidArgument("--{} expects a positive byte count such as 512M or 2G, got '{}'", flag,
+                           s);
+  }
+  return static_cast<int64_t>(*v * static_cast<double>(mult));
+}
+
+std::mutex g_server_mu;
+server::HttpServer* g_server = nullptr;  // guarded by g_server_mu
+
+// SIGINT/SIGTERM are blocked in every thread and taken here, so that no engine or HTTP thread
+// is interrupted mid-step: the first signal stops the server gracefully, a second one exits.
+void SignalLoop(sigset_t set) {
+  int count = 0;
+  while (true) {
+    int sig = 0;
+    if (sigwait(&set, &sig) != 0) continue;
+    spdlog::info("signal {}: shutting down", sig);
+    if (++count > 1) std::_Exit(1);
+    std::lock_guard<std::mutex> lock(g_server_mu);
+    if (g_server == nullptr) std::_Exit(0);  // still loading: nothing to drain
+    g_server->Stop();
+  }
+}
+
+}  // namespace
+
+int RunServe(int argc, char** argv) {
+  // Before any thread exists, so that every thread inherits the mask.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);  // a client gone mid-write is an error return, not a kill
+
+  spdlog::set_default_logger(spdlog::stderr_color_mt("headwise"));
+  spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
+  spdlog::set_level(spdlog::level::info);
+
+  // MODEL comes first, as in `vllm serve MODEL [options]`; the flag parser takes the rest.
+  std::string model_path;
+  std::vector<char*> args(argv, argv + argc);
+  if (argc >= 2 && argv[1][0] != '-') {
+    model_path = argv[1];
+    args.erase(args.begin() + 1);
+  }
+  FlagParser flags(static_cast<int>(args.size()), args.data());
+  if (flags.Has("help")) {
+    std::fputs(kServeUsage, stdout);
+    return 0;
+  }
+  server::ServerOptions options;
+  engine::EngineConfig config;
+  std::string chat_template_path, device = "cpu", load_format = "auto", tokenizer_path, kv_memory,
+                                  body_limit, api_key;
+  std::vector<std::string> names;
+  bool no_prefix_caching = false;
+  int threads = 0;
+  int64_t seed = 0;
+  std::string model_flag;
+  flags.String("model", model_flag);
+  flags.String("host", options.host);
+  flags.Int("port", options.port);
+  flags.StringList("served-model-name", names);
+  flags.String("api-key", api_key);
+  flags.Int("max-model-len", config.max_model_len);
+  flags.Int("max-num-seqs", config.max_num_seqs);
+  flags.Int("max-num-batched-tokens", config.max_num_batched_tokens);
+  flags.Int("max-waiting", config.max_waiting);
+  flags.String("kv-cache-memory", kv_memory);
+  flags.Int("num-kv-pages", config.num_kv_pages);
+  flags.Bool("no-prefix-caching", no_prefix_caching);
+  flags.String("chat-template", chat_template_path);
+  flags.String("device", device);
+  flags.Int("threads", threads);
+  flags.String("load-format", load_format);
+  flags.Int64("seed", seed);
+  flags.String("tokenizer", tokenizer_path);
+  flags.String("max-body-bytes", body_limit);
+  flags.Int("http-threads", options.http_threads);
+  if (Status s = flags.Finish(); !s.ok()) return Fail(s);
+
+  if (model_path.empty()) {
+    return Fail(
+        InvalidArgument("expected MODEL as the first argument (see headwise serve --help)"));
+  }
+  if (device == "cuda") {
+    return Fail(InvalidArgument("--device cuda: CUDA backend not built/available yet"));
+  }
+  if (device != "cpu")
+    return Fail(InvalidArgument("--device must be cpu or cuda, got '{}'", device));
+  if (load_format != "auto" && load_format != "dummy") {
+    return Fail(InvalidArgument("--load-format must be auto or dummy, got '{}'", load_format));
+  }
+  if (options.port < 0 || options.port > 65535) {
+    return Fail(InvalidArgument("--port must be in [0, 65535], got {}", options.port));
+  }
+  for (const auto& [flag, v] : {std::pair{"max-num-seqs", config.max_num_seqs},
+                                {"max-num-batched-tokens", config.max_num_batched_tokens},
+                                {"http-threads", options.http_threads}}) {
+    if (v < 1) return Fail(InvalidArgument("--{} must be >= 1, got {}", flag, v));
+  }
+  for (const auto& [flag, v] : {std::pair{"max-model-len", config.max_model_len},
+                                {"max-waiting", config.max_waiting},
+                                {"num-kv-pages", config.num_kv_pages}}) {
+    if (v < 0) return Fail(InvalidArgument("--{} must be >= 0, got {}", flag, v));
+  }
+  if (!body_limit.empty()) {
+    auto b = ParseBytes("max-body-bytes", body_limit);
+    if (!b.ok()) return Fail(b.status());
+    options.max_body_bytes = static_cast<size_t>(*b);
+  }
+  std::string chat_template;
+  if (!chat_template_path.empty()) {
+    std::ifstream in(chat_template_path, std::ios::binary);
+    if (!in) return Fail(InvalidArgument("--chat-template: cannot read '{}'", chat_template_path));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    chat_template = ss.str();
+  }
+  if (api_key.empty()) {
+    if (const char* env = std::getenv("HEADWISE_API_KEY"); env && *env) api_key = env;
+  }
+  options.api_key = api_key;
+  options.served_model_names = names.empty() ? std::vector<std::string>{model_path} : names;
+  options.model_path = model_path;
+  config.enable_prefix_caching = !no_prefix_caching;
+
+  std::thread(SignalLoop, sigs).detach();
+
+  spdlog::info("loading {} ({} weights, {} threads)", model_path, load_format,
+               threads > 0 ? std::to_string(threads) : std::string("all"));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto backend = kernels::CreateCpuBackend(threads);
+  engine::LoadOptions load;
+  load.format = load_format == "dummy" ? models::LoadFormat::kDummy : models::LoadFormat::kAuto;
+  load.dummy_seed = static_cast<uint64_t>(seed);
+  load.tokenizer_path = tokenizer_path;
+  auto loaded = engine::LoadModel(model_path, load, *backend);
+  if (!loaded.ok()) return Fail(loaded.status());
+  if (!loaded->tokenizer) {
+    return Fail(InvalidArgument("{}: no tokenizer found; pass --tokenizer PATH", model_path));
+  }
+  const auto& mc = loaded->model->config();
+  spdlog::info("loaded {} ({}, {} layers, hidden {}, vocab {}) in {:.2f} s", model_path,
+               loaded->format, mc.num_layers, mc.hidden_size, mc.vocab_size,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+
+  if (!kv_memory.empty() && config.num_kv_pages == 0) {
+    auto bytes = ParseBytes("kv-cache-memory", kv_memory);
+    if (!bytes.ok()) return Fail(bytes.status());
+    const size_t page_bytes =
+        kvcache::KvCache::PageBytes(loaded->model->KvConfig(1, config.page_size), DType::kF32);
+    config.num_kv_pages =
+        static_cast<int>(std::min<int64_t>(*bytes / static_cast<int64_t>(page_bytes), 1 << 30));
+    if (config.num_kv_pages < 1) {
+      return Fail(InvalidArgument("--kv-cache-memory {} holds no KV page ({} bytes each)",
+                                  kv_memory, page_bytes));
+    }
+    spdlog::info("KV cache budget {} bytes: {} pages of {} bytes", *bytes, config.num_kv_pages,
+                 page_bytes);
+  }
+
+  // The chat template is checked before the engine starts: a broken one is a startup error.
+  const tokenizer::Tokenizer& tok = *loaded->tokenizer;
+  if (chat_template.empty()) chat_template = loaded->chat_template;
+  const std::string bos = tok.bos_id() ? std::string(tok.IdToPiece(*tok.bos_id())) : "";
+  const std::string eos = tok.eos_id() ? std::string(tok.IdToPiece(*tok.eos_id())) : "";
+  auto chat = server::ChatRenderer::Create(chat_template, bos, eos);
+  if (!chat.ok()) return Fail(chat.status());
+  if (!(*chat)->has_template()) {
+    spdlog::warn(
+        "the model has no chat template: /v1/chat/completions answers 400 "
+        "(pass --chat-template FILE)");
+  }
+
+  auto engine = engine::Engine::Start(std::move(*loaded), std::move(backend), config);
+  if (!engine.ok()) return Fail(engine.status());
+  const engine::EngineStats stats = (*engine)->Stats();
+  spdlog::info("engine started: max_model_len {}, {} KV pages, max {} sequences, prefix caching {}",
+               stats.max_model_len, stats.kv_pages_total, config.max_num_seqs,
+               config.enable_prefix_caching ? "on" : "off");
+
+  int port = 0;
+  {
+    server::HttpServer http(**engine, **chat, options);
+    auto bound = http.Bind();
+    if (!bound.ok()) return Fail(bound.status());
+    port = *bound;
+    {
+      std::lock_guard<std::mutex> lock(g_server_mu);
+      g_server = &http;
+    }
+    std::printf("headwise: listening on http://%s:%d\n", options.host.c_str(), port);
+    std::fflush(stdout);
+    http.Run();
+    std::lock_guard<std::mutex> lock(g_server_mu);
+    g_server = nullptr;
+    spdlog::info("HTTP server stopped");
+  }
+  engine->reset();  // ends the engine thread; unfinished requests end with "abort"
+  spdlog::info("shut down cleanly");
+  return 0;
+}
+
+}  // namespace headwise::tools
