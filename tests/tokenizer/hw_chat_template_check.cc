@@ -1,0 +1,73 @@
+// hw_chat_template_check: renders chat templates with our Jinja interpreter for
+// tests/python/chat_template_parity.py, which compares the output with Python's jinja2.
+//
+//   hw_chat_template_check jobs.json
+//
+// jobs.json: {"jobs": [{"name": ..., "template": "...", "cases": [{"messages": [...],
+// "extra": {...}, "flatten": false}, ...]}, ...]}. With "flatten", messages go through
+// FlattenTextContent first. Output on stdout: {"jobs": [{"parse_error": null or "...",
+// "results": [{"ok": true, "text": "..."} or {"ok": false, "error": "..."}, ...]}, ...]}.
+// JSON is read with ordered_json so objects keep their key order, as Python dicts do.
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "tokenizer/chat_template.h"
+
+namespace {
+
+using headwise::tokenizer::ChatTemplate;
+using ojson = nlohmann::ordered_json;
+
+ojson RunCase(const ChatTemplate& tpl, const ojson& c) {
+  ojson messages = c.value("messages", ojson::array());
+  const ojson extra = c.value("extra", ojson::object());
+  if (c.value("flatten", false)) {
+    // FlattenTextContent takes nlohmann::json; the messages' key order does not matter to it.
+    auto flat = headwise::tokenizer::FlattenTextContent(nlohmann::json::parse(messages.dump()));
+    if (!flat.ok()) return ojson{{"ok", false}, {"error", flat.status().message()}};
+    messages = ojson::parse(flat->dump());
+  }
+  auto text = tpl.RenderOrdered(messages, extra);
+  if (!text.ok()) return ojson{{"ok", false}, {"error", text.status().message()}};
+  return ojson{{"ok", true}, {"text", *text}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::cerr << "usage: hw_chat_template_check jobs.json\n";
+    return 2;
+  }
+  std::ifstream in(argv[1], std::ios::binary);
+  if (!in) {
+    std::cerr << "cannot open " << argv[1] << "\n";
+    return 2;
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  ojson jobs;
+  try {
+    jobs = ojson::parse(buffer.str());
+  } catch (const std::exception& e) {
+    std::cerr << "bad jobs file: " << e.what() << "\n";
+    return 2;
+  }
+  ojson out_jobs = ojson::array();
+  for (const ojson& job : jobs.at("jobs")) {
+    ojson out{{"name", job.value("name", "")}, {"parse_error", nullptr}, {"results", ojson::array()}};
+    auto tpl = ChatTemplate::Parse(job.at("template").get<std::string>());
+    if (!tpl.ok()) {
+      out["parse_error"] = tpl.status().message();
+    } else {
+      for (const ojson& c : job.at("cases")) out["results"].push_back(RunCase(*tpl, c));
+    }
+    out_jobs.push_back(std::move(out));
+  }
+  // Invalid UTF-8 in a rendering must not abort the dump: replace it (the test then fails).
+  std::cout << ojson{{"jobs", out_jobs}}.dump(-1, ' ', false, ojson::error_handler_t::replace)
+            << "\n";
+  return 0;
+}

@@ -1,0 +1,23 @@
+// Parser of the chat-template interpreter: tokens -> syntax tree, following jinja2's grammar
+// (operator precedence, `is` tests, filters, slices, tuples) for the subset chat templates use.
+// Anything outside that subset is refused here, naming the construct and where it is, so a
+// server fails at startup rather than on the first request.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "core/status.h"
+#include "tokenizer/jinja_ast.h"
+
+namespace headwise::tokenizer::jinja {
+
+struct Template {
+  std::string source;  // newline-normalised, for error positions
+  Body body;
+};
+
+StatusOr<std::unique_ptr<Template>> ParseTemplate(std::string_view source);
+
+}  // namespace headwise::tokenizer::jinja
