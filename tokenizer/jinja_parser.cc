@@ -117,8 +117,15 @@ class Parser {
       switch (t.type) {
         case TokenType::kEof:
           if (end_names.size() == 0) return Status::Ok();
-          return Error(t.offset, fmt::format("unexpected end of template, expected '{}'",
-                                             *end_names.begin()));
+          {
+            std::string names;
+            for (std::string_view e : end_names) {
+              names += names.empty() ? "" : " or ";
+              names += fmt::format("'{}'", e);
+            }
+            return Error(t.offset,
+                         fmt::format("unexpected end of template, expected {}", names));
+          }
         case TokenType::kText: {
           auto s = std::make_unique<Stmt>();
           s->kind = StmtKind::kText;
