@@ -86,5 +86,4 @@ struct Stmt {
   Body else_body;
 };
 
-
 }  // namespace headwise::tokenizer::jinja

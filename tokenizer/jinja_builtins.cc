@@ -16,8 +16,12 @@ constexpr size_t kMaxBuiltValueBytes = 16u << 20;
 // range() materialises its list.
 constexpr int64_t kMaxRangeLength = 1'000'000;
 
-Status TypeError(std::string msg) { return InvalidArgument("TypeError: {}", msg); }
-Status ValueError(std::string msg) { return InvalidArgument("ValueError: {}", msg); }
+Status TypeError(std::string msg) {
+  return InvalidArgument("TypeError: {}", msg);
+}
+Status ValueError(std::string msg) {
+  return InvalidArgument("ValueError: {}", msg);
+}
 
 // Binds Python-style arguments to parameter names: positional first, then keywords.
 class Args {
@@ -27,8 +31,8 @@ class Args {
     Args a;
     a.values_.assign(params.size(), nullptr);
     if (call.args.size() > params.size()) {
-      return TypeError(fmt::format("{}() takes at most {} arguments ({} given)", fn,
-                                   params.size(), call.args.size()));
+      return TypeError(fmt::format("{}() takes at most {} arguments ({} given)", fn, params.size(),
+                                   call.args.size()));
     }
     for (size_t i = 0; i < call.args.size(); ++i) a.values_[i] = &call.args[i];
     for (const auto& [key, value] : call.kwargs) {
@@ -57,8 +61,8 @@ class Args {
 
 StatusOr<std::string> StringArg(const Value* v, std::string_view what) {
   if (v == nullptr || !v->is_string()) {
-    return TypeError(fmt::format("{} must be str, not {}", what,
-                                 v == nullptr ? "nothing" : v->TypeName()));
+    return TypeError(
+        fmt::format("{} must be str, not {}", what, v == nullptr ? "nothing" : v->TypeName()));
   }
   return v->str();
 }
@@ -71,7 +75,9 @@ StatusOr<int64_t> IntArg(const Value* v, std::string_view what) {
   return v->int_value();
 }
 
-bool ArgTruthy(const Value* v, bool fallback) { return v == nullptr ? fallback : v->Truthy(); }
+bool ArgTruthy(const Value* v, bool fallback) {
+  return v == nullptr ? fallback : v->Truthy();
+}
 
 // jinja2's make_attrgetter: "a.b.0" walks items, integer parts as indexes.
 StatusOr<Value> AttrPath(const Value& item, const std::string& path) {
@@ -90,7 +96,9 @@ StatusOr<Value> AttrPath(const Value& item, const std::string& path) {
   }
 }
 
-Value CodepointString(char32_t cp) { return Value::String(FromU32(std::u32string(1, cp))); }
+Value CodepointString(char32_t cp) {
+  return Value::String(FromU32(std::u32string(1, cp)));
+}
 
 // Sort key comparison shared by sort, dictsort, min, max, unique: strings compare
 // case-insensitively unless case_sensitive, as jinja2's ignore_case does.
@@ -194,8 +202,8 @@ StatusOr<Value> SelectOrReject(const Value& input, const CallArgs& call, bool se
 StatusOr<Value> DoTojson(const Value& input, const CallArgs& call) {
   // transformers' tojson: json.dumps(x, ensure_ascii=False, indent=indent,
   // separators=separators, sort_keys=sort_keys), no HTML escaping.
-  HW_ASSIGN_OR_RETURN(Args a, Args::Bind("tojson", call,
-                                         {"ensure_ascii", "indent", "separators", "sort_keys"}));
+  HW_ASSIGN_OR_RETURN(
+      Args a, Args::Bind("tojson", call, {"ensure_ascii", "indent", "separators", "sort_keys"}));
   JsonDumpOptions o;
   o.ensure_ascii = ArgTruthy(a.Get(0), false);
   if (a.Get(1) != nullptr && !a.Get(1)->is_none()) {
@@ -292,8 +300,8 @@ StatusOr<Value> DoMap(const Value& input, const CallArgs& call) {
 }
 
 StatusOr<Value> MinMax(const Value& input, const CallArgs& call, bool max) {
-  HW_ASSIGN_OR_RETURN(Args a, Args::Bind(max ? "max" : "min", call,
-                                         {"case_sensitive", "attribute"}));
+  HW_ASSIGN_OR_RETURN(Args a,
+                      Args::Bind(max ? "max" : "min", call, {"case_sensitive", "attribute"}));
   HW_ASSIGN_OR_RETURN(List items, Iterate(input));
   if (items.empty()) return Value::Undefined("no items for min/max");
   const bool cs = ArgTruthy(a.Get(0), false);
@@ -377,16 +385,18 @@ namespace {
 
 bool IsStringMethod(std::string_view n) {
   static constexpr std::string_view kNames[] = {
-      "startswith", "endswith", "split",   "rsplit",  "strip",   "lstrip",     "rstrip",
-      "lower",      "upper",    "title",   "capitalize", "replace", "find",    "rfind",
-      "count",      "join",     "isdigit", "isalpha", "isalnum", "isspace",    "islower",
-      "isupper",    "splitlines", "format", "index"};
+      "startswith", "endswith",   "split",   "rsplit",     "strip",   "lstrip",  "rstrip",
+      "lower",      "upper",      "title",   "capitalize", "replace", "find",    "rfind",
+      "count",      "join",       "isdigit", "isalpha",    "isalnum", "isspace", "islower",
+      "isupper",    "splitlines", "format",  "index"};
   return std::find(std::begin(kNames), std::end(kNames), n) != std::end(kNames);
 }
 bool IsDictMethod(std::string_view n) {
   return n == "get" || n == "items" || n == "keys" || n == "values";
 }
-bool IsListMethod(std::string_view n) { return n == "index" || n == "count"; }
+bool IsListMethod(std::string_view n) {
+  return n == "index" || n == "count";
+}
 
 Value BoundMethod(const Value& receiver, std::string_view name) {
   auto fn = std::make_shared<Callable>();
@@ -444,8 +454,8 @@ StatusOr<Value> GetItem(const Value& obj, const Value& key) {
     }
     return GetAttr(obj, key.str());
   }
-  return Value::Undefined(fmt::format("'{}' object has no element {}", obj.TypeName(),
-                                      PyRepr(key)));
+  return Value::Undefined(
+      fmt::format("'{}' object has no element {}", obj.TypeName(), PyRepr(key)));
 }
 
 StatusOr<Value> GetSlice(const Value& obj, const Value& start, const Value& stop,
@@ -466,8 +476,8 @@ StatusOr<Value> GetSlice(const Value& obj, const Value& start, const Value& stop
   if (stride == 0) return ValueError("slice step cannot be zero");
   std::u32string u;
   if (obj.is_string()) u = ToU32(obj.str());
-  const int64_t n = obj.is_string() ? static_cast<int64_t>(u.size())
-                                    : static_cast<int64_t>(obj.list().size());
+  const int64_t n =
+      obj.is_string() ? static_cast<int64_t>(u.size()) : static_cast<int64_t>(obj.list().size());
   // CPython's PySlice_AdjustIndices.
   const auto adjust = [&](std::optional<int64_t> v, int64_t def) {
     if (!v) return def;
@@ -526,8 +536,8 @@ StatusOr<bool> Contains(const Value& container, const Value& item) {
       return false;
     case Kind::kString:
       if (!item.is_string()) {
-        return TypeError(fmt::format("'in <string>' requires string as left operand, not {}",
-                                     item.TypeName()));
+        return TypeError(
+            fmt::format("'in <string>' requires string as left operand, not {}", item.TypeName()));
       }
       return container.str().find(item.str()) != std::string::npos;
     case Kind::kList:
@@ -539,8 +549,7 @@ StatusOr<bool> Contains(const Value& container, const Value& item) {
     case Kind::kLoop:
       return item.is_string() && container.dict().Find(item.str()) != nullptr;
     default:
-      return TypeError(
-          fmt::format("argument of type '{}' is not iterable", container.TypeName()));
+      return TypeError(fmt::format("argument of type '{}' is not iterable", container.TypeName()));
   }
 }
 
@@ -618,12 +627,12 @@ StatusOr<std::string> PercentFormat(std::string_view fmt_str, const Value& args)
 
 bool IsKnownFilter(std::string_view name) {
   static constexpr std::string_view kNames[] = {
-      "abs",     "attr",     "batch",  "capitalize", "center",     "count",  "d",
-      "default", "dictsort", "e",      "escape",     "first",      "float",  "format",
-      "indent",  "int",      "items",  "join",       "last",       "length", "list",
+      "abs",     "attr",     "batch",  "capitalize", "center",     "count",      "d",
+      "default", "dictsort", "e",      "escape",     "first",      "float",      "format",
+      "indent",  "int",      "items",  "join",       "last",       "length",     "list",
       "lower",   "map",      "max",    "min",        "reject",     "rejectattr", "replace",
-      "reverse", "round",    "safe",   "select",     "selectattr", "sort",   "string",
-      "sum",     "title",    "tojson", "trim",       "unique",     "upper",  "wordcount"};
+      "reverse", "round",    "safe",   "select",     "selectattr", "sort",       "string",
+      "sum",     "title",    "tojson", "trim",       "unique",     "upper",      "wordcount"};
   return std::find(std::begin(kNames), std::end(kNames), name) != std::end(kNames);
 }
 
@@ -791,8 +800,7 @@ StatusOr<Value> ApplyFilter(std::string_view name, const Value& input, const Cal
                     a.Get(2));
   }
   if (name == "dictsort") {
-    HW_ASSIGN_OR_RETURN(Args a,
-                        Args::Bind("dictsort", call, {"case_sensitive", "by", "reverse"}));
+    HW_ASSIGN_OR_RETURN(Args a, Args::Bind("dictsort", call, {"case_sensitive", "by", "reverse"}));
     if (!input.is_dict()) return InvalidArgument("FilterArgumentError: dictsort needs a dict");
     const bool by_value = a.Has(1) && PyStr(*a.Get(1)) == "value";
     List pairs;
@@ -877,12 +885,12 @@ StatusOr<Value> ApplyFilter(std::string_view name, const Value& input, const Cal
 
 bool IsKnownTest(std::string_view name) {
   static constexpr std::string_view kNames[] = {
-      "boolean",  "callable", "defined",  "divisibleby", "eq",       "equalto",  "escaped",
-      "even",     "false",    "float",    "ge",          "gt",       "greaterthan", "in",
-      "integer",  "iterable", "le",       "lessthan",    "lower",    "lt",       "mapping",
-      "ne",       "none",     "number",   "odd",         "sameas",   "sequence", "string",
-      "true",     "undefined", "upper",   "==",          "!=",       "<",        "<=",
-      ">",        ">="};
+      "boolean", "callable",  "defined", "divisibleby", "eq",     "equalto",     "escaped",
+      "even",    "false",     "float",   "ge",          "gt",     "greaterthan", "in",
+      "integer", "iterable",  "le",      "lessthan",    "lower",  "lt",          "mapping",
+      "ne",      "none",      "number",  "odd",         "sameas", "sequence",    "string",
+      "true",    "undefined", "upper",   "==",          "!=",     "<",           "<=",
+      ">",       ">="};
   return std::find(std::begin(kNames), std::end(kNames), name) != std::end(kNames);
 }
 
@@ -1068,8 +1076,7 @@ StatusOr<Value> CallMethod(const Value& self, std::string_view name, const CallA
     return Value::Int(count);
   }
   if (!self.is_string()) {
-    return InvalidArgument("AttributeError: '{}' object has no method '{}'", self.TypeName(),
-                           name);
+    return InvalidArgument("AttributeError: '{}' object has no method '{}'", self.TypeName(), name);
   }
   const std::string& s = self.str();
   if (name == "startswith" || name == "endswith") {
@@ -1086,9 +1093,9 @@ StatusOr<Value> CallMethod(const Value& self, std::string_view name, const CallA
         return TypeError(fmt::format("{} first arg must be str or a tuple of str", name));
       }
       const std::string& p = o.str();
-      const bool hit = name == "startswith"
-                           ? s.compare(0, p.size(), p) == 0
-                           : s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
+      const bool hit = name == "startswith" ? s.compare(0, p.size(), p) == 0
+                                            : s.size() >= p.size() &&
+                                                  s.compare(s.size() - p.size(), p.size(), p) == 0;
       if (hit) return Value::Bool(true);
     }
     return Value::Bool(false);
@@ -1100,8 +1107,8 @@ StatusOr<Value> CallMethod(const Value& self, std::string_view name, const CallA
       HW_ASSIGN_OR_RETURN(chars, StringArg(a.Get(0), "chars"));
     }
     const bool has_chars = a.Get(0) != nullptr && !a.Get(0)->is_none();
-    return Value::String(PyStrip(s, has_chars ? &chars : nullptr, name != "rstrip",
-                                 name != "lstrip"));
+    return Value::String(
+        PyStrip(s, has_chars ? &chars : nullptr, name != "rstrip", name != "lstrip"));
   }
   if (name == "split" || name == "rsplit") {
     HW_ASSIGN_OR_RETURN(Args a, Args::Bind(name, call, {"sep", "maxsplit"}));
@@ -1114,7 +1121,8 @@ StatusOr<Value> CallMethod(const Value& self, std::string_view name, const CallA
     if (a.Get(1) != nullptr) {
       HW_ASSIGN_OR_RETURN(maxsplit, IntArg(a.Get(1), "maxsplit"));
     }
-    HW_ASSIGN_OR_RETURN(List parts, PySplit(s, has_sep ? &sep : nullptr, maxsplit, name == "rsplit"));
+    HW_ASSIGN_OR_RETURN(List parts,
+                        PySplit(s, has_sep ? &sep : nullptr, maxsplit, name == "rsplit"));
     return Value::MakeList(std::move(parts));
   }
   if (name == "splitlines") {

@@ -11,14 +11,18 @@ namespace {
 
 constexpr size_t kMaxListItems = 1'000'000;
 
-Status TypeError(std::string msg) { return InvalidArgument("TypeError: {}", msg); }
+Status TypeError(std::string msg) {
+  return InvalidArgument("TypeError: {}", msg);
+}
 
 Status OperandError(std::string_view op, const Value& a, const Value& b) {
   return TypeError(fmt::format("unsupported operand type(s) for {}: '{}' and '{}'", op,
                                a.TypeName(), b.TypeName()));
 }
 
-bool IsIntLike(const Value& v) { return v.is_int() || v.is_bool(); }
+bool IsIntLike(const Value& v) {
+  return v.is_int() || v.is_bool();
+}
 
 class Renderer {
  public:
@@ -359,8 +363,8 @@ class Renderer {
           if (neg && v.int_value() == INT64_MIN) return InvalidArgument("integer overflow");
           return Value::Int(neg ? -v.int_value() : v.int_value());
         }
-        return TypeError(fmt::format("bad operand type for unary {}: '{}'", neg ? '-' : '+',
-                                     v.TypeName()));
+        return TypeError(
+            fmt::format("bad operand type for unary {}: '{}'", neg ? '-' : '+', v.TypeName()));
       }
       case ExprKind::kBinary: {
         HW_ASSIGN_OR_RETURN(Value a, Eval(*e.a));
@@ -391,8 +395,9 @@ class Renderer {
         HW_ASSIGN_OR_RETURN(Value cond, Eval(*e.b));
         if (cond.Truthy()) return Eval(*e.a);
         if (e.c) return Eval(*e.c);
-        return Value::Undefined("the inline if expression evaluated to false and no else "
-                                "section was defined");
+        return Value::Undefined(
+            "the inline if expression evaluated to false and no else "
+            "section was defined");
       }
       case ExprKind::kList:
       case ExprKind::kTuple: {
@@ -438,8 +443,8 @@ class Renderer {
 
   StatusOr<Value> CallMacro(const MacroStmt& m, const CallArgs& call) {
     if (call.args.size() > m.params.size()) {
-      return TypeError(fmt::format("macro '{}' takes not more than {} argument(s)", m.name,
-                                   m.params.size()));
+      return TypeError(
+          fmt::format("macro '{}' takes not more than {} argument(s)", m.name, m.params.size()));
     }
     for (const auto& [k, v] : call.kwargs) {
       bool known = false;

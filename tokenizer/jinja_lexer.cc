@@ -56,8 +56,12 @@ std::string_view RstripWhitespace(std::string_view s) {
 bool IsNameStart(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
 }
-bool IsNameChar(char c) { return IsNameStart(c) || (c >= '0' && c <= '9'); }
-bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+bool IsNameChar(char c) {
+  return IsNameStart(c) || (c >= '0' && c <= '9');
+}
+bool IsDigit(char c) {
+  return c >= '0' && c <= '9';
+}
 
 class Lexer {
  public:
@@ -122,8 +126,8 @@ class Lexer {
 
   Status Error(size_t offset, std::string_view what) const {
     const SourcePosition p = PositionOf(src_, offset);
-    return InvalidArgument("chat template syntax error at line {} column {}: {}", p.line,
-                           p.column, what);
+    return InvalidArgument("chat template syntax error at line {} column {}: {}", p.line, p.column,
+                           what);
   }
 
   // The OptionalLStrip rule of jinja2's root state: "-" strips all whitespace before the tag;
@@ -285,8 +289,8 @@ class Lexer {
     const auto digits = [&](size_t q, bool (*ok)(char)) {
       // (digit _?)* digit: underscores only between digits.
       size_t r = q;
-      while (r < src_.size() && (ok(src_[r]) || (src_[r] == '_' && r > q && r + 1 < src_.size() &&
-                                                  ok(src_[r + 1])))) {
+      while (r < src_.size() &&
+             (ok(src_[r]) || (src_[r] == '_' && r > q && r + 1 < src_.size() && ok(src_[r + 1])))) {
         ++r;
       }
       return r;
@@ -299,11 +303,14 @@ class Lexer {
       return out;
     };
     if (src_[p] == '0' && p + 1 < src_.size()) {
-      const char base_char = static_cast<char>(std::tolower(static_cast<unsigned char>(src_[p + 1])));
+      const char base_char =
+          static_cast<char>(std::tolower(static_cast<unsigned char>(src_[p + 1])));
       int base = base_char == 'x' ? 16 : base_char == 'o' ? 8 : base_char == 'b' ? 2 : 0;
       if (base != 0) {
         size_t q = p + 2;
-        while (q < src_.size() && (std::isxdigit(static_cast<unsigned char>(src_[q])) || src_[q] == '_')) ++q;
+        while (q < src_.size() &&
+               (std::isxdigit(static_cast<unsigned char>(src_[q])) || src_[q] == '_'))
+          ++q;
         const std::string body = strip_underscores(src_.substr(p + 2, q - p - 2));
         errno = 0;
         char* end = nullptr;
@@ -411,7 +418,14 @@ class Lexer {
           internal::AppendUtf8(cp, &out);
           break;
         }
-        case '0': case '1': case '2': case '3': case '4': case '5': case '6': case '7': {
+        case '0':
+        case '1':
+        case '2':
+        case '3':
+        case '4':
+        case '5':
+        case '6':
+        case '7': {
           char32_t v = static_cast<char32_t>(c - '0');
           for (int k = 0; k < 2 && i + 1 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '7'; ++k) {
             v = v * 8 + static_cast<char32_t>(s[++i] - '0');

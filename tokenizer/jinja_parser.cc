@@ -71,8 +71,8 @@ class Parser {
 
   Status Error(size_t offset, std::string_view what) const {
     const SourcePosition p = PositionOf(source_, offset);
-    return InvalidArgument("chat template syntax error at line {} column {}: {}", p.line,
-                           p.column, what);
+    return InvalidArgument("chat template syntax error at line {} column {}: {}", p.line, p.column,
+                           what);
   }
   Status Unsupported(size_t offset, std::string_view construct) const {
     const SourcePosition p = PositionOf(source_, offset);
@@ -80,8 +80,7 @@ class Parser {
                            p.line, p.column, construct);
   }
   Status Unexpected(std::string_view expected) const {
-    return Error(Cur().offset,
-                 fmt::format("expected {}, got {}", expected, Describe(Cur())));
+    return Error(Cur().offset, fmt::format("expected {}, got {}", expected, Describe(Cur())));
   }
   Status ExpectOp(std::string_view op) {
     if (!SkipOp(op)) return Unexpected(fmt::format("'{}'", op));
@@ -123,8 +122,7 @@ class Parser {
               names += names.empty() ? "" : " or ";
               names += fmt::format("'{}'", e);
             }
-            return Error(t.offset,
-                         fmt::format("unexpected end of template, expected {}", names));
+            return Error(t.offset, fmt::format("unexpected end of template, expected {}", names));
           }
         case TokenType::kText: {
           auto s = std::make_unique<Stmt>();
@@ -357,8 +355,7 @@ class Parser {
   // ---- expressions (jinja2's precedence, lowest first) ----
 
   bool IsTupleEnd() const {
-    return Cur().type == TokenType::kVarEnd || Cur().type == TokenType::kBlockEnd ||
-           IsOp(")");
+    return Cur().type == TokenType::kVarEnd || Cur().type == TokenType::kBlockEnd || IsOp(")");
   }
 
   // jinja2's parse_tuple: "a, b" is a tuple; one expression without a comma is itself.

@@ -157,7 +157,8 @@ std::u32string ToU32(std::string_view s) {
   std::u32string out;
   out.reserve(s.size());
   // Fast path: ASCII needs no decoding.
-  if (std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
+  if (std::all_of(s.begin(), s.end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
     for (char c : s) out.push_back(static_cast<char32_t>(c));
     return out;
   }
@@ -192,9 +193,24 @@ size_t CodepointCount(std::string_view s) {
 bool IsPySpace(char32_t cp) {
   // Python's str.isspace(): bidirectional class WS, B or S, or category Zs.
   switch (cp) {
-    case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D: case 0x1C: case 0x1D: case 0x1E:
-    case 0x1F: case 0x20: case 0x85: case 0xA0: case 0x1680: case 0x2028: case 0x2029:
-    case 0x202F: case 0x205F: case 0x3000:
+    case 0x09:
+    case 0x0A:
+    case 0x0B:
+    case 0x0C:
+    case 0x0D:
+    case 0x1C:
+    case 0x1D:
+    case 0x1E:
+    case 0x1F:
+    case 0x20:
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
       return true;
     default:
       return cp >= 0x2000 && cp <= 0x200A;
@@ -302,15 +318,15 @@ std::string IcuCaseMap(std::string_view s, bool upper) {
                        nullptr, &err);
   err = U_ZERO_ERROR;
   std::u16string src(static_cast<size_t>(len16), u'\0');
-  u_strFromUTF8WithSub(src.data(), len16, nullptr, s.data(), static_cast<int32_t>(s.size()),
-                       0xFFFD, nullptr, &err);
+  u_strFromUTF8WithSub(src.data(), len16, nullptr, s.data(), static_cast<int32_t>(s.size()), 0xFFFD,
+                       nullptr, &err);
   if (U_FAILURE(err)) return std::string(s);
   std::u16string dst(src.size() * 3 + 8, u'\0');
   err = U_ZERO_ERROR;
-  int32_t n = upper ? u_strToUpper(dst.data(), static_cast<int32_t>(dst.size()), src.data(),
-                                   len16, "", &err)
-                    : u_strToLower(dst.data(), static_cast<int32_t>(dst.size()), src.data(),
-                                   len16, "", &err);
+  int32_t n =
+      upper
+          ? u_strToUpper(dst.data(), static_cast<int32_t>(dst.size()), src.data(), len16, "", &err)
+          : u_strToLower(dst.data(), static_cast<int32_t>(dst.size()), src.data(), len16, "", &err);
   if (U_FAILURE(err)) return std::string(s);
   std::string out(static_cast<size_t>(n) * 3 + 4, '\0');
   int32_t n8 = 0;
@@ -678,8 +694,9 @@ Status JsonDumpsInto(const Value& v, const JsonDumpOptions& o, int depth, std::s
   const auto newline = [&](int level) {
     if (!o.has_indent) return;
     out->push_back('\n');
-    std::string unit = o.indent_str.empty() ? std::string(static_cast<size_t>(std::max(o.indent, 0)), ' ')
-                                            : o.indent_str;
+    std::string unit = o.indent_str.empty()
+                           ? std::string(static_cast<size_t>(std::max(o.indent, 0)), ' ')
+                           : o.indent_str;
     for (int i = 0; i < level; ++i) *out += unit;
   };
   switch (v.kind()) {
@@ -749,8 +766,7 @@ Status JsonDumpsInto(const Value& v, const JsonDumpOptions& o, int depth, std::s
       return Status::Ok();
     }
     default:
-      return InvalidArgument("TypeError: Object of type {} is not JSON serializable",
-                             v.TypeName());
+      return InvalidArgument("TypeError: Object of type {} is not JSON serializable", v.TypeName());
   }
 }
 
@@ -802,7 +818,11 @@ StatusOr<std::string> JsonDumps(const Value& v, const JsonDumpOptions& options) 
   return out;
 }
 
-Value FromJson(const nlohmann::json& j) { return FromJsonImpl(j); }
-Value FromJson(const nlohmann::ordered_json& j) { return FromJsonImpl(j); }
+Value FromJson(const nlohmann::json& j) {
+  return FromJsonImpl(j);
+}
+Value FromJson(const nlohmann::ordered_json& j) {
+  return FromJsonImpl(j);
+}
 
 }  // namespace headwise::tokenizer::jinja

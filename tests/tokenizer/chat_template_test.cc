@@ -1,11 +1,11 @@
 // Unit tests of the chat-template interpreter's mechanics. The expected strings are jinja2's
 // renderings of the same snippets (jinja2 3.1.4 with transformers' settings); whole real
 // templates are compared with jinja2 by tests/python/chat_template_parity.py.
+#include "tokenizer/chat_template.h"
+
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 #include <string>
-
-#include "tokenizer/chat_template.h"
 
 namespace {
 
@@ -63,16 +63,18 @@ TEST_CASE("chat template lexer: explicit whitespace control", "[chat_template]")
 }
 
 TEST_CASE("chat template: loop variables", "[chat_template]") {
-  CHECK(Render("{% for x in ['a', 'b', 'c'] %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}"
-               "{{ loop.revindex0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }},{% endfor %}") ==
-        "1032TrueFalse3,2121FalseFalse3,3210FalseTrue3,");
+  CHECK(
+      Render("{% for x in ['a', 'b', 'c'] %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}"
+             "{{ loop.revindex0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }},{% endfor %}") ==
+      "1032TrueFalse3,2121FalseFalse3,3210FalseTrue3,");
   CHECK(Render("{% for x in [1, 2, 3] %}{{ loop.cycle('o', 'e') }}{{ loop.previtem }}"
                "{{ loop.nextitem }};{% endfor %}") == "o2;e13;o2;");
   CHECK(Render("{% for x in [1, 2, 3, 4] if x is even %}{{ x }}/{{ loop.length }} {% endfor %}") ==
         "2/2 4/2 ");
   CHECK(Render("{% for x in [] %}x{% else %}empty{% endfor %}") == "empty");
-  CHECK(Render("{% for x in [1, 2, 3] %}{% if x == 2 %}{% break %}{% endif %}{{ x }}{% endfor %}") ==
-        "1");
+  CHECK(
+      Render("{% for x in [1, 2, 3] %}{% if x == 2 %}{% break %}{% endif %}{{ x }}{% endfor %}") ==
+      "1");
   CHECK(Render("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}{{ v }}{% endfor %}") == "a1b2");
   CHECK(Render("{% for m in messages[::-1] %}{{ m }}{% endfor %}", {{"messages", {1, 2, 3}}}) ==
         "");  // Render() passes its own empty messages; extra cannot replace them.
@@ -83,7 +85,8 @@ TEST_CASE("chat template: loop variables", "[chat_template]") {
 }
 
 TEST_CASE("chat template: filters", "[chat_template]") {
-  const json vars = {{"s", "  hi there \n"}, {"items", {3, 1, 2}},
+  const json vars = {{"s", "  hi there \n"},
+                     {"items", {3, 1, 2}},
                      {"d", json::parse(R"({"b": 1, "a": [true, null, 1.5, "é"]})")}};
   CHECK(Render("[{{ s|trim }}][{{ s|length }}][{{ items|length }}][{{ nothing|length }}]", vars) ==
         "[hi there][12][3][0]");
@@ -103,8 +106,8 @@ TEST_CASE("chat template: filters", "[chat_template]") {
 }
 
 TEST_CASE("chat template: Python values and methods", "[chat_template]") {
-  CHECK(Render("{{ true }} {{ none }} {{ 1.0 }} {{ 1e20 }} {{ 0.1 + 0.2 }} {{ 7 // -2 }} {{ -7 % 3 }}") ==
-        "True None 1.0 1e+20 0.30000000000000004 -4 2");
+  CHECK(Render("{{ true }} {{ none }} {{ 1.0 }} {{ 1e20 }} {{ 0.1 + 0.2 }} {{ 7 // -2 }} {{ -7 % 3 "
+               "}}") == "True None 1.0 1e+20 0.30000000000000004 -4 2");
   CHECK(Render("{{ [1, 'a', none, {'k': \"it's\"}] }}") == "[1, 'a', None, {'k': \"it's\"}]");
   CHECK(Render("{{ 'a</think>b'.split('</think>')[-1] }}{{ '\\n\\nx'.lstrip('\\n') }}"
                "{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith(('x', 'c')) }}") == "bxTrueTrue");
@@ -155,12 +158,12 @@ TEST_CASE("chat template: syntax errors name line and column", "[chat_template]"
 }
 
 TEST_CASE("chat template: unsupported constructs are refused at Parse", "[chat_template]") {
-  CHECK(ParseError("{% include 'x.jinja' %}").find("unsupported construct at line 1 column 4: "
-                                                   "'{% include %}'") != std::string::npos);
+  CHECK(ParseError("{% include 'x.jinja' %}")
+            .find("unsupported construct at line 1 column 4: "
+                  "'{% include %}'") != std::string::npos);
   CHECK(ParseError("{% extends 'base' %}").find("unsupported") != std::string::npos);
   CHECK(ParseError("{% call m() %}x{% endcall %}").find("unsupported") != std::string::npos);
-  CHECK(ParseError("\n{% for x in y recursive %}{% endfor %}").find("line 2") !=
-        std::string::npos);
+  CHECK(ParseError("\n{% for x in y recursive %}{% endfor %}").find("line 2") != std::string::npos);
   CHECK(ParseError("{{ x|no_such_filter }}").find("filter 'no_such_filter'") != std::string::npos);
   CHECK(ParseError("{{ x is no_such_test }}").find("test 'no_such_test'") != std::string::npos);
   CHECK(ParseError("{{ f(*args) }}").find("unsupported") != std::string::npos);
@@ -223,4 +226,10 @@ TEST_CASE("FlattenTextContent joins text parts with newlines", "[chat_template]"
       R"([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])"));
   REQUIRE(!image.ok());
   CHECK(image.status().message().find("image_url") != std::string::npos);
+}
+
+TEST_CASE("chat template: transformers' generation block renders its body", "[chat_template]") {
+  CHECK(Render("a{% generation %}b{{ 1 }}{% endgeneration %}c") == "ab1c");
+  CHECK(Render("{% macro m(x) %}[{{ x }}]{% endmacro %}{% filter upper %}{{ m('q') }}"
+               "{% endfilter %}") == "[Q]");
 }

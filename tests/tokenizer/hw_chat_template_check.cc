@@ -57,7 +57,8 @@ int main(int argc, char** argv) {
   }
   ojson out_jobs = ojson::array();
   for (const ojson& job : jobs.at("jobs")) {
-    ojson out{{"name", job.value("name", "")}, {"parse_error", nullptr}, {"results", ojson::array()}};
+    ojson out{
+        {"name", job.value("name", "")}, {"parse_error", nullptr}, {"results", ojson::array()}};
     auto tpl = ChatTemplate::Parse(job.at("template").get<std::string>());
     if (!tpl.ok()) {
       out["parse_error"] = tpl.status().message();
