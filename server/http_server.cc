@@ -293,6 +293,12 @@ class HttpServer::Impl {
     const int threads = std::max(8, opts_.http_threads);
     svr_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     svr_.set_payload_max_length(opts_.max_body_bytes);
+    // cpp-httplib's default also sets SO_REUSEPORT, which lets a second server share a port
+    // that is in use and take half of its connections; a busy port must be a startup error.
+    svr_.set_socket_options([](socket_t sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    });
     svr_.set_keep_alive_timeout(opts_.keep_alive_seconds);
     svr_.set_read_timeout(30, 0);
     svr_.set_write_timeout(30, 0);
