@@ -1,12 +1,8 @@
 #include "server/chat_renderer.h"
 
-#include "engine/chat_prompt.h"
+#include "tokenizer/chat_template.h"
 
 namespace headwise::server {
-
-// Until the Jinja interpreter (tokenizer/chat_template.h) lands, the engine's minimal renderer
-// of the common template families stands in; it always adds the generation prompt and takes no
-// template arguments, so requests that need either are refused rather than rendered wrongly.
 
 ChatRenderer::~ChatRenderer() = default;
 
@@ -14,17 +10,16 @@ StatusOr<std::unique_ptr<ChatRenderer>> ChatRenderer::Create(std::string chat_te
                                                              std::string bos_token,
                                                              std::string eos_token) {
   std::unique_ptr<ChatRenderer> r(new ChatRenderer());
-  r->template_ = std::move(chat_template);
   r->bos_token_ = std::move(bos_token);
   r->eos_token_ = std::move(eos_token);
-  if (r->has_template()) {
-    const std::vector<ChatMessageIn> probe = {{"system", "You are a helpful assistant.", ""},
-                                              {"user", "Hello!", ""},
-                                              {"assistant", "Hi! How can I help?", ""},
-                                              {"user", "Tell me a story.", ""}};
-    auto rendered = r->Render(probe, true, Json::object());
-    if (!rendered.ok()) return rendered.status().WithContext("chat template");
-  }
+  if (chat_template.empty()) return r;
+  auto parsed = tokenizer::ChatTemplate::Parse(std::move(chat_template));
+  if (!parsed.ok()) return parsed.status().WithContext("chat template");
+  r->template_ = std::make_unique<tokenizer::ChatTemplate>(std::move(*parsed));
+  // One user message is the conversation every chat template must accept (some refuse system
+  // messages or require alternating roles, so nothing more is assumed).
+  auto probe = r->Render({{"user", "Hello!", ""}}, true, Json::object());
+  if (!probe.ok()) return probe.status().WithContext("chat template (rendering a probe)");
   return r;
 }
 
@@ -35,16 +30,24 @@ StatusOr<std::string> ChatRenderer::Render(const std::vector<ChatMessageIn>& mes
     return InvalidArgument(
         "the model has no chat template; start the server with --chat-template FILE");
   }
-  if (!add_generation_prompt) {
-    return InvalidArgument("add_generation_prompt=false is not supported by this server yet");
+  Json msgs = Json::array();
+  for (const auto& m : messages) {
+    Json j = {{"role", m.role}, {"content", m.content}};
+    if (!m.name.empty()) j["name"] = m.name;
+    msgs.push_back(std::move(j));
   }
-  if (!template_kwargs.empty()) {
-    return InvalidArgument("chat_template_kwargs is not supported by this server yet");
+  Json extra = {{"bos_token", bos_token_},
+                {"eos_token", eos_token_},
+                {"add_generation_prompt", add_generation_prompt},
+                {"tools", nullptr},
+                {"documents", nullptr}};
+  for (const auto& [key, value] : template_kwargs.items()) {
+    if (key == "messages") return InvalidArgument("chat_template_kwargs may not set 'messages'");
+    extra[key] = value;
   }
-  std::vector<engine::ChatMessage> msgs;
-  msgs.reserve(messages.size());
-  for (const auto& m : messages) msgs.push_back({m.role, m.content});
-  return engine::RenderChatPrompt(template_, msgs, bos_token_);
+  auto out = template_->Render(msgs, extra);
+  if (!out.ok()) return InvalidArgument("chat template: {}", out.status().message());
+  return out;
 }
 
 }  // namespace headwise::server

@@ -1,6 +1,7 @@
 // Turns chat messages into the prompt text the model was trained on, through the model's chat
-// template (or --chat-template FILE). Created once at startup: a template that cannot render a
-// probe conversation is a startup error, not a surprise on the first request.
+// template (or --chat-template FILE) run by the Jinja interpreter (tokenizer/chat_template.h).
+// Created once at startup: a template that does not parse, or cannot render a one-message
+// probe conversation, is a startup error rather than a surprise on the first request.
 #pragma once
 
 #include <memory>
@@ -9,6 +10,10 @@
 
 #include "core/status.h"
 #include "server/openai_api.h"
+
+namespace headwise::tokenizer {
+class ChatTemplate;
+}
 
 namespace headwise::server {
 
@@ -20,14 +25,16 @@ class ChatRenderer {
                                                         std::string eos_token);
   ~ChatRenderer();
 
-  bool has_template() const { return !template_.empty(); }
-  // InvalidArgument for requests the template (or this renderer) cannot render.
+  bool has_template() const { return template_ != nullptr; }
+  // Renders with bos_token, eos_token, add_generation_prompt and tools=None (as transformers'
+  // apply_chat_template does), plus the request's chat_template_kwargs. InvalidArgument when
+  // the template refuses the conversation (raise_exception) or fails on it.
   StatusOr<std::string> Render(const std::vector<ChatMessageIn>& messages,
                                bool add_generation_prompt, const Json& template_kwargs) const;
 
  private:
   ChatRenderer() = default;
-  std::string template_;
+  std::unique_ptr<tokenizer::ChatTemplate> template_;
   std::string bos_token_;
   std::string eos_token_;
 };

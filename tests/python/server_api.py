@@ -239,6 +239,12 @@ def test_usage_matches_tokenize(srv, client):
     tok = tokenize(srv, messages=MESSAGES)
     r = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=3, temperature=0)
     assert r.usage.prompt_tokens == tok["count"]
+    # The generation prompt ("<|im_start|>assistant\n") is rendered only when asked for.
+    bare = tokenize(srv, messages=MESSAGES, add_generation_prompt=False)
+    assert bare["count"] < tok["count"] and tok["tokens"][:bare["count"]] == bare["tokens"], (bare, tok)
+    r = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=3, temperature=0,
+                                       extra_body={"add_generation_prompt": False})
+    assert r.usage.prompt_tokens == bare["count"], r.usage
 
 
 def test_models_health_tokenize(srv, client):

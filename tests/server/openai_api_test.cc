@@ -506,8 +506,27 @@ TEST_CASE("chat renderer: probe at creation, refusals", "[server]") {
   REQUIRE(text->size() >= tail.size());
   CHECK(text->substr(text->size() - tail.size()) == tail);
 
-  // A template that cannot render the probe conversation is refused at creation.
-  CHECK_FALSE(ChatRenderer::Create("{{ not a known template", "<s>", "</s>").ok());
+  // Without a generation prompt the template ends with the last message.
+  text = (*ok)->Render({{"user", "hi", ""}}, false, Json::object());
+  REQUIRE(text.ok());
+  CHECK(*text == "<|im_start|>user\nhi<|im_end|>\n");
+  // Template kwargs reach the template; raise_exception refusals are InvalidArgument.
+  auto custom = ChatRenderer::Create(
+      "{% if messages[0].role == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+      "{{ bos_token }}{{ greeting | default('x') }}{{ messages[0].content }}",
+      "<s>", "</s>");
+  REQUIRE(custom.ok());
+  text = (*custom)->Render({{"user", "hi", ""}}, true, Json{{"greeting", "hey "}});
+  REQUIRE(text.ok());
+  CHECK(*text == "<s>hey hi");
+  auto refused = (*custom)->Render({{"system", "s", ""}}, true, Json::object());
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().code() == StatusCode::kInvalidArgument);
+  CHECK(refused.status().message().find("no system role") != std::string::npos);
+
+  // A template that does not parse, or cannot render the probe, is refused at creation.
+  CHECK_FALSE(ChatRenderer::Create("{{ not closed", "<s>", "</s>").ok());
+  CHECK_FALSE(ChatRenderer::Create("{{ raise_exception('never') }}", "<s>", "</s>").ok());
 }
 
 }  // namespace headwise::server
