@@ -108,6 +108,32 @@ int FindConnectionFd(const httplib::Request& req) {
   return found;
 }
 
+// Shuts the read side of every accepted connection of the server on `local_port`: a worker
+// waiting for the next keep-alive request then sees end-of-file and closes the connection.
+void ShutdownClientSockets(int local_port) {
+  if (local_port <= 0) return;
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return;
+  const int own = dirfd(dir);
+  while (dirent* e = readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || fd == own) continue;
+    struct stat st;
+    if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage peer{}, local{};
+    socklen_t peer_len = sizeof(peer), local_len = sizeof(local);
+    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 ||
+        getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_len) != 0) {
+      continue;
+    }
+    int port = -1;
+    NumericHost(local, local_len, port);
+    if (port == local_port) shutdown(static_cast<int>(fd), SHUT_RD);
+  }
+  closedir(dir);
+}
+
 // True when the client has closed or reset its end. Data waiting to be read (a pipelined next
 // request) does not count.
 bool PeerGone(int fd) {
@@ -145,8 +171,17 @@ struct Child {
   int32_t prev_token = -1;
 };
 
-// A whole API request: one child per (prompt, n).
+// A whole API request: one child per (prompt, n). Counted in `active` while it lives, so that
+// shutdown can wait for running requests to end with their final chunks.
 struct Job {
+  explicit Job(std::atomic<int>& active) : active_(active) { ++active_; }
+  ~Job() {
+    children.clear();  // aborts what is still running before the count drops
+    --active_;
+  }
+  Job(const Job&) = delete;
+  Job& operator=(const Job&) = delete;
+
   ApiKind kind = ApiKind::kCompletion;
   std::string id;
   int64_t created = 0;
@@ -158,6 +193,7 @@ struct Job {
   int fd = -1;
   bool aborted = false;
   Clock::time_point abort_time;
+  std::atomic<int>& active_;
 
   bool AllFinished() const {
     for (const auto& c : children) {
@@ -269,6 +305,7 @@ class HttpServer::Impl {
       return InvalidArgument("cannot listen on {}:{} (address in use or not available)", opts_.host,
                              port);
     }
+    bound_port_ = port;
     return port;
   }
 
@@ -280,9 +317,17 @@ class HttpServer::Impl {
 
   void Stop() {
     stopping_ = true;
-    // listen_after_bind() may not have started yet; retry until it has returned.
+    // Running requests see stopping_, abort their engine requests and end with a final
+    // "abort" chunk (streams) or a 503; give them a moment to do so before closing.
+    const auto grace_end = Clock::now() + std::chrono::seconds(3);
+    while (active_jobs_ > 0 && Clock::now() < grace_end)
+      std::this_thread::sleep_for(milliseconds(10));
+    // listen_after_bind() may not have started yet; retry until it has returned. Idle
+    // keep-alive connections would hold the worker threads (and so Run()) for the whole
+    // keep-alive timeout; their read side is shut so that they close at once.
     while (run_started_ && !running_done_) {
       svr_.stop();
+      ShutdownClientSockets(bound_port_);
       if (running_done_) break;
       std::this_thread::sleep_for(milliseconds(20));
     }
@@ -498,7 +543,7 @@ class HttpServer::Impl {
     }
     Json body;
     if (auto e = ParseJsonObject(req.body, body)) return ReplyError(res, *e);
-    auto job = std::make_shared<Job>();
+    auto job = std::make_shared<Job>(active_jobs_);
     job->kind = kind;
     GenerationRequest& gr = job->request;
     auto parse_error =
@@ -719,6 +764,8 @@ class HttpServer::Impl {
   int64_t started_ = UnixNow();
   std::atomic<bool> stopping_{false};
   std::atomic<bool> run_started_{false};
+  std::atomic<int> active_jobs_{0};
+  int bound_port_ = -1;
   std::atomic<bool> running_done_{false};
 };
 

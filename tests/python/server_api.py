@@ -4,7 +4,10 @@ health, tokenize/detokenize, and a clean exit 0 on SIGINT. Prints "N passed, M f
 
 import json
 import os
+import threading
 import time
+
+import openai
 
 from server_util import TINY, Runner, Server, sse_events
 
@@ -272,6 +275,7 @@ def test_models_health_tokenize(srv, client):
 def main():
     runner = Runner()
     srv = Server("--served-model-name", NAME, "--served-model-name", "tiny-alias", "--threads", "2")
+    threads, inflight = [], {}
     try:
         client = srv.client()
         for name, fn in [
@@ -290,16 +294,37 @@ def main():
             ("models_health_tokenize", test_models_health_tokenize),
         ]:
             runner.run(name, fn, srv, client)
+        # Shutdown with one streaming and one non-streaming request running: the stream ends
+        # with finish_reason "abort" and [DONE], the other gets a 503, the process exits 0.
+        def stream():
+            chunks = list(client.completions.create(model=NAME, prompt="Once", max_tokens=490, stream=True,
+                                                    extra_body={"ignore_eos": True}))
+            inflight["stream"] = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+
+        def blocking():
+            try:
+                client.completions.create(model=NAME, prompt="Once", max_tokens=490, extra_body={"ignore_eos": True})
+                inflight["blocking"] = "finished"
+            except openai.APIStatusError as e:
+                inflight["blocking"] = e.status_code
+
+        threads = [threading.Thread(target=stream), threading.Thread(target=blocking)]
+        for t in threads:
+            t.start()
+        srv.wait_metric("headwise_num_requests_running", lambda v: v >= 2, timeout=5)
     finally:
         start = time.monotonic()
         code = srv.stop()
         elapsed = time.monotonic() - start
         log = srv.log_text()
+    for t in threads:
+        t.join(timeout=10)
 
     def clean_exit():
         assert code == 0, (code, log)
         assert elapsed < 10, elapsed
         assert "shut down cleanly" in log, log
+        assert inflight == {"stream": ["abort"], "blocking": 503}, inflight
 
     runner.run("sigint_exits_0", clean_exit)
     runner.finish()
