@@ -15,8 +15,8 @@
 #include <set>
 #include <thread>
 
+#include "engine/chat_renderer.h"
 #include "engine/engine.h"
-#include "server/chat_renderer.h"
 #include "server/openai_api.h"
 #include "tokenizer/tokenizer.h"
 
@@ -273,7 +273,7 @@ UsageInfo JobUsage(const Job& job) {
 
 class HttpServer::Impl {
  public:
-  Impl(engine::Engine& engine, const ChatRenderer& chat, ServerOptions options)
+  Impl(engine::Engine& engine, const engine::ChatRenderer& chat, ServerOptions options)
       : engine_(engine), tok_(*engine.model().tokenizer), chat_(chat), opts_(std::move(options)) {
     vocab_size_ = engine.model().model->config().vocab_size;
     max_model_len_ = engine.Stats().max_model_len;
@@ -755,7 +755,7 @@ class HttpServer::Impl {
 
   engine::Engine& engine_;
   const tokenizer::Tokenizer& tok_;
-  const ChatRenderer& chat_;
+  const engine::ChatRenderer& chat_;
   ServerOptions opts_;
   httplib::Server svr_;
   int vocab_size_ = 0;
@@ -769,7 +769,8 @@ class HttpServer::Impl {
   std::atomic<bool> running_done_{false};
 };
 
-HttpServer::HttpServer(engine::Engine& engine, const ChatRenderer& chat, ServerOptions options)
+HttpServer::HttpServer(engine::Engine& engine, const engine::ChatRenderer& chat,
+                       ServerOptions options)
     : impl_(std::make_unique<Impl>(engine, chat, std::move(options))) {}
 HttpServer::~HttpServer() = default;
 StatusOr<int> HttpServer::Bind() {

@@ -11,12 +11,11 @@
 #include "core/status.h"
 
 namespace headwise::engine {
+class ChatRenderer;
 class Engine;
 }
 
 namespace headwise::server {
-
-class ChatRenderer;
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
@@ -33,7 +32,7 @@ struct ServerOptions {
 class HttpServer {
  public:
   // The engine (and its model's tokenizer) and the chat renderer must outlive the server.
-  HttpServer(engine::Engine& engine, const ChatRenderer& chat, ServerOptions options);
+  HttpServer(engine::Engine& engine, const engine::ChatRenderer& chat, ServerOptions options);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;

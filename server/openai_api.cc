@@ -410,7 +410,7 @@ std::optional<ApiError> ParsePrompt(const Json& body, std::vector<PromptInput>& 
   return std::nullopt;
 }
 
-std::optional<ApiError> ParseMessages(const Json& body, std::vector<ChatMessageIn>& out) {
+std::optional<ApiError> ParseMessages(const Json& body, std::vector<engine::ChatMessage>& out) {
   auto it = body.find("messages");
   if (it == body.end() || it->is_null()) return BadRequest("'messages' is required", "messages");
   if (!it->is_array()) return TypeError("messages", "a list of messages", *it);
@@ -419,7 +419,7 @@ std::optional<ApiError> ParseMessages(const Json& body, std::vector<ChatMessageI
     const Json& m = (*it)[i];
     const std::string at = fmt::format("messages[{}]", i);
     if (!m.is_object()) return TypeError(at, "an object", m);
-    ChatMessageIn msg;
+    engine::ChatMessage msg;
     auto role = m.find("role");
     if (role == m.end() || !role->is_string()) {
       return BadRequest(fmt::format("'{}.role' is required and must be a string", at),

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "engine/chat_renderer.h"
 #include "engine/sampler.h"
 #include "engine/sampling_params.h"
 
@@ -53,22 +54,16 @@ struct PromptInput {
   std::vector<int32_t> ids;
 };
 
-struct ChatMessageIn {
-  std::string role;  // system, user or assistant
-  std::string content;
-  std::string name;  // optional participant name, handed to the chat template
-};
-
 enum class ApiKind { kCompletion, kChat };
 
 // A parsed /v1/completions or /v1/chat/completions request.
 struct GenerationRequest {
   ApiKind kind = ApiKind::kCompletion;
-  std::string model;                    // empty: not given (the first served model)
-  std::vector<PromptInput> prompts;     // completions
-  std::vector<ChatMessageIn> messages;  // chat
-  engine::SamplingParams params;        // max_tokens filled in by ResolveMaxTokens
-  std::optional<int> max_tokens;        // as the client gave it
+  std::string model;                          // empty: not given (the first served model)
+  std::vector<PromptInput> prompts;           // completions
+  std::vector<engine::ChatMessage> messages;  // chat
+  engine::SamplingParams params;              // max_tokens filled in by ResolveMaxTokens
+  std::optional<int> max_tokens;              // as the client gave it
   int n = 1;
   bool stream = false;
   bool include_usage = false;
@@ -100,7 +95,7 @@ struct TokenizeRequest {
   std::string model;
   bool chat = false;
   std::string prompt;
-  std::vector<ChatMessageIn> messages;
+  std::vector<engine::ChatMessage> messages;
   bool add_special_tokens = true;  // default true for prompts, false for messages
   bool add_generation_prompt = true;
   Json chat_template_kwargs = Json::object();

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/chat_prompt.h"
+#include "engine/chat_renderer.h"
 #include "engine/generator.h"
 #include "engine/model_loader.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -127,10 +127,11 @@ int RunGenerate(int argc, char** argv) {
   std::string text = prompt;
   if (chat) {
     std::vector<engine::ChatMessage> messages;
-    if (!system.empty()) messages.push_back({"system", system});
-    messages.push_back({"user", prompt});
-    const std::string bos = tok.bos_id() ? std::string(tok.IdToPiece(*tok.bos_id())) : "";
-    auto rendered = engine::RenderChatPrompt(loaded->chat_template, messages, bos);
+    if (!system.empty()) messages.push_back({"system", system, ""});
+    messages.push_back({"user", prompt, ""});
+    auto renderer = engine::ChatRenderer::ForTokenizer(loaded->chat_template, tok);
+    if (!renderer.ok()) return Fail(renderer.status());
+    auto rendered = (*renderer)->Render(messages, /*add_generation_prompt=*/true, {});
     if (!rendered.ok()) return Fail(rendered.status());
     text = *rendered;
   }

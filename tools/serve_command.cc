@@ -16,11 +16,11 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "engine/chat_renderer.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kvcache/kv_cache.h"
-#include "server/chat_renderer.h"
 #include "server/http_server.h"
 #include "tools/commands.h"
 #include "tools/flags.h"
@@ -250,11 +250,8 @@ int RunServe(int argc, char** argv) {
   }
 
   // The chat template is checked before the engine starts: a broken one is a startup error.
-  const tokenizer::Tokenizer& tok = *loaded->tokenizer;
   if (chat_template.empty()) chat_template = loaded->chat_template;
-  const std::string bos = tok.bos_id() ? std::string(tok.IdToPiece(*tok.bos_id())) : "";
-  const std::string eos = tok.eos_id() ? std::string(tok.IdToPiece(*tok.eos_id())) : "";
-  auto chat = server::ChatRenderer::Create(chat_template, bos, eos);
+  auto chat = engine::ChatRenderer::ForTokenizer(chat_template, *loaded->tokenizer);
   if (!chat.ok()) return Fail(chat.status());
   if (!(*chat)->has_template()) {
     spdlog::warn(

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "engine/chat_prompt.h"
+#include "engine/chat_renderer.h"
 #include "engine/generator.h"
 #include "engine/model_loader.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -140,7 +140,7 @@ TEST_CASE("Logits and greedy text equal transformers'", "[golden]") {
   }
 }
 
-TEST_CASE("Minimal chat rendering equals transformers' apply_chat_template", "[golden]") {
+TEST_CASE("Chat rendering equals transformers' apply_chat_template", "[golden]") {
   // The golden's prompt is what transformers rendered from SmolLM2's own template for one user
   // message (default system prompt included).
   std::ifstream in(testing::SourcePath("tests/golden/smollm2-135m-instruct.json"));
@@ -150,8 +150,9 @@ TEST_CASE("Minimal chat rendering equals transformers' apply_chat_template", "[g
   auto backend = kernels::CreateCpuBackend(1);
   auto loaded = LoadModel(model_path, LoadOptions{}, *backend);
   REQUIRE(loaded.ok());
-  auto rendered =
-      RenderChatPrompt(loaded->chat_template, {{"user", "What is the capital of France?"}}, "");
+  auto renderer = ChatRenderer::ForTokenizer(loaded->chat_template, *loaded->tokenizer);
+  REQUIRE(renderer.ok());
+  auto rendered = (*renderer)->Render({{"user", "What is the capital of France?", ""}}, true, {});
   REQUIRE(rendered.ok());
   CHECK(*rendered == meta["prompt"].get<std::string>());
 }

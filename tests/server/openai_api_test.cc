@@ -6,7 +6,7 @@
 #include <map>
 #include <string>
 
-#include "server/chat_renderer.h"
+#include "engine/chat_renderer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace headwise::server {
@@ -487,7 +487,7 @@ TEST_CASE("text offsets count characters", "[server]") {
 }
 
 TEST_CASE("chat renderer: probe at creation, refusals", "[server]") {
-  auto none = ChatRenderer::Create("", "<s>", "</s>");
+  auto none = engine::ChatRenderer::Create("", "<s>", "</s>");
   REQUIRE(none.ok());
   CHECK_FALSE((*none)->has_template());
   auto r = (*none)->Render({{"user", "hi", ""}}, true, Json::object());
@@ -497,7 +497,7 @@ TEST_CASE("chat renderer: probe at creation, refusals", "[server]") {
   const std::string chatml =
       "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
       "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-  auto ok = ChatRenderer::Create(chatml, "<s>", "</s>");
+  auto ok = engine::ChatRenderer::Create(chatml, "<s>", "</s>");
   REQUIRE(ok.ok());
   auto text = (*ok)->Render({{"user", "hi", ""}}, true, Json::object());
   REQUIRE(text.ok());
@@ -511,7 +511,7 @@ TEST_CASE("chat renderer: probe at creation, refusals", "[server]") {
   REQUIRE(text.ok());
   CHECK(*text == "<|im_start|>user\nhi<|im_end|>\n");
   // Template kwargs reach the template; raise_exception refusals are InvalidArgument.
-  auto custom = ChatRenderer::Create(
+  auto custom = engine::ChatRenderer::Create(
       "{% if messages[0].role == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
       "{{ bos_token }}{{ greeting | default('x') }}{{ messages[0].content }}",
       "<s>", "</s>");
@@ -525,8 +525,8 @@ TEST_CASE("chat renderer: probe at creation, refusals", "[server]") {
   CHECK(refused.status().message().find("no system role") != std::string::npos);
 
   // A template that does not parse, or cannot render the probe, is refused at creation.
-  CHECK_FALSE(ChatRenderer::Create("{{ not closed", "<s>", "</s>").ok());
-  CHECK_FALSE(ChatRenderer::Create("{{ raise_exception('never') }}", "<s>", "</s>").ok());
+  CHECK_FALSE(engine::ChatRenderer::Create("{{ not closed", "<s>", "</s>").ok());
+  CHECK_FALSE(engine::ChatRenderer::Create("{{ raise_exception('never') }}", "<s>", "</s>").ok());
 }
 
 }  // namespace headwise::server

@@ -5,17 +5,24 @@
 #pragma once
 
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "core/status.h"
-#include "server/openai_api.h"
+#include "tokenizer/tokenizer.h"
 
 namespace headwise::tokenizer {
 class ChatTemplate;
 }
 
-namespace headwise::server {
+namespace headwise::engine {
+
+struct ChatMessage {
+  std::string role;  // system, user or assistant
+  std::string content;
+  std::string name;  // optional participant name, handed to the chat template
+};
 
 class ChatRenderer {
  public:
@@ -23,14 +30,17 @@ class ChatRenderer {
   static StatusOr<std::unique_ptr<ChatRenderer>> Create(std::string chat_template,
                                                         std::string bos_token,
                                                         std::string eos_token);
+  // With the tokenizer's BOS and EOS pieces as bos_token / eos_token.
+  static StatusOr<std::unique_ptr<ChatRenderer>> ForTokenizer(std::string chat_template,
+                                                              const tokenizer::Tokenizer& tok);
   ~ChatRenderer();
 
   bool has_template() const { return template_ != nullptr; }
   // Renders with bos_token, eos_token, add_generation_prompt and tools=None (as transformers'
   // apply_chat_template does), plus the request's chat_template_kwargs. InvalidArgument when
   // the template refuses the conversation (raise_exception) or fails on it.
-  StatusOr<std::string> Render(const std::vector<ChatMessageIn>& messages,
-                               bool add_generation_prompt, const Json& template_kwargs) const;
+  StatusOr<std::string> Render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                               const nlohmann::json& template_kwargs) const;
 
  private:
   ChatRenderer() = default;
@@ -39,4 +49,4 @@ class ChatRenderer {
   std::string eos_token_;
 };
 
-}  // namespace headwise::server
+}  // namespace headwise::engine

@@ -1,8 +1,10 @@
-#include "server/chat_renderer.h"
+#include "engine/chat_renderer.h"
 
 #include "tokenizer/chat_template.h"
 
-namespace headwise::server {
+namespace headwise::engine {
+
+using Json = nlohmann::json;
 
 ChatRenderer::~ChatRenderer() = default;
 
@@ -23,7 +25,15 @@ StatusOr<std::unique_ptr<ChatRenderer>> ChatRenderer::Create(std::string chat_te
   return r;
 }
 
-StatusOr<std::string> ChatRenderer::Render(const std::vector<ChatMessageIn>& messages,
+StatusOr<std::unique_ptr<ChatRenderer>> ChatRenderer::ForTokenizer(
+    std::string chat_template, const tokenizer::Tokenizer& tok) {
+  auto piece = [&](std::optional<int32_t> id) {
+    return id ? std::string(tok.IdToPiece(*id)) : std::string();
+  };
+  return Create(std::move(chat_template), piece(tok.bos_id()), piece(tok.eos_id()));
+}
+
+StatusOr<std::string> ChatRenderer::Render(const std::vector<ChatMessage>& messages,
                                            bool add_generation_prompt,
                                            const Json& template_kwargs) const {
   if (!has_template()) {
@@ -50,4 +60,4 @@ StatusOr<std::string> ChatRenderer::Render(const std::vector<ChatMessageIn>& mes
   return out;
 }
 
-}  // namespace headwise::server
+}  // namespace headwise::engine
