@@ -36,7 +36,7 @@ double ReadBandwidth(size_t bytes, int threads) {
   std::vector<double> sums(static_cast<size_t>(threads) * 8);
   for (int rep = 0; rep < 7; ++rep) {
     const double t0 = Now();
-    pool.ParallelFor(threads, [&](int64_t b, int64_t e) {
+    pool.ParallelFor(threads, static_cast<int64_t>(bytes), [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
         const size_t n = data.size() / static_cast<size_t>(threads);
         const float* p = data.data() + static_cast<size_t>(t) * n;

@@ -107,6 +107,7 @@ struct Engine::Impl {
   bool stop = false;
   uint64_t next_id = 0;
   std::atomic<int> num_running{0}, num_waiting{0}, pages_used{0};
+  std::atomic<bool> alive{true};
 
   // Engine thread only.
   std::deque<std::unique_ptr<Sequence>> waiting;
@@ -118,6 +119,10 @@ struct Engine::Impl {
     cv.notify_all();
   }
   void Loop();
+  void Run();
+  int MaxTokensInPool() const {
+    return cache->num_pages() / cache->pages_per_block() * config.page_size;
+  }
   bool Step();
   void Finish(Sequence& seq, const std::string& reason, const std::string& error = "");
   void Preempt(std::unique_ptr<Sequence> seq);
@@ -163,6 +168,20 @@ void Engine::Impl::UpdateGauges() {
   metrics->Set("headwise_kv_pages_total", cache->num_pages());
   const auto& stats = cache->prefix_stats();
   metrics->Set("headwise_prefix_cache_queried_blocks", static_cast<double>(stats.queried_blocks));
+}
+
+void Engine::Impl::Run() {
+  try {
+    Loop();
+  } catch (const std::exception& e) {
+    // A bug, not bad input: stop serving rather than answer wrongly; /health reports it.
+    spdlog::error("engine thread stopped: {}", e.what());
+    for (auto& s : running) Finish(*s, "error", e.what());
+    for (auto& s : waiting) Finish(*s, "error", e.what());
+    running.clear();
+    waiting.clear();
+  }
+  alive = false;
 }
 
 void Engine::Impl::Loop() {
@@ -428,7 +447,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   impl->cache->set_prefix_caching(c.enable_prefix_caching);
   impl->UpdateGauges();
   Impl* raw = impl.get();
-  impl->thread = std::thread([raw] { raw->Loop(); });
+  impl->thread = std::thread([raw] { raw->Run(); });
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
@@ -449,9 +468,7 @@ StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
         "max_tokens {} ({} in all)",
         im.config.max_model_len, request.prompt_ids.size(), request.params.max_tokens, total);
   }
-  const int64_t pool_tokens =
-      static_cast<int64_t>(im.cache->num_pages() / im.cache->pages_per_block()) *
-      im.config.page_size;
+  const int64_t pool_tokens = im.MaxTokensInPool();
   if (total > pool_tokens) {
     return InvalidArgument("the request needs {} tokens of KV cache, the whole cache holds {}",
                            total, pool_tokens);
@@ -473,7 +490,7 @@ StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
   std::string id;
   {
     std::lock_guard<std::mutex> lock(im.mu);
-    if (im.stop) return ResourceExhausted("the engine is shutting down");
+    if (im.stop || !im.alive) return ResourceExhausted("the engine is not running");
     // Bounded queue: at most max_waiting requests beyond the free running slots.
     const int queued = static_cast<int>(im.incoming.size()) + im.num_waiting;
     if (queued >= im.config.max_waiting + im.config.max_num_seqs - im.num_running) {
@@ -495,6 +512,8 @@ EngineStats Engine::Stats() const {
   s.kv_pages_used = impl_->pages_used;
   s.kv_pages_total = impl_->cache->num_pages();
   s.max_model_len = impl_->config.max_model_len;
+  s.max_tokens_in_pool = impl_->MaxTokensInPool();
+  s.alive = impl_->alive;
   return s;
 }
 

@@ -281,10 +281,7 @@ class HttpServer::Impl {
     if (max_model_len_ <= 0)
       max_model_len_ = engine.model().model->config().max_position_embeddings;
     // The engine refuses requests larger than its whole KV pool; defaults stay inside it.
-    const auto& mc = engine.model().model->config();
-    const int pages_per_token_block = std::max(1, mc.num_layers * mc.num_kv_heads);
-    const int pool_tokens =
-        engine.Stats().kv_pages_total / pages_per_token_block * engine.config().page_size;
+    const int pool_tokens = engine.Stats().max_tokens_in_pool;
     default_context_ = pool_tokens > 0 ? std::min(max_model_len_, pool_tokens) : max_model_len_;
     auto& m = engine_.metrics();
     m.DeclareCounter("headwise_http_requests_total",
@@ -440,7 +437,10 @@ class HttpServer::Impl {
         return ReplyError(res,
                           ApiError{503, "the server is shutting down", "server_error", "", ""});
       }
-      (void)engine_.Stats();  // answers only while the engine is in place
+      if (!engine_.Stats().alive) {
+        return ReplyError(res,
+                          ApiError{503, "the engine thread has stopped", "server_error", "", ""});
+      }
       res.status = 200;
     });
     svr_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {

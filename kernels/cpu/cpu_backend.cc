@@ -80,7 +80,7 @@ class CpuBackend final : public Backend {
     CheckF32(x, "x");
     const int64_t rows = x.dim(0), n = x.dim(1);
     const float* w = weight.ptr<float>();
-    pool_.ParallelFor(rows, [&](int64_t begin, int64_t end) {
+    pool_.ParallelFor(rows, rows * n * 3, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const float* xr = x.ptr<float>() + r * n;
         float* yr = out.ptr<float>() + r * n;
@@ -121,7 +121,7 @@ class CpuBackend final : public Backend {
   void SiluMul(const Tensor& gate_up, const Tensor& out) override {
     const int64_t rows = gate_up.dim(0), inter = out.dim(1);
     HW_CHECK_EQ(gate_up.dim(1), 2 * inter);
-    pool_.ParallelFor(rows, [&](int64_t begin, int64_t end) {
+    pool_.ParallelFor(rows, rows * inter * 8, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const float* g = gate_up.ptr<float>() + r * 2 * inter;
         const float* u = g + inter;
@@ -143,7 +143,8 @@ class CpuBackend final : public Backend {
     HW_CHECK_EQ(qkv.dim(1), (num_q_heads + 2 * num_kv_heads) * head_dim);
     HW_CHECK_EQ(inv_freq.numel(), half);
     const int64_t num_slots = pool.k.dim(0) * pool.k.dim(1);
-    pool_.ParallelFor(tokens, [&](int64_t begin, int64_t end) {
+    const int64_t rope_work = tokens * (num_q_heads + 2 * num_kv_heads) * head_dim * 4;
+    pool_.ParallelFor(tokens, rope_work, [&](int64_t begin, int64_t end) {
       std::vector<float> cos_v(static_cast<size_t>(half)), sin_v(static_cast<size_t>(half));
       for (int64_t t = begin; t < end; ++t) {
         const float pos = static_cast<float>(positions.ptr<int32_t>()[t]);
@@ -187,42 +188,45 @@ class CpuBackend final : public Backend {
     HW_CHECK_EQ(num_q_heads % num_kv_heads, 0);
     const int64_t group = num_q_heads / num_kv_heads;
     const int page_size = pool.page_size;
-    pool_.ParallelFor(tokens * num_q_heads, [&](int64_t begin, int64_t end) {
-      std::vector<float> scores;
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t t = i / num_q_heads, qh = i % num_q_heads;
-        const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
-        const int32_t pos = batch.token_pos.ptr<int32_t>()[t];
-        HW_CHECK((pos + page_size) / page_size <= max_pages, "position {} beyond {} pages", pos,
-                 max_pages);
-        const int32_t* table =
-            batch.block_table.ptr<int32_t>() + (seq * num_kv_heads + qh / group) * max_pages;
-        const float* qv = q.ptr<float>() + i * head_dim;
-        scores.resize(static_cast<size_t>(pos) + 1);
-        float max_score = -INFINITY;
-        for (int32_t j = 0; j <= pos; ++j) {
-          const int64_t slot = int64_t{table[j / page_size]} * page_size + j % page_size;
-          const float* kv = pool.k.ptr<float>() + slot * head_dim;
-          float dot = 0.0f;
-          for (int64_t d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
-          scores[static_cast<size_t>(j)] = dot * scale;
-          max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
-        }
-        float denom = 0.0f;
-        for (auto& s : scores) {
-          s = std::exp(s - max_score);
-          denom += s;
-        }
-        float* o = out.ptr<float>() + i * head_dim;
-        std::fill(o, o + head_dim, 0.0f);
-        for (int32_t j = 0; j <= pos; ++j) {
-          const int64_t slot = int64_t{table[j / page_size]} * page_size + j % page_size;
-          const float* vv = pool.v.ptr<float>() + slot * head_dim;
-          const float p = scores[static_cast<size_t>(j)] / denom;
-          for (int64_t d = 0; d < head_dim; ++d) o[d] += p * vv[d];
-        }
-      }
-    });
+    int64_t keys = 0;  // keys attended over the batch, per query head
+    for (int64_t t = 0; t < tokens; ++t) keys += batch.token_pos.ptr<int32_t>()[t] + 1;
+    pool_.ParallelFor(
+        tokens * num_q_heads, keys * num_q_heads * head_dim * 4, [&](int64_t begin, int64_t end) {
+          std::vector<float> scores;
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t t = i / num_q_heads, qh = i % num_q_heads;
+            const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
+            const int32_t pos = batch.token_pos.ptr<int32_t>()[t];
+            HW_CHECK((pos + page_size) / page_size <= max_pages, "position {} beyond {} pages", pos,
+                     max_pages);
+            const int32_t* table =
+                batch.block_table.ptr<int32_t>() + (seq * num_kv_heads + qh / group) * max_pages;
+            const float* qv = q.ptr<float>() + i * head_dim;
+            scores.resize(static_cast<size_t>(pos) + 1);
+            float max_score = -INFINITY;
+            for (int32_t j = 0; j <= pos; ++j) {
+              const int64_t slot = int64_t{table[j / page_size]} * page_size + j % page_size;
+              const float* kv = pool.k.ptr<float>() + slot * head_dim;
+              float dot = 0.0f;
+              for (int64_t d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
+              scores[static_cast<size_t>(j)] = dot * scale;
+              max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
+            }
+            float denom = 0.0f;
+            for (auto& s : scores) {
+              s = std::exp(s - max_score);
+              denom += s;
+            }
+            float* o = out.ptr<float>() + i * head_dim;
+            std::fill(o, o + head_dim, 0.0f);
+            for (int32_t j = 0; j <= pos; ++j) {
+              const int64_t slot = int64_t{table[j / page_size]} * page_size + j % page_size;
+              const float* vv = pool.v.ptr<float>() + slot * head_dim;
+              const float p = scores[static_cast<size_t>(j)] / denom;
+              for (int64_t d = 0; d < head_dim; ++d) o[d] += p * vv[d];
+            }
+          }
+        });
   }
 
   void GatherRows(const Tensor& x, const Tensor& rows, const Tensor& out) override {

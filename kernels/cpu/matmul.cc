@@ -41,7 +41,7 @@ __attribute__((target_clones("avx2", "default"))) void DotTile(const float* cons
 void MatmulBatchInvariant(const float* x, int64_t m, const float* w, int64_t n, int64_t k,
                           float* out, ThreadPool& pool) {
   constexpr int kTile = 4;
-  pool.ParallelFor(n, [&](int64_t begin, int64_t end) {
+  pool.ParallelFor(n, m * n * k, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       const float* wj = w + j * k;
       int64_t i = 0;

@@ -8,6 +8,8 @@ namespace {
 
 // How long a thread spins for the next event before it sleeps: a few decode-sized loops.
 constexpr auto kSpin = std::chrono::microseconds(100);
+// Loops with less arithmetic than this run on the calling thread alone.
+constexpr int64_t kMinParallelWork = 32 * 1024;
 
 // Chunk `index` of `parts` equal chunks of [0, n).
 void ChunkBounds(int64_t n, int parts, int index, int64_t& begin, int64_t& end) {
@@ -42,9 +44,10 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+void ThreadPool::ParallelFor(int64_t n, int64_t work,
+                             const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  if (workers_.empty() || n == 1) {
+  if (workers_.empty() || n == 1 || work < kMinParallelWork) {
     fn(0, n);
     return;
   }

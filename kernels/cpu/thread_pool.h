@@ -24,8 +24,10 @@ class ThreadPool {
 
   int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
   // Calls fn(begin, end) over contiguous chunks of [0, n), on the workers and the caller;
-  // returns when all chunks are done. One caller at a time.
-  void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
+  // returns when all chunks are done. One caller at a time. `work` estimates the loop's total
+  // arithmetic: below a few tens of thousands of operations the hand-off costs more than it
+  // saves (tiny models, single-token steps), so the caller runs the loop alone.
+  void ParallelFor(int64_t n, int64_t work, const std::function<void(int64_t, int64_t)>& fn);
 
  private:
   void WorkerLoop(int index);

@@ -51,7 +51,7 @@ TEST_CASE("ThreadPool covers every index exactly once", "[kernels]") {
   cpu::ThreadPool pool(3);
   for (int64_t n : {1, 2, 7, 1000}) {
     std::vector<int> hits(static_cast<size_t>(n), 0);
-    pool.ParallelFor(n, [&](int64_t b, int64_t e) {
+    pool.ParallelFor(n, int64_t{1} << 30, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) ++hits[static_cast<size_t>(i)];
     });
     CHECK(std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; }));
