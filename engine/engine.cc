@@ -166,8 +166,6 @@ void Engine::Impl::UpdateGauges() {
   metrics->Set("headwise_num_requests_waiting", num_waiting);
   metrics->Set("headwise_kv_pages_used", pages_used);
   metrics->Set("headwise_kv_pages_total", cache->num_pages());
-  const auto& stats = cache->prefix_stats();
-  metrics->Set("headwise_prefix_cache_queried_blocks", static_cast<double>(stats.queried_blocks));
 }
 
 void Engine::Impl::Run() {
@@ -430,7 +428,6 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   m->DeclareGauge("headwise_num_requests_waiting", "Requests waiting for admission.");
   m->DeclareGauge("headwise_kv_pages_used", "KV pages held by sequences.");
   m->DeclareGauge("headwise_kv_pages_total", "KV pages in the pool.");
-  m->DeclareGauge("headwise_prefix_cache_queried_blocks", "Prefix-cache block lookups so far.");
   m->DeclareHistogram("headwise_time_to_first_token_seconds", "Arrival to first token.",
                       kLatencyBuckets);
   m->DeclareHistogram("headwise_inter_token_latency_seconds",
