@@ -76,42 +76,10 @@ std::string NumericHost(const sockaddr_storage& addr, socklen_t len, int& port) 
   return host;
 }
 
-int FindConnectionFd(const httplib::Request& req) {
-  DIR* dir = opendir("/proc/self/fd");
-  if (!dir) return -1;
-  int found = -1;
-  const int own = dirfd(dir);
-  while (dirent* e = readdir(dir)) {
-    char* end = nullptr;
-    const long fd = std::strtol(e->d_name, &end, 10);
-    if (end == e->d_name || *end != '\0' || fd == own) continue;
-    struct stat st;
-    if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    sockaddr_storage peer{}, local{};
-    socklen_t peer_len = sizeof(peer), local_len = sizeof(local);
-    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) {
-      continue;
-    }
-    if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_len) != 0) {
-      continue;
-    }
-    int peer_port = -1, local_port = -1;
-    const std::string peer_host = NumericHost(peer, peer_len, peer_port);
-    NumericHost(local, local_len, local_port);
-    if (peer_port == req.remote_port && local_port == req.local_port &&
-        peer_host == req.remote_addr) {
-      found = static_cast<int>(fd);
-      break;
-    }
-  }
-  closedir(dir);
-  return found;
-}
-
-// Shuts the read side of every accepted connection of the server on `local_port`: a worker
-// waiting for the next keep-alive request then sees end-of-file and closes the connection.
-void ShutdownClientSockets(int local_port) {
-  if (local_port <= 0) return;
+// Calls fn(fd, peer host, peer port, local port) for each connected socket of this process
+// until it returns true.
+template <typename Fn>
+void ForEachConnectedSocket(Fn fn) {
   DIR* dir = opendir("/proc/self/fd");
   if (!dir) return;
   const int own = dirfd(dir);
@@ -127,11 +95,35 @@ void ShutdownClientSockets(int local_port) {
         getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_len) != 0) {
       continue;
     }
-    int port = -1;
-    NumericHost(local, local_len, port);
-    if (port == local_port) shutdown(static_cast<int>(fd), SHUT_RD);
+    int peer_port = -1, local_port = -1;
+    const std::string peer_host = NumericHost(peer, peer_len, peer_port);
+    NumericHost(local, local_len, local_port);
+    if (fn(static_cast<int>(fd), peer_host, peer_port, local_port)) break;
   }
   closedir(dir);
+}
+
+int FindConnectionFd(const httplib::Request& req) {
+  int found = -1;
+  ForEachConnectedSocket([&](int fd, const std::string& peer_host, int peer_port, int local_port) {
+    if (peer_port != req.remote_port || local_port != req.local_port ||
+        peer_host != req.remote_addr) {
+      return false;
+    }
+    found = fd;
+    return true;
+  });
+  return found;
+}
+
+// Shuts the read side of every accepted connection of the server on `local_port`: a worker
+// waiting for the next keep-alive request then sees end-of-file and closes the connection.
+void ShutdownClientSockets(int local_port) {
+  if (local_port <= 0) return;
+  ForEachConnectedSocket([&](int fd, const std::string&, int, int port) {
+    if (port == local_port) shutdown(fd, SHUT_RD);
+    return false;
+  });
 }
 
 // True when the client has closed or reset its end. Data waiting to be read (a pipelined next

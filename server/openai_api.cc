@@ -876,6 +876,23 @@ Json HeadwiseExtras(const std::string& attention_policy) {
   return Json{{"attention_policy", attention_policy}};
 }
 
+namespace {
+
+// The fields every non-streaming response shares, around its choices.
+Json ResponseEnvelope(const char* object, const std::string& id, int64_t created,
+                      const std::string& model, Json choices, const UsageInfo& usage) {
+  return Json{{"id", id},
+              {"object", object},
+              {"created", created},
+              {"model", model},
+              {"system_fingerprint", nullptr},
+              {"choices", std::move(choices)},
+              {"usage", UsageJson(usage)},
+              {"headwise", HeadwiseExtras()}};
+}
+
+}  // namespace
+
 Json CompletionResponse(const std::string& id, int64_t created, const std::string& model,
                         const std::vector<ChoiceResult>& choices, const UsageInfo& usage) {
   Json cs = Json::array();
@@ -885,14 +902,7 @@ Json CompletionResponse(const std::string& id, int64_t created, const std::strin
                   {"logprobs", c.logprobs},
                   {"finish_reason", c.finish_reason}});
   }
-  return Json{{"id", id},
-              {"object", "text_completion"},
-              {"created", created},
-              {"model", model},
-              {"system_fingerprint", nullptr},
-              {"choices", std::move(cs)},
-              {"usage", UsageJson(usage)},
-              {"headwise", HeadwiseExtras()}};
+  return ResponseEnvelope("text_completion", id, created, model, std::move(cs), usage);
 }
 
 Json ChatResponse(const std::string& id, int64_t created, const std::string& model,
@@ -904,14 +914,7 @@ Json ChatResponse(const std::string& id, int64_t created, const std::string& mod
                   {"logprobs", c.logprobs},
                   {"finish_reason", c.finish_reason}});
   }
-  return Json{{"id", id},
-              {"object", "chat.completion"},
-              {"created", created},
-              {"model", model},
-              {"system_fingerprint", nullptr},
-              {"choices", std::move(cs)},
-              {"usage", UsageJson(usage)},
-              {"headwise", HeadwiseExtras()}};
+  return ResponseEnvelope("chat.completion", id, created, model, std::move(cs), usage);
 }
 
 Json StreamChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
