@@ -347,8 +347,50 @@ async def build_prompts(session, args, model: str, prompt_format: str,
 # One run at one request rate
 
 
+def _busy_jiffies() -> int | None:
+    """Busy CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+    return sum(f[:8]) - f[3] - f[4]
+
+
+def _proc_jiffies(pid: int) -> int:
+    """utime + stime of a process (its threads included), in clock ticks."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class CpuMeter:
+    """CPU seconds used during a run by the server, by this client, and by everything else on
+    the machine (a build or tests running beside the benchmark skew its numbers)."""
+
+    def __init__(self, server_pid: int | None):
+        self.pids = {"server": server_pid, "client": os.getpid()}
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.start = self._sample()
+
+    def _sample(self):
+        return (_busy_jiffies(), {k: _proc_jiffies(p) if p else 0 for k, p in self.pids.items()})
+
+    def stop(self, duration: float) -> dict:
+        total1, procs1 = self._sample()
+        total0, procs0 = self.start
+        out = {f"{k}_cpu_s": round((procs1[k] - procs0[k]) / self.hz, 2) for k in self.pids}
+        if total0 is not None and total1 is not None:
+            others = (total1 - total0) - sum(procs1[k] - procs0[k] for k in self.pids)
+            out["other_cpu_s"] = round(max(0, others) / self.hz, 2)
+            out["other_cpu_cores"] = round(max(0, others) / self.hz / max(duration, 1e-9), 2)
+        return out
+
+
 async def run_rate(args, model: str, specs: list[RequestSpec], rate: float,
-                   run_index: int) -> dict:
+                   run_index: int, server_pid: int | None = None) -> dict:
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     per_run = args.num_warmup + args.num_prompts
     specs = specs[run_index * per_run:(run_index + 1) * per_run]
@@ -377,6 +419,7 @@ async def run_rate(args, model: str, specs: list[RequestSpec], rate: float,
                     in_flight -= 1
 
         load_before = os.getloadavg()
+        meter = CpuMeter(server_pid)
         t0 = time.perf_counter()
         tasks = []
         next_t = 0.0
@@ -390,6 +433,7 @@ async def run_rate(args, model: str, specs: list[RequestSpec], rate: float,
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - t0
         load_after = os.getloadavg()
+        cpu = meter.stop(duration)
 
     summary = summarize(results, duration, args.percentiles)
     summary.update({
@@ -398,6 +442,7 @@ async def run_rate(args, model: str, specs: list[RequestSpec], rate: float,
         "max_in_flight": max_in_flight,
         "loadavg_1m_before": round(load_before[0], 2),
         "loadavg_1m_after": round(load_after[0], 2),
+        **cpu,
     })
     return {"summary": summary, "requests": [request_record(r) for r in results]}
 
@@ -698,7 +743,13 @@ def markdown_report(meta: dict, runs: list[dict], percentiles: list[float]) -> s
         f"{cfg['random_range_ratio']}, seed {cfg['seed']}, max concurrency "
         f"{cfg['max_concurrency'] or 'unlimited'}, temperature {cfg['temperature']}, "
         f"ignore_eos {cfg['ignore_eos']}",
-        "- load average (1 min) before/after each run: " + ", ".join(
+        "- CPU seconds during each run, server / client / all other processes (the last "
+        "should be near 0 on an idle machine): " + ", ".join(
+            f"{r['summary']['request_rate']} req/s: {r['summary'].get('server_cpu_s', '-')} / "
+            f"{r['summary'].get('client_cpu_s', '-')} / {r['summary'].get('other_cpu_s', '-')}"
+            for r in runs),
+        "- load average (1 min, this benchmark's own server and client included) before/after "
+        "each run: " + ", ".join(
             f"{r['summary']['request_rate']}: {r['summary']['loadavg_1m_before']}/"
             f"{r['summary']['loadavg_1m_after']}" for r in runs),
         "",
@@ -741,6 +792,9 @@ def print_run(summary: dict, percentiles: list[float]):
                           ("Max requests in flight:", "max_in_flight", 0)):
         v = summary[key]
         print(f"{label:<{w}}{v:.{d}f}" if isinstance(v, float) else f"{label:<{w}}{v}")
+    print(f"{'CPU s server / client / other processes:':<{w}}"
+          f"{summary.get('server_cpu_s', '-')} / {summary.get('client_cpu_s', '-')} / "
+          f"{summary.get('other_cpu_s', '-')}")
     for key, label in (("ttft_ms", "Time to first token"), ("tpot_ms", "Time per output token "
                        "(excl. 1st)"), ("itl_ms", "Inter-token latency"),
                        ("e2e_ms", "End-to-end latency")):
@@ -886,7 +940,8 @@ async def main_async(args, server: ManagedServer | None) -> int:
     runs = []
     for k, rate in enumerate(args.request_rate):
         print(f"benchmark_serving: rate {rate} req/s ...", file=sys.stderr, flush=True)
-        run = await run_rate(args, model, specs, rate, k)
+        run = await run_rate(args, model, specs, rate, k,
+                             server.proc.pid if server and server.proc else None)
         print_run(run["summary"], args.percentiles)
         runs.append(run)
 
