@@ -35,15 +35,6 @@ HostTensor ConcatRows(const std::vector<HostTensor>& parts) {
   return out;
 }
 
-HostTensor FromVector(std::vector<float> values) {
-  auto storage = std::make_shared<std::vector<float>>(std::move(values));
-  HostTensor out;
-  out.data = storage->data();
-  out.shape = Tensor(nullptr, DType::kF32, Device::kCpu, {static_cast<int64_t>(storage->size())});
-  out.keepalive = storage;
-  return out;
-}
-
 }  // namespace
 
 StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const ModelConfig& config,
@@ -78,7 +69,10 @@ Status LlamaModel::LoadWeights(WeightSource& weights) {
     HW_ASSIGN_OR_RETURN(HostTensor head, load("lm_head.weight", {c.vocab_size, hidden}));
     lm_head_ = upload(head);
   }
-  inv_freq_ = backend_->LoadWeight(FromVector(RopeInverseFrequencies(c)));
+  // Rotary frequencies stay f32 on every backend: bf16 would shift angles at long positions.
+  const std::vector<float> inv_freq = RopeInverseFrequencies(c);
+  inv_freq_ = backend_->Allocate(DType::kF32, {static_cast<int64_t>(inv_freq.size())});
+  backend_->CopyFromHost(inv_freq_.view(), inv_freq.data(), inv_freq.size() * sizeof(float));
 
   layers_.resize(static_cast<size_t>(c.num_layers));
   for (int l = 0; l < c.num_layers; ++l) {

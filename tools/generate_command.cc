@@ -9,7 +9,7 @@
 #include "engine/chat_renderer.h"
 #include "engine/generator.h"
 #include "engine/model_loader.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/backend_factory.h"
 #include "tools/commands.h"
 #include "tools/flags.h"
 
@@ -36,6 +36,7 @@ constexpr const char* kUsage = R"(usage: headwise generate --model PATH --prompt
   --ignore-eos              keep going past end-of-sequence tokens
   --logprobs K              print each token's logprob and K alternatives to stderr
   --no-special              do not add BOS/special tokens to the prompt
+  --device cpu|cuda         backend (default cpu)
   --threads N               CPU threads (default: all)
   --prefill-chunk N         prefill chunk size in tokens (default 512)
   --kv-pages N              KV pages of 16 tokens (default: enough for the request)
@@ -55,7 +56,7 @@ int RunGenerate(int argc, char** argv) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  std::string model_path, prompt, load_format = "auto", tokenizer_path, system;
+  std::string model_path, prompt, load_format = "auto", tokenizer_path, system, device = "cpu";
   bool chat = false, ignore_eos = false, no_special = false;
   int threads = 0, prefill_chunk = 512, kv_pages = 0;
   engine::SamplingParams params;
@@ -86,6 +87,7 @@ int RunGenerate(int argc, char** argv) {
   flags.Int("logprobs", params.logprobs);
   flags.Bool("no-special", no_special);
   flags.Int("threads", threads);
+  flags.String("device", device);
   flags.Int("prefill-chunk", prefill_chunk);
   flags.Int("kv-pages", kv_pages);
   if (Status s = flags.Finish(); !s.ok()) return Fail(s);
@@ -113,7 +115,9 @@ int RunGenerate(int argc, char** argv) {
     params.logit_bias[static_cast<int32_t>(*id)] = static_cast<float>(*bias);
   }
 
-  auto backend = kernels::CreateCpuBackend(threads);
+  auto created = kernels::CreateBackend(device, threads);
+  if (!created.ok()) return Fail(created.status());
+  std::unique_ptr<kernels::Backend> backend = std::move(created).value();
   engine::LoadOptions options;
   options.format = load_format == "dummy" ? models::LoadFormat::kDummy : models::LoadFormat::kAuto;
   options.tokenizer_path = tokenizer_path;

@@ -19,7 +19,7 @@
 #include "engine/chat_renderer.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/backend_factory.h"
 #include "kvcache/kv_cache.h"
 #include "server/http_server.h"
 #include "tools/commands.h"
@@ -172,11 +172,6 @@ int RunServe(int argc, char** argv) {
     return Fail(
         InvalidArgument("expected MODEL as the first argument (see headwise serve --help)"));
   }
-  if (device == "cuda") {
-    return Fail(InvalidArgument("--device cuda: CUDA backend not built/available yet"));
-  }
-  if (device != "cpu")
-    return Fail(InvalidArgument("--device must be cpu or cuda, got '{}'", device));
   if (load_format != "auto" && load_format != "dummy") {
     return Fail(InvalidArgument("--load-format must be auto or dummy, got '{}'", load_format));
   }
@@ -219,7 +214,9 @@ int RunServe(int argc, char** argv) {
   spdlog::info("loading {} ({} weights, {} threads)", model_path, load_format,
                threads > 0 ? std::to_string(threads) : std::string("all"));
   const auto t0 = std::chrono::steady_clock::now();
-  auto backend = kernels::CreateCpuBackend(threads);
+  auto created = kernels::CreateBackend(device, threads);
+  if (!created.ok()) return Fail(created.status());
+  std::unique_ptr<kernels::Backend> backend = std::move(created).value();
   engine::LoadOptions load;
   load.format = load_format == "dummy" ? models::LoadFormat::kDummy : models::LoadFormat::kAuto;
   load.dummy_seed = static_cast<uint64_t>(seed);

@@ -189,7 +189,7 @@ def test_startup_errors(port_in_use):
         bad_template = os.path.join(tmp, "bad.jinja")
         with open(bad_template, "w") as f:
             f.write("{{ this is not a chat template")
-        startup_error([TINY, "--device", "cuda"], "CUDA backend not built/available yet")
+        startup_error([TINY, "--device", "cuda"], "--device cuda")
         startup_error([TINY, "--chat-template", bad_template], "chat template")
         startup_error([TINY, "--chat-template", os.path.join(tmp, "missing.jinja")], "--chat-template")
         startup_error([os.path.join(tmp, "no-such-model")], "no-such-model")

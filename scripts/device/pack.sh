@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Prepares what the GPU machine needs in .carry/gpu/ (git-ignored): stripped test and tool
+# binaries built here with nvcc, the Debian shared libraries they use, and the small shared
+# models the GPU checks read. Then run, through the device tool with carry [".carry/gpu"]:
+#   bash scripts/device/run-gpu-checks.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+build=${BUILD_DIR:-build}
+shared=${HEADWISE_SHARED:-$root/../shared}
+out=.carry/gpu
+cmake -S . -B "$build" -G Ninja >/dev/null
+cmake --build "$build" --target headwise kernels_cuda_test engine_cuda_test
+rm -rf "$out"
+mkdir -p "$out/bin" "$out/shared/models"
+for b in headwise kernels_cuda_test engine_cuda_test; do
+  strip -o "$out/bin/$b" "$build/bin/$b"
+done
+"$shared/device/pack-runtime-libs.sh" "$out/lib" "$out"/bin/* >&2
+cp -r "$shared/models/tinystories-656k" "$shared/models/stories260k-gguf" "$out/shared/models/"
+chmod -R u+w "$out"
+du -sh "$out"

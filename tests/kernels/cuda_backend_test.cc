@@ -1,0 +1,269 @@
+// Every CUDA operation against the CPU reference on fresh random non-zero inputs, outputs
+// poisoned with NaN before each run. bf16 storage: compared by relative L2 error.
+#include "kernels/cuda/cuda_backend.h"
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace headwise::kernels {
+namespace {
+
+struct Pair {
+  std::unique_ptr<Backend> cpu = CreateCpuBackend(2);
+  std::unique_ptr<Backend> gpu = std::move(CreateCudaBackend(0)).value();
+  std::mt19937 rng{std::random_device{}()};
+
+  // Random values rounded to bf16, so both backends start from identical inputs.
+  std::vector<float> Random(size_t n, float scale = 1.0f) {
+    std::normal_distribution<float> dist(0.0f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = BF16ToF32(F32ToBF16(dist(rng)));
+    return v;
+  }
+  static HostTensor Host(const std::vector<float>& v, std::initializer_list<int64_t> shape) {
+    HostTensor h;
+    h.data = v.data();
+    h.shape = Tensor(nullptr, DType::kF32, Device::kCpu, shape);
+    return h;
+  }
+  // The same values on both backends: f32 on the CPU, bf16 on the GPU.
+  std::pair<Buffer, Buffer> Upload(const std::vector<float>& v,
+                                   std::initializer_list<int64_t> shape) {
+    return {cpu->LoadWeight(Host(v, shape)), gpu->LoadWeight(Host(v, shape))};
+  }
+  std::pair<Buffer, Buffer> UploadI32(const std::vector<int32_t>& v,
+                                      std::initializer_list<int64_t> shape) {
+    Buffer c = cpu->Allocate(DType::kI32, shape), g = gpu->Allocate(DType::kI32, shape);
+    cpu->CopyFromHost(c.view(), v.data(), v.size() * 4);
+    gpu->CopyFromHost(g.view(), v.data(), v.size() * 4);
+    return {std::move(c), std::move(g)};
+  }
+  std::pair<Buffer, Buffer> UploadF32(const std::vector<float>& v,
+                                      std::initializer_list<int64_t> shape) {
+    Buffer c = cpu->Allocate(DType::kF32, shape), g = gpu->Allocate(DType::kF32, shape);
+    cpu->CopyFromHost(c.view(), v.data(), v.size() * 4);
+    gpu->CopyFromHost(g.view(), v.data(), v.size() * 4);
+    return {std::move(c), std::move(g)};
+  }
+  // Output buffers filled with NaN: an element the kernel does not write fails the check.
+  std::pair<Buffer, Buffer> Outputs(std::initializer_list<int64_t> shape,
+                                    DType gpu_dtype = DType::kBF16) {
+    Buffer c = cpu->Allocate(DType::kF32, shape), g = gpu->Allocate(gpu_dtype, shape);
+    std::vector<float> nan(static_cast<size_t>(c.view().numel()), NAN);
+    cpu->CopyFromHost(c.view(), nan.data(), nan.size() * 4);
+    if (gpu_dtype == DType::kF32) {
+      gpu->CopyFromHost(g.view(), nan.data(), nan.size() * 4);
+    } else {
+      std::vector<uint16_t> nan16(nan.size(), 0x7fc0);
+      gpu->CopyFromHost(g.view(), nan16.data(), nan16.size() * 2);
+    }
+    return {std::move(c), std::move(g)};
+  }
+  std::vector<float> Get(const Tensor& t) {
+    const size_t n = static_cast<size_t>(t.numel());
+    std::vector<float> out(n);
+    if (t.device == Device::kCpu || t.dtype == DType::kF32) {
+      (t.device == Device::kCpu ? cpu : gpu)->CopyToHost(out.data(), t, n * 4);
+      return out;
+    }
+    std::vector<uint16_t> raw(n);
+    gpu->CopyToHost(raw.data(), t, n * 2);
+    for (size_t i = 0; i < n; ++i) out[i] = BF16ToF32(raw[i]);
+    return out;
+  }
+};
+
+double RelError(const std::vector<float>& got, const std::vector<float>& want) {
+  REQUIRE(got.size() == want.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(got[i]) || std::isnan(want[i])) return INFINITY;
+    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+    den += double(want[i]) * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+constexpr double kBf16Tol = 1e-2;
+
+TEST_CASE("CUDA elementwise ops, norms, embedding and row gather match the CPU", "[cuda]") {
+  Pair p;
+  for (int64_t rows : {1, 7, 64}) {
+    const int64_t h = 576, vocab = 300;
+    auto table = p.Random(vocab * h);
+    auto [tc, tg] = p.Upload(table, {vocab, h});
+    std::vector<int32_t> ids(static_cast<size_t>(rows));
+    for (auto& id : ids) id = static_cast<int32_t>(p.rng() % vocab);
+    auto [ic, ig] = p.UploadI32(ids, {rows});
+    auto [ec, eg] = p.Outputs({rows, h});
+    p.cpu->Embedding(tc.view(), ic.view(), ec.view());
+    p.gpu->Embedding(tg.view(), ig.view(), eg.view());
+    CHECK(RelError(p.Get(eg.view()), p.Get(ec.view())) == 0.0);
+
+    auto w = p.Random(h, 0.5f);
+    auto [wc, wg] = p.Upload(w, {h});
+    auto [nc, ng] = p.Outputs({rows, h});
+    p.cpu->RmsNorm(ec.view(), wc.view(), 1e-5f, nc.view());
+    p.gpu->RmsNorm(eg.view(), wg.view(), 1e-5f, ng.view());
+    CHECK(RelError(p.Get(ng.view()), p.Get(nc.view())) < kBf16Tol);
+
+    auto x = p.Random(static_cast<size_t>(rows * h));
+    auto [xc, xg] = p.Upload(x, {rows, h});
+    auto [ac, ag] = p.Outputs({rows, h});
+    p.cpu->AddRmsNorm(ec.view(), xc.view(), wc.view(), 1e-5f, ac.view());
+    p.gpu->AddRmsNorm(eg.view(), xg.view(), wg.view(), 1e-5f, ag.view());
+    CHECK(RelError(p.Get(eg.view()), p.Get(ec.view())) < kBf16Tol);  // residual updated
+    CHECK(RelError(p.Get(ag.view()), p.Get(ac.view())) < kBf16Tol);
+
+    auto gu = p.Random(static_cast<size_t>(rows * 2 * 96));
+    auto [gc, gg] = p.Upload(gu, {rows, 2 * 96});
+    auto [sc, sg] = p.Outputs({rows, 96});
+    p.cpu->SiluMul(gc.view(), sc.view());
+    p.gpu->SiluMul(gg.view(), sg.view());
+    CHECK(RelError(p.Get(sg.view()), p.Get(sc.view())) < kBf16Tol);
+
+    std::vector<int32_t> pick = {static_cast<int32_t>(rows - 1), 0};
+    auto [rc, rg] = p.UploadI32(pick, {2});
+    auto [oc, og] = p.Outputs({2, h});
+    p.cpu->GatherRows(ac.view(), rc.view(), oc.view());
+    p.gpu->GatherRows(ag.view(), rg.view(), og.view());
+    CHECK(RelError(p.Get(og.view()), p.Get(oc.view())) < kBf16Tol);
+  }
+}
+
+TEST_CASE("CUDA matmul (bf16 and f32 out, with bias) matches the CPU", "[cuda]") {
+  Pair p;
+  for (auto [m, n, k] :
+       {std::tuple{1, 1728, 576}, std::tuple{33, 97, 64}, std::tuple{128, 512, 4096}}) {
+    auto x = p.Random(static_cast<size_t>(m * k)), w = p.Random(static_cast<size_t>(n * k), 0.05f),
+         b = p.Random(static_cast<size_t>(n));
+    auto [xc, xg] = p.Upload(x, {m, k});
+    auto [wc, wg] = p.Upload(w, {n, k});
+    auto [bc, bg] = p.Upload(b, {n});
+    for (DType out_type : {DType::kBF16, DType::kF32}) {
+      for (bool bias : {false, true}) {
+        auto [oc, og] = p.Outputs({m, n}, out_type);
+        p.cpu->Matmul(xc.view(), wc.view(), bias ? bc.view() : Tensor(), oc.view());
+        p.gpu->Matmul(xg.view(), wg.view(), bias ? bg.view() : Tensor(), og.view());
+        INFO("m " << m << " n " << n << " k " << k << " f32 out " << (out_type == DType::kF32));
+        CHECK(RelError(p.Get(og.view()), p.Get(oc.view())) < kBf16Tol);
+      }
+    }
+  }
+}
+
+// A batch of sequences with the given lengths, all tokens as queries (prefill) or only the
+// last one (decode), through RopeWriteKv then PagedAttention on both backends.
+void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& lens, bool decode) {
+  const int page_size = 16;
+  const int num_seqs = static_cast<int>(lens.size());
+  int max_pages = 1, total_pages = 0;
+  for (int len : lens) {
+    max_pages = std::max(max_pages, (len + page_size - 1) / page_size);
+    total_pages += (len + page_size - 1) / page_size * hkv;
+  }
+  const int num_pages = total_pages + 5;
+  std::vector<int32_t> free_pages(static_cast<size_t>(num_pages));
+  std::iota(free_pages.begin(), free_pages.end(), 0);
+  std::shuffle(free_pages.begin(), free_pages.end(), p.rng);
+  std::vector<int32_t> table(static_cast<size_t>(num_seqs * hkv * max_pages), -1);
+  size_t next = 0;
+  for (int s = 0; s < num_seqs; ++s)
+    for (int h = 0; h < hkv; ++h)
+      for (int pg = 0; pg < (lens[static_cast<size_t>(s)] + page_size - 1) / page_size; ++pg)
+        table[static_cast<size_t>((s * hkv + h) * max_pages + pg)] = free_pages[next++];
+
+  // Every position is written (as a prefill would); queries are all or the last per sequence.
+  std::vector<int32_t> pos, seq, slots, qpos, qseq;
+  for (int s = 0; s < num_seqs; ++s) {
+    for (int t = 0; t < lens[static_cast<size_t>(s)]; ++t) {
+      pos.push_back(t);
+      seq.push_back(s);
+      for (int h = 0; h < hkv; ++h)
+        slots.push_back(table[static_cast<size_t>((s * hkv + h) * max_pages + t / page_size)] *
+                            page_size +
+                        t % page_size);
+      if (!decode || t + 1 == lens[static_cast<size_t>(s)]) {
+        qpos.push_back(t);
+        qseq.push_back(s);
+      }
+    }
+  }
+  const int64_t tokens = static_cast<int64_t>(pos.size()),
+                queries = static_cast<int64_t>(qpos.size());
+  auto qkv = p.Random(static_cast<size_t>(tokens * (hq + 2 * hkv) * d));
+  std::vector<float> inv_freq(static_cast<size_t>(d / 2));
+  for (int i = 0; i < d / 2; ++i)
+    inv_freq[static_cast<size_t>(i)] = std::pow(500000.0f, -2.0f * i / d);
+  auto [qkvc, qkvg] = p.Upload(qkv, {tokens, (hq + 2 * hkv) * d});
+  auto [posc, posg] = p.UploadI32(pos, {tokens});
+  auto [slc, slg] = p.UploadI32(slots, {tokens, hkv});
+  auto [fc, fg] = p.UploadF32(inv_freq, {d / 2});
+  auto [kc, kg] = p.Outputs({num_pages, page_size, d});
+  auto [vc, vg] = p.Outputs({num_pages, page_size, d});
+  auto [qc, qg] = p.Outputs({tokens, hq, d});
+  KvPoolView pool_c{kc.view(), vc.view(), page_size}, pool_g{kg.view(), vg.view(), page_size};
+  p.cpu->RopeWriteKv(qkvc.view(), posc.view(), fc.view(), slc.view(), pool_c, qc.view());
+  p.gpu->RopeWriteKv(qkvg.view(), posg.view(), fg.view(), slg.view(), pool_g, qg.view());
+  CHECK(RelError(p.Get(qg.view()), p.Get(qc.view())) < kBf16Tol);
+
+  // Queries: the rotated q rows of the query tokens, identical bf16 values on both sides.
+  const auto q_all = p.Get(qg.view());
+  std::vector<float> q_sel;
+  for (size_t t = 0, qi = 0; t < pos.size() && qi < qpos.size(); ++t) {
+    if (pos[t] == qpos[qi] && seq[t] == qseq[qi]) {
+      q_sel.insert(q_sel.end(), q_all.begin() + static_cast<long>(t * hq * d),
+                   q_all.begin() + static_cast<long>((t + 1) * hq * d));
+      ++qi;
+    }
+  }
+  // The K/V pages of both backends: copy the GPU's (bf16) into the CPU pool, so attention
+  // itself is compared on identical inputs.
+  const auto k_g = p.Get(kg.view()), v_g = p.Get(vg.view());
+  const auto k_c = p.Get(kc.view()), v_c = p.Get(vc.view());
+  std::vector<float> written_g, written_c;  // K and V rows at the written slots
+  for (int32_t slot : slots) {
+    const auto base = static_cast<long>(slot) * d;
+    for (const auto* src : {&k_g, &v_g})
+      written_g.insert(written_g.end(), src->begin() + base, src->begin() + base + d);
+    for (const auto* src : {&k_c, &v_c})
+      written_c.insert(written_c.end(), src->begin() + base, src->begin() + base + d);
+  }
+  CHECK(RelError(written_g, written_c) < kBf16Tol);
+  p.cpu->CopyFromHost(kc.view(), k_g.data(), k_g.size() * 4);
+  p.cpu->CopyFromHost(vc.view(), v_g.data(), v_g.size() * 4);
+  auto [qsc, qsg] = p.Upload(q_sel, {queries, hq, d});
+  auto [tsc, tsg] = p.UploadI32(qseq, {queries});
+  auto [tpc, tpg] = p.UploadI32(qpos, {queries});
+  auto [btc, btg] = p.UploadI32(table, {num_seqs * hkv, max_pages});
+  auto [oc, og] = p.Outputs({queries, hq, d});
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  p.cpu->PagedAttention(qsc.view(), pool_c,
+                        PagedAttentionBatch{tsc.view(), tpc.view(), btc.view(), num_seqs}, scale,
+                        oc.view());
+  p.gpu->PagedAttention(qsg.view(), pool_g,
+                        PagedAttentionBatch{tsg.view(), tpg.view(), btg.view(), num_seqs}, scale,
+                        og.view());
+  INFO("hq " << hq << " hkv " << hkv << " d " << d << " decode " << decode << " seqs " << num_seqs);
+  CHECK(RelError(p.Get(og.view()), p.Get(oc.view())) < kBf16Tol);
+}
+
+TEST_CASE("CUDA rope + KV write and paged attention match the CPU", "[cuda]") {
+  Pair p;
+  for (auto [hq, hkv] : {std::pair{8, 8}, std::pair{8, 2}, std::pair{32, 4}}) {
+    for (int d : {64, 128}) {
+      CheckAttention(p, hq, hkv, d, {1, 15, 16, 17, 50}, false);
+      CheckAttention(p, hq, hkv, d, {1, 16, 33, 1000, 7}, true);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace headwise::kernels
