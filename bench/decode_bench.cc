@@ -3,6 +3,9 @@
 // cache of the context once, so it cannot beat (weight bytes + KV bytes) / read bandwidth.
 //
 // usage: hw_bench_decode MODEL [--context N] [--tokens N] [--threads N] [--load-format dummy]
+//                        [--device cpu|cuda]
+// --bandwidth-gbs replaces the measured host read bandwidth in the bound (for a GPU, whose
+// copy bandwidth this program does not measure).
 // Prints one JSON object on stdout.
 #include <fmt/format.h>
 
@@ -14,7 +17,7 @@
 #include <vector>
 
 #include "engine/model_loader.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/backend_factory.h"
 #include "kernels/cpu/thread_pool.h"
 #include "tools/flags.h"
 
@@ -65,18 +68,26 @@ int main(int argc, char** argv) {
   const std::string model_path = argv[1];
   hw::tools::FlagParser flags(argc - 1, argv + 1);
   int context = 128, tokens = 64, threads = 0;
-  std::string load_format = "auto";
+  float bandwidth_gbs = 0;  // > 0: use this bound instead of measuring host memory
+  std::string load_format = "auto", device = "cpu";
   flags.Int("context", context);
   flags.Int("tokens", tokens);
   flags.Int("threads", threads);
   flags.String("load-format", load_format);
+  flags.String("device", device);
+  flags.Float("bandwidth-gbs", bandwidth_gbs);
   if (auto s = flags.Finish(); !s.ok()) {
     std::fprintf(stderr, "hw_bench_decode: error: %s\n", s.message().c_str());
     return 2;
   }
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 
-  auto backend = hw::kernels::CreateCpuBackend(threads);
+  auto created = hw::kernels::CreateBackend(device, threads);
+  if (!created.ok()) {
+    std::fprintf(stderr, "hw_bench_decode: error: %s\n", created.status().message().c_str());
+    return 2;
+  }
+  auto backend = std::move(created).value();
   hw::engine::LoadOptions options;
   if (load_format == "dummy") options.format = hw::models::LoadFormat::kDummy;
   auto loaded = hw::engine::LoadModel(model_path, options, *backend);
@@ -102,7 +113,8 @@ int main(int argc, char** argv) {
   const double prefill_s = Now() - p0;
   // Bandwidth before and after the timed steps, the best counted: this machine is shared, and
   // a bound taken in a slow moment would flatter the ratio.
-  double bandwidth = ReadBandwidth(size_t{1} << 30, threads);
+  const bool measure = bandwidth_gbs <= 0;
+  double bandwidth = measure ? ReadBandwidth(size_t{1} << 30, threads) : bandwidth_gbs * 1e9;
 
   std::vector<double> step_s;
   int32_t next = 0;
@@ -116,9 +128,10 @@ int main(int argc, char** argv) {
   std::sort(step_s.begin(), step_s.end());
   const double median = step_s[step_s.size() / 2];
 
-  bandwidth = std::max(bandwidth, ReadBandwidth(size_t{1} << 30, threads));
-  const double kv_bytes =
-      2.0 * (context + tokens / 2.0) * c.num_layers * c.num_kv_heads * c.head_dim * sizeof(float);
+  if (measure) bandwidth = std::max(bandwidth, ReadBandwidth(size_t{1} << 30, threads));
+  const double kv_bytes = 2.0 * (context + tokens / 2.0) * c.num_layers * c.num_kv_heads *
+                          c.head_dim *
+                          (device == "cpu" ? 4.0 : 2.0);  // f32 pages on the CPU, bf16 on CUDA
   const double bytes = static_cast<double>(model.weight_bytes()) + kv_bytes;
   const double bound = bytes / bandwidth;
   std::printf(

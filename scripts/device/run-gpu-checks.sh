@@ -20,8 +20,16 @@ for dev in cpu cuda; do
   "$carry/bin/headwise" generate --model "$carry/shared/models/tinystories-656k" --device $dev \
     --prompt "Once upon a time, there was a little" --max-tokens 64 >"$logs/generate-$dev.txt" 2>&1
 done
+# Decode step of Llama-3-8B shapes (dummy weights) at batch 1: a first baseline. The bound
+# uses the 3.0 TB/s copy bandwidth of DEVICE.md, not one measured in this run.
+for ctx in 1024 8192; do
+  "$carry/bin/hw_bench_decode" "$root/configs/models/llama-3-8b" --load-format dummy \
+    --device cuda --context $ctx --tokens 32 --bandwidth-gbs 3000 >>"$logs/decode-8b.jsonl" 2>&1
+done
 echo "--- summary"
 grep -hE "WARNING|with expansion|passed|failed|max \|diff\||greedy tokens|divergence" "$logs"/*.log | grep -v "^$" | head -40
+echo "--- decode, Llama-3-8B shapes, batch 1"
+cat "$logs/decode-8b.jsonl"
 echo "--- generate (cpu, then cuda)"
 cat "$logs/generate-cpu.txt" "$logs/generate-cuda.txt"
 exit $status
