@@ -145,88 +145,119 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
   const int64_t num_tokens = static_cast<int64_t>(ids.size());
   const int64_t num_rows = static_cast<int64_t>(logit_rows.size());
 
-  auto upload_i32 = [&](const std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
-    Buffer b = be.Allocate(DType::kI32, shape);
-    be.CopyFromHost(b.view(), v.data(), v.size() * sizeof(int32_t));
-    return b;
-  };
-  Buffer ids_buf = upload_i32(ids, {num_tokens});
-  Buffer pos_buf = upload_i32(positions, {num_tokens});
-  Buffer seq_buf = upload_i32(token_seq, {num_tokens});
-  Buffer rows_buf = upload_i32(logit_rows, {num_rows});
-
-  // Per-layer page tables and KV write slots: heads of one request may own different pages.
-  std::vector<Buffer> tables(static_cast<size_t>(c.num_layers));
-  std::vector<Buffer> slots(static_cast<size_t>(c.num_layers));
-  std::vector<int32_t> table_host(static_cast<size_t>(num_seqs * hkv * max_pages));
-  std::vector<int32_t> slot_host(static_cast<size_t>(num_tokens * hkv));
+  // All integer metadata of the step in one host array and one upload: token ids, positions,
+  // sequence of each token, logit rows, then per layer the page table and the KV write slots
+  // (heads of one request may own different pages).
+  const size_t table_len = static_cast<size_t>(num_seqs) * hkv * max_pages;
+  const size_t slots_len = static_cast<size_t>(num_tokens) * hkv;
+  std::vector<int32_t> meta;
+  meta.reserve(3 * ids.size() + logit_rows.size() + c.num_layers * (table_len + slots_len));
+  for (const auto* part : {&ids, &positions, &token_seq, &logit_rows}) {
+    meta.insert(meta.end(), part->begin(), part->end());
+  }
   for (int l = 0; l < c.num_layers; ++l) {
-    std::fill(table_host.begin(), table_host.end(), -1);
-    size_t t = 0;
+    const size_t table_at = meta.size();
+    meta.resize(meta.size() + table_len, -1);
     for (int s = 0; s < num_seqs; ++s) {
       const BatchEntry& e = batch[static_cast<size_t>(s)];
       const int end = e.start_pos + static_cast<int>(e.tokens.size());
       for (int h = 0; h < hkv; ++h) {
         for (int pg = 0; pg < (end + page_size - 1) / page_size; ++pg) {
-          table_host[(static_cast<size_t>(s) * hkv + h) * max_pages + pg] = e.kv->Page(l, h, pg);
-        }
-      }
-      for (size_t i = 0; i < e.tokens.size(); ++i, ++t) {
-        for (int h = 0; h < hkv; ++h) {
-          slot_host[t * static_cast<size_t>(hkv) + static_cast<size_t>(h)] =
-              e.kv->Slot(l, h, e.start_pos + static_cast<int>(i));
+          meta[table_at + (static_cast<size_t>(s) * hkv + h) * max_pages + pg] =
+              e.kv->Page(l, h, pg);
         }
       }
     }
-    tables[static_cast<size_t>(l)] = upload_i32(table_host, {num_seqs * hkv, max_pages});
-    slots[static_cast<size_t>(l)] = upload_i32(slot_host, {num_tokens, hkv});
+    for (int s = 0; s < num_seqs; ++s) {
+      const BatchEntry& e = batch[static_cast<size_t>(s)];
+      for (size_t i = 0; i < e.tokens.size(); ++i) {
+        for (int h = 0; h < hkv; ++h)
+          meta.push_back(e.kv->Slot(l, h, e.start_pos + static_cast<int>(i)));
+      }
+    }
+  }
+  if (meta_.empty() || meta_.view().numel() < static_cast<int64_t>(meta.size())) {
+    meta_ = be.Allocate(DType::kI32, {static_cast<int64_t>(meta.size()) * 2});
+  }
+  be.CopyFromHost(meta_.view(), meta.data(), meta.size() * sizeof(int32_t));
+  int64_t offset = 0;
+  auto part = [&](std::initializer_list<int64_t> shape) {
+    Tensor t(meta_.view().ptr<int32_t>() + offset, DType::kI32, be.device(), shape);
+    offset += t.numel();
+    return t;
+  };
+  const Tensor ids_t = part({num_tokens}), pos_t = part({num_tokens}), seq_t = part({num_tokens});
+  const Tensor rows_t = part({num_rows});
+  std::vector<Tensor> tables, slots;
+  for (int l = 0; l < c.num_layers; ++l) {
+    tables.push_back(part({num_seqs * hkv, max_pages}));
+    slots.push_back(part({num_tokens, hkv}));
   }
 
-  // Activations.
+  // Activations live in a workspace that grows to the largest batch seen.
   const int64_t hidden = c.hidden_size, head_dim = c.head_dim;
   const int64_t q_dim = int64_t{c.num_heads} * head_dim;
   const int64_t qkv_dim = q_dim + 2 * int64_t{hkv} * head_dim;
-  const DType act = be.device() == Device::kCpu ? DType::kF32 : DType::kBF16;
-  Buffer residual = be.Allocate(act, {num_tokens, hidden});
-  Buffer normed = be.Allocate(act, {num_tokens, hidden});
-  Buffer qkv = be.Allocate(act, {num_tokens, qkv_dim});
-  Buffer q = be.Allocate(act, {num_tokens, c.num_heads, head_dim});
-  Buffer attn = be.Allocate(act, {num_tokens, c.num_heads, head_dim});
-  Buffer proj = be.Allocate(act, {num_tokens, hidden});
-  Buffer gate_up = be.Allocate(act, {num_tokens, 2 * int64_t{c.intermediate_size}});
-  Buffer mlp = be.Allocate(act, {num_tokens, c.intermediate_size});
+  if (workspace_.tokens < num_tokens) {
+    const int64_t cap = std::max<int64_t>(num_tokens, 2 * workspace_.tokens);
+    const DType act = be.device() == Device::kCpu ? DType::kF32 : DType::kBF16;
+    workspace_.tokens = cap;
+    workspace_.residual = be.Allocate(act, {cap, hidden});
+    workspace_.normed = be.Allocate(act, {cap, hidden});
+    workspace_.qkv = be.Allocate(act, {cap, qkv_dim});
+    workspace_.q = be.Allocate(act, {cap, q_dim});
+    workspace_.attn = be.Allocate(act, {cap, q_dim});
+    workspace_.proj = be.Allocate(act, {cap, hidden});
+    workspace_.gate_up = be.Allocate(act, {cap, 2 * int64_t{c.intermediate_size}});
+    workspace_.mlp = be.Allocate(act, {cap, c.intermediate_size});
+    workspace_.last = be.Allocate(act, {cap, hidden});
+  }
+  auto rows = [&](const Buffer& b, int64_t n) { return b.view().Rows(0, n); };
+  const Tensor residual = rows(workspace_.residual, num_tokens);
+  const Tensor normed = rows(workspace_.normed, num_tokens);
+  const Tensor qkv = rows(workspace_.qkv, num_tokens);
+  const Tensor q = rows(workspace_.q, num_tokens).Reshape({num_tokens, c.num_heads, head_dim});
+  const Tensor attn =
+      rows(workspace_.attn, num_tokens).Reshape({num_tokens, c.num_heads, head_dim});
+  const Tensor proj = rows(workspace_.proj, num_tokens);
+  const Tensor gate_up = rows(workspace_.gate_up, num_tokens);
+  const Tensor mlp = rows(workspace_.mlp, num_tokens);
+  const Tensor last = rows(workspace_.last, num_rows);
+  if (logits_.empty() || logits_.view().dim(0) < num_rows) {
+    logits_ =
+        be.Allocate(DType::kF32,
+                    {std::max<int64_t>(num_rows, 2 * (logits_.empty() ? 0 : logits_.view().dim(0))),
+                     c.vocab_size});
+  }
+  const Tensor logits = rows(logits_, num_rows);
 
   const kernels::KvPoolView pool = cache.pool_view();
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const Tensor no_bias;
 
-  be.Embedding(embed_.view(), ids_buf.view(), residual.view());
-  be.RmsNorm(residual.view(), layers_.front().input_norm.view(), eps, normed.view());
+  be.Embedding(embed_.view(), ids_t, residual);
+  be.RmsNorm(residual, layers_.front().input_norm.view(), eps, normed);
   for (int l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[static_cast<size_t>(l)];
-    be.Matmul(normed.view(), layer.qkv.view(), layer.qkv_bias.view(), qkv.view());
-    be.RopeWriteKv(qkv.view(), pos_buf.view(), inv_freq_.view(),
-                   slots[static_cast<size_t>(l)].view(), pool, q.view());
-    kernels::PagedAttentionBatch attn_batch{seq_buf.view(), pos_buf.view(),
-                                            tables[static_cast<size_t>(l)].view(), num_seqs};
-    be.PagedAttention(q.view(), pool, attn_batch, scale, attn.view());
-    be.Matmul(attn.view().Reshape({num_tokens, q_dim}), layer.o_proj.view(), no_bias, proj.view());
-    be.AddRmsNorm(residual.view(), proj.view(), layer.post_norm.view(), eps, normed.view());
-    be.Matmul(normed.view(), layer.gate_up.view(), no_bias, gate_up.view());
-    be.SiluMul(gate_up.view(), mlp.view());
-    be.Matmul(mlp.view(), layer.down.view(), no_bias, proj.view());
+    be.Matmul(normed, layer.qkv.view(), layer.qkv_bias.view(), qkv);
+    be.RopeWriteKv(qkv, pos_t, inv_freq_.view(), slots[static_cast<size_t>(l)], pool, q);
+    kernels::PagedAttentionBatch attn_batch{seq_t, pos_t, tables[static_cast<size_t>(l)], num_seqs};
+    be.PagedAttention(q, pool, attn_batch, scale, attn);
+    be.Matmul(attn.Reshape({num_tokens, q_dim}), layer.o_proj.view(), no_bias, proj);
+    be.AddRmsNorm(residual, proj, layer.post_norm.view(), eps, normed);
+    be.Matmul(normed, layer.gate_up.view(), no_bias, gate_up);
+    be.SiluMul(gate_up, mlp);
+    be.Matmul(mlp, layer.down.view(), no_bias, proj);
     const Buffer& next_norm =
         l + 1 < c.num_layers ? layers_[static_cast<size_t>(l) + 1].input_norm : final_norm_;
-    be.AddRmsNorm(residual.view(), proj.view(), next_norm.view(), eps, normed.view());
+    be.AddRmsNorm(residual, proj, next_norm.view(), eps, normed);
   }
 
-  Buffer last = be.Allocate(act, {num_rows, hidden});
-  be.GatherRows(normed.view(), rows_buf.view(), last.view());
-  logits_ = be.Allocate(DType::kF32, {num_rows, c.vocab_size});
+  be.GatherRows(normed, rows_t, last);
   const Buffer& head = c.tie_word_embeddings ? embed_ : lm_head_;
-  be.Matmul(last.view(), head.view(), no_bias, logits_.view());
-  return logits_.view();
+  be.Matmul(last, head.view(), no_bias, logits);
+  return logits;
 }
 
 std::vector<float> LlamaModel::ForwardToHost(std::span<const BatchEntry> batch,

@@ -58,6 +58,13 @@ class LlamaModel {
   std::vector<Layer> layers_;
   kernels::Buffer embed_, final_norm_, lm_head_, inv_freq_;
   size_t weight_bytes_ = 0;
+  // Reused across steps, grown to the largest batch seen: no allocation per step.
+  struct Workspace {
+    int64_t tokens = 0;
+    kernels::Buffer residual, normed, qkv, q, attn, proj, gate_up, mlp, last;
+  };
+  Workspace workspace_;
+  kernels::Buffer meta_;    // the step's integer metadata (ids, positions, tables, slots)
   kernels::Buffer logits_;  // storage behind the last Forward's result
 };
 
