@@ -143,76 +143,121 @@ __global__ void RopeWriteKvKernel(const bf16* qkv, const int32_t* positions, con
   }
 }
 
-// Reference-grade paged attention: one block per (query token, query head); each warp walks
-// a strided share of the keys with an online softmax (lanes split the head dimension), then
-// the warps' partial results are merged by log-sum-exp. Correct for any length and GQA group;
-// the fast FlashAttention-style kernels come later and are tested against this one's twin on
-// the CPU.
+// Paged attention, split-KV (flash-decoding): block (query token, query head, split) covers
+// keys [split * kSplitKeys, ...) up to the token's position. Each warp takes 32 keys at a time,
+// one key per lane (a whole dot product per lane, no shuffles per key), runs an online softmax
+// across them, then accumulates V with each lane owning head_dim / 32 output dimensions. The
+// warps' partials merge in shared memory; splits write (o, lse) that MergeSplitsKernel combines
+// by log-sum-exp. Correct for any length, page layout and GQA group; each query head reads its
+// KV rows itself (the GQA-shared and tensor-core kernels are the next step). Head dims: a
+// multiple of 8 up to 256.
 constexpr int kAttnWarps = 4;
 constexpr int kMaxHeadDim = 256;
+constexpr int kSplitKeys = 512;
 
-__global__ void PagedAttentionKernel(const bf16* q, const bf16* k_pool, const bf16* v_pool,
-                                     const int32_t* token_seq, const int32_t* token_pos,
-                                     const int32_t* block_table, int max_pages, int page_size,
-                                     int hq, int hkv, int d, float scale, bf16* out) {
+__global__ void PagedAttentionSplitKernel(const bf16* q, const bf16* k_pool, const bf16* v_pool,
+                                          const int32_t* token_seq, const int32_t* token_pos,
+                                          const int32_t* block_table, int max_pages, int page_size,
+                                          int hq, int hkv, int d, float scale, int num_splits,
+                                          float* part_o, float* part_lse) {
   const int64_t t = blockIdx.x;
-  const int qh = blockIdx.y;
+  const int qh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int group = hq / hkv;
-  const int seq = token_seq[t];
   const int pos = token_pos[t];
-  const int32_t* table = block_table + (int64_t{seq} * hkv + qh / group) * max_pages;
-  constexpr int kPerLane = kMaxHeadDim / 32;
-  const int per_lane = (d + 31) / 32;
-
-  float qv[kPerLane], acc[kPerLane];
-  for (int e = 0; e < per_lane; ++e) {
-    const int c = lane + 32 * e;
-    qv[e] = c < d ? __bfloat162float(q[(t * hq + qh) * int64_t{d} + c]) * scale : 0.0f;
-    acc[e] = 0.0f;
+  const int begin = split * kSplitKeys, end = min(pos + 1, begin + kSplitKeys);
+  const int64_t part = (t * hq + qh) * num_splits + split;
+  __shared__ float s_q[kMaxHeadDim];
+  __shared__ float s_m[kAttnWarps], s_l[kAttnWarps];
+  __shared__ float s_acc[kAttnWarps][kMaxHeadDim];
+  if (begin >= end) {  // this split lies beyond the token's position
+    if (threadIdx.x == 0) part_lse[part] = -INFINITY;
+    return;
   }
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    s_q[c] = __bfloat162float(q[(t * hq + qh) * int64_t{d} + c]) * scale;
+  }
+  __syncthreads();
+  const int32_t* table = block_table + (int64_t{token_seq[t]} * hkv + qh / (hq / hkv)) * max_pages;
+  const int per_lane = (d + 31) / 32;  // output dims lane * per_lane + e, those below d
+  float acc[kMaxHeadDim / 32];
+  for (int e = 0; e < per_lane; ++e) acc[e] = 0.0f;
   float m = -INFINITY, l = 0.0f;
-  for (int j = warp; j <= pos; j += kAttnWarps) {
-    const int64_t slot = int64_t{table[j / page_size]} * page_size + j % page_size;
-    const bf16* kr = k_pool + slot * d;
-    float dot = 0.0f;
-    for (int e = 0; e < per_lane; ++e) {
-      const int c = lane + 32 * e;
-      if (c < d) dot += qv[e] * __bfloat162float(kr[c]);
+  for (int base = begin + warp * 32; base < end; base += kAttnWarps * 32) {
+    const int j = base + lane;
+    int64_t slot = -1;
+    float score = -INFINITY;
+    if (j < end) {
+      slot = int64_t{table[j / page_size]} * page_size + j % page_size;
+      const bf16* kr = k_pool + slot * d;
+      float dot = 0.0f;
+      for (int c = 0; c < d; c += 8) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(kr + c);
+        const bf16* kv8 = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+        for (int x = 0; x < 8; ++x) dot += s_q[c + x] * __bfloat162float(kv8[x]);
+      }
+      score = dot;
     }
-    for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-    const float m_new = fmaxf(m, dot);
-    const float correction = __expf(m - m_new), p = __expf(dot - m_new);
-    l = l * correction + p;
-    const bf16* vr = v_pool + slot * d;
-    for (int e = 0; e < per_lane; ++e) {
-      const int c = lane + 32 * e;
-      acc[e] = acc[e] * correction + (c < d ? p * __bfloat162float(vr[c]) : 0.0f);
+    float chunk_max = score;
+    for (int o = 16; o > 0; o /= 2)
+      chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, o));
+    const float m_new = fmaxf(m, chunk_max);
+    const float p = j < end ? __expf(score - m_new) : 0.0f;
+    float p_sum = p;
+    for (int o = 16; o > 0; o /= 2) p_sum += __shfl_xor_sync(0xffffffffu, p_sum, o);
+    const float correction = __expf(m - m_new);
+    l = l * correction + p_sum;
+    for (int e = 0; e < per_lane; ++e) acc[e] *= correction;
+    const int keys = min(32, end - base);
+    for (int kk = 0; kk < keys; ++kk) {
+      const float pk = __shfl_sync(0xffffffffu, p, kk);
+      const int64_t sk = __shfl_sync(0xffffffffu, slot, kk);
+      const bf16* vr = v_pool + sk * d + lane * per_lane;
+      for (int e = 0; e < per_lane && lane * per_lane + e < d; ++e) {
+        acc[e] += pk * __bfloat162float(vr[e]);
+      }
     }
     m = m_new;
   }
-  __shared__ float s_m[kAttnWarps], s_l[kAttnWarps];
-  __shared__ float s_acc[kAttnWarps][kMaxHeadDim];
   if (lane == 0) {
     s_m[warp] = m;
     s_l[warp] = l;
   }
-  for (int e = 0; e < per_lane; ++e) {
-    const int c = lane + 32 * e;
-    if (c < d) s_acc[warp][c] = acc[e];
+  for (int e = 0; e < per_lane && lane * per_lane + e < d; ++e) {
+    s_acc[warp][lane * per_lane + e] = acc[e];
   }
   __syncthreads();
   float m_all = -INFINITY;
   for (int w = 0; w < kAttnWarps; ++w) m_all = fmaxf(m_all, s_m[w]);
+  float l_all = 0.0f;
+  for (int w = 0; w < kAttnWarps; ++w) {
+    if (s_m[w] != -INFINITY) l_all += __expf(s_m[w] - m_all) * s_l[w];
+  }
   for (int c = threadIdx.x; c < d; c += blockDim.x) {
-    float num = 0.0f, den = 0.0f;
+    float num = 0.0f;
     for (int w = 0; w < kAttnWarps; ++w) {
-      if (s_m[w] == -INFINITY) continue;  // a warp that saw no key
-      const float f = __expf(s_m[w] - m_all);
-      num += f * s_acc[w][c];
-      den += f * s_l[w];
+      if (s_m[w] != -INFINITY) num += __expf(s_m[w] - m_all) * s_acc[w][c];
     }
-    out[(t * hq + qh) * int64_t{d} + c] = __float2bfloat16(num / den);
+    part_o[part * d + c] = num / l_all;
+  }
+  if (threadIdx.x == 0) part_lse[part] = m_all + logf(l_all);
+}
+
+// out = sum_s w_s o_s with w_s = exp(lse_s - lse): the log-sum-exp merge of ALGORITHMS.md §9.3.
+__global__ void MergeSplitsKernel(const float* part_o, const float* part_lse, int num_splits, int d,
+                                  bf16* out) {
+  const int64_t row = blockIdx.x;  // (token, query head)
+  const float* lse = part_lse + row * num_splits;
+  float m = -INFINITY;
+  for (int s = 0; s < num_splits; ++s) m = fmaxf(m, lse[s]);
+  float den = 0.0f;
+  for (int s = 0; s < num_splits; ++s) den += lse[s] == -INFINITY ? 0.0f : __expf(lse[s] - m);
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    float num = 0.0f;
+    for (int s = 0; s < num_splits; ++s) {
+      if (lse[s] != -INFINITY) num += __expf(lse[s] - m) * part_o[(row * num_splits + s) * d + c];
+    }
+    out[row * d + c] = __float2bfloat16(num / den);
   }
 }
 
@@ -245,6 +290,7 @@ class CudaBackend final : public Backend {
     HW_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
   }
   ~CudaBackend() override {
+    if (scratch_ != nullptr) cudaFree(scratch_);
     cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
   }
@@ -356,15 +402,30 @@ class CudaBackend final : public Backend {
 
   void PagedAttention(const Tensor& q, const KvPoolView& pool, const PagedAttentionBatch& batch,
                       float scale, const Tensor& out) override {
+    const int64_t tokens = q.dim(0);
     const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
-    HW_CHECK(d <= kMaxHeadDim, "head dim {} > {}", d, kMaxHeadDim);
+    // Keys are read 8 bf16 (16 bytes) at a time.
+    HW_CHECK(d <= kMaxHeadDim && d % 8 == 0, "head dim {} must be a multiple of 8, <= {}", d,
+             kMaxHeadDim);
     const int hkv = static_cast<int>(batch.block_table.dim(0) / batch.num_seqs);
-    const dim3 grid(static_cast<unsigned>(q.dim(0)), static_cast<unsigned>(hq));
-    PagedAttentionKernel<<<grid, 32 * kAttnWarps, 0, stream_>>>(
+    const int max_pages = static_cast<int>(batch.block_table.dim(1));
+    // Decode-sized batches split long contexts over more blocks; big prefills have blocks
+    // enough already.
+    const int max_keys = max_pages * pool.page_size;
+    const int num_splits = tokens * hq >= 4096 ? 1 : (max_keys + kSplitKeys - 1) / kSplitKeys;
+    const size_t parts = static_cast<size_t>(tokens) * hq * num_splits;
+    EnsureScratch(parts * (static_cast<size_t>(d) + 1) * sizeof(float));
+    float* part_o = static_cast<float*>(scratch_);
+    float* part_lse = part_o + parts * static_cast<size_t>(d);
+    const dim3 grid(static_cast<unsigned>(tokens), static_cast<unsigned>(hq),
+                    static_cast<unsigned>(num_splits));
+    PagedAttentionSplitKernel<<<grid, 32 * kAttnWarps, 0, stream_>>>(
         q.ptr<bf16>(), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), batch.token_seq.ptr<int32_t>(),
-        batch.token_pos.ptr<int32_t>(), batch.block_table.ptr<int32_t>(),
-        static_cast<int>(batch.block_table.dim(1)), pool.page_size, hq, hkv, d, scale,
-        out.ptr<bf16>());
+        batch.token_pos.ptr<int32_t>(), batch.block_table.ptr<int32_t>(), max_pages, pool.page_size,
+        hq, hkv, d, scale, num_splits, part_o, part_lse);
+    HW_CUDA_LAUNCHED();
+    MergeSplitsKernel<<<static_cast<unsigned>(tokens * hq), 128, 0, stream_>>>(
+        part_o, part_lse, num_splits, d, out.ptr<bf16>());
     HW_CUDA_LAUNCHED();
   }
 
@@ -375,7 +436,18 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // Scratch for split-KV partials, grown on demand (stream-ordered: safe to reuse per launch).
+  void EnsureScratch(size_t bytes) {
+    if (bytes <= scratch_bytes_) return;
+    HW_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (scratch_ != nullptr) HW_CUDA_CHECK(cudaFree(scratch_));
+    scratch_bytes_ = std::max(bytes, 2 * scratch_bytes_);
+    HW_CUDA_CHECK(cudaMalloc(&scratch_, scratch_bytes_));
+  }
+
   int device_;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
 };

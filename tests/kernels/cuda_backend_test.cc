@@ -258,9 +258,10 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
 TEST_CASE("CUDA rope + KV write and paged attention match the CPU", "[cuda]") {
   Pair p;
   for (auto [hq, hkv] : {std::pair{8, 8}, std::pair{8, 2}, std::pair{32, 4}}) {
-    for (int d : {64, 128}) {
+    for (int d : {16, 64, 128}) {
       CheckAttention(p, hq, hkv, d, {1, 15, 16, 17, 50}, false);
       CheckAttention(p, hq, hkv, d, {1, 16, 33, 1000, 7}, true);
+      CheckAttention(p, hq, hkv, d, {513, 2048, 5000}, true);  // several KV splits
     }
   }
 }
