@@ -107,6 +107,19 @@ class Renderer {
 
   // ---- statements ----
 
+  // The target of {% set %} (plain or block form): names, a tuple, or a namespace attribute.
+  Status SetTarget(const Stmt& s, Value v) {
+    if (s.ns_attr.empty()) return Assign(s, s.targets, s.unpack, v);
+    Value ns = Lookup(s.targets[0]);
+    if (!ns.is_namespace()) {
+      return Locate(
+          s.offset,
+          InvalidArgument("cannot assign attribute on non-namespace object '{}'", s.targets[0]));
+    }
+    ns.mutable_namespace().Set(s.ns_attr, std::move(v));
+    return Status::Ok();
+  }
+
   StatusOr<Flow> ExecBody(const Body& body) {
     for (const auto& s : body) {
       HW_ASSIGN_OR_RETURN(Flow flow, Exec(*s));
@@ -140,17 +153,7 @@ class Renderer {
         return Flow::kNormal;
       case StmtKind::kSet: {
         HW_ASSIGN_OR_RETURN(Value v, Eval(*s.expr));
-        if (!s.ns_attr.empty()) {
-          Value ns = Lookup(s.targets[0]);
-          if (!ns.is_namespace()) {
-            return Locate(s.offset, InvalidArgument("cannot assign attribute on non-namespace "
-                                                    "object '{}'",
-                                                    s.targets[0]));
-          }
-          ns.mutable_namespace().Set(s.ns_attr, std::move(v));
-          return Flow::kNormal;
-        }
-        HW_RETURN_IF_ERROR(Assign(s, s.targets, s.unpack, v));
+        HW_RETURN_IF_ERROR(SetTarget(s, std::move(v)));
         return Flow::kNormal;
       }
       case StmtKind::kSetBlock: {
@@ -159,17 +162,7 @@ class Renderer {
         if (s.expr) {
           HW_ASSIGN_OR_RETURN(v, EvalFilterChain(*s.expr, v));
         }
-        if (!s.ns_attr.empty()) {
-          Value ns = Lookup(s.targets[0]);
-          if (!ns.is_namespace()) {
-            return Locate(s.offset, InvalidArgument("cannot assign attribute on non-namespace "
-                                                    "object '{}'",
-                                                    s.targets[0]));
-          }
-          ns.mutable_namespace().Set(s.ns_attr, std::move(v));
-          return Flow::kNormal;
-        }
-        HW_RETURN_IF_ERROR(Assign(s, s.targets, s.unpack, v));
+        HW_RETURN_IF_ERROR(SetTarget(s, std::move(v)));
         return Flow::kNormal;
       }
       case StmtKind::kMacro: {
