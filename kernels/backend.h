@@ -82,6 +82,21 @@ struct PagedAttentionBatch {
   int num_seqs = 0;
 };
 
+// Decode attention over explicit token lists (ALGORITHMS.md §9.2), the primitive of the
+// sparse policies. Row r is one (sequence, KV head); its query heads (the GQA group of that KV
+// head) attend only to the token positions indices[indptr[r] .. indptr[r + 1]) of the
+// sequence's cache, each logit shifted by logit_bias (when given). Positions address pages
+// through the block table exactly as in PagedAttentionBatch.
+struct SparseDecodeBatch {
+  Tensor row_seq;      // i32 [R]: batch index of the row's sequence
+  Tensor row_kv_head;  // i32 [R]
+  Tensor indptr;       // i32 [R + 1]
+  Tensor indices;      // i32 [nnz]: token positions, any order
+  Tensor logit_bias;   // f32 [nnz], or empty for none
+  Tensor block_table;  // i32 [S * Hkv, max_pages]
+  int num_seqs = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -118,6 +133,12 @@ class Backend {
   // qh reads KV head qh / (Hq / Hkv).
   virtual void PagedAttention(const Tensor& q, const KvPoolView& pool,
                               const PagedAttentionBatch& batch, float scale, const Tensor& out) = 0;
+  // q [S, Hq, D] (one decode query per sequence); out [R, G, D] with G = Hq / Hkv; lse [R, G]
+  // f32: log-sum-exp of the scaled, biased logits (-inf for an empty list, whose out is 0), so
+  // partial results over disjoint lists merge exactly (§9.3).
+  virtual void SparseDecodeAttention(const Tensor& q, const KvPoolView& pool,
+                                     const SparseDecodeBatch& batch, float scale, const Tensor& out,
+                                     const Tensor& lse) = 0;
   // out[r] = x[rows[r]].  x [T, H], rows [R], out [R, H]
   virtual void GatherRows(const Tensor& x, const Tensor& rows, const Tensor& out) = 0;
 };

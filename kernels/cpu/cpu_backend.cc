@@ -229,6 +229,63 @@ class CpuBackend final : public Backend {
         });
   }
 
+  void SparseDecodeAttention(const Tensor& q, const KvPoolView& pool,
+                             const SparseDecodeBatch& batch, float scale, const Tensor& out,
+                             const Tensor& lse) override {
+    CheckF32(q, "q");
+    const int64_t num_q_heads = q.dim(1), head_dim = q.dim(2);
+    const int64_t rows = batch.row_seq.numel(), max_pages = batch.block_table.dim(1);
+    const int64_t num_kv_heads = batch.block_table.dim(0) / batch.num_seqs;
+    const int64_t group = num_q_heads / num_kv_heads;
+    const int page_size = pool.page_size;
+    const int32_t* indptr = batch.indptr.ptr<int32_t>();
+    const float* bias = batch.logit_bias.data ? batch.logit_bias.ptr<float>() : nullptr;
+    pool_.ParallelFor(
+        rows * group, (indptr[rows] + rows) * group * head_dim * 4,
+        [&](int64_t begin, int64_t end) {
+          std::vector<float> scores;
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t r = i / group, g = i % group;
+            const int32_t seq = batch.row_seq.ptr<int32_t>()[r];
+            const int32_t kv_head = batch.row_kv_head.ptr<int32_t>()[r];
+            const int32_t* table =
+                batch.block_table.ptr<int32_t>() + (seq * num_kv_heads + kv_head) * max_pages;
+            const float* qv = q.ptr<float>() + (seq * num_q_heads + kv_head * group + g) * head_dim;
+            float* o = out.ptr<float>() + i * head_dim;
+            std::fill(o, o + head_dim, 0.0f);
+            const int32_t first = indptr[r], count = indptr[r + 1] - indptr[r];
+            if (count == 0) {
+              lse.ptr<float>()[i] = -INFINITY;
+              continue;
+            }
+            auto slot_of = [&](int32_t pos) {
+              HW_CHECK(pos >= 0 && pos / page_size < max_pages, "position {} beyond the table",
+                       pos);
+              return int64_t{table[pos / page_size]} * page_size + pos % page_size;
+            };
+            scores.resize(static_cast<size_t>(count));
+            float max_score = -INFINITY;
+            for (int32_t j = 0; j < count; ++j) {
+              const float* kv =
+                  pool.k.ptr<float>() + slot_of(batch.indices.ptr<int32_t>()[first + j]) * head_dim;
+              float dot = 0.0f;
+              for (int64_t d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
+              scores[static_cast<size_t>(j)] = dot * scale + (bias ? bias[first + j] : 0.0f);
+              max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
+            }
+            double denom = 0.0;
+            for (auto& sc : scores) denom += (sc = std::exp(sc - max_score));
+            for (int32_t j = 0; j < count; ++j) {
+              const float* vv =
+                  pool.v.ptr<float>() + slot_of(batch.indices.ptr<int32_t>()[first + j]) * head_dim;
+              const float p = static_cast<float>(scores[static_cast<size_t>(j)] / denom);
+              for (int64_t d = 0; d < head_dim; ++d) o[d] += p * vv[d];
+            }
+            lse.ptr<float>()[i] = max_score + static_cast<float>(std::log(denom));
+          }
+        });
+  }
+
   void GatherRows(const Tensor& x, const Tensor& rows, const Tensor& out) override {
     const int64_t width = x.dim(1);
     for (int64_t r = 0; r < rows.numel(); ++r) {

@@ -261,6 +261,98 @@ __global__ void MergeSplitsKernel(const float* part_o, const float* part_lse, in
   }
 }
 
+// Decode attention over an explicit token list per (sequence, KV head) row, one block per
+// (row, query head of its group): the split kernel's loop, walking indices instead of a range,
+// with a per-index logit bias; writes (o, lse) for the LSE merge of §9.3.
+__global__ void SparseDecodeKernel(const bf16* q, const bf16* k_pool, const bf16* v_pool,
+                                   const int32_t* row_seq, const int32_t* row_kv_head,
+                                   const int32_t* indptr, const int32_t* indices,
+                                   const float* logit_bias, const int32_t* block_table,
+                                   int max_pages, int page_size, int hq, int hkv, int d,
+                                   float scale, bf16* out, float* lse_out) {
+  const int64_t r = blockIdx.x;
+  const int g = blockIdx.y, group = hq / hkv;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int seq = row_seq[r], kv_head = row_kv_head[r];
+  const int first = indptr[r], end = indptr[r + 1];
+  const int64_t row_out = r * group + g;
+  __shared__ float s_q[kMaxHeadDim];
+  __shared__ float s_m[kAttnWarps], s_l[kAttnWarps];
+  __shared__ float s_acc[kAttnWarps][kMaxHeadDim];
+  if (first >= end) {
+    for (int c = threadIdx.x; c < d; c += blockDim.x) out[row_out * d + c] = __float2bfloat16(0.0f);
+    if (threadIdx.x == 0) lse_out[row_out] = -INFINITY;
+    return;
+  }
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    s_q[c] = __bfloat162float(q[(int64_t{seq} * hq + kv_head * group + g) * d + c]) * scale;
+  }
+  __syncthreads();
+  const int32_t* table = block_table + (int64_t{seq} * hkv + kv_head) * max_pages;
+  const int per_lane = (d + 31) / 32;
+  float acc[kMaxHeadDim / 32];
+  for (int e = 0; e < per_lane; ++e) acc[e] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  for (int base = first + warp * 32; base < end; base += kAttnWarps * 32) {
+    const int j = base + lane;
+    int64_t slot = -1;
+    float score = -INFINITY;
+    if (j < end) {
+      const int pos = indices[j];
+      slot = int64_t{table[pos / page_size]} * page_size + pos % page_size;
+      const bf16* kr = k_pool + slot * d;
+      float dot = 0.0f;
+      for (int c = 0; c < d; c += 8) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(kr + c);
+        const bf16* kv8 = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+        for (int x = 0; x < 8; ++x) dot += s_q[c + x] * __bfloat162float(kv8[x]);
+      }
+      score = dot + (logit_bias != nullptr ? logit_bias[j] : 0.0f);
+    }
+    float chunk_max = score;
+    for (int o = 16; o > 0; o /= 2)
+      chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, o));
+    const float m_new = fmaxf(m, chunk_max);
+    const float p = j < end ? __expf(score - m_new) : 0.0f;
+    float p_sum = p;
+    for (int o = 16; o > 0; o /= 2) p_sum += __shfl_xor_sync(0xffffffffu, p_sum, o);
+    const float correction = __expf(m - m_new);
+    l = l * correction + p_sum;
+    for (int e = 0; e < per_lane; ++e) acc[e] *= correction;
+    const int keys = min(32, end - base);
+    for (int kk = 0; kk < keys; ++kk) {
+      const float pk = __shfl_sync(0xffffffffu, p, kk);
+      const int64_t sk = __shfl_sync(0xffffffffu, slot, kk);
+      const bf16* vr = v_pool + sk * d + lane * per_lane;
+      for (int e = 0; e < per_lane && lane * per_lane + e < d; ++e)
+        acc[e] += pk * __bfloat162float(vr[e]);
+    }
+    m = m_new;
+  }
+  if (lane == 0) {
+    s_m[warp] = m;
+    s_l[warp] = l;
+  }
+  for (int e = 0; e < per_lane && lane * per_lane + e < d; ++e)
+    s_acc[warp][lane * per_lane + e] = acc[e];
+  __syncthreads();
+  float m_all = -INFINITY;
+  for (int w = 0; w < kAttnWarps; ++w) m_all = fmaxf(m_all, s_m[w]);
+  float l_all = 0.0f;
+  for (int w = 0; w < kAttnWarps; ++w) {
+    if (s_m[w] != -INFINITY) l_all += __expf(s_m[w] - m_all) * s_l[w];
+  }
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    float num = 0.0f;
+    for (int w = 0; w < kAttnWarps; ++w) {
+      if (s_m[w] != -INFINITY) num += __expf(s_m[w] - m_all) * s_acc[w][c];
+    }
+    out[row_out * d + c] = __float2bfloat16(num / l_all);
+  }
+  if (threadIdx.x == 0) lse_out[row_out] = m_all + logf(l_all);
+}
+
 __global__ void GatherRowsKernel(const bf16* x, const int32_t* rows, bf16* out, int64_t width) {
   const int64_t r = blockIdx.x;
   const bf16* src = x + int64_t{rows[r]} * width;
@@ -426,6 +518,26 @@ class CudaBackend final : public Backend {
     HW_CUDA_LAUNCHED();
     MergeSplitsKernel<<<static_cast<unsigned>(tokens * hq), 128, 0, stream_>>>(
         part_o, part_lse, num_splits, d, out.ptr<bf16>());
+    HW_CUDA_LAUNCHED();
+  }
+
+  void SparseDecodeAttention(const Tensor& q, const KvPoolView& pool,
+                             const SparseDecodeBatch& batch, float scale, const Tensor& out,
+                             const Tensor& lse) override {
+    const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
+    HW_CHECK(d <= kMaxHeadDim && d % 8 == 0, "head dim {} must be a multiple of 8, <= {}", d,
+             kMaxHeadDim);
+    HW_CHECK(lse.dtype == DType::kF32, "lse must be f32");
+    const int hkv = static_cast<int>(batch.block_table.dim(0) / batch.num_seqs);
+    const int64_t rows = batch.row_seq.numel();
+    if (rows == 0) return;
+    const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(hq / hkv));
+    SparseDecodeKernel<<<grid, 32 * kAttnWarps, 0, stream_>>>(
+        q.ptr<bf16>(), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), batch.row_seq.ptr<int32_t>(),
+        batch.row_kv_head.ptr<int32_t>(), batch.indptr.ptr<int32_t>(), batch.indices.ptr<int32_t>(),
+        batch.logit_bias.data ? batch.logit_bias.ptr<float>() : nullptr,
+        batch.block_table.ptr<int32_t>(), static_cast<int>(batch.block_table.dim(1)),
+        pool.page_size, hq, hkv, d, scale, out.ptr<bf16>(), lse.ptr<float>());
     HW_CUDA_LAUNCHED();
   }
 

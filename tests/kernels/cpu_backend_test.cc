@@ -264,3 +264,117 @@ TEST_CASE("Embedding and GatherRows copy the right rows", "[kernels]") {
 
 }  // namespace
 }  // namespace headwise::kernels
+
+namespace headwise::kernels {
+namespace {
+
+// A pool of `len` random tokens per (sequence, KV head), on shuffled pages.
+struct SparseFixture {
+  std::unique_ptr<Backend> be = CreateCpuBackend(2);
+  std::mt19937 rng{std::random_device{}()};
+  int seqs = 3, hq = 8, hkv = 2, d = 32, page_size = 16, len = 70, max_pages = 5;
+  Buffer k, v, table, q;
+  SparseFixture() {
+    const int num_pages = seqs * hkv * max_pages;
+    k = Upload(*be, Random(static_cast<size_t>(num_pages * page_size * d), rng),
+               {num_pages, page_size, d});
+    v = Upload(*be, Random(static_cast<size_t>(num_pages * page_size * d), rng),
+               {num_pages, page_size, d});
+    std::vector<int32_t> pages(static_cast<size_t>(num_pages));
+    std::iota(pages.begin(), pages.end(), 0);
+    std::shuffle(pages.begin(), pages.end(), rng);
+    table = UploadI32(*be, pages, {seqs * hkv, max_pages});
+    q = Upload(*be, Random(static_cast<size_t>(seqs * hq * d), rng), {seqs, hq, d});
+  }
+  KvPoolView pool() const { return {k.view(), v.view(), page_size}; }
+  // Runs the primitive over lists[r] (r = seq * hkv + kv head) with optional biases.
+  std::pair<std::vector<float>, std::vector<float>> Run(
+      const std::vector<std::vector<int32_t>>& lists,
+      const std::vector<std::vector<float>>* bias = nullptr) {
+    std::vector<int32_t> row_seq, row_head, indptr = {0}, indices;
+    std::vector<float> biases;
+    for (int s = 0; s < seqs; ++s)
+      for (int h = 0; h < hkv; ++h) {
+        const size_t r = static_cast<size_t>(s * hkv + h);
+        row_seq.push_back(s);
+        row_head.push_back(h);
+        indices.insert(indices.end(), lists[r].begin(), lists[r].end());
+        if (bias) biases.insert(biases.end(), (*bias)[r].begin(), (*bias)[r].end());
+        indptr.push_back(static_cast<int32_t>(indices.size()));
+      }
+    const int64_t rows = static_cast<int64_t>(row_seq.size());
+    Buffer rs = UploadI32(*be, row_seq, {rows}), rh = UploadI32(*be, row_head, {rows});
+    Buffer ip = UploadI32(*be, indptr, {rows + 1});
+    Buffer ix =
+        UploadI32(*be, indices, {std::max<int64_t>(1, static_cast<int64_t>(indices.size()))});
+    Buffer bb = Upload(*be, biases.empty() ? std::vector<float>{0} : biases,
+                       {std::max<int64_t>(1, static_cast<int64_t>(biases.size()))});
+    Buffer out = Poisoned(*be, {rows, hq / hkv, d}), lse = Poisoned(*be, {rows, hq / hkv});
+    SparseDecodeBatch batch{
+        rs.view(),    rh.view(), ip.view(), ix.view(), bias ? bb.view() : Tensor(),
+        table.view(), seqs};
+    be->SparseDecodeAttention(q.view(), pool(), batch, 0.3f, out.view(), lse.view());
+    std::vector<float> o(out.view().ptr<float>(), out.view().ptr<float>() + out.view().numel());
+    std::vector<float> l(lse.view().ptr<float>(), lse.view().ptr<float>() + lse.view().numel());
+    return {o, l};
+  }
+};
+
+TEST_CASE("Sparse decode over the full list equals paged decode attention", "[kernels]") {
+  SparseFixture f;
+  std::vector<std::vector<int32_t>> lists(static_cast<size_t>(f.seqs * f.hkv));
+  for (auto& l : lists) {
+    for (int t = 0; t < f.len; ++t) l.push_back(t);
+    std::shuffle(l.begin(), l.end(), f.rng);  // order must not matter
+  }
+  const auto [o, lse] = f.Run(lists);
+  std::vector<int32_t> seq(static_cast<size_t>(f.seqs)),
+      pos(static_cast<size_t>(f.seqs), f.len - 1);
+  std::iota(seq.begin(), seq.end(), 0);
+  Buffer sb = UploadI32(*f.be, seq, {f.seqs}), pb = UploadI32(*f.be, pos, {f.seqs});
+  Buffer dense = Poisoned(*f.be, {f.seqs, f.hq, f.d});
+  f.be->PagedAttention(f.q.view(), f.pool(),
+                       PagedAttentionBatch{sb.view(), pb.view(), f.table.view(), f.seqs}, 0.3f,
+                       dense.view());
+  std::vector<double> ref(dense.view().ptr<float>(),
+                          dense.view().ptr<float>() + dense.view().numel());
+  CHECK(MaxAbsDiff(o.data(), ref) < 1e-5);
+  for (float l : lse) CHECK(std::isfinite(l));
+}
+
+TEST_CASE("Sparse decode partials over disjoint lists merge by LSE; bias shifts LSE", "[kernels]") {
+  SparseFixture f;
+  const size_t rows = static_cast<size_t>(f.seqs * f.hkv),
+               group = static_cast<size_t>(f.hq / f.hkv);
+  std::vector<std::vector<int32_t>> all(rows), a(rows), b(rows);
+  for (size_t r = 0; r < rows; ++r)
+    for (int t = 0; t < f.len; ++t) {
+      all[r].push_back(t);
+      (f.rng() % 3 == 0 ? a[r] : b[r]).push_back(t);
+    }
+  a[0].clear();  // an empty list: lse -inf, contributes nothing
+  b[0] = all[0];
+  const auto [o, lse] = f.Run(all);
+  const auto [oa, la] = f.Run(a);
+  const auto [ob, lb] = f.Run(b);
+  CHECK(std::isinf(la[0]));
+  for (size_t i = 0; i < rows * group; ++i) {
+    const double m = std::max(la[i], lb[i]);
+    const double wa = std::exp(la[i] - m), wb = std::exp(lb[i] - m);
+    CHECK(m + std::log(wa + wb) == Approx(lse[i]).epsilon(1e-5));
+    for (int c = 0; c < f.d; ++c) {
+      const size_t at = i * static_cast<size_t>(f.d) + static_cast<size_t>(c);
+      CHECK((wa * oa[at] + wb * ob[at]) / (wa + wb) == Approx(o[at]).margin(1e-5));
+    }
+  }
+  // A bias of log(2) on every index leaves the output alone and adds log(2) to the LSE.
+  std::vector<std::vector<float>> bias(rows);
+  for (size_t r = 0; r < rows; ++r) bias[r].assign(all[r].size(), std::log(2.0f));
+  const auto [ob2, lb2] = f.Run(all, &bias);
+  for (size_t i = 0; i < o.size(); ++i) CHECK(ob2[i] == Approx(o[i]).margin(1e-5));
+  for (size_t i = 0; i < lse.size(); ++i)
+    CHECK(lb2[i] == Approx(lse[i] + std::log(2.0)).epsilon(1e-5));
+}
+
+}  // namespace
+}  // namespace headwise::kernels

@@ -266,5 +266,68 @@ TEST_CASE("CUDA rope + KV write and paged attention match the CPU", "[cuda]") {
   }
 }
 
+TEST_CASE("CUDA sparse decode over index lists with logit bias matches the CPU", "[cuda]") {
+  Pair p;
+  for (auto [hq, hkv] : {std::pair{8, 8}, std::pair{8, 2}, std::pair{32, 4}}) {
+    for (int d : {64, 128}) {
+      const int seqs = 3, page_size = 16, max_pages = 40, len = max_pages * page_size;
+      const int num_pages = seqs * hkv * max_pages;
+      auto k = p.Random(static_cast<size_t>(num_pages) * page_size * d);
+      auto v = p.Random(static_cast<size_t>(num_pages) * page_size * d);
+      auto [kc, kg] = p.Upload(k, {num_pages, page_size, d});
+      auto [vc, vg] = p.Upload(v, {num_pages, page_size, d});
+      std::vector<int32_t> pages(static_cast<size_t>(num_pages));
+      std::iota(pages.begin(), pages.end(), 0);
+      std::shuffle(pages.begin(), pages.end(), p.rng);
+      auto [tc, tg] = p.UploadI32(pages, {seqs * hkv, max_pages});
+      auto q = p.Random(static_cast<size_t>(seqs * hq * d));
+      auto [qc, qg] = p.Upload(q, {seqs, hq, d});
+      // Lists: random sizes (one empty), unsorted, repeats allowed; random biases.
+      std::vector<int32_t> row_seq, row_head, indptr = {0}, indices;
+      std::vector<float> bias;
+      std::uniform_real_distribution<float> bdist(-2.0f, 2.0f);
+      for (int s = 0; s < seqs; ++s)
+        for (int h = 0; h < hkv; ++h) {
+          row_seq.push_back(s);
+          row_head.push_back(h);
+          const int n = (s == 1 && h == 0) ? 0 : static_cast<int>(p.rng() % 600) + 1;
+          for (int i = 0; i < n; ++i) {
+            indices.push_back(static_cast<int32_t>(p.rng() % len));
+            bias.push_back(bdist(p.rng));
+          }
+          indptr.push_back(static_cast<int32_t>(indices.size()));
+        }
+      const int64_t rows = static_cast<int64_t>(row_seq.size());
+      auto [rsc, rsg] = p.UploadI32(row_seq, {rows});
+      auto [rhc, rhg] = p.UploadI32(row_head, {rows});
+      auto [ipc, ipg] = p.UploadI32(indptr, {rows + 1});
+      auto [ixc, ixg] = p.UploadI32(indices, {static_cast<int64_t>(indices.size())});
+      auto [bc, bg] = p.UploadF32(bias, {static_cast<int64_t>(bias.size())});
+      auto [oc, og] = p.Outputs({rows, hq / hkv, d});
+      auto [lc, lg] = p.Outputs({rows, hq / hkv}, DType::kF32);
+      KvPoolView pool_c{kc.view(), vc.view(), page_size}, pool_g{kg.view(), vg.view(), page_size};
+      const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+      p.cpu->SparseDecodeAttention(qc.view(), pool_c,
+                                   SparseDecodeBatch{rsc.view(), rhc.view(), ipc.view(), ixc.view(),
+                                                     bc.view(), tc.view(), seqs},
+                                   scale, oc.view(), lc.view());
+      p.gpu->SparseDecodeAttention(qg.view(), pool_g,
+                                   SparseDecodeBatch{rsg.view(), rhg.view(), ipg.view(), ixg.view(),
+                                                     bg.view(), tg.view(), seqs},
+                                   scale, og.view(), lg.view());
+      INFO("hq " << hq << " hkv " << hkv << " d " << d);
+      CHECK(RelError(p.Get(og.view()), p.Get(oc.view())) < kBf16Tol);
+      const auto l_g = p.Get(lg.view()), l_c = p.Get(lc.view());
+      for (size_t i = 0; i < l_c.size(); ++i) {
+        if (std::isinf(l_c[i])) {
+          CHECK(std::isinf(l_g[i]));
+        } else {
+          CHECK(std::abs(l_g[i] - l_c[i]) < 1e-2 * std::max(1.0f, std::abs(l_c[i])));
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace headwise::kernels
