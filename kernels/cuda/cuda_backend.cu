@@ -143,51 +143,34 @@ __global__ void RopeWriteKvKernel(const bf16* qkv, const int32_t* positions, con
   }
 }
 
-// Paged attention, split-KV (flash-decoding): block (query token, query head, split) covers
-// keys [split * kSplitKeys, ...) up to the token's position. Each warp takes 32 keys at a time,
-// one key per lane (a whole dot product per lane, no shuffles per key), runs an online softmax
-// across them, then accumulates V with each lane owning head_dim / 32 output dimensions. The
-// warps' partials merge in shared memory; splits write (o, lse) that MergeSplitsKernel combines
-// by log-sum-exp. Correct for any length, page layout and GQA group; each query head reads its
-// KV rows itself (the GQA-shared and tensor-core kernels are the next step). Head dims: a
-// multiple of 8 up to 256.
 constexpr int kAttnWarps = 4;
 constexpr int kMaxHeadDim = 256;
 constexpr int kSplitKeys = 512;
 
-__global__ void PagedAttentionSplitKernel(const bf16* q, const bf16* k_pool, const bf16* v_pool,
-                                          const int32_t* token_seq, const int32_t* token_pos,
-                                          const int32_t* block_table, int max_pages, int page_size,
-                                          int hq, int hkv, int d, float scale, int num_splits,
-                                          float* part_o, float* part_lse) {
-  const int64_t t = blockIdx.x;
-  const int qh = blockIdx.y, split = blockIdx.z;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int pos = token_pos[t];
-  const int begin = split * kSplitKeys, end = min(pos + 1, begin + kSplitKeys);
-  const int64_t part = (t * hq + qh) * num_splits + split;
-  __shared__ float s_q[kMaxHeadDim];
+// One block's attention of the query in s_q (pre-scaled) over keys n = 0 .. count-1 of one
+// (sequence, KV head) page table, key n at position pos_of(n) with logit bias bias_of(n). Each
+// warp takes 32 keys at a time, one key per lane (a whole dot product per lane, no shuffles per
+// key), runs an online softmax across them, then accumulates V with each lane owning
+// head_dim / 32 output dimensions; the warps merge in shared memory. Calls store(c, o_c) for
+// every output dimension and returns the log-sum-exp (to every thread). count > 0.
+template <typename PosOf, typename BiasOf, typename Store>
+__device__ float AttendKeys(const float* s_q, const bf16* k_pool, const bf16* v_pool,
+                            const int32_t* table, int page_size, int d, int count, PosOf pos_of,
+                            BiasOf bias_of, Store store) {
   __shared__ float s_m[kAttnWarps], s_l[kAttnWarps];
   __shared__ float s_acc[kAttnWarps][kMaxHeadDim];
-  if (begin >= end) {  // this split lies beyond the token's position
-    if (threadIdx.x == 0) part_lse[part] = -INFINITY;
-    return;
-  }
-  for (int c = threadIdx.x; c < d; c += blockDim.x) {
-    s_q[c] = __bfloat162float(q[(t * hq + qh) * int64_t{d} + c]) * scale;
-  }
-  __syncthreads();
-  const int32_t* table = block_table + (int64_t{token_seq[t]} * hkv + qh / (hq / hkv)) * max_pages;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int per_lane = (d + 31) / 32;  // output dims lane * per_lane + e, those below d
   float acc[kMaxHeadDim / 32];
   for (int e = 0; e < per_lane; ++e) acc[e] = 0.0f;
   float m = -INFINITY, l = 0.0f;
-  for (int base = begin + warp * 32; base < end; base += kAttnWarps * 32) {
-    const int j = base + lane;
+  for (int base = warp * 32; base < count; base += kAttnWarps * 32) {
+    const int n = base + lane;
     int64_t slot = -1;
     float score = -INFINITY;
-    if (j < end) {
-      slot = int64_t{table[j / page_size]} * page_size + j % page_size;
+    if (n < count) {
+      const int pos = pos_of(n);
+      slot = int64_t{table[pos / page_size]} * page_size + pos % page_size;
       const bf16* kr = k_pool + slot * d;
       float dot = 0.0f;
       for (int c = 0; c < d; c += 8) {
@@ -196,19 +179,20 @@ __global__ void PagedAttentionSplitKernel(const bf16* q, const bf16* k_pool, con
 #pragma unroll
         for (int x = 0; x < 8; ++x) dot += s_q[c + x] * __bfloat162float(kv8[x]);
       }
-      score = dot;
+      score = dot + bias_of(n);
     }
     float chunk_max = score;
-    for (int o = 16; o > 0; o /= 2)
+    for (int o = 16; o > 0; o /= 2) {
       chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, o));
+    }
     const float m_new = fmaxf(m, chunk_max);
-    const float p = j < end ? __expf(score - m_new) : 0.0f;
+    const float p = n < count ? __expf(score - m_new) : 0.0f;
     float p_sum = p;
     for (int o = 16; o > 0; o /= 2) p_sum += __shfl_xor_sync(0xffffffffu, p_sum, o);
     const float correction = __expf(m - m_new);
     l = l * correction + p_sum;
     for (int e = 0; e < per_lane; ++e) acc[e] *= correction;
-    const int keys = min(32, end - base);
+    const int keys = min(32, count - base);
     for (int kk = 0; kk < keys; ++kk) {
       const float pk = __shfl_sync(0xffffffffu, p, kk);
       const int64_t sk = __shfl_sync(0xffffffffu, slot, kk);
@@ -238,9 +222,38 @@ __global__ void PagedAttentionSplitKernel(const bf16* q, const bf16* k_pool, con
     for (int w = 0; w < kAttnWarps; ++w) {
       if (s_m[w] != -INFINITY) num += __expf(s_m[w] - m_all) * s_acc[w][c];
     }
-    part_o[part * d + c] = num / l_all;
+    store(c, num / l_all);
   }
-  if (threadIdx.x == 0) part_lse[part] = m_all + logf(l_all);
+  return m_all + logf(l_all);
+}
+
+// Paged attention, split-KV (flash-decoding): block (query token, query head, split) covers
+// keys [split * kSplitKeys, ...) up to the token's position and writes (o, lse) that
+// MergeSplitsKernel combines. Each query head reads its KV rows itself (GQA-shared reads and
+// tensor cores are the next step).
+__global__ void PagedAttentionSplitKernel(const bf16* q, const bf16* k_pool, const bf16* v_pool,
+                                          const int32_t* token_seq, const int32_t* token_pos,
+                                          const int32_t* block_table, int max_pages, int page_size,
+                                          int hq, int hkv, int d, float scale, int num_splits,
+                                          float* part_o, float* part_lse) {
+  const int64_t t = blockIdx.x;
+  const int qh = blockIdx.y, split = blockIdx.z;
+  const int begin = split * kSplitKeys, end = min(token_pos[t] + 1, begin + kSplitKeys);
+  const int64_t part = (t * hq + qh) * num_splits + split;
+  if (begin >= end) {  // this split lies beyond the token's position
+    if (threadIdx.x == 0) part_lse[part] = -INFINITY;
+    return;
+  }
+  __shared__ float s_q[kMaxHeadDim];
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    s_q[c] = __bfloat162float(q[(t * hq + qh) * int64_t{d} + c]) * scale;
+  }
+  __syncthreads();
+  const int32_t* table = block_table + (int64_t{token_seq[t]} * hkv + qh / (hq / hkv)) * max_pages;
+  const float lse = AttendKeys(
+      s_q, k_pool, v_pool, table, page_size, d, end - begin, [&](int n) { return begin + n; },
+      [](int) { return 0.0f; }, [&](int c, float o) { part_o[part * d + c] = o; });
+  if (threadIdx.x == 0) part_lse[part] = lse;
 }
 
 // out = sum_s w_s o_s with w_s = exp(lse_s - lse): the log-sum-exp merge of ALGORITHMS.md §9.3.
@@ -261,9 +274,8 @@ __global__ void MergeSplitsKernel(const float* part_o, const float* part_lse, in
   }
 }
 
-// Decode attention over an explicit token list per (sequence, KV head) row, one block per
-// (row, query head of its group): the split kernel's loop, walking indices instead of a range,
-// with a per-index logit bias; writes (o, lse) for the LSE merge of §9.3.
+// Decode attention over an explicit token list per (sequence, KV head) row with a per-index
+// logit bias, one block per (row, query head of its group); writes (o, lse) for §9.3's merge.
 __global__ void SparseDecodeKernel(const bf16* q, const bf16* k_pool, const bf16* v_pool,
                                    const int32_t* row_seq, const int32_t* row_kv_head,
                                    const int32_t* indptr, const int32_t* indices,
@@ -272,85 +284,25 @@ __global__ void SparseDecodeKernel(const bf16* q, const bf16* k_pool, const bf16
                                    float scale, bf16* out, float* lse_out) {
   const int64_t r = blockIdx.x;
   const int g = blockIdx.y, group = hq / hkv;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int seq = row_seq[r], kv_head = row_kv_head[r];
-  const int first = indptr[r], end = indptr[r + 1];
+  const int first = indptr[r], count = indptr[r + 1] - first;
   const int64_t row_out = r * group + g;
-  __shared__ float s_q[kMaxHeadDim];
-  __shared__ float s_m[kAttnWarps], s_l[kAttnWarps];
-  __shared__ float s_acc[kAttnWarps][kMaxHeadDim];
-  if (first >= end) {
+  if (count <= 0) {
     for (int c = threadIdx.x; c < d; c += blockDim.x) out[row_out * d + c] = __float2bfloat16(0.0f);
     if (threadIdx.x == 0) lse_out[row_out] = -INFINITY;
     return;
   }
+  __shared__ float s_q[kMaxHeadDim];
   for (int c = threadIdx.x; c < d; c += blockDim.x) {
     s_q[c] = __bfloat162float(q[(int64_t{seq} * hq + kv_head * group + g) * d + c]) * scale;
   }
   __syncthreads();
   const int32_t* table = block_table + (int64_t{seq} * hkv + kv_head) * max_pages;
-  const int per_lane = (d + 31) / 32;
-  float acc[kMaxHeadDim / 32];
-  for (int e = 0; e < per_lane; ++e) acc[e] = 0.0f;
-  float m = -INFINITY, l = 0.0f;
-  for (int base = first + warp * 32; base < end; base += kAttnWarps * 32) {
-    const int j = base + lane;
-    int64_t slot = -1;
-    float score = -INFINITY;
-    if (j < end) {
-      const int pos = indices[j];
-      slot = int64_t{table[pos / page_size]} * page_size + pos % page_size;
-      const bf16* kr = k_pool + slot * d;
-      float dot = 0.0f;
-      for (int c = 0; c < d; c += 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(kr + c);
-        const bf16* kv8 = reinterpret_cast<const bf16*>(&raw);
-#pragma unroll
-        for (int x = 0; x < 8; ++x) dot += s_q[c + x] * __bfloat162float(kv8[x]);
-      }
-      score = dot + (logit_bias != nullptr ? logit_bias[j] : 0.0f);
-    }
-    float chunk_max = score;
-    for (int o = 16; o > 0; o /= 2)
-      chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, o));
-    const float m_new = fmaxf(m, chunk_max);
-    const float p = j < end ? __expf(score - m_new) : 0.0f;
-    float p_sum = p;
-    for (int o = 16; o > 0; o /= 2) p_sum += __shfl_xor_sync(0xffffffffu, p_sum, o);
-    const float correction = __expf(m - m_new);
-    l = l * correction + p_sum;
-    for (int e = 0; e < per_lane; ++e) acc[e] *= correction;
-    const int keys = min(32, end - base);
-    for (int kk = 0; kk < keys; ++kk) {
-      const float pk = __shfl_sync(0xffffffffu, p, kk);
-      const int64_t sk = __shfl_sync(0xffffffffu, slot, kk);
-      const bf16* vr = v_pool + sk * d + lane * per_lane;
-      for (int e = 0; e < per_lane && lane * per_lane + e < d; ++e)
-        acc[e] += pk * __bfloat162float(vr[e]);
-    }
-    m = m_new;
-  }
-  if (lane == 0) {
-    s_m[warp] = m;
-    s_l[warp] = l;
-  }
-  for (int e = 0; e < per_lane && lane * per_lane + e < d; ++e)
-    s_acc[warp][lane * per_lane + e] = acc[e];
-  __syncthreads();
-  float m_all = -INFINITY;
-  for (int w = 0; w < kAttnWarps; ++w) m_all = fmaxf(m_all, s_m[w]);
-  float l_all = 0.0f;
-  for (int w = 0; w < kAttnWarps; ++w) {
-    if (s_m[w] != -INFINITY) l_all += __expf(s_m[w] - m_all) * s_l[w];
-  }
-  for (int c = threadIdx.x; c < d; c += blockDim.x) {
-    float num = 0.0f;
-    for (int w = 0; w < kAttnWarps; ++w) {
-      if (s_m[w] != -INFINITY) num += __expf(s_m[w] - m_all) * s_acc[w][c];
-    }
-    out[row_out * d + c] = __float2bfloat16(num / l_all);
-  }
-  if (threadIdx.x == 0) lse_out[row_out] = m_all + logf(l_all);
+  const float lse = AttendKeys(
+      s_q, k_pool, v_pool, table, page_size, d, count, [&](int n) { return indices[first + n]; },
+      [&](int n) { return logit_bias != nullptr ? logit_bias[first + n] : 0.0f; },
+      [&](int c, float o) { out[row_out * d + c] = __float2bfloat16(o); });
+  if (threadIdx.x == 0) lse_out[row_out] = lse;
 }
 
 __global__ void GatherRowsKernel(const bf16* x, const int32_t* rows, bf16* out, int64_t width) {
