@@ -71,30 +71,45 @@ struct KvPoolView {
   int page_size = 16;
 };
 
-// Which cache entries a batch of query tokens attends to, for one layer.
-// Key j of (sequence s, KV head h) lives at page block_table[s * Hkv + h][j / page_size],
-// slot j % page_size. A query token at position p attends keys 0..p of its sequence (causal),
-// which covers both prefill chunks and decode.
+// Where each sequence's keys live, for one layer. Pages come in blocks of pages_per_block
+// contiguous pages (one per layer and KV head, see kvcache/kv_cache.h), so one table per
+// sequence serves every layer and head: key j of (sequence s, KV head h) lives at
+//   page = blocks[s][j / page_size] * pages_per_block + head_page[h],  slot j % page_size.
+struct BlockTable {
+  Tensor blocks;     // i32 [S, max_blocks]
+  Tensor head_page;  // i32 [Hkv]: this layer's page of KV head h inside a block
+  int pages_per_block = 1;
+
+  int num_seqs() const { return static_cast<int>(blocks.dim(0)); }
+  int num_kv_heads() const { return static_cast<int>(head_page.numel()); }
+  int max_blocks() const { return static_cast<int>(blocks.dim(1)); }
+};
+
+// Which cache entries a batch of query tokens attends to, for one layer. A query token at
+// position p attends keys 0..p of its sequence (causal), which covers both prefill chunks and
+// decode. A token with a negative position is padding (fixed-size batches of a captured
+// graph): it writes no KV and its output is unspecified.
 struct PagedAttentionBatch {
-  Tensor token_seq;    // i32 [T]: batch index of each query token's sequence
-  Tensor token_pos;    // i32 [T]: position of each query token
-  Tensor block_table;  // i32 [S * Hkv, max_pages]: physical page ids, row per (sequence, KV head)
-  int num_seqs = 0;
+  Tensor token_seq;  // i32 [T]: batch index of each query token's sequence
+  Tensor token_pos;  // i32 [T]: position of each query token
+  BlockTable table;
+  // Tokens of one sequence are contiguous, positions consecutive: sequence s owns query rows
+  // query_start[s] .. query_start[s + 1] - 1. Lets prefill kernels tile by sequence.
+  Tensor query_start;     // i32 [S + 1]
+  int max_query_len = 1;  // a bound on query_start[s + 1] - query_start[s]
 };
 
 // Decode attention over explicit token lists (ALGORITHMS.md §9.2), the primitive of the
 // sparse policies. Row r is one (sequence, KV head); its query heads (the GQA group of that KV
 // head) attend only to the token positions indices[indptr[r] .. indptr[r + 1]) of the
-// sequence's cache, each logit shifted by logit_bias (when given). Positions address pages
-// through the block table exactly as in PagedAttentionBatch.
+// sequence's cache, each logit shifted by logit_bias (when given).
 struct SparseDecodeBatch {
   Tensor row_seq;      // i32 [R]: batch index of the row's sequence
   Tensor row_kv_head;  // i32 [R]
   Tensor indptr;       // i32 [R + 1]
   Tensor indices;      // i32 [nnz]: token positions, any order
   Tensor logit_bias;   // f32 [nnz], or empty for none
-  Tensor block_table;  // i32 [S * Hkv, max_pages]
-  int num_seqs = 0;
+  BlockTable table;
 };
 
 class Backend {
@@ -126,9 +141,11 @@ class Backend {
   virtual void SiluMul(const Tensor& gate_up, const Tensor& out) = 0;
   // Splits a fused projection qkv [T, (Hq + 2 Hkv) D] into q, k, v; applies rotary embedding
   // (rotate-half convention, angle pos * inv_freq[i]) to q and k; writes q to q_out
-  // [T, Hq, D] and k, v into the KV pool at slots [T, Hkv] (page * page_size + offset).
-  virtual void RopeWriteKv(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
-                           const Tensor& slots, const KvPoolView& pool, const Tensor& q_out) = 0;
+  // [T, Hq, D] and k, v into the KV pool at each token's position (batch.token_seq,
+  // batch.token_pos, batch.table).
+  virtual void RopeWriteKv(const Tensor& qkv, const PagedAttentionBatch& batch,
+                           const Tensor& inv_freq, const KvPoolView& pool,
+                           const Tensor& q_out) = 0;
   // Causal attention of q [T, Hq, D] over the paged cache; out [T, Hq, D]. GQA: query head
   // qh reads KV head qh / (Hq / Hkv).
   virtual void PagedAttention(const Tensor& q, const KvPoolView& pool,

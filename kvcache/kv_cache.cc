@@ -40,7 +40,7 @@ Status HeadClassLayout::Validate(int num_layers, int num_kv_heads) const {
 }
 
 KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::Backend& backend)
-    : config_(config), layout_(std::move(layout)), pages_(config.num_pages) {
+    : config_(config), layout_(std::move(layout)) {
   Status valid = layout_.Validate(config.num_layers, config.num_kv_heads);
   HW_CHECK(valid.ok(), "{}", valid.message());
   HW_CHECK(config.page_size > 0 && config.head_dim > 0, "page_size {} head_dim {}",
@@ -61,6 +61,10 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
       }
     }
   }
+  HW_CHECK(config.num_pages >= 0, "num_pages {}", config.num_pages);
+  const int num_blocks = config.num_pages / pages_per_block_;
+  blocks_.resize(static_cast<size_t>(num_blocks));
+  for (int32_t b = num_blocks - 1; b >= 0; --b) free_block_ids_.push_back(b);
   // Storage type is the backend's choice (f32 on the CPU, bf16 on CUDA).
   const DType dtype = backend.device() == Device::kCpu ? DType::kF32 : DType::kBF16;
   k_pool_ = backend.Allocate(dtype, {config.num_pages, config.page_size, config.head_dim});
@@ -77,28 +81,19 @@ size_t KvCache::PageBytes(const KvCacheConfig& config, DType dtype) {
 }
 
 std::optional<int32_t> KvCache::AllocateBlock() {
-  std::vector<int32_t> pages;
-  if (!pages_.Allocate(pages_per_block_, pages)) {
-    if (lru_.empty()) return std::nullopt;
-    // Evict the least recently used cached block and take over its pages.
-    const int32_t victim = lru_.front();
-    lru_.pop_front();
-    Block& v = blocks_[static_cast<size_t>(victim)];
-    cached_.erase(v.hash);
-    pages = std::move(v.pages);
-    v = Block();
-    free_block_ids_.push_back(victim);
-  }
   int32_t id;
   if (!free_block_ids_.empty()) {
     id = free_block_ids_.back();
     free_block_ids_.pop_back();
   } else {
-    id = static_cast<int32_t>(blocks_.size());
-    blocks_.emplace_back();
+    if (lru_.empty()) return std::nullopt;
+    // Evict the least recently used cached block and take it over.
+    id = lru_.front();
+    lru_.pop_front();
+    cached_.erase(blocks_[static_cast<size_t>(id)].hash);
   }
   Block& b = blocks_[static_cast<size_t>(id)];
-  b.pages = std::move(pages);
+  b = Block();
   b.refs = 1;
   return id;
 }
@@ -111,7 +106,6 @@ void KvCache::ReleaseBlock(int32_t id) {
     b.lru = lru_.insert(lru_.end(), id);  // stays findable until evicted
     return;
   }
-  pages_.Free(b.pages);
   b = Block();
   free_block_ids_.push_back(id);
 }
@@ -223,9 +217,8 @@ void SequenceKv::Release() {
 
 int32_t SequenceKv::Page(int layer, int kv_head, int logical_page) const {
   HW_CHECK_LT(static_cast<size_t>(logical_page), blocks_.size());
-  const auto& block =
-      cache_->blocks_[static_cast<size_t>(blocks_[static_cast<size_t>(logical_page)])];
-  return block.pages[static_cast<size_t>(cache_->PageIndex(layer, kv_head))];
+  return blocks_[static_cast<size_t>(logical_page)] * cache_->pages_per_block() +
+         cache_->PageIndex(layer, kv_head);
 }
 
 int32_t SequenceKv::Slot(int layer, int kv_head, int position) const {

@@ -7,7 +7,9 @@
 // page stores one KV head of one layer, so heads of one request can hold different tokens.
 //
 // Pages of full-storage classes are handed out in blocks: a block is logical page p of a
-// sequence for every (layer, class, head) at once, L x Hkv physical pages. Blocks are the unit
+// sequence for every (layer, class, head) at once, L x Hkv physical pages, and block b owns the
+// contiguous pages [b * L * Hkv, (b + 1) * L * Hkv). So a kernel finds any head's page from one
+// block table per sequence: page = block * pages_per_block + PageIndex(layer, kv_head). Blocks are the unit
 // of prefix caching: a full block is keyed by a hash chain over the tokens of all pages up to
 // it, reference counted while sequences use it, and kept, evictable in LRU order, once none
 // does. A hit is verified against the stored tokens, so a hash collision cannot serve another
@@ -23,7 +25,6 @@
 
 #include "core/status.h"
 #include "kernels/backend.h"
-#include "kvcache/page_pool.h"
 
 namespace headwise::kvcache {
 
@@ -62,9 +63,16 @@ class KvCache {
   int IndexInClass(int layer, int kv_head) const { return head_index_[layer][kv_head]; }
 
   int pages_per_block() const { return pages_per_block_; }
-  int num_pages() const { return pages_.num_pages(); }
+  // Position of (layer, kv_head)'s page inside every block.
+  int PageIndex(int layer, int kv_head) const { return page_index_[layer][kv_head]; }
+  int num_blocks() const { return static_cast<int>(blocks_.size()); }
+  // Usable pages: whole blocks only.
+  int num_pages() const { return num_blocks() * pages_per_block_; }
   // Pages held by sequences; cached pages that nobody uses count as free (evictable).
-  int num_pages_used() const { return pages_.num_used() - num_evictable_pages(); }
+  int num_pages_used() const {
+    return (num_blocks() - static_cast<int>(free_block_ids_.size())) * pages_per_block_ -
+           num_evictable_pages();
+  }
   int num_pages_free() const { return num_pages() - num_pages_used(); }
   // Blocks a sequence of `tokens` tokens needs.
   int BlocksFor(int tokens) const { return (tokens + config_.page_size - 1) / config_.page_size; }
@@ -83,7 +91,6 @@ class KvCache {
  private:
   friend class SequenceKv;
   struct Block {
-    std::vector<int32_t> pages;
     int refs = 0;
     bool cached = false;  // registered under `hash`
     uint64_t hash = 0;
@@ -99,8 +106,6 @@ class KvCache {
   void CommitBlock(int32_t block, uint64_t hash, uint64_t parent_hash,
                    std::span<const int32_t> tokens);
   int num_evictable_pages() const { return static_cast<int>(lru_.size()) * pages_per_block_; }
-  // Position of (layer, kv_head) inside a block's page list.
-  int PageIndex(int layer, int kv_head) const { return page_index_[layer][kv_head]; }
 
   KvCacheConfig config_;
   HeadClassLayout layout_;
@@ -108,13 +113,12 @@ class KvCache {
   std::vector<std::vector<int>> head_index_;
   std::vector<std::vector<int>> page_index_;
   int pages_per_block_ = 0;
-  PagePool pages_;
   kernels::Buffer k_pool_;
   kernels::Buffer v_pool_;
 
   bool prefix_caching_ = true;
-  std::vector<Block> blocks_;
-  std::vector<int32_t> free_block_ids_;
+  std::vector<Block> blocks_;              // one per block of pages, allocated or not
+  std::vector<int32_t> free_block_ids_;  // LIFO: recently freed blocks are reused first
   std::unordered_map<uint64_t, int32_t> cached_;
   std::list<int32_t> lru_;  // cached blocks nobody uses, oldest first
   PrefixCacheStats prefix_stats_;
@@ -147,6 +151,8 @@ class SequenceKv {
   int num_pages_held() const {
     return static_cast<int>(blocks_.size()) * cache_->pages_per_block();
   }
+  // Block of each logical page, in order.
+  const std::vector<int32_t>& blocks() const { return blocks_; }
   // Physical page of logical page `logical_page` for (layer, kv_head).
   int32_t Page(int layer, int kv_head, int logical_page) const;
   // Physical slot (page * page_size + offset) of token `position` for (layer, kv_head).

@@ -125,15 +125,18 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
   const int page_size = cache.config().page_size;
   HW_CHECK(num_seqs > 0, "empty batch");
 
-  // Host-side batch metadata.
-  std::vector<int32_t> ids, positions, token_seq, logit_rows;
-  int max_pages = 1;
+  // All integer metadata of the step in one host array and one upload: token ids, positions,
+  // sequence of each token, logit rows, query ranges, the block table (one for all layers and
+  // heads) and each layer's page of every KV head inside a block.
+  std::vector<int32_t> ids, positions, token_seq, logit_rows, query_start{0};
+  int max_blocks = 1, max_query_len = 1;
   for (int s = 0; s < num_seqs; ++s) {
     const BatchEntry& e = batch[static_cast<size_t>(s)];
     const int end = e.start_pos + static_cast<int>(e.tokens.size());
     HW_CHECK(!e.tokens.empty() && e.kv != nullptr, "sequence {} has no tokens or no cache", s);
     HW_CHECK_LE(end, e.kv->capacity_tokens());
-    max_pages = std::max(max_pages, (end + page_size - 1) / page_size);
+    max_blocks = std::max(max_blocks, (end + page_size - 1) / page_size);
+    max_query_len = std::max(max_query_len, static_cast<int>(e.tokens.size()));
     for (size_t i = 0; i < e.tokens.size(); ++i) {
       if (e.all_logits || i + 1 == e.tokens.size())
         logit_rows.push_back(static_cast<int32_t>(ids.size()));
@@ -141,40 +144,25 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
       positions.push_back(e.start_pos + static_cast<int32_t>(i));
       token_seq.push_back(s);
     }
+    query_start.push_back(static_cast<int32_t>(ids.size()));
   }
   const int64_t num_tokens = static_cast<int64_t>(ids.size());
   const int64_t num_rows = static_cast<int64_t>(logit_rows.size());
 
-  // All integer metadata of the step in one host array and one upload: token ids, positions,
-  // sequence of each token, logit rows, then per layer the page table and the KV write slots
-  // (heads of one request may own different pages).
-  const size_t table_len = static_cast<size_t>(num_seqs) * hkv * max_pages;
-  const size_t slots_len = static_cast<size_t>(num_tokens) * hkv;
   std::vector<int32_t> meta;
-  meta.reserve(3 * ids.size() + logit_rows.size() + c.num_layers * (table_len + slots_len));
-  for (const auto* part : {&ids, &positions, &token_seq, &logit_rows}) {
+  meta.reserve(3 * ids.size() + logit_rows.size() + query_start.size() +
+               static_cast<size_t>(num_seqs * max_blocks + c.num_layers * hkv));
+  for (const auto* part : {&ids, &positions, &token_seq, &logit_rows, &query_start}) {
     meta.insert(meta.end(), part->begin(), part->end());
   }
+  for (int s = 0; s < num_seqs; ++s) {
+    const std::vector<int32_t>& blocks = batch[static_cast<size_t>(s)].kv->blocks();
+    const size_t used = std::min(blocks.size(), static_cast<size_t>(max_blocks));
+    meta.insert(meta.end(), blocks.begin(), blocks.begin() + static_cast<std::ptrdiff_t>(used));
+    meta.resize(meta.size() + (static_cast<size_t>(max_blocks) - used), 0);
+  }
   for (int l = 0; l < c.num_layers; ++l) {
-    const size_t table_at = meta.size();
-    meta.resize(meta.size() + table_len, -1);
-    for (int s = 0; s < num_seqs; ++s) {
-      const BatchEntry& e = batch[static_cast<size_t>(s)];
-      const int end = e.start_pos + static_cast<int>(e.tokens.size());
-      for (int h = 0; h < hkv; ++h) {
-        for (int pg = 0; pg < (end + page_size - 1) / page_size; ++pg) {
-          meta[table_at + (static_cast<size_t>(s) * hkv + h) * max_pages + pg] =
-              e.kv->Page(l, h, pg);
-        }
-      }
-    }
-    for (int s = 0; s < num_seqs; ++s) {
-      const BatchEntry& e = batch[static_cast<size_t>(s)];
-      for (size_t i = 0; i < e.tokens.size(); ++i) {
-        for (int h = 0; h < hkv; ++h)
-          meta.push_back(e.kv->Slot(l, h, e.start_pos + static_cast<int>(i)));
-      }
-    }
+    for (int h = 0; h < hkv; ++h) meta.push_back(cache.PageIndex(l, h));
   }
   if (meta_.empty() || meta_.view().numel() < static_cast<int64_t>(meta.size())) {
     meta_ = be.Allocate(DType::kI32, {static_cast<int64_t>(meta.size()) * 2});
@@ -188,10 +176,12 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
   };
   const Tensor ids_t = part({num_tokens}), pos_t = part({num_tokens}), seq_t = part({num_tokens});
   const Tensor rows_t = part({num_rows});
-  std::vector<Tensor> tables, slots;
+  const Tensor query_start_t = part({num_seqs + 1});
+  const Tensor blocks_t = part({num_seqs, max_blocks});
+  std::vector<kernels::PagedAttentionBatch> attn_batches;
   for (int l = 0; l < c.num_layers; ++l) {
-    tables.push_back(part({num_seqs * hkv, max_pages}));
-    slots.push_back(part({num_tokens, hkv}));
+    kernels::BlockTable table{blocks_t, part({hkv}), cache.pages_per_block()};
+    attn_batches.push_back({seq_t, pos_t, table, query_start_t, max_query_len});
   }
 
   // Activations live in a workspace that grows to the largest batch seen.
@@ -241,8 +231,8 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
   for (int l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[static_cast<size_t>(l)];
     be.Matmul(normed, layer.qkv.view(), layer.qkv_bias.view(), qkv);
-    be.RopeWriteKv(qkv, pos_t, inv_freq_.view(), slots[static_cast<size_t>(l)], pool, q);
-    kernels::PagedAttentionBatch attn_batch{seq_t, pos_t, tables[static_cast<size_t>(l)], num_seqs};
+    const kernels::PagedAttentionBatch& attn_batch = attn_batches[static_cast<size_t>(l)];
+    be.RopeWriteKv(qkv, attn_batch, inv_freq_.view(), pool, q);
     be.PagedAttention(q, pool, attn_batch, scale, attn);
     be.Matmul(attn.Reshape({num_tokens, q_dim}), layer.o_proj.view(), no_bias, proj);
     be.AddRmsNorm(residual, proj, layer.post_norm.view(), eps, normed);

@@ -26,6 +26,22 @@ float RmsScale(const float* x, int64_t n, float eps) {
   return 1.0f / std::sqrt(static_cast<float>(sum / static_cast<double>(n)) + eps);
 }
 
+// Pool slot of key `pos` of (seq, kv_head), bounds-checked: a bad table is a bug upstream.
+int64_t SlotOf(const BlockTable& table, const KvPoolView& pool, int32_t seq, int kv_head,
+               int32_t pos) {
+  const int64_t logical = pos / pool.page_size;
+  HW_CHECK(seq >= 0 && seq < table.num_seqs() && pos >= 0 && logical < table.max_blocks(),
+           "key {} of sequence {} outside the block table [{}, {}]", pos, seq, table.num_seqs(),
+           table.max_blocks());
+  const int64_t page =
+      int64_t{table.blocks.ptr<int32_t>()[seq * table.max_blocks() + logical]} *
+          table.pages_per_block +
+      table.head_page.ptr<int32_t>()[kv_head];
+  HW_CHECK(page >= 0 && page < pool.k.dim(0), "KV page {} outside pool of {}", page,
+           pool.k.dim(0));
+  return page * pool.page_size + pos % pool.page_size;
+}
+
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int num_threads) : pool_(num_threads) {}
@@ -131,23 +147,24 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void RopeWriteKv(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
-                   const Tensor& slots, const KvPoolView& pool, const Tensor& q_out) override {
+  void RopeWriteKv(const Tensor& qkv, const PagedAttentionBatch& batch, const Tensor& inv_freq,
+                   const KvPoolView& pool, const Tensor& q_out) override {
     CheckF32(qkv, "qkv");
-    CheckI32(positions, "positions");
-    CheckI32(slots, "slots");
+    CheckI32(batch.token_pos, "positions");
     const int64_t tokens = qkv.dim(0);
     const int64_t num_q_heads = q_out.dim(1), head_dim = q_out.dim(2);
-    const int64_t num_kv_heads = slots.dim(1);
+    const int64_t num_kv_heads = batch.table.num_kv_heads();
     const int64_t half = head_dim / 2;
     HW_CHECK_EQ(qkv.dim(1), (num_q_heads + 2 * num_kv_heads) * head_dim);
     HW_CHECK_EQ(inv_freq.numel(), half);
-    const int64_t num_slots = pool.k.dim(0) * pool.k.dim(1);
     const int64_t rope_work = tokens * (num_q_heads + 2 * num_kv_heads) * head_dim * 4;
     pool_.ParallelFor(tokens, rope_work, [&](int64_t begin, int64_t end) {
       std::vector<float> cos_v(static_cast<size_t>(half)), sin_v(static_cast<size_t>(half));
       for (int64_t t = begin; t < end; ++t) {
-        const float pos = static_cast<float>(positions.ptr<int32_t>()[t]);
+        const int32_t position = batch.token_pos.ptr<int32_t>()[t];
+        if (position < 0) continue;  // padding
+        const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
+        const float pos = static_cast<float>(position);
         for (int64_t i = 0; i < half; ++i) {
           const float angle = pos * inv_freq.ptr<float>()[i];
           cos_v[static_cast<size_t>(i)] = std::cos(angle);
@@ -167,8 +184,7 @@ class CpuBackend final : public Backend {
         const float* k = row + num_q_heads * head_dim;
         const float* v = k + num_kv_heads * head_dim;
         for (int64_t h = 0; h < num_kv_heads; ++h) {
-          const int64_t slot = slots.ptr<int32_t>()[t * num_kv_heads + h];
-          HW_CHECK(slot >= 0 && slot < num_slots, "KV slot {} outside pool of {}", slot, num_slots);
+          const int64_t slot = SlotOf(batch.table, pool, seq, static_cast<int>(h), position);
           rotate(k + h * head_dim, pool.k.ptr<float>() + slot * head_dim);
           std::memcpy(pool.v.ptr<float>() + slot * head_dim, v + h * head_dim,
                       static_cast<size_t>(head_dim) * sizeof(float));
@@ -181,15 +197,12 @@ class CpuBackend final : public Backend {
                       float scale, const Tensor& out) override {
     CheckF32(q, "q");
     const int64_t tokens = q.dim(0), num_q_heads = q.dim(1), head_dim = q.dim(2);
-    const int64_t rows = batch.block_table.dim(0), max_pages = batch.block_table.dim(1);
-    HW_CHECK(batch.num_seqs > 0 && rows % batch.num_seqs == 0, "block table rows {} for {} seqs",
-             rows, batch.num_seqs);
-    const int64_t num_kv_heads = rows / batch.num_seqs;
-    HW_CHECK_EQ(num_q_heads % num_kv_heads, 0);
+    const int64_t num_kv_heads = batch.table.num_kv_heads();
+    HW_CHECK(num_kv_heads > 0 && num_q_heads % num_kv_heads == 0, "{} query heads, {} KV heads",
+             num_q_heads, num_kv_heads);
     const int64_t group = num_q_heads / num_kv_heads;
-    const int page_size = pool.page_size;
     int64_t keys = 0;  // keys attended over the batch, per query head
-    for (int64_t t = 0; t < tokens; ++t) keys += batch.token_pos.ptr<int32_t>()[t] + 1;
+    for (int64_t t = 0; t < tokens; ++t) keys += std::max(0, batch.token_pos.ptr<int32_t>()[t] + 1);
     pool_.ParallelFor(
         tokens * num_q_heads, keys * num_q_heads * head_dim * 4, [&](int64_t begin, int64_t end) {
           std::vector<float> scores;
@@ -197,16 +210,16 @@ class CpuBackend final : public Backend {
             const int64_t t = i / num_q_heads, qh = i % num_q_heads;
             const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
             const int32_t pos = batch.token_pos.ptr<int32_t>()[t];
-            HW_CHECK((pos + page_size) / page_size <= max_pages, "position {} beyond {} pages", pos,
-                     max_pages);
-            const int32_t* table =
-                batch.block_table.ptr<int32_t>() + (seq * num_kv_heads + qh / group) * max_pages;
+            float* o = out.ptr<float>() + i * head_dim;
+            std::fill(o, o + head_dim, 0.0f);
+            if (pos < 0) continue;  // padding
+            const int kv_head = static_cast<int>(qh / group);
             const float* qv = q.ptr<float>() + i * head_dim;
             scores.resize(static_cast<size_t>(pos) + 1);
             float max_score = -INFINITY;
             for (int32_t j = 0; j <= pos; ++j) {
-              const int64_t slot = int64_t{table[j / page_size]} * page_size + j % page_size;
-              const float* kv = pool.k.ptr<float>() + slot * head_dim;
+              const float* kv =
+                  pool.k.ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, j) * head_dim;
               float dot = 0.0f;
               for (int64_t d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
               scores[static_cast<size_t>(j)] = dot * scale;
@@ -217,11 +230,9 @@ class CpuBackend final : public Backend {
               s = std::exp(s - max_score);
               denom += s;
             }
-            float* o = out.ptr<float>() + i * head_dim;
-            std::fill(o, o + head_dim, 0.0f);
             for (int32_t j = 0; j <= pos; ++j) {
-              const int64_t slot = int64_t{table[j / page_size]} * page_size + j % page_size;
-              const float* vv = pool.v.ptr<float>() + slot * head_dim;
+              const float* vv =
+                  pool.v.ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, j) * head_dim;
               const float p = scores[static_cast<size_t>(j)] / denom;
               for (int64_t d = 0; d < head_dim; ++d) o[d] += p * vv[d];
             }
@@ -234,10 +245,8 @@ class CpuBackend final : public Backend {
                              const Tensor& lse) override {
     CheckF32(q, "q");
     const int64_t num_q_heads = q.dim(1), head_dim = q.dim(2);
-    const int64_t rows = batch.row_seq.numel(), max_pages = batch.block_table.dim(1);
-    const int64_t num_kv_heads = batch.block_table.dim(0) / batch.num_seqs;
-    const int64_t group = num_q_heads / num_kv_heads;
-    const int page_size = pool.page_size;
+    const int64_t rows = batch.row_seq.numel();
+    const int64_t group = num_q_heads / batch.table.num_kv_heads();
     const int32_t* indptr = batch.indptr.ptr<int32_t>();
     const float* bias = batch.logit_bias.data ? batch.logit_bias.ptr<float>() : nullptr;
     pool_.ParallelFor(
@@ -248,8 +257,6 @@ class CpuBackend final : public Backend {
             const int64_t r = i / group, g = i % group;
             const int32_t seq = batch.row_seq.ptr<int32_t>()[r];
             const int32_t kv_head = batch.row_kv_head.ptr<int32_t>()[r];
-            const int32_t* table =
-                batch.block_table.ptr<int32_t>() + (seq * num_kv_heads + kv_head) * max_pages;
             const float* qv = q.ptr<float>() + (seq * num_q_heads + kv_head * group + g) * head_dim;
             float* o = out.ptr<float>() + i * head_dim;
             std::fill(o, o + head_dim, 0.0f);
@@ -258,16 +265,14 @@ class CpuBackend final : public Backend {
               lse.ptr<float>()[i] = -INFINITY;
               continue;
             }
-            auto slot_of = [&](int32_t pos) {
-              HW_CHECK(pos >= 0 && pos / page_size < max_pages, "position {} beyond the table",
-                       pos);
-              return int64_t{table[pos / page_size]} * page_size + pos % page_size;
+            auto row_of = [&](const Tensor& pool_part, int32_t j) {
+              const int32_t pos = batch.indices.ptr<int32_t>()[first + j];
+              return pool_part.ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, pos) * head_dim;
             };
             scores.resize(static_cast<size_t>(count));
             float max_score = -INFINITY;
             for (int32_t j = 0; j < count; ++j) {
-              const float* kv =
-                  pool.k.ptr<float>() + slot_of(batch.indices.ptr<int32_t>()[first + j]) * head_dim;
+              const float* kv = row_of(pool.k, j);
               float dot = 0.0f;
               for (int64_t d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
               scores[static_cast<size_t>(j)] = dot * scale + (bias ? bias[first + j] : 0.0f);
@@ -276,8 +281,7 @@ class CpuBackend final : public Backend {
             double denom = 0.0;
             for (auto& sc : scores) denom += (sc = std::exp(sc - max_score));
             for (int32_t j = 0; j < count; ++j) {
-              const float* vv =
-                  pool.v.ptr<float>() + slot_of(batch.indices.ptr<int32_t>()[first + j]) * head_dim;
+              const float* vv = row_of(pool.v, j);
               const float p = static_cast<float>(scores[static_cast<size_t>(j)] / denom);
               for (int64_t d = 0; d < head_dim; ++d) o[d] += p * vv[d];
             }

@@ -2,6 +2,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -110,11 +111,36 @@ __global__ void SiluMulKernel(const bf16* gate_up, bf16* out, int64_t rows, int6
   out[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
 }
 
+// A block table as the kernels read it (see BlockTable in kernels/backend.h).
+struct DeviceTable {
+  const int32_t* blocks;     // [S, max_blocks]
+  const int32_t* head_page;  // [Hkv]
+  int max_blocks;
+  int pages_per_block;
+  int page_size;
+
+  // Slot (page * page_size + offset) of key `pos` of (seq, kv_head).
+  __device__ int64_t Slot(int seq, int kv_head, int pos) const {
+    const int64_t page =
+        int64_t{blocks[int64_t{seq} * max_blocks + pos / page_size]} * pages_per_block +
+        head_page[kv_head];
+    return page * page_size + pos % page_size;
+  }
+};
+
+DeviceTable ToDevice(const BlockTable& t, int page_size) {
+  return DeviceTable{t.blocks.ptr<int32_t>(), t.head_page.ptr<int32_t>(), t.max_blocks(),
+                     t.pages_per_block, page_size};
+}
+
 // One block per token; threads walk the (head, pair) grid of q and k, rotate in f32.
-__global__ void RopeWriteKvKernel(const bf16* qkv, const int32_t* positions, const float* inv_freq,
-                                  const int32_t* slots, bf16* k_pool, bf16* v_pool, bf16* q_out,
+__global__ void RopeWriteKvKernel(const bf16* qkv, const int32_t* token_seq,
+                                  const int32_t* positions, const float* inv_freq,
+                                  DeviceTable table, bf16* k_pool, bf16* v_pool, bf16* q_out,
                                   int hq, int hkv, int d, int64_t num_slots) {
   const int64_t t = blockIdx.x;
+  if (positions[t] < 0) return;  // padding
+  const int seq = token_seq[t];
   const int half = d / 2;
   const float pos = static_cast<float>(positions[t]);
   const bf16* row = qkv + t * int64_t{hq + 2 * hkv} * d;
@@ -129,7 +155,7 @@ __global__ void RopeWriteKvKernel(const bf16* qkv, const int32_t* positions, con
     if (head < hq) {
       dst = q_out + (t * hq + head) * int64_t{d};
     } else {
-      const int64_t slot = slots[t * hkv + (head - hq)];
+      const int64_t slot = table.Slot(seq, head - hq, positions[t]);
       if (slot < 0 || slot >= num_slots) __trap();
       dst = k_pool + slot * d;
     }
@@ -138,122 +164,198 @@ __global__ void RopeWriteKvKernel(const bf16* qkv, const int32_t* positions, con
   }
   for (int i = threadIdx.x; i < hkv * d; i += blockDim.x) {
     const int h = i / d, j = i % d;
-    const int64_t slot = slots[t * hkv + h];
+    const int64_t slot = table.Slot(seq, h, positions[t]);
     v_pool[slot * d + j] = row[(hq + hkv + h) * int64_t{d} + j];
   }
 }
 
 constexpr int kAttnWarps = 4;
 constexpr int kMaxHeadDim = 256;
-constexpr int kSplitKeys = 512;
+constexpr int kMaxDimPerLane = kMaxHeadDim / 32;
 
-// One block's attention of the query in s_q (pre-scaled) over keys n = 0 .. count-1 of one
-// (sequence, KV head) page table, key n at position pos_of(n) with logit bias bias_of(n). Each
-// warp takes 32 keys at a time, one key per lane (a whole dot product per lane, no shuffles per
-// key), runs an online softmax across them, then accumulates V with each lane owning
-// head_dim / 32 output dimensions; the warps merge in shared memory. Calls store(c, o_c) for
-// every output dimension and returns the log-sum-exp (to every thread). count > 0.
-template <typename PosOf, typename BiasOf, typename Store>
-__device__ float AttendKeys(const float* s_q, const bf16* k_pool, const bf16* v_pool,
-                            const int32_t* table, int page_size, int d, int count, PosOf pos_of,
-                            BiasOf bias_of, Store store) {
-  __shared__ float s_m[kAttnWarps], s_l[kAttnWarps];
-  __shared__ float s_acc[kAttnWarps][kMaxHeadDim];
+// Attention of up to G query heads of one GQA group (rows 0..ng-1 of s_q, pre-scaled by the
+// softmax scale) over keys n = 0 .. count-1 of one KV head, key n at position pos_of(n) with
+// logit bias bias_of(n). Each K and V row is read once for the whole group: that is what makes
+// GQA decode memory-bound on the KV bytes rather than on Hq / Hkv times them. Each warp takes 32
+// keys at a time, one key per lane (a whole dot product per lane, no shuffles per key), runs an
+// online softmax per head across them, then accumulates V with each lane owning d / 32 output
+// dimensions; the warps merge in shared memory. Calls store(g, c, o) for every head and output
+// dimension and writes each head's log-sum-exp to s_lse[g]. count > 0.
+template <int G, typename PosOf, typename BiasOf, typename Store>
+__device__ void AttendKeys(const float (*s_q)[kMaxHeadDim], int ng, const bf16* k_pool,
+                           const bf16* v_pool, const int32_t* seq_blocks, int64_t head_page,
+                           int pages_per_block, int page_size, int d, int count, PosOf pos_of,
+                           BiasOf bias_of, Store store, float* s_lse) {
+  __shared__ float s_m[kAttnWarps][G], s_l[kAttnWarps][G];
+  __shared__ float s_acc[kAttnWarps][G][kMaxHeadDim];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int per_lane = (d + 31) / 32;  // output dims lane * per_lane + e, those below d
-  float acc[kMaxHeadDim / 32];
-  for (int e = 0; e < per_lane; ++e) acc[e] = 0.0f;
-  float m = -INFINITY, l = 0.0f;
+  float acc[G][kMaxDimPerLane];
+  float m[G], l[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kMaxDimPerLane; ++e) acc[g][e] = 0.0f;
+  }
   for (int base = warp * 32; base < count; base += kAttnWarps * 32) {
     const int n = base + lane;
     int64_t slot = -1;
-    float score = -INFINITY;
+    float score[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) score[g] = -INFINITY;
     if (n < count) {
       const int pos = pos_of(n);
-      slot = int64_t{table[pos / page_size]} * page_size + pos % page_size;
+      slot = (int64_t{seq_blocks[pos / page_size]} * pages_per_block + head_page) * page_size +
+             pos % page_size;
       const bf16* kr = k_pool + slot * d;
-      float dot = 0.0f;
+      float dot[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) dot[g] = 0.0f;
       for (int c = 0; c < d; c += 8) {
         const uint4 raw = *reinterpret_cast<const uint4*>(kr + c);
-        const bf16* kv8 = reinterpret_cast<const bf16*>(&raw);
+        const __nv_bfloat162* k2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+        float kf[8];
 #pragma unroll
-        for (int x = 0; x < 8; ++x) dot += s_q[c + x] * __bfloat162float(kv8[x]);
+        for (int x = 0; x < 4; ++x) {
+          const float2 f = __bfloat1622float2(k2[x]);
+          kf[2 * x] = f.x;
+          kf[2 * x + 1] = f.y;
+        }
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float4 q0 = *reinterpret_cast<const float4*>(&s_q[g][c]);
+          const float4 q1 = *reinterpret_cast<const float4*>(&s_q[g][c + 4]);
+          dot[g] += q0.x * kf[0] + q0.y * kf[1] + q0.z * kf[2] + q0.w * kf[3] + q1.x * kf[4] +
+                    q1.y * kf[5] + q1.z * kf[6] + q1.w * kf[7];
+        }
       }
-      score = dot + bias_of(n);
+      const float bias = bias_of(n);
+#pragma unroll
+      for (int g = 0; g < G; ++g) score[g] = dot[g] + bias;
     }
-    float chunk_max = score;
-    for (int o = 16; o > 0; o /= 2) {
-      chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, o));
+    float p[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float chunk_max = score[g];
+      for (int o = 16; o > 0; o /= 2) {
+        chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, o));
+      }
+      const float m_new = fmaxf(m[g], chunk_max);
+      p[g] = score[g] == -INFINITY ? 0.0f : __expf(score[g] - m_new);
+      float p_sum = p[g];
+      for (int o = 16; o > 0; o /= 2) p_sum += __shfl_xor_sync(0xffffffffu, p_sum, o);
+      const float correction = m[g] == -INFINITY ? 0.0f : __expf(m[g] - m_new);
+      l[g] = l[g] * correction + p_sum;
+#pragma unroll
+      for (int e = 0; e < kMaxDimPerLane; ++e) acc[g][e] *= correction;
+      m[g] = m_new;
     }
-    const float m_new = fmaxf(m, chunk_max);
-    const float p = n < count ? __expf(score - m_new) : 0.0f;
-    float p_sum = p;
-    for (int o = 16; o > 0; o /= 2) p_sum += __shfl_xor_sync(0xffffffffu, p_sum, o);
-    const float correction = __expf(m - m_new);
-    l = l * correction + p_sum;
-    for (int e = 0; e < per_lane; ++e) acc[e] *= correction;
     const int keys = min(32, count - base);
+    const int dim0 = lane * per_lane;
     for (int kk = 0; kk < keys; ++kk) {
-      const float pk = __shfl_sync(0xffffffffu, p, kk);
       const int64_t sk = __shfl_sync(0xffffffffu, slot, kk);
-      const bf16* vr = v_pool + sk * d + lane * per_lane;
-      for (int e = 0; e < per_lane && lane * per_lane + e < d; ++e) {
-        acc[e] += pk * __bfloat162float(vr[e]);
+      float pk[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) pk[g] = __shfl_sync(0xffffffffu, p[g], kk);
+      const bf16* vr = v_pool + sk * d + dim0;
+      float vf[kMaxDimPerLane];
+#pragma unroll
+      for (int e = 0; e < kMaxDimPerLane; ++e) {
+        vf[e] = e < per_lane && dim0 + e < d ? __bfloat162float(vr[e]) : 0.0f;
+      }
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+#pragma unroll
+        for (int e = 0; e < kMaxDimPerLane; ++e) acc[g][e] += pk[g] * vf[e];
       }
     }
-    m = m_new;
   }
-  if (lane == 0) {
-    s_m[warp] = m;
-    s_l[warp] = l;
-  }
-  for (int e = 0; e < per_lane && lane * per_lane + e < d; ++e) {
-    s_acc[warp][lane * per_lane + e] = acc[e];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      s_m[warp][g] = m[g];
+      s_l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int e = 0; e < kMaxDimPerLane; ++e) {
+      if (e < per_lane && lane * per_lane + e < d) s_acc[warp][g][lane * per_lane + e] = acc[g][e];
+    }
   }
   __syncthreads();
-  float m_all = -INFINITY;
-  for (int w = 0; w < kAttnWarps; ++w) m_all = fmaxf(m_all, s_m[w]);
-  float l_all = 0.0f;
-  for (int w = 0; w < kAttnWarps; ++w) {
-    if (s_m[w] != -INFINITY) l_all += __expf(s_m[w] - m_all) * s_l[w];
-  }
-  for (int c = threadIdx.x; c < d; c += blockDim.x) {
-    float num = 0.0f;
+  for (int i = threadIdx.x; i < ng * d; i += blockDim.x) {
+    const int g = i / d, c = i % d;
+    float m_all = -INFINITY;
+    for (int w = 0; w < kAttnWarps; ++w) m_all = fmaxf(m_all, s_m[w][g]);
+    float l_all = 0.0f, num = 0.0f;
     for (int w = 0; w < kAttnWarps; ++w) {
-      if (s_m[w] != -INFINITY) num += __expf(s_m[w] - m_all) * s_acc[w][c];
+      if (s_m[w][g] == -INFINITY) continue;
+      const float wgt = __expf(s_m[w][g] - m_all);
+      l_all += wgt * s_l[w][g];
+      num += wgt * s_acc[w][g][c];
     }
-    store(c, num / l_all);
+    store(g, c, num / l_all);
+    if (c == 0) s_lse[g] = m_all + logf(l_all);
   }
-  return m_all + logf(l_all);
+  __syncthreads();
 }
 
-// Paged attention, split-KV (flash-decoding): block (query token, query head, split) covers
-// keys [split * kSplitKeys, ...) up to the token's position and writes (o, lse) that
-// MergeSplitsKernel combines. Each query head reads its KV rows itself (GQA-shared reads and
-// tensor cores are the next step).
-__global__ void PagedAttentionSplitKernel(const bf16* q, const bf16* k_pool, const bf16* v_pool,
-                                          const int32_t* token_seq, const int32_t* token_pos,
-                                          const int32_t* block_table, int max_pages, int page_size,
-                                          int hq, int hkv, int d, float scale, int num_splits,
-                                          float* part_o, float* part_lse) {
-  const int64_t t = blockIdx.x;
-  const int qh = blockIdx.y, split = blockIdx.z;
-  const int begin = split * kSplitKeys, end = min(token_pos[t] + 1, begin + kSplitKeys);
-  const int64_t part = (t * hq + qh) * num_splits + split;
-  if (begin >= end) {  // this split lies beyond the token's position
-    if (threadIdx.x == 0) part_lse[part] = -INFINITY;
-    return;
-  }
-  __shared__ float s_q[kMaxHeadDim];
-  for (int c = threadIdx.x; c < d; c += blockDim.x) {
-    s_q[c] = __bfloat162float(q[(t * hq + qh) * int64_t{d} + c]) * scale;
+// Loads the query rows of heads first_head .. first_head + ng - 1 of token row `q_row`
+// (q + q_row * hq * d), scaled, into s_q.
+__device__ void LoadQueries(const bf16* q, int64_t q_row, int hq, int first_head, int ng, int d,
+                            float scale, float (*s_q)[kMaxHeadDim]) {
+  for (int i = threadIdx.x; i < ng * d; i += blockDim.x) {
+    s_q[i / d][i % d] =
+        __bfloat162float(q[(q_row * hq + first_head + i / d) * int64_t{d} + i % d]) * scale;
   }
   __syncthreads();
-  const int32_t* table = block_table + (int64_t{token_seq[t]} * hkv + qh / (hq / hkv)) * max_pages;
-  const float lse = AttendKeys(
-      s_q, k_pool, v_pool, table, page_size, d, end - begin, [&](int n) { return begin + n; },
-      [](int) { return 0.0f; }, [&](int c, float o) { part_o[part * d + c] = o; });
-  if (threadIdx.x == 0) part_lse[part] = lse;
+}
+
+// Paged attention, split-KV (flash-decoding): block (query token, group of up to G query heads
+// sharing a KV head, split) covers an equal share of the keys 0 .. position of the token. With
+// one split it writes the output; otherwise (o, lse) partials that MergeSplitsKernel combines.
+// The split sizes come from the token's position on the device, so a captured graph serves any
+// context length up to the table's capacity.
+template <int G>
+__global__ void __launch_bounds__(32 * kAttnWarps)
+    PagedAttentionKernel(const bf16* q, const bf16* k_pool, const bf16* v_pool,
+                         const int32_t* token_seq, const int32_t* token_pos, DeviceTable table,
+                         int hq, int hkv, int d, float scale, bf16* out, float* part_o,
+                         float* part_lse) {
+  const int64_t t = blockIdx.x;
+  const int group = hq / hkv, chunks = (group + G - 1) / G;
+  const int kv_head = blockIdx.y / chunks, first_g = (blockIdx.y % chunks) * G;
+  const int ng = min(G, group - first_g), first_head = kv_head * group + first_g;
+  const int split = blockIdx.z, num_splits = gridDim.z;
+  const int count = token_pos[t] + 1;  // 0 for padding
+  const int per_split = (count + num_splits - 1) / num_splits;
+  const int begin = split * per_split, end = min(count, begin + per_split);
+  __shared__ float s_lse[G];
+  if (begin >= end) {  // padding, or this split lies beyond the token's position
+    if (num_splits > 1 && threadIdx.x < ng) {
+      part_lse[(t * hq + first_head + threadIdx.x) * num_splits + split] = -INFINITY;
+    }
+    return;
+  }
+  __shared__ __align__(16) float s_q[G][kMaxHeadDim];
+  LoadQueries(q, t, hq, first_head, ng, d, scale, s_q);
+  const int32_t* seq_blocks = table.blocks + int64_t{token_seq[t]} * table.max_blocks;
+  AttendKeys<G>(
+      s_q, ng, k_pool, v_pool, seq_blocks, table.head_page[kv_head], table.pages_per_block,
+      table.page_size, d, end - begin, [&](int n) { return begin + n; }, [](int) { return 0.0f; },
+      [&](int g, int c, float o) {
+        const int64_t row = t * hq + first_head + g;
+        if (num_splits == 1) {
+          out[row * d + c] = __float2bfloat16(o);
+        } else {
+          part_o[(row * num_splits + split) * d + c] = o;
+        }
+      },
+      s_lse);
+  if (num_splits > 1 && threadIdx.x < ng) {
+    part_lse[(t * hq + first_head + threadIdx.x) * num_splits + split] = s_lse[threadIdx.x];
+  }
 }
 
 // out = sum_s w_s o_s with w_s = exp(lse_s - lse): the log-sum-exp merge of ALGORITHMS.md §9.3.
@@ -270,39 +372,42 @@ __global__ void MergeSplitsKernel(const float* part_o, const float* part_lse, in
     for (int s = 0; s < num_splits; ++s) {
       if (lse[s] != -INFINITY) num += __expf(lse[s] - m) * part_o[(row * num_splits + s) * d + c];
     }
-    out[row * d + c] = __float2bfloat16(num / den);
+    out[row * d + c] = __float2bfloat16(den > 0.0f ? num / den : 0.0f);  // 0: padding
   }
 }
 
 // Decode attention over an explicit token list per (sequence, KV head) row with a per-index
-// logit bias, one block per (row, query head of its group); writes (o, lse) for §9.3's merge.
-__global__ void SparseDecodeKernel(const bf16* q, const bf16* k_pool, const bf16* v_pool,
-                                   const int32_t* row_seq, const int32_t* row_kv_head,
-                                   const int32_t* indptr, const int32_t* indices,
-                                   const float* logit_bias, const int32_t* block_table,
-                                   int max_pages, int page_size, int hq, int hkv, int d,
-                                   float scale, bf16* out, float* lse_out) {
+// logit bias, one block per (row, group of up to G query heads); writes (o, lse) for §9.3's
+// merge.
+template <int G>
+__global__ void __launch_bounds__(32 * kAttnWarps)
+    SparseDecodeKernel(const bf16* q, const bf16* k_pool, const bf16* v_pool,
+                       const int32_t* row_seq, const int32_t* row_kv_head, const int32_t* indptr,
+                       const int32_t* indices, const float* logit_bias, DeviceTable table, int hq,
+                       int hkv, int d, float scale, bf16* out, float* lse_out) {
   const int64_t r = blockIdx.x;
-  const int g = blockIdx.y, group = hq / hkv;
+  const int group = hq / hkv;
+  const int first_g = blockIdx.y * G, ng = min(G, group - first_g);
   const int seq = row_seq[r], kv_head = row_kv_head[r];
   const int first = indptr[r], count = indptr[r + 1] - first;
-  const int64_t row_out = r * group + g;
+  const int64_t out_row = r * group + first_g;  // of out [R, group, d]
   if (count <= 0) {
-    for (int c = threadIdx.x; c < d; c += blockDim.x) out[row_out * d + c] = __float2bfloat16(0.0f);
-    if (threadIdx.x == 0) lse_out[row_out] = -INFINITY;
+    for (int i = threadIdx.x; i < ng * d; i += blockDim.x) {
+      out[out_row * d + i] = __float2bfloat16(0.0f);
+    }
+    if (threadIdx.x < ng) lse_out[out_row + threadIdx.x] = -INFINITY;
     return;
   }
-  __shared__ float s_q[kMaxHeadDim];
-  for (int c = threadIdx.x; c < d; c += blockDim.x) {
-    s_q[c] = __bfloat162float(q[(int64_t{seq} * hq + kv_head * group + g) * d + c]) * scale;
-  }
-  __syncthreads();
-  const int32_t* table = block_table + (int64_t{seq} * hkv + kv_head) * max_pages;
-  const float lse = AttendKeys(
-      s_q, k_pool, v_pool, table, page_size, d, count, [&](int n) { return indices[first + n]; },
+  __shared__ __align__(16) float s_q[G][kMaxHeadDim];
+  __shared__ float s_lse[G];
+  LoadQueries(q, seq, hq, kv_head * group + first_g, ng, d, scale, s_q);
+  AttendKeys<G>(
+      s_q, ng, k_pool, v_pool, table.blocks + int64_t{seq} * table.max_blocks,
+      table.head_page[kv_head], table.pages_per_block, table.page_size, d, count,
+      [&](int n) { return indices[first + n]; },
       [&](int n) { return logit_bias != nullptr ? logit_bias[first + n] : 0.0f; },
-      [&](int c, float o) { out[row_out * d + c] = __float2bfloat16(o); });
-  if (threadIdx.x == 0) lse_out[row_out] = lse;
+      [&](int g, int c, float o) { out[(out_row + g) * d + c] = __float2bfloat16(o); }, s_lse);
+  if (threadIdx.x < ng) lse_out[out_row + threadIdx.x] = s_lse[threadIdx.x];
 }
 
 __global__ void GatherRowsKernel(const bf16* x, const int32_t* rows, bf16* out, int64_t width) {
@@ -332,6 +437,7 @@ class CudaBackend final : public Backend {
     HW_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     HW_CUBLAS_CHECK(cublasCreate(&cublas_));
     HW_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    HW_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
   }
   ~CudaBackend() override {
     if (scratch_ != nullptr) cudaFree(scratch_);
@@ -432,15 +538,15 @@ class CudaBackend final : public Backend {
     HW_CUDA_LAUNCHED();
   }
 
-  void RopeWriteKv(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
-                   const Tensor& slots, const KvPoolView& pool, const Tensor& q_out) override {
+  void RopeWriteKv(const Tensor& qkv, const PagedAttentionBatch& batch, const Tensor& inv_freq,
+                   const KvPoolView& pool, const Tensor& q_out) override {
     HW_CHECK(inv_freq.dtype == DType::kF32, "inv_freq must be f32");
     const int hq = static_cast<int>(q_out.dim(1)), d = static_cast<int>(q_out.dim(2));
-    const int hkv = static_cast<int>(slots.dim(1));
+    const int hkv = batch.table.num_kv_heads();
     RopeWriteKvKernel<<<static_cast<int>(qkv.dim(0)), 128, 0, stream_>>>(
-        qkv.ptr<bf16>(), positions.ptr<int32_t>(), inv_freq.ptr<float>(), slots.ptr<int32_t>(),
-        pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), q_out.ptr<bf16>(), hq, hkv, d,
-        pool.k.dim(0) * pool.k.dim(1));
+        qkv.ptr<bf16>(), batch.token_seq.ptr<int32_t>(), batch.token_pos.ptr<int32_t>(),
+        inv_freq.ptr<float>(), ToDevice(batch.table, pool.page_size), pool.k.ptr<bf16>(),
+        pool.v.ptr<bf16>(), q_out.ptr<bf16>(), hq, hkv, d, pool.k.dim(0) * pool.k.dim(1));
     HW_CUDA_LAUNCHED();
   }
 
@@ -448,48 +554,74 @@ class CudaBackend final : public Backend {
                       float scale, const Tensor& out) override {
     const int64_t tokens = q.dim(0);
     const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
-    // Keys are read 8 bf16 (16 bytes) at a time.
-    HW_CHECK(d <= kMaxHeadDim && d % 8 == 0, "head dim {} must be a multiple of 8, <= {}", d,
-             kMaxHeadDim);
-    const int hkv = static_cast<int>(batch.block_table.dim(0) / batch.num_seqs);
-    const int max_pages = static_cast<int>(batch.block_table.dim(1));
-    // Decode-sized batches split long contexts over more blocks; big prefills have blocks
-    // enough already.
-    const int max_keys = max_pages * pool.page_size;
-    const int num_splits = tokens * hq >= 4096 ? 1 : (max_keys + kSplitKeys - 1) / kSplitKeys;
-    const size_t parts = static_cast<size_t>(tokens) * hq * num_splits;
-    EnsureScratch(parts * (static_cast<size_t>(d) + 1) * sizeof(float));
-    float* part_o = static_cast<float*>(scratch_);
-    float* part_lse = part_o + parts * static_cast<size_t>(d);
-    const dim3 grid(static_cast<unsigned>(tokens), static_cast<unsigned>(hq),
+    CheckHeadDim(d);
+    const int hkv = batch.table.num_kv_heads();
+    HW_CHECK(hkv > 0 && hq % hkv == 0, "{} query heads, {} KV heads", hq, hkv);
+    const int g = GroupTile(hq / hkv);
+    const int head_blocks = hkv * ((hq / hkv + g - 1) / g);
+    // Enough blocks for two waves over the SMs, each split at least 256 keys long; big
+    // prefills have blocks enough without splitting.
+    const int64_t max_keys = int64_t{batch.table.max_blocks()} * pool.page_size;
+    const int64_t want = (2 * num_sms_ + tokens * head_blocks - 1) / (tokens * head_blocks);
+    const int num_splits =
+        static_cast<int>(std::clamp<int64_t>(want, 1, std::max<int64_t>(1, max_keys / 256)));
+    float* part_o = nullptr;
+    float* part_lse = nullptr;
+    if (num_splits > 1) {
+      const size_t parts = static_cast<size_t>(tokens) * hq * num_splits;
+      EnsureScratch(parts * (static_cast<size_t>(d) + 1) * sizeof(float));
+      part_o = static_cast<float*>(scratch_);
+      part_lse = part_o + parts * static_cast<size_t>(d);
+    }
+    const dim3 grid(static_cast<unsigned>(tokens), static_cast<unsigned>(head_blocks),
                     static_cast<unsigned>(num_splits));
-    PagedAttentionSplitKernel<<<grid, 32 * kAttnWarps, 0, stream_>>>(
-        q.ptr<bf16>(), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), batch.token_seq.ptr<int32_t>(),
-        batch.token_pos.ptr<int32_t>(), batch.block_table.ptr<int32_t>(), max_pages, pool.page_size,
-        hq, hkv, d, scale, num_splits, part_o, part_lse);
+    const DeviceTable table = ToDevice(batch.table, pool.page_size);
+    auto launch = [&](auto kernel) {
+      kernel<<<grid, 32 * kAttnWarps, 0, stream_>>>(
+          q.ptr<bf16>(), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), batch.token_seq.ptr<int32_t>(),
+          batch.token_pos.ptr<int32_t>(), table, hq, hkv, d, scale, out.ptr<bf16>(), part_o,
+          part_lse);
+    };
+    switch (g) {
+      case 1: launch(PagedAttentionKernel<1>); break;
+      case 2: launch(PagedAttentionKernel<2>); break;
+      case 4: launch(PagedAttentionKernel<4>); break;
+      default: launch(PagedAttentionKernel<8>); break;
+    }
     HW_CUDA_LAUNCHED();
-    MergeSplitsKernel<<<static_cast<unsigned>(tokens * hq), 128, 0, stream_>>>(
-        part_o, part_lse, num_splits, d, out.ptr<bf16>());
-    HW_CUDA_LAUNCHED();
+    if (num_splits > 1) {
+      MergeSplitsKernel<<<static_cast<unsigned>(tokens * hq), 128, 0, stream_>>>(
+          part_o, part_lse, num_splits, d, out.ptr<bf16>());
+      HW_CUDA_LAUNCHED();
+    }
   }
 
   void SparseDecodeAttention(const Tensor& q, const KvPoolView& pool,
                              const SparseDecodeBatch& batch, float scale, const Tensor& out,
                              const Tensor& lse) override {
     const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
-    HW_CHECK(d <= kMaxHeadDim && d % 8 == 0, "head dim {} must be a multiple of 8, <= {}", d,
-             kMaxHeadDim);
+    CheckHeadDim(d);
     HW_CHECK(lse.dtype == DType::kF32, "lse must be f32");
-    const int hkv = static_cast<int>(batch.block_table.dim(0) / batch.num_seqs);
+    const int hkv = batch.table.num_kv_heads();
     const int64_t rows = batch.row_seq.numel();
     if (rows == 0) return;
-    const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(hq / hkv));
-    SparseDecodeKernel<<<grid, 32 * kAttnWarps, 0, stream_>>>(
-        q.ptr<bf16>(), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), batch.row_seq.ptr<int32_t>(),
-        batch.row_kv_head.ptr<int32_t>(), batch.indptr.ptr<int32_t>(), batch.indices.ptr<int32_t>(),
-        batch.logit_bias.data ? batch.logit_bias.ptr<float>() : nullptr,
-        batch.block_table.ptr<int32_t>(), static_cast<int>(batch.block_table.dim(1)),
-        pool.page_size, hq, hkv, d, scale, out.ptr<bf16>(), lse.ptr<float>());
+    const int g = GroupTile(hq / hkv);
+    const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>((hq / hkv + g - 1) / g));
+    const DeviceTable table = ToDevice(batch.table, pool.page_size);
+    auto launch = [&](auto kernel) {
+      kernel<<<grid, 32 * kAttnWarps, 0, stream_>>>(
+          q.ptr<bf16>(), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), batch.row_seq.ptr<int32_t>(),
+          batch.row_kv_head.ptr<int32_t>(), batch.indptr.ptr<int32_t>(),
+          batch.indices.ptr<int32_t>(),
+          batch.logit_bias.data ? batch.logit_bias.ptr<float>() : nullptr, table, hq, hkv, d,
+          scale, out.ptr<bf16>(), lse.ptr<float>());
+    };
+    switch (g) {
+      case 1: launch(SparseDecodeKernel<1>); break;
+      case 2: launch(SparseDecodeKernel<2>); break;
+      case 4: launch(SparseDecodeKernel<4>); break;
+      default: launch(SparseDecodeKernel<8>); break;
+    }
     HW_CUDA_LAUNCHED();
   }
 
@@ -500,6 +632,14 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  static void CheckHeadDim(int d) {
+    // Keys are read 8 bf16 (16 bytes) at a time.
+    HW_CHECK(d <= kMaxHeadDim && d % 8 == 0, "head dim {} must be a multiple of 8, <= {}", d,
+             kMaxHeadDim);
+  }
+  // Query heads per attention block: the whole GQA group up to 8, in tiles of 8 beyond.
+  static int GroupTile(int group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
+
   // Scratch for split-KV partials, grown on demand (stream-ordered: safe to reuse per launch).
   void EnsureScratch(size_t bytes) {
     if (bytes <= scratch_bytes_) return;
@@ -510,6 +650,7 @@ class CudaBackend final : public Backend {
   }
 
   int device_;
+  int num_sms_ = 1;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   cudaStream_t stream_ = nullptr;

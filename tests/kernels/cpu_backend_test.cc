@@ -173,24 +173,21 @@ TEST_CASE("RopeWriteKv and PagedAttention match dense attention over scattered p
   const int page_size = 16, d = 32;
   for (auto [hq, hkv] : {std::pair{4, 4}, std::pair{8, 2}, std::pair{8, 1}}) {
     for (int len : {1, 15, 16, 17, 40}) {
-      const int num_pages = 2 * ((len + page_size - 1) / page_size) * hkv + 3;
-      // Pages handed out in a shuffled order so that logical and physical order differ.
-      std::vector<int32_t> free_pages(static_cast<size_t>(num_pages));
-      std::iota(free_pages.begin(), free_pages.end(), 0);
-      std::shuffle(free_pages.begin(), free_pages.end(), rng);
-      const int max_pages = (len + page_size - 1) / page_size;
-      std::vector<int32_t> table(static_cast<size_t>(hkv * max_pages));
-      for (size_t i = 0; i < table.size(); ++i) table[i] = free_pages[i];
+      // Blocks handed out in a shuffled order so that logical and physical order differ; each
+      // block holds pages of other (absent) layers too, and the heads' pages are permuted.
+      const int max_blocks = (len + page_size - 1) / page_size;
+      const int num_blocks = 2 * max_blocks + 3, pages_per_block = 2 * hkv;
+      const int num_pages = num_blocks * pages_per_block;
+      std::vector<int32_t> blocks(static_cast<size_t>(num_blocks));
+      std::iota(blocks.begin(), blocks.end(), 0);
+      std::shuffle(blocks.begin(), blocks.end(), rng);
+      blocks.resize(static_cast<size_t>(max_blocks));
+      std::vector<int32_t> head_page(static_cast<size_t>(hkv));
+      for (int h = 0; h < hkv; ++h) head_page[static_cast<size_t>(h)] = 2 * (hkv - 1 - h) + 1;
 
       auto qkv = Random(static_cast<size_t>(len * (hq + 2 * hkv) * d), rng);
-      std::vector<int32_t> pos(static_cast<size_t>(len)), seq(static_cast<size_t>(len), 0),
-          slots(static_cast<size_t>(len * hkv));
-      for (int t = 0; t < len; ++t) {
-        pos[static_cast<size_t>(t)] = t;
-        for (int h = 0; h < hkv; ++h)
-          slots[static_cast<size_t>(t * hkv + h)] =
-              table[static_cast<size_t>(h * max_pages + t / page_size)] * page_size + t % page_size;
-      }
+      std::vector<int32_t> pos(static_cast<size_t>(len)), seq(static_cast<size_t>(len), 0);
+      std::iota(pos.begin(), pos.end(), 0);
       std::vector<float> inv_freq(d / 2);
       for (int i = 0; i < d / 2; ++i)
         inv_freq[static_cast<size_t>(i)] = std::pow(10000.0f, -2.0f * i / d);
@@ -200,14 +197,14 @@ TEST_CASE("RopeWriteKv and PagedAttention match dense attention over scattered p
       KvPoolView pool{k_pool.view(), v_pool.view(), page_size};
       Buffer qkv_b = Upload(*be, qkv, {len, (hq + 2 * hkv) * d});
       Buffer pos_b = UploadI32(*be, pos, {len}), seq_b = UploadI32(*be, seq, {len});
-      Buffer slot_b = UploadI32(*be, slots, {len, hkv}),
-             table_b = UploadI32(*be, table, {hkv, max_pages});
+      Buffer blocks_b = UploadI32(*be, blocks, {1, max_blocks}),
+             head_page_b = UploadI32(*be, head_page, {hkv});
       Buffer freq_b = Upload(*be, inv_freq, {d / 2});
       Buffer q = Poisoned(*be, {len, hq, d}), out = Poisoned(*be, {len, hq, d});
-      be->RopeWriteKv(qkv_b.view(), pos_b.view(), freq_b.view(), slot_b.view(), pool, q.view());
-      be->PagedAttention(q.view(), pool,
-                         PagedAttentionBatch{seq_b.view(), pos_b.view(), table_b.view(), 1},
-                         1.0f / std::sqrt(float(d)), out.view());
+      const PagedAttentionBatch batch{
+          seq_b.view(), pos_b.view(), BlockTable{blocks_b.view(), head_page_b.view(), pages_per_block}};
+      be->RopeWriteKv(qkv_b.view(), batch, freq_b.view(), pool, q.view());
+      be->PagedAttention(q.view(), pool, batch, 1.0f / std::sqrt(float(d)), out.view());
 
       // Reference: rotate with double math into contiguous q/k, copy v.
       std::vector<float> rq(static_cast<size_t>(len * hq * d)),
@@ -272,21 +269,25 @@ namespace {
 struct SparseFixture {
   std::unique_ptr<Backend> be = CreateCpuBackend(2);
   std::mt19937 rng{std::random_device{}()};
-  int seqs = 3, hq = 8, hkv = 2, d = 32, page_size = 16, len = 70, max_pages = 5;
-  Buffer k, v, table, q;
+  int seqs = 3, hq = 8, hkv = 2, d = 32, page_size = 16, len = 70, max_blocks = 5;
+  Buffer k, v, blocks, head_page, q;
   SparseFixture() {
-    const int num_pages = seqs * hkv * max_pages;
+    const int num_pages = seqs * hkv * max_blocks;
     k = Upload(*be, Random(static_cast<size_t>(num_pages * page_size * d), rng),
                {num_pages, page_size, d});
     v = Upload(*be, Random(static_cast<size_t>(num_pages * page_size * d), rng),
                {num_pages, page_size, d});
-    std::vector<int32_t> pages(static_cast<size_t>(num_pages));
-    std::iota(pages.begin(), pages.end(), 0);
-    std::shuffle(pages.begin(), pages.end(), rng);
-    table = UploadI32(*be, pages, {seqs * hkv, max_pages});
+    std::vector<int32_t> block_ids(static_cast<size_t>(seqs * max_blocks));
+    std::iota(block_ids.begin(), block_ids.end(), 0);
+    std::shuffle(block_ids.begin(), block_ids.end(), rng);
+    blocks = UploadI32(*be, block_ids, {seqs, max_blocks});
+    std::vector<int32_t> pages_of_heads(static_cast<size_t>(hkv));
+    std::iota(pages_of_heads.rbegin(), pages_of_heads.rend(), 0);
+    head_page = UploadI32(*be, pages_of_heads, {hkv});
     q = Upload(*be, Random(static_cast<size_t>(seqs * hq * d), rng), {seqs, hq, d});
   }
   KvPoolView pool() const { return {k.view(), v.view(), page_size}; }
+  BlockTable table() const { return {blocks.view(), head_page.view(), hkv}; }
   // Runs the primitive over lists[r] (r = seq * hkv + kv head) with optional biases.
   std::pair<std::vector<float>, std::vector<float>> Run(
       const std::vector<std::vector<int32_t>>& lists,
@@ -310,9 +311,8 @@ struct SparseFixture {
     Buffer bb = Upload(*be, biases.empty() ? std::vector<float>{0} : biases,
                        {std::max<int64_t>(1, static_cast<int64_t>(biases.size()))});
     Buffer out = Poisoned(*be, {rows, hq / hkv, d}), lse = Poisoned(*be, {rows, hq / hkv});
-    SparseDecodeBatch batch{
-        rs.view(),    rh.view(), ip.view(), ix.view(), bias ? bb.view() : Tensor(),
-        table.view(), seqs};
+    SparseDecodeBatch batch{rs.view(), rh.view(),  ip.view(),
+                            ix.view(), bias ? bb.view() : Tensor(), table()};
     be->SparseDecodeAttention(q.view(), pool(), batch, 0.3f, out.view(), lse.view());
     std::vector<float> o(out.view().ptr<float>(), out.view().ptr<float>() + out.view().numel());
     std::vector<float> l(lse.view().ptr<float>(), lse.view().ptr<float>() + lse.view().numel());
@@ -334,7 +334,7 @@ TEST_CASE("Sparse decode over the full list equals paged decode attention", "[ke
   Buffer sb = UploadI32(*f.be, seq, {f.seqs}), pb = UploadI32(*f.be, pos, {f.seqs});
   Buffer dense = Poisoned(*f.be, {f.seqs, f.hq, f.d});
   f.be->PagedAttention(f.q.view(), f.pool(),
-                       PagedAttentionBatch{sb.view(), pb.view(), f.table.view(), f.seqs}, 0.3f,
+                       PagedAttentionBatch{sb.view(), pb.view(), f.table()}, 0.3f,
                        dense.view());
   std::vector<double> ref(dense.view().ptr<float>(),
                           dense.view().ptr<float>() + dense.view().numel());

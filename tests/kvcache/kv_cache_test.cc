@@ -19,33 +19,19 @@ KvCacheConfig SmallConfig(int num_pages) {
   return c;
 }
 
-TEST_CASE("PagePool hands out each page once and takes them back", "[kvcache]") {
-  PagePool pool(5);
-  std::vector<int32_t> a, b;
-  REQUIRE(pool.Allocate(3, a));
-  CHECK_FALSE(pool.Allocate(3, b));
-  CHECK(b.empty());
-  REQUIRE(pool.Allocate(2, b));
-  std::set<int32_t> all(a.begin(), a.end());
-  all.insert(b.begin(), b.end());
-  CHECK(all.size() == 5);
-  CHECK(pool.num_free() == 0);
-  pool.Free(a);
-  CHECK(pool.num_free() == 3);
-}
-
 TEST_CASE("SequenceKv reserves pages per layer and head, all or nothing", "[kvcache]") {
   auto be = kernels::CreateCpuBackend(1);
-  // 2 layers x 3 heads: 6 pages per 4 tokens.
-  KvCache cache(SmallConfig(14), HeadClassLayout::Dense(2, 3), *be);
+  // 2 layers x 3 heads: 6 pages per 4 tokens; 20 pages make 3 whole blocks.
+  KvCache cache(SmallConfig(20), HeadClassLayout::Dense(2, 3), *be);
+  CHECK(cache.num_pages() == 18);
   SequenceKv seq(cache);
   REQUIRE(seq.Reserve(5).ok());  // 2 pages per head -> 12 pages
   CHECK(seq.num_pages_held() == 12);
-  CHECK(cache.num_pages_free() == 2);
-  Status grow = seq.Reserve(9);  // needs 6 more
+  CHECK(cache.num_pages_free() == 6);
+  Status grow = seq.Reserve(13);  // needs 12 more
   CHECK(grow.code() == StatusCode::kResourceExhausted);
   CHECK(seq.capacity_tokens() == 8);
-  CHECK(cache.num_pages_free() == 2);
+  CHECK(cache.num_pages_free() == 6);
 
   // Every (layer, head, logical page) owns a distinct physical page; slots follow positions.
   std::set<int32_t> pages;
@@ -54,9 +40,13 @@ TEST_CASE("SequenceKv reserves pages per layer and head, all or nothing", "[kvca
       for (int p = 0; p < 2; ++p) pages.insert(seq.Page(l, h, p));
   CHECK(pages.size() == 12);
   CHECK(seq.Slot(1, 2, 6) == seq.Page(1, 2, 1) * 4 + 2);
+  // A block is a contiguous run of pages, one per (layer, head): kernels need only the blocks.
+  for (int l = 0; l < 2; ++l)
+    for (int h = 0; h < 3; ++h)
+      CHECK(seq.Page(l, h, 1) == seq.blocks()[1] * 6 + cache.PageIndex(l, h));
 
   seq.Release();
-  CHECK(cache.num_pages_free() == 14);
+  CHECK(cache.num_pages_free() == 18);
 }
 
 TEST_CASE("Head classes: several classes per layer keep separate pages", "[kvcache]") {
