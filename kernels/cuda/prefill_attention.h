@@ -1,0 +1,33 @@
+// Causal paged prefill attention on tensor cores (FlashAttention-2 style), bf16 in and out with
+// fp32 accumulation. Standalone: depends on the CUDA runtime only, so bench/gpu can build it alone.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace headwise::kernels::cuda {
+
+// Attention of a chunk of new query tokens per sequence over all keys of that sequence already in
+// the paged cache (causal: the token at position p sees keys 0..p).
+//   q, out        bf16 [T, hq, d]; sequence s owns rows query_start[s] .. query_start[s + 1] - 1,
+//                 at positions seq_first_pos[s] + i (consecutive). A sequence may own no rows.
+//   k_pool/v_pool bf16 [num_pages, page_size, d]; key j of (sequence s, KV head h) lives at page
+//                 block_table[s * max_blocks + j / page_size] * pages_per_block + head_page[h],
+//                 slot j % page_size. Keys 0 .. seq_first_pos[s] + rows(s) - 1 must be written;
+//                 nothing past them (nor block-table entries past them) is read.
+//   query head qh reads KV head qh / (hq / hkv). scale multiplies the logits (1/sqrt(d) usually).
+// All pointers are device pointers; max_query_len bounds every sequence's row count (it sizes the
+// grid). Returns false, launching nothing, when the shape is unsupported: d not 64 or 128,
+// hq not a multiple of hkv, page_size < 1, or more than 65535 sequences. Launch errors surface
+// through cudaGetLastError as for any kernel launch.
+bool LaunchPagedPrefillAttention(cudaStream_t stream, const __nv_bfloat16* q,
+                                 const __nv_bfloat16* k_pool, const __nv_bfloat16* v_pool,
+                                 int page_size, const int32_t* query_start,
+                                 const int32_t* seq_first_pos, const int32_t* block_table,
+                                 int max_blocks, const int32_t* head_page, int pages_per_block,
+                                 int num_seqs, int max_query_len, int hq, int hkv, int d,
+                                 float scale, __nv_bfloat16* out);
+
+}  // namespace headwise::kernels::cuda
