@@ -42,21 +42,26 @@ StatusOr<GenerationResult> Generator::Generate(
   }
 
   GenerationResult result;
-  Sampler sampler(params);
+  const Sampler sampler(params);
+  BatchSampler batch_sampler(model_.backend());
   auto t0 = std::chrono::steady_clock::now();
-  std::vector<float> logits;
+  Tensor logits;
   for (size_t start = 0; start < prompt.size(); start += static_cast<size_t>(prefill_chunk)) {
     const size_t n = std::min(static_cast<size_t>(prefill_chunk), prompt.size() - start);
     models::BatchEntry e{&kv, prompt.subspan(start, n), static_cast<int>(start), false};
-    logits = model_.ForwardToHost(std::span<const models::BatchEntry>(&e, 1), cache_);
+    logits = model_.Forward(std::span<const models::BatchEntry>(&e, 1), cache_);
   }
+  model_.backend().Synchronize();
   auto t1 = std::chrono::steady_clock::now();
   result.prefill_seconds = Seconds(t0, t1);
 
   OutputProcessor out(params, tokenizer_, prompt, eos_ids_);
   int32_t next = 0;
   for (int step = 0;; ++step) {
-    SampledToken tok = sampler.Sample(logits, prompt, result.output_ids);
+    // Sampled on the device: only the token (and its logprobs) come back.
+    const BatchSampler::Row row{&sampler, 0, prompt, result.output_ids};
+    SampledToken tok =
+        std::move(batch_sampler.Sample(logits, std::span<const BatchSampler::Row>(&row, 1))[0]);
     next = tok.id;
     result.output_ids.push_back(tok.id);
     result.tokens.push_back(std::move(tok));
@@ -65,7 +70,7 @@ StatusOr<GenerationResult> Generator::Generate(
     if (out.finished()) break;
     models::BatchEntry e{&kv, std::span<const int32_t>(&next, 1),
                          static_cast<int>(prompt.size()) + step, false};
-    logits = model_.ForwardToHost(std::span<const models::BatchEntry>(&e, 1), cache_);
+    logits = model_.Forward(std::span<const models::BatchEntry>(&e, 1), cache_);
   }
   result.finish_reason = out.finish_reason();
   result.text = out.text();

@@ -1,129 +1,207 @@
 #include "engine/sampler.h"
 
 #include <algorithm>
-#include <cmath>
-#include <numeric>
+#include <bit>
+#include <random>
 #include <unordered_map>
+
+#include "kernels/cpu/sampling.h"
 
 namespace headwise::engine {
 namespace {
 
-std::vector<float> LogSoftmax(std::span<const float> logits) {
-  const float max = *std::max_element(logits.begin(), logits.end());
-  double sum = 0.0;
-  for (float x : logits) sum += std::exp(static_cast<double>(x - max));
-  const float log_z = max + static_cast<float>(std::log(sum));
-  std::vector<float> out(logits.size());
-  for (size_t i = 0; i < logits.size(); ++i) out[i] = logits[i] - log_z;
+using kernels::Backend;
+using kernels::SampleOutputs;
+using kernels::SamplingBatch;
+
+bool HasPenalties(const SamplingParams& p) {
+  return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
+}
+
+// Every field of a SamplingBatch in one i32 array (f32 fields bit-cast), so a step uploads
+// its sampling inputs with one copy.
+class PackedBatch {
+ public:
+  explicit PackedBatch(std::span<const BatchSampler::Row> rows) : rows_(rows.size()) {
+    const size_t r = rows_;
+    logits_row_.reserve(r);
+    for (const auto& row : rows) {
+      const SamplingParams& p = row.sampler->params();
+      logits_row_.push_back(row.logits_row);
+      temperature_.push_back(p.temperature);
+      top_k_.push_back(p.top_k);
+      top_p_.push_back(p.top_p);
+      min_p_.push_back(p.min_p);
+      repetition_.push_back(p.repetition_penalty);
+      presence_.push_back(p.presence_penalty);
+      frequency_.push_back(p.frequency_penalty);
+      const uint64_t seed = row.sampler->seed();
+      seed_.push_back(static_cast<int32_t>(static_cast<uint32_t>(seed)));
+      seed_.push_back(static_cast<int32_t>(static_cast<uint32_t>(seed >> 32)));
+      draw_.push_back(static_cast<int32_t>(row.output.size()));
+      num_logprobs_.push_back(p.logprobs);
+      max_logprobs_ = std::max(max_logprobs_, p.logprobs);
+
+      bias_indptr_.push_back(static_cast<int32_t>(bias_ids_.size()));
+      for (const auto& [id, bias] : p.logit_bias) {
+        bias_ids_.push_back(id);
+        bias_values_.push_back(bias);
+      }
+      penalty_indptr_.push_back(static_cast<int32_t>(penalty_ids_.size()));
+      if (HasPenalties(p)) AddPenalties(row.prompt, row.output);
+    }
+    bias_indptr_.push_back(static_cast<int32_t>(bias_ids_.size()));
+    penalty_indptr_.push_back(static_cast<int32_t>(penalty_ids_.size()));
+
+    for (auto* v :
+         {&logits_row_, &top_k_, &bias_indptr_, &penalty_indptr_, &seed_, &draw_, &num_logprobs_,
+          &bias_ids_, &penalty_ids_, &penalty_counts_, &penalty_in_prompt_}) {
+      offsets_.push_back(data_.size());
+      data_.insert(data_.end(), v->begin(), v->end());
+    }
+    for (auto* v :
+         {&temperature_, &top_p_, &min_p_, &repetition_, &presence_, &frequency_, &bias_values_}) {
+      offsets_.push_back(data_.size());
+      for (float f : *v) data_.push_back(std::bit_cast<int32_t>(f));
+    }
+  }
+
+  const std::vector<int32_t>& data() const { return data_; }
+  int max_logprobs() const { return std::max(0, max_logprobs_); }
+
+  // Views of the packed fields, once `data()` sits at `base` on `device`.
+  SamplingBatch Views(void* base, Device device) const {
+    size_t next = 0;
+    auto view = [&](DType dtype, size_t n) {
+      return Tensor(static_cast<int32_t*>(base) + offsets_[next++], dtype, device,
+                    {static_cast<int64_t>(n)});
+    };
+    const size_t r = rows_, nb = bias_ids_.size(), np = penalty_ids_.size();
+    SamplingBatch b;
+    b.logits_row = view(DType::kI32, r);
+    b.top_k = view(DType::kI32, r);
+    b.bias_indptr = view(DType::kI32, r + 1);
+    b.penalty_indptr = view(DType::kI32, r + 1);
+    b.seed = view(DType::kI32, 2 * r).Reshape({static_cast<int64_t>(r), 2});
+    b.draw = view(DType::kI32, r);
+    b.num_logprobs = view(DType::kI32, r);
+    b.bias_ids = view(DType::kI32, nb);
+    b.penalty_ids = view(DType::kI32, np);
+    b.penalty_counts = view(DType::kI32, np);
+    b.penalty_in_prompt = view(DType::kI32, np);
+    b.temperature = view(DType::kF32, r);
+    b.top_p = view(DType::kF32, r);
+    b.min_p = view(DType::kF32, r);
+    b.repetition_penalty = view(DType::kF32, r);
+    b.presence_penalty = view(DType::kF32, r);
+    b.frequency_penalty = view(DType::kF32, r);
+    b.bias_values = view(DType::kF32, nb);
+    return b;
+  }
+
+ private:
+  // The row's distinct tokens, each with its count in the output and whether the prompt has it.
+  void AddPenalties(std::span<const int32_t> prompt, std::span<const int32_t> output) {
+    std::unordered_map<int32_t, size_t> index;
+    auto entry = [&](int32_t t) -> size_t {
+      auto [it, fresh] = index.try_emplace(t, penalty_ids_.size());
+      if (fresh) {
+        penalty_ids_.push_back(t);
+        penalty_counts_.push_back(0);
+        penalty_in_prompt_.push_back(0);
+      }
+      return it->second;
+    };
+    for (int32_t t : prompt) penalty_in_prompt_[entry(t)] = 1;
+    for (int32_t t : output) ++penalty_counts_[entry(t)];
+  }
+
+  size_t rows_;
+  int max_logprobs_ = -1;
+  std::vector<int32_t> logits_row_, top_k_, bias_indptr_, penalty_indptr_, seed_, draw_,
+      num_logprobs_, bias_ids_, penalty_ids_, penalty_counts_, penalty_in_prompt_;
+  std::vector<float> temperature_, top_p_, min_p_, repetition_, presence_, frequency_, bias_values_;
+  std::vector<int32_t> data_;
+  std::vector<size_t> offsets_;
+};
+
+// token [R] i32, logprob [R] f32, top ids [R, K] i32, top logprobs [R, K] f32, back to back.
+size_t OutputWords(size_t rows, int k) {
+  return 2 * rows + 2 * rows * static_cast<size_t>(k);
+}
+
+SampleOutputs OutputViews(void* base, Device device, int64_t rows, int k) {
+  int32_t* p = static_cast<int32_t*>(base);
+  SampleOutputs o;
+  o.token = Tensor(p, DType::kI32, device, {rows});
+  o.logprob = Tensor(p + rows, DType::kF32, device, {rows});
+  o.top_ids = Tensor(p + 2 * rows, DType::kI32, device, {rows, k});
+  o.top_logprobs = Tensor(p + 2 * rows + rows * k, DType::kF32, device, {rows, k});
+  return o;
+}
+
+std::vector<SampledToken> Unpack(const std::vector<int32_t>& words,
+                                 std::span<const BatchSampler::Row> rows, int k) {
+  const size_t r = rows.size();
+  std::vector<SampledToken> out(r);
+  for (size_t i = 0; i < r; ++i) {
+    SampledToken& tok = out[i];
+    tok.id = words[i];
+    const int want = rows[i].sampler->params().logprobs;
+    if (want < 0) continue;
+    tok.logprob = std::bit_cast<float>(words[r + i]);
+    for (int j = 0; j < std::min(want, k); ++j) {
+      const size_t at = i * static_cast<size_t>(k) + static_cast<size_t>(j);
+      const int32_t id = words[2 * r + at];
+      if (id < 0) break;
+      tok.top_logprobs.emplace_back(id, std::bit_cast<float>(words[2 * r + r * k + at]));
+    }
+  }
   return out;
+}
+
+// Grows `buf` to hold `words` i32 values.
+void Reserve(Backend& backend, kernels::Buffer& buf, size_t words) {
+  if (!buf.empty() && static_cast<size_t>(buf.view().numel()) >= words) return;
+  const size_t grown = buf.empty() ? 0 : 2 * static_cast<size_t>(buf.view().numel());
+  buf = backend.Allocate(DType::kI32, {static_cast<int64_t>(std::max({words, grown, size_t{64}}))});
 }
 
 }  // namespace
 
 Sampler::Sampler(const SamplingParams& params)
-    : params_(params), rng_(params.seed ? *params.seed : std::random_device{}()) {}
+    : params_(params),
+      seed_(params.seed ? *params.seed
+                        : (uint64_t{std::random_device{}()} << 32) | std::random_device{}()) {}
 
 SampledToken Sampler::Sample(std::span<const float> logits, std::span<const int32_t> prompt_tokens,
-                             std::span<const int32_t> output_tokens) {
-  const int vocab = static_cast<int>(logits.size());
-  std::vector<float> x(logits.begin(), logits.end());
+                             std::span<const int32_t> output_tokens) const {
+  const BatchSampler::Row row{this, 0, prompt_tokens, output_tokens};
+  const PackedBatch packed(std::span<const BatchSampler::Row>(&row, 1));
+  std::vector<int32_t> in = packed.data();
+  const int k = packed.max_logprobs();
+  std::vector<int32_t> words(OutputWords(1, k));
+  const Tensor host_logits(const_cast<float*>(logits.data()), DType::kF32, Device::kCpu,
+                           {1, static_cast<int64_t>(logits.size())});
+  kernels::SampleCpu(host_logits, packed.Views(in.data(), Device::kCpu),
+                     OutputViews(words.data(), Device::kCpu, 1, k));
+  return Unpack(words, std::span<const BatchSampler::Row>(&row, 1), k).front();
+}
 
-  for (const auto& [id, bias] : params_.logit_bias) {
-    if (id >= 0 && id < vocab) x[static_cast<size_t>(id)] += bias;
-  }
-  if (params_.repetition_penalty != 1.0f) {
-    std::vector<char> seen(static_cast<size_t>(vocab), 0);
-    for (int32_t t : prompt_tokens) seen[static_cast<size_t>(t)] = 1;
-    for (int32_t t : output_tokens) seen[static_cast<size_t>(t)] = 1;
-    for (int i = 0; i < vocab; ++i) {
-      if (!seen[static_cast<size_t>(i)]) continue;
-      float& v = x[static_cast<size_t>(i)];
-      v = v > 0 ? v / params_.repetition_penalty : v * params_.repetition_penalty;
-    }
-  }
-  if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
-    std::unordered_map<int32_t, int> counts;
-    for (int32_t t : output_tokens) ++counts[t];
-    for (const auto& [id, n] : counts) {
-      x[static_cast<size_t>(id)] -=
-          params_.frequency_penalty * static_cast<float>(n) + params_.presence_penalty;
-    }
-  }
-
-  int32_t chosen;
-  if (params_.greedy()) {
-    chosen = static_cast<int32_t>(std::max_element(x.begin(), x.end()) - x.begin());
-  } else {
-    for (float& v : x) v /= params_.temperature;
-    // Candidates sorted by logit, best first; ties broken by token id for determinism.
-    std::vector<int32_t> order(static_cast<size_t>(vocab));
-    std::iota(order.begin(), order.end(), 0);
-    size_t keep = order.size();
-    if (params_.top_k > 0) keep = std::min(keep, static_cast<size_t>(params_.top_k));
-    auto better = [&](int32_t a, int32_t b) {
-      const float xa = x[static_cast<size_t>(a)], xb = x[static_cast<size_t>(b)];
-      return xa != xb ? xa > xb : a < b;
-    };
-    std::stable_sort(order.begin(), order.end(), better);
-    order.resize(keep);
-    const float max = x[static_cast<size_t>(order.front())];
-    std::vector<double> probs(order.size());
-    double total = 0.0;
-    for (size_t i = 0; i < order.size(); ++i) {
-      probs[i] = std::exp(static_cast<double>(x[static_cast<size_t>(order[i])] - max));
-      total += probs[i];
-    }
-    for (double& p : probs) p /= total;
-    // top-p: the smallest prefix whose mass reaches top_p (the best token always stays).
-    if (params_.top_p < 1.0f) {
-      double mass = 0.0;
-      size_t n = 0;
-      while (n < probs.size()) {
-        mass += probs[n++];
-        if (mass >= params_.top_p) break;
-      }
-      probs.resize(n);
-      order.resize(n);
-    }
-    // min-p: drop tokens below min_p times the best probability.
-    if (params_.min_p > 0.0f) {
-      const double threshold = params_.min_p * probs.front();
-      size_t n = 1;
-      while (n < probs.size() && probs[n] >= threshold) ++n;
-      probs.resize(n);
-      order.resize(n);
-    }
-    const double sum = std::accumulate(probs.begin(), probs.end(), 0.0);
-    const double u = std::uniform_real_distribution<double>(0.0, sum)(rng_);
-    double acc = 0.0;
-    chosen = order.back();
-    for (size_t i = 0; i < probs.size(); ++i) {
-      acc += probs[i];
-      if (u < acc) {
-        chosen = order[i];
-        break;
-      }
-    }
-  }
-
-  SampledToken out;
-  out.id = chosen;
-  if (params_.logprobs >= 0) {
-    const std::vector<float> lp = LogSoftmax(logits);
-    out.logprob = lp[static_cast<size_t>(chosen)];
-    const size_t k = std::min(static_cast<size_t>(params_.logprobs), lp.size());
-    std::vector<int32_t> idx(lp.size());
-    std::iota(idx.begin(), idx.end(), 0);
-    std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
-                      [&](int32_t a, int32_t b) {
-                        const float la = lp[static_cast<size_t>(a)],
-                                    lb = lp[static_cast<size_t>(b)];
-                        return la != lb ? la > lb : a < b;
-                      });
-    for (size_t i = 0; i < k; ++i)
-      out.top_logprobs.emplace_back(idx[i], lp[static_cast<size_t>(idx[i])]);
-  }
-  return out;
+std::vector<SampledToken> BatchSampler::Sample(const Tensor& logits, std::span<const Row> rows) {
+  if (rows.empty()) return {};
+  const PackedBatch packed(rows);
+  const int k = packed.max_logprobs();
+  const size_t r = rows.size();
+  Reserve(backend_, in_, packed.data().size());
+  Reserve(backend_, out_, OutputWords(r, k));
+  backend_.CopyFromHost(in_.view(), packed.data().data(), packed.data().size() * sizeof(int32_t));
+  const Device device = backend_.device();
+  backend_.Sample(logits, packed.Views(in_.view().data, device),
+                  OutputViews(out_.view().data, device, static_cast<int64_t>(r), k));
+  std::vector<int32_t> words(OutputWords(r, k));
+  backend_.CopyToHost(words.data(), out_.view(), words.size() * sizeof(int32_t));
+  return Unpack(words, rows, k);
 }
 
 }  // namespace headwise::engine

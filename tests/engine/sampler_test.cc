@@ -4,6 +4,8 @@
 #include <cmath>
 #include <map>
 #include <random>
+#include <set>
+#include <span>
 
 namespace headwise::engine {
 namespace {
@@ -66,13 +68,28 @@ TEST_CASE("Same seed, same tokens; another seed, other tokens", "[sampler]") {
   auto draw = [&](SamplingParams params) {
     Sampler s(params);
     std::vector<int32_t> ids;
-    for (int i = 0; i < 32; ++i) ids.push_back(s.Sample(logits, {}, {}).id);
+    for (int i = 0; i < 32; ++i) ids.push_back(s.Sample(logits, {}, ids).id);
     return ids;
   };
-  CHECK(draw(p) == draw(p));
+  const auto first = draw(p);
+  CHECK(first == draw(p));
+  // Successive draws of one seed differ (the draw index is the output length).
+  CHECK(std::set<int32_t>(first.begin(), first.end()).size() > 16);
   SamplingParams q = p;
   q.seed = *p.seed + 1;
-  CHECK(draw(p) != draw(q));
+  CHECK(first != draw(q));
+  // Unseeded samplers get seeds of their own.
+  CHECK(draw(SamplingParams()) != draw(SamplingParams()));
+}
+
+TEST_CASE("A draw depends on the seed and the output length, not on the output", "[sampler]") {
+  const auto logits = std::vector<float>(1000, 0.0f);
+  SamplingParams p;
+  p.seed = 42;
+  const Sampler s(p);
+  const std::vector<int32_t> a = {1, 2, 3}, b = {7, 7, 9};
+  CHECK(s.Sample(logits, {}, a).id == s.Sample(logits, {}, b).id);
+  CHECK(s.Sample(logits, {}, a).id != s.Sample(logits, {}, std::span(a).first(2)).id);
 }
 
 TEST_CASE("Sampling follows the softmax; top-k, top-p and min-p cut the tail", "[sampler]") {
@@ -83,7 +100,12 @@ TEST_CASE("Sampling follows the softmax; top-k, top-p and min-p cut the tail", "
     Sampler s(p);
     std::vector<double> freq(4, 0.0);
     const int n = 20000;
-    for (int i = 0; i < n; ++i) freq[static_cast<size_t>(s.Sample(logits, {}, {}).id)] += 1.0 / n;
+    // Draw i of the seed's stream: the output so far is i tokens long (no penalties here).
+    const std::vector<int32_t> output(n, 0);
+    for (int i = 0; i < n; ++i) {
+      const auto so_far = std::span(output).first(static_cast<size_t>(i));
+      freq[static_cast<size_t>(s.Sample(logits, {}, so_far).id)] += 1.0 / n;
+    }
     return freq;
   };
   SamplingParams p;
