@@ -100,6 +100,7 @@ struct Engine::Impl {
   EngineConfig config;
   std::shared_ptr<MetricsRegistry> metrics;
   std::unique_ptr<kvcache::KvCache> cache;
+  std::unique_ptr<BatchSampler> sampler;  // engine thread only
 
   std::mutex mu;  // guards incoming, stop, counters read by Stats()
   std::condition_variable cv;
@@ -318,17 +319,27 @@ bool Engine::Impl::Step() {
             .subspan(static_cast<size_t>(w.seq->num_computed), static_cast<size_t>(w.count)),
         w.seq->num_computed, false});
   }
-  const std::vector<float> logits = model.model->ForwardToHost(batch, *cache);
-  const size_t vocab = static_cast<size_t>(model.model->config().vocab_size);
+  const Tensor logits = model.model->Forward(batch, *cache);
 
-  const auto after = Clock::now();
+  // Sequences whose tokens are all computed sample from their logits row on the device; a
+  // prefill chunk with more to come samples nothing.
+  std::vector<BatchSampler::Row> rows;
+  std::vector<Sequence*> sampled;
   for (size_t i = 0; i < work.size(); ++i) {
     Sequence& seq = *work[i].seq;
     seq.num_computed += work[i].count;
     seq.kv->CommitComputed(seq.tokens, seq.num_computed);
-    if (seq.remaining() > 0) continue;  // a prefill chunk, more to come
-    const std::span<const float> row(logits.data() + i * vocab, vocab);
-    SampledToken tok = seq.sampler.Sample(row, seq.prompt(), seq.generated());
+    if (seq.remaining() > 0) continue;
+    rows.push_back({&seq.sampler, static_cast<int>(i), seq.prompt(), seq.generated()});
+    sampled.push_back(&seq);
+  }
+  std::vector<SampledToken> tokens = sampler->Sample(logits, rows);
+  if (rows.empty()) backend->Synchronize();  // the step's timing covers the forward pass
+
+  const auto after = Clock::now();
+  for (size_t j = 0; j < sampled.size(); ++j) {
+    Sequence& seq = *sampled[j];
+    SampledToken tok = std::move(tokens[j]);
     const int32_t id = tok.id;
     seq.tokens.push_back(id);
     const bool first = seq.output->num_tokens() == 0;
@@ -442,6 +453,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
       impl->model.model->KvConfig(c.num_kv_pages, c.page_size),
       kvcache::HeadClassLayout::Dense(cfg.num_layers, cfg.num_kv_heads), *impl->backend);
   impl->cache->set_prefix_caching(c.enable_prefix_caching);
+  impl->sampler = std::make_unique<BatchSampler>(*impl->backend);
   impl->UpdateGauges();
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] { raw->Run(); });

@@ -94,7 +94,8 @@ struct PagedAttentionBatch {
   Tensor token_pos;  // i32 [T]: position of each query token
   BlockTable table;
   // Tokens of one sequence are contiguous, positions consecutive: sequence s owns query rows
-  // query_start[s] .. query_start[s + 1] - 1. Lets prefill kernels tile by sequence.
+  // query_start[s] .. query_start[s + 1] - 1. Lets prefill kernels tile by sequence; may be
+  // empty when max_query_len is 1.
   Tensor query_start;     // i32 [S + 1]
   int max_query_len = 1;  // a bound on query_start[s + 1] - query_start[s]
 };
@@ -112,6 +113,52 @@ struct SparseDecodeBatch {
   BlockTable table;
 };
 
+// A recorded sequence of operations that replays with the same arguments (a CUDA graph):
+// replaying skips the per-launch cost of hundreds of small kernels in a decode step.
+class CapturedOps {
+ public:
+  virtual ~CapturedOps() = default;
+  virtual void Replay() = 0;
+};
+
+// Token sampling for R rows at once (kernels/cpu/sampling.h states the rules). Row r samples
+// logits row logits_row[r]; one entry per row unless stated. Randomness is counter-based: a
+// row's draw depends only on its logits, its parameters, seed and draw index, never on the
+// other rows or the backend.
+struct SamplingBatch {
+  Tensor logits_row;          // i32 [R]
+  Tensor temperature;         // f32 [R]: 0 is greedy (argmax, lowest id on ties)
+  Tensor top_k;               // i32 [R]: <= 0 or >= V: off
+  Tensor top_p;               // f32 [R]: 1: off
+  Tensor min_p;               // f32 [R]: 0: off
+  Tensor repetition_penalty;  // f32 [R]: 1: off
+  Tensor presence_penalty;    // f32 [R]
+  Tensor frequency_penalty;   // f32 [R]
+  // Logit bias of row r: bias_values[j] added to token bias_ids[j], j in
+  // [bias_indptr[r], bias_indptr[r + 1]); a row's ids are distinct.
+  Tensor bias_indptr;  // i32 [R + 1]
+  Tensor bias_ids;     // i32 [nb]
+  Tensor bias_values;  // f32 [nb]
+  // What the penalties see of row r: its distinct tokens of prompt and output
+  // (penalty_ids[j], j in [penalty_indptr[r], penalty_indptr[r + 1])), each with its count in
+  // the output and whether it occurs in the prompt (0/1). Empty for rows without penalties.
+  Tensor penalty_indptr;     // i32 [R + 1]
+  Tensor penalty_ids;        // i32 [np]
+  Tensor penalty_counts;     // i32 [np]
+  Tensor penalty_in_prompt;  // i32 [np]
+  Tensor seed;               // i32 [R, 2]: the 64-bit seed, low word first
+  Tensor draw;               // i32 [R]: index of this draw in the seed's stream
+  Tensor num_logprobs;       // i32 [R]: -1: none; k >= 0: the chosen token's and k alternatives
+};
+
+// Sample's results. K = the largest num_logprobs (<= 20); may be 0, then top_* are empty.
+struct SampleOutputs {
+  Tensor token;         // i32 [R]
+  Tensor logprob;       // f32 [R]: log-softmax of the raw logits at token (0 without logprobs)
+  Tensor top_ids;       // i32 [R, K]: best first, ties by lower id; -1 past the row's count
+  Tensor top_logprobs;  // f32 [R, K]: -inf past the row's count
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -124,8 +171,23 @@ class Backend {
   virtual void CopyToHost(void* dst, const Tensor& src, size_t bytes) = 0;
   // Weights in the backend's storage type; the CPU backend aliases f32 host memory.
   virtual Buffer LoadWeight(const HostTensor& weight) = 0;
+  // Bytes of device memory free now and in total (host memory for the CPU backend).
+  struct MemoryInfo {
+    size_t free_bytes = 0, total_bytes = 0;
+  };
+  virtual MemoryInfo DeviceMemory() const = 0;
+  // dst = src on the device, bytes of each.
+  virtual void CopyOnDevice(const Tensor& dst, const Tensor& src, size_t bytes) = 0;
   // Waits for queued work (no-op on the CPU).
   virtual void Synchronize() = 0;
+
+  // --- capture ---
+  // Operations issued between BeginCapture and EndCapture are recorded, not run; EndCapture
+  // returns them for replay. Buffers they touch must outlive the recording. Backends without
+  // capture return false / nullptr and run everything eagerly.
+  virtual bool SupportsCapture() const { return false; }
+  virtual void BeginCapture() {}
+  virtual std::unique_ptr<CapturedOps> EndCapture() { return nullptr; }
 
   // --- operations ---
   // out[t] = table[ids[t]].  table [V, H], ids [T], out [T, H]
@@ -144,8 +206,7 @@ class Backend {
   // [T, Hq, D] and k, v into the KV pool at each token's position (batch.token_seq,
   // batch.token_pos, batch.table).
   virtual void RopeWriteKv(const Tensor& qkv, const PagedAttentionBatch& batch,
-                           const Tensor& inv_freq, const KvPoolView& pool,
-                           const Tensor& q_out) = 0;
+                           const Tensor& inv_freq, const KvPoolView& pool, const Tensor& q_out) = 0;
   // Causal attention of q [T, Hq, D] over the paged cache; out [T, Hq, D]. GQA: query head
   // qh reads KV head qh / (Hq / Hkv).
   virtual void PagedAttention(const Tensor& q, const KvPoolView& pool,
@@ -158,6 +219,10 @@ class Backend {
                                      const Tensor& lse) = 0;
   // out[r] = x[rows[r]].  x [T, H], rows [R], out [R, H]
   virtual void GatherRows(const Tensor& x, const Tensor& rows, const Tensor& out) = 0;
+  // Draws one token per row of `batch` from logits [N, V] f32 (SamplingBatch); the logits are
+  // left as they are.
+  virtual void Sample(const Tensor& logits, const SamplingBatch& batch,
+                      const SampleOutputs& out) = 0;
 };
 
 }  // namespace headwise::kernels

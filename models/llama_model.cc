@@ -117,26 +117,22 @@ kvcache::KvCacheConfig LlamaModel::KvConfig(int num_pages, int page_size) const 
   return kv;
 }
 
-Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& cache) {
-  const ModelConfig& c = config_;
-  kernels::Backend& be = *backend_;
+LlamaModel::StepMeta LlamaModel::BuildMeta(std::span<const BatchEntry> batch,
+                                           const kvcache::KvCache& cache, int pad_seqs,
+                                           int pad_blocks) const {
   const int num_seqs = static_cast<int>(batch.size());
-  const int hkv = c.num_kv_heads;
   const int page_size = cache.config().page_size;
   HW_CHECK(num_seqs > 0, "empty batch");
-
-  // All integer metadata of the step in one host array and one upload: token ids, positions,
-  // sequence of each token, logit rows, query ranges, the block table (one for all layers and
-  // heads) and each layer's page of every KV head inside a block.
+  StepMeta m;
+  m.num_seqs = std::max(num_seqs, pad_seqs);
   std::vector<int32_t> ids, positions, token_seq, logit_rows, query_start{0};
-  int max_blocks = 1, max_query_len = 1;
   for (int s = 0; s < num_seqs; ++s) {
     const BatchEntry& e = batch[static_cast<size_t>(s)];
     const int end = e.start_pos + static_cast<int>(e.tokens.size());
     HW_CHECK(!e.tokens.empty() && e.kv != nullptr, "sequence {} has no tokens or no cache", s);
     HW_CHECK_LE(end, e.kv->capacity_tokens());
-    max_blocks = std::max(max_blocks, (end + page_size - 1) / page_size);
-    max_query_len = std::max(max_query_len, static_cast<int>(e.tokens.size()));
+    m.max_blocks = std::max(m.max_blocks, (end + page_size - 1) / page_size);
+    m.max_query_len = std::max(m.max_query_len, static_cast<int>(e.tokens.size()));
     for (size_t i = 0; i < e.tokens.size(); ++i) {
       if (e.all_logits || i + 1 == e.tokens.size())
         logit_rows.push_back(static_cast<int32_t>(ids.size()));
@@ -146,49 +142,50 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
     }
     query_start.push_back(static_cast<int32_t>(ids.size()));
   }
-  const int64_t num_tokens = static_cast<int64_t>(ids.size());
-  const int64_t num_rows = static_cast<int64_t>(logit_rows.size());
+  m.max_blocks = std::max(m.max_blocks, pad_blocks);
+  // Padding sequences of one token at position -1: the kernels skip them.
+  for (int s = num_seqs; s < m.num_seqs; ++s) {
+    logit_rows.push_back(static_cast<int32_t>(ids.size()));
+    ids.push_back(0);
+    positions.push_back(-1);
+    token_seq.push_back(s);
+    query_start.push_back(static_cast<int32_t>(ids.size()));
+  }
+  m.num_tokens = static_cast<int64_t>(ids.size());
+  m.num_rows = static_cast<int64_t>(logit_rows.size());
 
-  std::vector<int32_t> meta;
-  meta.reserve(3 * ids.size() + logit_rows.size() + query_start.size() +
-               static_cast<size_t>(num_seqs * max_blocks + c.num_layers * hkv));
+  // All integer metadata of the step in one host array and one upload: token ids, positions,
+  // sequence of each token, logit rows, query ranges, the block table (one for all layers and
+  // heads) and each layer's page of every KV head inside a block.
+  const int hkv = config_.num_kv_heads;
+  m.data.reserve(4 * ids.size() + query_start.size() +
+                 static_cast<size_t>(m.num_seqs * m.max_blocks + config_.num_layers * hkv));
   for (const auto* part : {&ids, &positions, &token_seq, &logit_rows, &query_start}) {
-    meta.insert(meta.end(), part->begin(), part->end());
+    m.data.insert(m.data.end(), part->begin(), part->end());
   }
-  for (int s = 0; s < num_seqs; ++s) {
-    const std::vector<int32_t>& blocks = batch[static_cast<size_t>(s)].kv->blocks();
-    const size_t used = std::min(blocks.size(), static_cast<size_t>(max_blocks));
-    meta.insert(meta.end(), blocks.begin(), blocks.begin() + static_cast<std::ptrdiff_t>(used));
-    meta.resize(meta.size() + (static_cast<size_t>(max_blocks) - used), 0);
+  for (int s = 0; s < m.num_seqs; ++s) {
+    const size_t row_end = m.data.size() + static_cast<size_t>(m.max_blocks);
+    if (s < num_seqs) {
+      const std::vector<int32_t>& blocks = batch[static_cast<size_t>(s)].kv->blocks();
+      const size_t used = std::min(blocks.size(), static_cast<size_t>(m.max_blocks));
+      m.data.insert(m.data.end(), blocks.begin(),
+                    blocks.begin() + static_cast<std::ptrdiff_t>(used));
+    }
+    m.data.resize(row_end, 0);
   }
-  for (int l = 0; l < c.num_layers; ++l) {
-    for (int h = 0; h < hkv; ++h) meta.push_back(cache.PageIndex(l, h));
+  for (int l = 0; l < config_.num_layers; ++l) {
+    for (int h = 0; h < hkv; ++h) m.data.push_back(cache.PageIndex(l, h));
   }
-  if (meta_.empty() || meta_.view().numel() < static_cast<int64_t>(meta.size())) {
-    meta_ = be.Allocate(DType::kI32, {static_cast<int64_t>(meta.size()) * 2});
-  }
-  be.CopyFromHost(meta_.view(), meta.data(), meta.size() * sizeof(int32_t));
-  int64_t offset = 0;
-  auto part = [&](std::initializer_list<int64_t> shape) {
-    Tensor t(meta_.view().ptr<int32_t>() + offset, DType::kI32, be.device(), shape);
-    offset += t.numel();
-    return t;
-  };
-  const Tensor ids_t = part({num_tokens}), pos_t = part({num_tokens}), seq_t = part({num_tokens});
-  const Tensor rows_t = part({num_rows});
-  const Tensor query_start_t = part({num_seqs + 1});
-  const Tensor blocks_t = part({num_seqs, max_blocks});
-  std::vector<kernels::PagedAttentionBatch> attn_batches;
-  for (int l = 0; l < c.num_layers; ++l) {
-    kernels::BlockTable table{blocks_t, part({hkv}), cache.pages_per_block()};
-    attn_batches.push_back({seq_t, pos_t, table, query_start_t, max_query_len});
-  }
+  return m;
+}
 
-  // Activations live in a workspace that grows to the largest batch seen.
-  const int64_t hidden = c.hidden_size, head_dim = c.head_dim;
-  const int64_t q_dim = int64_t{c.num_heads} * head_dim;
-  const int64_t qkv_dim = q_dim + 2 * int64_t{hkv} * head_dim;
+bool LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_rows) {
+  kernels::Backend& be = *backend_;
+  const ModelConfig& c = config_;
+  bool grew = false;
   if (workspace_.tokens < num_tokens) {
+    const int64_t hidden = c.hidden_size, q_dim = int64_t{c.num_heads} * c.head_dim;
+    const int64_t qkv_dim = q_dim + 2 * int64_t{c.num_kv_heads} * c.head_dim;
     const int64_t cap = std::max<int64_t>(num_tokens, 2 * workspace_.tokens);
     const DType act = be.device() == Device::kCpu ? DType::kF32 : DType::kBF16;
     workspace_.tokens = cap;
@@ -201,7 +198,34 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
     workspace_.gate_up = be.Allocate(act, {cap, 2 * int64_t{c.intermediate_size}});
     workspace_.mlp = be.Allocate(act, {cap, c.intermediate_size});
     workspace_.last = be.Allocate(act, {cap, hidden});
+    grew = true;
   }
+  if (logits_.empty() || logits_.view().dim(0) < num_rows) {
+    const int64_t cap =
+        std::max<int64_t>(num_rows, 2 * (logits_.empty() ? 0 : logits_.view().dim(0)));
+    logits_ = be.Allocate(DType::kF32, {cap, c.vocab_size});
+    grew = true;
+  }
+  return grew;
+}
+
+Tensor LlamaModel::Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::KvCache& cache) {
+  const ModelConfig& c = config_;
+  kernels::Backend& be = *backend_;
+  const int hkv = c.num_kv_heads;
+  const int64_t num_tokens = m.num_tokens, num_rows = m.num_rows;
+  int64_t offset = 0;
+  auto part = [&](std::initializer_list<int64_t> shape) {
+    Tensor t(meta.view().ptr<int32_t>() + offset, DType::kI32, be.device(), shape);
+    offset += t.numel();
+    return t;
+  };
+  const Tensor ids_t = part({num_tokens}), pos_t = part({num_tokens}), seq_t = part({num_tokens});
+  const Tensor rows_t = part({num_rows});
+  const Tensor query_start_t = part({m.num_seqs + 1});
+  const Tensor blocks_t = part({m.num_seqs, m.max_blocks});
+
+  const int64_t head_dim = c.head_dim, q_dim = int64_t{c.num_heads} * head_dim;
   auto rows = [&](const Buffer& b, int64_t n) { return b.view().Rows(0, n); };
   const Tensor residual = rows(workspace_.residual, num_tokens);
   const Tensor normed = rows(workspace_.normed, num_tokens);
@@ -213,12 +237,6 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
   const Tensor gate_up = rows(workspace_.gate_up, num_tokens);
   const Tensor mlp = rows(workspace_.mlp, num_tokens);
   const Tensor last = rows(workspace_.last, num_rows);
-  if (logits_.empty() || logits_.view().dim(0) < num_rows) {
-    logits_ =
-        be.Allocate(DType::kF32,
-                    {std::max<int64_t>(num_rows, 2 * (logits_.empty() ? 0 : logits_.view().dim(0))),
-                     c.vocab_size});
-  }
   const Tensor logits = rows(logits_, num_rows);
 
   const kernels::KvPoolView pool = cache.pool_view();
@@ -230,8 +248,10 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
   be.RmsNorm(residual, layers_.front().input_norm.view(), eps, normed);
   for (int l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[static_cast<size_t>(l)];
+    const kernels::PagedAttentionBatch attn_batch{
+        seq_t, pos_t, kernels::BlockTable{blocks_t, part({hkv}), cache.pages_per_block()},
+        query_start_t, m.max_query_len};
     be.Matmul(normed, layer.qkv.view(), layer.qkv_bias.view(), qkv);
-    const kernels::PagedAttentionBatch& attn_batch = attn_batches[static_cast<size_t>(l)];
     be.RopeWriteKv(qkv, attn_batch, inv_freq_.view(), pool, q);
     be.PagedAttention(q, pool, attn_batch, scale, attn);
     be.Matmul(attn.Reshape({num_tokens, q_dim}), layer.o_proj.view(), no_bias, proj);
@@ -248,6 +268,57 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
   const Buffer& head = c.tie_word_embeddings ? embed_ : lm_head_;
   be.Matmul(last, head.view(), no_bias, logits);
   return logits;
+}
+
+void LlamaModel::Upload(const StepMeta& m, kernels::Buffer& meta) {
+  if (meta.empty() || meta.view().numel() < static_cast<int64_t>(m.data.size())) {
+    meta = backend_->Allocate(DType::kI32, {static_cast<int64_t>(m.data.size()) * 2});
+  }
+  backend_->CopyFromHost(meta.view(), m.data.data(), m.data.size() * sizeof(int32_t));
+}
+
+int LlamaModel::GraphBatchBucket(int num_seqs) {
+  for (int b : {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128}) {
+    if (num_seqs <= b) return b;
+  }
+  return 0;
+}
+
+Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& cache) {
+  const int num_seqs = static_cast<int>(batch.size());
+  const bool decode_only = std::all_of(batch.begin(), batch.end(), [](const BatchEntry& e) {
+    return e.tokens.size() == 1 && !e.all_logits;
+  });
+  const int bucket = GraphBatchBucket(num_seqs);
+  if (!use_graphs_ || !backend_->SupportsCapture() || !decode_only || bucket == 0) {
+    const StepMeta m = BuildMeta(batch, cache, 0, 0);
+    if (EnsureWorkspace(m.num_tokens, m.num_rows)) graphs_.clear();
+    Upload(m, meta_);
+    return Run(m, meta_, cache);
+  }
+  // Decode steps replay a graph per (batch bucket, block-table width): sequences and table
+  // columns are padded up to the bucket, and the kernels take lengths from the metadata.
+  int max_blocks = 1;
+  const int page_size = cache.config().page_size;
+  for (const BatchEntry& e : batch) {
+    max_blocks = std::max(max_blocks, (e.start_pos + 1 + page_size - 1) / page_size);
+  }
+  int width = 16;
+  while (width < max_blocks) width *= 2;
+  const StepMeta m = BuildMeta(batch, cache, bucket, width);
+  if (EnsureWorkspace(m.num_tokens, m.num_rows)) graphs_.clear();  // they point at old buffers
+  DecodeGraph& graph = graphs_[{bucket, width}];
+  Upload(m, graph.meta);
+  if (graph.ops == nullptr) {
+    // One eager run sizes every backend scratch buffer, then the same launches are recorded.
+    Run(m, graph.meta, cache);
+    backend_->BeginCapture();
+    Run(m, graph.meta, cache);
+    graph.ops = backend_->EndCapture();
+  } else {
+    graph.ops->Replay();
+  }
+  return logits_.view().Rows(0, num_seqs);
 }
 
 std::vector<float> LlamaModel::ForwardToHost(std::span<const BatchEntry> batch,

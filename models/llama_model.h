@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <vector>
@@ -44,14 +45,41 @@ class LlamaModel {
   // Forward, then the logits copied to the host.
   std::vector<float> ForwardToHost(std::span<const BatchEntry> batch, kvcache::KvCache& cache);
 
+  // Decode steps replay captured graphs where the backend can capture (default on);
+  // off runs every step eagerly (--enforce-eager).
+  void set_use_graphs(bool on) { use_graphs_ = on; }
+  // The batch sizes decode graphs are captured for: a batch runs in the smallest bucket that
+  // holds it, padded; 0 when it is larger than every bucket (eager).
+  static int GraphBatchBucket(int num_seqs);
+
  private:
   struct Layer {
     kernels::Buffer input_norm, qkv, qkv_bias, o_proj, post_norm, gate_up, down;
   };
 
+  // A step's integer metadata, host side, in the layout Run reads.
+  struct StepMeta {
+    std::vector<int32_t> data;
+    int64_t num_tokens = 0, num_rows = 0;
+    int num_seqs = 0, max_blocks = 1, max_query_len = 1;
+  };
+  struct DecodeGraph {
+    kernels::Buffer meta;  // the graph reads its metadata here; refreshed before each replay
+    std::unique_ptr<kernels::CapturedOps> ops;
+  };
+
   LlamaModel(const ModelConfig& config, kernels::Backend& backend)
       : config_(config), backend_(&backend) {}
   Status LoadWeights(WeightSource& weights);
+  // Pads to pad_seqs sequences (extra ones are one padding token each) and pad_blocks table
+  // columns.
+  StepMeta BuildMeta(std::span<const BatchEntry> batch, const kvcache::KvCache& cache, int pad_seqs,
+                     int pad_blocks) const;
+  // Grows activations and logits to hold the step; true when buffers moved.
+  bool EnsureWorkspace(int64_t num_tokens, int64_t num_rows);
+  void Upload(const StepMeta& m, kernels::Buffer& meta);
+  // Issues the forward pass of the step whose metadata is in `meta`; returns the logits view.
+  Tensor Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::KvCache& cache);
 
   ModelConfig config_;
   kernels::Backend* backend_;
@@ -64,8 +92,10 @@ class LlamaModel {
     kernels::Buffer residual, normed, qkv, q, attn, proj, gate_up, mlp, last;
   };
   Workspace workspace_;
-  kernels::Buffer meta_;    // the step's integer metadata (ids, positions, tables, slots)
+  kernels::Buffer meta_;    // the step's integer metadata (ids, positions, block table)
   kernels::Buffer logits_;  // storage behind the last Forward's result
+  bool use_graphs_ = true;
+  std::map<std::pair<int, int>, DecodeGraph> graphs_;  // by (batch bucket, table width)
 };
 
 }  // namespace headwise::models

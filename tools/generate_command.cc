@@ -37,6 +37,7 @@ constexpr const char* kUsage = R"(usage: headwise generate --model PATH --prompt
   --logprobs K              print each token's logprob and K alternatives to stderr
   --no-special              do not add BOS/special tokens to the prompt
   --device cpu|cuda         backend (default cpu)
+  --enforce-eager           run decode steps eagerly instead of replaying CUDA graphs
   --threads N               CPU threads (default: all)
   --prefill-chunk N         prefill chunk size in tokens (default 512)
   --kv-pages N              KV pages of 16 tokens (default: enough for the request)
@@ -57,7 +58,7 @@ int RunGenerate(int argc, char** argv) {
     return 0;
   }
   std::string model_path, prompt, load_format = "auto", tokenizer_path, system, device = "cpu";
-  bool chat = false, ignore_eos = false, no_special = false;
+  bool chat = false, ignore_eos = false, no_special = false, enforce_eager = false;
   int threads = 0, prefill_chunk = 512, kv_pages = 0;
   engine::SamplingParams params;
   params.temperature = 0.0f;
@@ -88,6 +89,7 @@ int RunGenerate(int argc, char** argv) {
   flags.Bool("no-special", no_special);
   flags.Int("threads", threads);
   flags.String("device", device);
+  flags.Bool("enforce-eager", enforce_eager);
   flags.Int("prefill-chunk", prefill_chunk);
   flags.Int("kv-pages", kv_pages);
   if (Status s = flags.Finish(); !s.ok()) return Fail(s);
@@ -123,6 +125,7 @@ int RunGenerate(int argc, char** argv) {
   options.tokenizer_path = tokenizer_path;
   auto loaded = engine::LoadModel(model_path, options, *backend);
   if (!loaded.ok()) return Fail(loaded.status());
+  loaded->model->set_use_graphs(!enforce_eager);
   if (!loaded->tokenizer) {
     return Fail(InvalidArgument("{}: no tokenizer found; pass --tokenizer PATH", model_path));
   }

@@ -47,6 +47,7 @@ Serves MODEL (a Hugging Face directory or a .gguf file) over the OpenAI HTTP API
   --no-prefix-caching         do not reuse the KV of shared prompt prefixes
   --chat-template FILE        Jinja chat template instead of the model's
   --device cpu|cuda           backend (default cpu)
+  --enforce-eager             run decode steps eagerly instead of replaying CUDA graphs
   --threads N                 CPU threads (default: all)
   --load-format auto|dummy    dummy: seeded random weights from config.json alone
   --seed N                    seed of dummy weights (default 0)
@@ -142,7 +143,7 @@ int RunServe(int argc, char** argv) {
   std::string chat_template_path, device = "cpu", load_format = "auto", tokenizer_path, kv_memory,
                                   body_limit, api_key;
   std::vector<std::string> names;
-  bool no_prefix_caching = false;
+  bool no_prefix_caching = false, enforce_eager = false;
   int threads = 0;
   int64_t seed = 0;
   std::string model_flag;
@@ -162,6 +163,7 @@ int RunServe(int argc, char** argv) {
   flags.String("device", device);
   flags.Int("threads", threads);
   flags.String("load-format", load_format);
+  flags.Bool("enforce-eager", enforce_eager);
   flags.Int64("seed", seed);
   flags.String("tokenizer", tokenizer_path);
   flags.String("max-body-bytes", body_limit);
@@ -223,6 +225,7 @@ int RunServe(int argc, char** argv) {
   load.tokenizer_path = tokenizer_path;
   auto loaded = engine::LoadModel(model_path, load, *backend);
   if (!loaded.ok()) return Fail(loaded.status());
+  loaded->model->set_use_graphs(!enforce_eager);
   if (!loaded->tokenizer) {
     return Fail(InvalidArgument("{}: no tokenizer found; pass --tokenizer PATH", model_path));
   }

@@ -1,5 +1,7 @@
 #include "kernels/cpu/cpu_backend.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -8,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/sampling.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace headwise::kernels {
@@ -33,12 +36,10 @@ int64_t SlotOf(const BlockTable& table, const KvPoolView& pool, int32_t seq, int
   HW_CHECK(seq >= 0 && seq < table.num_seqs() && pos >= 0 && logical < table.max_blocks(),
            "key {} of sequence {} outside the block table [{}, {}]", pos, seq, table.num_seqs(),
            table.max_blocks());
-  const int64_t page =
-      int64_t{table.blocks.ptr<int32_t>()[seq * table.max_blocks() + logical]} *
-          table.pages_per_block +
-      table.head_page.ptr<int32_t>()[kv_head];
-  HW_CHECK(page >= 0 && page < pool.k.dim(0), "KV page {} outside pool of {}", page,
-           pool.k.dim(0));
+  const int64_t page = int64_t{table.blocks.ptr<int32_t>()[seq * table.max_blocks() + logical]} *
+                           table.pages_per_block +
+                       table.head_page.ptr<int32_t>()[kv_head];
+  HW_CHECK(page >= 0 && page < pool.k.dim(0), "KV page {} outside pool of {}", page, pool.k.dim(0));
   return page * pool.page_size + pos % pool.page_size;
 }
 
@@ -76,6 +77,17 @@ class CpuBackend final : public Backend {
     return Buffer(view, [keep](void*) mutable { keep.reset(); });
   }
 
+  MemoryInfo DeviceMemory() const override {
+    MemoryInfo info;
+    const long page = sysconf(_SC_PAGESIZE);
+    info.total_bytes = static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<size_t>(page);
+    info.free_bytes = static_cast<size_t>(sysconf(_SC_AVPHYS_PAGES)) * static_cast<size_t>(page);
+    return info;
+  }
+  void CopyOnDevice(const Tensor& dst, const Tensor& src, size_t bytes) override {
+    HW_CHECK(bytes <= dst.nbytes() && bytes <= src.nbytes(), "copy of {} bytes", bytes);
+    std::memcpy(dst.data, src.data, bytes);
+  }
   void Synchronize() override {}
 
   void Embedding(const Tensor& table, const Tensor& ids, const Tensor& out) override {
@@ -267,7 +279,8 @@ class CpuBackend final : public Backend {
             }
             auto row_of = [&](const Tensor& pool_part, int32_t j) {
               const int32_t pos = batch.indices.ptr<int32_t>()[first + j];
-              return pool_part.ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, pos) * head_dim;
+              return pool_part.ptr<float>() +
+                     SlotOf(batch.table, pool, seq, kv_head, pos) * head_dim;
             };
             scores.resize(static_cast<size_t>(count));
             float max_score = -INFINITY;
@@ -298,6 +311,10 @@ class CpuBackend final : public Backend {
       std::memcpy(out.ptr<float>() + r * width, x.ptr<float>() + src * width,
                   static_cast<size_t>(width) * sizeof(float));
     }
+  }
+
+  void Sample(const Tensor& logits, const SamplingBatch& batch, const SampleOutputs& out) override {
+    SampleCpu(logits, batch, out);
   }
 
  private:

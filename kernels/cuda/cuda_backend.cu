@@ -8,6 +8,9 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/gemv.h"
+#include "kernels/cuda/prefill_attention.h"
+#include "kernels/cuda/sampling.h"
 
 namespace headwise::kernels {
 namespace {
@@ -336,6 +339,11 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
     if (num_splits > 1 && threadIdx.x < ng) {
       part_lse[(t * hq + first_head + threadIdx.x) * num_splits + split] = -INFINITY;
     }
+    if (num_splits == 1) {  // padding: zeros rather than whatever the buffer held
+      for (int i = threadIdx.x; i < ng * d; i += blockDim.x) {
+        out[(t * hq + first_head) * int64_t{d} + i] = __float2bfloat16(0.0f);
+      }
+    }
     return;
   }
   __shared__ __align__(16) float s_q[G][kMaxHeadDim];
@@ -355,6 +363,15 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
       s_lse);
   if (num_splits > 1 && threadIdx.x < ng) {
     part_lse[(t * hq + first_head + threadIdx.x) * num_splits + split] = s_lse[threadIdx.x];
+  }
+}
+
+// first_pos[s] = position of sequence s's first query token (the prefill kernel's input).
+__global__ void FirstPositionsKernel(const int32_t* query_start, const int32_t* token_pos,
+                                     int num_seqs, int32_t* first_pos) {
+  const int s = blockIdx.x * blockDim.x + threadIdx.x;
+  if (s < num_seqs) {
+    first_pos[s] = query_start[s + 1] > query_start[s] ? token_pos[query_start[s]] : 0;
   }
 }
 
@@ -437,10 +454,14 @@ class CudaBackend final : public Backend {
     HW_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     HW_CUBLAS_CHECK(cublasCreate(&cublas_));
     HW_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    // An explicit workspace: cuBLAS must not allocate while a graph is being captured.
+    cublas_workspace_ = Allocate(DType::kI32, {kCublasWorkspaceBytes / 4});
+    HW_CUBLAS_CHECK(
+        cublasSetWorkspace(cublas_, cublas_workspace_.view().data, kCublasWorkspaceBytes));
     HW_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
   }
   ~CudaBackend() override {
-    if (scratch_ != nullptr) cudaFree(scratch_);
+    for (void* p : scratch_) cudaFree(p);
     cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
   }
@@ -481,7 +502,33 @@ class CudaBackend final : public Backend {
     return out;
   }
 
+  MemoryInfo DeviceMemory() const override {
+    MemoryInfo info;
+    HW_CUDA_CHECK(cudaMemGetInfo(&info.free_bytes, &info.total_bytes));
+    return info;
+  }
+  void CopyOnDevice(const Tensor& dst, const Tensor& src, size_t bytes) override {
+    HW_CHECK(bytes <= dst.nbytes() && bytes <= src.nbytes(), "copy of {} bytes", bytes);
+    HW_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+
   void Synchronize() override { HW_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  bool SupportsCapture() const override { return true; }
+  void BeginCapture() override {
+    HW_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+  }
+  std::unique_ptr<CapturedOps> EndCapture() override {
+    cudaGraph_t graph = nullptr;
+    capturing_ = false;
+    HW_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    HW_CUDA_CHECK(err);
+    return std::make_unique<CudaGraph>(exec, stream_);
+  }
 
   void Embedding(const Tensor& table, const Tensor& ids, const Tensor& out) override {
     CheckDevice(table, "table");
@@ -511,6 +558,18 @@ class CudaBackend final : public Backend {
     const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
     HW_CHECK_EQ(w.dim(1), k);
     HW_CHECK(out.dim(0) == m && out.dim(1) == n, "out {} for [{}, {}]", out.ShapeString(), m, n);
+    const bool aligned =
+        (reinterpret_cast<uintptr_t>(x.data) | reinterpret_cast<uintptr_t>(w.data)) % 16 == 0;
+    if (m <= cuda::kGemvMaxRows && k % 8 == 0 && aligned && x.dtype == DType::kBF16 &&
+        w.dtype == DType::kBF16 && (bias.data == nullptr || bias.dtype == DType::kBF16) &&
+        (out.dtype == DType::kBF16 || out.dtype == DType::kF32)) {
+      cuda::LaunchGemv(stream_, x.ptr<bf16>(), w.ptr<bf16>(),
+                       bias.data != nullptr ? bias.ptr<bf16>() : nullptr, out.data,
+                       out.dtype == DType::kF32, static_cast<int>(m), static_cast<int>(n),
+                       static_cast<int>(k));
+      HW_CUDA_LAUNCHED();
+      return;
+    }
     const float alpha = 1.0f, beta = 0.0f;
     // Row-major out[m, n] = x w^T is column-major out^T[n, m] = (w as [k, n])^T x^T: cuBLAS
     // reads w transposed (ld k) and x as is (ld k).
@@ -557,6 +616,10 @@ class CudaBackend final : public Backend {
     CheckHeadDim(d);
     const int hkv = batch.table.num_kv_heads();
     HW_CHECK(hkv > 0 && hq % hkv == 0, "{} query heads, {} KV heads", hq, hkv);
+    if (batch.max_query_len > 1 && batch.query_start.data != nullptr &&
+        PrefillAttention(q, pool, batch, scale, out)) {
+      return;
+    }
     const int g = GroupTile(hq / hkv);
     const int head_blocks = hkv * ((hq / hkv + g - 1) / g);
     // Enough blocks for two waves over the SMs, each split at least 256 keys long; big
@@ -570,7 +633,7 @@ class CudaBackend final : public Backend {
     if (num_splits > 1) {
       const size_t parts = static_cast<size_t>(tokens) * hq * num_splits;
       EnsureScratch(parts * (static_cast<size_t>(d) + 1) * sizeof(float));
-      part_o = static_cast<float*>(scratch_);
+      part_o = static_cast<float*>(scratch_.back());
       part_lse = part_o + parts * static_cast<size_t>(d);
     }
     const dim3 grid(static_cast<unsigned>(tokens), static_cast<unsigned>(head_blocks),
@@ -583,10 +646,18 @@ class CudaBackend final : public Backend {
           part_lse);
     };
     switch (g) {
-      case 1: launch(PagedAttentionKernel<1>); break;
-      case 2: launch(PagedAttentionKernel<2>); break;
-      case 4: launch(PagedAttentionKernel<4>); break;
-      default: launch(PagedAttentionKernel<8>); break;
+      case 1:
+        launch(PagedAttentionKernel<1>);
+        break;
+      case 2:
+        launch(PagedAttentionKernel<2>);
+        break;
+      case 4:
+        launch(PagedAttentionKernel<4>);
+        break;
+      default:
+        launch(PagedAttentionKernel<8>);
+        break;
     }
     HW_CUDA_LAUNCHED();
     if (num_splits > 1) {
@@ -613,14 +684,22 @@ class CudaBackend final : public Backend {
           q.ptr<bf16>(), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), batch.row_seq.ptr<int32_t>(),
           batch.row_kv_head.ptr<int32_t>(), batch.indptr.ptr<int32_t>(),
           batch.indices.ptr<int32_t>(),
-          batch.logit_bias.data ? batch.logit_bias.ptr<float>() : nullptr, table, hq, hkv, d,
-          scale, out.ptr<bf16>(), lse.ptr<float>());
+          batch.logit_bias.data ? batch.logit_bias.ptr<float>() : nullptr, table, hq, hkv, d, scale,
+          out.ptr<bf16>(), lse.ptr<float>());
     };
     switch (g) {
-      case 1: launch(SparseDecodeKernel<1>); break;
-      case 2: launch(SparseDecodeKernel<2>); break;
-      case 4: launch(SparseDecodeKernel<4>); break;
-      default: launch(SparseDecodeKernel<8>); break;
+      case 1:
+        launch(SparseDecodeKernel<1>);
+        break;
+      case 2:
+        launch(SparseDecodeKernel<2>);
+        break;
+      case 4:
+        launch(SparseDecodeKernel<4>);
+        break;
+      default:
+        launch(SparseDecodeKernel<8>);
+        break;
     }
     HW_CUDA_LAUNCHED();
   }
@@ -631,7 +710,38 @@ class CudaBackend final : public Backend {
     HW_CUDA_LAUNCHED();
   }
 
+  void Sample(const Tensor& logits, const SamplingBatch& batch, const SampleOutputs& out) override {
+    EnsureScratch(SampleScratchBytes(batch.logits_row.numel(), logits.dim(-1)));
+    LaunchSample(logits, batch, out, scratch_.back(), stream_);
+  }
+
  private:
+  // Chunks of new tokens on tensor cores; false where the kernel does not take the shape.
+  bool PrefillAttention(const Tensor& q, const KvPoolView& pool, const PagedAttentionBatch& batch,
+                        float scale, const Tensor& out) {
+    const int num_seqs = batch.table.num_seqs();
+    if (first_pos_.empty() || first_pos_.view().numel() < num_seqs) {
+      HW_CHECK(!capturing_, "prefill metadata must be sized before capture");
+      first_pos_ = Allocate(
+          DType::kI32,
+          {std::max(num_seqs,
+                    2 * static_cast<int>(first_pos_.empty() ? 0 : first_pos_.view().numel()))});
+    }
+    FirstPositionsKernel<<<Blocks(num_seqs, 128), 128, 0, stream_>>>(
+        batch.query_start.ptr<int32_t>(), batch.token_pos.ptr<int32_t>(), num_seqs,
+        first_pos_.view().ptr<int32_t>());
+    HW_CUDA_LAUNCHED();
+    const bool launched = cuda::LaunchPagedPrefillAttention(
+        stream_, q.ptr<bf16>(), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), pool.page_size,
+        batch.query_start.ptr<int32_t>(), first_pos_.view().ptr<int32_t>(),
+        batch.table.blocks.ptr<int32_t>(), batch.table.max_blocks(),
+        batch.table.head_page.ptr<int32_t>(), batch.table.pages_per_block, num_seqs,
+        batch.max_query_len, static_cast<int>(q.dim(1)), batch.table.num_kv_heads(),
+        static_cast<int>(q.dim(2)), scale, out.ptr<bf16>());
+    HW_CUDA_LAUNCHED();
+    return launched;
+  }
+
   static void CheckHeadDim(int d) {
     // Keys are read 8 bf16 (16 bytes) at a time.
     HW_CHECK(d <= kMaxHeadDim && d % 8 == 0, "head dim {} must be a multiple of 8, <= {}", d,
@@ -640,21 +750,39 @@ class CudaBackend final : public Backend {
   // Query heads per attention block: the whole GQA group up to 8, in tiles of 8 beyond.
   static int GroupTile(int group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
 
-  // Scratch for split-KV partials, grown on demand (stream-ordered: safe to reuse per launch).
+  // Scratch for split-KV partials, grown on demand. Outgrown buffers stay allocated until
+  // the backend goes: a captured graph may still point into them.
   void EnsureScratch(size_t bytes) {
     if (bytes <= scratch_bytes_) return;
-    HW_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (scratch_ != nullptr) HW_CUDA_CHECK(cudaFree(scratch_));
+    HW_CHECK(!capturing_, "attention scratch must be sized by an eager run before capture");
     scratch_bytes_ = std::max(bytes, 2 * scratch_bytes_);
-    HW_CUDA_CHECK(cudaMalloc(&scratch_, scratch_bytes_));
+    void* p = nullptr;
+    HW_CUDA_CHECK(cudaMalloc(&p, scratch_bytes_));
+    scratch_.push_back(p);
   }
+
+  class CudaGraph final : public CapturedOps {
+   public:
+    CudaGraph(cudaGraphExec_t exec, cudaStream_t stream) : exec_(exec), stream_(stream) {}
+    ~CudaGraph() override { cudaGraphExecDestroy(exec_); }
+    void Replay() override { HW_CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+
+   private:
+    cudaGraphExec_t exec_;
+    cudaStream_t stream_;
+  };
+
+  static constexpr int64_t kCublasWorkspaceBytes = int64_t{32} << 20;
 
   int device_;
   int num_sms_ = 1;
-  void* scratch_ = nullptr;
+  bool capturing_ = false;
+  std::vector<void*> scratch_;
   size_t scratch_bytes_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  Buffer cublas_workspace_;
+  Buffer first_pos_;  // per-sequence first query position, for the prefill kernel
 };
 
 }  // namespace

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root, with .carry/gpu from scripts/device/pack.sh:
-# every CUDA kernel against the CPU backend, then end-to-end logits and greedy text. Prints a
-# short table last; full logs go to $OUT when set.
+# every CUDA kernel against the CPU backend, end-to-end logits and greedy text, then the speed
+# table (hw_bench_gpu; HW_BENCH_ARGS adds flags). Prints a short table last; full logs go to
+# $OUT when set.
 set -uo pipefail
 root=$(pwd)
 carry=$root/.carry/gpu
@@ -20,16 +21,15 @@ for dev in cpu cuda; do
   "$carry/bin/headwise" generate --model "$carry/shared/models/tinystories-656k" --device $dev \
     --prompt "Once upon a time, there was a little" --max-tokens 64 >"$logs/generate-$dev.txt" 2>&1
 done
-# Decode step of Llama-3-8B shapes (dummy weights) at batch 1: a first baseline. The bound
-# uses the 3.0 TB/s copy bandwidth of DEVICE.md, not one measured in this run.
-for ctx in 1024 8192; do
-  "$carry/bin/hw_bench_decode" "$root/configs/models/llama-3-8b" --load-format dummy \
-    --device cuda --context $ctx --tokens 32 --bandwidth-gbs 3000 >>"$logs/decode-8b.jsonl" 2>&1
-done
+# The speed table at Llama-3-8B shapes (dummy weights), bounds measured in the same run.
+"$carry/bin/hw_bench_gpu" "$root/configs/models/llama-3-8b" --load-format dummy \
+  ${HW_BENCH_ARGS:-} >"$logs/bench-8b.jsonl" 2>"$logs/bench-8b.err"
+"$carry/bin/hw_bench_gpu" "$root/configs/models/llama-3-8b" --load-format dummy \
+  --batches 1 --contexts 1024 --prefill "" --enforce-eager >>"$logs/bench-8b.jsonl" 2>>"$logs/bench-8b.err"
 echo "--- summary"
 grep -hE "WARNING|with expansion|passed|failed|max \|diff\||greedy tokens|divergence" "$logs"/*.log | grep -v "^$" | head -40
-echo "--- decode, Llama-3-8B shapes, batch 1"
-cat "$logs/decode-8b.jsonl"
+echo "--- speed, Llama-3-8B shapes"
+cat "$logs/bench-8b.jsonl"; tail -3 "$logs/bench-8b.err"
 echo "--- generate (cpu, then cuda)"
 cat "$logs/generate-cpu.txt" "$logs/generate-cuda.txt"
 exit $status

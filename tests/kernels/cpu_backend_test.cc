@@ -201,8 +201,11 @@ TEST_CASE("RopeWriteKv and PagedAttention match dense attention over scattered p
              head_page_b = UploadI32(*be, head_page, {hkv});
       Buffer freq_b = Upload(*be, inv_freq, {d / 2});
       Buffer q = Poisoned(*be, {len, hq, d}), out = Poisoned(*be, {len, hq, d});
+      Buffer query_start_b = UploadI32(*be, {0, len}, {2});
       const PagedAttentionBatch batch{
-          seq_b.view(), pos_b.view(), BlockTable{blocks_b.view(), head_page_b.view(), pages_per_block}};
+          seq_b.view(), pos_b.view(),
+          BlockTable{blocks_b.view(), head_page_b.view(), pages_per_block}, query_start_b.view(),
+          len};
       be->RopeWriteKv(qkv_b.view(), batch, freq_b.view(), pool, q.view());
       be->PagedAttention(q.view(), pool, batch, 1.0f / std::sqrt(float(d)), out.view());
 
@@ -311,8 +314,8 @@ struct SparseFixture {
     Buffer bb = Upload(*be, biases.empty() ? std::vector<float>{0} : biases,
                        {std::max<int64_t>(1, static_cast<int64_t>(biases.size()))});
     Buffer out = Poisoned(*be, {rows, hq / hkv, d}), lse = Poisoned(*be, {rows, hq / hkv});
-    SparseDecodeBatch batch{rs.view(), rh.view(),  ip.view(),
-                            ix.view(), bias ? bb.view() : Tensor(), table()};
+    SparseDecodeBatch batch{rs.view(), rh.view(), ip.view(), ix.view(), bias ? bb.view() : Tensor(),
+                            table()};
     be->SparseDecodeAttention(q.view(), pool(), batch, 0.3f, out.view(), lse.view());
     std::vector<float> o(out.view().ptr<float>(), out.view().ptr<float>() + out.view().numel());
     std::vector<float> l(lse.view().ptr<float>(), lse.view().ptr<float>() + lse.view().numel());
@@ -334,7 +337,7 @@ TEST_CASE("Sparse decode over the full list equals paged decode attention", "[ke
   Buffer sb = UploadI32(*f.be, seq, {f.seqs}), pb = UploadI32(*f.be, pos, {f.seqs});
   Buffer dense = Poisoned(*f.be, {f.seqs, f.hq, f.d});
   f.be->PagedAttention(f.q.view(), f.pool(),
-                       PagedAttentionBatch{sb.view(), pb.view(), f.table()}, 0.3f,
+                       PagedAttentionBatch{sb.view(), pb.view(), f.table(), Tensor(), 1}, 0.3f,
                        dense.view());
   std::vector<double> ref(dense.view().ptr<float>(),
                           dense.view().ptr<float>() + dense.view().numel());

@@ -140,8 +140,11 @@ TEST_CASE("CUDA elementwise ops, norms, embedding and row gather match the CPU",
 
 TEST_CASE("CUDA matmul (bf16 and f32 out, with bias) matches the CPU", "[cuda]") {
   Pair p;
-  for (auto [m, n, k] :
-       {std::tuple{1, 1728, 576}, std::tuple{33, 97, 64}, std::tuple{128, 512, 4096}}) {
+  // Decode-sized rows (1..8, the skinny kernels, odd n and k not a multiple of 256) and larger
+  // ones (cuBLAS).
+  for (auto [m, n, k] : {std::tuple{1, 1728, 576}, std::tuple{2, 33, 72}, std::tuple{3, 1001, 4104},
+                         std::tuple{5, 7, 8}, std::tuple{8, 4096, 14336}, std::tuple{9, 300, 520},
+                         std::tuple{33, 97, 64}, std::tuple{128, 512, 4096}}) {
     auto x = p.Random(static_cast<size_t>(m * k)), w = p.Random(static_cast<size_t>(n * k), 0.05f),
          b = p.Random(static_cast<size_t>(n));
     auto [xc, xg] = p.Upload(x, {m, k});
@@ -160,8 +163,13 @@ TEST_CASE("CUDA matmul (bf16 and f32 out, with bias) matches the CPU", "[cuda]")
 }
 
 // A batch of sequences with the given lengths, all tokens as queries (prefill) or only the
-// last one (decode), through RopeWriteKv then PagedAttention on both backends.
-void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& lens, bool decode) {
+// last `last_n` (1: decode; more: a prefill chunk after a cached prefix), through RopeWriteKv
+// then PagedAttention on both backends.
+void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& lens, int last_n = 0) {
+  const bool decode = last_n == 1;
+  auto is_query = [&](int s, int t) {
+    return last_n == 0 || t >= lens[static_cast<size_t>(s)] - last_n;
+  };
   const int page_size = 16;
   const int num_seqs = static_cast<int>(lens.size());
   // Shuffled blocks of pages_per_block pages, as the KV cache hands them out; each block also
@@ -198,7 +206,7 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
       pos.push_back(t);
       seq.push_back(s);
       for (int h = 0; h < hkv; ++h) slots.push_back(slot_of(s, h, t));
-      if (!decode || t + 1 == lens[static_cast<size_t>(s)]) {
+      if (is_query(s, t)) {
         qpos.push_back(t);
         qseq.push_back(s);
       }
@@ -222,10 +230,13 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
   auto [vc, vg] = p.Outputs({num_pages, page_size, d});
   auto [qc, qg] = p.Outputs({tokens, hq, d});
   KvPoolView pool_c{kc.view(), vc.view(), page_size}, pool_g{kg.view(), vg.view(), page_size};
-  p.cpu->RopeWriteKv(qkvc.view(), PagedAttentionBatch{sqc.view(), posc.view(), table_c},
-                     fc.view(), pool_c, qc.view());
-  p.gpu->RopeWriteKv(qkvg.view(), PagedAttentionBatch{sqg.view(), posg.view(), table_g},
-                     fg.view(), pool_g, qg.view());
+  // Writing needs only each token's sequence and position.
+  p.cpu->RopeWriteKv(qkvc.view(),
+                     PagedAttentionBatch{sqc.view(), posc.view(), table_c, Tensor(), 1}, fc.view(),
+                     pool_c, qc.view());
+  p.gpu->RopeWriteKv(qkvg.view(),
+                     PagedAttentionBatch{sqg.view(), posg.view(), table_g, Tensor(), 1}, fg.view(),
+                     pool_g, qg.view());
   CHECK(RelError(p.Get(qg.view()), p.Get(qc.view())) < kBf16Tol);
 
   // Queries: the rotated q rows of the query tokens, identical bf16 values on both sides.
@@ -259,16 +270,30 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
     q_sel.resize(q_sel.size() + static_cast<size_t>(hq * d), 1.0f);
   }
   const int64_t rows = static_cast<int64_t>(qpos.size());
+  // Query ranges per sequence (prefill kernels tile by them; the padding row has none).
+  std::vector<int32_t> query_start = {0};
+  int max_query_len = 1;
+  for (int s = 0; s < num_seqs; ++s) {
+    const int n =
+        last_n == 0 ? lens[static_cast<size_t>(s)] : std::min(last_n, lens[static_cast<size_t>(s)]);
+    query_start.push_back(query_start.back() + n);
+    max_query_len = std::max(max_query_len, n);
+  }
+  auto [qstc, qstg] = p.UploadI32(query_start, {num_seqs + 1});
   auto [qsc, qsg] = p.Upload(q_sel, {rows, hq, d});
   auto [tsc, tsg] = p.UploadI32(qseq, {rows});
   auto [tpc, tpg] = p.UploadI32(qpos, {rows});
   auto [oc, og] = p.Outputs({rows, hq, d});
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  p.cpu->PagedAttention(qsc.view(), pool_c, PagedAttentionBatch{tsc.view(), tpc.view(), table_c},
-                        scale, oc.view());
-  p.gpu->PagedAttention(qsg.view(), pool_g, PagedAttentionBatch{tsg.view(), tpg.view(), table_g},
-                        scale, og.view());
-  INFO("hq " << hq << " hkv " << hkv << " d " << d << " decode " << decode << " seqs " << num_seqs);
+  p.cpu->PagedAttention(
+      qsc.view(), pool_c,
+      PagedAttentionBatch{tsc.view(), tpc.view(), table_c, qstc.view(), max_query_len}, scale,
+      oc.view());
+  p.gpu->PagedAttention(
+      qsg.view(), pool_g,
+      PagedAttentionBatch{tsg.view(), tpg.view(), table_g, qstg.view(), max_query_len}, scale,
+      og.view());
+  INFO("hq " << hq << " hkv " << hkv << " d " << d << " last_n " << last_n << " seqs " << num_seqs);
   auto real_rows = [&](std::vector<float> v) {  // the padding row's output is unspecified
     v.resize(static_cast<size_t>(queries * hq * d));
     return v;
@@ -281,9 +306,10 @@ TEST_CASE("CUDA rope + KV write and paged attention match the CPU", "[cuda]") {
   // GQA groups of 1, 4, 8 and 16 (more than one block of heads per KV head).
   for (auto [hq, hkv] : {std::pair{8, 8}, std::pair{8, 2}, std::pair{32, 4}, std::pair{32, 2}}) {
     for (int d : {16, 64, 128}) {
-      CheckAttention(p, hq, hkv, d, {1, 15, 16, 17, 50}, false);
-      CheckAttention(p, hq, hkv, d, {1, 16, 33, 1000, 7}, true);
-      CheckAttention(p, hq, hkv, d, {513, 2048, 5000}, true);  // several KV splits
+      CheckAttention(p, hq, hkv, d, {1, 15, 16, 17, 50});      // prefill from 0
+      CheckAttention(p, hq, hkv, d, {300, 40, 129, 77}, 33);   // chunks after a prefix
+      CheckAttention(p, hq, hkv, d, {1, 16, 33, 1000, 7}, 1);  // decode
+      CheckAttention(p, hq, hkv, d, {513, 2048, 5000}, 1);     // several KV splits
     }
   }
 }
@@ -333,14 +359,14 @@ TEST_CASE("CUDA sparse decode over index lists with logit bias matches the CPU",
       auto [lc, lg] = p.Outputs({rows, hq / hkv}, DType::kF32);
       KvPoolView pool_c{kc.view(), vc.view(), page_size}, pool_g{kg.view(), vg.view(), page_size};
       const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-      p.cpu->SparseDecodeAttention(qc.view(), pool_c,
-                                   SparseDecodeBatch{rsc.view(), rhc.view(), ipc.view(), ixc.view(),
-                                                     bc.view(), tc},
-                                   scale, oc.view(), lc.view());
-      p.gpu->SparseDecodeAttention(qg.view(), pool_g,
-                                   SparseDecodeBatch{rsg.view(), rhg.view(), ipg.view(), ixg.view(),
-                                                     bg.view(), tg},
-                                   scale, og.view(), lg.view());
+      p.cpu->SparseDecodeAttention(
+          qc.view(), pool_c,
+          SparseDecodeBatch{rsc.view(), rhc.view(), ipc.view(), ixc.view(), bc.view(), tc}, scale,
+          oc.view(), lc.view());
+      p.gpu->SparseDecodeAttention(
+          qg.view(), pool_g,
+          SparseDecodeBatch{rsg.view(), rhg.view(), ipg.view(), ixg.view(), bg.view(), tg}, scale,
+          og.view(), lg.view());
       INFO("hq " << hq << " hkv " << hkv << " d " << d);
       CHECK(RelError(p.Get(og.view()), p.Get(oc.view())) < kBf16Tol);
       const auto l_g = p.Get(lg.view()), l_c = p.Get(lc.view());

@@ -1,0 +1,297 @@
+// The speed table of one model on one backend, every figure a ratio to a bound measured in the
+// same run: device copy bandwidth (the decode roofline: a step reads every weight and the KV of
+// its context once) and the GEMM rate at the prefill shapes (the prefill bound).
+//
+// usage: hw_bench_gpu MODEL [--device cuda|cpu] [--load-format dummy] [--batches 1,8,32,64]
+//                     [--contexts 1024,8192,32768] [--prefill 1024,8192] [--tokens N]
+//                     [--attention-context N] [--enforce-eager]
+// Prints one JSON object per line: roofline, decode (per batch x context), attention (the
+// decode attention kernel alone), prefill. Decode contexts are not prefilled: the KV pages are
+// reserved and read as they are, which costs the same as real keys.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/model_loader.h"
+#include "kernels/backend_factory.h"
+#include "tools/flags.h"
+
+namespace hw = headwise;
+using hw::DType;
+using hw::Tensor;
+using hw::kernels::Backend;
+using hw::kernels::Buffer;
+
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::vector<int> ParseList(const std::string& s) {
+  std::vector<int> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty()) out.push_back(std::stoi(item));
+  }
+  return out;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Seconds per call of fn, the median of `reps` timed batches of `inner` calls each.
+template <typename Fn>
+double TimeIt(Backend& be, int reps, int inner, Fn fn) {
+  fn();
+  be.Synchronize();
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = Now();
+    for (int i = 0; i < inner; ++i) fn();
+    be.Synchronize();
+    t.push_back((Now() - t0) / inner);
+  }
+  return Median(t);
+}
+
+Buffer RandomWeight(Backend& be, int64_t rows, int64_t cols, std::mt19937& rng) {
+  auto data = std::make_shared<std::vector<float>>(static_cast<size_t>(rows * cols));
+  std::uniform_real_distribution<float> dist(-0.05f, 0.05f);
+  for (float& x : *data) x = dist(rng);
+  hw::kernels::HostTensor h;
+  h.keepalive = data;
+  h.data = data->data();
+  h.shape = Tensor(nullptr, DType::kF32, hw::Device::kCpu, {rows, cols});
+  return be.LoadWeight(h);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: hw_bench_gpu MODEL [--device cuda] [--load-format dummy] ...\n");
+    return 2;
+  }
+  const std::string model_path = argv[1];
+  hw::tools::FlagParser flags(argc - 1, argv + 1);
+  std::string device = "cuda", load_format = "auto", batches_s = "1,8,32,64",
+              contexts_s = "1024,8192,32768", prefill_s = "1024,8192";
+  int tokens = 16, attention_context = 32768;
+  bool enforce_eager = false;
+  flags.String("device", device);
+  flags.String("load-format", load_format);
+  flags.String("batches", batches_s);
+  flags.String("contexts", contexts_s);
+  flags.String("prefill", prefill_s);
+  flags.Int("tokens", tokens);
+  flags.Int("attention-context", attention_context);
+  flags.Bool("enforce-eager", enforce_eager);
+  if (auto s = flags.Finish(); !s.ok()) {
+    std::fprintf(stderr, "hw_bench_gpu: error: %s\n", s.message().c_str());
+    return 2;
+  }
+  auto created = hw::kernels::CreateBackend(device, 0);
+  if (!created.ok()) {
+    std::fprintf(stderr, "hw_bench_gpu: error: %s\n", created.status().message().c_str());
+    return 2;
+  }
+  auto backend = std::move(created).value();
+  Backend& be = *backend;
+  hw::engine::LoadOptions options;
+  if (load_format == "dummy") options.format = hw::models::LoadFormat::kDummy;
+  auto loaded = hw::engine::LoadModel(model_path, options, be);
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "hw_bench_gpu: error: %s\n", loaded.status().message().c_str());
+    return 2;
+  }
+  auto& model = *loaded->model;
+  model.set_use_graphs(!enforce_eager);
+  const auto& c = model.config();
+  const double act_bytes = be.device() == hw::Device::kCpu ? 4.0 : 2.0;
+  const double kv_bytes_per_token =
+      2.0 * c.num_layers * c.num_kv_heads * c.head_dim * act_bytes;  // K and V, all layers
+  std::mt19937 rng(1);
+
+  // --- bounds: copy bandwidth and GEMM rate ---
+  double copy_bw = 0;
+  {
+    const int64_t n = int64_t{1} << 28;  // 1 GiB of f32
+    Buffer a = be.Allocate(DType::kF32, {n}), b = be.Allocate(DType::kF32, {n});
+    const double s = TimeIt(be, 5, 4, [&] { be.CopyOnDevice(b.view(), a.view(), n * 4); });
+    copy_bw = 2.0 * static_cast<double>(n) * 4 / s;  // bytes read + written
+  }
+  const int64_t h = c.hidden_size, inter = c.intermediate_size;
+  const int64_t qkv_n = int64_t{c.num_heads + 2 * c.num_kv_heads} * c.head_dim;
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {qkv_n, h}, {h, int64_t{c.num_heads} * c.head_dim}, {2 * inter, h}, {h, inter}};
+  double gemm_flops = 0, gemm_s = 0;
+  std::string per_shape;
+  {
+    const int64_t m = 8192;
+    const DType act = be.device() == hw::Device::kCpu ? DType::kF32 : DType::kBF16;
+    Buffer x = be.Allocate(act, {m, std::max(h, inter)});
+    for (auto [n, k] : shapes) {
+      Buffer w = RandomWeight(be, n, k, rng);
+      Buffer out = be.Allocate(act, {m, n});
+      const Tensor xv(x.view().data, act, be.device(), {m, k});
+      const double s = TimeIt(be, 3, 3, [&] { be.Matmul(xv, w.view(), Tensor(), out.view()); });
+      const double flops = 2.0 * m * n * k;
+      gemm_flops += flops;
+      gemm_s += s;
+      per_shape += fmt::format(R"({}{{"m": {}, "n": {}, "k": {}, "tflops": {:.1f}}})",
+                               per_shape.empty() ? "" : ", ", m, n, k, flops / s / 1e12);
+    }
+  }
+  const double gemm_rate = gemm_flops / gemm_s;
+  std::printf("%s\n",
+              fmt::format(R"({{"kind": "roofline", "copy_gb_s": {:.1f}, "gemm_tflops": {:.1f}, )"
+                          R"("gemm_shapes": [{}], "weight_bytes": {}}})",
+                          copy_bw / 1e9, gemm_rate / 1e12, per_shape, model.weight_bytes())
+                  .c_str());
+  std::fflush(stdout);
+
+  // --- decode steps ---
+  const auto layout = hw::kvcache::HeadClassLayout::Dense(c.num_layers, c.num_kv_heads);
+  auto make_cache = [&](int64_t seqs,
+                        int64_t tokens_each) -> std::unique_ptr<hw::kvcache::KvCache> {
+    const auto kv = model.KvConfig(1);
+    const int64_t blocks = seqs * ((tokens_each + kv.page_size - 1) / kv.page_size);
+    const int64_t pages = blocks * c.num_layers * c.num_kv_heads;
+    const double bytes = static_cast<double>(pages) *
+                         static_cast<double>(hw::kvcache::KvCache::PageBytes(kv, DType::kBF16)) *
+                         (act_bytes / 2.0);
+    const double free = static_cast<double>(be.DeviceMemory().free_bytes);
+    if (bytes + 4e9 > free) return nullptr;  // activations and scratch need room too
+    return std::make_unique<hw::kvcache::KvCache>(model.KvConfig(static_cast<int>(pages)), layout,
+                                                  be);
+  };
+  for (int batch : ParseList(batches_s)) {
+    for (int context : ParseList(contexts_s)) {
+      const int total = context + tokens + 4;
+      auto cache = make_cache(batch, total);
+      if (!cache) {
+        std::printf("%s\n",
+                    fmt::format(R"({{"kind": "decode", "batch": {}, "context": {}, "skipped": )"
+                                R"("does not fit: {:.1f} GB of KV, {:.1f} GB free"}})",
+                                batch, context, kv_bytes_per_token * batch * total / 1e9,
+                                static_cast<double>(be.DeviceMemory().free_bytes) / 1e9)
+                        .c_str());
+        std::fflush(stdout);
+        continue;
+      }
+      std::vector<hw::kvcache::SequenceKv> seqs;
+      for (int s = 0; s < batch; ++s) {
+        seqs.emplace_back(*cache);
+        if (!seqs.back().Reserve(total).ok()) return 1;
+      }
+      std::vector<int32_t> next(static_cast<size_t>(batch), 1);
+      std::vector<hw::models::BatchEntry> entries(static_cast<size_t>(batch));
+      std::vector<double> step_s;
+      for (int i = -3; i < tokens; ++i) {  // 3 untimed steps capture the graph
+        const int pos = context + std::max(i, 0);
+        for (int s = 0; s < batch; ++s) {
+          entries[static_cast<size_t>(s)] = {
+              &seqs[static_cast<size_t>(s)],
+              std::span<const int32_t>(&next[static_cast<size_t>(s)], 1), pos, false};
+        }
+        const double t0 = Now();
+        model.Forward(entries, *cache);
+        be.Synchronize();
+        if (i >= 0) step_s.push_back(Now() - t0);
+      }
+      const double median = Median(step_s);
+      const double bytes = static_cast<double>(model.weight_bytes()) +
+                           kv_bytes_per_token * batch * (context + tokens / 2.0);
+      const double roofline = bytes / copy_bw;
+      std::printf(
+          "%s\n",
+          fmt::format(R"({{"kind": "decode", "batch": {}, "context": {}, "graphs": {}, )"
+                      R"("ms": {:.3f}, "roofline_ms": {:.3f}, "fraction_of_roofline": {:.3f}, )"
+                      R"("tokens_per_s": {:.0f}}})",
+                      batch, context, !enforce_eager, median * 1e3, roofline * 1e3,
+                      roofline / median, batch / median)
+              .c_str());
+      std::fflush(stdout);
+    }
+  }
+
+  // --- decode attention alone, one layer, long context ---
+  for (int batch : {1, 8}) {
+    const int context = attention_context;
+    auto cache = make_cache(batch, context);
+    if (!cache) continue;
+    std::vector<hw::kvcache::SequenceKv> seqs;
+    std::vector<int32_t> blocks, pos, seq_of;
+    const int max_blocks = cache->BlocksFor(context);
+    for (int s = 0; s < batch; ++s) {
+      seqs.emplace_back(*cache);
+      if (!seqs.back().Reserve(context).ok()) return 1;
+      blocks.insert(blocks.end(), seqs.back().blocks().begin(), seqs.back().blocks().end());
+      pos.push_back(context - 1);
+      seq_of.push_back(s);
+    }
+    std::vector<int32_t> head_page;
+    for (int hk = 0; hk < c.num_kv_heads; ++hk) head_page.push_back(cache->PageIndex(0, hk));
+    auto upload = [&](const std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
+      Buffer b = be.Allocate(DType::kI32, shape);
+      be.CopyFromHost(b.view(), v.data(), v.size() * sizeof(int32_t));
+      return b;
+    };
+    Buffer blocks_b = upload(blocks, {batch, max_blocks});
+    Buffer head_b = upload(head_page, {c.num_kv_heads});
+    Buffer pos_b = upload(pos, {batch}), seq_b = upload(seq_of, {batch});
+    const DType act = be.device() == hw::Device::kCpu ? DType::kF32 : DType::kBF16;
+    Buffer q = be.Allocate(act, {batch, c.num_heads, c.head_dim});
+    Buffer out = be.Allocate(act, {batch, c.num_heads, c.head_dim});
+    const hw::kernels::PagedAttentionBatch ab{
+        seq_b.view(), pos_b.view(),
+        hw::kernels::BlockTable{blocks_b.view(), head_b.view(), cache->pages_per_block()}, Tensor(),
+        1};
+    const double s = TimeIt(be, 5, 10, [&] {
+      be.PagedAttention(q.view(), cache->pool_view(), ab, 0.088f, out.view());
+    });
+    const double bytes = kv_bytes_per_token / c.num_layers * batch * context;
+    std::printf("%s\n",
+                fmt::format(R"({{"kind": "attention", "op": "decode", "batch": {}, "context": {}, )"
+                            R"("us": {:.1f}, "kv_gb_s": {:.1f}, "fraction_of_copy": {:.3f}}})",
+                            batch, context, s * 1e6, bytes / s / 1e9, bytes / s / copy_bw)
+                    .c_str());
+    std::fflush(stdout);
+  }
+
+  // --- prefill of one prompt in one pass ---
+  int64_t matmul_params = 0;
+  for (auto [n, k] : shapes) matmul_params += n * k;
+  matmul_params *= c.num_layers;
+  for (int t : ParseList(prefill_s)) {
+    auto cache = make_cache(1, t);
+    if (!cache) continue;
+    hw::kvcache::SequenceKv kv(*cache);
+    if (!kv.Reserve(t).ok()) return 1;
+    std::vector<int32_t> prompt(static_cast<size_t>(t));
+    for (int i = 0; i < t; ++i) prompt[static_cast<size_t>(i)] = (i * 7919 + 13) % c.vocab_size;
+    const hw::models::BatchEntry e{&kv, prompt, 0, false};
+    const double s = TimeIt(be, 3, 1, [&] { model.Forward({&e, 1}, *cache); });
+    const double attn_flops =
+        4.0 * c.head_dim * c.num_heads * c.num_layers * (static_cast<double>(t) * (t + 1) / 2);
+    const double flops = 2.0 * matmul_params * t + attn_flops +
+                         2.0 * static_cast<double>(c.vocab_size) * c.hidden_size;
+    std::printf(
+        "%s\n",
+        fmt::format(R"({{"kind": "prefill", "tokens": {}, "ms": {:.2f}, )"
+                    R"("tokens_per_s": {:.0f}, "tflops": {:.1f}, "fraction_of_gemm": {:.3f}}})",
+                    t, s * 1e3, t / s, flops / s / 1e12, flops / s / gemm_rate)
+            .c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}
