@@ -13,7 +13,7 @@ function(headwise_add_test name)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR})
   target_compile_definitions(${name} PRIVATE
       HEADWISE_SOURCE_DIR="${PROJECT_SOURCE_DIR}" HEADWISE_BINARY_DIR="${PROJECT_BINARY_DIR}")
-  catch_discover_tests(${name} TEST_SPEC "~[cuda]" TEST_PREFIX "${name}."
+  catch_discover_tests(${name} TEST_SPEC "~[cuda]~[.]" TEST_PREFIX "${name}."
       PROPERTIES LABELS "cpu" ENVIRONMENT "HEADWISE_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
   if(HEADWISE_RUN_CUDA_TESTS)
     catch_discover_tests(${name} TEST_SPEC "[cuda]" TEST_PREFIX "${name}.cuda."

@@ -7,6 +7,7 @@
 #include <deque>
 #include <thread>
 
+#include "engine/memory_budget.h"
 #include "engine/output_processor.h"
 #include "kvcache/kv_cache.h"
 
@@ -402,6 +403,17 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   if (c.page_size < 1) return InvalidArgument("page size must be >= 1, got {}", c.page_size);
   const int pages_per_block = mc.num_layers * mc.num_kv_heads;
   const int blocks_per_request = (c.max_model_len + c.page_size - 1) / c.page_size;
+  if (c.num_kv_pages <= 0 && backend->device() != Device::kCpu) {
+    const size_t page_bytes =
+        kvcache::KvCache::PageBytes(model.model->KvConfig(1, c.page_size), DType::kBF16);
+    HW_ASSIGN_OR_RETURN(c.num_kv_pages,
+                        KvPagesForMemory(mc, c, backend->DeviceMemory(), page_bytes));
+    spdlog::info("KV cache: {} pages of {} bytes ({:.2f} GiB) under --gpu-memory-utilization {}",
+                 c.num_kv_pages, page_bytes,
+                 static_cast<double>(c.num_kv_pages) * static_cast<double>(page_bytes) /
+                     (1024.0 * 1024.0 * 1024.0),
+                 c.gpu_memory_utilization);
+  }
   if (c.num_kv_pages <= 0) c.num_kv_pages = blocks_per_request * pages_per_block * 4;
   if (c.num_kv_pages < pages_per_block) {
     return InvalidArgument(

@@ -29,6 +29,9 @@ struct EngineConfig {
   int max_model_len = 0;              // 0: the model's max_position_embeddings
   int max_waiting = 1024;             // queued requests beyond this are refused
   int num_kv_pages = 0;               // pages of page_size tokens per (layer, KV head)
+  // On a GPU without num_kv_pages: the share of device memory for weights, activations and
+  // KV pages together; the KV cache gets what the others leave.
+  double gpu_memory_utilization = 0.9;
   int page_size = 16;
   bool enable_prefix_caching = true;
 };

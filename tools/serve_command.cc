@@ -44,6 +44,7 @@ Serves MODEL (a Hugging Face directory or a .gguf file) over the OpenAI HTTP API
   --max-waiting N             queued requests beyond this get 503 (default 1024)
   --kv-cache-memory BYTES     KV cache budget, e.g. 512M or 2G
   --num-kv-pages N            KV pages of 16 tokens per (layer, KV head); overrides the budget
+  --gpu-memory-utilization F  share of GPU memory for weights, activations and KV (default 0.9)
   --no-prefix-caching         do not reuse the KV of shared prompt prefixes
   --chat-template FILE        Jinja chat template instead of the model's
   --device cpu|cuda           backend (default cpu)
@@ -158,6 +159,8 @@ int RunServe(int argc, char** argv) {
   flags.Int("max-waiting", config.max_waiting);
   flags.String("kv-cache-memory", kv_memory);
   flags.Int("num-kv-pages", config.num_kv_pages);
+  float gpu_memory_utilization = static_cast<float>(config.gpu_memory_utilization);
+  flags.Float("gpu-memory-utilization", gpu_memory_utilization);
   flags.Bool("no-prefix-caching", no_prefix_caching);
   flags.String("chat-template", chat_template_path);
   flags.String("device", device);
@@ -169,6 +172,11 @@ int RunServe(int argc, char** argv) {
   flags.String("max-body-bytes", body_limit);
   flags.Int("http-threads", options.http_threads);
   if (Status s = flags.Finish(); !s.ok()) return Fail(s);
+  config.gpu_memory_utilization = gpu_memory_utilization;
+  if (!(gpu_memory_utilization > 0.0f && gpu_memory_utilization <= 1.0f)) {
+    return Fail(InvalidArgument("--gpu-memory-utilization must be in (0, 1], got {}",
+                                gpu_memory_utilization));
+  }
 
   if (model_path.empty()) {
     return Fail(
@@ -238,7 +246,8 @@ int RunServe(int argc, char** argv) {
     auto bytes = ParseBytes("kv-cache-memory", kv_memory);
     if (!bytes.ok()) return Fail(bytes.status());
     const size_t page_bytes =
-        kvcache::KvCache::PageBytes(loaded->model->KvConfig(1, config.page_size), DType::kF32);
+        kvcache::KvCache::PageBytes(loaded->model->KvConfig(1, config.page_size),
+                                    backend->device() == Device::kCpu ? DType::kF32 : DType::kBF16);
     config.num_kv_pages =
         static_cast<int>(std::min<int64_t>(*bytes / static_cast<int64_t>(page_bytes), 1 << 30));
     if (config.num_kv_pages < 1) {

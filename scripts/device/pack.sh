@@ -10,10 +10,10 @@ build=${BUILD_DIR:-build}
 shared=${HEADWISE_SHARED:-$root/../shared}
 out=.carry/gpu
 cmake -S . -B "$build" -G Ninja >/dev/null
-cmake --build "$build" --target headwise kernels_cuda_test engine_cuda_test hw_bench_gpu
+cmake --build "$build" --target headwise kernels_cuda_test sampling_test engine_cuda_test hw_bench_gpu
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/shared/models"
-for b in headwise kernels_cuda_test engine_cuda_test hw_bench_gpu; do
+for b in headwise kernels_cuda_test sampling_test engine_cuda_test hw_bench_gpu; do
   strip -o "$out/bin/$b" "$build/bin/$b"
 done
 "$shared/device/pack-runtime-libs.sh" "$out/lib" "$out"/bin/* >&2

@@ -16,6 +16,7 @@ run() {
   if "$@" >"$logs/$name.log" 2>&1; then echo "PASS $name"; else echo "FAIL $name"; status=1; fi
 }
 run kernels_cuda "$carry/bin/kernels_cuda_test" "[cuda]" --durations yes
+run sampling_cuda "$carry/bin/sampling_test" "[cuda]" --durations yes
 run engine_cuda "$carry/bin/engine_cuda_test" "[cuda]" -s
 for dev in cpu cuda; do
   "$carry/bin/headwise" generate --model "$carry/shared/models/tinystories-656k" --device $dev \
@@ -25,11 +26,20 @@ done
 "$carry/bin/hw_bench_gpu" "$root/configs/models/llama-3-8b" --load-format dummy \
   ${HW_BENCH_ARGS:-} >"$logs/bench-8b.jsonl" 2>"$logs/bench-8b.err"
 "$carry/bin/hw_bench_gpu" "$root/configs/models/llama-3-8b" --load-format dummy \
-  --batches 1 --contexts 1024 --prefill "" --enforce-eager >>"$logs/bench-8b.jsonl" 2>>"$logs/bench-8b.err"
+  --batches 1 --contexts 1024 --prefill "" --attention-context 0 --enforce-eager \
+  >>"$logs/bench-8b.jsonl" 2>>"$logs/bench-8b.err"
+# PyTorch / transformers at the same shapes, on the same machine (HW_TORCH_BUDGET seconds; 0
+# skips it).
+if [ "${HW_TORCH_BUDGET:-300}" -gt 0 ]; then
+  python3 bench/gpu/torch_reference.py --out "$logs/torch.jsonl" --budget-s "${HW_TORCH_BUDGET:-300}" \
+    >/dev/null 2>"$logs/torch.err" || echo "FAIL torch_reference (see torch.err)"
+fi
+# Kept for scripts/device/smollm2-gpu.sh, whose calls cannot carry the binaries too.
+rm -rf /tmp/hw-gpu && cp -r "$carry" /tmp/hw-gpu
 echo "--- summary"
 grep -hE "WARNING|with expansion|passed|failed|max \|diff\||greedy tokens|divergence" "$logs"/*.log | grep -v "^$" | head -40
-echo "--- speed, Llama-3-8B shapes"
-cat "$logs/bench-8b.jsonl"; tail -3 "$logs/bench-8b.err"
+echo "--- speed, Llama-3-8B shapes (dummy weights)"
+python3 bench/gpu/report.py "$logs/bench-8b.jsonl" "$logs/torch.jsonl"; tail -3 "$logs/bench-8b.err"
 echo "--- generate (cpu, then cuda)"
 cat "$logs/generate-cpu.txt" "$logs/generate-cuda.txt"
 exit $status

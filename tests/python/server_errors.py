@@ -194,6 +194,7 @@ def test_startup_errors(port_in_use):
         startup_error([TINY, "--chat-template", os.path.join(tmp, "missing.jinja")], "--chat-template")
         startup_error([os.path.join(tmp, "no-such-model")], "no-such-model")
         startup_error([TINY, "--kv-cache-memory", "1K"], "--kv-cache-memory")
+        startup_error([TINY, "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization")
         startup_error([TINY, "--kv-cache-memory", "lots"], "--kv-cache-memory")
         startup_error([TINY, "--max-num-seqs", "0"], "--max-num-seqs")
         startup_error([TINY, "--bogus-flag", "1"], "--bogus-flag")
