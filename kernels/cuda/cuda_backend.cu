@@ -75,27 +75,73 @@ __global__ void EmbeddingKernel(const bf16* table, const int32_t* ids, bf16* out
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) out[t * hidden + i] = row[i];
 }
 
-// One block per row: out = x / rms(x) * w, optionally after residual += x.
+// 8 bf16 <-> 8 floats, for 16-byte loads and stores.
+__device__ __forceinline__ void Unpack8(const uint4& raw, float (&f)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(h[i]);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+__device__ __forceinline__ uint4 Pack8(const float (&f)[8]) {
+  uint4 raw;
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+  return raw;
+}
+
+// One block per row: out = x / rms(x) * w, optionally after residual += x. Rows of a multiple
+// of 8 elements move 16 bytes at a time (the second pass re-reads the row from L1).
 __global__ void RmsNormKernel(bf16* residual, const bf16* x, const bf16* w, float eps, bf16* out,
                               int64_t n, bool add) {
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   bf16* res = residual + r * n;
   const bf16* xr = x + r * n;
+  bf16* o = out + r * n;
+  const bool vec = n % 8 == 0;
   float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    float v = __bfloat162float(xr[i]);
-    if (add) {
-      // The residual stream is bf16, as in a bf16 transformers model.
-      v = __bfloat162float(__float2bfloat16(__bfloat162float(res[i]) + v));
-      res[i] = __float2bfloat16(v);
+  if (vec) {
+    for (int64_t i = threadIdx.x * 8; i < n; i += blockDim.x * 8) {
+      float v[8];
+      Unpack8(*reinterpret_cast<const uint4*>(xr + i), v);
+      if (add) {
+        float rv[8];
+        Unpack8(*reinterpret_cast<const uint4*>(res + i), rv);
+        for (int j = 0; j < 8; ++j) v[j] += rv[j];
+        const uint4 packed = Pack8(v);  // the residual stream is bf16, as in transformers
+        *reinterpret_cast<uint4*>(res + i) = packed;
+        Unpack8(packed, v);
+      }
+      for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
     }
-    ss += v * v;
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      float v = __bfloat162float(xr[i]);
+      if (add) {
+        v = __bfloat162float(__float2bfloat16(__bfloat162float(res[i]) + v));
+        res[i] = __float2bfloat16(v);
+      }
+      ss += v * v;
+    }
   }
   const float scale = rsqrtf(BlockSum(ss, scratch) / static_cast<float>(n) + eps);
   const bf16* src = add ? res : xr;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    out[r * n + i] = __float2bfloat16(__bfloat162float(w[i]) * (__bfloat162float(src[i]) * scale));
+  if (vec) {
+    for (int64_t i = threadIdx.x * 8; i < n; i += blockDim.x * 8) {
+      float v[8], wv[8];
+      Unpack8(*reinterpret_cast<const uint4*>(src + i), v);
+      Unpack8(*reinterpret_cast<const uint4*>(w + i), wv);
+      for (int j = 0; j < 8; ++j) v[j] = wv[j] * (v[j] * scale);
+      *reinterpret_cast<uint4*>(o + i) = Pack8(v);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      o[i] = __float2bfloat16(__bfloat162float(w[i]) * (__bfloat162float(src[i]) * scale));
+    }
   }
 }
 
@@ -105,13 +151,24 @@ __global__ void AddBiasKernel(Out* out, const bf16* bias, int64_t rows, int64_t 
   if (i < rows * n) Store(out + i, Load(out + i) + __bfloat162float(bias[i % n]));
 }
 
-__global__ void SiluMulKernel(const bf16* gate_up, bf16* out, int64_t rows, int64_t inter) {
-  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+// out = silu(gate) * up over groups of `vec` (1 or 8) consecutive columns per thread.
+__global__ void SiluMulKernel(const bf16* gate_up, bf16* out, int64_t rows, int64_t inter,
+                              int vec) {
+  const int64_t i = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * vec;
   if (i >= rows * inter) return;
   const int64_t r = i / inter, c = i % inter;
-  const float g = __bfloat162float(gate_up[r * 2 * inter + c]);
-  const float u = __bfloat162float(gate_up[r * 2 * inter + inter + c]);
-  out[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
+  const bf16* g = gate_up + r * 2 * inter + c;
+  const bf16* u = g + inter;
+  if (vec == 8) {
+    float gv[8], uv[8];
+    Unpack8(*reinterpret_cast<const uint4*>(g), gv);
+    Unpack8(*reinterpret_cast<const uint4*>(u), uv);
+    for (int j = 0; j < 8; ++j) gv[j] = gv[j] / (1.0f + __expf(-gv[j])) * uv[j];
+    *reinterpret_cast<uint4*>(out + i) = Pack8(gv);
+  } else {
+    const float gf = __bfloat162float(*g);
+    out[i] = __float2bfloat16(gf / (1.0f + __expf(-gf)) * __bfloat162float(*u));
+  }
 }
 
 // A block table as the kernels read it (see BlockTable in kernels/backend.h).
@@ -592,8 +649,9 @@ class CudaBackend final : public Backend {
 
   void SiluMul(const Tensor& gate_up, const Tensor& out) override {
     const int64_t rows = out.dim(0), inter = out.dim(1);
-    SiluMulKernel<<<Blocks(rows * inter, 256), 256, 0, stream_>>>(gate_up.ptr<bf16>(),
-                                                                  out.ptr<bf16>(), rows, inter);
+    const int vec = inter % 8 == 0 ? 8 : 1;
+    SiluMulKernel<<<Blocks(rows * inter / vec, 256), 256, 0, stream_>>>(
+        gate_up.ptr<bf16>(), out.ptr<bf16>(), rows, inter, vec);
     HW_CUDA_LAUNCHED();
   }
 

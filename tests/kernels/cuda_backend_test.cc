@@ -95,8 +95,12 @@ constexpr double kBf16Tol = 1e-2;
 
 TEST_CASE("CUDA elementwise ops, norms, embedding and row gather match the CPU", "[cuda]") {
   Pair p;
-  for (int64_t rows : {1, 7, 64}) {
-    const int64_t h = 576, vocab = 300;
+  // Widths of a multiple of 8 (16-byte vector paths) and odd ones (scalar paths).
+  for (auto [rows, h, inter] : {std::tuple<int64_t, int64_t, int64_t>{1, 576, 96},
+                                {7, 576, 96},
+                                {64, 576, 96},
+                                {5, 101, 45}}) {
+    const int64_t vocab = 300;
     auto table = p.Random(vocab * h);
     auto [tc, tg] = p.Upload(table, {vocab, h});
     std::vector<int32_t> ids(static_cast<size_t>(rows));
@@ -122,9 +126,9 @@ TEST_CASE("CUDA elementwise ops, norms, embedding and row gather match the CPU",
     CHECK(RelError(p.Get(eg.view()), p.Get(ec.view())) < kBf16Tol);  // residual updated
     CHECK(RelError(p.Get(ag.view()), p.Get(ac.view())) < kBf16Tol);
 
-    auto gu = p.Random(static_cast<size_t>(rows * 2 * 96));
-    auto [gc, gg] = p.Upload(gu, {rows, 2 * 96});
-    auto [sc, sg] = p.Outputs({rows, 96});
+    auto gu = p.Random(static_cast<size_t>(rows * 2 * inter));
+    auto [gc, gg] = p.Upload(gu, {rows, 2 * inter});
+    auto [sc, sg] = p.Outputs({rows, inter});
     p.cpu->SiluMul(gc.view(), sc.view());
     p.gpu->SiluMul(gg.view(), sg.view());
     CHECK(RelError(p.Get(sg.view()), p.Get(sc.view())) < kBf16Tol);
