@@ -1,7 +1,11 @@
 // Skinny matrix products for decode steps: out[m, n] = x[m, :] . w[n, :] (+ bias[n]) for a few
 // rows m, with w bf16 [N, K] row-major. Such products are a pure stream over the weights, and
-// general GEMM libraries tile them for throughput instead; these kernels read each weight row
-// once with wide streaming loads and keep the few activation rows in L1.
+// general GEMM libraries tile them for throughput instead; this kernel reads each weight row once
+// with wide streaming loads and multiplies on the tensor cores, the weight rows as the mma's M
+// side and the activation rows as its N side, so that up to 64 rows cost little more than one.
+//
+// Results are deterministic and batch-invariant: a row's output is bitwise the same whatever m
+// is (the K split and the order of its reduction depend on n, k and the device only).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -11,11 +15,14 @@
 
 namespace headwise::kernels::cuda {
 
-// Rows the skinny kernels take; more go to cuBLAS.
+// Rows the skinny kernel takes; more go to cuBLAS. On the H100 it matches or beats cuBLAS up to 8
+// rows and loses past them (bench/gpu/gemv_check.cu measures both).
 constexpr int kGemvMaxRows = 8;
+// Rows LaunchGemv computes correctly (and batch-invariantly), for callers that want it anyway.
+constexpr int kGemvKernelMaxRows = 64;
 
 // x bf16 [m, k], w bf16 [n, k], bias bf16 [n] or null; out [m, n] in bf16 or f32 (out_f32).
-// Requires m <= kGemvMaxRows and k % 8 == 0, pointers 16-byte aligned.
+// Requires 1 <= m <= kGemvKernelMaxRows, n >= 1, k % 8 == 0, x and w 16-byte aligned.
 void LaunchGemv(cudaStream_t stream, const __nv_bfloat16* x, const __nv_bfloat16* w,
                 const __nv_bfloat16* bias, void* out, bool out_f32, int m, int n, int k);
 
