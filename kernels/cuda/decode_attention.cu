@@ -1,0 +1,622 @@
+// Split-KV decode attention on tensor cores. Decode is bound by reading the KV cache once, so the
+// design is about bytes in flight: one block per (query row, KV head, split) takes all query heads
+// of the GQA group at once (padded to the 16 rows of an mma tile), so each K/V row is read from
+// device memory once per group; K/V tiles of 64 keys are gathered page by page with cp.async into
+// a 2-stage shared-memory ring: the next tile streams in while this one is computed, with two
+// blocks per SM.
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cuda/decode_attention.h"
+
+namespace headwise::kernels::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kTileKeys = 16 * kWarps;  // each warp owns 16 keys of a tile (one mma k-step)
+#ifndef HW_DECODE_STAGES
+constexpr int kStages = 2;  // measured: 3 and 4 were no faster (4 much slower: one block per SM)
+#else                       // experiments
+constexpr int kStages = HW_DECODE_STAGES;
+#endif
+constexpr int kRing = kStages + 1;  // slot/bias ring: see the main loop for why one more
+constexpr int kHeadRows = 16;       // query heads per block: the M of m16n8k16
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Everything a block needs; sparse when indptr is set.
+struct Params {
+  const bf16* q;
+  const bf16* k_pool;
+  const bf16* v_pool;
+  const int32_t* blocks;
+  const int32_t* head_page;
+  int max_blocks, pages_per_block, page_size;
+  const int32_t* token_seq;  // paged
+  const int32_t* token_pos;
+  const int32_t* row_seq;  // sparse
+  const int32_t* row_kv_head;
+  const int32_t* indptr;
+  const int32_t* indices;
+  const float* bias;
+  int hq, group, head_chunks, d;
+  float scale_log2;
+  bf16* out;
+  float* lse;       // sparse only
+  float* part_o;    // [out_rows, splits, d] when split
+  float* part_lse;  // [out_rows, splits]
+};
+
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Zero-fills when !valid: keys past the range (NaN garbage possibly) must reach P * V as zeros,
+// since 0 * NaN would poison the whole row.
+__device__ __forceinline__ void CopyAsync16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SharedAddress(dst)),
+               "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CommitGroup() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void WaitGroup() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void LdMatrix(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SharedAddress(p)));
+}
+__device__ __forceinline__ void LdMatrixTrans(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SharedAddress(p)));
+}
+
+__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                    uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// P as a bf16 pair hi + lo: hi alone would round the probabilities to 8 bits (~2e-3 relative
+// error per weight); with lo the weights keep ~16 bits, so the output is as exact as fp32 CUDA-core
+// code, for one more mma per V fragment (tensor cores are idle here anyway).
+__device__ __forceinline__ void SplitBf16(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = PackBf16(x0 - __low2float(h), x1 - __high2float(h));
+}
+
+template <int kDim>
+struct Layout {
+  static constexpr int kStride = kDim + 8;  // bf16 per smem row: +16 B keeps ldmatrix conflict-free
+  static constexpr int kChunks = kDim / 8;  // 16-byte chunks per row
+  static constexpr int kTileElems = kTileKeys * kStride;
+  static constexpr size_t kBytes = 2 * kStages * kTileElems * sizeof(bf16) +
+                                   kHeadRows * kStride * sizeof(bf16) +
+                                   kRing * kTileKeys * (sizeof(int64_t) + sizeof(float));
+};
+
+// Block (row, head chunk, split): attention of up to 16 query heads sharing one KV head over the
+// split's share of the row's keys. Splits are multiples of a tile, sized on the device from the
+// row's key count, so one captured launch serves every length. Each warp runs its own online
+// softmax over its 16 keys of every tile; the 4 warps merge once at the end.
+template <int kDim>
+__global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p) {
+  using L = Layout<kDim>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* s_k = reinterpret_cast<bf16*>(smem);
+  bf16* s_v = s_k + kStages * L::kTileElems;
+  bf16* s_q = s_v + kStages * L::kTileElems;
+  int64_t* s_slot = reinterpret_cast<int64_t*>(s_q + kHeadRows * L::kStride);  // [kRing][keys]
+  float* s_bias = reinterpret_cast<float*>(s_slot + kRing * kTileKeys);
+  __shared__ float s_w[kWarps][kHeadRows], s_lse[kHeadRows];
+
+  // Launched as a programmatic dependent of whatever precedes it on the stream (the KV write, or
+  // the last call's merge reusing the scratch): block scheduling overlaps that kernel's tail, and
+  // nothing is read or written before it has finished. A no-op without the launch attribute.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  // The merge (when split) may be scheduled now; it waits for this grid to finish anyway.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const bool sparse = p.indptr != nullptr;
+  const int64_t row = blockIdx.x;
+  const int split = blockIdx.z, splits = gridDim.z;
+  int kv_head, first_g, seq, count, list = 0;
+  int64_t q_row, out_row;
+  if (sparse) {
+    kv_head = p.row_kv_head[row];
+    first_g = blockIdx.y * kHeadRows;
+    seq = p.row_seq[row];
+    list = p.indptr[row];
+    count = p.indptr[row + 1] - list;
+    q_row = int64_t{seq} * p.hq + kv_head * p.group + first_g;
+    out_row = row * p.group + first_g;
+  } else {
+    kv_head = blockIdx.y / p.head_chunks;
+    first_g = (blockIdx.y % p.head_chunks) * kHeadRows;
+    count = p.token_pos[row] + 1;  // <= 0: padding
+    seq = p.token_seq[row];        // not dereferenced for padding; loaded beside token_pos
+    q_row = row * p.hq + kv_head * p.group + first_g;
+    out_row = q_row;
+  }
+  const int ng = min(kHeadRows, p.group - first_g);
+  const int d = p.d;
+  const int per_split =
+      ((max(count, 0) + splits - 1) / splits + kTileKeys - 1) / kTileKeys * kTileKeys;
+  const int begin = split * per_split;
+  const int n_keys = min(count, begin + per_split) - begin;
+  if (n_keys <= 0) {  // padding, an empty list, or a split past the end
+    for (int i = tid; i < ng * d; i += kThreads) {
+      if (splits == 1) {
+        p.out[out_row * d + i] = __float2bfloat16(0.0f);
+      } else if (i % d == 0) {
+        p.part_lse[(out_row + i / d) * splits + split] = -INFINITY;
+      }
+    }
+    if (splits == 1 && p.lse != nullptr && tid < ng) p.lse[out_row + tid] = -INFINITY;
+    return;
+  }
+  const int n_tiles = (n_keys + kTileKeys - 1) / kTileKeys;
+  const int32_t* seq_blocks = p.blocks + int64_t{seq} * p.max_blocks;
+  const int64_t head_page = p.head_page[kv_head];
+
+  // Slot and bias of key `tile * kTileKeys + tid` of the split (threads < kTileKeys); -1: none.
+  // Staged in shared memory one tile ahead so that no cp.async waits on a table lookup.
+  const auto fetch = [&](int tile, int64_t& slot, float& bias) {
+    const int n = tile * kTileKeys + tid;
+    slot = -1;
+    bias = 0.0f;
+    if (n < n_keys) {
+      const int pos = sparse ? p.indices[list + begin + n] : begin + n;
+      slot =
+          (seq_blocks[pos / p.page_size] * int64_t{p.pages_per_block} + head_page) * p.page_size +
+          pos % p.page_size;
+      if (p.bias != nullptr) bias = p.bias[list + begin + n] * kLog2e;
+    }
+  };
+  const auto issue = [&](int tile) {
+    if (tile < n_tiles) {
+      const int stage = tile % kStages;
+      const int64_t* slots = s_slot + (tile % kRing) * kTileKeys;
+#pragma unroll
+      for (int i = 0; i < kTileKeys * L::kChunks / kThreads; ++i) {
+        const int c = tid + i * kThreads;
+        const int r = c / L::kChunks, col = (c % L::kChunks) * 8;
+        const int64_t slot = slots[r];
+        const bool ok = slot >= 0 && col < d;
+        const int64_t off = ok ? slot * d + col : 0;
+        const int dst = stage * L::kTileElems + r * L::kStride + col;
+        CopyAsync16(s_k + dst, p.k_pool + off, ok);
+        CopyAsync16(s_v + dst, p.v_pool + off, ok);
+      }
+    }
+    CommitGroup();  // empty groups too: keeps wait_group's count uniform
+  };
+
+  for (int i = tid; i < kHeadRows * L::kChunks; i += kThreads) {
+    const int g = i / L::kChunks, col = (i % L::kChunks) * 8;
+    uint4 v = make_uint4(0, 0, 0, 0);  // padded heads and dims: zero rows and columns of Q
+    if (g < ng && col < d) v = *reinterpret_cast<const uint4*>(p.q + (q_row + g) * d + col);
+    *reinterpret_cast<uint4*>(s_q + g * L::kStride + col) = v;
+  }
+  if (tid < kTileKeys) {
+    for (int t = 0; t < kStages; ++t) {
+      int64_t slot;
+      float bias;
+      fetch(t, slot, bias);
+      s_slot[t * kTileKeys + tid] = slot;
+      s_bias[t * kTileKeys + tid] = bias;
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int t = 0; t < kStages - 1; ++t) issue(t);
+
+  // Q as A fragments (rows = heads, k = head dim), kept in registers for the whole split.
+  uint32_t qf[kDim / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < kDim / 16; ++kk) {
+    LdMatrix(qf[kk],
+             s_q + ((lane % 8) + ((lane / 8) % 2) * 8) * L::kStride + kk * 16 + (lane / 16) * 8);
+  }
+  float o[kDim / 8][4];
+#pragma unroll
+  for (int j = 0; j < kDim / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows lane / 4 and lane / 4 + 8
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    WaitGroup<kStages - 2>();
+    __syncthreads();  // tile's data visible to all; everyone is done with tile - 1's stage
+    issue(tile + kStages - 1);
+    int64_t next_slot = -1;
+    float next_bias = 0.0f;
+    if (tid < kTileKeys) fetch(tile + kStages, next_slot, next_bias);
+
+    const int stage = tile % kStages;
+    const bf16* k_tile = s_k + stage * L::kTileElems + warp * 16 * L::kStride;
+    const bf16* v_tile = s_v + stage * L::kTileElems + warp * 16 * L::kStride;
+    float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+    for (int kk = 0; kk < kDim / 16; ++kk) {
+      if (kk * 16 < d) {
+        uint32_t b[4];
+        LdMatrix(b, k_tile + ((lane % 8) + (lane / 16) * 8) * L::kStride + kk * 16 +
+                        ((lane / 8) % 2) * 8);
+        Mma(s[0], qf[kk], b[0], b[1]);
+        Mma(s[1], qf[kk], b[2], b[3]);
+      }
+    }
+    const int key0 = tile * kTileKeys + warp * 16;
+    const float* bias = s_bias + (tile % kRing) * kTileKeys + warp * 16;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = nt * 8 + (lane % 4) * 2 + (e % 2);
+        s[nt][e] = key0 + col < n_keys ? s[nt][e] * p.scale_log2 + bias[col] : -INFINITY;
+      }
+    }
+    uint32_t ph[4], pl[4];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = fmaxf(fmaxf(s[0][2 * r], s[0][2 * r + 1]), fmaxf(s[1][2 * r], s[1][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[r], mx);
+      const float base = m_new == -INFINITY ? 0.0f : m_new;  // no key yet: avoid inf - inf
+      const float corr = Exp2(m[r] - base);
+      m[r] = m_new;
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        s[nt][2 * r] = Exp2(s[nt][2 * r] - base);
+        s[nt][2 * r + 1] = Exp2(s[nt][2 * r + 1] - base);
+        sum += s[nt][2 * r] + s[nt][2 * r + 1];
+      }
+      l[r] = l[r] * corr + sum;
+#pragma unroll
+      for (int j = 0; j < kDim / 8; ++j) {
+        o[j][2 * r] *= corr;
+        o[j][2 * r + 1] *= corr;
+      }
+      // A fragment of P: a[r] = (row r, keys 0-7), a[r + 2] = (row r, keys 8-15).
+      SplitBf16(s[0][2 * r], s[0][2 * r + 1], ph[r], pl[r]);
+      SplitBf16(s[1][2 * r], s[1][2 * r + 1], ph[r + 2], pl[r + 2]);
+    }
+#pragma unroll
+    for (int nd = 0; nd < kDim / 16; ++nd) {
+      if (nd * 16 < d) {
+        uint32_t b[4];
+        LdMatrixTrans(b, v_tile + ((lane % 8) + ((lane / 8) % 2) * 8) * L::kStride + nd * 16 +
+                             (lane / 16) * 8);
+        Mma(o[2 * nd], ph, b[0], b[1]);
+        Mma(o[2 * nd], pl, b[0], b[1]);
+        Mma(o[2 * nd + 1], ph, b[2], b[3]);
+        Mma(o[2 * nd + 1], pl, b[2], b[3]);
+      }
+    }
+    // Ring entry of tile + kStages is tile - 1's, whose last readers (this iteration's issue is
+    // for tile + kStages - 1; tile - 1's bias was read last iteration) passed the barrier above.
+    if (tid < kTileKeys) {
+      s_slot[((tile + kStages) % kRing) * kTileKeys + tid] = next_slot;
+      s_bias[((tile + kStages) % kRing) * kTileKeys + tid] = next_bias;
+    }
+  }
+
+  // Merge the warps: each holds (m, l, o) over its keys of every tile.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+  WaitGroup<0>();
+  __syncthreads();  // the K/V ring is free: reuse it for the warps' partial outputs
+  float* s_o = reinterpret_cast<float*>(smem);  // [kWarps][kHeadRows][kDim]
+  float* s_m = s_o + kWarps * kHeadRows * kDim;
+  float* s_l = s_m + kWarps * kHeadRows;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int h = lane / 4 + 8 * r;
+    if (lane % 4 == 0) {
+      s_m[warp * kHeadRows + h] = m[r];
+      s_l[warp * kHeadRows + h] = l[r];
+    }
+#pragma unroll
+    for (int j = 0; j < kDim / 8; ++j) {
+      *reinterpret_cast<float2*>(s_o + (warp * kHeadRows + h) * kDim + j * 8 + (lane % 4) * 2) =
+          make_float2(o[j][2 * r], o[j][2 * r + 1]);
+    }
+  }
+  __syncthreads();
+  if (tid < kHeadRows) {
+    float m_all = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, s_m[w * kHeadRows + tid]);
+    float l_all = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {
+      const float mw = s_m[w * kHeadRows + tid];
+      s_w[w][tid] = mw == -INFINITY ? 0.0f : Exp2(mw - m_all);
+      l_all += s_w[w][tid] * s_l[w * kHeadRows + tid];
+    }
+    for (int w = 0; w < kWarps; ++w) s_w[w][tid] /= l_all;
+    s_lse[tid] = (m_all + log2f(l_all)) / kLog2e;
+  }
+  __syncthreads();
+  for (int i = tid; i < ng * (d / 2); i += kThreads) {
+    const int g = i / (d / 2), c = (i % (d / 2)) * 2;
+    float2 v = make_float2(0.0f, 0.0f);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float2 x = *reinterpret_cast<const float2*>(s_o + (w * kHeadRows + g) * kDim + c);
+      v.x += s_w[w][g] * x.x;
+      v.y += s_w[w][g] * x.y;
+    }
+    if (splits == 1) {
+      *reinterpret_cast<__nv_bfloat162*>(p.out + (out_row + g) * d + c) =
+          __floats2bfloat162_rn(v.x, v.y);
+    } else {
+      *reinterpret_cast<float2*>(p.part_o + ((out_row + g) * splits + split) * d + c) = v;
+    }
+  }
+  if (tid < ng) {
+    if (splits > 1) {
+      p.part_lse[(out_row + tid) * splits + split] = s_lse[tid];
+    } else if (p.lse != nullptr) {
+      p.lse[out_row + tid] = s_lse[tid];
+    }
+  }
+}
+
+// out = sum_s exp(lse_s - lse) o_s over the splits (the log-sum-exp merge); one block per output
+// row, its threads spread over (split, 4 dims) so that many partial loads are in flight at once: a
+// loop over the splits one after another would wait out an L2 round trip per split. All splits
+// empty (padding, empty list): out 0, lse -inf.
+constexpr int kMergeThreads = 256;
+__global__ void __launch_bounds__(kMergeThreads)
+    MergeSplitsKernel(const float* part_o, const float* part_lse, int splits, int d, bf16* out,
+                      float* lse_out) {
+  // Launched as a programmatic dependent of the attention kernel: it may start early, and must
+  // wait here for that grid's partials.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  __shared__ float s_red[kMergeThreads / 32];
+  __shared__ float4 s_acc[kMergeThreads];
+  const int64_t row = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const float* lse = part_lse + row * splits;
+  float m = -INFINITY;
+  for (int s = tid; s < splits; s += kMergeThreads) m = fmaxf(m, lse[s]);
+  for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (lane == 0) s_red[warp] = m;
+  __syncthreads();
+  m = s_red[0];
+  for (int w = 1; w < kMergeThreads / 32; ++w) m = fmaxf(m, s_red[w]);
+  const float base = m == -INFINITY ? 0.0f : m;
+  float den = 0.0f;  // lse -inf: weight 0, its o never written
+  for (int s = tid; s < splits; s += kMergeThreads) den += __expf(lse[s] - base);
+  for (int o = 16; o > 0; o /= 2) den += __shfl_xor_sync(0xffffffffu, den, o);
+  __syncthreads();  // everyone has read s_red's maxima
+  if (lane == 0) s_red[warp] = den;
+  __syncthreads();
+  den = 0.0f;
+  for (int w = 0; w < kMergeThreads / 32; ++w) den += s_red[w];
+  const int chunks = d / 4, groups = kMergeThreads / chunks;
+  const int chunk = tid % chunks, group = tid / chunks;
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (group < groups) {
+    const float* src = part_o + row * splits * int64_t{d} + chunk * 4;
+    int s = group;
+    // Eight splits per round: their loads issue back to back before the first is used.
+    for (; s + 7 * groups < splits; s += 8 * groups) {
+      float w[8];
+      float4 x[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        w[u] = lse[s + u * groups];
+        x[u] = *reinterpret_cast<const float4*>(src + int64_t{s + u * groups} * d);
+      }
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const float wu = __expf(w[u] - base);
+        if (wu > 0.0f) {
+          acc.x += wu * x[u].x;
+          acc.y += wu * x[u].y;
+          acc.z += wu * x[u].z;
+          acc.w += wu * x[u].w;
+        }
+      }
+    }
+    for (; s < splits; s += groups) {
+      const float wu = __expf(lse[s] - base);
+      if (wu > 0.0f) {
+        const float4 x = *reinterpret_cast<const float4*>(src + int64_t{s} * d);
+        acc.x += wu * x.x;
+        acc.y += wu * x.y;
+        acc.z += wu * x.z;
+        acc.w += wu * x.w;
+      }
+    }
+  }
+  s_acc[tid] = acc;
+  __syncthreads();
+  if (tid < chunks) {
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int g = 0; g < groups; ++g) {
+      const float4 x = s_acc[g * chunks + tid];
+      sum.x += x.x;
+      sum.y += x.y;
+      sum.z += x.z;
+      sum.w += x.w;
+    }
+    const float inv = den > 0.0f ? 1.0f / den : 0.0f;
+    __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(out + row * d + tid * 4);
+    dst[0] = __floats2bfloat162_rn(sum.x * inv, sum.y * inv);
+    dst[1] = __floats2bfloat162_rn(sum.z * inv, sum.w * inv);
+    if (lse_out != nullptr && tid == 0) lse_out[row] = den > 0.0f ? m + logf(den) : -INFINITY;
+  }
+}
+
+template <int kDim>
+bool LaunchAttention(const Params& p, dim3 grid, cudaStream_t stream) {
+  static const cudaError_t configured =
+      cudaFuncSetAttribute(DecodeAttentionKernel<kDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(Layout<kDim>::kBytes));
+  if (configured != cudaSuccess) return false;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = Layout<kDim>::kBytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+#ifndef HW_DECODE_NO_ATTN_PDL
+  cfg.numAttrs = 1;
+#else  // experiments: a plain launch
+  cfg.numAttrs = 0;
+#endif
+  cudaLaunchKernelEx(&cfg, DecodeAttentionKernel<kDim>, p);
+  return true;
+}
+
+int ChooseSplits(int64_t blocks, int64_t max_keys, int num_sms) {
+  // Measured on the H100 at d 128 (two blocks per SM): a small grid is latency-bound, and one
+  // full wave of long splits beats several waves of short ones (batch 1 at 32K: 77% of the copy
+  // bandwidth with 33 splits, 72% with 66). Where one wave would split the keys fewer than 8
+  // ways, several waves (~8 blocks per SM) keep the SMs busy through uneven lengths. Every split
+  // is at least 256 keys (4 tiles); a grid of a full wave or more is not split.
+  const int64_t resident = 2 * int64_t{num_sms};
+  if (blocks >= resident) return 1;
+  int64_t want = resident / std::max<int64_t>(blocks, 1);
+  if (want < 8) want = (4 * resident + blocks - 1) / std::max<int64_t>(blocks, 1);
+  const int64_t cap = std::max<int64_t>(1, max_keys / 256);
+  return static_cast<int>(std::clamp<int64_t>(want, 1, std::min<int64_t>(cap, 65535)));
+}
+
+bool Launch(Params p, int64_t grid_rows, int grid_heads, int num_splits, int64_t out_rows,
+            void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  const int d = p.d;
+  if (d < 8 || d > 256 || d % 8 != 0 || p.page_size < 1 || num_splits < 1 || num_splits > 65535 ||
+      grid_rows > 0x7fffffff || out_rows > 0x7fffffff || grid_heads > 65535) {
+    return false;
+  }
+  if (grid_rows == 0) return true;
+  if (scratch_bytes < DecodeAttentionScratchBytes(out_rows, num_splits, d)) return false;
+  if (num_splits > 1) {
+    p.part_o = static_cast<float*>(scratch);
+    p.part_lse = p.part_o + out_rows * num_splits * d;
+  }
+  const dim3 grid(static_cast<unsigned>(grid_rows), static_cast<unsigned>(grid_heads),
+                  static_cast<unsigned>(num_splits));
+  const bool ok = d <= 64    ? LaunchAttention<64>(p, grid, stream)
+                  : d <= 128 ? LaunchAttention<128>(p, grid, stream)
+                             : LaunchAttention<256>(p, grid, stream);
+  if (!ok) return false;
+#ifndef HW_DECODE_SKIP_MERGE  // timing experiments only: the attention kernel alone
+  if (num_splits > 1) {
+#else
+  if (false) {
+#endif
+    // Programmatic dependent launch: the merge's blocks get scheduled as the attention grid's
+    // last wave runs instead of after it drains, hiding the launch gap.
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(static_cast<unsigned>(out_rows));
+    cfg.blockDim = dim3(kMergeThreads);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, MergeSplitsKernel, static_cast<const float*>(p.part_o),
+                       static_cast<const float*>(p.part_lse), num_splits, d, p.out, p.lse);
+  }
+  return true;
+}
+
+Params CommonParams(const bf16* q, const DecodeKvCache& kv, int hq, int d, float scale, bf16* out) {
+  Params p{};
+  p.q = q;
+  p.k_pool = kv.k_pool;
+  p.v_pool = kv.v_pool;
+  p.blocks = kv.blocks;
+  p.head_page = kv.head_page;
+  p.max_blocks = kv.max_blocks;
+  p.pages_per_block = kv.pages_per_block;
+  p.page_size = kv.page_size;
+  p.hq = hq;
+  p.group = hq / kv.hkv;
+  p.head_chunks = (p.group + kHeadRows - 1) / kHeadRows;
+  p.d = d;
+  p.scale_log2 = scale * kLog2e;
+  p.out = out;
+  return p;
+}
+
+}  // namespace
+
+int PagedDecodeSplits(int64_t tokens, int hq, int hkv, int64_t max_keys, int num_sms) {
+  const int64_t chunks = (hq / std::max(hkv, 1) + kHeadRows - 1) / kHeadRows;
+  return ChooseSplits(tokens * hkv * chunks, max_keys, num_sms);
+}
+
+int SparseDecodeSplits(int64_t rows, int group, int64_t max_keys, int num_sms) {
+  return ChooseSplits(rows * ((group + kHeadRows - 1) / kHeadRows), max_keys, num_sms);
+}
+
+size_t DecodeAttentionScratchBytes(int64_t out_rows, int num_splits, int d) {
+  if (num_splits <= 1) return 0;
+  return static_cast<size_t>(out_rows) * num_splits * (static_cast<size_t>(d) + 1) * sizeof(float);
+}
+
+bool LaunchPagedDecodeAttention(cudaStream_t stream, const bf16* q, const DecodeKvCache& kv,
+                                const int32_t* token_seq, const int32_t* token_pos, int64_t tokens,
+                                int hq, int d, float scale, int num_splits, void* scratch,
+                                size_t scratch_bytes, bf16* out) {
+  if (kv.hkv < 1 || hq % kv.hkv != 0) return false;
+  Params p = CommonParams(q, kv, hq, d, scale, out);
+  p.token_seq = token_seq;
+  p.token_pos = token_pos;
+  return Launch(p, tokens, kv.hkv * p.head_chunks, num_splits, tokens * hq, scratch, scratch_bytes,
+                stream);
+}
+
+bool LaunchSparseDecodeAttention(cudaStream_t stream, const bf16* q, const DecodeKvCache& kv,
+                                 const int32_t* row_seq, const int32_t* row_kv_head,
+                                 const int32_t* indptr, const int32_t* indices,
+                                 const float* logit_bias, int64_t rows, int hq, int d, float scale,
+                                 int num_splits, void* scratch, size_t scratch_bytes, bf16* out,
+                                 float* lse) {
+  if (kv.hkv < 1 || hq % kv.hkv != 0) return false;
+  Params p = CommonParams(q, kv, hq, d, scale, out);
+  p.row_seq = row_seq;
+  p.row_kv_head = row_kv_head;
+  p.indptr = indptr;
+  p.indices = indices;
+  p.bias = logit_bias;
+  p.lse = lse;
+  return Launch(p, rows, p.head_chunks, num_splits, rows * p.group, scratch, scratch_bytes, stream);
+}
+
+}  // namespace headwise::kernels::cuda

@@ -1,0 +1,67 @@
+// Decode attention over the paged KV cache (split-KV, GQA-grouped, tensor cores), bf16 in and out
+// with fp32 accumulation. Standalone: depends on the CUDA runtime only, so bench/gpu can build it
+// alone (bench/gpu/build-decode-check.sh).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace headwise::kernels::cuda {
+
+// The paged cache of one layer as the kernels read it. Key j of (sequence s, KV head h) lives at
+// page blocks[s * max_blocks + j / page_size] * pages_per_block + head_page[h], slot
+// j % page_size: element (page * page_size + slot) * d + c of k_pool / v_pool.
+struct DecodeKvCache {
+  const __nv_bfloat16* k_pool;
+  const __nv_bfloat16* v_pool;
+  const int32_t* blocks;     // [S, max_blocks]
+  const int32_t* head_page;  // [hkv]
+  int max_blocks;
+  int pages_per_block;
+  int page_size;
+  int hkv;
+};
+
+// How many splits of the keys each (token, KV head) gets. Depends on the shapes only (never on
+// the actual lengths), so a launch captured in a CUDA graph stays valid for any lengths up to
+// max_keys (the table's capacity, max_blocks * page_size).
+int PagedDecodeSplits(int64_t tokens, int hq, int hkv, int64_t max_keys, int num_sms);
+// Same for sparse decode: rows (sequence, KV head) of `group` query heads, lists of at most
+// max_keys entries (a bound the caller knows, e.g. the table's capacity).
+int SparseDecodeSplits(int64_t rows, int group, int64_t max_keys, int num_sms);
+
+// Device scratch bytes the launchers need for `out_rows` output rows (tokens * hq for paged,
+// rows * group for sparse) of head dim d split num_splits ways; 0 when num_splits is 1.
+size_t DecodeAttentionScratchBytes(int64_t out_rows, int num_splits, int d);
+
+// Paged decode: q, out bf16 [tokens, hq, d]. Token t of sequence token_seq[t] at position
+// token_pos[t] attends keys 0 .. token_pos[t] of its sequence; token_pos[t] < 0 is padding, its
+// output rows are zeros. Query head qh reads KV head qh / (hq / hkv). scale multiplies the
+// logits. Nothing past a token's position (nor block-table entries past it) is read.
+// Returns false, launching nothing, when the shape is unsupported (d not a multiple of 8 in
+// 8..256, hq not a multiple of kv.hkv, page_size < 1, num_splits outside 1..65535, grid too
+// large) or scratch_bytes is below DecodeAttentionScratchBytes(tokens * hq, num_splits, d).
+// Launch errors surface through cudaGetLastError as for any kernel launch.
+bool LaunchPagedDecodeAttention(cudaStream_t stream, const __nv_bfloat16* q,
+                                const DecodeKvCache& kv, const int32_t* token_seq,
+                                const int32_t* token_pos, int64_t tokens, int hq, int d,
+                                float scale, int num_splits, void* scratch, size_t scratch_bytes,
+                                __nv_bfloat16* out);
+
+// Sparse decode over index lists: row r = (sequence row_seq[r], KV head row_kv_head[r]); query
+// heads kv_head * group + g (g < group) of q row row_seq[r] (q bf16 [S, hq, d]) attend only the
+// key positions indices[indptr[r] .. indptr[r + 1]) (any order, repeats count twice), each logit
+// (scaled) shifted by logit_bias[i] (f32, or null for none). out bf16 [rows, group, d]; lse f32
+// [rows, group]: natural-log log-sum-exp of the scaled, biased logits (-inf with out 0 for an
+// empty list). Scratch: DecodeAttentionScratchBytes(rows * group, num_splits, d).
+bool LaunchSparseDecodeAttention(cudaStream_t stream, const __nv_bfloat16* q,
+                                 const DecodeKvCache& kv, const int32_t* row_seq,
+                                 const int32_t* row_kv_head, const int32_t* indptr,
+                                 const int32_t* indices, const float* logit_bias, int64_t rows,
+                                 int hq, int d, float scale, int num_splits, void* scratch,
+                                 size_t scratch_bytes, __nv_bfloat16* out, float* lse);
+
+}  // namespace headwise::kernels::cuda
