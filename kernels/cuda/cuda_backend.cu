@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/sampling.h"
@@ -229,200 +230,6 @@ __global__ void RopeWriteKvKernel(const bf16* qkv, const int32_t* token_seq,
   }
 }
 
-constexpr int kAttnWarps = 4;
-constexpr int kMaxHeadDim = 256;
-constexpr int kMaxDimPerLane = kMaxHeadDim / 32;
-
-// Attention of up to G query heads of one GQA group (rows 0..ng-1 of s_q, pre-scaled by the
-// softmax scale) over keys n = 0 .. count-1 of one KV head, key n at position pos_of(n) with
-// logit bias bias_of(n). Each K and V row is read once for the whole group: that is what makes
-// GQA decode memory-bound on the KV bytes rather than on Hq / Hkv times them. Each warp takes 32
-// keys at a time, one key per lane (a whole dot product per lane, no shuffles per key), runs an
-// online softmax per head across them, then accumulates V with each lane owning d / 32 output
-// dimensions; the warps merge in shared memory. Calls store(g, c, o) for every head and output
-// dimension and writes each head's log-sum-exp to s_lse[g]. count > 0.
-template <int G, typename PosOf, typename BiasOf, typename Store>
-__device__ void AttendKeys(const float (*s_q)[kMaxHeadDim], int ng, const bf16* k_pool,
-                           const bf16* v_pool, const int32_t* seq_blocks, int64_t head_page,
-                           int pages_per_block, int page_size, int d, int count, PosOf pos_of,
-                           BiasOf bias_of, Store store, float* s_lse) {
-  __shared__ float s_m[kAttnWarps][G], s_l[kAttnWarps][G];
-  __shared__ float s_acc[kAttnWarps][G][kMaxHeadDim];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int per_lane = (d + 31) / 32;  // output dims lane * per_lane + e, those below d
-  float acc[G][kMaxDimPerLane];
-  float m[G], l[G];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < kMaxDimPerLane; ++e) acc[g][e] = 0.0f;
-  }
-  for (int base = warp * 32; base < count; base += kAttnWarps * 32) {
-    const int n = base + lane;
-    int64_t slot = -1;
-    float score[G];
-#pragma unroll
-    for (int g = 0; g < G; ++g) score[g] = -INFINITY;
-    if (n < count) {
-      const int pos = pos_of(n);
-      slot = (int64_t{seq_blocks[pos / page_size]} * pages_per_block + head_page) * page_size +
-             pos % page_size;
-      const bf16* kr = k_pool + slot * d;
-      float dot[G];
-#pragma unroll
-      for (int g = 0; g < G; ++g) dot[g] = 0.0f;
-      for (int c = 0; c < d; c += 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(kr + c);
-        const __nv_bfloat162* k2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
-        float kf[8];
-#pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          const float2 f = __bfloat1622float2(k2[x]);
-          kf[2 * x] = f.x;
-          kf[2 * x + 1] = f.y;
-        }
-#pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const float4 q0 = *reinterpret_cast<const float4*>(&s_q[g][c]);
-          const float4 q1 = *reinterpret_cast<const float4*>(&s_q[g][c + 4]);
-          dot[g] += q0.x * kf[0] + q0.y * kf[1] + q0.z * kf[2] + q0.w * kf[3] + q1.x * kf[4] +
-                    q1.y * kf[5] + q1.z * kf[6] + q1.w * kf[7];
-        }
-      }
-      const float bias = bias_of(n);
-#pragma unroll
-      for (int g = 0; g < G; ++g) score[g] = dot[g] + bias;
-    }
-    float p[G];
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      float chunk_max = score[g];
-      for (int o = 16; o > 0; o /= 2) {
-        chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, o));
-      }
-      const float m_new = fmaxf(m[g], chunk_max);
-      p[g] = score[g] == -INFINITY ? 0.0f : __expf(score[g] - m_new);
-      float p_sum = p[g];
-      for (int o = 16; o > 0; o /= 2) p_sum += __shfl_xor_sync(0xffffffffu, p_sum, o);
-      const float correction = m[g] == -INFINITY ? 0.0f : __expf(m[g] - m_new);
-      l[g] = l[g] * correction + p_sum;
-#pragma unroll
-      for (int e = 0; e < kMaxDimPerLane; ++e) acc[g][e] *= correction;
-      m[g] = m_new;
-    }
-    const int keys = min(32, count - base);
-    const int dim0 = lane * per_lane;
-    for (int kk = 0; kk < keys; ++kk) {
-      const int64_t sk = __shfl_sync(0xffffffffu, slot, kk);
-      float pk[G];
-#pragma unroll
-      for (int g = 0; g < G; ++g) pk[g] = __shfl_sync(0xffffffffu, p[g], kk);
-      const bf16* vr = v_pool + sk * d + dim0;
-      float vf[kMaxDimPerLane];
-#pragma unroll
-      for (int e = 0; e < kMaxDimPerLane; ++e) {
-        vf[e] = e < per_lane && dim0 + e < d ? __bfloat162float(vr[e]) : 0.0f;
-      }
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-#pragma unroll
-        for (int e = 0; e < kMaxDimPerLane; ++e) acc[g][e] += pk[g] * vf[e];
-      }
-    }
-  }
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (lane == 0) {
-      s_m[warp][g] = m[g];
-      s_l[warp][g] = l[g];
-    }
-#pragma unroll
-    for (int e = 0; e < kMaxDimPerLane; ++e) {
-      if (e < per_lane && lane * per_lane + e < d) s_acc[warp][g][lane * per_lane + e] = acc[g][e];
-    }
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < ng * d; i += blockDim.x) {
-    const int g = i / d, c = i % d;
-    float m_all = -INFINITY;
-    for (int w = 0; w < kAttnWarps; ++w) m_all = fmaxf(m_all, s_m[w][g]);
-    float l_all = 0.0f, num = 0.0f;
-    for (int w = 0; w < kAttnWarps; ++w) {
-      if (s_m[w][g] == -INFINITY) continue;
-      const float wgt = __expf(s_m[w][g] - m_all);
-      l_all += wgt * s_l[w][g];
-      num += wgt * s_acc[w][g][c];
-    }
-    store(g, c, num / l_all);
-    if (c == 0) s_lse[g] = m_all + logf(l_all);
-  }
-  __syncthreads();
-}
-
-// Loads the query rows of heads first_head .. first_head + ng - 1 of token row `q_row`
-// (q + q_row * hq * d), scaled, into s_q.
-__device__ void LoadQueries(const bf16* q, int64_t q_row, int hq, int first_head, int ng, int d,
-                            float scale, float (*s_q)[kMaxHeadDim]) {
-  for (int i = threadIdx.x; i < ng * d; i += blockDim.x) {
-    s_q[i / d][i % d] =
-        __bfloat162float(q[(q_row * hq + first_head + i / d) * int64_t{d} + i % d]) * scale;
-  }
-  __syncthreads();
-}
-
-// Paged attention, split-KV (flash-decoding): block (query token, group of up to G query heads
-// sharing a KV head, split) covers an equal share of the keys 0 .. position of the token. With
-// one split it writes the output; otherwise (o, lse) partials that MergeSplitsKernel combines.
-// The split sizes come from the token's position on the device, so a captured graph serves any
-// context length up to the table's capacity.
-template <int G>
-__global__ void __launch_bounds__(32 * kAttnWarps)
-    PagedAttentionKernel(const bf16* q, const bf16* k_pool, const bf16* v_pool,
-                         const int32_t* token_seq, const int32_t* token_pos, DeviceTable table,
-                         int hq, int hkv, int d, float scale, bf16* out, float* part_o,
-                         float* part_lse) {
-  const int64_t t = blockIdx.x;
-  const int group = hq / hkv, chunks = (group + G - 1) / G;
-  const int kv_head = blockIdx.y / chunks, first_g = (blockIdx.y % chunks) * G;
-  const int ng = min(G, group - first_g), first_head = kv_head * group + first_g;
-  const int split = blockIdx.z, num_splits = gridDim.z;
-  const int count = token_pos[t] + 1;  // 0 for padding
-  const int per_split = (count + num_splits - 1) / num_splits;
-  const int begin = split * per_split, end = min(count, begin + per_split);
-  __shared__ float s_lse[G];
-  if (begin >= end) {  // padding, or this split lies beyond the token's position
-    if (num_splits > 1 && threadIdx.x < ng) {
-      part_lse[(t * hq + first_head + threadIdx.x) * num_splits + split] = -INFINITY;
-    }
-    if (num_splits == 1) {  // padding: zeros rather than whatever the buffer held
-      for (int i = threadIdx.x; i < ng * d; i += blockDim.x) {
-        out[(t * hq + first_head) * int64_t{d} + i] = __float2bfloat16(0.0f);
-      }
-    }
-    return;
-  }
-  __shared__ __align__(16) float s_q[G][kMaxHeadDim];
-  LoadQueries(q, t, hq, first_head, ng, d, scale, s_q);
-  const int32_t* seq_blocks = table.blocks + int64_t{token_seq[t]} * table.max_blocks;
-  AttendKeys<G>(
-      s_q, ng, k_pool, v_pool, seq_blocks, table.head_page[kv_head], table.pages_per_block,
-      table.page_size, d, end - begin, [&](int n) { return begin + n; }, [](int) { return 0.0f; },
-      [&](int g, int c, float o) {
-        const int64_t row = t * hq + first_head + g;
-        if (num_splits == 1) {
-          out[row * d + c] = __float2bfloat16(o);
-        } else {
-          part_o[(row * num_splits + split) * d + c] = o;
-        }
-      },
-      s_lse);
-  if (num_splits > 1 && threadIdx.x < ng) {
-    part_lse[(t * hq + first_head + threadIdx.x) * num_splits + split] = s_lse[threadIdx.x];
-  }
-}
-
 // first_pos[s] = position of sequence s's first query token (the prefill kernel's input).
 __global__ void FirstPositionsKernel(const int32_t* query_start, const int32_t* token_pos,
                                      int num_seqs, int32_t* first_pos) {
@@ -430,58 +237,6 @@ __global__ void FirstPositionsKernel(const int32_t* query_start, const int32_t* 
   if (s < num_seqs) {
     first_pos[s] = query_start[s + 1] > query_start[s] ? token_pos[query_start[s]] : 0;
   }
-}
-
-// out = sum_s w_s o_s with w_s = exp(lse_s - lse): the log-sum-exp merge of ALGORITHMS.md §9.3.
-__global__ void MergeSplitsKernel(const float* part_o, const float* part_lse, int num_splits, int d,
-                                  bf16* out) {
-  const int64_t row = blockIdx.x;  // (token, query head)
-  const float* lse = part_lse + row * num_splits;
-  float m = -INFINITY;
-  for (int s = 0; s < num_splits; ++s) m = fmaxf(m, lse[s]);
-  float den = 0.0f;
-  for (int s = 0; s < num_splits; ++s) den += lse[s] == -INFINITY ? 0.0f : __expf(lse[s] - m);
-  for (int c = threadIdx.x; c < d; c += blockDim.x) {
-    float num = 0.0f;
-    for (int s = 0; s < num_splits; ++s) {
-      if (lse[s] != -INFINITY) num += __expf(lse[s] - m) * part_o[(row * num_splits + s) * d + c];
-    }
-    out[row * d + c] = __float2bfloat16(den > 0.0f ? num / den : 0.0f);  // 0: padding
-  }
-}
-
-// Decode attention over an explicit token list per (sequence, KV head) row with a per-index
-// logit bias, one block per (row, group of up to G query heads); writes (o, lse) for §9.3's
-// merge.
-template <int G>
-__global__ void __launch_bounds__(32 * kAttnWarps)
-    SparseDecodeKernel(const bf16* q, const bf16* k_pool, const bf16* v_pool,
-                       const int32_t* row_seq, const int32_t* row_kv_head, const int32_t* indptr,
-                       const int32_t* indices, const float* logit_bias, DeviceTable table, int hq,
-                       int hkv, int d, float scale, bf16* out, float* lse_out) {
-  const int64_t r = blockIdx.x;
-  const int group = hq / hkv;
-  const int first_g = blockIdx.y * G, ng = min(G, group - first_g);
-  const int seq = row_seq[r], kv_head = row_kv_head[r];
-  const int first = indptr[r], count = indptr[r + 1] - first;
-  const int64_t out_row = r * group + first_g;  // of out [R, group, d]
-  if (count <= 0) {
-    for (int i = threadIdx.x; i < ng * d; i += blockDim.x) {
-      out[out_row * d + i] = __float2bfloat16(0.0f);
-    }
-    if (threadIdx.x < ng) lse_out[out_row + threadIdx.x] = -INFINITY;
-    return;
-  }
-  __shared__ __align__(16) float s_q[G][kMaxHeadDim];
-  __shared__ float s_lse[G];
-  LoadQueries(q, seq, hq, kv_head * group + first_g, ng, d, scale, s_q);
-  AttendKeys<G>(
-      s_q, ng, k_pool, v_pool, table.blocks + int64_t{seq} * table.max_blocks,
-      table.head_page[kv_head], table.pages_per_block, table.page_size, d, count,
-      [&](int n) { return indices[first + n]; },
-      [&](int n) { return logit_bias != nullptr ? logit_bias[first + n] : 0.0f; },
-      [&](int g, int c, float o) { out[(out_row + g) * d + c] = __float2bfloat16(o); }, s_lse);
-  if (threadIdx.x < ng) lse_out[out_row + threadIdx.x] = s_lse[threadIdx.x];
 }
 
 __global__ void GatherRowsKernel(const bf16* x, const int32_t* rows, bf16* out, int64_t width) {
@@ -671,94 +426,49 @@ class CudaBackend final : public Backend {
                       float scale, const Tensor& out) override {
     const int64_t tokens = q.dim(0);
     const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
-    CheckHeadDim(d);
-    const int hkv = batch.table.num_kv_heads();
-    HW_CHECK(hkv > 0 && hq % hkv == 0, "{} query heads, {} KV heads", hq, hkv);
     if (batch.max_query_len > 1 && batch.query_start.data != nullptr &&
         PrefillAttention(q, pool, batch, scale, out)) {
       return;
     }
-    const int g = GroupTile(hq / hkv);
-    const int head_blocks = hkv * ((hq / hkv + g - 1) / g);
-    // Enough blocks for two waves over the SMs, each split at least 256 keys long; big
-    // prefills have blocks enough without splitting.
-    const int64_t max_keys = int64_t{batch.table.max_blocks()} * pool.page_size;
-    const int64_t want = (2 * num_sms_ + tokens * head_blocks - 1) / (tokens * head_blocks);
-    const int num_splits =
-        static_cast<int>(std::clamp<int64_t>(want, 1, std::max<int64_t>(1, max_keys / 256)));
-    float* part_o = nullptr;
-    float* part_lse = nullptr;
-    if (num_splits > 1) {
-      const size_t parts = static_cast<size_t>(tokens) * hq * num_splits;
-      EnsureScratch(parts * (static_cast<size_t>(d) + 1) * sizeof(float));
-      part_o = static_cast<float*>(scratch_.back());
-      part_lse = part_o + parts * static_cast<size_t>(d);
-    }
-    const dim3 grid(static_cast<unsigned>(tokens), static_cast<unsigned>(head_blocks),
-                    static_cast<unsigned>(num_splits));
-    const DeviceTable table = ToDevice(batch.table, pool.page_size);
-    auto launch = [&](auto kernel) {
-      kernel<<<grid, 32 * kAttnWarps, 0, stream_>>>(
-          q.ptr<bf16>(), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), batch.token_seq.ptr<int32_t>(),
-          batch.token_pos.ptr<int32_t>(), table, hq, hkv, d, scale, out.ptr<bf16>(), part_o,
-          part_lse);
-    };
-    switch (g) {
-      case 1:
-        launch(PagedAttentionKernel<1>);
-        break;
-      case 2:
-        launch(PagedAttentionKernel<2>);
-        break;
-      case 4:
-        launch(PagedAttentionKernel<4>);
-        break;
-      default:
-        launch(PagedAttentionKernel<8>);
-        break;
-    }
+    // Decode, and prefill shapes the tensor-core prefill kernel does not take: each token
+    // attends its own keys. The split count depends on shapes only (graph replays).
+    const cuda::DecodeKvCache kv = DecodeCache(pool, batch.table);
+    const int num_splits = cuda::PagedDecodeSplits(tokens, hq, kv.hkv,
+                                                   int64_t{kv.max_blocks} * kv.page_size, num_sms_);
+    const size_t scratch = cuda::DecodeAttentionScratchBytes(tokens * hq, num_splits, d);
+    EnsureScratch(scratch);
+    HW_CHECK(cuda::LaunchPagedDecodeAttention(
+                 stream_, q.ptr<bf16>(), kv, batch.token_seq.ptr<int32_t>(),
+                 batch.token_pos.ptr<int32_t>(), tokens, hq, d, scale, num_splits,
+                 scratch > 0 ? scratch_.back() : nullptr, scratch_bytes_, out.ptr<bf16>()),
+             "paged attention: unsupported shape (Hq {}, Hkv {}, head dim {}, page size {})", hq,
+             kv.hkv, d, kv.page_size);
     HW_CUDA_LAUNCHED();
-    if (num_splits > 1) {
-      MergeSplitsKernel<<<static_cast<unsigned>(tokens * hq), 128, 0, stream_>>>(
-          part_o, part_lse, num_splits, d, out.ptr<bf16>());
-      HW_CUDA_LAUNCHED();
-    }
   }
 
   void SparseDecodeAttention(const Tensor& q, const KvPoolView& pool,
                              const SparseDecodeBatch& batch, float scale, const Tensor& out,
                              const Tensor& lse) override {
     const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
-    CheckHeadDim(d);
     HW_CHECK(lse.dtype == DType::kF32, "lse must be f32");
-    const int hkv = batch.table.num_kv_heads();
     const int64_t rows = batch.row_seq.numel();
     if (rows == 0) return;
-    const int g = GroupTile(hq / hkv);
-    const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>((hq / hkv + g - 1) / g));
-    const DeviceTable table = ToDevice(batch.table, pool.page_size);
-    auto launch = [&](auto kernel) {
-      kernel<<<grid, 32 * kAttnWarps, 0, stream_>>>(
-          q.ptr<bf16>(), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), batch.row_seq.ptr<int32_t>(),
-          batch.row_kv_head.ptr<int32_t>(), batch.indptr.ptr<int32_t>(),
-          batch.indices.ptr<int32_t>(),
-          batch.logit_bias.data ? batch.logit_bias.ptr<float>() : nullptr, table, hq, hkv, d, scale,
-          out.ptr<bf16>(), lse.ptr<float>());
-    };
-    switch (g) {
-      case 1:
-        launch(SparseDecodeKernel<1>);
-        break;
-      case 2:
-        launch(SparseDecodeKernel<2>);
-        break;
-      case 4:
-        launch(SparseDecodeKernel<4>);
-        break;
-      default:
-        launch(SparseDecodeKernel<8>);
-        break;
-    }
+    const cuda::DecodeKvCache kv = DecodeCache(pool, batch.table);
+    const int group = hq / kv.hkv;
+    // No list is longer than all of them together.
+    const int num_splits = cuda::SparseDecodeSplits(
+        rows, group, std::max<int64_t>(1, batch.indices.numel()), num_sms_);
+    const size_t scratch = cuda::DecodeAttentionScratchBytes(rows * group, num_splits, d);
+    EnsureScratch(scratch);
+    HW_CHECK(cuda::LaunchSparseDecodeAttention(
+                 stream_, q.ptr<bf16>(), kv, batch.row_seq.ptr<int32_t>(),
+                 batch.row_kv_head.ptr<int32_t>(), batch.indptr.ptr<int32_t>(),
+                 batch.indices.ptr<int32_t>(),
+                 batch.logit_bias.data ? batch.logit_bias.ptr<float>() : nullptr, rows, hq, d,
+                 scale, num_splits, scratch > 0 ? scratch_.back() : nullptr, scratch_bytes_,
+                 out.ptr<bf16>(), lse.ptr<float>()),
+             "sparse decode attention: unsupported shape (Hq {}, Hkv {}, head dim {})", hq, kv.hkv,
+             d);
     HW_CUDA_LAUNCHED();
   }
 
@@ -800,13 +510,16 @@ class CudaBackend final : public Backend {
     return launched;
   }
 
-  static void CheckHeadDim(int d) {
-    // Keys are read 8 bf16 (16 bytes) at a time.
-    HW_CHECK(d <= kMaxHeadDim && d % 8 == 0, "head dim {} must be a multiple of 8, <= {}", d,
-             kMaxHeadDim);
+  static cuda::DecodeKvCache DecodeCache(const KvPoolView& pool, const BlockTable& table) {
+    return cuda::DecodeKvCache{pool.k.ptr<bf16>(),
+                               pool.v.ptr<bf16>(),
+                               table.blocks.ptr<int32_t>(),
+                               table.head_page.ptr<int32_t>(),
+                               table.max_blocks(),
+                               table.pages_per_block,
+                               pool.page_size,
+                               table.num_kv_heads()};
   }
-  // Query heads per attention block: the whole GQA group up to 8, in tiles of 8 beyond.
-  static int GroupTile(int group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
 
   // Scratch for split-KV partials, grown on demand. Outgrown buffers stay allocated until
   // the backend goes: a captured graph may still point into them.
