@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root, with .carry/gpu from scripts/device/pack.sh:
 # every CUDA kernel against the CPU backend, end-to-end logits and greedy text, then the speed
-# table (hw_bench_gpu; HW_BENCH_ARGS adds flags). Prints a short table last; full logs go to
-# $OUT when set.
+# table (hw_bench_gpu; HW_BENCH_ARGS adds flags). Prints a short table last; the logs come back
+# as $OUT/gpu-logs.tgz, the two benchmarks' JSON lines beside it.
 set -uo pipefail
 root=$(pwd)
 carry=$root/.carry/gpu
 export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export HEADWISE_SOURCE_DIR=$root HEADWISE_SHARED=$carry/shared
-logs=${OUT:-/tmp}
+# Logs gather in one folder and come back as one archive: a device call returns at most 8 files.
+logs=/tmp/hw-gpu-logs
+rm -rf "$logs" && mkdir -p "$logs"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 status=0
 run() {
@@ -42,4 +44,9 @@ echo "--- speed, Llama-3-8B shapes (dummy weights)"
 python3 bench/gpu/report.py "$logs/bench-8b.jsonl" "$logs/torch.jsonl"; tail -3 "$logs/bench-8b.err"
 echo "--- generate (cpu, then cuda)"
 cat "$logs/generate-cpu.txt" "$logs/generate-cuda.txt"
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/gpu-logs.tgz" -C "$logs" .
+  cp "$logs/bench-8b.jsonl" "$OUT/" 2>/dev/null
+  cp "$logs/torch.jsonl" "$OUT/" 2>/dev/null
+fi
 exit $status
