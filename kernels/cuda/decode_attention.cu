@@ -9,9 +9,19 @@
 #include <cmath>
 
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/ptx.cuh"
 
 namespace headwise::kernels::cuda {
 namespace {
+
+using ptx::CopyAsync16;
+using ptx::CopyAsyncCommit;
+using ptx::CopyAsyncWait;
+using ptx::Exp2;
+using ptx::LoadMatrixX4;
+using ptx::LoadMatrixX4Trans;
+using ptx::Mma;
+using ptx::PackBf16;
 
 using bf16 = __nv_bfloat16;
 
@@ -49,55 +59,6 @@ struct Params {
   float* part_o;    // [out_rows, splits, d] when split
   float* part_lse;  // [out_rows, splits]
 };
-
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// Zero-fills when !valid: keys past the range (NaN garbage possibly) must reach P * V as zeros,
-// since 0 * NaN would poison the whole row.
-__device__ __forceinline__ void CopyAsync16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SharedAddress(dst)),
-               "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void CommitGroup() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void WaitGroup() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void LdMatrix(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(SharedAddress(p)));
-}
-__device__ __forceinline__ void LdMatrixTrans(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(SharedAddress(p)));
-}
-
-__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ float Exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
 
 // P as a bf16 pair hi + lo: hi alone would round the probabilities to 8 bits (~2e-3 relative
 // error per weight); with lo the weights keep ~16 bits, so the output is as exact as fp32 CUDA-core
@@ -212,7 +173,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
         CopyAsync16(s_v + dst, p.v_pool + off, ok);
       }
     }
-    CommitGroup();  // empty groups too: keeps wait_group's count uniform
+    CopyAsyncCommit();  // empty groups too: keeps wait_group's count uniform
   };
 
   for (int i = tid; i < kHeadRows * L::kChunks; i += kThreads) {
@@ -238,8 +199,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
   uint32_t qf[kDim / 16][4];
 #pragma unroll
   for (int kk = 0; kk < kDim / 16; ++kk) {
-    LdMatrix(qf[kk],
-             s_q + ((lane % 8) + ((lane / 8) % 2) * 8) * L::kStride + kk * 16 + (lane / 16) * 8);
+    LoadMatrixX4(
+        qf[kk], s_q + ((lane % 8) + ((lane / 8) % 2) * 8) * L::kStride + kk * 16 + (lane / 16) * 8);
   }
   float o[kDim / 8][4];
 #pragma unroll
@@ -247,7 +208,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows lane / 4 and lane / 4 + 8
 
   for (int tile = 0; tile < n_tiles; ++tile) {
-    WaitGroup<kStages - 2>();
+    CopyAsyncWait<kStages - 2>();
     __syncthreads();  // tile's data visible to all; everyone is done with tile - 1's stage
     issue(tile + kStages - 1);
     int64_t next_slot = -1;
@@ -262,8 +223,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     for (int kk = 0; kk < kDim / 16; ++kk) {
       if (kk * 16 < d) {
         uint32_t b[4];
-        LdMatrix(b, k_tile + ((lane % 8) + (lane / 16) * 8) * L::kStride + kk * 16 +
-                        ((lane / 8) % 2) * 8);
+        LoadMatrixX4(b, k_tile + ((lane % 8) + (lane / 16) * 8) * L::kStride + kk * 16 +
+                            ((lane / 8) % 2) * 8);
         Mma(s[0], qf[kk], b[0], b[1]);
         Mma(s[1], qf[kk], b[2], b[3]);
       }
@@ -309,8 +270,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     for (int nd = 0; nd < kDim / 16; ++nd) {
       if (nd * 16 < d) {
         uint32_t b[4];
-        LdMatrixTrans(b, v_tile + ((lane % 8) + ((lane / 8) % 2) * 8) * L::kStride + nd * 16 +
-                             (lane / 16) * 8);
+        LoadMatrixX4Trans(b, v_tile + ((lane % 8) + ((lane / 8) % 2) * 8) * L::kStride + nd * 16 +
+                                 (lane / 16) * 8);
         Mma(o[2 * nd], ph, b[0], b[1]);
         Mma(o[2 * nd], pl, b[0], b[1]);
         Mma(o[2 * nd + 1], ph, b[2], b[3]);
@@ -331,7 +292,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
   }
-  WaitGroup<0>();
+  CopyAsyncWait<0>();
   __syncthreads();  // the K/V ring is free: reuse it for the warps' partial outputs
   float* s_o = reinterpret_cast<float*>(smem);  // [kWarps][kHeadRows][kDim]
   float* s_m = s_o + kWarps * kHeadRows * kDim;

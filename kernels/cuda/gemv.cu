@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/gemv.h"
+#include "kernels/cuda/ptx.cuh"
 
 // Tuning knobs; the defines let bench/gpu build variants without editing this file.
 #ifndef HW_GEMV_STEP_CHUNKS
@@ -26,6 +27,12 @@
 
 namespace headwise::kernels::cuda {
 namespace {
+
+using ptx::CopyAsync16;
+using ptx::CopyAsyncCommit;
+using ptx::CopyAsyncWait;
+using ptx::Mma;
+using ptx::SharedAddress;
 
 namespace cg = cooperative_groups;
 using bf16 = __nv_bfloat16;
@@ -72,23 +79,6 @@ constexpr int SharedBytes() {
   return stages > partials ? stages : partials;
 }
 
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// Zero-fills when !valid, reading nothing: activation rows past m and k past its end become 0.
-__device__ __forceinline__ void CopyAsync16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SharedAddress(dst)),
-               "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void CopyAsyncCommit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void CopyAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 // Weights stream past L1 (.cg) with a 256-byte L2 prefetch, since the next pieces of the same
 // rows follow.
 __device__ __forceinline__ void CopyAsync16Prefetch(void* dst, const void* src, bool valid) {
@@ -102,16 +92,6 @@ __device__ __forceinline__ uint4 LoadShared16(const bf16* p) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "r"(SharedAddress(p)));
   return v;
-}
-
-// c += a * b for one m16n8k16 tile: a row-major 16x16, b column-major 16x8, c fp32 16x8.
-__device__ __forceinline__ void Mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                    uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 // Element offset of 16-byte piece `vec` of activation row `row` in one stage. A warp reads rows

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/prefill_attention.h"
+#include "kernels/cuda/ptx.cuh"
 
 // Tile configuration; the defines let bench/gpu build other shapes without editing this file.
 // Measured on the H100 (Hq 32, Hkv 8, D 128, one sequence, TFLOP/s at 1K / 8K tokens):
@@ -41,6 +42,15 @@
 
 namespace headwise::kernels::cuda {
 namespace {
+
+using ptx::CopyAsync16;
+using ptx::CopyAsyncCommit;
+using ptx::CopyAsyncWait;
+using ptx::Exp2;
+using ptx::LoadMatrixX4;
+using ptx::LoadMatrixX4Trans;
+using ptx::Mma;
+using ptx::PackBf16;
 
 using bf16 = __nv_bfloat16;
 
@@ -81,57 +91,6 @@ struct Params {
 template <int D>
 __device__ __forceinline__ int SwizzledOffset(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
-}
-
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global-to-shared copy; when !valid it writes zeros and reads nothing, which keeps keys
-// past the sequence's end (possibly NaN garbage in the pool) out of P * V.
-__device__ __forceinline__ void CopyAsync16(bf16* dst, const bf16* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SharedAddress(dst)),
-               "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void CopyAsyncCommit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void CopyAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void LoadMatrixX4(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(SharedAddress(p)));
-}
-__device__ __forceinline__ void LoadMatrixX4Trans(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(SharedAddress(p)));
-}
-
-// c += a * b for one m16n8k16 tile: a row-major 16x16, b column-major 16x8, c fp32 16x8.
-__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// The hardware exp2 whatever the compile flags: its ~2 ulp error is far below bf16 rounding of P.
-__device__ __forceinline__ float Exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 // Grid: x = query head (so that the heads of one GQA group run side by side and share K/V in L2),
