@@ -1,7 +1,7 @@
 // Checks LaunchPagedDecodeAttention and LaunchSparseDecodeAttention against an fp32 CPU reference
 // on random paged inputs, then times paged decode at Llama-3-8B shapes against the copy bandwidth
 // measured here. Standalone (this file + kernels/cuda/decode_attention.cu), so the binary runs on
-// a bare GPU machine; bench/gpu/build-decode-check.sh builds it.
+// a bare GPU machine; bench/gpu/build-check.sh decode builds it.
 // Exit code: 0 when every case matches, 1 on any mismatch or CUDA error.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

@@ -2,7 +2,7 @@
 // shapes, f32/bf16 out, with and without bias, batch invariance), then times it at Llama-3-8B
 // decode shapes against a device-to-device copy and cuBLAS. Standalone (this file +
 // kernels/cuda/gemv.cu); cuBLAS is loaded at run time when it is there, so the binary also runs
-// without it. bench/gpu/build-gemv-check.sh builds it.
+// without it. bench/gpu/build-check.sh gemv builds it.
 // Exit code: 0 when every case matches, 1 on any mismatch or CUDA error.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>

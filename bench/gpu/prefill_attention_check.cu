@@ -1,6 +1,6 @@
 // Checks LaunchPagedPrefillAttention against an fp32 CPU reference on random paged inputs, then
 // times it at Llama-3-8B shapes. Standalone (this file + kernels/cuda/prefill_attention.cu), so
-// the binary runs on a bare GPU machine; bench/gpu/build-prefill-check.sh builds it.
+// the binary runs on a bare GPU machine; bench/gpu/build-check.sh prefill builds it.
 // Exit code: 0 when every case matches, 1 on any mismatch or CUDA error.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

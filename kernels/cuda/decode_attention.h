@@ -1,6 +1,6 @@
 // Decode attention over the paged KV cache (split-KV, GQA-grouped, tensor cores), bf16 in and out
 // with fp32 accumulation. Standalone: depends on the CUDA runtime only, so bench/gpu can build it
-// alone (bench/gpu/build-decode-check.sh).
+// alone (bench/gpu/build-check.sh decode).
 #pragma once
 
 #include <cuda_bf16.h>
