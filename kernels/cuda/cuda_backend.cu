@@ -1,4 +1,3 @@
-#include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -10,7 +9,10 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/gemv.h"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/lt_gemm.h"
 #include "kernels/cuda/prefill_attention.h"
+#include "kernels/cuda/ptx.cuh"
 #include "kernels/cuda/sampling.h"
 
 namespace headwise::kernels {
@@ -22,15 +24,20 @@ namespace {
     cudaError_t hw_err_ = (expr);                                                   \
     HW_CHECK(hw_err_ == cudaSuccess, "{}: {}", #expr, cudaGetErrorString(hw_err_)); \
   } while (0)
-#define HW_CUBLAS_CHECK(expr)                                                \
-  do {                                                                       \
-    cublasStatus_t hw_st_ = (expr);                                          \
-    HW_CHECK(hw_st_ == CUBLAS_STATUS_SUCCESS, "{}: cuBLAS status {}", #expr, \
-             static_cast<int>(hw_st_));                                      \
-  } while (0)
 #define HW_CUDA_LAUNCHED() HW_CUDA_CHECK(cudaGetLastError())
 
 using bf16 = __nv_bfloat16;
+using cuda::PdlLaunch;
+using cuda::ptx::AllowDependentLaunch;
+using cuda::ptx::WaitForPriorGrids;
+
+// The forward pass's kernels are launched as programmatic dependents and open with this: the
+// next kernel (a matrix product streaming its weights, typically) may get scheduled at once, and
+// nothing here is touched before the previous kernel is done.
+__device__ __forceinline__ void OverlapWithNeighbours() {
+  AllowDependentLaunch();
+  WaitForPriorGrids();
+}
 
 void CheckDevice(const Tensor& t, const char* what) {
   HW_CHECK(t.device == Device::kCuda, "{} must live on the GPU", what);
@@ -71,6 +78,7 @@ __global__ void F32ToBf16Kernel(const float* in, bf16* out, int64_t n) {
 }
 
 __global__ void EmbeddingKernel(const bf16* table, const int32_t* ids, bf16* out, int64_t hidden) {
+  OverlapWithNeighbours();
   const int64_t t = blockIdx.x;
   const bf16* row = table + ids[t] * hidden;
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) out[t * hidden + i] = row[i];
@@ -98,6 +106,7 @@ __device__ __forceinline__ uint4 Pack8(const float (&f)[8]) {
 // of 8 elements move 16 bytes at a time (the second pass re-reads the row from L1).
 __global__ void RmsNormKernel(bf16* residual, const bf16* x, const bf16* w, float eps, bf16* out,
                               int64_t n, bool add) {
+  OverlapWithNeighbours();
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   bf16* res = residual + r * n;
@@ -148,6 +157,7 @@ __global__ void RmsNormKernel(bf16* residual, const bf16* x, const bf16* w, floa
 
 template <typename Out>
 __global__ void AddBiasKernel(Out* out, const bf16* bias, int64_t rows, int64_t n) {
+  OverlapWithNeighbours();
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i < rows * n) Store(out + i, Load(out + i) + __bfloat162float(bias[i % n]));
 }
@@ -155,6 +165,7 @@ __global__ void AddBiasKernel(Out* out, const bf16* bias, int64_t rows, int64_t 
 // out = silu(gate) * up over groups of `vec` (1 or 8) consecutive columns per thread.
 __global__ void SiluMulKernel(const bf16* gate_up, bf16* out, int64_t rows, int64_t inter,
                               int vec) {
+  OverlapWithNeighbours();
   const int64_t i = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * vec;
   if (i >= rows * inter) return;
   const int64_t r = i / inter, c = i % inter;
@@ -194,40 +205,39 @@ DeviceTable ToDevice(const BlockTable& t, int page_size) {
                      t.pages_per_block, page_size};
 }
 
-// One block per token; threads walk the (head, pair) grid of q and k, rotate in f32.
+// Block (token, head) over the qkv heads; thread j rotates the pair (j, j + d/2) in f32, or copies
+// two elements of a V head. A block per head keeps a decode step's single token spread over the
+// SMs instead of one block looping over every head.
 __global__ void RopeWriteKvKernel(const bf16* qkv, const int32_t* token_seq,
                                   const int32_t* positions, const float* inv_freq,
                                   DeviceTable table, bf16* k_pool, bf16* v_pool, bf16* q_out,
                                   int hq, int hkv, int d, int64_t num_slots) {
+  OverlapWithNeighbours();
   const int64_t t = blockIdx.x;
-  if (positions[t] < 0) return;  // padding
-  const int seq = token_seq[t];
+  const int head = static_cast<int>(blockIdx.y), j = static_cast<int>(threadIdx.x);
+  const int pos = positions[t];
+  if (pos < 0) return;  // padding
   const int half = d / 2;
-  const float pos = static_cast<float>(positions[t]);
-  const bf16* row = qkv + t * int64_t{hq + 2 * hkv} * d;
-  for (int i = threadIdx.x; i < (hq + hkv) * half; i += blockDim.x) {
-    const int head = i / half, j = i % half;
-    float s, c;
-    sincosf(pos * inv_freq[j], &s, &c);
-    const bf16* x = row + head * d;
-    const float a = __bfloat162float(x[j]), b = __bfloat162float(x[j + half]);
-    const float y0 = a * c - b * s, y1 = b * c + a * s;
-    bf16* dst;
-    if (head < hq) {
-      dst = q_out + (t * hq + head) * int64_t{d};
-    } else {
-      const int64_t slot = table.Slot(seq, head - hq, positions[t]);
-      if (slot < 0 || slot >= num_slots) __trap();
-      dst = k_pool + slot * d;
-    }
-    dst[j] = __float2bfloat16(y0);
-    dst[j + half] = __float2bfloat16(y1);
+  const bf16* x = qkv + (t * (hq + 2 * hkv) + head) * int64_t{d};
+  bf16* dst;
+  if (head < hq) {
+    dst = q_out + (t * hq + head) * int64_t{d};
+  } else {
+    const int kv_head = head < hq + hkv ? head - hq : head - hq - hkv;
+    const int64_t slot = table.Slot(token_seq[t], kv_head, pos);
+    if (slot < 0 || slot >= num_slots) __trap();
+    dst = (head < hq + hkv ? k_pool : v_pool) + slot * d;
   }
-  for (int i = threadIdx.x; i < hkv * d; i += blockDim.x) {
-    const int h = i / d, j = i % d;
-    const int64_t slot = table.Slot(seq, h, positions[t]);
-    v_pool[slot * d + j] = row[(hq + hkv + h) * int64_t{d} + j];
+  if (head >= hq + hkv) {
+    dst[j] = x[j];
+    dst[j + half] = x[j + half];
+    return;
   }
+  float s, c;
+  sincosf(static_cast<float>(pos) * inv_freq[j], &s, &c);
+  const float a = __bfloat162float(x[j]), b = __bfloat162float(x[j + half]);
+  dst[j] = __float2bfloat16(a * c - b * s);
+  dst[j + half] = __float2bfloat16(b * c + a * s);
 }
 
 // first_pos[s] = position of sequence s's first query token (the prefill kernel's input).
@@ -240,23 +250,10 @@ __global__ void FirstPositionsKernel(const int32_t* query_start, const int32_t* 
 }
 
 __global__ void GatherRowsKernel(const bf16* x, const int32_t* rows, bf16* out, int64_t width) {
+  OverlapWithNeighbours();
   const int64_t r = blockIdx.x;
   const bf16* src = x + int64_t{rows[r]} * width;
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x) out[r * width + i] = src[i];
-}
-
-cudaDataType CudaType(DType t) {
-  switch (t) {
-    case DType::kBF16:
-      return CUDA_R_16BF;
-    case DType::kF16:
-      return CUDA_R_16F;
-    case DType::kF32:
-      return CUDA_R_32F;
-    case DType::kI32:
-      return CUDA_R_32I;
-  }
-  return CUDA_R_32F;
 }
 
 class CudaBackend final : public Backend {
@@ -264,17 +261,15 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device) : device_(device) {
     HW_CUDA_CHECK(cudaSetDevice(device_));
     HW_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    HW_CUBLAS_CHECK(cublasCreate(&cublas_));
-    HW_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
-    // An explicit workspace: cuBLAS must not allocate while a graph is being captured.
-    cublas_workspace_ = Allocate(DType::kI32, {kCublasWorkspaceBytes / 4});
-    HW_CUBLAS_CHECK(
-        cublasSetWorkspace(cublas_, cublas_workspace_.view().data, kCublasWorkspaceBytes));
+    // An explicit workspace: nothing may allocate while a graph is being captured.
+    gemm_workspace_ = Allocate(DType::kI32, {kGemmWorkspaceBytes / 4});
+    lt_gemm_ = std::make_unique<cuda::LtGemm>(stream_, gemm_workspace_.view().data,
+                                              kGemmWorkspaceBytes);
     HW_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
   }
   ~CudaBackend() override {
     for (void* p : scratch_) cudaFree(p);
-    cublasDestroy(cublas_);
+    lt_gemm_.reset();
     cudaStreamDestroy(stream_);
   }
 
@@ -345,22 +340,23 @@ class CudaBackend final : public Backend {
   void Embedding(const Tensor& table, const Tensor& ids, const Tensor& out) override {
     CheckDevice(table, "table");
     const int64_t tokens = ids.numel(), hidden = table.dim(1);
-    EmbeddingKernel<<<static_cast<int>(tokens), 256, 0, stream_>>>(
-        table.ptr<bf16>(), ids.ptr<int32_t>(), out.ptr<bf16>(), hidden);
+    PdlLaunch(dim3(static_cast<unsigned>(tokens)), dim3(256), 0, stream_)(
+        EmbeddingKernel, table.ptr<bf16>(), ids.ptr<int32_t>(), out.ptr<bf16>(), hidden);
     HW_CUDA_LAUNCHED();
   }
 
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override {
-    RmsNormKernel<<<static_cast<int>(x.dim(0)), 256, 0, stream_>>>(
-        nullptr, x.ptr<bf16>(), weight.ptr<bf16>(), eps, out.ptr<bf16>(), x.dim(1), false);
+    PdlLaunch(dim3(static_cast<unsigned>(x.dim(0))), dim3(256), 0, stream_)(
+        RmsNormKernel, nullptr, x.ptr<bf16>(), weight.ptr<bf16>(), eps, out.ptr<bf16>(), x.dim(1),
+        false);
     HW_CUDA_LAUNCHED();
   }
 
   void AddRmsNorm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps,
                   const Tensor& out) override {
-    RmsNormKernel<<<static_cast<int>(x.dim(0)), 256, 0, stream_>>>(
-        residual.ptr<bf16>(), x.ptr<bf16>(), weight.ptr<bf16>(), eps, out.ptr<bf16>(), x.dim(1),
-        true);
+    PdlLaunch(dim3(static_cast<unsigned>(x.dim(0))), dim3(256), 0, stream_)(
+        RmsNormKernel, residual.ptr<bf16>(), x.ptr<bf16>(), weight.ptr<bf16>(), eps,
+        out.ptr<bf16>(), x.dim(1), true);
     HW_CUDA_LAUNCHED();
   }
 
@@ -370,11 +366,14 @@ class CudaBackend final : public Backend {
     const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
     HW_CHECK_EQ(w.dim(1), k);
     HW_CHECK(out.dim(0) == m && out.dim(1) == n, "out {} for [{}, {}]", out.ShapeString(), m, n);
+    HW_CHECK(x.dtype == DType::kBF16 && w.dtype == DType::kBF16 &&
+                 (bias.data == nullptr || bias.dtype == DType::kBF16) &&
+                 (out.dtype == DType::kBF16 || out.dtype == DType::kF32),
+             "matmul: x {}, w {}, out {}: bf16 inputs and a bf16 or f32 output only",
+             DTypeName(x.dtype), DTypeName(w.dtype), DTypeName(out.dtype));
     const bool aligned =
         (reinterpret_cast<uintptr_t>(x.data) | reinterpret_cast<uintptr_t>(w.data)) % 16 == 0;
-    if (m <= cuda::kGemvMaxRows && k % 8 == 0 && aligned && x.dtype == DType::kBF16 &&
-        w.dtype == DType::kBF16 && (bias.data == nullptr || bias.dtype == DType::kBF16) &&
-        (out.dtype == DType::kBF16 || out.dtype == DType::kF32)) {
+    if (m <= cuda::kGemvMaxRows && k % 8 == 0 && aligned) {
       cuda::LaunchGemv(stream_, x.ptr<bf16>(), w.ptr<bf16>(),
                        bias.data != nullptr ? bias.ptr<bf16>() : nullptr, out.data,
                        out.dtype == DType::kF32, static_cast<int>(m), static_cast<int>(n),
@@ -382,21 +381,16 @@ class CudaBackend final : public Backend {
       HW_CUDA_LAUNCHED();
       return;
     }
-    const float alpha = 1.0f, beta = 0.0f;
-    // Row-major out[m, n] = x w^T is column-major out^T[n, m] = (w as [k, n])^T x^T: cuBLAS
-    // reads w transposed (ld k) and x as is (ld k).
-    HW_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n),
-                                 static_cast<int>(m), static_cast<int>(k), &alpha, w.data,
-                                 CudaType(w.dtype), static_cast<int>(k), x.data, CudaType(x.dtype),
-                                 static_cast<int>(k), &beta, out.data, CudaType(out.dtype),
-                                 static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    if (bias.data != nullptr) {
+    const bool fused_bias = bias.data != nullptr && out.dtype == DType::kBF16;
+    HW_CHECK(lt_gemm_->Run(x.data, w.data, fused_bias ? bias.data : nullptr, out.data,
+                           out.dtype == DType::kF32, m, n, k),
+             "matmul: cuBLASLt has no algorithm for [{}, {}] x [{}, {}]^T", m, k, n, k);
+    if (bias.data != nullptr && !fused_bias) {
+      PdlLaunch launch(dim3(Blocks(m * n, 256)), dim3(256), 0, stream_);
       if (out.dtype == DType::kF32) {
-        AddBiasKernel<<<Blocks(m * n, 256), 256, 0, stream_>>>(out.ptr<float>(), bias.ptr<bf16>(),
-                                                               m, n);
+        launch(AddBiasKernel<float>, out.ptr<float>(), bias.ptr<bf16>(), m, n);
       } else {
-        AddBiasKernel<<<Blocks(m * n, 256), 256, 0, stream_>>>(out.ptr<bf16>(), bias.ptr<bf16>(), m,
-                                                               n);
+        launch(AddBiasKernel<bf16>, out.ptr<bf16>(), bias.ptr<bf16>(), m, n);
       }
       HW_CUDA_LAUNCHED();
     }
@@ -405,8 +399,8 @@ class CudaBackend final : public Backend {
   void SiluMul(const Tensor& gate_up, const Tensor& out) override {
     const int64_t rows = out.dim(0), inter = out.dim(1);
     const int vec = inter % 8 == 0 ? 8 : 1;
-    SiluMulKernel<<<Blocks(rows * inter / vec, 256), 256, 0, stream_>>>(
-        gate_up.ptr<bf16>(), out.ptr<bf16>(), rows, inter, vec);
+    PdlLaunch(dim3(Blocks(rows * inter / vec, 256)), dim3(256), 0, stream_)(
+        SiluMulKernel, gate_up.ptr<bf16>(), out.ptr<bf16>(), rows, inter, vec);
     HW_CUDA_LAUNCHED();
   }
 
@@ -415,10 +409,13 @@ class CudaBackend final : public Backend {
     HW_CHECK(inv_freq.dtype == DType::kF32, "inv_freq must be f32");
     const int hq = static_cast<int>(q_out.dim(1)), d = static_cast<int>(q_out.dim(2));
     const int hkv = batch.table.num_kv_heads();
-    RopeWriteKvKernel<<<static_cast<int>(qkv.dim(0)), 128, 0, stream_>>>(
-        qkv.ptr<bf16>(), batch.token_seq.ptr<int32_t>(), batch.token_pos.ptr<int32_t>(),
-        inv_freq.ptr<float>(), ToDevice(batch.table, pool.page_size), pool.k.ptr<bf16>(),
-        pool.v.ptr<bf16>(), q_out.ptr<bf16>(), hq, hkv, d, pool.k.dim(0) * pool.k.dim(1));
+    HW_CHECK(d % 2 == 0 && d <= 2048, "head dim {} must be even and at most 2048", d);
+    PdlLaunch(dim3(static_cast<unsigned>(qkv.dim(0)), static_cast<unsigned>(hq + 2 * hkv)),
+              dim3(static_cast<unsigned>(d / 2)), 0, stream_)(
+        RopeWriteKvKernel, qkv.ptr<bf16>(), batch.token_seq.ptr<int32_t>(),
+        batch.token_pos.ptr<int32_t>(), inv_freq.ptr<float>(), ToDevice(batch.table, pool.page_size),
+        pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), q_out.ptr<bf16>(), hq, hkv, d,
+        pool.k.dim(0) * pool.k.dim(1));
     HW_CUDA_LAUNCHED();
   }
 
@@ -473,8 +470,8 @@ class CudaBackend final : public Backend {
   }
 
   void GatherRows(const Tensor& x, const Tensor& rows, const Tensor& out) override {
-    GatherRowsKernel<<<static_cast<int>(rows.numel()), 256, 0, stream_>>>(
-        x.ptr<bf16>(), rows.ptr<int32_t>(), out.ptr<bf16>(), x.dim(1));
+    PdlLaunch(dim3(static_cast<unsigned>(rows.numel())), dim3(256), 0, stream_)(
+        GatherRowsKernel, x.ptr<bf16>(), rows.ptr<int32_t>(), out.ptr<bf16>(), x.dim(1));
     HW_CUDA_LAUNCHED();
   }
 
@@ -543,7 +540,7 @@ class CudaBackend final : public Backend {
     cudaStream_t stream_;
   };
 
-  static constexpr int64_t kCublasWorkspaceBytes = int64_t{32} << 20;
+  static constexpr int64_t kGemmWorkspaceBytes = int64_t{32} << 20;
 
   int device_;
   int num_sms_ = 1;
@@ -551,8 +548,8 @@ class CudaBackend final : public Backend {
   std::vector<void*> scratch_;
   size_t scratch_bytes_ = 0;
   cudaStream_t stream_ = nullptr;
-  cublasHandle_t cublas_ = nullptr;
-  Buffer cublas_workspace_;
+  Buffer gemm_workspace_;
+  std::unique_ptr<cuda::LtGemm> lt_gemm_;
   Buffer first_pos_;  // per-sequence first query position, for the prefill kernel
 };
 

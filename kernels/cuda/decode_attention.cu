@@ -9,11 +9,13 @@
 #include <cmath>
 
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ptx.cuh"
 
 namespace headwise::kernels::cuda {
 namespace {
 
+using ptx::AllowDependentLaunch;
 using ptx::CopyAsync16;
 using ptx::CopyAsyncCommit;
 using ptx::CopyAsyncWait;
@@ -22,6 +24,7 @@ using ptx::LoadMatrixX4;
 using ptx::LoadMatrixX4Trans;
 using ptx::Mma;
 using ptx::PackBf16;
+using ptx::WaitForPriorGrids;
 
 using bf16 = __nv_bfloat16;
 
@@ -94,12 +97,12 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
   float* s_bias = reinterpret_cast<float*>(s_slot + kRing * kTileKeys);
   __shared__ float s_w[kWarps][kHeadRows], s_lse[kHeadRows];
 
-  // Launched as a programmatic dependent of whatever precedes it on the stream (the KV write, or
-  // the last call's merge reusing the scratch): block scheduling overlaps that kernel's tail, and
-  // nothing is read or written before it has finished. A no-op without the launch attribute.
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  // The merge (when split) may be scheduled now; it waits for this grid to finish anyway.
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  // Launched as a programmatic dependent (kernels/cuda/launch.cuh) of whatever precedes it on the
+  // stream (the KV write, or the last call's merge reusing the scratch): nothing is read or
+  // written before that has finished. What follows (the merge, or the output projection that
+  // streams its weights meanwhile) may get scheduled at once.
+  AllowDependentLaunch();
+  WaitForPriorGrids();
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const bool sparse = p.indptr != nullptr;
   const int64_t row = blockIdx.x;
@@ -358,8 +361,9 @@ __global__ void __launch_bounds__(kMergeThreads)
     MergeSplitsKernel(const float* part_o, const float* part_lse, int splits, int d, bf16* out,
                       float* lse_out) {
   // Launched as a programmatic dependent of the attention kernel: it may start early, and must
-  // wait here for that grid's partials.
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  // wait here for that grid's partials. The kernel after it may start early too.
+  AllowDependentLaunch();
+  WaitForPriorGrids();
   __shared__ float s_red[kMergeThreads / 32];
   __shared__ float4 s_acc[kMergeThreads];
   const int64_t row = blockIdx.x;
@@ -443,21 +447,11 @@ bool LaunchAttention(const Params& p, dim3 grid, cudaStream_t stream) {
       cudaFuncSetAttribute(DecodeAttentionKernel<kDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(Layout<kDim>::kBytes));
   if (configured != cudaSuccess) return false;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = Layout<kDim>::kBytes;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
 #ifndef HW_DECODE_NO_ATTN_PDL
-  cfg.numAttrs = 1;
+  PdlLaunch(grid, dim3(kThreads), Layout<kDim>::kBytes, stream)(DecodeAttentionKernel<kDim>, p);
 #else  // experiments: a plain launch
-  cfg.numAttrs = 0;
+  DecodeAttentionKernel<kDim><<<grid, kThreads, Layout<kDim>::kBytes, stream>>>(p);
 #endif
-  cudaLaunchKernelEx(&cfg, DecodeAttentionKernel<kDim>, p);
   return true;
 }
 
@@ -501,17 +495,9 @@ bool Launch(Params p, int64_t grid_rows, int grid_heads, int num_splits, int64_t
 #endif
     // Programmatic dependent launch: the merge's blocks get scheduled as the attention grid's
     // last wave runs instead of after it drains, hiding the launch gap.
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(static_cast<unsigned>(out_rows));
-    cfg.blockDim = dim3(kMergeThreads);
-    cfg.stream = stream;
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    cudaLaunchKernelEx(&cfg, MergeSplitsKernel, static_cast<const float*>(p.part_o),
-                       static_cast<const float*>(p.part_lse), num_splits, d, p.out, p.lse);
+    PdlLaunch(dim3(static_cast<unsigned>(out_rows)), dim3(kMergeThreads), 0, stream)(
+        MergeSplitsKernel, static_cast<const float*>(p.part_o),
+        static_cast<const float*>(p.part_lse), num_splits, d, p.out, p.lse);
   }
   return true;
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/gemv.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ptx.cuh"
 
 // Tuning knobs; the defines let bench/gpu build variants without editing this file.
@@ -33,6 +34,8 @@ using ptx::CopyAsyncCommit;
 using ptx::CopyAsyncWait;
 using ptx::Mma;
 using ptx::SharedAddress;
+using ptx::WaitForPriorGrids;
+using ptx::AllowDependentLaunch;
 
 namespace cg = cooperative_groups;
 using bf16 = __nv_bfloat16;
@@ -126,8 +129,9 @@ __global__ void __launch_bounds__(kThreads, 2) SkinnyGemmKernel(Params p) {
   const int steps = static_cast<int>(int64_t{p.steps} * (rank + 1) / split) - step_begin;
   const int64_t row0 = int64_t{row_block} * kBlockRows;
 
-  // Rows past n and m, and k past its end, are zero-filled without reading memory.
-  const auto load_stage = [&](int step) {
+  // Rows past n and m, and k past its end, are zero-filled without reading memory. Weight and
+  // activation pieces of a step go out separately or together (one commit group either way).
+  const auto load = [&](int step, bool weights, bool activations) {
     if (step < steps) {
       const int k0 = (step_begin + step) * kStepK;
       bf16* dst = s_stages + (step % kStages) * kStageElems;
@@ -138,10 +142,11 @@ __global__ void __launch_bounds__(kThreads, 2) SkinnyGemmKernel(Params p) {
           const int r = i / kStepVecs, v = i % kStepVecs;
           const int kk = k0 + 8 * v;
           if (i0 < kWeightVecs) {
+            if (!weights) continue;
             const bool valid = row0 + r < p.n && kk < p.k;
             CopyAsync16Prefetch(dst + StageOffset(r, v), valid ? p.w + (row0 + r) * p.k + kk : p.w,
                                 valid);
-          } else {
+          } else if (activations) {
             const int xr = r - kBlockRows;
             const bool valid = xr < p.m && kk < p.k;
             CopyAsync16(dst + StageOffset(r, v), valid ? p.x + int64_t{xr} * p.k + kk : p.x, valid);
@@ -169,14 +174,22 @@ __global__ void __launch_bounds__(kThreads, 2) SkinnyGemmKernel(Params p) {
     }
   };
 
+  // The weights do not depend on the kernels before this one (see LaunchGemv): the first stages'
+  // weights stream in while those still run, the activations only after they are done. Groups:
+  // W0..W(S-2), X0..X(S-2), then one per step, so that at step s waiting for all but the newest
+  // S-2 groups always covers stage s.
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) load(s, true, false);
+  WaitForPriorGrids();
+  AllowDependentLaunch();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) load(s, false, true);
   // One barrier per step: the stage refilled at step s was last read at step s - 1, which every
   // warp has finished once it passes the barrier of step s.
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) load_stage(s);
   for (int step = 0; step < steps; ++step) {
     CopyAsyncWait<kStages - 2>();
     __syncthreads();
-    load_stage(step + kStages - 1);
+    load(step + kStages - 1, true, true);
     compute(step);
   }
   CopyAsyncWait<0>();
@@ -255,20 +268,9 @@ void LaunchTiles(cudaStream_t stream, const Params& p, int row_blocks, int split
   static const cudaError_t configured = cudaFuncSetAttribute(
       SkinnyGemmKernel<Tiles>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   (void)configured;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(row_blocks * split));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kSmem;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeClusterDimension;
-  attribute[0].val.clusterDim.x = static_cast<unsigned>(split);
-  attribute[0].val.clusterDim.y = 1;
-  attribute[0].val.clusterDim.z = 1;
-  config.attrs = attribute;
-  config.numAttrs = 1;
   // A failed launch leaves its error for the caller's cudaGetLastError.
-  (void)cudaLaunchKernelEx(&config, SkinnyGemmKernel<Tiles>, p);
+  (void)PdlLaunch(dim3(static_cast<unsigned>(row_blocks * split)), dim3(kThreads), kSmem, stream)
+      .Cluster(static_cast<unsigned>(split))(SkinnyGemmKernel<Tiles>, p);
 }
 
 }  // namespace

@@ -22,7 +22,9 @@ constexpr int kGemvMaxRows = 8;
 constexpr int kGemvKernelMaxRows = 64;
 
 // x bf16 [m, k], w bf16 [n, k], bias bf16 [n] or null; out [m, n] in bf16 or f32 (out_f32).
-// Requires 1 <= m <= kGemvKernelMaxRows, n >= 1, k % 8 == 0, x and w 16-byte aligned.
+// Requires 1 <= m <= kGemvKernelMaxRows, n >= 1, k % 8 == 0, x and w 16-byte aligned. Launched as
+// a programmatic dependent (kernels/cuda/launch.cuh): it reads w before the kernels before it on
+// the stream have finished, so those must not write w.
 void LaunchGemv(cudaStream_t stream, const __nv_bfloat16* x, const __nv_bfloat16* w,
                 const __nv_bfloat16* bias, void* out, bool out_f32, int m, int n, int k);
 

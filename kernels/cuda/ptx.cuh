@@ -59,6 +59,23 @@ __device__ __forceinline__ float Exp2(float x) {
   return y;
 }
 
+// Programmatic dependent launch (sm_90). A kernel launched with the programmatic-serialization
+// attribute may start while the kernel before it still runs, once every block of that kernel has
+// called AllowDependentLaunch (or exited). WaitForPriorGrids then blocks until the earlier grids
+// have finished and their writes are visible. Every block must wait before it touches anything an
+// earlier kernel writes or reads, and before it exits: a grid that completes without waiting would
+// let the kernel after it overtake the one before. Both are no-ops without the attribute.
+__device__ __forceinline__ void WaitForPriorGrids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void AllowDependentLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);

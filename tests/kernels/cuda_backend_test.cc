@@ -305,6 +305,27 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
   CHECK(RelError(real_rows(p.Get(og.view())), real_rows(p.Get(oc.view()))) < kBf16Tol);
 }
 
+
+// cuBLASLt assumes 256-byte aligned operands unless told otherwise; views a row into a buffer
+// start anywhere (here 72- and 74-byte rows: 8- and 2-byte aligned).
+TEST_CASE("CUDA matmul on views that start mid-buffer matches the CPU", "[cuda]") {
+  Pair p;
+  const int64_t m = 20, n = 37, k = 36;
+  auto x = p.Random(static_cast<size_t>((m + 1) * k)), w = p.Random(static_cast<size_t>(n * k));
+  auto b = p.Random(static_cast<size_t>(n));
+  auto [xc, xg] = p.Upload(x, {m + 1, k});
+  auto [wc, wg] = p.Upload(w, {n, k});
+  auto [bc, bg] = p.Upload(b, {n});
+  for (bool bias : {false, true}) {
+    auto [oc, og] = p.Outputs({m + 1, n});
+    p.cpu->Matmul(xc.view().Rows(1, m), wc.view(), bias ? bc.view() : Tensor(),
+                  oc.view().Rows(1, m));
+    p.gpu->Matmul(xg.view().Rows(1, m), wg.view(), bias ? bg.view() : Tensor(),
+                  og.view().Rows(1, m));
+    INFO("bias " << bias);
+    CHECK(RelError(p.Get(og.view().Rows(1, m)), p.Get(oc.view().Rows(1, m))) < kBf16Tol);
+  }
+}
 TEST_CASE("CUDA rope + KV write and paged attention match the CPU", "[cuda]") {
   Pair p;
   // GQA groups of 1, 4, 8 and 16 (more than one block of heads per KV head).
