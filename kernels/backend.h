@@ -88,7 +88,9 @@ struct BlockTable {
 // Which cache entries a batch of query tokens attends to, for one layer. A query token at
 // position p attends keys 0..p of its sequence (causal), which covers both prefill chunks and
 // decode. A token with a negative position is padding (fixed-size batches of a captured
-// graph): it writes no KV and its output is unspecified.
+// graph): it writes no KV and its output is unspecified. The tensors are step metadata uploaded
+// from the host: a backend may read them before earlier device work of the step has finished
+// (the CUDA backend does), so no device operation may write them.
 struct PagedAttentionBatch {
   Tensor token_seq;  // i32 [T]: batch index of each query token's sequence
   Tensor token_pos;  // i32 [T]: position of each query token

@@ -102,34 +102,56 @@ __device__ __forceinline__ uint4 Pack8(const float (&f)[8]) {
   return raw;
 }
 
-// One block per row: out = x / rms(x) * w, optionally after residual += x. Rows of a multiple
-// of 8 elements move 16 bytes at a time (the second pass re-reads the row from L1).
-__global__ void RmsNormKernel(bf16* residual, const bf16* x, const bf16* w, float eps, bf16* out,
-                              int64_t n, bool add) {
-  OverlapWithNeighbours();
+// One block per row: out = x / rms(x) * w, optionally after residual += x. With kVecs > 0 the
+// row (a multiple of 8 elements, at most kVecs 16-byte pieces per thread) stays in registers and
+// the weights load before the previous kernel has finished: at decode sizes this kernel is a
+// chain of dependent loads on the critical path, and the weights are the one link that does not
+// depend on that kernel. kVecs == 0: any row length, one element at a time.
+constexpr int kNormThreads = 256;
+template <int kVecs>
+__global__ void __launch_bounds__(kNormThreads)
+    RmsNormKernel(bf16* residual, const bf16* x, const bf16* w, float eps, bf16* out, int64_t n,
+                  bool add) {
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   bf16* res = residual + r * n;
   const bf16* xr = x + r * n;
   bf16* o = out + r * n;
-  const bool vec = n % 8 == 0;
   float ss = 0.0f;
-  if (vec) {
-    for (int64_t i = threadIdx.x * 8; i < n; i += blockDim.x * 8) {
-      float v[8];
-      Unpack8(*reinterpret_cast<const uint4*>(xr + i), v);
+  if constexpr (kVecs > 0) {
+    float wv[kVecs][8], v[kVecs][8];
+#pragma unroll
+    for (int u = 0; u < kVecs; ++u) {
+      const int64_t i = (threadIdx.x + int64_t{u} * kNormThreads) * 8;
+      if (i < n) Unpack8(*reinterpret_cast<const uint4*>(w + i), wv[u]);
+    }
+    OverlapWithNeighbours();
+#pragma unroll
+    for (int u = 0; u < kVecs; ++u) {
+      const int64_t i = (threadIdx.x + int64_t{u} * kNormThreads) * 8;
+      if (i >= n) continue;
+      Unpack8(*reinterpret_cast<const uint4*>(xr + i), v[u]);
       if (add) {
         float rv[8];
         Unpack8(*reinterpret_cast<const uint4*>(res + i), rv);
-        for (int j = 0; j < 8; ++j) v[j] += rv[j];
-        const uint4 packed = Pack8(v);  // the residual stream is bf16, as in transformers
+        for (int j = 0; j < 8; ++j) v[u][j] += rv[j];
+        const uint4 packed = Pack8(v[u]);  // the residual stream is bf16, as in transformers
         *reinterpret_cast<uint4*>(res + i) = packed;
-        Unpack8(packed, v);
+        Unpack8(packed, v[u]);
       }
-      for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
+      for (int j = 0; j < 8; ++j) ss += v[u][j] * v[u][j];
+    }
+    const float scale = rsqrtf(BlockSum(ss, scratch) / static_cast<float>(n) + eps);
+#pragma unroll
+    for (int u = 0; u < kVecs; ++u) {
+      const int64_t i = (threadIdx.x + int64_t{u} * kNormThreads) * 8;
+      if (i >= n) continue;
+      for (int j = 0; j < 8; ++j) v[u][j] = wv[u][j] * (v[u][j] * scale);
+      *reinterpret_cast<uint4*>(o + i) = Pack8(v[u]);
     }
   } else {
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    OverlapWithNeighbours();
+    for (int64_t i = threadIdx.x; i < n; i += kNormThreads) {
       float v = __bfloat162float(xr[i]);
       if (add) {
         v = __bfloat162float(__float2bfloat16(__bfloat162float(res[i]) + v));
@@ -137,19 +159,9 @@ __global__ void RmsNormKernel(bf16* residual, const bf16* x, const bf16* w, floa
       }
       ss += v * v;
     }
-  }
-  const float scale = rsqrtf(BlockSum(ss, scratch) / static_cast<float>(n) + eps);
-  const bf16* src = add ? res : xr;
-  if (vec) {
-    for (int64_t i = threadIdx.x * 8; i < n; i += blockDim.x * 8) {
-      float v[8], wv[8];
-      Unpack8(*reinterpret_cast<const uint4*>(src + i), v);
-      Unpack8(*reinterpret_cast<const uint4*>(w + i), wv);
-      for (int j = 0; j < 8; ++j) v[j] = wv[j] * (v[j] * scale);
-      *reinterpret_cast<uint4*>(o + i) = Pack8(v);
-    }
-  } else {
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float scale = rsqrtf(BlockSum(ss, scratch) / static_cast<float>(n) + eps);
+    const bf16* src = add ? res : xr;
+    for (int64_t i = threadIdx.x; i < n; i += kNormThreads) {
       o[i] = __float2bfloat16(__bfloat162float(w[i]) * (__bfloat162float(src[i]) * scale));
     }
   }
@@ -205,36 +217,45 @@ DeviceTable ToDevice(const BlockTable& t, int page_size) {
                      t.pages_per_block, page_size};
 }
 
-// Block (token, head) over the qkv heads; thread j rotates the pair (j, j + d/2) in f32, or copies
-// two elements of a V head. A block per head keeps a decode step's single token spread over the
-// SMs instead of one block looping over every head.
+// Block (token, kRopeHeads heads) over the qkv heads; thread (j, h) rotates the pair (j, j + d/2)
+// of its head in f32, or copies two elements of a V head. A few heads per block keep a decode
+// step's single token spread over the SMs instead of one block looping over every head, without
+// the hundreds of thousands of tiny blocks one head each would make of a long prompt.
+constexpr int kRopeHeads = 4;
 __global__ void RopeWriteKvKernel(const bf16* qkv, const int32_t* token_seq,
                                   const int32_t* positions, const float* inv_freq,
                                   DeviceTable table, bf16* k_pool, bf16* v_pool, bf16* q_out,
                                   int hq, int hkv, int d, int64_t num_slots) {
-  OverlapWithNeighbours();
+  // Positions, sequences and the block table are step metadata uploaded by the host, never
+  // written by a kernel of the step: the addressing and the angles are worked out while the qkv
+  // product still runs, and only qkv itself waits for it.
+  AllowDependentLaunch();
   const int64_t t = blockIdx.x;
-  const int head = static_cast<int>(blockIdx.y), j = static_cast<int>(threadIdx.x);
-  const int pos = positions[t];
-  if (pos < 0) return;  // padding
+  const int head = static_cast<int>(blockIdx.y * blockDim.y + threadIdx.y);
+  const int j = static_cast<int>(threadIdx.x);
+  const int pos = head < hq + 2 * hkv ? positions[t] : -1;
   const int half = d / 2;
-  const bf16* x = qkv + (t * (hq + 2 * hkv) + head) * int64_t{d};
-  bf16* dst;
-  if (head < hq) {
-    dst = q_out + (t * hq + head) * int64_t{d};
-  } else {
-    const int kv_head = head < hq + hkv ? head - hq : head - hq - hkv;
-    const int64_t slot = table.Slot(token_seq[t], kv_head, pos);
-    if (slot < 0 || slot >= num_slots) __trap();
-    dst = (head < hq + hkv ? k_pool : v_pool) + slot * d;
+  bf16* dst = nullptr;
+  float s = 0.0f, c = 1.0f;
+  if (pos >= 0) {
+    if (head < hq) {
+      dst = q_out + (t * hq + head) * int64_t{d};
+    } else {
+      const int kv_head = head < hq + hkv ? head - hq : head - hq - hkv;
+      const int64_t slot = table.Slot(token_seq[t], kv_head, pos);
+      if (slot < 0 || slot >= num_slots) __trap();
+      dst = (head < hq + hkv ? k_pool : v_pool) + slot * d;
+    }
+    if (head < hq + hkv) sincosf(static_cast<float>(pos) * inv_freq[j], &s, &c);
   }
+  WaitForPriorGrids();
+  if (pos < 0) return;  // padding, or past the last head
+  const bf16* x = qkv + (t * (hq + 2 * hkv) + head) * int64_t{d};
   if (head >= hq + hkv) {
     dst[j] = x[j];
     dst[j + half] = x[j + half];
     return;
   }
-  float s, c;
-  sincosf(static_cast<float>(pos) * inv_freq[j], &s, &c);
   const float a = __bfloat162float(x[j]), b = __bfloat162float(x[j + half]);
   dst[j] = __float2bfloat16(a * c - b * s);
   dst[j + half] = __float2bfloat16(b * c + a * s);
@@ -346,18 +367,12 @@ class CudaBackend final : public Backend {
   }
 
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override {
-    PdlLaunch(dim3(static_cast<unsigned>(x.dim(0))), dim3(256), 0, stream_)(
-        RmsNormKernel, nullptr, x.ptr<bf16>(), weight.ptr<bf16>(), eps, out.ptr<bf16>(), x.dim(1),
-        false);
-    HW_CUDA_LAUNCHED();
+    LaunchRmsNorm(nullptr, x, weight, eps, out);
   }
 
   void AddRmsNorm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps,
                   const Tensor& out) override {
-    PdlLaunch(dim3(static_cast<unsigned>(x.dim(0))), dim3(256), 0, stream_)(
-        RmsNormKernel, residual.ptr<bf16>(), x.ptr<bf16>(), weight.ptr<bf16>(), eps,
-        out.ptr<bf16>(), x.dim(1), true);
-    HW_CUDA_LAUNCHED();
+    LaunchRmsNorm(residual.ptr<bf16>(), x, weight, eps, out);
   }
 
   void Matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) override {
@@ -409,9 +424,10 @@ class CudaBackend final : public Backend {
     HW_CHECK(inv_freq.dtype == DType::kF32, "inv_freq must be f32");
     const int hq = static_cast<int>(q_out.dim(1)), d = static_cast<int>(q_out.dim(2));
     const int hkv = batch.table.num_kv_heads();
-    HW_CHECK(d % 2 == 0 && d <= 2048, "head dim {} must be even and at most 2048", d);
-    PdlLaunch(dim3(static_cast<unsigned>(qkv.dim(0)), static_cast<unsigned>(hq + 2 * hkv)),
-              dim3(static_cast<unsigned>(d / 2)), 0, stream_)(
+    HW_CHECK(d % 2 == 0 && d <= 512, "head dim {} must be even and at most 512", d);
+    PdlLaunch(dim3(static_cast<unsigned>(qkv.dim(0)),
+                   static_cast<unsigned>((hq + 2 * hkv + kRopeHeads - 1) / kRopeHeads)),
+              dim3(static_cast<unsigned>(d / 2), kRopeHeads), 0, stream_)(
         RopeWriteKvKernel, qkv.ptr<bf16>(), batch.token_seq.ptr<int32_t>(),
         batch.token_pos.ptr<int32_t>(), inv_freq.ptr<float>(), ToDevice(batch.table, pool.page_size),
         pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), q_out.ptr<bf16>(), hq, hkv, d,
@@ -481,6 +497,23 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // residual null: plain RMSNorm; else residual += x first.
+  void LaunchRmsNorm(bf16* residual, const Tensor& x, const Tensor& weight, float eps,
+                     const Tensor& out) {
+    const int64_t n = x.dim(1);
+    const int64_t pieces = n % 8 == 0 ? (n / 8 + kNormThreads - 1) / kNormThreads : 0;
+    auto kernel = pieces == 0 ? RmsNormKernel<0>
+                  : pieces == 1 ? RmsNormKernel<1>
+                  : pieces == 2 ? RmsNormKernel<2>
+                  : pieces <= 4 ? RmsNormKernel<4>
+                  : pieces <= 8 ? RmsNormKernel<8>
+                                : RmsNormKernel<0>;
+    PdlLaunch(dim3(static_cast<unsigned>(x.dim(0))), dim3(kNormThreads), 0, stream_)(
+        kernel, residual, x.ptr<bf16>(), weight.ptr<bf16>(), eps, out.ptr<bf16>(), n,
+        residual != nullptr);
+    HW_CUDA_LAUNCHED();
+  }
+
   // Chunks of new tokens on tensor cores; false where the kernel does not take the shape.
   bool PrefillAttention(const Tensor& q, const KvPoolView& pool, const PagedAttentionBatch& batch,
                         float scale, const Tensor& out) {

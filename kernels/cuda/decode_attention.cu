@@ -38,6 +38,8 @@ constexpr int kStages = HW_DECODE_STAGES;
 #endif
 constexpr int kRing = kStages + 1;  // slot/bias ring: see the main loop for why one more
 constexpr int kHeadRows = 16;       // query heads per block: the M of m16n8k16
+constexpr int kPrefetchTiles = 4;   // tiles pulled into L2 before the previous kernel is done
+static_assert(kPrefetchTiles >= kStages);
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Everything a block needs; sparse when indptr is set.
@@ -72,6 +74,16 @@ __device__ __forceinline__ void SplitBf16(float x0, float x1, uint32_t& hi, uint
   lo = PackBf16(x0 - __low2float(h), x1 - __high2float(h));
 }
 
+__device__ __forceinline__ void PrefetchL2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
+__device__ __forceinline__ unsigned NumSms() {
+  unsigned n;
+  asm("mov.u32 %0, %%nsmid;\n" : "=r"(n));
+  return n;
+}
+
 template <int kDim>
 struct Layout {
   static constexpr int kStride = kDim + 8;  // bf16 per smem row: +16 B keeps ldmatrix conflict-free
@@ -98,13 +110,23 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
   __shared__ float s_w[kWarps][kHeadRows], s_lse[kHeadRows];
 
   // Launched as a programmatic dependent (kernels/cuda/launch.cuh) of whatever precedes it on the
-  // stream (the KV write, or the last call's merge reusing the scratch): nothing is read or
-  // written before that has finished. What follows (the merge, or the output projection that
-  // streams its weights meanwhile) may get scheduled at once.
+  // stream (the KV write, or the last call's merge reusing the scratch). What follows (the
+  // merge, or the output projection that streams its weights meanwhile) may get scheduled at
+  // once. The paged path's metadata (positions, sequences, block table) is uploaded by the host
+  // before the step and never written by its kernels, so it is read, and the first tiles' K/V
+  // pulled into L2, while the KV write still runs: at short contexts this kernel is a chain of
+  // dependent loads on the critical path of the step. A prefetch cannot read stale data (L2 is
+  // where writes land); the copies into shared memory happen after the wait. Index lists may be
+  // computed on the device, so the sparse path waits first.
   AllowDependentLaunch();
-  WaitForPriorGrids();
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const bool sparse = p.indptr != nullptr;
+  if (sparse) WaitForPriorGrids();
+  // Only a grid of one wave prefetches: its blocks all start at once, and what they pull in fits
+  // in L2 (264 blocks x 4 tiles x 32 KB at d 128). Blocks of later waves start after the wait
+  // anyway, and their prefetches would evict the first wave's data before use (batch 8 at 8K:
+  // 10.4 against 9.4 ms a step).
+  const bool prefetch = !sparse && gridDim.x * gridDim.y * gridDim.z <= 2 * NumSms();
   const int64_t row = blockIdx.x;
   const int split = blockIdx.z, splits = gridDim.z;
   int kv_head, first_g, seq, count, list = 0;
@@ -132,6 +154,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
   const int begin = split * per_split;
   const int n_keys = min(count, begin + per_split) - begin;
   if (n_keys <= 0) {  // padding, an empty list, or a split past the end
+    if (!sparse) WaitForPriorGrids();
     for (int i = tid; i < ng * d; i += kThreads) {
       if (splits == 1) {
         p.out[out_row * d + i] = __float2bfloat16(0.0f);
@@ -179,20 +202,29 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     CopyAsyncCommit();  // empty groups too: keeps wait_group's count uniform
   };
 
+  if (tid < kTileKeys) {
+    for (int t = 0; t < (prefetch ? kPrefetchTiles : kStages); ++t) {
+      int64_t slot;
+      float bias;
+      fetch(t, slot, bias);
+      if (t < kStages) {
+        s_slot[t * kTileKeys + tid] = slot;
+        s_bias[t * kTileKeys + tid] = bias;
+      }
+      if (prefetch && slot >= 0) {
+        for (int b = 0; b < d * 2; b += 128) {
+          PrefetchL2(reinterpret_cast<const char*>(p.k_pool + slot * d) + b);
+          PrefetchL2(reinterpret_cast<const char*>(p.v_pool + slot * d) + b);
+        }
+      }
+    }
+  }
+  if (!sparse) WaitForPriorGrids();
   for (int i = tid; i < kHeadRows * L::kChunks; i += kThreads) {
     const int g = i / L::kChunks, col = (i % L::kChunks) * 8;
     uint4 v = make_uint4(0, 0, 0, 0);  // padded heads and dims: zero rows and columns of Q
     if (g < ng && col < d) v = *reinterpret_cast<const uint4*>(p.q + (q_row + g) * d + col);
     *reinterpret_cast<uint4*>(s_q + g * L::kStride + col) = v;
-  }
-  if (tid < kTileKeys) {
-    for (int t = 0; t < kStages; ++t) {
-      int64_t slot;
-      float bias;
-      fetch(t, slot, bias);
-      s_slot[t * kTileKeys + tid] = slot;
-      s_bias[t * kTileKeys + tid] = bias;
-    }
   }
   __syncthreads();
 #pragma unroll
@@ -460,7 +492,8 @@ int ChooseSplits(int64_t blocks, int64_t max_keys, int num_sms) {
   // full wave of long splits beats several waves of short ones (batch 1 at 32K: 77% of the copy
   // bandwidth with 33 splits, 72% with 66). Where one wave would split the keys fewer than 8
   // ways, several waves (~8 blocks per SM) keep the SMs busy through uneven lengths. Every split
-  // is at least 256 keys (4 tiles); a grid of a full wave or more is not split.
+  // is at least 256 keys (4 tiles): single-tile splits were no faster at batch 1 / 1K and slower
+  // at batch 8 (6.84 against 6.64 ms a step). A grid of a full wave or more is not split.
   const int64_t resident = 2 * int64_t{num_sms};
   if (blocks >= resident) return 1;
   int64_t want = resident / std::max<int64_t>(blocks, 1);

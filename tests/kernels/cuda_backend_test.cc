@@ -95,10 +95,15 @@ constexpr double kBf16Tol = 1e-2;
 
 TEST_CASE("CUDA elementwise ops, norms, embedding and row gather match the CPU", "[cuda]") {
   Pair p;
-  // Widths of a multiple of 8 (16-byte vector paths) and odd ones (scalar paths).
+  // Widths of a multiple of 8 (16-byte vector paths; the norm keeps rows of 1, 2, 4 and 8
+  // pieces per thread in registers, longer ones loop) and odd ones (scalar paths).
   for (auto [rows, h, inter] : {std::tuple<int64_t, int64_t, int64_t>{1, 576, 96},
                                 {7, 576, 96},
                                 {64, 576, 96},
+                                {2, 4096, 96},
+                                {3, 8192, 64},
+                                {2, 12288, 64},
+                                {1, 20480, 32},
                                 {5, 101, 45}}) {
     const int64_t vocab = 300;
     auto table = p.Random(vocab * h);
