@@ -6,7 +6,7 @@
 //                     [--contexts 1024,8192,32768] [--prefill 1024,8192] [--tokens N]
 //                     [--attention-context N (0: none)] [--enforce-eager]
 // Prints one JSON object per line: roofline, decode (per batch x context), attention (the
-// decode attention kernel alone), prefill. Decode contexts are not prefilled: the KV pages are
+// decode attention kernel alone, per layer of a graph that runs it for every layer), prefill. Decode contexts are not prefilled: the KV pages are
 // reserved and read as they are, which costs the same as real keys.
 #include <fmt/format.h>
 
@@ -242,26 +242,43 @@ int main(int argc, char** argv) {
       pos.push_back(context - 1);
       seq_of.push_back(s);
     }
-    std::vector<int32_t> head_page;
-    for (int hk = 0; hk < c.num_kv_heads; ++hk) head_page.push_back(cache->PageIndex(0, hk));
+    std::vector<int32_t> head_page;  // [layer, kv head]
+    for (int l = 0; l < c.num_layers; ++l) {
+      for (int hk = 0; hk < c.num_kv_heads; ++hk) head_page.push_back(cache->PageIndex(l, hk));
+    }
     auto upload = [&](const std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
       Buffer b = be.Allocate(DType::kI32, shape);
       be.CopyFromHost(b.view(), v.data(), v.size() * sizeof(int32_t));
       return b;
     };
     Buffer blocks_b = upload(blocks, {batch, max_blocks});
-    Buffer head_b = upload(head_page, {c.num_kv_heads});
+    Buffer head_b = upload(head_page, {c.num_layers, c.num_kv_heads});
     Buffer pos_b = upload(pos, {batch}), seq_b = upload(seq_of, {batch});
     const DType act = be.device() == hw::Device::kCpu ? DType::kF32 : DType::kBF16;
     Buffer q = be.Allocate(act, {batch, c.num_heads, c.head_dim});
     Buffer out = be.Allocate(act, {batch, c.num_heads, c.head_dim});
-    const hw::kernels::PagedAttentionBatch ab{
-        seq_b.view(), pos_b.view(),
-        hw::kernels::BlockTable{blocks_b.view(), head_b.view(), cache->pages_per_block()}, Tensor(),
-        1};
-    const double s = TimeIt(be, 5, 10, [&] {
-      be.PagedAttention(q.view(), cache->pool_view(), ab, 0.088f, out.view());
-    });
+    // As a decode step runs it: one call per layer (each layer's keys cold in L2), the calls of
+    // all layers replayed as one graph where the backend captures.
+    const auto all_layers = [&] {
+      for (int l = 0; l < c.num_layers; ++l) {
+        const hw::kernels::PagedAttentionBatch ab{
+            seq_b.view(), pos_b.view(),
+            hw::kernels::BlockTable{blocks_b.view(),
+                                    head_b.view().Rows(l, 1).Reshape({c.num_kv_heads}),
+                                    cache->pages_per_block()},
+            Tensor(), 1};
+        be.PagedAttention(q.view(), cache->pool_view(), ab, 0.088f, out.view());
+      }
+    };
+    all_layers();  // sizes the backend's scratch before any capture
+    std::unique_ptr<hw::kernels::CapturedOps> graph;
+    if (be.SupportsCapture() && !enforce_eager) {
+      be.BeginCapture();
+      all_layers();
+      graph = be.EndCapture();
+    }
+    const double s = TimeIt(be, 5, 4, [&] { graph ? graph->Replay() : all_layers(); }) /
+                     c.num_layers;
     const double bytes = kv_bytes_per_token / c.num_layers * batch * context;
     std::printf("%s\n",
                 fmt::format(R"({{"kind": "attention", "op": "decode", "batch": {}, "context": {}, )"

@@ -479,6 +479,85 @@ void RunTiming(int batch, int context, double copy_bw, const std::vector<double>
   CHECK_CUDA(cudaStreamDestroy(stream));
 }
 
+// The pool laid out as the engine's KV cache does, with `layers` layers of 8 KV heads: a block
+// of 16 tokens holds every (layer, head) page. Block-major (block_major): page = block *
+// layers * 8 + layer * 8 + head, so one layer's pages of a sequence lie a block's bytes apart;
+// layer-major: page = (layer * 8 + head) * num_blocks + block, one layer's pages contiguous.
+// Each call reads the next layer (that of the engine's step), graph of 16 calls.
+void RunLayoutTiming(int batch, int context, int layers, bool block_major, double copy_bw) {
+  constexpr int kHq = 32, kHkv = 8, kD = 128, kPs = 16;
+  const double kv_bytes = 2.0 * batch * context * kHkv * kD * sizeof(bf16);
+  const int blocks_per_seq = context / kPs;
+  const int num_blocks = batch * blocks_per_seq;
+  const int ppb = layers * kHkv;
+  const size_t pool_elems = size_t{1} * num_blocks * ppb * kPs * kD;
+  DeviceArray<bf16> k(pool_elems), v(pool_elems), q(static_cast<size_t>(batch) * kHq * kD),
+      out(q.n);
+  FillRandom<<<1024, 256>>>(k.ptr, k.n, 1);
+  FillRandom<<<1024, 256>>>(v.ptr, v.n, 2);
+  FillRandom<<<64, 256>>>(q.ptr, q.n, 3);
+  CHECK_CUDA(cudaGetLastError());
+  std::vector<int32_t> ids(static_cast<size_t>(num_blocks));
+  std::iota(ids.begin(), ids.end(), 0);  // sequences get consecutive blocks, as Reserve does
+  DeviceArray<int32_t> table(ids);
+  std::vector<int32_t> head_page(static_cast<size_t>(layers) * kHkv), seq(batch),
+      pos(batch, context - 1);
+  for (int l = 0; l < layers; ++l) {
+    for (int h = 0; h < kHkv; ++h) {
+      head_page[static_cast<size_t>(l) * kHkv + h] =
+          block_major ? l * kHkv + h : (l * kHkv + h) * num_blocks;
+    }
+  }
+  std::iota(seq.begin(), seq.end(), 0);
+  DeviceArray<int32_t> dhp(head_page), dseq(seq), dpos(pos);
+  const int splits =
+      hw::PagedDecodeSplits(batch, kHq, kHkv, int64_t{blocks_per_seq} * kPs, g_num_sms);
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1;
+  CHECK_CUDA(cudaEventCreate(&e0));
+  CHECK_CUDA(cudaEventCreate(&e1));
+  const size_t scratch_bytes = hw::DecodeAttentionScratchBytes(int64_t{batch} * kHq, splits, kD);
+  DeviceArray<unsigned char> scratch(scratch_bytes);
+  constexpr int kCalls = 16;
+  cudaGraph_t graph;
+  CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  for (int i = 0; i < kCalls; ++i) {
+    const hw::DecodeKvCache kv{k.ptr, v.ptr,  table.ptr + 0,          dhp.ptr + (i % layers) * kHkv,
+                               blocks_per_seq, block_major ? ppb : 1, kPs, kHkv};
+    if (!hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, batch, kHq, kD,
+                                        0.088f, splits, scratch.ptr, scratch_bytes, out.ptr)) {
+      std::fprintf(stderr, "launch refused\n");
+      std::exit(1);
+    }
+  }
+  CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec;
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  std::vector<float> ms;
+  for (int i = 0; i < 13; ++i) {
+    CHECK_CUDA(cudaEventRecord(e0, stream));
+    CHECK_CUDA(cudaGraphLaunch(exec, stream));
+    CHECK_CUDA(cudaEventRecord(e1, stream));
+    CHECK_CUDA(cudaEventSynchronize(e1));
+    float t;
+    CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
+    if (i >= 3) ms.push_back(t / kCalls);
+  }
+  CHECK_CUDA(cudaGetLastError());
+  const double us = Median(ms) * 1e3;
+  const double bw = kv_bytes / (us * 1e-6);
+  std::printf("layout %-12s batch %3d ctx %6d layers %2d splits %3d: %8.2f us  KV %7.1f GB/s  "
+              "%5.1f%% of copy\n",
+              block_major ? "block-major" : "layer-major", batch, context, layers, splits, us,
+              bw / 1e9, 100.0 * bw / copy_bw);
+  CHECK_CUDA(cudaGraphExecDestroy(exec));
+  CHECK_CUDA(cudaGraphDestroy(graph));
+  CHECK_CUDA(cudaEventDestroy(e0));
+  CHECK_CUDA(cudaEventDestroy(e1));
+  CHECK_CUDA(cudaStreamDestroy(stream));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -520,11 +599,11 @@ int main(int argc, char** argv) {
   // break the results).
   const std::string_view mode = argc > 1 ? argv[1] : "";
   bool all_pass = true;
-  if (mode != "--timing-only") {
+  if (mode != "--timing-only" && mode != "--layouts") {
     for (const PagedCase& c : paged) all_pass &= RunPaged(c, rng);
     for (const SparseCase& c : sparse) all_pass &= RunSparse(c, rng);
   }
-  if (mode != "--no-timing") {
+  if (mode != "--no-timing" && mode != "--layouts") {
     const double copy_bw = CopyBandwidth();
     std::printf("copy bandwidth (read + write): %.1f GB/s\n", copy_bw / 1e9);
     const std::vector<double> scales = {1.0, 0.5, 0.25, 2.0};
@@ -533,6 +612,14 @@ int main(int argc, char** argv) {
     RunTiming(1, 8192, copy_bw, scales);
     RunTiming(64, 1024, copy_bw, scales);
     RunTiming(32, 8192, copy_bw, scales);
+  }
+  if (mode == "--layouts") {
+    const double copy_bw = CopyBandwidth();
+    for (bool block_major : {true, false}) {
+      RunLayoutTiming(1, 32768, 32, block_major, copy_bw);
+      RunLayoutTiming(8, 32768, 8, block_major, copy_bw);
+      RunLayoutTiming(1, 1024, 32, block_major, copy_bw);
+    }
   }
   std::printf("%s\n", all_pass ? "ALL PASS" : "SOME FAILED");
   return all_pass ? 0 : 1;

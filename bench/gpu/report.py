@@ -62,7 +62,7 @@ def main():
         print(f"| {b} | {c} | {r['ms']:.2f} | {r['fraction_of_roofline']:.0%} "
               f"| {fmt(eager.get((b, c)))} | {fmt(comp)} | {fmt(stat)} | {speed} |")
 
-    print("\n**Decode attention alone, one layer (GB/s of K+V read)**\n")
+    print("\n**Decode attention alone, per layer of a graph over all layers (GB/s of K+V read)**\n")
     print("| batch | context | headwise | of copy bandwidth | SDPA | SDPA of copy |")
     print("|---|---|---|---|---|---|")
     for r in ours:
