@@ -6,8 +6,9 @@
 //                     [--contexts 1024,8192,32768] [--prefill 1024,8192] [--tokens N]
 //                     [--attention-context N (0: none)] [--enforce-eager]
 // Prints one JSON object per line: roofline, decode (per batch x context), attention (the
-// decode attention kernel alone, per layer of a graph that runs it for every layer), prefill. Decode contexts are not prefilled: the KV pages are
-// reserved and read as they are, which costs the same as real keys.
+// decode attention kernel alone, per layer of a graph that runs it for every layer), prefill.
+// Decode contexts are not prefilled: the KV pages are reserved and read as they are, which costs
+// the same as real keys.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -277,8 +278,8 @@ int main(int argc, char** argv) {
       all_layers();
       graph = be.EndCapture();
     }
-    const double s = TimeIt(be, 5, 4, [&] { graph ? graph->Replay() : all_layers(); }) /
-                     c.num_layers;
+    const double s =
+        TimeIt(be, 5, 4, [&] { graph ? graph->Replay() : all_layers(); }) / c.num_layers;
     const double bytes = kv_bytes_per_token / c.num_layers * batch * context;
     std::printf("%s\n",
                 fmt::format(R"({{"kind": "attention", "op": "decode", "batch": {}, "context": {}, )"

@@ -523,8 +523,14 @@ void RunLayoutTiming(int batch, int context, int layers, bool block_major, doubl
   cudaGraph_t graph;
   CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
   for (int i = 0; i < kCalls; ++i) {
-    const hw::DecodeKvCache kv{k.ptr, v.ptr,  table.ptr + 0,          dhp.ptr + (i % layers) * kHkv,
-                               blocks_per_seq, block_major ? ppb : 1, kPs, kHkv};
+    const hw::DecodeKvCache kv{k.ptr,
+                               v.ptr,
+                               table.ptr + 0,
+                               dhp.ptr + (i % layers) * kHkv,
+                               blocks_per_seq,
+                               block_major ? ppb : 1,
+                               kPs,
+                               kHkv};
     if (!hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, batch, kHq, kD,
                                         0.088f, splits, scratch.ptr, scratch_bytes, out.ptr)) {
       std::fprintf(stderr, "launch refused\n");
@@ -547,10 +553,11 @@ void RunLayoutTiming(int batch, int context, int layers, bool block_major, doubl
   CHECK_CUDA(cudaGetLastError());
   const double us = Median(ms) * 1e3;
   const double bw = kv_bytes / (us * 1e-6);
-  std::printf("layout %-12s batch %3d ctx %6d layers %2d splits %3d: %8.2f us  KV %7.1f GB/s  "
-              "%5.1f%% of copy\n",
-              block_major ? "block-major" : "layer-major", batch, context, layers, splits, us,
-              bw / 1e9, 100.0 * bw / copy_bw);
+  std::printf(
+      "layout %-12s batch %3d ctx %6d layers %2d splits %3d: %8.2f us  KV %7.1f GB/s  "
+      "%5.1f%% of copy\n",
+      block_major ? "block-major" : "layer-major", batch, context, layers, splits, us, bw / 1e9,
+      100.0 * bw / copy_bw);
   CHECK_CUDA(cudaGraphExecDestroy(exec));
   CHECK_CUDA(cudaGraphDestroy(graph));
   CHECK_CUDA(cudaEventDestroy(e0));

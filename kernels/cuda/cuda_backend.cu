@@ -195,28 +195,6 @@ __global__ void SiluMulKernel(const bf16* gate_up, bf16* out, int64_t rows, int6
   }
 }
 
-// A block table as the kernels read it (see BlockTable in kernels/backend.h).
-struct DeviceTable {
-  const int32_t* blocks;     // [S, max_blocks]
-  const int32_t* head_page;  // [Hkv]
-  int max_blocks;
-  int pages_per_block;
-  int page_size;
-
-  // Slot (page * page_size + offset) of key `pos` of (seq, kv_head).
-  __device__ int64_t Slot(int seq, int kv_head, int pos) const {
-    const int64_t page =
-        int64_t{blocks[int64_t{seq} * max_blocks + pos / page_size]} * pages_per_block +
-        head_page[kv_head];
-    return page * page_size + pos % page_size;
-  }
-};
-
-DeviceTable ToDevice(const BlockTable& t, int page_size) {
-  return DeviceTable{t.blocks.ptr<int32_t>(), t.head_page.ptr<int32_t>(), t.max_blocks(),
-                     t.pages_per_block, page_size};
-}
-
 // Block (token, kRopeHeads heads) over the qkv heads; thread (j, h) rotates the pair (j, j + d/2)
 // of its head in f32, or copies two elements of a V head. A few heads per block keep a decode
 // step's single token spread over the SMs instead of one block looping over every head, without
@@ -224,8 +202,9 @@ DeviceTable ToDevice(const BlockTable& t, int page_size) {
 constexpr int kRopeHeads = 4;
 __global__ void RopeWriteKvKernel(const bf16* qkv, const int32_t* token_seq,
                                   const int32_t* positions, const float* inv_freq,
-                                  DeviceTable table, bf16* k_pool, bf16* v_pool, bf16* q_out,
-                                  int hq, int hkv, int d, int64_t num_slots) {
+                                  cuda::DecodeKvCache table, bf16* k_pool, bf16* v_pool,
+                                  bf16* q_out, int hq, int d, int64_t num_slots) {
+  const int hkv = table.hkv;
   // Positions, sequences and the block table are step metadata uploaded by the host, never
   // written by a kernel of the step: the addressing and the angles are worked out while the qkv
   // product still runs, and only qkv itself waits for it.
@@ -284,8 +263,8 @@ class CudaBackend final : public Backend {
     HW_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     // An explicit workspace: nothing may allocate while a graph is being captured.
     gemm_workspace_ = Allocate(DType::kI32, {kGemmWorkspaceBytes / 4});
-    lt_gemm_ = std::make_unique<cuda::LtGemm>(stream_, gemm_workspace_.view().data,
-                                              kGemmWorkspaceBytes);
+    lt_gemm_ =
+        std::make_unique<cuda::LtGemm>(stream_, gemm_workspace_.view().data, kGemmWorkspaceBytes);
     HW_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
   }
   ~CudaBackend() override {
@@ -427,11 +406,11 @@ class CudaBackend final : public Backend {
     HW_CHECK(d % 2 == 0 && d <= 512, "head dim {} must be even and at most 512", d);
     PdlLaunch(dim3(static_cast<unsigned>(qkv.dim(0)),
                    static_cast<unsigned>((hq + 2 * hkv + kRopeHeads - 1) / kRopeHeads)),
-              dim3(static_cast<unsigned>(d / 2), kRopeHeads), 0, stream_)(
-        RopeWriteKvKernel, qkv.ptr<bf16>(), batch.token_seq.ptr<int32_t>(),
-        batch.token_pos.ptr<int32_t>(), inv_freq.ptr<float>(), ToDevice(batch.table, pool.page_size),
-        pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), q_out.ptr<bf16>(), hq, hkv, d,
-        pool.k.dim(0) * pool.k.dim(1));
+              dim3(static_cast<unsigned>(d / 2), kRopeHeads), 0,
+              stream_)(RopeWriteKvKernel, qkv.ptr<bf16>(), batch.token_seq.ptr<int32_t>(),
+                       batch.token_pos.ptr<int32_t>(), inv_freq.ptr<float>(),
+                       DecodeCache(pool, batch.table), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(),
+                       q_out.ptr<bf16>(), hq, d, pool.k.dim(0) * pool.k.dim(1));
     HW_CUDA_LAUNCHED();
   }
 
@@ -502,7 +481,7 @@ class CudaBackend final : public Backend {
                      const Tensor& out) {
     const int64_t n = x.dim(1);
     const int64_t pieces = n % 8 == 0 ? (n / 8 + kNormThreads - 1) / kNormThreads : 0;
-    auto kernel = pieces == 0 ? RmsNormKernel<0>
+    auto kernel = pieces == 0   ? RmsNormKernel<0>
                   : pieces == 1 ? RmsNormKernel<1>
                   : pieces == 2 ? RmsNormKernel<2>
                   : pieces <= 4 ? RmsNormKernel<4>

@@ -482,7 +482,9 @@ bool LaunchAttention(const Params& p, dim3 grid, cudaStream_t stream) {
 #ifndef HW_DECODE_NO_ATTN_PDL
   PdlLaunch(grid, dim3(kThreads), Layout<kDim>::kBytes, stream)(DecodeAttentionKernel<kDim>, p);
 #else  // experiments: a plain launch
+  // clang-format off
   DecodeAttentionKernel<kDim><<<grid, kThreads, Layout<kDim>::kBytes, stream>>>(p);
+  // clang-format on
 #endif
   return true;
 }

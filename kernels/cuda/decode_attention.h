@@ -23,6 +23,16 @@ struct DecodeKvCache {
   int pages_per_block;
   int page_size;
   int hkv;
+
+#ifdef __CUDACC__
+  // Slot (page * page_size + offset) of key `pos` of (seq, kv_head): the row of k_pool / v_pool.
+  __device__ int64_t Slot(int seq, int kv_head, int pos) const {
+    const int64_t page =
+        int64_t{blocks[int64_t{seq} * max_blocks + pos / page_size]} * pages_per_block +
+        head_page[kv_head];
+    return page * page_size + pos % page_size;
+  }
+#endif
 };
 
 // How many splits of the keys each (token, KV head) gets. Depends on the shapes only (never on

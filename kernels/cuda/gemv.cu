@@ -29,13 +29,13 @@
 namespace headwise::kernels::cuda {
 namespace {
 
+using ptx::AllowDependentLaunch;
 using ptx::CopyAsync16;
 using ptx::CopyAsyncCommit;
 using ptx::CopyAsyncWait;
 using ptx::Mma;
 using ptx::SharedAddress;
 using ptx::WaitForPriorGrids;
-using ptx::AllowDependentLaunch;
 
 namespace cg = cooperative_groups;
 using bf16 = __nv_bfloat16;
@@ -177,9 +177,9 @@ __global__ void __launch_bounds__(kThreads, 2) SkinnyGemmKernel(Params p) {
   // The weights do not depend on the kernels before this one (see LaunchGemv): the first stages'
   // weights stream in while those still run, the activations only after they are done. (Pulling
   // further steps into L2 with prefetch instructions as well was slower at every depth tried on
-  // the H100: batch 1 at 1K took 5.89 ms without, 6.06 / 6.35 / 6.67 ms with 2 / 4 / 16 steps.) Groups:
-  // W0..W(S-2), X0..X(S-2), then one per step, so that at step s waiting for all but the newest
-  // S-2 groups always covers stage s.
+  // the H100: batch 1 at 1K took 5.89 ms without, 6.06 / 6.35 / 6.67 ms with 2 / 4 / 16 steps.)
+  // Groups: W0..W(S-2), X0..X(S-2), then one per step, so that at step s waiting for all but the
+  // newest S-2 groups always covers stage s.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) load(s, true, false);
   WaitForPriorGrids();

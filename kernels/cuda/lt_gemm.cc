@@ -7,11 +7,11 @@
 namespace headwise::kernels::cuda {
 namespace {
 
-#define HW_LT_CHECK(expr)                                                                     \
-  do {                                                                                        \
-    const cublasStatus_t hw_st_ = (expr);                                                     \
-    HW_CHECK(hw_st_ == CUBLAS_STATUS_SUCCESS, "{}: cuBLASLt status {}", #expr,                \
-             static_cast<int>(hw_st_));                                                       \
+#define HW_LT_CHECK(expr)                                                      \
+  do {                                                                         \
+    const cublasStatus_t hw_st_ = (expr);                                      \
+    HW_CHECK(hw_st_ == CUBLAS_STATUS_SUCCESS, "{}: cuBLASLt status {}", #expr, \
+             static_cast<int>(hw_st_));                                        \
   } while (0)
 
 // The largest power of two up to 256 that divides the address: cuBLASLt assumes 256-byte
@@ -83,18 +83,17 @@ LtGemm::Plan& LtGemm::PlanFor(const Key& key) {
   return plan;
 }
 
-bool LtGemm::Run(const void* x, const void* w, const void* bias, void* out, bool out_f32,
-                 int64_t m, int64_t n, int64_t k) {
+bool LtGemm::Run(const void* x, const void* w, const void* bias, void* out, bool out_f32, int64_t m,
+                 int64_t n, int64_t k) {
   if (bias != nullptr && out_f32) return false;
-  Plan& plan = PlanFor(Key{m, n, k, out_f32, bias != nullptr, Alignment(x), Alignment(w),
-                           Alignment(out)});
+  Plan& plan =
+      PlanFor(Key{m, n, k, out_f32, bias != nullptr, Alignment(x), Alignment(w), Alignment(out)});
   if (!plan.ok) return false;
   // Layers share shapes, so the bias pointer is set per call.
   if (bias != nullptr) SetDesc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   const float alpha = 1.0f, beta = 0.0f;
-  HW_LT_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, w, plan.w, x, plan.x, &beta, out,
-                             plan.out, out, plan.out, &plan.algo, workspace_, workspace_bytes_,
-                             stream_));
+  HW_LT_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, w, plan.w, x, plan.x, &beta, out, plan.out,
+                             out, plan.out, &plan.algo, workspace_, workspace_bytes_, stream_));
   return true;
 }
 

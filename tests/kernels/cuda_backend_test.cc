@@ -310,7 +310,6 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
   CHECK(RelError(real_rows(p.Get(og.view())), real_rows(p.Get(oc.view()))) < kBf16Tol);
 }
 
-
 // cuBLASLt assumes 256-byte aligned operands unless told otherwise; views a row into a buffer
 // start anywhere (here 72- and 74-byte rows: 8- and 2-byte aligned).
 TEST_CASE("CUDA matmul on views that start mid-buffer matches the CPU", "[cuda]") {
