@@ -1,0 +1,89 @@
+// Attention-policy files (schema attn-policy/v1, ALGORITHMS.md §10): named policies, each a
+// storage / positions / decode / prefill rule, assigned to every (layer, KV head) of a model.
+// This module parses and validates a file against a model's shape and resolves the assignment
+// into one policy per (layer, KV head); the KV cache and the attention path consume the result.
+//
+// Supported now: storage full | ring | compress_once (sink_recent with the compensation token),
+// positions original | reindex, decode dense | retained, prefill dense | retained with
+// first_chunk_dense, dense_if_len_le; assignment by default, layer lists, a DuoAttention
+// full_attention_heads.tsv with global-quantile binarisation, a RazorAttention head list and
+// Retrieval-Head scores with a threshold. Fields the schema defines for later methods (evict,
+// offload, select, consume, ...) are refused with a message that says so; unknown fields are
+// errors.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace headwise::engine::attention {
+
+enum class StorageKind { kFull, kRing, kCompressOnce };
+enum class Positions { kOriginal, kReindex };
+enum class DecodeMode { kDense, kRetained };
+enum class PrefillMode { kDense, kRetained };
+
+struct Policy {
+  std::string name;
+  StorageKind storage = StorageKind::kFull;
+  int sink = 0;    // ring / compress_once: first tokens kept
+  int window = 0;  // ring / compress_once: most recent tokens kept
+  // compress_once: one extra token, the mean K and V of the dropped span; with count weighting
+  // its logit carries log(number dropped).
+  bool compensation = false;
+  bool compensation_by_count = true;
+  Positions positions = Positions::kOriginal;
+  DecodeMode decode = DecodeMode::kDense;
+  PrefillMode prefill = PrefillMode::kDense;
+  bool first_chunk_dense = false;
+  int dense_if_len_le = 0;  // sequences this short attend densely (0: never)
+
+  // Tokens a sequence keeps for a head of this policy, at most; -1: all of them.
+  int64_t MaxRetainedTokens() const;
+};
+
+struct ModelShape {
+  int num_layers = 0;
+  int num_heads = 0;  // query heads
+  int num_kv_heads = 0;
+};
+
+enum class RopeStorage { kPostRope, kPreRope, kAuto };
+
+struct PolicySet {
+  std::string name;  // reported with each response and in metrics labels
+  int page_size = 16;
+  RopeStorage rope_storage = RopeStorage::kAuto;
+  std::vector<Policy> policies;               // in name order
+  std::vector<std::vector<int>> head_policy;  // [layer][kv_head] -> index into policies
+
+  const Policy& At(int layer, int kv_head) const {
+    return policies[static_cast<size_t>(
+        head_policy[static_cast<size_t>(layer)][static_cast<size_t>(kv_head)])];
+  }
+  // KV heads per policy over the whole model, in policy order.
+  std::vector<int> HeadCounts() const;
+  bool IsDense() const;
+};
+
+// Every head dense, full storage: what runs without a policy file.
+PolicySet DensePolicySet(const ModelShape& shape);
+
+// Reads and validates a policy file; artefact paths inside it (pattern files, head lists) are
+// relative to the file's directory. The set's name is the file's "name" field, else its stem.
+StatusOr<PolicySet> LoadPolicyFile(const std::string& path, const ModelShape& shape);
+// Same from JSON text; base_dir resolves artefact paths, default_name names the set.
+StatusOr<PolicySet> ParsePolicy(const std::string& json_text, const ModelShape& shape,
+                                const std::string& base_dir, const std::string& default_name);
+
+// DuoAttention binarisation (duo_attn/utils.py sparsify_attention_heads) made deterministic:
+// gates clipped to [0, 1]; the ceil(sparsity * (n - 1)) lowest gates of all n heads become
+// streaming (false), the rest retrieval (true), which is the count numpy's quantile threshold
+// gives for distinct gates. Equal gates are ordered by (layer, head): the earlier head becomes
+// streaming first. sparsity >= 1: all streaming; <= 0: none.
+std::vector<std::vector<bool>> BinarizeGates(const std::vector<std::vector<double>>& gates,
+                                             double sparsity);
+
+}  // namespace headwise::engine::attention
