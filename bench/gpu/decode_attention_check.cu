@@ -396,6 +396,43 @@ double CopyBandwidth() {
   return 2.0 * bytes / (Median(ms) * 1e-3);
 }
 
+// Microseconds per call of `launch(i)` for i < 16, captured as one graph and replayed (median
+// of 10 replays after 3 warm-ups).
+template <typename Launch>
+double TimeGraph(cudaStream_t stream, Launch launch) {
+  constexpr int kCalls = 16;
+  cudaEvent_t e0, e1;
+  CHECK_CUDA(cudaEventCreate(&e0));
+  CHECK_CUDA(cudaEventCreate(&e1));
+  cudaGraph_t graph;
+  CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  for (int i = 0; i < kCalls; ++i) {
+    if (!launch(i)) {
+      std::fprintf(stderr, "launch refused\n");
+      std::exit(1);
+    }
+  }
+  CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec;
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  std::vector<float> ms;
+  for (int i = 0; i < 13; ++i) {
+    CHECK_CUDA(cudaEventRecord(e0, stream));
+    CHECK_CUDA(cudaGraphLaunch(exec, stream));
+    CHECK_CUDA(cudaEventRecord(e1, stream));
+    CHECK_CUDA(cudaEventSynchronize(e1));
+    float t;
+    CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
+    if (i >= 3) ms.push_back(t / kCalls);
+  }
+  CHECK_CUDA(cudaGetLastError());
+  CHECK_CUDA(cudaGraphExecDestroy(exec));
+  CHECK_CUDA(cudaGraphDestroy(graph));
+  CHECK_CUDA(cudaEventDestroy(e0));
+  CHECK_CUDA(cudaEventDestroy(e1));
+  return Median(ms) * 1e3;
+}
+
 // Paged decode of `batch` sequences of `context` keys each, Llama-3-8B layer shapes. Rotates over
 // enough copies of the cache that L2 holds none of it between calls; times graph replays.
 void RunTiming(int batch, int context, double copy_bw, const std::vector<double>& split_scales) {
@@ -425,17 +462,11 @@ void RunTiming(int batch, int context, double copy_bw, const std::vector<double>
       hw::PagedDecodeSplits(batch, kHq, kHkv, int64_t{blocks_per_seq} * kPs, g_num_sms);
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  cudaEvent_t e0, e1;
-  CHECK_CUDA(cudaEventCreate(&e0));
-  CHECK_CUDA(cudaEventCreate(&e1));
   for (double scale : split_scales) {
     const int splits = std::max(1, static_cast<int>(std::lround(auto_splits * scale)));
     const size_t scratch_bytes = hw::DecodeAttentionScratchBytes(int64_t{batch} * kHq, splits, kD);
     DeviceArray<unsigned char> scratch(scratch_bytes);
-    constexpr int kCalls = 16;
-    cudaGraph_t graph;
-    CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    for (int i = 0; i < kCalls; ++i) {
+    const double us = TimeGraph(stream, [&](int i) {
       const hw::DecodeKvCache kv{k.ptr,
                                  v.ptr,
                                  table.ptr + size_t{1} * (i % rot) * batch * blocks_per_seq,
@@ -444,38 +475,16 @@ void RunTiming(int batch, int context, double copy_bw, const std::vector<double>
                                  kHkv,
                                  kPs,
                                  kHkv};
-      if (!hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, batch, kHq, kD,
-                                          0.088f, splits, scratch.ptr, scratch_bytes, out.ptr)) {
-        std::fprintf(stderr, "launch refused\n");
-        std::exit(1);
-      }
-    }
-    CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
-    cudaGraphExec_t exec;
-    CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-    std::vector<float> ms;
-    for (int i = 0; i < 13; ++i) {
-      CHECK_CUDA(cudaEventRecord(e0, stream));
-      CHECK_CUDA(cudaGraphLaunch(exec, stream));
-      CHECK_CUDA(cudaEventRecord(e1, stream));
-      CHECK_CUDA(cudaEventSynchronize(e1));
-      float t;
-      CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
-      if (i >= 3) ms.push_back(t / kCalls);
-    }
-    CHECK_CUDA(cudaGetLastError());
-    const double us = Median(ms) * 1e3;
+      return hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, batch, kHq, kD,
+                                            0.088f, splits, scratch.ptr, scratch_bytes, out.ptr);
+    });
     const double bw = kv_bytes / (us * 1e-6);
     std::printf(
         "timing batch %3d ctx %6d splits %3d%s: %8.2f us  KV %7.1f GB/s  %5.1f%% of copy (rot "
         "%d)\n",
         batch, context, splits, scale == 1.0 ? " (auto)" : "       ", us, bw / 1e9,
         100.0 * bw / copy_bw, rot);
-    CHECK_CUDA(cudaGraphExecDestroy(exec));
-    CHECK_CUDA(cudaGraphDestroy(graph));
   }
-  CHECK_CUDA(cudaEventDestroy(e0));
-  CHECK_CUDA(cudaEventDestroy(e1));
   CHECK_CUDA(cudaStreamDestroy(stream));
 }
 
@@ -514,54 +523,26 @@ void RunLayoutTiming(int batch, int context, int layers, bool block_major, doubl
       hw::PagedDecodeSplits(batch, kHq, kHkv, int64_t{blocks_per_seq} * kPs, g_num_sms);
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  cudaEvent_t e0, e1;
-  CHECK_CUDA(cudaEventCreate(&e0));
-  CHECK_CUDA(cudaEventCreate(&e1));
   const size_t scratch_bytes = hw::DecodeAttentionScratchBytes(int64_t{batch} * kHq, splits, kD);
   DeviceArray<unsigned char> scratch(scratch_bytes);
-  constexpr int kCalls = 16;
-  cudaGraph_t graph;
-  CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  for (int i = 0; i < kCalls; ++i) {
+  const double us = TimeGraph(stream, [&](int i) {
     const hw::DecodeKvCache kv{k.ptr,
                                v.ptr,
-                               table.ptr + 0,
+                               table.ptr,
                                dhp.ptr + (i % layers) * kHkv,
                                blocks_per_seq,
                                block_major ? ppb : 1,
                                kPs,
                                kHkv};
-    if (!hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, batch, kHq, kD,
-                                        0.088f, splits, scratch.ptr, scratch_bytes, out.ptr)) {
-      std::fprintf(stderr, "launch refused\n");
-      std::exit(1);
-    }
-  }
-  CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
-  cudaGraphExec_t exec;
-  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-  std::vector<float> ms;
-  for (int i = 0; i < 13; ++i) {
-    CHECK_CUDA(cudaEventRecord(e0, stream));
-    CHECK_CUDA(cudaGraphLaunch(exec, stream));
-    CHECK_CUDA(cudaEventRecord(e1, stream));
-    CHECK_CUDA(cudaEventSynchronize(e1));
-    float t;
-    CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
-    if (i >= 3) ms.push_back(t / kCalls);
-  }
-  CHECK_CUDA(cudaGetLastError());
-  const double us = Median(ms) * 1e3;
+    return hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, batch, kHq, kD,
+                                          0.088f, splits, scratch.ptr, scratch_bytes, out.ptr);
+  });
   const double bw = kv_bytes / (us * 1e-6);
   std::printf(
       "layout %-12s batch %3d ctx %6d layers %2d splits %3d: %8.2f us  KV %7.1f GB/s  "
       "%5.1f%% of copy\n",
       block_major ? "block-major" : "layer-major", batch, context, layers, splits, us, bw / 1e9,
       100.0 * bw / copy_bw);
-  CHECK_CUDA(cudaGraphExecDestroy(exec));
-  CHECK_CUDA(cudaGraphDestroy(graph));
-  CHECK_CUDA(cudaEventDestroy(e0));
-  CHECK_CUDA(cudaEventDestroy(e1));
   CHECK_CUDA(cudaStreamDestroy(stream));
 }
 
