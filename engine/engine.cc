@@ -7,6 +7,7 @@
 #include <deque>
 #include <thread>
 
+#include "engine/attention_setup.h"
 #include "engine/memory_budget.h"
 #include "engine/output_processor.h"
 #include "kvcache/kv_cache.h"
@@ -99,6 +100,7 @@ struct Engine::Impl {
   LoadedModel model;
   std::unique_ptr<kernels::Backend> backend;
   EngineConfig config;
+  attention::PolicySet policy;
   std::shared_ptr<MetricsRegistry> metrics;
   std::unique_ptr<kvcache::KvCache> cache;
   std::unique_ptr<BatchSampler> sampler;  // engine thread only
@@ -401,6 +403,13 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   }
   if (c.max_waiting < 0) return InvalidArgument("max_waiting must be >= 0, got {}", c.max_waiting);
   if (c.page_size < 1) return InvalidArgument("page size must be >= 1, got {}", c.page_size);
+  HW_ASSIGN_OR_RETURN(attention::PolicySet policy, LoadAttentionPolicy(c.attention_policy, mc));
+  if (policy.page_size != c.page_size) {
+    return InvalidArgument(
+        "--attention-policy {}: kv_cache.page_size {} differs from the "
+        "engine's page size {}",
+        c.attention_policy, policy.page_size, c.page_size);
+  }
   const int pages_per_block = mc.num_layers * mc.num_kv_heads;
   const int blocks_per_request = (c.max_model_len + c.page_size - 1) / c.page_size;
   if (c.num_kv_pages <= 0 && backend->device() != Device::kCpu) {
@@ -434,6 +443,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   impl->model = std::move(model);
   impl->backend = std::move(backend);
   impl->config = c;
+  impl->policy = std::move(policy);
   impl->metrics = std::make_shared<MetricsRegistry>();
   const auto& m = impl->metrics;
   m->DeclareCounter("headwise_prompt_tokens_total", "Prompt tokens of finished requests.");
@@ -543,6 +553,10 @@ const LoadedModel& Engine::model() const {
 }
 const EngineConfig& Engine::config() const {
   return impl_->config;
+}
+
+const std::string& Engine::attention_policy() const {
+  return impl_->policy.name;
 }
 
 }  // namespace headwise::engine

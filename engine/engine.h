@@ -34,6 +34,7 @@ struct EngineConfig {
   double gpu_memory_utilization = 0.9;
   int page_size = 16;
   bool enable_prefix_caching = true;
+  std::string attention_policy;  // an attn-policy/v1 file (engine/attention/policy.h); "": dense
 };
 
 struct EngineRequest {
@@ -108,6 +109,8 @@ class Engine {
   MetricsRegistry& metrics() { return *metrics_; }
   const LoadedModel& model() const;
   const EngineConfig& config() const;
+  // The name of the attention policy running: reported with each response and in metrics.
+  const std::string& attention_policy() const;
 
   struct Impl;
 

@@ -604,9 +604,9 @@ class HttpServer::Impl {
         job->children.push_back(std::move(c));
       }
     }
-    engine_.metrics().Increment(
-        "headwise_api_requests_total", 1.0,
-        {{"api", kind == ApiKind::kChat ? "chat" : "completions"}, {"attention_policy", "dense"}});
+    engine_.metrics().Increment("headwise_api_requests_total", 1.0,
+                                {{"api", kind == ApiKind::kChat ? "chat" : "completions"},
+                                 {"attention_policy", engine_.attention_policy()}});
     job->id = NewResponseId(kind);
     job->created = UnixNow();
     job->fd = FindConnectionFd(req);
@@ -677,8 +677,10 @@ class HttpServer::Impl {
     const UsageInfo usage = JobUsage(job);
     ReplyJson(res, 200,
               job.kind == ApiKind::kChat
-                  ? ChatResponse(job.id, job.created, job.model, choices, usage)
-                  : CompletionResponse(job.id, job.created, job.model, choices, usage));
+                  ? ChatResponse(job.id, job.created, job.model, choices, usage,
+                                 engine_.attention_policy())
+                  : CompletionResponse(job.id, job.created, job.model, choices, usage,
+                                       engine_.attention_policy()));
   }
 
   // One turn of a streaming response: waits briefly for events and writes their chunks.
@@ -724,14 +726,16 @@ class HttpServer::Impl {
               ErrorBody(ApiError{500, "generation failed: " + ev.error, "server_error", "", ""}));
         } else {
           out += SseEvent(StreamChunk(job.kind, job.id, job.created, job.model, c.index, false, "",
-                                      nullptr, ev.finish_reason, gr.include_usage));
+                                      nullptr, ev.finish_reason, gr.include_usage,
+                                      engine_.attention_policy()));
         }
       }
     }
     const bool done = job.AllFinished();
     if (done) {
       if (gr.include_usage) {
-        out += SseEvent(UsageChunk(job.kind, job.id, job.created, job.model, JobUsage(job)));
+        out += SseEvent(UsageChunk(job.kind, job.id, job.created, job.model, JobUsage(job),
+                                   engine_.attention_policy()));
       }
       out += kSseDone;
     }

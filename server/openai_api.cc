@@ -880,7 +880,8 @@ namespace {
 
 // The fields every non-streaming response shares, around its choices.
 Json ResponseEnvelope(const char* object, const std::string& id, int64_t created,
-                      const std::string& model, Json choices, const UsageInfo& usage) {
+                      const std::string& model, Json choices, const UsageInfo& usage,
+                      const std::string& attention_policy) {
   return Json{{"id", id},
               {"object", object},
               {"created", created},
@@ -888,13 +889,14 @@ Json ResponseEnvelope(const char* object, const std::string& id, int64_t created
               {"system_fingerprint", nullptr},
               {"choices", std::move(choices)},
               {"usage", UsageJson(usage)},
-              {"headwise", HeadwiseExtras()}};
+              {"headwise", HeadwiseExtras(attention_policy)}};
 }
 
 }  // namespace
 
 Json CompletionResponse(const std::string& id, int64_t created, const std::string& model,
-                        const std::vector<ChoiceResult>& choices, const UsageInfo& usage) {
+                        const std::vector<ChoiceResult>& choices, const UsageInfo& usage,
+                        const std::string& attention_policy) {
   Json cs = Json::array();
   for (const auto& c : choices) {
     cs.push_back({{"index", c.index},
@@ -902,11 +904,13 @@ Json CompletionResponse(const std::string& id, int64_t created, const std::strin
                   {"logprobs", c.logprobs},
                   {"finish_reason", c.finish_reason}});
   }
-  return ResponseEnvelope("text_completion", id, created, model, std::move(cs), usage);
+  return ResponseEnvelope("text_completion", id, created, model, std::move(cs), usage,
+                          attention_policy);
 }
 
 Json ChatResponse(const std::string& id, int64_t created, const std::string& model,
-                  const std::vector<ChoiceResult>& choices, const UsageInfo& usage) {
+                  const std::vector<ChoiceResult>& choices, const UsageInfo& usage,
+                  const std::string& attention_policy) {
   Json cs = Json::array();
   for (const auto& c : choices) {
     cs.push_back({{"index", c.index},
@@ -914,12 +918,14 @@ Json ChatResponse(const std::string& id, int64_t created, const std::string& mod
                   {"logprobs", c.logprobs},
                   {"finish_reason", c.finish_reason}});
   }
-  return ResponseEnvelope("chat.completion", id, created, model, std::move(cs), usage);
+  return ResponseEnvelope("chat.completion", id, created, model, std::move(cs), usage,
+                          attention_policy);
 }
 
 Json StreamChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
                  int index, bool role_delta, const std::string& text, const Json& logprobs,
-                 const std::string& finish_reason, bool include_usage) {
+                 const std::string& finish_reason, bool include_usage,
+                 const std::string& attention_policy) {
   Json choice;
   choice["index"] = index;
   if (kind == ApiKind::kChat) {
@@ -942,12 +948,12 @@ Json StreamChunk(ApiKind kind, const std::string& id, int64_t created, const std
                 {"system_fingerprint", nullptr},
                 {"choices", Json::array({std::move(choice)})}};
   if (include_usage) chunk["usage"] = nullptr;
-  if (!finish_reason.empty()) chunk["headwise"] = HeadwiseExtras();
+  if (!finish_reason.empty()) chunk["headwise"] = HeadwiseExtras(attention_policy);
   return chunk;
 }
 
 Json UsageChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
-                const UsageInfo& usage) {
+                const UsageInfo& usage, const std::string& attention_policy) {
   return Json{{"id", id},
               {"object", kind == ApiKind::kChat ? "chat.completion.chunk" : "text_completion"},
               {"created", created},
@@ -955,7 +961,7 @@ Json UsageChunk(ApiKind kind, const std::string& id, int64_t created, const std:
               {"system_fingerprint", nullptr},
               {"choices", Json::array()},
               {"usage", UsageJson(usage)},
-              {"headwise", HeadwiseExtras()}};
+              {"headwise", HeadwiseExtras(attention_policy)}};
 }
 
 std::string DumpJson(const Json& j) {

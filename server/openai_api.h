@@ -152,10 +152,13 @@ struct ChoiceResult {
   Json logprobs;  // null, or the formatted logprobs
 };
 
+// `attention_policy` names the policy that ran (the "headwise" field beside "usage").
 Json CompletionResponse(const std::string& id, int64_t created, const std::string& model,
-                        const std::vector<ChoiceResult>& choices, const UsageInfo& usage);
+                        const std::vector<ChoiceResult>& choices, const UsageInfo& usage,
+                        const std::string& attention_policy = "dense");
 Json ChatResponse(const std::string& id, int64_t created, const std::string& model,
-                  const std::vector<ChoiceResult>& choices, const UsageInfo& usage);
+                  const std::vector<ChoiceResult>& choices, const UsageInfo& usage,
+                  const std::string& attention_policy = "dense");
 
 // One streamed chunk with a single choice. Chat: `role_delta` gives {"role": "assistant",
 // "content": ""}; otherwise a content delta ({} when `text` is empty and finish_reason set).
@@ -163,10 +166,11 @@ Json ChatResponse(const std::string& id, int64_t created, const std::string& mod
 // "usage": null as OpenAI does on every chunk but the last.
 Json StreamChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
                  int index, bool role_delta, const std::string& text, const Json& logprobs,
-                 const std::string& finish_reason, bool include_usage);
+                 const std::string& finish_reason, bool include_usage,
+                 const std::string& attention_policy = "dense");
 // The final usage chunk: "choices": [] and the usage.
 Json UsageChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
-                const UsageInfo& usage);
+                const UsageInfo& usage, const std::string& attention_policy = "dense");
 
 // SSE framing: "data: <json>\n\n", and the terminating "data: [DONE]\n\n".
 std::string SseEvent(const Json& payload);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/attention_setup.h"
 #include "engine/chat_renderer.h"
 #include "engine/generator.h"
 #include "engine/model_loader.h"
@@ -41,6 +42,7 @@ constexpr const char* kUsage = R"(usage: headwise generate --model PATH --prompt
   --threads N               CPU threads (default: all)
   --prefill-chunk N         prefill chunk size in tokens (default 512)
   --kv-pages N              KV pages of 16 tokens (default: enough for the request)
+  --attention-policy FILE   attn-policy/v1 file (configs/README.md); default: dense
 )";
 
 int Fail(const Status& s) {
@@ -60,6 +62,7 @@ int RunGenerate(int argc, char** argv) {
   std::string model_path, prompt, load_format = "auto", tokenizer_path, system, device = "cpu";
   bool chat = false, ignore_eos = false, no_special = false, enforce_eager = false;
   int threads = 0, prefill_chunk = 512, kv_pages = 0;
+  std::string attention_policy_path;
   engine::SamplingParams params;
   params.temperature = 0.0f;
   params.max_tokens = 64;
@@ -92,6 +95,7 @@ int RunGenerate(int argc, char** argv) {
   flags.Bool("enforce-eager", enforce_eager);
   flags.Int("prefill-chunk", prefill_chunk);
   flags.Int("kv-pages", kv_pages);
+  flags.String("attention-policy", attention_policy_path);
   if (Status s = flags.Finish(); !s.ok()) return Fail(s);
   if (model_path.empty()) return Fail(InvalidArgument("--model is required"));
   if (prompt.empty()) return Fail(InvalidArgument("--prompt is required"));
@@ -130,6 +134,8 @@ int RunGenerate(int argc, char** argv) {
     return Fail(InvalidArgument("{}: no tokenizer found; pass --tokenizer PATH", model_path));
   }
   const tokenizer::Tokenizer& tok = *loaded->tokenizer;
+  auto policy = engine::LoadAttentionPolicy(attention_policy_path, loaded->model->config());
+  if (!policy.ok()) return Fail(policy.status());
 
   std::string text = prompt;
   if (chat) {

@@ -46,6 +46,7 @@ Serves MODEL (a Hugging Face directory or a .gguf file) over the OpenAI HTTP API
   --num-kv-pages N            KV pages of 16 tokens per (layer, KV head); overrides the budget
   --gpu-memory-utilization F  share of GPU memory for weights, activations and KV (default 0.9)
   --no-prefix-caching         do not reuse the KV of shared prompt prefixes
+  --attention-policy FILE     attn-policy/v1 file (configs/README.md); default: dense
   --chat-template FILE        Jinja chat template instead of the model's
   --device cpu|cuda           backend (default cpu)
   --enforce-eager             run decode steps eagerly instead of replaying CUDA graphs
@@ -162,6 +163,7 @@ int RunServe(int argc, char** argv) {
   float gpu_memory_utilization = static_cast<float>(config.gpu_memory_utilization);
   flags.Float("gpu-memory-utilization", gpu_memory_utilization);
   flags.Bool("no-prefix-caching", no_prefix_caching);
+  flags.String("attention-policy", config.attention_policy);
   flags.String("chat-template", chat_template_path);
   flags.String("device", device);
   flags.Int("threads", threads);

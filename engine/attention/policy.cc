@@ -29,7 +29,10 @@ class Fields {
   }
 
   const std::string& path() const { return path_; }
-  std::string At(std::string_view key) const { return fmt::format("{}.{}", path_, key); }
+  // JSON path of a field, e.g. "policies.streaming.storage.sink" (the top level has none).
+  std::string At(std::string_view key) const {
+    return path_.empty() ? std::string(key) : fmt::format("{}.{}", path_, key);
+  }
 
   const json* Get(std::string_view key) {
     read_.insert(std::string(key));
@@ -483,7 +486,8 @@ StatusOr<PolicySet> ParsePolicy(const std::string& json_text, const ModelShape& 
                            shape.num_layers, shape.num_heads, shape.num_kv_heads);
   }
   HW_ASSIGN_OR_RETURN(const json doc, ParseJson(json_text, default_name));
-  HW_ASSIGN_OR_RETURN(Fields top, Fields::Of(doc, default_name));
+  if (!doc.is_object()) return InvalidArgument("expected a JSON object at the top level");
+  Fields top(doc, "");
   HW_ASSIGN_OR_RETURN(const std::string schema, top.String("schema"));
   if (schema != "attn-policy/v1") {
     return InvalidArgument("{}: schema \"{}\" is not attn-policy/v1", top.At("schema"), schema);
@@ -522,8 +526,7 @@ StatusOr<PolicySet> ParsePolicy(const std::string& json_text, const ModelShape& 
   }
   std::map<std::string, int> by_name;
   for (auto it = policies->begin(); it != policies->end(); ++it) {
-    HW_ASSIGN_OR_RETURN(Policy p,
-                        ParseOnePolicy(*it, it.key(), top.At("policies") + "." + it.key()));
+    HW_ASSIGN_OR_RETURN(Policy p, ParseOnePolicy(*it, it.key(), "policies." + it.key()));
     by_name[p.name] = static_cast<int>(set.policies.size());
     set.policies.push_back(std::move(p));
   }

@@ -243,6 +243,35 @@ TEST_CASE("RazorAttention head list and layer lists", "[policy]") {
   CHECK_THAT(bad.status().message(), Catch::Contains("8 is not a KV head of this model (0..7)"));
 }
 
+// The example files in configs/policies, against Llama-3.1-8B's shape. Their pattern paths
+// assume ../shared beside the checkout; here they point at wherever the shared data is.
+TEST_CASE("Shipped policy files parse and assign as documented", "[policy]") {
+  auto load = [](const std::string& file) {
+    const std::string path = testing::SourcePath("configs/policies/" + file);
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string s = text.str();
+    REQUIRE_FALSE(s.empty());
+    for (size_t at; (at = s.find("../../../shared/")) != std::string::npos;) {
+      s.replace(at, 16, testing::SharedDir() + "/");
+    }
+    auto set = ParsePolicy(s, kLlama3, std::filesystem::path(path).parent_path().string(), "x");
+    INFO(file << ": " << (set.ok() ? "" : set.status().message()));
+    REQUIRE(set.ok());
+    return std::move(set).value();
+  };
+  const PolicySet dense = load("dense.json");
+  CHECK(dense.name == "dense");
+  CHECK(dense.IsDense());
+  const PolicySet streaming = load("streaming-llm.json");
+  CHECK(streaming.HeadCounts() == std::vector<int>{256});
+  CHECK(streaming.At(0, 0).MaxRetainedTokens() == 2048);
+  const PolicySet duo = load("duo-llama-3.1-8b.json");
+  CHECK(duo.name == "duo-llama-3.1-8b-s50");
+  CHECK(duo.HeadCounts() == std::vector<int>{128, 128});
+}
+
 TEST_CASE("Policy files: precise errors", "[policy]") {
   using Catch::Contains;
   const std::string ok = kStreaming;
@@ -256,9 +285,9 @@ TEST_CASE("Policy files: precise errors", "[policy]") {
   CHECK_THAT(ErrorOf(with("attn-policy/v1", "attn-policy/v2")).message(),
              Contains("schema \"attn-policy/v2\" is not attn-policy/v1"));
   CHECK_THAT(ErrorOf(with("\"sink\": 4", "\"sinks\": 4")).message(),
-             Contains("test.policies.streaming.storage.sink: required"));
+             Contains("policies.streaming.storage.sink: required"));
   CHECK_THAT(ErrorOf(with("\"sink\": 4", "\"sink\": 4, \"sinks\": 4")).message(),
-             Contains("test.policies.streaming.storage.sinks: unknown field"));
+             Contains("policies.streaming.storage.sinks: unknown field"));
   CHECK_THAT(ErrorOf(with("\"sink\": 4", "\"sink\": -1")).message(),
              Contains("storage.sink: -1 is out of range"));
   CHECK_THAT(ErrorOf(with("\"window\": 2044", "\"window\": 0")).message(),
@@ -285,6 +314,7 @@ TEST_CASE("Policy files: precise errors", "[policy]") {
                  .message(),
              Contains("32 is not a layer of this model (0..31)"));
   CHECK_THAT(ErrorOf("{\"schema\": \"attn-policy/v1\"").message(), Contains("test"));
+  CHECK_THAT(ErrorOf("[1, 2]").message(), Contains("expected a JSON object"));
 
   // A pattern file for another model shape.
   const std::string llama2 =

@@ -1,4 +1,4 @@
-"""Bad model input through the `headwise` CLI: each case must end with exit code 2 and exactly
+"""Bad model input and bad attention-policy files through the `headwise` CLI: each case must end with exit code 2 and exactly
 one line on stderr that names the problem — never a crash, a hang or a stack trace.
 
 usage: cli_errors.py CASE   (CASE from CASES below; `all` runs every case)
@@ -117,13 +117,41 @@ def case_bad_flag_value(tmp):
     return TINY, "--max-tokens"
 
 
+def write_policy(tmp, policies, default):
+    p = os.path.join(tmp, "policy.json")
+    json.dump({"schema": "attn-policy/v1", "policies": policies, "assignment": {"default": default}},
+              open(p, "w"))
+    return p
+
+
+def case_policy_unknown_field(tmp):
+    p = write_policy(tmp, {"dense": {"storage": {"kind": "full", "sinks": 4}}}, "dense")
+    return TINY, "policies.dense.storage.sinks: unknown field", ["--attention-policy", p]
+
+
+def case_policy_other_model(tmp):
+    # TinyStories has 2 layers: layer 8 does not exist.
+    p = os.path.join(tmp, "policy.json")
+    json.dump({"schema": "attn-policy/v1", "policies": {"dense": {}},
+               "assignment": {"default": "dense", "layers": [{"layers": [8], "policy": "dense"}]}},
+              open(p, "w"))
+    return TINY, "8 is not a layer of this model", ["--attention-policy", p]
+
+
+def case_policy_sparse_refused(tmp):
+    ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "decode": {"mode": "retained"}}
+    p = write_policy(tmp, {"streaming": ring}, "streaming")
+    return TINY, "full storage on every head only", ["--attention-policy", p]
+
+
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
 
 
 def run_case(name):
     with tempfile.TemporaryDirectory() as tmp:
-        model, keyword = CASES[name](tmp)
+        model, keyword, *extra = CASES[name](tmp)
         cmd = [os.environ["HEADWISE_BIN"], "generate", "--model", model, "--prompt", "hello", "--max-tokens", "4"]
+        cmd += extra[0] if extra else []
         if name == "bad_flag_value":
             cmd[-1] = "four"
         try:

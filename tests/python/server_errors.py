@@ -174,6 +174,22 @@ def test_no_chat_template(srv):
     assert "chat template" in err["message"], err
 
 
+def test_policy_reported(srv, name):
+    """The policy that ran is named beside usage (plain and streamed) and in the metrics label."""
+    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0}
+    status, _, data = srv.request("POST", "/v1/completions", body)
+    assert status == 200, (status, data)
+    assert json.loads(data)["headwise"] == {"attention_policy": name}, data
+    status, _, data = srv.request("POST", "/v1/completions",
+                                  dict(body, stream=True, stream_options={"include_usage": True}))
+    assert status == 200, (status, data)
+    events = [json.loads(line[6:]) for line in data.decode().splitlines()
+              if line.startswith("data: {")]
+    tagged = [e["headwise"] for e in events if "headwise" in e]
+    assert tagged and all(t == {"attention_policy": name} for t in tagged), events
+    assert srv.metric("headwise_api_requests_total", api="completions", attention_policy=name) == 2
+
+
 def startup_error(args, expect):
     binary = os.environ["HEADWISE_BIN"]
     p = subprocess.run([binary, "serve", *args, "--port", "0"], capture_output=True, text=True, timeout=60)
@@ -199,6 +215,13 @@ def test_startup_errors(port_in_use):
         startup_error([TINY, "--max-num-seqs", "0"], "--max-num-seqs")
         startup_error([TINY, "--bogus-flag", "1"], "--bogus-flag")
         startup_error([], "MODEL")
+        ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "decode": {"mode": "retained"}}
+        sparse = os.path.join(tmp, "sparse.json")
+        with open(sparse, "w") as f:
+            json.dump({"schema": "attn-policy/v1", "policies": {"s": ring}, "assignment": {"default": "s"}}, f)
+        # Refused at startup, never served as dense.
+        startup_error([TINY, "--attention-policy", sparse], "full storage on every head only")
+        startup_error([TINY, "--attention-policy", os.path.join(tmp, "none.json")], "cannot open")
         binary = os.environ["HEADWISE_BIN"]
         p = subprocess.run([binary, "serve", TINY, "--port", str(port_in_use)], capture_output=True, text=True,
                            timeout=60)
@@ -217,6 +240,13 @@ def main():
         runner.run("api_key_flag", test_api_key, srv, "sekrit")
     with Server("--served-model-name", "tiny", env={"HEADWISE_API_KEY": "from-env"}) as srv:
         runner.run("api_key_env", test_api_key, srv, "from-env")
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = os.path.join(tmp, "baseline.json")
+        with open(policy, "w") as f:
+            json.dump({"schema": "attn-policy/v1", "name": "baseline-arm",
+                       "policies": {"full": {"storage": {"kind": "full"}}}, "assignment": {"default": "full"}}, f)
+        with Server("--served-model-name", "tiny", "--attention-policy", policy) as srv:
+            runner.run("policy_reported", test_policy_reported, srv, "baseline-arm")
     with Server("--served-model-name", "tiny", "--max-num-seqs", "1", "--max-waiting", "1", chat_template=None) as srv:
         runner.run("queue_full_503", test_queue_full, srv)
         runner.run("no_chat_template", test_no_chat_template, srv)

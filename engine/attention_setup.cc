@@ -1,0 +1,25 @@
+#include "engine/attention_setup.h"
+
+namespace headwise::engine {
+
+StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& path,
+                                                   const models::ModelConfig& config) {
+  const attention::ModelShape shape{config.num_layers, config.num_heads, config.num_kv_heads};
+  if (path.empty()) return attention::DensePolicySet(shape);
+  HW_ASSIGN_OR_RETURN(attention::PolicySet set, attention::LoadPolicyFile(path, shape));
+  if (!set.IsDense()) {
+    const std::vector<int> counts = set.HeadCounts();
+    int sparse_heads = 0;
+    for (size_t i = 0; i < set.policies.size(); ++i) {
+      if (set.policies[i].storage != attention::StorageKind::kFull) sparse_heads += counts[i];
+    }
+    return Unimplemented(
+        "--attention-policy {}: \"{}\" gives {} of {} KV heads sink/window or compressed "
+        "storage; this build runs policies with full storage on every head only (sparse "
+        "storage is in progress)",
+        path, set.name, sparse_heads, config.num_layers * config.num_kv_heads);
+  }
+  return set;
+}
+
+}  // namespace headwise::engine

@@ -1,0 +1,18 @@
+// Which attention policy a model runs with: the file named by --attention-policy, else dense
+// attention everywhere. The file is validated against the model's shape, and a policy the engine
+// cannot run yet is refused here, at startup: a sparse policy must never be silently served as
+// dense.
+#pragma once
+
+#include <string>
+
+#include "core/status.h"
+#include "engine/attention/policy.h"
+#include "models/model_config.h"
+
+namespace headwise::engine {
+
+StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& path,
+                                                   const models::ModelConfig& config);
+
+}  // namespace headwise::engine
