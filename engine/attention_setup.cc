@@ -1,10 +1,22 @@
 #include "engine/attention_setup.h"
 
+#include <filesystem>
+
 namespace headwise::engine {
 
-StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& path,
-                                                   const models::ModelConfig& config) {
+std::string ModelPolicyFile(const std::string& model_path) {
+  std::error_code ec;
+  const std::filesystem::path file = std::filesystem::path(model_path) / "attention-policy.json";
+  return std::filesystem::is_directory(model_path, ec) && std::filesystem::exists(file, ec)
+             ? file.string()
+             : std::string();
+}
+
+StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& flag_path,
+                                                   const models::ModelConfig& config,
+                                                   const std::string& model_path) {
   const attention::ModelShape shape{config.num_layers, config.num_heads, config.num_kv_heads};
+  const std::string path = flag_path.empty() ? ModelPolicyFile(model_path) : flag_path;
   if (path.empty()) return attention::DensePolicySet(shape);
   HW_ASSIGN_OR_RETURN(attention::PolicySet set, attention::LoadPolicyFile(path, shape));
   if (!set.IsDense()) {
@@ -14,7 +26,7 @@ StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& path,
       if (set.policies[i].storage != attention::StorageKind::kFull) sparse_heads += counts[i];
     }
     return Unimplemented(
-        "--attention-policy {}: \"{}\" gives {} of {} KV heads sink/window or compressed "
+        "attention policy {}: \"{}\" gives {} of {} KV heads sink/window or compressed "
         "storage; this build runs policies with full storage on every head only (sparse "
         "storage is in progress)",
         path, set.name, sparse_heads, config.num_layers * config.num_kv_heads);

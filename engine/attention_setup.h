@@ -1,7 +1,8 @@
-// Which attention policy a model runs with: the file named by --attention-policy, else dense
-// attention everywhere. The file is validated against the model's shape, and a policy the engine
-// cannot run yet is refused here, at startup: a sparse policy must never be silently served as
-// dense.
+// Which attention policy a model runs with: the file named by --attention-policy; else the
+// model's own entry, `attention-policy.json` in its directory (configs/models/<m>/ or any model
+// directory); else dense attention everywhere. The file is validated against the model's shape,
+// and a policy the engine cannot run yet is refused here, at startup: a sparse policy must never
+// be silently served as dense.
 #pragma once
 
 #include <string>
@@ -13,6 +14,10 @@
 namespace headwise::engine {
 
 StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& path,
-                                                   const models::ModelConfig& config);
+                                                   const models::ModelConfig& config,
+                                                   const std::string& model_path);
+
+// The model's own policy file, or "" when its directory has none (or it is a single file).
+std::string ModelPolicyFile(const std::string& model_path);
 
 }  // namespace headwise::engine

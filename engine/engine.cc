@@ -403,12 +403,13 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   }
   if (c.max_waiting < 0) return InvalidArgument("max_waiting must be >= 0, got {}", c.max_waiting);
   if (c.page_size < 1) return InvalidArgument("page size must be >= 1, got {}", c.page_size);
-  HW_ASSIGN_OR_RETURN(attention::PolicySet policy, LoadAttentionPolicy(c.attention_policy, mc));
+  HW_ASSIGN_OR_RETURN(attention::PolicySet policy,
+                      LoadAttentionPolicy(c.attention_policy, mc, model.path));
   if (policy.page_size != c.page_size) {
     return InvalidArgument(
-        "--attention-policy {}: kv_cache.page_size {} differs from the "
+        "attention policy \"{}\": kv_cache.page_size {} differs from the "
         "engine's page size {}",
-        c.attention_policy, policy.page_size, c.page_size);
+        policy.name, policy.page_size, c.page_size);
   }
   const int pages_per_block = mc.num_layers * mc.num_kv_heads;
   const int blocks_per_request = (c.max_model_len + c.page_size - 1) / c.page_size;

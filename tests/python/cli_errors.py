@@ -138,6 +138,15 @@ def case_policy_other_model(tmp):
     return TINY, "8 is not a layer of this model", ["--attention-policy", p]
 
 
+def case_policy_from_model_dir(tmp):
+    # The model's own attention-policy.json applies without the flag.
+    d = copy_tiny(tmp)
+    ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "decode": {"mode": "retained"}}
+    json.dump({"schema": "attn-policy/v1", "policies": {"streaming": ring}, "assignment": {"default": "streaming"}},
+              open(os.path.join(d, "attention-policy.json"), "w"))
+    return d, "attention-policy.json", []
+
+
 def case_policy_sparse_refused(tmp):
     ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "decode": {"mode": "retained"}}
     p = write_policy(tmp, {"streaming": ring}, "streaming")

@@ -5,6 +5,7 @@ answers /health and normal requests afterwards. Prints "N passed, M failed"."""
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -247,6 +248,12 @@ def main():
                        "policies": {"full": {"storage": {"kind": "full"}}}, "assignment": {"default": "full"}}, f)
         with Server("--served-model-name", "tiny", "--attention-policy", policy) as srv:
             runner.run("policy_reported", test_policy_reported, srv, "baseline-arm")
+        # A model directory's own attention-policy.json applies without the flag.
+        model = os.path.join(tmp, "model")
+        shutil.copytree(TINY, model)
+        shutil.copy(policy, os.path.join(model, "attention-policy.json"))
+        with Server("--served-model-name", "tiny", model=model) as srv:
+            runner.run("policy_from_model_dir", test_policy_reported, srv, "baseline-arm")
     with Server("--served-model-name", "tiny", "--max-num-seqs", "1", "--max-waiting", "1", chat_template=None) as srv:
         runner.run("queue_full_503", test_queue_full, srv)
         runner.run("no_chat_template", test_no_chat_template, srv)
