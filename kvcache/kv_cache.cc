@@ -5,6 +5,12 @@
 
 namespace headwise::kvcache {
 
+const Retention& HeadClassLayout::RetentionOf(int layer, int cls) const {
+  static const Retention kFull;
+  if (retention.empty()) return kFull;
+  return retention[static_cast<size_t>(layer)][static_cast<size_t>(cls)];
+}
+
 HeadClassLayout HeadClassLayout::Dense(int num_layers, int num_kv_heads) {
   HeadClassLayout layout;
   std::vector<int> heads(static_cast<size_t>(num_kv_heads));
@@ -36,6 +42,33 @@ Status HeadClassLayout::Validate(int num_layers, int num_kv_heads) const {
         return InvalidArgument("layer {}: KV head {} in no class", l, h);
     }
   }
+  if (retention.empty()) return Status::Ok();
+  if (retention.size() != classes.size()) {
+    return InvalidArgument("retention covers {} layers, the classes {}", retention.size(),
+                           classes.size());
+  }
+  const Retention* ring = nullptr;
+  for (int l = 0; l < num_layers; ++l) {
+    const auto& r = retention[static_cast<size_t>(l)];
+    if (r.size() != classes[static_cast<size_t>(l)].size()) {
+      return InvalidArgument("layer {}: retention for {} classes, {} classes", l, r.size(),
+                             classes[static_cast<size_t>(l)].size());
+    }
+    for (const Retention& c : r) {
+      if (!c.ring) continue;
+      if (c.sink < 0 || c.window < 1) {
+        return InvalidArgument("layer {}: ring sink {} window {}: need sink >= 0, window >= 1", l,
+                               c.sink, c.window);
+      }
+      if (ring != nullptr && (ring->sink != c.sink || ring->window != c.window)) {
+        return InvalidArgument(
+            "ring classes of different sizes (sink {} window {} and sink {} "
+            "window {}) are not supported",
+            ring->sink, ring->window, c.sink, c.window);
+      }
+      ring = &c;
+    }
+  }
   return Status::Ok();
 }
 
@@ -50,21 +83,48 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
   head_class_.assign(layers, std::vector<int>(heads));
   head_index_ = head_class_;
   page_index_ = head_class_;
+  is_ring_.assign(layers, std::vector<char>(heads, 0));
   for (size_t l = 0; l < layers; ++l) {
     for (size_t c = 0; c < layout_.classes[l].size(); ++c) {
       const auto& cls = layout_.classes[l][c];
+      const Retention& r = layout_.RetentionOf(static_cast<int>(l), static_cast<int>(c));
+      if (r.ring) ring_retention_ = r;
       for (size_t i = 0; i < cls.size(); ++i) {
         const auto h = static_cast<size_t>(cls[i]);
         head_class_[l][h] = static_cast<int>(c);
         head_index_[l][h] = static_cast<int>(i);
-        page_index_[l][h] = pages_per_block_++;  // class by class, heads in class order
+        is_ring_[l][h] = r.ring ? 1 : 0;
+        // Class by class, heads in class order, within their kind of block.
+        page_index_[l][h] = r.ring ? ring_pages_per_block_++ : pages_per_block_++;
       }
     }
   }
   HW_CHECK(config.num_pages >= 0, "num_pages {}", config.num_pages);
-  const int num_blocks = config.num_pages / pages_per_block_;
+  int ring_region = 0;
+  if (ring_pages_per_block_ > 0) {
+    const int ps = config.page_size;
+    HW_CHECK(config.max_ring_sequences > 0 && config.ring_chunk_tokens >= 0,
+             "ring classes need max_ring_sequences ({}) and ring_chunk_tokens ({})",
+             config.max_ring_sequences, config.ring_chunk_tokens);
+    sink_blocks_ = (ring_retention_.sink + ps - 1) / ps;
+    // The live window plus a step's new tokens span at most ceil(.../ps) + 1 pages.
+    window_blocks_ = (ring_retention_.window + config.ring_chunk_tokens + ps - 1) / ps + 1;
+    num_ring_blocks_ = config.max_ring_sequences * (sink_blocks_ + window_blocks_);
+    ring_region = num_ring_blocks_ * ring_pages_per_block_;
+    HW_CHECK(ring_region <= config.num_pages, "ring region of {} pages > pool of {}", ring_region,
+             config.num_pages);
+  }
+  const int num_blocks =
+      pages_per_block_ > 0 ? (config.num_pages - ring_region) / pages_per_block_ : 0;
   blocks_.resize(static_cast<size_t>(num_blocks));
   for (int32_t b = num_blocks - 1; b >= 0; --b) free_block_ids_.push_back(b);
+  const int ring_base = num_blocks * pages_per_block_;
+  for (size_t l = 0; l < layers; ++l) {
+    for (size_t h = 0; h < heads; ++h) {
+      if (is_ring_[l][h]) page_index_[l][h] += ring_base;
+    }
+  }
+  for (int32_t b = num_ring_blocks_ - 1; b >= 0; --b) free_ring_ids_.push_back(b);
   // Storage type is the backend's choice (f32 on the CPU, bf16 on CUDA).
   const DType dtype = backend.device() == Device::kCpu ? DType::kF32 : DType::kBF16;
   k_pool_ = backend.Allocate(dtype, {config.num_pages, config.page_size, config.head_dim});
@@ -95,6 +155,13 @@ std::optional<int32_t> KvCache::AllocateBlock() {
   Block& b = blocks_[static_cast<size_t>(id)];
   b = Block();
   b.refs = 1;
+  return id;
+}
+
+std::optional<int32_t> KvCache::AllocateRingBlock() {
+  if (free_ring_ids_.empty()) return std::nullopt;
+  const int32_t id = free_ring_ids_.back();
+  free_ring_ids_.pop_back();
   return id;
 }
 
@@ -143,9 +210,15 @@ SequenceKv::~SequenceKv() {
 }
 
 SequenceKv::SequenceKv(SequenceKv&& o) noexcept
-    : cache_(o.cache_), blocks_(std::move(o.blocks_)), hashes_(std::move(o.hashes_)) {
+    : cache_(o.cache_),
+      blocks_(std::move(o.blocks_)),
+      ring_blocks_(std::move(o.ring_blocks_)),
+      hashes_(std::move(o.hashes_)),
+      capacity_tokens_(o.capacity_tokens_) {
   o.blocks_.clear();
+  o.ring_blocks_.clear();
   o.hashes_.clear();
+  o.capacity_tokens_ = 0;
 }
 
 uint64_t SequenceKv::HashOf(size_t page, std::span<const int32_t> tokens) const {
@@ -174,25 +247,49 @@ int SequenceKv::AttachCachedPrefix(std::span<const int32_t> tokens) {
     blocks_.push_back(*block);
     hashes_.push_back(hash);
   }
-  return static_cast<int>(blocks_.size() * ps);
+  capacity_tokens_ = static_cast<int>(blocks_.size() * ps);
+  return capacity_tokens_;
 }
 
 Status SequenceKv::Reserve(int num_tokens) {
-  const size_t want = static_cast<size_t>(cache_->BlocksFor(num_tokens));
-  const size_t have = blocks_.size();
-  while (blocks_.size() < want) {
-    auto block = cache_->AllocateBlock();
-    if (!block) {
-      const int needed = static_cast<int>(want - have) * cache_->pages_per_block();
-      while (blocks_.size() > have) {
-        cache_->ReleaseBlock(blocks_.back());
-        blocks_.pop_back();
-      }
-      return ResourceExhausted("KV cache: {} pages needed, {} free of {}", needed,
-                               cache_->num_pages_free(), cache_->num_pages());
+  if (num_tokens <= capacity_tokens_) return Status::Ok();
+  const size_t have = blocks_.size(), have_ring = ring_blocks_.size();
+  const auto undo = [&] {
+    while (blocks_.size() > have) {
+      cache_->ReleaseBlock(blocks_.back());
+      blocks_.pop_back();
     }
-    blocks_.push_back(*block);
+    while (ring_blocks_.size() > have_ring) {
+      cache_->ReleaseRingBlock(ring_blocks_.back());
+      ring_blocks_.pop_back();
+    }
+  };
+  // Ring heads: a fixed set of blocks, taken at the first reservation.
+  if (cache_->ring_pages_per_block() > 0 && ring_blocks_.empty()) {
+    while (static_cast<int>(ring_blocks_.size()) < cache_->ring_blocks_per_sequence()) {
+      auto block = cache_->AllocateRingBlock();
+      if (!block) {
+        undo();
+        return ResourceExhausted("KV cache: the ring pages of all {} sequences are in use",
+                                 cache_->config().max_ring_sequences);
+      }
+      ring_blocks_.push_back(*block);
+    }
   }
+  const size_t want = static_cast<size_t>(cache_->BlocksFor(num_tokens));
+  if (cache_->pages_per_block() > 0) {
+    while (blocks_.size() < want) {
+      auto block = cache_->AllocateBlock();
+      if (!block) {
+        const int needed = static_cast<int>(want - have) * cache_->pages_per_block();
+        undo();
+        return ResourceExhausted("KV cache: {} pages needed, {} free of {}", needed,
+                                 cache_->num_pages_free(), cache_->num_pages());
+      }
+      blocks_.push_back(*block);
+    }
+  }
+  capacity_tokens_ = static_cast<int>(want) * cache_->config().page_size;
   return Status::Ok();
 }
 
@@ -211,11 +308,27 @@ void SequenceKv::CommitComputed(std::span<const int32_t> tokens, int num_compute
 
 void SequenceKv::Release() {
   for (int32_t b : blocks_) cache_->ReleaseBlock(b);
+  for (int32_t b : ring_blocks_) cache_->ReleaseRingBlock(b);
   blocks_.clear();
+  ring_blocks_.clear();
   hashes_.clear();
+  capacity_tokens_ = 0;
+}
+
+int32_t SequenceKv::RingBlock(int logical_page) const {
+  HW_CHECK(!ring_blocks_.empty() && logical_page >= 0, "no ring blocks for logical page {}",
+           logical_page);
+  const int sinks = cache_->sink_blocks();
+  const int p = logical_page < sinks ? logical_page
+                                     : sinks + (logical_page - sinks) % cache_->window_blocks();
+  return ring_blocks_[static_cast<size_t>(p)];
 }
 
 int32_t SequenceKv::Page(int layer, int kv_head, int logical_page) const {
+  if (cache_->IsRing(layer, kv_head)) {
+    return RingBlock(logical_page) * cache_->ring_pages_per_block() +
+           cache_->PageIndex(layer, kv_head);
+  }
   HW_CHECK_LT(static_cast<size_t>(logical_page), blocks_.size());
   return blocks_[static_cast<size_t>(logical_page)] * cache_->pages_per_block() +
          cache_->PageIndex(layer, kv_head);

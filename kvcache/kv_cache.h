@@ -9,11 +9,14 @@
 // Pages of full-storage classes are handed out in blocks: a block is logical page p of a
 // sequence for every (layer, class, head) at once, L x Hkv physical pages, and block b owns the
 // contiguous pages [b * L * Hkv, (b + 1) * L * Hkv). So a kernel finds any head's page from one
-// block table per sequence: page = block * pages_per_block + PageIndex(layer, kv_head). Blocks are the unit
-// of prefix caching: a full block is keyed by a hash chain over the tokens of all pages up to
-// it, reference counted while sequences use it, and kept, evictable in LRU order, once none
-// does. A hit is verified against the stored tokens, so a hash collision cannot serve another
-// prompt's KV.
+// block table per sequence: page = block * pages_per_block + PageIndex(layer, kv_head). Ring
+// classes (a sink and a moving window, Retention) live in a region of their own at the end of
+// the pool, in ring blocks of one page per ring (layer, head); a sequence holds a fixed number of
+// them and logical pages past the sinks cycle through its window blocks, so ring heads are
+// addressed by the same formula through RingBlock(). Blocks are the unit of prefix caching: a full
+// block is keyed by a hash chain over the tokens of all pages up to it, reference counted while
+// sequences use it, and kept, evictable in LRU order, once none does. A hit is verified against the
+// stored tokens, so a hash collision cannot serve another prompt's KV.
 #pragma once
 
 #include <cstdint>
@@ -34,15 +37,33 @@ struct KvCacheConfig {
   int head_dim = 0;
   int page_size = 16;
   int num_pages = 0;
+  // With ring classes: sequences that may hold ring pages at once (the ring region is sized for
+  // them; the rest of num_pages serves full classes), and the tokens a step may write beyond the
+  // window before attention reads them (a prefill chunk), which the ring must also hold.
+  int max_ring_sequences = 0;
+  int ring_chunk_tokens = 0;
 };
 
-// Which KV heads of each layer share a retention rule: classes[layer][class] = KV heads.
+// How a class keeps its tokens. Full: all of them. Ring: the first `sink` tokens and the most
+// recent `window`, in a fixed set of pages per sequence whose window pages are reused as the
+// window moves on (StreamingLLM, DuoAttention's streaming heads).
+struct Retention {
+  bool ring = false;
+  int sink = 0;
+  int window = 0;
+};
+
+// Which KV heads of each layer share a retention rule: classes[layer][class] = KV heads, kept
+// as retention[layer][class] says (empty: every class full). Ring classes share one (sink,
+// window) geometry.
 struct HeadClassLayout {
   std::vector<std::vector<std::vector<int>>> classes;
+  std::vector<std::vector<Retention>> retention;
 
   // One class per layer with every KV head: dense attention.
   static HeadClassLayout Dense(int num_layers, int num_kv_heads);
   Status Validate(int num_layers, int num_kv_heads) const;
+  const Retention& RetentionOf(int layer, int cls) const;
 };
 
 struct PrefixCacheStats {
@@ -62,16 +83,30 @@ class KvCache {
   int ClassOf(int layer, int kv_head) const { return head_class_[layer][kv_head]; }
   int IndexInClass(int layer, int kv_head) const { return head_index_[layer][kv_head]; }
 
+  // Pages of a full block: one per (layer, head) of the full classes.
   int pages_per_block() const { return pages_per_block_; }
-  // Position of (layer, kv_head)'s page inside every block.
+  // (layer, kv_head)'s page inside its block: page = block * (its kind's pages per block) +
+  // PageIndex. Ring heads' indices start at the ring region's first page, so one formula serves
+  // both kinds of block.
   int PageIndex(int layer, int kv_head) const { return page_index_[layer][kv_head]; }
+  bool IsRing(int layer, int kv_head) const { return is_ring_[layer][kv_head] != 0; }
+  // Ring geometry: pages of a ring block (one per ring (layer, head)), ring blocks a sequence
+  // holds, of which the first sink_blocks() keep the sinks and the rest cycle for the window.
+  int ring_pages_per_block() const { return ring_pages_per_block_; }
+  int ring_blocks_per_sequence() const { return sink_blocks_ + window_blocks_; }
+  int sink_blocks() const { return sink_blocks_; }
+  int window_blocks() const { return window_blocks_; }
+  const Retention& ring_retention() const { return ring_retention_; }
   int num_blocks() const { return static_cast<int>(blocks_.size()); }
-  // Usable pages: whole blocks only.
-  int num_pages() const { return num_blocks() * pages_per_block_; }
+  // Usable pages: whole blocks only, of both kinds.
+  int num_pages() const {
+    return num_blocks() * pages_per_block_ + num_ring_blocks_ * ring_pages_per_block_;
+  }
   // Pages held by sequences; cached pages that nobody uses count as free (evictable).
   int num_pages_used() const {
     return (num_blocks() - static_cast<int>(free_block_ids_.size())) * pages_per_block_ -
-           num_evictable_pages();
+           num_evictable_pages() +
+           (num_ring_blocks_ - static_cast<int>(free_ring_ids_.size())) * ring_pages_per_block_;
   }
   int num_pages_free() const { return num_pages() - num_pages_used(); }
   // Blocks a sequence of `tokens` tokens needs.
@@ -82,7 +117,8 @@ class KvCache {
   }
 
   void set_prefix_caching(bool on) { prefix_caching_ = on; }
-  bool prefix_caching() const { return prefix_caching_; }
+  // Ring pages are overwritten as their window moves, so a cache with ring classes shares none.
+  bool prefix_caching() const { return prefix_caching_ && ring_pages_per_block_ == 0; }
   const PrefixCacheStats& prefix_stats() const { return prefix_stats_; }
 
   // Bytes of K+V per page, for turning a memory budget into a page count.
@@ -101,6 +137,8 @@ class KvCache {
 
   std::optional<int32_t> AllocateBlock();
   void ReleaseBlock(int32_t block);
+  std::optional<int32_t> AllocateRingBlock();
+  void ReleaseRingBlock(int32_t block) { free_ring_ids_.push_back(block); }
   std::optional<int32_t> FindCached(uint64_t hash, uint64_t parent_hash,
                                     std::span<const int32_t> tokens);
   void CommitBlock(int32_t block, uint64_t hash, uint64_t parent_hash,
@@ -112,12 +150,18 @@ class KvCache {
   std::vector<std::vector<int>> head_class_;
   std::vector<std::vector<int>> head_index_;
   std::vector<std::vector<int>> page_index_;
+  std::vector<std::vector<char>> is_ring_;
   int pages_per_block_ = 0;
+  int ring_pages_per_block_ = 0;
+  Retention ring_retention_;
+  int sink_blocks_ = 0, window_blocks_ = 0;
+  int num_ring_blocks_ = 0;
+  std::vector<int32_t> free_ring_ids_;
   kernels::Buffer k_pool_;
   kernels::Buffer v_pool_;
 
   bool prefix_caching_ = true;
-  std::vector<Block> blocks_;              // one per block of pages, allocated or not
+  std::vector<Block> blocks_;            // one per block of pages, allocated or not
   std::vector<int32_t> free_block_ids_;  // LIFO: recently freed blocks are reused first
   std::unordered_map<uint64_t, int32_t> cached_;
   std::list<int32_t> lru_;  // cached blocks nobody uses, oldest first
@@ -145,14 +189,17 @@ class SequenceKv {
   // Drops every block reference.
   void Release();
 
-  int capacity_tokens() const {
-    return static_cast<int>(blocks_.size()) * cache_->config().page_size;
-  }
+  // Tokens reserved: ring heads keep only their sinks and window of them.
+  int capacity_tokens() const { return capacity_tokens_; }
   int num_pages_held() const {
-    return static_cast<int>(blocks_.size()) * cache_->pages_per_block();
+    return static_cast<int>(blocks_.size()) * cache_->pages_per_block() +
+           static_cast<int>(ring_blocks_.size()) * cache_->ring_pages_per_block();
   }
-  // Block of each logical page, in order.
+  // Full block of each logical page, in order.
   const std::vector<int32_t>& blocks() const { return blocks_; }
+  // Ring block holding logical page `logical_page` of the ring heads (sink pages first, then
+  // the window's pages in turn); needs a reservation.
+  int32_t RingBlock(int logical_page) const;
   // Physical page of logical page `logical_page` for (layer, kv_head).
   int32_t Page(int layer, int kv_head, int logical_page) const;
   // Physical slot (page * page_size + offset) of token `position` for (layer, kv_head).
@@ -162,8 +209,10 @@ class SequenceKv {
   uint64_t HashOf(size_t page, std::span<const int32_t> tokens) const;
 
   KvCache* cache_;
-  std::vector<int32_t> blocks_;   // per logical page
-  std::vector<uint64_t> hashes_;  // hash chain of the committed/attached full pages
+  std::vector<int32_t> blocks_;       // full block per logical page
+  std::vector<int32_t> ring_blocks_;  // the sequence's ring blocks, once reserved
+  std::vector<uint64_t> hashes_;      // hash chain of the committed/attached full pages
+  int capacity_tokens_ = 0;
 };
 
 }  // namespace headwise::kvcache

@@ -110,6 +110,118 @@ TEST_CASE("Prefix cache off: nothing is shared", "[kvcache]") {
   CHECK(b.AttachCachedPrefix(prompt) == 0);
 }
 
+// Layer l of 3 heads: class 0 = heads {0, 1} full, class 1 = head {2} a ring (DuoAttention's
+// split); or every head a ring (StreamingLLM).
+HeadClassLayout RingLayout(bool all_ring, int sink, int window) {
+  HeadClassLayout layout;
+  const Retention ring{true, sink, window};
+  for (int l = 0; l < 2; ++l) {
+    if (all_ring) {
+      layout.classes.push_back({{0, 1, 2}});
+      layout.retention.push_back({ring});
+    } else {
+      layout.classes.push_back({{0, 1}, {2}});
+      layout.retention.push_back({Retention{}, ring});
+    }
+  }
+  return layout;
+}
+
+TEST_CASE("Ring classes: sinks and a recycled window in fixed pages per sequence", "[kvcache]") {
+  auto be = kernels::CreateCpuBackend(1);
+  KvCacheConfig c = SmallConfig(200);
+  c.max_ring_sequences = 2;
+  c.ring_chunk_tokens = 3;
+  // page 4: sink 5 -> 2 sink blocks; window 9 + chunk 3 -> 3 + 1 = 4 window blocks.
+  KvCache cache(c, RingLayout(/*all_ring=*/true, 5, 9), *be);
+  CHECK(cache.pages_per_block() == 0);
+  CHECK(cache.ring_pages_per_block() == 6);
+  CHECK(cache.ring_blocks_per_sequence() == 6);
+  CHECK(cache.num_pages() == 2 * 6 * 6);
+  CHECK_FALSE(cache.prefix_caching());
+
+  SequenceKv a(cache), b(cache), third(cache);
+  REQUIRE(a.Reserve(1000).ok());  // any length: the ring pages are fixed
+  REQUIRE(b.Reserve(7).ok());
+  CHECK(a.num_pages_held() == 36);
+  CHECK(a.capacity_tokens() >= 1000);
+  CHECK(third.Reserve(1).code() == StatusCode::kResourceExhausted);
+  CHECK(third.num_pages_held() == 0);
+
+  // At every length n, the live tokens (sinks, and the window plus a chunk of new tokens) of
+  // every (layer, head) of both sequences sit in distinct slots.
+  for (int n = 1; n <= 300; ++n) {
+    std::set<int32_t> slots;
+    size_t live = 0;
+    for (const SequenceKv* seq : {&a, &b}) {
+      for (int l = 0; l < 2; ++l) {
+        for (int h = 0; h < 3; ++h) {
+          for (int p = 0; p < n; ++p) {
+            if (p >= 5 && p < n - 9 - 3) continue;
+            slots.insert(seq->Slot(l, h, p));
+            ++live;
+          }
+        }
+      }
+    }
+    INFO("n " << n);
+    REQUIRE(slots.size() == live);
+  }
+  // Past the sinks, logical pages cycle through the window blocks.
+  CHECK(a.RingBlock(2) == a.RingBlock(6));
+  CHECK(a.RingBlock(1) != a.RingBlock(5));
+  CHECK(a.Slot(1, 2, 8) == a.Slot(1, 2, 24));
+  for (int32_t slot : {a.Slot(0, 0, 0), a.Slot(1, 2, 299)}) {
+    CHECK(slot >= 0);
+    CHECK(slot < c.num_pages * c.page_size);
+  }
+  a.Release();
+  CHECK(third.Reserve(1).ok());
+}
+
+TEST_CASE("Ring and full classes side by side: two regions, one addressing rule", "[kvcache]") {
+  auto be = kernels::CreateCpuBackend(1);
+  KvCacheConfig c = SmallConfig(100);
+  c.max_ring_sequences = 3;
+  c.ring_chunk_tokens = 0;
+  KvCache cache(c, RingLayout(/*all_ring=*/false, 4, 8), *be);
+  // Full blocks hold heads 0 and 1 of both layers; ring blocks head 2 of both.
+  CHECK(cache.pages_per_block() == 4);
+  CHECK(cache.ring_pages_per_block() == 2);
+  CHECK(cache.ring_blocks_per_sequence() == 1 + 3);
+  const int ring_pages = 3 * 4 * 2;
+  CHECK(cache.num_pages() == ring_pages + (100 - ring_pages) / 4 * 4);
+  CHECK(cache.IsRing(0, 2));
+  CHECK_FALSE(cache.IsRing(1, 1));
+  CHECK(cache.PageIndex(0, 2) >= (100 - ring_pages) / 4 * 4);
+
+  SequenceKv seq(cache);
+  REQUIRE(seq.Reserve(10).ok());
+  CHECK(seq.num_pages_held() == 3 * 4 + 4 * 2);
+  REQUIRE(seq.Reserve(30).ok());  // full heads grow, ring heads do not
+  CHECK(seq.num_pages_held() == 8 * 4 + 4 * 2);
+  for (int p = 0; p < 30; ++p) {
+    CHECK(seq.Page(1, 0, p / 4) ==
+          seq.blocks()[static_cast<size_t>(p / 4)] * 4 + cache.PageIndex(1, 0));
+    CHECK(seq.Page(1, 2, p / 4) == seq.RingBlock(p / 4) * 2 + cache.PageIndex(1, 2));
+  }
+  std::set<int32_t> full_pages, ring_pages_seen;
+  for (int l = 0; l < 2; ++l) {
+    for (int p = 0; p < 8; ++p) {
+      full_pages.insert(seq.Page(l, 0, p));
+      full_pages.insert(seq.Page(l, 1, p));
+      ring_pages_seen.insert(seq.Page(l, 2, p));
+    }
+  }
+  for (int32_t page : ring_pages_seen) CHECK(full_pages.count(page) == 0);
+  // A failed reservation leaves both regions as they were.
+  const int free_before = cache.num_pages_free();
+  CHECK(seq.Reserve(10000).code() == StatusCode::kResourceExhausted);
+  CHECK(cache.num_pages_free() == free_before);
+  seq.Release();
+  CHECK(cache.num_pages_used() == 0);
+}
+
 TEST_CASE("HeadClassLayout validation names the problem", "[kvcache]") {
   HeadClassLayout layout;
   layout.classes = {{{0, 1}, {1}}};
@@ -121,6 +233,16 @@ TEST_CASE("HeadClassLayout validation names the problem", "[kvcache]") {
   layout.classes = {{{0, 5}}};
   CHECK_THAT(layout.Validate(1, 3).message(), Catch::Contains("out of range"));
   CHECK_THAT(layout.Validate(2, 2).message(), Catch::Contains("layers"));
+  HeadClassLayout ring = RingLayout(false, 4, 8);
+  CHECK(ring.Validate(2, 3).ok());
+  ring.retention[1][1].window = 0;
+  CHECK_THAT(ring.Validate(2, 3).message(), Catch::Contains("window"));
+  ring = RingLayout(false, 4, 8);
+  ring.retention[1][1].sink = 2;
+  CHECK_THAT(ring.Validate(2, 3).message(), Catch::Contains("different sizes"));
+  ring = RingLayout(false, 4, 8);
+  ring.retention[0].pop_back();
+  CHECK_THAT(ring.Validate(2, 3).message(), Catch::Contains("retention for 1 classes"));
 }
 
 }  // namespace
