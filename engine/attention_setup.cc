@@ -34,4 +34,32 @@ StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& flag_path,
   return set;
 }
 
+StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& set) {
+  kvcache::HeadClassLayout layout;
+  for (const auto& heads : set.head_policy) {
+    auto& classes = layout.classes.emplace_back();
+    auto& retention = layout.retention.emplace_back();
+    for (size_t p = 0; p < set.policies.size(); ++p) {
+      std::vector<int> members;
+      for (size_t h = 0; h < heads.size(); ++h) {
+        if (heads[h] == static_cast<int>(p)) members.push_back(static_cast<int>(h));
+      }
+      if (members.empty()) continue;
+      const attention::Policy& policy = set.policies[p];
+      kvcache::Retention r;
+      if (policy.storage == attention::StorageKind::kCompressOnce) {
+        return Unimplemented("policy \"{}\": compress_once storage is not built yet", policy.name);
+      }
+      if (policy.storage == attention::StorageKind::kRing) r = {true, policy.sink, policy.window};
+      classes.push_back(std::move(members));
+      retention.push_back(r);
+    }
+  }
+  const int layers = static_cast<int>(set.head_policy.size());
+  const int kv_heads = layers > 0 ? static_cast<int>(set.head_policy.front().size()) : 0;
+  HW_RETURN_IF_ERROR(layout.Validate(layers, kv_heads)
+                         .WithContext(fmt::format("attention policy \"{}\"", set.name)));
+  return layout;
+}
+
 }  // namespace headwise::engine

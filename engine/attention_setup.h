@@ -9,6 +9,7 @@
 
 #include "core/status.h"
 #include "engine/attention/policy.h"
+#include "kvcache/kv_cache.h"
 #include "models/model_config.h"
 
 namespace headwise::engine {
@@ -19,5 +20,10 @@ StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& path,
 
 // The model's own policy file, or "" when its directory has none (or it is a single file).
 std::string ModelPolicyFile(const std::string& model_path);
+
+// The KV cache's head classes for a policy set: per layer, the KV heads of each policy (in
+// policy order), full storage as full classes and ring storage as rings. compress_once is not
+// built yet (Unimplemented).
+StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& set);
 
 }  // namespace headwise::engine

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "engine/attention/policy.h"
+#include "engine/attention_setup.h"
 #include "tests/test_util.h"
 
 namespace headwise::engine::attention {
@@ -270,6 +271,37 @@ TEST_CASE("Shipped policy files parse and assign as documented", "[policy]") {
   const PolicySet duo = load("duo-llama-3.1-8b.json");
   CHECK(duo.name == "duo-llama-3.1-8b-s50");
   CHECK(duo.HeadCounts() == std::vector<int>{128, 128});
+}
+
+TEST_CASE("Policy sets become KV-cache head classes", "[policy]") {
+  const std::string tsv =
+      Patterns("duo-attention/Meta-Llama-3.1-8B-Instruct/full_attention_heads.tsv");
+  auto duo = ParsePolicy(DuoPolicy(tsv, 0.5), kLlama3, "", "duo");
+  REQUIRE(duo.ok());
+  auto layout = CacheLayoutFor(*duo);
+  REQUIRE(layout.ok());
+  int ring_heads = 0;
+  for (int l = 0; l < 32; ++l) {
+    for (size_t c = 0; c < layout->classes[l].size(); ++c) {
+      const kvcache::Retention& r = layout->RetentionOf(l, static_cast<int>(c));
+      for (int h : layout->classes[l][c]) {
+        CHECK(r.ring == (duo->At(l, h).name == "streaming"));
+        if (r.ring) {
+          ++ring_heads;
+          CHECK(r.sink == 64);
+          CHECK(r.window == 256);
+        }
+      }
+    }
+  }
+  CHECK(ring_heads == 128);
+  auto dense = CacheLayoutFor(DensePolicySet(kLlama3));
+  REQUIRE(dense.ok());
+  CHECK(dense->classes[5].size() == 1);
+  CHECK_FALSE(dense->RetentionOf(5, 0).ring);
+  PolicySet razor = DensePolicySet(kLlama3);
+  razor.policies[0].storage = StorageKind::kCompressOnce;
+  CHECK(CacheLayoutFor(razor).status().code() == StatusCode::kUnimplemented);
 }
 
 TEST_CASE("Policy files: precise errors", "[policy]") {
