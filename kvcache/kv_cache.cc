@@ -107,8 +107,10 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
              "ring classes need max_ring_sequences ({}) and ring_chunk_tokens ({})",
              config.max_ring_sequences, config.ring_chunk_tokens);
     sink_blocks_ = (ring_retention_.sink + ps - 1) / ps;
-    // The live window plus a step's new tokens span at most ceil(.../ps) + 1 pages.
-    window_blocks_ = (ring_retention_.window + config.ring_chunk_tokens + ps - 1) / ps + 1;
+    // Past the sinks, position p lands on (p - sink pages' tokens) mod (window_blocks * ps) of
+    // the window's pages: tokens that are live together (the window plus a step's new ones) must
+    // span at most that many positions.
+    window_blocks_ = (ring_retention_.window + config.ring_chunk_tokens + ps - 1) / ps;
     num_ring_blocks_ = config.max_ring_sequences * (sink_blocks_ + window_blocks_);
     ring_region = num_ring_blocks_ * ring_pages_per_block_;
     HW_CHECK(ring_region <= config.num_pages, "ring region of {} pages > pool of {}", ring_region,

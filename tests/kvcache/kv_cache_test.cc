@@ -132,18 +132,18 @@ TEST_CASE("Ring classes: sinks and a recycled window in fixed pages per sequence
   KvCacheConfig c = SmallConfig(200);
   c.max_ring_sequences = 2;
   c.ring_chunk_tokens = 3;
-  // page 4: sink 5 -> 2 sink blocks; window 9 + chunk 3 -> 3 + 1 = 4 window blocks.
+  // page 4: sink 5 -> 2 sink blocks; window 9 + chunk 3 -> 3 window blocks.
   KvCache cache(c, RingLayout(/*all_ring=*/true, 5, 9), *be);
   CHECK(cache.pages_per_block() == 0);
   CHECK(cache.ring_pages_per_block() == 6);
-  CHECK(cache.ring_blocks_per_sequence() == 6);
-  CHECK(cache.num_pages() == 2 * 6 * 6);
+  CHECK(cache.ring_blocks_per_sequence() == 5);
+  CHECK(cache.num_pages() == 2 * 5 * 6);
   CHECK_FALSE(cache.prefix_caching());
 
   SequenceKv a(cache), b(cache), third(cache);
   REQUIRE(a.Reserve(1000).ok());  // any length: the ring pages are fixed
   REQUIRE(b.Reserve(7).ok());
-  CHECK(a.num_pages_held() == 36);
+  CHECK(a.num_pages_held() == 30);
   CHECK(a.capacity_tokens() >= 1000);
   CHECK(third.Reserve(1).code() == StatusCode::kResourceExhausted);
   CHECK(third.num_pages_held() == 0);
@@ -168,9 +168,9 @@ TEST_CASE("Ring classes: sinks and a recycled window in fixed pages per sequence
     REQUIRE(slots.size() == live);
   }
   // Past the sinks, logical pages cycle through the window blocks.
-  CHECK(a.RingBlock(2) == a.RingBlock(6));
-  CHECK(a.RingBlock(1) != a.RingBlock(5));
-  CHECK(a.Slot(1, 2, 8) == a.Slot(1, 2, 24));
+  CHECK(a.RingBlock(2) == a.RingBlock(5));
+  CHECK(a.RingBlock(1) != a.RingBlock(4));
+  CHECK(a.Slot(1, 2, 8) == a.Slot(1, 2, 20));
   for (int32_t slot : {a.Slot(0, 0, 0), a.Slot(1, 2, 299)}) {
     CHECK(slot >= 0);
     CHECK(slot < c.num_pages * c.page_size);
@@ -188,8 +188,8 @@ TEST_CASE("Ring and full classes side by side: two regions, one addressing rule"
   // Full blocks hold heads 0 and 1 of both layers; ring blocks head 2 of both.
   CHECK(cache.pages_per_block() == 4);
   CHECK(cache.ring_pages_per_block() == 2);
-  CHECK(cache.ring_blocks_per_sequence() == 1 + 3);
-  const int ring_pages = 3 * 4 * 2;
+  CHECK(cache.ring_blocks_per_sequence() == 1 + 2);
+  const int ring_pages = 3 * 3 * 2;
   CHECK(cache.num_pages() == ring_pages + (100 - ring_pages) / 4 * 4);
   CHECK(cache.IsRing(0, 2));
   CHECK_FALSE(cache.IsRing(1, 1));
@@ -197,9 +197,9 @@ TEST_CASE("Ring and full classes side by side: two regions, one addressing rule"
 
   SequenceKv seq(cache);
   REQUIRE(seq.Reserve(10).ok());
-  CHECK(seq.num_pages_held() == 3 * 4 + 4 * 2);
+  CHECK(seq.num_pages_held() == 3 * 4 + 3 * 2);
   REQUIRE(seq.Reserve(30).ok());  // full heads grow, ring heads do not
-  CHECK(seq.num_pages_held() == 8 * 4 + 4 * 2);
+  CHECK(seq.num_pages_held() == 8 * 4 + 3 * 2);
   for (int p = 0; p < 30; ++p) {
     CHECK(seq.Page(1, 0, p / 4) ==
           seq.blocks()[static_cast<size_t>(p / 4)] * 4 + cache.PageIndex(1, 0));
