@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cpu/thread_pool.h"
+#include "tests/backend_util.h"
 
 namespace headwise::kernels {
 namespace {
@@ -21,16 +22,9 @@ std::vector<float> Random(size_t n, std::mt19937& rng, float scale = 1.0f) {
   return v;
 }
 
-Buffer Upload(Backend& be, const std::vector<float>& v, std::initializer_list<int64_t> shape) {
-  Buffer b = be.Allocate(DType::kF32, shape);
-  be.CopyFromHost(b.view(), v.data(), v.size() * sizeof(float));
-  return b;
-}
-Buffer UploadI32(Backend& be, const std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
-  Buffer b = be.Allocate(DType::kI32, shape);
-  be.CopyFromHost(b.view(), v.data(), v.size() * sizeof(int32_t));
-  return b;
-}
+using testing::Upload;
+using testing::UploadI32;
+
 // A fresh output buffer filled with NaN, so an unwritten element cannot pass.
 Buffer Poisoned(Backend& be, std::initializer_list<int64_t> shape) {
   Buffer b = be.Allocate(DType::kF32, shape);

@@ -10,6 +10,7 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kvcache/kv_cache.h"
+#include "tests/backend_util.h"
 
 namespace headwise::kvcache {
 namespace {
@@ -20,21 +21,9 @@ using kernels::Buffer;
 using kernels::PagedAttentionBatch;
 using kernels::SparseDecodeBatch;
 
-Buffer UploadF32(Backend& be, const std::vector<float>& v, std::initializer_list<int64_t> shape) {
-  Buffer b = be.Allocate(DType::kF32, shape);
-  be.CopyFromHost(b.view(), v.data(), v.size() * sizeof(float));
-  return b;
-}
-Buffer UploadI32(Backend& be, const std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
-  Buffer b = be.Allocate(DType::kI32, shape);
-  be.CopyFromHost(b.view(), v.data(), v.size() * sizeof(int32_t));
-  return b;
-}
-std::vector<float> Download(Backend& be, const Buffer& b) {
-  std::vector<float> v(static_cast<size_t>(b.view().numel()));
-  be.CopyToHost(v.data(), b.view(), v.size() * sizeof(float));
-  return v;
-}
+using testing::Download;
+using testing::Upload;
+using testing::UploadI32;
 
 // A cache of one layer with every KV head in `retention`, and the table rows its kernels read.
 struct OneLayer {
@@ -93,12 +82,12 @@ TEST_CASE("Ring storage: decode over sinks + window equals attention over a full
 
   std::vector<float> inv_freq(d / 2);
   for (int i = 0; i < d / 2; ++i) inv_freq[static_cast<size_t>(i)] = std::pow(1e4f, -2.0f * i / d);
-  Buffer freq = UploadF32(*be, inv_freq, {d / 2});
+  Buffer freq = Upload(*be, inv_freq, {d / 2});
   Buffer zero = UploadI32(*be, {0}, {1});
   for (int pos = 0; pos < steps; ++pos) {
     std::vector<float> qkv(static_cast<size_t>((hq + 2 * hkv) * d));
     for (float& x : qkv) x = dist(rng);
-    Buffer qkv_b = UploadF32(*be, qkv, {1, (hq + 2 * hkv) * d});
+    Buffer qkv_b = Upload(*be, qkv, {1, (hq + 2 * hkv) * d});
     Buffer pos_b = UploadI32(*be, {pos}, {1});
     std::vector<float> outs[2];
     for (int which = 0; which < 2; ++which) {
