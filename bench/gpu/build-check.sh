@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds one standalone kernel check (a CUDA kernel file plus its check program, nothing else of
-# the repo) into .carry/KERNEL/, cudart linked statically so the binary runs on a bare GPU
-# machine:
+# Builds one standalone kernel check (a CUDA kernel file plus its check program and the header-only
+# bench/gpu/check_util.cuh, nothing else of the repo) into .carry/KERNEL/, cudart linked
+# statically so the binary runs on a bare GPU machine:
 #   bench/gpu/build-check.sh prefill|decode|gemv [nvcc args] [-o OUT]
 # e.g. bench/gpu/build-check.sh prefill -DHW_PREFILL_WARPS=8 -o .carry/prefill/prefill_check_w8
 # The gemv check opens cuBLAS (far too large to carry) at run time from the machine's CUDA;

@@ -17,44 +17,17 @@
 #include <thread>
 #include <vector>
 
+#include "bench/gpu/check_util.cuh"
 #include "kernels/cuda/decode_attention.h"
 
 namespace {
 
 using bf16 = __nv_bfloat16;
 namespace hw = headwise::kernels::cuda;
-
-#define CHECK_CUDA(expr)                                                                           \
-  do {                                                                                             \
-    cudaError_t err_ = (expr);                                                                     \
-    if (err_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                                \
-    }                                                                                              \
-  } while (0)
-
-// Block-table entries past a sequence's pages point far outside the pool: reading one faults.
-constexpr int32_t kUnusedBlock = 0x3fffffff;
-
-template <typename T>
-struct DeviceArray {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceArray(size_t count) : n(count) {
-    CHECK_CUDA(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
-    CHECK_CUDA(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~DeviceArray() { cudaFree(ptr); }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  std::vector<T> Host() const {
-    std::vector<T> h(n);
-    CHECK_CUDA(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-};
+using headwise::bench::CopyBandwidth;
+using headwise::bench::DeviceArray;
+using headwise::bench::kUnusedBlock;
+using headwise::bench::Median;
 
 float RandomNonZero(std::mt19937& rng, float bound) {
   std::uniform_real_distribution<float> dist(-bound, bound);
@@ -366,34 +339,6 @@ __global__ void FillRandom(bf16* x, size_t n, uint32_t seed) {
     h ^= h >> 13;
     x[i] = __float2bfloat16((static_cast<float>(h & 0xffff) + 1.0f) / 32768.0f - 1.0f);
   }
-}
-
-float Median(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Device-to-device copy bandwidth, bytes read plus written per second.
-double CopyBandwidth() {
-  const size_t bytes = size_t{1} << 30;
-  DeviceArray<unsigned char> a(bytes), b(bytes);
-  CHECK_CUDA(cudaMemset(a.ptr, 1, bytes));
-  cudaEvent_t e0, e1;
-  CHECK_CUDA(cudaEventCreate(&e0));
-  CHECK_CUDA(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int i = 0; i < 12; ++i) {
-    CHECK_CUDA(cudaEventRecord(e0));
-    CHECK_CUDA(cudaMemcpyAsync(b.ptr, a.ptr, bytes, cudaMemcpyDeviceToDevice));
-    CHECK_CUDA(cudaEventRecord(e1));
-    CHECK_CUDA(cudaEventSynchronize(e1));
-    float t;
-    CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
-    if (i >= 2) ms.push_back(t);
-  }
-  CHECK_CUDA(cudaEventDestroy(e0));
-  CHECK_CUDA(cudaEventDestroy(e1));
-  return 2.0 * bytes / (Median(ms) * 1e-3);
 }
 
 // Microseconds per call of `launch(i)` for i < 16, captured as one graph and replayed (median

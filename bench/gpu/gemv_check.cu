@@ -22,23 +22,17 @@
 #include <tuple>
 #include <vector>
 
+#include "bench/gpu/check_util.cuh"
 #include "kernels/cuda/gemv.h"
 
 namespace {
 
 using bf16 = __nv_bfloat16;
+using headwise::bench::CopyBandwidth;
+using headwise::bench::Median;
 using headwise::kernels::cuda::kGemvKernelMaxRows;
 using headwise::kernels::cuda::kGemvMaxRows;
 using headwise::kernels::cuda::LaunchGemv;
-
-#define CHECK_CUDA(expr)                                                                           \
-  do {                                                                                             \
-    cudaError_t err_ = (expr);                                                                     \
-    if (err_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                                \
-    }                                                                                              \
-  } while (0)
 
 // cuBLAS through dlopen: its libraries are far too large to carry, and the check must run where
 // they are missing.
@@ -243,38 +237,6 @@ __global__ void FillRandom(bf16* p, size_t count, uint32_t seed, float bound) {
   }
 }
 
-float Median(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Device-to-device copy of 1 GiB, counting bytes read and written.
-double CopyBandwidth(cudaStream_t stream) {
-  const size_t bytes = size_t{1} << 30;
-  void *a, *b;
-  CHECK_CUDA(cudaMalloc(&a, bytes));
-  CHECK_CUDA(cudaMalloc(&b, bytes));
-  CHECK_CUDA(cudaMemset(a, 0x3C, bytes));
-  cudaEvent_t e0, e1;
-  CHECK_CUDA(cudaEventCreate(&e0));
-  CHECK_CUDA(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int i = 0; i < 12; ++i) {
-    CHECK_CUDA(cudaEventRecord(e0, stream));
-    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream));
-    CHECK_CUDA(cudaEventRecord(e1, stream));
-    CHECK_CUDA(cudaEventSynchronize(e1));
-    float t;
-    CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
-    if (i >= 2) ms.push_back(t);
-  }
-  CHECK_CUDA(cudaEventDestroy(e0));
-  CHECK_CUDA(cudaEventDestroy(e1));
-  CHECK_CUDA(cudaFree(a));
-  CHECK_CUDA(cudaFree(b));
-  return 2.0 * bytes / (Median(ms) * 1e-3) / 1e9;
-}
-
 // Median time of one product in microseconds: kLaunches products over rotating weight copies
 // (together several times the L2) with an event between each two, queued behind a long copy so that
 // the host stays ahead of the device and no launch gap lands in a sample.
@@ -414,7 +376,7 @@ int main(int argc, char** argv) {
   }
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  const double copy_gbs = CopyBandwidth(stream);
+  const double copy_gbs = CopyBandwidth(stream) / 1e9;
   std::printf("copy bandwidth (1 GiB D2D, read+write): %.0f GB/s\n", copy_gbs);
   RunTiming(stream, copy_gbs);
   CHECK_CUDA(cudaStreamDestroy(stream));

@@ -15,23 +15,14 @@
 #include <thread>
 #include <vector>
 
+#include "bench/gpu/check_util.cuh"
 #include "kernels/cuda/prefill_attention.h"
 
 namespace {
 
 using bf16 = __nv_bfloat16;
-
-#define CHECK_CUDA(expr)                                                                           \
-  do {                                                                                             \
-    cudaError_t err_ = (expr);                                                                     \
-    if (err_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                                \
-    }                                                                                              \
-  } while (0)
-
-// Block-table entries past a sequence's pages point far outside the pool: reading one faults.
-constexpr int32_t kUnusedBlock = 0x3fffffff;
+using headwise::bench::DeviceArray;
+using headwise::bench::kUnusedBlock;
 
 struct Case {
   const char* name;
@@ -39,20 +30,6 @@ struct Case {
   std::vector<int> num_q;     // query rows per sequence
   std::vector<int> prefix;    // cached keys before the sequence's first query
   int extra_query_bound = 0;  // added to max_query_len: blocks past every sequence must exit
-};
-
-template <typename T>
-struct DeviceArray {
-  T* ptr = nullptr;
-  explicit DeviceArray(size_t n) {
-    CHECK_CUDA(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
-    CHECK_CUDA(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~DeviceArray() { cudaFree(ptr); }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
 };
 
 // Inputs of one case: host copies (float, already bf16-rounded, logical layout) and the paged
