@@ -2,7 +2,8 @@
 // shapes, f32/bf16 out, with and without bias, batch invariance), then times it at Llama-3-8B
 // decode shapes against a device-to-device copy and cuBLAS. Standalone (this file +
 // kernels/cuda/gemv.cu); cuBLAS is loaded at run time when it is there, so the binary also runs
-// without it. bench/gpu/build-check.sh gemv builds it.
+// without it. bench/gpu/build-check.sh gemv builds it. --timing-only skips the checks; --chain
+// times a decode step's GEMMs in one graph instead of one launch at a time.
 // Exit code: 0 when every case matches, 1 on any mismatch or CUDA error.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -361,8 +362,82 @@ void RunTiming(cudaStream_t stream, double copy_gbs) {
 
 }  // namespace
 
+// --chain: the GEMMs of a Llama-3-8B decode step (32 layers of distinct weights, then the
+// lm_head) captured in one graph, as the engine runs them: each launch streams its weights while
+// the one before drains, which timing one launch at a time leaves out.
+void RunChain(cudaStream_t stream, double copy_gbs, int m) {
+  const Shape shapes[] = {{"qkv", 6144, 4096, true},
+                          {"o", 4096, 4096, true},
+                          {"gate_up", 28672, 4096, true},
+                          {"down", 4096, 14336, true}};
+  constexpr int kLayers = 32;
+  size_t layer_elems = 0;
+  for (const Shape& s : shapes) layer_elems += size_t{1} * s.n * s.k;
+  const size_t head_elems = size_t{128256} * 4096;
+  const size_t total = layer_elems * kLayers + head_elems;
+  bf16 *w, *x;
+  float* out;
+  CHECK_CUDA(cudaMalloc(&w, total * sizeof(bf16)));
+  CHECK_CUDA(cudaMalloc(&x, size_t{64} * 14336 * sizeof(bf16)));
+  CHECK_CUDA(cudaMalloc(&out, size_t{64} * 128256 * sizeof(float)));
+  FillRandom<<<4096, 256, 0, stream>>>(w, total, 4242u, 0.05f);
+  FillRandom<<<1024, 256, 0, stream>>>(x, size_t{64} * 14336, 777u, 1.0f);
+  Cublas cublas;
+  const bool have_cublas = cublas.Load(stream);
+  const double bytes = total * 2.0;
+  const auto time = [&](const char* name, bool layer_cublas, bool head_cublas) {
+    if ((layer_cublas || head_cublas) && !have_cublas) return;
+    cudaGraph_t graph;
+    CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    size_t off = 0;
+    for (int l = 0; l < kLayers; ++l) {
+      for (const Shape& s : shapes) {
+        if (layer_cublas) {
+          cublas.Run(x, w + off, out, m, s.n, s.k);
+        } else {
+          LaunchGemv(stream, x, w + off, nullptr, out, true, m, s.n, s.k);
+        }
+        off += size_t{1} * s.n * s.k;
+      }
+    }
+    if (head_cublas) {
+      cublas.Run(x, w + off, out, m, 128256, 4096);
+    } else {
+      LaunchGemv(stream, x, w + off, nullptr, out, true, m, 128256, 4096);
+    }
+    CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec;
+    CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    cudaEvent_t e0, e1;
+    CHECK_CUDA(cudaEventCreate(&e0));
+    CHECK_CUDA(cudaEventCreate(&e1));
+    std::vector<float> ms;
+    for (int i = 0; i < 23; ++i) {
+      CHECK_CUDA(cudaEventRecord(e0, stream));
+      CHECK_CUDA(cudaGraphLaunch(exec, stream));
+      CHECK_CUDA(cudaEventRecord(e1, stream));
+      CHECK_CUDA(cudaEventSynchronize(e1));
+      float t;
+      CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
+      if (i >= 3) ms.push_back(t);
+    }
+    const double t = Median(ms);
+    std::printf("chain m %d %-28s %8.3f ms  %6.1f%% of copy\n", m, name, t,
+                100.0 * bytes / (t * 1e-3) / 1e9 / copy_gbs);
+    CHECK_CUDA(cudaGraphExecDestroy(exec));
+    CHECK_CUDA(cudaGraphDestroy(graph));
+  };
+  time("ours", false, false);
+  time("cuBLAS", true, true);
+  time("ours, cuBLAS lm_head", false, true);
+  CHECK_CUDA(cudaFree(w));
+  CHECK_CUDA(cudaFree(x));
+  CHECK_CUDA(cudaFree(out));
+}
+
 int main(int argc, char** argv) {
-  const bool timing_only = argc > 1 && std::strcmp(argv[1], "--timing-only") == 0;
+  const bool timing_only = argc > 1 && (std::strcmp(argv[1], "--timing-only") == 0 ||
+                                        std::strcmp(argv[1], "--chain") == 0);
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB, kGemvMaxRows %d (kernel up to %d)\n", prop.name,
@@ -378,7 +453,12 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const double copy_gbs = CopyBandwidth(stream) / 1e9;
   std::printf("copy bandwidth (1 GiB D2D, read+write): %.0f GB/s\n", copy_gbs);
-  RunTiming(stream, copy_gbs);
+  if (argc > 1 && std::strcmp(argv[1], "--chain") == 0) {
+    RunChain(stream, copy_gbs, 1);
+    RunChain(stream, copy_gbs, 8);
+  } else {
+    RunTiming(stream, copy_gbs);
+  }
   CHECK_CUDA(cudaStreamDestroy(stream));
   if (!timing_only) std::printf("%s\n", all_pass ? "ALL PASS" : "SOME FAILED");
   return all_pass ? 0 : 1;
