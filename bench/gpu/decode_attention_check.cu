@@ -108,6 +108,18 @@ struct DeviceCache {
   }
 };
 
+// The split launches' arrival counters: zeroed once, as the launchers require.
+struct SplitCounters {
+  DeviceArray<uint32_t> array;
+  explicit SplitCounters(int64_t n) : array(static_cast<size_t>(n)) {
+    CHECK_CUDA(cudaMemset(array.ptr, 0, std::max<size_t>(array.n, 1) * sizeof(uint32_t)));
+  }
+  bool AllZero() const {
+    const std::vector<uint32_t> h = array.Host();
+    return std::all_of(h.begin(), h.end(), [](uint32_t x) { return x == 0; });
+  }
+};
+
 // softmax(scale * q . k + bias) v over the given keys of one sequence and KV head; lse natural.
 void Attend(const Cache& c, int seq, int kv_head, const float* q, float scale,
             const std::vector<int>& keys, const std::vector<float>& bias, float* out, float* lse) {
@@ -203,15 +215,20 @@ bool RunPaged(const PagedCase& pc, std::mt19937& rng) {
   DeviceArray<int32_t> dseq(seq), dpos(pos);
   const size_t scratch_bytes = hw::DecodeAttentionScratchBytes(int64_t{tokens} * hq, splits, d);
   DeviceArray<unsigned char> scratch(scratch_bytes);
-  CHECK_CUDA(cudaMemset(dout.ptr, 0xFF, dout.n * sizeof(bf16)));  // bf16 NaN
-  CHECK_CUDA(cudaMemset(scratch.ptr, 0xFF, std::max<size_t>(scratch_bytes, 1)));
-  if (!hw::LaunchPagedDecodeAttention(nullptr, dq.ptr, dc.view, dseq.ptr, dpos.ptr, tokens, hq, d,
-                                      scale, splits, scratch.ptr, scratch_bytes, dout.ptr)) {
-    std::printf("paged  %-26s launcher refused the shape  FAIL\n", pc.name);
-    return false;
+  SplitCounters counters(int64_t{tokens} * hq);
+  // Twice, poisoned before each: the second run finds the counters as the first left them.
+  for (int run = 0; run < 2; ++run) {
+    CHECK_CUDA(cudaMemset(dout.ptr, 0xFF, dout.n * sizeof(bf16)));  // bf16 NaN
+    CHECK_CUDA(cudaMemset(scratch.ptr, 0xFF, std::max<size_t>(scratch_bytes, 1)));
+    if (!hw::LaunchPagedDecodeAttention(nullptr, dq.ptr, dc.view, dseq.ptr, dpos.ptr, tokens, hq, d,
+                                        scale, splits, scratch.ptr, scratch_bytes,
+                                        counters.array.ptr, dout.ptr)) {
+      std::printf("paged  %-26s launcher refused the shape  FAIL\n", pc.name);
+      return false;
+    }
+    CHECK_CUDA(cudaGetLastError());
+    CHECK_CUDA(cudaDeviceSynchronize());
   }
-  CHECK_CUDA(cudaGetLastError());
-  CHECK_CUDA(cudaDeviceSynchronize());
   const std::vector<bf16> got = dout.Host();
   std::vector<float> ref(q.size());
   const int group = hq / pc.hkv;
@@ -229,12 +246,13 @@ bool RunPaged(const PagedCase& pc, std::mt19937& rng) {
     cmp.Add(g, ref[i]);
     if (pos[i / (static_cast<size_t>(hq) * d)] < 0 && g != 0.0f) ++pad_bad;
   }
-  const bool pass = cmp.Pass() && pad_bad == 0;
+  const bool zeroed = counters.AllZero();
+  const bool pass = cmp.Pass() && pad_bad == 0 && zeroed;
   std::printf(
       "paged  %-26s hq %2d hkv %d d %3d ps %2d T %2d splits %3d  max|diff| %.2e rel %.2e "
-      "bad %zu pad %zu %s\n",
+      "bad %zu pad %zu%s %s\n",
       pc.name, hq, pc.hkv, d, pc.page_size, tokens, splits, cmp.max_diff, cmp.Rel(), cmp.bad,
-      pad_bad, pass ? "PASS" : "FAIL");
+      pad_bad, zeroed ? "" : " counters left set", pass ? "PASS" : "FAIL");
   return pass;
 }
 
@@ -285,17 +303,21 @@ bool RunSparse(const SparseCase& sc, std::mt19937& rng) {
   DeviceArray<int32_t> drs(row_seq), drk(row_kv), dptr(indptr), didx(indices);
   const size_t scratch_bytes = hw::DecodeAttentionScratchBytes(int64_t{sc.rows} * group, splits, d);
   DeviceArray<unsigned char> scratch(scratch_bytes);
-  CHECK_CUDA(cudaMemset(dout.ptr, 0xFF, dout.n * sizeof(bf16)));
-  CHECK_CUDA(cudaMemset(dlse.ptr, 0xFF, dlse.n * sizeof(float)));
-  if (!hw::LaunchSparseDecodeAttention(nullptr, dq.ptr, dc.view, drs.ptr, drk.ptr, dptr.ptr,
-                                       didx.ptr, sc.bias ? dbias.ptr : nullptr, sc.rows, hq, d,
-                                       scale, splits, scratch.ptr, scratch_bytes, dout.ptr,
-                                       dlse.ptr)) {
-    std::printf("sparse %-26s launcher refused the shape  FAIL\n", sc.name);
-    return false;
+  SplitCounters counters(int64_t{sc.rows} * group);
+  for (int run = 0; run < 2; ++run) {
+    CHECK_CUDA(cudaMemset(dout.ptr, 0xFF, dout.n * sizeof(bf16)));
+    CHECK_CUDA(cudaMemset(dlse.ptr, 0xFF, dlse.n * sizeof(float)));
+    CHECK_CUDA(cudaMemset(scratch.ptr, 0xFF, std::max<size_t>(scratch_bytes, 1)));
+    if (!hw::LaunchSparseDecodeAttention(nullptr, dq.ptr, dc.view, drs.ptr, drk.ptr, dptr.ptr,
+                                         didx.ptr, sc.bias ? dbias.ptr : nullptr, sc.rows, hq, d,
+                                         scale, splits, scratch.ptr, scratch_bytes,
+                                         counters.array.ptr, dout.ptr, dlse.ptr)) {
+      std::printf("sparse %-26s launcher refused the shape  FAIL\n", sc.name);
+      return false;
+    }
+    CHECK_CUDA(cudaGetLastError());
+    CHECK_CUDA(cudaDeviceSynchronize());
   }
-  CHECK_CUDA(cudaGetLastError());
-  CHECK_CUDA(cudaDeviceSynchronize());
   const std::vector<bf16> got = dout.Host();
   const std::vector<float> got_lse = dlse.Host();
   std::vector<float> ref(dout.n), ref_lse(dlse.n);
@@ -321,12 +343,13 @@ bool RunSparse(const SparseCase& sc, std::mt19937& rng) {
     if (!std::isfinite(got_lse[i]) || diff > 1e-3 + 1e-4 * std::fabs(ref_lse[i])) ++lse_bad;
     if (std::isfinite(got_lse[i])) lse_max = std::max(lse_max, diff);
   }
-  const bool pass = cmp.Pass() && lse_bad == 0;
+  const bool zeroed = counters.AllZero();
+  const bool pass = cmp.Pass() && lse_bad == 0 && zeroed;
   std::printf(
       "sparse %-26s hq %2d hkv %d d %3d ps %2d R %3d splits %3d  max|diff| %.2e rel %.2e "
-      "bad %zu lse max|diff| %.1e bad %zu %s\n",
+      "bad %zu lse max|diff| %.1e bad %zu%s %s\n",
       sc.name, hq, sc.hkv, d, sc.page_size, sc.rows, splits, cmp.max_diff, cmp.Rel(), cmp.bad,
-      lse_max, lse_bad, pass ? "PASS" : "FAIL");
+      lse_max, lse_bad, zeroed ? "" : " counters left set", pass ? "PASS" : "FAIL");
   return pass;
 }
 
@@ -411,6 +434,7 @@ void RunTiming(int batch, int context, double copy_bw, const std::vector<double>
     const int splits = std::max(1, static_cast<int>(std::lround(auto_splits * scale)));
     const size_t scratch_bytes = hw::DecodeAttentionScratchBytes(int64_t{batch} * kHq, splits, kD);
     DeviceArray<unsigned char> scratch(scratch_bytes);
+    SplitCounters counters(int64_t{batch} * kHq);
     const double us = TimeGraph(stream, [&](int i) {
       const hw::DecodeKvCache kv{k.ptr,
                                  v.ptr,
@@ -421,7 +445,8 @@ void RunTiming(int batch, int context, double copy_bw, const std::vector<double>
                                  kPs,
                                  kHkv};
       return hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, batch, kHq, kD,
-                                            0.088f, splits, scratch.ptr, scratch_bytes, out.ptr);
+                                            0.088f, splits, scratch.ptr, scratch_bytes,
+                                            counters.array.ptr, out.ptr);
     });
     const double bw = kv_bytes / (us * 1e-6);
     std::printf(
@@ -470,6 +495,7 @@ void RunLayoutTiming(int batch, int context, int layers, bool block_major, doubl
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const size_t scratch_bytes = hw::DecodeAttentionScratchBytes(int64_t{batch} * kHq, splits, kD);
   DeviceArray<unsigned char> scratch(scratch_bytes);
+  SplitCounters counters(int64_t{batch} * kHq);
   const double us = TimeGraph(stream, [&](int i) {
     const hw::DecodeKvCache kv{k.ptr,
                                v.ptr,
@@ -480,7 +506,8 @@ void RunLayoutTiming(int batch, int context, int layers, bool block_major, doubl
                                kPs,
                                kHkv};
     return hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, batch, kHq, kD,
-                                          0.088f, splits, scratch.ptr, scratch_bytes, out.ptr);
+                                          0.088f, splits, scratch.ptr, scratch_bytes,
+                                          counters.array.ptr, out.ptr);
   });
   const double bw = kv_bytes / (us * 1e-6);
   std::printf(

@@ -269,6 +269,7 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     for (void* p : scratch_) cudaFree(p);
+    for (uint32_t* p : split_counters_) cudaFree(p);
     lt_gemm_.reset();
     cudaStreamDestroy(stream_);
   }
@@ -429,12 +430,14 @@ class CudaBackend final : public Backend {
                                                    int64_t{kv.max_blocks} * kv.page_size, num_sms_);
     const size_t scratch = cuda::DecodeAttentionScratchBytes(tokens * hq, num_splits, d);
     EnsureScratch(scratch);
-    HW_CHECK(cuda::LaunchPagedDecodeAttention(
-                 stream_, q.ptr<bf16>(), kv, batch.token_seq.ptr<int32_t>(),
-                 batch.token_pos.ptr<int32_t>(), tokens, hq, d, scale, num_splits,
-                 scratch > 0 ? scratch_.back() : nullptr, scratch_bytes_, out.ptr<bf16>()),
-             "paged attention: unsupported shape (Hq {}, Hkv {}, head dim {}, page size {})", hq,
-             kv.hkv, d, kv.page_size);
+    EnsureSplitCounters(std::max<int64_t>(1, tokens * hq));
+    HW_CHECK(
+        cuda::LaunchPagedDecodeAttention(stream_, q.ptr<bf16>(), kv, batch.token_seq.ptr<int32_t>(),
+                                         batch.token_pos.ptr<int32_t>(), tokens, hq, d, scale,
+                                         num_splits, scratch > 0 ? scratch_.back() : nullptr,
+                                         scratch_bytes_, split_counters_.back(), out.ptr<bf16>()),
+        "paged attention: unsupported shape (Hq {}, Hkv {}, head dim {}, page size {})", hq, kv.hkv,
+        d, kv.page_size);
     HW_CUDA_LAUNCHED();
   }
 
@@ -452,13 +455,14 @@ class CudaBackend final : public Backend {
         rows, group, std::max<int64_t>(1, batch.indices.numel()), num_sms_);
     const size_t scratch = cuda::DecodeAttentionScratchBytes(rows * group, num_splits, d);
     EnsureScratch(scratch);
+    EnsureSplitCounters(std::max<int64_t>(1, rows * group));
     HW_CHECK(cuda::LaunchSparseDecodeAttention(
                  stream_, q.ptr<bf16>(), kv, batch.row_seq.ptr<int32_t>(),
                  batch.row_kv_head.ptr<int32_t>(), batch.indptr.ptr<int32_t>(),
                  batch.indices.ptr<int32_t>(),
                  batch.logit_bias.data ? batch.logit_bias.ptr<float>() : nullptr, rows, hq, d,
                  scale, num_splits, scratch > 0 ? scratch_.back() : nullptr, scratch_bytes_,
-                 out.ptr<bf16>(), lse.ptr<float>()),
+                 split_counters_.back(), out.ptr<bf16>(), lse.ptr<float>()),
              "sparse decode attention: unsupported shape (Hq {}, Hkv {}, head dim {})", hq, kv.hkv,
              d);
     HW_CUDA_LAUNCHED();
@@ -541,6 +545,19 @@ class CudaBackend final : public Backend {
     scratch_.push_back(p);
   }
 
+  // The split-KV launches' arrival counters (kernels/cuda/decode_attention.h): zero when
+  // allocated, left zero by every launch; grown and kept like the scratch.
+  void EnsureSplitCounters(int64_t count) {
+    if (count <= split_counter_count_) return;
+    HW_CHECK(!capturing_, "attention counters must be sized by an eager run before capture");
+    split_counter_count_ = std::max(count, 2 * split_counter_count_);
+    void* p = nullptr;
+    const size_t bytes = static_cast<size_t>(split_counter_count_) * sizeof(uint32_t);
+    HW_CUDA_CHECK(cudaMalloc(&p, bytes));
+    HW_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+    split_counters_.push_back(static_cast<uint32_t*>(p));
+  }
+
   class CudaGraph final : public CapturedOps {
    public:
     CudaGraph(cudaGraphExec_t exec, cudaStream_t stream) : exec_(exec), stream_(stream) {}
@@ -559,6 +576,8 @@ class CudaBackend final : public Backend {
   bool capturing_ = false;
   std::vector<void*> scratch_;
   size_t scratch_bytes_ = 0;
+  std::vector<uint32_t*> split_counters_;
+  int64_t split_counter_count_ = 0;
   cudaStream_t stream_ = nullptr;
   Buffer gemm_workspace_;
   std::unique_ptr<cuda::LtGemm> lt_gemm_;

@@ -47,19 +47,25 @@ int SparseDecodeSplits(int64_t rows, int group, int64_t max_keys, int num_sms);
 // rows * group for sparse) of head dim d split num_splits ways; 0 when num_splits is 1.
 size_t DecodeAttentionScratchBytes(int64_t out_rows, int num_splits, int d);
 
+// Split launches also take split_counters: at least out_rows uint32 in device memory, all zero
+// before the first call (cudaMemset) and left zero by every call, for the launches of one stream
+// only (with few splits, the last split of each output group to finish merges the others'
+// partials, counting arrivals there). Unused, and may be null, when num_splits is 1.
+
 // Paged decode: q, out bf16 [tokens, hq, d]. Token t of sequence token_seq[t] at position
 // token_pos[t] attends keys 0 .. token_pos[t] of its sequence; token_pos[t] < 0 is padding, its
 // output rows are zeros. Query head qh reads KV head qh / (hq / hkv). scale multiplies the
 // logits. Nothing past a token's position (nor block-table entries past it) is read.
 // Returns false, launching nothing, when the shape is unsupported (d not a multiple of 8 in
 // 8..256, hq not a multiple of kv.hkv, page_size < 1, num_splits outside 1..65535, grid too
-// large) or scratch_bytes is below DecodeAttentionScratchBytes(tokens * hq, num_splits, d).
+// large), scratch_bytes is below DecodeAttentionScratchBytes(tokens * hq, num_splits, d) or a
+// split launch has no split_counters.
 // Launch errors surface through cudaGetLastError as for any kernel launch.
 bool LaunchPagedDecodeAttention(cudaStream_t stream, const __nv_bfloat16* q,
                                 const DecodeKvCache& kv, const int32_t* token_seq,
                                 const int32_t* token_pos, int64_t tokens, int hq, int d,
                                 float scale, int num_splits, void* scratch, size_t scratch_bytes,
-                                __nv_bfloat16* out);
+                                uint32_t* split_counters, __nv_bfloat16* out);
 
 // Sparse decode over index lists: row r = (sequence row_seq[r], KV head row_kv_head[r]); query
 // heads kv_head * group + g (g < group) of q row row_seq[r] (q bf16 [S, hq, d]) attend only the
@@ -72,6 +78,7 @@ bool LaunchSparseDecodeAttention(cudaStream_t stream, const __nv_bfloat16* q,
                                  const int32_t* row_kv_head, const int32_t* indptr,
                                  const int32_t* indices, const float* logit_bias, int64_t rows,
                                  int hq, int d, float scale, int num_splits, void* scratch,
-                                 size_t scratch_bytes, __nv_bfloat16* out, float* lse);
+                                 size_t scratch_bytes, uint32_t* split_counters, __nv_bfloat16* out,
+                                 float* lse);
 
 }  // namespace headwise::kernels::cuda
