@@ -19,19 +19,63 @@ StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& flag_path,
   const std::string path = flag_path.empty() ? ModelPolicyFile(model_path) : flag_path;
   if (path.empty()) return attention::DensePolicySet(shape);
   HW_ASSIGN_OR_RETURN(attention::PolicySet set, attention::LoadPolicyFile(path, shape));
-  if (!set.IsDense()) {
-    const std::vector<int> counts = set.HeadCounts();
-    int sparse_heads = 0;
-    for (size_t i = 0; i < set.policies.size(); ++i) {
-      if (set.policies[i].storage != attention::StorageKind::kFull) sparse_heads += counts[i];
+  const std::vector<int> counts = set.HeadCounts();
+  for (size_t i = 0; i < set.policies.size(); ++i) {
+    const attention::Policy& p = set.policies[i];
+    if (counts[i] == 0 || p.storage != attention::StorageKind::kRing) continue;
+    if (p.positions == attention::Positions::kReindex) {
+      return Unimplemented(
+          "attention policy {}: policy \"{}\" re-indexes positions inside its ring "
+          "(StreamingLLM); this build runs rings with original positions only",
+          path, p.name);
     }
-    return Unimplemented(
-        "attention policy {}: \"{}\" gives {} of {} KV heads sink/window or compressed "
-        "storage; this build runs policies with full storage on every head only (sparse "
-        "storage is in progress)",
-        path, set.name, sparse_heads, config.num_layers * config.num_kv_heads);
+    if (p.prefill == attention::PrefillMode::kDense) {
+      return InvalidArgument(
+          "attention policy {}: policy \"{}\" keeps sink {} + window {} tokens but asks for a "
+          "dense prefill, which needs the whole prompt kept; use prefill mode retained (the "
+          "first chunk attends densely anyway)",
+          path, p.name, p.sink, p.window);
+    }
+    // Up to sink + window + 1 tokens the ring attends everything anyway.
+    if (p.dense_if_len_le > p.sink + p.window + 1) {
+      return InvalidArgument(
+          "attention policy {}: policy \"{}\": dense_if_len_le {} exceeds the {} tokens its ring "
+          "keeps",
+          path, p.name, p.dense_if_len_le, p.sink + p.window + 1);
+    }
   }
   return set;
+}
+
+StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(const attention::PolicySet& set,
+                                                          kvcache::KvCacheConfig config,
+                                                          int max_sequences, int chunk_tokens,
+                                                          kernels::Backend& backend) {
+  HW_ASSIGN_OR_RETURN(kvcache::HeadClassLayout layout, CacheLayoutFor(set));
+  config.max_ring_sequences = max_sequences;
+  config.ring_chunk_tokens = chunk_tokens;
+  const int ring_pages = kvcache::KvCache::RingRegionPages(config, layout);
+  const int full_pages = kvcache::KvCache::FullPagesPerBlock(layout);
+  if (ring_pages > 0 && backend.device() != Device::kCpu) {
+    return Unimplemented(
+        "attention policy \"{}\" keeps sink/window rings, which the {} backend does not run "
+        "yet; use --device cpu, or a policy with full storage on every head",
+        set.name, backend.name());
+  }
+  if (ring_pages > config.num_pages) {
+    return InvalidArgument(
+        "the KV cache of {} pages cannot hold the sink/window rings of {} sequences ({} pages); "
+        "raise the page count or lower max_num_seqs",
+        config.num_pages, max_sequences, ring_pages);
+  }
+  if (full_pages > config.num_pages - ring_pages) {
+    return InvalidArgument(
+        "the KV cache of {} pages cannot hold a single token: one page per full-storage layer "
+        "and KV head needs {}{}",
+        config.num_pages, full_pages,
+        ring_pages > 0 ? fmt::format(" beside the rings' {}", ring_pages) : std::string());
+  }
+  return std::make_unique<kvcache::KvCache>(config, std::move(layout), backend);
 }
 
 StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& set) {

@@ -1,10 +1,11 @@
 // Which attention policy a model runs with: the file named by --attention-policy; else the
 // model's own entry, `attention-policy.json` in its directory (configs/models/<m>/ or any model
 // directory); else dense attention everywhere. The file is validated against the model's shape,
-// and a policy the engine cannot run yet is refused here, at startup: a sparse policy must never
-// be silently served as dense.
+// and a policy the engine cannot run yet is refused here or by CreateKvCache, at startup: a
+// sparse policy must never be silently served as dense.
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "core/status.h"
@@ -25,5 +26,14 @@ std::string ModelPolicyFile(const std::string& model_path);
 // policy order), full storage as full classes and ring storage as rings. compress_once is not
 // built yet (Unimplemented).
 StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& set);
+
+// The KV cache a policy set runs on: its head classes, a ring region for `max_sequences`
+// sequences writing up to `chunk_tokens` tokens a step, and the rest of config.num_pages for
+// the full-storage heads. Refuses, saying why, a backend without ring support and a pool too
+// small for the rings plus one token.
+StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(const attention::PolicySet& set,
+                                                          kvcache::KvCacheConfig config,
+                                                          int max_sequences, int chunk_tokens,
+                                                          kernels::Backend& backend);
 
 }  // namespace headwise::engine

@@ -411,7 +411,14 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
         "engine's page size {}",
         policy.name, policy.page_size, c.page_size);
   }
-  const int pages_per_block = mc.num_layers * mc.num_kv_heads;
+  HW_ASSIGN_OR_RETURN(const kvcache::HeadClassLayout layout, CacheLayoutFor(policy));
+  // Pages of a full block (the full-storage heads), and of the sink/window rings of
+  // max_num_seqs sequences, which are set aside whole.
+  const int pages_per_block = kvcache::KvCache::FullPagesPerBlock(layout);
+  kvcache::KvCacheConfig ring_config = model.model->KvConfig(0, c.page_size);
+  ring_config.max_ring_sequences = c.max_num_seqs;
+  ring_config.ring_chunk_tokens = c.max_num_batched_tokens;
+  const int ring_pages = kvcache::KvCache::RingRegionPages(ring_config, layout);
   const int blocks_per_request = (c.max_model_len + c.page_size - 1) / c.page_size;
   if (c.num_kv_pages <= 0 && backend->device() != Device::kCpu) {
     const size_t page_bytes =
@@ -424,15 +431,17 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
                      (1024.0 * 1024.0 * 1024.0),
                  c.gpu_memory_utilization);
   }
-  if (c.num_kv_pages <= 0) c.num_kv_pages = blocks_per_request * pages_per_block * 4;
-  if (c.num_kv_pages < pages_per_block) {
+  if (c.num_kv_pages <= 0) c.num_kv_pages = blocks_per_request * pages_per_block * 4 + ring_pages;
+  if (c.num_kv_pages < pages_per_block + ring_pages) {
     return InvalidArgument(
         "the KV cache of {} pages cannot hold a single token: one page per "
         "layer and KV head needs {}",
-        c.num_kv_pages, pages_per_block);
+        c.num_kv_pages, pages_per_block + ring_pages);
   }
   // A request is admitted only if it fits the whole pool, so the longest one decides.
-  const int max_tokens_in_pool = c.num_kv_pages / pages_per_block * c.page_size;
+  const int max_tokens_in_pool = pages_per_block > 0
+                                     ? (c.num_kv_pages - ring_pages) / pages_per_block * c.page_size
+                                     : c.max_model_len;
   if (max_tokens_in_pool < c.max_model_len) {
     spdlog::warn(
         "the KV cache holds {} tokens, less than max_model_len {}: longer requests are "
@@ -471,10 +480,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   m->DeclareHistogram("headwise_e2e_request_latency_seconds", "Arrival to finish.",
                       kLatencyBuckets);
 
-  const auto& cfg = impl->model.model->config();
-  impl->cache = std::make_unique<kvcache::KvCache>(
-      impl->model.model->KvConfig(c.num_kv_pages, c.page_size),
-      kvcache::HeadClassLayout::Dense(cfg.num_layers, cfg.num_kv_heads), *impl->backend);
+  HW_ASSIGN_OR_RETURN(
+      impl->cache,
+      CreateKvCache(impl->policy, impl->model.model->KvConfig(c.num_kv_pages, c.page_size),
+                    c.max_num_seqs, c.max_num_batched_tokens, *impl->backend));
   impl->cache->set_prefix_caching(c.enable_prefix_caching);
   impl->sampler = std::make_unique<BatchSampler>(*impl->backend);
   impl->UpdateGauges();

@@ -75,22 +75,38 @@ struct KvPoolView {
 // contiguous pages (one per layer and KV head, see kvcache/kv_cache.h), so one table per
 // sequence serves every layer and head: key j of (sequence s, KV head h) lives at
 //   page = blocks[s][j / page_size] * pages_per_block + head_page[h],  slot j % page_size.
+//
+// Ring heads (a sink and a moving window, kvcache::Retention) take their pages from ring blocks
+// instead: page = ring_blocks[s][j / page_size] * ring_pages_per_block + head_page[h], where
+// ring_blocks maps each logical page to the ring block that holds it now. A ring head keeps only
+// its first `ring_sink` tokens and the most recent ones, so it attends less (PagedAttentionBatch).
 struct BlockTable {
   Tensor blocks;     // i32 [S, max_blocks]
   Tensor head_page;  // i32 [Hkv]: this layer's page of KV head h inside a block
   int pages_per_block = 1;
+  // Empty when no head of the layer is a ring head.
+  Tensor head_ring{};    // i32 [Hkv]: 1 for a ring head
+  Tensor ring_blocks{};  // i32 [S, max_blocks]
+  int ring_pages_per_block = 0;
+  int ring_sink = 0;
+  int ring_window = 0;
 
   int num_seqs() const { return static_cast<int>(blocks.dim(0)); }
   int num_kv_heads() const { return static_cast<int>(head_page.numel()); }
   int max_blocks() const { return static_cast<int>(blocks.dim(1)); }
+  bool has_ring_heads() const { return head_ring.data != nullptr; }
 };
 
 // Which cache entries a batch of query tokens attends to, for one layer. A query token at
 // position p attends keys 0..p of its sequence (causal), which covers both prefill chunks and
-// decode. A token with a negative position is padding (fixed-size batches of a captured
-// graph): it writes no KV and its output is unspecified. The tensors are step metadata uploaded
-// from the host: a backend may read them before earlier device work of the step has finished
-// (the CUDA backend does), so no device operation may write them.
+// decode. On a ring head (BlockTable) it attends the sinks and what the ring held when its chunk
+// began, plus the chunk up to itself: keys [0, min(sink, p + 1)) and [max(sink, c - window), p],
+// c the position of its sequence's first query token in the batch (DuoAttention's streaming
+// heads; the first chunk, c = 0, is causal over everything). A token with a negative position is
+// padding (fixed-size batches of a captured graph): it writes no KV and its output is unspecified.
+// The tensors are step metadata uploaded from the host: a backend may read them before earlier
+// device work of the step has finished (the CUDA backend does), so no device operation may write
+// them.
 struct PagedAttentionBatch {
   Tensor token_seq;  // i32 [T]: batch index of each query token's sequence
   Tensor token_pos;  // i32 [T]: position of each query token

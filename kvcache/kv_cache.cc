@@ -113,6 +113,7 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
     window_blocks_ = (ring_retention_.window + config.ring_chunk_tokens + ps - 1) / ps;
     num_ring_blocks_ = config.max_ring_sequences * (sink_blocks_ + window_blocks_);
     ring_region = num_ring_blocks_ * ring_pages_per_block_;
+    HW_CHECK_EQ(ring_region, RingRegionPages(config, layout_));
     HW_CHECK(ring_region <= config.num_pages, "ring region of {} pages > pool of {}", ring_region,
              config.num_pages);
   }
@@ -135,6 +136,36 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
 
 kernels::KvPoolView KvCache::pool_view() const {
   return kernels::KvPoolView{k_pool_.view(), v_pool_.view(), config_.page_size};
+}
+
+int KvCache::RingRegionPages(const KvCacheConfig& config, const HeadClassLayout& layout) {
+  int ring_heads = 0;
+  const Retention* ring = nullptr;
+  for (size_t l = 0; l < layout.classes.size(); ++l) {
+    for (size_t c = 0; c < layout.classes[l].size(); ++c) {
+      const Retention& r = layout.RetentionOf(static_cast<int>(l), static_cast<int>(c));
+      if (!r.ring) continue;
+      ring = &r;
+      ring_heads += static_cast<int>(layout.classes[l][c].size());
+    }
+  }
+  if (ring == nullptr) return 0;
+  const int ps = config.page_size;
+  const int blocks_per_sequence =
+      (ring->sink + ps - 1) / ps + (ring->window + config.ring_chunk_tokens + ps - 1) / ps;
+  return config.max_ring_sequences * blocks_per_sequence * ring_heads;
+}
+
+int KvCache::FullPagesPerBlock(const HeadClassLayout& layout) {
+  int full = 0;
+  for (size_t l = 0; l < layout.classes.size(); ++l) {
+    for (size_t c = 0; c < layout.classes[l].size(); ++c) {
+      if (!layout.RetentionOf(static_cast<int>(l), static_cast<int>(c)).ring) {
+        full += static_cast<int>(layout.classes[l][c].size());
+      }
+    }
+  }
+  return full;
 }
 
 size_t KvCache::PageBytes(const KvCacheConfig& config, DType dtype) {

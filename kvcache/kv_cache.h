@@ -123,6 +123,10 @@ class KvCache {
 
   // Bytes of K+V per page, for turning a memory budget into a page count.
   static size_t PageBytes(const KvCacheConfig& config, DType dtype);
+  // Pages of a valid layout's ring region under `config` (0 without ring classes), and pages
+  // of one full block (one per full-storage (layer, head)).
+  static int RingRegionPages(const KvCacheConfig& config, const HeadClassLayout& layout);
+  static int FullPagesPerBlock(const HeadClassLayout& layout);
 
  private:
   friend class SequenceKv;

@@ -173,8 +173,20 @@ LlamaModel::StepMeta LlamaModel::BuildMeta(std::span<const BatchEntry> batch,
     }
     m.data.resize(row_end, 0);
   }
+  // Ring heads: each logical page's current ring block, then per layer the head flags.
+  m.rings = cache.ring_pages_per_block() > 0;
+  if (m.rings) {
+    for (int s = 0; s < m.num_seqs; ++s) {
+      for (int j = 0; j < m.max_blocks; ++j) {
+        m.data.push_back(s < num_seqs ? batch[static_cast<size_t>(s)].kv->RingBlock(j) : 0);
+      }
+    }
+  }
   for (int l = 0; l < config_.num_layers; ++l) {
     for (int h = 0; h < hkv; ++h) m.data.push_back(cache.PageIndex(l, h));
+    if (m.rings) {
+      for (int h = 0; h < hkv; ++h) m.data.push_back(cache.IsRing(l, h) ? 1 : 0);
+    }
   }
   return m;
 }
@@ -224,6 +236,7 @@ Tensor LlamaModel::Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::
   const Tensor rows_t = part({num_rows});
   const Tensor query_start_t = part({m.num_seqs + 1});
   const Tensor blocks_t = part({m.num_seqs, m.max_blocks});
+  const Tensor ring_blocks_t = m.rings ? part({m.num_seqs, m.max_blocks}) : Tensor();
 
   const int64_t head_dim = c.head_dim, q_dim = int64_t{c.num_heads} * head_dim;
   auto rows = [&](const Buffer& b, int64_t n) { return b.view().Rows(0, n); };
@@ -248,9 +261,16 @@ Tensor LlamaModel::Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::
   be.RmsNorm(residual, layers_.front().input_norm.view(), eps, normed);
   for (int l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[static_cast<size_t>(l)];
-    const kernels::PagedAttentionBatch attn_batch{
-        seq_t, pos_t, kernels::BlockTable{blocks_t, part({hkv}), cache.pages_per_block()},
-        query_start_t, m.max_query_len};
+    kernels::BlockTable table{blocks_t, part({hkv}), cache.pages_per_block()};
+    if (m.rings) {
+      table.head_ring = part({hkv});
+      table.ring_blocks = ring_blocks_t;
+      table.ring_pages_per_block = cache.ring_pages_per_block();
+      table.ring_sink = cache.ring_retention().sink;
+      table.ring_window = cache.ring_retention().window;
+    }
+    const kernels::PagedAttentionBatch attn_batch{seq_t, pos_t, table, query_start_t,
+                                                  m.max_query_len};
     be.Matmul(normed, layer.qkv.view(), layer.qkv_bias.view(), qkv);
     be.RopeWriteKv(qkv, attn_batch, inv_freq_.view(), pool, q);
     be.PagedAttention(q, pool, attn_batch, scale, attn);

@@ -152,16 +152,22 @@ int RunGenerate(int argc, char** argv) {
   // A chat rendering already carries its BOS, like transformers' apply_chat_template.
   const std::vector<int32_t> ids = tok.Encode(text, !no_special && !chat);
 
-  const auto& config = loaded->model->config();
   const int needed = static_cast<int>(ids.size()) + params.max_tokens;
-  const int page_size = 16;
+  const int page_size = policy->page_size;
+  const int chunk = std::max(prefill_chunk, 1);
   if (kv_pages <= 0) {
-    kv_pages = (needed + page_size - 1) / page_size * config.num_layers * config.num_kv_heads;
+    auto layout = engine::CacheLayoutFor(*policy);
+    if (!layout.ok()) return Fail(layout.status());
+    kvcache::KvCacheConfig kv = loaded->model->KvConfig(0, page_size);
+    kv.max_ring_sequences = 1;
+    kv.ring_chunk_tokens = chunk;
+    kv_pages = (needed + page_size - 1) / page_size * kvcache::KvCache::FullPagesPerBlock(*layout) +
+               kvcache::KvCache::RingRegionPages(kv, *layout);
   }
-  kvcache::KvCache cache(loaded->model->KvConfig(kv_pages, page_size),
-                         kvcache::HeadClassLayout::Dense(config.num_layers, config.num_kv_heads),
-                         *backend);
-  engine::Generator generator(*loaded->model, cache, &tok, loaded->eos_token_ids);
+  auto cache = engine::CreateKvCache(*policy, loaded->model->KvConfig(kv_pages, page_size), 1,
+                                     chunk, *backend);
+  if (!cache.ok()) return Fail(cache.status());
+  engine::Generator generator(*loaded->model, **cache, &tok, loaded->eos_token_ids);
   auto result = generator.Generate(ids, params, prefill_chunk, [](std::string_view delta) {
     std::fwrite(delta.data(), 1, delta.size(), stdout);
     std::fflush(stdout);

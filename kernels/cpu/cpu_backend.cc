@@ -36,11 +36,38 @@ int64_t SlotOf(const BlockTable& table, const KvPoolView& pool, int32_t seq, int
   HW_CHECK(seq >= 0 && seq < table.num_seqs() && pos >= 0 && logical < table.max_blocks(),
            "key {} of sequence {} outside the block table [{}, {}]", pos, seq, table.num_seqs(),
            table.max_blocks());
-  const int64_t page = int64_t{table.blocks.ptr<int32_t>()[seq * table.max_blocks() + logical]} *
-                           table.pages_per_block +
+  const bool ring = table.has_ring_heads() && table.head_ring.ptr<int32_t>()[kv_head] != 0;
+  const Tensor& blocks = ring ? table.ring_blocks : table.blocks;
+  const int64_t page = int64_t{blocks.ptr<int32_t>()[seq * table.max_blocks() + logical]} *
+                           (ring ? table.ring_pages_per_block : table.pages_per_block) +
                        table.head_page.ptr<int32_t>()[kv_head];
   HW_CHECK(page >= 0 && page < pool.k.dim(0), "KV page {} outside pool of {}", page, pool.k.dim(0));
   return page * pool.page_size + pos % pool.page_size;
+}
+
+// The keys query token t attends on kv_head: [0, pos] causally, or on a ring head the sinks and
+// the window as its chunk began (backend.h): [0, sink_end) then [window_begin, end).
+struct KeyRanges {
+  int32_t sink_end = 0;
+  int32_t window_begin = 0;
+  int32_t end = 0;  // one past the query's position
+  int32_t count() const { return sink_end + (end - window_begin); }
+  int32_t key(int32_t i) const { return i < sink_end ? i : window_begin + (i - sink_end); }
+};
+KeyRanges AttendedKeys(const PagedAttentionBatch& batch, int64_t t, int kv_head) {
+  const int32_t pos = batch.token_pos.ptr<int32_t>()[t];
+  const BlockTable& table = batch.table;
+  if (!table.has_ring_heads() || table.head_ring.ptr<int32_t>()[kv_head] == 0) {
+    return {pos + 1, pos + 1, pos + 1};
+  }
+  int32_t chunk_start = pos;
+  if (batch.query_start.data != nullptr) {
+    const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
+    chunk_start = batch.token_pos.ptr<int32_t>()[batch.query_start.ptr<int32_t>()[seq]];
+  }
+  const int32_t sink_end = std::min(table.ring_sink, pos + 1);
+  const int32_t window_begin = std::max(sink_end, chunk_start - table.ring_window);
+  return {sink_end, window_begin, pos + 1};
 }
 
 class CpuBackend final : public Backend {
@@ -227,11 +254,12 @@ class CpuBackend final : public Backend {
             if (pos < 0) continue;  // padding
             const int kv_head = static_cast<int>(qh / group);
             const float* qv = q.ptr<float>() + i * head_dim;
-            scores.resize(static_cast<size_t>(pos) + 1);
+            const KeyRanges attended = AttendedKeys(batch, t, kv_head);
+            scores.resize(static_cast<size_t>(attended.count()));
             float max_score = -INFINITY;
-            for (int32_t j = 0; j <= pos; ++j) {
-              const float* kv =
-                  pool.k.ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, j) * head_dim;
+            for (int32_t j = 0; j < attended.count(); ++j) {
+              const float* kv = pool.k.ptr<float>() +
+                                SlotOf(batch.table, pool, seq, kv_head, attended.key(j)) * head_dim;
               float dot = 0.0f;
               for (int64_t d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
               scores[static_cast<size_t>(j)] = dot * scale;
@@ -242,9 +270,9 @@ class CpuBackend final : public Backend {
               s = std::exp(s - max_score);
               denom += s;
             }
-            for (int32_t j = 0; j <= pos; ++j) {
-              const float* vv =
-                  pool.v.ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, j) * head_dim;
+            for (int32_t j = 0; j < attended.count(); ++j) {
+              const float* vv = pool.v.ptr<float>() +
+                                SlotOf(batch.table, pool, seq, kv_head, attended.key(j)) * head_dim;
               const float p = scores[static_cast<size_t>(j)] / denom;
               for (int64_t d = 0; d < head_dim; ++d) o[d] += p * vv[d];
             }

@@ -419,13 +419,13 @@ class CudaBackend final : public Backend {
                       float scale, const Tensor& out) override {
     const int64_t tokens = q.dim(0);
     const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
+    const cuda::DecodeKvCache kv = DecodeCache(pool, batch.table);
     if (batch.max_query_len > 1 && batch.query_start.data != nullptr &&
         PrefillAttention(q, pool, batch, scale, out)) {
       return;
     }
     // Decode, and prefill shapes the tensor-core prefill kernel does not take: each token
     // attends its own keys. The split count depends on shapes only (graph replays).
-    const cuda::DecodeKvCache kv = DecodeCache(pool, batch.table);
     const int num_splits = cuda::PagedDecodeSplits(tokens, hq, kv.hkv,
                                                    int64_t{kv.max_blocks} * kv.page_size, num_sms_);
     const size_t scratch = cuda::DecodeAttentionScratchBytes(tokens * hq, num_splits, d);
@@ -523,7 +523,12 @@ class CudaBackend final : public Backend {
     return launched;
   }
 
+  // Every attention and KV-write path goes through here (PagedAttention before it picks the
+  // prefill kernel).
   static cuda::DecodeKvCache DecodeCache(const KvPoolView& pool, const BlockTable& table) {
+    HW_CHECK(!table.has_ring_heads(),
+             "the CUDA backend has no sink/window (ring) KV heads yet; the engine refuses such "
+             "policies at startup");
     return cuda::DecodeKvCache{pool.k.ptr<bf16>(),
                                pool.v.ptr<bf16>(),
                                table.blocks.ptr<int32_t>(),

@@ -139,18 +139,34 @@ def case_policy_other_model(tmp):
 
 
 def case_policy_from_model_dir(tmp):
-    # The model's own attention-policy.json applies without the flag.
+    # The model's own attention-policy.json applies without the flag (and is refused here).
     d = copy_tiny(tmp)
-    ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "decode": {"mode": "retained"}}
+    ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "positions": "reindex",
+            "decode": {"mode": "retained"}}
     json.dump({"schema": "attn-policy/v1", "policies": {"streaming": ring}, "assignment": {"default": "streaming"}},
               open(os.path.join(d, "attention-policy.json"), "w"))
     return d, "attention-policy.json", []
 
 
-def case_policy_sparse_refused(tmp):
-    ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "decode": {"mode": "retained"}}
+def case_policy_reindex_refused(tmp):
+    ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "positions": "reindex",
+            "decode": {"mode": "retained"}}
     p = write_policy(tmp, {"streaming": ring}, "streaming")
-    return TINY, "full storage on every head only", ["--attention-policy", p]
+    return TINY, "original positions only", ["--attention-policy", p]
+
+
+def case_policy_ring_dense_prefill(tmp):
+    ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "decode": {"mode": "retained"},
+            "prefill": {"mode": "dense"}}
+    p = write_policy(tmp, {"streaming": ring}, "streaming")
+    return TINY, "dense prefill", ["--attention-policy", p]
+
+
+def case_policy_ring_dense_if_len(tmp):
+    ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "decode": {"mode": "retained"},
+            "dense_if_len_le": 100}
+    p = write_policy(tmp, {"streaming": ring}, "streaming")
+    return TINY, "dense_if_len_le 100", ["--attention-policy", p]
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}

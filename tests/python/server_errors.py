@@ -216,12 +216,13 @@ def test_startup_errors(port_in_use):
         startup_error([TINY, "--max-num-seqs", "0"], "--max-num-seqs")
         startup_error([TINY, "--bogus-flag", "1"], "--bogus-flag")
         startup_error([], "MODEL")
-        ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "decode": {"mode": "retained"}}
+        ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "positions": "reindex",
+                "decode": {"mode": "retained"}}
         sparse = os.path.join(tmp, "sparse.json")
         with open(sparse, "w") as f:
             json.dump({"schema": "attn-policy/v1", "policies": {"s": ring}, "assignment": {"default": "s"}}, f)
         # Refused at startup, never served as dense.
-        startup_error([TINY, "--attention-policy", sparse], "full storage on every head only")
+        startup_error([TINY, "--attention-policy", sparse], "original positions only")
         startup_error([TINY, "--attention-policy", os.path.join(tmp, "none.json")], "cannot open")
         binary = os.environ["HEADWISE_BIN"]
         p = subprocess.run([binary, "serve", TINY, "--port", str(port_in_use)], capture_output=True, text=True,
