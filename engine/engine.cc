@@ -432,17 +432,12 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
                  c.gpu_memory_utilization);
   }
   if (c.num_kv_pages <= 0) c.num_kv_pages = blocks_per_request * pages_per_block * 4 + ring_pages;
-  if (c.num_kv_pages < pages_per_block + ring_pages) {
-    return InvalidArgument(
-        "the KV cache of {} pages cannot hold a single token: one page per "
-        "layer and KV head needs {}",
-        c.num_kv_pages, pages_per_block + ring_pages);
-  }
-  // A request is admitted only if it fits the whole pool, so the longest one decides.
-  const int max_tokens_in_pool = pages_per_block > 0
-                                     ? (c.num_kv_pages - ring_pages) / pages_per_block * c.page_size
-                                     : c.max_model_len;
-  if (max_tokens_in_pool < c.max_model_len) {
+  // A request is admitted only if it fits the whole pool, so the longest one decides. (A pool
+  // too small for even one token is refused by CreateKvCache below.)
+  const int max_tokens_in_pool =
+      pages_per_block > 0 ? std::max(0, c.num_kv_pages - ring_pages) / pages_per_block * c.page_size
+                          : c.max_model_len;
+  if (max_tokens_in_pool < c.max_model_len && c.num_kv_pages >= pages_per_block + ring_pages) {
     spdlog::warn(
         "the KV cache holds {} tokens, less than max_model_len {}: longer requests are "
         "refused",

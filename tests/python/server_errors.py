@@ -224,6 +224,12 @@ def test_startup_errors(port_in_use):
         # Refused at startup, never served as dense.
         startup_error([TINY, "--attention-policy", sparse], "original positions only")
         startup_error([TINY, "--attention-policy", os.path.join(tmp, "none.json")], "cannot open")
+        startup_error([TINY, "--num-kv-pages", "4"], "cannot hold a single token")
+        rings = os.path.join(tmp, "rings.json")
+        with open(rings, "w") as f:
+            json.dump({"schema": "attn-policy/v1", "policies": {"s": {**ring, "positions": "original"}},
+                       "assignment": {"default": "s"}}, f)
+        startup_error([TINY, "--attention-policy", rings, "--num-kv-pages", "64"], "sink/window rings")
         binary = os.environ["HEADWISE_BIN"]
         p = subprocess.run([binary, "serve", TINY, "--port", str(port_in_use)], capture_output=True, text=True,
                            timeout=60)
@@ -255,6 +261,19 @@ def main():
         shutil.copy(policy, os.path.join(model, "attention-policy.json"))
         with Server("--served-model-name", "tiny", model=model) as srv:
             runner.run("policy_from_model_dir", test_policy_reported, srv, "baseline-arm")
+        # Sink/window heads beside full ones (DuoAttention's shape) serve on the CPU.
+        heads = os.path.join(tmp, "heads.json")
+        with open(heads, "w") as f:
+            json.dump({"0": [1, 3], "1": [0]}, f)
+        duo = os.path.join(tmp, "duo.json")
+        with open(duo, "w") as f:
+            json.dump({"schema": "attn-policy/v1", "name": "duo-arm",
+                       "policies": {"full": {"storage": {"kind": "full"}},
+                                    "ring": {"storage": {"kind": "ring", "sink": 4, "window": 16}}},
+                       "assignment": {"default": "ring", "head_list": {"format": "razor_json", "path": heads,
+                                                                       "policy": "full"}}}, f)
+        with Server("--served-model-name", "tiny", "--attention-policy", duo) as srv:
+            runner.run("policy_ring_served", test_policy_reported, srv, "duo-arm")
     with Server("--served-model-name", "tiny", "--max-num-seqs", "1", "--max-waiting", "1", chat_template=None) as srv:
         runner.run("queue_full_503", test_queue_full, srv)
         runner.run("no_chat_template", test_no_chat_template, srv)
