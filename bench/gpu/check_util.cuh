@@ -73,4 +73,30 @@ inline double CopyBandwidth(cudaStream_t stream = nullptr) {
   return 2.0 * bytes / (Median(ms) * 1e-3);
 }
 
+// Median milliseconds of one replay of a captured graph: `replays` timed replays after
+// `warmups` untimed ones. Destroys the graph.
+inline double MedianReplayMs(cudaStream_t stream, cudaGraph_t graph, int warmups, int replays) {
+  cudaGraphExec_t exec;
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t e0, e1;
+  CHECK_CUDA(cudaEventCreate(&e0));
+  CHECK_CUDA(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int i = 0; i < warmups + replays; ++i) {
+    CHECK_CUDA(cudaEventRecord(e0, stream));
+    CHECK_CUDA(cudaGraphLaunch(exec, stream));
+    CHECK_CUDA(cudaEventRecord(e1, stream));
+    CHECK_CUDA(cudaEventSynchronize(e1));
+    float t;
+    CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
+    if (i >= warmups) ms.push_back(t);
+  }
+  CHECK_CUDA(cudaGetLastError());
+  CHECK_CUDA(cudaEventDestroy(e0));
+  CHECK_CUDA(cudaEventDestroy(e1));
+  CHECK_CUDA(cudaGraphExecDestroy(exec));
+  CHECK_CUDA(cudaGraphDestroy(graph));
+  return Median(ms);
+}
+
 }  // namespace headwise::bench

@@ -28,6 +28,7 @@ using headwise::bench::CopyBandwidth;
 using headwise::bench::DeviceArray;
 using headwise::bench::kUnusedBlock;
 using headwise::bench::Median;
+using headwise::bench::MedianReplayMs;
 
 float RandomNonZero(std::mt19937& rng, float bound) {
   std::uniform_real_distribution<float> dist(-bound, bound);
@@ -369,9 +370,6 @@ __global__ void FillRandom(bf16* x, size_t n, uint32_t seed) {
 template <typename Launch>
 double TimeGraph(cudaStream_t stream, Launch launch) {
   constexpr int kCalls = 16;
-  cudaEvent_t e0, e1;
-  CHECK_CUDA(cudaEventCreate(&e0));
-  CHECK_CUDA(cudaEventCreate(&e1));
   cudaGraph_t graph;
   CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
   for (int i = 0; i < kCalls; ++i) {
@@ -381,24 +379,7 @@ double TimeGraph(cudaStream_t stream, Launch launch) {
     }
   }
   CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
-  cudaGraphExec_t exec;
-  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-  std::vector<float> ms;
-  for (int i = 0; i < 13; ++i) {
-    CHECK_CUDA(cudaEventRecord(e0, stream));
-    CHECK_CUDA(cudaGraphLaunch(exec, stream));
-    CHECK_CUDA(cudaEventRecord(e1, stream));
-    CHECK_CUDA(cudaEventSynchronize(e1));
-    float t;
-    CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
-    if (i >= 3) ms.push_back(t / kCalls);
-  }
-  CHECK_CUDA(cudaGetLastError());
-  CHECK_CUDA(cudaGraphExecDestroy(exec));
-  CHECK_CUDA(cudaGraphDestroy(graph));
-  CHECK_CUDA(cudaEventDestroy(e0));
-  CHECK_CUDA(cudaEventDestroy(e1));
-  return Median(ms) * 1e3;
+  return MedianReplayMs(stream, graph, 3, 10) * 1e3 / kCalls;
 }
 
 // Paged decode of `batch` sequences of `context` keys each, Llama-3-8B layer shapes. Rotates over

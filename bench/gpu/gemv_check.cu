@@ -31,6 +31,7 @@ namespace {
 using bf16 = __nv_bfloat16;
 using headwise::bench::CopyBandwidth;
 using headwise::bench::Median;
+using headwise::bench::MedianReplayMs;
 using headwise::kernels::cuda::kGemvKernelMaxRows;
 using headwise::kernels::cuda::kGemvMaxRows;
 using headwise::kernels::cuda::LaunchGemv;
@@ -406,26 +407,9 @@ void RunChain(cudaStream_t stream, double copy_gbs, int m) {
       LaunchGemv(stream, x, w + off, nullptr, out, true, m, 128256, 4096);
     }
     CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
-    cudaGraphExec_t exec;
-    CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-    cudaEvent_t e0, e1;
-    CHECK_CUDA(cudaEventCreate(&e0));
-    CHECK_CUDA(cudaEventCreate(&e1));
-    std::vector<float> ms;
-    for (int i = 0; i < 23; ++i) {
-      CHECK_CUDA(cudaEventRecord(e0, stream));
-      CHECK_CUDA(cudaGraphLaunch(exec, stream));
-      CHECK_CUDA(cudaEventRecord(e1, stream));
-      CHECK_CUDA(cudaEventSynchronize(e1));
-      float t;
-      CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
-      if (i >= 3) ms.push_back(t);
-    }
-    const double t = Median(ms);
+    const double t = MedianReplayMs(stream, graph, 3, 20);
     std::printf("chain m %d %-28s %8.3f ms  %6.1f%% of copy\n", m, name, t,
                 100.0 * bytes / (t * 1e-3) / 1e9 / copy_gbs);
-    CHECK_CUDA(cudaGraphExecDestroy(exec));
-    CHECK_CUDA(cudaGraphDestroy(graph));
   };
   time("ours", false, false);
   time("cuBLAS", true, true);
