@@ -56,12 +56,6 @@ StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(const attention::Polic
   config.ring_chunk_tokens = chunk_tokens;
   const int ring_pages = kvcache::KvCache::RingRegionPages(config, layout);
   const int full_pages = kvcache::KvCache::FullPagesPerBlock(layout);
-  if (ring_pages > 0 && backend.device() != Device::kCpu) {
-    return Unimplemented(
-        "attention policy \"{}\" keeps sink/window rings, which the {} backend does not run "
-        "yet; use --device cpu, or a policy with full storage on every head",
-        set.name, backend.name());
-  }
   if (ring_pages > config.num_pages) {
     return InvalidArgument(
         "the KV cache of {} pages cannot hold the sink/window rings of {} sequences ({} pages); "

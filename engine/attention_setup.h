@@ -29,8 +29,7 @@ StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& se
 
 // The KV cache a policy set runs on: its head classes, a ring region for `max_sequences`
 // sequences writing up to `chunk_tokens` tokens a step, and the rest of config.num_pages for
-// the full-storage heads. Refuses, saying why, a backend without ring support and a pool too
-// small for the rings plus one token.
+// the full-storage heads. Refuses, saying why, a pool too small for the rings plus one token.
 StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(const attention::PolicySet& set,
                                                           kvcache::KvCacheConfig config,
                                                           int max_sequences, int chunk_tokens,

@@ -90,6 +90,7 @@ struct BlockTable {
   int ring_pages_per_block = 0;
   int ring_sink = 0;
   int ring_window = 0;
+  int num_ring_heads = 0;  // how many head_ring entries are 1, known on the host: sizes the work
 
   int num_seqs() const { return static_cast<int>(blocks.dim(0)); }
   int num_kv_heads() const { return static_cast<int>(head_page.numel()); }

@@ -1,6 +1,7 @@
 #include "kvcache/kv_cache.h"
 
 #include <algorithm>
+#include <atomic>
 #include <utility>
 
 namespace headwise::kvcache {
@@ -74,6 +75,8 @@ Status HeadClassLayout::Validate(int num_layers, int num_kv_heads) const {
 
 KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::Backend& backend)
     : config_(config), layout_(std::move(layout)) {
+  static std::atomic<uint64_t> next_instance{1};
+  instance_id_ = next_instance++;
   Status valid = layout_.Validate(config.num_layers, config.num_kv_heads);
   HW_CHECK(valid.ok(), "{}", valid.message());
   HW_CHECK(config.page_size > 0 && config.head_dim > 0, "page_size {} head_dim {}",

@@ -79,6 +79,10 @@ class KvCache {
   const KvCacheConfig& config() const { return config_; }
   const HeadClassLayout& layout() const { return layout_; }
   kernels::KvPoolView pool_view() const;
+  // Distinct for every cache this process creates, so that work recorded against one cache (a
+  // captured decode graph holds its pool and layout) is never replayed against another that
+  // happens to reuse its address.
+  uint64_t instance_id() const { return instance_id_; }
 
   int ClassOf(int layer, int kv_head) const { return head_class_[layer][kv_head]; }
   int IndexInClass(int layer, int kv_head) const { return head_index_[layer][kv_head]; }
@@ -151,6 +155,7 @@ class KvCache {
 
   KvCacheConfig config_;
   HeadClassLayout layout_;
+  uint64_t instance_id_;
   std::vector<std::vector<int>> head_class_;
   std::vector<std::vector<int>> head_index_;
   std::vector<std::vector<int>> page_index_;

@@ -268,6 +268,7 @@ Tensor LlamaModel::Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::
       table.ring_pages_per_block = cache.ring_pages_per_block();
       table.ring_sink = cache.ring_retention().sink;
       table.ring_window = cache.ring_retention().window;
+      for (int h = 0; h < hkv; ++h) table.num_ring_heads += cache.IsRing(l, h) ? 1 : 0;
     }
     const kernels::PagedAttentionBatch attn_batch{seq_t, pos_t, table, query_start_t,
                                                   m.max_query_len};
@@ -326,7 +327,11 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
   int width = 16;
   while (width < max_blocks) width *= 2;
   const StepMeta m = BuildMeta(batch, cache, bucket, width);
-  if (EnsureWorkspace(m.num_tokens, m.num_rows)) graphs_.clear();  // they point at old buffers
+  // Graphs hold the buffers and the cache they were recorded with.
+  if (EnsureWorkspace(m.num_tokens, m.num_rows) || graphs_cache_id_ != cache.instance_id()) {
+    graphs_.clear();
+    graphs_cache_id_ = cache.instance_id();
+  }
   DecodeGraph& graph = graphs_[{bucket, width}];
   Upload(m, graph.meta);
   if (graph.ops == nullptr) {

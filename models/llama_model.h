@@ -97,6 +97,7 @@ class LlamaModel {
   kernels::Buffer logits_;  // storage behind the last Forward's result
   bool use_graphs_ = true;
   std::map<std::pair<int, int>, DecodeGraph> graphs_;  // by (batch bucket, table width)
+  uint64_t graphs_cache_id_ = 0;                       // the KvCache graphs_ were recorded against
 };
 
 }  // namespace headwise::models

@@ -221,8 +221,8 @@ bool RunPaged(const PagedCase& pc, std::mt19937& rng) {
   for (int run = 0; run < 2; ++run) {
     CHECK_CUDA(cudaMemset(dout.ptr, 0xFF, dout.n * sizeof(bf16)));  // bf16 NaN
     CHECK_CUDA(cudaMemset(scratch.ptr, 0xFF, std::max<size_t>(scratch_bytes, 1)));
-    if (!hw::LaunchPagedDecodeAttention(nullptr, dq.ptr, dc.view, dseq.ptr, dpos.ptr, tokens, hq, d,
-                                        scale, splits, scratch.ptr, scratch_bytes,
+    if (!hw::LaunchPagedDecodeAttention(nullptr, dq.ptr, dc.view, dseq.ptr, dpos.ptr, nullptr,
+                                        tokens, hq, d, scale, splits, scratch.ptr, scratch_bytes,
                                         counters.array.ptr, dout.ptr)) {
       std::printf("paged  %-26s launcher refused the shape  FAIL\n", pc.name);
       return false;
@@ -425,8 +425,8 @@ void RunTiming(int batch, int context, double copy_bw, const std::vector<double>
                                  kHkv,
                                  kPs,
                                  kHkv};
-      return hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, batch, kHq, kD,
-                                            0.088f, splits, scratch.ptr, scratch_bytes,
+      return hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, nullptr, batch,
+                                            kHq, kD, 0.088f, splits, scratch.ptr, scratch_bytes,
                                             counters.array.ptr, out.ptr);
     });
     const double bw = kv_bytes / (us * 1e-6);
@@ -486,8 +486,8 @@ void RunLayoutTiming(int batch, int context, int layers, bool block_major, doubl
                                block_major ? ppb : 1,
                                kPs,
                                kHkv};
-    return hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, batch, kHq, kD,
-                                          0.088f, splits, scratch.ptr, scratch_bytes,
+    return hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, nullptr, batch,
+                                          kHq, kD, 0.088f, splits, scratch.ptr, scratch_bytes,
                                           counters.array.ptr, out.ptr);
   });
   const double bw = kv_bytes / (us * 1e-6);

@@ -186,10 +186,12 @@ struct Device {
 };
 
 bool Launch(const Problem& p, Device& dev, cudaStream_t stream) {
+  const headwise::kernels::cuda::DecodeKvCache kv{
+      dev.k_pool.ptr, dev.v_pool.ptr,    dev.block_table.ptr, dev.head_page.ptr,
+      p.max_blocks,   p.pages_per_block, p.c.page_size,       p.c.hkv};
   return headwise::kernels::cuda::LaunchPagedPrefillAttention(
-      stream, dev.q.ptr, dev.k_pool.ptr, dev.v_pool.ptr, p.c.page_size, dev.query_start.ptr,
-      dev.first_pos.ptr, dev.block_table.ptr, p.max_blocks, dev.head_page.ptr, p.pages_per_block,
-      p.num_seqs, p.max_q + p.c.extra_query_bound, p.c.hq, p.c.hkv, p.c.d, p.scale, dev.out.ptr);
+      stream, dev.q.ptr, kv, dev.query_start.ptr, dev.first_pos.ptr, p.num_seqs,
+      p.max_q + p.c.extra_query_bound, p.c.hq, p.c.d, p.scale, dev.out.ptr);
 }
 
 bool RunCheck(const Case& c, std::mt19937& rng) {

@@ -420,21 +420,23 @@ class CudaBackend final : public Backend {
     const int64_t tokens = q.dim(0);
     const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
     const cuda::DecodeKvCache kv = DecodeCache(pool, batch.table);
-    if (batch.max_query_len > 1 && batch.query_start.data != nullptr &&
-        PrefillAttention(q, pool, batch, scale, out)) {
-      return;
+    // Chunks of several tokens: where each sequence's chunk starts (ring heads' windows start
+    // there; the prefill kernel tiles from it). Decode tokens start their own.
+    const int32_t* first_pos = nullptr;
+    if (batch.max_query_len > 1 && batch.query_start.data != nullptr) {
+      first_pos = FirstPositions(batch);
+      if (PrefillAttention(q, kv, batch, first_pos, scale, out)) return;
     }
     // Decode, and prefill shapes the tensor-core prefill kernel does not take: each token
     // attends its own keys. The split count depends on shapes only (graph replays).
-    const int num_splits = cuda::PagedDecodeSplits(tokens, hq, kv.hkv,
-                                                   int64_t{kv.max_blocks} * kv.page_size, num_sms_);
+    const int num_splits = PagedDecodeSplits(batch.table, tokens, hq, kv);
     const size_t scratch = cuda::DecodeAttentionScratchBytes(tokens * hq, num_splits, d);
     EnsureScratch(scratch);
     EnsureSplitCounters(std::max<int64_t>(1, tokens * hq));
     HW_CHECK(
         cuda::LaunchPagedDecodeAttention(stream_, q.ptr<bf16>(), kv, batch.token_seq.ptr<int32_t>(),
-                                         batch.token_pos.ptr<int32_t>(), tokens, hq, d, scale,
-                                         num_splits, scratch > 0 ? scratch_.back() : nullptr,
+                                         batch.token_pos.ptr<int32_t>(), first_pos, tokens, hq, d,
+                                         scale, num_splits, scratch > 0 ? scratch_.back() : nullptr,
                                          scratch_bytes_, split_counters_.back(), out.ptr<bf16>()),
         "paged attention: unsupported shape (Hq {}, Hkv {}, head dim {}, page size {})", hq, kv.hkv,
         d, kv.page_size);
@@ -497,9 +499,23 @@ class CudaBackend final : public Backend {
     HW_CUDA_LAUNCHED();
   }
 
-  // Chunks of new tokens on tensor cores; false where the kernel does not take the shape.
-  bool PrefillAttention(const Tensor& q, const KvPoolView& pool, const PagedAttentionBatch& batch,
-                        float scale, const Tensor& out) {
+  // Splits of the decode kernel, from shapes only (graph replays). Ring heads attend at most
+  // sink + window + the chunk, so the splits go to the full heads: with half the heads rings,
+  // twice as many, or the full heads' blocks alone would set the time of a half-empty grid.
+  int PagedDecodeSplits(const BlockTable& table, int64_t tokens, int hq,
+                        const cuda::DecodeKvCache& kv) const {
+    const int64_t capacity = int64_t{kv.max_blocks} * kv.page_size;
+    const int full_heads = kv.hkv - table.num_ring_heads;
+    if (full_heads > 0) {
+      return cuda::PagedDecodeSplits(tokens, hq / kv.hkv * full_heads, full_heads, capacity,
+                                     num_sms_);
+    }
+    const int64_t ring_keys = int64_t{kv.ring_sink} + kv.ring_window + tokens;
+    return cuda::PagedDecodeSplits(tokens, hq, kv.hkv, std::min(capacity, ring_keys), num_sms_);
+  }
+
+  // Position of each sequence's first query token of the batch, on the device.
+  const int32_t* FirstPositions(const PagedAttentionBatch& batch) {
     const int num_seqs = batch.table.num_seqs();
     if (first_pos_.empty() || first_pos_.view().numel() < num_seqs) {
       HW_CHECK(!capturing_, "prefill metadata must be sized before capture");
@@ -512,31 +528,43 @@ class CudaBackend final : public Backend {
         batch.query_start.ptr<int32_t>(), batch.token_pos.ptr<int32_t>(), num_seqs,
         first_pos_.view().ptr<int32_t>());
     HW_CUDA_LAUNCHED();
+    return first_pos_.view().ptr<int32_t>();
+  }
+
+  // Chunks of new tokens on tensor cores; false where the kernel does not take the shape.
+  bool PrefillAttention(const Tensor& q, const cuda::DecodeKvCache& kv,
+                        const PagedAttentionBatch& batch, const int32_t* first_pos, float scale,
+                        const Tensor& out) {
     const bool launched = cuda::LaunchPagedPrefillAttention(
-        stream_, q.ptr<bf16>(), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(), pool.page_size,
-        batch.query_start.ptr<int32_t>(), first_pos_.view().ptr<int32_t>(),
-        batch.table.blocks.ptr<int32_t>(), batch.table.max_blocks(),
-        batch.table.head_page.ptr<int32_t>(), batch.table.pages_per_block, num_seqs,
-        batch.max_query_len, static_cast<int>(q.dim(1)), batch.table.num_kv_heads(),
+        stream_, q.ptr<bf16>(), kv, batch.query_start.ptr<int32_t>(), first_pos,
+        batch.table.num_seqs(), batch.max_query_len, static_cast<int>(q.dim(1)),
         static_cast<int>(q.dim(2)), scale, out.ptr<bf16>());
     HW_CUDA_LAUNCHED();
     return launched;
   }
 
-  // Every attention and KV-write path goes through here (PagedAttention before it picks the
-  // prefill kernel).
+  // Every attention and KV-write path goes through here.
   static cuda::DecodeKvCache DecodeCache(const KvPoolView& pool, const BlockTable& table) {
-    HW_CHECK(!table.has_ring_heads(),
-             "the CUDA backend has no sink/window (ring) KV heads yet; the engine refuses such "
-             "policies at startup");
-    return cuda::DecodeKvCache{pool.k.ptr<bf16>(),
-                               pool.v.ptr<bf16>(),
-                               table.blocks.ptr<int32_t>(),
-                               table.head_page.ptr<int32_t>(),
-                               table.max_blocks(),
-                               table.pages_per_block,
-                               pool.page_size,
-                               table.num_kv_heads()};
+    cuda::DecodeKvCache kv{pool.k.ptr<bf16>(),
+                           pool.v.ptr<bf16>(),
+                           table.blocks.ptr<int32_t>(),
+                           table.head_page.ptr<int32_t>(),
+                           table.max_blocks(),
+                           table.pages_per_block,
+                           pool.page_size,
+                           table.num_kv_heads()};
+    if (table.has_ring_heads()) {
+      HW_CHECK(table.ring_blocks.dim(0) == table.blocks.dim(0) &&
+                   table.ring_blocks.dim(1) == table.blocks.dim(1),
+               "ring table {} must have the block table's shape {}",
+               table.ring_blocks.ShapeString(), table.blocks.ShapeString());
+      kv.head_ring = table.head_ring.ptr<int32_t>();
+      kv.ring_blocks = table.ring_blocks.ptr<int32_t>();
+      kv.ring_pages_per_block = table.ring_pages_per_block;
+      kv.ring_sink = table.ring_sink;
+      kv.ring_window = table.ring_window;
+    }
+    return kv;
   }
 
   // Scratch for split-KV partials, grown on demand. Outgrown buffers stay allocated until

@@ -6,6 +6,7 @@
 // blocks per SM.
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 
 #include "kernels/cuda/decode_attention.h"
@@ -45,14 +46,11 @@ constexpr float kLog2e = 1.4426950408889634f;
 // Everything a block needs; sparse when indptr is set.
 struct Params {
   const bf16* q;
-  const bf16* k_pool;
-  const bf16* v_pool;
-  const int32_t* blocks;
-  const int32_t* head_page;
-  int max_blocks, pages_per_block, page_size;
+  DecodeKvCache kv;
   const int32_t* token_seq;  // paged
   const int32_t* token_pos;
-  const int32_t* row_seq;  // sparse
+  const int32_t* seq_first_pos;  // paged, may be null: each token starts its own chunk
+  const int32_t* row_seq;        // sparse
   const int32_t* row_kv_head;
   const int32_t* indptr;
   const int32_t* indices;
@@ -203,6 +201,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
   const int split = blockIdx.z, splits = gridDim.z;
   int kv_head, first_g, seq, count, list = 0;
   int64_t q_row, out_row;
+  AttendedKeys keys{0, INT_MAX, 0};  // sparse: list entries are positions
   if (sparse) {
     kv_head = p.row_kv_head[row];
     first_g = blockIdx.y * kHeadRows;
@@ -214,11 +213,15 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
   } else {
     kv_head = blockIdx.y / p.head_chunks;
     first_g = (blockIdx.y % p.head_chunks) * kHeadRows;
-    count = p.token_pos[row] + 1;  // <= 0: padding
-    seq = p.token_seq[row];        // not dereferenced for padding; loaded beside token_pos
+    const int pos = p.token_pos[row];  // < 0: padding
+    seq = p.token_seq[row];            // not dereferenced for padding; loaded beside token_pos
+    keys = AttendedKeys::Of(p.kv, p.kv.IsRing(kv_head), pos,
+                            p.seq_first_pos != nullptr && pos >= 0 ? p.seq_first_pos[seq] : pos);
+    count = keys.count;
     q_row = row * p.hq + kv_head * p.group + first_g;
     out_row = q_row;
   }
+  const bool ring = p.kv.IsRing(kv_head);
   const int ng = min(kHeadRows, p.group - first_g);
   const int d = p.d;
   const int per_split =
@@ -239,8 +242,11 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     return;
   }
   const int n_tiles = (n_keys + kTileKeys - 1) / kTileKeys;
-  const int32_t* seq_blocks = p.blocks + int64_t{seq} * p.max_blocks;
-  const int64_t head_page = p.head_page[kv_head];
+  const int32_t* seq_blocks =
+      (ring ? p.kv.ring_blocks : p.kv.blocks) + int64_t{seq} * p.kv.max_blocks;
+  const int64_t pages_per_block = ring ? p.kv.ring_pages_per_block : p.kv.pages_per_block;
+  const int64_t head_page = p.kv.head_page[kv_head];
+  const int page_size = p.kv.page_size;
 
   // Slot and bias of key `tile * kTileKeys + tid` of the split (threads < kTileKeys); -1: none.
   // Staged in shared memory one tile ahead so that no cp.async waits on a table lookup.
@@ -249,10 +255,9 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     slot = -1;
     bias = 0.0f;
     if (n < n_keys) {
-      const int pos = sparse ? p.indices[list + begin + n] : begin + n;
+      const int pos = sparse ? p.indices[list + begin + n] : keys.Position(begin + n);
       slot =
-          (seq_blocks[pos / p.page_size] * int64_t{p.pages_per_block} + head_page) * p.page_size +
-          pos % p.page_size;
+          (seq_blocks[pos / page_size] * pages_per_block + head_page) * page_size + pos % page_size;
       if (p.bias != nullptr) bias = p.bias[list + begin + n] * kLog2e;
     }
   };
@@ -268,8 +273,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
         const bool ok = slot >= 0 && col < d;
         const int64_t off = ok ? slot * d + col : 0;
         const int dst = stage * L::kTileElems + r * L::kStride + col;
-        CopyAsync16(s_k + dst, p.k_pool + off, ok);
-        CopyAsync16(s_v + dst, p.v_pool + off, ok);
+        CopyAsync16(s_k + dst, p.kv.k_pool + off, ok);
+        CopyAsync16(s_v + dst, p.kv.v_pool + off, ok);
       }
     }
     CopyAsyncCommit();  // empty groups too: keeps wait_group's count uniform
@@ -286,8 +291,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
       }
       if (prefetch && slot >= 0) {
         for (int b = 0; b < d * 2; b += 128) {
-          PrefetchL2(reinterpret_cast<const char*>(p.k_pool + slot * d) + b);
-          PrefetchL2(reinterpret_cast<const char*>(p.v_pool + slot * d) + b);
+          PrefetchL2(reinterpret_cast<const char*>(p.kv.k_pool + slot * d) + b);
+          PrefetchL2(reinterpret_cast<const char*>(p.kv.v_pool + slot * d) + b);
         }
       }
     }
@@ -581,8 +586,8 @@ int ChooseSplits(int64_t blocks, int64_t max_keys, int num_sms) {
 bool Launch(Params p, int64_t grid_rows, int grid_heads, int num_splits, int64_t out_rows,
             void* scratch, size_t scratch_bytes, uint32_t* split_counters, cudaStream_t stream) {
   const int d = p.d;
-  if (d < 8 || d > 256 || d % 8 != 0 || p.page_size < 1 || num_splits < 1 || num_splits > 65535 ||
-      grid_rows > 0x7fffffff || out_rows > 0x7fffffff || grid_heads > 65535) {
+  if (d < 8 || d > 256 || d % 8 != 0 || p.kv.page_size < 1 || num_splits < 1 ||
+      num_splits > 65535 || grid_rows > 0x7fffffff || out_rows > 0x7fffffff || grid_heads > 65535) {
     return false;
   }
   if (grid_rows == 0) return true;
@@ -610,13 +615,7 @@ bool Launch(Params p, int64_t grid_rows, int grid_heads, int num_splits, int64_t
 Params CommonParams(const bf16* q, const DecodeKvCache& kv, int hq, int d, float scale, bf16* out) {
   Params p{};
   p.q = q;
-  p.k_pool = kv.k_pool;
-  p.v_pool = kv.v_pool;
-  p.blocks = kv.blocks;
-  p.head_page = kv.head_page;
-  p.max_blocks = kv.max_blocks;
-  p.pages_per_block = kv.pages_per_block;
-  p.page_size = kv.page_size;
+  p.kv = kv;
   p.hq = hq;
   p.group = hq / kv.hkv;
   p.head_chunks = (p.group + kHeadRows - 1) / kHeadRows;
@@ -643,13 +642,15 @@ size_t DecodeAttentionScratchBytes(int64_t out_rows, int num_splits, int d) {
 }
 
 bool LaunchPagedDecodeAttention(cudaStream_t stream, const bf16* q, const DecodeKvCache& kv,
-                                const int32_t* token_seq, const int32_t* token_pos, int64_t tokens,
-                                int hq, int d, float scale, int num_splits, void* scratch,
-                                size_t scratch_bytes, uint32_t* split_counters, bf16* out) {
+                                const int32_t* token_seq, const int32_t* token_pos,
+                                const int32_t* seq_first_pos, int64_t tokens, int hq, int d,
+                                float scale, int num_splits, void* scratch, size_t scratch_bytes,
+                                uint32_t* split_counters, bf16* out) {
   if (kv.hkv < 1 || hq % kv.hkv != 0) return false;
   Params p = CommonParams(q, kv, hq, d, scale, out);
   p.token_seq = token_seq;
   p.token_pos = token_pos;
+  p.seq_first_pos = seq_first_pos;
   return Launch(p, tokens, kv.hkv * p.head_chunks, num_splits, tokens * hq, scratch, scratch_bytes,
                 split_counters, stream);
 }

@@ -9,31 +9,9 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/paged_kv.h"
+
 namespace headwise::kernels::cuda {
-
-// The paged cache of one layer as the kernels read it. Key j of (sequence s, KV head h) lives at
-// page blocks[s * max_blocks + j / page_size] * pages_per_block + head_page[h], slot
-// j % page_size: element (page * page_size + slot) * d + c of k_pool / v_pool.
-struct DecodeKvCache {
-  const __nv_bfloat16* k_pool;
-  const __nv_bfloat16* v_pool;
-  const int32_t* blocks;     // [S, max_blocks]
-  const int32_t* head_page;  // [hkv]
-  int max_blocks;
-  int pages_per_block;
-  int page_size;
-  int hkv;
-
-#ifdef __CUDACC__
-  // Slot (page * page_size + offset) of key `pos` of (seq, kv_head): the row of k_pool / v_pool.
-  __device__ int64_t Slot(int seq, int kv_head, int pos) const {
-    const int64_t page =
-        int64_t{blocks[int64_t{seq} * max_blocks + pos / page_size]} * pages_per_block +
-        head_page[kv_head];
-    return page * page_size + pos % page_size;
-  }
-#endif
-};
 
 // How many splits of the keys each (token, KV head) gets. Depends on the shapes only (never on
 // the actual lengths), so a launch captured in a CUDA graph stays valid for any lengths up to
@@ -53,23 +31,26 @@ size_t DecodeAttentionScratchBytes(int64_t out_rows, int num_splits, int d);
 // partials, counting arrivals there). Unused, and may be null, when num_splits is 1.
 
 // Paged decode: q, out bf16 [tokens, hq, d]. Token t of sequence token_seq[t] at position
-// token_pos[t] attends keys 0 .. token_pos[t] of its sequence; token_pos[t] < 0 is padding, its
-// output rows are zeros. Query head qh reads KV head qh / (hq / hkv). scale multiplies the
-// logits. Nothing past a token's position (nor block-table entries past it) is read.
-// Returns false, launching nothing, when the shape is unsupported (d not a multiple of 8 in
-// 8..256, hq not a multiple of kv.hkv, page_size < 1, num_splits outside 1..65535, grid too
+// token_pos[t] attends keys 0 .. token_pos[t] of its sequence (AttendedKeys on ring heads, with
+// chunk start seq_first_pos[token_seq[t]], or token_pos[t] itself when seq_first_pos is null);
+// token_pos[t] < 0 is padding, its output rows are zeros. Query head qh reads KV head qh / (hq /
+// hkv). scale multiplies the logits. Nothing past a token's position (nor block-table entries past
+// it) is read. Returns false, launching nothing, when the shape is unsupported (d not a multiple of
+// 8 in 8..256, hq not a multiple of kv.hkv, page_size < 1, num_splits outside 1..65535, grid too
 // large), scratch_bytes is below DecodeAttentionScratchBytes(tokens * hq, num_splits, d) or a
 // split launch has no split_counters.
 // Launch errors surface through cudaGetLastError as for any kernel launch.
 bool LaunchPagedDecodeAttention(cudaStream_t stream, const __nv_bfloat16* q,
                                 const DecodeKvCache& kv, const int32_t* token_seq,
-                                const int32_t* token_pos, int64_t tokens, int hq, int d,
-                                float scale, int num_splits, void* scratch, size_t scratch_bytes,
-                                uint32_t* split_counters, __nv_bfloat16* out);
+                                const int32_t* token_pos, const int32_t* seq_first_pos,
+                                int64_t tokens, int hq, int d, float scale, int num_splits,
+                                void* scratch, size_t scratch_bytes, uint32_t* split_counters,
+                                __nv_bfloat16* out);
 
 // Sparse decode over index lists: row r = (sequence row_seq[r], KV head row_kv_head[r]); query
 // heads kv_head * group + g (g < group) of q row row_seq[r] (q bf16 [S, hq, d]) attend only the
-// key positions indices[indptr[r] .. indptr[r + 1]) (any order, repeats count twice), each logit
+// key positions indices[indptr[r] .. indptr[r + 1]) (any order, repeats count twice; a ring
+// head's positions are looked up in its ring table, Slot), each logit
 // (scaled) shifted by logit_bias[i] (f32, or null for none). out bf16 [rows, group, d]; lse f32
 // [rows, group]: natural-log log-sum-exp of the scaled, biased logits (-inf with out 0 for an
 // empty list). Scratch: DecodeAttentionScratchBytes(rows * group, num_splits, d).

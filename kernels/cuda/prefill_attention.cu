@@ -70,16 +70,10 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 struct Params {
   const bf16* q;
-  const bf16* k_pool;
-  const bf16* v_pool;
+  DecodeKvCache kv;
   const int32_t* query_start;
   const int32_t* seq_first_pos;
-  const int32_t* block_table;
-  const int32_t* head_page;
   bf16* out;
-  int page_size;
-  int max_blocks;
-  int pages_per_block;
   int hq;
   int group;  // query heads per KV head
   float scale_log2;
@@ -115,11 +109,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
   const int m0 = (gridDim.y - 1 - blockIdx.y) * kBlockM;
   if (m0 >= num_q) return;
   const int rows = min(kBlockM, num_q - m0);
-  const int pos0 = p.seq_first_pos[seq] + m0;  // position of the tile's first query row
-  const int num_keys = pos0 + rows;
+  const int chunk_start = p.seq_first_pos[seq];
+  const int pos0 = chunk_start + m0;  // position of the tile's first query row
+  const int kv_head = qh / p.group;
+  const bool ring = p.kv.IsRing(kv_head);
+  // Keys as indices 0 .. num_keys - 1 (positions through keys.Position): what the tile's last row
+  // attends, which covers every row's keys on full and ring heads alike (the window's start
+  // depends on the chunk, not the row).
+  const AttendedKeys keys = AttendedKeys::Of(p.kv, ring, pos0 + rows - 1, chunk_start);
+  const int num_keys = keys.count;
   const int num_tiles = (num_keys + kBlockN - 1) / kBlockN;
-  const int32_t* blocks = p.block_table + int64_t{seq} * p.max_blocks;
-  const int64_t head_page = p.head_page[qh / p.group];
+  const int32_t* blocks = (ring ? p.kv.ring_blocks : p.kv.blocks) + int64_t{seq} * p.kv.max_blocks;
+  const int64_t pages_per_block = ring ? p.kv.ring_pages_per_block : p.kv.pages_per_block;
+  const int64_t head_page = p.kv.head_page[kv_head];
+  const int page_size = p.kv.page_size;
 
   const int64_t q_stride = int64_t{p.hq} * D;
   const bf16* q_tile = p.q + int64_t{q_begin + m0} * q_stride + int64_t{qh} * D;
@@ -142,11 +145,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
       const bool valid = key < num_keys;
       int64_t offset = 0;
       if (valid) {
-        const int64_t page = int64_t{blocks[key / p.page_size]} * p.pages_per_block + head_page;
-        offset = (page * p.page_size + key % p.page_size) * D + c * 8;
+        const int pos = keys.Position(key);
+        const int64_t page = blocks[pos / page_size] * pages_per_block + head_page;
+        offset = (page * page_size + pos % page_size) * D + c * 8;
       }
-      CopyAsync16(k_dst + SwizzledOffset<D>(r, c), p.k_pool + offset, valid);
-      CopyAsync16(v_dst + SwizzledOffset<D>(r, c), p.v_pool + offset, valid);
+      CopyAsync16(k_dst + SwizzledOffset<D>(r, c), p.kv.k_pool + offset, valid);
+      CopyAsync16(v_dst + SwizzledOffset<D>(r, c), p.kv.v_pool + offset, valid);
     }
   };
 
@@ -198,8 +202,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
     const bf16* v_tile = s_v + stage * kBlockN * D;
     const int key0 = tile * kBlockN;
     // On the diagonal the upper warps' rows sit below the whole tile, and in a short chunk the
-    // lower warps hold only padding rows: nothing to compute for either.
-    if (key0 <= warp_pos + kWarpRows - 1 && warp_row < rows) {
+    // lower warps hold only padding rows: nothing to compute for either. Index past num_keys maps
+    // past every row's position, so the causal mask also hides the tile's padding keys.
+    if (keys.Position(key0) <= warp_pos + kWarpRows - 1 && warp_row < rows) {
       float s[kMTiles][kKeyTiles][4];
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
@@ -235,14 +240,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
         }
       }
 
-      if (key0 + kBlockN - 1 > warp_pos) {
+      if (keys.Position(key0 + kBlockN - 1) > warp_pos) {
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
           for (int t = 0; t < kKeyTiles; ++t) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-              const int key = key0 + t * 8 + (lane % 4) * 2 + (e & 1);
+              const int key = keys.Position(key0 + t * 8 + (lane % 4) * 2 + (e & 1));
               const int pos = warp_pos + mt * 16 + lane / 4 + (e >> 1) * 8;
               if (key > pos) s[mt][t][e] = -INFINITY;
             }
@@ -358,21 +363,15 @@ bool Launch(cudaStream_t stream, const Params& params, int num_seqs, int max_que
 }  // namespace
 
 bool LaunchPagedPrefillAttention(cudaStream_t stream, const __nv_bfloat16* q,
-                                 const __nv_bfloat16* k_pool, const __nv_bfloat16* v_pool,
-                                 int page_size, const int32_t* query_start,
-                                 const int32_t* seq_first_pos, const int32_t* block_table,
-                                 int max_blocks, const int32_t* head_page, int pages_per_block,
-                                 int num_seqs, int max_query_len, int hq, int hkv, int d,
-                                 float scale, __nv_bfloat16* out) {
-  if ((d != 64 && d != 128) || hkv <= 0 || hq <= 0 || hq % hkv != 0 || page_size < 1 ||
+                                 const DecodeKvCache& kv, const int32_t* query_start,
+                                 const int32_t* seq_first_pos, int num_seqs, int max_query_len,
+                                 int hq, int d, float scale, __nv_bfloat16* out) {
+  if ((d != 64 && d != 128) || kv.hkv <= 0 || hq <= 0 || hq % kv.hkv != 0 || kv.page_size < 1 ||
       num_seqs > 65535 || (max_query_len + kBlockM - 1) / kBlockM > 65535) {
     return false;
   }
   if (num_seqs <= 0 || max_query_len <= 0) return true;
-  const Params params{
-      q,         k_pool,        v_pool,    query_start, seq_first_pos,   block_table,
-      head_page, out,           page_size, max_blocks,  pages_per_block, hq,
-      hq / hkv,  scale * kLog2e};
+  const Params params{q, kv, query_start, seq_first_pos, out, hq, hq / kv.hkv, scale * kLog2e};
   return d == 64 ? Launch<64>(stream, params, num_seqs, max_query_len)
                  : Launch<128>(stream, params, num_seqs, max_query_len);
 }

@@ -10,13 +10,16 @@ build=${BUILD_DIR:-build}
 shared=${HEADWISE_SHARED:-$root/../shared}
 out=.carry/gpu
 cmake -S . -B "$build" -G Ninja >/dev/null
-cmake --build "$build" --target headwise kernels_cuda_test sampling_test engine_cuda_test hw_bench_gpu
+cmake --build "$build" --target headwise kernels_cuda_test sampling_test engine_cuda_test hw_bench_gpu \
+  hw_bench_policy
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/shared/models"
-for b in headwise kernels_cuda_test sampling_test engine_cuda_test hw_bench_gpu; do
+for b in headwise kernels_cuda_test sampling_test engine_cuda_test hw_bench_gpu hw_bench_policy; do
   strip -o "$out/bin/$b" "$build/bin/$b"
 done
 "$shared/device/pack-runtime-libs.sh" "$out/lib" "$out"/bin/* >&2
 cp -r "$shared/models/tinystories-656k" "$shared/models/stories260k-gguf" "$out/shared/models/"
+duo=patterns/duo-attention/Meta-Llama-3.1-8B-Instruct
+mkdir -p "$out/shared/$duo" && cp "$shared/$duo/full_attention_heads.tsv" "$out/shared/$duo/"
 chmod -R u+w "$out"
 du -sh "$out"

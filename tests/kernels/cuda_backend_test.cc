@@ -171,10 +171,18 @@ TEST_CASE("CUDA matmul (bf16 and f32 out, with bias) matches the CPU", "[cuda]")
   }
 }
 
+// Sink/window (ring) KV heads: with window > 0 the odd KV heads are ring heads, their pages in a
+// table of their own (kernels::BlockTable). Positions never cycle here: the kernels' key ranges
+// and table pick are what is compared (tests/kvcache covers the recycling).
+struct Ring {
+  int sink = 0, window = 0;
+};
+
 // A batch of sequences with the given lengths, all tokens as queries (prefill) or only the
 // last `last_n` (1: decode; more: a prefill chunk after a cached prefix), through RopeWriteKv
 // then PagedAttention on both backends.
-void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& lens, int last_n = 0) {
+void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& lens, int last_n = 0,
+                    Ring ring = {}) {
   const bool decode = last_n == 1;
   auto is_query = [&](int s, int t) {
     return last_n == 0 || t >= lens[static_cast<size_t>(s)] - last_n;
@@ -189,19 +197,28 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
     max_blocks = std::max(max_blocks, (len + page_size - 1) / page_size);
     total_blocks += (len + page_size - 1) / page_size;
   }
-  const int num_blocks = total_blocks + 3, num_pages = num_blocks * pages_per_block;
+  const int table_count = ring.window > 0 ? 2 : 1;
+  const int num_blocks = table_count * total_blocks + 3, num_pages = num_blocks * pages_per_block;
   std::vector<int32_t> free_blocks(static_cast<size_t>(num_blocks));
   std::iota(free_blocks.begin(), free_blocks.end(), 0);
   std::shuffle(free_blocks.begin(), free_blocks.end(), p.rng);
-  std::vector<int32_t> blocks(static_cast<size_t>(num_seqs * max_blocks), 0);
+  std::vector<int32_t> tables[2];
   size_t next = 0;
-  for (int s = 0; s < num_seqs; ++s)
-    for (int b = 0; b < (lens[static_cast<size_t>(s)] + page_size - 1) / page_size; ++b)
-      blocks[static_cast<size_t>(s * max_blocks + b)] = free_blocks[next++];
-  std::vector<int32_t> head_page(static_cast<size_t>(hkv));
-  for (int h = 0; h < hkv; ++h) head_page[static_cast<size_t>(h)] = 2 * (hkv - 1 - h) + 1;
+  for (int i = 0; i < table_count; ++i) {
+    tables[i].assign(static_cast<size_t>(num_seqs * max_blocks), 0);
+    for (int s = 0; s < num_seqs; ++s)
+      for (int b = 0; b < (lens[static_cast<size_t>(s)] + page_size - 1) / page_size; ++b)
+        tables[i][static_cast<size_t>(s * max_blocks + b)] = free_blocks[next++];
+  }
+  const std::vector<int32_t>& blocks = tables[0];
+  std::vector<int32_t> head_page(static_cast<size_t>(hkv)), head_ring(static_cast<size_t>(hkv));
+  for (int h = 0; h < hkv; ++h) {
+    head_page[static_cast<size_t>(h)] = 2 * (hkv - 1 - h) + 1;
+    head_ring[static_cast<size_t>(h)] = ring.window > 0 && h % 2 == 1;
+  }
   auto slot_of = [&](int s, int h, int t) {
-    return (blocks[static_cast<size_t>(s * max_blocks + t / page_size)] * pages_per_block +
+    const auto& table = tables[head_ring[static_cast<size_t>(h)]];
+    return (table[static_cast<size_t>(s * max_blocks + t / page_size)] * pages_per_block +
             head_page[static_cast<size_t>(h)]) *
                page_size +
            t % page_size;
@@ -232,8 +249,17 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
   auto [sqc, sqg] = p.UploadI32(seq, {tokens});
   auto [blc, blg] = p.UploadI32(blocks, {num_seqs, max_blocks});
   auto [hpc, hpg] = p.UploadI32(head_page, {hkv});
-  const BlockTable table_c{blc.view(), hpc.view(), pages_per_block},
+  auto [hrc, hrg] = p.UploadI32(head_ring, {hkv});
+  auto [rbc, rbg] = p.UploadI32(tables[table_count - 1], {num_seqs, max_blocks});
+  BlockTable table_c{blc.view(), hpc.view(), pages_per_block},
       table_g{blg.view(), hpg.view(), pages_per_block};
+  if (ring.window > 0) {
+    table_c = {blc.view(), hpc.view(),      pages_per_block, hrc.view(),
+               rbc.view(), pages_per_block, ring.sink,       ring.window};
+    table_g = {blg.view(), hpg.view(),      pages_per_block, hrg.view(),
+               rbg.view(), pages_per_block, ring.sink,       ring.window};
+    table_c.num_ring_heads = table_g.num_ring_heads = hkv / 2;
+  }
   auto [fc, fg] = p.UploadF32(inv_freq, {d / 2});
   auto [kc, kg] = p.Outputs({num_pages, page_size, d});
   auto [vc, vg] = p.Outputs({num_pages, page_size, d});
@@ -302,7 +328,8 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
       qsg.view(), pool_g,
       PagedAttentionBatch{tsg.view(), tpg.view(), table_g, qstg.view(), max_query_len}, scale,
       og.view());
-  INFO("hq " << hq << " hkv " << hkv << " d " << d << " last_n " << last_n << " seqs " << num_seqs);
+  INFO("hq " << hq << " hkv " << hkv << " d " << d << " last_n " << last_n << " seqs " << num_seqs
+             << " ring sink " << ring.sink << " window " << ring.window);
   auto real_rows = [&](std::vector<float> v) {  // the padding row's output is unspecified
     v.resize(static_cast<size_t>(queries * hq * d));
     return v;
@@ -339,6 +366,24 @@ TEST_CASE("CUDA rope + KV write and paged attention match the CPU", "[cuda]") {
       CheckAttention(p, hq, hkv, d, {300, 40, 129, 77}, 33);   // chunks after a prefix
       CheckAttention(p, hq, hkv, d, {1, 16, 33, 1000, 7}, 1);  // decode
       CheckAttention(p, hq, hkv, d, {513, 2048, 5000}, 1);     // several KV splits
+    }
+  }
+}
+
+// Ring heads attend their sinks and a window that starts `window` before their chunk
+// (kernels::BlockTable): every path — the prefill kernel (head dims 64, 128), the decode kernel
+// for chunks (16) and decode, one split or many — against the CPU's ranges.
+TEST_CASE("CUDA attention over sink/window ring heads matches the CPU", "[cuda]") {
+  Pair p;
+  for (auto [hq, hkv] : {std::pair{8, 2}, std::pair{32, 4}}) {
+    for (int d : {16, 64, 128}) {
+      for (Ring ring : {Ring{4, 40}, Ring{0, 100}, Ring{64, 256}}) {
+        CheckAttention(p, hq, hkv, d, {1, 15, 16, 17, 50}, 0, ring);
+        CheckAttention(p, hq, hkv, d, {300, 40, 129, 77}, 33, ring);
+        CheckAttention(p, hq, hkv, d, {700, 90, 1500}, 200, ring);
+        CheckAttention(p, hq, hkv, d, {1, 16, 33, 1000, 7}, 1, ring);
+        CheckAttention(p, hq, hkv, d, {513, 2048, 5000}, 1, ring);
+      }
     }
   }
 }

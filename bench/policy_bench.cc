@@ -1,0 +1,294 @@
+// What an attention policy buys on one model: KV bytes per token, the longest context and the
+// most concurrent sequences that fit a fixed KV memory budget (the cache's own admission:
+// sequences are reserved in a real cache of that size), and decode step latency against the
+// bytes a step must read, each policy against the first one given (dense) in the same run.
+//
+// usage: hw_bench_policy MODEL --policies NAME=FILE,NAME=FILE,... [--load-format dummy]
+//                        [--contexts 32768,65536,131072] [--batches 1,4] [--budget-gb 60]
+//                        [--chunk 2048] [--tokens 16] [--device cuda]
+// --chunk is the most tokens a step writes per sequence (the server's max_num_batched_tokens):
+// rings hold sink + window + chunk tokens. Decode contexts are not prefilled: the pages are
+// reserved and read as they are, which costs the same as real keys.
+// Prints one JSON object per line: roofline (copy bandwidth), policy (bytes per token),
+// capacity (per context: most sequences; longest single context), decode (per batch x context).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/attention_setup.h"
+#include "engine/model_loader.h"
+#include "kernels/backend_factory.h"
+#include "tools/flags.h"
+
+namespace hw = headwise;
+using hw::DType;
+using hw::kernels::Backend;
+using hw::kernels::Buffer;
+
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::vector<std::string> Split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, sep);) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void Emit(const std::string& line) {
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+// Bytes one sequence keeps: full heads grow with the context, rings are fixed.
+struct Footprint {
+  int page_size = 16;
+  size_t page_bytes = 0;
+  int full_pages_per_block = 0;  // pages of one block (page_size tokens) of all full heads
+  int ring_pages_per_seq = 0;    // one sequence's ring pages
+  int ring_heads = 0;            // ring KV heads over all layers
+  int sink = 0, window = 0;
+
+  double FullBytesPerToken() const {
+    return static_cast<double>(full_pages_per_block) * static_cast<double>(page_bytes) / page_size;
+  }
+  double RingBytes() const { return static_cast<double>(ring_pages_per_seq) * page_bytes; }
+  int64_t Pages(int64_t seqs, int64_t tokens) const {
+    return seqs *
+           ((tokens + page_size - 1) / page_size * full_pages_per_block + ring_pages_per_seq);
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: hw_bench_policy MODEL --policies NAME=FILE,... [...]\n");
+    return 2;
+  }
+  const std::string model_path = argv[1];
+  hw::tools::FlagParser flags(argc - 1, argv + 1);
+  std::string device = "cuda", load_format = "auto", policies_s, contexts_s = "32768,65536,131072",
+              batches_s = "1,4";
+  int budget_gb = 60;
+  int chunk = 2048, tokens = 16;
+  flags.String("device", device);
+  flags.String("load-format", load_format);
+  flags.String("policies", policies_s);
+  flags.String("contexts", contexts_s);
+  flags.String("batches", batches_s);
+  flags.Int("budget-gb", budget_gb);
+  flags.Int("chunk", chunk);
+  flags.Int("tokens", tokens);
+  const auto fail = [](const std::string& what) {
+    std::fprintf(stderr, "hw_bench_policy: error: %s\n", what.c_str());
+    return 2;
+  };
+  if (auto s = flags.Finish(); !s.ok()) return fail(s.message());
+  if (policies_s.empty()) return fail("--policies NAME=FILE,... is required");
+  auto created = hw::kernels::CreateBackend(device, 0);
+  if (!created.ok()) return fail(created.status().message());
+  auto backend = std::move(created).value();
+  Backend& be = *backend;
+  hw::engine::LoadOptions options;
+  if (load_format == "dummy") options.format = hw::models::LoadFormat::kDummy;
+  auto loaded = hw::engine::LoadModel(model_path, options, be);
+  if (!loaded.ok()) return fail(loaded.status().message());
+  auto& model = *loaded->model;
+  const auto& c = model.config();
+  std::vector<int> contexts, batches;
+  for (const auto& x : Split(contexts_s, ',')) contexts.push_back(std::stoi(x));
+  for (const auto& x : Split(batches_s, ',')) batches.push_back(std::stoi(x));
+
+  double copy_bw = 0;
+  {
+    const int64_t n = int64_t{1} << 28;  // 1 GiB of f32
+    Buffer a = be.Allocate(DType::kF32, {n}), b = be.Allocate(DType::kF32, {n});
+    std::vector<double> t;
+    for (int r = 0; r < 6; ++r) {
+      const double t0 = Now();
+      for (int i = 0; i < 4; ++i) be.CopyOnDevice(b.view(), a.view(), n * 4);
+      be.Synchronize();
+      t.push_back((Now() - t0) / 4);
+    }
+    copy_bw = 2.0 * static_cast<double>(n) * 4 / Median(t);
+  }
+  Emit(fmt::format(R"({{"kind": "roofline", "copy_gb_s": {:.1f}, "weight_bytes": {}}})",
+                   copy_bw / 1e9, model.weight_bytes()));
+
+  // (batch, context) -> dense step seconds and bytes, from the first policy.
+  std::map<std::pair<int, int>, std::pair<double, double>> baseline;
+  std::map<int, double> baseline_kv;  // context -> first policy's KV bytes of one sequence
+  const double budget = budget_gb * 1e9;
+  bool first = true;
+  for (const auto& entry : Split(policies_s, ',')) {
+    const auto eq = entry.find('=');
+    if (eq == std::string::npos) return fail("--policies entries are NAME=FILE: " + entry);
+    const std::string name = entry.substr(0, eq), file = entry.substr(eq + 1);
+    auto set = hw::engine::LoadAttentionPolicy(file, c, model_path);
+    if (!set.ok()) return fail(set.status().message());
+    auto layout = hw::engine::CacheLayoutFor(*set);
+    if (!layout.ok()) return fail(layout.status().message());
+
+    Footprint fp;
+    hw::kvcache::KvCacheConfig one = model.KvConfig(1);
+    one.max_ring_sequences = 1;
+    one.ring_chunk_tokens = chunk;
+    fp.page_size = one.page_size;
+    fp.page_bytes = hw::kvcache::KvCache::PageBytes(
+        one, be.device() == hw::Device::kCpu ? DType::kF32 : DType::kBF16);
+    fp.full_pages_per_block = hw::kvcache::KvCache::FullPagesPerBlock(*layout);
+    fp.ring_pages_per_seq = hw::kvcache::KvCache::RingRegionPages(one, *layout);
+    for (int l = 0; l < c.num_layers; ++l) {
+      for (int h = 0; h < c.num_kv_heads; ++h) {
+        const auto& p = set->At(l, h);
+        if (p.storage == hw::engine::attention::StorageKind::kRing) {
+          ++fp.ring_heads;
+          fp.sink = p.sink;
+          fp.window = p.window;
+        }
+      }
+    }
+    // K and V of one token of one KV head.
+    const double head_token_bytes = static_cast<double>(fp.page_bytes) / fp.page_size;
+    Emit(fmt::format(
+        R"({{"kind": "policy", "policy": "{}", "file": "{}", "ring_kv_heads": {}, "kv_heads": {}, )"
+        R"("sink": {}, "window": {}, "chunk": {}, "full_bytes_per_token": {:.0f}, )"
+        R"("ring_bytes_per_sequence": {:.0f}}})",
+        name, file, fp.ring_heads, c.num_layers * c.num_kv_heads, fp.sink, fp.window, chunk,
+        fp.FullBytesPerToken(), fp.RingBytes()));
+
+    // --- capacity under the budget, by the cache's own admission ---
+    const int budget_pages = static_cast<int>(budget / static_cast<double>(fp.page_bytes));
+    // Admits `seqs` sequences of `tokens` each in a cache of the budget whose rings are set
+    // aside for exactly them (as the server sets them aside for max_num_seqs).
+    const auto admits = [&](int seqs, int tokens_each) {
+      auto cache = hw::engine::CreateKvCache(*set, model.KvConfig(budget_pages), seqs, chunk, be);
+      if (!cache.ok()) return false;
+      std::vector<hw::kvcache::SequenceKv> held;
+      held.reserve(static_cast<size_t>(seqs));
+      for (int s = 0; s < seqs; ++s) {
+        held.emplace_back(**cache);
+        if (!held.back().Reserve(tokens_each).ok()) return false;
+      }
+      return true;
+    };
+    for (int context : contexts) {
+      int lo = 0, hi = 1;
+      while (admits(hi, context) && hi < (1 << 16)) hi *= 2;
+      while (hi - lo > 1) {  // admits(lo) holds, admits(hi) does not
+        const int mid = (lo + hi) / 2;
+        (admits(mid, context) ? lo : hi) = mid;
+      }
+      Emit(fmt::format(R"({{"kind": "capacity", "policy": "{}", "budget_gb": {}, "context": {}, )"
+                       R"("max_sequences": {}, "kv_bytes_per_sequence": {:.0f}}})",
+                       name, budget_gb, context, lo,
+                       fp.FullBytesPerToken() * context + fp.RingBytes()));
+      if (first) baseline_kv[context] = fp.FullBytesPerToken() * context + fp.RingBytes();
+    }
+    // The longest single context: bounded by the budget unless no head grows.
+    if (fp.full_pages_per_block == 0) {
+      Emit(fmt::format(
+          R"({{"kind": "longest", "policy": "{}", "budget_gb": {}, "tokens": null, )"
+          R"("note": "no KV head grows with the context: memory is flat at any length"}})",
+          name, budget_gb));
+    } else {
+      int lo = 0, hi = 1 << 12;
+      while (admits(1, hi) && hi < (1 << 30)) hi *= 2;
+      while (hi - lo > fp.page_size) {
+        const int mid = lo + (hi - lo) / 2;
+        (admits(1, mid) ? lo : hi) = mid;
+      }
+      Emit(fmt::format(R"({{"kind": "longest", "policy": "{}", "budget_gb": {}, "tokens": {}}})",
+                       name, budget_gb, lo));
+    }
+
+    // --- decode steps ---
+    for (int batch : batches) {
+      for (int context : contexts) {
+        const int total = context + tokens + 4;
+        const double need = static_cast<double>(fp.Pages(batch, total)) * fp.page_bytes;
+        if (need + 4e9 > static_cast<double>(be.DeviceMemory().free_bytes)) {
+          Emit(fmt::format(
+              R"({{"kind": "decode", "policy": "{}", "batch": {}, "context": {}, "skipped": )"
+              R"("does not fit: {:.1f} GB of KV, {:.1f} GB free"}})",
+              name, batch, context, need / 1e9,
+              static_cast<double>(be.DeviceMemory().free_bytes) / 1e9));
+          continue;
+        }
+        auto cache = hw::engine::CreateKvCache(
+            *set, model.KvConfig(static_cast<int>(fp.Pages(batch, total))), batch, chunk, be);
+        if (!cache.ok()) return fail(cache.status().message());
+        std::vector<hw::kvcache::SequenceKv> seqs;
+        seqs.reserve(static_cast<size_t>(batch));
+        for (int s = 0; s < batch; ++s) {
+          seqs.emplace_back(**cache);
+          if (auto st = seqs.back().Reserve(total); !st.ok()) return fail(st.message());
+        }
+        std::vector<int32_t> next(static_cast<size_t>(batch), 1);
+        std::vector<hw::models::BatchEntry> entries(static_cast<size_t>(batch));
+        std::vector<double> step_s;
+        for (int i = -3; i < tokens; ++i) {  // 3 untimed steps capture the graph
+          const int pos = context + std::max(i, 0);
+          for (int s = 0; s < batch; ++s) {
+            entries[static_cast<size_t>(s)] = {
+                &seqs[static_cast<size_t>(s)],
+                std::span<const int32_t>(&next[static_cast<size_t>(s)], 1), pos, false};
+          }
+          const double t0 = Now();
+          model.Forward(entries, **cache);
+          be.Synchronize();
+          if (i >= 0) step_s.push_back(Now() - t0);
+        }
+        const double ms = Median(step_s) * 1e3;
+        // What a step must read: the weights, every full head's keys and values of the context,
+        // each ring head's sinks and window.
+        const double attended_ring = std::min<double>(context, fp.sink + fp.window + 1);
+        const double bytes = static_cast<double>(model.weight_bytes()) +
+                             batch * (fp.FullBytesPerToken() * context +
+                                      fp.ring_heads * head_token_bytes * attended_ring);
+        std::string vs_first;
+        if (first) {
+          baseline[{batch, context}] = {ms, bytes};
+        } else if (auto it = baseline.find({batch, context}); it != baseline.end()) {
+          const double speedup = it->second.first / ms, allowed = it->second.second / bytes;
+          vs_first = fmt::format(
+              R"(, "speedup": {:.3f}, "bytes_allow": {:.3f}, "fraction_of_allowed": {:.3f})",
+              speedup, allowed, speedup / allowed);
+        }
+        Emit(fmt::format(
+            R"({{"kind": "decode", "policy": "{}", "batch": {}, "context": {}, "ms": {:.3f}, )"
+            R"("bytes": {:.0f}, "roofline_ms": {:.3f}, "fraction_of_roofline": {:.3f}{}}})",
+            name, batch, context, ms, bytes, bytes / copy_bw * 1e3, bytes / copy_bw * 1e3 / ms,
+            vs_first));
+      }
+    }
+    if (!first) {
+      for (int context : contexts) {
+        const double kv = fp.FullBytesPerToken() * context + fp.RingBytes();
+        Emit(fmt::format(
+            R"({{"kind": "kv_ratio", "policy": "{}", "context": {}, "kv_bytes": {:.0f}, )"
+            R"("first_policy_kv_bytes": {:.0f}, "less_kv_x": {:.3f}}})",
+            name, context, kv, baseline_kv[context], baseline_kv[context] / kv));
+      }
+    }
+    first = false;
+  }
+  return 0;
+}
