@@ -180,8 +180,13 @@ int RunProfileHeads(int argc, char** argv) {
 
   nlohmann::ordered_json doc;
   if (method == "razor") {
+    // The tokenizer's BOS, else config.json's (dummy weights come without a tokenizer).
     std::optional<int32_t> bos;
-    if (loaded->tokenizer) bos = loaded->tokenizer->bos_id();
+    if (loaded->tokenizer) {
+      bos = loaded->tokenizer->bos_id();
+    } else if (c.bos_token_id >= 0) {
+      bos = c.bos_token_id;
+    }
     auto profile = engine::attention::ProfileRazor(model, bos, razor);
     if (!profile.ok()) return Fail(profile.status());
     doc = engine::attention::RazorProfileJson(*profile, identity);

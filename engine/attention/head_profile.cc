@@ -204,6 +204,7 @@ std::vector<int32_t> RazorTokens(std::optional<int32_t> bos, int length, int rep
   std::vector<int32_t> r;
   uint64_t state = seed;
   const auto span = static_cast<uint64_t>(hi - lo);
+  r.reserve(static_cast<size_t>(std::max(length, 0)));
   for (int i = 0; i < length; ++i) {
     r.push_back(lo + static_cast<int32_t>(SplitMix64(state) % span));
   }
@@ -386,7 +387,7 @@ StatusOr<RazorProfile> ProfileRazor(models::LlamaModel& model, std::optional<int
     });
     Prefill(model, *cache, kv, out.tokens, o.prefill_chunk);
   }
-  HW_RETURN_IF_ERROR(observed);
+  if (!observed.ok()) return observed;
   out.echo = scorer.Echo();
   out.induction = scorer.Induction();
   const int group = c.num_heads / c.num_kv_heads;
@@ -472,7 +473,7 @@ StatusOr<DecodeResult> DecodeWithEvents(models::LlamaModel& model, const tokeniz
     const models::BatchEntry e{&kv, std::span<const int32_t>(&input, 1), pos, false};
     const int32_t next =
         Argmax(model.ForwardToHost(std::span<const models::BatchEntry>(&e, 1), *cache));
-    HW_RETURN_IF_ERROR(observed);
+    if (!observed.ok()) return observed;
     CountCopyPaste(top_key, prompt, needle_begin, needle_end, next, out.score);
     out.output.push_back(next);
     const bool eos = std::find(eos_ids.begin(), eos_ids.end(), next) != eos_ids.end();
@@ -568,6 +569,7 @@ nlohmann::ordered_json RetrievalProfileJson(const RetrievalProfile& p, const Mod
   j["identity"] = IdentityJson(identity);
   j["method"] = "retrieval";
   std::vector<double> depths;
+  depths.reserve(static_cast<size_t>(std::max(o.num_depths, 0)));
   for (int d = 0; d < o.num_depths; ++d) {
     depths.push_back(o.num_depths == 1 ? 0.0 : 100.0 * d / (o.num_depths - 1));
   }

@@ -36,7 +36,9 @@ TEST_CASE("Attention rows are recomputed through a scattered block table", "[hea
     for (int j = 0; j < tokens; ++j) {
       const int page =
           blocks[static_cast<size_t>(j / page_size)] * 2 + head_page[static_cast<size_t>(h)];
-      float* key = &k[static_cast<size_t>((page * page_size + j % page_size) * d)];
+      const size_t slot =
+          static_cast<size_t>(page) * page_size + static_cast<size_t>(j % page_size);
+      float* key = &k[slot * d];
       key[0] = static_cast<float>(j + 1);
       key[1] = static_cast<float>(h);
     }
