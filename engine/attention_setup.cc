@@ -14,8 +14,10 @@ std::string ModelPolicyFile(const std::string& model_path) {
 
 StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& flag_path,
                                                    const models::ModelConfig& config,
-                                                   const std::string& model_path) {
-  const attention::ModelShape shape{config.num_layers, config.num_heads, config.num_kv_heads};
+                                                   const std::string& model_path,
+                                                   uint64_t weights_hash) {
+  const attention::ModelShape shape{config.num_layers, config.num_heads, config.num_kv_heads,
+                                    weights_hash};
   const std::string path = flag_path.empty() ? ModelPolicyFile(model_path) : flag_path;
   if (path.empty()) return attention::DensePolicySet(shape);
   HW_ASSIGN_OR_RETURN(attention::PolicySet set, attention::LoadPolicyFile(path, shape));

@@ -15,9 +15,12 @@
 
 namespace headwise::engine {
 
+// `weights_hash` (models::LlamaModel::weights_hash()) is checked against the identity of any
+// head-profile file the policy's assignment reads (engine/attention/profile_file.h).
 StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& path,
                                                    const models::ModelConfig& config,
-                                                   const std::string& model_path);
+                                                   const std::string& model_path,
+                                                   uint64_t weights_hash);
 
 // The model's own policy file, or "" when its directory has none (or it is a single file).
 std::string ModelPolicyFile(const std::string& model_path);

@@ -403,8 +403,9 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   }
   if (c.max_waiting < 0) return InvalidArgument("max_waiting must be >= 0, got {}", c.max_waiting);
   if (c.page_size < 1) return InvalidArgument("page size must be >= 1, got {}", c.page_size);
-  HW_ASSIGN_OR_RETURN(attention::PolicySet policy,
-                      LoadAttentionPolicy(c.attention_policy, mc, model.path));
+  HW_ASSIGN_OR_RETURN(
+      attention::PolicySet policy,
+      LoadAttentionPolicy(c.attention_policy, mc, model.path, model.model->weights_hash()));
   if (policy.page_size != c.page_size) {
     return InvalidArgument(
         "attention policy \"{}\": kv_cache.page_size {} differs from the "

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <string>
 
+#include "models/weight_hash.h"
+
 namespace headwise::models {
 namespace {
 
@@ -51,9 +53,12 @@ Status LlamaModel::LoadWeights(WeightSource& weights) {
   const int64_t hidden = c.hidden_size, head_dim = c.head_dim;
   const int64_t q_dim = int64_t{c.num_heads} * head_dim,
                 kv_dim = int64_t{c.num_kv_heads} * head_dim;
+  WeightsHasher hasher;
   auto load = [&](const std::string& name,
                   const std::vector<int64_t>& shape) -> StatusOr<HostTensor> {
-    return weights.Load(name, shape);
+    StatusOr<HostTensor> t = weights.Load(name, shape);
+    if (t.ok()) hasher.Add(name, *t);
+    return t;
   };
   auto upload = [&](const HostTensor& t) {
     Buffer b = backend_->LoadWeight(t);
@@ -104,6 +109,7 @@ Status LlamaModel::LoadWeights(WeightSource& weights) {
       layer.qkv_bias = upload(ConcatRows({bq, bk, bv}));
     }
   }
+  weights_hash_ = hasher.Digest();
   return Status::Ok();
 }
 
@@ -275,6 +281,7 @@ Tensor LlamaModel::Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::
     be.Matmul(normed, layer.qkv.view(), layer.qkv_bias.view(), qkv);
     be.RopeWriteKv(qkv, attn_batch, inv_freq_.view(), pool, q);
     be.PagedAttention(q, pool, attn_batch, scale, attn);
+    if (observer_) observer_(l, q, pool, attn_batch);
     be.Matmul(attn.Reshape({num_tokens, q_dim}), layer.o_proj.view(), no_bias, proj);
     be.AddRmsNorm(residual, proj, layer.post_norm.view(), eps, normed);
     be.Matmul(normed, layer.gate_up.view(), no_bias, gate_up);
@@ -311,7 +318,7 @@ Tensor LlamaModel::Forward(std::span<const BatchEntry> batch, kvcache::KvCache& 
     return e.tokens.size() == 1 && !e.all_logits;
   });
   const int bucket = GraphBatchBucket(num_seqs);
-  if (!use_graphs_ || !backend_->SupportsCapture() || !decode_only || bucket == 0) {
+  if (!use_graphs_ || !backend_->SupportsCapture() || !decode_only || bucket == 0 || observer_) {
     const StepMeta m = BuildMeta(batch, cache, 0, 0);
     if (EnsureWorkspace(m.num_tokens, m.num_rows)) graphs_.clear();
     Upload(m, meta_);

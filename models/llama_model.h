@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -38,6 +39,18 @@ class LlamaModel {
   kvcache::KvCacheConfig KvConfig(int num_pages, int page_size = 16) const;
   // Bytes of weights as the backend stores them, for roofline figures.
   size_t weight_bytes() const { return weight_bytes_; }
+  // Fingerprint of the weights as loaded (models/weight_hash.h says what it covers).
+  uint64_t weights_hash() const { return weights_hash_; }
+
+  // Sees each layer's attention inputs after its keys are written and its attention ran: the
+  // layer, its post-RoPE queries q [T, Hq, D], the KV pool and the step's batch (tables and
+  // positions), all on the backend's device and valid only during the call. Used offline
+  // (engine/attention/head_profile.h); unset (the default) costs nothing. While set, every
+  // step runs eagerly (no graph replay).
+  using AttentionObserver =
+      std::function<void(int layer, const Tensor& q, const kernels::KvPoolView& pool,
+                         const kernels::PagedAttentionBatch& batch)>;
+  void set_attention_observer(AttentionObserver observer) { observer_ = std::move(observer); }
 
   // Runs the batch and returns logits [R, V] on the backend's device, R = the entries' logit
   // rows in order. The view stays valid until the next Forward.
@@ -87,6 +100,8 @@ class LlamaModel {
   std::vector<Layer> layers_;
   kernels::Buffer embed_, final_norm_, lm_head_, inv_freq_;
   size_t weight_bytes_ = 0;
+  uint64_t weights_hash_ = 0;
+  AttentionObserver observer_;
   // Reused across steps, grown to the largest batch seen: no allocation per step.
   struct Workspace {
     int64_t tokens = 0;

@@ -134,8 +134,8 @@ int RunGenerate(int argc, char** argv) {
     return Fail(InvalidArgument("{}: no tokenizer found; pass --tokenizer PATH", model_path));
   }
   const tokenizer::Tokenizer& tok = *loaded->tokenizer;
-  auto policy =
-      engine::LoadAttentionPolicy(attention_policy_path, loaded->model->config(), model_path);
+  auto policy = engine::LoadAttentionPolicy(attention_policy_path, loaded->model->config(),
+                                            model_path, loaded->model->weights_hash());
   if (!policy.ok()) return Fail(policy.status());
 
   std::string text = prompt;

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/json_file.h"
+#include "engine/attention/profile_file.h"
 
 namespace headwise::engine::attention {
 namespace {
@@ -327,7 +328,7 @@ Status ApplyHeadList(const json& j, const std::string& path, const std::string& 
   HW_ASSIGN_OR_RETURN(const int policy, PolicyIndex(by_name, policy_name, f.At("policy")));
   HW_RETURN_IF_ERROR(f.Finish());
   const std::string resolved = Resolve(base_dir, file);
-  HW_ASSIGN_OR_RETURN(const json list, ReadJsonFile(resolved));
+  HW_ASSIGN_OR_RETURN(const json list, ReadProfileArtefact(resolved, shape, "heads"));
   if (!list.is_object()) return InvalidArgument("{}: expected {{\"layer\": [kv heads]}}", resolved);
   for (auto it = list.begin(); it != list.end(); ++it) {
     char* end = nullptr;
@@ -363,7 +364,7 @@ Status ApplyHeadScores(const json& j, const std::string& path, const std::string
   HW_ASSIGN_OR_RETURN(const int above, PolicyIndex(by_name, above_name, f.At("above")));
   HW_RETURN_IF_ERROR(f.Finish());
   const std::string resolved = Resolve(base_dir, file);
-  HW_ASSIGN_OR_RETURN(const json scores, ReadJsonFile(resolved));
+  HW_ASSIGN_OR_RETURN(const json scores, ReadProfileArtefact(resolved, shape, "scores"));
   if (!scores.is_object()) {
     return InvalidArgument("{}: expected {{\"layer-head\": [scores]}}", resolved);
   }

@@ -48,6 +48,9 @@ struct ModelShape {
   int num_layers = 0;
   int num_heads = 0;  // query heads
   int num_kv_heads = 0;
+  // models::LlamaModel::weights_hash() of the loaded model; 0 when unknown (then head-profile
+  // files are checked against the counts only, profile_file.h).
+  uint64_t weights_hash = 0;
 };
 
 enum class RopeStorage { kPostRope, kPreRope, kAuto };

@@ -138,6 +138,21 @@ def case_policy_other_model(tmp):
     return TINY, "8 is not a layer of this model", ["--attention-policy", p]
 
 
+def case_policy_profile_other_model(tmp):
+    # A head profile (headwise profile-heads) made for TinyStories' shape but other weights.
+    prof = os.path.join(tmp, "razor.json")
+    json.dump({"schema": "headwise-head-profile/v1", "method": "razor", "heads": {"0": [1]},
+               "identity": {"num_layers": 2, "num_heads": 8, "num_kv_heads": 4, "weights_hash": "0123456789abcdef"}},
+              open(prof, "w"))
+    p = os.path.join(tmp, "policy.json")
+    json.dump({"schema": "attn-policy/v1", "policies": {"dense": {}, "full": {}},
+               "assignment": {"default": "dense",
+                              "head_list": {"format": "razor_json", "path": "razor.json", "policy": "full"}}},
+              open(p, "w"))
+    return TINY, "computed for another model (2 layers, 8 heads, 4 KV heads, weights 0123456789abcdef)", \
+        ["--attention-policy", p]
+
+
 def case_policy_from_model_dir(tmp):
     # The model's own attention-policy.json applies without the flag (and is refused here).
     d = copy_tiny(tmp)

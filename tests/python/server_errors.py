@@ -230,6 +230,18 @@ def test_startup_errors(port_in_use):
             json.dump({"schema": "attn-policy/v1", "policies": {"s": {**ring, "positions": "original"}},
                        "assignment": {"default": "s"}}, f)
         startup_error([TINY, "--attention-policy", rings, "--num-kv-pages", "64"], "sink/window rings")
+        # A head profile of another model (headwise profile-heads): refused with both identities.
+        with open(os.path.join(tmp, "razor.json"), "w") as f:
+            json.dump({"schema": "headwise-head-profile/v1", "method": "razor", "heads": {"0": [1]},
+                       "identity": {"num_layers": 2, "num_heads": 8, "num_kv_heads": 4,
+                                    "weights_hash": "0123456789abcdef"}}, f)
+        profiled = os.path.join(tmp, "profiled.json")
+        with open(profiled, "w") as f:
+            json.dump({"schema": "attn-policy/v1", "policies": {"a": {}, "b": {}},
+                       "assignment": {"default": "a",
+                                      "head_list": {"format": "razor_json", "path": "razor.json", "policy": "b"}}}, f)
+        startup_error([TINY, "--attention-policy", profiled], "computed for another model (2 layers, 8 heads, 4 KV heads, "
+                      "weights 0123456789abcdef); the loaded model has 2 layers, 8 heads, 4 KV heads, weights ")
         binary = os.environ["HEADWISE_BIN"]
         p = subprocess.run([binary, "serve", TINY, "--port", str(port_in_use)], capture_output=True, text=True,
                            timeout=60)
