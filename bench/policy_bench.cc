@@ -141,7 +141,7 @@ int main(int argc, char** argv) {
     const auto eq = entry.find('=');
     if (eq == std::string::npos) return fail("--policies entries are NAME=FILE: " + entry);
     const std::string name = entry.substr(0, eq), file = entry.substr(eq + 1);
-    auto set = hw::engine::LoadAttentionPolicy(file, c, model_path);
+    auto set = hw::engine::LoadAttentionPolicy(file, c, model_path, model.weights_hash());
     if (!set.ok()) return fail(set.status().message());
     auto layout = hw::engine::CacheLayoutFor(*set);
     if (!layout.ok()) return fail(layout.status().message());
