@@ -87,10 +87,11 @@ StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& se
       if (members.empty()) continue;
       const attention::Policy& policy = set.policies[p];
       kvcache::Retention r;
-      if (policy.storage == attention::StorageKind::kCompressOnce) {
-        return Unimplemented("policy \"{}\": compress_once storage is not built yet", policy.name);
-      }
       if (policy.storage == attention::StorageKind::kRing) r = {true, policy.sink, policy.window};
+      if (policy.storage == attention::StorageKind::kCompressOnce) {
+        r = {false, policy.sink,         policy.window,
+             true,  policy.compensation, policy.compensation_by_count};
+      }
       classes.push_back(std::move(members));
       retention.push_back(r);
     }

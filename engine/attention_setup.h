@@ -26,8 +26,8 @@ StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& path,
 std::string ModelPolicyFile(const std::string& model_path);
 
 // The KV cache's head classes for a policy set: per layer, the KV heads of each policy (in
-// policy order), full storage as full classes and ring storage as rings. compress_once is not
-// built yet (Unimplemented).
+// policy order), full storage as full classes, ring storage as rings, compress_once as full
+// classes that compact after the prompt (engine/kv_compaction.h).
 StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& set);
 
 // The KV cache a policy set runs on: its head classes, a ring region for `max_sequences`

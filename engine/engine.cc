@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "engine/attention_setup.h"
+#include "engine/kv_compaction.h"
 #include "engine/memory_budget.h"
 #include "engine/output_processor.h"
 #include "kvcache/kv_cache.h"
@@ -330,9 +331,14 @@ bool Engine::Impl::Step() {
   std::vector<Sequence*> sampled;
   for (size_t i = 0; i < work.size(); ++i) {
     Sequence& seq = *work[i].seq;
+    const int before = seq.num_computed;
     seq.num_computed += work[i].count;
     seq.kv->CommitComputed(seq.tokens, seq.num_computed);
     if (seq.remaining() > 0) continue;
+    // The prompt (or a recomputed prefix) is complete: compress-once heads compact now.
+    if (work[i].count > 1 || before < static_cast<int>(seq.prompt_len)) {
+      CompactAfterPrompt(*backend, *cache, *seq.kv, seq.num_computed);
+    }
     rows.push_back({&seq.sampler, static_cast<int>(i), seq.prompt(), seq.generated()});
     sampled.push_back(&seq);
   }

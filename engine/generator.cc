@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "engine/kv_compaction.h"
 #include "engine/output_processor.h"
 
 namespace headwise::engine {
@@ -51,6 +52,7 @@ StatusOr<GenerationResult> Generator::Generate(
     models::BatchEntry e{&kv, prompt.subspan(start, n), static_cast<int>(start), false};
     logits = model_.Forward(std::span<const models::BatchEntry>(&e, 1), cache_);
   }
+  CompactAfterPrompt(model_.backend(), cache_, kv, static_cast<int>(prompt.size()));
   model_.backend().Synchronize();
   auto t1 = std::chrono::steady_clock::now();
   result.prefill_seconds = Seconds(t0, t1);

@@ -1,9 +1,9 @@
 #include "engine/metrics.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
-
-#include <fmt/format.h>
 
 namespace headwise::engine {
 namespace {
@@ -99,7 +99,9 @@ std::string MetricsRegistry::RenderPrometheus() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::string out;
   for (const auto& [name, m] : metrics_) {
-    const char* type = m.kind == Kind::kCounter ? "counter" : m.kind == Kind::kGauge ? "gauge" : "histogram";
+    const char* type = m.kind == Kind::kCounter ? "counter"
+                       : m.kind == Kind::kGauge ? "gauge"
+                                                : "histogram";
     out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, m.help, name, type);
     if (m.series.empty() && m.kind != Kind::kHistogram) out += name + " 0\n";
     for (const auto& [labels, s] : m.series) {
@@ -108,8 +110,8 @@ std::string MetricsRegistry::RenderPrometheus() const {
         continue;
       }
       for (size_t i = 0; i < m.bounds.size(); ++i) {
-        out += fmt::format("{}_bucket{} {}\n", name, RenderLabels(labels, "le", Number(m.bounds[i])),
-                           s.buckets[i]);
+        out += fmt::format("{}_bucket{} {}\n", name,
+                           RenderLabels(labels, "le", Number(m.bounds[i])), s.buckets[i]);
       }
       out += fmt::format("{}_bucket{} {}\n", name, RenderLabels(labels, "le", "+Inf"), s.count);
       out += fmt::format("{}_sum{} {}\n", name, RenderLabels(labels), Number(s.sum));

@@ -34,8 +34,8 @@ class MetricsRegistry {
  private:
   enum class Kind { kCounter, kGauge, kHistogram };
   struct Series {
-    double value = 0.0;                // counter / gauge
-    std::vector<uint64_t> buckets;     // histogram: cumulative at render time
+    double value = 0.0;             // counter / gauge
+    std::vector<uint64_t> buckets;  // histogram: cumulative at render time
     double sum = 0.0;
     uint64_t count = 0;
   };

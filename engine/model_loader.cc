@@ -6,8 +6,8 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "models/gguf_file.h"
 #include "core/json_file.h"
+#include "models/gguf_file.h"
 #include "tokenizer/gguf_vocab.h"
 
 namespace headwise::engine {

@@ -47,7 +47,8 @@ std::string OutputProcessor::Append(int32_t id) {
   if (stop_at != std::string::npos) {
     text_.resize(stop_at);
     finish_reason_ = "stop";
-  } else if (Contains(params_.stop_token_ids, id) || (!params_.ignore_eos && Contains(eos_ids_, id))) {
+  } else if (Contains(params_.stop_token_ids, id) ||
+             (!params_.ignore_eos && Contains(eos_ids_, id))) {
     finish_reason_ = "stop";
   } else if (num_tokens_ >= params_.max_tokens) {
     finish_reason_ = "length";

@@ -91,11 +91,22 @@ struct BlockTable {
   int ring_sink = 0;
   int ring_window = 0;
   int num_ring_heads = 0;  // how many head_ring entries are 1, known on the host: sizes the work
+  // Compress-once heads (RazorAttention, kvcache::Retention): full storage. Once sequence s is
+  // compacted (comp_from[s] > 0), a query at p attends keys [0, comp_sink), the compensation
+  // token kept at position comp_sink when comp_token (its logit + log(comp_from[s] - comp_sink),
+  // the number of tokens it stands for, when comp_log_count), and [comp_from[s], p]. Empty when
+  // no head of the layer compresses.
+  Tensor head_comp{};  // i32 [Hkv]: 1 for a compress-once head
+  Tensor comp_from{};  // i32 [S]: first position kept after the dropped span; 0: not compacted
+  int comp_sink = 0;
+  bool comp_token = false;
+  bool comp_log_count = true;
 
   int num_seqs() const { return static_cast<int>(blocks.dim(0)); }
   int num_kv_heads() const { return static_cast<int>(head_page.numel()); }
   int max_blocks() const { return static_cast<int>(blocks.dim(1)); }
   bool has_ring_heads() const { return head_ring.data != nullptr; }
+  bool has_compressed_heads() const { return head_comp.data != nullptr; }
 };
 
 // Which cache entries a batch of query tokens attends to, for one layer. A query token at
@@ -129,6 +140,18 @@ struct SparseDecodeBatch {
   Tensor indptr;       // i32 [R + 1]
   Tensor indices;      // i32 [nnz]: token positions, any order
   Tensor logit_bias;   // f32 [nnz], or empty for none
+  BlockTable table;
+};
+
+// One-shot KV compaction (ALGORITHMS.md §9.8): row r replaces K and V at position dest[r] of
+// (sequence row_seq[r], KV head row_kv_head[r]) with their means over positions
+// [begin[r], end[r]) (end > begin); dest may lie inside the range, the means are taken first.
+struct KvMeanBatch {
+  Tensor row_seq;      // i32 [R]
+  Tensor row_kv_head;  // i32 [R]
+  Tensor begin;        // i32 [R]
+  Tensor end;          // i32 [R]
+  Tensor dest;         // i32 [R]
   BlockTable table;
 };
 
@@ -236,6 +259,8 @@ class Backend {
   virtual void SparseDecodeAttention(const Tensor& q, const KvPoolView& pool,
                                      const SparseDecodeBatch& batch, float scale, const Tensor& out,
                                      const Tensor& lse) = 0;
+  // RazorAttention's compensation token: KvMeanBatch.
+  virtual void MeanKv(const KvPoolView& pool, const KvMeanBatch& batch) = 0;
   // out[r] = x[rows[r]].  x [T, H], rows [R], out [R, H]
   virtual void GatherRows(const Tensor& x, const Tensor& rows, const Tensor& out) = 0;
   // Draws one token per row of `batch` from logits [N, V] f32 (SamplingBatch); the logits are

@@ -49,6 +49,7 @@ Status HeadClassLayout::Validate(int num_layers, int num_kv_heads) const {
                            classes.size());
   }
   const Retention* ring = nullptr;
+  const Retention* compress = nullptr;
   for (int l = 0; l < num_layers; ++l) {
     const auto& r = retention[static_cast<size_t>(l)];
     if (r.size() != classes[static_cast<size_t>(l)].size()) {
@@ -56,6 +57,20 @@ Status HeadClassLayout::Validate(int num_layers, int num_kv_heads) const {
                              classes[static_cast<size_t>(l)].size());
     }
     for (const Retention& c : r) {
+      if (c.compress_once) {
+        if (c.ring || c.sink < 0 || c.window < 1) {
+          return InvalidArgument(
+              "layer {}: compress-once sink {} window {}: need sink >= 0, "
+              "window >= 1, no ring",
+              l, c.sink, c.window);
+        }
+        if (compress != nullptr && (compress->sink != c.sink || compress->window != c.window ||
+                                    compress->compensation != c.compensation ||
+                                    compress->compensation_by_count != c.compensation_by_count)) {
+          return InvalidArgument("compress-once classes of different rules are not supported");
+        }
+        compress = &c;
+      }
       if (!c.ring) continue;
       if (c.sink < 0 || c.window < 1) {
         return InvalidArgument("layer {}: ring sink {} window {}: need sink >= 0, window >= 1", l,
@@ -87,16 +102,19 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
   head_index_ = head_class_;
   page_index_ = head_class_;
   is_ring_.assign(layers, std::vector<char>(heads, 0));
+  is_compressed_ = is_ring_;
   for (size_t l = 0; l < layers; ++l) {
     for (size_t c = 0; c < layout_.classes[l].size(); ++c) {
       const auto& cls = layout_.classes[l][c];
       const Retention& r = layout_.RetentionOf(static_cast<int>(l), static_cast<int>(c));
       if (r.ring) ring_retention_ = r;
+      if (r.compress_once) compress_retention_ = r;
       for (size_t i = 0; i < cls.size(); ++i) {
         const auto h = static_cast<size_t>(cls[i]);
         head_class_[l][h] = static_cast<int>(c);
         head_index_[l][h] = static_cast<int>(i);
         is_ring_[l][h] = r.ring ? 1 : 0;
+        is_compressed_[l][h] = r.compress_once ? 1 : 0;
         // Class by class, heads in class order, within their kind of block.
         page_index_[l][h] = r.ring ? ring_pages_per_block_++ : pages_per_block_++;
       }
@@ -250,11 +268,13 @@ SequenceKv::SequenceKv(SequenceKv&& o) noexcept
       blocks_(std::move(o.blocks_)),
       ring_blocks_(std::move(o.ring_blocks_)),
       hashes_(std::move(o.hashes_)),
-      capacity_tokens_(o.capacity_tokens_) {
+      capacity_tokens_(o.capacity_tokens_),
+      compacted_from_(o.compacted_from_) {
   o.blocks_.clear();
   o.ring_blocks_.clear();
   o.hashes_.clear();
   o.capacity_tokens_ = 0;
+  o.compacted_from_ = 0;
 }
 
 uint64_t SequenceKv::HashOf(size_t page, std::span<const int32_t> tokens) const {
@@ -349,6 +369,7 @@ void SequenceKv::Release() {
   ring_blocks_.clear();
   hashes_.clear();
   capacity_tokens_ = 0;
+  compacted_from_ = 0;
 }
 
 int32_t SequenceKv::RingBlock(int logical_page) const {

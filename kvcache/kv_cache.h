@@ -46,11 +46,18 @@ struct KvCacheConfig {
 
 // How a class keeps its tokens. Full: all of them. Ring: the first `sink` tokens and the most
 // recent `window`, in a fixed set of pages per sequence whose window pages are reused as the
-// window moves on (StreamingLLM, DuoAttention's streaming heads).
+// window moves on (StreamingLLM, DuoAttention's streaming heads). Compress once
+// (RazorAttention): full storage; once the prompt is in, the sequence is compacted
+// (SequenceKv::MarkCompacted) and from then on attends only the first `sink` tokens, a
+// compensation token (with `compensation`: the mean K and V of the dropped span, written over
+// position `sink`) and the tokens from the last `window` of the prompt on.
 struct Retention {
   bool ring = false;
   int sink = 0;
   int window = 0;
+  bool compress_once = false;
+  bool compensation = false;
+  bool compensation_by_count = true;  // the compensation token's logit carries log(dropped)
 };
 
 // Which KV heads of each layer share a retention rule: classes[layer][class] = KV heads, kept
@@ -94,6 +101,10 @@ class KvCache {
   // both kinds of block.
   int PageIndex(int layer, int kv_head) const { return page_index_[layer][kv_head]; }
   bool IsRing(int layer, int kv_head) const { return is_ring_[layer][kv_head] != 0; }
+  bool IsCompressed(int layer, int kv_head) const { return is_compressed_[layer][kv_head] != 0; }
+  bool has_compressed_heads() const { return compress_retention_.compress_once; }
+  // The compress-once classes' rule (all share one).
+  const Retention& compress_retention() const { return compress_retention_; }
   // Ring geometry: pages of a ring block (one per ring (layer, head)), ring blocks a sequence
   // holds, of which the first sink_blocks() keep the sinks and the rest cycle for the window.
   int ring_pages_per_block() const { return ring_pages_per_block_; }
@@ -121,8 +132,11 @@ class KvCache {
   }
 
   void set_prefix_caching(bool on) { prefix_caching_ = on; }
-  // Ring pages are overwritten as their window moves, so a cache with ring classes shares none.
-  bool prefix_caching() const { return prefix_caching_ && ring_pages_per_block_ == 0; }
+  // Ring pages are overwritten as their window moves, and compaction writes its compensation
+  // token into a full page, so a cache with ring or compress-once classes shares none.
+  bool prefix_caching() const {
+    return prefix_caching_ && ring_pages_per_block_ == 0 && !has_compressed_heads();
+  }
   const PrefixCacheStats& prefix_stats() const { return prefix_stats_; }
 
   // Bytes of K+V per page, for turning a memory budget into a page count.
@@ -160,6 +174,8 @@ class KvCache {
   std::vector<std::vector<int>> head_index_;
   std::vector<std::vector<int>> page_index_;
   std::vector<std::vector<char>> is_ring_;
+  std::vector<std::vector<char>> is_compressed_;
+  Retention compress_retention_;
   int pages_per_block_ = 0;
   int ring_pages_per_block_ = 0;
   Retention ring_retention_;
@@ -214,6 +230,11 @@ class SequenceKv {
   // Physical slot (page * page_size + offset) of token `position` for (layer, kv_head).
   int32_t Slot(int layer, int kv_head, int position) const;
 
+  // Compress-once heads: the first position kept after the compacted span, 0 until the
+  // sequence is compacted (engine/kv_compaction.h does it, once, after the prompt).
+  int compacted_from() const { return compacted_from_; }
+  void MarkCompacted(int first_kept) { compacted_from_ = first_kept; }
+
  private:
   uint64_t HashOf(size_t page, std::span<const int32_t> tokens) const;
 
@@ -222,6 +243,7 @@ class SequenceKv {
   std::vector<int32_t> ring_blocks_;  // the sequence's ring blocks, once reserved
   std::vector<uint64_t> hashes_;      // hash chain of the committed/attached full pages
   int capacity_tokens_ = 0;
+  int compacted_from_ = 0;
 };
 
 }  // namespace headwise::kvcache

@@ -188,10 +188,24 @@ LlamaModel::StepMeta LlamaModel::BuildMeta(std::span<const BatchEntry> batch,
       }
     }
   }
+  // Compress-once heads: where each sequence's kept tokens resume (0: not compacted). A
+  // compacted sequence only decodes: its chunk attention would need the dropped span.
+  m.compress = cache.has_compressed_heads();
+  if (m.compress) {
+    for (int s = 0; s < m.num_seqs; ++s) {
+      const int from = s < num_seqs ? batch[static_cast<size_t>(s)].kv->compacted_from() : 0;
+      HW_CHECK(from == 0 || batch[static_cast<size_t>(s)].tokens.size() == 1,
+               "sequence {} was compacted after its prompt and can only decode", s);
+      m.data.push_back(from);
+    }
+  }
   for (int l = 0; l < config_.num_layers; ++l) {
     for (int h = 0; h < hkv; ++h) m.data.push_back(cache.PageIndex(l, h));
     if (m.rings) {
       for (int h = 0; h < hkv; ++h) m.data.push_back(cache.IsRing(l, h) ? 1 : 0);
+    }
+    if (m.compress) {
+      for (int h = 0; h < hkv; ++h) m.data.push_back(cache.IsCompressed(l, h) ? 1 : 0);
     }
   }
   return m;
@@ -243,6 +257,7 @@ Tensor LlamaModel::Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::
   const Tensor query_start_t = part({m.num_seqs + 1});
   const Tensor blocks_t = part({m.num_seqs, m.max_blocks});
   const Tensor ring_blocks_t = m.rings ? part({m.num_seqs, m.max_blocks}) : Tensor();
+  const Tensor comp_from_t = m.compress ? part({m.num_seqs}) : Tensor();
 
   const int64_t head_dim = c.head_dim, q_dim = int64_t{c.num_heads} * head_dim;
   auto rows = [&](const Buffer& b, int64_t n) { return b.view().Rows(0, n); };
@@ -275,6 +290,14 @@ Tensor LlamaModel::Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::
       table.ring_sink = cache.ring_retention().sink;
       table.ring_window = cache.ring_retention().window;
       for (int h = 0; h < hkv; ++h) table.num_ring_heads += cache.IsRing(l, h) ? 1 : 0;
+    }
+    if (m.compress) {
+      const kvcache::Retention& r = cache.compress_retention();
+      table.head_comp = part({hkv});
+      table.comp_from = comp_from_t;
+      table.comp_sink = r.sink;
+      table.comp_token = r.compensation;
+      table.comp_log_count = r.compensation_by_count;
     }
     const kernels::PagedAttentionBatch attn_batch{seq_t, pos_t, table, query_start_t,
                                                   m.max_query_len};

@@ -50,19 +50,31 @@ int64_t SlotOf(const BlockTable& table, const KvPoolView& pool, int32_t seq, int
 struct KeyRanges {
   int32_t sink_end = 0;
   int32_t window_begin = 0;
-  int32_t end = 0;  // one past the query's position
+  int32_t end = 0;          // one past the query's position
+  int32_t bias_index = -1;  // the compensation token's key index, if any
+  float bias = 0.0f;        // added to its logit
   int32_t count() const { return sink_end + (end - window_begin); }
   int32_t key(int32_t i) const { return i < sink_end ? i : window_begin + (i - sink_end); }
 };
 KeyRanges AttendedKeys(const PagedAttentionBatch& batch, int64_t t, int kv_head) {
   const int32_t pos = batch.token_pos.ptr<int32_t>()[t];
+  const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
   const BlockTable& table = batch.table;
+  if (table.has_compressed_heads() && table.head_comp.ptr<int32_t>()[kv_head] != 0) {
+    const int32_t from = table.comp_from.ptr<int32_t>()[seq];
+    if (from <= 0) return {pos + 1, pos + 1, pos + 1};  // not compacted: everything
+    KeyRanges r{std::min(table.comp_sink + (table.comp_token ? 1 : 0), pos + 1), from, pos + 1};
+    if (table.comp_token && table.comp_sink <= pos) {
+      r.bias_index = table.comp_sink;
+      r.bias = table.comp_log_count ? std::log(static_cast<float>(from - table.comp_sink)) : 0.0f;
+    }
+    return r;
+  }
   if (!table.has_ring_heads() || table.head_ring.ptr<int32_t>()[kv_head] == 0) {
     return {pos + 1, pos + 1, pos + 1};
   }
   int32_t chunk_start = pos;
   if (batch.query_start.data != nullptr) {
-    const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
     chunk_start = batch.token_pos.ptr<int32_t>()[batch.query_start.ptr<int32_t>()[seq]];
   }
   const int32_t sink_end = std::min(table.ring_sink, pos + 1);
@@ -262,7 +274,8 @@ class CpuBackend final : public Backend {
                                 SlotOf(batch.table, pool, seq, kv_head, attended.key(j)) * head_dim;
               float dot = 0.0f;
               for (int64_t d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
-              scores[static_cast<size_t>(j)] = dot * scale;
+              scores[static_cast<size_t>(j)] =
+                  dot * scale + (j == attended.bias_index ? attended.bias : 0.0f);
               max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
             }
             float denom = 0.0f;
@@ -329,6 +342,28 @@ class CpuBackend final : public Backend {
             lse.ptr<float>()[i] = max_score + static_cast<float>(std::log(denom));
           }
         });
+  }
+
+  void MeanKv(const KvPoolView& pool, const KvMeanBatch& batch) override {
+    const int64_t rows = batch.row_seq.numel(), d = pool.k.dim(2);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t seq = batch.row_seq.ptr<int32_t>()[r];
+      const int kv_head = batch.row_kv_head.ptr<int32_t>()[r];
+      const int32_t begin = batch.begin.ptr<int32_t>()[r], end = batch.end.ptr<int32_t>()[r];
+      HW_CHECK(begin < end, "mean over the empty range [{}, {})", begin, end);
+      for (const Tensor* part : {&pool.k, &pool.v}) {
+        std::vector<double> sum(static_cast<size_t>(d), 0.0);
+        for (int32_t p = begin; p < end; ++p) {
+          const float* x = part->ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, p) * d;
+          for (int64_t c = 0; c < d; ++c) sum[static_cast<size_t>(c)] += x[c];
+        }
+        float* dst = part->ptr<float>() +
+                     SlotOf(batch.table, pool, seq, kv_head, batch.dest.ptr<int32_t>()[r]) * d;
+        for (int64_t c = 0; c < d; ++c) {
+          dst[c] = static_cast<float>(sum[static_cast<size_t>(c)] / (end - begin));
+        }
+      }
+    }
   }
 
   void GatherRows(const Tensor& x, const Tensor& rows, const Tensor& out) override {

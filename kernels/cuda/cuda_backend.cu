@@ -249,6 +249,24 @@ __global__ void FirstPositionsKernel(const int32_t* query_start, const int32_t* 
   }
 }
 
+// Block (row, K or V): each thread averages its columns of the row's keys (or values) over
+// [begin, end) in f32, then writes the mean over position dest (one thread per column reads
+// and writes it, so dest may lie inside the range).
+__global__ void MeanKvKernel(cuda::DecodeKvCache kv, bf16* k_pool, bf16* v_pool,
+                             const int32_t* row_seq, const int32_t* row_kv_head,
+                             const int32_t* begin, const int32_t* end, const int32_t* dest, int d) {
+  const int r = blockIdx.x;
+  bf16* pool = blockIdx.y == 0 ? k_pool : v_pool;
+  const int seq = row_seq[r], kv_head = row_kv_head[r], b = begin[r], e = end[r];
+  const int64_t dst = kv.Slot(seq, kv_head, dest[r]) * d;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    float sum = 0.0f;
+    for (int pos = b; pos < e; ++pos)
+      sum += __bfloat162float(pool[kv.Slot(seq, kv_head, pos) * d + c]);
+    pool[dst + c] = __float2bfloat16(sum / static_cast<float>(e - b));
+  }
+}
+
 __global__ void GatherRowsKernel(const bf16* x, const int32_t* rows, bf16* out, int64_t width) {
   OverlapWithNeighbours();
   const int64_t r = blockIdx.x;
@@ -470,6 +488,17 @@ class CudaBackend final : public Backend {
     HW_CUDA_LAUNCHED();
   }
 
+  void MeanKv(const KvPoolView& pool, const KvMeanBatch& batch) override {
+    const int64_t rows = batch.row_seq.numel();
+    if (rows == 0) return;
+    const int d = static_cast<int>(pool.k.dim(2));
+    MeanKvKernel<<<dim3(static_cast<unsigned>(rows), 2), 128, 0, stream_>>>(
+        DecodeCache(pool, batch.table), pool.k.ptr<bf16>(), pool.v.ptr<bf16>(),
+        batch.row_seq.ptr<int32_t>(), batch.row_kv_head.ptr<int32_t>(), batch.begin.ptr<int32_t>(),
+        batch.end.ptr<int32_t>(), batch.dest.ptr<int32_t>(), d);
+    HW_CUDA_LAUNCHED();
+  }
+
   void GatherRows(const Tensor& x, const Tensor& rows, const Tensor& out) override {
     PdlLaunch(dim3(static_cast<unsigned>(rows.numel())), dim3(256), 0, stream_)(
         GatherRowsKernel, x.ptr<bf16>(), rows.ptr<int32_t>(), out.ptr<bf16>(), x.dim(1));
@@ -563,6 +592,14 @@ class CudaBackend final : public Backend {
       kv.ring_pages_per_block = table.ring_pages_per_block;
       kv.ring_sink = table.ring_sink;
       kv.ring_window = table.ring_window;
+    }
+    if (table.has_compressed_heads()) {
+      HW_CHECK_EQ(table.comp_from.numel(), table.blocks.dim(0));
+      kv.head_comp = table.head_comp.ptr<int32_t>();
+      kv.comp_from = table.comp_from.ptr<int32_t>();
+      kv.comp_sink = table.comp_sink;
+      kv.comp_token = table.comp_token;
+      kv.comp_log_count = table.comp_log_count;
     }
     return kv;
   }

@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     first_g = (blockIdx.y % p.head_chunks) * kHeadRows;
     const int pos = p.token_pos[row];  // < 0: padding
     seq = p.token_seq[row];            // not dereferenced for padding; loaded beside token_pos
-    keys = AttendedKeys::Of(p.kv, p.kv.IsRing(kv_head), pos,
+    keys = AttendedKeys::Of(p.kv, kv_head, seq, pos,
                             p.seq_first_pos != nullptr && pos >= 0 ? p.seq_first_pos[seq] : pos);
     count = keys.count;
     q_row = row * p.hq + kv_head * p.group + first_g;
@@ -258,7 +258,11 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
       const int pos = sparse ? p.indices[list + begin + n] : keys.Position(begin + n);
       slot =
           (seq_blocks[pos / page_size] * pages_per_block + head_page) * page_size + pos % page_size;
-      if (p.bias != nullptr) bias = p.bias[list + begin + n] * kLog2e;
+      if (p.bias != nullptr) {
+        bias = p.bias[list + begin + n] * kLog2e;
+      } else if (begin + n == keys.bias_index) {
+        bias = keys.bias * kLog2e;
+      }
     }
   };
   const auto issue = [&](int tile) {

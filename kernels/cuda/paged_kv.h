@@ -28,10 +28,19 @@ struct DecodeKvCache {
   int ring_pages_per_block = 0;
   int ring_sink = 0;
   int ring_window = 0;
+  // Compress-once heads (kernels::BlockTable); head_comp null when the layer has none.
+  const int32_t* head_comp = nullptr;  // [hkv]
+  const int32_t* comp_from = nullptr;  // [S]: 0 until the sequence is compacted
+  int comp_sink = 0;
+  bool comp_token = false;
+  bool comp_log_count = true;
 
 #ifdef __CUDACC__
   __device__ bool IsRing(int kv_head) const {
     return head_ring != nullptr && head_ring[kv_head] != 0;
+  }
+  __device__ bool IsCompressed(int kv_head) const {
+    return head_comp != nullptr && head_comp[kv_head] != 0;
   }
   // Slot (page * page_size + offset) of key `pos` of (seq, kv_head): the row of k_pool / v_pool.
   __device__ int64_t Slot(int seq, int kv_head, int pos) const {
@@ -46,22 +55,42 @@ struct DecodeKvCache {
 };
 
 // The keys a query attends, as a dense index range [0, count): index n is position n below
-// n_sink and position n + shift from there. Every head attends keys 0 .. pos (count pos + 1,
-// nothing shifted); a ring head the sinks [0, min(sink, pos + 1)) and the window [lo, pos],
-// lo = max(sink, chunk_start - window), chunk_start the position of its sequence's first query
-// token of the step (kernels::BlockTable states the rule). Positions grow with the index, so a
-// range of indices is a range of positions.
+// n_sink and position n + shift from there; the key at index bias_index (if any) gets `bias`
+// added to its logit. Every head attends keys 0 .. pos; a ring head the sinks
+// [0, min(sink, pos + 1)) and the window [lo, pos], lo = max(sink, chunk_start - window),
+// chunk_start the position of its sequence's first query token of the step; a compress-once
+// head of a compacted sequence the sinks, the compensation token and [comp_from, pos]
+// (kernels::BlockTable states the rules). Positions grow with the index, so a range of indices
+// is a range of positions.
 struct AttendedKeys {
   int count;
   int n_sink;
   int shift;
+  int bias_index = -1;
+  float bias = 0.0f;
 
 #ifdef __CUDACC__
-  __device__ static AttendedKeys Of(const DecodeKvCache& kv, bool ring, int pos, int chunk_start) {
+  __device__ static AttendedKeys Ring(const DecodeKvCache& kv, bool ring, int pos,
+                                      int chunk_start) {
     if (!ring || pos < 0) return {pos + 1, pos + 1, 0};
     const int lo = max(kv.ring_sink, chunk_start - kv.ring_window);
     const int n_sink = min(kv.ring_sink, pos + 1);
     return {n_sink + max(0, pos + 1 - lo), n_sink, lo - n_sink};
+  }
+  __device__ static AttendedKeys Of(const DecodeKvCache& kv, int kv_head, int seq, int pos,
+                                    int chunk_start) {
+    if (pos < 0 || !kv.IsCompressed(kv_head)) {
+      return Ring(kv, kv.IsRing(kv_head), pos, chunk_start);
+    }
+    const int from = kv.comp_from[seq];
+    if (from <= 0) return {pos + 1, pos + 1, 0};  // not compacted yet: everything
+    const int n_sink = min(kv.comp_sink + (kv.comp_token ? 1 : 0), pos + 1);
+    AttendedKeys keys{n_sink + max(0, pos + 1 - from), n_sink, from - n_sink};
+    if (kv.comp_token && kv.comp_sink <= pos) {
+      keys.bias_index = kv.comp_sink;
+      keys.bias = kv.comp_log_count ? logf(static_cast<float>(from - kv.comp_sink)) : 0.0f;
+    }
+    return keys;
   }
   __device__ int Position(int n) const {
     return n < n_sink ? n : n + shift;

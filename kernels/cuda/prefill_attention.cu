@@ -116,7 +116,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
   // Keys as indices 0 .. num_keys - 1 (positions through keys.Position): what the tile's last row
   // attends, which covers every row's keys on full and ring heads alike (the window's start
   // depends on the chunk, not the row).
-  const AttendedKeys keys = AttendedKeys::Of(p.kv, ring, pos0 + rows - 1, chunk_start);
+  // Compress-once heads attend everything here: a compacted sequence only decodes.
+  const AttendedKeys keys = AttendedKeys::Ring(p.kv, ring, pos0 + rows - 1, chunk_start);
   const int num_keys = keys.count;
   const int num_tiles = (num_keys + kBlockN - 1) / kBlockN;
   const int32_t* blocks = (ring ? p.kv.ring_blocks : p.kv.blocks) + int64_t{seq} * p.kv.max_blocks;

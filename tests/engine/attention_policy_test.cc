@@ -301,7 +301,14 @@ TEST_CASE("Policy sets become KV-cache head classes", "[policy]") {
   CHECK_FALSE(dense->RetentionOf(5, 0).ring);
   PolicySet razor = DensePolicySet(kLlama3);
   razor.policies[0].storage = StorageKind::kCompressOnce;
-  CHECK(CacheLayoutFor(razor).status().code() == StatusCode::kUnimplemented);
+  razor.policies[0].sink = 4;
+  razor.policies[0].window = 251;
+  razor.policies[0].compensation = true;
+  auto compressed = CacheLayoutFor(razor);
+  REQUIRE(compressed.ok());
+  const kvcache::Retention& r = compressed->RetentionOf(5, 0);
+  CHECK((r.compress_once && !r.ring && r.sink == 4 && r.window == 251 && r.compensation &&
+         r.compensation_by_count));
 }
 
 TEST_CASE("Policy files: precise errors", "[policy]") {

@@ -11,6 +11,7 @@
 
 #include "engine/attention_setup.h"
 #include "engine/generator.h"
+#include "engine/kv_compaction.h"
 #include "engine/model_loader.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
@@ -144,16 +145,31 @@ constexpr const char* kRingPolicy = R"({
                  "head_list": {"format": "razor_json", "path": "heads.json",
                                "policy": "retrieval"}}})";
 
+// RazorAttention on the same heads: the others compress once after the prompt (4 sinks, the
+// compensation token, the last 24 prompt tokens, then everything decoded).
+constexpr const char* kRazorPolicy = R"({
+  "schema": "attn-policy/v1", "name": "razor-test",
+  "policies": {
+    "retrieval": {"storage": {"kind": "full"}},
+    "compressed": {"storage": {"kind": "compress_once", "sink": 4, "window": 24,
+                               "compress": {"compensation": {"enabled": true,
+                                                             "weighting": "count"}}},
+                   "decode": {"mode": "retained"}, "prefill": {"mode": "dense"}}},
+  "assignment": {"default": "compressed",
+                 "head_list": {"format": "razor_json", "path": "heads.json",
+                               "policy": "retrieval"}}})";
+
 struct PolicyRun {
   std::vector<int32_t> prompt, output;  // greedy output
   std::vector<float> logits;            // of every position of prompt + output[:-1]
 };
 
-// TinyStories under kRingPolicy (or dense attention) on `backend`: the prompt prefilled in
-// chunks of 16, so that later chunks attend only their window, then one token a step. With
-// `forced` the steps feed those tokens instead of sampling (teacher forcing), so two backends
+// TinyStories under `policy_json` (or dense attention when empty) on `backend`: the prompt
+// prefilled in chunks of 16, so that later chunks attend only their window, then one token a step.
+// With `forced` the steps feed those tokens instead of sampling (teacher forcing), so two backends
 // see the same inputs at every step.
-PolicyRun RunPolicy(kernels::Backend& backend, bool ring, const std::vector<int32_t>* forced) {
+PolicyRun RunPolicy(kernels::Backend& backend, const char* policy_json,
+                    const std::vector<int32_t>* forced) {
   auto loaded =
       LoadModel(testing::SharedDir() + "/models/tinystories-656k", LoadOptions{}, backend);
   REQUIRE(loaded.ok());
@@ -163,8 +179,9 @@ PolicyRun RunPolicy(kernels::Backend& backend, bool ring, const std::vector<int3
   const fs::path dir = fs::temp_directory_path() / "hw_cuda_ring_policy";
   fs::create_directories(dir);
   std::ofstream(dir / "heads.json") << R"({"0": [1, 2], "1": [0]})";
-  auto set = ring ? attention::ParsePolicy(kRingPolicy, shape, dir.string(), "ring-test")
-                  : StatusOr<attention::PolicySet>(attention::DensePolicySet(shape));
+  auto set = policy_json != nullptr
+                 ? attention::ParsePolicy(policy_json, shape, dir.string(), "test")
+                 : StatusOr<attention::PolicySet>(attention::DensePolicySet(shape));
   REQUIRE(set.ok());
   auto cache = CreateKvCache(*set, model.KvConfig(2000), 1, 16, backend);
   REQUIRE(cache.ok());
@@ -185,6 +202,9 @@ PolicyRun RunPolicy(kernels::Backend& backend, bool ring, const std::vector<int3
     const auto logits = model.ForwardToHost(std::span<const models::BatchEntry>(&e, 1), **cache);
     run.logits.insert(run.logits.end(), logits.begin(), logits.end());
     start += n;
+    if (start == run.prompt.size()) {
+      CompactAfterPrompt(backend, **cache, kv, static_cast<int>(start));
+    }
     if (start < run.prompt.size() || run.output.size() == steps) continue;
     const auto last = logits.end() - c.vocab_size;
     const int32_t next = forced != nullptr
@@ -196,15 +216,15 @@ PolicyRun RunPolicy(kernels::Backend& backend, bool ring, const std::vector<int3
   return run;
 }
 
-// The same steps on the GPU and the CPU under the ring policy: every position's logits within
+// The same steps on the GPU and the CPU under a sparse policy: every position's logits within
 // bf16 error (prefill chunks through the decode kernel, TinyStories' head dim being 16, and decode
-// steps replayed from graphs), and the narrow window does change the text against dense.
-TEST_CASE("CUDA logits with sink/window ring heads match the CPU, step by step", "[cuda]") {
+// steps replayed from graphs), and the policy does change the text against dense.
+void CheckPolicyStepByStep(const char* name, const char* policy) {
   auto gpu = std::move(kernels::CreateCudaBackend(0)).value();
   auto cpu = kernels::CreateCpuBackend(0);
-  const PolicyRun c = RunPolicy(*cpu, true, nullptr);
-  const PolicyRun g = RunPolicy(*gpu, true, &c.output);
-  const PolicyRun dense = RunPolicy(*cpu, false, nullptr);
+  const PolicyRun c = RunPolicy(*cpu, policy, nullptr);
+  const PolicyRun g = RunPolicy(*gpu, policy, &c.output);
+  const PolicyRun dense = RunPolicy(*cpu, nullptr, nullptr);
   CHECK(c.output != dense.output);
   REQUIRE(g.logits.size() == c.logits.size());
   const auto [lo, hi] = std::minmax_element(c.logits.begin(), c.logits.end());
@@ -213,10 +233,17 @@ TEST_CASE("CUDA logits with sink/window ring heads match the CPU, step by step",
     REQUIRE(std::isfinite(g.logits[i]));
     max_diff = std::max(max_diff, std::abs(double(g.logits[i]) - c.logits[i]));
   }
-  WARN("ring policy: " << c.prompt.size() + c.output.size() - 1
-                       << " positions, max |GPU - CPU| logit " << max_diff << " of range "
-                       << *hi - *lo);
+  WARN(name << ": " << c.prompt.size() + c.output.size() - 1 << " positions, max |GPU - CPU| logit "
+            << max_diff << " of range " << *hi - *lo);
   CHECK(max_diff <= 0.03 * (*hi - *lo));
+}
+
+TEST_CASE("CUDA logits with sink/window ring heads match the CPU, step by step", "[cuda]") {
+  CheckPolicyStepByStep("ring policy", kRingPolicy);
+}
+
+TEST_CASE("CUDA logits with compress-once heads match the CPU, step by step", "[cuda]") {
+  CheckPolicyStepByStep("razor policy", kRazorPolicy);
 }
 
 // Decode steps replayed from captured graphs — batches padded up to their bucket, tables

@@ -1,5 +1,6 @@
 """`headwise generate` with sink/window (ring) policies on TinyStories, on the CPU backend: a
-DuoAttention-style mix of full and ring KV heads, prefilled in chunks.
+DuoAttention-style mix of full and ring KV heads, prefilled in chunks; and RazorAttention's
+compress-once heads (full and compress_once, compacted after the prompt).
 
 A policy must change the output exactly when it drops something: with a window covering every
 position the greedy text equals the dense text; with a small window it differs (a policy that
@@ -27,10 +28,14 @@ def generate(policy=None):
     return r.returncode, r.stdout, r.stderr
 
 
-def write_policy(tmp, name, window, mixed):
+def write_policy(tmp, name, window, mixed, kind="ring"):
     ring = {"storage": {"kind": "ring", "sink": 4, "window": window},
             "decode": {"mode": "retained"},
             "prefill": {"mode": "retained", "first_chunk_dense": True}}
+    if kind == "compress_once":
+        ring = {"storage": {"kind": "compress_once", "sink": 4, "window": window,
+                            "compress": {"compensation": {"enabled": True, "weighting": "count"}}},
+                "decode": {"mode": "retained"}, "prefill": {"mode": "dense"}}
     full = {"storage": {"kind": "full"}}
     assignment = {"default": "streaming"}
     if mixed:
@@ -51,10 +56,14 @@ with tempfile.TemporaryDirectory() as tmp:
         failures.append(f"dense run: exit {rc}: {err.strip()}")
     tokens = err.split("prompt: ")[1].split(" tokens")[0] if "prompt: " in err else "?"
     print(f"prompt {tokens} tokens, {MAX_TOKENS} generated")
-    cases = [("wide-mixed", 512, True, "equal"), ("narrow-mixed", 24, True, "differ"),
-             ("narrow-all", 24, False, "differ")]
-    for name, window, mixed, want in cases:
-        rc, out, err = generate(write_policy(tmp, name, window, mixed))
+    # A compress-once window covering the prompt compacts nothing: dense text exactly.
+    cases = [("wide-mixed", 512, True, "equal", "ring"), ("narrow-mixed", 24, True, "differ", "ring"),
+             ("narrow-all", 24, False, "differ", "ring"),
+             ("razor-wide", 512, True, "equal", "compress_once"),
+             ("razor-narrow", 24, True, "differ", "compress_once"),
+             ("razor-narrow-all", 24, False, "differ", "compress_once")]
+    for name, window, mixed, want, kind in cases:
+        rc, out, err = generate(write_policy(tmp, name, window, mixed, kind))
         same = out == dense
         ok = rc == 0 and out.strip() and same == (want == "equal")
         print(f"{name}: window {window}, exit {rc}, {'equal to' if same else 'differs from'} dense: "
@@ -64,5 +73,5 @@ with tempfile.TemporaryDirectory() as tmp:
 
 for f in failures:
     print("FAIL:", f)
-print(f"{3 - len(failures) if len(failures) <= 3 else 0} passed, {len(failures)} failed")
+print(f"{len(cases) - len(failures)} passed, {len(failures)} failed")
 sys.exit(1 if failures else 0)

@@ -1,0 +1,22 @@
+// RazorAttention's one-shot compaction (ALGORITHMS.md §3.2, §9.8): once a sequence's prompt is in
+// the cache, its compress-once heads (kvcache::Retention) keep only the first `sink` tokens, a
+// compensation token and the last `window` tokens of the prompt, then every token decoded after.
+#pragma once
+
+#include "kernels/backend.h"
+#include "kvcache/kv_cache.h"
+
+namespace headwise::engine {
+
+// Compacts `kv`, whose first `num_tokens` tokens (the prompt, or the prompt and the tokens
+// generated before a preemption) are computed: when the cache has compress-once heads and
+// num_tokens exceeds what they keep (sink + window, plus the compensation token), the dropped
+// span is [sink, num_tokens - window); with compensation its mean K and V are written over
+// position `sink` (the slot of a dropped token). Marks the sequence compacted, after which it
+// only decodes. Does nothing for shorter sequences, caches without such heads, or a sequence
+// compacted already. Keys stay in their full pages: attention skips the span, the pages are not
+// freed (the class shares blocks with the full heads).
+void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
+                        int num_tokens);
+
+}  // namespace headwise::engine
