@@ -12,8 +12,11 @@
 #   device: bash scripts/device/run-passkey-bench.sh run     carry [".carry/smol1"]
 # Policy files (and the head profiles they name) are part of the working tree, so they travel
 # with every call; their paths are relative to the repository root.
-#   PASSKEY_POLICIES  NAME=FILE,... after dense (default: none, dense only); e.g.
-#                     duo=configs/policies/smollm2-duo.json,razor=configs/policies/smollm2-razor.json
+#   PASSKEY_POLICIES  NAME=FILE,... after dense (default: the SmolLM2 files that run today,
+#                     DuoAttention from its retrieval profile and StreamingLLM's cache with
+#                     original positions; "none" for dense alone). RazorAttention
+#                     (configs/policies/smollm2-135m/razor.json) and re-indexed StreamingLLM
+#                     (configs/policies/streaming-llm.json) are refused until built.
 #   PASSKEY_ARGS      extra flags (default: --lengths 1024,2048,4096,8192 --samples 50)
 # A policy the engine refuses (today: StreamingLLM's re-indexed rings, RazorAttention's
 # compress_once) stops the run with the engine's message; run the others without it.
@@ -35,7 +38,10 @@ case "${1:-}" in
     export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
     export HEADWISE_SHARED=$carry/shared
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-    policies=dense=configs/policies/dense.json${PASSKEY_POLICIES:+,$PASSKEY_POLICIES}
+    smol=configs/policies/smollm2-135m
+    extra=${PASSKEY_POLICIES-duo=$smol/duo.json,streaming=$smol/streaming-original.json}
+    [ "$extra" = none ] && extra=
+    policies=dense=configs/policies/dense.json${extra:+,$extra}
     out=${OUT:-/tmp}
     "$carry/bin/hw_bench_passkey" "$gguf" --device cuda --policies "$policies" \
       ${PASSKEY_ARGS:---lengths 1024,2048,4096,8192 --samples 50} \
