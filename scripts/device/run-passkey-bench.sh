@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The passkey-retrieval quality table on the GPU machine (bench/passkey_bench.cc): SmolLM2-135M-
+# Instruct, dense against the policies in PASSKEY_POLICIES, prompts of 1K-8K tokens, 50 samples a
+# cell, one model load for everything. Writes the JSON lines to $OUT/passkey.jsonl.
+#
+# The binaries (.carry/gpu, ~60 MB) and the GGUF (98 MB, in two parts) exceed what one device
+# call may carry (64 MiB), so they travel in three back-to-back calls; the warm machine keeps
+# /tmp between them (as in scripts/device/smollm2-gpu.sh):
+#   here:   scripts/device/pack.sh && scripts/device/smollm2-gpu.sh split
+#   device: bash scripts/device/run-passkey-bench.sh stash   carry [".carry/gpu"]
+#   device: bash scripts/device/smollm2-gpu.sh stash         carry [".carry/smol0"]
+#   device: bash scripts/device/run-passkey-bench.sh run     carry [".carry/smol1"]
+# Policy files (and the head profiles they name) are part of the working tree, so they travel
+# with every call; their paths are relative to the repository root.
+#   PASSKEY_POLICIES  NAME=FILE,... after dense (default: the SmolLM2 files that run today,
+#                     DuoAttention from its retrieval profile and StreamingLLM's cache with
+#                     original positions; "none" for dense alone). RazorAttention
+#                     (configs/policies/smollm2-135m/razor.json) and re-indexed StreamingLLM
+#                     (configs/policies/streaming-llm.json) are refused until built.
+#   PASSKEY_ARGS      extra flags (default: --lengths 1024,2048,4096,8192 --samples 50)
+# A policy the engine refuses (today: StreamingLLM's re-indexed rings, RazorAttention's
+# compress_once) stops the run with the engine's message; run the others without it.
+set -uo pipefail
+STASH=/tmp/hw-smol
+SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+carry=/tmp/hw-gpu
+case "${1:-}" in
+  stash)
+    [ -x .carry/gpu/bin/hw_bench_passkey ] || { echo "no .carry/gpu/bin/hw_bench_passkey: carry .carry/gpu (scripts/device/pack.sh)"; exit 1; }
+    rm -rf "$carry" && cp -r .carry/gpu "$carry" && ls -la "$carry/bin"
+    ;;
+  run)
+    gguf=$STASH/SmolLM2-135M-Instruct.Q4_1.gguf
+    [ -x "$carry/bin/hw_bench_passkey" ] || { echo "binaries not stashed: run '$0 stash' first"; exit 1; }
+    [ -f "$STASH/part.0" ] || { echo "part.0 not stashed: run 'scripts/device/smollm2-gpu.sh stash' first"; exit 1; }
+    cat "$STASH/part.0" .carry/smol1/part.1 >"$gguf" || exit 1
+    [[ "$(sha256sum "$gguf" | cut -d' ' -f1)" == "$SHA256" ]] || { echo "sha256 mismatch"; exit 1; }
+    export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+    export HEADWISE_SHARED=$carry/shared
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    smol=configs/policies/smollm2-135m
+    extra=${PASSKEY_POLICIES-duo=$smol/duo.json,streaming=$smol/streaming-original.json}
+    [ "$extra" = none ] && extra=
+    policies=dense=configs/policies/dense.json${extra:+,$extra}
+    out=${OUT:-/tmp}
+    "$carry/bin/hw_bench_passkey" "$gguf" --device cuda --policies "$policies" \
+      ${PASSKEY_ARGS:---lengths 1024,2048,4096,8192 --samples 50} \
+      >"$out/passkey.jsonl" 2>"$out/passkey.err"
+    rc=$?
+    cat "$out/passkey.jsonl" "$out/passkey.err"
+    exit $rc
+    ;;
+  *)
+    echo "usage: $0 stash|run (see the comment at the top)" >&2
+    exit 2
+    ;;
+esac
