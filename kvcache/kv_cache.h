@@ -46,11 +46,14 @@ struct KvCacheConfig {
 
 // How a class keeps its tokens. Full: all of them. Ring: the first `sink` tokens and the most
 // recent `window`, in a fixed set of pages per sequence whose window pages are reused as the
-// window moves on (StreamingLLM, DuoAttention's streaming heads).
+// window moves on (StreamingLLM, DuoAttention's streaming heads). A ring may re-index positions
+// (StreamingLLM): its keys are stored pre-RoPE and attention rotates them by their rank in the
+// ring (kernels::PagedAttentionBatch).
 struct Retention {
   bool ring = false;
   int sink = 0;
   int window = 0;
+  bool reindex = false;  // ring only
 };
 
 // Which KV heads of each layer share a retention rule: classes[layer][class] = KV heads, kept
@@ -90,6 +93,15 @@ class KvCache {
   // both kinds of block.
   int PageIndex(int layer, int kv_head) const { return page_index_[layer][kv_head]; }
   bool IsRing(int layer, int kv_head) const { return is_ring_[layer][kv_head] != 0; }
+  // A ring head with re-indexed positions (pre-RoPE keys).
+  bool IsReindexed(int layer, int kv_head) const { return is_reindexed_[layer][kv_head] != 0; }
+  bool has_reindexed_heads() const { return num_reindexed_heads_ > 0; }
+  // Every (layer, KV head) is a re-indexed ring (StreamingLLM): a sequence keeps at most
+  // sink + window + one step's tokens per head and attention sees rotary positions (ranks)
+  // below that, however long it grows.
+  bool all_heads_reindexed_rings() const {
+    return num_reindexed_heads_ == config_.num_layers * config_.num_kv_heads;
+  }
   // Ring geometry: pages of a ring block (one per ring (layer, head)), ring blocks a sequence
   // holds, of which the first sink_blocks() keep the sinks and the rest cycle for the window.
   int ring_pages_per_block() const { return ring_pages_per_block_; }
@@ -155,6 +167,8 @@ class KvCache {
   std::vector<std::vector<int>> head_index_;
   std::vector<std::vector<int>> page_index_;
   std::vector<std::vector<char>> is_ring_;
+  std::vector<std::vector<char>> is_reindexed_;
+  int num_reindexed_heads_ = 0;
   int pages_per_block_ = 0;
   int ring_pages_per_block_ = 0;
   Retention ring_retention_;

@@ -173,8 +173,10 @@ LlamaModel::StepMeta LlamaModel::BuildMeta(std::span<const BatchEntry> batch,
     }
     m.data.resize(row_end, 0);
   }
-  // Ring heads: each logical page's current ring block, then per layer the head flags.
+  // Ring heads: each logical page's current ring block, then per layer the head flags (ring,
+  // then re-indexed).
   m.rings = cache.ring_pages_per_block() > 0;
+  m.reindex = cache.has_reindexed_heads();
   if (m.rings) {
     for (int s = 0; s < m.num_seqs; ++s) {
       for (int j = 0; j < m.max_blocks; ++j) {
@@ -186,6 +188,9 @@ LlamaModel::StepMeta LlamaModel::BuildMeta(std::span<const BatchEntry> batch,
     for (int h = 0; h < hkv; ++h) m.data.push_back(cache.PageIndex(l, h));
     if (m.rings) {
       for (int h = 0; h < hkv; ++h) m.data.push_back(cache.IsRing(l, h) ? 1 : 0);
+    }
+    if (m.reindex) {
+      for (int h = 0; h < hkv; ++h) m.data.push_back(cache.IsReindexed(l, h) ? 1 : 0);
     }
   }
   return m;
@@ -268,6 +273,10 @@ Tensor LlamaModel::Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::
       table.ring_pages_per_block = cache.ring_pages_per_block();
       table.ring_sink = cache.ring_retention().sink;
       table.ring_window = cache.ring_retention().window;
+    }
+    if (m.reindex) {
+      table.head_reindex = part({hkv});
+      table.rope_inv_freq = inv_freq_.view();
     }
     const kernels::PagedAttentionBatch attn_batch{seq_t, pos_t, table, query_start_t,
                                                   m.max_query_len};
