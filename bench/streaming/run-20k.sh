@@ -7,17 +7,19 @@
 # bench/results/streaming-llm-20k-<date>-cpu.md.
 #
 # usage: bench/streaming/run-20k.sh [--tokens N] [--policy FILE] [--threads N] [--date YYYY-MM-DD]
+#                                   [--only streaming|dense]
 #   HEADWISE_BUILD (default build) holds bin/hw_bench_streaming. The two runs go side by side,
 #   --threads each (default 1: a 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-tokens=20000 policy=configs/policies/streaming-llm.json threads=1 date=$(date +%F)
+tokens=20000 policy=configs/policies/streaming-llm.json threads=1 date=$(date +%F) only=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --tokens) tokens=$2; shift 2 ;;
     --policy) policy=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --date) date=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -33,13 +35,17 @@ prompt_tokens=$("$build/bin/headwise" generate --model "$model" --chat --prompt 
   --max-tokens 1 2>&1 | sed -n 's/^prompt: \([0-9]*\) tokens.*/\1/p')
 dense_tokens=$((8192 - prompt_tokens))
 echo "streaming: $tokens tokens under $policy; dense: $dense_tokens tokens" >&2
-"$bin" "$model" "${common[@]}" --attention-policy "$policy" --max-tokens "$tokens" \
-  > "$out.streaming.jsonl" 2> "$out.streaming.log" &
-streaming=$!
-"$bin" "$model" "${common[@]}" --max-tokens "$dense_tokens" \
-  > "$out.dense.jsonl" 2> "$out.dense.log" &
-dense=$!
-wait "$streaming"
-wait "$dense"
+pids=()
+if [[ "$only" != dense ]]; then
+  "$bin" "$model" "${common[@]}" --attention-policy "$policy" --max-tokens "$tokens" \
+    > "$out.streaming.jsonl" 2> "$out.streaming.log" &
+  pids+=($!)
+fi
+if [[ "$only" != streaming ]]; then
+  "$bin" "$model" "${common[@]}" --max-tokens "$dense_tokens" \
+    > "$out.dense.jsonl" 2> "$out.dense.log" &
+  pids+=($!)
+fi
+for pid in "${pids[@]}"; do wait "$pid"; done
 python3 bench/streaming/report.py "$out" --date "$date" --policy "$policy" --threads "$threads" \
   --tokens "$tokens" --model "$model"

@@ -120,8 +120,35 @@ class RankRotation {
   int32_t ranks_ = 0;
 };
 
+// dots[h] = q_h . k for the n query rows q_h = q + h * head_dim: each a plain sequential sum
+// over d (the same rounding as one head alone), the n sums interleaved so they run in parallel.
+template <int N>
+void DotRows(const float* q, int64_t head_dim, const float* k, float* dots) {
+  float acc[N] = {};
+  for (int64_t d = 0; d < head_dim; ++d) {
+    for (int h = 0; h < N; ++h) acc[h] += q[h * head_dim + d] * k[d];
+  }
+  for (int h = 0; h < N; ++h) dots[h] = acc[h];
+}
+void DotRows(const float* q, int64_t n, int64_t head_dim, const float* k, float* dots) {
+  switch (n) {
+    case 1:
+      return DotRows<1>(q, head_dim, k, dots);
+    case 2:
+      return DotRows<2>(q, head_dim, k, dots);
+    case 3:
+      return DotRows<3>(q, head_dim, k, dots);
+    case 4:
+      return DotRows<4>(q, head_dim, k, dots);
+    case 8:
+      return DotRows<8>(q, head_dim, k, dots);
+    default:
+      for (int64_t h = 0; h < n; ++h) DotRows<1>(q + h * head_dim, head_dim, k, dots + h);
+  }
+}
+
 struct AttentionScratch {
-  std::vector<float> q, key, scores, max, denom;
+  std::vector<float> q, key, scores, max, denom, dots;
 };
 
 // Attention of query heads [qh0, qh0 + n) of token t, which share one KV head: scores over the
@@ -154,6 +181,7 @@ void AttendHeads(const Tensor& q, const KvPoolView& pool, const PagedAttentionBa
   }
   s.scores.resize(static_cast<size_t>(n) * count_size);
   s.max.assign(static_cast<size_t>(n), -INFINITY);
+  s.dots.resize(static_cast<size_t>(n));
   for (int32_t j = 0; j < count; ++j) {
     const float* kv =
         pool.k.ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, attended.key(j)) * head_dim;
@@ -161,12 +189,10 @@ void AttendHeads(const Tensor& q, const KvPoolView& pool, const PagedAttentionBa
       rotation.Rotate(kv, j, s.key.data());
       kv = s.key.data();
     }
+    DotRows(qv, n, head_dim, kv, s.dots.data());
     for (int64_t h = 0; h < n; ++h) {
-      const float* qh = qv + h * head_dim;
-      float dot = 0.0f;
-      for (int64_t d = 0; d < head_dim; ++d) dot += qh[d] * kv[d];
       float& score = s.scores[static_cast<size_t>(h) * count_size + static_cast<size_t>(j)];
-      score = dot * scale;
+      score = s.dots[static_cast<size_t>(h)] * scale;
       s.max[static_cast<size_t>(h)] = std::max(s.max[static_cast<size_t>(h)], score);
     }
   }
