@@ -3,7 +3,8 @@ PREFIX.dense.jsonl, one line per span of generated tokens from hw_bench_streamin
 PREFIX.md: a table per run (resident memory, mean log-probability of the sampled tokens,
 non-finite logits, speed), the log-prob trend side by side, and text excerpts.
 
-usage: report.py PREFIX --date D --policy FILE --threads N --tokens N --model PATH"""
+usage: report.py PREFIX --date D --policy FILE --threads N --tokens N --model PATH
+                 [--repetition-penalty R]"""
 
 import argparse
 import json
@@ -36,6 +37,7 @@ def main():
     ap.add_argument("--threads", required=True)
     ap.add_argument("--tokens", required=True)
     ap.add_argument("--model", required=True)
+    ap.add_argument("--repetition-penalty", default="1")
     args = ap.parse_args()
     stream = load(args.prefix + ".streaming.jsonl")
     dense = load(args.prefix + ".dense.jsonl")
@@ -52,11 +54,13 @@ def main():
         f"{args.threads} thread(s) per run, the two runs side by side",
         f"- commit: {commit}",
         f"- command: `bench/streaming/run-20k.sh --tokens {args.tokens} --policy {args.policy} "
-        f"--threads {args.threads} --date {args.date}`",
+        f"--threads {args.threads} --date {args.date} --repetition-penalty {args.repetition_penalty} "
+        f"--name {os.path.basename(args.prefix)}`",
         f"- model: {os.path.basename(args.model)} (SmolLM2-135M-Instruct; 8192 positions; f32 on the CPU)",
         f"- policy: `{args.policy}`: every head a ring of {ring['sink']} sinks + {ring['window']} "
         "window tokens, positions re-indexed inside the ring (pre-RoPE keys, rotation by rank)",
-        "- sampling: temperature 0.8, top-p 0.95, seed 1, EOS sampled and fed back (ignore-eos); "
+        f"- sampling: temperature 0.8, top-p 0.95, repetition penalty {args.repetition_penalty}, seed 1, "
+        "EOS sampled and fed back (ignore-eos); "
         "chat prompt asking for a very long story",
         "- per span of 1,000 generated tokens: resident memory (VmRSS) at its end, mean "
         "log-probability of the sampled tokens (log-softmax of the raw logits), count of NaN/inf "

@@ -7,6 +7,7 @@
 //
 // usage: hw_bench_streaming MODEL --prompt TEXT [--chat] [--attention-policy FILE]
 //          [--max-tokens N] [--span N] [--temperature T] [--top-p P] [--seed N]
+//          [--repetition-penalty R]
 //          [--threads N] [--prefill-chunk N]
 // The sequence may run past the model's context only under a policy whose every head is a
 // re-indexed ring (engine::MaxSequenceTokens), as with `headwise generate`. EOS tokens are
@@ -17,6 +18,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -41,7 +43,7 @@ double RssMiB() {
   std::ifstream in("/proc/self/status");
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) / 1024.0;
   }
   return -1;
 }
@@ -88,6 +90,7 @@ int main(int argc, char** argv) {
   flags.Int("span", span);
   flags.Float("temperature", params.temperature);
   flags.Float("top-p", params.top_p);
+  flags.Float("repetition-penalty", params.repetition_penalty);
   flags.Int64("seed", seed);
   flags.Int("threads", threads);
   flags.Int("prefill-chunk", prefill_chunk);

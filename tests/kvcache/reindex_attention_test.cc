@@ -102,13 +102,14 @@ KvCacheConfig Config(int hkv, int d, int page_size, int chunk) {
 
 // x rotated by `pos` (rotate-half; f32 angle as backend.h states, the rest in double).
 std::vector<double> Rotate(const float* x, int d, int pos, const std::vector<float>& inv_freq) {
-  std::vector<double> y(static_cast<size_t>(d));
-  for (int i = 0; i < d / 2; ++i) {
-    const float angle = static_cast<float>(pos) * inv_freq[static_cast<size_t>(i)];
+  const auto half = static_cast<size_t>(d / 2);
+  std::vector<double> y(2 * half);
+  for (size_t i = 0; i < half; ++i) {
+    const float angle = static_cast<float>(pos) * inv_freq[i];
     const double c = std::cos(static_cast<double>(angle)), s = std::sin(static_cast<double>(angle));
-    const double a = x[i], b = x[i + d / 2];
-    y[static_cast<size_t>(i)] = a * c - b * s;
-    y[static_cast<size_t>(i + d / 2)] = b * c + a * s;
+    const double a = x[i], b = x[i + half];
+    y[i] = a * c - b * s;
+    y[i + half] = b * c + a * s;
   }
   return y;
 }
@@ -155,9 +156,8 @@ std::vector<double> Reference(const std::vector<float>& rows, int p, int c, int 
     for (int i = 0; i < count; ++i) {
       const float* v = rows.data() + static_cast<size_t>(keys[static_cast<size_t>(i)]) * width +
                        (hq + hkv + h) * d;
-      for (int e = 0; e < d; ++e) {
-        out[static_cast<size_t>(qh * d + e)] += scores[static_cast<size_t>(i)] / denom * v[e];
-      }
+      double* o = out.data() + static_cast<ptrdiff_t>(qh) * d;
+      for (int e = 0; e < d; ++e) o[e] += scores[static_cast<size_t>(i)] / denom * v[e];
     }
   }
   return out;
