@@ -12,6 +12,11 @@
 // The sequence may run past the model's context only under a policy whose every head is a
 // re-indexed ring (engine::MaxSequenceTokens), as with `headwise generate`. EOS tokens are
 // sampled like any other and fed back (ignore-eos).
+//
+// With --text FILE it scores a text instead (teacher forcing, StreamingLLM's perplexity
+// setting): the file's first max-tokens + 1 tokens go through in prefill chunks of
+// --prefill-chunk tokens, and each span reports the mean log-probability of the text's own next
+// tokens.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -20,6 +25,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -27,6 +33,7 @@
 #include "engine/chat_renderer.h"
 #include "engine/model_loader.h"
 #include "engine/sampler.h"
+#include "tokenizer/tokenizer.h"
 #include "kernels/backend_factory.h"
 #include "tools/flags.h"
 
@@ -65,6 +72,51 @@ std::string JsonEscape(const std::string& s) {
   return out;
 }
 
+struct SpanPrinter {
+  const hw::tokenizer::Tokenizer* tok = nullptr;
+  double start_s = Now(), logprob_sum = 0.0;
+  int64_t nonfinite = 0, nonfinite_total = 0;
+
+  void Print(int tokens, int position, std::span<const int32_t> span_ids) {
+    const double now = Now();
+    const auto n = static_cast<double>(span_ids.size());
+    std::string piece = tok->Decode(span_ids, false);
+    if (piece.size() > 240) piece = piece.substr(piece.size() - 240);
+    // Keep whole UTF-8 characters: drop leading continuation bytes.
+    while (!piece.empty() && (static_cast<unsigned char>(piece[0]) & 0xC0) == 0x80) {
+      piece.erase(0, 1);
+    }
+    nonfinite_total += nonfinite;
+    std::printf("%s\n", fmt::format(R"({{"tokens": {}, "position": {}, "rss_mib": {:.1f}, )"
+                                    R"("mean_logprob": {:.4f}, "nonfinite_logits": {}, )"
+                                    R"("tokens_per_s": {:.2f}, "excerpt": "{}"}})",
+                                    tokens, position, RssMiB(), logprob_sum / n, nonfinite,
+                                    n / (now - start_s), JsonEscape(piece))
+                            .c_str());
+    std::fflush(stdout);
+    logprob_sum = 0.0;
+    nonfinite = 0;
+    start_s = now;
+  }
+};
+
+// log-softmax of `logits` at `id` over the finite logits; counts the non-finite ones.
+double LogProb(std::span<const float> logits, int32_t id, int64_t& nonfinite) {
+  double max_logit = -INFINITY;
+  for (const float x : logits) {
+    if (!std::isfinite(x)) {
+      ++nonfinite;
+    } else {
+      max_logit = std::max(max_logit, static_cast<double>(x));
+    }
+  }
+  double denom = 0.0;
+  for (const float x : logits) {
+    if (std::isfinite(x)) denom += std::exp(static_cast<double>(x) - max_logit);
+  }
+  return static_cast<double>(logits[static_cast<size_t>(id)]) - max_logit - std::log(denom);
+}
+
 int Fail(const std::string& what) {
   std::fprintf(stderr, "hw_bench_streaming: error: %s\n", what.c_str());
   return 2;
@@ -76,7 +128,7 @@ int main(int argc, char** argv) {
   if (argc < 2) return Fail("usage: hw_bench_streaming MODEL --prompt TEXT [options]");
   const std::string model_path = argv[1];
   hw::tools::FlagParser flags(argc - 1, argv + 1);
-  std::string prompt, policy_path;
+  std::string prompt, policy_path, text_path;
   bool chat = false;
   int max_tokens = 20000, span = 1000, threads = 0, prefill_chunk = 512;
   int64_t seed = 1;
@@ -84,6 +136,7 @@ int main(int argc, char** argv) {
   params.temperature = 0.8f;
   params.top_p = 0.95f;
   flags.String("prompt", prompt);
+  flags.String("text", text_path);
   flags.Bool("chat", chat);
   flags.String("attention-policy", policy_path);
   flags.Int("max-tokens", max_tokens);
@@ -95,7 +148,9 @@ int main(int argc, char** argv) {
   flags.Int("threads", threads);
   flags.Int("prefill-chunk", prefill_chunk);
   if (auto s = flags.Finish(); !s.ok()) return Fail(s.message());
-  if (prompt.empty() || span < 1 || prefill_chunk < 1) return Fail("need --prompt, span >= 1");
+  if ((prompt.empty() && text_path.empty()) || span < 1 || prefill_chunk < 1) {
+    return Fail("need --prompt or --text, span >= 1");
+  }
   params.max_tokens = max_tokens;
   params.ignore_eos = true;
   params.seed = static_cast<uint64_t>(seed);
@@ -118,9 +173,19 @@ int main(int argc, char** argv) {
     if (!rendered.ok()) return Fail(rendered.status().message());
     text = *rendered;
   }
-  const std::vector<int32_t> ids = tok.Encode(text, !chat);
+  std::vector<int32_t> ids;
+  if (text_path.empty()) {
+    ids = tok.Encode(text, !chat);
+  } else {
+    std::ifstream in(text_path, std::ios::binary);
+    if (!in) return Fail("cannot open " + text_path);
+    const std::string contents((std::istreambuf_iterator<char>(in)), {});
+    ids = tok.Encode(contents, true);
+    if (ids.size() > static_cast<size_t>(max_tokens) + 1)
+      ids.resize(static_cast<size_t>(max_tokens) + 1);
+  }
   const int chunk = std::min<int>(prefill_chunk, static_cast<int>(ids.size()));
-  const int total = static_cast<int>(ids.size()) + max_tokens;
+  const int total = static_cast<int>(ids.size()) + (text_path.empty() ? max_tokens : 0);
 
   // The cache as `headwise generate` builds it: full heads sized for the request, rings for one
   // sequence writing up to `chunk` tokens a step.
@@ -149,6 +214,37 @@ int main(int argc, char** argv) {
       policy->name.c_str(), ids.size(), max_tokens, pages,
       static_cast<double>(pages) * page_size * model.config().head_dim * 2 * 4 / (1024.0 * 1024.0),
       limit.Explain().c_str());
+
+  if (!text_path.empty()) {
+    // Teacher forcing: row i of a chunk's logits predicts the token after it.
+    SpanPrinter printer{&tok};
+    const int vocab = model.config().vocab_size;
+    int scored = 0;
+    size_t span_begin = 1;
+    for (size_t start = 0; start + 1 < ids.size(); start += static_cast<size_t>(chunk)) {
+      const size_t n = std::min(static_cast<size_t>(chunk), ids.size() - 1 - start);
+      hw::models::BatchEntry e{&seq, std::span<const int32_t>(ids).subspan(start, n),
+                               static_cast<int>(start), true};
+      const std::vector<float> logits =
+          model.ForwardToHost(std::span<const hw::models::BatchEntry>(&e, 1), **cache);
+      HW_CHECK_EQ(logits.size(), n * static_cast<size_t>(vocab));
+      for (size_t i = 0; i < n; ++i) {
+        const auto row = std::span<const float>(logits).subspan(i * static_cast<size_t>(vocab),
+                                                                static_cast<size_t>(vocab));
+        printer.logprob_sum += LogProb(row, ids[start + i + 1], printer.nonfinite);
+        ++scored;
+        const size_t next = start + i + 2;  // one past the token just scored
+        if (scored % span == 0 || next == ids.size()) {
+          printer.Print(scored, static_cast<int>(next - 1),
+                        std::span<const int32_t>(ids).subspan(span_begin, next - span_begin));
+          span_begin = next;
+        }
+      }
+    }
+    std::fprintf(stderr, "done: %d tokens scored, %lld non-finite logits\n", scored,
+                 static_cast<long long>(printer.nonfinite_total));
+    return 0;
+  }
 
   const hw::engine::Sampler sampler(params);
   const int vocab = model.config().vocab_size;
