@@ -516,8 +516,9 @@ StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
   if (!im.length_limit.bounded && total > im.config.max_model_len) {
     return InvalidArgument(
         "this model's maximum context length is {} tokens; the request has {} prompt tokens and "
-        "max_tokens {} ({} in all)",
-        im.config.max_model_len, request.prompt_ids.size(), request.params.max_tokens, total);
+        "max_tokens {} ({} in all){}",
+        im.config.max_model_len, request.prompt_ids.size(), request.params.max_tokens, total,
+        im.length_limit.max_rank_span > 0 ? "; " + im.length_limit.Explain() : std::string());
   }
   const int64_t pool_tokens = im.MaxTokensInPool();
   if (total > pool_tokens) {

@@ -258,6 +258,7 @@ TEST_CASE("A re-indexed all-ring policy runs past max_model_len", "[engine]") {
     auto engine = StartEngine(config);
     auto s = engine->Submit(Request(*engine, "Once upon a time", 300));
     CHECK_THAT(s.status().message(), Catch::Contains("maximum context length is 128"));
+    CHECK_THAT(s.status().message(), Catch::Contains("sink + window + chunk = 144"));
   }
   std::filesystem::remove_all(dir);
 }
