@@ -25,12 +25,6 @@ StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& flag_path,
   for (size_t i = 0; i < set.policies.size(); ++i) {
     const attention::Policy& p = set.policies[i];
     if (counts[i] == 0 || p.storage != attention::StorageKind::kRing) continue;
-    if (p.positions == attention::Positions::kReindex) {
-      return Unimplemented(
-          "attention policy {}: policy \"{}\" re-indexes positions inside its ring "
-          "(StreamingLLM); this build runs rings with original positions only",
-          path, p.name);
-    }
     if (p.prefill == attention::PrefillMode::kDense) {
       return InvalidArgument(
           "attention policy {}: policy \"{}\" keeps sink {} + window {} tokens but asks for a "
@@ -58,6 +52,16 @@ StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(const attention::Polic
   config.ring_chunk_tokens = chunk_tokens;
   const int ring_pages = kvcache::KvCache::RingRegionPages(config, layout);
   const int full_pages = kvcache::KvCache::FullPagesPerBlock(layout);
+  for (const auto& per_layer : layout.retention) {
+    for (const kvcache::Retention& r : per_layer) {
+      if (r.reindex && backend.device() != Device::kCpu) {
+        return Unimplemented(
+            "attention policy \"{}\" re-indexes positions inside its rings (StreamingLLM), "
+            "which the {} backend does not run yet; use --device cpu, or positions original",
+            set.name, backend.name());
+      }
+    }
+  }
   if (ring_pages > config.num_pages) {
     return InvalidArgument(
         "the KV cache of {} pages cannot hold the sink/window rings of {} sequences ({} pages); "
@@ -87,10 +91,17 @@ StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& se
       if (members.empty()) continue;
       const attention::Policy& policy = set.policies[p];
       kvcache::Retention r;
-      if (policy.storage == attention::StorageKind::kRing) r = {true, policy.sink, policy.window};
+      if (policy.storage == attention::StorageKind::kRing) {
+        r = {true, policy.sink, policy.window, policy.positions == attention::Positions::kReindex};
+      }
       if (policy.storage == attention::StorageKind::kCompressOnce) {
-        r = {false, policy.sink,         policy.window,
-             true,  policy.compensation, policy.compensation_by_count};
+        r = {false,
+             policy.sink,
+             policy.window,
+             false,
+             true,
+             policy.compensation,
+             policy.compensation_by_count};
       }
       classes.push_back(std::move(members));
       retention.push_back(r);
@@ -101,6 +112,35 @@ StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& se
   HW_RETURN_IF_ERROR(layout.Validate(layers, kv_heads)
                          .WithContext(fmt::format("attention policy \"{}\"", set.name)));
   return layout;
+}
+
+LengthLimit MaxSequenceTokens(const kvcache::KvCache& cache, int context, int chunk_tokens) {
+  LengthLimit limit;
+  limit.tokens = context;
+  if (!cache.all_heads_reindexed_rings()) return limit;
+  const kvcache::Retention& ring = cache.ring_retention();
+  limit.max_rank_span = int64_t{ring.sink} + ring.window + std::max(chunk_tokens, 1);
+  if (limit.max_rank_span > context) return limit;
+  limit.bounded = true;
+  limit.tokens = kMaxStreamTokens;
+  return limit;
+}
+
+std::string LengthLimit::Explain() const {
+  if (bounded) {
+    return fmt::format(
+        "every head is a re-indexed sink/window ring (rotary positions below {}), so a sequence "
+        "may reach {} tokens",
+        max_rank_span, tokens);
+  }
+  if (max_rank_span > 0) {
+    return fmt::format(
+        "every head is a re-indexed sink/window ring, but its rotary positions could reach "
+        "sink + window + chunk = {}, beyond the context of {}: lower the prefill chunk "
+        "(max_num_batched_tokens) or the window to run past it",
+        max_rank_span, tokens);
+  }
+  return fmt::format("the context is {} tokens", tokens);
 }
 
 }  // namespace headwise::engine

@@ -5,6 +5,7 @@
 // sparse policy must never be silently served as dense.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -26,8 +27,9 @@ StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& path,
 std::string ModelPolicyFile(const std::string& model_path);
 
 // The KV cache's head classes for a policy set: per layer, the KV heads of each policy (in
-// policy order), full storage as full classes, ring storage as rings, compress_once as full
-// classes that compact after the prompt (engine/kv_compaction.h).
+// policy order), full storage as full classes, ring storage as rings (re-indexed when the
+// policy's positions are reindex), compress_once as full classes that compact after the prompt
+// (engine/kv_compaction.h).
 StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& set);
 
 // The KV cache a policy set runs on: its head classes, a ring region for `max_sequences`
@@ -37,5 +39,24 @@ StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(const attention::Polic
                                                           kvcache::KvCacheConfig config,
                                                           int max_sequences, int chunk_tokens,
                                                           kernels::Backend& backend);
+
+// The longest a sequence may grow. Normally the context (max_model_len, or the model's
+// max_position_embeddings for `headwise generate`). A cache whose every (layer, KV head) is a
+// ring with re-indexed positions (StreamingLLM) never grows and never rotates by more than its
+// rank: a query attends at most sink + window + (its chunk's tokens) keys, ranked from 0, so
+// when that span fits the context a sequence may run past it, up to kMaxStreamTokens (i32
+// positions). What still limits it: one chunk is attended densely within the ring (the first
+// chunk of a prompt over everything so far), so sink + window + chunk_tokens (the largest chunk
+// a step writes: the prefill chunk, or max_num_batched_tokens) must not exceed the context;
+// otherwise the context stays the limit. Mixed policies (any full head, or a ring with original
+// positions) are limited by the context.
+struct LengthLimit {
+  int64_t tokens = 0;         // prompt + generated tokens allowed
+  bool bounded = false;       // past the context: every head a re-indexed ring that fits
+  int64_t max_rank_span = 0;  // sink + window + chunk for all-reindexed caches, else 0
+  std::string Explain() const;
+};
+inline constexpr int64_t kMaxStreamTokens = int64_t{1} << 30;
+LengthLimit MaxSequenceTokens(const kvcache::KvCache& cache, int context, int chunk_tokens);
 
 }  // namespace headwise::engine

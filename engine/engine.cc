@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <limits>
 #include <thread>
 
 #include "engine/attention_setup.h"
@@ -105,6 +106,7 @@ struct Engine::Impl {
   std::shared_ptr<MetricsRegistry> metrics;
   std::unique_ptr<kvcache::KvCache> cache;
   std::unique_ptr<BatchSampler> sampler;  // engine thread only
+  LengthLimit length_limit;  // prompt + max_tokens of a request: the context, or more (streaming)
 
   std::mutex mu;  // guards incoming, stop, counters read by Stats()
   std::condition_variable cv;
@@ -125,7 +127,9 @@ struct Engine::Impl {
   }
   void Loop();
   void Run();
+  // A cache of rings only holds a sequence of any length.
   int MaxTokensInPool() const {
+    if (cache->pages_per_block() == 0) return std::numeric_limits<int>::max();
     return cache->num_pages() / cache->pages_per_block() * config.page_size;
   }
   bool Step();
@@ -487,6 +491,12 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
       CreateKvCache(impl->policy, impl->model.model->KvConfig(c.num_kv_pages, c.page_size),
                     c.max_num_seqs, c.max_num_batched_tokens, *impl->backend));
   impl->cache->set_prefix_caching(c.enable_prefix_caching);
+  impl->length_limit = MaxSequenceTokens(*impl->cache, c.max_model_len, c.max_num_batched_tokens);
+  if (impl->length_limit.bounded) {
+    spdlog::info("attention policy \"{}\": {}", impl->policy.name, impl->length_limit.Explain());
+  } else if (impl->length_limit.max_rank_span > 0) {
+    spdlog::warn("attention policy \"{}\": {}", impl->policy.name, impl->length_limit.Explain());
+  }
   impl->sampler = std::make_unique<BatchSampler>(*impl->backend);
   impl->UpdateGauges();
   Impl* raw = impl.get();
@@ -505,11 +515,17 @@ StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
     }
   }
   const int64_t total = static_cast<int64_t>(request.prompt_ids.size()) + request.params.max_tokens;
-  if (total > im.config.max_model_len) {
+  if (im.length_limit.bounded && total > im.length_limit.tokens) {
+    return InvalidArgument("the request has {} prompt tokens and max_tokens {} ({} in all): {}",
+                           request.prompt_ids.size(), request.params.max_tokens, total,
+                           im.length_limit.Explain());
+  }
+  if (!im.length_limit.bounded && total > im.config.max_model_len) {
     return InvalidArgument(
         "this model's maximum context length is {} tokens; the request has {} prompt tokens and "
-        "max_tokens {} ({} in all)",
-        im.config.max_model_len, request.prompt_ids.size(), request.params.max_tokens, total);
+        "max_tokens {} ({} in all){}",
+        im.config.max_model_len, request.prompt_ids.size(), request.params.max_tokens, total,
+        im.length_limit.max_rank_span > 0 ? "; " + im.length_limit.Explain() : std::string());
   }
   const int64_t pool_tokens = im.MaxTokensInPool();
   if (total > pool_tokens) {

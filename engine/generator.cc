@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "engine/attention_setup.h"
 #include "engine/kv_compaction.h"
 #include "engine/output_processor.h"
 
@@ -32,13 +33,21 @@ StatusOr<GenerationResult> Generator::Generate(
       return InvalidArgument("prompt token id {} outside vocabulary of {}", id, config.vocab_size);
     }
   }
-  const int total = static_cast<int>(prompt.size()) + params.max_tokens;
-  if (config.max_position_embeddings > 0 && total > config.max_position_embeddings) {
-    return InvalidArgument("prompt ({} tokens) + max_tokens ({}) exceeds the model's context of {}",
-                           prompt.size(), params.max_tokens, config.max_position_embeddings);
+  const int64_t total = static_cast<int64_t>(prompt.size()) + params.max_tokens;
+  if (config.max_position_embeddings > 0) {
+    // Past the context only when every head is a re-indexed ring (StreamingLLM).
+    const LengthLimit limit =
+        MaxSequenceTokens(cache_, config.max_position_embeddings,
+                          static_cast<int>(std::min<size_t>(prefill_chunk, prompt.size())));
+    if (total > limit.tokens) {
+      return InvalidArgument(
+          "prompt ({} tokens) + max_tokens ({}) exceeds the model's context of {}{}", prompt.size(),
+          params.max_tokens, config.max_position_embeddings,
+          limit.max_rank_span > 0 ? ": " + limit.Explain() : std::string());
+    }
   }
   kvcache::SequenceKv kv(cache_);
-  if (Status s = kv.Reserve(total); !s.ok()) {
+  if (Status s = kv.Reserve(static_cast<int>(total)); !s.ok()) {
     return ResourceExhausted("{} tokens do not fit in the KV cache: {}", total, s.message());
   }
 

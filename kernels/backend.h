@@ -80,6 +80,11 @@ struct KvPoolView {
 // instead: page = ring_blocks[s][j / page_size] * ring_pages_per_block + head_page[h], where
 // ring_blocks maps each logical page to the ring block that holds it now. A ring head keeps only
 // its first `ring_sink` tokens and the most recent ones, so it attends less (PagedAttentionBatch).
+//
+// A ring head may re-index positions inside its ring (StreamingLLM, head_reindex[h] = 1): its
+// keys are stored pre-RoPE (unrotated) and RopeWriteKv leaves the queries of its GQA group
+// unrotated; attention rotates both by rank, the position of a key in the list the query attends
+// (PagedAttentionBatch). Only ring heads may be re-indexed.
 struct BlockTable {
   Tensor blocks;     // i32 [S, max_blocks]
   Tensor head_page;  // i32 [Hkv]: this layer's page of KV head h inside a block
@@ -101,12 +106,16 @@ struct BlockTable {
   int comp_sink = 0;
   bool comp_token = false;
   bool comp_log_count = true;
+  // Empty when no head of the layer re-indexes positions; both set together.
+  Tensor head_reindex{};   // i32 [Hkv]: 1 for a ring head with re-indexed positions
+  Tensor rope_inv_freq{};  // f32 [D/2]: the rotary inverse frequencies RopeWriteKv is given
 
   int num_seqs() const { return static_cast<int>(blocks.dim(0)); }
   int num_kv_heads() const { return static_cast<int>(head_page.numel()); }
   int max_blocks() const { return static_cast<int>(blocks.dim(1)); }
   bool has_ring_heads() const { return head_ring.data != nullptr; }
   bool has_compressed_heads() const { return head_comp.data != nullptr; }
+  bool has_reindex_heads() const { return head_reindex.data != nullptr; }
 };
 
 // Which cache entries a batch of query tokens attends to, for one layer. A query token at
@@ -114,7 +123,22 @@ struct BlockTable {
 // decode. On a ring head (BlockTable) it attends the sinks and what the ring held when its chunk
 // began, plus the chunk up to itself: keys [0, min(sink, p + 1)) and [max(sink, c - window), p],
 // c the position of its sequence's first query token in the batch (DuoAttention's streaming
-// heads; the first chunk, c = 0, is causal over everything). A token with a negative position is
+// heads; the first chunk, c = 0, is causal over everything).
+//
+// Re-indexed ring heads (BlockTable::head_reindex, StreamingLLM §1.2) attend the same keys, but
+// position enters attention by rank: with sink_end = min(sink, p + 1) and
+// lo = max(sink_end, c - window), the attended keys in increasing position are
+//   j in [0, sink_end)  with rank(j) = j, then
+//   j in [lo, p]        with rank(j) = sink_end + (j - lo),
+// and the query takes rank(p) = sink_end + (p - lo), the last rank. The rank is the key's index
+// in that list, so ranks are 0 .. count - 1 and never reach sink + window + chunk length, however
+// long the sequence. The stored (unrotated) k and the unrotated q are each rotated by their rank
+// in fp32, rotate-half convention as in RopeWriteKv: with a = rank * inv_freq[i] (f32 product),
+// x'[i] = x[i] cos a - x[i + D/2] sin a and x'[i + D/2] = x[i + D/2] cos a + x[i] sin a, i < D/2;
+// then softmax(q' . k' * scale) . v as on any head. While nothing is evicted (lo == sink_end,
+// e.g. the first chunk) ranks equal positions, so the result equals ordinary RoPE attention.
+//
+// A token with a negative position is
 // padding (fixed-size batches of a captured graph): it writes no KV and its output is unspecified.
 // The tensors are step metadata uploaded from the host: a backend may read them before earlier
 // device work of the step has finished (the CUDA backend does), so no device operation may write
@@ -133,7 +157,8 @@ struct PagedAttentionBatch {
 // Decode attention over explicit token lists (ALGORITHMS.md §9.2), the primitive of the
 // sparse policies. Row r is one (sequence, KV head); its query heads (the GQA group of that KV
 // head) attend only to the token positions indices[indptr[r] .. indptr[r + 1]) of the
-// sequence's cache, each logit shifted by logit_bias (when given).
+// sequence's cache, each logit shifted by logit_bias (when given). Not defined for re-indexed
+// heads (their keys are unrotated and an index list carries no ranks): a row on one is refused.
 struct SparseDecodeBatch {
   Tensor row_seq;      // i32 [R]: batch index of the row's sequence
   Tensor row_kv_head;  // i32 [R]
@@ -246,11 +271,12 @@ class Backend {
   // Splits a fused projection qkv [T, (Hq + 2 Hkv) D] into q, k, v; applies rotary embedding
   // (rotate-half convention, angle pos * inv_freq[i]) to q and k; writes q to q_out
   // [T, Hq, D] and k, v into the KV pool at each token's position (batch.token_seq,
-  // batch.token_pos, batch.table).
+  // batch.token_pos, batch.table). Re-indexed heads (BlockTable::head_reindex) skip the rotation:
+  // their k is stored and the q of their query heads written unrotated.
   virtual void RopeWriteKv(const Tensor& qkv, const PagedAttentionBatch& batch,
                            const Tensor& inv_freq, const KvPoolView& pool, const Tensor& q_out) = 0;
   // Causal attention of q [T, Hq, D] over the paged cache; out [T, Hq, D]. GQA: query head
-  // qh reads KV head qh / (Hq / Hkv).
+  // qh reads KV head qh / (Hq / Hkv). Ring and re-indexed heads as PagedAttentionBatch says.
   virtual void PagedAttention(const Tensor& q, const KvPoolView& pool,
                               const PagedAttentionBatch& batch, float scale, const Tensor& out) = 0;
   // q [S, Hq, D] (one decode query per sequence); out [R, G, D] with G = Hq / Hkv; lse [R, G]

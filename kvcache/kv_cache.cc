@@ -57,6 +57,9 @@ Status HeadClassLayout::Validate(int num_layers, int num_kv_heads) const {
                              classes[static_cast<size_t>(l)].size());
     }
     for (const Retention& c : r) {
+      if (c.reindex && !c.ring) {
+        return InvalidArgument("layer {}: only ring classes may re-index positions", l);
+      }
       if (c.compress_once) {
         if (c.ring || c.sink < 0 || c.window < 1) {
           return InvalidArgument(
@@ -103,6 +106,7 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
   page_index_ = head_class_;
   is_ring_.assign(layers, std::vector<char>(heads, 0));
   is_compressed_ = is_ring_;
+  is_reindexed_ = is_ring_;
   for (size_t l = 0; l < layers; ++l) {
     for (size_t c = 0; c < layout_.classes[l].size(); ++c) {
       const auto& cls = layout_.classes[l][c];
@@ -115,6 +119,8 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
         head_index_[l][h] = static_cast<int>(i);
         is_ring_[l][h] = r.ring ? 1 : 0;
         is_compressed_[l][h] = r.compress_once ? 1 : 0;
+        is_reindexed_[l][h] = r.reindex ? 1 : 0;
+        num_reindexed_heads_ += r.reindex ? 1 : 0;
         // Class by class, heads in class order, within their kind of block.
         page_index_[l][h] = r.ring ? ring_pages_per_block_++ : pages_per_block_++;
       }

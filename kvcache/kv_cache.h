@@ -46,15 +46,18 @@ struct KvCacheConfig {
 
 // How a class keeps its tokens. Full: all of them. Ring: the first `sink` tokens and the most
 // recent `window`, in a fixed set of pages per sequence whose window pages are reused as the
-// window moves on (StreamingLLM, DuoAttention's streaming heads). Compress once
-// (RazorAttention): full storage; once the prompt is in, the sequence is compacted
-// (SequenceKv::MarkCompacted) and from then on attends only the first `sink` tokens, a
-// compensation token (with `compensation`: the mean K and V of the dropped span, written over
-// position `sink`) and the tokens from the last `window` of the prompt on.
+// window moves on (StreamingLLM, DuoAttention's streaming heads). A ring may re-index positions
+// (StreamingLLM): its keys are stored pre-RoPE and attention rotates them by their rank in the
+// ring (kernels::PagedAttentionBatch). Compress once (RazorAttention): full storage; once the
+// prompt is in, the sequence is compacted (SequenceKv::MarkCompacted) and from then on attends
+// only the first `sink` tokens, a compensation token (with `compensation`: the mean K and V of
+// the dropped span, written over position `sink`) and the tokens from the last `window` of the
+// prompt on.
 struct Retention {
   bool ring = false;
   int sink = 0;
   int window = 0;
+  bool reindex = false;  // ring only
   bool compress_once = false;
   bool compensation = false;
   bool compensation_by_count = true;  // the compensation token's logit carries log(dropped)
@@ -105,6 +108,15 @@ class KvCache {
   bool has_compressed_heads() const { return compress_retention_.compress_once; }
   // The compress-once classes' rule (all share one).
   const Retention& compress_retention() const { return compress_retention_; }
+  // A ring head with re-indexed positions (pre-RoPE keys).
+  bool IsReindexed(int layer, int kv_head) const { return is_reindexed_[layer][kv_head] != 0; }
+  bool has_reindexed_heads() const { return num_reindexed_heads_ > 0; }
+  // Every (layer, KV head) is a re-indexed ring (StreamingLLM): a sequence keeps at most
+  // sink + window + one step's tokens per head and attention sees rotary positions (ranks)
+  // below that, however long it grows.
+  bool all_heads_reindexed_rings() const {
+    return num_reindexed_heads_ == config_.num_layers * config_.num_kv_heads;
+  }
   // Ring geometry: pages of a ring block (one per ring (layer, head)), ring blocks a sequence
   // holds, of which the first sink_blocks() keep the sinks and the rest cycle for the window.
   int ring_pages_per_block() const { return ring_pages_per_block_; }
@@ -176,6 +188,8 @@ class KvCache {
   std::vector<std::vector<char>> is_ring_;
   std::vector<std::vector<char>> is_compressed_;
   Retention compress_retention_;
+  std::vector<std::vector<char>> is_reindexed_;
+  int num_reindexed_heads_ = 0;
   int pages_per_block_ = 0;
   int ring_pages_per_block_ = 0;
   Retention ring_retention_;

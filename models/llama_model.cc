@@ -179,8 +179,10 @@ LlamaModel::StepMeta LlamaModel::BuildMeta(std::span<const BatchEntry> batch,
     }
     m.data.resize(row_end, 0);
   }
-  // Ring heads: each logical page's current ring block, then per layer the head flags.
+  // Ring heads: each logical page's current ring block; per layer the head flags follow (ring,
+  // compress-once, re-indexed).
   m.rings = cache.ring_pages_per_block() > 0;
+  m.reindex = cache.has_reindexed_heads();
   if (m.rings) {
     for (int s = 0; s < m.num_seqs; ++s) {
       for (int j = 0; j < m.max_blocks; ++j) {
@@ -206,6 +208,9 @@ LlamaModel::StepMeta LlamaModel::BuildMeta(std::span<const BatchEntry> batch,
     }
     if (m.compress) {
       for (int h = 0; h < hkv; ++h) m.data.push_back(cache.IsCompressed(l, h) ? 1 : 0);
+    }
+    if (m.reindex) {
+      for (int h = 0; h < hkv; ++h) m.data.push_back(cache.IsReindexed(l, h) ? 1 : 0);
     }
   }
   return m;
@@ -298,6 +303,10 @@ Tensor LlamaModel::Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::
       table.comp_sink = r.sink;
       table.comp_token = r.compensation;
       table.comp_log_count = r.compensation_by_count;
+    }
+    if (m.reindex) {
+      table.head_reindex = part({hkv});
+      table.rope_inv_freq = inv_freq_.view();
     }
     const kernels::PagedAttentionBatch attn_batch{seq_t, pos_t, table, query_start_t,
                                                   m.max_query_len};

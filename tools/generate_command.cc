@@ -42,7 +42,10 @@ constexpr const char* kUsage = R"(usage: headwise generate --model PATH --prompt
   --threads N               CPU threads (default: all)
   --prefill-chunk N         prefill chunk size in tokens (default 512)
   --kv-pages N              KV pages of 16 tokens (default: enough for the request)
-  --attention-policy FILE   attn-policy/v1 file (configs/README.md); default: dense
+  --attention-policy FILE   attn-policy/v1 file (configs/README.md); default: dense.
+                            With every head a re-indexed ring (StreamingLLM) the
+                            output may run past the model's context, as long as
+                            sink + window + prefill chunk fits it
 )";
 
 int Fail(const Status& s) {

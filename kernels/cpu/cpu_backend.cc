@@ -82,6 +82,153 @@ KeyRanges AttendedKeys(const PagedAttentionBatch& batch, int64_t t, int kv_head)
   return {sink_end, window_begin, pos + 1};
 }
 
+bool IsReindexed(const BlockTable& table, int64_t kv_head) {
+  return table.has_reindex_heads() && table.head_reindex.ptr<int32_t>()[kv_head] != 0;
+}
+
+// cos and sin of rank * inv_freq[i] for ranks 0 .. ranks() - 1, computed as RopeWriteKv computes
+// a position's (f32 angle, f32 cos/sin), so rank r rotates exactly as position r does.
+class RankRotation {
+ public:
+  // Makes ranks [0, count) available for these frequencies.
+  void Ensure(const Tensor& inv_freq, int32_t count) {
+    const float* f = inv_freq.ptr<float>();
+    const auto half = static_cast<size_t>(inv_freq.numel());
+    if (inv_freq_.size() != half || !std::equal(inv_freq_.begin(), inv_freq_.end(), f)) {
+      inv_freq_.assign(f, f + half);
+      cos_.clear();
+      sin_.clear();
+      ranks_ = 0;
+    }
+    if (count <= ranks_) return;
+    const int32_t want = (count + 255) / 256 * 256;
+    cos_.resize(static_cast<size_t>(want) * half);
+    sin_.resize(static_cast<size_t>(want) * half);
+    for (int32_t r = ranks_; r < want; ++r) {
+      const float rank = static_cast<float>(r);
+      for (size_t i = 0; i < half; ++i) {
+        const float angle = rank * inv_freq_[i];
+        cos_[static_cast<size_t>(r) * half + i] = std::cos(angle);
+        sin_[static_cast<size_t>(r) * half + i] = std::sin(angle);
+      }
+    }
+    ranks_ = want;
+  }
+  int32_t ranks() const { return ranks_; }
+  // y = x rotated by `rank` (rotate-half): y and x hold D = 2 * half floats and do not overlap.
+  void Rotate(const float* x, int32_t rank, float* y) const {
+    const size_t half = inv_freq_.size();
+    const float* c = cos_.data() + static_cast<size_t>(rank) * half;
+    const float* s = sin_.data() + static_cast<size_t>(rank) * half;
+    for (size_t i = 0; i < half; ++i) {
+      const float a = x[i], b = x[i + half];
+      y[i] = a * c[i] - b * s[i];
+      y[i + half] = b * c[i] + a * s[i];
+    }
+  }
+
+ private:
+  std::vector<float> inv_freq_, cos_, sin_;
+  int32_t ranks_ = 0;
+};
+
+// dots[h] = q_h . k for the n query rows q_h = q + h * head_dim: each a plain sequential sum
+// over d (the same rounding as one head alone), the n sums interleaved so they run in parallel.
+template <int N>
+void DotRows(const float* q, int64_t head_dim, const float* k, float* dots) {
+  float acc[N] = {};
+  for (int64_t d = 0; d < head_dim; ++d) {
+    for (int h = 0; h < N; ++h) acc[h] += q[h * head_dim + d] * k[d];
+  }
+  for (int h = 0; h < N; ++h) dots[h] = acc[h];
+}
+void DotRows(const float* q, int64_t n, int64_t head_dim, const float* k, float* dots) {
+  switch (n) {
+    case 1:
+      return DotRows<1>(q, head_dim, k, dots);
+    case 2:
+      return DotRows<2>(q, head_dim, k, dots);
+    case 3:
+      return DotRows<3>(q, head_dim, k, dots);
+    case 4:
+      return DotRows<4>(q, head_dim, k, dots);
+    case 8:
+      return DotRows<8>(q, head_dim, k, dots);
+    default:
+      for (int64_t h = 0; h < n; ++h) DotRows<1>(q + h * head_dim, head_dim, k, dots + h);
+  }
+}
+
+struct AttentionScratch {
+  std::vector<float> q, key, scores, max, denom, dots;
+};
+
+// Attention of query heads [qh0, qh0 + n) of token t, which share one KV head: scores over the
+// attended keys, softmax, weighted sum of the values into out. On a re-indexed head the query
+// and every key are first rotated by their rank (`rotation` holds enough ranks), each key once
+// for all n heads.
+void AttendHeads(const Tensor& q, const KvPoolView& pool, const PagedAttentionBatch& batch,
+                 float scale, const Tensor& out, int64_t t, int64_t qh0, int64_t n, int64_t group,
+                 const RankRotation& rotation, AttentionScratch& s) {
+  const int64_t num_q_heads = q.dim(1), head_dim = q.dim(2);
+  const auto d_size = static_cast<size_t>(head_dim);
+  const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
+  const int32_t pos = batch.token_pos.ptr<int32_t>()[t];
+  float* o = out.ptr<float>() + (t * num_q_heads + qh0) * head_dim;
+  std::fill(o, o + n * head_dim, 0.0f);
+  if (pos < 0) return;  // padding
+  const int kv_head = static_cast<int>(qh0 / group);
+  const KeyRanges attended = AttendedKeys(batch, t, kv_head);
+  const int32_t count = attended.count();
+  const auto count_size = static_cast<size_t>(count);
+  const bool by_rank = IsReindexed(batch.table, kv_head);
+  const float* qv = q.ptr<float>() + (t * num_q_heads + qh0) * head_dim;
+  if (by_rank) {
+    s.q.resize(static_cast<size_t>(n) * d_size);
+    for (int64_t h = 0; h < n; ++h) {
+      rotation.Rotate(qv + h * head_dim, count - 1, s.q.data() + static_cast<size_t>(h) * d_size);
+    }
+    qv = s.q.data();
+    s.key.resize(d_size);
+  }
+  s.scores.resize(static_cast<size_t>(n) * count_size);
+  s.max.assign(static_cast<size_t>(n), -INFINITY);
+  s.dots.resize(static_cast<size_t>(n));
+  for (int32_t j = 0; j < count; ++j) {
+    const float* kv =
+        pool.k.ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, attended.key(j)) * head_dim;
+    if (by_rank) {
+      rotation.Rotate(kv, j, s.key.data());
+      kv = s.key.data();
+    }
+    DotRows(qv, n, head_dim, kv, s.dots.data());
+    for (int64_t h = 0; h < n; ++h) {
+      float& score = s.scores[static_cast<size_t>(h) * count_size + static_cast<size_t>(j)];
+      score = s.dots[static_cast<size_t>(h)] * scale +
+              (j == attended.bias_index ? attended.bias : 0.0f);
+      s.max[static_cast<size_t>(h)] = std::max(s.max[static_cast<size_t>(h)], score);
+    }
+  }
+  s.denom.assign(static_cast<size_t>(n), 0.0f);
+  for (int64_t h = 0; h < n; ++h) {
+    float* row = s.scores.data() + static_cast<size_t>(h) * count_size;
+    for (size_t j = 0; j < count_size; ++j) {
+      row[j] = std::exp(row[j] - s.max[static_cast<size_t>(h)]);
+      s.denom[static_cast<size_t>(h)] += row[j];
+    }
+  }
+  for (int32_t j = 0; j < count; ++j) {
+    const float* vv =
+        pool.v.ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, attended.key(j)) * head_dim;
+    for (int64_t h = 0; h < n; ++h) {
+      const float p = s.scores[static_cast<size_t>(h) * count_size + static_cast<size_t>(j)] /
+                      s.denom[static_cast<size_t>(h)];
+      float* oh = o + h * head_dim;
+      for (int64_t d = 0; d < head_dim; ++d) oh[d] += p * vv[d];
+    }
+  }
+}
+
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int num_threads) : pool_(num_threads) {}
@@ -208,6 +355,7 @@ class CpuBackend final : public Backend {
     const int64_t half = head_dim / 2;
     HW_CHECK_EQ(qkv.dim(1), (num_q_heads + 2 * num_kv_heads) * head_dim);
     HW_CHECK_EQ(inv_freq.numel(), half);
+    const int64_t group = num_q_heads / num_kv_heads;
     const int64_t rope_work = tokens * (num_q_heads + 2 * num_kv_heads) * head_dim * 4;
     pool_.ParallelFor(tokens, rope_work, [&](int64_t begin, int64_t end) {
       std::vector<float> cos_v(static_cast<size_t>(half)), sin_v(static_cast<size_t>(half));
@@ -229,14 +377,23 @@ class CpuBackend final : public Backend {
             y[i + half] = b * cos_v[static_cast<size_t>(i)] + a * sin_v[static_cast<size_t>(i)];
           }
         };
+        // Re-indexed heads: q and k unrotated, attention rotates them by rank.
+        auto write = [&](int64_t kv_head, const float* x, float* y) {
+          if (IsReindexed(batch.table, kv_head)) {
+            std::memcpy(y, x, static_cast<size_t>(head_dim) * sizeof(float));
+          } else {
+            rotate(x, y);
+          }
+        };
         for (int64_t h = 0; h < num_q_heads; ++h) {
-          rotate(row + h * head_dim, q_out.ptr<float>() + (t * num_q_heads + h) * head_dim);
+          write(h / group, row + h * head_dim,
+                q_out.ptr<float>() + (t * num_q_heads + h) * head_dim);
         }
         const float* k = row + num_q_heads * head_dim;
         const float* v = k + num_kv_heads * head_dim;
         for (int64_t h = 0; h < num_kv_heads; ++h) {
           const int64_t slot = SlotOf(batch.table, pool, seq, static_cast<int>(h), position);
-          rotate(k + h * head_dim, pool.k.ptr<float>() + slot * head_dim);
+          write(h, k + h * head_dim, pool.k.ptr<float>() + slot * head_dim);
           std::memcpy(pool.v.ptr<float>() + slot * head_dim, v + h * head_dim,
                       static_cast<size_t>(head_dim) * sizeof(float));
         }
@@ -254,43 +411,36 @@ class CpuBackend final : public Backend {
     const int64_t group = num_q_heads / num_kv_heads;
     int64_t keys = 0;  // keys attended over the batch, per query head
     for (int64_t t = 0; t < tokens; ++t) keys += std::max(0, batch.token_pos.ptr<int32_t>()[t] + 1);
-    pool_.ParallelFor(
-        tokens * num_q_heads, keys * num_q_heads * head_dim * 4, [&](int64_t begin, int64_t end) {
-          std::vector<float> scores;
-          for (int64_t i = begin; i < end; ++i) {
-            const int64_t t = i / num_q_heads, qh = i % num_q_heads;
-            const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
-            const int32_t pos = batch.token_pos.ptr<int32_t>()[t];
-            float* o = out.ptr<float>() + i * head_dim;
-            std::fill(o, o + head_dim, 0.0f);
-            if (pos < 0) continue;  // padding
-            const int kv_head = static_cast<int>(qh / group);
-            const float* qv = q.ptr<float>() + i * head_dim;
-            const KeyRanges attended = AttendedKeys(batch, t, kv_head);
-            scores.resize(static_cast<size_t>(attended.count()));
-            float max_score = -INFINITY;
-            for (int32_t j = 0; j < attended.count(); ++j) {
-              const float* kv = pool.k.ptr<float>() +
-                                SlotOf(batch.table, pool, seq, kv_head, attended.key(j)) * head_dim;
-              float dot = 0.0f;
-              for (int64_t d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
-              scores[static_cast<size_t>(j)] =
-                  dot * scale + (j == attended.bias_index ? attended.bias : 0.0f);
-              max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
-            }
-            float denom = 0.0f;
-            for (auto& s : scores) {
-              s = std::exp(s - max_score);
-              denom += s;
-            }
-            for (int32_t j = 0; j < attended.count(); ++j) {
-              const float* vv = pool.v.ptr<float>() +
-                                SlotOf(batch.table, pool, seq, kv_head, attended.key(j)) * head_dim;
-              const float p = scores[static_cast<size_t>(j)] / denom;
-              for (int64_t d = 0; d < head_dim; ++d) o[d] += p * vv[d];
-            }
-          }
-        });
+    const BlockTable& table = batch.table;
+    const bool reindex = table.has_reindex_heads();
+    if (reindex) {
+      HW_CHECK(table.has_ring_heads() && table.rope_inv_freq.numel() == head_dim / 2,
+               "re-indexed heads need the ring tables and {} rotary frequencies", head_dim / 2);
+      CheckF32(table.rope_inv_freq, "rope_inv_freq");
+      int32_t ranks = 0;  // the longest attended list on a re-indexed head
+      for (int64_t h = 0; h < num_kv_heads; ++h) {
+        if (!IsReindexed(table, h)) continue;
+        HW_CHECK(table.head_ring.ptr<int32_t>()[h] != 0, "KV head {} is re-indexed but no ring", h);
+        for (int64_t t = 0; t < tokens; ++t) {
+          if (batch.token_pos.ptr<int32_t>()[t] < 0) continue;
+          ranks = std::max(ranks, AttendedKeys(batch, t, static_cast<int>(h)).count());
+        }
+      }
+      rank_rotation_.Ensure(table.rope_inv_freq, ranks);
+    }
+    // One work unit per (token, query head); with re-indexed heads one per (token, KV head), so
+    // each key is rotated once for its GQA group.
+    const int64_t heads_per_unit = reindex ? group : 1;
+    const int64_t units_per_token = num_q_heads / heads_per_unit;
+    pool_.ParallelFor(tokens * units_per_token, keys * num_q_heads * head_dim * 4,
+                      [&](int64_t begin, int64_t end) {
+                        AttentionScratch scratch;
+                        for (int64_t u = begin; u < end; ++u) {
+                          AttendHeads(q, pool, batch, scale, out, u / units_per_token,
+                                      (u % units_per_token) * heads_per_unit, heads_per_unit, group,
+                                      rank_rotation_, scratch);
+                        }
+                      });
   }
 
   void SparseDecodeAttention(const Tensor& q, const KvPoolView& pool,
@@ -310,6 +460,8 @@ class CpuBackend final : public Backend {
             const int64_t r = i / group, g = i % group;
             const int32_t seq = batch.row_seq.ptr<int32_t>()[r];
             const int32_t kv_head = batch.row_kv_head.ptr<int32_t>()[r];
+            HW_CHECK(!IsReindexed(batch.table, kv_head),
+                     "index-list decode is not defined for re-indexed KV head {}", kv_head);
             const float* qv = q.ptr<float>() + (seq * num_q_heads + kv_head * group + g) * head_dim;
             float* o = out.ptr<float>() + i * head_dim;
             std::fill(o, o + head_dim, 0.0f);
@@ -382,6 +534,7 @@ class CpuBackend final : public Backend {
 
  private:
   cpu::ThreadPool pool_;
+  RankRotation rank_rotation_;  // PagedAttention's rank table, kept between calls
 };
 
 }  // namespace

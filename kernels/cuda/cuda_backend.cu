@@ -574,6 +574,9 @@ class CudaBackend final : public Backend {
 
   // Every attention and KV-write path goes through here.
   static cuda::DecodeKvCache DecodeCache(const KvPoolView& pool, const BlockTable& table) {
+    HW_CHECK(!table.has_reindex_heads(),
+             "the CUDA backend has no re-indexed (StreamingLLM) ring heads yet; the engine "
+             "refuses such policies at startup");
     cuda::DecodeKvCache kv{pool.k.ptr<bf16>(),
                            pool.v.ptr<bf16>(),
                            table.blocks.ptr<int32_t>(),

@@ -290,11 +290,21 @@ TEST_CASE("Policy sets become KV-cache head classes", "[policy]") {
           ++ring_heads;
           CHECK(r.sink == 64);
           CHECK(r.window == 256);
+          CHECK_FALSE(r.reindex);  // DuoAttention keeps original positions
         }
       }
     }
   }
   CHECK(ring_heads == 128);
+  auto streaming = ParsePolicy(kStreaming, kLlama3, "", "streaming-llm");
+  REQUIRE(streaming.ok());
+  auto rings = CacheLayoutFor(*streaming);
+  REQUIRE(rings.ok());
+  for (int l = 0; l < 32; ++l) {
+    REQUIRE(rings->classes[l].size() == 1);
+    const kvcache::Retention& r = rings->RetentionOf(l, 0);
+    CHECK((r.ring && r.reindex && r.sink == 4 && r.window == 2044));
+  }
   auto dense = CacheLayoutFor(DensePolicySet(kLlama3));
   REQUIRE(dense.ok());
   CHECK(dense->classes[5].size() == 1);

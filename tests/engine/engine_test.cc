@@ -3,8 +3,12 @@
 // caching around it; aborts return pages; impossible requests are refused at submission.
 #include "engine/engine.h"
 
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -205,6 +209,58 @@ TEST_CASE("Requests that can never fit are refused at submission", "[engine]") {
   EngineRequest bad = Request(*engine, "Once upon a time", 4);
   bad.params.top_p = 0;
   CHECK(engine->Submit(bad).status().code() == StatusCode::kInvalidArgument);
+}
+
+// StreamingLLM (every head a re-indexed ring) never grows its cache nor its rotary positions:
+// requests may run past max_model_len when sink + window + a step's tokens fit it. Rings with
+// original positions, or a step budget that would rank keys past the context, keep the limit.
+TEST_CASE("A re-indexed all-ring policy runs past max_model_len", "[engine]") {
+  const std::string dir =
+      std::filesystem::temp_directory_path() / ("hw-streaming-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto write = [&](const std::string& name, const std::string& positions) {
+    const std::string path = dir + "/" + name + ".json";
+    std::ofstream(path) << R"({"schema": "attn-policy/v1", "policies": {"s": {"storage": )"
+                        << R"({"kind": "ring", "sink": 4, "window": 40}, "positions": ")"
+                        << positions << R"(", "decode": {"mode": "retained"}}},)"
+                        << R"( "assignment": {"default": "s"}})";
+    return path;
+  };
+  EngineConfig config;
+  config.max_model_len = 128;
+  config.max_num_batched_tokens = 32;
+  config.max_num_seqs = 2;
+  config.attention_policy = write("reindex", "reindex");
+  {
+    auto engine = StartEngine(config);
+    std::vector<std::unique_ptr<RequestStream>> streams;
+    for (int i = 0; i < 2; ++i) {
+      auto s = engine->Submit(Request(*engine, "Once upon a time", 300, 0.8f, 7 + i));
+      INFO(s.status().ToString());
+      REQUIRE(s.ok());
+      streams.push_back(std::move(s).value());
+    }
+    for (auto& s : streams) {
+      const Result r = Drain(*s);
+      CHECK(r.ids.size() == 300);
+      CHECK(r.finish_reason == "length");
+    }
+  }
+  config.attention_policy = write("original", "original");
+  {
+    auto engine = StartEngine(config);
+    auto s = engine->Submit(Request(*engine, "Once upon a time", 300));
+    CHECK_THAT(s.status().message(), Catch::Contains("maximum context length is 128"));
+  }
+  config.attention_policy = write("reindex", "reindex");
+  config.max_num_batched_tokens = 100;  // 4 + 40 + 100 > 128
+  {
+    auto engine = StartEngine(config);
+    auto s = engine->Submit(Request(*engine, "Once upon a time", 300));
+    CHECK_THAT(s.status().message(), Catch::Contains("maximum context length is 128"));
+    CHECK_THAT(s.status().message(), Catch::Contains("sink + window + chunk = 144"));
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("A full queue refuses with ResourceExhausted", "[engine]") {

@@ -48,7 +48,7 @@ TEST_CASE("Compress-once heads: attention after compaction equals sinks + mean t
   config.num_pages = 256;
   HeadClassLayout layout;
   layout.classes = {{{0, 2}, {1, 3}}};
-  layout.retention = {{Retention{}, Retention{false, sink, window, true, true, true}}};
+  layout.retention = {{Retention{}, Retention{false, sink, window, false, true, true, true}}};
   KvCache mixed(config, layout, *be);
   KvCache full(config, HeadClassLayout::Dense(1, hkv), *be);
   SequenceKv mixed_seq(mixed), full_seq(full);
@@ -201,7 +201,7 @@ TEST_CASE("Compress-once heads leave prompts they would not shorten alone", "[kv
   config.page_size = 4;
   config.num_pages = 64;
   HeadClassLayout layout = HeadClassLayout::Dense(1, 2);
-  layout.retention = {{Retention{false, 4, 20, true, true, true}}};
+  layout.retention = {{Retention{false, 4, 20, false, true, true, true}}};
   KvCache cache(config, layout, *be);
   SequenceKv seq(cache);
   REQUIRE(seq.Reserve(40).ok());

@@ -1,8 +1,8 @@
 """`hw_bench_passkey` on TinyStories-656K (CPU, 2 samples, 200 tokens): dense and a mixed
 full/ring policy run through, every JSON line parses, each (policy, length) cell is there with
 an accuracy in [0, 1] that agrees with its counts, the prompts land within a few tokens under the
-length, and a policy the engine refuses (StreamingLLM's re-indexed ring) stops the run with the
-engine's error instead of running as dense.
+length, and a policy the engine refuses (a ring asking for a dense prefill) stops the run with
+the engine's error instead of running as dense.
 
 usage: bench_passkey.py PATH_TO_hw_bench_passkey"""
 
@@ -74,9 +74,14 @@ with tempfile.TemporaryDirectory() as tmp:
     if set(vs) != {"dense", "ring"} or not all(-1 <= d <= 1 for x in vs.values() for d in x["diff"].values()):
         failures.append(f"vs_first lines {list(vs.values())}")
 
-    r = run([("dense", dense), ("streaming", os.path.join(ROOT, "configs", "policies", "streaming-llm.json"))])
-    refused = r.returncode != 0 and "re-indexes" in r.stderr and '"cell"' not in r.stdout
-    print(f"streaming-llm (reindex): exit {r.returncode}, {r.stderr.strip()}")
+    dense_prefill_ring = os.path.join(tmp, "ring-dense-prefill.json")
+    json.dump({"schema": "attn-policy/v1", "name": "ring-dense-prefill",
+               "policies": {"r": {"storage": {"kind": "ring", "sink": 4, "window": 32},
+                                  "decode": {"mode": "retained"}, "prefill": {"mode": "dense"}}},
+               "assignment": {"default": "r"}}, open(dense_prefill_ring, "w"))
+    r = run([("dense", dense), ("refused", dense_prefill_ring)])
+    refused = r.returncode != 0 and "dense prefill" in r.stderr and '"cell"' not in r.stdout
+    print(f"ring with a dense prefill: exit {r.returncode}, {r.stderr.strip()}")
     if not refused:
         failures.append("a refused policy did not stop the run with the engine's error")
 

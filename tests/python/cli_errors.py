@@ -156,18 +156,18 @@ def case_policy_profile_other_model(tmp):
 def case_policy_from_model_dir(tmp):
     # The model's own attention-policy.json applies without the flag (and is refused here).
     d = copy_tiny(tmp)
-    ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "positions": "reindex",
-            "decode": {"mode": "retained"}}
+    ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "decode": {"mode": "retained"},
+            "prefill": {"mode": "dense"}}
     json.dump({"schema": "attn-policy/v1", "policies": {"streaming": ring}, "assignment": {"default": "streaming"}},
               open(os.path.join(d, "attention-policy.json"), "w"))
     return d, "attention-policy.json", []
 
 
-def case_policy_reindex_refused(tmp):
-    ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "positions": "reindex",
-            "decode": {"mode": "retained"}}
-    p = write_policy(tmp, {"streaming": ring}, "streaming")
-    return TINY, "original positions only", ["--attention-policy", p]
+def case_policy_reindex_full_storage(tmp):
+    # Re-indexing positions needs a ring (StreamingLLM); full storage keeps original positions.
+    full = {"storage": {"kind": "full"}, "positions": "reindex"}
+    p = write_policy(tmp, {"dense": full}, "dense")
+    return TINY, "reindex applies to ring storage", ["--attention-policy", p]
 
 
 def case_policy_ring_dense_prefill(tmp):

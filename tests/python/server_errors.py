@@ -218,11 +218,12 @@ def test_startup_errors(port_in_use):
         startup_error([], "MODEL")
         ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "positions": "reindex",
                 "decode": {"mode": "retained"}}
-        sparse = os.path.join(tmp, "sparse.json")
-        with open(sparse, "w") as f:
-            json.dump({"schema": "attn-policy/v1", "policies": {"s": ring}, "assignment": {"default": "s"}}, f)
         # Refused at startup, never served as dense.
-        startup_error([TINY, "--attention-policy", sparse], "original positions only")
+        full_reindex = os.path.join(tmp, "full-reindex.json")
+        with open(full_reindex, "w") as f:
+            json.dump({"schema": "attn-policy/v1", "policies": {"d": {"storage": {"kind": "full"}, "positions": "reindex"}},
+                       "assignment": {"default": "d"}}, f)
+        startup_error([TINY, "--attention-policy", full_reindex], "reindex applies to ring storage")
         startup_error([TINY, "--attention-policy", os.path.join(tmp, "none.json")], "cannot open")
         startup_error([TINY, "--num-kv-pages", "4"], "cannot hold a single token")
         rings = os.path.join(tmp, "rings.json")
