@@ -33,8 +33,8 @@
 #include "engine/chat_renderer.h"
 #include "engine/model_loader.h"
 #include "engine/sampler.h"
-#include "tokenizer/tokenizer.h"
 #include "kernels/backend_factory.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/flags.h"
 
 namespace hw = headwise;
