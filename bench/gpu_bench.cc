@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/model_loader.h"
 #include "kernels/backend_factory.h"
 #include "tools/flags.h"
@@ -26,43 +27,14 @@
 namespace hw = headwise;
 using hw::DType;
 using hw::Tensor;
+using hw::bench::Median;
+using hw::bench::Now;
+using hw::bench::ParseIntList;
+using hw::bench::TimeIt;
 using hw::kernels::Backend;
 using hw::kernels::Buffer;
 
 namespace {
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-std::vector<int> ParseList(const std::string& s) {
-  std::vector<int> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, ',');) {
-    if (!item.empty()) out.push_back(std::stoi(item));
-  }
-  return out;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Seconds per call of fn, the median of `reps` timed batches of `inner` calls each.
-template <typename Fn>
-double TimeIt(Backend& be, int reps, int inner, Fn fn) {
-  fn();
-  be.Synchronize();
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    const double t0 = Now();
-    for (int i = 0; i < inner; ++i) fn();
-    be.Synchronize();
-    t.push_back((Now() - t0) / inner);
-  }
-  return Median(t);
-}
 
 Buffer RandomWeight(Backend& be, int64_t rows, int64_t cols, std::mt19937& rng) {
   auto data = std::make_shared<std::vector<float>>(static_cast<size_t>(rows * cols));
@@ -123,13 +95,7 @@ int main(int argc, char** argv) {
   std::mt19937 rng(1);
 
   // --- bounds: copy bandwidth and GEMM rate ---
-  double copy_bw = 0;
-  {
-    const int64_t n = int64_t{1} << 28;  // 1 GiB of f32
-    Buffer a = be.Allocate(DType::kF32, {n}), b = be.Allocate(DType::kF32, {n});
-    const double s = TimeIt(be, 5, 4, [&] { be.CopyOnDevice(b.view(), a.view(), n * 4); });
-    copy_bw = 2.0 * static_cast<double>(n) * 4 / s;  // bytes read + written
-  }
+  const double copy_bw = hw::bench::CopyBandwidth(be, 5);
   const int64_t h = c.hidden_size, inter = c.intermediate_size;
   const int64_t qkv_n = int64_t{c.num_heads + 2 * c.num_kv_heads} * c.head_dim;
   const std::vector<std::pair<int64_t, int64_t>> shapes = {
@@ -177,8 +143,8 @@ int main(int argc, char** argv) {
     return std::make_unique<hw::kvcache::KvCache>(model.KvConfig(static_cast<int>(pages)), layout,
                                                   be);
   };
-  for (int batch : ParseList(batches_s)) {
-    for (int context : ParseList(contexts_s)) {
+  for (int batch : ParseIntList(batches_s)) {
+    for (int context : ParseIntList(contexts_s)) {
       const int total = context + tokens + 4;
       auto cache = make_cache(batch, total);
       if (!cache) {
@@ -196,22 +162,7 @@ int main(int argc, char** argv) {
         seqs.emplace_back(*cache);
         if (!seqs.back().Reserve(total).ok()) return 1;
       }
-      std::vector<int32_t> next(static_cast<size_t>(batch), 1);
-      std::vector<hw::models::BatchEntry> entries(static_cast<size_t>(batch));
-      std::vector<double> step_s;
-      for (int i = -3; i < tokens; ++i) {  // 3 untimed steps capture the graph
-        const int pos = context + std::max(i, 0);
-        for (int s = 0; s < batch; ++s) {
-          entries[static_cast<size_t>(s)] = {
-              &seqs[static_cast<size_t>(s)],
-              std::span<const int32_t>(&next[static_cast<size_t>(s)], 1), pos, false};
-        }
-        const double t0 = Now();
-        model.Forward(entries, *cache);
-        be.Synchronize();
-        if (i >= 0) step_s.push_back(Now() - t0);
-      }
-      const double median = Median(step_s);
+      const double median = hw::bench::MedianDecodeStep(model, *cache, seqs, context, tokens);
       const double bytes = static_cast<double>(model.weight_bytes()) +
                            kv_bytes_per_token * batch * (context + tokens / 2.0);
       const double roofline = bytes / copy_bw;
@@ -293,7 +244,7 @@ int main(int argc, char** argv) {
   int64_t matmul_params = 0;
   for (auto [n, k] : shapes) matmul_params += n * k;
   matmul_params *= c.num_layers;
-  for (int t : ParseList(prefill_s)) {
+  for (int t : ParseIntList(prefill_s)) {
     auto cache = make_cache(1, t);
     if (!cache) continue;
     hw::kvcache::SequenceKv kv(*cache);

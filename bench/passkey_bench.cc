@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/attention_setup.h"
 #include "engine/chat_renderer.h"
 #include "engine/generator.h"
@@ -45,6 +46,9 @@
 #include "tools/flags.h"
 
 namespace hw = headwise;
+using hw::bench::Emit;
+using hw::bench::Now;
+using hw::bench::Split;
 
 namespace {
 
@@ -55,24 +59,6 @@ constexpr const char* kFiller =
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
 constexpr const char* kQuestion = "What is the pass key?";
 constexpr const char* kAnswerStart = "The pass key is";
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-std::vector<std::string> Split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, sep);) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
-void Emit(const std::string& line) {
-  std::printf("%s\n", line.c_str());
-  std::fflush(stdout);
-}
 
 std::string JsonString(const std::string& s) {
   std::string out = "\"";

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/attention_setup.h"
 #include "engine/model_loader.h"
 #include "kernels/backend_factory.h"
@@ -28,33 +29,12 @@
 
 namespace hw = headwise;
 using hw::DType;
+using hw::bench::Emit;
+using hw::bench::Split;
 using hw::kernels::Backend;
 using hw::kernels::Buffer;
 
 namespace {
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-std::vector<std::string> Split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, sep);) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-void Emit(const std::string& line) {
-  std::printf("%s\n", line.c_str());
-  std::fflush(stdout);
-}
 
 // Bytes one sequence keeps: full heads grow with the context, rings are fixed.
 struct Footprint {
@@ -112,23 +92,10 @@ int main(int argc, char** argv) {
   if (!loaded.ok()) return fail(loaded.status().message());
   auto& model = *loaded->model;
   const auto& c = model.config();
-  std::vector<int> contexts, batches;
-  for (const auto& x : Split(contexts_s, ',')) contexts.push_back(std::stoi(x));
-  for (const auto& x : Split(batches_s, ',')) batches.push_back(std::stoi(x));
+  const std::vector<int> contexts = hw::bench::ParseIntList(contexts_s),
+                         batches = hw::bench::ParseIntList(batches_s);
 
-  double copy_bw = 0;
-  {
-    const int64_t n = int64_t{1} << 28;  // 1 GiB of f32
-    Buffer a = be.Allocate(DType::kF32, {n}), b = be.Allocate(DType::kF32, {n});
-    std::vector<double> t;
-    for (int r = 0; r < 6; ++r) {
-      const double t0 = Now();
-      for (int i = 0; i < 4; ++i) be.CopyOnDevice(b.view(), a.view(), n * 4);
-      be.Synchronize();
-      t.push_back((Now() - t0) / 4);
-    }
-    copy_bw = 2.0 * static_cast<double>(n) * 4 / Median(t);
-  }
+  const double copy_bw = hw::bench::CopyBandwidth(be, 6);
   Emit(fmt::format(R"({{"kind": "roofline", "copy_gb_s": {:.1f}, "weight_bytes": {}}})",
                    copy_bw / 1e9, model.weight_bytes()));
 
@@ -241,22 +208,7 @@ int main(int argc, char** argv) {
           seqs.emplace_back(**cache);
           if (auto st = seqs.back().Reserve(total); !st.ok()) return fail(st.message());
         }
-        std::vector<int32_t> next(static_cast<size_t>(batch), 1);
-        std::vector<hw::models::BatchEntry> entries(static_cast<size_t>(batch));
-        std::vector<double> step_s;
-        for (int i = -3; i < tokens; ++i) {  // 3 untimed steps capture the graph
-          const int pos = context + std::max(i, 0);
-          for (int s = 0; s < batch; ++s) {
-            entries[static_cast<size_t>(s)] = {
-                &seqs[static_cast<size_t>(s)],
-                std::span<const int32_t>(&next[static_cast<size_t>(s)], 1), pos, false};
-          }
-          const double t0 = Now();
-          model.Forward(entries, **cache);
-          be.Synchronize();
-          if (i >= 0) step_s.push_back(Now() - t0);
-        }
-        const double ms = Median(step_s) * 1e3;
+        const double ms = hw::bench::MedianDecodeStep(model, **cache, seqs, context, tokens) * 1e3;
         // What a step must read: the weights, every full head's keys and values of the context,
         // each ring head's sinks and window.
         const double attended_ring = std::min<double>(context, fp.sink + fp.window + 1);
