@@ -26,6 +26,13 @@ StatusOr<double> ParseFloat(const std::string& s) {
   return v;
 }
 
+std::string TakeLeadingArgument(std::vector<char*>& args) {
+  if (args.size() < 2 || args[1][0] == '-') return std::string();
+  std::string first = args[1];
+  args.erase(args.begin() + 1);
+  return first;
+}
+
 FlagParser::FlagParser(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];

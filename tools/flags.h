@@ -12,6 +12,8 @@ namespace headwise::tools {
 
 StatusOr<int64_t> ParseInt(const std::string& s);
 StatusOr<double> ParseFloat(const std::string& s);
+// `headwise CMD MODEL [flags]`: removes and returns args[1] when it is not a flag ("" if none).
+std::string TakeLeadingArgument(std::vector<char*>& args);
 
 class FlagParser {
  public:

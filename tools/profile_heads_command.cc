@@ -87,12 +87,8 @@ Status WriteText(const std::string& path, const std::string& text) {
 int RunProfileHeads(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   // MODEL comes first, as with `headwise serve MODEL`; the flag parser takes the rest.
-  std::string model_path;
   std::vector<char*> args(argv, argv + argc);
-  if (argc >= 2 && argv[1][0] != '-') {
-    model_path = argv[1];
-    args.erase(args.begin() + 1);
-  }
+  std::string model_path = TakeLeadingArgument(args);
   FlagParser flags(static_cast<int>(args.size()), args.data());
   if (flags.Has("help")) {
     std::fputs(kUsage, stdout);

@@ -129,12 +129,8 @@ int RunServe(int argc, char** argv) {
   spdlog::set_level(spdlog::level::info);
 
   // MODEL comes first, as in `vllm serve MODEL [options]`; the flag parser takes the rest.
-  std::string model_path;
   std::vector<char*> args(argv, argv + argc);
-  if (argc >= 2 && argv[1][0] != '-') {
-    model_path = argv[1];
-    args.erase(args.begin() + 1);
-  }
+  std::string model_path = TakeLeadingArgument(args);
   FlagParser flags(static_cast<int>(args.size()), args.data());
   if (flags.Has("help")) {
     std::fputs(kServeUsage, stdout);
