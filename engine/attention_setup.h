@@ -28,8 +28,8 @@ std::string ModelPolicyFile(const std::string& model_path);
 
 // The KV cache's head classes for a policy set: per layer, the KV heads of each policy (in
 // policy order), full storage as full classes, ring storage as rings (re-indexed when the
-// policy's positions are reindex), compress_once as full classes that compact after the prompt
-// (engine/kv_compaction.h).
+// policy's positions are reindex), compress_once as classes of their own blocks that compact
+// after the prompt and free the dropped span's pages (engine/kv_compaction.h).
 StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& set);
 
 // The KV cache a policy set runs on: its head classes, a ring region for `max_sequences`

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
-#include <limits>
 #include <thread>
 
 #include "engine/attention_setup.h"
@@ -127,11 +126,9 @@ struct Engine::Impl {
   }
   void Loop();
   void Run();
-  // A cache of rings only holds a sequence of any length.
-  int MaxTokensInPool() const {
-    if (cache->pages_per_block() == 0) return std::numeric_limits<int>::max();
-    return cache->num_pages() / cache->pages_per_block() * config.page_size;
-  }
+  // A cache of rings only holds a sequence of any length. Compaction does not lengthen it: a
+  // request must fit whole, as its prompt (or its recompute after a preemption) is held whole.
+  int MaxTokensInPool() const { return cache->max_tokens_per_sequence(); }
   bool Step();
   void Finish(Sequence& seq, const std::string& reason, const std::string& error = "");
   void Preempt(std::unique_ptr<Sequence> seq);

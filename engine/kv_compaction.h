@@ -14,8 +14,8 @@ namespace headwise::engine {
 // span is [sink, num_tokens - window); with compensation its mean K and V are written over
 // position `sink` (the slot of a dropped token). Marks the sequence compacted, after which it
 // only decodes. Does nothing for shorter sequences, caches without such heads, or a sequence
-// compacted already. Keys stay in their full pages: attention skips the span, the pages are not
-// freed (the class shares blocks with the full heads).
+// compacted already. The compress-once heads' pages (comp blocks) of logical pages that hold only
+// dropped positions go back to the pool (SequenceKv::MarkCompacted); attention skips the span.
 void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
                         int num_tokens);
 

@@ -72,9 +72,15 @@ struct KvPoolView {
 };
 
 // Where each sequence's keys live, for one layer. Pages come in blocks of pages_per_block
-// contiguous pages (one per layer and KV head, see kvcache/kv_cache.h), so one table per
-// sequence serves every layer and head: key j of (sequence s, KV head h) lives at
+// contiguous pages (one per layer and KV head of a kind, see kvcache/kv_cache.h), so one table
+// per sequence and kind serves every layer and head: key j of (sequence s, KV head h) lives at
 //   page = blocks[s][j / page_size] * pages_per_block + head_page[h],  slot j % page_size.
+//
+// Compress-once heads (head_comp[h] = 1) take their pages from comp blocks instead: page =
+// comp_blocks[s][j / page_size] * comp_pages_per_block + head_page[h]. Once sequence s is
+// compacted, the comp blocks of logical pages holding only dropped positions are freed and their
+// entries are -1 (kvcache::SequenceKv::kFreedBlock): no operation may read such a key (attention
+// does not attend dropped positions; the CPU backend checks).
 //
 // Ring heads (a sink and a moving window, kvcache::Retention) take their pages from ring blocks
 // instead: page = ring_blocks[s][j / page_size] * ring_pages_per_block + head_page[h], where
@@ -96,16 +102,21 @@ struct BlockTable {
   int ring_sink = 0;
   int ring_window = 0;
   int num_ring_heads = 0;  // how many head_ring entries are 1, known on the host: sizes the work
-  // Compress-once heads (RazorAttention, kvcache::Retention): full storage. Once sequence s is
-  // compacted (comp_from[s] > 0), a query at p attends keys [0, comp_sink), the compensation
-  // token kept at position comp_sink when comp_token (its logit + log(comp_from[s] - comp_sink),
-  // the number of tokens it stands for, when comp_log_count), and [comp_from[s], p]. Empty when
-  // no head of the layer compresses.
-  Tensor head_comp{};  // i32 [Hkv]: 1 for a compress-once head
+  // Compress-once heads (RazorAttention, kvcache::Retention): every position, in comp blocks,
+  // until compacted. Once sequence s is compacted (comp_from[s] > 0), a query at p attends keys
+  // [0, comp_sink), the compensation token kept at position comp_sink when comp_token (its logit +
+  // log(comp_from[s] - comp_sink), the number of tokens it stands for, when comp_log_count), and
+  // [comp_from[s], p]. Empty when no head of the layer compresses.
+  Tensor head_comp{};    // i32 [Hkv]: 1 for a compress-once head
+  Tensor comp_blocks{};  // i32 [S, max_blocks]: -1 where compaction freed the page
+  int comp_pages_per_block = 0;
   Tensor comp_from{};  // i32 [S]: first position kept after the dropped span; 0: not compacted
   int comp_sink = 0;
   bool comp_token = false;
   bool comp_log_count = true;
+  // Known on the host: every comp_from[s] is 0. Unless so, a backend whose fast path reads
+  // compress-once heads whole (the CUDA prefill kernel) takes the one that skips dropped spans.
+  bool none_compacted = false;
   // Empty when no head of the layer re-indexes positions; both set together.
   Tensor head_reindex{};   // i32 [Hkv]: 1 for a ring head with re-indexed positions
   Tensor rope_inv_freq{};  // f32 [D/2]: the rotary inverse frequencies RopeWriteKv is given

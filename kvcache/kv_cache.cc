@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <utility>
 
 namespace headwise::kvcache {
@@ -122,7 +123,9 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
         is_reindexed_[l][h] = r.reindex ? 1 : 0;
         num_reindexed_heads_ += r.reindex ? 1 : 0;
         // Class by class, heads in class order, within their kind of block.
-        page_index_[l][h] = r.ring ? ring_pages_per_block_++ : pages_per_block_++;
+        page_index_[l][h] = r.ring            ? ring_pages_per_block_++
+                            : r.compress_once ? comp_.pages++
+                                              : full_.pages++;
       }
     }
   }
@@ -144,14 +147,27 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
     HW_CHECK(ring_region <= config.num_pages, "ring region of {} pages > pool of {}", ring_region,
              config.num_pages);
   }
-  const int num_blocks =
-      pages_per_block_ > 0 ? (config.num_pages - ring_region) / pages_per_block_ : 0;
-  blocks_.resize(static_cast<size_t>(num_blocks));
-  for (int32_t b = num_blocks - 1; b >= 0; --b) free_block_ids_.push_back(b);
-  const int ring_base = num_blocks * pages_per_block_;
+  // Full blocks from the first page up, comp blocks from the last shared page down (kv_cache.h).
+  shared_pages_ = config.num_pages - ring_region;
+  for (BlockKind* kind : {&full_, &comp_}) {
+    kind->count = kind->pages > 0 ? shared_pages_ / kind->pages : 0;
+    kind->held.assign(static_cast<size_t>(kind->count), 0);
+    kind->overlapped.assign(static_cast<size_t>(kind->count), 0);
+    for (int32_t b = 0; b < kind->count; ++b) kind->ready.insert(kind->ready.end(), b);
+  }
+  comp_.base = shared_pages_ - comp_.count * comp_.pages;
+  comp_.lowest_first = false;
+  // With both kinds every shared page is some block's (the leftover of one kind's tiling is
+  // shorter than a block of the other); with one, its whole blocks.
+  if (full_.count == 0 || comp_.count == 0) {
+    shared_pages_ = full_.count * full_.pages + comp_.count * comp_.pages;
+  }
+  blocks_.resize(static_cast<size_t>(full_.count));
+  const int ring_base = config.num_pages - ring_region;
   for (size_t l = 0; l < layers; ++l) {
     for (size_t h = 0; h < heads; ++h) {
       if (is_ring_[l][h]) page_index_[l][h] += ring_base;
+      if (is_compressed_[l][h]) page_index_[l][h] += comp_.base;
     }
   }
   for (int32_t b = num_ring_blocks_ - 1; b >= 0; --b) free_ring_ids_.push_back(b);
@@ -200,11 +216,62 @@ size_t KvCache::PageBytes(const KvCacheConfig& config, DType dtype) {
          DTypeSize(dtype);
 }
 
+int KvCache::max_tokens_per_sequence() const {
+  const int per_page = full_.pages + comp_.pages;
+  if (per_page == 0) return std::numeric_limits<int>::max();
+  // n logical pages fit when n full blocks from the bottom and n comp blocks from the top do not
+  // meet (kv_cache.h), i.e. n * per_page <= the shared pages.
+  const int shared = config_.num_pages - num_ring_blocks_ * ring_pages_per_block_;
+  return shared / per_page * config_.page_size;
+}
+
+namespace {
+
+// The ids [first, last) of blocks of `pages` pages from `base` that overlap pages [lo, hi).
+std::pair<int32_t, int32_t> OverlappingIds(int lo, int hi, int base, int pages, int count) {
+  if (pages == 0 || count == 0) return {0, 0};
+  const auto floor_div = [](int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); };
+  return {std::max(0, floor_div(lo - base, pages)),
+          std::min(count, floor_div(hi - base + pages - 1, pages))};
+}
+
+}  // namespace
+
+std::optional<int32_t> KvCache::Take(BlockKind& kind, BlockKind& other) {
+  if (kind.ready.empty()) return std::nullopt;
+  const int32_t id = kind.lowest_first ? *kind.ready.begin() : *kind.ready.rbegin();
+  kind.ready.erase(id);
+  kind.held[static_cast<size_t>(id)] = 1;
+  ++kind.num_held;
+  const int lo = kind.base + id * kind.pages;
+  const auto [first, last] =
+      OverlappingIds(lo, lo + kind.pages, other.base, other.pages, other.count);
+  for (int32_t j = first; j < last; ++j) {
+    if (other.overlapped[static_cast<size_t>(j)]++ == 0) other.ready.erase(j);
+  }
+  return id;
+}
+
+void KvCache::Give(BlockKind& kind, BlockKind& other, int32_t id) {
+  HW_CHECK(id >= 0 && id < kind.count && kind.held[static_cast<size_t>(id)],
+           "block {} of {} pages given back but not held", id, kind.pages);
+  kind.held[static_cast<size_t>(id)] = 0;
+  --kind.num_held;
+  if (kind.overlapped[static_cast<size_t>(id)] == 0) kind.ready.insert(id);
+  const int lo = kind.base + id * kind.pages;
+  const auto [first, last] =
+      OverlappingIds(lo, lo + kind.pages, other.base, other.pages, other.count);
+  for (int32_t j = first; j < last; ++j) {
+    if (--other.overlapped[static_cast<size_t>(j)] == 0 && !other.held[static_cast<size_t>(j)]) {
+      other.ready.insert(j);
+    }
+  }
+}
+
 std::optional<int32_t> KvCache::AllocateBlock() {
   int32_t id;
-  if (!free_block_ids_.empty()) {
-    id = free_block_ids_.back();
-    free_block_ids_.pop_back();
+  if (auto free = Take(full_, comp_)) {
+    id = *free;
   } else {
     if (lru_.empty()) return std::nullopt;
     // Evict the least recently used cached block and take it over.
@@ -234,7 +301,7 @@ void KvCache::ReleaseBlock(int32_t id) {
     return;
   }
   b = Block();
-  free_block_ids_.push_back(id);
+  Give(full_, comp_, id);
 }
 
 std::optional<int32_t> KvCache::FindCached(uint64_t hash, uint64_t parent_hash,
@@ -272,11 +339,13 @@ SequenceKv::~SequenceKv() {
 SequenceKv::SequenceKv(SequenceKv&& o) noexcept
     : cache_(o.cache_),
       blocks_(std::move(o.blocks_)),
+      comp_blocks_(std::move(o.comp_blocks_)),
       ring_blocks_(std::move(o.ring_blocks_)),
       hashes_(std::move(o.hashes_)),
       capacity_tokens_(o.capacity_tokens_),
       compacted_from_(o.compacted_from_) {
   o.blocks_.clear();
+  o.comp_blocks_.clear();
   o.ring_blocks_.clear();
   o.hashes_.clear();
   o.capacity_tokens_ = 0;
@@ -315,11 +384,16 @@ int SequenceKv::AttachCachedPrefix(std::span<const int32_t> tokens) {
 
 Status SequenceKv::Reserve(int num_tokens) {
   if (num_tokens <= capacity_tokens_) return Status::Ok();
-  const size_t have = blocks_.size(), have_ring = ring_blocks_.size();
+  const size_t have = blocks_.size(), have_comp = comp_blocks_.size(),
+               have_ring = ring_blocks_.size();
   const auto undo = [&] {
     while (blocks_.size() > have) {
       cache_->ReleaseBlock(blocks_.back());
       blocks_.pop_back();
+    }
+    while (comp_blocks_.size() > have_comp) {
+      cache_->ReleaseCompBlock(comp_blocks_.back());
+      comp_blocks_.pop_back();
     }
     while (ring_blocks_.size() > have_ring) {
       cache_->ReleaseRingBlock(ring_blocks_.back());
@@ -338,20 +412,30 @@ Status SequenceKv::Reserve(int num_tokens) {
       ring_blocks_.push_back(*block);
     }
   }
-  const size_t want = static_cast<size_t>(cache_->BlocksFor(num_tokens));
-  if (cache_->pages_per_block() > 0) {
-    while (blocks_.size() < want) {
-      auto block = cache_->AllocateBlock();
-      if (!block) {
-        const int needed = static_cast<int>(want - have) * cache_->pages_per_block();
-        undo();
-        return ResourceExhausted("KV cache: {} pages needed, {} free of {}", needed,
-                                 cache_->num_pages_free(), cache_->num_pages());
-      }
-      blocks_.push_back(*block);
+  // Full and comp heads: a block of each kind per new logical page.
+  const int ps = cache_->config().page_size;
+  const int want = cache_->BlocksFor(num_tokens);
+  const bool full = cache_->pages_per_block() > 0, comp = cache_->comp_pages_per_block() > 0;
+  bool ok = true;
+  for (int page = capacity_tokens_ / ps; page < want && ok; ++page) {
+    if (full) {
+      const auto block = cache_->AllocateBlock();
+      ok = block.has_value();
+      if (ok) blocks_.push_back(*block);
+    }
+    if (comp && ok) {
+      const auto block = cache_->AllocateCompBlock();
+      ok = block.has_value();
+      if (ok) comp_blocks_.push_back(*block);
     }
   }
-  capacity_tokens_ = static_cast<int>(want) * cache_->config().page_size;
+  if (!ok) {
+    undo();
+    return ResourceExhausted("KV cache: {} pages needed, {} free of {}",
+                             cache_->PagesToGrow(capacity_tokens_, num_tokens),
+                             cache_->num_pages_free(), cache_->num_pages());
+  }
+  capacity_tokens_ = want * ps;
   return Status::Ok();
 }
 
@@ -370,12 +454,43 @@ void SequenceKv::CommitComputed(std::span<const int32_t> tokens, int num_compute
 
 void SequenceKv::Release() {
   for (int32_t b : blocks_) cache_->ReleaseBlock(b);
+  for (int32_t b : comp_blocks_) {
+    if (b != kFreedBlock) cache_->ReleaseCompBlock(b);
+  }
   for (int32_t b : ring_blocks_) cache_->ReleaseRingBlock(b);
   blocks_.clear();
+  comp_blocks_.clear();
   ring_blocks_.clear();
   hashes_.clear();
   capacity_tokens_ = 0;
   compacted_from_ = 0;
+}
+
+int SequenceKv::num_pages_held() const {
+  const auto comp = std::count_if(comp_blocks_.begin(), comp_blocks_.end(),
+                                  [](int32_t b) { return b != kFreedBlock; });
+  return static_cast<int>(blocks_.size()) * cache_->pages_per_block() +
+         static_cast<int>(comp) * cache_->comp_pages_per_block() +
+         static_cast<int>(ring_blocks_.size()) * cache_->ring_pages_per_block();
+}
+
+void SequenceKv::MarkCompacted(int first_kept) {
+  HW_CHECK(compacted_from_ == 0 && first_kept > 0 && first_kept <= capacity_tokens_,
+           "compaction from {}: compacted already from {}, or beyond the {} tokens reserved",
+           first_kept, compacted_from_, capacity_tokens_);
+  compacted_from_ = first_kept;
+  // Kept: [0, kept_head) (sinks, then the compensation token) and [first_kept, ...). A logical
+  // page wholly between them holds only dropped positions, which attention never reads again.
+  const Retention& r = cache_->compress_retention();
+  const int ps = cache_->config().page_size;
+  const int kept_head = r.sink + (r.compensation ? 1 : 0);
+  for (int page = (kept_head + ps - 1) / ps;
+       (page + 1) * ps <= first_kept && page < static_cast<int>(comp_blocks_.size()); ++page) {
+    int32_t& block = comp_blocks_[static_cast<size_t>(page)];
+    if (block == kFreedBlock) continue;
+    cache_->ReleaseCompBlock(block);
+    block = kFreedBlock;
+  }
 }
 
 int32_t SequenceKv::RingBlock(int logical_page) const {
@@ -391,6 +506,14 @@ int32_t SequenceKv::Page(int layer, int kv_head, int logical_page) const {
   if (cache_->IsRing(layer, kv_head)) {
     return RingBlock(logical_page) * cache_->ring_pages_per_block() +
            cache_->PageIndex(layer, kv_head);
+  }
+  if (cache_->IsCompressed(layer, kv_head)) {
+    HW_CHECK_LT(static_cast<size_t>(logical_page), comp_blocks_.size());
+    const int32_t block = comp_blocks_[static_cast<size_t>(logical_page)];
+    HW_CHECK(block != kFreedBlock,
+             "logical page {} of compress-once head ({}, {}) was freed by compaction from {}",
+             logical_page, layer, kv_head, compacted_from_);
+    return block * cache_->comp_pages_per_block() + cache_->PageIndex(layer, kv_head);
   }
   HW_CHECK_LT(static_cast<size_t>(logical_page), blocks_.size());
   return blocks_[static_cast<size_t>(logical_page)] * cache_->pages_per_block() +

@@ -6,22 +6,34 @@
 // split a layer into several classes, e.g. DuoAttention's retrieval and streaming heads. A
 // page stores one KV head of one layer, so heads of one request can hold different tokens.
 //
-// Pages of full-storage classes are handed out in blocks: a block is logical page p of a
-// sequence for every (layer, class, head) at once, L x Hkv physical pages, and block b owns the
-// contiguous pages [b * L * Hkv, (b + 1) * L * Hkv). So a kernel finds any head's page from one
-// block table per sequence: page = block * pages_per_block + PageIndex(layer, kv_head). Ring
-// classes (a sink and a moving window, Retention) live in a region of their own at the end of
-// the pool, in ring blocks of one page per ring (layer, head); a sequence holds a fixed number of
-// them and logical pages past the sinks cycle through its window blocks, so ring heads are
-// addressed by the same formula through RingBlock(). Blocks are the unit of prefix caching: a full
-// block is keyed by a hash chain over the tokens of all pages up to it, reference counted while
-// sequences use it, and kept, evictable in LRU order, once none does. A hit is verified against the
-// stored tokens, so a hash collision cannot serve another prompt's KV.
+// Pages are handed out in blocks: a block is logical page p of a sequence for every head of one
+// kind at once, and block b of a kind owns the contiguous pages [base + b * pages, base + (b + 1)
+// * pages). So a kernel finds any head's page from one block table per sequence and kind: page =
+// block * (pages per block of the kind) + PageIndex(layer, kv_head), the kind's base folded into
+// PageIndex. Three kinds:
+//  - full blocks: one page per full-storage (layer, head);
+//  - comp blocks: one page per compress-once (layer, head) (RazorAttention). Each logical page
+//    takes a full block and a comp block together; once the sequence is compacted, the comp
+//    blocks of pages wholly inside the dropped span go back to the pool (SequenceKv::
+//    MarkCompacted), which is what makes the policy save memory and not only reads;
+//  - ring blocks: one page per ring (layer, head) (a sink and a moving window, Retention), in a
+//    region of their own at the end of the pool; a sequence holds a fixed number of them and
+//    logical pages past the sinks cycle through its window blocks (RingBlock()).
+// Full and comp blocks share the rest of the pool: full blocks are numbered from its first page
+// and handed out lowest first, comp blocks from its last page and handed out highest first, so
+// the two kinds grow towards each other and either may take pages the other gave back; a block is
+// free to take when no block of the other kind in use overlaps it.
+//
+// Full blocks are the unit of prefix caching: a full block is keyed by a hash chain over the tokens
+// of all pages up to it, reference counted while sequences use it, and kept, evictable in LRU
+// order, once none does. A hit is verified against the stored tokens, so a hash collision cannot
+// serve another prompt's KV.
 #pragma once
 
 #include <cstdint>
 #include <list>
 #include <optional>
+#include <set>
 #include <span>
 #include <unordered_map>
 #include <vector>
@@ -48,11 +60,11 @@ struct KvCacheConfig {
 // recent `window`, in a fixed set of pages per sequence whose window pages are reused as the
 // window moves on (StreamingLLM, DuoAttention's streaming heads). A ring may re-index positions
 // (StreamingLLM): its keys are stored pre-RoPE and attention rotates them by their rank in the
-// ring (kernels::PagedAttentionBatch). Compress once (RazorAttention): full storage; once the
-// prompt is in, the sequence is compacted (SequenceKv::MarkCompacted) and from then on attends
-// only the first `sink` tokens, a compensation token (with `compensation`: the mean K and V of
-// the dropped span, written over position `sink`) and the tokens from the last `window` of the
-// prompt on.
+// ring (kernels::PagedAttentionBatch). Compress once (RazorAttention): every token, in comp
+// blocks, until the prompt is in; then the sequence is compacted (SequenceKv::MarkCompacted) and
+// from then on attends only the first `sink` tokens, a compensation token (with `compensation`:
+// the mean K and V of the dropped span, written over position `sink`) and the tokens from the
+// last `window` of the prompt on; the pages of the dropped span that hold none of those are freed.
 struct Retention {
   bool ring = false;
   int sink = 0;
@@ -97,11 +109,13 @@ class KvCache {
   int ClassOf(int layer, int kv_head) const { return head_class_[layer][kv_head]; }
   int IndexInClass(int layer, int kv_head) const { return head_index_[layer][kv_head]; }
 
-  // Pages of a full block: one per (layer, head) of the full classes.
-  int pages_per_block() const { return pages_per_block_; }
+  // Pages of a full block: one per (layer, head) of the full classes (compress-once ones aside).
+  int pages_per_block() const { return full_.pages; }
+  // Pages of a comp block: one per compress-once (layer, head); 0 without such heads.
+  int comp_pages_per_block() const { return comp_.pages; }
   // (layer, kv_head)'s page inside its block: page = block * (its kind's pages per block) +
-  // PageIndex. Ring heads' indices start at the ring region's first page, so one formula serves
-  // both kinds of block.
+  // PageIndex. Comp and ring heads' indices include their kind's first page, so one formula
+  // serves every kind of block.
   int PageIndex(int layer, int kv_head) const { return page_index_[layer][kv_head]; }
   bool IsRing(int layer, int kv_head) const { return is_ring_[layer][kv_head] != 0; }
   bool IsCompressed(int layer, int kv_head) const { return is_compressed_[layer][kv_head] != 0; }
@@ -124,28 +138,33 @@ class KvCache {
   int sink_blocks() const { return sink_blocks_; }
   int window_blocks() const { return window_blocks_; }
   const Retention& ring_retention() const { return ring_retention_; }
-  int num_blocks() const { return static_cast<int>(blocks_.size()); }
-  // Usable pages: whole blocks only, of both kinds.
-  int num_pages() const {
-    return num_blocks() * pages_per_block_ + num_ring_blocks_ * ring_pages_per_block_;
-  }
-  // Pages held by sequences; cached pages that nobody uses count as free (evictable).
+  // Usable pages: those some block can take, of every kind.
+  int num_pages() const { return shared_pages_ + num_ring_blocks_ * ring_pages_per_block_; }
+  // Pages held by sequences, every kind; cached pages that nobody uses count as free (evictable).
   int num_pages_used() const {
-    return (num_blocks() - static_cast<int>(free_block_ids_.size())) * pages_per_block_ -
-           num_evictable_pages() +
+    return full_.num_held * full_.pages - num_evictable_pages() + comp_.num_held * comp_.pages +
            (num_ring_blocks_ - static_cast<int>(free_ring_ids_.size())) * ring_pages_per_block_;
   }
+  // Free pages. Full and comp blocks need whole aligned runs of them, so after much reuse a
+  // reservation may fail while this counts enough; the engine then preempts (SequenceKv::Reserve
+  // decides, never this count).
   int num_pages_free() const { return num_pages() - num_pages_used(); }
-  // Blocks a sequence of `tokens` tokens needs.
+  // Logical pages (blocks of each growing kind) a sequence of `tokens` tokens needs.
   int BlocksFor(int tokens) const { return (tokens + config_.page_size - 1) / config_.page_size; }
-  // Pages a sequence needs to grow from `from_tokens` to `to_tokens` tokens.
+  // Pages a sequence needs to grow from `from_tokens` to `to_tokens` tokens: a full and a comp
+  // block per new logical page, also after compaction (new tokens are kept).
   int PagesToGrow(int from_tokens, int to_tokens) const {
-    return std::max(0, BlocksFor(to_tokens) - BlocksFor(from_tokens)) * pages_per_block_;
+    return std::max(0, BlocksFor(to_tokens) - BlocksFor(from_tokens)) * (full_.pages + comp_.pages);
   }
+  // The most tokens one sequence can hold, alone in the pool; INT_MAX when no head grows (rings
+  // only). Compaction does not raise it: a compress-once head holds the whole prompt until the
+  // prompt is in, and a preempted sequence recomputes everything it had before compacting again.
+  int max_tokens_per_sequence() const;
 
   void set_prefix_caching(bool on) { prefix_caching_ = on; }
   // Ring pages are overwritten as their window moves, and compaction writes its compensation
-  // token into a full page, so a cache with ring or compress-once classes shares none.
+  // token over a prompt position and frees pages, so a cache with ring or compress-once classes
+  // shares none.
   bool prefix_caching() const {
     return prefix_caching_ && ring_pages_per_block_ == 0 && !has_compressed_heads();
   }
@@ -153,8 +172,10 @@ class KvCache {
 
   // Bytes of K+V per page, for turning a memory budget into a page count.
   static size_t PageBytes(const KvCacheConfig& config, DType dtype);
-  // Pages of a valid layout's ring region under `config` (0 without ring classes), and pages
-  // of one full block (one per full-storage (layer, head)).
+  // Pages of a valid layout's ring region under `config` (0 without ring classes), and the
+  // pages one logical page takes outside the rings: one per full-storage or compress-once
+  // (layer, head), a full and a comp block together. A pool of n times that beside the ring
+  // region holds a sequence of n logical pages.
   static int RingRegionPages(const KvCacheConfig& config, const HeadClassLayout& layout);
   static int FullPagesPerBlock(const HeadClassLayout& layout);
 
@@ -169,15 +190,33 @@ class KvCache {
     std::list<int32_t>::iterator lru;
   };
 
+  // One kind of block in the pages full and comp blocks share: block `id` is pages
+  // [base + id * pages, base + (id + 1) * pages).
+  struct BlockKind {
+    int pages = 0;  // per block: one per head of the kind
+    int base = 0;
+    int count = 0;  // block ids
+    bool lowest_first = true;
+    std::vector<char> held;           // in use (full blocks: or cached, until evicted)
+    std::vector<int32_t> overlapped;  // held blocks of the other kind overlapping this one
+    std::set<int32_t> ready;          // neither held nor overlapped: free to take
+    int num_held = 0;
+  };
+  // Takes a ready block of `kind` (none: nullopt), or gives one back; `other` is the other kind.
+  static std::optional<int32_t> Take(BlockKind& kind, BlockKind& other);
+  static void Give(BlockKind& kind, BlockKind& other, int32_t id);
+
   std::optional<int32_t> AllocateBlock();
   void ReleaseBlock(int32_t block);
+  std::optional<int32_t> AllocateCompBlock() { return Take(comp_, full_); }
+  void ReleaseCompBlock(int32_t block) { Give(comp_, full_, block); }
   std::optional<int32_t> AllocateRingBlock();
   void ReleaseRingBlock(int32_t block) { free_ring_ids_.push_back(block); }
   std::optional<int32_t> FindCached(uint64_t hash, uint64_t parent_hash,
                                     std::span<const int32_t> tokens);
   void CommitBlock(int32_t block, uint64_t hash, uint64_t parent_hash,
                    std::span<const int32_t> tokens);
-  int num_evictable_pages() const { return static_cast<int>(lru_.size()) * pages_per_block_; }
+  int num_evictable_pages() const { return static_cast<int>(lru_.size()) * full_.pages; }
 
   KvCacheConfig config_;
   HeadClassLayout layout_;
@@ -190,7 +229,8 @@ class KvCache {
   Retention compress_retention_;
   std::vector<std::vector<char>> is_reindexed_;
   int num_reindexed_heads_ = 0;
-  int pages_per_block_ = 0;
+  int shared_pages_ = 0;  // pages full or comp blocks can take
+  BlockKind full_, comp_;
   int ring_pages_per_block_ = 0;
   Retention ring_retention_;
   int sink_blocks_ = 0, window_blocks_ = 0;
@@ -200,8 +240,7 @@ class KvCache {
   kernels::Buffer v_pool_;
 
   bool prefix_caching_ = true;
-  std::vector<Block> blocks_;            // one per block of pages, allocated or not
-  std::vector<int32_t> free_block_ids_;  // LIFO: recently freed blocks are reused first
+  std::vector<Block> blocks_;  // one per full block id, allocated or not
   std::unordered_map<uint64_t, int32_t> cached_;
   std::list<int32_t> lru_;  // cached blocks nobody uses, oldest first
   PrefixCacheStats prefix_stats_;
@@ -230,12 +269,15 @@ class SequenceKv {
 
   // Tokens reserved: ring heads keep only their sinks and window of them.
   int capacity_tokens() const { return capacity_tokens_; }
-  int num_pages_held() const {
-    return static_cast<int>(blocks_.size()) * cache_->pages_per_block() +
-           static_cast<int>(ring_blocks_.size()) * cache_->ring_pages_per_block();
-  }
+  // Pages held, every kind (a compacted sequence's freed comp blocks no longer count).
+  int num_pages_held() const;
   // Full block of each logical page, in order.
   const std::vector<int32_t>& blocks() const { return blocks_; }
+  // Comp block of each logical page, in order (empty without compress-once heads);
+  // kFreedBlock where compaction gave it back. Attention never reads a freed page: the
+  // positions it held are the dropped span's, which compacted heads do not attend.
+  const std::vector<int32_t>& comp_blocks() const { return comp_blocks_; }
+  static constexpr int32_t kFreedBlock = -1;
   // Ring block holding logical page `logical_page` of the ring heads (sink pages first, then
   // the window's pages in turn); needs a reservation.
   int32_t RingBlock(int logical_page) const;
@@ -247,13 +289,18 @@ class SequenceKv {
   // Compress-once heads: the first position kept after the compacted span, 0 until the
   // sequence is compacted (engine/kv_compaction.h does it, once, after the prompt).
   int compacted_from() const { return compacted_from_; }
-  void MarkCompacted(int first_kept) { compacted_from_ = first_kept; }
+  // Compacts: from now on the compress-once heads keep only positions [0, sink), the
+  // compensation token at `sink` (with compensation) and [first_kept, ...), so the comp blocks of
+  // logical pages holding none of those go back to the pool. Once per reservation (Release
+  // resets it); first_kept must be reserved already.
+  void MarkCompacted(int first_kept);
 
  private:
   uint64_t HashOf(size_t page, std::span<const int32_t> tokens) const;
 
   KvCache* cache_;
   std::vector<int32_t> blocks_;       // full block per logical page
+  std::vector<int32_t> comp_blocks_;  // comp block per logical page, or kFreedBlock
   std::vector<int32_t> ring_blocks_;  // the sequence's ring blocks, once reserved
   std::vector<uint64_t> hashes_;      // hash chain of the committed/attached full pages
   int capacity_tokens_ = 0;

@@ -190,7 +190,8 @@ LlamaModel::StepMeta LlamaModel::BuildMeta(std::span<const BatchEntry> batch,
       }
     }
   }
-  // Compress-once heads: where each sequence's kept tokens resume (0: not compacted). A
+  // Compress-once heads: where each sequence's kept tokens resume (0: not compacted), then
+  // each logical page's comp block (-1 where compaction freed it; padding 0, as above). A
   // compacted sequence only decodes: its chunk attention would need the dropped span.
   m.compress = cache.has_compressed_heads();
   if (m.compress) {
@@ -199,6 +200,17 @@ LlamaModel::StepMeta LlamaModel::BuildMeta(std::span<const BatchEntry> batch,
       HW_CHECK(from == 0 || batch[static_cast<size_t>(s)].tokens.size() == 1,
                "sequence {} was compacted after its prompt and can only decode", s);
       m.data.push_back(from);
+      m.any_compacted = m.any_compacted || from > 0;
+    }
+    for (int s = 0; s < m.num_seqs; ++s) {
+      const size_t row_end = m.data.size() + static_cast<size_t>(m.max_blocks);
+      if (s < num_seqs) {
+        const std::vector<int32_t>& blocks = batch[static_cast<size_t>(s)].kv->comp_blocks();
+        const size_t used = std::min(blocks.size(), static_cast<size_t>(m.max_blocks));
+        m.data.insert(m.data.end(), blocks.begin(),
+                      blocks.begin() + static_cast<std::ptrdiff_t>(used));
+      }
+      m.data.resize(row_end, 0);
     }
   }
   for (int l = 0; l < config_.num_layers; ++l) {
@@ -263,6 +275,7 @@ Tensor LlamaModel::Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::
   const Tensor blocks_t = part({m.num_seqs, m.max_blocks});
   const Tensor ring_blocks_t = m.rings ? part({m.num_seqs, m.max_blocks}) : Tensor();
   const Tensor comp_from_t = m.compress ? part({m.num_seqs}) : Tensor();
+  const Tensor comp_blocks_t = m.compress ? part({m.num_seqs, m.max_blocks}) : Tensor();
 
   const int64_t head_dim = c.head_dim, q_dim = int64_t{c.num_heads} * head_dim;
   auto rows = [&](const Buffer& b, int64_t n) { return b.view().Rows(0, n); };
@@ -299,7 +312,10 @@ Tensor LlamaModel::Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::
     if (m.compress) {
       const kvcache::Retention& r = cache.compress_retention();
       table.head_comp = part({hkv});
+      table.comp_blocks = comp_blocks_t;
+      table.comp_pages_per_block = cache.comp_pages_per_block();
       table.comp_from = comp_from_t;
+      table.none_compacted = !m.any_compacted;
       table.comp_sink = r.sink;
       table.comp_token = r.compensation;
       table.comp_log_count = r.compensation_by_count;

@@ -37,9 +37,18 @@ int64_t SlotOf(const BlockTable& table, const KvPoolView& pool, int32_t seq, int
            "key {} of sequence {} outside the block table [{}, {}]", pos, seq, table.num_seqs(),
            table.max_blocks());
   const bool ring = table.has_ring_heads() && table.head_ring.ptr<int32_t>()[kv_head] != 0;
-  const Tensor& blocks = ring ? table.ring_blocks : table.blocks;
-  const int64_t page = int64_t{blocks.ptr<int32_t>()[seq * table.max_blocks() + logical]} *
-                           (ring ? table.ring_pages_per_block : table.pages_per_block) +
+  const bool comp = table.has_compressed_heads() && table.head_comp.ptr<int32_t>()[kv_head] != 0;
+  const Tensor& blocks = ring ? table.ring_blocks : comp ? table.comp_blocks : table.blocks;
+  HW_CHECK(blocks.data != nullptr && blocks.numel() == table.blocks.numel(),
+           "{} table {} must have the block table's shape {}", ring ? "ring" : "comp",
+           blocks.ShapeString(), table.blocks.ShapeString());
+  const int32_t block = blocks.ptr<int32_t>()[seq * table.max_blocks() + logical];
+  // A freed comp page: its positions were dropped by compaction, and nothing may read them.
+  HW_CHECK(block >= 0, "key {} of sequence {} on KV head {}: its page was freed (block {})", pos,
+           seq, kv_head, block);
+  const int64_t page = int64_t{block} * (ring   ? table.ring_pages_per_block
+                                         : comp ? table.comp_pages_per_block
+                                                : table.pages_per_block) +
                        table.head_page.ptr<int32_t>()[kv_head];
   HW_CHECK(page >= 0 && page < pool.k.dim(0), "KV page {} outside pool of {}", page, pool.k.dim(0));
   return page * pool.page_size + pos % pool.page_size;

@@ -443,7 +443,10 @@ class CudaBackend final : public Backend {
     const int32_t* first_pos = nullptr;
     if (batch.max_query_len > 1 && batch.query_start.data != nullptr) {
       first_pos = FirstPositions(batch);
-      if (PrefillAttention(q, kv, batch, first_pos, scale, out)) return;
+      // The prefill kernel reads compress-once heads whole; a compacted sequence's decode token
+      // must skip the dropped span, whose pages may be freed.
+      const bool compacted = batch.table.has_compressed_heads() && !batch.table.none_compacted;
+      if (!compacted && PrefillAttention(q, kv, batch, first_pos, scale, out)) return;
     }
     // Decode, and prefill shapes the tensor-core prefill kernel does not take: each token
     // attends its own keys. The split count depends on shapes only (graph replays).
@@ -598,7 +601,13 @@ class CudaBackend final : public Backend {
     }
     if (table.has_compressed_heads()) {
       HW_CHECK_EQ(table.comp_from.numel(), table.blocks.dim(0));
+      HW_CHECK(table.comp_blocks.dim(0) == table.blocks.dim(0) &&
+                   table.comp_blocks.dim(1) == table.blocks.dim(1),
+               "comp table {} must have the block table's shape {}",
+               table.comp_blocks.ShapeString(), table.blocks.ShapeString());
       kv.head_comp = table.head_comp.ptr<int32_t>();
+      kv.comp_blocks = table.comp_blocks.ptr<int32_t>();
+      kv.comp_pages_per_block = table.comp_pages_per_block;
       kv.comp_from = table.comp_from.ptr<int32_t>();
       kv.comp_sink = table.comp_sink;
       kv.comp_token = table.comp_token;

@@ -221,7 +221,6 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     q_row = row * p.hq + kv_head * p.group + first_g;
     out_row = q_row;
   }
-  const bool ring = p.kv.IsRing(kv_head);
   const int ng = min(kHeadRows, p.group - first_g);
   const int d = p.d;
   const int per_split =
@@ -242,9 +241,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     return;
   }
   const int n_tiles = (n_keys + kTileKeys - 1) / kTileKeys;
-  const int32_t* seq_blocks =
-      (ring ? p.kv.ring_blocks : p.kv.blocks) + int64_t{seq} * p.kv.max_blocks;
-  const int64_t pages_per_block = ring ? p.kv.ring_pages_per_block : p.kv.pages_per_block;
+  const int32_t* seq_blocks = p.kv.BlocksOf(seq, kv_head);
+  const int64_t pages_per_block = p.kv.PagesPerBlockOf(kv_head);
   const int64_t head_page = p.kv.head_page[kv_head];
   const int page_size = p.kv.page_size;
 

@@ -12,7 +12,9 @@ namespace headwise::kernels::cuda {
 // page blocks[s * max_blocks + j / page_size] * pages_per_block + head_page[h], slot
 // j % page_size: element (page * page_size + slot) * d + c of k_pool / v_pool. A ring head
 // (head_ring[h] != 0; kernels::BlockTable) takes its page from ring_blocks and
-// ring_pages_per_block instead, and attends fewer keys (RingKeys).
+// ring_pages_per_block instead, and attends fewer keys (AttendedKeys); a compress-once head
+// (head_comp[h] != 0) from comp_blocks and comp_pages_per_block, whose entries are -1 where
+// compaction freed the page (never read: those positions are not attended).
 struct DecodeKvCache {
   const __nv_bfloat16* k_pool;
   const __nv_bfloat16* v_pool;
@@ -29,7 +31,9 @@ struct DecodeKvCache {
   int ring_sink = 0;
   int ring_window = 0;
   // Compress-once heads (kernels::BlockTable); head_comp null when the layer has none.
-  const int32_t* head_comp = nullptr;  // [hkv]
+  const int32_t* head_comp = nullptr;    // [hkv]
+  const int32_t* comp_blocks = nullptr;  // [S, max_blocks]
+  int comp_pages_per_block = 0;
   const int32_t* comp_from = nullptr;  // [S]: 0 until the sequence is compacted
   int comp_sink = 0;
   bool comp_token = false;
@@ -42,13 +46,23 @@ struct DecodeKvCache {
   __device__ bool IsCompressed(int kv_head) const {
     return head_comp != nullptr && head_comp[kv_head] != 0;
   }
+  // The block table row of `seq` for kv_head's kind of block, and that kind's pages per block.
+  __device__ const int32_t* BlocksOf(int seq, int kv_head) const {
+    const int32_t* table = IsRing(kv_head)         ? ring_blocks
+                           : IsCompressed(kv_head) ? comp_blocks
+                                                   : blocks;
+    return table + int64_t{seq} * max_blocks;
+  }
+  __device__ int PagesPerBlockOf(int kv_head) const {
+    return IsRing(kv_head)         ? ring_pages_per_block
+           : IsCompressed(kv_head) ? comp_pages_per_block
+                                   : pages_per_block;
+  }
   // Slot (page * page_size + offset) of key `pos` of (seq, kv_head): the row of k_pool / v_pool.
   __device__ int64_t Slot(int seq, int kv_head, int pos) const {
-    const bool ring = IsRing(kv_head);
-    const int32_t* table = ring ? ring_blocks : blocks;
-    const int64_t page = int64_t{table[int64_t{seq} * max_blocks + pos / page_size]} *
-                             (ring ? ring_pages_per_block : pages_per_block) +
-                         head_page[kv_head];
+    const int64_t page =
+        int64_t{BlocksOf(seq, kv_head)[pos / page_size]} * PagesPerBlockOf(kv_head) +
+        head_page[kv_head];
     return page * page_size + pos % page_size;
   }
 #endif

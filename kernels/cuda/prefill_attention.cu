@@ -116,12 +116,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
   // Keys as indices 0 .. num_keys - 1 (positions through keys.Position): what the tile's last row
   // attends, which covers every row's keys on full and ring heads alike (the window's start
   // depends on the chunk, not the row).
-  // Compress-once heads attend everything here: a compacted sequence only decodes.
+  // Compress-once heads attend everything here: batches with a compacted sequence go to the
+  // decode kernel (BlockTable::none_compacted).
   const AttendedKeys keys = AttendedKeys::Ring(p.kv, ring, pos0 + rows - 1, chunk_start);
   const int num_keys = keys.count;
   const int num_tiles = (num_keys + kBlockN - 1) / kBlockN;
-  const int32_t* blocks = (ring ? p.kv.ring_blocks : p.kv.blocks) + int64_t{seq} * p.kv.max_blocks;
-  const int64_t pages_per_block = ring ? p.kv.ring_pages_per_block : p.kv.pages_per_block;
+  const int32_t* blocks = p.kv.BlocksOf(seq, kv_head);
+  const int64_t pages_per_block = p.kv.PagesPerBlockOf(kv_head);
   const int64_t head_page = p.kv.head_page[kv_head];
   const int page_size = p.kv.page_size;
 

@@ -263,6 +263,89 @@ TEST_CASE("A re-indexed all-ring policy runs past max_model_len", "[engine]") {
   std::filesystem::remove_all(dir);
 }
 
+// RazorAttention (compress_once): the compaction after each prompt frees the dropped span's
+// pages, so under the same page budget a razor policy runs more sequences at once than dense,
+// and what each produces does not depend on whose freed pages it got.
+TEST_CASE("A razor policy frees pages after the prompt and fits more sequences", "[engine]") {
+  const std::string dir =
+      std::filesystem::temp_directory_path() / ("hw-razor-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  // TinyStories: 2 layers x 4 KV heads; KV heads 1, 3 of layer 0 and 0 of layer 1 keep
+  // everything, the other 5 compress once: sinks [0, 4), the compensation token, the last 16.
+  std::ofstream(dir + "/heads.json") << R"({"0": [1, 3], "1": [0]})";
+  const std::string policy = dir + "/razor.json";
+  std::ofstream(policy) << R"({"schema": "attn-policy/v1", "name": "razor", "policies": {)"
+                        << R"("full": {"storage": {"kind": "full"}},)"
+                        << R"("razor": {"storage": {"kind": "compress_once", "sink": 4, )"
+                        << R"("window": 16, "compress": {"compensation": {"enabled": true, )"
+                        << R"("weighting": "count"}}}, "decode": {"mode": "retained"}, )"
+                        << R"("prefill": {"mode": "dense"}}}, "assignment": {"default": "razor", )"
+                        << R"("head_list": {"format": "razor_json", "path": ")" << dir
+                        << R"(/heads.json", "policy": "full"}}})";
+
+  EngineConfig config;
+  config.max_model_len = 256;
+  config.max_num_seqs = 4;
+  config.enable_prefix_caching = false;
+  // Four requests of 160 prompt + 32 generated tokens: 12 logical pages of 8 pages each, 96
+  // pages dense. Razor: a logical page is a full block of 3 pages and a comp block of 5, and
+  // compaction frees the comp blocks of logical pages 1..8 (positions [16, 144)), so a request
+  // ends at 12 x 3 + 4 x 5 = 56 pages. 260 pages hold all four under razor (and a fourth
+  // prompt before compaction beside three compacted requests), fewer than three dense.
+  config.num_kv_pages = 260;
+  const int prompt_len = 160, max_tokens = 32;
+  std::vector<EngineRequest> requests;
+  {
+    auto engine = StartEngine(config);
+    std::string text;
+    for (int i = 0; i < 20; ++i) {
+      text +=
+          "Once upon a time, there was a little girl named Lily. She liked to play in the "
+          "park with her dog Max. ";
+    }
+    const std::vector<int32_t> ids = engine->model().tokenizer->Encode(text, true);
+    REQUIRE(static_cast<int>(ids.size()) >= prompt_len + 4 * 7);
+    for (int i = 0; i < 4; ++i) {
+      EngineRequest r = Request(*engine, "", max_tokens);
+      r.prompt_ids.assign(ids.begin() + 7 * i, ids.begin() + 7 * i + prompt_len);
+      requests.push_back(std::move(r));
+    }
+  }
+  const auto run_all = [&](Engine& engine) {
+    std::vector<std::unique_ptr<RequestStream>> streams;
+    for (const EngineRequest& r : requests) {
+      auto s = engine.Submit(r);
+      INFO(s.status().ToString());
+      REQUIRE(s.ok());
+      streams.push_back(std::move(s).value());
+    }
+    std::vector<Result> out;
+    for (auto& s : streams) out.push_back(Drain(*s));
+    return out;
+  };
+
+  auto dense = StartEngine(config);
+  run_all(*dense);
+  CHECK(dense->metrics().Value("headwise_preemptions_total") > 0);
+
+  config.attention_policy = policy;
+  std::vector<Result> alone;
+  for (const EngineRequest& r : requests) {
+    auto engine = StartEngine(config);
+    auto s = engine->Submit(r);
+    REQUIRE(s.ok());
+    alone.push_back(Drain(**s));
+  }
+  auto razor = StartEngine(config);
+  CHECK(razor->attention_policy() == "razor");
+  const std::vector<Result> together = run_all(*razor);
+  CHECK(razor->metrics().Value("headwise_preemptions_total") == 0);
+  CheckSame(alone, together);
+  for (const Result& r : together) CHECK(r.ids.size() == static_cast<size_t>(max_tokens));
+  CHECK(razor->Stats().kv_pages_used == 0);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("A full queue refuses with ResourceExhausted", "[engine]") {
   EngineConfig config;
   config.max_num_seqs = 1;

@@ -7,7 +7,9 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <optional>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -90,8 +92,15 @@ TEST_CASE("Compress-once heads: attention after compaction equals sinks + mean t
     Buffer pos_b = UploadI32(*be, pos, {n}), seq_b = UploadI32(*be, seq, {n});
     Buffer qs_b = UploadI32(*be, {0, n}, {2});
     Buffer from_b = UploadI32(*be, {mixed_seq.compacted_from()}, {1});
+    // Compress-once heads' own blocks: entries of pages freed by the compaction are -1.
+    Buffer comp_b = UploadI32(*be,
+                              std::vector<int32_t>(mixed_seq.comp_blocks().begin(),
+                                                   mixed_seq.comp_blocks().begin() + width),
+                              {1, width});
     BlockTable table{blocks_b.view(), head_page_b.view(), mixed.pages_per_block()};
     table.head_comp = head_comp_b.view();
+    table.comp_blocks = comp_b.view();
+    table.comp_pages_per_block = mixed.comp_pages_per_block();
     table.comp_from = from_b.view();
     table.comp_sink = sink;
     table.comp_token = true;
@@ -166,8 +175,18 @@ TEST_CASE("Compress-once heads: attention after compaction equals sinks + mean t
     if (compacted) ++compacted_steps;
     start = end;
     if (start == prompt) {
+      // 18 logical pages of a full block (heads 0, 2) and a comp block (heads 1, 3), 2 pages each.
+      REQUIRE(mixed_seq.num_pages_held() == 18 * 4);
       CompactAfterPrompt(*be, mixed, mixed_seq, prompt);
       REQUIRE(mixed_seq.compacted_from() == first_kept);
+      // Kept: [0, 4) (3 sinks, the compensation token) and [35, ...): logical pages 1..7 ([4, 32))
+      // hold only dropped positions, so their comp blocks are free again.
+      for (int page = 0; page < 18; ++page) {
+        CHECK((mixed_seq.comp_blocks()[static_cast<size_t>(page)] == SequenceKv::kFreedBlock) ==
+              (page >= 1 && page <= 7));
+      }
+      CHECK(mixed_seq.num_pages_held() == 18 * 4 - 7 * 2);
+      CHECK(mixed.num_pages_used() == 18 * 4 - 7 * 2);
       // The compensation token of the reference: per compress-once head, the mean K and V of
       // the dropped positions, computed from the reference cache's own copy of them.
       const kernels::KvPoolView pool = full.pool_view();
@@ -189,6 +208,147 @@ TEST_CASE("Compress-once heads: attention after compaction equals sinks + mean t
   }
   CHECK(compacted_steps == total - prompt);
   CHECK(max_policy_effect > 1e-3);  // the compaction changed what the heads attend
+}
+
+// One sequence of random q/k/v rows (a fixed seed per sequence) through a cache of full heads
+// {0, 2} and compress-once heads {1, 3}, reserved step by step as the engine does, compacted when
+// its prompt is in.
+struct CompressRun {
+  static constexpr int kHq = 8, kHkv = 4, kD = 16, kSink = 3, kWindow = 10;
+  static KvCache Cache(kernels::Backend& be, int num_pages) {
+    KvCacheConfig config;
+    config.num_layers = 1;
+    config.num_kv_heads = kHkv;
+    config.head_dim = kD;
+    config.page_size = 4;
+    config.num_pages = num_pages;
+    HeadClassLayout layout;
+    layout.classes = {{{0, 2}, {1, 3}}};
+    layout.retention = {{Retention{}, Retention{false, kSink, kWindow, false, true, true, true}}};
+    return KvCache(config, layout, be);
+  }
+
+  CompressRun(KvCache& c, uint32_t seed, int prompt_len, int total)
+      : cache(c), kv(c), prompt(prompt_len), qkv(static_cast<size_t>(total * kRow)) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist;
+    for (float& x : qkv) x = dist(rng);
+  }
+
+  // Runs positions [start, start + n): returns the attention output [n, Hq, D], or nothing if
+  // the pool cannot hold them.
+  std::optional<std::vector<float>> Step(kernels::Backend& be, int start, int n) {
+    if (!kv.Reserve(start + n).ok()) return std::nullopt;
+    const int width = cache.BlocksFor(start + n);
+    std::vector<int32_t> head_page(kHkv), head_comp(kHkv), pos(static_cast<size_t>(n));
+    for (int h = 0; h < kHkv; ++h) {
+      head_page[static_cast<size_t>(h)] = cache.PageIndex(0, h);
+      head_comp[static_cast<size_t>(h)] = cache.IsCompressed(0, h) ? 1 : 0;
+    }
+    for (int i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = start + i;
+    const auto row = [&](const std::vector<int32_t>& v) {
+      return UploadI32(be, std::vector<int32_t>(v.begin(), v.begin() + width), {1, width});
+    };
+    Buffer blocks = row(kv.blocks()), comp = row(kv.comp_blocks());
+    Buffer pages = UploadI32(be, head_page, {kHkv}), comp_heads = UploadI32(be, head_comp, {kHkv});
+    Buffer from = UploadI32(be, {kv.compacted_from()}, {1});
+    Buffer pos_b = UploadI32(be, pos, {n}), seq_b = UploadI32(be, std::vector<int32_t>(n, 0), {n});
+    Buffer qs_b = UploadI32(be, {0, n}, {2});
+    BlockTable table{blocks.view(), pages.view(), cache.pages_per_block()};
+    table.head_comp = comp_heads.view();
+    table.comp_blocks = comp.view();
+    table.comp_pages_per_block = cache.comp_pages_per_block();
+    table.comp_from = from.view();
+    table.comp_sink = kSink;
+    table.comp_token = true;
+    const PagedAttentionBatch batch{seq_b.view(), pos_b.view(), table, qs_b.view(), n};
+    std::vector<float> inv_freq(kD / 2);
+    for (int i = 0; i < kD / 2; ++i)
+      inv_freq[static_cast<size_t>(i)] = std::pow(1e4f, -2.0f * i / kD);
+    Buffer freq = Upload(be, inv_freq, {kD / 2});
+    Buffer qkv_b =
+        Upload(be, std::vector<float>(qkv.begin() + start * kRow, qkv.begin() + (start + n) * kRow),
+               {n, kRow});
+    Buffer q = be.Allocate(DType::kF32, {n, kHq, kD});
+    be.RopeWriteKv(qkv_b.view(), batch, freq.view(), cache.pool_view(), q.view());
+    Buffer out = be.Allocate(DType::kF32, {n, kHq, kD});
+    be.PagedAttention(q.view(), cache.pool_view(), batch, 0.25f, out.view());
+    if (start + n == prompt) CompactAfterPrompt(be, cache, kv, prompt);
+    return Download(be, out);
+  }
+
+  static constexpr int kRow = (kHq + 2 * kHkv) * kD;
+  KvCache& cache;
+  SequenceKv kv;
+  int prompt;
+  std::vector<float> qkv;
+};
+
+// Two sequences share a pool too small to hold both uncompacted: the second one's prefill and
+// the first one's decode take the pages the first one's compaction freed. Each must still
+// produce exactly what it produces alone in a pool of its own (whose attention the test above
+// checks against the masked dense reference), so no page still read was given away and every
+// reused page was written before being read.
+TEST_CASE("Compress-once heads: freed pages serve other tokens, outputs unchanged", "[kvcache]") {
+  auto be = kernels::CreateCpuBackend(1);
+  const int prompt = 45, total = 70, chunk = 7;
+  // The steps of one sequence: prefill chunks, then decode tokens; (start, count) pairs.
+  std::vector<std::pair<int, int>> steps;
+  for (int start = 0; start < total;) {
+    const int n = start < prompt ? std::min(chunk, prompt - start) : 1;
+    steps.emplace_back(start, n);
+    start += n;
+  }
+  std::vector<std::vector<std::vector<float>>> alone(2);
+  for (int i = 0; i < 2; ++i) {
+    KvCache own = CompressRun::Cache(*be, 512);
+    CompressRun run(own, 100 + i, prompt, total);
+    for (auto [start, n] : steps) alone[static_cast<size_t>(i)].push_back(*run.Step(*be, start, n));
+  }
+
+  // 4 pages a logical page (2 full + 2 comp). A sequence of 70 tokens holds 18 x 4 = 72 pages
+  // uncompacted, 58 compacted (the comp blocks of logical pages 1..7 freed): 120 pages hold both
+  // sequences only if compaction frees them (116 <= 120 < 144).
+  KvCache shared = CompressRun::Cache(*be, 120);
+  CompressRun a(shared, 100, prompt, total), b(shared, 101, prompt, total);
+  size_t next_a = 0, next_b = 0;
+  std::set<int32_t> freed_by_a;
+  while (next_a < steps.size() || next_b < steps.size()) {
+    // a runs until compacted and then steps with b in turn; b starts once a is compacted.
+    if (next_a < steps.size()) {
+      const std::vector<int32_t> before = a.kv.comp_blocks();
+      const auto [start, n] = steps[next_a];
+      const auto got = a.Step(*be, start, n);
+      REQUIRE(got.has_value());
+      INFO("a: tokens " << start << ".." << start + n - 1);
+      CHECK(*got == alone[0][next_a]);
+      ++next_a;
+      for (size_t p = 0; p < before.size(); ++p) {
+        if (a.kv.comp_blocks()[p] == SequenceKv::kFreedBlock && before[p] >= 0) {
+          freed_by_a.insert(before[p]);
+        }
+      }
+      if (a.kv.compacted_from() == 0) continue;
+    }
+    if (next_b < steps.size()) {
+      const auto [start, n] = steps[next_b];
+      const auto got = b.Step(*be, start, n);
+      REQUIRE(got.has_value());
+      INFO("b: tokens " << start << ".." << start + n - 1);
+      CHECK(*got == alone[1][next_b]);
+      ++next_b;
+    }
+  }
+  CHECK(freed_by_a.size() == 7);
+  // a's freed comp blocks were taken again, by b or by a's own later tokens.
+  int reused = 0;
+  for (const CompressRun* run : {&a, &b}) {
+    for (int32_t block : run->kv.comp_blocks()) reused += freed_by_a.count(block) ? 1 : 0;
+  }
+  CHECK(reused > 0);
+  CHECK(a.kv.num_pages_held() == 58);
+  CHECK(b.kv.num_pages_held() == 58);
+  CHECK(shared.num_pages_used() == 116);
 }
 
 // Too short a prompt keeps everything: no compaction, dense attention stays.

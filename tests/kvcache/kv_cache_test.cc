@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <random>
 #include <set>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -219,6 +220,179 @@ TEST_CASE("Ring and full classes side by side: two regions, one addressing rule"
   CHECK(seq.Reserve(10000).code() == StatusCode::kResourceExhausted);
   CHECK(cache.num_pages_free() == free_before);
   seq.Release();
+  CHECK(cache.num_pages_used() == 0);
+}
+
+// Per layer: head 0 full, heads 1 and 2 compress-once (RazorAttention's split), or with
+// `ring_head` head 2 a ring instead.
+HeadClassLayout RazorLayout(int sink, int window, bool ring_head = false) {
+  HeadClassLayout layout;
+  const Retention comp{false, sink, window, false, true, true, true};
+  for (int l = 0; l < 2; ++l) {
+    if (ring_head) {
+      layout.classes.push_back({{0}, {1}, {2}});
+      layout.retention.push_back({Retention{}, comp, Retention{true, 3, 5}});
+    } else {
+      layout.classes.push_back({{0}, {1, 2}});
+      layout.retention.push_back({Retention{}, comp});
+    }
+  }
+  return layout;
+}
+
+TEST_CASE("Compress-once classes: comp blocks beside full blocks, freed by compaction",
+          "[kvcache]") {
+  auto be = kernels::CreateCpuBackend(1);
+  // Page 4; full blocks of 2 pages (head 0 of each layer), comp blocks of 4 (heads 1, 2).
+  KvCache cache(SmallConfig(60), RazorLayout(/*sink=*/2, /*window=*/6), *be);
+  CHECK(cache.pages_per_block() == 2);
+  CHECK(cache.comp_pages_per_block() == 4);
+  CHECK(cache.IsCompressed(1, 2));
+  CHECK_FALSE(cache.IsCompressed(1, 0));
+  CHECK(cache.num_pages() == 60);
+  CHECK(cache.max_tokens_per_sequence() == 60 / 6 * 4);
+  CHECK_FALSE(cache.prefix_caching());
+
+  SequenceKv seq(cache), other(cache);
+  REQUIRE(seq.Reserve(32).ok());  // 8 logical pages: 8 x (2 + 4)
+  CHECK(seq.num_pages_held() == 48);
+  CHECK(cache.num_pages_used() == 48);
+  CHECK(seq.comp_blocks().size() == 8);
+  // Every (layer, head, logical page) owns a distinct page; each kind by its own formula.
+  std::set<int32_t> pages;
+  for (int l = 0; l < 2; ++l) {
+    for (int h = 0; h < 3; ++h) {
+      for (int p = 0; p < 8; ++p) {
+        const int32_t page = seq.Page(l, h, p);
+        CHECK(page == (h == 0 ? seq.blocks()[static_cast<size_t>(p)] * 2
+                              : seq.comp_blocks()[static_cast<size_t>(p)] * 4) +
+                          cache.PageIndex(l, h));
+        CHECK(page < 60);
+        pages.insert(page);
+      }
+    }
+  }
+  CHECK(pages.size() == 48);
+  // Three more logical pages (18 pages) do not fit the 12 free ones.
+  CHECK(other.Reserve(12).code() == StatusCode::kResourceExhausted);
+  CHECK(cache.num_pages_used() == 48);
+
+  // Prompt of 32: kept [0, 3) (2 sinks + the compensation token) and [26, 32). Logical pages
+  // 1..5 ([4, 24)) hold only dropped positions: their comp blocks go back, 5 x 4 pages.
+  seq.MarkCompacted(26);
+  CHECK(seq.compacted_from() == 26);
+  const std::vector<int32_t> freed = {1, 2, 3, 4, 5};
+  for (int p = 0; p < 8; ++p) {
+    const bool is_freed = std::count(freed.begin(), freed.end(), p) > 0;
+    CHECK((seq.comp_blocks()[static_cast<size_t>(p)] == SequenceKv::kFreedBlock) == is_freed);
+  }
+  CHECK(seq.num_pages_held() == 48 - 20);
+  CHECK(cache.num_pages_used() == 28);
+  CHECK(cache.num_pages_free() == 32);
+  CHECK(seq.Slot(0, 1, 2) == seq.Page(0, 1, 0) * 4 + 2);  // the sinks' page stays
+  CHECK(seq.Slot(1, 2, 26) == seq.Page(1, 2, 6) * 4 + 2);
+
+  // The freed pages admit another sequence, and the compacted one still grows (new tokens
+  // are kept: a full and a comp block per new logical page).
+  REQUIRE(other.Reserve(12).ok());
+  REQUIRE(seq.Reserve(40).ok());
+  CHECK(seq.num_pages_held() == 28 + 2 * 6);
+  CHECK(cache.num_pages_used() == 28 + 12 + 18);
+  pages.clear();
+  size_t live = 0;
+  for (const SequenceKv* s : {&seq, &other}) {
+    for (int l = 0; l < 2; ++l) {
+      for (int h = 0; h < 3; ++h) {
+        for (int p = 0; p < s->capacity_tokens() / 4; ++p) {
+          if (s == &seq && h > 0 && p >= 1 && p <= 5) continue;
+          pages.insert(s->Page(l, h, p));
+          ++live;
+        }
+      }
+    }
+  }
+  CHECK(pages.size() == live);
+  CHECK(static_cast<int>(live) == cache.num_pages_used());
+  CHECK(seq.Reserve(48).code() == StatusCode::kResourceExhausted);  // all or nothing
+  CHECK(cache.num_pages_used() == 58);
+
+  seq.Release();
+  other.Release();
+  CHECK(cache.num_pages_used() == 0);
+  CHECK(seq.compacted_from() == 0);
+  // Back to a clean pool: the longest sequence fits again, one page more does not.
+  REQUIRE(seq.Reserve(cache.max_tokens_per_sequence()).ok());
+  CHECK(other.Reserve(1).code() == StatusCode::kResourceExhausted);
+}
+
+// Random reservations, compactions and releases of several sequences over full, comp and ring
+// blocks: no page is ever held twice, each kind stays in its region, and the counts agree.
+TEST_CASE("Full, comp and ring blocks never share a page under churn", "[kvcache]") {
+  auto be = kernels::CreateCpuBackend(1);
+  KvCacheConfig c = SmallConfig(157);  // not a multiple of any kind's block
+  c.max_ring_sequences = 4;
+  c.ring_chunk_tokens = 4;
+  // Full blocks of 2 pages, comp blocks of 3, ring blocks of 1.
+  const Retention comp{false, 1, 5, false, true, true, true};
+  HeadClassLayout layout;
+  layout.classes = {{{0}, {1}, {2}}, {{0}, {1, 2}}};
+  layout.retention = {{Retention{}, comp, Retention{true, 3, 5}}, {Retention{}, comp}};
+  KvCache cache(c, layout, *be);
+  CHECK(cache.pages_per_block() == 2);
+  CHECK(cache.comp_pages_per_block() == 3);
+  CHECK(cache.ring_pages_per_block() == 1);
+  const int ring_base = c.num_pages - KvCache::RingRegionPages(c, cache.layout());
+  std::mt19937 rng(1234);
+  std::vector<SequenceKv> seqs;
+  for (int i = 0; i < 4; ++i) seqs.emplace_back(cache);
+  int failures = 0, compactions = 0;
+  for (int step = 0; step < 3000; ++step) {
+    SequenceKv& s = seqs[rng() % seqs.size()];
+    const int op = static_cast<int>(rng() % 10);
+    if (op == 0) {
+      s.Release();
+    } else if (op == 1 && s.compacted_from() == 0 && s.capacity_tokens() > 8) {
+      s.MarkCompacted(s.capacity_tokens() - 5);
+      ++compactions;
+    } else {
+      const int used = cache.num_pages_used();
+      if (!s.Reserve(s.capacity_tokens() + 1 + static_cast<int>(rng() % 12)).ok()) {
+        ++failures;
+        REQUIRE(cache.num_pages_used() == used);
+      }
+    }
+    std::set<int32_t> pages;
+    size_t live = 0;
+    int held = 0;
+    for (const SequenceKv& q : seqs) {
+      held += q.num_pages_held();
+      const int logical = q.capacity_tokens() / 4;
+      for (int l = 0; l < 2; ++l) {
+        for (int h = 0; h < 3; ++h) {
+          const bool ring = cache.IsRing(l, h), compressed = cache.IsCompressed(l, h);
+          // A ring head's logical pages cycle through its ring blocks: each once.
+          const int n = ring ? (logical > 0 ? cache.ring_blocks_per_sequence() : 0) : logical;
+          for (int p = 0; p < n; ++p) {
+            if (compressed && q.comp_blocks()[static_cast<size_t>(p)] == SequenceKv::kFreedBlock) {
+              continue;
+            }
+            const int32_t page = q.Page(l, h, p);
+            REQUIRE(page >= 0);
+            REQUIRE(page < c.num_pages);
+            REQUIRE((page >= ring_base) == ring);
+            pages.insert(page);
+            ++live;
+          }
+        }
+      }
+    }
+    INFO("step " << step);
+    REQUIRE(pages.size() == live);
+    REQUIRE(held == cache.num_pages_used());
+  }
+  CHECK(failures > 100);  // the pool did run dry
+  CHECK(compactions > 50);
+  for (SequenceKv& q : seqs) q.Release();
   CHECK(cache.num_pages_used() == 0);
 }
 
