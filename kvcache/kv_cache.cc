@@ -149,14 +149,9 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
   }
   // Full blocks from the first page up, comp blocks from the last shared page down (kv_cache.h).
   shared_pages_ = config.num_pages - ring_region;
-  for (BlockKind* kind : {&full_, &comp_}) {
-    kind->count = kind->pages > 0 ? shared_pages_ / kind->pages : 0;
-    kind->held.assign(static_cast<size_t>(kind->count), 0);
-    kind->overlapped.assign(static_cast<size_t>(kind->count), 0);
-    for (int32_t b = 0; b < kind->count; ++b) kind->ready.insert(kind->ready.end(), b);
-  }
+  full_.Init(full_.pages > 0 ? shared_pages_ / full_.pages : 0, /*lowest=*/true);
+  comp_.Init(comp_.pages > 0 ? shared_pages_ / comp_.pages : 0, /*lowest=*/false);
   comp_.base = shared_pages_ - comp_.count * comp_.pages;
-  comp_.lowest_first = false;
   // With both kinds every shared page is some block's (the leftover of one kind's tiling is
   // shorter than a block of the other); with one, its whole blocks.
   if (full_.count == 0 || comp_.count == 0) {
@@ -237,18 +232,45 @@ std::pair<int32_t, int32_t> OverlappingIds(int lo, int hi, int base, int pages, 
 
 }  // namespace
 
+void KvCache::BlockKind::Init(int num_ids, bool lowest) {
+  count = num_ids;
+  lowest_first = lowest;
+  held.assign(static_cast<size_t>(count), 0);
+  overlapped.assign(static_cast<size_t>(count), 0);
+  queued.assign(static_cast<size_t>(count), 1);
+  heap.resize(static_cast<size_t>(count));
+  for (int32_t id = 0; id < count; ++id) heap[static_cast<size_t>(id)] = lowest_first ? -id : id;
+  std::make_heap(heap.begin(), heap.end());
+}
+
+// The heap is a max-heap of keys: -id when the lowest id comes first, id when the highest does.
+void KvCache::BlockKind::Queue(int32_t id) {
+  if (queued[static_cast<size_t>(id)]) return;
+  queued[static_cast<size_t>(id)] = 1;
+  heap.push_back(lowest_first ? -id : id);
+  std::push_heap(heap.begin(), heap.end());
+}
+
+std::optional<int32_t> KvCache::BlockKind::PopReady() {
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end());
+    const int32_t id = lowest_first ? -heap.back() : heap.back();
+    heap.pop_back();
+    queued[static_cast<size_t>(id)] = 0;
+    if (Ready(id)) return id;  // else queued again once it is ready
+  }
+  return std::nullopt;
+}
+
 std::optional<int32_t> KvCache::Take(BlockKind& kind, BlockKind& other) {
-  if (kind.ready.empty()) return std::nullopt;
-  const int32_t id = kind.lowest_first ? *kind.ready.begin() : *kind.ready.rbegin();
-  kind.ready.erase(id);
-  kind.held[static_cast<size_t>(id)] = 1;
+  const std::optional<int32_t> id = kind.PopReady();
+  if (!id) return std::nullopt;
+  kind.held[static_cast<size_t>(*id)] = 1;
   ++kind.num_held;
-  const int lo = kind.base + id * kind.pages;
+  const int lo = kind.base + *id * kind.pages;
   const auto [first, last] =
       OverlappingIds(lo, lo + kind.pages, other.base, other.pages, other.count);
-  for (int32_t j = first; j < last; ++j) {
-    if (other.overlapped[static_cast<size_t>(j)]++ == 0) other.ready.erase(j);
-  }
+  for (int32_t j = first; j < last; ++j) ++other.overlapped[static_cast<size_t>(j)];
   return id;
 }
 
@@ -257,14 +279,12 @@ void KvCache::Give(BlockKind& kind, BlockKind& other, int32_t id) {
            "block {} of {} pages given back but not held", id, kind.pages);
   kind.held[static_cast<size_t>(id)] = 0;
   --kind.num_held;
-  if (kind.overlapped[static_cast<size_t>(id)] == 0) kind.ready.insert(id);
+  if (kind.Ready(id)) kind.Queue(id);
   const int lo = kind.base + id * kind.pages;
   const auto [first, last] =
       OverlappingIds(lo, lo + kind.pages, other.base, other.pages, other.count);
   for (int32_t j = first; j < last; ++j) {
-    if (--other.overlapped[static_cast<size_t>(j)] == 0 && !other.held[static_cast<size_t>(j)]) {
-      other.ready.insert(j);
-    }
+    if (--other.overlapped[static_cast<size_t>(j)] == 0 && other.Ready(j)) other.Queue(j);
   }
 }
 

@@ -33,7 +33,6 @@
 #include <cstdint>
 #include <list>
 #include <optional>
-#include <set>
 #include <span>
 #include <unordered_map>
 #include <vector>
@@ -199,8 +198,19 @@ class KvCache {
     bool lowest_first = true;
     std::vector<char> held;           // in use (full blocks: or cached, until evicted)
     std::vector<int32_t> overlapped;  // held blocks of the other kind overlapping this one
-    std::set<int32_t> ready;          // neither held nor overlapped: free to take
+    // Candidates to take, best first (a heap; lowest or highest id), each id at most once. An
+    // id is queued when it becomes ready and dropped if no longer ready when it comes up, so the
+    // heap stays within `count` entries without removals from its middle.
+    std::vector<int32_t> heap;
+    std::vector<char> queued;
     int num_held = 0;
+
+    void Init(int num_ids, bool lowest);
+    bool Ready(int32_t id) const {
+      return !held[static_cast<size_t>(id)] && overlapped[static_cast<size_t>(id)] == 0;
+    }
+    void Queue(int32_t id);
+    std::optional<int32_t> PopReady();
   };
   // Takes a ready block of `kind` (none: nullopt), or gives one back; `other` is the other kind.
   static std::optional<int32_t> Take(BlockKind& kind, BlockKind& other);
