@@ -8,8 +8,10 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <ctime>
 #include <set>
@@ -275,6 +277,9 @@ class HttpServer::Impl {
     // The engine refuses requests larger than its whole KV pool; defaults stay inside it.
     const int pool_tokens = engine.Stats().max_tokens_in_pool;
     default_context_ = pool_tokens > 0 ? std::min(max_model_len_, pool_tokens) : max_model_len_;
+    // StreamingLLM caches run past the context (engine::MaxSequenceTokens).
+    request_limit_ = static_cast<int>(
+        std::clamp<int64_t>(engine.Stats().max_sequence_tokens, max_model_len_, INT_MAX));
     auto& m = engine_.metrics();
     m.DeclareCounter("headwise_http_requests_total",
                      "HTTP requests answered, by route and status code");
@@ -570,11 +575,15 @@ class HttpServer::Impl {
         return ReplyError(res, *e);
       }
       const int prompt_len = static_cast<int>(job->prompt_ids[i].size());
-      if (auto e = ResolveMaxTokens(gr, prompt_len, max_model_len_, max_tokens[i])) {
+      if (auto e = ResolveMaxTokens(gr, prompt_len, request_limit_, max_tokens[i])) {
         return ReplyError(res, *e);
       }
-      if (!gr.max_tokens && prompt_len < default_context_) {
-        max_tokens[i] = std::min(max_tokens[i], default_context_ - prompt_len);
+      // Without max_tokens a request fills the context (or the pool); one already past it (a
+      // StreamingLLM cache) gets a context's worth of new tokens.
+      if (!gr.max_tokens) {
+        max_tokens[i] =
+            std::min(max_tokens[i], prompt_len < default_context_ ? default_context_ - prompt_len
+                                                                  : default_context_);
       }
     }
     gr.params.max_tokens = max_tokens[0];
@@ -757,6 +766,7 @@ class HttpServer::Impl {
   int vocab_size_ = 0;
   int max_model_len_ = 0;
   int default_context_ = 0;  // what a request without max_tokens may fill
+  int request_limit_ = 0;    // prompt + max_tokens allowed (max_sequence_tokens)
   int64_t started_ = UnixNow();
   std::atomic<bool> stopping_{false};
   std::atomic<bool> run_started_{false};
