@@ -14,8 +14,10 @@
 #include <climits>
 #include <cstdlib>
 #include <ctime>
+#include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_set>
 
 #include "engine/chat_renderer.h"
 #include "engine/engine.h"
@@ -313,8 +315,10 @@ class HttpServer::Impl {
     stopping_ = true;
     // Running requests see stopping_, abort their engine requests and end with a final
     // "abort" chunk (streams) or a 503; give them a moment to do so before closing.
+    // A handler returns before its response is written, and once the read side of a connection
+    // is shut cpp-httplib no longer writes to it: wait for the writes too, or a 503 is lost.
     const auto grace_end = Clock::now() + std::chrono::seconds(3);
-    while (active_jobs_ > 0 && Clock::now() < grace_end)
+    while ((active_jobs_ > 0 || NumUnwritten() > 0) && Clock::now() < grace_end)
       std::this_thread::sleep_for(milliseconds(10));
     // listen_after_bind() may not have started yet; retry until it has returned. Idle
     // keep-alive connections would hold the worker threads (and so Run()) for the whole
@@ -343,6 +347,10 @@ class HttpServer::Impl {
     svr_.set_write_timeout(30, 0);
 
     svr_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      {
+        std::lock_guard<std::mutex> lock(unwritten_mu_);
+        unwritten_.insert(&req);
+      }
       if (opts_.api_key.empty() || req.path.rfind("/v1/", 0) != 0) {
         return httplib::Server::HandlerResponse::Unhandled;
       }
@@ -404,7 +412,12 @@ class HttpServer::Impl {
           ReplyError(res, ApiError{500, "internal server error: " + what, "server_error", "", ""});
         });
 
+    // cpp-httplib logs a response once it has been written (or its write failed).
     svr_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+      {
+        std::lock_guard<std::mutex> lock(unwritten_mu_);
+        unwritten_.erase(&req);
+      }
       engine_.metrics().Increment(
           "headwise_http_requests_total", 1.0,
           {{"route", RouteLabel(req.path)}, {"status", std::to_string(res.status)}});
@@ -771,6 +784,13 @@ class HttpServer::Impl {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> run_started_{false};
   std::atomic<int> active_jobs_{0};
+  // Requests routed whose response is not written yet (the logger runs after the write).
+  std::mutex unwritten_mu_;
+  std::unordered_set<const httplib::Request*> unwritten_;
+  size_t NumUnwritten() {
+    std::lock_guard<std::mutex> lock(unwritten_mu_);
+    return unwritten_.size();
+  }
   int bound_port_ = -1;
   std::atomic<bool> running_done_{false};
 };
