@@ -52,16 +52,6 @@ StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(const attention::Polic
   config.ring_chunk_tokens = chunk_tokens;
   const int ring_pages = kvcache::KvCache::RingRegionPages(config, layout);
   const int full_pages = kvcache::KvCache::FullPagesPerBlock(layout);
-  for (const auto& per_layer : layout.retention) {
-    for (const kvcache::Retention& r : per_layer) {
-      if (r.reindex && backend.device() != Device::kCpu) {
-        return Unimplemented(
-            "attention policy \"{}\" re-indexes positions inside its rings (StreamingLLM), "
-            "which the {} backend does not run yet; use --device cpu, or positions original",
-            set.name, backend.name());
-      }
-    }
-  }
   if (ring_pages > config.num_pages) {
     return InvalidArgument(
         "the KV cache of {} pages cannot hold the sink/window rings of {} sequences ({} pages); "

@@ -568,6 +568,8 @@ EngineStats Engine::Stats() const {
   s.kv_pages_used = impl_->pages_used;
   s.kv_pages_total = impl_->cache->num_pages();
   s.max_model_len = impl_->config.max_model_len;
+  s.max_sequence_tokens =
+      impl_->length_limit.bounded ? impl_->length_limit.tokens : impl_->config.max_model_len;
   s.max_tokens_in_pool = impl_->MaxTokensInPool();
   s.alive = impl_->alive;
   return s;

@@ -87,6 +87,9 @@ struct EngineStats {
   int kv_pages_used = 0;
   int kv_pages_total = 0;
   int max_model_len = 0;
+  // The longest request (prompt + max_tokens) allowed: max_model_len, or more where every head is
+  // a re-indexed ring (MaxSequenceTokens).
+  int64_t max_sequence_tokens = 0;
   int max_tokens_in_pool = 0;  // the longest request (prompt + max_tokens) the pool can hold
   bool alive = true;           // false once the engine thread has stopped
 };

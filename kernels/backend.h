@@ -169,7 +169,8 @@ struct PagedAttentionBatch {
 // sparse policies. Row r is one (sequence, KV head); its query heads (the GQA group of that KV
 // head) attend only to the token positions indices[indptr[r] .. indptr[r + 1]) of the
 // sequence's cache, each logit shifted by logit_bias (when given). Not defined for re-indexed
-// heads (their keys are unrotated and an index list carries no ranks): a row on one is refused.
+// heads (their keys are unrotated and an index list carries no ranks): a row on one is refused
+// (the CUDA backend, which cannot see the rows on the host, refuses any table with one).
 struct SparseDecodeBatch {
   Tensor row_seq;      // i32 [R]: batch index of the row's sequence
   Tensor row_kv_head;  // i32 [R]

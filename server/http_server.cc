@@ -8,12 +8,16 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <ctime>
+#include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_set>
 
 #include "engine/chat_renderer.h"
 #include "engine/engine.h"
@@ -275,6 +279,9 @@ class HttpServer::Impl {
     // The engine refuses requests larger than its whole KV pool; defaults stay inside it.
     const int pool_tokens = engine.Stats().max_tokens_in_pool;
     default_context_ = pool_tokens > 0 ? std::min(max_model_len_, pool_tokens) : max_model_len_;
+    // StreamingLLM caches run past the context (engine::MaxSequenceTokens).
+    request_limit_ = static_cast<int>(
+        std::clamp<int64_t>(engine.Stats().max_sequence_tokens, max_model_len_, INT_MAX));
     auto& m = engine_.metrics();
     m.DeclareCounter("headwise_http_requests_total",
                      "HTTP requests answered, by route and status code");
@@ -308,8 +315,10 @@ class HttpServer::Impl {
     stopping_ = true;
     // Running requests see stopping_, abort their engine requests and end with a final
     // "abort" chunk (streams) or a 503; give them a moment to do so before closing.
+    // A handler returns before its response is written, and once the read side of a connection
+    // is shut cpp-httplib no longer writes to it: wait for the writes too, or a 503 is lost.
     const auto grace_end = Clock::now() + std::chrono::seconds(3);
-    while (active_jobs_ > 0 && Clock::now() < grace_end)
+    while ((active_jobs_ > 0 || NumUnwritten() > 0) && Clock::now() < grace_end)
       std::this_thread::sleep_for(milliseconds(10));
     // listen_after_bind() may not have started yet; retry until it has returned. Idle
     // keep-alive connections would hold the worker threads (and so Run()) for the whole
@@ -338,6 +347,10 @@ class HttpServer::Impl {
     svr_.set_write_timeout(30, 0);
 
     svr_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      {
+        std::lock_guard<std::mutex> lock(unwritten_mu_);
+        unwritten_.insert(&req);
+      }
       if (opts_.api_key.empty() || req.path.rfind("/v1/", 0) != 0) {
         return httplib::Server::HandlerResponse::Unhandled;
       }
@@ -399,7 +412,12 @@ class HttpServer::Impl {
           ReplyError(res, ApiError{500, "internal server error: " + what, "server_error", "", ""});
         });
 
+    // cpp-httplib logs a response once it has been written (or its write failed).
     svr_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+      {
+        std::lock_guard<std::mutex> lock(unwritten_mu_);
+        unwritten_.erase(&req);
+      }
       engine_.metrics().Increment(
           "headwise_http_requests_total", 1.0,
           {{"route", RouteLabel(req.path)}, {"status", std::to_string(res.status)}});
@@ -570,11 +588,15 @@ class HttpServer::Impl {
         return ReplyError(res, *e);
       }
       const int prompt_len = static_cast<int>(job->prompt_ids[i].size());
-      if (auto e = ResolveMaxTokens(gr, prompt_len, max_model_len_, max_tokens[i])) {
+      if (auto e = ResolveMaxTokens(gr, prompt_len, request_limit_, max_tokens[i])) {
         return ReplyError(res, *e);
       }
-      if (!gr.max_tokens && prompt_len < default_context_) {
-        max_tokens[i] = std::min(max_tokens[i], default_context_ - prompt_len);
+      // Without max_tokens a request fills the context (or the pool); one already past it (a
+      // StreamingLLM cache) gets a context's worth of new tokens.
+      if (!gr.max_tokens) {
+        max_tokens[i] =
+            std::min(max_tokens[i], prompt_len < default_context_ ? default_context_ - prompt_len
+                                                                  : default_context_);
       }
     }
     gr.params.max_tokens = max_tokens[0];
@@ -757,10 +779,18 @@ class HttpServer::Impl {
   int vocab_size_ = 0;
   int max_model_len_ = 0;
   int default_context_ = 0;  // what a request without max_tokens may fill
+  int request_limit_ = 0;    // prompt + max_tokens allowed (max_sequence_tokens)
   int64_t started_ = UnixNow();
   std::atomic<bool> stopping_{false};
   std::atomic<bool> run_started_{false};
   std::atomic<int> active_jobs_{0};
+  // Requests routed whose response is not written yet (the logger runs after the write).
+  std::mutex unwritten_mu_;
+  std::unordered_set<const httplib::Request*> unwritten_;
+  size_t NumUnwritten() {
+    std::lock_guard<std::mutex> lock(unwritten_mu_);
+    return unwritten_.size();
+  }
   int bound_port_ = -1;
   std::atomic<bool> running_done_{false};
 };

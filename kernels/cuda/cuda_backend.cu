@@ -225,7 +225,11 @@ __global__ void RopeWriteKvKernel(const bf16* qkv, const int32_t* token_seq,
       if (slot < 0 || slot >= num_slots) __trap();
       dst = (head < hq + hkv ? k_pool : v_pool) + slot * d;
     }
-    if (head < hq + hkv) sincosf(static_cast<float>(pos) * inv_freq[j], &s, &c);
+    // Re-indexed heads keep k and their queries' q unrotated: attention turns them by rank.
+    const int rope_kv_head = head < hq ? head / (hq / hkv) : head - hq;
+    if (head < hq + hkv && !table.IsReindexed(rope_kv_head)) {
+      sincosf(static_cast<float>(pos) * inv_freq[j], &s, &c);
+    }
   }
   WaitForPriorGrids();
   if (pos < 0) return;  // padding, or past the last head
@@ -471,6 +475,8 @@ class CudaBackend final : public Backend {
     HW_CHECK(lse.dtype == DType::kF32, "lse must be f32");
     const int64_t rows = batch.row_seq.numel();
     if (rows == 0) return;
+    HW_CHECK(!batch.table.has_reindex_heads(),
+             "sparse decode is not defined on re-indexed heads (kernels::SparseDecodeBatch)");
     const cuda::DecodeKvCache kv = DecodeCache(pool, batch.table);
     const int group = hq / kv.hkv;
     // No list is longer than all of them together.
@@ -577,9 +583,6 @@ class CudaBackend final : public Backend {
 
   // Every attention and KV-write path goes through here.
   static cuda::DecodeKvCache DecodeCache(const KvPoolView& pool, const BlockTable& table) {
-    HW_CHECK(!table.has_reindex_heads(),
-             "the CUDA backend has no re-indexed (StreamingLLM) ring heads yet; the engine "
-             "refuses such policies at startup");
     cuda::DecodeKvCache kv{pool.k.ptr<bf16>(),
                            pool.v.ptr<bf16>(),
                            table.blocks.ptr<int32_t>(),
@@ -598,6 +601,14 @@ class CudaBackend final : public Backend {
       kv.ring_pages_per_block = table.ring_pages_per_block;
       kv.ring_sink = table.ring_sink;
       kv.ring_window = table.ring_window;
+    }
+    if (table.has_reindex_heads()) {
+      HW_CHECK(table.has_ring_heads(), "re-indexed heads must be ring heads");
+      HW_CHECK(table.rope_inv_freq.numel() == pool.k.dim(2) / 2,
+               "rope_inv_freq has {} entries for head dim {}", table.rope_inv_freq.numel(),
+               pool.k.dim(2));
+      kv.head_reindex = table.head_reindex.ptr<int32_t>();
+      kv.rope_inv_freq = table.rope_inv_freq.ptr<float>();
     }
     if (table.has_compressed_heads()) {
       HW_CHECK_EQ(table.comp_from.numel(), table.blocks.dim(0));

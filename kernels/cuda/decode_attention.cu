@@ -306,6 +306,25 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     if (g < ng && col < d) v = *reinterpret_cast<const uint4*>(p.q + (q_row + g) * d + col);
     *reinterpret_cast<uint4*>(s_q + g * L::kStride + col) = v;
   }
+  // A re-indexed head's q and keys arrive unrotated: q turns by its rank, the last of its list
+  // (count - 1), each key by its index in the list as its tile lands (the paged path only).
+  // Thread tid turns column tid % half of rows tid / half, + rot_rows, ... (RankRotation); threads
+  // past the last whole set of columns idle.
+  const bool by_rank = !sparse && p.kv.IsReindexed(kv_head);
+  const int half = d / 2, rot_rows = kThreads / half, rot_col = tid % half, rot_row0 = tid / half;
+  const bool rotates = by_rank && rot_row0 < rot_rows;
+  RankRotation rotation(rotates ? p.kv.rope_inv_freq[rot_col] : 0.0f, rot_rows);
+  if (by_rank) {
+    __syncthreads();
+    if (rotates) {
+      for (int g = rot_row0; g < ng; g += rot_rows) {
+        // The same rank for every head of the group: Start again rather than advance.
+        bf16* row = s_q + g * L::kStride;
+        rotation.Start(count - 1);
+        rotation.Apply(row[rot_col], row[rot_col + half]);
+      }
+    }
+  }
   __syncthreads();
 #pragma unroll
   for (int t = 0; t < kStages - 1; ++t) issue(t);
@@ -331,6 +350,17 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     if (tid < kTileKeys) fetch(tile + kStages, next_slot, next_bias);
 
     const int stage = tile % kStages;
+    if (by_rank) {
+      const int first = tile * kTileKeys;  // the tile's first key, counted from the split's begin
+      if (rotates) {
+        rotation.Start(begin + first + rot_row0);
+        for (int r = rot_row0; r < kTileKeys && first + r < n_keys; r += rot_rows) {
+          bf16* row = s_k + stage * L::kTileElems + r * L::kStride;
+          rotation.Apply(row[rot_col], row[rot_col + half]);
+        }
+      }
+      __syncthreads();
+    }
     const bf16* k_tile = s_k + stage * L::kTileElems + warp * 16 * L::kStride;
     const bf16* v_tile = s_v + stage * L::kTileElems + warp * 16 * L::kStride;
     float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};

@@ -163,6 +163,29 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
   CopyAsyncWait<0>();
   __syncthreads();
 
+  // A re-indexed head's q and keys arrive unrotated: each row turns by its rank (the index of its
+  // own position among the keys; every row's list is a prefix of the last row's), each key by its
+  // index as its tile lands.
+  // Thread t turns column t % (D/2) of rows t / (D/2), + kRotRows, ... (RankRotation).
+  const bool by_rank = p.kv.IsReindexed(kv_head);
+  constexpr int kHalf = D / 2, kRotRows = kThreads / kHalf;
+  static_assert(kThreads % kHalf == 0);
+  const int rot_col = threadIdx.x % kHalf, rot_row0 = threadIdx.x / kHalf;
+  RankRotation rotation(by_rank ? p.kv.rope_inv_freq[rot_col] : 0.0f, kRotRows);
+  const auto rotate = [&](bf16* tile, int r) {
+    rotation.Apply(tile[SwizzledOffset<D>(r, rot_col / 8) + rot_col % 8],
+                   tile[SwizzledOffset<D>(r, (rot_col + kHalf) / 8) + rot_col % 8]);
+  };
+  if (by_rank) {
+    // Rows hold consecutive positions; their ranks (keys.Index) are consecutive too unless the
+    // tile straddles the sinks' end, so each row starts its own rotation (once per block).
+    for (int r = rot_row0; r < rows; r += kRotRows) {
+      rotation.Start(keys.Index(pos0 + r));
+      rotate(s_q, r);
+    }
+    __syncthreads();
+  }
+
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_row = warp * kWarpRows;
   const auto load_q = [&](uint32_t(&a)[4], int mt, int ks) {
@@ -200,6 +223,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
     CopyAsyncCommit();
     CopyAsyncWait<1>();
     __syncthreads();
+    if (by_rank) {
+      rotation.Start(tile * kBlockN + rot_row0);  // a key's rank is its index
+      for (int r = rot_row0; r < kBlockN && tile * kBlockN + r < num_keys; r += kRotRows) {
+        rotate(s_k + stage * kBlockN * D, r);
+      }
+      __syncthreads();
+    }
     const bf16* k_tile = s_k + stage * kBlockN * D;
     const bf16* v_tile = s_v + stage * kBlockN * D;
     const int key0 = tile * kBlockN;

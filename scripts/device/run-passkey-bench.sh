@@ -12,14 +12,11 @@
 #   device: bash scripts/device/run-passkey-bench.sh run     carry [".carry/smol1"]
 # Policy files (and the head profiles they name) are part of the working tree, so they travel
 # with every call; their paths are relative to the repository root.
-#   PASSKEY_POLICIES  NAME=FILE,... after dense (default: the SmolLM2 files that run today,
-#                     DuoAttention from its retrieval profile and StreamingLLM's cache with
-#                     original positions; "none" for dense alone). RazorAttention
-#                     (configs/policies/smollm2-135m/razor.json) and re-indexed StreamingLLM
-#                     (configs/policies/streaming-llm.json) are refused until built.
+#   PASSKEY_POLICIES  NAME=FILE,... after dense (default: DuoAttention from its retrieval
+#                     profile, RazorAttention from its razor profile and StreamingLLM;
+#                     "none" for dense alone).
 #   PASSKEY_ARGS      extra flags (default: --lengths 1024,2048,4096,8192 --samples 50)
-# A policy the engine refuses (today: StreamingLLM's re-indexed rings, RazorAttention's
-# compress_once) stops the run with the engine's message; run the others without it.
+# A policy the engine refuses stops the run with the engine's message.
 set -uo pipefail
 STASH=/tmp/hw-smol
 SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
@@ -39,7 +36,7 @@ case "${1:-}" in
     export HEADWISE_SHARED=$carry/shared
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     smol=configs/policies/smollm2-135m
-    extra=${PASSKEY_POLICIES-duo=$smol/duo.json,streaming=$smol/streaming-original.json}
+    extra=${PASSKEY_POLICIES-duo=$smol/duo.json,razor=$smol/razor.json,streaming=configs/policies/streaming-llm.json}
     [ "$extra" = none ] && extra=
     policies=dense=configs/policies/dense.json${extra:+,$extra}
     out=${OUT:-/tmp}

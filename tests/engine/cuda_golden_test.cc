@@ -145,6 +145,19 @@ constexpr const char* kRingPolicy = R"({
                  "head_list": {"format": "razor_json", "path": "heads.json",
                                "policy": "retrieval"}}})";
 
+// StreamingLLM-style re-indexed rings on the same heads (mixed with full heads in a layer): their
+// keys stored unrotated and rotated by rank inside the 4 + 24 ring.
+constexpr const char* kReindexPolicy = R"({
+  "schema": "attn-policy/v1", "name": "reindex-test",
+  "policies": {
+    "retrieval": {"storage": {"kind": "full"}},
+    "streaming": {"storage": {"kind": "ring", "sink": 4, "window": 24}, "positions": "reindex",
+                  "decode": {"mode": "retained"},
+                  "prefill": {"mode": "retained", "first_chunk_dense": true}}},
+  "assignment": {"default": "streaming",
+                 "head_list": {"format": "razor_json", "path": "heads.json",
+                               "policy": "retrieval"}}})";
+
 // RazorAttention on the same heads: the others compress once after the prompt (4 sinks, the
 // compensation token, the last 24 prompt tokens, then everything decoded).
 constexpr const char* kRazorPolicy = R"({
@@ -240,6 +253,10 @@ void CheckPolicyStepByStep(const char* name, const char* policy) {
 
 TEST_CASE("CUDA logits with sink/window ring heads match the CPU, step by step", "[cuda]") {
   CheckPolicyStepByStep("ring policy", kRingPolicy);
+}
+
+TEST_CASE("CUDA logits with re-indexed ring heads match the CPU, step by step", "[cuda]") {
+  CheckPolicyStepByStep("re-indexed ring policy", kReindexPolicy);
 }
 
 TEST_CASE("CUDA logits with compress-once heads match the CPU, step by step", "[cuda]") {

@@ -176,6 +176,8 @@ TEST_CASE("CUDA matmul (bf16 and f32 out, with bias) matches the CPU", "[cuda]")
 // and table pick are what is compared (tests/kvcache covers the recycling).
 struct Ring {
   int sink = 0, window = 0;
+  bool reindex =
+      false;  // StreamingLLM: the ring heads store k unrotated, attention rotates by rank
 };
 
 // A batch of sequences with the given lengths, all tokens as queries (prefill) or only the
@@ -261,6 +263,12 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
     table_c.num_ring_heads = table_g.num_ring_heads = hkv / 2;
   }
   auto [fc, fg] = p.UploadF32(inv_freq, {d / 2});
+  if (ring.reindex) {
+    table_c.head_reindex = hrc.view();
+    table_g.head_reindex = hrg.view();
+    table_c.rope_inv_freq = fc.view();
+    table_g.rope_inv_freq = fg.view();
+  }
   auto [kc, kg] = p.Outputs({num_pages, page_size, d});
   auto [vc, vg] = p.Outputs({num_pages, page_size, d});
   auto [qc, qg] = p.Outputs({tokens, hq, d});
@@ -329,7 +337,8 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
       PagedAttentionBatch{tsg.view(), tpg.view(), table_g, qstg.view(), max_query_len}, scale,
       og.view());
   INFO("hq " << hq << " hkv " << hkv << " d " << d << " last_n " << last_n << " seqs " << num_seqs
-             << " ring sink " << ring.sink << " window " << ring.window);
+             << " ring sink " << ring.sink << " window " << ring.window << " reindex "
+             << ring.reindex);
   auto real_rows = [&](std::vector<float> v) {  // the padding row's output is unspecified
     v.resize(static_cast<size_t>(queries * hq * d));
     return v;
@@ -378,6 +387,26 @@ TEST_CASE("CUDA attention over sink/window ring heads matches the CPU", "[cuda]"
   for (auto [hq, hkv] : {std::pair{8, 2}, std::pair{32, 4}}) {
     for (int d : {16, 64, 128}) {
       for (Ring ring : {Ring{4, 40}, Ring{0, 100}, Ring{64, 256}}) {
+        CheckAttention(p, hq, hkv, d, {1, 15, 16, 17, 50}, 0, ring);
+        CheckAttention(p, hq, hkv, d, {300, 40, 129, 77}, 33, ring);
+        CheckAttention(p, hq, hkv, d, {700, 90, 1500}, 200, ring);
+        CheckAttention(p, hq, hkv, d, {1, 16, 33, 1000, 7}, 1, ring);
+        CheckAttention(p, hq, hkv, d, {513, 2048, 5000}, 1, ring);
+      }
+    }
+  }
+}
+
+// Re-indexed ring heads (StreamingLLM): keys stored unrotated, q and keys rotated by their rank
+// in the attended list (kernels::PagedAttentionBatch), in the prefill kernel's q and K tiles and
+// the decode kernel's (one split or many). Windows that start past the sinks make ranks differ
+// from positions; a window wider than the sequence keeps them equal.
+TEST_CASE("CUDA attention over re-indexed ring heads matches the CPU", "[cuda]") {
+  Pair p;
+  for (auto [hq, hkv] : {std::pair{8, 2}, std::pair{32, 4}}) {
+    for (int d : {16, 64, 128}) {
+      for (Ring ring :
+           {Ring{4, 40, true}, Ring{0, 100, true}, Ring{64, 256, true}, Ring{4, 8000, true}}) {
         CheckAttention(p, hq, hkv, d, {1, 15, 16, 17, 50}, 0, ring);
         CheckAttention(p, hq, hkv, d, {300, 40, 129, 77}, 33, ring);
         CheckAttention(p, hq, hkv, d, {700, 90, 1500}, 200, ring);

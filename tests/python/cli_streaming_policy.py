@@ -7,7 +7,8 @@ re-indexed inside the cache) on TinyStories (512 positions), on the CPU backend.
   positions, would fail here) and every logprob stays finite.
 - Past the model's context: a re-indexed all-ring policy generates beyond 512 positions with
   finite logprobs; the same rings with original positions, dense attention, and a re-indexed
-  ring whose sink + window + prefill chunk exceeds the context are refused."""
+  ring whose sink + window + prefill chunk exceeds the context are refused; the OpenAI server
+  accepts such a request with the re-indexed policy and refuses it with original positions."""
 
 import json
 import math
@@ -85,7 +86,25 @@ with tempfile.TemporaryDirectory() as tmp:
         rc, out, err = generate(policy, 1200, chunk)
         check(name, rc == 2 and want in err, f"exit {rc}: {err.strip()}")
 
+    # The OpenAI server takes the engine's limit: past max_model_len with the re-indexed rings
+    # (4 + 60 + a 64-token step fit 512), the context without them.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from server_util import Server
+    body = {"model": "m", "prompt": PROMPT, "max_tokens": 800, "ignore_eos": True}
+    for name, policy, want in [("server past the context", write_policy(tmp, "srv", 60), 200),
+                               ("server original positions capped", write_policy(tmp, "srv-orig", 60,
+                                                                                 "original"), 400)]:
+        with Server("--attention-policy", policy, "--max-num-batched-tokens", "64",
+                    "--max-num-seqs", "2", "--served-model-name", "m") as srv:
+            status, reply = srv.post("/v1/completions", body, timeout=300)
+            ok = status == want
+            if want == 200:
+                ok = ok and reply["usage"]["completion_tokens"] == 800
+            else:
+                ok = ok and "maximum context length is 512" in reply["error"]["message"]
+            check(name, ok, f"status {status}: {str(reply)[:200]}")
+
 for f in failures:
     print("FAIL:", f)
-print(f"{8 - len(failures)} passed, {len(failures)} failed")
+print(f"{10 - len(failures)} passed, {len(failures)} failed")
 sys.exit(1 if failures else 0)
