@@ -50,7 +50,6 @@ void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvca
     table.comp_blocks = comp_blocks.view();
     table.comp_pages_per_block = cache.comp_pages_per_block();
     table.comp_from = not_compacted.view();
-    table.none_compacted = true;
     backend.MeanKv(cache.pool_view(),
                    kernels::KvMeanBatch{row_seq.view(), row_head.view(), begin.view(), end.view(),
                                         begin.view(), table});

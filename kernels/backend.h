@@ -114,9 +114,6 @@ struct BlockTable {
   int comp_sink = 0;
   bool comp_token = false;
   bool comp_log_count = true;
-  // Known on the host: every comp_from[s] is 0. Unless so, a backend whose fast path reads
-  // compress-once heads whole (the CUDA prefill kernel) takes the one that skips dropped spans.
-  bool none_compacted = false;
   // Empty when no head of the layer re-indexes positions; both set together.
   Tensor head_reindex{};   // i32 [Hkv]: 1 for a ring head with re-indexed positions
   Tensor rope_inv_freq{};  // f32 [D/2]: the rotary inverse frequencies RopeWriteKv is given

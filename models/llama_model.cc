@@ -200,7 +200,6 @@ LlamaModel::StepMeta LlamaModel::BuildMeta(std::span<const BatchEntry> batch,
       HW_CHECK(from == 0 || batch[static_cast<size_t>(s)].tokens.size() == 1,
                "sequence {} was compacted after its prompt and can only decode", s);
       m.data.push_back(from);
-      m.any_compacted = m.any_compacted || from > 0;
     }
     for (int s = 0; s < m.num_seqs; ++s) {
       const size_t row_end = m.data.size() + static_cast<size_t>(m.max_blocks);
@@ -315,7 +314,6 @@ Tensor LlamaModel::Run(const StepMeta& m, const kernels::Buffer& meta, kvcache::
       table.comp_blocks = comp_blocks_t;
       table.comp_pages_per_block = cache.comp_pages_per_block();
       table.comp_from = comp_from_t;
-      table.none_compacted = !m.any_compacted;
       table.comp_sink = r.sink;
       table.comp_token = r.compensation;
       table.comp_log_count = r.compensation_by_count;

@@ -77,8 +77,7 @@ class LlamaModel {
     int num_seqs = 0, max_blocks = 1, max_query_len = 1;
     bool rings = false;     // the cache has ring heads: ring table and head flags follow
     bool compress = false;  // compress-once heads: compaction points, comp table, head flags follow
-    bool any_compacted = false;  // some sequence of the step is compacted (known on the host)
-    bool reindex = false;        // some ring heads re-index positions: their flags follow per layer
+    bool reindex = false;   // some ring heads re-index positions: their flags follow per layer
   };
   struct DecodeGraph {
     kernels::Buffer meta;  // the graph reads its metadata here; refreshed before each replay

@@ -7,8 +7,10 @@
 //
 // usage: hw_bench_streaming MODEL --prompt TEXT [--chat] [--attention-policy FILE]
 //          [--max-tokens N] [--span N] [--temperature T] [--top-p P] [--seed N]
-//          [--repetition-penalty R]
+//          [--repetition-penalty R] [--min-p P] [--device cpu|cuda] [--text-out FILE]
 //          [--threads N] [--prefill-chunk N]
+// --text-out writes the whole generated text there at the end. Each JSON line also carries the
+// backend's memory in use (device memory on the GPU) and the pages the sequence holds.
 // The sequence may run past the model's context only under a policy whose every head is a
 // re-indexed ring (engine::MaxSequenceTokens), as with `headwise generate`. EOS tokens are
 // sampled like any other and fed back (ignore-eos).
@@ -74,6 +76,8 @@ std::string JsonEscape(const std::string& s) {
 
 struct SpanPrinter {
   const hw::tokenizer::Tokenizer* tok = nullptr;
+  hw::kernels::Backend* backend = nullptr;       // its memory in use: flat on the GPU too
+  const hw::kvcache::SequenceKv* seq = nullptr;  // pages the sequence holds
   double start_s = Now(), logprob_sum = 0.0;
   int64_t nonfinite = 0, nonfinite_total = 0;
 
@@ -87,10 +91,15 @@ struct SpanPrinter {
       piece.erase(0, 1);
     }
     nonfinite_total += nonfinite;
+    const hw::kernels::Backend::MemoryInfo mem = backend->DeviceMemory();
     std::printf("%s\n", fmt::format(R"({{"tokens": {}, "position": {}, "rss_mib": {:.1f}, )"
+                                    R"("device_used_mib": {:.1f}, "kv_pages_held": {}, )"
                                     R"("mean_logprob": {:.4f}, "nonfinite_logits": {}, )"
                                     R"("tokens_per_s": {:.2f}, "excerpt": "{}"}})",
-                                    tokens, position, RssMiB(), logprob_sum / n, nonfinite,
+                                    tokens, position, RssMiB(),
+                                    static_cast<double>(mem.total_bytes - mem.free_bytes) /
+                                        (1024.0 * 1024.0),
+                                    seq->num_pages_held(), logprob_sum / n, nonfinite,
                                     n / (now - start_s), JsonEscape(piece))
                             .c_str());
     std::fflush(stdout);
@@ -128,7 +137,7 @@ int main(int argc, char** argv) {
   if (argc < 2) return Fail("usage: hw_bench_streaming MODEL --prompt TEXT [options]");
   const std::string model_path = argv[1];
   hw::tools::FlagParser flags(argc - 1, argv + 1);
-  std::string prompt, policy_path, text_path;
+  std::string prompt, policy_path, text_path, device = "cpu", text_out;
   bool chat = false;
   int max_tokens = 20000, span = 1000, threads = 0, prefill_chunk = 512;
   int64_t seed = 1;
@@ -144,6 +153,9 @@ int main(int argc, char** argv) {
   flags.Float("temperature", params.temperature);
   flags.Float("top-p", params.top_p);
   flags.Float("repetition-penalty", params.repetition_penalty);
+  flags.Float("min-p", params.min_p);
+  flags.String("device", device);
+  flags.String("text-out", text_out);
   flags.Int64("seed", seed);
   flags.Int("threads", threads);
   flags.Int("prefill-chunk", prefill_chunk);
@@ -155,7 +167,7 @@ int main(int argc, char** argv) {
   params.ignore_eos = true;
   params.seed = static_cast<uint64_t>(seed);
 
-  auto created = hw::kernels::CreateBackend("cpu", threads);
+  auto created = hw::kernels::CreateBackend(device, threads);
   if (!created.ok()) return Fail(created.status().message());
   auto backend = std::move(created).value();
   auto loaded = hw::engine::LoadModel(model_path, {}, *backend);
@@ -218,7 +230,7 @@ int main(int argc, char** argv) {
 
   if (!text_path.empty()) {
     // Teacher forcing: row i of a chunk's logits predicts the token after it.
-    SpanPrinter printer{&tok};
+    SpanPrinter printer{&tok, backend.get(), &seq};
     const int vocab = model.config().vocab_size;
     int scored = 0;
     size_t span_begin = 1;
@@ -259,51 +271,18 @@ int main(int argc, char** argv) {
   }
   std::vector<int32_t> out;
   out.reserve(static_cast<size_t>(max_tokens));
-  double logprob_sum = 0.0, span_start = Now();
-  int64_t nonfinite = 0, nonfinite_total = 0;
+  SpanPrinter printer{&tok, backend.get(), &seq};
   size_t span_begin = 0;
   for (int i = 0; i < max_tokens; ++i) {
     HW_CHECK_EQ(static_cast<int>(logits.size()), vocab);
-    double max_logit = -INFINITY;
-    for (const float x : logits) {
-      if (!std::isfinite(x)) {
-        ++nonfinite;
-      } else {
-        max_logit = std::max(max_logit, static_cast<double>(x));
-      }
-    }
     const hw::engine::SampledToken t = sampler.Sample(logits, ids, out);
-    double denom = 0.0;
-    for (const float x : logits) {
-      if (std::isfinite(x)) denom += std::exp(static_cast<double>(x) - max_logit);
-    }
-    logprob_sum +=
-        static_cast<double>(logits[static_cast<size_t>(t.id)]) - max_logit - std::log(denom);
+    printer.logprob_sum += LogProb(logits, t.id, printer.nonfinite);
     out.push_back(t.id);
     const int generated = i + 1;
     if (generated % span == 0 || generated == max_tokens) {
-      const double now = Now();
-      const int n = static_cast<int>(out.size() - span_begin);
-      std::string piece = tok.Decode(std::span<const int32_t>(out).subspan(span_begin), false);
-      if (piece.size() > 240) piece = piece.substr(piece.size() - 240);
-      // Keep whole UTF-8 characters: drop leading continuation bytes.
-      while (!piece.empty() && (static_cast<unsigned char>(piece[0]) & 0xC0) == 0x80) {
-        piece.erase(0, 1);
-      }
-      nonfinite_total += nonfinite;
-      std::printf(
-          "%s\n",
-          fmt::format(R"({{"tokens": {}, "position": {}, "rss_mib": {:.1f}, )"
-                      R"("mean_logprob": {:.4f}, "nonfinite_logits": {}, "tokens_per_s": {:.2f}, )"
-                      R"("excerpt": "{}"}})",
-                      generated, static_cast<int>(ids.size()) + generated, RssMiB(),
-                      logprob_sum / n, nonfinite, n / (now - span_start), JsonEscape(piece))
-              .c_str());
-      std::fflush(stdout);
-      logprob_sum = 0.0;
-      nonfinite = 0;
+      printer.Print(generated, static_cast<int>(ids.size()) + generated,
+                    std::span<const int32_t>(out).subspan(span_begin));
       span_begin = out.size();
-      span_start = now;
     }
     if (generated == max_tokens) break;
     const int32_t next = t.id;
@@ -311,7 +290,10 @@ int main(int argc, char** argv) {
                              static_cast<int>(ids.size()) + i, false};
     logits = model.ForwardToHost(std::span<const hw::models::BatchEntry>(&e, 1), **cache);
   }
+  if (!text_out.empty()) {
+    std::ofstream(text_out, std::ios::binary) << tok.Decode(out, false);
+  }
   std::fprintf(stderr, "done: %d tokens in %.0f s, %lld non-finite logits\n", max_tokens,
-               Now() - t0, static_cast<long long>(nonfinite_total));
+               Now() - t0, static_cast<long long>(printer.nonfinite_total));
   return 0;
 }

@@ -447,10 +447,7 @@ class CudaBackend final : public Backend {
     const int32_t* first_pos = nullptr;
     if (batch.max_query_len > 1 && batch.query_start.data != nullptr) {
       first_pos = FirstPositions(batch);
-      // The prefill kernel reads compress-once heads whole; a compacted sequence's decode token
-      // must skip the dropped span, whose pages may be freed.
-      const bool compacted = batch.table.has_compressed_heads() && !batch.table.none_compacted;
-      if (!compacted && PrefillAttention(q, kv, batch, first_pos, scale, out)) return;
+      if (PrefillAttention(q, kv, batch, first_pos, scale, out)) return;
     }
     // Decode, and prefill shapes the tensor-core prefill kernel does not take: each token
     // attends its own keys. The split count depends on shapes only (graph replays).

@@ -112,13 +112,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
   const int chunk_start = p.seq_first_pos[seq];
   const int pos0 = chunk_start + m0;  // position of the tile's first query row
   const int kv_head = qh / p.group;
-  const bool ring = p.kv.IsRing(kv_head);
   // Keys as indices 0 .. num_keys - 1 (positions through keys.Position): what the tile's last row
-  // attends, which covers every row's keys on full and ring heads alike (the window's start
-  // depends on the chunk, not the row).
-  // Compress-once heads attend everything here: batches with a compacted sequence go to the
-  // decode kernel (BlockTable::none_compacted).
-  const AttendedKeys keys = AttendedKeys::Ring(p.kv, ring, pos0 + rows - 1, chunk_start);
+  // attends, which covers every row's keys on full, ring and compress-once heads alike (a ring's
+  // window starts by the chunk, not the row; a compacted sequence's kept span by the sequence), so
+  // the causal mask by position is all that differs between rows.
+  const AttendedKeys keys = AttendedKeys::Of(p.kv, kv_head, seq, pos0 + rows - 1, chunk_start);
   const int num_keys = keys.count;
   const int num_tiles = (num_keys + kBlockN - 1) / kBlockN;
   const int32_t* blocks = p.kv.BlocksOf(seq, kv_head);
@@ -272,6 +270,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
         }
       }
 
+      // A compacted sequence's compensation token carries log(tokens it stands for) on its logit
+      // (AttendedKeys), in the raw q.k units of s: scaled by scale_log2 below.
+      if (keys.bias_index >= key0 && keys.bias_index < key0 + kBlockN) {
+        const float bias = keys.bias * kLog2e / p.scale_log2;
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+          for (int t = 0; t < kKeyTiles; ++t) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              if (key0 + t * 8 + (lane % 4) * 2 + (e & 1) == keys.bias_index) s[mt][t][e] += bias;
+            }
+          }
+        }
+      }
       if (keys.Position(key0 + kBlockN - 1) > warp_pos) {
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {

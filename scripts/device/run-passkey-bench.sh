@@ -18,8 +18,6 @@
 #   PASSKEY_ARGS      extra flags (default: --lengths 1024,2048,4096,8192 --samples 50)
 # A policy the engine refuses stops the run with the engine's message.
 set -uo pipefail
-STASH=/tmp/hw-smol
-SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 carry=/tmp/hw-gpu
 case "${1:-}" in
   stash)
@@ -27,11 +25,8 @@ case "${1:-}" in
     rm -rf "$carry" && cp -r .carry/gpu "$carry" && ls -la "$carry/bin"
     ;;
   run)
-    gguf=$STASH/SmolLM2-135M-Instruct.Q4_1.gguf
     [ -x "$carry/bin/hw_bench_passkey" ] || { echo "binaries not stashed: run '$0 stash' first"; exit 1; }
-    [ -f "$STASH/part.0" ] || { echo "part.0 not stashed: run 'scripts/device/smollm2-gpu.sh stash' first"; exit 1; }
-    cat "$STASH/part.0" .carry/smol1/part.1 >"$gguf" || exit 1
-    [[ "$(sha256sum "$gguf" | cut -d' ' -f1)" == "$SHA256" ]] || { echo "sha256 mismatch"; exit 1; }
+    gguf=$(scripts/device/smollm2-gpu.sh gguf) || exit 1
     export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
     export HEADWISE_SHARED=$carry/shared
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

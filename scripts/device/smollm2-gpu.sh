@@ -19,10 +19,17 @@ case "${1:-}" in
   stash)
     mkdir -p "$STASH" && cp .carry/smol0/part.0 "$STASH"/ && ls -la "$STASH" /tmp/hw-gpu/bin
     ;;
-  run)
+  gguf)
+    # Joins the stashed part.0 with the carried part.1 and prints the GGUF's path (the device
+    # scripts' common step).
     gguf=$STASH/SmolLM2-135M-Instruct.Q4_1.gguf
+    [ -f "$STASH/part.0" ] || { echo "part.0 not stashed: run '$0 stash' first" >&2; exit 1; }
     cat "$STASH/part.0" .carry/smol1/part.1 >"$gguf" || exit 1
-    [[ "$(sha256sum "$gguf" | cut -d' ' -f1)" == "$SHA256" ]] || { echo "sha256 mismatch"; exit 1; }
+    [[ "$(sha256sum "$gguf" | cut -d' ' -f1)" == "$SHA256" ]] || { echo "sha256 mismatch" >&2; exit 1; }
+    echo "$gguf"
+    ;;
+  run)
+    gguf=$("$0" gguf) || exit 1
     carry=/tmp/hw-gpu
     export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
     export HEADWISE_SOURCE_DIR=$(pwd) HEADWISE_SHARED=$carry/shared HEADWISE_SMOLLM2_GGUF=$gguf
@@ -37,7 +44,7 @@ case "${1:-}" in
     exit $rc
     ;;
   *)
-    echo "usage: $0 split|stash|run" >&2
+    echo "usage: $0 split|stash|gguf|run" >&2
     exit 2
     ;;
 esac

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "core/dtype.h"
@@ -180,15 +181,28 @@ struct Ring {
       false;  // StreamingLLM: the ring heads store k unrotated, attention rotates by rank
 };
 
+// Compress-once (RazorAttention) KV heads: with from non-empty the odd KV heads compress once,
+// their pages in a table of their own; sequence s is compacted when from[s] > 0 (it attends
+// positions [0, sink], the token at `sink` with its logit + log(from[s] - sink), and [from[s], p])
+// and then only decodes, whatever the batch's other sequences do.
+struct Comp {
+  int sink = 0;
+  std::vector<int> from;
+};
+
 // A batch of sequences with the given lengths, all tokens as queries (prefill) or only the
-// last `last_n` (1: decode; more: a prefill chunk after a cached prefix), through RopeWriteKv
-// then PagedAttention on both backends.
+// last `last_n` (1: decode; more: a prefill chunk after a cached prefix; a compacted sequence
+// always 1), through RopeWriteKv then PagedAttention on both backends.
 void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& lens, int last_n = 0,
-                    Ring ring = {}) {
+                    Ring ring = {}, const Comp& comp = {}) {
   const bool decode = last_n == 1;
-  auto is_query = [&](int s, int t) {
-    return last_n == 0 || t >= lens[static_cast<size_t>(s)] - last_n;
+  const bool compress = !comp.from.empty();
+  auto queries_of = [&](int s) {
+    const int len = lens[static_cast<size_t>(s)];
+    if (compress && comp.from[static_cast<size_t>(s)] > 0) return 1;
+    return last_n == 0 ? len : std::min(last_n, len);
   };
+  auto is_query = [&](int s, int t) { return t >= lens[static_cast<size_t>(s)] - queries_of(s); };
   const int page_size = 16;
   const int num_seqs = static_cast<int>(lens.size());
   // Shuffled blocks of pages_per_block pages, as the KV cache hands them out; each block also
@@ -199,7 +213,7 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
     max_blocks = std::max(max_blocks, (len + page_size - 1) / page_size);
     total_blocks += (len + page_size - 1) / page_size;
   }
-  const int table_count = ring.window > 0 ? 2 : 1;
+  const int table_count = ring.window > 0 || compress ? 2 : 1;
   const int num_blocks = table_count * total_blocks + 3, num_pages = num_blocks * pages_per_block;
   std::vector<int32_t> free_blocks(static_cast<size_t>(num_blocks));
   std::iota(free_blocks.begin(), free_blocks.end(), 0);
@@ -216,9 +230,9 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
   std::vector<int32_t> head_page(static_cast<size_t>(hkv)), head_ring(static_cast<size_t>(hkv));
   for (int h = 0; h < hkv; ++h) {
     head_page[static_cast<size_t>(h)] = 2 * (hkv - 1 - h) + 1;
-    head_ring[static_cast<size_t>(h)] = ring.window > 0 && h % 2 == 1;
+    head_ring[static_cast<size_t>(h)] = (ring.window > 0 || compress) && h % 2 == 1;
   }
-  auto slot_of = [&](int s, int h, int t) {
+  auto slot_of = [&](int s, int h, int t) {  // odd heads: the ring or compress-once table
     const auto& table = tables[head_ring[static_cast<size_t>(h)]];
     return (table[static_cast<size_t>(s * max_blocks + t / page_size)] * pages_per_block +
             head_page[static_cast<size_t>(h)]) *
@@ -261,6 +275,21 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
     table_g = {blg.view(), hpg.view(),      pages_per_block, hrg.view(),
                rbg.view(), pages_per_block, ring.sink,       ring.window};
     table_c.num_ring_heads = table_g.num_ring_heads = hkv / 2;
+  }
+  std::vector<int32_t> comp_from(static_cast<size_t>(num_seqs), 0);
+  if (compress) comp_from.assign(comp.from.begin(), comp.from.end());
+  auto [cfc, cfg] = p.UploadI32(comp_from, {num_seqs});
+  if (compress) {
+    for (auto [table, flags, blocks, from] :
+         {std::tuple{&table_c, &hrc, &rbc, &cfc}, std::tuple{&table_g, &hrg, &rbg, &cfg}}) {
+      table->head_comp = flags->view();
+      table->comp_blocks = blocks->view();
+      table->comp_pages_per_block = pages_per_block;
+      table->comp_from = from->view();
+      table->comp_sink = comp.sink;
+      table->comp_token = true;
+      table->comp_log_count = true;
+    }
   }
   auto [fc, fg] = p.UploadF32(inv_freq, {d / 2});
   if (ring.reindex) {
@@ -317,8 +346,7 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
   std::vector<int32_t> query_start = {0};
   int max_query_len = 1;
   for (int s = 0; s < num_seqs; ++s) {
-    const int n =
-        last_n == 0 ? lens[static_cast<size_t>(s)] : std::min(last_n, lens[static_cast<size_t>(s)]);
+    const int n = queries_of(s);
     query_start.push_back(query_start.back() + n);
     max_query_len = std::max(max_query_len, n);
   }
@@ -338,7 +366,7 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
       og.view());
   INFO("hq " << hq << " hkv " << hkv << " d " << d << " last_n " << last_n << " seqs " << num_seqs
              << " ring sink " << ring.sink << " window " << ring.window << " reindex "
-             << ring.reindex);
+             << ring.reindex << " compress-once " << compress);
   auto real_rows = [&](std::vector<float> v) {  // the padding row's output is unspecified
     v.resize(static_cast<size_t>(queries * hq * d));
     return v;
@@ -413,6 +441,22 @@ TEST_CASE("CUDA attention over re-indexed ring heads matches the CPU", "[cuda]")
         CheckAttention(p, hq, hkv, d, {1, 16, 33, 1000, 7}, 1, ring);
         CheckAttention(p, hq, hkv, d, {513, 2048, 5000}, 1, ring);
       }
+    }
+  }
+}
+
+// Compacted sequences decode beside other sequences' prefill chunks (the prefill kernel at head
+// dims 64 and 128 takes such batches, with the compensation token's log-count bias) and alone (the
+// decode kernel, one split or many).
+TEST_CASE("CUDA attention over compress-once heads of compacted sequences matches the CPU",
+          "[cuda]") {
+  Pair p;
+  for (auto [hq, hkv] : {std::pair{8, 2}, std::pair{32, 4}}) {
+    for (int d : {16, 64, 128}) {
+      CheckAttention(p, hq, hkv, d, {300, 700, 90, 1500}, 33, {}, Comp{4, {200, 0, 0, 1000}});
+      CheckAttention(p, hq, hkv, d, {700, 90, 1500}, 200, {}, Comp{0, {0, 40, 300}});
+      CheckAttention(p, hq, hkv, d, {1, 16, 33, 1000, 7}, 1, {}, Comp{4, {0, 10, 20, 600, 0}});
+      CheckAttention(p, hq, hkv, d, {513, 2048, 5000}, 1, {}, Comp{64, {400, 1900, 4000}});
     }
   }
 }
