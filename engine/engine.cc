@@ -129,6 +129,15 @@ struct Engine::Impl {
   // A cache of rings only holds a sequence of any length. Compaction does not lengthen it: a
   // request must fit whole, as its prompt (or its recompute after a preemption) is held whole.
   int MaxTokensInPool() const { return cache->max_tokens_per_sequence(); }
+  // Tokens of `seq` to compute this step, within `budget`. With compress-once heads a chunk stops
+  // at the prompt's end, where the sequence is compacted: a preempted sequence recomputing prompt
+  // and generated tokens compacts where it did the first time, so it goes on as it would have.
+  int ChunkOf(const Sequence& seq, int budget) const {
+    int count = std::min(seq.remaining(), budget);
+    const int to_prompt_end = static_cast<int>(seq.prompt_len) - seq.num_computed;
+    if (cache->has_compressed_heads() && to_prompt_end > 0) count = std::min(count, to_prompt_end);
+    return count;
+  }
   bool Step();
   void Finish(Sequence& seq, const std::string& reason, const std::string& error = "");
   void Preempt(std::unique_ptr<Sequence> seq);
@@ -268,7 +277,7 @@ bool Engine::Impl::Step() {
       Sequence& seq = *running[i];
       const bool decode = seq.remaining() == 1;
       if (decode != (pass == 0)) continue;
-      const int count = std::min(seq.remaining(), budget);
+      const int count = ChunkOf(seq, budget);
       if (!reserve(seq, seq.num_computed + count)) {
         // Not even alone: give its own pages back and wait.
         auto it = running.begin() + static_cast<std::ptrdiff_t>(i);
@@ -291,7 +300,7 @@ bool Engine::Impl::Step() {
       // The last token is always computed: its logits are what we sample from.
       seq.num_computed = std::min(hit, static_cast<int>(seq.tokens.size()) - 1);
     }
-    const int count = std::min(seq.remaining(), budget);
+    const int count = ChunkOf(seq, budget);
     if (!seq.kv->Reserve(seq.num_computed + count).ok()) {
       seq.kv->Release();  // keep nothing while waiting
       seq.num_computed = 0;
@@ -335,11 +344,13 @@ bool Engine::Impl::Step() {
     const int before = seq.num_computed;
     seq.num_computed += work[i].count;
     seq.kv->CommitComputed(seq.tokens, seq.num_computed);
-    if (seq.remaining() > 0) continue;
-    // The prompt (or a recomputed prefix) is complete: compress-once heads compact now.
-    if (work[i].count > 1 || before < static_cast<int>(seq.prompt_len)) {
+    // The prompt is in (ChunkOf ends a chunk there): compress-once heads compact now, also when
+    // a preempted sequence recomputes its generated tokens after it.
+    if (before < static_cast<int>(seq.prompt_len) &&
+        seq.num_computed >= static_cast<int>(seq.prompt_len)) {
       CompactAfterPrompt(*backend, *cache, *seq.kv, seq.num_computed);
     }
+    if (seq.remaining() > 0) continue;
     rows.push_back({&seq.sampler, static_cast<int>(i), seq.prompt(), seq.generated()});
     sampled.push_back(&seq);
   }

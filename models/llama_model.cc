@@ -192,13 +192,12 @@ LlamaModel::StepMeta LlamaModel::BuildMeta(std::span<const BatchEntry> batch,
   }
   // Compress-once heads: where each sequence's kept tokens resume (0: not compacted), then
   // each logical page's comp block (-1 where compaction freed it; padding 0, as above). A
-  // compacted sequence only decodes: its chunk attention would need the dropped span.
+  // compacted sequence's chunk (a preempted request recomputing its generated tokens) lies past
+  // the compaction point and attends what its decode steps did.
   m.compress = cache.has_compressed_heads();
   if (m.compress) {
     for (int s = 0; s < m.num_seqs; ++s) {
       const int from = s < num_seqs ? batch[static_cast<size_t>(s)].kv->compacted_from() : 0;
-      HW_CHECK(from == 0 || batch[static_cast<size_t>(s)].tokens.size() == 1,
-               "sequence {} was compacted after its prompt and can only decode", s);
       m.data.push_back(from);
     }
     for (int s = 0; s < m.num_seqs; ++s) {

@@ -343,6 +343,28 @@ TEST_CASE("A razor policy frees pages after the prompt and fits more sequences",
   CheckSame(alone, together);
   for (const Result& r : together) CHECK(r.ids.size() == static_cast<size_t>(max_tokens));
   CHECK(razor->Stats().kv_pages_used == 0);
+
+  // A pool that fits one request whole and little more: razor preempts too, and a preempted
+  // request, recomputing its prompt and what it had generated, compacts where it did the first
+  // time (after the prompt), so it goes on exactly as run alone.
+  // Requests of 100 prompt + 100 generated tokens in chunks of 32, so that compacted sequences
+  // grow into each other while decoding and the latest one is preempted.
+  config.num_kv_pages = 120;
+  config.max_num_batched_tokens = 32;
+  for (EngineRequest& r : requests) {
+    r.prompt_ids.resize(100);
+    r.params.max_tokens = 100;
+  }
+  alone.clear();
+  for (const EngineRequest& r : requests) {
+    auto engine = StartEngine(config);
+    auto s = engine->Submit(r);
+    REQUIRE(s.ok());
+    alone.push_back(Drain(**s));
+  }
+  auto tight = StartEngine(config);
+  CheckSame(alone, run_all(*tight));
+  CHECK(tight->metrics().Value("headwise_preemptions_total") > 0);
   std::filesystem::remove_all(dir);
 }
 

@@ -183,24 +183,30 @@ struct Ring {
 
 // Compress-once (RazorAttention) KV heads: with from non-empty the odd KV heads compress once,
 // their pages in a table of their own; sequence s is compacted when from[s] > 0 (it attends
-// positions [0, sink], the token at `sink` with its logit + log(from[s] - sink), and [from[s], p])
-// and then only decodes, whatever the batch's other sequences do.
+// positions [0, sink], the token at `sink` with its logit + log(from[s] - sink), and [from[s], p]);
+// its queries are the last ones past from[s].
 struct Comp {
   int sink = 0;
   std::vector<int> from;
 };
 
 // A batch of sequences with the given lengths, all tokens as queries (prefill) or only the
-// last `last_n` (1: decode; more: a prefill chunk after a cached prefix; a compacted sequence
-// always 1), through RopeWriteKv then PagedAttention on both backends.
+// last `last_n` (1: decode; more: a prefill chunk after a cached prefix; for a compacted
+// sequence at most those past its compaction point), through RopeWriteKv then PagedAttention on
+// both backends.
 void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& lens, int last_n = 0,
                     Ring ring = {}, const Comp& comp = {}) {
   const bool decode = last_n == 1;
   const bool compress = !comp.from.empty();
   auto queries_of = [&](int s) {
     const int len = lens[static_cast<size_t>(s)];
-    if (compress && comp.from[static_cast<size_t>(s)] > 0) return 1;
-    return last_n == 0 ? len : std::min(last_n, len);
+    const int n = last_n == 0 ? len : std::min(last_n, len);
+    // A compacted sequence's queries lie past its kept span's start (decode, or a preempted
+    // request recomputing its generated tokens).
+    if (compress && comp.from[static_cast<size_t>(s)] > 0) {
+      return std::min(n, len - comp.from[static_cast<size_t>(s)]);
+    }
+    return n;
   };
   auto is_query = [&](int s, int t) { return t >= lens[static_cast<size_t>(s)] - queries_of(s); };
   const int page_size = 16;
@@ -445,9 +451,10 @@ TEST_CASE("CUDA attention over re-indexed ring heads matches the CPU", "[cuda]")
   }
 }
 
-// Compacted sequences decode beside other sequences' prefill chunks (the prefill kernel at head
-// dims 64 and 128 takes such batches, with the compensation token's log-count bias) and alone (the
-// decode kernel, one split or many).
+// Compacted sequences decode, or recompute chunks past their compaction point (a preempted
+// request), beside other sequences' prefill chunks (the prefill kernel at head dims 64 and 128
+// takes such batches, with the compensation token's log-count bias), and decode alone (the decode
+// kernel, one split or many).
 TEST_CASE("CUDA attention over compress-once heads of compacted sequences matches the CPU",
           "[cuda]") {
   Pair p;
