@@ -21,13 +21,15 @@ namespace {
 using kernels::BlockTable;
 using kernels::Buffer;
 using kernels::PagedAttentionBatch;
-using kernels::SparseDecodeBatch;
 using kvcache::HeadClassLayout;
 using kvcache::KvCache;
 using kvcache::KvCacheConfig;
 using kvcache::Retention;
 using kvcache::SequenceKv;
 using testing::Download;
+using testing::IndexListAttention;
+using testing::IndexRow;
+using testing::MaxAbsDiff;
 using testing::Upload;
 using testing::UploadI32;
 
@@ -127,44 +129,28 @@ TEST_CASE("Compress-once heads: attention after compaction equals sinks + mean t
                     freq.view(), full.pool_view(), q_full.view());
     const bool compacted = mixed_seq.compacted_from() > 0;
     for (int policy = 0; policy < 2; ++policy) {  // 1: as the policy keeps; 0: dense
-      std::vector<int32_t> indices, row_seq, row_head, indptr = {0};
-      std::vector<float> bias;
+      std::vector<IndexRow> rows;
       for (int i = 0; i < n; ++i) {
         const int p = start + i;
         for (int h = 0; h < hkv; ++h) {
           const bool keep_all = policy == 0 || !compacted || head_comp[static_cast<size_t>(h)] == 0;
+          IndexRow& r = rows.emplace_back(IndexRow{i, h, {}, {}});
           for (int k = 0; k <= p; ++k) {
             if (keep_all || k < sink || k >= first_kept) {
-              indices.push_back(k);
-              bias.push_back(0.0f);
+              r.positions.push_back(k);
+              r.bias.push_back(0.0f);
             }
             if (!keep_all && k == sink) {
-              indices.push_back(comp_pos);
-              bias.push_back(std::log(static_cast<float>(dropped)));
+              r.positions.push_back(comp_pos);
+              r.bias.push_back(std::log(static_cast<float>(dropped)));
             }
           }
-          row_seq.push_back(i);
-          row_head.push_back(h);
-          indptr.push_back(static_cast<int32_t>(indices.size()));
         }
       }
-      const int rows = n * hkv;
-      const auto nnz = static_cast<int64_t>(indices.size());
-      Buffer ix = UploadI32(*be, indices, {nnz}), lb = Upload(*be, bias, {nnz});
-      Buffer ip = UploadI32(*be, indptr, {rows + 1});
-      Buffer rs = UploadI32(*be, row_seq, {rows}), rh = UploadI32(*be, row_head, {rows});
-      Buffer ref = be->Allocate(DType::kF32, {rows, hq / hkv, d});
-      Buffer lse = be->Allocate(DType::kF32, {rows, hq / hkv});
-      be->SparseDecodeAttention(
-          q_full.view(), full.pool_view(),
-          SparseDecodeBatch{rs.view(), rh.view(), ip.view(), ix.view(), lb.view(), full_table},
-          0.25f, ref.view(), lse.view());
-      const std::vector<float> want = Download(*be, ref);
+      const std::vector<float> want =
+          IndexListAttention(*be, q_full.view(), full.pool_view(), full_table, 0.25f, rows).out;
       REQUIRE(got.size() == want.size());
-      double max_diff = 0.0;
-      for (size_t i = 0; i < got.size(); ++i) {
-        max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - want[i])));
-      }
+      const double max_diff = MaxAbsDiff(got, want);
       INFO("tokens " << start << ".." << end - 1 << (policy ? " policy" : " dense"));
       if (policy == 1) {
         CHECK(max_diff < 1e-5);  // float against double sums

@@ -20,9 +20,12 @@ using kernels::Backend;
 using kernels::BlockTable;
 using kernels::Buffer;
 using kernels::PagedAttentionBatch;
-using kernels::SparseDecodeBatch;
 
 using testing::Download;
+using testing::IndexListAttention;
+using testing::IndexListResult;
+using testing::IndexRow;
+using testing::MaxAbsDiff;
 using testing::Upload;
 using testing::UploadI32;
 
@@ -101,27 +104,17 @@ TEST_CASE("Ring storage: decode over sinks + window equals attention over a full
       be->RopeWriteKv(qkv_b.view(), PagedAttentionBatch{zero.view(), pos_b.view(), table, {}, 1},
                       freq.view(), c.cache.pool_view(), q.view());
       // The retained positions: sinks, then the window (no overlap while short).
-      std::vector<int32_t> indices, row_seq, row_head, indptr = {0};
+      std::vector<IndexRow> rows;
       for (int h = 0; h < hkv; ++h) {
+        IndexRow& r = rows.emplace_back(IndexRow{0, h, {}, {}});
         for (int p = 0; p <= pos; ++p) {
-          if (p < sink || p > pos - window) indices.push_back(p);
+          if (p < sink || p > pos - window) r.positions.push_back(p);
         }
-        row_seq.push_back(0);
-        row_head.push_back(h);
-        indptr.push_back(static_cast<int32_t>(indices.size()));
       }
-      Buffer ix = UploadI32(*be, indices, {static_cast<int64_t>(indices.size())});
-      Buffer ip = UploadI32(*be, indptr, {hkv + 1});
-      Buffer rs = UploadI32(*be, row_seq, {hkv}), rh = UploadI32(*be, row_head, {hkv});
-      Buffer out = be->Allocate(DType::kF32, {hkv, hq / hkv, d});
-      Buffer lse = be->Allocate(DType::kF32, {hkv, hq / hkv});
-      be->SparseDecodeAttention(
-          q.view(), c.cache.pool_view(),
-          SparseDecodeBatch{rs.view(), rh.view(), ip.view(), ix.view(), {}, table}, 0.25f,
-          out.view(), lse.view());
-      outs[which] = Download(*be, out);
-      const std::vector<float> l = Download(*be, lse);
-      outs[which].insert(outs[which].end(), l.begin(), l.end());
+      const IndexListResult ref =
+          IndexListAttention(*be, q.view(), c.cache.pool_view(), table, 0.25f, rows);
+      outs[which] = ref.out;
+      outs[which].insert(outs[which].end(), ref.lse.begin(), ref.lse.end());
     }
     INFO("position " << pos);
     REQUIRE(outs[0] == outs[1]);
@@ -214,36 +207,24 @@ TEST_CASE("Mixed full and ring heads: paged attention equals the masked dense at
                                                    full_pages_b.view(), full.pages_per_block()},
                                         qs_b.view(), n},
                     freq.view(), full.pool_view(), q_full.view());
-    std::vector<int32_t> indices, row_seq, row_head, indptr = {0};
+    std::vector<IndexRow> rows;
     for (int i = 0; i < n; ++i) {
       const int p = start + i;
       for (int h = 0; h < hkv; ++h) {
+        IndexRow& r = rows.emplace_back(IndexRow{i, h, {}, {}});
         for (int k = 0; k <= p; ++k) {
           const bool ring_head = head_ring[static_cast<size_t>(h)] != 0;
-          if (!ring_head || k < sink || k >= std::max(sink, start - window)) indices.push_back(k);
+          if (!ring_head || k < sink || k >= std::max(sink, start - window)) {
+            r.positions.push_back(k);
+          }
         }
-        row_seq.push_back(i);
-        row_head.push_back(h);
-        indptr.push_back(static_cast<int32_t>(indices.size()));
       }
     }
-    const int rows = n * hkv;
-    Buffer ix = UploadI32(*be, indices, {static_cast<int64_t>(indices.size())});
-    Buffer ip = UploadI32(*be, indptr, {rows + 1});
-    Buffer rs = UploadI32(*be, row_seq, {rows}), rh = UploadI32(*be, row_head, {rows});
-    Buffer ref = be->Allocate(DType::kF32, {rows, hq / hkv, d});
-    Buffer lse = be->Allocate(DType::kF32, {rows, hq / hkv});
-    be->SparseDecodeAttention(
-        q_full.view(), full.pool_view(),
-        SparseDecodeBatch{rs.view(), rh.view(), ip.view(), ix.view(), {}, full_table}, 0.25f,
-        ref.view(), lse.view());
     // [n, hkv, group, d] is [n, hq, d]: the rows are in the same order.
-    const std::vector<float> want = Download(*be, ref);
+    const std::vector<float> want =
+        IndexListAttention(*be, q_full.view(), full.pool_view(), full_table, 0.25f, rows).out;
     REQUIRE(got.size() == want.size());
-    double max_diff = 0.0;
-    for (size_t i = 0; i < got.size(); ++i) {
-      max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - want[i])));
-    }
+    const double max_diff = MaxAbsDiff(got, want);
     INFO("tokens " << start << ".." << end - 1);
     CHECK(max_diff < 1e-5);  // float against double softmax sums
     if (start - window > sink) ++ring_checked;
