@@ -36,6 +36,7 @@ struct RequestStream::Shared {
   bool done = false;  // the finished event was delivered to the consumer
   std::atomic<bool> abort_requested{false};
   std::function<void()> wake_engine;  // set by the engine: an abort should not wait for a step
+  std::function<void()> on_output;    // EngineRequest::on_output
 
   void Push(RequestOutput out) {
     {
@@ -43,6 +44,7 @@ struct RequestStream::Shared {
       events.push_back(std::move(out));
     }
     cv.notify_all();
+    if (on_output) on_output();
   }
 };
 
@@ -554,6 +556,7 @@ StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
   seq->arrival = Clock::now();
   seq->shared = std::make_shared<RequestStream::Shared>();
   seq->shared->wake_engine = [&im] { im.Wake(); };
+  seq->shared->on_output = std::move(request.on_output);
   std::string id;
   {
     std::lock_guard<std::mutex> lock(im.mu);

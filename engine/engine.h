@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -41,6 +42,9 @@ struct EngineRequest {
   std::vector<int32_t> prompt_ids;
   SamplingParams params;
   bool detokenize = true;  // produce text deltas (needs the model's tokenizer)
+  // Called on the engine thread after each event is queued (keep it short and non-blocking): a
+  // front end that serves many streams from one thread waits for it instead of polling each.
+  std::function<void()> on_output;
 };
 
 // One event of a request: what it produced since the last event.

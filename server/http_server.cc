@@ -1,23 +1,16 @@
 #include "server/http_server.h"
 
-#include <dirent.h>
-#include <httplib.h>
-#include <netdb.h>
-#include <poll.h>
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
-#include <cstdlib>
+#include <condition_variable>
 #include <ctime>
 #include <mutex>
 #include <set>
 #include <thread>
-#include <unordered_set>
 
 #include "engine/chat_renderer.h"
 #include "engine/engine.h"
@@ -28,11 +21,14 @@ namespace headwise::server {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using http::Exchange;
 using std::chrono::milliseconds;
 
-// How long one wait for engine events lasts before the client's socket is checked again: an
-// abort reaches the engine within this plus one engine step.
+// The pump's longest sleep when no engine event wakes it: a client that disconnects is noticed
+// within this (plus one engine step before its pages are free).
 constexpr milliseconds kPollInterval{20};
+// How long an aborted request may take to report its end before its response is cut.
+constexpr std::chrono::seconds kAbortGrace{5};
 
 const std::set<std::string>& KnownRoutes() {
   static const auto* routes = new std::set<std::string>{
@@ -55,93 +51,22 @@ std::string RouteLabel(const std::string& path) {
   return "other";
 }
 
-void ReplyJson(httplib::Response& res, int status, const Json& body) {
-  res.status = status;
-  res.set_content(DumpJson(body), "application/json");
+// Routes open without the API key: probes and scrapes from inside the deployment.
+bool IsOpenRoute(const std::string& path) {
+  return path == "/health" || path == "/metrics";
 }
 
-void ReplyError(httplib::Response& res, const ApiError& e) {
-  ReplyJson(res, e.status, ErrorBody(e));
-  if (e.status == 503) res.set_header("Retry-After", "1");
+void ReplyJson(Exchange& ex, int status, const Json& body, http::Headers headers = {}) {
+  ex.Reply(status, "application/json", DumpJson(body), std::move(headers));
 }
 
-// cpp-httplib 0.11.4 gives handlers no access to their connection, yet a request whose client
-// has gone must be aborted (PEERS.md §3, item 6). The connection is found once per generation
-// request by its addresses among this process's sockets; it stays open (and the fd ours) for as
-// long as the handler and its content provider run.
-std::string NumericHost(const sockaddr_storage& addr, socklen_t len, int& port) {
-  char host[NI_MAXHOST];
-  if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, host, sizeof(host), nullptr, 0,
-                  NI_NUMERICHOST) != 0) {
-    return "";
-  }
-  port = addr.ss_family == AF_INET6 ? ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port)
-                                    : ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
-  return host;
+void ReplyError(Exchange& ex, const ApiError& e, http::Headers headers = {}) {
+  if (e.status == 503) headers.emplace_back("Retry-After", "1");
+  ReplyJson(ex, e.status, ErrorBody(e), std::move(headers));
 }
 
-// Calls fn(fd, peer host, peer port, local port) for each connected socket of this process
-// until it returns true.
-template <typename Fn>
-void ForEachConnectedSocket(Fn fn) {
-  DIR* dir = opendir("/proc/self/fd");
-  if (!dir) return;
-  const int own = dirfd(dir);
-  while (dirent* e = readdir(dir)) {
-    char* end = nullptr;
-    const long fd = std::strtol(e->d_name, &end, 10);
-    if (end == e->d_name || *end != '\0' || fd == own) continue;
-    struct stat st;
-    if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    sockaddr_storage peer{}, local{};
-    socklen_t peer_len = sizeof(peer), local_len = sizeof(local);
-    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 ||
-        getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_len) != 0) {
-      continue;
-    }
-    int peer_port = -1, local_port = -1;
-    const std::string peer_host = NumericHost(peer, peer_len, peer_port);
-    NumericHost(local, local_len, local_port);
-    if (fn(static_cast<int>(fd), peer_host, peer_port, local_port)) break;
-  }
-  closedir(dir);
-}
-
-int FindConnectionFd(const httplib::Request& req) {
-  int found = -1;
-  ForEachConnectedSocket([&](int fd, const std::string& peer_host, int peer_port, int local_port) {
-    if (peer_port != req.remote_port || local_port != req.local_port ||
-        peer_host != req.remote_addr) {
-      return false;
-    }
-    found = fd;
-    return true;
-  });
-  return found;
-}
-
-// Shuts the read side of every accepted connection of the server on `local_port`: a worker
-// waiting for the next keep-alive request then sees end-of-file and closes the connection.
-void ShutdownClientSockets(int local_port) {
-  if (local_port <= 0) return;
-  ForEachConnectedSocket([&](int fd, const std::string&, int, int port) {
-    if (port == local_port) shutdown(fd, SHUT_RD);
-    return false;
-  });
-}
-
-// True when the client has closed or reset its end. Data waiting to be read (a pipelined next
-// request) does not count.
-bool PeerGone(int fd) {
-  if (fd < 0) return false;
-  pollfd p{fd, POLLIN | POLLRDHUP, 0};
-  if (poll(&p, 1, 0) <= 0) return false;
-  if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return true;
-  if (p.revents & POLLIN) {
-    char c;
-    return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
-  }
-  return false;
+ApiError ShuttingDown() {
+  return ApiError{503, "the server is shutting down", "server_error", "", ""};
 }
 
 int64_t UnixNow() {
@@ -167,18 +92,10 @@ struct Child {
   int32_t prev_token = -1;
 };
 
-// A whole API request: one child per (prompt, n). Counted in `active` while it lives, so that
-// shutdown can wait for running requests to end with their final chunks.
+// A whole API request: one child per (prompt, n), and the exchange its answer goes to.
 struct Job {
-  explicit Job(std::atomic<int>& active) : active_(active) { ++active_; }
-  ~Job() {
-    children.clear();  // aborts what is still running before the count drops
-    --active_;
-  }
-  Job(const Job&) = delete;
-  Job& operator=(const Job&) = delete;
-
   ApiKind kind = ApiKind::kCompletion;
+  std::shared_ptr<Exchange> exchange;
   std::string id;
   int64_t created = 0;
   std::string model;
@@ -186,10 +103,8 @@ struct Job {
   std::vector<std::string> prompt_texts;  // for echo
   std::vector<std::vector<int32_t>> prompt_ids;
   std::vector<Child> children;
-  int fd = -1;
   bool aborted = false;
   Clock::time_point abort_time;
-  std::atomic<int>& active_;
 
   bool AllFinished() const {
     for (const auto& c : children) {
@@ -220,31 +135,17 @@ void Apply(Child& c, const engine::RequestOutput& ev) {
   }
 }
 
-// Gathers the children's events, waiting up to `wait` when none is ready.
-std::vector<std::pair<size_t, engine::RequestOutput>> Poll(Job& job, milliseconds wait) {
+// The children's events that are ready, without waiting.
+std::vector<std::pair<size_t, engine::RequestOutput>> Poll(Job& job) {
   std::vector<std::pair<size_t, engine::RequestOutput>> events;
-  auto drain = [&] {
-    for (size_t i = 0; i < job.children.size(); ++i) {
-      Child& c = job.children[i];
-      while (!c.finished) {
-        auto ev = c.stream->Next(milliseconds(0));
-        if (!ev) break;
-        Apply(c, *ev);
-        events.emplace_back(i, std::move(*ev));
-      }
-    }
-  };
-  drain();
-  if (!events.empty()) return events;
   for (size_t i = 0; i < job.children.size(); ++i) {
     Child& c = job.children[i];
-    if (c.finished) continue;
-    if (auto ev = c.stream->Next(wait)) {
+    while (!c.finished) {
+      auto ev = c.stream->Next(milliseconds(0));
+      if (!ev) break;
       Apply(c, *ev);
       events.emplace_back(i, std::move(*ev));
-      drain();
     }
-    break;
   }
   return events;
 }
@@ -264,6 +165,20 @@ UsageInfo JobUsage(const Job& job) {
   }
   return u;
 }
+
+// Wakes the pump. Shared with the engine's output callbacks, which may outlive the server.
+struct PumpSignal {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool pending = false;
+  void Notify() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      pending = true;
+    }
+    cv.notify_one();
+  }
+};
 
 }  // namespace
 
@@ -289,192 +204,90 @@ class HttpServer::Impl {
                      "Generation requests accepted by the engine, by API and attention policy");
     m.DeclareCounter("headwise_client_disconnects_total",
                      "Generation requests aborted because their client went away, by API");
-    SetUp();
+    transport_ = std::make_unique<http::Transport>(
+        opts_.transport, [this](std::shared_ptr<Exchange> ex) { Handle(std::move(ex)); },
+        [this](const http::Request& req, int status) {
+          engine_.metrics().Increment(
+              "headwise_http_requests_total", 1.0,
+              {{"route", RouteLabel(req.path)}, {"status", std::to_string(status)}});
+          spdlog::info("{} {} {}", req.method.empty() ? "-" : req.method,
+                       req.path.empty() ? "-" : req.path, status);
+        });
   }
 
-  StatusOr<int> Bind() {
-    int port = opts_.port;
-    if (port == 0) {
-      port = svr_.bind_to_any_port(opts_.host);
-      if (port < 0) return InvalidArgument("cannot listen on {} (any port)", opts_.host);
-    } else if (!svr_.bind_to_port(opts_.host, port)) {
-      return InvalidArgument("cannot listen on {}:{} (address in use or not available)", opts_.host,
-                             port);
-    }
-    bound_port_ = port;
-    return port;
-  }
+  StatusOr<int> Bind() { return transport_->Bind(); }
 
   void Run() {
-    run_started_ = true;
-    if (!stopping_) svr_.listen_after_bind();
-    running_done_ = true;
+    std::thread pump([this] { PumpLoop(); });
+    transport_->Run();
+    pump_stop_ = true;
+    signal_->Notify();
+    pump.join();
   }
 
   void Stop() {
     stopping_ = true;
-    // Running requests see stopping_, abort their engine requests and end with a final
-    // "abort" chunk (streams) or a 503; give them a moment to do so before closing.
-    // A handler returns before its response is written, and once the read side of a connection
-    // is shut cpp-httplib no longer writes to it: wait for the writes too, or a 503 is lost.
-    const auto grace_end = Clock::now() + std::chrono::seconds(3);
-    while ((active_jobs_ > 0 || NumUnwritten() > 0) && Clock::now() < grace_end)
-      std::this_thread::sleep_for(milliseconds(10));
-    // listen_after_bind() may not have started yet; retry until it has returned. Idle
-    // keep-alive connections would hold the worker threads (and so Run()) for the whole
-    // keep-alive timeout; their read side is shut so that they close at once.
-    while (run_started_ && !running_done_) {
-      svr_.stop();
-      ShutdownClientSockets(bound_port_);
-      if (running_done_) break;
-      std::this_thread::sleep_for(milliseconds(20));
-    }
+    signal_->Notify();  // the pump aborts what is running
+    transport_->Stop(opts_.shutdown_timeout);
   }
 
  private:
-  void SetUp() {
-    const int threads = std::max(8, opts_.http_threads);
-    svr_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-    svr_.set_payload_max_length(opts_.max_body_bytes);
-    // cpp-httplib's default also sets SO_REUSEPORT, which lets a second server share a port
-    // that is in use and take half of its connections; a busy port must be a startup error.
-    svr_.set_socket_options([](socket_t sock) {
-      int yes = 1;
-      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    });
-    svr_.set_keep_alive_timeout(opts_.keep_alive_seconds);
-    svr_.set_read_timeout(30, 0);
-    svr_.set_write_timeout(30, 0);
+  // ---- Routing (worker threads) -----------------------------------------------------------
 
-    svr_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      {
-        std::lock_guard<std::mutex> lock(unwritten_mu_);
-        unwritten_.insert(&req);
+  void Handle(std::shared_ptr<Exchange> ex) {
+    const http::Request& req = ex->request();
+    if (!opts_.api_key.empty() && !IsOpenRoute(req.path) && !Authorized(req)) {
+      const bool missing = req.Header("authorization").empty();
+      return ReplyError(*ex,
+                        ApiError{401,
+                                 missing ? "missing API key: send 'Authorization: Bearer KEY'"
+                                         : "incorrect API key provided",
+                                 "invalid_request_error", "", "invalid_api_key"},
+                        {{"WWW-Authenticate", "Bearer"}});
+    }
+    const std::string& path = req.path;
+    const bool known = KnownRoutes().count(path) > 0 || path.rfind("/v1/models/", 0) == 0;
+    if (!known) {
+      return ReplyError(*ex, NotFoundError(fmt::format("Invalid URL ({} {})", req.method, path), "",
+                                           "unknown_url"));
+    }
+    const std::string allow = AllowedMethods(path);
+    if (req.method != allow) {
+      return ReplyError(
+          *ex,
+          ApiError{405,
+                   fmt::format("method {} is not allowed on {}; use {}", req.method, path, allow),
+                   "invalid_request_error", "", "method_not_allowed"},
+          {{"Allow", allow}});
+    }
+    try {
+      if (path == "/v1/completions") return HandleGeneration(ApiKind::kCompletion, std::move(ex));
+      if (path == "/v1/chat/completions") return HandleGeneration(ApiKind::kChat, std::move(ex));
+      if (path == "/v1/models") return HandleModels(*ex);
+      if (path == "/health") return HandleHealth(*ex);
+      if (path == "/metrics") {
+        return ex->Reply(200, "text/plain; version=0.0.4; charset=utf-8",
+                         engine_.metrics().RenderPrometheus());
       }
-      if (opts_.api_key.empty() || req.path.rfind("/v1/", 0) != 0) {
-        return httplib::Server::HandlerResponse::Unhandled;
+      if (path == "/tokenize") return HandleTokenize(*ex);
+      if (path == "/detokenize") return HandleDetokenize(*ex);
+      return HandleModel(*ex, path.substr(std::string("/v1/models/").size()));
+    } catch (const std::exception& e) {
+      spdlog::error("{} {}: {}", req.method, path, e.what());
+      if (!ex->responded()) {
+        ReplyError(*ex, ApiError{500, std::string("internal server error: ") + e.what(),
+                                 "server_error", "", ""});
       }
-      const std::string auth = req.get_header_value("Authorization");
-      const std::string want = "Bearer " + opts_.api_key;
-      // Constant time over the expected length: the key's prefix is not revealed by timing.
-      bool ok = auth.size() == want.size();
-      unsigned diff = 0;
-      for (size_t i = 0; i < want.size(); ++i) diff |= (i < auth.size() ? auth[i] : 0) ^ want[i];
-      ok = ok && diff == 0;
-      if (ok) return httplib::Server::HandlerResponse::Unhandled;
-      ReplyError(res, ApiError{401,
-                               auth.empty() ? "missing API key: send 'Authorization: Bearer KEY'"
-                                            : "incorrect API key provided",
-                               "invalid_request_error", "", "invalid_api_key"});
-      res.set_header("WWW-Authenticate", "Bearer");
-      return httplib::Server::HandlerResponse::Handled;
-    });
-
-    svr_.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req,
-                                                                       httplib::Response& res) {
-      if (!res.body.empty() || res.content_provider_) {
-        return httplib::Server::HandlerResponse::Unhandled;
-      }
-      if (res.status == 404 && KnownRoutes().count(req.path)) {
-        const std::string allow = AllowedMethods(req.path);
-        ReplyError(res, ApiError{405,
-                                 fmt::format("method {} is not allowed on {}; use {}", req.method,
-                                             req.path, allow),
-                                 "invalid_request_error", "", "method_not_allowed"});
-        res.set_header("Allow", allow);
-      } else if (res.status == 404) {
-        ReplyError(res, NotFoundError(fmt::format("Invalid URL ({} {})", req.method, req.path), "",
-                                      "unknown_url"));
-      } else if (res.status == 413) {
-        ReplyError(res, ApiError{413,
-                                 fmt::format("the request body is over the limit of {} bytes",
-                                             opts_.max_body_bytes),
-                                 "invalid_request_error", "", "request_too_large"});
-      } else if (res.status < 500) {
-        ReplyError(res,
-                   ApiError{res.status, "malformed HTTP request", "invalid_request_error", "", ""});
-      } else {
-        ReplyError(res, ApiError{res.status, "internal server error", "server_error", "", ""});
-      }
-      return httplib::Server::HandlerResponse::Handled;
-    }));
-
-    svr_.set_exception_handler(
-        [](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
-          std::string what = "unknown exception";
-          try {
-            if (ep) std::rethrow_exception(ep);
-          } catch (const std::exception& e) {
-            what = e.what();
-          } catch (...) {
-          }
-          spdlog::error("{} {}: {}", req.method, req.path, what);
-          ReplyError(res, ApiError{500, "internal server error: " + what, "server_error", "", ""});
-        });
-
-    // cpp-httplib logs a response once it has been written (or its write failed).
-    svr_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-      {
-        std::lock_guard<std::mutex> lock(unwritten_mu_);
-        unwritten_.erase(&req);
-      }
-      engine_.metrics().Increment(
-          "headwise_http_requests_total", 1.0,
-          {{"route", RouteLabel(req.path)}, {"status", std::to_string(res.status)}});
-      spdlog::info("{} {} {}", req.method, req.path, res.status);
-    });
-
-    svr_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      Guarded(res, [&] { HandleGeneration(ApiKind::kCompletion, req, res); });
-    });
-    svr_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      Guarded(res, [&] { HandleGeneration(ApiKind::kChat, req, res); });
-    });
-    svr_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-      Json data = Json::array();
-      for (const auto& name : opts_.served_model_names) data.push_back(ModelCard(name));
-      ReplyJson(res, 200, Json{{"object", "list"}, {"data", std::move(data)}});
-    });
-    svr_.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
-      const std::string name = req.matches[1];
-      for (const auto& served : opts_.served_model_names) {
-        if (served == name) return ReplyJson(res, 200, ModelCard(name));
-      }
-      ReplyError(res, ModelNotFound(name));
-    });
-    svr_.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-      if (stopping_) {
-        return ReplyError(res,
-                          ApiError{503, "the server is shutting down", "server_error", "", ""});
-      }
-      if (!engine_.Stats().alive) {
-        return ReplyError(res,
-                          ApiError{503, "the engine thread has stopped", "server_error", "", ""});
-      }
-      res.status = 200;
-    });
-    svr_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-      res.status = 200;
-      res.set_content(engine_.metrics().RenderPrometheus(),
-                      "text/plain; version=0.0.4; charset=utf-8");
-    });
-    svr_.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
-      Guarded(res, [&] { HandleTokenize(req, res); });
-    });
-    svr_.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
-      Guarded(res, [&] { HandleDetokenize(req, res); });
-    });
+    }
   }
 
-  template <typename F>
-  void Guarded(httplib::Response& res, F&& f) {
-    try {
-      f();
-    } catch (const std::exception& e) {
-      spdlog::error("handler: {}", e.what());
-      ReplyError(res, ApiError{500, std::string("internal server error: ") + e.what(),
-                               "server_error", "", ""});
-    }
+  bool Authorized(const http::Request& req) const {
+    const std::string_view auth = req.Header("authorization");
+    const std::string want = "Bearer " + opts_.api_key;
+    // Constant time over the expected length: the key's prefix is not revealed by timing.
+    unsigned diff = auth.size() == want.size() ? 0 : 1;
+    for (size_t i = 0; i < want.size(); ++i) diff |= (i < auth.size() ? auth[i] : 0) ^ want[i];
+    return diff == 0;
   }
 
   Json ModelCard(const std::string& name) const {
@@ -492,6 +305,27 @@ class HttpServer::Impl {
                          "model_not_found");
   }
 
+  void HandleModels(Exchange& ex) {
+    Json data = Json::array();
+    for (const auto& name : opts_.served_model_names) data.push_back(ModelCard(name));
+    ReplyJson(ex, 200, Json{{"object", "list"}, {"data", std::move(data)}});
+  }
+
+  void HandleModel(Exchange& ex, const std::string& name) {
+    for (const auto& served : opts_.served_model_names) {
+      if (served == name) return ReplyJson(ex, 200, ModelCard(name));
+    }
+    ReplyError(ex, ModelNotFound(name));
+  }
+
+  void HandleHealth(Exchange& ex) {
+    if (stopping_) return ReplyError(ex, ShuttingDown());
+    if (!engine_.Stats().alive) {
+      return ReplyError(ex, ApiError{503, "the engine thread has stopped", "server_error", "", ""});
+    }
+    ex.Reply(200, "", "");
+  }
+
   // The served name a request's "model" field picks; empty picks the first.
   std::optional<ApiError> ResolveModel(const std::string& asked, std::string& name) const {
     if (asked.empty()) {
@@ -507,72 +341,70 @@ class HttpServer::Impl {
     return ModelNotFound(asked);
   }
 
-  void HandleTokenize(const httplib::Request& req, httplib::Response& res) {
+  void HandleTokenize(Exchange& ex) {
     Json body;
     TokenizeRequest tr;
-    if (auto e = ParseJsonObject(req.body, body)) return ReplyError(res, *e);
-    if (auto e = ParseTokenizeRequest(body, tr)) return ReplyError(res, *e);
+    if (auto e = ParseJsonObject(ex.request().body, body)) return ReplyError(ex, *e);
+    if (auto e = ParseTokenizeRequest(body, tr)) return ReplyError(ex, *e);
     std::string model;
-    if (auto e = ResolveModel(tr.model, model)) return ReplyError(res, *e);
+    if (auto e = ResolveModel(tr.model, model)) return ReplyError(ex, *e);
     std::string text = tr.prompt;
     if (tr.chat) {
       auto rendered = chat_.Render(tr.messages, tr.add_generation_prompt, tr.chat_template_kwargs);
       if (!rendered.ok())
-        return ReplyError(res, BadRequest(rendered.status().message(), "messages"));
+        return ReplyError(ex, BadRequest(rendered.status().message(), "messages"));
       text = *rendered;
     }
     const std::vector<int32_t> ids = tok_.Encode(text, tr.add_special_tokens);
-    ReplyJson(res, 200,
+    ReplyJson(ex, 200,
               Json{{"count", ids.size()},
                    {"max_model_len", max_model_len_},
                    {"tokens", ids},
                    {"token_strs", nullptr}});
   }
 
-  void HandleDetokenize(const httplib::Request& req, httplib::Response& res) {
+  void HandleDetokenize(Exchange& ex) {
     Json body;
     DetokenizeRequest dr;
-    if (auto e = ParseJsonObject(req.body, body)) return ReplyError(res, *e);
-    if (auto e = ParseDetokenizeRequest(body, dr)) return ReplyError(res, *e);
+    if (auto e = ParseJsonObject(ex.request().body, body)) return ReplyError(ex, *e);
+    if (auto e = ParseDetokenizeRequest(body, dr)) return ReplyError(ex, *e);
     std::string model;
-    if (auto e = ResolveModel(dr.model, model)) return ReplyError(res, *e);
+    if (auto e = ResolveModel(dr.model, model)) return ReplyError(ex, *e);
     for (int32_t id : dr.tokens) {
       if (id < 0 || id >= tok_.vocab_size()) {
-        return ReplyError(res, BadRequest(fmt::format("'tokens': token id {} is outside the "
-                                                      "vocabulary of {}",
-                                                      id, tok_.vocab_size()),
-                                          "tokens"));
+        return ReplyError(ex, BadRequest(fmt::format("'tokens': token id {} is outside the "
+                                                     "vocabulary of {}",
+                                                     id, tok_.vocab_size()),
+                                         "tokens"));
       }
     }
-    ReplyJson(res, 200, Json{{"prompt", tok_.Decode(dr.tokens, false)}});
+    ReplyJson(ex, 200, Json{{"prompt", tok_.Decode(dr.tokens, false)}});
   }
 
-  void HandleGeneration(ApiKind kind, const httplib::Request& req, httplib::Response& res) {
-    if (stopping_) {
-      return ReplyError(res, ApiError{503, "the server is shutting down", "server_error", "", ""});
-    }
+  void HandleGeneration(ApiKind kind, std::shared_ptr<Exchange> ex) {
+    if (stopping_) return ReplyError(*ex, ShuttingDown());
     Json body;
-    if (auto e = ParseJsonObject(req.body, body)) return ReplyError(res, *e);
-    auto job = std::make_shared<Job>(active_jobs_);
+    if (auto e = ParseJsonObject(ex->request().body, body)) return ReplyError(*ex, *e);
+    auto job = std::make_shared<Job>();
     job->kind = kind;
+    job->exchange = ex;
     GenerationRequest& gr = job->request;
     auto parse_error =
         kind == ApiKind::kChat ? ParseChatRequest(body, gr) : ParseCompletionRequest(body, gr);
-    if (parse_error) return ReplyError(res, *parse_error);
-    if (auto e = ResolveModel(gr.model, job->model)) return ReplyError(res, *e);
+    if (parse_error) return ReplyError(*ex, *parse_error);
+    if (auto e = ResolveModel(gr.model, job->model)) return ReplyError(*ex, *e);
 
     // Prompts to token ids.
     if (kind == ApiKind::kChat) {
       auto rendered = chat_.Render(gr.messages, gr.add_generation_prompt, gr.chat_template_kwargs);
-      if (!rendered.ok()) {
-        return ReplyError(res, BadRequest(rendered.status().message(), "messages"));
-      }
+      if (!rendered.ok())
+        return ReplyError(*ex, BadRequest(rendered.status().message(), "messages"));
       job->prompt_ids.push_back(tok_.Encode(*rendered, gr.add_special_tokens));
       job->prompt_texts.push_back(std::move(*rendered));
     } else {
       for (const auto& p : gr.prompts) {
         if (p.is_ids) {
-          if (auto e = ValidatePromptIds(p.ids, vocab_size_, "prompt")) return ReplyError(res, *e);
+          if (auto e = ValidatePromptIds(p.ids, vocab_size_, "prompt")) return ReplyError(*ex, *e);
           job->prompt_ids.push_back(p.ids);
           job->prompt_texts.push_back(gr.echo ? tok_.Decode(p.ids, false) : "");
         } else {
@@ -585,11 +417,11 @@ class HttpServer::Impl {
     std::vector<int> max_tokens(job->prompt_ids.size());
     for (size_t i = 0; i < job->prompt_ids.size(); ++i) {
       if (auto e = ValidatePromptIds(job->prompt_ids[i], vocab_size_, what)) {
-        return ReplyError(res, *e);
+        return ReplyError(*ex, *e);
       }
       const int prompt_len = static_cast<int>(job->prompt_ids[i].size());
       if (auto e = ResolveMaxTokens(gr, prompt_len, request_limit_, max_tokens[i])) {
-        return ReplyError(res, *e);
+        return ReplyError(*ex, *e);
       }
       // Without max_tokens a request fills the context (or the pool); one already past it (a
       // StreamingLLM cache) gets a context's worth of new tokens.
@@ -600,7 +432,7 @@ class HttpServer::Impl {
       }
     }
     gr.params.max_tokens = max_tokens[0];
-    if (auto e = ValidateParams(gr.params, vocab_size_)) return ReplyError(res, *e);
+    if (auto e = ValidateParams(gr.params, vocab_size_)) return ReplyError(*ex, *e);
 
     // One engine request per (prompt, n); child i of a seeded request gets seed + i (vLLM).
     for (size_t p = 0; p < job->prompt_ids.size(); ++p) {
@@ -610,10 +442,11 @@ class HttpServer::Impl {
         er.params = gr.params;
         er.params.max_tokens = max_tokens[p];
         if (gr.params.seed) er.params.seed = *gr.params.seed + static_cast<uint64_t>(i);
+        er.on_output = [signal = signal_] { signal->Notify(); };
         auto stream = engine_.Submit(std::move(er));
         if (!stream.ok()) {
           // The children already queued are aborted as `job` goes out of scope.
-          return ReplyError(res, ErrorFromStatus(stream.status()));
+          return ReplyError(*ex, ErrorFromStatus(stream.status()));
         }
         Child c;
         c.index = static_cast<int>(p) * gr.n + i;
@@ -631,24 +464,44 @@ class HttpServer::Impl {
                                  {"attention_policy", engine_.attention_policy()}});
     job->id = NewResponseId(kind);
     job->created = UnixNow();
-    job->fd = FindConnectionFd(req);
-    if (job->fd < 0) spdlog::warn("{}: connection not found; disconnects go unnoticed", job->id);
-
     if (gr.stream) {
-      res.status = 200;
-      res.set_header("Cache-Control", "no-cache");
-      res.set_header("X-Accel-Buffering", "no");
-      res.set_chunked_content_provider(
-          "text/event-stream",
-          [this, job](size_t, httplib::DataSink& sink) { return StreamStep(*job, sink); },
-          [job](bool) {
-            // Streams end here in every case (done, write failure, shutdown): dropping the
-            // children aborts any that are still running.
-            job->children.clear();
-          });
-      return;
+      ex->StartStream(200, "text/event-stream",
+                      {{"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}});
     }
-    Collect(*job, res);
+    {
+      std::lock_guard<std::mutex> lock(jobs_mu_);
+      new_jobs_.push_back(std::move(job));
+    }
+    signal_->Notify();
+  }
+
+  // ---- The pump (one thread): engine events to clients ------------------------------------
+
+  void PumpLoop() {
+    std::vector<std::shared_ptr<Job>> jobs;
+    while (true) {
+      {
+        std::unique_lock<std::mutex> lock(signal_->mu);
+        signal_->cv.wait_for(lock, kPollInterval,
+                             [&] { return signal_->pending || pump_stop_.load(); });
+        signal_->pending = false;
+      }
+      {
+        std::lock_guard<std::mutex> lock(jobs_mu_);
+        for (auto& j : new_jobs_) jobs.push_back(std::move(j));
+        new_jobs_.clear();
+      }
+      if (pump_stop_) break;
+      const bool stopping = stopping_;
+      std::erase_if(jobs, [&](const std::shared_ptr<Job>& job) {
+        if (stopping) job->AbortAll();
+        return job->request.stream ? !StreamStep(*job) : !CollectStep(*job);
+      });
+    }
+    // The transport has stopped: whatever is left has no client to answer. Dropping the jobs
+    // aborts their engine requests.
+    std::lock_guard<std::mutex> lock(jobs_mu_);
+    new_jobs_.clear();
   }
 
   void CountDisconnect(const Job& job) {
@@ -657,30 +510,42 @@ class HttpServer::Impl {
     spdlog::info("{}: client disconnected; request aborted", job.id);
   }
 
-  // A non-streaming request: waits for every child, checking the client between waits.
-  void Collect(Job& job, httplib::Response& res) {
-    while (!job.AllFinished()) {
-      if (stopping_) job.AbortAll();
-      Poll(job, kPollInterval);
-      if (!job.aborted && PeerGone(job.fd)) {
-        job.AbortAll();
-        CountDisconnect(job);
-        job.children.clear();  // the client cannot read an answer; free the pages now
-        return ReplyError(
-            res, ApiError{499, "client closed the request", "invalid_request_error", "", ""});
-      }
-      if (job.aborted && Clock::now() - job.abort_time > std::chrono::seconds(5)) break;
+  // A client gone before its request finished: abort it (its pages are freed within a step).
+  bool ClientGone(Job& job) {
+    if (!job.exchange->gone()) return false;
+    if (!job.AllFinished()) {
+      job.AbortAll();
+      CountDisconnect(job);
     }
-    const bool shutting_down = stopping_;
+    // Recorded as 499 (nginx's "client closed request"); nothing reaches the client.
+    if (!job.exchange->responded()) {
+      ReplyError(*job.exchange,
+                 ApiError{499, "client closed the request", "invalid_request_error", "", ""});
+    }
+    return true;
+  }
+
+  // A non-streaming request: answers once every child has finished. False: done with it.
+  bool CollectStep(Job& job) {
+    if (ClientGone(job)) return false;
+    Poll(job);
+    if (!job.AllFinished()) {
+      if (job.aborted && Clock::now() - job.abort_time > kAbortGrace) {
+        ReplyError(*job.exchange, ShuttingDown());
+        return false;
+      }
+      return true;
+    }
     std::vector<ChoiceResult> choices;
     for (auto& c : job.children) {
-      if (c.finish_reason == "error" || (!c.finished && !shutting_down)) {
-        return ReplyError(res,
-                          ApiError{500, "generation failed: " + c.error, "server_error", "", ""});
+      if (c.finish_reason == "error") {
+        ReplyError(*job.exchange,
+                   ApiError{500, "generation failed: " + c.error, "server_error", "", ""});
+        return false;
       }
-      if (c.finish_reason == "abort" || !c.finished) {
-        return ReplyError(res,
-                          ApiError{503, "the server is shutting down", "server_error", "", ""});
+      if (c.finish_reason == "abort") {
+        ReplyError(*job.exchange, ShuttingDown());
+        return false;
       }
       ChoiceResult r;
       r.index = c.index;
@@ -697,24 +562,22 @@ class HttpServer::Impl {
       choices.push_back(std::move(r));
     }
     const UsageInfo usage = JobUsage(job);
-    ReplyJson(res, 200,
+    ReplyJson(*job.exchange, 200,
               job.kind == ApiKind::kChat
                   ? ChatResponse(job.id, job.created, job.model, choices, usage,
                                  engine_.attention_policy())
                   : CompletionResponse(job.id, job.created, job.model, choices, usage,
                                        engine_.attention_policy()));
+    return false;
   }
 
-  // One turn of a streaming response: waits briefly for events and writes their chunks.
-  // Returning false ends the response (client gone).
-  bool StreamStep(Job& job, httplib::DataSink& sink) {
-    if (PeerGone(job.fd)) {
-      job.AbortAll();
-      CountDisconnect(job);
+  // Writes what a streaming request produced since the last turn. False: done with it.
+  bool StreamStep(Job& job) {
+    if (ClientGone(job)) return false;
+    if (job.aborted && Clock::now() - job.abort_time > kAbortGrace) {
+      job.exchange->End();
       return false;
     }
-    if (stopping_) job.AbortAll();
-    if (job.aborted && Clock::now() - job.abort_time > std::chrono::seconds(5)) return false;
     const GenerationRequest& gr = job.request;
     std::string out;
     for (auto& c : job.children) {
@@ -729,7 +592,7 @@ class HttpServer::Impl {
                                  job.prompt_texts[c.prompt_index], nullptr, "", gr.include_usage));
       }
     }
-    for (auto& [i, ev] : Poll(job, kPollInterval)) {
+    for (auto& [i, ev] : Poll(job)) {
       Child& c = job.children[i];
       if (!ev.text.empty() || (gr.logprobs && !ev.tokens.empty())) {
         Json logprobs = nullptr;
@@ -761,38 +624,29 @@ class HttpServer::Impl {
       }
       out += kSseDone;
     }
-    // An empty write would end cpp-httplib's chunked stream early.
-    if (!out.empty() && !sink.write(out.data(), out.size())) {
-      job.AbortAll();
-      CountDisconnect(job);
+    if (!job.exchange->Write(out)) {
+      ClientGone(job);
       return false;
     }
-    if (done) sink.done();
-    return true;
+    if (done) job.exchange->End();
+    return !done;
   }
 
   engine::Engine& engine_;
   const tokenizer::Tokenizer& tok_;
   const engine::ChatRenderer& chat_;
   ServerOptions opts_;
-  httplib::Server svr_;
+  std::unique_ptr<http::Transport> transport_;
   int vocab_size_ = 0;
   int max_model_len_ = 0;
   int default_context_ = 0;  // what a request without max_tokens may fill
   int request_limit_ = 0;    // prompt + max_tokens allowed (max_sequence_tokens)
   int64_t started_ = UnixNow();
   std::atomic<bool> stopping_{false};
-  std::atomic<bool> run_started_{false};
-  std::atomic<int> active_jobs_{0};
-  // Requests routed whose response is not written yet (the logger runs after the write).
-  std::mutex unwritten_mu_;
-  std::unordered_set<const httplib::Request*> unwritten_;
-  size_t NumUnwritten() {
-    std::lock_guard<std::mutex> lock(unwritten_mu_);
-    return unwritten_.size();
-  }
-  int bound_port_ = -1;
-  std::atomic<bool> running_done_{false};
+  std::atomic<bool> pump_stop_{false};
+  std::shared_ptr<PumpSignal> signal_ = std::make_shared<PumpSignal>();
+  std::mutex jobs_mu_;
+  std::vector<std::shared_ptr<Job>> new_jobs_;  // handed from the workers to the pump
 };
 
 HttpServer::HttpServer(engine::Engine& engine, const engine::ChatRenderer& chat,

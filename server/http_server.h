@@ -1,32 +1,37 @@
 // The OpenAI-compatible HTTP front end over one Engine: routes, SSE streaming, API-key check,
-// body limit, error mapping, and aborting requests whose client has gone. cpp-httplib is
-// confined to http_server.cc (it is a large header).
+// error mapping, and aborting requests whose client has gone. The sockets, limits and timeouts
+// are the transport's (http_transport.h); handlers run on its worker threads, and one pump
+// thread carries every running generation from the engine to its client, so a stream costs no
+// thread of its own.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "core/status.h"
+#include "server/http_transport.h"
 
 namespace headwise::engine {
 class ChatRenderer;
 class Engine;
-}
+}  // namespace headwise::engine
 
 namespace headwise::server {
 
 struct ServerOptions {
-  std::string host = "127.0.0.1";
-  int port = 8000;  // 0: any free port
+  // Address, connection limits, timeouts and request size limits.
+  http::TransportOptions transport;
   // Names a request's "model" may use; the first is reported in responses. Not empty.
   std::vector<std::string> served_model_names;
   std::string model_path;  // reported as the model's root in /v1/models
-  std::string api_key;     // empty: no authentication
-  size_t max_body_bytes = 16u << 20;
-  int http_threads = 128;  // connections served at once (each stream holds one)
-  int keep_alive_seconds = 5;
+  // Empty: no authentication. Otherwise required on every route but /health and /metrics.
+  std::string api_key;
+  // How long Stop() lets running requests end (streams with an "abort" chunk, others a 503)
+  // and their responses be written before connections are cut.
+  std::chrono::milliseconds shutdown_timeout{5000};
 };
 
 class HttpServer {
@@ -39,10 +44,12 @@ class HttpServer {
 
   // Binds the listening socket and returns the port (the chosen one for port 0).
   StatusOr<int> Bind();
-  // Serves until Stop(); returns once every connection has ended.
+  // Serves until Stop(); returns once every connection has ended or the shutdown deadline has
+  // passed.
   void Run();
-  // Thread-safe and idempotent: stops accepting, aborts running requests (their streams end
-  // with finish_reason "abort"), and makes Run() return.
+  // Thread-safe, idempotent and non-blocking (a signal handler's thread may call it): stops
+  // accepting, aborts running requests (their streams end with finish_reason "abort"), and
+  // makes Run() return within shutdown_timeout.
   void Stop();
 
  private:

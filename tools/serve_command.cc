@@ -13,6 +13,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "core/dtype.h"
@@ -54,8 +55,16 @@ Serves MODEL (a Hugging Face directory or a .gguf file) over the OpenAI HTTP API
   --load-format auto|dummy    dummy: seeded random weights from config.json alone
   --seed N                    seed of dummy weights (default 0)
   --tokenizer PATH            tokenizer to use instead of the model's own
-  --max-body-bytes BYTES      request body limit (default 16M)
-  --http-threads N            connections served at once (default 128)
+  --max-body-bytes BYTES      request body limit, as sent and as inflated (default 16M)
+  --max-connections N         open connections; beyond it: 503 and close (default 4096)
+  --http-threads N            threads that parse requests and tokenize prompts (default 8);
+                              connections and streams take no thread of their own
+  --header-timeout S          a request's head must arrive within S seconds (default 10)
+  --body-timeout S            longest pause inside a request body (default 30)
+  --keep-alive-timeout S      idle connections close after S seconds (default 5)
+  --shutdown-timeout S        on SIGTERM/SIGINT, running requests get S seconds to end and
+                              be written before connections are cut (default 5); a second
+                              signal exits at once
 )";
 
 int Fail(const Status& s) {
@@ -146,8 +155,9 @@ int RunServe(int argc, char** argv) {
   int64_t seed = 0;
   std::string model_flag;
   flags.String("model", model_flag);
-  flags.String("host", options.host);
-  flags.Int("port", options.port);
+  server::http::TransportOptions& transport = options.transport;
+  flags.String("host", transport.host);
+  flags.Int("port", transport.port);
   flags.StringList("served-model-name", names);
   flags.String("api-key", api_key);
   flags.Int("max-model-len", config.max_model_len);
@@ -168,8 +178,24 @@ int RunServe(int argc, char** argv) {
   flags.Int64("seed", seed);
   flags.String("tokenizer", tokenizer_path);
   flags.String("max-body-bytes", body_limit);
-  flags.Int("http-threads", options.http_threads);
+  flags.Int("http-threads", transport.worker_threads);
+  flags.Int("max-connections", transport.max_connections);
+  float header_timeout = 10, body_timeout = 30, keep_alive_timeout = 5, shutdown_timeout = 5;
+  flags.Float("header-timeout", header_timeout);
+  flags.Float("body-timeout", body_timeout);
+  flags.Float("keep-alive-timeout", keep_alive_timeout);
+  flags.Float("shutdown-timeout", shutdown_timeout);
   if (Status s = flags.Finish(); !s.ok()) return Fail(s);
+  for (const auto& [flag, v, out] :
+       {std::tuple{"header-timeout", header_timeout, &transport.header_timeout},
+        {"body-timeout", body_timeout, &transport.body_timeout},
+        {"keep-alive-timeout", keep_alive_timeout, &transport.keep_alive_timeout},
+        {"shutdown-timeout", shutdown_timeout, &options.shutdown_timeout}}) {
+    if (!(v > 0.0f && v <= 86400.0f)) {
+      return Fail(InvalidArgument("--{} must be in (0, 86400] seconds, got {}", flag, v));
+    }
+    *out = std::chrono::milliseconds(static_cast<int64_t>(v * 1000.0f));
+  }
   config.gpu_memory_utilization = gpu_memory_utilization;
   if (!(gpu_memory_utilization > 0.0f && gpu_memory_utilization <= 1.0f)) {
     return Fail(InvalidArgument("--gpu-memory-utilization must be in (0, 1], got {}",
@@ -183,12 +209,13 @@ int RunServe(int argc, char** argv) {
   if (load_format != "auto" && load_format != "dummy") {
     return Fail(InvalidArgument("--load-format must be auto or dummy, got '{}'", load_format));
   }
-  if (options.port < 0 || options.port > 65535) {
-    return Fail(InvalidArgument("--port must be in [0, 65535], got {}", options.port));
+  if (transport.port < 0 || transport.port > 65535) {
+    return Fail(InvalidArgument("--port must be in [0, 65535], got {}", transport.port));
   }
   for (const auto& [flag, v] : {std::pair{"max-num-seqs", config.max_num_seqs},
                                 {"max-num-batched-tokens", config.max_num_batched_tokens},
-                                {"http-threads", options.http_threads}}) {
+                                {"http-threads", transport.worker_threads},
+                                {"max-connections", transport.max_connections}}) {
     if (v < 1) return Fail(InvalidArgument("--{} must be >= 1, got {}", flag, v));
   }
   for (const auto& [flag, v] : {std::pair{"max-model-len", config.max_model_len},
@@ -199,7 +226,7 @@ int RunServe(int argc, char** argv) {
   if (!body_limit.empty()) {
     auto b = ParseBytes("max-body-bytes", body_limit);
     if (!b.ok()) return Fail(b.status());
-    options.max_body_bytes = static_cast<size_t>(*b);
+    transport.limits.max_body_bytes = static_cast<size_t>(*b);
   }
   std::string chat_template;
   if (!chat_template_path.empty()) {
@@ -283,7 +310,7 @@ int RunServe(int argc, char** argv) {
       std::lock_guard<std::mutex> lock(g_server_mu);
       g_server = &http;
     }
-    std::printf("headwise: listening on http://%s:%d\n", options.host.c_str(), port);
+    std::printf("headwise: listening on http://%s:%d\n", transport.host.c_str(), port);
     std::fflush(stdout);
     http.Run();
     std::lock_guard<std::mutex> lock(g_server_mu);
