@@ -139,6 +139,11 @@ def test_api_key(srv, key):
     # Health and metrics stay open, as in vLLM.
     assert srv.request("GET", "/health")[0] == 200
     assert srv.request("GET", "/metrics")[0] == 200
+    # Tokenizing is work too: /tokenize and /detokenize need the key (vLLM leaves them open).
+    for path, body in [("/tokenize", {"prompt": "hi"}), ("/detokenize", {"tokens": [1]})]:
+        assert srv.request("POST", path, body)[0] == 401, path
+        status, _, data = srv.request("POST", path, body, headers={"Authorization": "Bearer " + key})
+        assert status == 200, (path, data)
 
 
 def test_queue_full(srv):
