@@ -136,8 +136,11 @@ TEST_CASE("Unsupported tokenizer.json features are refused by name", "[tokenizer
 
   CHECK(load("{not json").status().code() == StatusCode::kInvalidArgument);
   CHECK(LoadHfTokenizer("/nonexistent/tokenizer.json").status().code() == StatusCode::kNotFound);
+  // Read by us now (size cap, regular files only), so a missing file is NotFound like the above.
   CHECK(LoadSentencePieceTokenizer("/nonexistent/x.model").status().code() ==
-        StatusCode::kInvalidArgument);
+        StatusCode::kNotFound);
+  CHECK_THAT(LoadSentencePieceTokenizer("/dev/zero").status().message(),
+             Catch::Contains("/dev/zero: is a character device, not a regular file"));
 }
 
 TEST_CASE("GGUF vocabularies are validated", "[tokenizer]") {
