@@ -1,27 +1,19 @@
 #include "core/mapped_file.h"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
+#include "core/file_io.h"
+
 namespace headwise {
 
 StatusOr<std::shared_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return NotFound("{}: no such file", path);
-    return InvalidArgument("{}: cannot open: {}", path, std::strerror(errno));
-  }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return InvalidArgument("{}: not a regular file", path);
-  }
-  const size_t size = static_cast<size_t>(st.st_size);
+  // Regular files only: mmap of /dev/zero would "succeed" with size 0, and a FIFO would block.
+  size_t size = 0;
+  HW_ASSIGN_OR_RETURN(const int fd, OpenRegularFile(path, &size));
   const uint8_t* data = nullptr;
   if (size > 0) {
     void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);

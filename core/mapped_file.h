@@ -12,7 +12,8 @@ namespace headwise {
 
 class MappedFile {
  public:
-  // Maps the whole file; a missing or unreadable path is a NotFound/InvalidArgument status.
+  // Maps the whole file; a missing or unreadable path, or one that is not a regular file (a
+  // directory, device or FIFO), is a NotFound/InvalidArgument status.
   static StatusOr<std::shared_ptr<MappedFile>> Open(const std::string& path);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;

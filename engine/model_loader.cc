@@ -167,8 +167,9 @@ StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& opti
     const fs::path tok_dir =
         fs::is_directory(tok_path) ? fs::path(tok_path) : fs::path(tok_path).parent_path();
     if (fs::exists(tok_dir / "tokenizer_config.json")) {
-      HW_ASSIGN_OR_RETURN(nlohmann::json cfg,
-                          ReadJsonFile((tok_dir / "tokenizer_config.json").string()));
+      HW_ASSIGN_OR_RETURN(
+          nlohmann::json cfg,
+          ReadJsonFile((tok_dir / "tokenizer_config.json").string(), "tokenizer_config.json"));
       if (cfg.contains("chat_template") && cfg["chat_template"].is_string()) {
         out.chat_template = cfg["chat_template"].get<std::string>();
       }

@@ -37,7 +37,13 @@ OutputProcessor::OutputProcessor(const SamplingParams& params, const tokenizer::
 std::string OutputProcessor::Append(int32_t id) {
   ++num_tokens_;
   const size_t scan_from = text_.size();
-  if (detok_) text_ += detok_->Add(id);
+  // A stop token (stop_token_ids, or eos unless ignored) ends the output without its text, as
+  // vLLM's detokenizer drops it (include_stop_str_in_output, which would keep it, is refused by
+  // the API). Eos is usually special and skipped anyway; a stop_token_ids entry is often a
+  // plain word.
+  const bool stop_token =
+      Contains(params_.stop_token_ids, id) || (!params_.ignore_eos && Contains(eos_ids_, id));
+  if (detok_ && !stop_token) text_ += detok_->Add(id);
   // A stop string can only complete in the new text or straddle into it.
   size_t stop_at = std::string::npos;
   for (const auto& s : params_.stop) {
@@ -47,8 +53,7 @@ std::string OutputProcessor::Append(int32_t id) {
   if (stop_at != std::string::npos) {
     text_.resize(stop_at);
     finish_reason_ = "stop";
-  } else if (Contains(params_.stop_token_ids, id) ||
-             (!params_.ignore_eos && Contains(eos_ids_, id))) {
+  } else if (stop_token) {
     finish_reason_ = "stop";
   } else if (num_tokens_ >= params_.max_tokens) {
     finish_reason_ = "length";

@@ -9,8 +9,8 @@
 #include <set>
 
 #include "core/dtype.h"
-#include "models/host_buffer.h"
 #include "core/json_file.h"
+#include "models/host_buffer.h"
 
 namespace headwise::models {
 namespace {
@@ -201,7 +201,7 @@ StatusOr<std::unique_ptr<SafetensorsModel>> SafetensorsModel::OpenDirectory(
   std::vector<std::string> shard_names;
   std::map<std::string, std::string> weight_map;  // tensor -> shard file name
   if (fs::exists(index_path, ec)) {
-    HW_ASSIGN_OR_RETURN(json index, ReadJsonFile(index_path.string()));
+    HW_ASSIGN_OR_RETURN(json index, ReadJsonFile(index_path.string(), "safetensors index"));
     const auto wm = index.is_object() ? index.find("weight_map") : index.end();
     if (!index.is_object() || wm == index.end() || !wm->is_object()) {
       return InvalidArgument("{}: no 'weight_map' object", index_path.string());

@@ -12,10 +12,10 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "core/json_file.h"
 #include "models/gguf_file.h"
 #include "models/gguf_weights.h"
 #include "models/host_buffer.h"
-#include "core/json_file.h"
 #include "models/safetensors.h"
 
 namespace headwise::models {
@@ -183,7 +183,7 @@ Status MergeGenerationConfig(const fs::path& dir, ModelConfig* config) {
   const fs::path path = dir / "generation_config.json";
   std::error_code ec;
   if (!fs::exists(path, ec)) return Status::Ok();
-  HW_ASSIGN_OR_RETURN(nlohmann::json gen, ReadJsonFile(path.string()));
+  HW_ASSIGN_OR_RETURN(nlohmann::json gen, ReadJsonFile(path.string(), "generation_config.json"));
   if (!gen.is_object()) return Status::Ok();
   auto it = gen.find("eos_token_id");
   if (it == gen.end() || it->is_null()) return Status::Ok();
@@ -206,7 +206,7 @@ Status MergeGenerationConfig(const fs::path& dir, ModelConfig* config) {
 }
 
 StatusOr<ModelConfig> ReadHfConfig(const fs::path& config_path) {
-  HW_ASSIGN_OR_RETURN(nlohmann::json j, ReadJsonFile(config_path.string()));
+  HW_ASSIGN_OR_RETURN(nlohmann::json j, ReadJsonFile(config_path.string(), "config.json"));
   auto config = ParseHfConfig(j);
   if (!config.ok()) {
     // ParseHfConfig names "config.json"; say which one.
@@ -217,6 +217,9 @@ StatusOr<ModelConfig> ReadHfConfig(const fs::path& config_path) {
 }
 
 bool LooksLikeGguf(const fs::path& path) {
+  // Only a regular file can be a model; fopen of a FIFO would block until a writer came.
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return false;
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (f == nullptr) return false;
   char magic[4] = {};

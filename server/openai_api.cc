@@ -5,10 +5,12 @@
 #include <charconv>
 #include <climits>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
 
+#include "core/json_file.h"
 #include "tokenizer/tokenizer.h"
 
 namespace headwise::server {
@@ -373,6 +375,9 @@ std::optional<ApiError> ParseTokenIds(const Json& list, const std::string& param
   return std::nullopt;
 }
 
+// Prompts in one /v1/completions request (a batch of strings or of id lists).
+constexpr size_t kMaxPrompts = 1024;
+
 std::optional<ApiError> ParsePrompt(const Json& body, std::vector<PromptInput>& out) {
   auto it = body.find("prompt");
   if (it == body.end() || it->is_null()) return BadRequest("'prompt' is required", "prompt");
@@ -384,7 +389,12 @@ std::optional<ApiError> ParsePrompt(const Json& body, std::vector<PromptInput>& 
   }
   if (!p.is_array()) return TypeError("prompt", want, p);
   if (p.empty()) return BadRequest("'prompt' must not be empty", "prompt");
-  if (p.size() > 1024) return BadRequest("'prompt' takes at most 1024 prompts", "prompt");
+  // A flat list of ids is one prompt (its length is the context length's business); lists of
+  // strings and lists of id lists are several, and those are capped.
+  if (!p[0].is_number_integer() && p.size() > kMaxPrompts) {
+    return BadRequest(
+        fmt::format("'prompt' takes at most {} prompts, got {}", kMaxPrompts, p.size()), "prompt");
+  }
   if (p[0].is_string()) {
     for (const auto& s : p) {
       if (!s.is_string()) return TypeError("prompt", want, s);
@@ -598,6 +608,14 @@ Json ErrorBody(const ApiError& e) {
 }
 
 std::optional<ApiError> ParseJsonObject(std::string_view body, Json& out) {
+  // Checked before nlohmann allocates anything: nesting (copies and dumps recurse per level,
+  // so a deep body would overflow the stack) and the number of values (memory).
+  JsonLimits limits;
+  limits.max_depth = kMaxRequestJsonDepth;
+  limits.max_values = kMaxRequestJsonValues;
+  if (Status s = CheckJsonLimits(body, limits, "the request body"); !s.ok()) {
+    return BadRequest(s.message());
+  }
   out = Json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (out.is_discarded()) return BadRequest("the request body is not valid JSON");
   if (!out.is_object()) return BadRequest("the request body must be a JSON object");
@@ -723,6 +741,25 @@ std::optional<ApiError> ValidatePromptIds(const std::vector<int32_t>& ids, int v
     }
   }
   return std::nullopt;
+}
+
+std::optional<ApiError> CheckPromptTextSize(size_t text_bytes, int64_t max_tokens_allowed,
+                                            size_t max_token_bytes, std::string_view param) {
+  // Sound only because max_token_bytes bounds the *input* bytes one token covers, normalizers
+  // included (tokenizer.h): then tokens >= ceil(text_bytes / max_token_bytes). Tokens that
+  // cover no input (BOS, a prepended "▁") only add to the count, so they cannot make it unsafe.
+  if (max_token_bytes == 0 || max_tokens_allowed < 0) return std::nullopt;
+  const uint64_t allowed = static_cast<uint64_t>(max_tokens_allowed);
+  // text_bytes > allowed * max_token_bytes, without overflow.
+  if (allowed > std::numeric_limits<uint64_t>::max() / max_token_bytes) return std::nullopt;
+  if (text_bytes <= allowed * max_token_bytes) return std::nullopt;
+  const uint64_t at_least = text_bytes / max_token_bytes + (text_bytes % max_token_bytes != 0);
+  const std::string name(param);
+  return BadRequest(
+      fmt::format("'{}' is {} bytes long; no token of this model's tokenizer covers more than {} "
+                  "bytes, so it is at least {} tokens, more than the {} allowed",
+                  name, text_bytes, max_token_bytes, at_least, max_tokens_allowed),
+      name);
 }
 
 std::optional<ApiError> ParseTokenizeRequest(const Json& body, TokenizeRequest& out) {

@@ -44,7 +44,15 @@ ApiError NotFoundError(std::string message, std::string param = "", std::string 
 ApiError ErrorFromStatus(const Status& status);
 Json ErrorBody(const ApiError& error);
 
-// Parses a request body; anything but a JSON object is a 400.
+// Limits on a request body, checked in one pass before it is parsed. Real requests nest a few
+// levels (messages[i].content[j].text; chat_template_kwargs a few more); a prompt of token ids
+// is one value per id, so 2^21 values allow 1024 prompts of 2048 ids; parsed, that many values
+// take tens of MiB at most, however large the body limit (`[1,1,...]` costs 8 bytes of memory
+// per byte of body, `[{},{},...]` about 20).
+inline constexpr int kMaxRequestJsonDepth = 64;
+inline constexpr size_t kMaxRequestJsonValues = size_t{1} << 21;
+
+// Parses a request body; anything but a JSON object, or a body over the limits above, is a 400.
 std::optional<ApiError> ParseJsonObject(std::string_view body, Json& out);
 
 // One prompt of /v1/completions: text, or token ids given by the client.
@@ -89,6 +97,13 @@ std::optional<ApiError> ValidateParams(const engine::SamplingParams& params, int
 // Token ids given by the client: inside the vocabulary and not empty.
 std::optional<ApiError> ValidatePromptIds(const std::vector<int32_t>& ids, int vocab_size,
                                           const std::string& param);
+
+// A cheap refusal before tokenizing a text prompt: no token stands for more than
+// `max_token_bytes` bytes of the text (Tokenizer::max_token_bytes(); 0: no bound known, never
+// refuses), so a text of more than max_tokens_allowed * max_token_bytes bytes has more tokens
+// than allowed. A 400 naming `param`, with the byte count and the token count it implies.
+std::optional<ApiError> CheckPromptTextSize(size_t text_bytes, int64_t max_tokens_allowed,
+                                            size_t max_token_bytes, std::string_view param);
 
 // /tokenize and /detokenize (vLLM's shapes).
 struct TokenizeRequest {

@@ -387,10 +387,11 @@ StatusOr<std::unique_ptr<Tokenizer>> Load(const json& tj, const json& cfg) {
 
 StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& tokenizer_json_path,
                                                      const std::string& tokenizer_config_path) {
-  HW_ASSIGN_OR_RETURN(json tj, ReadJsonFile(tokenizer_json_path));
+  HW_ASSIGN_OR_RETURN(json tj,
+                      ReadJsonFile(tokenizer_json_path, "tokenizer.json", kMaxTokenizerFileBytes));
   json cfg = json::object();
   if (!tokenizer_config_path.empty()) {
-    HW_ASSIGN_OR_RETURN(cfg, ReadJsonFile(tokenizer_config_path));
+    HW_ASSIGN_OR_RETURN(cfg, ReadJsonFile(tokenizer_config_path, "tokenizer_config.json"));
   }
   try {
     auto result = Load(tj, cfg);

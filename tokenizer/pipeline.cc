@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <queue>
 
 namespace headwise::tokenizer::internal {
@@ -242,6 +243,7 @@ class PipelineTokenizer final : public Tokenizer {
     }
     raw_matcher_.Finish();
     normalized_matcher_.Finish();
+    max_token_bytes_ = ComputeMaxTokenBytes();
   }
 
   std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens) const override {
@@ -308,8 +310,64 @@ class PipelineTokenizer final : public Tokenizer {
   bool IsSpecial(int32_t id) const override {
     return id >= 0 && id < vocab_size() && config_.special[id];
   }
+  size_t max_token_bytes() const override { return max_token_bytes_; }
 
  private:
+  // Why the bound holds. Encode splits the text into (a) added tokens matched in the raw text,
+  // each one id covering exactly its content, and (b) segments that are normalized, then
+  // pre-tokenized, then given to the model, matched for normalized added tokens on the way.
+  // In (b), pre-tokenizers only split pieces or grow them (ByteLevel maps each byte to a 1- or
+  // 2-byte character, add_prefix_space inserts one), so a model id covering m bytes of its
+  // input covers at most m bytes of the normalized segment; the model bounds m (ids that cover
+  // nothing, like a post-processor's BOS, only add to the count). A normalized segment is at
+  // least 1/shrink of the segment's bytes, so each id covers at most shrink * m input bytes.
+  // Whitespace-stripping added tokens break (a): "<mask>" with rstrip swallows any run of
+  // spaces after it, so then there is no bound.
+  size_t ComputeMaxTokenBytes() const {
+    for (const AddedToken& t : config_.added_tokens) {
+      if (t.lstrip || t.rstrip) return 0;
+    }
+    bool byte_level = false;
+    for (const PreTokenizerStep& step : config_.pre_tokenizers) {
+      byte_level = byte_level || step.kind == PreTokenizerStep::Kind::kByteLevel;
+    }
+    size_t longest = config_.model->MaxInputBytesPerToken(byte_level);
+    if (longest == 0) return 0;
+    for (const std::string& piece : config_.id_to_piece) longest = std::max(longest, piece.size());
+    for (const AddedToken& t : config_.added_tokens) {
+      longest = std::max(longest, t.content.size());
+      if (t.normalized) longest = std::max(longest, NormalizeOrKeep(t.content).size());
+    }
+    size_t shrink = 1;
+    for (const NormalizerStep& step : config_.normalizers) {
+      switch (step.kind) {
+        case NormalizerStep::Kind::kPrepend:  // adds bytes
+          break;
+        case NormalizerStep::Kind::kReplace:
+          // Each occurrence of the pattern becomes the content: sentencepiece's " " -> "▁"
+          // grows the text; a shorter content shrinks it by at most |pattern| / |content|,
+          // and an empty one deletes text without bound.
+          if (step.content.size() >= step.pattern.size()) break;
+          if (step.content.empty()) return 0;
+          shrink *= (step.pattern.size() + step.content.size() - 1) / step.content.size();
+          break;
+        case NormalizerStep::Kind::kUnicode:
+          shrink *= kUnicodeNormalizationShrink;
+          break;
+      }
+    }
+    if (longest > std::numeric_limits<size_t>::max() / shrink) return 0;
+    return longest * shrink;
+  }
+
+  // How much NFC/NFD/NFKC/NFKD can shrink UTF-8 text. They never delete characters; they
+  // compose a base and its combining marks into one character (the worst we know: Hangul
+  // L+V+T jamo, 9 bytes -> 3; Greek alpha + 3 marks, 8 bytes -> 3) or map one character to a
+  // shorter one (NFKC: U+1D400 MATHEMATICAL BOLD CAPITAL A, 4 bytes -> "A"; both together:
+  // U+1D42E + U+0308 + U+0304, 8 bytes -> U+01D6, 2 bytes). That is 4 at most; we take twice
+  // that rather than rely on a survey of the tables: the bound only needs to be safe.
+  static constexpr size_t kUnicodeNormalizationShrink = 8;
+
   std::string NormalizeOrKeep(std::string_view text) const {
     std::string s(text);
     for (const NormalizerStep& step : config_.normalizers) {
@@ -365,6 +423,7 @@ class PipelineTokenizer final : public Tokenizer {
   std::unordered_map<std::string, int32_t> piece_to_id_;
   AddedTokenMatcher raw_matcher_;
   AddedTokenMatcher normalized_matcher_;
+  size_t max_token_bytes_ = 0;
 };
 
 class BpeModel final : public Model {
@@ -394,6 +453,27 @@ class BpeModel final : public Model {
       merges_.emplace(Key(ia->second, ib->second), Merge{static_cast<int32_t>(rank), ic->second});
     }
     return Status::Ok();
+  }
+
+  // Merges and ignore_merges lookups yield vocabulary pieces, which cover their own bytes; a
+  // byte-fallback id covers one byte. Every input character yields at least one id when it is
+  // always found: byte-level input with all 256 byte characters in the vocabulary, or byte
+  // fallback with all 256 byte pieces. Otherwise an unknown character (at most 4 bytes, one
+  // ill-formed byte at a time) becomes <unk>, unless there is none (dropped) or fuse_unk joins
+  // a run of them into one.
+  size_t MaxInputBytesPerToken(bool byte_level_input) const override {
+    size_t longest = 1;
+    for (const auto& [piece, id] : vocab_) longest = std::max(longest, piece.size());
+    bool every_byte = byte_level_input;
+    if (byte_level_input) {
+      for (const std::string& c : ByteToUnicode()) every_byte = every_byte && vocab_.count(c) > 0;
+    }
+    const bool every_fallback =
+        options_.byte_fallback &&
+        std::all_of(byte_ids_.begin(), byte_ids_.end(), [](int32_t id) { return id >= 0; });
+    if (every_byte || every_fallback) return longest;
+    if (options_.unk_id && !options_.fuse_unk) return std::max<size_t>(longest, 4);
+    return 0;
   }
 
   void Tokenize(std::string_view piece, std::vector<int32_t>* ids) const override {
@@ -502,6 +582,18 @@ class SpmScoreModel final : public Model {
     for (size_t i = 0; i < id_to_piece.size(); ++i)
       vocab_[id_to_piece[i]] = static_cast<int32_t>(i);
     scores_.resize(id_to_piece.size(), 0.0f);
+  }
+
+  // Final symbols are vocabulary pieces (merges only make pieces) or single characters missing
+  // from the vocabulary, which give one id per byte: a byte piece, else <unk>, else nothing.
+  size_t MaxInputBytesPerToken(bool /*byte_level_input*/) const override {
+    const bool every_byte =
+        byte_ids_.size() == 256 &&
+        std::all_of(byte_ids_.begin(), byte_ids_.end(), [](int32_t id) { return id >= 0; });
+    if (!every_byte && !unk_id_) return 0;
+    size_t longest = 1;
+    for (const auto& [piece, id] : vocab_) longest = std::max(longest, piece.size());
+    return longest;
   }
 
   void Tokenize(std::string_view text, std::vector<int32_t>* ids) const override {

@@ -22,6 +22,13 @@ class Model {
  public:
   virtual ~Model() = default;
   virtual void Tokenize(std::string_view piece, std::vector<int32_t>* ids) const = 0;
+  // The most bytes of a Tokenize() input that one output id can cover, or 0 if unbounded (an
+  // input character may produce no id, or a run of them one id). `byte_level_input`: the
+  // input is made only of ByteToUnicode()'s 256 characters (a ByteLevel pre-tokenizer ran).
+  virtual size_t MaxInputBytesPerToken(bool byte_level_input) const {
+    (void)byte_level_input;
+    return 0;
+  }
 };
 
 struct AddedToken {

@@ -2,6 +2,7 @@
 // clashes with the real abseil that gRPC brings in (DESIGN.md §3).
 #include <sentencepiece_processor.h>
 
+#include "core/file_io.h"
 #include "tokenizer/pipeline.h"
 
 namespace headwise::tokenizer {
@@ -28,8 +29,13 @@ class SentencePieceModel final : public internal::Model {
 }  // namespace
 
 StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std::string& model_path) {
+  // Read here rather than by sentencepiece's Load(path): regular files only, size capped.
+  HW_ASSIGN_OR_RETURN(const std::string bytes,
+                      ReadSmallFile(model_path, kMaxTokenizerFileBytes, "sentencepiece model"));
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
-  if (const auto status = sp->Load(model_path); !status.ok()) {
+  if (const auto status =
+          sp->LoadFromSerializedProto(absl::string_view(bytes.data(), bytes.size()));
+      !status.ok()) {
     return InvalidArgument("{}: sentencepiece cannot load it: {}", model_path, status.ToString());
   }
   const int n = sp->GetPieceSize();

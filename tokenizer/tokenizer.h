@@ -44,6 +44,15 @@ class Tokenizer {
   virtual const std::vector<int32_t>& stop_ids() const = 0;
   // Special (control) tokens: skipped by Decode(ids, true).
   virtual bool IsSpecial(int32_t id) const = 0;
+
+  // The most bytes of the text given to Encode that one token of the result can stand for, or
+  // 0 when no such bound holds. So Encode(text).size() >= text.size() / max_token_bytes(),
+  // which lets a server refuse a prompt that cannot fit the context without tokenizing it.
+  // Computed once at load: the longest vocabulary piece, times the most a normalizer can
+  // shrink text. 0 where tokens can swallow unbounded text: added tokens that strip
+  // whitespace around them (lstrip/rstrip), fused or dropped unknown characters, normalizers
+  // that delete text, and sentencepiece's own normalizer (it collapses runs of spaces).
+  virtual size_t max_token_bytes() const { return 0; }
 };
 
 // tokenizer.json of the Hugging Face `tokenizers` library: BPE models (byte-level as in

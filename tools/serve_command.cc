@@ -8,15 +8,14 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <mutex>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <tuple>
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/file_io.h"
 #include "engine/chat_renderer.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
@@ -230,11 +229,9 @@ int RunServe(int argc, char** argv) {
   }
   std::string chat_template;
   if (!chat_template_path.empty()) {
-    std::ifstream in(chat_template_path, std::ios::binary);
-    if (!in) return Fail(InvalidArgument("--chat-template: cannot read '{}'", chat_template_path));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    chat_template = ss.str();
+    auto text = ReadSmallFile(chat_template_path, kMaxConfigFileBytes, "chat template");
+    if (!text.ok()) return Fail(text.status().WithContext("--chat-template"));
+    chat_template = std::move(text).value();
   }
   if (api_key.empty()) {
     if (const char* env = std::getenv("HEADWISE_API_KEY"); env && *env) api_key = env;

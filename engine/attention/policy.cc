@@ -3,12 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
 #include <sstream>
 
+#include "core/file_io.h"
 #include "core/json_file.h"
 #include "engine/attention/profile_file.h"
 
@@ -238,8 +238,14 @@ StatusOr<int> PolicyIndex(const std::map<std::string, int>& by_name, const std::
 // DuoAttention's full_attention_heads.tsv: L rows of Hkv tab-separated gates.
 StatusOr<std::vector<std::vector<double>>> ReadGateMatrix(const std::string& path,
                                                           const ModelShape& shape) {
-  std::ifstream in(path);
-  if (!in) return NotFound("{}: cannot open the head matrix", path);
+  auto text = ReadSmallFile(path, kMaxConfigFileBytes, "head matrix");
+  if (!text.ok()) {
+    if (text.status().code() == StatusCode::kNotFound) {
+      return NotFound("{}: cannot open the head matrix", path);
+    }
+    return text.status();
+  }
+  std::istringstream in(std::move(text).value());
   std::vector<std::vector<double>> rows;
   std::string line;
   while (std::getline(in, line)) {
@@ -593,12 +599,17 @@ StatusOr<PolicySet> ParsePolicy(const std::string& json_text, const ModelShape& 
 }
 
 StatusOr<PolicySet> LoadPolicyFile(const std::string& path, const ModelShape& shape) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound("attention policy {}: cannot open", path);
-  std::ostringstream text;
-  text << in.rdbuf();
+  // A policy is a small file; the cap and the regular-file check make --attention-policy
+  // /dev/zero (or a FIFO, or a directory) a quick error instead of gigabytes read.
+  auto text = ReadSmallFile(path, kMaxConfigFileBytes, "attention policy");
+  if (!text.ok()) {
+    if (text.status().code() == StatusCode::kNotFound) {
+      return NotFound("attention policy {}: cannot open", path);
+    }
+    return text.status().WithContext("attention policy");
+  }
   const std::filesystem::path p(path);
-  auto set = ParsePolicy(text.str(), shape, p.parent_path().string(), p.stem().string());
+  auto set = ParsePolicy(*text, shape, p.parent_path().string(), p.stem().string());
   if (!set.ok()) return set.status().WithContext(fmt::format("attention policy {}", path));
   return set;
 }

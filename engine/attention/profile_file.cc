@@ -61,7 +61,7 @@ std::string FormatIdentity(const ModelShape& model) {
 
 StatusOr<json> ReadProfileArtefact(const std::string& path, const ModelShape& model,
                                    std::string_view body_key) {
-  HW_ASSIGN_OR_RETURN(json doc, ReadJsonFile(path));
+  HW_ASSIGN_OR_RETURN(json doc, ReadJsonFile(path, "head profile"));
   const auto schema = doc.is_object() ? doc.find("schema") : doc.end();
   if (!doc.is_object() || schema == doc.end()) return doc;  // a published artefact
   if (!schema->is_string() || schema->get<std::string>() != kProfileSchema) {

@@ -1,6 +1,11 @@
 // Attention-policy files: parsing, validation errors, and the head assignment from the
 // published DuoAttention and Retrieval-Head artefacts in ../shared/patterns.
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -382,6 +387,52 @@ TEST_CASE("Policy files: precise errors", "[policy]") {
   REQUIRE_FALSE(loaded.ok());
   CHECK_THAT(loaded.status().message(), Contains(path.string()));
   CHECK_THAT(loaded.status().message(), Contains("storage.window: expected an integer"));
+}
+
+// Files named by a policy, or given as the policy: regular files of bounded size only, refused
+// at once by name otherwise (/dev/zero used to be read for 2.2 GiB before failing).
+TEST_CASE("Policy files and head matrices: devices, FIFOs, directories, big files",
+          "[policy][limits]") {
+  using Catch::Matchers::Contains;
+  const auto tmp = std::filesystem::temp_directory_path();
+  const std::string fifo = (tmp / ("hw_policy_fifo_" + std::to_string(::getpid()))).string();
+  std::remove(fifo.c_str());
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const std::string big = (tmp / ("hw_policy_big_" + std::to_string(::getpid()))).string();
+  {
+    std::ofstream out(big, std::ios::binary);
+    out << std::string((size_t{16} << 20) + 1, ' ');
+  }
+  struct Case {
+    std::string path;
+    std::string expect;
+  };
+  const std::vector<Case> cases = {
+      {"/dev/zero", "/dev/zero: is a character device, not a regular file"},
+      {fifo, fifo + ": is a FIFO, not a regular file"},
+      {tmp.string(), tmp.string() + ": is a directory, not a regular file"},
+      {big, big + ": 16777217 bytes is over the limit of 16777216 for "}};
+  for (const Case& c : cases) {
+    INFO(c.path);
+    const auto t0 = std::chrono::steady_clock::now();
+    const Status matrix = ErrorOf(DuoPolicy(c.path, 0.5));
+    auto policy = LoadPolicyFile(c.path, kLlama3);
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(1));
+    CHECK(matrix.code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(matrix.message(), Contains(c.expect));
+    REQUIRE_FALSE(policy.ok());
+    CHECK(policy.status().code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(policy.status().message(), Contains(c.expect));
+  }
+  CHECK_THAT(ErrorOf(DuoPolicy(big, 0.5)).message(), Contains("for a head matrix"));
+  CHECK_THAT(LoadPolicyFile(big, kLlama3).status().message(), Contains("for an attention policy"));
+  std::remove(fifo.c_str());
+  std::remove(big.c_str());
+
+  // A policy nested 100,000 deep is refused before it is parsed.
+  std::string deep = R"({"schema": "attn-policy/v1", "x": )";
+  deep += std::string(100000, '[') + std::string(100000, ']') + "}";
+  CHECK_THAT(ErrorOf(deep).message(), Contains("nested deeper than the limit of 128"));
 }
 
 }  // namespace

@@ -66,6 +66,12 @@ TEST_CASE("max_tokens, stop strings, stop token ids, streaming", "[generator]") 
   CHECK(by_id.finish_reason == "stop");
   const auto first = std::find(base.output_ids.begin(), base.output_ids.end(), base.output_ids[10]);
   CHECK(by_id.output_ids.size() == static_cast<size_t>(first - base.output_ids.begin()) + 1);
+  // The stop token's own text is not in the output (vLLM drops it as it drops eos): the text is
+  // that of the tokens before it.
+  REQUIRE(first != base.output_ids.begin());
+  SamplingParams before = p;
+  before.max_tokens = static_cast<int>(first - base.output_ids.begin());
+  CHECK(by_id.text == t.Run(before).text);
 }
 
 TEST_CASE("Seeded sampling is reproducible", "[generator]") {

@@ -470,6 +470,30 @@ TEST_CASE("gguf bad: absurd array length and unknown value type", "[models][gguf
   }
 }
 
+TEST_CASE("gguf bad: arrays nested 100,000 deep are refused, not recursed into",
+          "[models][gguf][bad][limits]") {
+  // A guard (this already held): the reader's recursion stops at 4 levels.
+  std::string bytes = "GGUF";
+  testing::Append<uint32_t>(&bytes, 3);
+  testing::Append<uint64_t>(&bytes, 0);  // tensors
+  testing::Append<uint64_t>(&bytes, 1);  // key/values
+  const std::string key = "general.deep";
+  testing::Append<uint64_t>(&bytes, key.size());
+  bytes += key;
+  testing::Append<uint32_t>(&bytes, 9);  // array
+  for (int i = 0; i < 100000; ++i) {
+    testing::Append<uint32_t>(&bytes, 9);  // of arrays
+    testing::Append<uint64_t>(&bytes, 1);
+  }
+  testing::Append<uint32_t>(&bytes, 4);
+  testing::Append<uint64_t>(&bytes, 0);
+  TempDir dir;
+  testing::WriteFileBytes(dir.File("deep.gguf"), bytes);
+  Status s = OpenStatus(dir.File("deep.gguf"));
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(s.message(), Catch::Contains("'general.deep': arrays nested deeper than 4"));
+}
+
 TEST_CASE("gguf bad: tensor data beyond the file, too many dims, bad alignment",
           "[models][gguf][bad]") {
   TempDir dir;

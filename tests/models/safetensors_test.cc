@@ -193,6 +193,41 @@ TEST_CASE("safetensors bad: header length beyond the file", "[models][safetensor
   CHECK_THAT(OpenStatus(dir.path().string()).message(), Catch::Contains("5 bytes, too short"));
 }
 
+TEST_CASE("safetensors bad: deep JSON in the header, config.json and index",
+          "[models][safetensors][bad][limits]") {
+  // nlohmann copies recursively: 100,000 levels used to overflow the stack. Now each file is
+  // refused by the depth pre-scan, naming it.
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  TempDir dir;
+  std::string header = "{\"__metadata__\": {}, \"deep\": " + deep + "}";
+  std::string bytes;
+  testing::Append<uint64_t>(&bytes, header.size());
+  WriteModelDir(dir, bytes + header);
+  Status s = OpenStatus(dir.path().string());
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(s.message(), Catch::Contains("model.safetensors header: JSON nested deeper than the "
+                                          "limit of 128 levels"));
+
+  const std::string weights = testing::ReadFileBytes(TinyStoriesDir() + "/model.safetensors");
+  WriteModelDir(dir, weights);
+  testing::WriteFileBytes(dir.File("config.json"), deep);
+  s = OpenStatus(dir.path().string());
+  CHECK_THAT(s.message(), Catch::Contains("config.json: JSON nested deeper"));
+
+  WriteModelDir(dir, weights);
+  testing::WriteFileBytes(dir.File("model.safetensors.index.json"),
+                          "{\"weight_map\": " + deep + "}");
+  s = OpenStatus(dir.path().string());
+  CHECK_THAT(s.message(), Catch::Contains("model.safetensors.index.json: JSON nested deeper"));
+
+  // config.json that is not a regular file is refused by name, not read.
+  std::filesystem::remove(dir.File("model.safetensors.index.json"));
+  std::filesystem::remove(dir.File("config.json"));
+  std::filesystem::create_directory(dir.File("config.json"));
+  s = OpenStatus(dir.path().string());
+  CHECK_THAT(s.message(), Catch::Contains("config.json: is a directory, not a regular file"));
+}
+
 TEST_CASE("safetensors bad: tensor data beyond the file", "[models][safetensors][bad]") {
   TempDir dir;
   const std::string bytes = testing::ReadFileBytes(TinyStoriesDir() + "/model.safetensors");

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 SHARED = os.environ.get("HEADWISE_SHARED") or os.path.join(os.environ["HEADWISE_SOURCE_DIR"], "..", "shared")
 TINY = os.path.join(SHARED, "models", "tinystories-656k")
@@ -184,6 +185,106 @@ def case_policy_ring_dense_if_len(tmp):
     return TINY, "dense_if_len_le 100", ["--attention-policy", p]
 
 
+DEEP = 100000
+
+
+def deep_json():
+    return "[" * DEEP + "]" * DEEP
+
+
+def case_deep_config_json(tmp):
+    # nlohmann copies and dumps recursively: a value nested 100,000 deep where the loader copies
+    # it used to overflow the stack (exit 139).
+    d = copy_tiny(tmp)
+    p = os.path.join(d, "config.json")
+    cfg = json.load(open(p))
+    cfg["architectures"] = "DEEP"
+    open(p, "w").write(json.dumps(cfg).replace('"DEEP"', deep_json()))
+    return d, "config.json: JSON nested deeper than the limit of 128"
+
+
+def case_deep_generation_config_json(tmp):
+    d = copy_tiny(tmp)
+    open(os.path.join(d, "generation_config.json"), "w").write('{"eos_token_id": ' + deep_json() + "}")
+    return d, "generation_config.json: JSON nested deeper than the limit of 128"
+
+
+def case_deep_tokenizer_json(tmp):
+    d = copy_tiny(tmp)
+    p = os.path.join(d, "tokenizer.json")
+    tok = json.load(open(p))
+    tok["model"]["merges"].append("DEEP")  # a bad merge is dumped into its error message
+    open(p, "w").write(json.dumps(tok).replace('"DEEP"', deep_json()))
+    return d, "tokenizer.json: JSON nested deeper than the limit of 128"
+
+
+def case_deep_tokenizer_config_json(tmp):
+    d = copy_tiny(tmp)
+    open(os.path.join(d, "tokenizer_config.json"), "w").write('{"x": ' + deep_json() + "}")
+    return d, "tokenizer_config.json: JSON nested deeper than the limit of 128"
+
+
+def case_deep_safetensors_header(tmp):
+    d = copy_tiny(tmp)
+    p = os.path.join(d, "model.safetensors")
+    data = open(p, "rb").read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header["model.norm.weight"]["shape"] = "DEEP"  # a bad shape is dumped into its error message
+    raw = json.dumps(header).replace('"DEEP"', deep_json()).encode()
+    open(p, "wb").write(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    return d, "header: JSON nested deeper than the limit of 128"
+
+
+# Paths that are not small regular files, given where a policy or its head matrix goes: a clear
+# error at once, not gigabytes of /dev/zero read nor a FIFO waited on.
+def not_regular(tmp, kind):
+    if kind == "dev_zero":
+        return "/dev/zero", "is a character device"
+    if kind == "fifo":
+        p = os.path.join(tmp, "fifo")
+        os.mkfifo(p)
+        return p, "is a FIFO"
+    if kind == "directory":
+        p = os.path.join(tmp, "dir")
+        os.mkdir(p)
+        return p, "is a directory"
+    p = os.path.join(tmp, "big")
+    with open(p, "wb") as f:
+        f.truncate((16 << 20) + 1)
+    return p, "16777217 bytes is over the limit of 16777216 for "
+
+
+def policy_case(kind):
+    def case(tmp):
+        path, keyword = not_regular(tmp, kind)
+        return TINY, keyword, ["--attention-policy", path], 1.0
+
+    return case
+
+
+def head_matrix_case(kind):
+    def case(tmp):
+        path, keyword = not_regular(tmp, kind)
+        ring = {"storage": {"kind": "ring", "sink": 4, "window": 60}, "decode": {"mode": "retained"},
+                "prefill": {"mode": "retained", "first_chunk_dense": True}}
+        p = os.path.join(tmp, "policy.json")
+        json.dump({"schema": "attn-policy/v1", "policies": {"dense": {}, "streaming": ring},
+                   "assignment": {"default": "dense",
+                                  "head_matrix": {"format": "duo_tsv", "path": path,
+                                                  "binarize": {"sparsity": 0.5},
+                                                  "map": {"1": "dense", "0": "streaming"}}}},
+                  open(p, "w"))
+        return TINY, keyword, ["--attention-policy", p], 1.0
+
+    return case
+
+
+for _kind in ("dev_zero", "fifo", "directory", "oversized"):
+    globals()[f"case_policy_{_kind}"] = policy_case(_kind)
+    globals()[f"case_head_matrix_{_kind}"] = head_matrix_case(_kind)
+
+
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
 
 
@@ -192,14 +293,19 @@ def run_case(name):
         model, keyword, *extra = CASES[name](tmp)
         cmd = [os.environ["HEADWISE_BIN"], "generate", "--model", model, "--prompt", "hello", "--max-tokens", "4"]
         cmd += extra[0] if extra else []
+        max_seconds = extra[1] if len(extra) > 1 else None  # for errors that must come at once
         if name == "bad_flag_value":
             cmd[-1] = "four"
+        t0 = time.monotonic()
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except subprocess.TimeoutExpired:
             return f"{name}: hung (no exit within 60 s)"
+        seconds = time.monotonic() - t0
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         problems = []
+        if max_seconds is not None and seconds > max_seconds:
+            problems.append(f"took {seconds:.2f} s, want under {max_seconds} s")
         if r.returncode != 2:
             problems.append(f"exit code {r.returncode}, want 2")
         if len(lines) != 1:

@@ -529,4 +529,115 @@ TEST_CASE("chat renderer: probe at creation, refusals", "[server]") {
   CHECK_FALSE(engine::ChatRenderer::Create("{{ raise_exception('never') }}", "<s>", "</s>").ok());
 }
 
+// --- input limits ---
+
+std::string DeepObject(int depth) {
+  std::string s;
+  for (int i = 0; i < depth; ++i) s += "{\"k\":";
+  s += "1";
+  s += std::string(static_cast<size_t>(depth), '}');
+  return s;
+}
+
+TEST_CASE("request bodies: deep nesting is a 400, not a crash", "[server][limits]") {
+  const std::string deep = DeepObject(100000);
+  const std::vector<std::string> bodies = {
+      // /v1/chat/completions with chat_template_kwargs nested 100,000 deep.
+      R"({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+          "chat_template_kwargs": )" +
+          deep + "}",
+      // /tokenize, both shapes.
+      R"({"prompt": "hi", "chat_template_kwargs": )" + deep + "}",
+      R"({"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": )" + deep + "}",
+      // Any other field: refused the same way.
+      R"({"prompt": "x", "stop": )" + std::string(100000, '[') + std::string(100000, ']') + "}",
+  };
+  for (const std::string& body : bodies) {
+    Json parsed;
+    auto e = ParseJsonObject(body, parsed);
+    REQUIRE(e.has_value());
+    CHECK(e->status == 400);
+    CHECK(e->type == "invalid_request_error");
+    CHECK_THAT(e->message, Catch::Contains("the request body: JSON nested deeper than the limit "
+                                           "of 64 levels"));
+  }
+
+  // Depth 64 in all (the body is one level) passes, 65 does not; the chat parser then takes the
+  // kwargs as given.
+  Json body;
+  const std::string ok = R"({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+      "chat_template_kwargs": )" +
+                         DeepObject(kMaxRequestJsonDepth - 1) + "}";
+  REQUIRE_FALSE(ParseJsonObject(ok, body).has_value());
+  GenerationRequest r;
+  CHECK_FALSE(ParseChatRequest(body, r).has_value());
+  const std::string over = R"({"chat_template_kwargs": )" + DeepObject(kMaxRequestJsonDepth) + "}";
+  auto e = ParseJsonObject(over, body);
+  REQUIRE(e.has_value());
+  CHECK_THAT(e->message, Catch::Contains("at byte"));
+}
+
+TEST_CASE("request bodies: the number of values is capped", "[server][limits]") {
+  std::string ids = "[1";
+  for (size_t i = 1; i < kMaxRequestJsonValues; ++i) ids += ",1";
+  Json body;
+  // The object, "prompt"'s array and its ids: 2 + n values.
+  auto e = ParseJsonObject(R"({"prompt": )" + ids + "]}", body);
+  REQUIRE(e.has_value());
+  CHECK(e->status == 400);
+  CHECK_THAT(e->message, Catch::Contains("more than the limit of " +
+                                         std::to_string(kMaxRequestJsonValues) + " JSON values"));
+  ids.resize(ids.size() - 4);  // two ids fewer: n - 2 + 2 values fit
+  CHECK_FALSE(ParseJsonObject(R"({"prompt": )" + ids + "]}", body).has_value());
+}
+
+TEST_CASE("prompt: a flat list of ids is one prompt, lists of lists are capped",
+          "[server][limits]") {
+  GenerationRequest r;
+  Json ids = Json::array();
+  for (int i = 0; i < 5000; ++i) ids.push_back(i % 7);
+  REQUIRE_FALSE(ParseCompletionRequest(Completion({{"prompt", ids}}), r).has_value());
+  REQUIRE(r.prompts.size() == 1);
+  CHECK(r.prompts[0].ids.size() == 5000);
+  // Its length is for the context check, with vLLM's message.
+  int max_tokens = 0;
+  auto e = ResolveMaxTokens(r, 5000, 2048, max_tokens);
+  REQUIRE(e.has_value());
+  CHECK_THAT(e->message, Catch::Contains("maximum context length is 2048 tokens") &&
+                             Catch::Contains("5000 input tokens"));
+
+  Json lists = Json::array();
+  for (int i = 0; i < 1024; ++i) lists.push_back({1, 2});
+  REQUIRE_FALSE(ParseCompletionRequest(Completion({{"prompt", lists}}), r).has_value());
+  CHECK(r.prompts.size() == 1024);
+  lists.push_back({1, 2});
+  ApiError too_many = CompletionError(Completion({{"prompt", lists}}));
+  CHECK(too_many.param == "prompt");
+  CHECK(too_many.message == "'prompt' takes at most 1024 prompts, got 1025");
+  Json strings = Json::array();
+  for (int i = 0; i < 1025; ++i) strings.push_back("a");
+  CHECK(CompletionError(Completion({{"prompt", strings}})).message ==
+        "'prompt' takes at most 1024 prompts, got 1025");
+}
+
+TEST_CASE("CheckPromptTextSize: refuses only texts that must exceed the limit",
+          "[server][limits]") {
+  // 100 tokens of at most 16 bytes each cover at most 1600 bytes.
+  CHECK_FALSE(CheckPromptTextSize(1600, 100, 16, "prompt").has_value());
+  auto e = CheckPromptTextSize(1601, 100, 16, "prompt");
+  REQUIRE(e.has_value());
+  CHECK(e->status == 400);
+  CHECK(e->param == "prompt");
+  CHECK(e->message ==
+        "'prompt' is 1601 bytes long; no token of this model's tokenizer covers more than 16 "
+        "bytes, so it is at least 101 tokens, more than the 100 allowed");
+  CHECK(CheckPromptTextSize(10, 0, 16, "messages")->param == "messages");
+  CHECK_FALSE(CheckPromptTextSize(0, 0, 16, "prompt").has_value());
+  // No bound known: never refuses.
+  CHECK_FALSE(CheckPromptTextSize(size_t{1} << 40, 1, 0, "prompt").has_value());
+  // No overflow at the extremes.
+  CHECK_FALSE(CheckPromptTextSize(SIZE_MAX, INT64_MAX, SIZE_MAX, "prompt").has_value());
+  CHECK(CheckPromptTextSize(SIZE_MAX, 1, 2, "prompt").has_value());
+}
+
 }  // namespace headwise::server

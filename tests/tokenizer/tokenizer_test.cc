@@ -2,6 +2,7 @@
 // against the Python libraries by tests/python/tokenizer_parity.py), plus error handling.
 #include "tokenizer/tokenizer.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
@@ -136,8 +137,11 @@ TEST_CASE("Unsupported tokenizer.json features are refused by name", "[tokenizer
 
   CHECK(load("{not json").status().code() == StatusCode::kInvalidArgument);
   CHECK(LoadHfTokenizer("/nonexistent/tokenizer.json").status().code() == StatusCode::kNotFound);
+  // Read by us now (size cap, regular files only), so a missing file is NotFound like the above.
   CHECK(LoadSentencePieceTokenizer("/nonexistent/x.model").status().code() ==
-        StatusCode::kInvalidArgument);
+        StatusCode::kNotFound);
+  CHECK_THAT(LoadSentencePieceTokenizer("/dev/zero").status().message(),
+             Catch::Contains("/dev/zero: is a character device, not a regular file"));
 }
 
 TEST_CASE("GGUF vocabularies are validated", "[tokenizer]") {
@@ -166,6 +170,96 @@ TEST_CASE("GGUF vocabularies are validated", "[tokenizer]") {
   REQUIRE_FALSE(unknown_pre.ok());
   CHECK_THAT(unknown_pre.status().message(), Catch::Contains("no-such-pre"));
   CHECK(LoadGgufTokenizer(GgufVocab{}).status().code() == StatusCode::kInvalidArgument);
+}
+
+// Texts that a bound in bytes per token is weakest on: each tokenizer's longest pieces written
+// out repeatedly, long runs of one character, and text that NFC shrinks (composition).
+std::vector<std::string> HardTexts(const Tokenizer& t) {
+  std::vector<std::string> texts(std::begin(kTexts), std::end(kTexts));
+  texts.push_back(std::string(5000, ' '));
+  texts.push_back(std::string(5000, 'a'));
+  texts.push_back(std::string(2000, '\n'));
+  texts.push_back(std::string(3000, '='));
+  std::string jamo, accents;
+  for (int i = 0; i < 300; ++i)
+    jamo += "\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8";      // L V T -> one syllable
+  for (int i = 0; i < 300; ++i) accents += "e\xCC\x81";  // e + combining acute -> é
+  texts.push_back(jamo);
+  texts.push_back(accents);
+  std::vector<std::pair<size_t, int32_t>> by_length;
+  for (int32_t id = 0; id < t.vocab_size(); ++id) {
+    if (t.IsSpecial(id)) continue;
+    const int32_t one[1] = {id};
+    by_length.emplace_back(t.Decode(one, false).size(), id);
+  }
+  std::sort(by_length.rbegin(), by_length.rend());
+  for (size_t i = 0; i < 5 && i < by_length.size(); ++i) {
+    const int32_t one[1] = {by_length[i].second};
+    const std::string piece = t.Decode(one, false);
+    std::string repeated;
+    for (int k = 0; k < 20; ++k) repeated += piece;
+    texts.push_back(piece);
+    texts.push_back(repeated);
+  }
+  return texts;
+}
+
+TEST_CASE("max_token_bytes bounds the text bytes one token covers", "[tokenizer][limits]") {
+  for (const char* name : {"llama2-hf", "llama3-hf", "qwen3-hf"}) {
+    INFO(name);
+    auto t = LoadShared(name);
+    const size_t m = t->max_token_bytes();
+    REQUIRE(m > 0);
+    for (const std::string& text : HardTexts(*t)) {
+      INFO(text.substr(0, 40) << " (" << text.size() << " bytes)");
+      for (bool special : {false, true}) {
+        CHECK(t->Encode(text, special).size() * m >= text.size());
+      }
+    }
+  }
+  // Byte fallback over every byte (Llama 2): the longest piece; "▁" for a space makes pieces
+  // longer than the text they cover, never shorter.
+  const auto llama2 = LoadShared("llama2-hf");
+  CHECK(llama2->max_token_bytes() < 64);
+  // NFC (Qwen3) may shrink text, so its bound is a multiple of its longest piece.
+  const auto qwen = LoadShared("qwen3-hf");
+  CHECK(qwen->max_token_bytes() % 8 == 0);
+  // sentencepiece's own normalizer may collapse runs of spaces: no bound is claimed.
+  CHECK(LoadShared("llama2-spm")->max_token_bytes() == 0);
+}
+
+TEST_CASE("max_token_bytes: 0 where tokens can swallow unbounded text", "[tokenizer][limits]") {
+  const auto load = [](const std::string& extra, const std::string& model_extra = "") {
+    auto t = LoadHfTokenizer(
+        WriteTemp("tokenizer_limits_tmp.json",
+                  R"({"model": {"type": "BPE", "vocab": {"<unk>": 0, "a": 1, "b": 2, "ab": 3},
+            "merges": ["a b"], "unk_token": "<unk>")" +
+                      model_extra + "}" + extra + "}"));
+    INFO(t.status().ToString());
+    REQUIRE(t.ok());
+    return std::move(t).value();
+  };
+  // One <unk> per unknown character (at most 4 bytes); the longest piece is "<unk>" itself.
+  auto plain = load("");
+  CHECK(plain->max_token_bytes() == 5);
+  CHECK(plain->Encode(std::string(100, 'x'), false).size() == 100);
+  // A normalizer that replaces 6 bytes by 2 can shrink text 3 times.
+  CHECK(load(R"(, "normalizer": {"type": "Replace", "pattern": {"String": "xxxxxx"},
+                 "content": "ab"})")
+            ->max_token_bytes() == 15);
+  CHECK(load(R"(, "normalizer": {"type": "NFKC"})")->max_token_bytes() == 40);
+  // fuse_unk: a run of unknown characters is one token.
+  auto fused = load("", R"(, "fuse_unk": true)");
+  CHECK(fused->Encode(std::string(100, 'x'), false).size() == 1);
+  CHECK(fused->max_token_bytes() == 0);
+  // A normalizer that deletes text.
+  CHECK(load(R"(, "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": ""})")
+            ->max_token_bytes() == 0);
+  // An added token that strips whitespace around it swallows any run of spaces.
+  auto strip = load(R"(, "added_tokens": [{"id": 4, "content": "<m>", "special": true,
+      "lstrip": true, "rstrip": false, "normalized": false, "single_word": false}])");
+  CHECK(strip->Encode(std::string(1000, ' ') + "<m>", false).size() == 1);
+  CHECK(strip->max_token_bytes() == 0);
 }
 
 }  // namespace
