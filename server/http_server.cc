@@ -204,6 +204,15 @@ class HttpServer::Impl {
                      "Generation requests accepted by the engine, by API and attention policy");
     m.DeclareCounter("headwise_client_disconnects_total",
                      "Generation requests aborted because their client went away, by API");
+    if (tok_.max_token_bytes() > 0) {
+      spdlog::info("prompts over {} bytes are refused before tokenizing ({} tokens x {} bytes)",
+                   static_cast<int64_t>(request_limit_) * tok_.max_token_bytes(), request_limit_,
+                   tok_.max_token_bytes());
+    } else {
+      spdlog::info(
+          "the tokenizer gives no bound on the bytes of a token: prompt texts are limited "
+          "by --max-body-bytes alone");
+    }
     transport_ = std::make_unique<http::Transport>(
         opts_.transport, [this](std::shared_ptr<Exchange> ex) { Handle(std::move(ex)); },
         [this](const http::Request& req, int status) {
@@ -341,6 +350,12 @@ class HttpServer::Impl {
     return ModelNotFound(asked);
   }
 
+  // A text that cannot fit the longest request is refused before tokenizing it: the tokenizer's
+  // working memory grows with the text (a 16 MiB prompt took 350 MB and 6 s of a worker).
+  std::optional<ApiError> CheckTextCost(const std::string& text, std::string_view param) const {
+    return CheckPromptTextSize(tok_.MinTokens(text), text.size(), request_limit_, param);
+  }
+
   void HandleTokenize(Exchange& ex) {
     Json body;
     TokenizeRequest tr;
@@ -355,6 +370,7 @@ class HttpServer::Impl {
         return ReplyError(ex, BadRequest(rendered.status().message(), "messages"));
       text = *rendered;
     }
+    if (auto e = CheckTextCost(text, tr.chat ? "messages" : "prompt")) return ReplyError(ex, *e);
     const std::vector<int32_t> ids = tok_.Encode(text, tr.add_special_tokens);
     ReplyJson(ex, 200,
               Json{{"count", ids.size()},
@@ -399,6 +415,7 @@ class HttpServer::Impl {
       auto rendered = chat_.Render(gr.messages, gr.add_generation_prompt, gr.chat_template_kwargs);
       if (!rendered.ok())
         return ReplyError(*ex, BadRequest(rendered.status().message(), "messages"));
+      if (auto e = CheckTextCost(*rendered, "messages")) return ReplyError(*ex, *e);
       job->prompt_ids.push_back(tok_.Encode(*rendered, gr.add_special_tokens));
       job->prompt_texts.push_back(std::move(*rendered));
     } else {
@@ -408,6 +425,7 @@ class HttpServer::Impl {
           job->prompt_ids.push_back(p.ids);
           job->prompt_texts.push_back(gr.echo ? tok_.Decode(p.ids, false) : "");
         } else {
+          if (auto e = CheckTextCost(p.text, "prompt")) return ReplyError(*ex, *e);
           job->prompt_ids.push_back(tok_.Encode(p.text, gr.add_special_tokens));
           job->prompt_texts.push_back(p.text);
         }

@@ -743,23 +743,16 @@ std::optional<ApiError> ValidatePromptIds(const std::vector<int32_t>& ids, int v
   return std::nullopt;
 }
 
-std::optional<ApiError> CheckPromptTextSize(size_t text_bytes, int64_t max_tokens_allowed,
-                                            size_t max_token_bytes, std::string_view param) {
-  // Sound only because max_token_bytes bounds the *input* bytes one token covers, normalizers
-  // included (tokenizer.h): then tokens >= ceil(text_bytes / max_token_bytes). Tokens that
-  // cover no input (BOS, a prepended "▁") only add to the count, so they cannot make it unsafe.
-  if (max_token_bytes == 0 || max_tokens_allowed < 0) return std::nullopt;
-  const uint64_t allowed = static_cast<uint64_t>(max_tokens_allowed);
-  // text_bytes > allowed * max_token_bytes, without overflow.
-  if (allowed > std::numeric_limits<uint64_t>::max() / max_token_bytes) return std::nullopt;
-  if (text_bytes <= allowed * max_token_bytes) return std::nullopt;
-  const uint64_t at_least = text_bytes / max_token_bytes + (text_bytes % max_token_bytes != 0);
+std::optional<ApiError> CheckPromptTextSize(size_t min_tokens, size_t text_bytes,
+                                            int64_t max_tokens_allowed, std::string_view param) {
+  if (max_tokens_allowed < 0 || min_tokens <= static_cast<uint64_t>(max_tokens_allowed)) {
+    return std::nullopt;
+  }
   const std::string name(param);
-  return BadRequest(
-      fmt::format("'{}' is {} bytes long; no token of this model's tokenizer covers more than {} "
-                  "bytes, so it is at least {} tokens, more than the {} allowed",
-                  name, text_bytes, max_token_bytes, at_least, max_tokens_allowed),
-      name);
+  return BadRequest(fmt::format("'{}' is {} bytes long, which this model's tokenizer makes at "
+                                "least {} tokens, more than the {} allowed",
+                                name, text_bytes, min_tokens, max_tokens_allowed),
+                    name);
 }
 
 std::optional<ApiError> ParseTokenizeRequest(const Json& body, TokenizeRequest& out) {

@@ -98,12 +98,11 @@ std::optional<ApiError> ValidateParams(const engine::SamplingParams& params, int
 std::optional<ApiError> ValidatePromptIds(const std::vector<int32_t>& ids, int vocab_size,
                                           const std::string& param);
 
-// A cheap refusal before tokenizing a text prompt: no token stands for more than
-// `max_token_bytes` bytes of the text (Tokenizer::max_token_bytes(); 0: no bound known, never
-// refuses), so a text of more than max_tokens_allowed * max_token_bytes bytes has more tokens
-// than allowed. A 400 naming `param`, with the byte count and the token count it implies.
-std::optional<ApiError> CheckPromptTextSize(size_t text_bytes, int64_t max_tokens_allowed,
-                                            size_t max_token_bytes, std::string_view param);
+// A cheap refusal before tokenizing a text prompt of `text_bytes` bytes that the tokenizer
+// would make at least `min_tokens` tokens (Tokenizer::MinTokens; 0: no bound known, never
+// refuses): a 400 naming `param` when that is more than max_tokens_allowed.
+std::optional<ApiError> CheckPromptTextSize(size_t min_tokens, size_t text_bytes,
+                                            int64_t max_tokens_allowed, std::string_view param);
 
 // /tokenize and /detokenize (vLLM's shapes).
 struct TokenizeRequest {

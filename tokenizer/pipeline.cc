@@ -311,6 +311,14 @@ class PipelineTokenizer final : public Tokenizer {
     return id >= 0 && id < vocab_size() && config_.special[id];
   }
   size_t max_token_bytes() const override { return max_token_bytes_; }
+  size_t MinTokens(std::string_view text) const override {
+    if (max_token_bytes_ == 0) return 0;
+    size_t counted = text.size();
+    if (dropped_bytes_.any()) {
+      for (char c : text) counted -= dropped_bytes_[static_cast<uint8_t>(c)];
+    }
+    return counted / max_token_bytes_ + (counted % max_token_bytes_ != 0);
+  }
 
  private:
   // Why the bound holds. Encode splits the text into (a) added tokens matched in the raw text,
@@ -323,7 +331,7 @@ class PipelineTokenizer final : public Tokenizer {
   // least 1/shrink of the segment's bytes, so each id covers at most shrink * m input bytes.
   // Whitespace-stripping added tokens break (a): "<mask>" with rstrip swallows any run of
   // spaces after it, so then there is no bound.
-  size_t ComputeMaxTokenBytes() const {
+  size_t ComputeMaxTokenBytes() {  // also sets dropped_bytes_
     for (const AddedToken& t : config_.added_tokens) {
       if (t.lstrip || t.rstrip) return 0;
     }
@@ -331,8 +339,11 @@ class PipelineTokenizer final : public Tokenizer {
     for (const PreTokenizerStep& step : config_.pre_tokenizers) {
       byte_level = byte_level || step.kind == PreTokenizerStep::Kind::kByteLevel;
     }
-    size_t longest = config_.model->MaxInputBytesPerToken(byte_level);
+    size_t longest = config_.model->MaxInputBytesPerToken(byte_level, dropped_bytes_);
     if (longest == 0) return 0;
+    // Dropped bytes are bytes of the pre-tokenized text; with normalizers in between, which
+    // bytes of the input they were is not known.
+    if (dropped_bytes_.any() && !config_.normalizers.empty()) return 0;
     for (const std::string& piece : config_.id_to_piece) longest = std::max(longest, piece.size());
     for (const AddedToken& t : config_.added_tokens) {
       longest = std::max(longest, t.content.size());
@@ -424,6 +435,7 @@ class PipelineTokenizer final : public Tokenizer {
   AddedTokenMatcher raw_matcher_;
   AddedTokenMatcher normalized_matcher_;
   size_t max_token_bytes_ = 0;
+  std::bitset<256> dropped_bytes_;  // bytes that yield no token (MaxInputBytesPerToken)
 };
 
 class BpeModel final : public Model {
@@ -461,7 +473,7 @@ class BpeModel final : public Model {
   // fallback with all 256 byte pieces. Otherwise an unknown character (at most 4 bytes, one
   // ill-formed byte at a time) becomes <unk>, unless there is none (dropped) or fuse_unk joins
   // a run of them into one.
-  size_t MaxInputBytesPerToken(bool byte_level_input) const override {
+  size_t MaxInputBytesPerToken(bool byte_level_input, std::bitset<256>& dropped) const override {
     size_t longest = 1;
     for (const auto& [piece, id] : vocab_) longest = std::max(longest, piece.size());
     bool every_byte = byte_level_input;
@@ -473,6 +485,14 @@ class BpeModel final : public Model {
         std::all_of(byte_ids_.begin(), byte_ids_.end(), [](int32_t id) { return id >= 0; });
     if (every_byte || every_fallback) return longest;
     if (options_.unk_id && !options_.fuse_unk) return std::max<size_t>(longest, 4);
+    // Byte-level input without <unk>: a byte whose character is missing is dropped (SmolLM2's
+    // vocabulary lacks 21 of them, control bytes and bytes UTF-8 never uses); every other
+    // byte still lands in some id.
+    if (byte_level_input && !options_.byte_fallback && !options_.unk_id) {
+      const auto& chars = ByteToUnicode();
+      for (size_t b = 0; b < chars.size(); ++b) dropped[b] = vocab_.count(chars[b]) == 0;
+      return longest;
+    }
     return 0;
   }
 
@@ -586,7 +606,8 @@ class SpmScoreModel final : public Model {
 
   // Final symbols are vocabulary pieces (merges only make pieces) or single characters missing
   // from the vocabulary, which give one id per byte: a byte piece, else <unk>, else nothing.
-  size_t MaxInputBytesPerToken(bool /*byte_level_input*/) const override {
+  size_t MaxInputBytesPerToken(bool /*byte_level_input*/,
+                               std::bitset<256>& /*dropped*/) const override {
     const bool every_byte =
         byte_ids_.size() == 256 &&
         std::all_of(byte_ids_.begin(), byte_ids_.end(), [](int32_t id) { return id >= 0; });

@@ -3,6 +3,7 @@
 // and with the semantics of Hugging Face `tokenizers`.
 #pragma once
 
+#include <bitset>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -24,9 +25,12 @@ class Model {
   virtual void Tokenize(std::string_view piece, std::vector<int32_t>* ids) const = 0;
   // The most bytes of a Tokenize() input that one output id can cover, or 0 if unbounded (an
   // input character may produce no id, or a run of them one id). `byte_level_input`: the
-  // input is made only of ByteToUnicode()'s 256 characters (a ByteLevel pre-tokenizer ran).
-  virtual size_t MaxInputBytesPerToken(bool byte_level_input) const {
+  // input is made only of ByteToUnicode()'s 256 characters (a ByteLevel pre-tokenizer ran);
+  // then `dropped` marks the bytes whose character yields no id at all (a vocabulary without
+  // it and no <unk>), which the bound leaves out instead of giving up.
+  virtual size_t MaxInputBytesPerToken(bool byte_level_input, std::bitset<256>& dropped) const {
     (void)byte_level_input;
+    (void)dropped;
     return 0;
   }
 };

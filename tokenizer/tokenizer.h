@@ -53,6 +53,13 @@ class Tokenizer {
   // whitespace around them (lstrip/rstrip), fused or dropped unknown characters, normalizers
   // that delete text, and sentencepiece's own normalizer (it collapses runs of spaces).
   virtual size_t max_token_bytes() const { return 0; }
+  // A lower bound on Encode(text, false).size() from one pass over its bytes: the bytes that
+  // yield a token (all, less those a byte-level vocabulary without their character drops) over
+  // max_token_bytes(), rounded up. 0 where max_token_bytes() is 0.
+  virtual size_t MinTokens(std::string_view text) const {
+    (void)text;
+    return 0;
+  }
 };
 
 // tokenizer.json of the Hugging Face `tokenizers` library: BPE models (byte-level as in

@@ -901,6 +901,27 @@ def test_deep_json(srv, path):
 # --- the run -----------------------------------------------------------------------------
 
 
+def test_huge_prompt(srv):
+    """A 16 MiB text prompt for an 8K context: a 400 at once, without the hundreds of MB and
+    seconds that tokenizing it costs (350 MB and 6 s before the check)."""
+    pid = srv.proc.pid
+    srv.request("GET", "/health")
+    reset_peak_rss(pid)
+    hwm0 = proc_kib(pid, "VmHWM")
+    body = json.dumps({"model": "tiny", "prompt": "hello world " * ((16 << 20) // 12 - 10),
+                       "max_tokens": 1}).encode()
+    start = time.monotonic()
+    status, _, data = srv.request("POST", COMP, body, headers={"Content-Type": "application/json"})
+    elapsed = time.monotonic() - start
+    grown = (proc_kib(pid, "VmHWM") - hwm0) / 1024
+    print(f"  16 MiB prompt: {status} after {elapsed:.2f}s, peak RSS grew {grown:.0f} MiB")
+    assert status == 400, (status, data[:300])
+    err = check_error_shape(json.loads(data))
+    assert "at least" in err["message"] and err["param"] == "prompt", err
+    assert elapsed < 2.0, elapsed
+    assert grown < 150, f"peak RSS grew by {grown:.0f} MiB"
+
+
 def group(runner, args, cases, model=TINY, stop_timeout=10):
     """Runs `cases` [(name, fn)] against one server; if it cannot start, they all fail."""
     try:
@@ -962,6 +983,14 @@ def main():
     runner.run("shutdown_deadline_stuck_reader", check_shutdown, out, check_stuck_exit)
     runner.run("shutdown_normal_stream_done", check_shutdown, out, check_normal_stream_ended)
     group(runner, [], [("second_sigterm_exits_at_once", test_second_sigterm)], stop_timeout=5)
+
+    # A prompt that cannot fit is refused before it is tokenized (SmolLM2's byte-level BPE gives a
+    # bound; TinyStories' sentencepiece model gives none).
+    smollm2 = os.environ.get("HEADWISE_SMOLLM2_GGUF")
+    if smollm2:
+        group(runner, [], [("huge_prompt_refused_cheaply", test_huge_prompt)], model=smollm2)
+    else:
+        runner.run("huge_prompt_refused_cheaply", fail_start, "HEADWISE_SMOLLM2_GGUF is not set")
 
     # 10. One server per request: a crash in the first must not fail the second.
     group(runner, [], [("deep_json_tokenize_400", lambda srv: test_deep_json(srv, "/tokenize"))])

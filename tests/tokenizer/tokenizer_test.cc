@@ -10,6 +10,7 @@
 
 #include "tests/test_util.h"
 #include "tokenizer/gguf_vocab.h"
+#include "tokenizer/pipeline.h"
 
 namespace headwise::tokenizer {
 namespace {
@@ -145,7 +146,7 @@ TEST_CASE("Unsupported tokenizer.json features are refused by name", "[tokenizer
 }
 
 TEST_CASE("GGUF vocabularies are validated", "[tokenizer]") {
-  GgufVocab v;
+  headwise::tokenizer::GgufVocab v;
   v.model = "llama";
   v.tokens = {"<unk>", "<s>", "</s>", "a"};
   v.scores = {0, 0, 0};
@@ -215,6 +216,8 @@ TEST_CASE("max_token_bytes bounds the text bytes one token covers", "[tokenizer]
       for (bool special : {false, true}) {
         CHECK(t->Encode(text, special).size() * m >= text.size());
       }
+      CHECK(t->MinTokens(text) <= t->Encode(text, false).size());
+      CHECK(t->MinTokens(text) * m >= text.size());
     }
   }
   // Byte fallback over every byte (Llama 2): the longest piece; "▁" for a space makes pieces
@@ -264,3 +267,27 @@ TEST_CASE("max_token_bytes: 0 where tokens can swallow unbounded text", "[tokeni
 
 }  // namespace
 }  // namespace headwise::tokenizer
+
+TEST_CASE("MinTokens leaves out the bytes a byte-level vocabulary drops", "[tokenizer][limits]") {
+  // A GGUF gpt2 vocabulary of the 256 byte characters less that of byte 0x04, plus "aa": as in
+  // SmolLM2, whose vocabulary lacks 21 byte characters, a missing byte yields no token.
+  headwise::tokenizer::GgufVocab v;
+  v.model = "gpt2";
+  const auto& chars = headwise::tokenizer::internal::ByteToUnicode();
+  for (int b = 0; b < 256; ++b) {
+    if (b != 4) v.tokens.push_back(chars[b]);
+  }
+  v.tokens.push_back("aa");
+  v.merges = {"a a"};
+  auto t = headwise::tokenizer::LoadGgufTokenizer(v);
+  REQUIRE(t.ok());
+  CHECK((*t)->max_token_bytes() == 2);
+  const std::string dropped(1000, '\x04');
+  CHECK((*t)->Encode(dropped, false).empty());
+  CHECK((*t)->MinTokens(dropped) == 0);
+  const std::string text = std::string(1001, 'a') + dropped;
+  CHECK((*t)->MinTokens(text) == 501);
+  CHECK((*t)->Encode(text, false).size() == 501);
+  // Without the dropped-byte rule there would be no bound at all.
+  CHECK((*t)->MinTokens(std::string(10, 'a')) == 5);
+}
