@@ -418,8 +418,13 @@ async def run_rate(args, model: str, specs: list[RequestSpec], rate: float,
                 finally:
                     in_flight -= 1
 
+        if args.start_at:
+            # Several client processes share one server: each sends its warm-up, then all
+            # start their timed runs at the same wall-clock moment, so their windows align.
+            await asyncio.sleep(max(0.0, args.start_at - time.time()))
         load_before = os.getloadavg()
         meter = CpuMeter(server_pid)
+        start_unix = time.time()
         t0 = time.perf_counter()
         tasks = []
         next_t = 0.0
@@ -440,6 +445,7 @@ async def run_rate(args, model: str, specs: list[RequestSpec], rate: float,
         "request_rate": "inf" if math.isinf(rate) else f"{rate:g}",
         "max_concurrency": args.max_concurrency,
         "max_in_flight": max_in_flight,
+        "start_unix": start_unix,
         "loadavg_1m_before": round(load_before[0], 2),
         "loadavg_1m_after": round(load_after[0], 2),
         **cpu,
@@ -614,8 +620,11 @@ def _run(cmd: list[str]) -> str:
 def git_commit() -> str:
     commit = _run(["git", "rev-parse", "--short", "HEAD"]) or "unknown"
     # Dirty: tracked files differ from HEAD, results files aside (a run writes those).
-    rc = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":!bench/results"],
-                        cwd=REPO_ROOT, capture_output=True).returncode
+    try:
+        rc = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":!bench/results"],
+                            cwd=REPO_ROOT, capture_output=True, timeout=30).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        return commit  # no git here (a copy of the tree on another machine)
     return commit + ("-dirty" if rc != 0 else "")
 
 
@@ -874,6 +883,9 @@ def parse_args(argv=None):
     g.add_argument("--num-warmup", type=int, default=1,
                    help="requests sent one by one before each run, not measured")
     g.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
+    g.add_argument("--start-at", type=float, default=None, metavar="UNIX_TIME",
+                   help="after the warm-up, wait until this wall-clock time (time.time()) "
+                        "before each timed run: lines up several client processes")
     g = p.add_argument_group("results")
     g.add_argument("--percentiles", default="50,90,99",
                    type=lambda s: [float(x) for x in s.split(",")])
