@@ -283,16 +283,13 @@ StatusOr<Value> DoIndent(const Value& input, const CallArgs& call) {
   // when blank=True); the trailing newline added is removed again.
   std::string newline = "\n";
   s += newline;
-  std::vector<std::string> lines;
-  size_t start = 0;
-  while (start < s.size()) {
-    const size_t nl = s.find('\n', start);
-    lines.push_back(s.substr(start, nl - start));
-    start = nl + 1;
-  }
+  // Line by line, without a list of lines (a string of newlines would make millions).
   std::string out;
-  for (size_t i = 0; i < lines.size(); ++i) {
-    const std::string& line = lines[i];
+  size_t start = 0;
+  for (size_t i = 0; start < s.size(); ++i) {
+    const size_t nl = s.find('\n', start);
+    const std::string_view line = std::string_view(s).substr(start, nl - start);
+    start = nl + 1;
     const bool is_blank = PyStrip(line, nullptr, true, true).empty();
     if (i > 0) out += newline;
     if ((i > 0 || first) && (blank || !is_blank)) out += indent;
