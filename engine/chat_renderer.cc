@@ -4,7 +4,8 @@
 
 namespace headwise::engine {
 
-using Json = nlohmann::json;
+// Ordered: Python dicts keep insertion order, and templates print it.
+using Json = nlohmann::ordered_json;
 
 ChatRenderer::~ChatRenderer() = default;
 
@@ -42,15 +43,26 @@ StatusOr<std::string> ChatRenderer::Render(const std::vector<ChatMessage>& messa
   }
   Json msgs = Json::array();
   for (const auto& m : messages) {
-    Json j = {{"role", m.role}, {"content", m.content}};
+    // vLLM's ConversationMessage: role, content, then name when given.
+    Json j = Json::object();
+    j["role"] = m.role;
+    j["content"] = m.content;
     if (!m.name.empty()) j["name"] = m.name;
     msgs.push_back(std::move(j));
   }
-  Json extra = {{"bos_token", bos_token_},
-                {"eos_token", eos_token_},
-                {"add_generation_prompt", add_generation_prompt},
-                {"tools", nullptr},
-                {"documents", nullptr}};
+  Json extra = Json::object();
+  extra["bos_token"] = bos_token_;
+  extra["eos_token"] = eos_token_;
+  extra["add_generation_prompt"] = add_generation_prompt;
+  extra["tools"] = nullptr;
+  extra["documents"] = nullptr;
+  if (!template_kwargs.is_null() && !template_kwargs.is_object()) {
+    return InvalidArgument("chat_template_kwargs must be an object");
+  }
+  // Before copying: copies of JSON recurse, and the kwargs come from the client.
+  if (auto st = tokenizer::CheckJsonDepth(template_kwargs); !st.ok()) {
+    return InvalidArgument("chat_template_kwargs: {}", st.message());
+  }
   for (const auto& [key, value] : template_kwargs.items()) {
     if (key == "messages") return InvalidArgument("chat_template_kwargs may not set 'messages'");
     extra[key] = value;

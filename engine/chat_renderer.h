@@ -39,8 +39,13 @@ class ChatRenderer {
   // Renders with bos_token, eos_token, add_generation_prompt and tools=None (as transformers'
   // apply_chat_template does), plus the request's chat_template_kwargs. InvalidArgument when
   // the template refuses the conversation (raise_exception) or fails on it.
+  //
+  // Each message is the dict {"role", "content"[, "name"]} in that order, as vLLM builds it
+  // (`message|tojson` shows the order). template_kwargs keep the order of their keys, which
+  // templates may show (`tojson` of a nested object): parse the request with ordered_json to
+  // keep the client's; an nlohmann::json converts implicitly but has sorted its keys already.
   StatusOr<std::string> Render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
-                               const nlohmann::json& template_kwargs) const;
+                               const nlohmann::ordered_json& template_kwargs) const;
 
  private:
   ChatRenderer() = default;

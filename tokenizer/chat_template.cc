@@ -1,5 +1,8 @@
 #include "tokenizer/chat_template.h"
 
+#include <utility>
+#include <vector>
+
 #include "tokenizer/jinja_eval.h"
 #include "tokenizer/jinja_parser.h"
 #include "tokenizer/jinja_value.h"
@@ -16,41 +19,62 @@ StatusOr<ChatTemplate> ChatTemplate::Parse(std::string source, ChatTemplateOptio
                       options);
 }
 
-template <typename Json>
-StatusOr<std::string> ChatTemplate::RenderImpl(const Json& messages, const Json& extra) const {
+StatusOr<std::string> ChatTemplate::Render(const nlohmann::ordered_json& messages,
+                                           const nlohmann::ordered_json& extra) const {
   if (!messages.is_array()) return InvalidArgument("chat template: messages must be an array");
   if (!extra.is_null() && !extra.is_object()) {
     return InvalidArgument("chat template: extra variables must be an object");
   }
   jinja::Dict vars;
-  vars.items.emplace_back("messages", jinja::FromJson(messages));
+  HW_ASSIGN_OR_RETURN(jinja::Value message_values, jinja::FromJson(messages));
+  vars.items.emplace_back("messages", std::move(message_values));
   if (extra.is_object()) {
     for (auto it = extra.begin(); it != extra.end(); ++it) {
       if (it.key() == "messages") continue;
-      vars.Set(it.key(), jinja::FromJson(it.value()));
+      HW_ASSIGN_OR_RETURN(jinja::Value v, jinja::FromJson(it.value()));
+      vars.Set(it.key(), std::move(v));
     }
   }
   jinja::RenderLimits limits;
   limits.max_output_bytes = options_.max_output_bytes;
   limits.max_loop_iterations = options_.max_loop_iterations;
+  limits.max_allocated_bytes = options_.max_allocated_bytes;
+  limits.max_seconds = options_.max_seconds;
   return jinja::RenderTemplate(*tpl_, vars, limits);
 }
 
-StatusOr<std::string> ChatTemplate::Render(const nlohmann::json& messages,
-                                           const nlohmann::json& extra) const {
-  return RenderImpl(messages, extra);
+namespace {
+
+template <typename Json>
+Status CheckJsonDepthImpl(const Json& j, size_t max_depth) {
+  std::vector<std::pair<const Json*, size_t>> stack = {{&j, 0}};
+  while (!stack.empty()) {
+    const auto [node, depth] = stack.back();
+    stack.pop_back();
+    if (!node->is_structured()) continue;
+    if (depth + 1 > max_depth) {
+      return InvalidArgument("JSON nested deeper than {} levels", max_depth);
+    }
+    for (const auto& child : *node) stack.emplace_back(&child, depth + 1);
+  }
+  return Status::Ok();
 }
 
-StatusOr<std::string> ChatTemplate::RenderOrdered(const nlohmann::ordered_json& messages,
-                                                  const nlohmann::ordered_json& extra) const {
-  return RenderImpl(messages, extra);
+}  // namespace
+
+Status CheckJsonDepth(const nlohmann::ordered_json& j, size_t max_depth) {
+  return CheckJsonDepthImpl(j, max_depth);
+}
+Status CheckJsonDepth(const nlohmann::json& j, size_t max_depth) {
+  return CheckJsonDepthImpl(j, max_depth);
 }
 
-StatusOr<nlohmann::json> FlattenTextContent(const nlohmann::json& messages) {
+StatusOr<nlohmann::ordered_json> FlattenTextContent(const nlohmann::ordered_json& messages) {
   if (!messages.is_array()) return InvalidArgument("messages must be an array");
-  nlohmann::json out = messages;
+  HW_RETURN_IF_ERROR(CheckJsonDepth(messages));
+  nlohmann::ordered_json out = messages;
   for (size_t i = 0; i < out.size(); ++i) {
-    nlohmann::json& m = out[i];
+    nlohmann::ordered_json& m = out[i];
     if (!m.is_object() || !m.contains("content") || !m["content"].is_array()) continue;
     std::string text;
     bool first = true;

@@ -36,6 +36,7 @@ enum class ExprKind {
 struct Expr {
   ExprKind kind;
   size_t offset = 0;  // where it starts in the source, for runtime error messages
+  int height = 1;     // 1 + the tallest operand's; the parser refuses tall trees
   Value value;
   std::string name;
   bool negated = false;

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <ctime>
 #include <limits>
+#include <unordered_map>
 
 namespace headwise::tokenizer::jinja {
 namespace {
@@ -13,8 +14,8 @@ namespace {
 // A string or list built by a filter or an operator may not grow past this (the renderer also
 // caps its whole output); "x" * 10**9 must fail, not allocate.
 constexpr size_t kMaxBuiltValueBytes = 16u << 20;
-// range() materialises its list.
-constexpr int64_t kMaxRangeLength = 1'000'000;
+// jinja2's sandbox refuses longer ranges (jinja2.sandbox.MAX_RANGE), with this message.
+constexpr int64_t kMaxRangeLength = 100'000;
 
 Status TypeError(std::string msg) {
   return InvalidArgument("TypeError: {}", msg);
@@ -105,6 +106,39 @@ Value CodepointString(char32_t cp) {
 Value SortKey(const Value& v, bool case_sensitive) {
   if (!case_sensitive && v.is_string()) return Value::String(PyLower(v.str()));
   return v;
+}
+
+// Python's hash() as far as equal values must hash alike (1 == 1.0 == True); lists and dicts
+// are unhashable, as in Python.
+StatusOr<size_t> PyHash(const Value& v) {
+  switch (v.kind()) {
+    case Kind::kBool:
+    case Kind::kInt:
+      return std::hash<int64_t>{}(v.int_value());
+    case Kind::kFloat: {
+      const double d = v.float_value();
+      if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.2e18) {
+        return std::hash<int64_t>{}(static_cast<int64_t>(d));
+      }
+      return std::hash<double>{}(d);
+    }
+    case Kind::kString:
+      return std::hash<std::string>{}(v.str());
+    case Kind::kList: {
+      if (!v.is_tuple()) return TypeError("unhashable type: 'list'");
+      size_t h = 0x345678;
+      for (const Value& item : v.list()) {
+        HW_ASSIGN_OR_RETURN(size_t ih, PyHash(item));
+        h = h * 1000003 ^ ih;
+      }
+      return h;
+    }
+    case Kind::kDict:
+    case Kind::kLoop:
+      return TypeError("unhashable type: 'dict'");
+    default:
+      return static_cast<size_t>(v.kind());
+  }
 }
 
 StatusOr<Value> SortList(List items, bool reverse, bool case_sensitive, const Value* attribute) {
@@ -226,6 +260,7 @@ StatusOr<Value> DoTojson(const Value& input, const CallArgs& call) {
     o.key_separator = sep.list()[1].str();
   }
   o.sort_keys = ArgTruthy(a.Get(3), false);
+  o.max_bytes = kMaxBuiltValueBytes;
   HW_ASSIGN_OR_RETURN(std::string s, JsonDumps(input, o));
   return Value::String(std::move(s));
 }
@@ -248,20 +283,18 @@ StatusOr<Value> DoIndent(const Value& input, const CallArgs& call) {
   // when blank=True); the trailing newline added is removed again.
   std::string newline = "\n";
   s += newline;
-  std::vector<std::string> lines;
-  size_t start = 0;
-  while (start < s.size()) {
-    const size_t nl = s.find('\n', start);
-    lines.push_back(s.substr(start, nl - start));
-    start = nl + 1;
-  }
+  // Line by line, without a list of lines (a string of newlines would make millions).
   std::string out;
-  for (size_t i = 0; i < lines.size(); ++i) {
-    const std::string& line = lines[i];
+  size_t start = 0;
+  for (size_t i = 0; start < s.size(); ++i) {
+    const size_t nl = s.find('\n', start);
+    const std::string_view line = std::string_view(s).substr(start, nl - start);
+    start = nl + 1;
     const bool is_blank = PyStrip(line, nullptr, true, true).empty();
     if (i > 0) out += newline;
     if ((i > 0 || first) && (blank || !is_blank)) out += indent;
     out += line;
+    if (out.size() > kMaxBuiltValueBytes) return InvalidArgument("indent result too large");
   }
   return Value::String(std::move(out));
 }
@@ -521,6 +554,10 @@ StatusOr<List> Iterate(const Value& v) {
       return keys;
     }
     case Kind::kString: {
+      if (v.str().size() > kMaxListItems && CodepointCount(v.str()) > kMaxListItems) {
+        return ResourceExhausted("iterating over a string of more than {} characters",
+                                 kMaxListItems);
+      }
       List chars;
       for (char32_t cp : ToU32(v.str())) chars.push_back(CodepointString(cp));
       return chars;
@@ -539,7 +576,7 @@ StatusOr<bool> Contains(const Value& container, const Value& item) {
         return TypeError(
             fmt::format("'in <string>' requires string as left operand, not {}", item.TypeName()));
       }
-      return container.str().find(item.str()) != std::string::npos;
+      return FindSubstring(container.str(), item.str()) != std::string::npos;
     case Kind::kList:
       for (const Value& v : container.list()) {
         if (PyEquals(v, item)) return true;
@@ -674,7 +711,7 @@ StatusOr<Value> ApplyFilter(std::string_view name, const Value& input, const Cal
   if (name == "lower") return Value::String(PyLower(PyStr(input)));
   if (name == "upper") return Value::String(PyUpper(PyStr(input)));
   if (name == "capitalize") return Value::String(PyCapitalize(PyStr(input)));
-  if (name == "title") return Value::String(PyTitle(PyStr(input)));
+  if (name == "title") return Value::String(JinjaTitle(PyStr(input)));
   if (name == "escape" || name == "e") return Value::String(HtmlEscape(PyStr(input)));
   if (name == "wordcount") {
     HW_ASSIGN_OR_RETURN(List words, PySplit(PyStr(input), nullptr, -1, false));
@@ -814,17 +851,23 @@ StatusOr<Value> ApplyFilter(std::string_view name, const Value& input, const Cal
   if (name == "unique") {
     HW_ASSIGN_OR_RETURN(Args a, Args::Bind("unique", call, {"case_sensitive", "attribute"}));
     HW_ASSIGN_OR_RETURN(List items, Iterate(input));
+    // jinja2 keeps a set of the keys seen: hashed here too (a list of seen keys would make a
+    // long input quadratic), equal keys found by ==.
     List out;
     List seen;
+    std::unordered_multimap<size_t, size_t> by_hash;
     for (const Value& item : items) {
       Value key = item;
       if (a.Has(1)) {
         HW_ASSIGN_OR_RETURN(key, AttrPath(item, PyStr(*a.Get(1))));
       }
       key = SortKey(key, ArgTruthy(a.Get(0), false));
+      HW_ASSIGN_OR_RETURN(size_t h, PyHash(key));
       bool dup = false;
-      for (const Value& s : seen) dup = dup || PyEquals(s, key);
+      const auto [begin, end] = by_hash.equal_range(h);
+      for (auto it = begin; it != end && !dup; ++it) dup = PyEquals(seen[it->second], key);
       if (!dup) {
+        by_hash.emplace(h, seen.size());
         seen.push_back(key);
         out.push_back(item);
       }
@@ -859,6 +902,9 @@ StatusOr<Value> ApplyFilter(std::string_view name, const Value& input, const Cal
     HW_ASSIGN_OR_RETURN(Args a, Args::Bind("batch", call, {"linecount", "fill_with"}));
     HW_ASSIGN_OR_RETURN(int64_t n, IntArg(a.Get(0), "linecount"));
     if (n <= 0) return ValueError("batch size must be positive");
+    if (n > static_cast<int64_t>(kMaxListItems)) {
+      return ResourceExhausted("batch size over {} is refused", kMaxListItems);
+    }
     HW_ASSIGN_OR_RETURN(List items, Iterate(input));
     List out;
     List cur;
@@ -1006,13 +1052,22 @@ StatusOr<Value> CallGlobal(std::string_view name, const CallArgs& call) {
     }
     const int64_t start = bounds[0], stop = bounds[1], step = bounds[2];
     if (step == 0) return ValueError("range() arg 3 must not be zero");
-    List out;
-    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
-      if (static_cast<int64_t>(out.size()) >= kMaxRangeLength) {
-        return InvalidArgument("range() of more than {} items is refused", kMaxRangeLength);
-      }
-      out.push_back(Value::Int(i));
+    // The length first (in 128 bits: stop - start may not fit in 64), so that range(10**12)
+    // fails at once instead of counting.
+    const __int128 span = static_cast<__int128>(stop) - start;
+    const __int128 length = step > 0 ? (span <= 0 ? 0 : (span + step - 1) / step)
+                                     : (span >= 0 ? 0
+                                                  : (-span + (-static_cast<__int128>(step)) - 1) /
+                                                        (-static_cast<__int128>(step)));
+    if (length > kMaxRangeLength) {
+      return InvalidArgument(
+          "OverflowError: Range too big. The sandbox blocks ranges larger than MAX_RANGE ({}).",
+          kMaxRangeLength);
     }
+    List out;
+    out.reserve(static_cast<size_t>(length));
+    for (int64_t k = 0; k < static_cast<int64_t>(length); ++k)
+      out.push_back(Value::Int(start + k * step));
     return Value::MakeList(std::move(out));
   }
   if (name == "strftime_now") {
@@ -1130,6 +1185,9 @@ StatusOr<Value> CallMethod(const Value& self, std::string_view name, const CallA
     size_t start = 0;
     for (size_t i = 0; i < s.size(); ++i) {
       if (s[i] == '\n' || s[i] == '\r') {
+        if (out.size() >= kMaxListItems) {
+          return ResourceExhausted("splitlines() would make more than {} lines", kMaxListItems);
+        }
         out.push_back(Value::String(s.substr(start, i - start)));
         if (s[i] == '\r' && i + 1 < s.size() && s[i + 1] == '\n') ++i;
         start = i + 1;
@@ -1168,7 +1226,7 @@ StatusOr<Value> CallMethod(const Value& self, std::string_view name, const CallA
     size_t pos = 0;
     int64_t done = 0;
     while (count < 0 || done < count) {
-      const size_t at = s.find(from, pos);
+      const size_t at = FindSubstring(s, from, pos);
       if (at == std::string::npos) break;
       out.append(s, pos, at - pos);
       out += to;
@@ -1185,10 +1243,13 @@ StatusOr<Value> CallMethod(const Value& self, std::string_view name, const CallA
     if (name == "count") {
       if (sub.empty()) return Value::Int(static_cast<int64_t>(CodepointCount(s)) + 1);
       int64_t n = 0;
-      for (size_t at = s.find(sub); at != std::string::npos; at = s.find(sub, at + sub.size())) ++n;
+      for (size_t at = FindSubstring(s, sub); at != std::string::npos;
+           at = FindSubstring(s, sub, at + sub.size())) {
+        ++n;
+      }
       return Value::Int(n);
     }
-    const size_t at = name == "rfind" ? s.rfind(sub) : s.find(sub);
+    const size_t at = name == "rfind" ? RFindSubstring(s, sub) : FindSubstring(s, sub);
     if (at == std::string::npos) {
       if (name == "index") return ValueError("substring not found");
       return Value::Int(-1);

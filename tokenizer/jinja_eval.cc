@@ -1,5 +1,6 @@
 #include "tokenizer/jinja_eval.h"
 
+#include <chrono>
 #include <cmath>
 #include <unordered_map>
 
@@ -8,8 +9,6 @@
 
 namespace headwise::tokenizer::jinja {
 namespace {
-
-constexpr size_t kMaxListItems = 1'000'000;
 
 Status TypeError(std::string msg) {
   return InvalidArgument("TypeError: {}", msg);
@@ -32,9 +31,13 @@ class Renderer {
   }
 
   StatusOr<std::string> Run() {
+    AllocationBudget budget(limits_.max_allocated_bytes);
+    budget_ = &budget;
+    start_ = std::chrono::steady_clock::now();
     std::string out;
     out_ = &out;
     auto flow = ExecBody(tpl_.body);
+    budget_ = nullptr;
     if (!flow.ok()) return flow.status();
     return out;
   }
@@ -42,6 +45,60 @@ class Renderer {
  private:
   enum class Flow { kNormal, kBreak, kContinue };
   using Scope = std::unordered_map<std::string, Value>;
+
+  // ---- resource guards ----
+
+  // Counts one level of evaluator recursion for as long as it lives.
+  class DepthGuard {
+   public:
+    explicit DepthGuard(int* depth) : depth_(depth) { ++*depth_; }
+    ~DepthGuard() { --*depth_; }
+    DepthGuard(const DepthGuard&) = delete;
+    DepthGuard& operator=(const DepthGuard&) = delete;
+
+   private:
+    int* depth_;
+  };
+
+  // Checked at every expression and statement: recursion depth, the allocation budget and
+  // (every so many steps) the time limit.
+  Status CheckResources() {
+    if (depth_ > limits_.max_render_depth) {
+      return ResourceExhausted(
+          "chat template nests expressions, statements and macro calls "
+          "deeper than {}",
+          limits_.max_render_depth);
+    }
+    if (budget_->exceeded()) {
+      return ResourceExhausted("chat template built more than {} bytes of values",
+                               budget_->max_bytes());
+    }
+    if ((++steps_ & 255) == 0) {
+      const std::chrono::duration<double> spent = std::chrono::steady_clock::now() - start_;
+      if (spent.count() > limits_.max_seconds) {
+        return ResourceExhausted("chat template ran longer than {} seconds", limits_.max_seconds);
+      }
+    }
+    return Status::Ok();
+  }
+
+  // Every value an expression yields: not too big to print or walk, not too deep to walk or
+  // free recursively, and no namespace inside a list or dict (see Value::holds_namespace).
+  Status CheckValue(const Value& v) {
+    if (v.weight() > limits_.max_value_bytes) {
+      return ResourceExhausted("chat template built a value of over {} bytes",
+                               limits_.max_value_bytes);
+    }
+    if (v.depth() > kMaxValueDepth) {
+      return ResourceExhausted("chat template built a value nested deeper than {}", kMaxValueDepth);
+    }
+    if (v.holds_namespace()) {
+      return InvalidArgument(
+          "namespace objects inside lists, dicts or namespaces are not "
+          "supported");
+    }
+    return Status::Ok();
+  }
 
   // ---- errors ----
 
@@ -116,8 +173,12 @@ class Renderer {
           s.offset,
           InvalidArgument("cannot assign attribute on non-namespace object '{}'", s.targets[0]));
     }
+    if (v.is_namespace() || v.holds_namespace()) {
+      return Locate(s.offset, InvalidArgument("namespace objects inside lists, dicts or "
+                                              "namespaces are not supported"));
+    }
     ns.mutable_namespace().Set(s.ns_attr, std::move(v));
-    return Status::Ok();
+    return Locate(s.offset, CheckValue(ns));
   }
 
   StatusOr<Flow> ExecBody(const Body& body) {
@@ -129,6 +190,8 @@ class Renderer {
   }
 
   StatusOr<Flow> Exec(const Stmt& s) {
+    DepthGuard guard(&depth_);
+    HW_RETURN_IF_ERROR(Locate(s.offset, CheckResources()));
     switch (s.kind) {
       case StmtKind::kText:
         HW_RETURN_IF_ERROR(Append(s.text));
@@ -204,6 +267,7 @@ class Renderer {
     auto listed = Iterate(iterable);
     if (!listed.ok()) return Locate(s.expr->offset, listed.status());
     List items = std::move(*listed);
+    AllocationBudget::Charge(items.size() * sizeof(Value));
     if (s.cond) {
       // The `if` filter sees the loop target but not `loop`; loop.length counts what passes.
       List kept;
@@ -266,8 +330,11 @@ class Renderer {
   // ---- expressions ----
 
   StatusOr<Value> Eval(const Expr& e) {
+    DepthGuard guard(&depth_);
+    HW_RETURN_IF_ERROR(Locate(e.offset, CheckResources()));
     StatusOr<Value> v = EvalInner(e);
     if (!v.ok()) return Locate(e.offset, v.status());
+    HW_RETURN_IF_ERROR(Locate(e.offset, CheckValue(*v)));
     return v;
   }
 
@@ -293,6 +360,7 @@ class Renderer {
     HW_ASSIGN_OR_RETURN(CallArgs call, EvalArgs(e));
     auto r = ApplyFilter(e.name, in, call);
     if (!r.ok()) return Locate(e.offset, r.status());
+    HW_RETURN_IF_ERROR(Locate(e.offset, CheckValue(*r)));
     return r;
   }
 
@@ -577,18 +645,25 @@ class Renderer {
       const Value* seq = IsIntLike(b) ? &a : IsIntLike(a) ? &b : nullptr;
       const Value* count = seq == &a ? &b : &a;
       if (seq != nullptr && (seq->is_string() || seq->is_list())) {
-        const int64_t n = std::max<int64_t>(count->int_value(), 0);
+        int64_t n = std::max<int64_t>(count->int_value(), 0);
         const size_t unit = seq->is_string() ? seq->str().size() : seq->list().size();
         const size_t cap = seq->is_string() ? limits_.max_output_bytes : kMaxListItems;
         if (unit != 0 && static_cast<uint64_t>(n) > cap / unit) {
           return ResourceExhausted("sequence repetition too large");
         }
+        // '' * 10**12 is '' at once, not after 10**12 appends.
+        if (unit == 0) n = 0;
         if (seq->is_string()) {
+          // By doubling: 'x' * 10**7 is a few copies, not ten million appends.
+          const size_t total = unit * static_cast<size_t>(n);
           std::string s;
-          for (int64_t i = 0; i < n; ++i) s += seq->str();
+          s.reserve(total);
+          if (n > 0) s = seq->str();
+          while (s.size() < total) s.append(s, 0, std::min(s.size(), total - s.size()));
           return Value::String(std::move(s));
         }
         List items;
+        items.reserve(unit * static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) {
           items.insert(items.end(), seq->list().begin(), seq->list().end());
         }
@@ -655,6 +730,10 @@ class Renderer {
   std::string* out_ = nullptr;
   int64_t iterations_ = 0;
   int call_depth_ = 0;
+  int depth_ = 0;
+  uint64_t steps_ = 0;
+  AllocationBudget* budget_ = nullptr;
+  std::chrono::steady_clock::time_point start_;
   bool located_ = false;
 };
 

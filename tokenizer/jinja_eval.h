@@ -17,10 +17,18 @@ namespace headwise::tokenizer::jinja {
 // never exhaust memory, time or the stack.
 struct RenderLimits {
   size_t max_output_bytes = 16u << 20;
+  // Any one value (about the bytes of its repr: what printing it would take).
+  uint64_t max_value_bytes = 16u << 20;
   int64_t max_loop_iterations = 1'000'000;  // summed over all loops of one render
   int max_call_depth = 50;                  // macro calls nested in macro calls
+  // Expressions and statements being evaluated inside one another (macro calls included):
+  // bounds the evaluator's recursion, so its stack.
+  int max_render_depth = 400;
+  // Bytes of strings, lists and dicts the render builds, summed (memory and time).
+  uint64_t max_allocated_bytes = 512ull << 20;
+  // A catch-all for work no other limit counts (say, == between two big values in a loop).
+  double max_seconds = 10;
 };
-
 // variables: the names the template sees (messages, bos_token, add_generation_prompt, ...).
 // Errors name the line and column of the failing expression, except raise_exception(msg),
 // whose status message is msg itself.

@@ -105,6 +105,26 @@ class Parser {
     return e;
   }
 
+  // Records a finished node's height and refuses it past kMaxExprHeight. Left-leaning chains
+  // (a + b + c ..., x|f|g|h ..., a.b.c ..., f()()()) are built by loops, so the recursion
+  // count depth_ does not see them, yet evaluating and freeing them recurses per level.
+  Status Seal(Expr* e) const {
+    int h = 0;
+    const auto see = [&h](const std::unique_ptr<Expr>& c) {
+      if (c) h = std::max(h, c->height);
+    };
+    see(e->a);
+    see(e->b);
+    see(e->c);
+    for (const auto& x : e->args) see(x);
+    for (const auto& kv : e->kwargs) see(kv.second);
+    e->height = h + 1;
+    if (e->height > kMaxExprHeight) {
+      return Error(e->offset, fmt::format("expression nested deeper than {}", kMaxExprHeight));
+    }
+    return Status::Ok();
+  }
+
   // ---- statements ----
 
   // Parses statements until a block tag whose first word is one of end_names (left unconsumed,
@@ -382,6 +402,7 @@ class Parser {
     }
     auto t = MakeExpr(ExprKind::kTuple, offset);
     t->args = std::move(items);
+    HW_RETURN_IF_ERROR(Seal(t.get()));
     return t;
   }
 
@@ -394,6 +415,8 @@ class Parser {
 
   StatusOr<std::unique_ptr<Expr>> ParseCondExpr() {
     const size_t offset = Cur().offset;
+    // `a if b else c if d else ...` recurses once per else.
+    if (++depth_ > kMaxNesting) return Error(offset, "expression nested too deeply");
     HW_ASSIGN_OR_RETURN(auto expr1, ParseOr());
     while (SkipName("if")) {
       auto e = MakeExpr(ExprKind::kCondExpr, offset);
@@ -402,8 +425,10 @@ class Parser {
         HW_ASSIGN_OR_RETURN(e->c, ParseCondExpr());
       }
       e->a = std::move(expr1);
+      HW_RETURN_IF_ERROR(Seal(e.get()));
       expr1 = std::move(e);
     }
+    --depth_;
     return expr1;
   }
 
@@ -414,6 +439,7 @@ class Parser {
       auto e = MakeExpr(ExprKind::kOr, offset);
       e->a = std::move(left);
       HW_ASSIGN_OR_RETURN(e->b, ParseAnd());
+      HW_RETURN_IF_ERROR(Seal(e.get()));
       left = std::move(e);
     }
     return left;
@@ -426,6 +452,7 @@ class Parser {
       auto e = MakeExpr(ExprKind::kAnd, offset);
       e->a = std::move(left);
       HW_ASSIGN_OR_RETURN(e->b, ParseNot());
+      HW_RETURN_IF_ERROR(Seal(e.get()));
       left = std::move(e);
     }
     return left;
@@ -438,6 +465,7 @@ class Parser {
       if (++depth_ > kMaxNesting) return Error(offset, "expression nested too deeply");
       auto e = MakeExpr(ExprKind::kNot, offset);
       HW_ASSIGN_OR_RETURN(e->a, ParseNot());
+      HW_RETURN_IF_ERROR(Seal(e.get()));
       --depth_;
       return e;
     }
@@ -473,7 +501,10 @@ class Parser {
       HW_ASSIGN_OR_RETURN(auto rhs, ParseMath1());
       cmp->args.push_back(std::move(rhs));
     }
-    if (cmp) return cmp;
+    if (cmp) {
+      HW_RETURN_IF_ERROR(Seal(cmp.get()));
+      return cmp;
+    }
     return expr;
   }
 
@@ -494,6 +525,7 @@ class Parser {
       e->name = op;
       e->a = std::move(left);
       HW_ASSIGN_OR_RETURN(e->b, (this->*next)());
+      HW_RETURN_IF_ERROR(Seal(e.get()));
       left = std::move(e);
     }
     return left;
@@ -521,6 +553,7 @@ class Parser {
       node = MakeExpr(IsOp("-") ? ExprKind::kNeg : ExprKind::kPos, offset);
       Next();
       HW_ASSIGN_OR_RETURN(node->a, ParseUnary(false));
+      HW_RETURN_IF_ERROR(Seal(node.get()));
     } else {
       HW_ASSIGN_OR_RETURN(node, ParsePrimary());
     }
@@ -593,6 +626,7 @@ class Parser {
             e->args.push_back(std::move(item));
           }
           Next();
+          HW_RETURN_IF_ERROR(Seal(e.get()));
           return e;
         }
         if (t.value == "{") {
@@ -608,6 +642,7 @@ class Parser {
             e->args.push_back(std::move(value));
           }
           Next();
+          HW_RETURN_IF_ERROR(Seal(e.get()));
           return e;
         }
         break;
@@ -628,12 +663,14 @@ class Parser {
           e->a = std::move(node);
           e->name = Cur().value;
           Next();
+          HW_RETURN_IF_ERROR(Seal(e.get()));
           node = std::move(e);
         } else if (Cur().type == TokenType::kInteger) {
           HW_ASSIGN_OR_RETURN(auto index, ParsePrimary());
           auto e = MakeExpr(ExprKind::kGetitem, offset);
           e->a = std::move(node);
           e->b = std::move(index);
+          HW_RETURN_IF_ERROR(Seal(e.get()));
           node = std::move(e);
         } else {
           return Unexpected("a name or number");
@@ -656,7 +693,9 @@ class Parser {
         } else {
           e->b = MakeExpr(ExprKind::kTuple, offset);
           e->b->args = std::move(subs);
+          HW_RETURN_IF_ERROR(Seal(e->b.get()));
         }
+        HW_RETURN_IF_ERROR(Seal(e.get()));
         node = std::move(e);
       } else if (IsOp("(")) {
         HW_ASSIGN_OR_RETURN(node, ParseCall(std::move(node)));
@@ -685,6 +724,7 @@ class Parser {
         HW_ASSIGN_OR_RETURN(slice->c, ParseExpression(true));
       }
     }
+    HW_RETURN_IF_ERROR(Seal(slice.get()));
     return slice;
   }
 
@@ -721,6 +761,7 @@ class Parser {
     auto e = MakeExpr(ExprKind::kCall, Cur().offset);
     e->a = std::move(callee);
     HW_RETURN_IF_ERROR(ParseCallArgs(e.get()));
+    HW_RETURN_IF_ERROR(Seal(e.get()));
     return e;
   }
 
@@ -743,6 +784,7 @@ class Parser {
       e->name = name;
       e->a = std::move(node);
       if (IsOp("(")) HW_RETURN_IF_ERROR(ParseCallArgs(e.get()));
+      HW_RETURN_IF_ERROR(Seal(e.get()));
       node = std::move(e);
     }
     *out = std::move(node);
@@ -788,6 +830,7 @@ class Parser {
       HW_ASSIGN_OR_RETURN(arg, ParsePostfix(std::move(arg)));
       e->args.push_back(std::move(arg));
     }
+    HW_RETURN_IF_ERROR(Seal(e.get()));
     return e;
   }
 
@@ -801,6 +844,10 @@ class Parser {
 }  // namespace
 
 StatusOr<std::unique_ptr<Template>> ParseTemplate(std::string_view source) {
+  if (source.size() > kMaxTemplateBytes) {
+    return InvalidArgument("chat template of {} bytes is over the limit of {}", source.size(),
+                           kMaxTemplateBytes);
+  }
   auto tpl = std::make_unique<Template>();
   HW_ASSIGN_OR_RETURN(auto tokens, Lex(source, LexerOptions{}, &tpl->source));
   Parser parser(tokens, tpl->source);

@@ -18,6 +18,12 @@ struct Template {
   Body body;
 };
 
+// Bounds that keep hostile templates (a --chat-template file, a GGUF's or tokenizer_config's
+// template) from exhausting the stack or memory; beyond them Parse fails with InvalidArgument.
+// Evaluating and freeing a syntax tree recurses once per level, so its height is bounded too.
+inline constexpr size_t kMaxTemplateBytes = 1u << 20;
+inline constexpr int kMaxExprHeight = 128;
+
 StatusOr<std::unique_ptr<Template>> ParseTemplate(std::string_view source);
 
 }  // namespace headwise::tokenizer::jinja

@@ -1,7 +1,9 @@
 #include "tokenizer/jinja_value.h"
 
+#include <unicode/casemap.h>
 #include <unicode/uchar.h>
 #include <unicode/ustring.h>
+#include <unicode/utf16.h>
 
 #include <algorithm>
 #include <charconv>
@@ -32,69 +34,145 @@ void Dict::Set(std::string key, Value value) {
   items.emplace_back(std::move(key), std::move(value));
 }
 
+namespace {
+
+thread_local AllocationBudget* active_budget = nullptr;
+
+uint64_t SaturatingAdd(uint64_t a, uint64_t b) {
+  constexpr uint64_t kMax = UINT64_MAX / 4;
+  return a >= kMax || b >= kMax || a + b >= kMax ? kMax : a + b;
+}
+
+// repr() of a scalar is at most this long ("-9223372036854775808", "1.7976931348623157e+308").
+constexpr uint64_t kScalarWeight = 24;
+
+}  // namespace
+
+AllocationBudget::AllocationBudget(uint64_t max_bytes)
+    : max_bytes_(max_bytes), previous_(active_budget) {
+  active_budget = this;
+}
+
+AllocationBudget::~AllocationBudget() {
+  active_budget = previous_;
+}
+
+void AllocationBudget::Charge(uint64_t bytes) {
+  if (active_budget != nullptr)
+    active_budget->allocated_ = SaturatingAdd(active_budget->allocated_, bytes);
+}
+
 Value Value::Undefined(std::string hint) {
   Value v;
-  v.s_ = std::move(hint);
+  if (!hint.empty()) v.obj_ = std::make_shared<std::string>(std::move(hint));
   return v;
 }
 Value Value::None() {
   Value v;
   v.kind_ = Kind::kNone;
+  v.weight_ = kScalarWeight;
   return v;
 }
 Value Value::Bool(bool b) {
   Value v;
   v.kind_ = Kind::kBool;
-  v.b_ = b;
   v.i_ = b ? 1 : 0;
+  v.weight_ = kScalarWeight;
   return v;
 }
 Value Value::Int(int64_t i) {
   Value v;
   v.kind_ = Kind::kInt;
   v.i_ = i;
+  v.weight_ = kScalarWeight;
   return v;
 }
 Value Value::Float(double f) {
   Value v;
   v.kind_ = Kind::kFloat;
   v.f_ = f;
+  v.weight_ = kScalarWeight;
   return v;
 }
 Value Value::String(std::string s) {
   Value v;
   v.kind_ = Kind::kString;
-  v.s_ = std::move(s);
+  v.weight_ = s.size() + 2;
+  AllocationBudget::Charge(s.size());
+  v.obj_ = std::make_shared<std::string>(std::move(s));
   return v;
 }
 Value Value::MakeList(List items, bool tuple) {
   Value v;
   v.kind_ = Kind::kList;
   v.tuple_ = tuple;
-  v.list_ = std::make_shared<const List>(std::move(items));
+  v.weight_ = 2;
+  for (const Value& item : items) {
+    v.weight_ = SaturatingAdd(v.weight_, item.weight() + 2);
+    v.depth_ = std::max(v.depth_, item.depth() + 1);
+    v.holds_namespace_ = v.holds_namespace_ || item.is_namespace() || item.holds_namespace_;
+  }
+  v.depth_ = std::max<uint32_t>(v.depth_, 1);
+  AllocationBudget::Charge(items.size() * sizeof(Value));
+  v.obj_ = std::make_shared<List>(std::move(items));
   return v;
 }
 Value Value::MakeDict(Dict dict) {
-  Value v;
-  v.kind_ = Kind::kDict;
-  v.dict_ = std::make_shared<Dict>(std::move(dict));
-  return v;
+  return DictOf(std::move(dict), Kind::kDict);
 }
 Value Value::MakeNamespace(Dict dict) {
-  Value v = MakeDict(std::move(dict));
-  v.kind_ = Kind::kNamespace;
-  return v;
+  return DictOf(std::move(dict), Kind::kNamespace);
 }
 Value Value::MakeLoop(Dict dict) {
-  Value v = MakeDict(std::move(dict));
-  v.kind_ = Kind::kLoop;
+  return DictOf(std::move(dict), Kind::kLoop);
+}
+Value Value::DictOf(Dict dict, Kind kind) {
+  Value v;
+  v.kind_ = kind;
+  v.weight_ = 2;
+  for (const auto& [k, item] : dict.items) {
+    v.weight_ = SaturatingAdd(v.weight_, k.size() + 6 + item.weight());
+    v.depth_ = std::max(v.depth_, item.depth() + 1);
+    v.holds_namespace_ = v.holds_namespace_ || item.is_namespace() || item.holds_namespace_;
+  }
+  v.depth_ = std::max<uint32_t>(v.depth_, 1);
+  // A loop object is built for every iteration and gone after it: the iteration limit bounds
+  // those, not the allocation budget.
+  if (kind != Kind::kLoop) AllocationBudget::Charge(dict.items.size() * sizeof(dict.items[0]));
+  v.obj_ = std::make_shared<Dict>(std::move(dict));
   return v;
 }
 Value Value::MakeCallable(std::shared_ptr<const Callable> fn) {
   Value v;
   v.kind_ = Kind::kCallable;
-  v.fn_ = std::move(fn);
+  // A bound method keeps its receiver alive, and so counts it.
+  v.weight_ = SaturatingAdd(kScalarWeight, fn->receiver.weight());
+  v.depth_ = fn->receiver.depth();
+  v.holds_namespace_ = fn->receiver.is_namespace() || fn->receiver.holds_namespace_;
+  v.obj_ = std::const_pointer_cast<Callable>(std::move(fn));
   return v;
+}
+
+const std::string& Value::str() const {
+  static const std::string kEmpty;
+  if ((kind_ != Kind::kString && kind_ != Kind::kUndefined) || obj_ == nullptr) return kEmpty;
+  return *static_cast<const std::string*>(obj_.get());
+}
+
+uint32_t Value::depth() const {
+  if (kind_ != Kind::kNamespace) return depth_;
+  // Namespaces change after they are built; what they hold never holds a namespace (the
+  // evaluator sees to it), so this is one level of items.
+  uint32_t d = 1;
+  for (const auto& [k, v] : dict().items) d = std::max(d, v.depth() + 1);
+  return d;
+}
+
+uint64_t Value::weight() const {
+  if (kind_ != Kind::kNamespace) return weight_;
+  uint64_t w = 16;
+  for (const auto& [k, v] : dict().items) w = SaturatingAdd(w, k.size() + 6 + v.weight());
+  return w;
 }
 
 bool Value::Truthy() const {
@@ -103,17 +181,17 @@ bool Value::Truthy() const {
     case Kind::kNone:
       return false;
     case Kind::kBool:
-      return b_;
+      return i_ != 0;
     case Kind::kInt:
       return i_ != 0;
     case Kind::kFloat:
       return f_ != 0;
     case Kind::kString:
-      return !s_.empty();
+      return !str().empty();
     case Kind::kList:
-      return !list_->empty();
+      return !list().empty();
     case Kind::kDict:
-      return !dict_->items.empty();
+      return !dict().items.empty();
     case Kind::kNamespace:
     case Kind::kLoop:
     case Kind::kCallable:
@@ -235,32 +313,38 @@ std::string PyStrip(std::string_view s, const std::string* chars, bool left, boo
 }
 
 StatusOr<List> PySplit(std::string_view s, const std::string* sep, int64_t maxsplit, bool right) {
+  const auto too_many = [] {
+    return ResourceExhausted("str.split() would make more than {} parts", kMaxListItems);
+  };
   List out;
   if (sep != nullptr) {
     if (sep->empty()) return InvalidArgument("ValueError: empty separator");
-    std::vector<std::string> parts;
+    std::vector<std::string_view> parts;
     if (!right) {
       size_t pos = 0;
       while (maxsplit < 0 || static_cast<int64_t>(parts.size()) < maxsplit) {
-        size_t at = s.find(*sep, pos);
+        size_t at = FindSubstring(s, *sep, pos);
         if (at == std::string_view::npos) break;
-        parts.emplace_back(s.substr(pos, at - pos));
+        if (parts.size() >= kMaxListItems) return too_many();
+        parts.push_back(s.substr(pos, at - pos));
         pos = at + sep->size();
       }
-      parts.emplace_back(s.substr(pos));
+      parts.push_back(s.substr(pos));
     } else {
       size_t end = s.size();
       while (maxsplit < 0 || static_cast<int64_t>(parts.size()) < maxsplit) {
         if (end < sep->size()) break;
-        size_t at = s.rfind(*sep, end - sep->size());
+        size_t at = RFindSubstring(s.substr(0, end), *sep);
         if (at == std::string_view::npos) break;
-        parts.emplace_back(s.substr(at + sep->size(), end - at - sep->size()));
+        if (parts.size() >= kMaxListItems) return too_many();
+        parts.push_back(s.substr(at + sep->size(), end - at - sep->size()));
         end = at;
       }
-      parts.emplace_back(s.substr(0, end));
+      parts.push_back(s.substr(0, end));
       std::reverse(parts.begin(), parts.end());
     }
-    for (auto& p : parts) out.push_back(Value::String(std::move(p)));
+    out.reserve(parts.size());
+    for (auto p : parts) out.push_back(Value::String(std::string(p)));
     return out;
   }
   // Runs of whitespace separate; leading and trailing whitespace yields no empty strings.
@@ -272,6 +356,7 @@ StatusOr<List> PySplit(std::string_view s, const std::string* sep, int64_t maxsp
     while (true) {
       while (i < u.size() && IsPySpace(u[i])) ++i;
       if (i == u.size()) break;
+      if (parts.size() >= kMaxListItems) return too_many();
       if (maxsplit >= 0 && static_cast<int64_t>(parts.size()) == maxsplit) {
         // CPython keeps the rest verbatim, trailing whitespace included.
         parts.push_back(view.substr(i));
@@ -287,6 +372,7 @@ StatusOr<List> PySplit(std::string_view s, const std::string* sep, int64_t maxsp
     while (true) {
       while (i > 0 && IsPySpace(u[i - 1])) --i;
       if (i == 0) break;
+      if (parts.size() >= kMaxListItems) return too_many();
       if (maxsplit >= 0 && static_cast<int64_t>(parts.size()) == maxsplit) {
         parts.push_back(view.substr(0, i));
         break;
@@ -298,6 +384,7 @@ StatusOr<List> PySplit(std::string_view s, const std::string* sep, int64_t maxsp
     }
     std::reverse(parts.begin(), parts.end());
   }
+  out.reserve(parts.size());
   for (auto p : parts) out.push_back(Value::String(FromU32(p)));
   return out;
 }
@@ -309,32 +396,100 @@ bool IsAscii(std::string_view s) {
                      [](char c) { return static_cast<unsigned char>(c) < 0x80; });
 }
 
-// Full Unicode case mapping through ICU's root locale, which agrees with Python's str.lower
-// and str.upper (including final sigma and one-to-many mappings such as ß -> SS).
-std::string IcuCaseMap(std::string_view s, bool upper) {
+enum class CaseOp { kLower, kUpper, kTitle };
+
+// One code point's full case mapping (SpecialCasing's unconditional entries, then
+// UnicodeData's simple mapping; a missing titlecase is the uppercase), which is what CPython's
+// _PyUnicode_ToLowerFull / ToUpperFull / ToTitleFull give. ICU sees the code point alone, so
+// none of its context-dependent rules apply; final sigma is decided by the callers, as CPython
+// decides it.
+void AppendFullMapping(char32_t cp, CaseOp op, std::u32string* out) {
+  if (cp < 0x80) {
+    char32_t c = cp;
+    if (op == CaseOp::kLower) {
+      if (c >= 'A' && c <= 'Z') c += 'a' - 'A';
+    } else if (c >= 'a' && c <= 'z') {
+      c -= 'a' - 'A';
+    }
+    out->push_back(c);
+    return;
+  }
+  if (cp >= internal::kInvalidByteBase || (cp >= 0xD800 && cp <= 0xDFFF)) {
+    out->push_back(cp);
+    return;
+  }
+  UChar src[2];
+  int32_t n = 0;
+  U16_APPEND_UNSAFE(src, n, static_cast<UChar32>(cp));
+  UChar dst[16];
   UErrorCode err = U_ZERO_ERROR;
-  int32_t len16 = 0;
-  u_strFromUTF8WithSub(nullptr, 0, &len16, s.data(), static_cast<int32_t>(s.size()), 0xFFFD,
-                       nullptr, &err);
-  err = U_ZERO_ERROR;
-  std::u16string src(static_cast<size_t>(len16), u'\0');
-  u_strFromUTF8WithSub(src.data(), len16, nullptr, s.data(), static_cast<int32_t>(s.size()), 0xFFFD,
-                       nullptr, &err);
-  if (U_FAILURE(err)) return std::string(s);
-  std::u16string dst(src.size() * 3 + 8, u'\0');
-  err = U_ZERO_ERROR;
-  int32_t n =
-      upper
-          ? u_strToUpper(dst.data(), static_cast<int32_t>(dst.size()), src.data(), len16, "", &err)
-          : u_strToLower(dst.data(), static_cast<int32_t>(dst.size()), src.data(), len16, "", &err);
-  if (U_FAILURE(err)) return std::string(s);
-  std::string out(static_cast<size_t>(n) * 3 + 4, '\0');
-  int32_t n8 = 0;
-  err = U_ZERO_ERROR;
-  u_strToUTF8(out.data(), static_cast<int32_t>(out.size()), &n8, dst.data(), n, &err);
-  if (U_FAILURE(err)) return std::string(s);
-  out.resize(static_cast<size_t>(n8));
-  return out;
+  int32_t m = 0;
+  switch (op) {
+    case CaseOp::kLower:
+      m = u_strToLower(dst, 16, src, n, "", &err);
+      break;
+    case CaseOp::kUpper:
+      m = u_strToUpper(dst, 16, src, n, "", &err);
+      break;
+    case CaseOp::kTitle:
+      // The whole (one code point) string is the word, and its first code point is titlecased
+      // whatever it is, as CPython does.
+      m = icu::CaseMap::toTitle(
+          "", U_TITLECASE_WHOLE_STRING | U_TITLECASE_NO_BREAK_ADJUSTMENT | U_TITLECASE_NO_LOWERCASE,
+          nullptr, src, n, dst, 16, nullptr, err);
+      break;
+  }
+  if (U_FAILURE(err) || m <= 0 || m > 16) {
+    out->push_back(cp);
+    return;
+  }
+  for (int32_t i = 0; i < m;) {
+    UChar32 c;
+    U16_NEXT(dst, i, m, c);
+    out->push_back(static_cast<char32_t>(c));
+  }
+}
+
+bool IsCased(char32_t cp) {
+  return cp < internal::kInvalidByteBase &&
+         u_hasBinaryProperty(static_cast<UChar32>(cp), UCHAR_CASED);
+}
+bool IsCaseIgnorable(char32_t cp) {
+  return cp < internal::kInvalidByteBase &&
+         u_hasBinaryProperty(static_cast<UChar32>(cp), UCHAR_CASE_IGNORABLE);
+}
+
+// CPython's handle_capital_sigma: U+03A3 at u[i] lowercases to final sigma when a cased code
+// point precedes it and none follows it, case-ignorable code points skipped both ways (a code
+// point both cased and case-ignorable is skipped, which is where ICU's rule differs).
+char32_t LowerSigma(const std::u32string& u, size_t i) {
+  size_t j = i;
+  while (j > 0 && IsCaseIgnorable(u[j - 1])) --j;
+  bool final_sigma = j > 0 && IsCased(u[j - 1]);
+  if (final_sigma) {
+    size_t k = i + 1;
+    while (k < u.size() && IsCaseIgnorable(u[k])) ++k;
+    final_sigma = k == u.size() || !IsCased(u[k]);
+  }
+  return final_sigma ? 0x3C2 : 0x3C3;
+}
+
+// CPython's lower_ucs4: the lowercase of u[i] in the context of the string u.
+void AppendLower(const std::u32string& u, size_t i, std::u32string* out) {
+  if (u[i] == 0x3A3) {
+    out->push_back(LowerSigma(u, i));
+  } else {
+    AppendFullMapping(u[i], CaseOp::kLower, out);
+  }
+}
+
+std::string LowerOf(const std::u32string& u, size_t begin, size_t end) {
+  // A slice is a string of its own in Python: final sigma looks only inside it.
+  const std::u32string part = u.substr(begin, end - begin);
+  std::u32string out;
+  out.reserve(part.size());
+  for (size_t i = 0; i < part.size(); ++i) AppendLower(part, i, &out);
+  return FromU32(out);
 }
 
 }  // namespace
@@ -345,7 +500,8 @@ std::string PyLower(std::string_view s) {
     for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     return out;
   }
-  return IcuCaseMap(s, false);
+  const std::u32string u = ToU32(s);
+  return LowerOf(u, 0, u.size());
 }
 
 std::string PyUpper(std::string_view s) {
@@ -354,41 +510,110 @@ std::string PyUpper(std::string_view s) {
     for (char& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     return out;
   }
-  return IcuCaseMap(s, true);
-}
-
-std::string PyCapitalize(std::string_view s) {
-  std::u32string u = ToU32(s);
-  if (u.empty()) return "";
-  std::string first;
-  if (u[0] < internal::kInvalidByteBase) {
-    internal::AppendUtf8(static_cast<char32_t>(u_totitle(static_cast<UChar32>(u[0]))), &first);
-  } else {
-    first = FromU32(std::u32string_view(u).substr(0, 1));
-  }
-  return first + PyLower(FromU32(std::u32string_view(u).substr(1)));
-}
-
-std::string PyTitle(std::string_view s) {
-  std::u32string u = ToU32(s);
   std::u32string out;
-  bool previous_cased = false;
-  for (char32_t cp : u) {
-    if (cp >= internal::kInvalidByteBase) {
-      out.push_back(cp);
-      previous_cased = false;
-      continue;
-    }
-    const UChar32 c = static_cast<UChar32>(cp);
-    const bool cased = u_hasBinaryProperty(c, UCHAR_CASED);
-    if (previous_cased) {
-      out.push_back(static_cast<char32_t>(u_tolower(c)));
+  for (char32_t cp : ToU32(s)) AppendFullMapping(cp, CaseOp::kUpper, &out);
+  return FromU32(out);
+}
+
+// CPython's do_capitalize: the first code point titlecased, the rest lowercased in the context
+// of the whole string.
+std::string PyCapitalize(std::string_view s) {
+  const std::u32string u = ToU32(s);
+  std::u32string out;
+  for (size_t i = 0; i < u.size(); ++i) {
+    if (i == 0) {
+      AppendFullMapping(u[0], CaseOp::kTitle, &out);
     } else {
-      out.push_back(static_cast<char32_t>(u_totitle(c)));
+      AppendLower(u, i, &out);
     }
-    previous_cased = cased;
   }
   return FromU32(out);
+}
+
+// CPython's do_title: a code point after a cased one is lowercased, any other titlecased.
+std::string PyTitle(std::string_view s) {
+  const std::u32string u = ToU32(s);
+  std::u32string out;
+  bool previous_cased = false;
+  for (size_t i = 0; i < u.size(); ++i) {
+    if (previous_cased) {
+      AppendLower(u, i, &out);
+    } else {
+      AppendFullMapping(u[i], CaseOp::kTitle, &out);
+    }
+    previous_cased = IsCased(u[i]);
+  }
+  return FromU32(out);
+}
+
+std::string JinjaTitle(std::string_view s) {
+  // re.split(r"([-\s\(\{\[\<]+)", s): separators (re's \s is str.isspace) stay as they are,
+  // each piece between them becomes piece[0].upper() + piece[1:].lower().
+  const std::u32string u = ToU32(s);
+  const auto is_separator = [](char32_t cp) {
+    return cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<' || IsPySpace(cp);
+  };
+  std::string out;
+  size_t i = 0;
+  while (i < u.size()) {
+    if (is_separator(u[i])) {
+      out += FromU32(std::u32string_view(u).substr(i, 1));
+      ++i;
+      continue;
+    }
+    size_t end = i;
+    while (end < u.size() && !is_separator(u[end])) ++end;
+    std::u32string first;
+    AppendFullMapping(u[i], CaseOp::kUpper, &first);
+    out += FromU32(first);
+    out += LowerOf(u, i + 1, end);
+    i = end;
+  }
+  return out;
+}
+
+namespace {
+
+// Knuth-Morris-Pratt over accessors, so that one routine searches forwards and backwards:
+// the first i with needle(0..m) == hay(i..i+m), or npos. Linear in n + m whatever the text.
+template <typename Hay, typename Needle>
+size_t KmpSearch(Hay hay, size_t n, Needle needle, size_t m) {
+  std::vector<uint32_t> fail(m, 0);
+  for (size_t i = 1, k = 0; i < m; ++i) {
+    while (k > 0 && needle(i) != needle(k)) k = fail[k - 1];
+    if (needle(i) == needle(k)) ++k;
+    fail[i] = static_cast<uint32_t>(k);
+  }
+  for (size_t i = 0, k = 0; i < n; ++i) {
+    while (k > 0 && hay(i) != needle(k)) k = fail[k - 1];
+    if (hay(i) == needle(k)) ++k;
+    if (k == m) return i + 1 - m;
+  }
+  return std::string_view::npos;
+}
+
+// Needles up to this long use the library's search, at most this many times linear.
+constexpr size_t kShortNeedle = 32;
+
+}  // namespace
+
+size_t FindSubstring(std::string_view haystack, std::string_view needle, size_t from) {
+  if (from > haystack.size()) return std::string_view::npos;
+  if (needle.size() <= kShortNeedle) return haystack.find(needle, from);
+  const std::string_view rest = haystack.substr(from);
+  const size_t at = KmpSearch([&](size_t i) { return rest[i]; }, rest.size(),
+                              [&](size_t i) { return needle[i]; }, needle.size());
+  return at == std::string_view::npos ? at : from + at;
+}
+
+size_t RFindSubstring(std::string_view haystack, std::string_view needle) {
+  if (needle.size() <= kShortNeedle) return haystack.rfind(needle);
+  const size_t n = haystack.size(), m = needle.size();
+  if (m > n) return std::string_view::npos;
+  // The first match of the reversed needle in the reversed text is the last match.
+  const size_t at = KmpSearch([&](size_t i) { return haystack[n - 1 - i]; }, n,
+                              [&](size_t i) { return needle[m - 1 - i]; }, m);
+  return at == std::string_view::npos ? at : n - at - m;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -691,13 +916,17 @@ void JsonString(std::string_view s, bool ensure_ascii, std::string* out) {
 
 Status JsonDumpsInto(const Value& v, const JsonDumpOptions& o, int depth, std::string* out) {
   if (depth > 512) return InvalidArgument("ValueError: JSON nesting too deep");
+  // Indentation multiplies the output by the depth: checked as it grows.
+  if (out->size() > o.max_bytes) {
+    return ResourceExhausted("tojson output exceeds {} bytes", o.max_bytes);
+  }
   const auto newline = [&](int level) {
     if (!o.has_indent) return;
     out->push_back('\n');
     std::string unit = o.indent_str.empty()
                            ? std::string(static_cast<size_t>(std::max(o.indent, 0)), ' ')
                            : o.indent_str;
-    for (int i = 0; i < level; ++i) *out += unit;
+    for (int i = 0; i < level && out->size() <= o.max_bytes; ++i) *out += unit;
   };
   switch (v.kind()) {
     case Kind::kNone:
@@ -771,7 +1000,10 @@ Status JsonDumpsInto(const Value& v, const JsonDumpOptions& o, int depth, std::s
 }
 
 template <typename J>
-Value FromJsonImpl(const J& j) {
+StatusOr<Value> FromJsonImpl(const J& j, uint32_t depth) {
+  if (depth > kMaxValueDepth) {
+    return InvalidArgument("JSON input nested deeper than {} levels", kMaxValueDepth);
+  }
   switch (j.type()) {
     case J::value_t::null:
     case J::value_t::discarded:
@@ -793,14 +1025,18 @@ Value FromJsonImpl(const J& j) {
     case J::value_t::array: {
       List items;
       items.reserve(j.size());
-      for (const auto& item : j) items.push_back(FromJsonImpl(item));
+      for (const auto& item : j) {
+        HW_ASSIGN_OR_RETURN(Value v, FromJsonImpl(item, depth + 1));
+        items.push_back(std::move(v));
+      }
       return Value::MakeList(std::move(items));
     }
     case J::value_t::object: {
       Dict dict;
       dict.items.reserve(j.size());
       for (auto it = j.begin(); it != j.end(); ++it) {
-        dict.items.emplace_back(it.key(), FromJsonImpl(it.value()));
+        HW_ASSIGN_OR_RETURN(Value v, FromJsonImpl(it.value(), depth + 1));
+        dict.items.emplace_back(it.key(), std::move(v));
       }
       return Value::MakeDict(std::move(dict));
     }
@@ -815,14 +1051,17 @@ Value FromJsonImpl(const J& j) {
 StatusOr<std::string> JsonDumps(const Value& v, const JsonDumpOptions& options) {
   std::string out;
   HW_RETURN_IF_ERROR(JsonDumpsInto(v, options, 0, &out));
+  if (out.size() > options.max_bytes) {
+    return ResourceExhausted("tojson output exceeds {} bytes", options.max_bytes);
+  }
   return out;
 }
 
-Value FromJson(const nlohmann::json& j) {
-  return FromJsonImpl(j);
+StatusOr<Value> FromJson(const nlohmann::json& j) {
+  return FromJsonImpl(j, 0);
 }
-Value FromJson(const nlohmann::ordered_json& j) {
-  return FromJsonImpl(j);
+StatusOr<Value> FromJson(const nlohmann::ordered_json& j) {
+  return FromJsonImpl(j, 0);
 }
 
 }  // namespace headwise::tokenizer::jinja

@@ -18,6 +18,12 @@ that exercise the interpreter's corners. Every template renders a list of conver
 add_generation_prompt false and true; where jinja2 raises, ours must fail too (with the same
 message when the template called raise_exception).
 
+Conversations of plain {role, content, name} messages also go the way of a server request
+("renderer" cases): through engine::ChatRenderer, which builds each message as vLLM does
+({"role", "content"[, "name"]} in that order, whatever the client's order) and always passes
+tools=None and documents=None; the reference renders the same dicts. Key order shows in
+`tojson`, `items()` and iteration, as in Python; the "key-order" job checks it on both paths.
+
     chat_template_parity.py --checker build/tests/tokenizer/hw_chat_template_check
 """
 import argparse
@@ -86,6 +92,14 @@ def flatten_text_content(messages):
     return out
 
 
+def vllm_message(m):
+    """vLLM's ConversationMessage for a plain message: role, content, then name if given."""
+    out = {"role": m["role"], "content": m["content"]}
+    if m.get("name"):
+        out["name"] = m["name"]
+    return out
+
+
 def reference(template, cases):
     env = make_env()
     try:
@@ -95,10 +109,15 @@ def reference(template, cases):
     results = []
     for case in cases:
         messages = case["messages"]
+        extra = case["extra"]
         if case.get("flatten"):
             messages = flatten_text_content(messages)
+        if case.get("renderer"):
+            # engine::ChatRenderer: its own message dicts, bos/eos always set, no tools.
+            messages = [vllm_message(m) for m in messages]
+            extra = {"bos_token": "", "eos_token": "", **extra, "tools": None, "documents": None}
         try:
-            text = compiled.render(messages=messages, **case["extra"])
+            text = compiled.render(messages=messages, **extra)
             results.append({"ok": True, "text": text})
         except RaisedByTemplate as e:
             results.append({"ok": False, "error": str(e), "raised": True})
@@ -180,6 +199,14 @@ CONVERSATIONS = [
 ]
 
 
+def renderer_can_take(messages, opts):
+    """Whether a conversation is one a server request can carry (engine::ChatMessage)."""
+    if opts.get("tools") or opts.get("flatten"):
+        return False
+    return all(set(m) <= {"role", "content", "name"} and isinstance(m["content"], str)
+               and m["role"] in ("system", "user", "assistant") for m in messages)
+
+
 def cases_for(special_tokens):
     cases = []
     for name, messages, opts in CONVERSATIONS:
@@ -189,6 +216,37 @@ def cases_for(special_tokens):
             extra.update(opts.get("kwargs", {}))
             cases.append({"name": f"{name}/agp={agp}", "messages": messages, "extra": extra,
                           "flatten": bool(opts.get("flatten"))})
+            if messages and renderer_can_take(messages, opts):
+                cases.append({"name": f"{name}/agp={agp}/renderer", "messages": messages,
+                              "extra": extra, "renderer": True})
+    return cases
+
+
+# Key order (issue 13): Python dicts keep insertion order, so templates of function-calling
+# models that dump messages or tool schemas with tojson print keys in the client's order
+# (transformers) or vLLM's message order; only dictsort sorts.
+KEY_ORDER_TEMPLATE = (
+    "{% for m in messages %}{{ m|tojson }}|{{ m }}|{% for k in m %}{{ k }},{% endfor %}|"
+    "{% for k, v in m.items() %}{{ k }}={{ v }};{% endfor %}\n{% endfor %}"
+    # (ChatRenderer first renders a probe conversation without `info`.)
+    "{% if info is defined %}{{ info|tojson }}|{{ info|tojson(indent=1) }}|"
+    "{{ info|tojson(sort_keys=true) }}|{{ info|dictsort }}|{{ info.items()|list }}|"
+    "{{ info|items|list }}|{{ info.alpha.keys()|list }}|{% endif %}"
+    "{{ {'b': 1, 'a': 2}|tojson }}|{{ dict(z=1, y=2)|tojson }}")
+KEY_ORDER_MESSAGES = [
+    {"content": "hi", "role": "user"},  # the client's order is not vLLM's
+    {"role": "assistant", "name": "bot", "content": "yo"},
+    {"role": "user", "content": "again"},
+]
+KEY_ORDER_EXTRA = {"info": {"zeta": 1, "alpha": {"y": 2, "x": [3, {"q": 1, "p": 2}]}, "mid": None}}
+
+
+def key_order_cases():
+    cases = []
+    for renderer in (False, True):
+        extra = {"add_generation_prompt": False, "bos_token": "<s>", **KEY_ORDER_EXTRA}
+        cases.append({"name": f"key-order/renderer={renderer}", "messages": KEY_ORDER_MESSAGES,
+                      "extra": extra, "renderer": renderer})
     return cases
 
 
@@ -211,6 +269,11 @@ FEATURES = [
     "{{ s.split() }}{{ 'a,b,,c'.split(',') }}{{ 'a b c'.split(' ', 1) }}{{ 'a,b,c'.rsplit(',', 1) }}{{ '  a  b '.split(None, 1) }}{{ ' a  b  '.rsplit(None, 1) }}{{ 'a b c'.rsplit() }}",
     "{{ s.startswith('  He') }}{{ s.endswith(('x', '  ')) }}{{ 'abc'.find('c') }}{{ 'abc'.replace('b', '') }}{{ 'a-b'.split('-')[-1] }}",
     "{{ uni|upper }}|{{ uni|lower }}|{{ uni.upper() }}|{{ 'hello world'|title }}|{{ 'hELLO'|capitalize }}|{{ uni|length }}|{{ uni[1] }}|{{ uni[::-1] }}",
+    # jinja2's title filter (do_title) is not str.title(): issue 13.
+    "{{ \"<|im_end|> o'neil /reset x-ray\"|title }}|{{ 'ǆ ﬁ ΣΑΣ'|title }}|{{ 'ΑΣ ßx a--b (c) {d} [e] <f>\\tg\\u3000h ﬀ'|title }}|{{ s|title }}|{{ uni|title }}",
+    # str.title() and the other case methods: full case mappings, titlecase, final sigma.
+    "{{ 'ǆ ﬁ ΣΑΣ'.title() }}|{{ \"o'neil x-ray ǈ\".title() }}|{{ ' ʰΣ aʰΣ'.title() }}|{{ 'ᾳ ŉ ǰ ß'.title() }}|{{ uni.title() }}",
+    "{{ 'ß ﬁ ŉ ǰ'.upper() }}|{{ 'ΣΑΣ ΑΣ. İ'.lower() }}|{{ ' ʰΣ'.lower() }}|{{ 'ﬁx ΑΣ'.capitalize() }}|{{ 'ΑΣ'|capitalize }}|{{ 'ǆa'|capitalize }}|{{ 'ß ﬁ'|upper }}|{{ 'ΣΑΣ'|lower }}|{{ uni.capitalize() }}",
     "{{ items[0] }}{{ items[-1] }}{{ items[1:] }}{{ items[:-1] }}{{ items[::-1] }}{{ items[::2] }}{{ items[5] }}{{ 'hello'[1:3] }}{{ 'hello'[-3:] }}{{ items[-10:10] }}",
     "{{ d.z }}{{ d['a'][1] }}{{ d.m.k }}{{ d.missing }}{{ d.get('z') }}{{ d.get('q', 'dflt') }}{{ d.get('q') }}{{ msgs[0].role }}{{ msgs.0.content }}",
     "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}|{% for k in d %}{{ k }}{% endfor %}|{{ d.keys()|list }}{{ d.values()|list }}",
@@ -266,6 +329,8 @@ FEATURES = [
     "{% for a, b in items %}{% endfor %}",
     "{{ none() }}",
     "{{ 'x'.nosuchmethod() }}",
+    "{{ range(100001)|length }}",
+    "{{ range(100000)|length }}{{ range(0, 10, 3)|list }}{{ range(10, 0, -3)|list }}{{ range(5, 5)|list }}{{ range(0, -3, -1)|list }}{{ range(-2, 9223372036854775807, 4611686018427387904)|list }}",
     # Syntax errors and unsupported constructs: jinja2 refuses them at compile time (ours
     # must refuse at Parse, or, for constructs jinja2 accepts but we do not support, at least
     # refuse rather than render something different).
@@ -285,6 +350,10 @@ KNOWN_LIMITATIONS = [
     ("integers are 64-bit", "{{ 9223372036854775807 + 1 }}"),
     ("dict keys are strings", "{{ {1: 'a'} }}"),
     ("str.format is not supported", "{{ '{}'.format(1) }}"),
+    ("namespaces are not put inside lists, dicts or namespaces",
+     "{% set ns = namespace(a=1) %}{{ [ns] }}"),
+    ("namespaces are not put inside lists, dicts or namespaces",
+     "{% set ns = namespace(a=1) %}{% set ns.me = ns %}{{ ns.a }}"),
 ]
 
 
@@ -383,10 +452,14 @@ def main():
     templates.append(("llama2-chat(meta-llama/Llama-2-7b-chat-hf)", LLAMA2_CHAT_TEMPLATE,
                       {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
     templates.append(smollm2_template())
+    templates.append(("chatml(tests/python/server_chatml.jinja)",
+                      (Path(__file__).parent / "server_chatml.jinja").read_text(), {}))
 
     jobs = []
     for name, template, tokens in templates:
         jobs.append({"name": name, "template": template, "cases": cases_for(tokens), "kind": "model"})
+    jobs.append({"name": "key-order", "template": KEY_ORDER_TEMPLATE, "cases": key_order_cases(),
+                 "kind": "order"})
     for i, template in enumerate(FEATURES):
         jobs.append({"name": f"feature[{i}]", "template": template, "cases": feature_cases(),
                      "kind": "feature"})
@@ -448,9 +521,11 @@ def main():
                     print("  ours:", repr(g["text"][:500]))
                 continue
             if not w["ok"]:
-                if w.get("raised") and w["error"] != g["error"]:
+                # engine::ChatRenderer says where the error comes from.
+                want_error = ("chat template: " if case.get("renderer") else "") + w["error"]
+                if w.get("raised") and want_error != g["error"]:
                     failures += 1
-                    print(f"MISMATCH {label}: raise_exception message: jinja2 {w['error']!r}, "
+                    print(f"MISMATCH {label}: raise_exception message: jinja2 {want_error!r}, "
                           f"ours {g['error']!r}")
                     continue
                 if args.verbose:
@@ -471,7 +546,7 @@ def main():
     for line in skipped:
         print("skipped:", line)
     model_jobs = [j for j in jobs if j["kind"] == "model"]
-    print(f"{len(model_jobs)} model templates x {len(CONVERSATIONS) * 2} cases, "
+    print(f"{len(model_jobs)} model templates x {len(model_jobs[0]['cases'])} cases, "
           f"{len(FEATURES)} feature templates; {failures} mismatches")
     return 1 if failures else 0
 

@@ -4,6 +4,7 @@
 #include "tokenizer/chat_template.h"
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -13,7 +14,8 @@ using headwise::StatusCode;
 using headwise::tokenizer::ChatTemplate;
 using headwise::tokenizer::ChatTemplateOptions;
 using headwise::tokenizer::FlattenTextContent;
-using json = nlohmann::json;
+// Ordered, as Python dicts are: key order is part of what templates print.
+using json = nlohmann::ordered_json;
 
 // Renders `source` with no messages and `vars` as the extra variables; "ERROR: <message>" on
 // failure so that expectations can look at either.
@@ -90,10 +92,12 @@ TEST_CASE("chat template: filters", "[chat_template]") {
                      {"d", json::parse(R"({"b": 1, "a": [true, null, 1.5, "é"]})")}};
   CHECK(Render("[{{ s|trim }}][{{ s|length }}][{{ items|length }}][{{ nothing|length }}]", vars) ==
         "[hi there][12][3][0]");
-  // nlohmann::json sorts keys; tojson prints what it was given.
-  CHECK(Render("{{ d|tojson }}", vars) == R"({"a": [true, null, 1.5, "é"], "b": 1})");
+  // Insertion order, as transformers' json.dumps(sort_keys=False) prints a Python dict.
+  CHECK(Render("{{ d|tojson }}", vars) == R"({"b": 1, "a": [true, null, 1.5, "é"]})");
   CHECK(Render("{{ d|tojson(indent=2) }}", vars) ==
-        "{\n  \"a\": [\n    true,\n    null,\n    1.5,\n    \"é\"\n  ],\n  \"b\": 1\n}");
+        "{\n  \"b\": 1,\n  \"a\": [\n    true,\n    null,\n    1.5,\n    \"é\"\n  ]\n}");
+  CHECK(Render("{{ d|tojson(sort_keys=true) }}", vars) ==
+        R"({"a": [true, null, 1.5, "é"], "b": 1})");
   CHECK(Render("{{ items|join(', ') }}|{{ items|sort|list }}|{{ items|first }}{{ items|last }}",
                vars) == "3, 1, 2|[1, 2, 3]|32");
   CHECK(Render("{{ nothing|default('dflt') }}{{ ''|default('e', true) }}{{ none|string }}") ==
@@ -232,4 +236,164 @@ TEST_CASE("chat template: transformers' generation block renders its body", "[ch
   CHECK(Render("a{% generation %}b{{ 1 }}{% endgeneration %}c") == "ab1c");
   CHECK(Render("{% macro m(x) %}[{{ x }}]{% endmacro %}{% filter upper %}{{ m('q') }}"
                "{% endfilter %}") == "[Q]");
+}
+
+// ---- Issue 13 item 6: key order, title, case mappings, limits. Expected strings are what
+// jinja2 3.1.4 (with transformers' tojson) and Python 3.11 print; chat_template_parity.py
+// checks the same cases against them.
+
+TEST_CASE("chat template: mappings keep insertion order end to end", "[chat_template]") {
+  // transformers and vLLM hand the template Python dicts: tojson, items() and iteration show
+  // the client's key order; only dictsort sorts.
+  const json messages = json::parse(R"([{"role": "user", "content": "hi", "name": "bob"}])");
+  const json extra = json::parse(R"({"info": {"zeta": 1, "alpha": {"y": 2, "x": 3}}})");
+  auto tpl = ChatTemplate::Parse(
+      "{{ messages[0]|tojson }}|{{ info|tojson }}|{% for k, v in messages[0].items() %}{{ k }},"
+      "{% endfor %}|{% for k in info %}{{ k }},{% endfor %}|{{ info.alpha|dictsort }}|"
+      "{{ info|items|list }}|{{ messages[0] }}");
+  REQUIRE(tpl.ok());
+  auto out = tpl->Render(messages, extra);
+  REQUIRE(out.ok());
+  CHECK(
+      *out ==
+      R"({"role": "user", "content": "hi", "name": "bob"}|{"zeta": 1, "alpha": {"y": 2, "x": 3}}|)"
+      R"(role,content,name,|zeta,alpha,|[('x', 3), ('y', 2)]|)"
+      R"([('zeta', 1), ('alpha', {'y': 2, 'x': 3})]|{'role': 'user', 'content': 'hi', 'name': 'bob'})");
+  // Dicts built by the template keep their order too, and so does FlattenTextContent.
+  CHECK(Render("{{ {'b': 1, 'a': 2}|tojson }}{{ dict(z=1, y=2)|tojson }}") ==
+        R"({"b": 1, "a": 2}{"z": 1, "y": 2})");
+  auto flat = FlattenTextContent(
+      json::parse(R"([{"role": "user", "content": [{"type": "text", "text": "a"}], "id": 1}])"));
+  REQUIRE(flat.ok());
+  CHECK(flat->dump() == R"([{"role":"user","content":"a","id":1}])");
+}
+
+TEST_CASE("chat template: the title filter is jinja2's do_title, not str.title",
+          "[chat_template]") {
+  CHECK(Render("{{ \"<|im_end|> o'neil /reset x-ray\"|title }}") ==
+        "<|im_end|> O'neil /reset X-Ray");
+  CHECK(Render("{{ 'ǆ ﬁ ΣΑΣ'|title }}") == "Ǆ FI Σας");
+  CHECK(Render("{{ 'hello (world) {x} [y] <z>\\tTAB\\u3000ideographic'|title }}") ==
+        "Hello (World) {X} [Y] <Z>\tTab\u3000Ideographic");
+  CHECK(Render("{{ 'ΑΣ ßx'|title }}") == "Ασ SSx");  // piece[1:] is lowered on its own
+  CHECK(Render("{{ ''|title }}{{ '  '|title }}{{ 'a--b'|title }}") == "  A--B");
+}
+
+TEST_CASE("chat template: str case methods follow Python's full case mappings", "[chat_template]") {
+  CHECK(Render("{{ 'ǆ ﬁ ΣΑΣ'.title() }}") == "ǅ Fi Σας");
+  CHECK(Render("{{ \"o'neil x-ray ǈ\".title() }}") == "O'Neil X-Ray ǈ");
+  CHECK(Render("{{ 'ß ﬁ ŉ'.upper() }}|{{ 'ß ﬁ'|upper }}") == "SS FI ʼN|SS FI");
+  CHECK(Render("{{ 'ΣΑΣ ΑΣ.'.lower() }}|{{ 'İ'.lower()|length }}|{{ ' ʰΣ'.lower() }}") ==
+        "σας ας.|2| ʰσ");
+  CHECK(Render("{{ 'ﬁx ΑΣ'.capitalize() }}|{{ 'ΑΣ'|capitalize }}|{{ 'ǆa'.capitalize() }}") ==
+        "Fix ας|Ας|ǅa");
+  CHECK(Render("{{ 'ᾳ'.title() }}{{ 'ǰ'.upper() }}") == "ᾼJ̌");
+}
+
+namespace {
+
+std::string Repeat(const std::string& s, size_t n) {
+  std::string out;
+  out.reserve(s.size() * n);
+  for (size_t i = 0; i < n; ++i) out += s;
+  return out;
+}
+
+// The render must fail (not crash, not hang) with a status naming why.
+void CheckRefused(const std::string& source, const json& vars = json::object()) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::string out = Render(source, vars);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(source.substr(0, 80) << " -> " << out.substr(0, 200));
+  CHECK((out.rfind("ERROR: ", 0) == 0 || out.rfind("PARSE ERROR: ", 0) == 0));
+  CHECK(seconds < 5);
+}
+
+}  // namespace
+
+TEST_CASE("chat template: hostile nesting fails with a status, not a stack overflow",
+          "[chat_template]") {
+  constexpr size_t kDeep = 100'000;
+  // Parser recursion.
+  CheckRefused("{{ " + Repeat("(", kDeep) + "1" + Repeat(")", kDeep) + " }}");
+  CheckRefused("{{ " + Repeat("[", kDeep) + Repeat("]", kDeep) + " }}");
+  CheckRefused("{{ " + Repeat("{'a': ", kDeep) + "1" + Repeat("}", kDeep) + " }}");
+  CheckRefused("{{ x" + Repeat("[x", kDeep) + Repeat("]", kDeep) + " }}");
+  CheckRefused("{{ " + Repeat("f(", kDeep) + Repeat(")", kDeep) + " }}");
+  CheckRefused("{{ " + Repeat("not ", kDeep) + "1 }}");
+  CheckRefused("{{ " + Repeat("- ", kDeep) + "1 }}");
+  CheckRefused("{{ " + Repeat("1 if 1 else ", kDeep) + "1 }}");
+  CheckRefused(Repeat("{% if true %}", kDeep) + Repeat("{% endif %}", kDeep));
+  CheckRefused(Repeat("{% for x in [1] %}", kDeep) + Repeat("{% endfor %}", kDeep));
+  // Left-leaning chains: built by loops, but evaluated and freed recursively.
+  CheckRefused("{{ 1" + Repeat(" + 1", kDeep) + " }}");
+  CheckRefused("{{ 'a'" + Repeat(" ~ 'a'", kDeep) + " }}");
+  CheckRefused("{{ 1" + Repeat(" or 1", kDeep) + " }}");
+  CheckRefused("{{ 'x'" + Repeat("|trim", kDeep) + " }}");
+  CheckRefused("{{ x" + Repeat(".y", kDeep) + " }}");
+  CheckRefused("{{ x" + Repeat("[0]", kDeep) + " }}");
+  CheckRefused("{{ f" + Repeat("()", kDeep) + " }}");
+  CheckRefused("{{ 1" + Repeat(" is odd()", kDeep) + " }}");
+  CheckRefused("{% filter " + Repeat("trim|", kDeep) + "trim %}x{% endfilter %}");
+  // The lexer's bracket matching and whole-template size.
+  CHECK(!ParseError(Repeat("{", 20000) + "%").empty());
+  CHECK(ParseError(Repeat("x", (1u << 20) + 1)).find("over the limit") != std::string::npos);
+  // Recursive macros, directly, mutually and through deep expressions.
+  CheckRefused("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+  CheckRefused(
+      "{% macro f(n) %}{{ g(n) }}{% endmacro %}{% macro g(n) %}{{ f(n) }}{% endmacro %}"
+      "{{ f(0) }}");
+  CheckRefused(
+      "{% macro f(n) %}{% if true %}{% if true %}{{ ((((((((f(n)))))))))|trim }}"
+      "{% endif %}{% endif %}{% endmacro %}{{ f(0) }}");
+  // Moderate nesting still works.
+  CHECK(Render("{{ " + Repeat("(", 40) + "1" + Repeat(")", 40) + " }}") == "1");
+  CHECK(Render("{{ 1" + Repeat(" + 1", 100) + " }}") == "101");
+}
+
+TEST_CASE("chat template: hostile data fails with a status", "[chat_template]") {
+  // Deep values: from the request, and built by the template.
+  // (Parsed, not built: nlohmann copies JSON recursively, and would overflow the stack itself.)
+  const json deep = json::parse("{\"x\": " + Repeat("[", 100'000) + Repeat("]", 100'000) + "}");
+  CheckRefused("{{ x }}", deep);
+  CHECK(!headwise::tokenizer::CheckJsonDepth(deep).ok());
+  CHECK(headwise::tokenizer::CheckJsonDepth(json::parse(R"({"a": [[1]]})")).ok());
+  CheckRefused(
+      "{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}"
+      "{% endfor %}{{ ns.x }}");
+  CheckRefused(
+      "{% set ns = namespace(x={}) %}{% for i in range(100000) %}"
+      "{% set ns.x = {'a': ns.x} %}{% endfor %}{{ ns.x|tojson }}");
+  // A namespace inside itself (a cycle) or inside a container.
+  CheckRefused("{% set ns = namespace(a=1) %}{% set ns.me = ns %}{{ ns }}");
+  CheckRefused("{% set ns = namespace(a=1) %}{% set ns.l = [ns] %}{{ ns }}");
+  CheckRefused("{% set ns = namespace(a=1) %}{{ [ns] }}");
+  // Huge ranges and repetitions.
+  CheckRefused("{% for i in range(10**12) %}{% endfor %}");
+  CheckRefused("{% for i in range(0, 10**18, 1) %}{{ i }}{% endfor %}");
+  CheckRefused("{{ range(100001)|length }}");
+  CheckRefused("{{ 'x' * 10**12 }}");
+  CheckRefused("{{ [1] * 10**12 }}");
+  CHECK(Render("{{ '' * 10**12 }}{{ [] * 10**12 }}") == "[]");
+  // Values whose printing or building would take gigabytes.
+  CheckRefused("{% set s = 'x' * 1000000 %}{{ [s] * 100000 }}");
+  CheckRefused("{% set s = 'x' * 1000000 %}{% set l = [s] * 1000 %}{{ l|tojson }}");
+  CheckRefused("{% set l = [[[[[[1]]]]]] * 100000 %}{{ l|tojson(indent=64) }}");
+  CheckRefused("{{ ('\\n' * 10000000)|indent(1000, blank=true) }}");
+  CheckRefused("{{ ('x' * 10000000)|list|length }}");
+  CheckRefused("{{ ('a ' * 5000000).split()|length }}");
+  CheckRefused("{{ [1]|batch(10**12, 0)|list }}");
+  // Many large values, each within the limits, add up past the allocation budget.
+  CheckRefused(
+      "{% set ns = namespace(l=[]) %}{% for i in range(2000) %}"
+      "{% set ns.l = ns.l + [('x' * 1000000)] %}{% endfor %}{{ ns.l|length }}");
+  // Work nothing else counts: substring search in linear time, unique() in n log n.
+  CHECK(Render("{{ (('a' * 1000000) ~ 'b') in ('a' * 2000000) }}") == "False");
+  CHECK(Render("{{ range(100000)|unique|list|length }}") == "100000");
+  // Rendered output.
+  ChatTemplateOptions small;
+  small.max_output_bytes = 1 << 20;
+  CHECK(Render("{% for i in range(100) %}{{ 'x' * 20000 }}{% endfor %}", {}, small)
+            .find("exceeds 1048576 bytes") != std::string::npos);
 }

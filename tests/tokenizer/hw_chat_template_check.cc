@@ -4,8 +4,12 @@
 //   hw_chat_template_check jobs.json
 //
 // jobs.json: {"jobs": [{"name": ..., "template": "...", "cases": [{"messages": [...],
-// "extra": {...}, "flatten": false}, ...]}, ...]}. With "flatten", messages go through
-// FlattenTextContent first. Output on stdout: {"jobs": [{"parse_error": null or "...",
+// "extra": {...}, "flatten": false, "renderer": false}, ...]}, ...]}. With "flatten", messages
+// go through FlattenTextContent first. With "renderer", the case goes the way of a server
+// request instead: engine::ChatRenderer, messages as {role, content, name} structs, extra's
+// bos_token / eos_token / add_generation_prompt as the renderer's own, the rest of extra
+// (except tools and documents, which it sets to None) as chat_template_kwargs.
+// Output on stdout: {"jobs": [{"parse_error": null or "...",
 // "results": [{"ok": true, "text": "..."} or {"ok": false, "error": "..."}, ...]}, ...]}.
 // JSON is read with ordered_json so objects keep their key order, as Python dicts do.
 #include <fstream>
@@ -13,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "engine/chat_renderer.h"
 #include "tokenizer/chat_template.h"
 
 namespace {
@@ -20,17 +25,43 @@ namespace {
 using headwise::tokenizer::ChatTemplate;
 using ojson = nlohmann::ordered_json;
 
+ojson Failed(const headwise::Status& st) {
+  return ojson{{"ok", false}, {"error", st.message()}};
+}
+
+ojson RunRendererCase(const std::string& source, const ojson& c) {
+  const ojson messages = c.value("messages", ojson::array());
+  const ojson extra = c.value("extra", ojson::object());
+  std::vector<headwise::engine::ChatMessage> msgs;
+  for (const ojson& m : messages) {
+    msgs.push_back({m.value("role", ""), m.value("content", ""), m.value("name", "")});
+  }
+  ojson kwargs = ojson::object();
+  for (auto it = extra.begin(); it != extra.end(); ++it) {
+    if (it.key() != "bos_token" && it.key() != "eos_token" && it.key() != "add_generation_prompt" &&
+        it.key() != "tools" && it.key() != "documents") {
+      kwargs[it.key()] = it.value();
+    }
+  }
+  auto renderer = headwise::engine::ChatRenderer::Create(source, extra.value("bos_token", ""),
+                                                         extra.value("eos_token", ""));
+  if (!renderer.ok()) return Failed(renderer.status());
+  auto text = (*renderer)->Render(msgs, extra.value("add_generation_prompt", false), kwargs);
+  if (!text.ok()) return Failed(text.status());
+  return ojson{{"ok", true}, {"text", *text}};
+}
+
 ojson RunCase(const ChatTemplate& tpl, const ojson& c) {
+  if (c.value("renderer", false)) return RunRendererCase(tpl.source(), c);
   ojson messages = c.value("messages", ojson::array());
   const ojson extra = c.value("extra", ojson::object());
   if (c.value("flatten", false)) {
-    // FlattenTextContent takes nlohmann::json; the messages' key order does not matter to it.
-    auto flat = headwise::tokenizer::FlattenTextContent(nlohmann::json::parse(messages.dump()));
-    if (!flat.ok()) return ojson{{"ok", false}, {"error", flat.status().message()}};
-    messages = ojson::parse(flat->dump());
+    auto flat = headwise::tokenizer::FlattenTextContent(messages);
+    if (!flat.ok()) return Failed(flat.status());
+    messages = std::move(*flat);
   }
-  auto text = tpl.RenderOrdered(messages, extra);
-  if (!text.ok()) return ojson{{"ok", false}, {"error", text.status().message()}};
+  auto text = tpl.Render(messages, extra);
+  if (!text.ok()) return Failed(text.status());
   return ojson{{"ok", true}, {"text", *text}};
 }
 
