@@ -26,7 +26,7 @@ class Tokenizer;
 
 namespace headwise::server {
 
-using Json = nlohmann::json;
+using Json = nlohmann::ordered_json;
 
 // An error answered in OpenAI's shape {"error": {"message", "type", "param", "code"}}.
 struct ApiError {

@@ -636,4 +636,17 @@ TEST_CASE("CheckPromptTextSize: refuses only texts that must exceed the limit",
   CHECK(CheckPromptTextSize(SIZE_MAX, SIZE_MAX, INT64_MAX, "prompt").has_value());
 }
 
+TEST_CASE("chat_template_kwargs keep the client's key order", "[server]") {
+  // Templates that dump them (tojson) or iterate them must see what jinja2 would: the order
+  // the client wrote, not sorted keys.
+  Json body;
+  REQUIRE_FALSE(ParseJsonObject(R"({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                    "chat_template_kwargs": {"zeta": 1, "alpha": {"y": 2, "b": 3}}})",
+                                body)
+                    .has_value());
+  GenerationRequest r;
+  REQUIRE_FALSE(ParseChatRequest(body, r).has_value());
+  CHECK(r.chat_template_kwargs.dump() == R"({"zeta":1,"alpha":{"y":2,"b":3}})");
+}
+
 }  // namespace headwise::server
