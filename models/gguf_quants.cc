@@ -318,6 +318,9 @@ Status DequantizeGgml(uint32_t type, const uint8_t* data, size_t num_bytes, int6
     return InvalidArgument("{} elements of type {} take {} bytes, got {}", num_elements,
                            traits->name, blocks * traits->type_size, num_bytes);
   }
+  // An empty tensor has nothing to decode, and its buffers may be null (memcpy of null is UB
+  // even for 0 bytes; found by the gguf fuzzer).
+  if (blocks == 0) return Status::Ok();
   // Threads only pay off beyond a few hundred thousand elements.
   constexpr int64_t kElementsPerThread = 1 << 18;
   int threads = max_threads > 0

@@ -380,6 +380,17 @@ StatusOr<std::unique_ptr<Tokenizer>> Load(const json& tj, const json& cfg) {
       config.stop_ids.push_back(t.id);
     }
   }
+  // Every id Encode can emit must be in the vocabulary (the model indexes its embedding with
+  // it): the post-processor's ids name no piece of their own.
+  const auto vocab = static_cast<int64_t>(config.id_to_piece.size());
+  for (const auto* ids : {&config.prefix_ids, &config.suffix_ids}) {
+    for (int32_t id : *ids) {
+      if (id < 0 || id >= vocab) {
+        return InvalidArgument(
+            "post_processor: special token id {} is outside the vocabulary of {}", id, vocab);
+      }
+    }
+  }
   return internal::MakePipelineTokenizer(std::move(config));
 }
 

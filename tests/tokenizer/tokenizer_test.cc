@@ -291,3 +291,25 @@ TEST_CASE("MinTokens leaves out the bytes a byte-level vocabulary drops", "[toke
   // Without the dropped-byte rule there would be no bound at all.
   CHECK((*t)->MinTokens(std::string(10, 'a')) == 5);
 }
+
+TEST_CASE("a post-processor id outside the vocabulary is refused at load", "[tokenizer]") {
+  // Found by the tokenizer_json fuzzer: Encode returned id 301 from a 3-piece vocabulary, which
+  // the model would use as an embedding row.
+  const std::string model =
+      R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]},)";
+  const auto with_ids = [&](const std::string& ids) {
+    return headwise::tokenizer::LoadHfTokenizer(headwise::tokenizer::WriteTemp(
+        "tokenizer_postproc_tmp.json", model + R"("post_processor": {"type": "TemplateProcessing",
+          "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}}],
+          "special_tokens": {"<s>": {"id": "<s>", "ids": )" +
+                                           ids + "}}}}"));
+  };
+  auto bad = with_ids("[301]");
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(bad.status().message(), Catch::Contains("outside the vocabulary of 3"));
+  CHECK_FALSE(with_ids("[-1]").ok());
+  auto good = with_ids("[2]");
+  REQUIRE(good.ok());
+  CHECK((*good)->Encode("a", true).front() == 2);
+}
