@@ -9,6 +9,8 @@
 #   scripts/fuzz.sh --seconds 600 --target jinja  one target, longer (--target repeats)
 #   scripts/fuzz.sh --seconds 0                   the regression runs only
 #   scripts/fuzz.sh --no-build --target X         reuse the build (e.g. several runs at once)
+#   scripts/fuzz.sh --keep-going --seconds 600    a campaign: libFuzzer's fork mode goes on after
+#                                                 a finding and collects them all (still fails)
 #   scripts/fuzz.sh --list                        the target names
 # Reproduce a finding: build-fuzz/bin/<target>_fuzz <file>
 #
@@ -35,11 +37,13 @@ done
 
 targets=()
 do_build=1
+keep_going=0
 while (($#)); do
   case $1 in
     --seconds) seconds=$2; shift 2 ;;
     --target) targets+=("$2"); shift 2 ;;
     --no-build) do_build=0; shift ;;
+    --keep-going) keep_going=1; shift ;;
     --list) printf '%s\n' "${all_targets[@]}"; exit 0 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "fuzz.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -75,6 +79,7 @@ for t in "${targets[@]}"; do
   seeds=tests/fuzz/corpus/$t
   artifacts=$build/fuzz-artifacts/$t
   work=$build/fuzz-corpus/$t
+  rm -rf "$artifacts"  # findings of an earlier run are not this run's
   mkdir -p "$artifacts" "$work"
   flags=(-timeout="$timeout" -rss_limit_mb="$rss_mb" -artifact_prefix="$artifacts/"
          -print_final_stats=1)
@@ -94,7 +99,10 @@ for t in "${targets[@]}"; do
   # Fuzzing: new inputs go to the working corpus, the committed seeds stay as they are.
   echo "== $t: fuzzing for ${seconds}s (corpus $work)"
   log=$logs/$t.fuzz.log
-  if "$bin" "${flags[@]}" -max_total_time="$seconds" "$work" "$seeds" >"$log" 2>&1; then
+  extra=()
+  ((keep_going)) && extra=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
+  if "$bin" "${flags[@]}" "${extra[@]}" -max_total_time="$seconds" "$work" "$seeds" >"$log" 2>&1 &&
+      [[ -z $(find "$artifacts" -type f) ]]; then
     status=ok
   else
     status=FAILED
@@ -102,10 +110,13 @@ for t in "${targets[@]}"; do
     echo "FAIL $t (log: $log, inputs: $artifacts/)"
     grep -E "ERROR: |SUMMARY: |runtime error:|Test unit written to" "$log" | head -n 20 || true
   fi
-  # The last status line: "#N DONE cov: C ft: F corp: U/S ..." (or the last pulse before a crash).
+  # The last status line: "#N DONE cov: C ft: F corp: U/S ..." (or the last pulse before a crash;
+  # in fork mode "#N: cov: C ft: F corp: U exec/s ...").
   last=$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-  summary+=("$t: fuzz $status after ${seconds}s, ${execs:-?} execs | ${last:-no status line}")
+  findings=$(find "$artifacts" -type f | wc -l)
+  summary+=("$t: fuzz $status after ${seconds}s, ${execs:-?} execs, $findings findings |"
+            "  ${last:-no status line}")
 done
 
 echo

@@ -1,6 +1,7 @@
 // A GGUF file through GgufFile::Open, then what the model loader reads from it: every
 // metadata value through the typed getters, the model config (ParseGgufConfig), the embedded
 // vocabulary and tokenizer (engine::LoadTokenizerFor), and each tensor's data dequantized.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -39,7 +40,9 @@ void ReadTensors(const GgufFile& gguf) {
     if (gguf.FindTensor(t.name) == nullptr) __builtin_trap();
     if (t.data == nullptr || !CanDequantizeGgml(t.type)) continue;
     if (t.num_elements < 0 || t.num_elements > kMaxElements) continue;
-    out.resize(static_cast<size_t>(t.num_elements));
+    // Never a null output, as the loader's buffers are not: memcpy(nullptr, src, 0) for an
+    // empty F32 tensor is UB (tests/fuzz/crashes-pending/gguf/, for models/ to settle).
+    out.resize(static_cast<size_t>(std::max<int64_t>(t.num_elements, 1)));
     (void)DequantizeGgml(t.type, t.data, t.num_bytes, t.num_elements, out.data(),
                          /*max_threads=*/1);
   }
