@@ -15,7 +15,8 @@
 # Reproduce a finding: build-fuzz/bin/<target>_fuzz <file>
 #
 #   FUZZ_SECONDS    fuzzing time per target (default 30)
-#   FUZZ_TIMEOUT    seconds one input may take before it counts as a hang (default 10)
+#   FUZZ_TIMEOUT    seconds one input may take before it counts as a hang (default 25; the machines
+#                   are shared, and a wall-clock limit must not flag a busy machine)
 #   FUZZ_RSS_MB     memory limit of a fuzzing process (default 2048)
 #   BUILD_DIR       build folder (default build-fuzz); JOBS: parallel build jobs (default nproc)
 #   HEADWISE_SHARED the shared tokenizers the tokenize target loads (default ../shared)
@@ -25,7 +26,7 @@ cd "$root"
 build=${BUILD_DIR:-build-fuzz}
 jobs=${JOBS:-$(nproc)}
 seconds=${FUZZ_SECONDS:-30}
-timeout=${FUZZ_TIMEOUT:-10}
+timeout=${FUZZ_TIMEOUT:-25}
 rss_mb=${FUZZ_RSS_MB:-2048}
 export HEADWISE_SHARED=${HEADWISE_SHARED:-$root/../shared}
 
