@@ -18,9 +18,11 @@ float ReduceLanes(float* acc) {
   return acc[0];
 }
 
-// An AVX2 clone beside the baseline, picked at load time. clang (the fuzz build,
-// scripts/fuzz.sh) does not support target_clones on templates: there the baseline only.
-#if defined(__clang__)
+// An AVX2 clone beside the baseline, picked at load time. The baseline only where that fails:
+// clang (the fuzz build, scripts/fuzz.sh) does not support target_clones on templates, and
+// under ThreadSanitizer the clone's ifunc resolver, instrumented, runs during relocation before
+// the TSan runtime exists and crashes every binary at startup (scripts/sanitize.sh thread).
+#if defined(__clang__) || defined(__SANITIZE_THREAD__)
 #define HW_MATMUL_CLONES
 #else
 #define HW_MATMUL_CLONES __attribute__((target_clones("avx2", "default")))
