@@ -115,8 +115,9 @@ for t in "${targets[@]}"; do
   # in fork mode "#N: cov: C ft: F corp: U exec/s ...").
   last=$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+  [[ -n $execs ]] || execs=$(sed -E 's/^#([0-9]+).*/\1/' <<<"$last")
   findings=$(find "$artifacts" -type f | wc -l)
-  summary+=("$t: fuzz $status after ${seconds}s, ${execs:-?} execs, $findings findings |"
+  summary+=("$t: fuzz $status (${seconds}s limit), ${execs:-?} execs, $findings findings |"
             "  ${last:-no status line}")
 done
 
