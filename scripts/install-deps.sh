@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs headwise's build and test dependencies from Debian packages. Idempotent: does
 # nothing (and needs no network) when everything is already there.
+#   scripts/install-deps.sh          what the build and the tests need
+#   scripts/install-deps.sh --fuzz   that plus clang and libFuzzer (scripts/fuzz.sh), which the
+#                                    main build does not need
+# The sanitizer runtimes of scripts/sanitize.sh (libasan, libubsan, libtsan) come with gcc.
 set -euo pipefail
 
 packages=(
@@ -8,6 +12,13 @@ packages=(
   nlohmann-json3-dev libspdlog-dev libfmt-dev libsentencepiece-dev
   libicu-dev catch2 zlib1g-dev
 )
+fuzz_packages=(clang libclang-rt-14-dev)
+
+case ${1:-} in
+  "") ;;
+  --fuzz) packages+=("${fuzz_packages[@]}") ;;
+  *) echo "install-deps.sh: unknown argument $1" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do

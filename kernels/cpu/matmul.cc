@@ -18,11 +18,19 @@ float ReduceLanes(float* acc) {
   return acc[0];
 }
 
+// An AVX2 clone beside the baseline, picked at load time. The baseline only where that fails:
+// clang (the fuzz build, scripts/fuzz.sh) does not support target_clones on templates, and
+// under ThreadSanitizer the clone's ifunc resolver, instrumented, runs during relocation before
+// the TSan runtime exists and crashes every binary at startup (scripts/sanitize.sh thread).
+#if defined(__clang__) || defined(__SANITIZE_THREAD__)
+#define HW_MATMUL_CLONES
+#else
+#define HW_MATMUL_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+
 // R dot products of rows x[0..R) with one row w.
 template <int R>
-__attribute__((target_clones("avx2", "default"))) void DotTile(const float* const* x,
-                                                               const float* w, int64_t k,
-                                                               float* out) {
+HW_MATMUL_CLONES void DotTile(const float* const* x, const float* w, int64_t k, float* out) {
   float acc[R][kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= k; i += kLanes) {
