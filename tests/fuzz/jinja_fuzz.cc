@@ -65,16 +65,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)tpl.status().ToString();
     return 0;
   }
-  (void)tpl->RenderOrdered(FixedMessages(), Extra());
-  (void)tpl->RenderOrdered(ordered_json::array(), ordered_json::object());
+  (void)tpl->Render(FixedMessages(), Extra());
+  (void)tpl->Render(ordered_json::array(), ordered_json::object());
   if (nul) {
     const std::string_view rest = headwise::fuzz::AsText(nul + 1, size - template_size - 1);
     auto messages = ordered_json::parse(rest, nullptr, /*allow_exceptions=*/false);
     if (!messages.is_discarded()) {
-      (void)tpl->RenderOrdered(messages, Extra());
-      if (auto flat = headwise::tokenizer::FlattenTextContent(nlohmann::json(messages));
-          flat.ok()) {
-        (void)tpl->Render(*flat, nlohmann::json(Extra()));
+      (void)tpl->Render(messages, Extra());
+      if (auto flat = headwise::tokenizer::FlattenTextContent(messages); flat.ok()) {
+        (void)tpl->Render(*flat, Extra());
       }
     }
   }
