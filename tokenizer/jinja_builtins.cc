@@ -1066,8 +1066,12 @@ StatusOr<Value> CallGlobal(std::string_view name, const CallArgs& call) {
     }
     List out;
     out.reserve(static_cast<size_t>(length));
-    for (int64_t k = 0; k < static_cast<int64_t>(length); ++k)
-      out.push_back(Value::Int(start + k * step));
+    // Each value lies between start and stop, so it fits; k * step alone may not (found by
+    // UBSan: range(-2**62, 2**62, 2**62)), so the product is taken in 128 bits.
+    for (int64_t k = 0; k < static_cast<int64_t>(length); ++k) {
+      out.push_back(Value::Int(
+          static_cast<int64_t>(static_cast<__int128>(start) + static_cast<__int128>(k) * step)));
+    }
     return Value::MakeList(std::move(out));
   }
   if (name == "strftime_now") {

@@ -29,6 +29,10 @@ import time
 
 from server_util import HOST, TINY, Runner, Server, check_error_shape, sse_events
 
+# Sanitized builds (scripts/sanitize.sh sets this) run several times slower and hold freed memory
+# in ASan's quarantine: their time and memory bounds are this many times looser. The functional
+# assertions (statuses, order, answers, exits) are the same in every build.
+SLOWDOWN = float(os.environ.get("HEADWISE_TEST_SLOWDOWN", "1"))
 LIMIT = 1 << 20  # --max-body-bytes 1M
 HEADER_TIMEOUT = 2  # seconds
 BODY_TIMEOUT = 2
@@ -321,7 +325,7 @@ def test_chunked_over_limit(srv):
     print(f"  sent {sent} bytes, got {status} after {elapsed:.2f}s, peak RSS grew {grown / LIMIT:.1f} x limit")
     assert status == 413, (status, data[:300])
     check_error_shape(json.loads(data))
-    assert grown <= 4 * LIMIT, f"peak RSS grew by {grown} bytes for a {3 * LIMIT}-byte chunked body"
+    assert grown <= 4 * LIMIT * SLOWDOWN, f"peak RSS grew by {grown} bytes for a {3 * LIMIT}-byte chunked body"
 
 
 def test_gzip_bomb(srv):
@@ -344,7 +348,7 @@ def test_gzip_bomb(srv):
     assert status in (413, 415), (status, data[:300])
     check_error_shape(json.loads(data))
     assert elapsed < 2.0, elapsed
-    assert grown <= 4 * LIMIT, f"peak RSS grew by {grown} bytes inflating a gzip bomb"
+    assert grown <= 4 * LIMIT * SLOWDOWN, f"peak RSS grew by {grown} bytes inflating a gzip bomb"
 
 
 def test_gzip_small(srv):
@@ -437,7 +441,7 @@ def test_truncated_body(srv):
     elapsed = time.monotonic() - start
     print(f"  {status} after {elapsed:.2f}s")
     assert status in (400, 408, "closed"), status
-    assert elapsed <= BODY_TIMEOUT + 1.5, elapsed
+    assert elapsed <= BODY_TIMEOUT + 1.5 * SLOWDOWN, elapsed
 
 
 # --- 2. pipelining -----------------------------------------------------------------------
@@ -504,8 +508,8 @@ def test_keep_alive_latency(srv):
     print(f"  first byte: new {median_ms(new_first):.2f} ms, reused {median_ms(reused_first):.2f} ms; "
           f"whole response: new {median_ms(new_total):.2f} ms, reused {median_ms(reused_total):.2f} ms; "
           f"{reconnects} reconnects (server closed the keep-alive connection)")
-    assert median_ms(reused_first) <= median_ms(new_first) + 2.0
-    assert median_ms(reused_total) <= median_ms(new_total) + 2.0
+    assert median_ms(reused_first) <= median_ms(new_first) + 2.0 * SLOWDOWN
+    assert median_ms(reused_total) <= median_ms(new_total) + 2.0 * SLOWDOWN
 
 
 def test_openai_client_latency(srv):
@@ -533,9 +537,9 @@ def test_openai_client_latency(srv):
     print(f"  openai client, max_tokens 1, median (max): non-streamed {median_ms(plain):.1f} "
           f"({max(plain) * 1e3:.1f}) ms; first SSE event {median_ms(first):.1f} ({max(first) * 1e3:.1f}) ms; "
           f"whole stream {median_ms(whole):.1f} ({max(whole) * 1e3:.1f}) ms")
-    assert median_ms(plain) < 20.0
-    assert median_ms(first) < 20.0
-    assert median_ms(whole) < 20.0
+    assert median_ms(plain) < 20.0 * SLOWDOWN
+    assert median_ms(first) < 20.0 * SLOWDOWN
+    assert median_ms(whole) < 20.0 * SLOWDOWN
 
 
 # --- 4, 5. many connections --------------------------------------------------------------
@@ -594,7 +598,7 @@ def test_idle_and_slowloris(srv):
               f"connections: {[round(t * 1e3, 1) for t in during]} ms; /health {health}")
         if health != 200:
             problems.append(f"/health during the load: {health}")
-        if len(during) == 5 and median_ms(during) > median_ms(before) + 50:
+        if len(during) == 5 and median_ms(during) > median_ms(before) + 50 * SLOWDOWN:
             problems.append(f"completion latency {median_ms(during):.1f} ms under load vs "
                             f"{median_ms(before):.1f} ms alone")
     finally:
@@ -607,7 +611,7 @@ def test_idle_and_slowloris(srv):
 def test_burst(srv):
     req = request_bytes("POST", COMP, dict(SHORT, max_tokens=1))
     start = time.monotonic()
-    results, _ = swarm(srv.port, 1000, req, timeout=5)
+    results, _ = swarm(srv.port, 1000, req, timeout=5 * SLOWDOWN)
     counts = outcome_counts(results)
     print(f"  1,000 connections at once: {counts} in {time.monotonic() - start:.2f}s")
     bad = [r for r in results if isinstance(r, str) or (r[0] != 200 and not is_clean_503(r))]
@@ -662,7 +666,7 @@ def test_slowloris_closed(srv):
     finally:
         conn.close()
     print(f"  slowloris closed after {closed:.2f}s" if closed else "  slowloris still open")
-    assert closed is not None and closed <= HEADER_TIMEOUT + 1.0, closed
+    assert closed is not None and closed <= HEADER_TIMEOUT + 1.0 * SLOWDOWN, closed
 
 
 def test_idle_keep_alive_closed(srv):
@@ -674,7 +678,7 @@ def test_idle_keep_alive_closed(srv):
     finally:
         conn.close()
     print(f"  idle keep-alive closed after {closed:.2f}s" if closed else "  idle keep-alive still open")
-    assert closed is not None and KEEP_ALIVE_TIMEOUT * 0.5 <= closed <= KEEP_ALIVE_TIMEOUT + 1.0, closed
+    assert closed is not None and KEEP_ALIVE_TIMEOUT * 0.5 <= closed <= KEEP_ALIVE_TIMEOUT + 1.0 * SLOWDOWN, closed
 
 
 # --- 7. shutdown -------------------------------------------------------------------------
@@ -702,7 +706,7 @@ def stuck_reader(srv):
     # n=16 with 20 top logprobs makes the stream ~8 MB, past the largest send buffer (4 MB).
     conn.send(request_bytes("POST", COMP, dict(LONG_STREAM, n=16, logprobs=20)))
     client_port = conn.sock.getsockname()[1]
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 20 * SLOWDOWN
     queued, stable_since = 0, time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.1)
@@ -759,7 +763,7 @@ def check_stuck_exit(out):
         print("  still running after SIGTERM")
     else:
         print(f"  exit {out['code']} {after:.2f}s after SIGTERM")
-    assert after is not None and after <= SHUTDOWN_TIMEOUT + 1.0, after
+    assert after is not None and after <= SHUTDOWN_TIMEOUT + 1.0 * SLOWDOWN, after
 
 
 def check_normal_stream_ended(out):
@@ -790,7 +794,7 @@ def test_second_sigterm(srv):
         srv.proc.send_signal(signal.SIGTERM)
         elapsed = wait_exit(srv.proc, 5)
         print(f"  {'still running' if elapsed is None else f'exited {elapsed:.2f}s'} after the second SIGTERM")
-        assert elapsed is not None and elapsed <= 0.5, elapsed
+        assert elapsed is not None and elapsed <= 0.5 * SLOWDOWN, elapsed
     finally:
         stuck.close()
 
@@ -918,8 +922,8 @@ def test_huge_prompt(srv):
     assert status == 400, (status, data[:300])
     err = check_error_shape(json.loads(data))
     assert "at least" in err["message"] and err["param"] == "prompt", err
-    assert elapsed < 2.0, elapsed
-    assert grown < 150, f"peak RSS grew by {grown:.0f} MiB"
+    assert elapsed < 2.0 * SLOWDOWN, elapsed
+    assert grown < 150 * SLOWDOWN, f"peak RSS grew by {grown:.0f} MiB"
 
 
 def group(runner, args, cases, model=TINY, stop_timeout=10):
