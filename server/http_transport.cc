@@ -107,7 +107,6 @@ class Loop : public std::enable_shared_from_this<Loop> {
     }
     Wake();
   }
-  int open_connections() const { return open_count_.load(); }
   bool stopping() const { return stopping_flag_.load(std::memory_order_relaxed); }
 
   // From any thread: bytes for connection `id`; `last` ends the response, `close` closes the
@@ -180,7 +179,6 @@ class Loop : public std::enable_shared_from_this<Loop> {
   void DrainOutbox();
   void CheckTimers(Clock::time_point now);
   void WorkerLoop();
-  bool Stopping() const { return stopping_flag_.load(std::memory_order_relaxed); }
 
   TransportOptions opts_;
   Handler handler_;
@@ -288,7 +286,7 @@ void Loop::Run() {
       stop_now = stop_requested_;
       deadline = drain_deadline_;
     }
-    if (stop_now && !Stopping()) {
+    if (stop_now && !stopping()) {
       stopping_flag_ = true;
       if (listen_fd_ >= 0) {
         epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
@@ -302,7 +300,7 @@ void Loop::Run() {
       }
       for (uint64_t id : idle) Close(id);
     }
-    if (Stopping() && (conns_.empty() || Clock::now() >= deadline)) break;
+    if (stopping() && (conns_.empty() || Clock::now() >= deadline)) break;
 
     const int n = epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()),
                              static_cast<int>(kTick.count()));
@@ -570,7 +568,7 @@ void Loop::Flush(Conn& c) {
 }
 
 void Loop::AfterResponse(Conn& c) {
-  if (c.close_after || Stopping()) return StartLinger(c);
+  if (c.close_after || stopping()) return StartLinger(c);
   c.phase = Phase::kRead;
   c.parser.Reset();
   c.continue_sent = false;
@@ -738,9 +736,6 @@ void Transport::Run() {
 }
 void Transport::Stop(std::chrono::milliseconds drain_deadline) {
   loop_->Stop(drain_deadline);
-}
-int Transport::open_connections() const {
-  return loop_->open_connections();
 }
 
 }  // namespace headwise::server::http

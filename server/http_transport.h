@@ -105,7 +105,6 @@ class Transport {
   // Thread-safe, idempotent and non-blocking: stops accepting; idle connections close at once,
   // connections with a response in progress get until `drain_deadline` to finish it.
   void Stop(std::chrono::milliseconds drain_deadline);
-  int open_connections() const;
 
  private:
   std::shared_ptr<Loop> loop_;
