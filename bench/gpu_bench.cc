@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   std::string per_shape;
   {
     const int64_t m = 8192;
-    const DType act = be.device() == hw::Device::kCpu ? DType::kF32 : DType::kBF16;
+    const DType act = be.activation_dtype();
     // Random activations: tensor cores run faster (cooler) on zeros, which would flatter the
     // bound.
     Buffer x = RandomWeight(be, m, std::max(h, inter), rng);
@@ -206,7 +206,7 @@ int main(int argc, char** argv) {
     Buffer blocks_b = upload(blocks, {batch, max_blocks});
     Buffer head_b = upload(head_page, {c.num_layers, c.num_kv_heads});
     Buffer pos_b = upload(pos, {batch}), seq_b = upload(seq_of, {batch});
-    const DType act = be.device() == hw::Device::kCpu ? DType::kF32 : DType::kBF16;
+    const DType act = be.activation_dtype();
     Buffer q = be.Allocate(act, {batch, c.num_heads, c.head_dim});
     Buffer out = be.Allocate(act, {batch, c.num_heads, c.head_dim});
     // As a decode step runs it: one call per layer (each layer's keys cold in L2), the calls of

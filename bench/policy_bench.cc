@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
     one.ring_chunk_tokens = chunk;
     fp.page_size = one.page_size;
     fp.page_bytes = hw::kvcache::KvCache::PageBytes(
-        one, be.device() == hw::Device::kCpu ? DType::kF32 : DType::kBF16);
+        one, be.kv_dtype());
     fp.full_pages_per_block = hw::kvcache::KvCache::FullPagesPerBlock(*layout);
     fp.ring_pages_per_seq = hw::kvcache::KvCache::RingRegionPages(one, *layout);
     for (int l = 0; l < c.num_layers; ++l) {

@@ -443,7 +443,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   const int blocks_per_request = (c.max_model_len + c.page_size - 1) / c.page_size;
   if (c.num_kv_pages <= 0 && backend->device() != Device::kCpu) {
     const size_t page_bytes =
-        kvcache::KvCache::PageBytes(model.model->KvConfig(1, c.page_size), DType::kBF16);
+        kvcache::KvCache::PageBytes(model.model->KvConfig(1, c.page_size), backend->kv_dtype());
     HW_ASSIGN_OR_RETURN(c.num_kv_pages,
                         KvPagesForMemory(mc, c, backend->DeviceMemory(), page_bytes));
     spdlog::info("KV cache: {} pages of {} bytes ({:.2f} GiB) under --gpu-memory-utilization {}",

@@ -240,6 +240,9 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string_view name() const = 0;
   virtual Device device() const = 0;
+  // What the backend stores KV pages and activations in: f32 on the CPU reference, bf16 on CUDA.
+  virtual DType kv_dtype() const = 0;
+  virtual DType activation_dtype() const = 0;
 
   // --- memory ---
   virtual Buffer Allocate(DType dtype, std::initializer_list<int64_t> shape) = 0;

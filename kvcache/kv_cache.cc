@@ -167,7 +167,7 @@ KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::B
   }
   for (int32_t b = num_ring_blocks_ - 1; b >= 0; --b) free_ring_ids_.push_back(b);
   // Storage type is the backend's choice (f32 on the CPU, bf16 on CUDA).
-  const DType dtype = backend.device() == Device::kCpu ? DType::kF32 : DType::kBF16;
+  const DType dtype = backend.kv_dtype();
   k_pool_ = backend.Allocate(dtype, {config.num_pages, config.page_size, config.head_dim});
   v_pool_ = backend.Allocate(dtype, {config.num_pages, config.page_size, config.head_dim});
 }

@@ -234,7 +234,7 @@ bool LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_rows) {
     const int64_t hidden = c.hidden_size, q_dim = int64_t{c.num_heads} * c.head_dim;
     const int64_t qkv_dim = q_dim + 2 * int64_t{c.num_kv_heads} * c.head_dim;
     const int64_t cap = std::max<int64_t>(num_tokens, 2 * workspace_.tokens);
-    const DType act = be.device() == Device::kCpu ? DType::kF32 : DType::kBF16;
+    const DType act = be.activation_dtype();
     workspace_.tokens = cap;
     workspace_.residual = be.Allocate(act, {cap, hidden});
     workspace_.normed = be.Allocate(act, {cap, hidden});

@@ -269,7 +269,7 @@ int RunServe(int argc, char** argv) {
     if (!bytes.ok()) return Fail(bytes.status());
     const size_t page_bytes =
         kvcache::KvCache::PageBytes(loaded->model->KvConfig(1, config.page_size),
-                                    backend->device() == Device::kCpu ? DType::kF32 : DType::kBF16);
+                                    backend->kv_dtype());
     config.num_kv_pages =
         static_cast<int>(std::min<int64_t>(*bytes / static_cast<int64_t>(page_bytes), 1 << 30));
     if (config.num_kv_pages < 1) {

@@ -244,6 +244,8 @@ class CpuBackend final : public Backend {
 
   std::string_view name() const override { return "cpu"; }
   Device device() const override { return Device::kCpu; }
+  DType kv_dtype() const override { return DType::kF32; }
+  DType activation_dtype() const override { return DType::kF32; }
 
   Buffer Allocate(DType dtype, std::initializer_list<int64_t> shape) override {
     Tensor view(nullptr, dtype, Device::kCpu, shape);

@@ -298,6 +298,8 @@ class CudaBackend final : public Backend {
 
   std::string_view name() const override { return "cuda"; }
   Device device() const override { return Device::kCuda; }
+  DType kv_dtype() const override { return DType::kBF16; }
+  DType activation_dtype() const override { return DType::kBF16; }
 
   Buffer Allocate(DType dtype, std::initializer_list<int64_t> shape) override {
     Tensor view(nullptr, dtype, Device::kCuda, shape);
