@@ -71,59 +71,95 @@ struct KvPoolView {
   int page_size = 16;
 };
 
-// Where each sequence's keys live, for one layer. Pages come in blocks of pages_per_block
-// contiguous pages (one per layer and KV head of a kind, see kvcache/kv_cache.h), so one table
-// per sequence and kind serves every layer and head: key j of (sequence s, KV head h) lives at
-//   page = blocks[s][j / page_size] * pages_per_block + head_page[h],  slot j % page_size.
+// How one (layer, KV head) keeps its keys, in the attention-policy file's words (attn-policy/v1,
+// ALGORITHMS.md §10). The same POD is the KV cache's layout entry (kvcache/kv_layout.h), the block
+// table's (below) and the device's (kernels/cuda/paged_kv.h): a rule has one name at every hop.
+//  - storage full: every token.
+//  - storage ring: the first `sink` tokens and the most recent `window`, in a fixed set of pages
+//    per sequence reused as the window moves on (StreamingLLM, DuoAttention's streaming heads).
+//    With positions reindex (StreamingLLM) keys are stored pre-RoPE and attention rotates them by
+//    their rank in the ring (PagedAttentionBatch).
+//  - storage compress_once (RazorAttention): every token until the prompt is in; then the
+//    sequence is compacted (BlockTable::comp_from) and attends the first `sink` tokens, the
+//    compensation token (with `compensation`: the mean K and V of the dropped span, written over
+//    position `sink`; its logit + log(dropped count) with compensation_by_count) and the tokens
+//    from the last `window` of the prompt on.
+enum KvStorage : int32_t { kStorageFull = 0, kStorageRing = 1, kStorageCompressOnce = 2 };
+enum KvPositions : int32_t { kPositionsOriginal = 0, kPositionsReindex = 1 };
+struct KvRetention {
+  int32_t storage = kStorageFull;  // KvStorage
+  int32_t sink = 0;                // ring, compress_once
+  int32_t window = 0;              // ring, compress_once
+  int32_t positions = kPositionsOriginal;  // KvPositions; reindex on ring heads only
+  int32_t compensation = 0;                // compress_once
+  int32_t compensation_by_count = 1;       // compress_once with compensation
+
+  bool ring() const { return storage == kStorageRing; }
+  bool compress_once() const { return storage == kStorageCompressOnce; }
+  bool reindex() const { return positions == kPositionsReindex; }
+  bool operator==(const KvRetention&) const = default;
+};
+
+// One (KV layout, layer, KV head) as the kernels read it: its retention and its page inside a
+// block of its storage kind (BlockTable). Eight int32, so a table of them is an i32 tensor.
+struct KvHead {
+  KvRetention retention;
+  int32_t page = 0;
+  int32_t reserved = 0;
+};
+inline constexpr int kKvHeadInts = 8;
+static_assert(sizeof(KvHead) == kKvHeadInts * sizeof(int32_t), "KvHead is read as int32[8]");
+
+// Where each sequence's keys live, for one layer. Each sequence runs one KV layout (the cache's
+// layout of its attention policy: a KvHead per (layer, KV head)); sequences of different layouts
+// share a batch. A sequence's keys sit in blocks, one block per logical page (page_size
+// positions) and storage kind; a block holds one page per head of its kind, contiguous, and the
+// tables hold each block's first page. So key j of (sequence s, KV head h), with
+// head = heads[seq_layout[s], h], lives at
+//   page = kind_blocks[s][j / page_size] + head.page,  slot j % page_size,
+// kind_blocks = ring_blocks, comp_blocks or blocks as head.retention.storage says.
 //
-// Compress-once heads (head_comp[h] = 1) take their pages from comp blocks instead: page =
-// comp_blocks[s][j / page_size] * comp_pages_per_block + head_page[h]. Once sequence s is
-// compacted, the comp blocks of logical pages holding only dropped positions are freed and their
-// entries are -1 (kvcache::SequenceKv::kFreedBlock): no operation may read such a key (attention
-// does not attend dropped positions; the CPU backend checks).
+// Compress-once heads: once sequence s is compacted (comp_from[s] > 0), the comp blocks of logical
+// pages holding only dropped positions are freed and their entries are -1: no operation may read
+// such a key (attention does not attend dropped positions; the CPU backend checks). A query at p
+// attends keys [0, sink), the compensation token at position sink when compensation, and
+// [comp_from[s], p]; before compaction every key.
 //
-// Ring heads (a sink and a moving window, kvcache::Retention) take their pages from ring blocks
-// instead: page = ring_blocks[s][j / page_size] * ring_pages_per_block + head_page[h], where
-// ring_blocks maps each logical page to the ring block that holds it now. A ring head keeps only
-// its first `ring_sink` tokens and the most recent ones, so it attends less (PagedAttentionBatch).
+// Ring heads: ring_blocks maps each logical page to the ring block that holds it now. A ring head
+// keeps only its first `sink` tokens and the most recent ones, so it attends less
+// (PagedAttentionBatch). A ring head may re-index positions (positions reindex): its keys are
+// stored pre-RoPE (unrotated) and RopeWriteKv leaves the queries of its GQA group unrotated;
+// attention rotates both by rank (PagedAttentionBatch).
 //
-// A ring head may re-index positions inside its ring (StreamingLLM, head_reindex[h] = 1): its
-// keys are stored pre-RoPE (unrotated) and RopeWriteKv leaves the queries of its GQA group
-// unrotated; attention rotates both by rank, the position of a key in the list the query attends
-// (PagedAttentionBatch). Only ring heads may be re-indexed.
+// `heads` is constant for the cache's life (uploaded once); the rest is per step.
 struct BlockTable {
-  Tensor blocks;     // i32 [S, max_blocks]
-  Tensor head_page;  // i32 [Hkv]: this layer's page of KV head h inside a block
-  int pages_per_block = 1;
-  // Empty when no head of the layer is a ring head.
-  Tensor head_ring{};    // i32 [Hkv]: 1 for a ring head
+  Tensor heads;       // i32 [num_layouts, Hkv, kKvHeadInts]: KvHead of (layout, KV head)
+  Tensor seq_layout;  // i32 [S]: the layout sequence s runs
+  Tensor blocks;      // i32 [S, max_blocks]: first page of the full block of each logical page
+  // Set when some layout has ring heads (anywhere in the model): first page of the ring block
+  // holding each logical page now.
   Tensor ring_blocks{};  // i32 [S, max_blocks]
-  int ring_pages_per_block = 0;
-  int ring_sink = 0;
-  int ring_window = 0;
-  int num_ring_heads = 0;  // how many head_ring entries are 1, known on the host: sizes the work
-  // Compress-once heads (RazorAttention, kvcache::Retention): every position, in comp blocks,
-  // until compacted. Once sequence s is compacted (comp_from[s] > 0), a query at p attends keys
-  // [0, comp_sink), the compensation token kept at position comp_sink when comp_token (its logit +
-  // log(comp_from[s] - comp_sink), the number of tokens it stands for, when comp_log_count), and
-  // [comp_from[s], p]. Empty when no head of the layer compresses.
-  Tensor head_comp{};    // i32 [Hkv]: 1 for a compress-once head
-  Tensor comp_blocks{};  // i32 [S, max_blocks]: -1 where compaction freed the page
-  int comp_pages_per_block = 0;
-  Tensor comp_from{};  // i32 [S]: first position kept after the dropped span; 0: not compacted
-  int comp_sink = 0;
-  bool comp_token = false;
-  bool comp_log_count = true;
-  // Empty when no head of the layer re-indexes positions; both set together.
-  Tensor head_reindex{};   // i32 [Hkv]: 1 for a ring head with re-indexed positions
-  Tensor rope_inv_freq{};  // f32 [D/2]: the rotary inverse frequencies RopeWriteKv is given
+  // Set when some layout has compress-once heads: first page of each logical page's comp block
+  // (-1 where compaction freed it), and where each sequence's kept tokens resume (0: not
+  // compacted).
+  Tensor comp_blocks{};  // i32 [S, max_blocks]
+  Tensor comp_from{};    // i32 [S]
+  // Set when some layout has re-indexed heads: the rotary inverse frequencies RopeWriteKv is
+  // given.
+  Tensor rope_inv_freq{};  // f32 [D/2]
+  // Over every layout of this layer, known on the host (sizes work without reading `heads`): the
+  // most heads of a layout that may attend a whole sequence (full and compress-once heads), and
+  // the largest sink + window of a ring head (0 without ring heads).
+  int max_full_heads = 0;
+  int max_ring_span = 0;
 
   int num_seqs() const { return static_cast<int>(blocks.dim(0)); }
-  int num_kv_heads() const { return static_cast<int>(head_page.numel()); }
+  int num_layouts() const { return static_cast<int>(heads.dim(0)); }
+  int num_kv_heads() const { return static_cast<int>(heads.dim(1)); }
   int max_blocks() const { return static_cast<int>(blocks.dim(1)); }
-  bool has_ring_heads() const { return head_ring.data != nullptr; }
-  bool has_compressed_heads() const { return head_comp.data != nullptr; }
-  bool has_reindex_heads() const { return head_reindex.data != nullptr; }
+  bool has_ring_heads() const { return ring_blocks.data != nullptr; }
+  bool has_compressed_heads() const { return comp_blocks.data != nullptr; }
+  bool has_reindex_heads() const { return rope_inv_freq.data != nullptr; }
 };
 
 // Which cache entries a batch of query tokens attends to, for one layer. A query token at
@@ -133,7 +169,7 @@ struct BlockTable {
 // c the position of its sequence's first query token in the batch (DuoAttention's streaming
 // heads; the first chunk, c = 0, is causal over everything).
 //
-// Re-indexed ring heads (BlockTable::head_reindex, StreamingLLM §1.2) attend the same keys, but
+// Re-indexed ring heads (KvRetention positions reindex, StreamingLLM §1.2) attend the same keys, but
 // position enters attention by rank: with sink_end = min(sink, p + 1) and
 // lo = max(sink_end, c - window), the attended keys in increasing position are
 //   j in [0, sink_end)  with rank(j) = j, then
@@ -283,7 +319,7 @@ class Backend {
   // Splits a fused projection qkv [T, (Hq + 2 Hkv) D] into q, k, v; applies rotary embedding
   // (rotate-half convention, angle pos * inv_freq[i]) to q and k; writes q to q_out
   // [T, Hq, D] and k, v into the KV pool at each token's position (batch.token_seq,
-  // batch.token_pos, batch.table). Re-indexed heads (BlockTable::head_reindex) skip the rotation:
+  // batch.token_pos, batch.table). Re-indexed heads (KvRetention::reindex()) skip the rotation:
   // their k is stored and the q of their query heads written unrotated.
   virtual void RopeWriteKv(const Tensor& qkv, const PagedAttentionBatch& batch,
                            const Tensor& inv_freq, const KvPoolView& pool, const Tensor& q_out) = 0;
