@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/model_runner.h"
 #include "kernels/backend.h"
 #include "kvcache/kv_cache.h"
 #include "models/llama_model.h"
@@ -72,11 +73,11 @@ inline double CopyBandwidth(kernels::Backend& be, int reps) {
 
 // Median seconds of `tokens` decode steps of every sequence in `seqs` (each reserved for
 // context + tokens), after 3 untimed steps that capture the graphs.
-inline double MedianDecodeStep(models::LlamaModel& model, kvcache::KvCache& cache,
-                               std::vector<kvcache::SequenceKv>& seqs, int context, int tokens) {
+inline double MedianDecodeStep(engine::ModelRunner& runner, std::vector<kvcache::SequenceKv>& seqs,
+                               int context, int tokens) {
   const size_t batch = seqs.size();
   std::vector<int32_t> next(batch, 1);
-  std::vector<models::BatchEntry> entries(batch);
+  std::vector<engine::BatchEntry> entries(batch);
   std::vector<double> step_s;
   for (int i = -3; i < tokens; ++i) {
     const int pos = context + std::max(i, 0);
@@ -84,8 +85,8 @@ inline double MedianDecodeStep(models::LlamaModel& model, kvcache::KvCache& cach
       entries[s] = {&seqs[s], std::span<const int32_t>(&next[s], 1), pos, false};
     }
     const double t0 = Now();
-    model.Forward(entries, cache);
-    model.backend().Synchronize();
+    runner.Forward(entries);
+    runner.model().backend().Synchronize();
     if (i >= 0) step_s.push_back(Now() - t0);
   }
   return Median(step_s);

@@ -43,72 +43,73 @@ StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& flag_path,
   return set;
 }
 
-StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(const attention::PolicySet& set,
-                                                          kvcache::KvCacheConfig config,
-                                                          int max_sequences, int chunk_tokens,
-                                                          kernels::Backend& backend) {
-  HW_ASSIGN_OR_RETURN(kvcache::HeadClassLayout layout, CacheLayoutFor(set));
-  config.max_ring_sequences = max_sequences;
-  config.ring_chunk_tokens = chunk_tokens;
-  const int ring_pages = kvcache::KvCache::RingRegionPages(config, layout);
-  const int full_pages = kvcache::KvCache::FullPagesPerBlock(layout);
-  if (ring_pages > config.num_pages) {
-    return InvalidArgument(
-        "the KV cache of {} pages cannot hold the sink/window rings of {} sequences ({} pages); "
-        "raise the page count or lower max_num_seqs",
-        config.num_pages, max_sequences, ring_pages);
-  }
-  if (full_pages > config.num_pages - ring_pages) {
-    return InvalidArgument(
-        "the KV cache of {} pages cannot hold a single token: one page per full-storage layer "
-        "and KV head needs {}{}",
-        config.num_pages, full_pages,
-        ring_pages > 0 ? fmt::format(" beside the rings' {}", ring_pages) : std::string());
-  }
-  return std::make_unique<kvcache::KvCache>(config, std::move(layout), backend);
+kvcache::KvCacheConfig KvConfigFor(const models::ModelConfig& model, int num_pages, int page_size,
+                                   int chunk_tokens) {
+  kvcache::KvCacheConfig kv;
+  kv.num_layers = model.num_layers;
+  kv.num_kv_heads = model.num_kv_heads;
+  kv.head_dim = model.head_dim;
+  kv.page_size = page_size;
+  kv.num_pages = num_pages;
+  kv.chunk_tokens = chunk_tokens;
+  kv.rope_inv_freq = models::RopeInverseFrequencies(model);
+  return kv;
 }
 
-StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& set) {
-  kvcache::HeadClassLayout layout;
-  for (const auto& heads : set.head_policy) {
-    auto& classes = layout.classes.emplace_back();
-    auto& retention = layout.retention.emplace_back();
-    for (size_t p = 0; p < set.policies.size(); ++p) {
-      std::vector<int> members;
-      for (size_t h = 0; h < heads.size(); ++h) {
-        if (heads[h] == static_cast<int>(p)) members.push_back(static_cast<int>(h));
-      }
-      if (members.empty()) continue;
-      const attention::Policy& policy = set.policies[p];
-      kvcache::Retention r;
-      if (policy.storage == attention::StorageKind::kRing) {
-        r = {true, policy.sink, policy.window, policy.positions == attention::Positions::kReindex};
-      }
-      if (policy.storage == attention::StorageKind::kCompressOnce) {
-        r = {false,
-             policy.sink,
-             policy.window,
-             false,
-             true,
-             policy.compensation,
-             policy.compensation_by_count};
-      }
-      classes.push_back(std::move(members));
-      retention.push_back(r);
+StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(std::vector<kvcache::KvLayout> layouts,
+                                                          const kvcache::KvCacheConfig& config,
+                                                          kernels::Backend& backend) {
+  for (const kvcache::KvLayout& layout : layouts) {
+    HW_RETURN_IF_ERROR(layout.Validate(config.num_layers, config.num_kv_heads));
+    const int one_token = kvcache::KvCache::PagesForSequence(config, layout, 1);
+    if (one_token > config.num_pages) {
+      return InvalidArgument(
+          "the KV cache of {} pages cannot hold a single token of attention policy \"{}\": its "
+          "rings and one page per growing (layer, KV head) need {}; raise the page count",
+          config.num_pages, layout.name, one_token);
     }
   }
+  return std::make_unique<kvcache::KvCache>(config, std::move(layouts), backend);
+}
+
+StatusOr<kvcache::KvLayout> KvLayoutFor(const attention::PolicySet& set) {
   const int layers = static_cast<int>(set.head_policy.size());
   const int kv_heads = layers > 0 ? static_cast<int>(set.head_policy.front().size()) : 0;
+  kvcache::KvLayout layout = kvcache::KvLayout::Dense(layers, kv_heads, set.name);
+  for (int l = 0; l < layers; ++l) {
+    for (int h = 0; h < kv_heads; ++h) {
+      const attention::Policy& p = set.At(l, h);
+      kernels::KvRetention& r = layout.At(l, h);
+      switch (p.storage) {
+        case attention::StorageKind::kFull:
+          break;
+        case attention::StorageKind::kRing:
+          r.storage = kernels::kStorageRing;
+          r.sink = p.sink;
+          r.window = p.window;
+          r.positions = p.positions == attention::Positions::kReindex ? kernels::kPositionsReindex
+                                                                      : kernels::kPositionsOriginal;
+          break;
+        case attention::StorageKind::kCompressOnce:
+          r.storage = kernels::kStorageCompressOnce;
+          r.sink = p.sink;
+          r.window = p.window;
+          r.compensation = p.compensation ? 1 : 0;
+          r.compensation_by_count = p.compensation_by_count ? 1 : 0;
+          break;
+      }
+    }
+  }
   HW_RETURN_IF_ERROR(layout.Validate(layers, kv_heads)
                          .WithContext(fmt::format("attention policy \"{}\"", set.name)));
   return layout;
 }
 
-LengthLimit MaxSequenceTokens(const kvcache::KvCache& cache, int context, int chunk_tokens) {
+LengthLimit MaxSequenceTokens(const kvcache::KvLayout& layout, int context, int chunk_tokens) {
   LengthLimit limit;
   limit.tokens = context;
-  if (!cache.all_heads_reindexed_rings()) return limit;
-  const kvcache::Retention& ring = cache.ring_retention();
+  if (!layout.all_reindexed_rings()) return limit;
+  const kernels::KvRetention ring = layout.ring();
   limit.max_rank_span = int64_t{ring.sink} + ring.window + std::max(chunk_tokens, 1);
   if (limit.max_rank_span > context) return limit;
   limit.bounded = true;

@@ -26,29 +26,30 @@ StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& path,
 // The model's own policy file, or "" when its directory has none (or it is a single file).
 std::string ModelPolicyFile(const std::string& model_path);
 
-// The KV cache's head classes for a policy set: per layer, the KV heads of each policy (in
-// policy order), full storage as full classes, ring storage as rings (re-indexed when the
-// policy's positions are reindex), compress_once as classes of their own blocks that compact
-// after the prompt and free the dropped span's pages (engine/kv_compaction.h).
-StatusOr<kvcache::HeadClassLayout> CacheLayoutFor(const attention::PolicySet& set);
+// The KV layout of a policy set: each (layer, KV head)'s retention in the policy's own words
+// (storage, sink, window, positions, compensation). Refuses what the cache cannot run.
+StatusOr<kvcache::KvLayout> KvLayoutFor(const attention::PolicySet& set);
 
-// The KV cache a policy set runs on: its head classes, a ring region for `max_sequences`
-// sequences writing up to `chunk_tokens` tokens a step, and the rest of config.num_pages for
-// the full-storage heads. Refuses, saying why, a pool too small for the rings plus one token.
-StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(const attention::PolicySet& set,
-                                                          kvcache::KvCacheConfig config,
-                                                          int max_sequences, int chunk_tokens,
+// The KV cache's shape for `model`: num_pages pages of page_size tokens per (layer, KV head), rings
+// sized for steps that write up to chunk_tokens tokens to a sequence.
+kvcache::KvCacheConfig KvConfigFor(const models::ModelConfig& model, int num_pages,
+                                   int page_size = 16, int chunk_tokens = 0);
+
+// The KV cache serving `layouts` (a sequence names its layout by index) from one pool. Refuses,
+// saying why, a pool too small for one token of some layout.
+StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(std::vector<kvcache::KvLayout> layouts,
+                                                          const kvcache::KvCacheConfig& config,
                                                           kernels::Backend& backend);
 
 // The longest a sequence may grow. Normally the context (max_model_len, or the model's
-// max_position_embeddings for `headwise generate`). A cache whose every (layer, KV head) is a
+// max_position_embeddings for `headwise generate`). A layout whose every (layer, KV head) is a
 // ring with re-indexed positions (StreamingLLM) never grows and never rotates by more than its
 // rank: a query attends at most sink + window + (its chunk's tokens) keys, ranked from 0, so
 // when that span fits the context a sequence may run past it, up to kMaxStreamTokens (i32
 // positions). What still limits it: one chunk is attended densely within the ring (the first
 // chunk of a prompt over everything so far), so sink + window + chunk_tokens (the largest chunk
 // a step writes: the prefill chunk, or max_num_batched_tokens) must not exceed the context;
-// otherwise the context stays the limit. Mixed policies (any full head, or a ring with original
+// otherwise the context stays the limit. Other layouts (any full head, or a ring with original
 // positions) are limited by the context.
 struct LengthLimit {
   int64_t tokens = 0;         // prompt + generated tokens allowed
@@ -57,6 +58,6 @@ struct LengthLimit {
   std::string Explain() const;
 };
 inline constexpr int64_t kMaxStreamTokens = int64_t{1} << 30;
-LengthLimit MaxSequenceTokens(const kvcache::KvCache& cache, int context, int chunk_tokens);
+LengthLimit MaxSequenceTokens(const kvcache::KvLayout& layout, int context, int chunk_tokens);
 
 }  // namespace headwise::engine

@@ -10,6 +10,7 @@
 #include "engine/attention_setup.h"
 #include "engine/kv_compaction.h"
 #include "engine/memory_budget.h"
+#include "engine/model_runner.h"
 #include "engine/output_processor.h"
 #include "kvcache/kv_cache.h"
 
@@ -106,6 +107,7 @@ struct Engine::Impl {
   attention::PolicySet policy;
   std::shared_ptr<MetricsRegistry> metrics;
   std::unique_ptr<kvcache::KvCache> cache;
+  std::unique_ptr<ModelRunner> runner;
   std::unique_ptr<BatchSampler> sampler;  // engine thread only
   LengthLimit length_limit;  // prompt + max_tokens of a request: the context, or more (streaming)
 
@@ -130,14 +132,17 @@ struct Engine::Impl {
   void Run();
   // A cache of rings only holds a sequence of any length. Compaction does not lengthen it: a
   // request must fit whole, as its prompt (or its recompute after a preemption) is held whole.
-  int MaxTokensInPool() const { return cache->max_tokens_per_sequence(); }
+  int MaxTokensInPool() const { return cache->max_tokens_per_sequence(0); }
   // Tokens of `seq` to compute this step, within `budget`. With compress-once heads a chunk stops
   // at the prompt's end, where the sequence is compacted: a preempted sequence recomputing prompt
   // and generated tokens compacts where it did the first time, so it goes on as it would have.
   int ChunkOf(const Sequence& seq, int budget) const {
     int count = std::min(seq.remaining(), budget);
     const int to_prompt_end = static_cast<int>(seq.prompt_len) - seq.num_computed;
-    if (cache->has_compressed_heads() && to_prompt_end > 0) count = std::min(count, to_prompt_end);
+    if (to_prompt_end > 0 &&
+        cache->layout(seq.kv->layout()).CountStorage(kernels::kStorageCompressOnce) > 0) {
+      count = std::min(count, to_prompt_end);
+    }
     return count;
   }
   bool Step();
@@ -326,16 +331,16 @@ bool Engine::Impl::Step() {
   UpdateGauges();
   if (work.empty()) return false;
 
-  std::vector<models::BatchEntry> batch;
+  std::vector<BatchEntry> batch;
   batch.reserve(work.size());
   for (const Work& w : work) {
-    batch.push_back(models::BatchEntry{
+    batch.push_back(BatchEntry{
         w.seq->kv.get(),
         std::span<const int32_t>(w.seq->tokens)
             .subspan(static_cast<size_t>(w.seq->num_computed), static_cast<size_t>(w.count)),
         w.seq->num_computed, false});
   }
-  const Tensor logits = model.model->Forward(batch, *cache);
+  const Tensor logits = runner->Forward(batch);
 
   // Sequences whose tokens are all computed sample from their logits row on the device; a
   // prefill chunk with more to come samples nothing.
@@ -432,18 +437,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
         "engine's page size {}",
         policy.name, policy.page_size, c.page_size);
   }
-  HW_ASSIGN_OR_RETURN(const kvcache::HeadClassLayout layout, CacheLayoutFor(policy));
-  // Pages of a full block (the full-storage heads), and of the sink/window rings of
-  // max_num_seqs sequences, which are set aside whole.
-  const int pages_per_block = kvcache::KvCache::FullPagesPerBlock(layout);
-  kvcache::KvCacheConfig ring_config = model.model->KvConfig(0, c.page_size);
-  ring_config.max_ring_sequences = c.max_num_seqs;
-  ring_config.ring_chunk_tokens = c.max_num_batched_tokens;
-  const int ring_pages = kvcache::KvCache::RingRegionPages(ring_config, layout);
-  const int blocks_per_request = (c.max_model_len + c.page_size - 1) / c.page_size;
+  HW_ASSIGN_OR_RETURN(kvcache::KvLayout layout, KvLayoutFor(policy));
+  const kvcache::KvCacheConfig kv_shape = KvConfigFor(mc, 0, c.page_size, c.max_num_batched_tokens);
   if (c.num_kv_pages <= 0 && backend->device() != Device::kCpu) {
-    const size_t page_bytes =
-        kvcache::KvCache::PageBytes(model.model->KvConfig(1, c.page_size), backend->kv_dtype());
+    const size_t page_bytes = kvcache::KvCache::PageBytes(kv_shape, backend->kv_dtype());
     HW_ASSIGN_OR_RETURN(c.num_kv_pages,
                         KvPagesForMemory(mc, c, backend->DeviceMemory(), page_bytes));
     spdlog::info("KV cache: {} pages of {} bytes ({:.2f} GiB) under --gpu-memory-utilization {}",
@@ -452,17 +449,12 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
                      (1024.0 * 1024.0 * 1024.0),
                  c.gpu_memory_utilization);
   }
-  if (c.num_kv_pages <= 0) c.num_kv_pages = blocks_per_request * pages_per_block * 4 + ring_pages;
-  // A request is admitted only if it fits the whole pool, so the longest one decides. (A pool
-  // too small for even one token is refused by CreateKvCache below.)
-  const int max_tokens_in_pool =
-      pages_per_block > 0 ? std::max(0, c.num_kv_pages - ring_pages) / pages_per_block * c.page_size
-                          : c.max_model_len;
-  if (max_tokens_in_pool < c.max_model_len && c.num_kv_pages >= pages_per_block + ring_pages) {
-    spdlog::warn(
-        "the KV cache holds {} tokens, less than max_model_len {}: longer requests are "
-        "refused",
-        max_tokens_in_pool, c.max_model_len);
+  if (c.num_kv_pages <= 0) {
+    // Without a budget: four requests of max_model_len, and the rings of max_num_seqs sequences.
+    const int rings = kvcache::KvCache::PagesForSequence(kv_shape, layout, 0);
+    const int growing =
+        kvcache::KvCache::PagesForSequence(kv_shape, layout, c.max_model_len) - rings;
+    c.num_kv_pages = 4 * growing + c.max_num_seqs * rings;
   }
 
   auto impl = std::make_unique<Impl>();
@@ -496,12 +488,24 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   m->DeclareHistogram("headwise_e2e_request_latency_seconds", "Arrival to finish.",
                       kLatencyBuckets);
 
-  HW_ASSIGN_OR_RETURN(
-      impl->cache,
-      CreateKvCache(impl->policy, impl->model.model->KvConfig(c.num_kv_pages, c.page_size),
-                    c.max_num_seqs, c.max_num_batched_tokens, *impl->backend));
+  std::vector<kvcache::KvLayout> layouts;
+  layouts.push_back(std::move(layout));
+  HW_ASSIGN_OR_RETURN(impl->cache, CreateKvCache(std::move(layouts),
+                                                 KvConfigFor(mc, c.num_kv_pages, c.page_size,
+                                                             c.max_num_batched_tokens),
+                                                 *impl->backend));
   impl->cache->set_prefix_caching(c.enable_prefix_caching);
-  impl->length_limit = MaxSequenceTokens(*impl->cache, c.max_model_len, c.max_num_batched_tokens);
+  // A request is admitted only if it fits the whole pool, so the longest one decides.
+  if (impl->MaxTokensInPool() < c.max_model_len) {
+    spdlog::warn(
+        "the KV cache holds {} tokens, less than max_model_len {}: longer requests are "
+        "refused",
+        impl->MaxTokensInPool(), c.max_model_len);
+  }
+  impl->runner = std::make_unique<ModelRunner>(*impl->model.model, *impl->cache);
+  impl->runner->set_use_graphs(!c.enforce_eager);
+  impl->length_limit =
+      MaxSequenceTokens(impl->cache->layout(0), c.max_model_len, c.max_num_batched_tokens);
   if (impl->length_limit.bounded) {
     spdlog::info("attention policy \"{}\": {}", impl->policy.name, impl->length_limit.Explain());
   } else if (impl->length_limit.max_rank_span > 0) {

@@ -35,6 +35,7 @@ struct EngineConfig {
   double gpu_memory_utilization = 0.9;
   int page_size = 16;
   bool enable_prefix_caching = true;
+  bool enforce_eager = false;    // no captured graphs: every step runs eagerly
   std::string attention_policy;  // an attn-policy/v1 file (engine/attention/policy.h); "": dense
 };
 

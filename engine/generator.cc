@@ -18,7 +18,11 @@ double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_cloc
 
 Generator::Generator(models::LlamaModel& model, kvcache::KvCache& cache,
                      const tokenizer::Tokenizer* tok, std::vector<int32_t> eos_ids)
-    : model_(model), cache_(cache), tokenizer_(tok), eos_ids_(std::move(eos_ids)) {}
+    : model_(model),
+      cache_(cache),
+      runner_(model, cache),
+      tokenizer_(tok),
+      eos_ids_(std::move(eos_ids)) {}
 
 StatusOr<GenerationResult> Generator::Generate(
     std::span<const int32_t> prompt, const SamplingParams& params, int prefill_chunk,
@@ -37,7 +41,7 @@ StatusOr<GenerationResult> Generator::Generate(
   if (config.max_position_embeddings > 0) {
     // Past the context only when every head is a re-indexed ring (StreamingLLM).
     const LengthLimit limit =
-        MaxSequenceTokens(cache_, config.max_position_embeddings,
+        MaxSequenceTokens(cache_.layout(0), config.max_position_embeddings,
                           static_cast<int>(std::min<size_t>(prefill_chunk, prompt.size())));
     if (total > limit.tokens) {
       return InvalidArgument(
@@ -58,8 +62,8 @@ StatusOr<GenerationResult> Generator::Generate(
   Tensor logits;
   for (size_t start = 0; start < prompt.size(); start += static_cast<size_t>(prefill_chunk)) {
     const size_t n = std::min(static_cast<size_t>(prefill_chunk), prompt.size() - start);
-    models::BatchEntry e{&kv, prompt.subspan(start, n), static_cast<int>(start), false};
-    logits = model_.Forward(std::span<const models::BatchEntry>(&e, 1), cache_);
+    BatchEntry e{&kv, prompt.subspan(start, n), static_cast<int>(start), false};
+    logits = runner_.Forward(std::span<const BatchEntry>(&e, 1));
   }
   CompactAfterPrompt(model_.backend(), cache_, kv, static_cast<int>(prompt.size()));
   model_.backend().Synchronize();
@@ -79,9 +83,9 @@ StatusOr<GenerationResult> Generator::Generate(
     const std::string delta = out.Append(next);
     if (on_text && !delta.empty()) on_text(delta);
     if (out.finished()) break;
-    models::BatchEntry e{&kv, std::span<const int32_t>(&next, 1),
-                         static_cast<int>(prompt.size()) + step, false};
-    logits = model_.Forward(std::span<const models::BatchEntry>(&e, 1), cache_);
+    BatchEntry e{&kv, std::span<const int32_t>(&next, 1), static_cast<int>(prompt.size()) + step,
+                 false};
+    logits = runner_.Forward(std::span<const BatchEntry>(&e, 1));
   }
   result.finish_reason = out.finish_reason();
   result.text = out.text();

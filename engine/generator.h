@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "engine/sampling_params.h"
 #include "kvcache/kv_cache.h"
@@ -33,6 +34,8 @@ class Generator {
   Generator(models::LlamaModel& model, kvcache::KvCache& cache, const tokenizer::Tokenizer* tok,
             std::vector<int32_t> eos_ids);
 
+  void set_use_graphs(bool on) { runner_.set_use_graphs(on); }
+
   // `on_text` receives the output text as it grows, never half a UTF-8 character nor a prefix
   // of a stop string that may still complete.
   StatusOr<GenerationResult> Generate(std::span<const int32_t> prompt, const SamplingParams& params,
@@ -42,6 +45,7 @@ class Generator {
  private:
   models::LlamaModel& model_;
   kvcache::KvCache& cache_;
+  ModelRunner runner_;
   const tokenizer::Tokenizer* tokenizer_;
   std::vector<int32_t> eos_ids_;
 };

@@ -8,12 +8,12 @@
 
 namespace headwise::engine {
 
-// Compacts `kv`, whose first `num_tokens` tokens (the prompt) are computed: when the cache has
+// Compacts `kv`, whose first `num_tokens` tokens (the prompt) are computed: when its layout has
 // compress-once heads and num_tokens exceeds what they keep (sink + window, plus the compensation
 // token), the dropped span is [sink, num_tokens - window); with compensation its mean K and V are
 // written over position `sink` (the slot of a dropped token). Marks the sequence compacted; its
 // later tokens (decoded, or recomputed after a preemption) attend only what is kept. Does nothing
-// for shorter sequences, caches without such heads, or a sequence compacted already. The
+// for shorter sequences, layouts without such heads, or a sequence compacted already. The
 // compress-once heads' pages (comp blocks) of logical pages that hold only dropped positions go
 // back to the pool (SequenceKv::MarkCompacted); attention skips the span.
 void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,

@@ -6,220 +6,6 @@
 #include <utility>
 
 namespace headwise::kvcache {
-
-const Retention& HeadClassLayout::RetentionOf(int layer, int cls) const {
-  static const Retention kFull;
-  if (retention.empty()) return kFull;
-  return retention[static_cast<size_t>(layer)][static_cast<size_t>(cls)];
-}
-
-HeadClassLayout HeadClassLayout::Dense(int num_layers, int num_kv_heads) {
-  HeadClassLayout layout;
-  std::vector<int> heads(static_cast<size_t>(num_kv_heads));
-  for (int h = 0; h < num_kv_heads; ++h) heads[static_cast<size_t>(h)] = h;
-  layout.classes.assign(static_cast<size_t>(num_layers), {heads});
-  return layout;
-}
-
-Status HeadClassLayout::Validate(int num_layers, int num_kv_heads) const {
-  if (static_cast<int>(classes.size()) != num_layers) {
-    return InvalidArgument("head classes cover {} layers, the model has {}", classes.size(),
-                           num_layers);
-  }
-  for (int l = 0; l < num_layers; ++l) {
-    std::vector<int> seen(static_cast<size_t>(num_kv_heads), 0);
-    for (const auto& cls : classes[static_cast<size_t>(l)]) {
-      if (cls.empty()) return InvalidArgument("layer {}: empty KV-head class", l);
-      for (int h : cls) {
-        if (h < 0 || h >= num_kv_heads) {
-          return InvalidArgument("layer {}: KV head {} out of range [0, {})", l, h, num_kv_heads);
-        }
-        if (seen[static_cast<size_t>(h)]++) {
-          return InvalidArgument("layer {}: KV head {} in two classes", l, h);
-        }
-      }
-    }
-    for (int h = 0; h < num_kv_heads; ++h) {
-      if (!seen[static_cast<size_t>(h)])
-        return InvalidArgument("layer {}: KV head {} in no class", l, h);
-    }
-  }
-  if (retention.empty()) return Status::Ok();
-  if (retention.size() != classes.size()) {
-    return InvalidArgument("retention covers {} layers, the classes {}", retention.size(),
-                           classes.size());
-  }
-  const Retention* ring = nullptr;
-  const Retention* compress = nullptr;
-  for (int l = 0; l < num_layers; ++l) {
-    const auto& r = retention[static_cast<size_t>(l)];
-    if (r.size() != classes[static_cast<size_t>(l)].size()) {
-      return InvalidArgument("layer {}: retention for {} classes, {} classes", l, r.size(),
-                             classes[static_cast<size_t>(l)].size());
-    }
-    for (const Retention& c : r) {
-      if (c.reindex && !c.ring) {
-        return InvalidArgument("layer {}: only ring classes may re-index positions", l);
-      }
-      if (c.compress_once) {
-        if (c.ring || c.sink < 0 || c.window < 1) {
-          return InvalidArgument(
-              "layer {}: compress-once sink {} window {}: need sink >= 0, "
-              "window >= 1, no ring",
-              l, c.sink, c.window);
-        }
-        if (compress != nullptr && (compress->sink != c.sink || compress->window != c.window ||
-                                    compress->compensation != c.compensation ||
-                                    compress->compensation_by_count != c.compensation_by_count)) {
-          return InvalidArgument("compress-once classes of different rules are not supported");
-        }
-        compress = &c;
-      }
-      if (!c.ring) continue;
-      if (c.sink < 0 || c.window < 1) {
-        return InvalidArgument("layer {}: ring sink {} window {}: need sink >= 0, window >= 1", l,
-                               c.sink, c.window);
-      }
-      if (ring != nullptr && (ring->sink != c.sink || ring->window != c.window)) {
-        return InvalidArgument(
-            "ring classes of different sizes (sink {} window {} and sink {} "
-            "window {}) are not supported",
-            ring->sink, ring->window, c.sink, c.window);
-      }
-      ring = &c;
-    }
-  }
-  return Status::Ok();
-}
-
-KvCache::KvCache(const KvCacheConfig& config, HeadClassLayout layout, kernels::Backend& backend)
-    : config_(config), layout_(std::move(layout)) {
-  static std::atomic<uint64_t> next_instance{1};
-  instance_id_ = next_instance++;
-  Status valid = layout_.Validate(config.num_layers, config.num_kv_heads);
-  HW_CHECK(valid.ok(), "{}", valid.message());
-  HW_CHECK(config.page_size > 0 && config.head_dim > 0, "page_size {} head_dim {}",
-           config.page_size, config.head_dim);
-  const auto layers = static_cast<size_t>(config.num_layers);
-  const auto heads = static_cast<size_t>(config.num_kv_heads);
-  head_class_.assign(layers, std::vector<int>(heads));
-  head_index_ = head_class_;
-  page_index_ = head_class_;
-  is_ring_.assign(layers, std::vector<char>(heads, 0));
-  is_compressed_ = is_ring_;
-  is_reindexed_ = is_ring_;
-  for (size_t l = 0; l < layers; ++l) {
-    for (size_t c = 0; c < layout_.classes[l].size(); ++c) {
-      const auto& cls = layout_.classes[l][c];
-      const Retention& r = layout_.RetentionOf(static_cast<int>(l), static_cast<int>(c));
-      if (r.ring) ring_retention_ = r;
-      if (r.compress_once) compress_retention_ = r;
-      for (size_t i = 0; i < cls.size(); ++i) {
-        const auto h = static_cast<size_t>(cls[i]);
-        head_class_[l][h] = static_cast<int>(c);
-        head_index_[l][h] = static_cast<int>(i);
-        is_ring_[l][h] = r.ring ? 1 : 0;
-        is_compressed_[l][h] = r.compress_once ? 1 : 0;
-        is_reindexed_[l][h] = r.reindex ? 1 : 0;
-        num_reindexed_heads_ += r.reindex ? 1 : 0;
-        // Class by class, heads in class order, within their kind of block.
-        page_index_[l][h] = r.ring            ? ring_pages_per_block_++
-                            : r.compress_once ? comp_.pages++
-                                              : full_.pages++;
-      }
-    }
-  }
-  HW_CHECK(config.num_pages >= 0, "num_pages {}", config.num_pages);
-  int ring_region = 0;
-  if (ring_pages_per_block_ > 0) {
-    const int ps = config.page_size;
-    HW_CHECK(config.max_ring_sequences > 0 && config.ring_chunk_tokens >= 0,
-             "ring classes need max_ring_sequences ({}) and ring_chunk_tokens ({})",
-             config.max_ring_sequences, config.ring_chunk_tokens);
-    sink_blocks_ = (ring_retention_.sink + ps - 1) / ps;
-    // Past the sinks, position p lands on (p - sink pages' tokens) mod (window_blocks * ps) of
-    // the window's pages: tokens that are live together (the window plus a step's new ones) must
-    // span at most that many positions.
-    window_blocks_ = (ring_retention_.window + config.ring_chunk_tokens + ps - 1) / ps;
-    num_ring_blocks_ = config.max_ring_sequences * (sink_blocks_ + window_blocks_);
-    ring_region = num_ring_blocks_ * ring_pages_per_block_;
-    HW_CHECK_EQ(ring_region, RingRegionPages(config, layout_));
-    HW_CHECK(ring_region <= config.num_pages, "ring region of {} pages > pool of {}", ring_region,
-             config.num_pages);
-  }
-  // Full blocks from the first page up, comp blocks from the last shared page down (kv_cache.h).
-  shared_pages_ = config.num_pages - ring_region;
-  full_.Init(full_.pages > 0 ? shared_pages_ / full_.pages : 0, /*lowest=*/true);
-  comp_.Init(comp_.pages > 0 ? shared_pages_ / comp_.pages : 0, /*lowest=*/false);
-  comp_.base = shared_pages_ - comp_.count * comp_.pages;
-  // With both kinds every shared page is some block's (the leftover of one kind's tiling is
-  // shorter than a block of the other); with one, its whole blocks.
-  if (full_.count == 0 || comp_.count == 0) {
-    shared_pages_ = full_.count * full_.pages + comp_.count * comp_.pages;
-  }
-  blocks_.resize(static_cast<size_t>(full_.count));
-  const int ring_base = config.num_pages - ring_region;
-  for (size_t l = 0; l < layers; ++l) {
-    for (size_t h = 0; h < heads; ++h) {
-      if (is_ring_[l][h]) page_index_[l][h] += ring_base;
-      if (is_compressed_[l][h]) page_index_[l][h] += comp_.base;
-    }
-  }
-  for (int32_t b = num_ring_blocks_ - 1; b >= 0; --b) free_ring_ids_.push_back(b);
-  // Storage type is the backend's choice (f32 on the CPU, bf16 on CUDA).
-  const DType dtype = backend.kv_dtype();
-  k_pool_ = backend.Allocate(dtype, {config.num_pages, config.page_size, config.head_dim});
-  v_pool_ = backend.Allocate(dtype, {config.num_pages, config.page_size, config.head_dim});
-}
-
-kernels::KvPoolView KvCache::pool_view() const {
-  return kernels::KvPoolView{k_pool_.view(), v_pool_.view(), config_.page_size};
-}
-
-int KvCache::RingRegionPages(const KvCacheConfig& config, const HeadClassLayout& layout) {
-  int ring_heads = 0;
-  const Retention* ring = nullptr;
-  for (size_t l = 0; l < layout.classes.size(); ++l) {
-    for (size_t c = 0; c < layout.classes[l].size(); ++c) {
-      const Retention& r = layout.RetentionOf(static_cast<int>(l), static_cast<int>(c));
-      if (!r.ring) continue;
-      ring = &r;
-      ring_heads += static_cast<int>(layout.classes[l][c].size());
-    }
-  }
-  if (ring == nullptr) return 0;
-  const int ps = config.page_size;
-  const int blocks_per_sequence =
-      (ring->sink + ps - 1) / ps + (ring->window + config.ring_chunk_tokens + ps - 1) / ps;
-  return config.max_ring_sequences * blocks_per_sequence * ring_heads;
-}
-
-int KvCache::FullPagesPerBlock(const HeadClassLayout& layout) {
-  int full = 0;
-  for (size_t l = 0; l < layout.classes.size(); ++l) {
-    for (size_t c = 0; c < layout.classes[l].size(); ++c) {
-      if (!layout.RetentionOf(static_cast<int>(l), static_cast<int>(c)).ring) {
-        full += static_cast<int>(layout.classes[l][c].size());
-      }
-    }
-  }
-  return full;
-}
-
-size_t KvCache::PageBytes(const KvCacheConfig& config, DType dtype) {
-  return 2 * static_cast<size_t>(config.page_size) * static_cast<size_t>(config.head_dim) *
-         DTypeSize(dtype);
-}
-
-int KvCache::max_tokens_per_sequence() const {
-  const int per_page = full_.pages + comp_.pages;
-  if (per_page == 0) return std::numeric_limits<int>::max();
-  // n logical pages fit when n full blocks from the bottom and n comp blocks from the top do not
-  // meet (kv_cache.h), i.e. n * per_page <= the shared pages.
-  const int shared = config_.num_pages - num_ring_blocks_ * ring_pages_per_block_;
-  return shared / per_page * config_.page_size;
-}
-
 namespace {
 
 // The ids [first, last) of blocks of `pages` pages from `base` that overlap pages [lo, hi).
@@ -230,11 +16,260 @@ std::pair<int32_t, int32_t> OverlappingIds(int lo, int hi, int base, int pages, 
           std::min(count, floor_div(hi - base + pages - 1, pages))};
 }
 
+int CeilDiv(int a, int b) {
+  return (a + b - 1) / b;
+}
+
 }  // namespace
 
-void KvCache::BlockKind::Init(int num_ids, bool lowest) {
-  count = num_ids;
+// --- StepTables ---
+
+size_t StepTables::AppendTo(std::vector<int32_t>& data) const {
+  const size_t offset = data.size();
+  for (const auto* part : {&seq_layout, &blocks, &ring_blocks, &comp_blocks, &comp_from}) {
+    data.insert(data.end(), part->begin(), part->end());
+  }
+  return offset;
+}
+
+StepTables::DeviceViews StepTables::Views(const Tensor& uploaded, size_t offset) const {
+  HW_CHECK(uploaded.dtype == DType::kI32, "step tables are i32");
+  auto next = [&](const std::vector<int32_t>& part,
+                  std::initializer_list<int64_t> shape) -> Tensor {
+    if (part.empty()) return Tensor();
+    Tensor t(uploaded.ptr<int32_t>() + offset, DType::kI32, uploaded.device, shape);
+    offset += part.size();
+    return t;
+  };
+  HW_CHECK_LE(offset + seq_layout.size() + blocks.size() + ring_blocks.size() + comp_blocks.size() +
+                  comp_from.size(),
+              static_cast<size_t>(uploaded.numel()));
+  DeviceViews v;
+  v.seq_layout = next(seq_layout, {num_seqs});
+  v.blocks = next(blocks, {num_seqs, max_blocks});
+  v.ring_blocks = next(ring_blocks, {num_seqs, max_blocks});
+  v.comp_blocks = next(comp_blocks, {num_seqs, max_blocks});
+  v.comp_from = next(comp_from, {num_seqs});
+  return v;
+}
+
+// --- KvCache ---
+
+KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
+                 kernels::Backend& backend)
+    : config_(config) {
+  static std::atomic<uint64_t> next_instance{1};
+  instance_id_ = next_instance++;
+  HW_CHECK(config.page_size > 0 && config.head_dim > 0 && config.num_pages >= 0 &&
+               config.chunk_tokens >= 0,
+           "page_size {} head_dim {} num_pages {} chunk_tokens {}", config.page_size,
+           config.head_dim, config.num_pages, config.chunk_tokens);
+  HW_CHECK(!layouts.empty(), "a KV cache needs at least one layout");
+  const int num_layers = config.num_layers, hkv = config.num_kv_heads;
+  const int ps = config.page_size;
+  max_full_heads_.assign(static_cast<size_t>(num_layers), 0);
+  max_ring_span_.assign(static_cast<size_t>(num_layers), 0);
+  for (KvLayout& layout : layouts) {
+    const Status valid = layout.Validate(num_layers, hkv);
+    HW_CHECK(valid.ok(), "{}", valid.message());
+    LayoutInfo& info = layouts_.emplace_back();
+    info.head_page.assign(layout.heads.size(), 0);
+    // Pages inside a block in (layer, head) order per kind, so layouts whose heads are all full
+    // storage share one page order and their prefix-cached blocks.
+    for (int l = 0; l < num_layers; ++l) {
+      int full_heads = 0;
+      for (int h = 0; h < hkv; ++h) {
+        const KvRetention& r = layout.At(l, h);
+        const KindRole role = r.ring() ? kRing : r.compress_once() ? kComp : kFull;
+        info.head_page[static_cast<size_t>(l * hkv + h)] = info.kind_pages[role]++;
+        full_heads += role == kRing ? 0 : 1;
+        if (r.ring()) {
+          max_ring_span_[static_cast<size_t>(l)] =
+              std::max(max_ring_span_[static_cast<size_t>(l)], r.sink + r.window);
+        }
+        has_reindex_ = has_reindex_ || r.reindex();
+      }
+      max_full_heads_[static_cast<size_t>(l)] =
+          std::max(max_full_heads_[static_cast<size_t>(l)], full_heads);
+    }
+    if (info.kind_pages[kRing] > 0) {
+      has_ring_ = true;
+      const KvRetention ring = layout.ring();
+      info.sink_blocks = CeilDiv(ring.sink, ps);
+      // Past the sinks, position p lands on (p - sink pages' tokens) mod (window_blocks * ps) of
+      // the window's pages: tokens that are live together (the window plus a step's new ones)
+      // must span at most that many positions.
+      info.window_blocks = CeilDiv(ring.window + config.chunk_tokens, ps);
+    }
+    has_comp_ = has_comp_ || info.kind_pages[kComp] > 0;
+    info.layout = std::move(layout);
+  }
+  // Kinds: one grid per (block size, direction), shared by the layouts with that size.
+  for (LayoutInfo& info : layouts_) {
+    for (int role : {kFull, kComp, kRing}) {
+      if (info.kind_pages[role] == 0) continue;
+      info.kind[role] = KindFor(info.kind_pages[role], /*lowest_first=*/role == kFull);
+      if (role == kFull && info.layout.all_full()) prefix_kind_ = info.kind[role];
+    }
+  }
+  if (prefix_kind_ >= 0) blocks_.resize(static_cast<size_t>(kinds_[prefix_kind_].count));
+
+  // The head tables the kernels read, [layer][layout][head], uploaded once.
+  std::vector<int32_t> heads;
+  heads.reserve(static_cast<size_t>(num_layers) * layouts_.size() * hkv * kernels::kKvHeadInts);
+  for (int l = 0; l < num_layers; ++l) {
+    for (const LayoutInfo& info : layouts_) {
+      for (int h = 0; h < hkv; ++h) {
+        kernels::KvHead head;
+        head.retention = info.layout.At(l, h);
+        head.page = info.head_page[static_cast<size_t>(l * hkv + h)];
+        const auto* ints = reinterpret_cast<const int32_t*>(&head);
+        heads.insert(heads.end(), ints, ints + kernels::kKvHeadInts);
+      }
+    }
+  }
+  if (!heads.empty()) {
+    heads_ = backend.Allocate(DType::kI32, {static_cast<int64_t>(heads.size())});
+    backend.CopyFromHost(heads_.view(), heads.data(), heads.size() * sizeof(int32_t));
+  }
+  if (has_reindex_) {
+    const auto& f = config.rope_inv_freq;
+    HW_CHECK(static_cast<int>(f.size()) * 2 == config.head_dim,
+             "re-indexed heads need {} rotary frequencies, the config has {}", config.head_dim / 2,
+             f.size());
+    rope_inv_freq_ = backend.Allocate(DType::kF32, {static_cast<int64_t>(f.size())});
+    backend.CopyFromHost(rope_inv_freq_.view(), f.data(), f.size() * sizeof(float));
+  }
+  k_pool_ = backend.Allocate(backend.kv_dtype(), {config.num_pages, ps, config.head_dim});
+  v_pool_ = backend.Allocate(backend.kv_dtype(), {config.num_pages, ps, config.head_dim});
+}
+
+int KvCache::KindFor(int pages, bool lowest_first) {
+  for (size_t k = 0; k < kinds_.size(); ++k) {
+    if (kinds_[k].pages == pages && kinds_[k].lowest_first == lowest_first) {
+      return static_cast<int>(k);
+    }
+  }
+  kinds_.emplace_back().Init(config_.num_pages, pages, lowest_first);
+  return static_cast<int>(kinds_.size()) - 1;
+}
+
+kernels::KvPoolView KvCache::pool_view() const {
+  return kernels::KvPoolView{k_pool_.view(), v_pool_.view(), config_.page_size};
+}
+
+int KvCache::HeadPage(int layout, int layer, int kv_head) const {
+  return Info(layout).head_page[static_cast<size_t>(layer * config_.num_kv_heads + kv_head)];
+}
+
+int KvCache::num_pages_used() const {
+  int used = 0;
+  for (const BlockKind& kind : kinds_) used += kind.num_held * kind.pages;
+  return used - num_evictable_pages();
+}
+
+int KvCache::num_evictable_pages() const {
+  return prefix_kind_ < 0 ? 0 : static_cast<int>(lru_.size()) * kinds_[prefix_kind_].pages;
+}
+
+size_t KvCache::PageBytes(const KvCacheConfig& config, DType dtype) {
+  return 2 * static_cast<size_t>(config.page_size) * static_cast<size_t>(config.head_dim) *
+         DTypeSize(dtype);
+}
+
+int KvCache::PagesForSequence(const KvCacheConfig& config, const KvLayout& layout, int tokens) {
+  const int ps = config.page_size;
+  const int full = layout.CountStorage(kernels::kStorageFull);
+  const int comp = layout.CountStorage(kernels::kStorageCompressOnce);
+  const int ring = layout.CountStorage(kernels::kStorageRing);
+  int pages = CeilDiv(tokens, ps) * (full + comp);
+  if (ring > 0) {
+    const KvRetention r = layout.ring();
+    pages += (CeilDiv(r.sink, ps) + CeilDiv(r.window + config.chunk_tokens, ps)) * ring;
+  }
+  // Comp blocks start on their grid below the rings: up to a block's worth of pages between.
+  if (ring > 0 && comp > 0) pages += comp - 1;
+  return pages;
+}
+
+int KvCache::max_tokens_per_sequence(int layout) const {
+  const LayoutInfo& info = Info(layout);
+  const int per_page = info.kind_pages[kFull] + info.kind_pages[kComp];
+  if (per_page == 0) return std::numeric_limits<int>::max();
+  // Alone in the pool: rings at the top, comp blocks below them on their grid, full blocks from
+  // the bottom; n logical pages fit while the two growing kinds do not meet.
+  int top = config_.num_pages;
+  if (info.kind_pages[kRing] > 0) {
+    top -= (info.sink_blocks + info.window_blocks) * info.kind_pages[kRing];
+    if (info.kind_pages[kComp] > 0) top -= info.kind_pages[kComp] - 1;
+  }
+  return std::max(0, top) / per_page * config_.page_size;
+}
+
+StepTables KvCache::BuildStepTables(std::span<const SequenceKv* const> seqs, int num_seqs,
+                                    int max_blocks) const {
+  StepTables t;
+  t.num_seqs = std::max(static_cast<int>(seqs.size()), num_seqs);
+  t.max_blocks = std::max(max_blocks, 1);
+  t.ring = has_ring_;
+  t.comp = has_comp_;
+  const auto rows = static_cast<size_t>(t.num_seqs) * static_cast<size_t>(t.max_blocks);
+  t.seq_layout.assign(static_cast<size_t>(t.num_seqs), 0);
+  t.blocks.assign(rows, 0);
+  if (t.ring) t.ring_blocks.assign(rows, 0);
+  if (t.comp) {
+    t.comp_blocks.assign(rows, 0);
+    t.comp_from.assign(static_cast<size_t>(t.num_seqs), 0);
+  }
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const SequenceKv& kv = *seqs[s];
+    const LayoutInfo& info = Info(kv.layout());
+    t.seq_layout[s] = kv.layout();
+    const int num_blocks = std::min(BlocksFor(kv.capacity_tokens()), t.max_blocks);
+    int32_t* row = t.blocks.data() + s * static_cast<size_t>(t.max_blocks);
+    for (int j = 0; j < num_blocks; ++j) {
+      if (info.kind[kFull] >= 0) row[j] = kv.FullBlockPage(j);
+      if (info.kind[kRing] >= 0) {
+        t.ring_blocks[s * static_cast<size_t>(t.max_blocks) + static_cast<size_t>(j)] =
+            kv.RingBlockPage(j);
+      }
+      if (info.kind[kComp] >= 0) {
+        t.comp_blocks[s * static_cast<size_t>(t.max_blocks) + static_cast<size_t>(j)] =
+            kv.CompBlockPage(j);
+      }
+    }
+    if (t.comp) t.comp_from[s] = kv.compacted_from();
+  }
+  return t;
+}
+
+kernels::BlockTable KvCache::LayerTable(int layer, const StepTables::DeviceViews& step) const {
+  HW_CHECK(layer >= 0 && layer < config_.num_layers, "layer {} of {}", layer, config_.num_layers);
+  kernels::BlockTable table;
+  const int64_t per_layer =
+      static_cast<int64_t>(layouts_.size()) * config_.num_kv_heads * kernels::kKvHeadInts;
+  table.heads =
+      Tensor(heads_.view().ptr<int32_t>() + layer * per_layer, DType::kI32, heads_.view().device,
+             {static_cast<int64_t>(layouts_.size()), config_.num_kv_heads, kernels::kKvHeadInts});
+  table.seq_layout = step.seq_layout;
+  table.blocks = step.blocks;
+  table.ring_blocks = step.ring_blocks;
+  table.comp_blocks = step.comp_blocks;
+  table.comp_from = step.comp_from;
+  if (has_reindex_) table.rope_inv_freq = rope_inv_freq_.view();
+  table.max_full_heads = max_full_heads_[static_cast<size_t>(layer)];
+  table.max_ring_span = max_ring_span_[static_cast<size_t>(layer)];
+  return table;
+}
+
+// --- the allocator ---
+
+void KvCache::BlockKind::Init(int num_pages, int block_pages, bool lowest) {
+  pages = block_pages;
+  count = num_pages / block_pages;
   lowest_first = lowest;
+  // Lowest-first grids start at page 0, highest-first ones end at the pool's last page.
+  base = lowest ? 0 : num_pages - count * pages;
   held.assign(static_cast<size_t>(count), 0);
   overlapped.assign(static_cast<size_t>(count), 0);
   queued.assign(static_cast<size_t>(count), 1);
@@ -262,57 +297,65 @@ std::optional<int32_t> KvCache::BlockKind::PopReady() {
   return std::nullopt;
 }
 
-std::optional<int32_t> KvCache::Take(BlockKind& kind, BlockKind& other) {
-  const std::optional<int32_t> id = kind.PopReady();
-  if (!id) return std::nullopt;
-  kind.held[static_cast<size_t>(*id)] = 1;
-  ++kind.num_held;
-  const int lo = kind.base + *id * kind.pages;
-  const auto [first, last] =
-      OverlappingIds(lo, lo + kind.pages, other.base, other.pages, other.count);
-  for (int32_t j = first; j < last; ++j) ++other.overlapped[static_cast<size_t>(j)];
-  return id;
-}
-
-void KvCache::Give(BlockKind& kind, BlockKind& other, int32_t id) {
-  HW_CHECK(id >= 0 && id < kind.count && kind.held[static_cast<size_t>(id)],
-           "block {} of {} pages given back but not held", id, kind.pages);
-  kind.held[static_cast<size_t>(id)] = 0;
-  --kind.num_held;
-  if (kind.Ready(id)) kind.Queue(id);
-  const int lo = kind.base + id * kind.pages;
-  const auto [first, last] =
-      OverlappingIds(lo, lo + kind.pages, other.base, other.pages, other.count);
-  for (int32_t j = first; j < last; ++j) {
-    if (--other.overlapped[static_cast<size_t>(j)] == 0 && other.Ready(j)) other.Queue(j);
+void KvCache::MarkOverlaps(int kind, int32_t id, int delta) {
+  const BlockKind& k = kinds_[static_cast<size_t>(kind)];
+  const int lo = k.FirstPage(id);
+  for (size_t o = 0; o < kinds_.size(); ++o) {
+    if (static_cast<int>(o) == kind) continue;
+    BlockKind& other = kinds_[o];
+    const auto [first, last] =
+        OverlappingIds(lo, lo + k.pages, other.base, other.pages, other.count);
+    for (int32_t j = first; j < last; ++j) {
+      int32_t& n = other.overlapped[static_cast<size_t>(j)];
+      n += delta;
+      if (n == 0 && other.Ready(j)) other.Queue(j);
+    }
   }
 }
 
-std::optional<int32_t> KvCache::AllocateBlock() {
-  int32_t id;
-  if (auto free = Take(full_, comp_)) {
-    id = *free;
-  } else {
-    if (lru_.empty()) return std::nullopt;
-    // Evict the least recently used cached block and take it over.
-    id = lru_.front();
+std::optional<int32_t> KvCache::Take(int kind) {
+  BlockKind& k = kinds_[static_cast<size_t>(kind)];
+  std::optional<int32_t> id = k.PopReady();
+  if (!id && kind == prefix_kind_ && !lru_.empty()) {
+    // Take over the least recently used cached block: it is held by this kind already.
+    const int32_t victim = lru_.front();
     lru_.pop_front();
-    cached_.erase(blocks_[static_cast<size_t>(id)].hash);
+    cached_.erase(blocks_[static_cast<size_t>(victim)].hash);
+    blocks_[static_cast<size_t>(victim)] = Block();
+    blocks_[static_cast<size_t>(victim)].refs = 1;
+    return victim;
   }
-  Block& b = blocks_[static_cast<size_t>(id)];
-  b = Block();
-  b.refs = 1;
+  // Other kinds: evict cached blocks nobody uses, oldest first, until one of ours is free.
+  while (!id && !lru_.empty()) {
+    const int32_t victim = lru_.front();
+    lru_.pop_front();
+    cached_.erase(blocks_[static_cast<size_t>(victim)].hash);
+    blocks_[static_cast<size_t>(victim)] = Block();
+    Give(prefix_kind_, victim);
+    id = k.PopReady();
+  }
+  if (!id) return std::nullopt;
+  k.held[static_cast<size_t>(*id)] = 1;
+  ++k.num_held;
+  MarkOverlaps(kind, *id, +1);
+  if (kind == prefix_kind_) {
+    blocks_[static_cast<size_t>(*id)] = Block();
+    blocks_[static_cast<size_t>(*id)].refs = 1;
+  }
   return id;
 }
 
-std::optional<int32_t> KvCache::AllocateRingBlock() {
-  if (free_ring_ids_.empty()) return std::nullopt;
-  const int32_t id = free_ring_ids_.back();
-  free_ring_ids_.pop_back();
-  return id;
+void KvCache::Give(int kind, int32_t id) {
+  BlockKind& k = kinds_[static_cast<size_t>(kind)];
+  HW_CHECK(id >= 0 && id < k.count && k.held[static_cast<size_t>(id)],
+           "block {} of {} pages given back but not held", id, k.pages);
+  k.held[static_cast<size_t>(id)] = 0;
+  --k.num_held;
+  if (k.Ready(id)) k.Queue(id);
+  MarkOverlaps(kind, id, -1);
 }
 
-void KvCache::ReleaseBlock(int32_t id) {
+void KvCache::ReleaseShared(int32_t id) {
   Block& b = blocks_[static_cast<size_t>(id)];
   HW_CHECK(b.refs > 0, "block {} released more often than taken", id);
   if (--b.refs > 0) return;
@@ -321,7 +364,7 @@ void KvCache::ReleaseBlock(int32_t id) {
     return;
   }
   b = Block();
-  Give(full_, comp_, id);
+  Give(prefix_kind_, id);
 }
 
 std::optional<int32_t> KvCache::FindCached(uint64_t hash, uint64_t parent_hash,
@@ -350,7 +393,12 @@ void KvCache::CommitBlock(int32_t id, uint64_t hash, uint64_t parent_hash,
   cached_.emplace(hash, id);
 }
 
-SequenceKv::SequenceKv(KvCache& cache) : cache_(&cache) {}
+// --- SequenceKv ---
+
+SequenceKv::SequenceKv(KvCache& cache, int layout) : cache_(&cache), layout_(layout) {
+  HW_CHECK(layout >= 0 && layout < cache.num_layouts(), "KV layout {} of {}", layout,
+           cache.num_layouts());
+}
 
 SequenceKv::~SequenceKv() {
   Release();
@@ -358,6 +406,7 @@ SequenceKv::~SequenceKv() {
 
 SequenceKv::SequenceKv(SequenceKv&& o) noexcept
     : cache_(o.cache_),
+      layout_(o.layout_),
       blocks_(std::move(o.blocks_)),
       comp_blocks_(std::move(o.comp_blocks_)),
       ring_blocks_(std::move(o.ring_blocks_)),
@@ -387,7 +436,7 @@ uint64_t SequenceKv::HashOf(size_t page, std::span<const int32_t> tokens) const 
 
 int SequenceKv::AttachCachedPrefix(std::span<const int32_t> tokens) {
   HW_CHECK(blocks_.empty(), "prefix must be attached before anything is reserved");
-  if (!cache_->prefix_caching()) return 0;
+  if (!cache_->prefix_caching(layout_)) return 0;
   const size_t ps = static_cast<size_t>(cache_->config().page_size);
   for (size_t p = 0; (p + 1) * ps <= tokens.size(); ++p) {
     const auto page_tokens = tokens.subspan(p * ps, ps);
@@ -404,63 +453,59 @@ int SequenceKv::AttachCachedPrefix(std::span<const int32_t> tokens) {
 
 Status SequenceKv::Reserve(int num_tokens) {
   if (num_tokens <= capacity_tokens_) return Status::Ok();
+  const auto& kind = info().kind;
+  const bool prefix_kind = kind[KvCache::kFull] == cache_->prefix_kind_;
+  const auto give_full = [&](int32_t id) {
+    if (prefix_kind) {
+      cache_->ReleaseShared(id);
+    } else {
+      cache_->Give(kind[KvCache::kFull], id);
+    }
+  };
   const size_t have = blocks_.size(), have_comp = comp_blocks_.size(),
                have_ring = ring_blocks_.size();
   const auto undo = [&] {
-    while (blocks_.size() > have) {
-      cache_->ReleaseBlock(blocks_.back());
-      blocks_.pop_back();
+    for (; blocks_.size() > have; blocks_.pop_back()) give_full(blocks_.back());
+    for (; comp_blocks_.size() > have_comp; comp_blocks_.pop_back()) {
+      cache_->Give(kind[KvCache::kComp], comp_blocks_.back());
     }
-    while (comp_blocks_.size() > have_comp) {
-      cache_->ReleaseCompBlock(comp_blocks_.back());
-      comp_blocks_.pop_back();
-    }
-    while (ring_blocks_.size() > have_ring) {
-      cache_->ReleaseRingBlock(ring_blocks_.back());
-      ring_blocks_.pop_back();
+    for (; ring_blocks_.size() > have_ring; ring_blocks_.pop_back()) {
+      cache_->Give(kind[KvCache::kRing], ring_blocks_.back());
     }
   };
   // Ring heads: a fixed set of blocks, taken at the first reservation.
-  if (cache_->ring_pages_per_block() > 0 && ring_blocks_.empty()) {
-    while (static_cast<int>(ring_blocks_.size()) < cache_->ring_blocks_per_sequence()) {
-      auto block = cache_->AllocateRingBlock();
-      if (!block) {
-        undo();
-        return ResourceExhausted("KV cache: the ring pages of all {} sequences are in use",
-                                 cache_->config().max_ring_sequences);
-      }
-      ring_blocks_.push_back(*block);
+  bool ok = true;
+  if (kind[KvCache::kRing] >= 0 && ring_blocks_.empty()) {
+    const int want = cache_->sink_blocks(layout_) + cache_->window_blocks(layout_);
+    while (ok && static_cast<int>(ring_blocks_.size()) < want) {
+      const auto block = cache_->Take(kind[KvCache::kRing]);
+      ok = block.has_value();
+      if (ok) ring_blocks_.push_back(*block);
     }
   }
   // Full and comp heads: a block of each kind per new logical page.
   const int ps = cache_->config().page_size;
   const int want = cache_->BlocksFor(num_tokens);
-  const bool full = cache_->pages_per_block() > 0, comp = cache_->comp_pages_per_block() > 0;
-  bool ok = true;
   for (int page = capacity_tokens_ / ps; page < want && ok; ++page) {
-    if (full) {
-      const auto block = cache_->AllocateBlock();
+    for (int role : {KvCache::kFull, KvCache::kComp}) {
+      if (kind[role] < 0 || !ok) continue;
+      const auto block = cache_->Take(kind[role]);
       ok = block.has_value();
-      if (ok) blocks_.push_back(*block);
-    }
-    if (comp && ok) {
-      const auto block = cache_->AllocateCompBlock();
-      ok = block.has_value();
-      if (ok) comp_blocks_.push_back(*block);
+      if (ok) (role == KvCache::kFull ? blocks_ : comp_blocks_).push_back(*block);
     }
   }
   if (!ok) {
     undo();
-    return ResourceExhausted("KV cache: {} pages needed, {} free of {}",
-                             cache_->PagesToGrow(capacity_tokens_, num_tokens),
-                             cache_->num_pages_free(), cache_->num_pages());
+    return ResourceExhausted("KV cache: {} tokens of layout \"{}\" do not fit; {} of {} pages free",
+                             num_tokens, info().layout.name, cache_->num_pages_free(),
+                             cache_->num_pages());
   }
   capacity_tokens_ = want * ps;
   return Status::Ok();
 }
 
 void SequenceKv::CommitComputed(std::span<const int32_t> tokens, int num_computed) {
-  if (!cache_->prefix_caching()) return;
+  if (!cache_->prefix_caching(layout_)) return;
   const size_t ps = static_cast<size_t>(cache_->config().page_size);
   const size_t full = std::min(static_cast<size_t>(num_computed), tokens.size()) / ps;
   for (size_t p = hashes_.size(); p < full && p < blocks_.size(); ++p) {
@@ -473,11 +518,18 @@ void SequenceKv::CommitComputed(std::span<const int32_t> tokens, int num_compute
 }
 
 void SequenceKv::Release() {
-  for (int32_t b : blocks_) cache_->ReleaseBlock(b);
-  for (int32_t b : comp_blocks_) {
-    if (b != kFreedBlock) cache_->ReleaseCompBlock(b);
+  const auto& kind = info().kind;
+  for (int32_t b : blocks_) {
+    if (kind[KvCache::kFull] == cache_->prefix_kind_) {
+      cache_->ReleaseShared(b);
+    } else {
+      cache_->Give(kind[KvCache::kFull], b);
+    }
   }
-  for (int32_t b : ring_blocks_) cache_->ReleaseRingBlock(b);
+  for (int32_t b : comp_blocks_) {
+    if (b != kFreedBlock) cache_->Give(kind[KvCache::kComp], b);
+  }
+  for (int32_t b : ring_blocks_) cache_->Give(kind[KvCache::kRing], b);
   blocks_.clear();
   comp_blocks_.clear();
   ring_blocks_.clear();
@@ -489,9 +541,10 @@ void SequenceKv::Release() {
 int SequenceKv::num_pages_held() const {
   const auto comp = std::count_if(comp_blocks_.begin(), comp_blocks_.end(),
                                   [](int32_t b) { return b != kFreedBlock; });
-  return static_cast<int>(blocks_.size()) * cache_->pages_per_block() +
-         static_cast<int>(comp) * cache_->comp_pages_per_block() +
-         static_cast<int>(ring_blocks_.size()) * cache_->ring_pages_per_block();
+  const auto& pages = info().kind_pages;
+  return static_cast<int>(blocks_.size()) * pages[KvCache::kFull] +
+         static_cast<int>(comp) * pages[KvCache::kComp] +
+         static_cast<int>(ring_blocks_.size()) * pages[KvCache::kRing];
 }
 
 void SequenceKv::MarkCompacted(int first_kept) {
@@ -501,43 +554,52 @@ void SequenceKv::MarkCompacted(int first_kept) {
   compacted_from_ = first_kept;
   // Kept: [0, kept_head) (sinks, then the compensation token) and [first_kept, ...). A logical
   // page wholly between them holds only dropped positions, which attention never reads again.
-  const Retention& r = cache_->compress_retention();
+  const KvRetention r = info().layout.compress();
   const int ps = cache_->config().page_size;
   const int kept_head = r.sink + (r.compensation ? 1 : 0);
   for (int page = (kept_head + ps - 1) / ps;
        (page + 1) * ps <= first_kept && page < static_cast<int>(comp_blocks_.size()); ++page) {
     int32_t& block = comp_blocks_[static_cast<size_t>(page)];
     if (block == kFreedBlock) continue;
-    cache_->ReleaseCompBlock(block);
+    cache_->Give(info().kind[KvCache::kComp], block);
     block = kFreedBlock;
   }
 }
 
-int32_t SequenceKv::RingBlock(int logical_page) const {
+int32_t SequenceKv::FullBlockPage(int logical_page) const {
+  HW_CHECK(logical_page >= 0 && static_cast<size_t>(logical_page) < blocks_.size(),
+           "logical page {} of {} full blocks", logical_page, blocks_.size());
+  return cache_->kinds_[static_cast<size_t>(info().kind[KvCache::kFull])].FirstPage(
+      blocks_[static_cast<size_t>(logical_page)]);
+}
+
+int32_t SequenceKv::CompBlockPage(int logical_page) const {
+  HW_CHECK(logical_page >= 0 && static_cast<size_t>(logical_page) < comp_blocks_.size(),
+           "logical page {} of {} comp blocks", logical_page, comp_blocks_.size());
+  const int32_t block = comp_blocks_[static_cast<size_t>(logical_page)];
+  if (block == kFreedBlock) return kFreedBlock;
+  return cache_->kinds_[static_cast<size_t>(info().kind[KvCache::kComp])].FirstPage(block);
+}
+
+int32_t SequenceKv::RingBlockPage(int logical_page) const {
   HW_CHECK(!ring_blocks_.empty() && logical_page >= 0, "no ring blocks for logical page {}",
            logical_page);
-  const int sinks = cache_->sink_blocks();
-  const int p = logical_page < sinks ? logical_page
-                                     : sinks + (logical_page - sinks) % cache_->window_blocks();
-  return ring_blocks_[static_cast<size_t>(p)];
+  const int sinks = info().sink_blocks;
+  const int p =
+      logical_page < sinks ? logical_page : sinks + (logical_page - sinks) % info().window_blocks;
+  return cache_->kinds_[static_cast<size_t>(info().kind[KvCache::kRing])].FirstPage(
+      ring_blocks_[static_cast<size_t>(p)]);
 }
 
 int32_t SequenceKv::Page(int layer, int kv_head, int logical_page) const {
-  if (cache_->IsRing(layer, kv_head)) {
-    return RingBlock(logical_page) * cache_->ring_pages_per_block() +
-           cache_->PageIndex(layer, kv_head);
-  }
-  if (cache_->IsCompressed(layer, kv_head)) {
-    HW_CHECK_LT(static_cast<size_t>(logical_page), comp_blocks_.size());
-    const int32_t block = comp_blocks_[static_cast<size_t>(logical_page)];
-    HW_CHECK(block != kFreedBlock,
-             "logical page {} of compress-once head ({}, {}) was freed by compaction from {}",
-             logical_page, layer, kv_head, compacted_from_);
-    return block * cache_->comp_pages_per_block() + cache_->PageIndex(layer, kv_head);
-  }
-  HW_CHECK_LT(static_cast<size_t>(logical_page), blocks_.size());
-  return blocks_[static_cast<size_t>(logical_page)] * cache_->pages_per_block() +
-         cache_->PageIndex(layer, kv_head);
+  const KvRetention& r = info().layout.At(layer, kv_head);
+  const int32_t first = r.ring()            ? RingBlockPage(logical_page)
+                        : r.compress_once() ? CompBlockPage(logical_page)
+                                            : FullBlockPage(logical_page);
+  HW_CHECK(first != kFreedBlock,
+           "logical page {} of compress-once head ({}, {}) was freed by compaction from {}",
+           logical_page, layer, kv_head, compacted_from_);
+  return first + cache_->HeadPage(layout_, layer, kv_head);
 }
 
 int32_t SequenceKv::Slot(int layer, int kv_head, int position) const {

@@ -132,7 +132,6 @@ int RunGenerate(int argc, char** argv) {
   options.tokenizer_path = tokenizer_path;
   auto loaded = engine::LoadModel(model_path, options, *backend);
   if (!loaded.ok()) return Fail(loaded.status());
-  loaded->model->set_use_graphs(!enforce_eager);
   if (!loaded->tokenizer) {
     return Fail(InvalidArgument("{}: no tokenizer found; pass --tokenizer PATH", model_path));
   }
@@ -158,19 +157,16 @@ int RunGenerate(int argc, char** argv) {
   const int needed = static_cast<int>(ids.size()) + params.max_tokens;
   const int page_size = policy->page_size;
   const int chunk = std::max(prefill_chunk, 1);
-  if (kv_pages <= 0) {
-    auto layout = engine::CacheLayoutFor(*policy);
-    if (!layout.ok()) return Fail(layout.status());
-    kvcache::KvCacheConfig kv = loaded->model->KvConfig(0, page_size);
-    kv.max_ring_sequences = 1;
-    kv.ring_chunk_tokens = chunk;
-    kv_pages = (needed + page_size - 1) / page_size * kvcache::KvCache::FullPagesPerBlock(*layout) +
-               kvcache::KvCache::RingRegionPages(kv, *layout);
-  }
-  auto cache = engine::CreateKvCache(*policy, loaded->model->KvConfig(kv_pages, page_size), 1,
-                                     chunk, *backend);
+  auto layout = engine::KvLayoutFor(*policy);
+  if (!layout.ok()) return Fail(layout.status());
+  kvcache::KvCacheConfig kv = engine::KvConfigFor(loaded->model->config(), 0, page_size, chunk);
+  kv.num_pages = kv_pages > 0 ? kv_pages : kvcache::KvCache::PagesForSequence(kv, *layout, needed);
+  std::vector<kvcache::KvLayout> layouts;
+  layouts.push_back(std::move(layout).value());
+  auto cache = engine::CreateKvCache(std::move(layouts), kv, *backend);
   if (!cache.ok()) return Fail(cache.status());
   engine::Generator generator(*loaded->model, **cache, &tok, loaded->eos_token_ids);
+  generator.set_use_graphs(!enforce_eager);
   auto result = generator.Generate(ids, params, prefill_chunk, [](std::string_view delta) {
     std::fwrite(delta.data(), 1, delta.size(), stdout);
     std::fflush(stdout);

@@ -16,6 +16,7 @@
 
 #include "core/dtype.h"
 #include "core/file_io.h"
+#include "engine/attention_setup.h"
 #include "engine/chat_renderer.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
@@ -255,7 +256,7 @@ int RunServe(int argc, char** argv) {
   load.tokenizer_path = tokenizer_path;
   auto loaded = engine::LoadModel(model_path, load, *backend);
   if (!loaded.ok()) return Fail(loaded.status());
-  loaded->model->set_use_graphs(!enforce_eager);
+  config.enforce_eager = enforce_eager;
   if (!loaded->tokenizer) {
     return Fail(InvalidArgument("{}: no tokenizer found; pass --tokenizer PATH", model_path));
   }
@@ -267,9 +268,8 @@ int RunServe(int argc, char** argv) {
   if (!kv_memory.empty() && config.num_kv_pages == 0) {
     auto bytes = ParseBytes("kv-cache-memory", kv_memory);
     if (!bytes.ok()) return Fail(bytes.status());
-    const size_t page_bytes =
-        kvcache::KvCache::PageBytes(loaded->model->KvConfig(1, config.page_size),
-                                    backend->kv_dtype());
+    const size_t page_bytes = kvcache::KvCache::PageBytes(
+        engine::KvConfigFor(mc, 1, config.page_size), backend->kv_dtype());
     config.num_kv_pages =
         static_cast<int>(std::min<int64_t>(*bytes / static_cast<int64_t>(page_bytes), 1 << 30));
     if (config.num_kv_pages < 1) {

@@ -10,6 +10,8 @@
 #include <thread>
 
 #include "engine/attention/profile_file.h"
+#include "engine/attention_setup.h"
+#include "engine/model_runner.h"
 #include "kvcache/kv_cache.h"
 
 namespace headwise::engine::attention {
@@ -64,12 +66,12 @@ Status RequireCpu(const models::LlamaModel& model) {
 // A dense KV cache with one sequence's room for `tokens` tokens.
 std::unique_ptr<kvcache::KvCache> DenseCache(const models::LlamaModel& model, int tokens) {
   const models::ModelConfig& c = model.config();
-  kvcache::HeadClassLayout layout = kvcache::HeadClassLayout::Dense(c.num_layers, c.num_kv_heads);
-  const int page_size = 16;
-  const int pages =
-      (tokens + page_size - 1) / page_size * kvcache::KvCache::FullPagesPerBlock(layout);
-  return std::make_unique<kvcache::KvCache>(model.KvConfig(pages, page_size), std::move(layout),
-                                            model.backend());
+  kvcache::KvLayout layout = kvcache::KvLayout::Dense(c.num_layers, c.num_kv_heads);
+  kvcache::KvCacheConfig kv = KvConfigFor(c, 0);
+  kv.num_pages = kvcache::KvCache::PagesForSequence(kv, layout, tokens);
+  std::vector<kvcache::KvLayout> layouts;
+  layouts.push_back(std::move(layout));
+  return std::make_unique<kvcache::KvCache>(kv, std::move(layouts), model.backend());
 }
 
 // Clears the model's observer when it goes out of scope, whatever path returns.
@@ -95,8 +97,8 @@ std::vector<float> Prefill(models::LlamaModel& model, kvcache::KvCache& cache,
   chunk = std::max(chunk, 1);
   for (size_t start = 0; start < tokens.size(); start += static_cast<size_t>(chunk)) {
     const size_t n = std::min(tokens.size() - start, static_cast<size_t>(chunk));
-    const models::BatchEntry e{&kv, tokens.subspan(start, n), static_cast<int>(start), false};
-    logits = model.ForwardToHost(std::span<const models::BatchEntry>(&e, 1), cache);
+    const BatchEntry e{&kv, tokens.subspan(start, n), static_cast<int>(start), false};
+    logits = ModelRunner(model, cache).ForwardToHost(std::span<const BatchEntry>(&e, 1));
   }
   return logits;
 }
@@ -133,11 +135,13 @@ Status ForEachAttentionRow(const Tensor& q, const kernels::KvPoolView& pool,
   const kernels::BlockTable& table = batch.table;
   if (!OnHost(q, DType::kF32) || !OnHost(pool.k, DType::kF32) ||
       !OnHost(batch.token_pos, DType::kI32) || !OnHost(batch.token_seq, DType::kI32) ||
-      !OnHost(table.blocks, DType::kI32) || !OnHost(table.head_page, DType::kI32)) {
+      !OnHost(table.blocks, DType::kI32) || !OnHost(table.heads, DType::kI32) ||
+      !OnHost(table.seq_layout, DType::kI32)) {
     return Unimplemented("attention rows are recomputed from host f32 tensors (CPU backend)");
   }
-  if (table.has_ring_heads()) {
-    return Unimplemented("attention rows of ring heads are not recomputed; profile densely");
+  if (table.has_ring_heads() || table.has_compressed_heads()) {
+    return Unimplemented(
+        "attention rows of ring and compress-once heads are not recomputed; profile densely");
   }
   const int64_t num_tokens = q.dim(0), head_dim = q.dim(2);
   const int num_heads = static_cast<int>(q.dim(1));
@@ -145,7 +149,9 @@ Status ForEachAttentionRow(const Tensor& q, const kernels::KvPoolView& pool,
   const int32_t* pos_of = batch.token_pos.ptr<int32_t>();
   const int32_t* seq_of = batch.token_seq.ptr<int32_t>();
   const int32_t* blocks = table.blocks.ptr<int32_t>();
-  const int32_t* head_page = table.head_page.ptr<int32_t>();
+  const auto* heads = reinterpret_cast<const kernels::KvHead*>(table.heads.ptr<int32_t>());
+  const int32_t* seq_layout = table.seq_layout.ptr<int32_t>();
+  const int num_kv_heads = table.num_kv_heads();
   const float* k = pool.k.ptr<float>();
   const float* qd = q.ptr<float>();
   const int page_size = pool.page_size;
@@ -163,10 +169,9 @@ Status ForEachAttentionRow(const Tensor& q, const kernels::KvPoolView& pool,
         probs.resize(static_cast<size_t>(pos) + 1);
         float max_logit = -INFINITY;
         for (int32_t j = 0; j <= pos; ++j) {
-          // backend.h: page = blocks[s][j / page_size] * pages_per_block + head_page[h].
-          const int64_t page = int64_t{blocks[int64_t{seq} * table.max_blocks() + j / page_size]} *
-                                   table.pages_per_block +
-                               head_page[kv_head];
+          // backend.h: page = blocks[s][j / page_size] + heads[seq_layout[s], h].page.
+          const int64_t page = int64_t{blocks[int64_t{seq} * table.max_blocks() + j / page_size]} +
+                               heads[seq_layout[seq] * num_kv_heads + kv_head].page;
           HW_CHECK(page >= 0 && page < num_pages, "KV page {} outside the pool", page);
           const float* kv = k + (page * page_size + j % page_size) * head_dim;
           const float logit = scale * Dot(qv, kv, head_dim);
@@ -450,6 +455,7 @@ StatusOr<DecodeResult> DecodeWithEvents(models::LlamaModel& model, const tokeniz
   kvcache::SequenceKv kv(*cache);
   HW_RETURN_IF_ERROR(kv.Reserve(total));
   Prefill(model, *cache, kv, prompt.first(prompt.size() - 1), o.prefill_chunk);
+  ModelRunner runner(model, *cache);
 
   DecodeResult out;
   out.score = Zeros(c.num_layers, c.num_heads);
@@ -470,9 +476,8 @@ StatusOr<DecodeResult> DecodeWithEvents(models::LlamaModel& model, const tokeniz
   int32_t input = prompt.back();
   for (int step = 0; step < o.max_new_tokens; ++step) {
     const int pos = static_cast<int>(prompt.size()) - 1 + step;
-    const models::BatchEntry e{&kv, std::span<const int32_t>(&input, 1), pos, false};
-    const int32_t next =
-        Argmax(model.ForwardToHost(std::span<const models::BatchEntry>(&e, 1), *cache));
+    const BatchEntry e{&kv, std::span<const int32_t>(&input, 1), pos, false};
+    const int32_t next = Argmax(runner.ForwardToHost(std::span<const BatchEntry>(&e, 1)));
     if (!observed.ok()) return observed;
     CountCopyPaste(top_key, prompt, needle_begin, needle_end, next, out.score);
     out.output.push_back(next);

@@ -1,0 +1,153 @@
+#include "engine/model_runner.h"
+
+#include <algorithm>
+
+namespace headwise::engine {
+
+ModelRunner::ModelRunner(models::LlamaModel& model, kvcache::KvCache& cache)
+    : model_(model), cache_(cache) {
+  const auto& c = model.config();
+  const auto& kv = cache.config();
+  HW_CHECK(kv.num_layers == c.num_layers && kv.num_kv_heads == c.num_kv_heads &&
+               kv.head_dim == c.head_dim,
+           "KV cache of {} layers x {} KV heads x {} dims for a model of {} x {} x {}",
+           kv.num_layers, kv.num_kv_heads, kv.head_dim, c.num_layers, c.num_kv_heads, c.head_dim);
+}
+
+ModelRunner::Step ModelRunner::Pack(std::span<const BatchEntry> batch, int pad_seqs,
+                                    int pad_blocks) const {
+  const int num_seqs = static_cast<int>(batch.size());
+  HW_CHECK(num_seqs > 0, "empty batch");
+  Step step;
+  step.num_seqs = std::max(num_seqs, pad_seqs);
+  std::vector<int32_t> ids, token_seq, positions, query_start{0}, logit_rows;
+  std::vector<const kvcache::SequenceKv*> kvs;
+  kvs.reserve(batch.size());
+  const int page_size = cache_.config().page_size;
+  int max_blocks = std::max(pad_blocks, 1);
+  for (int s = 0; s < num_seqs; ++s) {
+    const BatchEntry& e = batch[static_cast<size_t>(s)];
+    HW_CHECK(!e.tokens.empty() && e.kv != nullptr, "sequence {} has no tokens or no cache", s);
+    const int end = e.start_pos + static_cast<int>(e.tokens.size());
+    HW_CHECK_LE(end, e.kv->capacity_tokens());
+    max_blocks = std::max(max_blocks, (end + page_size - 1) / page_size);
+    step.max_query_len = std::max(step.max_query_len, static_cast<int>(e.tokens.size()));
+    for (size_t i = 0; i < e.tokens.size(); ++i) {
+      if (e.all_logits || i + 1 == e.tokens.size()) {
+        logit_rows.push_back(static_cast<int32_t>(ids.size()));
+      }
+      ids.push_back(e.tokens[i]);
+      positions.push_back(e.start_pos + static_cast<int32_t>(i));
+      token_seq.push_back(s);
+    }
+    query_start.push_back(static_cast<int32_t>(ids.size()));
+    kvs.push_back(e.kv);
+  }
+  // Padding sequences of one token at position -1: the kernels skip them.
+  for (int s = num_seqs; s < step.num_seqs; ++s) {
+    logit_rows.push_back(static_cast<int32_t>(ids.size()));
+    ids.push_back(0);
+    positions.push_back(-1);
+    token_seq.push_back(s);
+    query_start.push_back(static_cast<int32_t>(ids.size()));
+  }
+  step.num_tokens = static_cast<int64_t>(ids.size());
+  step.num_rows = static_cast<int64_t>(logit_rows.size());
+  step.tables = cache_.BuildStepTables(kvs, step.num_seqs, max_blocks);
+  for (const auto* part : {&ids, &token_seq, &positions, &query_start, &logit_rows}) {
+    step.data.insert(step.data.end(), part->begin(), part->end());
+  }
+  step.tables_offset = step.tables.AppendTo(step.data);
+  return step;
+}
+
+void ModelRunner::Upload(const Step& step, kernels::Buffer& data) {
+  kernels::Backend& be = model_.backend();
+  if (data.empty() || data.view().numel() < static_cast<int64_t>(step.data.size())) {
+    data = be.Allocate(DType::kI32, {static_cast<int64_t>(step.data.size()) * 2});
+  }
+  be.CopyFromHost(data.view(), step.data.data(), step.data.size() * sizeof(int32_t));
+}
+
+Tensor ModelRunner::Run(const Step& step, const kernels::Buffer& data) {
+  const Tensor all = data.view();
+  int64_t offset = 0;
+  auto next = [&](int64_t n) {
+    Tensor t(all.ptr<int32_t>() + offset, DType::kI32, all.device, {n});
+    offset += n;
+    return t;
+  };
+  models::StepInputs in;
+  in.ids = next(step.num_tokens);
+  in.token_seq = next(step.num_tokens);
+  in.token_pos = next(step.num_tokens);
+  in.query_start = next(step.num_seqs + 1);
+  in.logit_rows = next(step.num_rows);
+  in.max_query_len = step.max_query_len;
+  in.pool = cache_.pool_view();
+  const kvcache::StepTables::DeviceViews views = step.tables.Views(all, step.tables_offset);
+  layer_tables_.clear();
+  for (int l = 0; l < model_.config().num_layers; ++l) {
+    layer_tables_.push_back(cache_.LayerTable(l, views));
+  }
+  in.layer_tables = layer_tables_;
+  return model_.Run(in);
+}
+
+int ModelRunner::GraphBatchBucket(int num_seqs) {
+  for (int b : {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128}) {
+    if (num_seqs <= b) return b;
+  }
+  return 0;
+}
+
+Tensor ModelRunner::Forward(std::span<const BatchEntry> batch) {
+  kernels::Backend& be = model_.backend();
+  const int num_seqs = static_cast<int>(batch.size());
+  const bool decode_only = std::all_of(batch.begin(), batch.end(), [](const BatchEntry& e) {
+    return e.tokens.size() == 1 && !e.all_logits;
+  });
+  const int bucket = GraphBatchBucket(num_seqs);
+  if (!use_graphs_ || !be.SupportsCapture() || !decode_only || bucket == 0 ||
+      model_.has_attention_observer()) {
+    const Step step = Pack(batch, 0, 0);
+    if (model_.EnsureWorkspace(step.num_tokens, step.num_rows)) graphs_.clear();
+    Upload(step, data_);
+    return Run(step, data_);
+  }
+  // Decode steps replay a graph per (batch bucket, block-table width): sequences and table
+  // columns are padded up to the bucket, and the kernels take lengths from the inputs. Which
+  // layout a sequence runs is data too, so one graph serves every mix of policies.
+  int max_blocks = 1;
+  const int page_size = cache_.config().page_size;
+  for (const BatchEntry& e : batch) {
+    max_blocks = std::max(max_blocks, (e.start_pos + 1 + page_size - 1) / page_size);
+  }
+  int width = 16;
+  while (width < max_blocks) width *= 2;
+  const Step step = Pack(batch, bucket, width);
+  HW_CHECK_EQ(step.tables.max_blocks, width);
+  // Graphs hold the buffers they were recorded with.
+  if (model_.EnsureWorkspace(step.num_tokens, step.num_rows)) graphs_.clear();
+  DecodeGraph& graph = graphs_[{bucket, width}];
+  Upload(step, graph.data);
+  if (graph.ops == nullptr) {
+    // One eager run sizes every backend scratch buffer, then the same launches are recorded.
+    Run(step, graph.data);
+    be.BeginCapture();
+    Run(step, graph.data);
+    graph.ops = be.EndCapture();
+  } else {
+    graph.ops->Replay();
+  }
+  return model_.logits(num_seqs);
+}
+
+std::vector<float> ModelRunner::ForwardToHost(std::span<const BatchEntry> batch) {
+  const Tensor logits = Forward(batch);
+  std::vector<float> host(static_cast<size_t>(logits.numel()));
+  model_.backend().CopyToHost(host.data(), logits, host.size() * sizeof(float));
+  return host;
+}
+
+}  // namespace headwise::engine

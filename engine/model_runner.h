@@ -1,0 +1,79 @@
+// The model runner: turns a batch of sequences (prefill chunks and decode steps mixed, each under
+// its own KV layout) into one step of the model. It packs the step's integer inputs and the KV
+// cache's block tables into one host array and one upload, hands the layers their tables, and
+// replays captured graphs for decode steps where the backend can capture. The model computes;
+// the cache says where keys live; the runner owns the step (nano-vllm's model_runner.py).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "kvcache/kv_cache.h"
+#include "models/llama_model.h"
+
+namespace headwise::engine {
+
+// One sequence's share of a step: `tokens` at positions start_pos, start_pos + 1, ... Its
+// SequenceKv must hold room for start_pos + tokens.size() tokens, and the cache must hold its K/V
+// for positions [0, start_pos).
+struct BatchEntry {
+  const kvcache::SequenceKv* kv = nullptr;
+  std::span<const int32_t> tokens;
+  int start_pos = 0;
+  bool all_logits = false;  // logits for every token; otherwise for the last one only
+};
+
+class ModelRunner {
+ public:
+  ModelRunner(models::LlamaModel& model, kvcache::KvCache& cache);
+
+  models::LlamaModel& model() const { return model_; }
+  kvcache::KvCache& cache() const { return cache_; }
+
+  // Runs the batch and returns logits [R, V] f32 on the backend's device, R = the entries'
+  // logit rows in order. The view stays valid until the next Forward.
+  Tensor Forward(std::span<const BatchEntry> batch);
+  // Forward, then the logits copied to the host.
+  std::vector<float> ForwardToHost(std::span<const BatchEntry> batch);
+
+  // Decode steps replay captured graphs where the backend can capture (default on); off runs
+  // every step eagerly (--enforce-eager).
+  void set_use_graphs(bool on) { use_graphs_ = on; }
+  // The batch sizes decode graphs are captured for: a batch runs in the smallest bucket that
+  // holds it, padded; 0 when it is larger than every bucket (eager).
+  static int GraphBatchBucket(int num_seqs);
+
+ private:
+  // A step's integer inputs, host side: token ids, sequences, positions, query ranges and logit
+  // rows, then the cache's block tables (StepTables::AppendTo), uploaded as one array.
+  struct Step {
+    std::vector<int32_t> data;
+    int64_t num_tokens = 0, num_rows = 0;
+    int num_seqs = 0, max_query_len = 1;
+    kvcache::StepTables tables;
+    size_t tables_offset = 0;
+  };
+  struct DecodeGraph {
+    kernels::Buffer data;  // the graph reads its inputs here; refreshed before each replay
+    std::unique_ptr<kernels::CapturedOps> ops;
+  };
+
+  // Pads to pad_seqs sequences (extra ones are one padding token each at position -1) and
+  // pad_blocks table columns.
+  Step Pack(std::span<const BatchEntry> batch, int pad_seqs, int pad_blocks) const;
+  void Upload(const Step& step, kernels::Buffer& data);
+  // Issues the forward pass of `step`, whose inputs are in `data`.
+  Tensor Run(const Step& step, const kernels::Buffer& data);
+
+  models::LlamaModel& model_;
+  kvcache::KvCache& cache_;
+  kernels::Buffer data_;  // the eager steps' inputs
+  std::vector<kernels::BlockTable> layer_tables_;
+  bool use_graphs_ = true;
+  std::map<std::pair<int, int>, DecodeGraph> graphs_;  // by (batch bucket, table width)
+};
+
+}  // namespace headwise::engine

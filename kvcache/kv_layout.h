@@ -1,0 +1,49 @@
+// A KV layout: how every (layer, KV head) of a model keeps its keys under one attention policy,
+// one kernels::KvRetention per head in the policy file's own words (storage, sink, window,
+// positions, compensation). The engine turns each policy it serves into one layout
+// (engine/attention_setup.h); the KV cache serves several layouts from one pool of pages, and
+// every sequence runs one of them (kvcache/kv_cache.h).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "kernels/backend.h"
+
+namespace headwise::kvcache {
+
+using kernels::KvRetention;
+
+struct KvLayout {
+  std::string name;  // the attention policy's name
+  int num_layers = 0;
+  int num_kv_heads = 0;
+  std::vector<KvRetention> heads;  // [layer * num_kv_heads + kv_head]
+
+  // Every head full storage: dense attention.
+  static KvLayout Dense(int num_layers, int num_kv_heads, std::string name = "dense");
+
+  const KvRetention& At(int layer, int kv_head) const {
+    return heads[static_cast<size_t>(layer * num_kv_heads + kv_head)];
+  }
+  KvRetention& At(int layer, int kv_head) {
+    return heads[static_cast<size_t>(layer * num_kv_heads + kv_head)];
+  }
+  // Heads of one storage kind, over the whole model.
+  int CountStorage(kernels::KvStorage storage) const;
+  // Every head keeps every token: such sequences share prefix-cached pages.
+  bool all_full() const { return CountStorage(kernels::kStorageFull) == num_layers * num_kv_heads; }
+  // Every head a ring with re-indexed positions (StreamingLLM): a sequence never grows.
+  bool all_reindexed_rings() const;
+  // The rule of the ring heads, and of the compress-once heads: one each per layout (a ring's
+  // pages are shared by its heads; compaction happens once per sequence). Default-constructed
+  // (full storage) when the layout has none.
+  KvRetention ring() const;
+  KvRetention compress() const;
+
+  // Shape, value ranges, and the one-rule-per-kind restriction; errors name the layer and head.
+  Status Validate(int num_layers, int num_kv_heads) const;
+};
+
+}  // namespace headwise::kvcache
