@@ -53,6 +53,16 @@ StepTables::DeviceViews StepTables::Views(const Tensor& uploaded, size_t offset)
   return v;
 }
 
+UploadedTables::UploadedTables(const KvCache& cache, std::span<const SequenceKv* const> seqs,
+                               int max_blocks, kernels::Backend& backend)
+    : cache_(cache), tables_(cache.BuildStepTables(seqs, 0, max_blocks)) {
+  std::vector<int32_t> data;
+  tables_.AppendTo(data);
+  buffer_ = backend.Allocate(DType::kI32, {static_cast<int64_t>(data.size())});
+  backend.CopyFromHost(buffer_.view(), data.data(), data.size() * sizeof(int32_t));
+  views_ = tables_.Views(buffer_.view(), 0);
+}
+
 // --- KvCache ---
 
 KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,

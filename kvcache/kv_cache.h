@@ -239,6 +239,23 @@ class KvCache {
   PrefixCacheStats prefix_stats_;
 };
 
+// A batch's block tables uploaded on their own, owning their device buffer: for work outside the
+// model runner's one upload per step (tests, benchmarks, one-off operations).
+class UploadedTables {
+ public:
+  // `max_blocks` columns: the logical pages the work reads.
+  UploadedTables(const KvCache& cache, std::span<const SequenceKv* const> seqs, int max_blocks,
+                 kernels::Backend& backend);
+  const StepTables& host() const { return tables_; }
+  kernels::BlockTable Layer(int layer) const { return cache_.LayerTable(layer, views_); }
+
+ private:
+  const KvCache& cache_;
+  StepTables tables_;
+  kernels::Buffer buffer_;
+  StepTables::DeviceViews views_;
+};
+
 // The page tables of one sequence, which runs one of the cache's layouts. Owns references to its
 // blocks until Release().
 class SequenceKv {

@@ -278,52 +278,66 @@ TEST_CASE("Shipped policy files parse and assign as documented", "[policy]") {
   CHECK(duo.HeadCounts() == std::vector<int>{128, 128});
 }
 
-TEST_CASE("Policy sets become KV-cache head classes", "[policy]") {
+TEST_CASE("Policy sets become KV layouts in the policy's own words", "[policy]") {
   const std::string tsv =
       Patterns("duo-attention/Meta-Llama-3.1-8B-Instruct/full_attention_heads.tsv");
   auto duo = ParsePolicy(DuoPolicy(tsv, 0.5), kLlama3, "", "duo");
   REQUIRE(duo.ok());
-  auto layout = CacheLayoutFor(*duo);
+  auto layout = KvLayoutFor(*duo);
   REQUIRE(layout.ok());
+  CHECK(layout->name == duo->name);
   int ring_heads = 0;
   for (int l = 0; l < 32; ++l) {
-    for (size_t c = 0; c < layout->classes[l].size(); ++c) {
-      const kvcache::Retention& r = layout->RetentionOf(l, static_cast<int>(c));
-      for (int h : layout->classes[l][c]) {
-        CHECK(r.ring == (duo->At(l, h).name == "streaming"));
-        if (r.ring) {
-          ++ring_heads;
-          CHECK(r.sink == 64);
-          CHECK(r.window == 256);
-          CHECK_FALSE(r.reindex);  // DuoAttention keeps original positions
-        }
+    for (int h = 0; h < 8; ++h) {
+      const kernels::KvRetention& r = layout->At(l, h);
+      CHECK(r.ring() == (duo->At(l, h).name == "streaming"));
+      if (r.ring()) {
+        ++ring_heads;
+        CHECK(r.sink == 64);
+        CHECK(r.window == 256);
+        CHECK_FALSE(r.reindex());  // DuoAttention keeps original positions
+      } else {
+        CHECK(r == kernels::KvRetention{});
       }
     }
   }
   CHECK(ring_heads == 128);
+  CHECK(layout->CountStorage(kernels::kStorageRing) == 128);
   auto streaming = ParsePolicy(kStreaming, kLlama3, "", "streaming-llm");
   REQUIRE(streaming.ok());
-  auto rings = CacheLayoutFor(*streaming);
+  auto rings = KvLayoutFor(*streaming);
   REQUIRE(rings.ok());
-  for (int l = 0; l < 32; ++l) {
-    REQUIRE(rings->classes[l].size() == 1);
-    const kvcache::Retention& r = rings->RetentionOf(l, 0);
-    CHECK((r.ring && r.reindex && r.sink == 4 && r.window == 2044));
+  CHECK(rings->all_reindexed_rings());
+  for (const kernels::KvRetention& r : rings->heads) {
+    CHECK((r.ring() && r.reindex() && r.sink == 4 && r.window == 2044));
   }
-  auto dense = CacheLayoutFor(DensePolicySet(kLlama3));
+  auto dense = KvLayoutFor(DensePolicySet(kLlama3));
   REQUIRE(dense.ok());
-  CHECK(dense->classes[5].size() == 1);
-  CHECK_FALSE(dense->RetentionOf(5, 0).ring);
+  CHECK(dense->all_full());
   PolicySet razor = DensePolicySet(kLlama3);
   razor.policies[0].storage = StorageKind::kCompressOnce;
   razor.policies[0].sink = 4;
   razor.policies[0].window = 251;
   razor.policies[0].compensation = true;
-  auto compressed = CacheLayoutFor(razor);
+  auto compressed = KvLayoutFor(razor);
   REQUIRE(compressed.ok());
-  const kvcache::Retention& r = compressed->RetentionOf(5, 0);
-  CHECK((r.compress_once && !r.ring && r.sink == 4 && r.window == 251 && r.compensation &&
-         r.compensation_by_count));
+  const kernels::KvRetention& r = compressed->At(5, 0);
+  CHECK((r.compress_once() && r.sink == 4 && r.window == 251 && r.compensation == 1 &&
+         r.compensation_by_count == 1));
+  // Ring heads of two sizes in one layout share no ring pages: refused, naming the policy.
+  PolicySet two_rings = *duo;
+  const auto streaming_policy =
+      std::find_if(two_rings.policies.begin(), two_rings.policies.end(),
+                   [](const attention::Policy& p) { return p.name == "streaming"; });
+  REQUIRE(streaming_policy != two_rings.policies.end());
+  attention::Policy narrow = *streaming_policy;
+  narrow.name = "narrow";
+  narrow.window = 128;
+  two_rings.policies.push_back(narrow);
+  two_rings.head_policy[3][0] = static_cast<int>(two_rings.policies.size()) - 1;
+  const auto refused = KvLayoutFor(two_rings);
+  CHECK_THAT(refused.status().message(), Catch::Contains("different sizes"));
+  CHECK_THAT(refused.status().message(), Catch::Contains(duo->name));
 }
 
 TEST_CASE("Policy files: precise errors", "[policy]") {

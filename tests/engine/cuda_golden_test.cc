@@ -13,6 +13,7 @@
 #include "engine/generator.h"
 #include "engine/kv_compaction.h"
 #include "engine/model_loader.h"
+#include "engine/model_runner.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "tests/test_util.h"
@@ -34,14 +35,15 @@ Run Forward(kernels::Backend& backend, const std::string& model_path,
   auto& model = *loaded->model;
   const auto& c = model.config();
   const int total = static_cast<int>(prompt.size()) + greedy_tokens;
-  kvcache::KvCache cache(model.KvConfig((total + 15) / 16 * c.num_layers * c.num_kv_heads),
-                         kvcache::HeadClassLayout::Dense(c.num_layers, c.num_kv_heads), backend);
+  kvcache::KvCache cache(
+      KvConfigFor(model.config(), (total + 15) / 16 * c.num_layers * c.num_kv_heads),
+      kvcache::KvLayout::Dense(c.num_layers, c.num_kv_heads), backend);
   Run run;
   {
     kvcache::SequenceKv kv(cache);
     REQUIRE(kv.Reserve(static_cast<int>(prompt.size())).ok());
-    models::BatchEntry e{&kv, prompt, 0, true};
-    run.logits = model.ForwardToHost(std::span<const models::BatchEntry>(&e, 1), cache);
+    BatchEntry e{&kv, prompt, 0, true};
+    run.logits = ModelRunner(model, cache).ForwardToHost(std::span<const BatchEntry>(&e, 1));
   }
   SamplingParams params;
   params.temperature = 0.0f;
@@ -196,8 +198,11 @@ PolicyRun RunPolicy(kernels::Backend& backend, const char* policy_json,
                  ? attention::ParsePolicy(policy_json, shape, dir.string(), "test")
                  : StatusOr<attention::PolicySet>(attention::DensePolicySet(shape));
   REQUIRE(set.ok());
-  auto cache = CreateKvCache(*set, model.KvConfig(2000), 1, 16, backend);
+  auto layout = KvLayoutFor(*set);
+  REQUIRE(layout.ok());
+  auto cache = CreateKvCache({*layout}, KvConfigFor(model.config(), 2000, 16, 16), backend);
   REQUIRE(cache.ok());
+  ModelRunner runner(model, **cache);
   const std::string sentence =
       "Once upon a time, there was a little girl named Lily. She liked to play. One day she "
       "saw a big dog in the park and she ran to her mom. ";
@@ -210,9 +215,9 @@ PolicyRun RunPolicy(kernels::Backend& backend, const char* policy_json,
   for (size_t start = 0; start < tokens.size();) {
     const bool prompt = start < run.prompt.size();
     const size_t n = prompt ? std::min<size_t>(16, run.prompt.size() - start) : 1;
-    models::BatchEntry e{&kv, std::span<const int32_t>(tokens).subspan(start, n),
-                         static_cast<int>(start), true};
-    const auto logits = model.ForwardToHost(std::span<const models::BatchEntry>(&e, 1), **cache);
+    BatchEntry e{&kv, std::span<const int32_t>(tokens).subspan(start, n), static_cast<int>(start),
+                 true};
+    const auto logits = runner.ForwardToHost(std::span<const BatchEntry>(&e, 1));
     run.logits.insert(run.logits.end(), logits.begin(), logits.end());
     start += n;
     if (start == run.prompt.size()) {
@@ -273,16 +278,17 @@ TEST_CASE("CUDA decode graphs equal eager steps, padded buckets included", "[cud
   auto& model = *loaded->model;
   const auto& c = model.config();
   // The last round reuses the first one's bucket and table width with a new, larger cache (a
-  // pool at another address): a graph recorded against the old cache must not be replayed.
+  // pool at another address) and a new runner: graphs belong to their runner and its cache.
   const int batches[] = {1, 3, 5, 9, 17, 1};
   for (int round = 0; round < 6; ++round) {
     const int batch = batches[round];
     kvcache::KvCache cache(
-        model.KvConfig(batch * (round == 5 ? 64 : 20) * c.num_layers * c.num_kv_heads),
-        kvcache::HeadClassLayout::Dense(c.num_layers, c.num_kv_heads), *gpu);
+        KvConfigFor(model.config(), batch * (round == 5 ? 64 : 20) * c.num_layers * c.num_kv_heads),
+        kvcache::KvLayout::Dense(c.num_layers, c.num_kv_heads), *gpu);
+    ModelRunner runner(model, cache);
     std::vector<kvcache::SequenceKv> seqs;
     std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(batch));
-    std::vector<models::BatchEntry> entries;
+    std::vector<BatchEntry> entries;
     for (int s = 0; s < batch; ++s) {
       seqs.emplace_back(cache);
       REQUIRE(seqs.back().Reserve(300).ok());
@@ -291,8 +297,8 @@ TEST_CASE("CUDA decode graphs equal eager steps, padded buckets included", "[cud
       }
     }
     for (int s = 0; s < batch; ++s) {  // prefill, eager (one prompt per forward)
-      models::BatchEntry e{&seqs[static_cast<size_t>(s)], tokens[static_cast<size_t>(s)], 0, false};
-      model.Forward({&e, 1}, cache);
+      BatchEntry e{&seqs[static_cast<size_t>(s)], tokens[static_cast<size_t>(s)], 0, false};
+      runner.Forward({&e, 1});
     }
     for (int step = 0; step < 6; ++step) {
       entries.clear();
@@ -302,10 +308,10 @@ TEST_CASE("CUDA decode graphs equal eager steps, padded buckets included", "[cud
         entries.push_back({&seqs[static_cast<size_t>(s)], std::span<const int32_t>(&t.back(), 1),
                            static_cast<int>(t.size()) - 1, false});
       }
-      model.set_use_graphs(false);
-      const auto eager = model.ForwardToHost(entries, cache);
-      model.set_use_graphs(true);
-      const auto graph = model.ForwardToHost(entries, cache);  // rewrites the same K/V
+      runner.set_use_graphs(false);
+      const auto eager = runner.ForwardToHost(entries);
+      runner.set_use_graphs(true);
+      const auto graph = runner.ForwardToHost(entries);  // rewrites the same K/V
       REQUIRE(graph.size() == eager.size());
       const auto [lo, hi] = std::minmax_element(eager.begin(), eager.end());
       double max_diff = 0;

@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "engine/attention_setup.h"
 #include "engine/model_loader.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/test_util.h"
@@ -18,8 +19,8 @@ struct TinyStories {
     loaded = std::move(l).value();
     const auto& c = loaded.model->config();
     cache = std::make_unique<kvcache::KvCache>(
-        loaded.model->KvConfig(64 * c.num_layers * c.num_kv_heads),
-        kvcache::HeadClassLayout::Dense(c.num_layers, c.num_kv_heads), *backend);
+        KvConfigFor(loaded.model->config(), 64 * c.num_layers * c.num_kv_heads),
+        kvcache::KvLayout::Dense(c.num_layers, c.num_kv_heads), *backend);
   }
   GenerationResult Run(const SamplingParams& p, std::string* streamed = nullptr) {
     Generator g(*loaded.model, *cache, loaded.tokenizer.get(), loaded.eos_token_ids);

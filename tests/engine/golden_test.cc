@@ -7,9 +7,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "engine/attention_setup.h"
 #include "engine/chat_renderer.h"
 #include "engine/generator.h"
 #include "engine/model_loader.h"
+#include "engine/model_runner.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/test_util.h"
 
@@ -89,18 +91,18 @@ TEST_CASE("Logits and greedy text equal transformers'", "[golden]") {
 
       // One pass over the prompt, and the same prompt in chunks of 7 tokens.
       for (size_t chunk : {prompt.size(), size_t{7}}) {
-        kvcache::KvCache cache(model.KvConfig(static_cast<int>((prompt.size() + 15) / 16) *
-                                              cfg.num_layers * cfg.num_kv_heads),
-                               kvcache::HeadClassLayout::Dense(cfg.num_layers, cfg.num_kv_heads),
-                               *backend);
+        kvcache::KvCache cache(
+            KvConfigFor(model.config(), static_cast<int>((prompt.size() + 15) / 16) *
+                                            cfg.num_layers * cfg.num_kv_heads),
+            kvcache::KvLayout::Dense(cfg.num_layers, cfg.num_kv_heads), *backend);
         kvcache::SequenceKv kv(cache);
         REQUIRE(kv.Reserve(static_cast<int>(prompt.size())).ok());
         std::vector<float> logits;
         for (size_t start = 0; start < prompt.size(); start += chunk) {
           const size_t n = std::min(chunk, prompt.size() - start);
-          models::BatchEntry e{&kv, std::span<const int32_t>(prompt).subspan(start, n),
-                               static_cast<int>(start), true};
-          auto part = model.ForwardToHost(std::span<const models::BatchEntry>(&e, 1), cache);
+          BatchEntry e{&kv, std::span<const int32_t>(prompt).subspan(start, n),
+                       static_cast<int>(start), true};
+          auto part = ModelRunner(model, cache).ForwardToHost(std::span<const BatchEntry>(&e, 1));
           logits.insert(logits.end(), part.begin(), part.end());
         }
         const size_t vocab = shape[1];
@@ -123,8 +125,8 @@ TEST_CASE("Logits and greedy text equal transformers'", "[golden]") {
         REQUIRE(loaded->tokenizer);
         const int total = static_cast<int>(prompt.size() + greedy.size());
         kvcache::KvCache cache(
-            model.KvConfig((total + 15) / 16 * cfg.num_layers * cfg.num_kv_heads),
-            kvcache::HeadClassLayout::Dense(cfg.num_layers, cfg.num_kv_heads), *backend);
+            KvConfigFor(model.config(), (total + 15) / 16 * cfg.num_layers * cfg.num_kv_heads),
+            kvcache::KvLayout::Dense(cfg.num_layers, cfg.num_kv_heads), *backend);
         SamplingParams params;
         params.temperature = 0.0f;
         params.max_tokens = static_cast<int>(greedy.size());

@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <vector>
@@ -27,15 +28,22 @@ Tensor HostI32(std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
 
 TEST_CASE("Attention rows are recomputed through a scattered block table", "[head_profile]") {
   // One sequence, 2 KV heads, 4 query heads (group 2), D = 2, pages of 2 tokens, 2 pages per
-  // block (head_page = {1, 0}), logical pages 0, 1, 2 in blocks 2, 0, 1.
+  // block (the heads' pages in a block {1, 0}), logical pages 0, 1, 2 in the blocks starting at
+  // pages 4, 0, 2.
   const int hq = 4, hkv = 2, d = 2, page_size = 2, tokens = 5;
-  std::vector<int32_t> blocks{2, 0, 1}, head_page{1, 0};
+  std::vector<int32_t> blocks{4, 0, 2}, head_page{1, 0}, seq_layout{0};
+  std::vector<int32_t> heads(static_cast<size_t>(hkv * kernels::kKvHeadInts), 0);
+  for (int h = 0; h < hkv; ++h) {
+    kernels::KvHead head;
+    head.page = head_page[static_cast<size_t>(h)];
+    std::memcpy(&heads[static_cast<size_t>(h * kernels::kKvHeadInts)], &head, sizeof(head));
+  }
   // Key j of KV head h: (j + 1, h), so q = (1, 0) scores keys by position.
   std::vector<float> k(static_cast<size_t>(6 * page_size * d), 0.0f);
   for (int h = 0; h < hkv; ++h) {
     for (int j = 0; j < tokens; ++j) {
       const int page =
-          blocks[static_cast<size_t>(j / page_size)] * 2 + head_page[static_cast<size_t>(h)];
+          blocks[static_cast<size_t>(j / page_size)] + head_page[static_cast<size_t>(h)];
       const size_t slot =
           static_cast<size_t>(page) * page_size + static_cast<size_t>(j % page_size);
       float* key = &k[slot * d];
@@ -51,7 +59,8 @@ TEST_CASE("Attention rows are recomputed through a scattered block table", "[hea
   kernels::KvPoolView pool{HostF32(k, {6, page_size, d}), HostF32(v, {6, page_size, d}), page_size};
   kernels::PagedAttentionBatch batch{
       HostI32(seq, {2}), HostI32(pos, {2}),
-      kernels::BlockTable{HostI32(blocks, {1, 3}), HostI32(head_page, {hkv}), 2},
+      kernels::BlockTable{HostI32(heads, {1, hkv, kernels::kKvHeadInts}), HostI32(seq_layout, {1}),
+                          HostI32(blocks, {1, 3})},
       HostI32(query_start, {2}), 2};
   const float scale = 0.5f;
   int rows = 0;

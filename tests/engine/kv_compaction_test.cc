@@ -21,17 +21,42 @@ namespace {
 using kernels::BlockTable;
 using kernels::Buffer;
 using kernels::PagedAttentionBatch;
-using kvcache::HeadClassLayout;
 using kvcache::KvCache;
 using kvcache::KvCacheConfig;
-using kvcache::Retention;
+using kvcache::KvLayout;
+using kvcache::KvRetention;
 using kvcache::SequenceKv;
+using kvcache::UploadedTables;
 using testing::Download;
 using testing::IndexListAttention;
 using testing::IndexRow;
 using testing::MaxAbsDiff;
 using testing::Upload;
 using testing::UploadI32;
+
+KvRetention CompressOnce(int sink, int window) {
+  KvRetention r;
+  r.storage = kernels::kStorageCompressOnce;
+  r.sink = sink;
+  r.window = window;
+  r.compensation = 1;
+  return r;
+}
+
+// One layer: heads 0 and 2 full, heads 1 and 3 compress-once.
+KvLayout RazorLayer(int sink, int window) {
+  KvLayout layout = KvLayout::Dense(1, 4, "razor");
+  layout.At(0, 1) = layout.At(0, 3) = CompressOnce(sink, window);
+  return layout;
+}
+
+// The first pages of a sequence's comp blocks, kFreedBlock where compaction gave one back.
+std::vector<int32_t> CompPages(const KvCache& cache, const SequenceKv& kv) {
+  std::vector<int32_t> pages;
+  for (int p = 0; p < cache.BlocksFor(kv.capacity_tokens()); ++p)
+    pages.push_back(kv.CompBlockPage(p));
+  return pages;
+}
 
 TEST_CASE("Compress-once heads: attention after compaction equals sinks + mean token + recent",
           "[kvcache]") {
@@ -50,36 +75,19 @@ TEST_CASE("Compress-once heads: attention after compaction equals sinks + mean t
   config.head_dim = d;
   config.page_size = page_size;
   config.num_pages = 256;
-  HeadClassLayout layout;
-  layout.classes = {{{0, 2}, {1, 3}}};
-  layout.retention = {{Retention{}, Retention{false, sink, window, false, true, true, true}}};
+  const KvLayout layout = RazorLayer(sink, window);
   KvCache mixed(config, layout, *be);
-  KvCache full(config, HeadClassLayout::Dense(1, hkv), *be);
+  KvCache full(config, KvLayout::Dense(1, hkv), *be);
   SequenceKv mixed_seq(mixed), full_seq(full);
   REQUIRE(mixed_seq.Reserve(total).ok());
   REQUIRE(full_seq.Reserve(total + 1).ok());
-  CHECK(!mixed.prefix_caching());
+  CHECK(!mixed.prefix_caching(0));
 
   std::vector<float> inv_freq(d / 2);
   for (int i = 0; i < d / 2; ++i) inv_freq[static_cast<size_t>(i)] = std::pow(1e4f, -2.0f * i / d);
   Buffer freq = Upload(*be, inv_freq, {d / 2});
-  std::vector<int32_t> head_page(hkv), head_comp(hkv), full_pages(hkv);
-  for (int h = 0; h < hkv; ++h) {
-    head_page[static_cast<size_t>(h)] = mixed.PageIndex(0, h);
-    head_comp[static_cast<size_t>(h)] = mixed.IsCompressed(0, h) ? 1 : 0;
-    full_pages[static_cast<size_t>(h)] = full.PageIndex(0, h);
-  }
-  REQUIRE(head_comp == std::vector<int32_t>{0, 1, 0, 1});
-  Buffer head_page_b = UploadI32(*be, head_page, {hkv});
-  Buffer head_comp_b = UploadI32(*be, head_comp, {hkv});
-  Buffer full_pages_b = UploadI32(*be, full_pages, {hkv});
   const int width = mixed.BlocksFor(total);
-  Buffer blocks_b = UploadI32(
-      *be, std::vector<int32_t>(mixed_seq.blocks().begin(), mixed_seq.blocks().begin() + width),
-      {1, width});
   const int full_width = full.BlocksFor(total + 1);
-  const std::vector<int32_t> full_blocks(full_seq.blocks().begin(),
-                                         full_seq.blocks().begin() + full_width);
 
   int compacted_steps = 0;
   double max_policy_effect = 0.0;  // how far the policy moves the output from dense attention
@@ -93,20 +101,10 @@ TEST_CASE("Compress-once heads: attention after compaction equals sinks + mean t
     for (int i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = start + i;
     Buffer pos_b = UploadI32(*be, pos, {n}), seq_b = UploadI32(*be, seq, {n});
     Buffer qs_b = UploadI32(*be, {0, n}, {2});
-    Buffer from_b = UploadI32(*be, {mixed_seq.compacted_from()}, {1});
-    // Compress-once heads' own blocks: entries of pages freed by the compaction are -1.
-    Buffer comp_b = UploadI32(*be,
-                              std::vector<int32_t>(mixed_seq.comp_blocks().begin(),
-                                                   mixed_seq.comp_blocks().begin() + width),
-                              {1, width});
-    BlockTable table{blocks_b.view(), head_page_b.view(), mixed.pages_per_block()};
-    table.head_comp = head_comp_b.view();
-    table.comp_blocks = comp_b.view();
-    table.comp_pages_per_block = mixed.comp_pages_per_block();
-    table.comp_from = from_b.view();
-    table.comp_sink = sink;
-    table.comp_token = true;
-    table.comp_log_count = true;
+    // The cache's tables: compress-once heads' own blocks, -1 where compaction freed a page.
+    const SequenceKv* mixed_seqs[] = {&mixed_seq};
+    const UploadedTables mixed_tables(mixed, mixed_seqs, width, *be);
+    const BlockTable table = mixed_tables.Layer(0);
     const PagedAttentionBatch batch{seq_b.view(), pos_b.view(), table, qs_b.view(), n};
     Buffer q = be->Allocate(DType::kF32, {n, hq, d});
     be->RopeWriteKv(qkv_b.view(), batch, freq.view(), mixed.pool_view(), q.view());
@@ -114,26 +112,25 @@ TEST_CASE("Compress-once heads: attention after compaction equals sinks + mean t
     be->PagedAttention(q.view(), mixed.pool_view(), batch, 0.25f, out.view());
     const std::vector<float> got = Download(*be, out);
 
-    // The reference: the same tokens in a full cache, one index-list row per (token, KV head).
-    std::vector<int32_t> full_rows;
-    for (int i = 0; i < n; ++i)
-      full_rows.insert(full_rows.end(), full_blocks.begin(), full_blocks.end());
-    Buffer full_rows_b = UploadI32(*be, full_rows, {n, full_width});
-    const BlockTable full_table{full_rows_b.view(), full_pages_b.view(), full.pages_per_block()};
+    // The reference: the same tokens in a full cache, one index-list row per (token, KV head),
+    // each token reading its own copy of the sequence's table row.
+    const SequenceKv* one[] = {&full_seq};
+    const std::vector<const SequenceKv*> copies(static_cast<size_t>(n), &full_seq);
+    const UploadedTables full_one(full, one, full_width, *be),
+        full_copies(full, copies, full_width, *be);
+    const BlockTable full_table = full_copies.Layer(0);
     Buffer q_full = be->Allocate(DType::kF32, {n, hq, d});
-    be->RopeWriteKv(qkv_b.view(),
-                    PagedAttentionBatch{seq_b.view(), pos_b.view(),
-                                        BlockTable{full_rows_b.view().Rows(0, 1),
-                                                   full_pages_b.view(), full.pages_per_block()},
-                                        qs_b.view(), n},
-                    freq.view(), full.pool_view(), q_full.view());
+    be->RopeWriteKv(
+        qkv_b.view(),
+        PagedAttentionBatch{seq_b.view(), pos_b.view(), full_one.Layer(0), qs_b.view(), n},
+        freq.view(), full.pool_view(), q_full.view());
     const bool compacted = mixed_seq.compacted_from() > 0;
     for (int policy = 0; policy < 2; ++policy) {  // 1: as the policy keeps; 0: dense
       std::vector<IndexRow> rows;
       for (int i = 0; i < n; ++i) {
         const int p = start + i;
         for (int h = 0; h < hkv; ++h) {
-          const bool keep_all = policy == 0 || !compacted || head_comp[static_cast<size_t>(h)] == 0;
+          const bool keep_all = policy == 0 || !compacted || !layout.At(0, h).compress_once();
           IndexRow& r = rows.emplace_back(IndexRow{i, h, {}, {}});
           for (int k = 0; k <= p; ++k) {
             if (keep_all || k < sink || k >= first_kept) {
@@ -168,7 +165,7 @@ TEST_CASE("Compress-once heads: attention after compaction equals sinks + mean t
       // Kept: [0, 4) (3 sinks, the compensation token) and [35, ...): logical pages 1..7 ([4, 32))
       // hold only dropped positions, so their comp blocks are free again.
       for (int page = 0; page < 18; ++page) {
-        CHECK((mixed_seq.comp_blocks()[static_cast<size_t>(page)] == SequenceKv::kFreedBlock) ==
+        CHECK((mixed_seq.CompBlockPage(page) == SequenceKv::kFreedBlock) ==
               (page >= 1 && page <= 7));
       }
       CHECK(mixed_seq.num_pages_held() == 18 * 4 - 7 * 2);
@@ -177,7 +174,7 @@ TEST_CASE("Compress-once heads: attention after compaction equals sinks + mean t
       // the dropped positions, computed from the reference cache's own copy of them.
       const kernels::KvPoolView pool = full.pool_view();
       for (int h = 0; h < hkv; ++h) {
-        if (head_comp[static_cast<size_t>(h)] == 0) continue;
+        if (!layout.At(0, h).compress_once()) continue;
         for (const Tensor* part : {&pool.k, &pool.v}) {
           float* dst = part->ptr<float>() + int64_t{full_seq.Slot(0, h, comp_pos)} * d;
           for (int c = 0; c < d; ++c) {
@@ -208,10 +205,7 @@ struct CompressRun {
     config.head_dim = kD;
     config.page_size = 4;
     config.num_pages = num_pages;
-    HeadClassLayout layout;
-    layout.classes = {{{0, 2}, {1, 3}}};
-    layout.retention = {{Retention{}, Retention{false, kSink, kWindow, false, true, true, true}}};
-    return KvCache(config, layout, be);
+    return KvCache(config, RazorLayer(kSink, kWindow), be);
   }
 
   CompressRun(KvCache& c, uint32_t seed, int prompt_len, int total)
@@ -225,28 +219,13 @@ struct CompressRun {
   // the pool cannot hold them.
   std::optional<std::vector<float>> Step(kernels::Backend& be, int start, int n) {
     if (!kv.Reserve(start + n).ok()) return std::nullopt;
-    const int width = cache.BlocksFor(start + n);
-    std::vector<int32_t> head_page(kHkv), head_comp(kHkv), pos(static_cast<size_t>(n));
-    for (int h = 0; h < kHkv; ++h) {
-      head_page[static_cast<size_t>(h)] = cache.PageIndex(0, h);
-      head_comp[static_cast<size_t>(h)] = cache.IsCompressed(0, h) ? 1 : 0;
-    }
+    std::vector<int32_t> pos(static_cast<size_t>(n));
     for (int i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = start + i;
-    const auto row = [&](const std::vector<int32_t>& v) {
-      return UploadI32(be, std::vector<int32_t>(v.begin(), v.begin() + width), {1, width});
-    };
-    Buffer blocks = row(kv.blocks()), comp = row(kv.comp_blocks());
-    Buffer pages = UploadI32(be, head_page, {kHkv}), comp_heads = UploadI32(be, head_comp, {kHkv});
-    Buffer from = UploadI32(be, {kv.compacted_from()}, {1});
+    const SequenceKv* seqs[] = {&kv};
+    const UploadedTables tables(cache, seqs, cache.BlocksFor(start + n), be);
+    const BlockTable table = tables.Layer(0);
     Buffer pos_b = UploadI32(be, pos, {n}), seq_b = UploadI32(be, std::vector<int32_t>(n, 0), {n});
     Buffer qs_b = UploadI32(be, {0, n}, {2});
-    BlockTable table{blocks.view(), pages.view(), cache.pages_per_block()};
-    table.head_comp = comp_heads.view();
-    table.comp_blocks = comp.view();
-    table.comp_pages_per_block = cache.comp_pages_per_block();
-    table.comp_from = from.view();
-    table.comp_sink = kSink;
-    table.comp_token = true;
     const PagedAttentionBatch batch{seq_b.view(), pos_b.view(), table, qs_b.view(), n};
     std::vector<float> inv_freq(kD / 2);
     for (int i = 0; i < kD / 2; ++i)
@@ -302,17 +281,16 @@ TEST_CASE("Compress-once heads: freed pages serve other tokens, outputs unchange
   while (next_a < steps.size() || next_b < steps.size()) {
     // a runs until compacted and then steps with b in turn; b starts once a is compacted.
     if (next_a < steps.size()) {
-      const std::vector<int32_t> before = a.kv.comp_blocks();
+      const std::vector<int32_t> before = CompPages(shared, a.kv);
       const auto [start, n] = steps[next_a];
       const auto got = a.Step(*be, start, n);
       REQUIRE(got.has_value());
       INFO("a: tokens " << start << ".." << start + n - 1);
       CHECK(*got == alone[0][next_a]);
       ++next_a;
+      const std::vector<int32_t> after = CompPages(shared, a.kv);
       for (size_t p = 0; p < before.size(); ++p) {
-        if (a.kv.comp_blocks()[p] == SequenceKv::kFreedBlock && before[p] >= 0) {
-          freed_by_a.insert(before[p]);
-        }
+        if (after[p] == SequenceKv::kFreedBlock && before[p] >= 0) freed_by_a.insert(before[p]);
       }
       if (a.kv.compacted_from() == 0) continue;
     }
@@ -329,7 +307,7 @@ TEST_CASE("Compress-once heads: freed pages serve other tokens, outputs unchange
   // a's freed comp blocks were taken again, by b or by a's own later tokens.
   int reused = 0;
   for (const CompressRun* run : {&a, &b}) {
-    for (int32_t block : run->kv.comp_blocks()) reused += freed_by_a.count(block) ? 1 : 0;
+    for (int32_t page : CompPages(shared, run->kv)) reused += freed_by_a.count(page) ? 1 : 0;
   }
   CHECK(reused > 0);
   CHECK(a.kv.num_pages_held() == 58);
@@ -346,8 +324,8 @@ TEST_CASE("Compress-once heads leave prompts they would not shorten alone", "[kv
   config.head_dim = 8;
   config.page_size = 4;
   config.num_pages = 64;
-  HeadClassLayout layout = HeadClassLayout::Dense(1, 2);
-  layout.retention = {{Retention{false, 4, 20, false, true, true, true}}};
+  KvLayout layout = KvLayout::Dense(1, 2);
+  for (KvRetention& r : layout.heads) r = CompressOnce(4, 20);
   KvCache cache(config, layout, *be);
   SequenceKv seq(cache);
   REQUIRE(seq.Reserve(40).ok());

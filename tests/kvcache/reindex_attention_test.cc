@@ -33,11 +33,20 @@ std::vector<float> InvFreq(int d) {
   return f;
 }
 
+KvRetention ReindexedRing(int sink, int window) {
+  KvRetention r;
+  r.storage = kernels::kStorageRing;
+  r.sink = sink;
+  r.window = window;
+  r.positions = kernels::kPositionsReindex;
+  return r;
+}
+
 // One layer's cache and sequence, and one step through RopeWriteKv + PagedAttention on it.
 struct Layer {
   KvCache cache;
   SequenceKv seq;
-  Layer(Backend& be, const KvCacheConfig& config, HeadClassLayout layout)
+  Layer(Backend& be, const KvCacheConfig& config, KvLayout layout)
       : cache(config, std::move(layout), be), seq(cache) {}
 
   // Output [n, hq, d] of the tokens at positions start .. start + n - 1 (one chunk), whose raw
@@ -50,35 +59,9 @@ struct Layer {
     Buffer qkv_b = Upload(be, qkv, {n, (hq + 2 * hkv) * d});
     Buffer pos_b = UploadI32(be, pos, {n}), seq_b = UploadI32(be, seq_of, {n});
     Buffer qs_b = UploadI32(be, {0, n}, {2});
-    const int width = cache.BlocksFor(start + n);
-    std::vector<int32_t> blocks(static_cast<size_t>(width), 0), ring_blocks = blocks;
-    for (int j = 0; j < width; ++j) {
-      if (cache.pages_per_block() > 0) blocks[static_cast<size_t>(j)] = seq.blocks()[j];
-      if (cache.ring_pages_per_block() > 0) ring_blocks[static_cast<size_t>(j)] = seq.RingBlock(j);
-    }
-    std::vector<int32_t> head_page, head_ring, head_reindex;
-    for (int h = 0; h < hkv; ++h) {
-      head_page.push_back(cache.PageIndex(0, h));
-      head_ring.push_back(cache.IsRing(0, h) ? 1 : 0);
-      head_reindex.push_back(cache.IsReindexed(0, h) ? 1 : 0);
-    }
-    Buffer blocks_b = UploadI32(be, blocks, {1, width});
-    Buffer ring_b = UploadI32(be, ring_blocks, {1, width});
-    Buffer page_b = UploadI32(be, head_page, {hkv});
-    Buffer ring_flag_b = UploadI32(be, head_ring, {hkv});
-    Buffer reindex_b = UploadI32(be, head_reindex, {hkv});
-    BlockTable table{blocks_b.view(), page_b.view(), cache.pages_per_block()};
-    if (cache.ring_pages_per_block() > 0) {
-      table.head_ring = ring_flag_b.view();
-      table.ring_blocks = ring_b.view();
-      table.ring_pages_per_block = cache.ring_pages_per_block();
-      table.ring_sink = cache.ring_retention().sink;
-      table.ring_window = cache.ring_retention().window;
-    }
-    if (cache.has_reindexed_heads()) {
-      table.head_reindex = reindex_b.view();
-      table.rope_inv_freq = inv_freq.view();
-    }
+    const SequenceKv* seqs[] = {&seq};
+    const UploadedTables tables(cache, seqs, cache.BlocksFor(start + n), be);
+    const BlockTable table = tables.Layer(0);
     const PagedAttentionBatch batch{seq_b.view(), pos_b.view(), table, qs_b.view(), n};
     Buffer q = be.Allocate(DType::kF32, {n, hq, d});
     be.RopeWriteKv(qkv_b.view(), batch, inv_freq.view(), cache.pool_view(), q.view());
@@ -95,8 +78,8 @@ KvCacheConfig Config(int hkv, int d, int page_size, int chunk) {
   c.head_dim = d;
   c.page_size = page_size;
   c.num_pages = 512;
-  c.max_ring_sequences = 1;
-  c.ring_chunk_tokens = chunk;
+  c.chunk_tokens = chunk;
+  c.rope_inv_freq = InvFreq(d);
   return c;
 }
 
@@ -170,15 +153,13 @@ TEST_CASE("Re-indexed ring heads: paged attention equals attention by rank on un
   std::normal_distribution<float> dist;
   const int hq = 8, hkv = 4, d = 16, page_size = 4, sink = 3, window = 10, chunk = 7;
   const int prompt = 45, total = 90, width = (hq + 2 * hkv) * d;
-  HeadClassLayout layout;
-  layout.classes = {{{0, 2}, {1, 3}}};
-  layout.retention = {{Retention{}, Retention{true, sink, window, true}}};
+  KvLayout layout = KvLayout::Dense(1, hkv);
+  layout.At(0, 1) = layout.At(0, 3) = ReindexedRing(sink, window);
   const std::vector<HeadKind> kinds = {HeadKind::kFull, HeadKind::kReindexRing, HeadKind::kFull,
                                        HeadKind::kReindexRing};
   Layer layer(*be, Config(hkv, d, page_size, chunk), layout);
-  REQUIRE(layer.cache.IsReindexed(0, 1));
-  REQUIRE_FALSE(layer.cache.IsReindexed(0, 0));
-  REQUIRE_FALSE(layer.cache.all_heads_reindexed_rings());
+  REQUIRE(layer.cache.has_reindexed_heads());
+  REQUIRE_FALSE(layer.cache.layout(0).all_reindexed_rings());
   REQUIRE(layer.seq.Reserve(total).ok());
   const std::vector<float> inv_freq = InvFreq(d);
   Buffer freq = Upload(*be, inv_freq, {d / 2});
@@ -218,14 +199,14 @@ TEST_CASE("Re-indexed ring heads equal dense RoPE attention exactly while nothin
   const int prompt = 30, total = 60, width = (hq + 2 * hkv) * d;
   Buffer freq = Upload(*be, InvFreq(d), {d / 2});
   auto ring_layout = [&](int window) {
-    HeadClassLayout layout = HeadClassLayout::Dense(1, hkv);
-    layout.retention = {{Retention{true, sink, window, true}}};
+    KvLayout layout = KvLayout::Dense(1, hkv);
+    for (KvRetention& r : layout.heads) r = ReindexedRing(sink, window);
     return layout;
   };
   Layer wide(*be, Config(hkv, d, page_size, chunk), ring_layout(total));
   Layer narrow(*be, Config(hkv, d, page_size, chunk), ring_layout(5));
-  Layer dense(*be, Config(hkv, d, page_size, chunk), HeadClassLayout::Dense(1, hkv));
-  REQUIRE(wide.cache.all_heads_reindexed_rings());
+  Layer dense(*be, Config(hkv, d, page_size, chunk), KvLayout::Dense(1, hkv));
+  REQUIRE(wide.cache.layout(0).all_reindexed_rings());
   for (Layer* l : {&wide, &narrow, &dense}) REQUIRE(l->seq.Reserve(total).ok());
 
   int narrow_differs = 0;

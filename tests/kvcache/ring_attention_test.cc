@@ -29,47 +29,37 @@ using testing::MaxAbsDiff;
 using testing::Upload;
 using testing::UploadI32;
 
-// A cache of one layer with every KV head in `retention`, and the table rows its kernels read.
+// A cache of one layer with every KV head kept as `retention`, and one sequence.
 struct OneLayer {
   KvCache cache;
   SequenceKv seq;
-  OneLayer(Backend& be, int hkv, int d, int page_size, const Retention& retention, int pages)
+  OneLayer(Backend& be, int hkv, int d, int page_size, const KvRetention& retention, int pages)
       : cache(Config(hkv, d, page_size, pages), Layout(hkv, retention), be), seq(cache) {}
 
-  static KvCacheConfig Config(int hkv, int d, int page_size, int pages) {
+  static KvCacheConfig Config(int hkv, int d, int page_size, int pages, int chunk_tokens = 1) {
     KvCacheConfig c;
     c.num_layers = 1;
     c.num_kv_heads = hkv;
     c.head_dim = d;
     c.page_size = page_size;
     c.num_pages = pages;
-    c.max_ring_sequences = 1;
-    c.ring_chunk_tokens = 1;  // decode: one new token per step
+    c.chunk_tokens = chunk_tokens;  // decode: one new token per step
     return c;
   }
-  static HeadClassLayout Layout(int hkv, const Retention& retention) {
-    HeadClassLayout layout = HeadClassLayout::Dense(1, hkv);
-    layout.retention = {{retention}};
+  static KvLayout Layout(int hkv, const KvRetention& retention) {
+    KvLayout layout = KvLayout::Dense(1, hkv);
+    for (KvRetention& r : layout.heads) r = retention;
     return layout;
   }
-  bool ring() const { return cache.ring_pages_per_block() > 0; }
-  // Block of every logical page up to `tokens`: the ring's cycle, or the full blocks.
-  std::vector<int32_t> TableRow(int tokens) const {
-    std::vector<int32_t> row;
-    for (int j = 0; j < cache.BlocksFor(tokens); ++j) {
-      row.push_back(ring() ? seq.RingBlock(j) : seq.blocks()[static_cast<size_t>(j)]);
-    }
-    return row;
-  }
-  int pages_per_block() const {
-    return ring() ? cache.ring_pages_per_block() : cache.pages_per_block();
-  }
-  std::vector<int32_t> HeadPages(int hkv) const {
-    std::vector<int32_t> pages;
-    for (int h = 0; h < hkv; ++h) pages.push_back(cache.PageIndex(0, h));
-    return pages;
-  }
 };
+
+KvRetention Ring(int sink, int window) {
+  KvRetention r;
+  r.storage = kernels::kStorageRing;
+  r.sink = sink;
+  r.window = window;
+  return r;
+}
 
 TEST_CASE("Ring storage: decode over sinks + window equals attention over a full cache",
           "[kvcache]") {
@@ -77,9 +67,9 @@ TEST_CASE("Ring storage: decode over sinks + window equals attention over a full
   std::mt19937 rng(std::random_device{}());
   std::normal_distribution<float> dist;
   const int hq = 4, hkv = 2, d = 16, page_size = 4, sink = 3, window = 10, steps = 60;
-  OneLayer ring(*be, hkv, d, page_size, Retention{true, sink, window}, 64);
-  OneLayer full(*be, hkv, d, page_size, Retention{}, 64);
-  REQUIRE(ring.ring());
+  OneLayer ring(*be, hkv, d, page_size, Ring(sink, window), 64);
+  OneLayer full(*be, hkv, d, page_size, KvRetention{}, 64);
+  REQUIRE(ring.cache.has_ring_heads());
   REQUIRE(ring.seq.Reserve(steps).ok());
   REQUIRE(full.seq.Reserve(steps).ok());
   CHECK(ring.seq.num_pages_held() < full.seq.num_pages_held());
@@ -96,10 +86,9 @@ TEST_CASE("Ring storage: decode over sinks + window equals attention over a full
     std::vector<float> outs[2];
     for (int which = 0; which < 2; ++which) {
       OneLayer& c = which == 0 ? ring : full;
-      const std::vector<int32_t> row = c.TableRow(pos + 1);
-      Buffer blocks = UploadI32(*be, row, {1, static_cast<int64_t>(row.size())});
-      Buffer heads = UploadI32(*be, c.HeadPages(hkv), {hkv});
-      const BlockTable table{blocks.view(), heads.view(), c.pages_per_block()};
+      const SequenceKv* seqs[] = {&c.seq};
+      const UploadedTables tables(c.cache, seqs, c.cache.BlocksFor(pos + 1), *be);
+      const BlockTable table = tables.Layer(0);
       Buffer q = be->Allocate(DType::kF32, {1, hq, d});
       be->RopeWriteKv(qkv_b.view(), PagedAttentionBatch{zero.view(), pos_b.view(), table, {}, 1},
                       freq.view(), c.cache.pool_view(), q.view());
@@ -132,15 +121,11 @@ TEST_CASE("Mixed full and ring heads: paged attention equals the masked dense at
   std::normal_distribution<float> dist;
   const int hq = 8, hkv = 4, d = 16, page_size = 4, sink = 3, window = 10, chunk = 7;
   const int prompt = 45, total = 90;
-  const Retention ring_rule{true, sink, window};
-
-  KvCacheConfig config = OneLayer::Config(hkv, d, page_size, 256);
-  config.ring_chunk_tokens = chunk;
-  HeadClassLayout layout;
-  layout.classes = {{{0, 2}, {1, 3}}};
-  layout.retention = {{Retention{}, ring_rule}};
+  const KvCacheConfig config = OneLayer::Config(hkv, d, page_size, 256, chunk);
+  KvLayout layout = KvLayout::Dense(1, hkv);
+  layout.At(0, 1) = layout.At(0, 3) = Ring(sink, window);
   KvCache mixed(config, layout, *be);
-  KvCache full(config, HeadClassLayout::Dense(1, hkv), *be);
+  KvCache full(config, KvLayout::Dense(1, hkv), *be);
   SequenceKv mixed_seq(mixed), full_seq(full);
   REQUIRE(mixed_seq.Reserve(total).ok());
   REQUIRE(full_seq.Reserve(total).ok());
@@ -149,16 +134,6 @@ TEST_CASE("Mixed full and ring heads: paged attention equals the masked dense at
   std::vector<float> inv_freq(d / 2);
   for (int i = 0; i < d / 2; ++i) inv_freq[static_cast<size_t>(i)] = std::pow(1e4f, -2.0f * i / d);
   Buffer freq = Upload(*be, inv_freq, {d / 2});
-  std::vector<int32_t> head_page(hkv), head_ring(hkv), full_pages(hkv);
-  for (int h = 0; h < hkv; ++h) {
-    head_page[static_cast<size_t>(h)] = mixed.PageIndex(0, h);
-    head_ring[static_cast<size_t>(h)] = mixed.IsRing(0, h) ? 1 : 0;
-    full_pages[static_cast<size_t>(h)] = full.PageIndex(0, h);
-  }
-  REQUIRE(head_ring == std::vector<int32_t>{0, 1, 0, 1});
-  Buffer head_page_b = UploadI32(*be, head_page, {hkv});
-  Buffer head_ring_b = UploadI32(*be, head_ring, {hkv});
-  Buffer full_pages_b = UploadI32(*be, full_pages, {hkv});
 
   int ring_checked = 0;
   for (int start = 0; start < total;) {
@@ -172,20 +147,9 @@ TEST_CASE("Mixed full and ring heads: paged attention equals the masked dense at
     Buffer pos_b = UploadI32(*be, pos, {n}), seq_b = UploadI32(*be, seq, {n});
     Buffer qs_b = UploadI32(*be, {0, n}, {2});
     const int width = mixed.BlocksFor(end);
-    std::vector<int32_t> blocks, ring_blocks, full_blocks;
-    for (int j = 0; j < width; ++j) {
-      blocks.push_back(mixed_seq.blocks()[static_cast<size_t>(j)]);
-      ring_blocks.push_back(mixed_seq.RingBlock(j));
-      full_blocks.push_back(full_seq.blocks()[static_cast<size_t>(j)]);
-    }
-    Buffer blocks_b = UploadI32(*be, blocks, {1, width});
-    Buffer ring_b = UploadI32(*be, ring_blocks, {1, width});
-    BlockTable table{blocks_b.view(), head_page_b.view(), mixed.pages_per_block()};
-    table.head_ring = head_ring_b.view();
-    table.ring_blocks = ring_b.view();
-    table.ring_pages_per_block = mixed.ring_pages_per_block();
-    table.ring_sink = sink;
-    table.ring_window = window;
+    const SequenceKv* mixed_seqs[] = {&mixed_seq};
+    const UploadedTables mixed_tables(mixed, mixed_seqs, width, *be);
+    const BlockTable table = mixed_tables.Layer(0);
     const PagedAttentionBatch batch{seq_b.view(), pos_b.view(), table, qs_b.view(), n};
     Buffer q = be->Allocate(DType::kF32, {n, hq, d});
     be->RopeWriteKv(qkv_b.view(), batch, freq.view(), mixed.pool_view(), q.view());
@@ -194,26 +158,22 @@ TEST_CASE("Mixed full and ring heads: paged attention equals the masked dense at
     const std::vector<float> got = Download(*be, out);
 
     // The reference: the same tokens in a full cache, one index-list row per (token, KV head),
-    // each token reading its own copy of the table row.
-    std::vector<int32_t> full_rows;
-    for (int i = 0; i < n; ++i)
-      full_rows.insert(full_rows.end(), full_blocks.begin(), full_blocks.end());
-    Buffer full_rows_b = UploadI32(*be, full_rows, {n, width});
-    const BlockTable full_table{full_rows_b.view(), full_pages_b.view(), full.pages_per_block()};
+    // each token reading its own copy of the sequence's table row.
+    const SequenceKv* one[] = {&full_seq};
+    const std::vector<const SequenceKv*> copies(static_cast<size_t>(n), &full_seq);
+    const UploadedTables full_one(full, one, width, *be), full_copies(full, copies, width, *be);
     Buffer q_full = be->Allocate(DType::kF32, {n, hq, d});
-    be->RopeWriteKv(qkv_b.view(),
-                    PagedAttentionBatch{seq_b.view(), pos_b.view(),
-                                        BlockTable{full_rows_b.view().Rows(0, 1),
-                                                   full_pages_b.view(), full.pages_per_block()},
-                                        qs_b.view(), n},
-                    freq.view(), full.pool_view(), q_full.view());
+    be->RopeWriteKv(
+        qkv_b.view(),
+        PagedAttentionBatch{seq_b.view(), pos_b.view(), full_one.Layer(0), qs_b.view(), n},
+        freq.view(), full.pool_view(), q_full.view());
     std::vector<IndexRow> rows;
     for (int i = 0; i < n; ++i) {
       const int p = start + i;
       for (int h = 0; h < hkv; ++h) {
         IndexRow& r = rows.emplace_back(IndexRow{i, h, {}, {}});
         for (int k = 0; k <= p; ++k) {
-          const bool ring_head = head_ring[static_cast<size_t>(h)] != 0;
+          const bool ring_head = layout.At(0, h).ring();
           if (!ring_head || k < sink || k >= std::max(sink, start - window)) {
             r.positions.push_back(k);
           }
@@ -222,7 +182,8 @@ TEST_CASE("Mixed full and ring heads: paged attention equals the masked dense at
     }
     // [n, hkv, group, d] is [n, hq, d]: the rows are in the same order.
     const std::vector<float> want =
-        IndexListAttention(*be, q_full.view(), full.pool_view(), full_table, 0.25f, rows).out;
+        IndexListAttention(*be, q_full.view(), full.pool_view(), full_copies.Layer(0), 0.25f, rows)
+            .out;
     REQUIRE(got.size() == want.size());
     const double max_diff = MaxAbsDiff(got, want);
     INFO("tokens " << start << ".." << end - 1);

@@ -6,11 +6,15 @@
 #include <random>
 #include <string>
 
+#include "engine/attention_setup.h"
+#include "engine/model_runner.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "models/llama_model.h"
 
 namespace headwise::models {
 namespace {
+
+using engine::BatchEntry;
 
 // Random weights held in memory; shapes are whatever the model asks for.
 class RandomWeights : public WeightSource {
@@ -74,8 +78,8 @@ struct Fixture {
     auto loaded = LlamaModel::Load(SmallConfig(bias), weights, *backend);
     REQUIRE(loaded.ok());
     model = std::move(loaded).value();
-    cache = std::make_unique<kvcache::KvCache>(model->KvConfig(512),
-                                               kvcache::HeadClassLayout::Dense(2, 2), *backend);
+    cache = std::make_unique<kvcache::KvCache>(engine::KvConfigFor(model->config(), 512),
+                                               kvcache::KvLayout::Dense(2, 2), *backend);
   }
   // All-token logits of `tokens` run alone, in chunks of `chunk`.
   std::vector<float> Alone(const std::vector<int32_t>& tokens, size_t chunk) {
@@ -86,7 +90,8 @@ struct Fixture {
       const size_t n = std::min(chunk, tokens.size() - start);
       BatchEntry e{&kv, std::span<const int32_t>(tokens).subspan(start, n), static_cast<int>(start),
                    true};
-      auto logits = model->ForwardToHost(std::span<const BatchEntry>(&e, 1), *cache);
+      auto logits =
+          engine::ModelRunner(*model, *cache).ForwardToHost(std::span<const BatchEntry>(&e, 1));
       all.insert(all.end(), logits.begin(), logits.end());
     }
     return all;
@@ -124,7 +129,8 @@ TEST_CASE("A batch of sequences of different lengths equals each run alone", "[m
     REQUIRE(kvs.back()->Reserve(static_cast<int>(p.size()) + 2).ok());
     batch.push_back(BatchEntry{kvs.back().get(), p, 0, true});
   }
-  const auto batched = f.model->ForwardToHost(batch, *f.cache);
+  engine::ModelRunner runner(*f.model, *f.cache);
+  const auto batched = runner.ForwardToHost(batch);
   std::vector<std::vector<int32_t>> next(prompts.size());
   std::vector<float> batched_decode;
   for (int step = 0; step < 2; ++step) {
@@ -135,7 +141,7 @@ TEST_CASE("A batch of sequences of different lengths equals each run alone", "[m
                                   std::span<const int32_t>(&next[s][static_cast<size_t>(step)], 1),
                                   static_cast<int>(prompts[s].size()) + step, false});
     }
-    const auto l = f.model->ForwardToHost(decode, *f.cache);
+    const auto l = runner.ForwardToHost(decode);
     batched_decode.insert(batched_decode.end(), l.begin(), l.end());
   }
 
