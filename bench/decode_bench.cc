@@ -16,7 +16,9 @@
 #include <thread>
 #include <vector>
 
+#include "engine/attention_setup.h"
 #include "engine/model_loader.h"
+#include "engine/model_runner.h"
 #include "kernels/backend_factory.h"
 #include "kernels/cpu/thread_pool.h"
 #include "tools/flags.h"
@@ -98,18 +100,20 @@ int main(int argc, char** argv) {
   auto& model = *loaded->model;
   const auto& c = model.config();
   const int total = context + tokens;
-  hw::kvcache::KvCache cache(model.KvConfig((total + 15) / 16 * c.num_layers * c.num_kv_heads),
-                             hw::kvcache::HeadClassLayout::Dense(c.num_layers, c.num_kv_heads),
-                             *backend);
+  const auto layout = hw::kvcache::KvLayout::Dense(c.num_layers, c.num_kv_heads);
+  hw::kvcache::KvCacheConfig kv_config = hw::engine::KvConfigFor(c, 0);
+  kv_config.num_pages = hw::kvcache::KvCache::PagesForSequence(kv_config, layout, total);
+  hw::kvcache::KvCache cache(kv_config, layout, *backend);
+  hw::engine::ModelRunner runner(model, cache);
   hw::kvcache::SequenceKv kv(cache);
   if (!kv.Reserve(total).ok()) return 1;
 
   // Prefill `context` tokens of a fixed pattern, then time single-token decode steps.
   std::vector<int32_t> prompt(static_cast<size_t>(context));
   for (int i = 0; i < context; ++i) prompt[static_cast<size_t>(i)] = (i * 7919 + 13) % c.vocab_size;
-  hw::models::BatchEntry prefill{&kv, prompt, 0, false};
+  hw::engine::BatchEntry prefill{&kv, prompt, 0, false};
   const double p0 = Now();
-  auto logits = model.ForwardToHost(std::span<const hw::models::BatchEntry>(&prefill, 1), cache);
+  auto logits = runner.ForwardToHost(std::span<const hw::engine::BatchEntry>(&prefill, 1));
   const double prefill_s = Now() - p0;
   // Bandwidth before and after the timed steps, the best counted: this machine is shared, and
   // a bound taken in a slow moment would flatter the ratio.
@@ -120,9 +124,9 @@ int main(int argc, char** argv) {
   int32_t next = 0;
   for (int i = 0; i < tokens; ++i) {
     next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    hw::models::BatchEntry e{&kv, std::span<const int32_t>(&next, 1), context + i, false};
+    hw::engine::BatchEntry e{&kv, std::span<const int32_t>(&next, 1), context + i, false};
     const double t0 = Now();
-    logits = model.ForwardToHost(std::span<const hw::models::BatchEntry>(&e, 1), cache);
+    logits = runner.ForwardToHost(std::span<const hw::engine::BatchEntry>(&e, 1));
     step_s.push_back(Now() - t0);
   }
   std::sort(step_s.begin(), step_s.end());
@@ -130,8 +134,7 @@ int main(int argc, char** argv) {
 
   if (measure) bandwidth = std::max(bandwidth, ReadBandwidth(size_t{1} << 30, threads));
   const double kv_bytes = 2.0 * (context + tokens / 2.0) * c.num_layers * c.num_kv_heads *
-                          c.head_dim *
-                          (device == "cpu" ? 4.0 : 2.0);  // f32 pages on the CPU, bf16 on CUDA
+                          c.head_dim * static_cast<double>(hw::DTypeSize(backend->kv_dtype()));
   const double bytes = static_cast<double>(model.weight_bytes()) + kv_bytes;
   const double bound = bytes / bandwidth;
   std::printf(

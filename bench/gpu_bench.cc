@@ -20,7 +20,9 @@
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "engine/attention_setup.h"
 #include "engine/model_loader.h"
+#include "engine/model_runner.h"
 #include "kernels/backend_factory.h"
 #include "tools/flags.h"
 
@@ -87,11 +89,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   auto& model = *loaded->model;
-  model.set_use_graphs(!enforce_eager);
   const auto& c = model.config();
-  const double act_bytes = be.device() == hw::Device::kCpu ? 4.0 : 2.0;
   const double kv_bytes_per_token =
-      2.0 * c.num_layers * c.num_kv_heads * c.head_dim * act_bytes;  // K and V, all layers
+      2.0 * c.num_layers * c.num_kv_heads * c.head_dim *
+      static_cast<double>(hw::DTypeSize(be.kv_dtype()));  // K and V, all layers
   std::mt19937 rng(1);
 
   // --- bounds: copy bandwidth and GEMM rate ---
@@ -129,19 +130,18 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   // --- decode steps ---
-  const auto layout = hw::kvcache::HeadClassLayout::Dense(c.num_layers, c.num_kv_heads);
+  const auto layout = hw::kvcache::KvLayout::Dense(c.num_layers, c.num_kv_heads);
   auto make_cache = [&](int64_t seqs,
                         int64_t tokens_each) -> std::unique_ptr<hw::kvcache::KvCache> {
-    const auto kv = model.KvConfig(1);
-    const int64_t blocks = seqs * ((tokens_each + kv.page_size - 1) / kv.page_size);
-    const int64_t pages = blocks * c.num_layers * c.num_kv_heads;
+    hw::kvcache::KvCacheConfig kv = hw::engine::KvConfigFor(c, 0);
+    const int64_t pages =
+        seqs * hw::kvcache::KvCache::PagesForSequence(kv, layout, static_cast<int>(tokens_each));
     const double bytes = static_cast<double>(pages) *
-                         static_cast<double>(hw::kvcache::KvCache::PageBytes(kv, DType::kBF16)) *
-                         (act_bytes / 2.0);
+                         static_cast<double>(hw::kvcache::KvCache::PageBytes(kv, be.kv_dtype()));
     const double free = static_cast<double>(be.DeviceMemory().free_bytes);
     if (bytes + 4e9 > free) return nullptr;  // activations and scratch need room too
-    return std::make_unique<hw::kvcache::KvCache>(model.KvConfig(static_cast<int>(pages)), layout,
-                                                  be);
+    kv.num_pages = static_cast<int>(pages);
+    return std::make_unique<hw::kvcache::KvCache>(kv, layout, be);
   };
   for (int batch : ParseIntList(batches_s)) {
     for (int context : ParseIntList(contexts_s)) {
@@ -162,7 +162,9 @@ int main(int argc, char** argv) {
         seqs.emplace_back(*cache);
         if (!seqs.back().Reserve(total).ok()) return 1;
       }
-      const double median = hw::bench::MedianDecodeStep(model, *cache, seqs, context, tokens);
+      hw::engine::ModelRunner runner(model, *cache);
+      runner.set_use_graphs(!enforce_eager);
+      const double median = hw::bench::MedianDecodeStep(runner, seqs, context, tokens);
       const double bytes = static_cast<double>(model.weight_bytes()) +
                            kv_bytes_per_token * batch * (context + tokens / 2.0);
       const double roofline = bytes / copy_bw;
@@ -185,27 +187,27 @@ int main(int argc, char** argv) {
     auto cache = make_cache(batch, context);
     if (!cache) continue;
     std::vector<hw::kvcache::SequenceKv> seqs;
-    std::vector<int32_t> blocks, pos, seq_of;
-    const int max_blocks = cache->BlocksFor(context);
+    seqs.reserve(static_cast<size_t>(batch));
+    std::vector<const hw::kvcache::SequenceKv*> seq_ptrs;
+    // One i32 array, uploaded once: each query's sequence, its position, then the cache's tables.
+    std::vector<int32_t> data;
     for (int s = 0; s < batch; ++s) {
       seqs.emplace_back(*cache);
       if (!seqs.back().Reserve(context).ok()) return 1;
-      blocks.insert(blocks.end(), seqs.back().blocks().begin(), seqs.back().blocks().end());
-      pos.push_back(context - 1);
-      seq_of.push_back(s);
+      seq_ptrs.push_back(&seqs.back());
+      data.push_back(s);
     }
-    std::vector<int32_t> head_page;  // [layer, kv head]
-    for (int l = 0; l < c.num_layers; ++l) {
-      for (int hk = 0; hk < c.num_kv_heads; ++hk) head_page.push_back(cache->PageIndex(l, hk));
-    }
-    auto upload = [&](const std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
-      Buffer b = be.Allocate(DType::kI32, shape);
-      be.CopyFromHost(b.view(), v.data(), v.size() * sizeof(int32_t));
-      return b;
-    };
-    Buffer blocks_b = upload(blocks, {batch, max_blocks});
-    Buffer head_b = upload(head_page, {c.num_layers, c.num_kv_heads});
-    Buffer pos_b = upload(pos, {batch}), seq_b = upload(seq_of, {batch});
+    data.insert(data.end(), static_cast<size_t>(batch), context - 1);
+    const hw::kvcache::StepTables tables =
+        cache->BuildStepTables(seq_ptrs, batch, cache->BlocksFor(context));
+    const size_t tables_offset = tables.AppendTo(data);
+    Buffer data_b = be.Allocate(DType::kI32, {static_cast<int64_t>(data.size())});
+    be.CopyFromHost(data_b.view(), data.data(), data.size() * sizeof(int32_t));
+    const Tensor seq_of(data_b.view().ptr<int32_t>(), DType::kI32, be.device(), {batch});
+    const Tensor pos(data_b.view().ptr<int32_t>() + batch, DType::kI32, be.device(), {batch});
+    const hw::kvcache::StepTables::DeviceViews views = tables.Views(data_b.view(), tables_offset);
+    std::vector<hw::kernels::BlockTable> layer_tables;
+    for (int l = 0; l < c.num_layers; ++l) layer_tables.push_back(cache->LayerTable(l, views));
     const DType act = be.activation_dtype();
     Buffer q = be.Allocate(act, {batch, c.num_heads, c.head_dim});
     Buffer out = be.Allocate(act, {batch, c.num_heads, c.head_dim});
@@ -213,12 +215,8 @@ int main(int argc, char** argv) {
     // all layers replayed as one graph where the backend captures.
     const auto all_layers = [&] {
       for (int l = 0; l < c.num_layers; ++l) {
-        const hw::kernels::PagedAttentionBatch ab{
-            seq_b.view(), pos_b.view(),
-            hw::kernels::BlockTable{blocks_b.view(),
-                                    head_b.view().Rows(l, 1).Reshape({c.num_kv_heads}),
-                                    cache->pages_per_block()},
-            Tensor(), 1};
+        const hw::kernels::PagedAttentionBatch ab{seq_of, pos, layer_tables[static_cast<size_t>(l)],
+                                                  Tensor(), 1};
         be.PagedAttention(q.view(), cache->pool_view(), ab, 0.088f, out.view());
       }
     };
@@ -251,8 +249,10 @@ int main(int argc, char** argv) {
     if (!kv.Reserve(t).ok()) return 1;
     std::vector<int32_t> prompt(static_cast<size_t>(t));
     for (int i = 0; i < t; ++i) prompt[static_cast<size_t>(i)] = (i * 7919 + 13) % c.vocab_size;
-    const hw::models::BatchEntry e{&kv, prompt, 0, false};
-    const double s = TimeIt(be, 3, 1, [&] { model.Forward({&e, 1}, *cache); });
+    hw::engine::ModelRunner runner(model, *cache);
+    runner.set_use_graphs(!enforce_eager);
+    const hw::engine::BatchEntry e{&kv, prompt, 0, false};
+    const double s = TimeIt(be, 3, 1, [&] { runner.Forward({&e, 1}); });
     const double attn_flops =
         4.0 * c.head_dim * c.num_heads * c.num_layers * (static_cast<double>(t) * (t + 1) / 2);
     const double flops = 2.0 * matmul_params * t + attn_flops +

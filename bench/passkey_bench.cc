@@ -237,7 +237,7 @@ int main(int argc, char** argv) {
     auto set = hw::engine::LoadAttentionPolicy(file, c, model_path, model.weights_hash());
     if (!set.ok()) return fail(fmt::format("policy {}: {}", name, set.status().message()));
     run.set = std::move(set).value();
-    if (auto layout = hw::engine::CacheLayoutFor(run.set); !layout.ok()) {
+    if (auto layout = hw::engine::KvLayoutFor(run.set); !layout.ok()) {
       return fail(fmt::format("policy {}: {}", name, layout.status().message()));
     }
     runs.push_back(std::move(run));
@@ -276,18 +276,15 @@ int main(int argc, char** argv) {
 
   for (auto& run : runs) {
     const std::string& name = run.name;
-    auto layout = hw::engine::CacheLayoutFor(run.set);
+    auto layout = hw::engine::KvLayoutFor(run.set);
     if (!layout.ok()) return fail(fmt::format("policy {}: {}", name, layout.status().message()));
     // Sized as `headwise generate` sizes its cache: one sequence, rings for its chunks.
-    const int page_size = run.set.page_size, needed = longest + max_new_tokens;
-    hw::kvcache::KvCacheConfig kv = model.KvConfig(0, page_size);
-    kv.max_ring_sequences = 1;
-    kv.ring_chunk_tokens = prefill_chunk;
-    const int pages =
-        (needed + page_size - 1) / page_size * hw::kvcache::KvCache::FullPagesPerBlock(*layout) +
-        hw::kvcache::KvCache::RingRegionPages(kv, *layout);
-    auto cache = hw::engine::CreateKvCache(run.set, model.KvConfig(pages, page_size), 1,
-                                           prefill_chunk, *backend);
+    const int needed = longest + max_new_tokens;
+    hw::kvcache::KvCacheConfig kv = hw::engine::KvConfigFor(c, 0, run.set.page_size, prefill_chunk);
+    kv.num_pages = hw::kvcache::KvCache::PagesForSequence(kv, *layout, needed);
+    std::vector<hw::kvcache::KvLayout> layouts;
+    layouts.push_back(std::move(layout).value());
+    auto cache = hw::engine::CreateKvCache(std::move(layouts), kv, *backend);
     if (!cache.ok()) return fail(fmt::format("policy {}: {}", name, cache.status().message()));
     run.cache = std::move(cache).value();
   }

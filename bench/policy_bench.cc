@@ -36,23 +36,36 @@ using hw::kernels::Buffer;
 
 namespace {
 
-// Bytes one sequence keeps: full heads grow with the context, rings are fixed.
+// Bytes one sequence keeps, as the cache counts them (KvCache::PagesForSequence): full and
+// compress-once heads grow with the context, rings are fixed. Rings come from the one pool per
+// sequence, so n sequences need n times one sequence's pages.
 struct Footprint {
-  int page_size = 16;
+  hw::kvcache::KvCacheConfig config;  // page size and chunk (rings hold sink + window + chunk)
+  hw::kvcache::KvLayout layout;
   size_t page_bytes = 0;
-  int full_pages_per_block = 0;  // pages of one block (page_size tokens) of all full heads
-  int ring_pages_per_seq = 0;    // one sequence's ring pages
-  int ring_heads = 0;            // ring KV heads over all layers
+  int ring_heads = 0;  // ring KV heads over all layers
   int sink = 0, window = 0;
 
+  // Pages of one logical page (page_size tokens) of every head that grows: full and compress-once.
+  int GrowingPagesPerBlock() const {
+    return layout.CountStorage(hw::kernels::kStorageFull) +
+           layout.CountStorage(hw::kernels::kStorageCompressOnce);
+  }
   double FullBytesPerToken() const {
-    return static_cast<double>(full_pages_per_block) * static_cast<double>(page_bytes) / page_size;
+    return static_cast<double>(GrowingPagesPerBlock()) * static_cast<double>(page_bytes) /
+           config.page_size;
   }
-  double RingBytes() const { return static_cast<double>(ring_pages_per_seq) * page_bytes; }
-  int64_t Pages(int64_t seqs, int64_t tokens) const {
-    return seqs *
-           ((tokens + page_size - 1) / page_size * full_pages_per_block + ring_pages_per_seq);
+  // Pages one sequence of `tokens` tokens needs, rings included.
+  int64_t SequencePages(int64_t tokens) const {
+    return hw::kvcache::KvCache::PagesForSequence(config, layout, static_cast<int>(tokens));
   }
+  double SequenceBytes(int64_t tokens) const {
+    return static_cast<double>(SequencePages(tokens)) * static_cast<double>(page_bytes);
+  }
+  // What a sequence holds before its first token: its rings (with compress-once heads too, the
+  // alignment of their blocks below the rings, as PagesForSequence counts it).
+  double RingBytes() const { return SequenceBytes(0); }
+  int64_t Pages(int64_t seqs, int64_t tokens) const { return seqs * SequencePages(tokens); }
 };
 
 }  // namespace
@@ -110,30 +123,24 @@ int main(int argc, char** argv) {
     const std::string name = entry.substr(0, eq), file = entry.substr(eq + 1);
     auto set = hw::engine::LoadAttentionPolicy(file, c, model_path, model.weights_hash());
     if (!set.ok()) return fail(set.status().message());
-    auto layout = hw::engine::CacheLayoutFor(*set);
+    auto layout = hw::engine::KvLayoutFor(*set);
     if (!layout.ok()) return fail(layout.status().message());
 
     Footprint fp;
-    hw::kvcache::KvCacheConfig one = model.KvConfig(1);
-    one.max_ring_sequences = 1;
-    one.ring_chunk_tokens = chunk;
-    fp.page_size = one.page_size;
-    fp.page_bytes = hw::kvcache::KvCache::PageBytes(
-        one, be.kv_dtype());
-    fp.full_pages_per_block = hw::kvcache::KvCache::FullPagesPerBlock(*layout);
-    fp.ring_pages_per_seq = hw::kvcache::KvCache::RingRegionPages(one, *layout);
-    for (int l = 0; l < c.num_layers; ++l) {
-      for (int h = 0; h < c.num_kv_heads; ++h) {
-        const auto& p = set->At(l, h);
-        if (p.storage == hw::engine::attention::StorageKind::kRing) {
-          ++fp.ring_heads;
-          fp.sink = p.sink;
-          fp.window = p.window;
-        }
-      }
-    }
+    fp.config = hw::engine::KvConfigFor(c, 0, set->page_size, chunk);
+    fp.layout = std::move(layout).value();
+    fp.page_bytes = hw::kvcache::KvCache::PageBytes(fp.config, be.kv_dtype());
+    fp.ring_heads = fp.layout.CountStorage(hw::kernels::kStorageRing);
+    fp.sink = fp.layout.ring().sink;
+    fp.window = fp.layout.ring().window;
+    // A cache of `pages` pages serving this policy (rings from the same pool).
+    const auto create_cache = [&](int64_t pages) {
+      hw::kvcache::KvCacheConfig config = fp.config;
+      config.num_pages = static_cast<int>(pages);
+      return hw::engine::CreateKvCache({fp.layout}, config, be);
+    };
     // K and V of one token of one KV head.
-    const double head_token_bytes = static_cast<double>(fp.page_bytes) / fp.page_size;
+    const double head_token_bytes = static_cast<double>(fp.page_bytes) / fp.config.page_size;
     Emit(fmt::format(
         R"({{"kind": "policy", "policy": "{}", "file": "{}", "ring_kv_heads": {}, "kv_heads": {}, )"
         R"("sink": {}, "window": {}, "chunk": {}, "full_bytes_per_token": {:.0f}, )"
@@ -143,10 +150,10 @@ int main(int argc, char** argv) {
 
     // --- capacity under the budget, by the cache's own admission ---
     const int budget_pages = static_cast<int>(budget / static_cast<double>(fp.page_bytes));
-    // Admits `seqs` sequences of `tokens` each in a cache of the budget whose rings are set
-    // aside for exactly them (as the server sets them aside for max_num_seqs).
+    // Admits `seqs` sequences of `tokens` each in a cache of the budget, each taking its rings
+    // from the pool as it is reserved (as the server's sequences do).
     const auto admits = [&](int seqs, int tokens_each) {
-      auto cache = hw::engine::CreateKvCache(*set, model.KvConfig(budget_pages), seqs, chunk, be);
+      auto cache = create_cache(budget_pages);
       if (!cache.ok()) return false;
       std::vector<hw::kvcache::SequenceKv> held;
       held.reserve(static_cast<size_t>(seqs));
@@ -165,12 +172,11 @@ int main(int argc, char** argv) {
       }
       Emit(fmt::format(R"({{"kind": "capacity", "policy": "{}", "budget_gb": {}, "context": {}, )"
                        R"("max_sequences": {}, "kv_bytes_per_sequence": {:.0f}}})",
-                       name, budget_gb, context, lo,
-                       fp.FullBytesPerToken() * context + fp.RingBytes()));
-      if (first) baseline_kv[context] = fp.FullBytesPerToken() * context + fp.RingBytes();
+                       name, budget_gb, context, lo, fp.SequenceBytes(context)));
+      if (first) baseline_kv[context] = fp.SequenceBytes(context);
     }
     // The longest single context: bounded by the budget unless no head grows.
-    if (fp.full_pages_per_block == 0) {
+    if (fp.GrowingPagesPerBlock() == 0) {
       Emit(fmt::format(
           R"({{"kind": "longest", "policy": "{}", "budget_gb": {}, "tokens": null, )"
           R"("note": "no KV head grows with the context: memory is flat at any length"}})",
@@ -178,7 +184,7 @@ int main(int argc, char** argv) {
     } else {
       int lo = 0, hi = 1 << 12;
       while (admits(1, hi) && hi < (1 << 30)) hi *= 2;
-      while (hi - lo > fp.page_size) {
+      while (hi - lo > fp.config.page_size) {
         const int mid = lo + (hi - lo) / 2;
         (admits(1, mid) ? lo : hi) = mid;
       }
@@ -199,8 +205,7 @@ int main(int argc, char** argv) {
               static_cast<double>(be.DeviceMemory().free_bytes) / 1e9));
           continue;
         }
-        auto cache = hw::engine::CreateKvCache(
-            *set, model.KvConfig(static_cast<int>(fp.Pages(batch, total))), batch, chunk, be);
+        auto cache = create_cache(fp.Pages(batch, total));
         if (!cache.ok()) return fail(cache.status().message());
         std::vector<hw::kvcache::SequenceKv> seqs;
         seqs.reserve(static_cast<size_t>(batch));
@@ -208,7 +213,8 @@ int main(int argc, char** argv) {
           seqs.emplace_back(**cache);
           if (auto st = seqs.back().Reserve(total); !st.ok()) return fail(st.message());
         }
-        const double ms = hw::bench::MedianDecodeStep(model, **cache, seqs, context, tokens) * 1e3;
+        hw::engine::ModelRunner runner(model, **cache);
+        const double ms = hw::bench::MedianDecodeStep(runner, seqs, context, tokens) * 1e3;
         // What a step must read: the weights, every full head's keys and values of the context,
         // each ring head's sinks and window.
         const double attended_ring = std::min<double>(context, fp.sink + fp.window + 1);
@@ -233,7 +239,7 @@ int main(int argc, char** argv) {
     }
     if (!first) {
       for (int context : contexts) {
-        const double kv = fp.FullBytesPerToken() * context + fp.RingBytes();
+        const double kv = fp.SequenceBytes(context);
         Emit(fmt::format(
             R"({{"kind": "kv_ratio", "policy": "{}", "context": {}, "kv_bytes": {:.0f}, )"
             R"("first_policy_kv_bytes": {:.0f}, "less_kv_x": {:.3f}}})",

@@ -34,6 +34,7 @@
 #include "engine/attention_setup.h"
 #include "engine/chat_renderer.h"
 #include "engine/model_loader.h"
+#include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "kernels/backend_factory.h"
 #include "tokenizer/tokenizer.h"
@@ -202,20 +203,19 @@ int main(int argc, char** argv) {
 
   // The cache as `headwise generate` builds it: full heads sized for the request, rings for one
   // sequence writing up to `chunk` tokens a step.
-  auto layout = hw::engine::CacheLayoutFor(*policy);
+  auto layout = hw::engine::KvLayoutFor(*policy);
   if (!layout.ok()) return Fail(layout.status().message());
   const int page_size = policy->page_size;
-  hw::kvcache::KvCacheConfig kv = model.KvConfig(0, page_size);
-  kv.max_ring_sequences = 1;
-  kv.ring_chunk_tokens = chunk;
-  const int pages =
-      (total + page_size - 1) / page_size * hw::kvcache::KvCache::FullPagesPerBlock(*layout) +
-      hw::kvcache::KvCache::RingRegionPages(kv, *layout);
-  auto cache =
-      hw::engine::CreateKvCache(*policy, model.KvConfig(pages, page_size), 1, chunk, *backend);
+  hw::kvcache::KvCacheConfig kv = hw::engine::KvConfigFor(model.config(), 0, page_size, chunk);
+  const int pages = hw::kvcache::KvCache::PagesForSequence(kv, *layout, total);
+  kv.num_pages = pages;
+  std::vector<hw::kvcache::KvLayout> layouts;
+  layouts.push_back(std::move(layout).value());
+  auto cache = hw::engine::CreateKvCache(std::move(layouts), kv, *backend);
   if (!cache.ok()) return Fail(cache.status().message());
-  const hw::engine::LengthLimit limit =
-      hw::engine::MaxSequenceTokens(**cache, model.config().max_position_embeddings, chunk);
+  hw::engine::ModelRunner runner(model, **cache);
+  const hw::engine::LengthLimit limit = hw::engine::MaxSequenceTokens(
+      (*cache)->layout(0), model.config().max_position_embeddings, chunk);
   if (total > limit.tokens) {
     return Fail(fmt::format("{} tokens: {}", total, limit.Explain()));
   }
@@ -236,10 +236,10 @@ int main(int argc, char** argv) {
     size_t span_begin = 1;
     for (size_t start = 0; start + 1 < ids.size(); start += static_cast<size_t>(chunk)) {
       const size_t n = std::min(static_cast<size_t>(chunk), ids.size() - 1 - start);
-      hw::models::BatchEntry e{&seq, std::span<const int32_t>(ids).subspan(start, n),
+      hw::engine::BatchEntry e{&seq, std::span<const int32_t>(ids).subspan(start, n),
                                static_cast<int>(start), true};
       const std::vector<float> logits =
-          model.ForwardToHost(std::span<const hw::models::BatchEntry>(&e, 1), **cache);
+          runner.ForwardToHost(std::span<const hw::engine::BatchEntry>(&e, 1));
       HW_CHECK_EQ(logits.size(), n * static_cast<size_t>(vocab));
       for (size_t i = 0; i < n; ++i) {
         const auto row = std::span<const float>(logits).subspan(i * static_cast<size_t>(vocab),
@@ -265,9 +265,9 @@ int main(int argc, char** argv) {
   double t0 = Now();
   for (size_t start = 0; start < ids.size(); start += static_cast<size_t>(chunk)) {
     const size_t n = std::min(static_cast<size_t>(chunk), ids.size() - start);
-    hw::models::BatchEntry e{&seq, std::span<const int32_t>(ids).subspan(start, n),
+    hw::engine::BatchEntry e{&seq, std::span<const int32_t>(ids).subspan(start, n),
                              static_cast<int>(start), false};
-    logits = model.ForwardToHost(std::span<const hw::models::BatchEntry>(&e, 1), **cache);
+    logits = runner.ForwardToHost(std::span<const hw::engine::BatchEntry>(&e, 1));
   }
   std::vector<int32_t> out;
   out.reserve(static_cast<size_t>(max_tokens));
@@ -286,9 +286,9 @@ int main(int argc, char** argv) {
     }
     if (generated == max_tokens) break;
     const int32_t next = t.id;
-    hw::models::BatchEntry e{&seq, std::span<const int32_t>(&next, 1),
+    hw::engine::BatchEntry e{&seq, std::span<const int32_t>(&next, 1),
                              static_cast<int>(ids.size()) + i, false};
-    logits = model.ForwardToHost(std::span<const hw::models::BatchEntry>(&e, 1), **cache);
+    logits = runner.ForwardToHost(std::span<const hw::engine::BatchEntry>(&e, 1));
   }
   if (!text_out.empty()) {
     std::ofstream(text_out, std::ios::binary) << tok.Decode(out, false);
