@@ -16,6 +16,7 @@
 #include <string_view>
 
 #include "core/tensor.h"
+#include "kernels/kv_head.h"
 
 namespace headwise::kernels {
 
@@ -71,44 +72,8 @@ struct KvPoolView {
   int page_size = 16;
 };
 
-// How one (layer, KV head) keeps its keys, in the attention-policy file's words (attn-policy/v1,
-// ALGORITHMS.md §10). The same POD is the KV cache's layout entry (kvcache/kv_layout.h), the block
-// table's (below) and the device's (kernels/cuda/paged_kv.h): a rule has one name at every hop.
-//  - storage full: every token.
-//  - storage ring: the first `sink` tokens and the most recent `window`, in a fixed set of pages
-//    per sequence reused as the window moves on (StreamingLLM, DuoAttention's streaming heads).
-//    With positions reindex (StreamingLLM) keys are stored pre-RoPE and attention rotates them by
-//    their rank in the ring (PagedAttentionBatch).
-//  - storage compress_once (RazorAttention): every token until the prompt is in; then the
-//    sequence is compacted (BlockTable::comp_from) and attends the first `sink` tokens, the
-//    compensation token (with `compensation`: the mean K and V of the dropped span, written over
-//    position `sink`; its logit + log(dropped count) with compensation_by_count) and the tokens
-//    from the last `window` of the prompt on.
-enum KvStorage : int32_t { kStorageFull = 0, kStorageRing = 1, kStorageCompressOnce = 2 };
-enum KvPositions : int32_t { kPositionsOriginal = 0, kPositionsReindex = 1 };
-struct KvRetention {
-  int32_t storage = kStorageFull;  // KvStorage
-  int32_t sink = 0;                // ring, compress_once
-  int32_t window = 0;              // ring, compress_once
-  int32_t positions = kPositionsOriginal;  // KvPositions; reindex on ring heads only
-  int32_t compensation = 0;                // compress_once
-  int32_t compensation_by_count = 1;       // compress_once with compensation
-
-  bool ring() const { return storage == kStorageRing; }
-  bool compress_once() const { return storage == kStorageCompressOnce; }
-  bool reindex() const { return positions == kPositionsReindex; }
-  bool operator==(const KvRetention&) const = default;
-};
-
-// One (KV layout, layer, KV head) as the kernels read it: its retention and its page inside a
-// block of its storage kind (BlockTable). Eight int32, so a table of them is an i32 tensor.
-struct KvHead {
-  KvRetention retention;
-  int32_t page = 0;
-  int32_t reserved = 0;
-};
-inline constexpr int kKvHeadInts = 8;
-static_assert(sizeof(KvHead) == kKvHeadInts * sizeof(int32_t), "KvHead is read as int32[8]");
+// How a KV head keeps its keys (KvRetention) and where its page sits in a block (KvHead):
+// kernels/kv_head.h, shared with the device code.
 
 // Where each sequence's keys live, for one layer. Each sequence runs one KV layout (the cache's
 // layout of its attention policy: a KvHead per (layer, KV head)); sequences of different layouts
@@ -169,9 +134,9 @@ struct BlockTable {
 // c the position of its sequence's first query token in the batch (DuoAttention's streaming
 // heads; the first chunk, c = 0, is causal over everything).
 //
-// Re-indexed ring heads (KvRetention positions reindex, StreamingLLM §1.2) attend the same keys, but
-// position enters attention by rank: with sink_end = min(sink, p + 1) and
-// lo = max(sink_end, c - window), the attended keys in increasing position are
+// Re-indexed ring heads (KvRetention positions reindex, StreamingLLM §1.2) attend the same keys,
+// but position enters attention by rank: with sink_end = min(sink, p + 1) and lo = max(sink_end, c
+// - window), the attended keys in increasing position are
 //   j in [0, sink_end)  with rank(j) = j, then
 //   j in [lo, p]        with rank(j) = sink_end + (j - lo),
 // and the query takes rank(p) = sink_end + (p - lo), the last rank. The rank is the key's index

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/matmul.h"
@@ -29,33 +30,130 @@ float RmsScale(const float* x, int64_t n, float eps) {
   return 1.0f / std::sqrt(static_cast<float>(sum / static_cast<double>(n)) + eps);
 }
 
-// Pool slot of key `pos` of (seq, kv_head), bounds-checked: a bad table is a bug upstream.
-int64_t SlotOf(const BlockTable& table, const KvPoolView& pool, int32_t seq, int kv_head,
-               int32_t pos) {
+// The KvHead of (layout, KV head): heads is an i32 tensor, so the struct is copied out.
+KvHead LayoutHead(const BlockTable& table, int layout, int kv_head) {
+  static_assert(std::is_trivially_copyable_v<KvHead>);
+  KvHead head;
+  const int32_t* src =
+      table.heads.ptr<int32_t>() + (int64_t{layout} * table.num_kv_heads() + kv_head) * kKvHeadInts;
+  std::memcpy(static_cast<void*>(&head), src, sizeof head);
+  return head;
+}
+
+// Checks what every operation reads of a block table once per call, so that the per-key lookups
+// below need only index: a bad table is a bug upstream (the KV cache that built it).
+void CheckTable(const BlockTable& table) {
+  CheckI32(table.heads, "BlockTable::heads");
+  CheckI32(table.seq_layout, "BlockTable::seq_layout");
+  CheckI32(table.blocks, "BlockTable::blocks");
+  HW_CHECK(table.heads.rank == 3 && table.heads.dim(2) == kKvHeadInts && table.num_layouts() > 0,
+           "BlockTable::heads {} must be [layouts, Hkv, {}]", table.heads.ShapeString(),
+           kKvHeadInts);
+  HW_CHECK(table.blocks.rank == 2 && table.seq_layout.numel() == table.num_seqs(),
+           "BlockTable::blocks {} and seq_layout {} must be [S, max_blocks] and [S]",
+           table.blocks.ShapeString(), table.seq_layout.ShapeString());
+  for (const auto& [kind, t] : {std::pair{"ring_blocks", &table.ring_blocks},
+                                std::pair{"comp_blocks", &table.comp_blocks}}) {
+    if (t->data == nullptr) continue;
+    CheckI32(*t, kind);
+    HW_CHECK(t->rank == 2 && t->dim(0) == table.blocks.dim(0) && t->dim(1) == table.blocks.dim(1),
+             "BlockTable::{} {} must have the shape of blocks {}", kind, t->ShapeString(),
+             table.blocks.ShapeString());
+  }
+  if (table.has_compressed_heads()) {
+    CheckI32(table.comp_from, "BlockTable::comp_from");
+    HW_CHECK_EQ(table.comp_from.numel(), table.num_seqs());
+  }
+  for (int s = 0; s < table.num_seqs(); ++s) {
+    const int32_t layout = table.seq_layout.ptr<int32_t>()[s];
+    HW_CHECK(layout >= 0 && layout < table.num_layouts(), "sequence {} runs layout {} of {}", s,
+             layout, table.num_layouts());
+  }
+  for (int l = 0; l < table.num_layouts(); ++l) {
+    for (int h = 0; h < table.num_kv_heads(); ++h) {
+      const KvHead head = LayoutHead(table, l, h);
+      const KvRetention& r = head.retention;
+      HW_CHECK(r.storage == kStorageFull || r.storage == kStorageRing ||
+                   r.storage == kStorageCompressOnce,
+               "layout {} KV head {}: storage {}", l, h, r.storage);
+      HW_CHECK(r.sink >= 0 && r.window >= 0 && head.page >= 0,
+               "layout {} KV head {}: sink {}, window {}, page {}", l, h, r.sink, r.window,
+               head.page);
+      HW_CHECK(!r.ring() || table.has_ring_heads(),
+               "layout {} KV head {} is a ring head but the table has no ring_blocks", l, h);
+      HW_CHECK(!r.compress_once() || table.has_compressed_heads(),
+               "layout {} KV head {} compresses once but the table has no comp_blocks", l, h);
+      HW_CHECK(!r.reindex() || (r.ring() && table.has_reindex_heads()),
+               "layout {} KV head {} re-indexes positions: it must be a ring head, and the table "
+               "needs rope_inv_freq",
+               l, h);
+    }
+  }
+}
+
+// BlockTable's host-known summaries bound every layout's heads (the CUDA backend sizes its work by
+// them and cannot read the heads): a forgotten or stale summary fails here.
+void CheckWorkSummaries(const BlockTable& table) {
+  for (int l = 0; l < table.num_layouts(); ++l) {
+    int full_heads = 0;
+    for (int h = 0; h < table.num_kv_heads(); ++h) {
+      const KvHead head = LayoutHead(table, l, h);
+      if (head.retention.ring()) {
+        HW_CHECK(head.retention.sink + head.retention.window <= table.max_ring_span,
+                 "layout {} KV head {}: ring sink {} + window {} over max_ring_span {}", l, h,
+                 head.retention.sink, head.retention.window, table.max_ring_span);
+      } else {
+        ++full_heads;
+      }
+    }
+    HW_CHECK(full_heads <= table.max_full_heads,
+             "layout {} has {} full and compress-once KV heads, max_full_heads is {}", l,
+             full_heads, table.max_full_heads);
+  }
+}
+
+// Key positions and pool pages of (sequence, KV head): its layout's KvHead and its row of the
+// block table of the head's storage kind.
+struct SeqHead {
+  KvHead head;
+  const int32_t* blocks = nullptr;  // [max_blocks]: first page of each logical page's block
+  int32_t seq = 0;
+  int kv_head = 0;
+};
+SeqHead HeadOf(const BlockTable& table, int32_t seq, int kv_head) {
+  HW_CHECK(seq >= 0 && seq < table.num_seqs() && kv_head >= 0 && kv_head < table.num_kv_heads(),
+           "KV head {} of sequence {} outside the block table [{}, {}]", kv_head, seq,
+           table.num_seqs(), table.num_kv_heads());
+  SeqHead sh;
+  sh.seq = seq;
+  sh.kv_head = kv_head;
+  sh.head = LayoutHead(table, table.seq_layout.ptr<int32_t>()[seq], kv_head);
+  const KvRetention& r = sh.head.retention;
+  const Tensor& blocks = r.ring()            ? table.ring_blocks
+                         : r.compress_once() ? table.comp_blocks
+                                             : table.blocks;
+  sh.blocks = blocks.ptr<int32_t>() + int64_t{seq} * table.max_blocks();
+  return sh;
+}
+
+// Pool slot of key `pos` of a sequence's KV head, bounds-checked: a bad table is a bug upstream.
+int64_t SlotOf(const SeqHead& sh, const BlockTable& table, const KvPoolView& pool, int32_t pos) {
   const int64_t logical = pos / pool.page_size;
-  HW_CHECK(seq >= 0 && seq < table.num_seqs() && pos >= 0 && logical < table.max_blocks(),
-           "key {} of sequence {} outside the block table [{}, {}]", pos, seq, table.num_seqs(),
-           table.max_blocks());
-  const bool ring = table.has_ring_heads() && table.head_ring.ptr<int32_t>()[kv_head] != 0;
-  const bool comp = table.has_compressed_heads() && table.head_comp.ptr<int32_t>()[kv_head] != 0;
-  const Tensor& blocks = ring ? table.ring_blocks : comp ? table.comp_blocks : table.blocks;
-  HW_CHECK(blocks.data != nullptr && blocks.numel() == table.blocks.numel(),
-           "{} table {} must have the block table's shape {}", ring ? "ring" : "comp",
-           blocks.ShapeString(), table.blocks.ShapeString());
-  const int32_t block = blocks.ptr<int32_t>()[seq * table.max_blocks() + logical];
+  HW_CHECK(pos >= 0 && logical < table.max_blocks(),
+           "key {} of sequence {} outside the block table's {} pages of {}", pos, sh.seq,
+           table.max_blocks(), pool.page_size);
+  const int32_t first_page = sh.blocks[logical];
   // A freed comp page: its positions were dropped by compaction, and nothing may read them.
-  HW_CHECK(block >= 0, "key {} of sequence {} on KV head {}: its page was freed (block {})", pos,
-           seq, kv_head, block);
-  const int64_t page = int64_t{block} * (ring   ? table.ring_pages_per_block
-                                         : comp ? table.comp_pages_per_block
-                                                : table.pages_per_block) +
-                       table.head_page.ptr<int32_t>()[kv_head];
-  HW_CHECK(page >= 0 && page < pool.k.dim(0), "KV page {} outside pool of {}", page, pool.k.dim(0));
+  HW_CHECK(first_page >= 0, "key {} of sequence {} on KV head {}: its page was freed (block {})",
+           pos, sh.seq, sh.kv_head, first_page);
+  const int64_t page = int64_t{first_page} + sh.head.page;
+  HW_CHECK(page < pool.k.dim(0), "KV page {} (block {} + head page {}) outside pool of {}", page,
+           first_page, sh.head.page, pool.k.dim(0));
   return page * pool.page_size + pos % pool.page_size;
 }
 
-// The keys query token t attends on kv_head: [0, pos] causally, or on a ring head the sinks and
-// the window as its chunk began (backend.h): [0, sink_end) then [window_begin, end).
+// The keys query token t attends on its sequence's KV head: [0, pos] causally, or on a ring head
+// the sinks and the window as its chunk began (backend.h): [0, sink_end) then [window_begin, end).
 struct KeyRanges {
   int32_t sink_end = 0;
   int32_t window_begin = 0;
@@ -65,34 +163,27 @@ struct KeyRanges {
   int32_t count() const { return sink_end + (end - window_begin); }
   int32_t key(int32_t i) const { return i < sink_end ? i : window_begin + (i - sink_end); }
 };
-KeyRanges AttendedKeys(const PagedAttentionBatch& batch, int64_t t, int kv_head) {
+KeyRanges AttendedKeys(const PagedAttentionBatch& batch, int64_t t, const KvRetention& r) {
   const int32_t pos = batch.token_pos.ptr<int32_t>()[t];
   const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
-  const BlockTable& table = batch.table;
-  if (table.has_compressed_heads() && table.head_comp.ptr<int32_t>()[kv_head] != 0) {
-    const int32_t from = table.comp_from.ptr<int32_t>()[seq];
+  if (r.compress_once()) {
+    const int32_t from = batch.table.comp_from.ptr<int32_t>()[seq];
     if (from <= 0) return {pos + 1, pos + 1, pos + 1};  // not compacted: everything
-    KeyRanges r{std::min(table.comp_sink + (table.comp_token ? 1 : 0), pos + 1), from, pos + 1};
-    if (table.comp_token && table.comp_sink <= pos) {
-      r.bias_index = table.comp_sink;
-      r.bias = table.comp_log_count ? std::log(static_cast<float>(from - table.comp_sink)) : 0.0f;
+    KeyRanges keys{std::min(r.sink + (r.compensation ? 1 : 0), pos + 1), from, pos + 1};
+    if (r.compensation && r.sink <= pos) {
+      keys.bias_index = r.sink;
+      keys.bias = r.compensation_by_count ? std::log(static_cast<float>(from - r.sink)) : 0.0f;
     }
-    return r;
+    return keys;
   }
-  if (!table.has_ring_heads() || table.head_ring.ptr<int32_t>()[kv_head] == 0) {
-    return {pos + 1, pos + 1, pos + 1};
-  }
+  if (!r.ring()) return {pos + 1, pos + 1, pos + 1};
   int32_t chunk_start = pos;
   if (batch.query_start.data != nullptr) {
     chunk_start = batch.token_pos.ptr<int32_t>()[batch.query_start.ptr<int32_t>()[seq]];
   }
-  const int32_t sink_end = std::min(table.ring_sink, pos + 1);
-  const int32_t window_begin = std::max(sink_end, chunk_start - table.ring_window);
+  const int32_t sink_end = std::min(r.sink, pos + 1);
+  const int32_t window_begin = std::max(sink_end, chunk_start - r.window);
   return {sink_end, window_begin, pos + 1};
-}
-
-bool IsReindexed(const BlockTable& table, int64_t kv_head) {
-  return table.has_reindex_heads() && table.head_reindex.ptr<int32_t>()[kv_head] != 0;
 }
 
 // cos and sin of rank * inv_freq[i] for ranks 0 .. ranks() - 1, computed as RopeWriteKv computes
@@ -186,11 +277,11 @@ void AttendHeads(const Tensor& q, const KvPoolView& pool, const PagedAttentionBa
   float* o = out.ptr<float>() + (t * num_q_heads + qh0) * head_dim;
   std::fill(o, o + n * head_dim, 0.0f);
   if (pos < 0) return;  // padding
-  const int kv_head = static_cast<int>(qh0 / group);
-  const KeyRanges attended = AttendedKeys(batch, t, kv_head);
+  const SeqHead sh = HeadOf(batch.table, seq, static_cast<int>(qh0 / group));
+  const KeyRanges attended = AttendedKeys(batch, t, sh.head.retention);
   const int32_t count = attended.count();
   const auto count_size = static_cast<size_t>(count);
-  const bool by_rank = IsReindexed(batch.table, kv_head);
+  const bool by_rank = sh.head.retention.reindex();
   const float* qv = q.ptr<float>() + (t * num_q_heads + qh0) * head_dim;
   if (by_rank) {
     s.q.resize(static_cast<size_t>(n) * d_size);
@@ -205,7 +296,7 @@ void AttendHeads(const Tensor& q, const KvPoolView& pool, const PagedAttentionBa
   s.dots.resize(static_cast<size_t>(n));
   for (int32_t j = 0; j < count; ++j) {
     const float* kv =
-        pool.k.ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, attended.key(j)) * head_dim;
+        pool.k.ptr<float>() + SlotOf(sh, batch.table, pool, attended.key(j)) * head_dim;
     if (by_rank) {
       rotation.Rotate(kv, j, s.key.data());
       kv = s.key.data();
@@ -228,7 +319,7 @@ void AttendHeads(const Tensor& q, const KvPoolView& pool, const PagedAttentionBa
   }
   for (int32_t j = 0; j < count; ++j) {
     const float* vv =
-        pool.v.ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, attended.key(j)) * head_dim;
+        pool.v.ptr<float>() + SlotOf(sh, batch.table, pool, attended.key(j)) * head_dim;
     for (int64_t h = 0; h < n; ++h) {
       const float p = s.scores[static_cast<size_t>(h) * count_size + static_cast<size_t>(j)] /
                       s.denom[static_cast<size_t>(h)];
@@ -366,7 +457,10 @@ class CpuBackend final : public Backend {
     const int64_t half = head_dim / 2;
     HW_CHECK_EQ(qkv.dim(1), (num_q_heads + 2 * num_kv_heads) * head_dim);
     HW_CHECK_EQ(inv_freq.numel(), half);
+    HW_CHECK(num_kv_heads > 0 && num_q_heads % num_kv_heads == 0, "{} query heads, {} KV heads",
+             num_q_heads, num_kv_heads);
     const int64_t group = num_q_heads / num_kv_heads;
+    CheckTable(batch.table);
     const int64_t rope_work = tokens * (num_q_heads + 2 * num_kv_heads) * head_dim * 4;
     pool_.ParallelFor(tokens, rope_work, [&](int64_t begin, int64_t end) {
       std::vector<float> cos_v(static_cast<size_t>(half)), sin_v(static_cast<size_t>(half));
@@ -388,23 +482,24 @@ class CpuBackend final : public Backend {
             y[i + half] = b * cos_v[static_cast<size_t>(i)] + a * sin_v[static_cast<size_t>(i)];
           }
         };
-        // Re-indexed heads: q and k unrotated, attention rotates them by rank.
-        auto write = [&](int64_t kv_head, const float* x, float* y) {
-          if (IsReindexed(batch.table, kv_head)) {
+        // Re-indexed heads (of this sequence's layout): q and k unrotated, attention rotates them
+        // by rank.
+        auto write = [&](const SeqHead& sh, const float* x, float* y) {
+          if (sh.head.retention.reindex()) {
             std::memcpy(y, x, static_cast<size_t>(head_dim) * sizeof(float));
           } else {
             rotate(x, y);
           }
         };
-        for (int64_t h = 0; h < num_q_heads; ++h) {
-          write(h / group, row + h * head_dim,
-                q_out.ptr<float>() + (t * num_q_heads + h) * head_dim);
-        }
         const float* k = row + num_q_heads * head_dim;
         const float* v = k + num_kv_heads * head_dim;
         for (int64_t h = 0; h < num_kv_heads; ++h) {
-          const int64_t slot = SlotOf(batch.table, pool, seq, static_cast<int>(h), position);
-          write(h, k + h * head_dim, pool.k.ptr<float>() + slot * head_dim);
+          const SeqHead sh = HeadOf(batch.table, seq, static_cast<int>(h));
+          for (int64_t qh = h * group; qh < (h + 1) * group; ++qh) {
+            write(sh, row + qh * head_dim, q_out.ptr<float>() + (t * num_q_heads + qh) * head_dim);
+          }
+          const int64_t slot = SlotOf(sh, batch.table, pool, position);
+          write(sh, k + h * head_dim, pool.k.ptr<float>() + slot * head_dim);
           std::memcpy(pool.v.ptr<float>() + slot * head_dim, v + h * head_dim,
                       static_cast<size_t>(head_dim) * sizeof(float));
         }
@@ -423,20 +518,24 @@ class CpuBackend final : public Backend {
     int64_t keys = 0;  // keys attended over the batch, per query head
     for (int64_t t = 0; t < tokens; ++t) keys += std::max(0, batch.token_pos.ptr<int32_t>()[t] + 1);
     const BlockTable& table = batch.table;
-    const bool reindex = table.has_reindex_heads();
-    if (reindex) {
-      HW_CHECK(table.has_ring_heads() && table.rope_inv_freq.numel() == head_dim / 2,
-               "re-indexed heads need the ring tables and {} rotary frequencies", head_dim / 2);
-      CheckF32(table.rope_inv_freq, "rope_inv_freq");
-      int32_t ranks = 0;  // the longest attended list on a re-indexed head
-      for (int64_t h = 0; h < num_kv_heads; ++h) {
-        if (!IsReindexed(table, h)) continue;
-        HW_CHECK(table.head_ring.ptr<int32_t>()[h] != 0, "KV head {} is re-indexed but no ring", h);
-        for (int64_t t = 0; t < tokens; ++t) {
-          if (batch.token_pos.ptr<int32_t>()[t] < 0) continue;
-          ranks = std::max(ranks, AttendedKeys(batch, t, static_cast<int>(h)).count());
-        }
+    CheckTable(table);
+    CheckWorkSummaries(table);
+    bool reindex = false;  // some token attends on a re-indexed head
+    int32_t ranks = 0;     // the longest attended list on a re-indexed head
+    for (int64_t t = 0; t < tokens; ++t) {
+      if (batch.token_pos.ptr<int32_t>()[t] < 0) continue;
+      for (int h = 0; h < num_kv_heads; ++h) {
+        const SeqHead sh = HeadOf(table, batch.token_seq.ptr<int32_t>()[t], h);
+        if (!sh.head.retention.reindex()) continue;
+        reindex = true;
+        ranks = std::max(ranks, AttendedKeys(batch, t, sh.head.retention).count());
       }
+    }
+    if (reindex) {
+      CheckF32(table.rope_inv_freq, "rope_inv_freq");
+      HW_CHECK(table.rope_inv_freq.numel() == head_dim / 2,
+               "re-indexed heads need {} rotary frequencies, the table has {}", head_dim / 2,
+               table.rope_inv_freq.numel());
       rank_rotation_.Ensure(table.rope_inv_freq, ranks);
     }
     // One work unit per (token, query head); with re-indexed heads one per (token, KV head), so
@@ -461,6 +560,7 @@ class CpuBackend final : public Backend {
     const int64_t num_q_heads = q.dim(1), head_dim = q.dim(2);
     const int64_t rows = batch.row_seq.numel();
     const int64_t group = num_q_heads / batch.table.num_kv_heads();
+    CheckTable(batch.table);
     const int32_t* indptr = batch.indptr.ptr<int32_t>();
     const float* bias = batch.logit_bias.data ? batch.logit_bias.ptr<float>() : nullptr;
     pool_.ParallelFor(
@@ -471,8 +571,10 @@ class CpuBackend final : public Backend {
             const int64_t r = i / group, g = i % group;
             const int32_t seq = batch.row_seq.ptr<int32_t>()[r];
             const int32_t kv_head = batch.row_kv_head.ptr<int32_t>()[r];
-            HW_CHECK(!IsReindexed(batch.table, kv_head),
-                     "index-list decode is not defined for re-indexed KV head {}", kv_head);
+            const SeqHead sh = HeadOf(batch.table, seq, kv_head);
+            HW_CHECK(!sh.head.retention.reindex(),
+                     "index-list decode is not defined for re-indexed KV head {} (sequence {})",
+                     kv_head, seq);
             const float* qv = q.ptr<float>() + (seq * num_q_heads + kv_head * group + g) * head_dim;
             float* o = out.ptr<float>() + i * head_dim;
             std::fill(o, o + head_dim, 0.0f);
@@ -483,8 +585,7 @@ class CpuBackend final : public Backend {
             }
             auto row_of = [&](const Tensor& pool_part, int32_t j) {
               const int32_t pos = batch.indices.ptr<int32_t>()[first + j];
-              return pool_part.ptr<float>() +
-                     SlotOf(batch.table, pool, seq, kv_head, pos) * head_dim;
+              return pool_part.ptr<float>() + SlotOf(sh, batch.table, pool, pos) * head_dim;
             };
             scores.resize(static_cast<size_t>(count));
             float max_score = -INFINITY;
@@ -509,19 +610,20 @@ class CpuBackend final : public Backend {
 
   void MeanKv(const KvPoolView& pool, const KvMeanBatch& batch) override {
     const int64_t rows = batch.row_seq.numel(), d = pool.k.dim(2);
+    CheckTable(batch.table);
     for (int64_t r = 0; r < rows; ++r) {
-      const int32_t seq = batch.row_seq.ptr<int32_t>()[r];
-      const int kv_head = batch.row_kv_head.ptr<int32_t>()[r];
+      const SeqHead sh =
+          HeadOf(batch.table, batch.row_seq.ptr<int32_t>()[r], batch.row_kv_head.ptr<int32_t>()[r]);
       const int32_t begin = batch.begin.ptr<int32_t>()[r], end = batch.end.ptr<int32_t>()[r];
       HW_CHECK(begin < end, "mean over the empty range [{}, {})", begin, end);
       for (const Tensor* part : {&pool.k, &pool.v}) {
         std::vector<double> sum(static_cast<size_t>(d), 0.0);
         for (int32_t p = begin; p < end; ++p) {
-          const float* x = part->ptr<float>() + SlotOf(batch.table, pool, seq, kv_head, p) * d;
+          const float* x = part->ptr<float>() + SlotOf(sh, batch.table, pool, p) * d;
           for (int64_t c = 0; c < d; ++c) sum[static_cast<size_t>(c)] += x[c];
         }
-        float* dst = part->ptr<float>() +
-                     SlotOf(batch.table, pool, seq, kv_head, batch.dest.ptr<int32_t>()[r]) * d;
+        float* dst =
+            part->ptr<float>() + SlotOf(sh, batch.table, pool, batch.dest.ptr<int32_t>()[r]) * d;
         for (int64_t c = 0; c < d; ++c) {
           dst[c] = static_cast<float>(sum[static_cast<size_t>(c)] / (end - begin));
         }

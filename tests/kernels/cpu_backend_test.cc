@@ -1,16 +1,23 @@
 // The CPU backend against naive double-precision references on random non-zero inputs.
 #include "kernels/cpu/cpu_backend.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <csignal>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/thread_pool.h"
 #include "tests/backend_util.h"
+#include "tests/kernels/block_tables.h"
 
 namespace headwise::kernels {
 namespace {
@@ -169,15 +176,9 @@ TEST_CASE("RopeWriteKv and PagedAttention match dense attention over scattered p
     for (int len : {1, 15, 16, 17, 40}) {
       // Blocks handed out in a shuffled order so that logical and physical order differ; each
       // block holds pages of other (absent) layers too, and the heads' pages are permuted.
-      const int max_blocks = (len + page_size - 1) / page_size;
-      const int num_blocks = 2 * max_blocks + 3, pages_per_block = 2 * hkv;
-      const int num_pages = num_blocks * pages_per_block;
-      std::vector<int32_t> blocks(static_cast<size_t>(num_blocks));
-      std::iota(blocks.begin(), blocks.end(), 0);
-      std::shuffle(blocks.begin(), blocks.end(), rng);
-      blocks.resize(static_cast<size_t>(max_blocks));
-      std::vector<int32_t> head_page(static_cast<size_t>(hkv));
-      for (int h = 0; h < hkv; ++h) head_page[static_cast<size_t>(h)] = 2 * (hkv - 1 - h) + 1;
+      const testing::HostBlockTable host_table =
+          testing::MakeDenseTable(hkv, {len}, page_size, rng);
+      const int num_pages = host_table.num_pages;
 
       auto qkv = Random(static_cast<size_t>(len * (hq + 2 * hkv) * d), rng);
       std::vector<int32_t> pos(static_cast<size_t>(len)), seq(static_cast<size_t>(len), 0);
@@ -191,15 +192,12 @@ TEST_CASE("RopeWriteKv and PagedAttention match dense attention over scattered p
       KvPoolView pool{k_pool.view(), v_pool.view(), page_size};
       Buffer qkv_b = Upload(*be, qkv, {len, (hq + 2 * hkv) * d});
       Buffer pos_b = UploadI32(*be, pos, {len}), seq_b = UploadI32(*be, seq, {len});
-      Buffer blocks_b = UploadI32(*be, blocks, {1, max_blocks}),
-             head_page_b = UploadI32(*be, head_page, {hkv});
+      const testing::BackendBlockTable table = testing::UploadTable(*be, host_table, {});
       Buffer freq_b = Upload(*be, inv_freq, {d / 2});
       Buffer q = Poisoned(*be, {len, hq, d}), out = Poisoned(*be, {len, hq, d});
       Buffer query_start_b = UploadI32(*be, {0, len}, {2});
-      const PagedAttentionBatch batch{
-          seq_b.view(), pos_b.view(),
-          BlockTable{blocks_b.view(), head_page_b.view(), pages_per_block}, query_start_b.view(),
-          len};
+      const PagedAttentionBatch batch{seq_b.view(), pos_b.view(), table.view, query_start_b.view(),
+                                      len};
       be->RopeWriteKv(qkv_b.view(), batch, freq_b.view(), pool, q.view());
       be->PagedAttention(q.view(), pool, batch, 1.0f / std::sqrt(float(d)), out.view());
 
@@ -266,25 +264,22 @@ namespace {
 struct SparseFixture {
   std::unique_ptr<Backend> be = CreateCpuBackend(2);
   std::mt19937 rng{std::random_device{}()};
-  int seqs = 3, hq = 8, hkv = 2, d = 32, page_size = 16, len = 70, max_blocks = 5;
-  Buffer k, v, blocks, head_page, q;
+  int seqs = 3, hq = 8, hkv = 2, d = 32, page_size = 16, len = 70;
+  Buffer k, v, q;
+  testing::BackendBlockTable blocks;
   SparseFixture() {
-    const int num_pages = seqs * hkv * max_blocks;
+    const testing::HostBlockTable host = testing::MakeDenseTable(
+        hkv, std::vector<int>(static_cast<size_t>(seqs), len), page_size, rng);
+    const int num_pages = host.num_pages;
     k = Upload(*be, Random(static_cast<size_t>(num_pages * page_size * d), rng),
                {num_pages, page_size, d});
     v = Upload(*be, Random(static_cast<size_t>(num_pages * page_size * d), rng),
                {num_pages, page_size, d});
-    std::vector<int32_t> block_ids(static_cast<size_t>(seqs * max_blocks));
-    std::iota(block_ids.begin(), block_ids.end(), 0);
-    std::shuffle(block_ids.begin(), block_ids.end(), rng);
-    blocks = UploadI32(*be, block_ids, {seqs, max_blocks});
-    std::vector<int32_t> pages_of_heads(static_cast<size_t>(hkv));
-    std::iota(pages_of_heads.rbegin(), pages_of_heads.rend(), 0);
-    head_page = UploadI32(*be, pages_of_heads, {hkv});
+    blocks = testing::UploadTable(*be, host, {});
     q = Upload(*be, Random(static_cast<size_t>(seqs * hq * d), rng), {seqs, hq, d});
   }
   KvPoolView pool() const { return {k.view(), v.view(), page_size}; }
-  BlockTable table() const { return {blocks.view(), head_page.view(), hkv}; }
+  const BlockTable& table() const { return blocks.view; }
   // Runs the primitive over lists[r] (r = seq * hkv + kv head) with optional biases.
   std::pair<std::vector<float>, std::vector<float>> Run(
       const std::vector<std::vector<int32_t>>& lists,
@@ -371,6 +366,366 @@ TEST_CASE("Sparse decode partials over disjoint lists merge by LSE; bias shifts 
   for (size_t i = 0; i < o.size(); ++i) CHECK(ob2[i] == Approx(o[i]).margin(1e-5));
   for (size_t i = 0; i < lse.size(); ++i)
     CHECK(lb2[i] == Approx(lse[i] + std::log(2.0)).epsilon(1e-5));
+}
+
+}  // namespace
+}  // namespace headwise::kernels
+
+namespace headwise::kernels {
+namespace {
+
+using testing::CompressOnceHead;
+using testing::FullHead;
+using testing::HostBlockTable;
+using testing::HostTokens;
+using testing::LayoutSpec;
+using testing::RingHead;
+
+// Sequences of several KV layouts in one batch (backend.h, BlockTable). Sequence s runs
+// layouts[layout[s]], holds len[s] tokens whose last `queries[s]` are this step's queries (a
+// chunk, or 1: decode), and is compacted at from[s] > 0 once the earlier tokens are written.
+struct MixedCase {
+  int hq = 8, hkv = 4, d = 16, page_size = 4;
+  std::vector<LayoutSpec> layouts;
+  std::vector<int> layout, len, queries, from;
+  float scale = 0.3f;
+};
+
+std::vector<float> InvFreq(int d) {
+  std::vector<float> f(static_cast<size_t>(d / 2));
+  for (int i = 0; i < d / 2; ++i) f[static_cast<size_t>(i)] = std::pow(1e4f, -2.0f * i / d);
+  return f;
+}
+
+// x rotated by `pos` (rotate-half; f32 angle as backend.h states, the rest in double).
+std::vector<double> RotateRef(const float* x, int d, int pos, const std::vector<float>& inv_freq) {
+  const auto half = static_cast<size_t>(d / 2);
+  std::vector<double> y(2 * half);
+  for (size_t i = 0; i < half; ++i) {
+    const float angle = static_cast<float>(pos) * inv_freq[i];
+    const double c = std::cos(static_cast<double>(angle)), s = std::sin(static_cast<double>(angle));
+    const double a = x[i], b = x[i + half];
+    y[i] = a * c - b * s;
+    y[i + half] = b * c + a * s;
+  }
+  return y;
+}
+
+// What query position p of a sequence must produce, [hq, d], in double from the sequence's raw
+// projections rows [len, (hq + 2 hkv) d], each head by its retention (backend.h):
+//  - full, or compress-once not compacted: keys 0..p, RoPE by position;
+//  - ring: keys [0, min(sink, p + 1)) and [max(sink_end, c - window), p], c the chunk's start;
+//    re-indexed: q and keys rotated by their rank in that list instead;
+//  - compress-once compacted at from: keys [0, sink), then with compensation the mean of the
+//    rotated K and of V over [sink, from) with logit + log(from - sink) (by count), then
+//    [from, p].
+std::vector<double> MixedReference(const MixedCase& mc, const std::vector<float>& rows,
+                                   const LayoutSpec& layout, int p, int chunk_start, int from,
+                                   const std::vector<float>& inv_freq) {
+  const int hq = mc.hq, hkv = mc.hkv, d = mc.d, width = (hq + 2 * hkv) * d, group = hq / hkv;
+  auto k_raw = [&](int j, int h) {
+    return rows.data() + static_cast<size_t>(j) * width + (hq + h) * d;
+  };
+  auto v_raw = [&](int j, int h) {
+    return rows.data() + static_cast<size_t>(j) * width + (hq + hkv + h) * d;
+  };
+  std::vector<double> out(static_cast<size_t>(hq * d), 0.0);
+  for (int qh = 0; qh < hq; ++qh) {
+    const int h = qh / group;
+    const KvRetention& r = layout[static_cast<size_t>(h)];
+    struct Key {
+      std::vector<double> k, v;
+      double bias = 0.0;
+    };
+    std::vector<Key> keys;
+    auto add = [&](int j, int rotation) {
+      const float* v = v_raw(j, h);
+      keys.push_back({RotateRef(k_raw(j, h), d, rotation, inv_freq), {v, v + d}, 0.0});
+    };
+    int q_rotation = p;
+    if (r.ring()) {
+      const int sink_end = std::min(r.sink, p + 1), lo = std::max(sink_end, chunk_start - r.window);
+      std::vector<int> list;
+      for (int j = 0; j < sink_end; ++j) list.push_back(j);
+      for (int j = lo; j <= p; ++j) list.push_back(j);
+      for (size_t i = 0; i < list.size(); ++i)
+        add(list[i], r.reindex() ? static_cast<int>(i) : list[i]);
+      if (r.reindex()) q_rotation = static_cast<int>(list.size()) - 1;
+    } else if (r.compress_once() && from > 0) {
+      for (int j = 0; j < r.sink; ++j) add(j, j);
+      if (r.compensation) {
+        Key mean{std::vector<double>(static_cast<size_t>(d), 0.0),
+                 std::vector<double>(static_cast<size_t>(d), 0.0),
+                 r.compensation_by_count ? std::log(static_cast<double>(from - r.sink)) : 0.0};
+        for (int j = r.sink; j < from; ++j) {
+          const std::vector<double> k = RotateRef(k_raw(j, h), d, j, inv_freq);
+          for (int e = 0; e < d; ++e) {
+            mean.k[static_cast<size_t>(e)] += k[static_cast<size_t>(e)] / (from - r.sink);
+            mean.v[static_cast<size_t>(e)] += double{v_raw(j, h)[e]} / (from - r.sink);
+          }
+        }
+        keys.push_back(mean);
+      }
+      for (int j = from; j <= p; ++j) add(j, j);
+    } else {
+      for (int j = 0; j <= p; ++j) add(j, j);
+    }
+    const std::vector<double> q =
+        RotateRef(rows.data() + static_cast<size_t>(p) * width + qh * d, d, q_rotation, inv_freq);
+    std::vector<double> scores;
+    double max_score = -INFINITY;
+    for (const Key& key : keys) {
+      double dot = 0.0;
+      for (int e = 0; e < d; ++e) dot += q[static_cast<size_t>(e)] * key.k[static_cast<size_t>(e)];
+      scores.push_back(dot * mc.scale + key.bias);
+      max_score = std::max(max_score, scores.back());
+    }
+    double denom = 0.0;
+    for (double& sc : scores) denom += (sc = std::exp(sc - max_score));
+    for (size_t i = 0; i < keys.size(); ++i) {
+      for (int e = 0; e < d; ++e) {
+        out[static_cast<size_t>(qh * d + e)] +=
+            scores[i] / denom * keys[i].v[static_cast<size_t>(e)];
+      }
+    }
+  }
+  return out;
+}
+
+// One step of the sequences `seqs` of `table` (their rows of it, in that order): writes every
+// sequence's earlier tokens (RopeWriteKv), compacts those with from > 0 (MeanKv over the
+// compress-once heads' dropped span, then the freed pages), then runs RopeWriteKv and
+// PagedAttention over the query tokens. rows[s]: sequence s's raw projections. Returns the
+// output [queries, hq, d].
+std::vector<float> RunMixedStep(Backend& be, const MixedCase& mc, HostBlockTable table,
+                                const std::vector<int>& seqs,
+                                const std::vector<std::vector<float>>& rows,
+                                const std::vector<float>& inv_freq) {
+  const int hq = mc.hq, hkv = mc.hkv, d = mc.d, width = (hq + 2 * hkv) * d;
+  const int n = static_cast<int>(seqs.size());
+  std::vector<int> zero(static_cast<size_t>(n), 0), first_query(static_cast<size_t>(n)),
+      len(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    const auto s = static_cast<size_t>(seqs[static_cast<size_t>(i)]);
+    len[static_cast<size_t>(i)] = mc.len[s];
+    first_query[static_cast<size_t>(i)] = mc.len[s] - mc.queries[s];
+  }
+  Buffer k = Poisoned(be, {table.num_pages, mc.page_size, d}),
+         v = Poisoned(be, {table.num_pages, mc.page_size, d});
+  const KvPoolView pool{k.view(), v.view(), mc.page_size};
+  Buffer freq = Upload(be, inv_freq, {d / 2});
+  // Runs RopeWriteKv over `tokens`; returns q [T, hq, d].
+  auto write = [&](const testing::BackendBlockTable& t, const HostTokens& tokens) {
+    std::vector<float> qkv;
+    for (int64_t i = 0; i < tokens.size(); ++i) {
+      const auto& src =
+          rows[static_cast<size_t>(seqs[static_cast<size_t>(tokens.seq[static_cast<size_t>(i)])])];
+      const auto at = src.begin() + static_cast<long>(tokens.pos[static_cast<size_t>(i)]) * width;
+      qkv.insert(qkv.end(), at, at + width);
+    }
+    Buffer qkv_b = Upload(be, qkv, {tokens.size(), width});
+    Buffer seq_b = UploadI32(be, tokens.seq, {tokens.size()});
+    Buffer pos_b = UploadI32(be, tokens.pos, {tokens.size()});
+    Buffer qs_b = UploadI32(be, tokens.query_start, {n + 1});
+    Buffer q = Poisoned(be, {tokens.size(), hq, d});
+    be.RopeWriteKv(
+        qkv_b.view(),
+        PagedAttentionBatch{seq_b.view(), pos_b.view(), t.view, qs_b.view(), tokens.max_query_len},
+        freq.view(), pool, q.view());
+    return q;
+  };
+  {
+    const testing::BackendBlockTable t = testing::UploadTable(be, table, inv_freq);
+    const HostTokens history = testing::MakeTokens(zero, first_query);
+    if (history.size() > 0) write(t, history);
+    // Compaction: the compensation token of each compress-once head, then the freed pages.
+    std::vector<int32_t> row_seq, row_head, begin, end;
+    for (int i = 0; i < n; ++i) {
+      const int from = mc.from[static_cast<size_t>(seqs[static_cast<size_t>(i)])];
+      if (from <= 0) continue;
+      for (int h = 0; h < hkv; ++h) {
+        const KvRetention r = table.Head(i, h).retention;
+        if (!r.compress_once() || !r.compensation) continue;
+        row_seq.push_back(i);
+        row_head.push_back(h);
+        begin.push_back(r.sink);
+        end.push_back(from);
+      }
+    }
+    if (!row_seq.empty()) {
+      const auto rows_n = static_cast<int64_t>(row_seq.size());
+      Buffer rs = UploadI32(be, row_seq, {rows_n}), rh = UploadI32(be, row_head, {rows_n});
+      Buffer b = UploadI32(be, begin, {rows_n}), e = UploadI32(be, end, {rows_n});
+      be.MeanKv(pool, KvMeanBatch{rs.view(), rh.view(), b.view(), e.view(), b.view(), t.view});
+    }
+    for (int i = 0; i < n; ++i) {
+      const int from = mc.from[static_cast<size_t>(seqs[static_cast<size_t>(i)])];
+      if (from > 0) table.Compact(i, from);
+    }
+  }
+  const testing::BackendBlockTable t = testing::UploadTable(be, table, inv_freq);
+  const HostTokens step = testing::MakeTokens(first_query, len);
+  Buffer q = write(t, step);
+  Buffer seq_b = UploadI32(be, step.seq, {step.size()});
+  Buffer pos_b = UploadI32(be, step.pos, {step.size()});
+  Buffer qs_b = UploadI32(be, step.query_start, {n + 1});
+  Buffer out = Poisoned(be, {step.size(), hq, d});
+  be.PagedAttention(
+      q.view(), pool,
+      PagedAttentionBatch{seq_b.view(), pos_b.view(), t.view, qs_b.view(), step.max_query_len},
+      mc.scale, out.view());
+  return testing::Download(be, out);
+}
+
+// Every sequence of the batch against itself alone in a batch of its own layout (bit for bit:
+// a sequence's attention does not depend on its neighbours) and against MixedReference.
+void CheckMixed(const MixedCase& mc) {
+  auto be = CreateCpuBackend(2);
+  std::mt19937 rng(std::random_device{}());
+  const int width = (mc.hq + 2 * mc.hkv) * mc.d, num_seqs = static_cast<int>(mc.len.size());
+  const HostBlockTable table =
+      testing::MakeBlockTable(mc.layouts, mc.layout, mc.len, mc.page_size, rng);
+  const std::vector<float> inv_freq = InvFreq(mc.d);
+  std::vector<std::vector<float>> rows;
+  for (int len : mc.len) rows.push_back(Random(static_cast<size_t>(len * width), rng));
+  std::vector<int> all(static_cast<size_t>(num_seqs));
+  std::iota(all.begin(), all.end(), 0);
+  const std::vector<float> batch = RunMixedStep(*be, mc, table, all, rows, inv_freq);
+  const size_t row_floats = static_cast<size_t>(mc.hq * mc.d);
+  size_t at = 0;  // the sequence's first output row in the batch
+  for (int s = 0; s < num_seqs; ++s) {
+    const auto su = static_cast<size_t>(s);
+    INFO("sequence " << s << " layout " << mc.layout[su] << " length " << mc.len[su] << " queries "
+                     << mc.queries[su] << " compacted at " << mc.from[su]);
+    // Alone: the same pages and raw rows, in a table of its own layout.
+    const std::vector<float> alone = RunMixedStep(*be, mc, table.Alone(s), {s}, rows, inv_freq);
+    const size_t n = static_cast<size_t>(mc.queries[su]) * row_floats;
+    REQUIRE(alone.size() == n);
+    CHECK(std::memcmp(alone.data(), batch.data() + at * row_floats, n * sizeof(float)) == 0);
+    const int chunk_start = mc.len[su] - mc.queries[su];
+    for (int i = 0; i < mc.queries[su]; ++i) {
+      const std::vector<double> want =
+          MixedReference(mc, rows[su], mc.layouts[static_cast<size_t>(mc.layout[su])],
+                         chunk_start + i, chunk_start, mc.from[su], inv_freq);
+      INFO("query position " << chunk_start + i);
+      CHECK(MaxAbsDiff(batch.data() + (at + static_cast<size_t>(i)) * row_floats, want) < 1e-4);
+    }
+    at += static_cast<size_t>(mc.queries[su]);
+  }
+}
+
+// Dense, ring, re-indexed ring and compress-once layouts (compacted or not, with and without the
+// compensation token and its count), and layouts mixing them, each with its own sinks and
+// windows, in one batch.
+const std::vector<LayoutSpec> kLayouts = {
+    {FullHead(), FullHead(), FullHead(), FullHead()},
+    {FullHead(), RingHead(3, 10), FullHead(), RingHead(3, 10)},
+    {RingHead(2, 6, true), RingHead(2, 6, true), FullHead(), FullHead()},
+    {FullHead(), CompressOnceHead(4, 12), CompressOnceHead(4, 12), FullHead()},
+    {RingHead(1, 5, true), CompressOnceHead(2, 8, true, false), RingHead(4, 12), FullHead()},
+    {CompressOnceHead(3, 9, false), FullHead(), FullHead(), CompressOnceHead(3, 9, false)},
+};
+
+TEST_CASE("A batch of sequences of different KV layouts: each as alone, and as the reference",
+          "[kernels]") {
+  SECTION("prefill chunks after prefixes, first chunks and decode") {
+    MixedCase mc;
+    mc.layouts = kLayouts;
+    //           dense ring reidx comp  mixed nocomp comp(new) ring  mixed  reidx
+    mc.layout = {0, 1, 2, 3, 4, 5, 3, 1, 4, 2};
+    mc.len = {40, 50, 45, 60, 33, 70, 20, 1, 61, 23};
+    mc.queries = {7, 9, 5, 6, 33, 1, 20, 1, 4, 23};
+    mc.from = {0, 0, 0, 40, 0, 50, 0, 0, 37, 0};
+    CheckMixed(mc);
+  }
+  SECTION("decode") {
+    MixedCase mc;
+    mc.hq = 8;
+    mc.hkv = 4;
+    mc.d = 32;
+    mc.page_size = 16;
+    mc.layouts = kLayouts;
+    mc.layout = {5, 4, 3, 2, 1, 0, 3, 4, 2};
+    mc.len = {90, 77, 150, 64, 33, 129, 17, 40, 1};
+    mc.queries = std::vector<int>(mc.len.size(), 1);
+    mc.from = {40, 60, 100, 0, 0, 0, 0, 0, 0};
+    CheckMixed(mc);
+  }
+}
+
+// What fn printed to stderr if it stopped the process with an abort (a failed HW_CHECK), run in a
+// child process; "" if it returned. The backend it uses must have no worker threads
+// (CreateCpuBackend(1)): the child has none.
+std::string AbortMessage(const std::function<void()>& fn) {
+  int pipe_fds[2];
+  REQUIRE(pipe(pipe_fds) == 0);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::signal(SIGABRT, SIG_DFL);  // not Catch's handler: no test report from the child
+    dup2(pipe_fds[1], STDERR_FILENO);
+    close(pipe_fds[0]);
+    fn();
+    _exit(0);
+  }
+  close(pipe_fds[1]);
+  std::string message;
+  char buffer[256];
+  for (ssize_t n; (n = read(pipe_fds[0], buffer, sizeof buffer)) > 0;) message.append(buffer, n);
+  close(pipe_fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT ? message : "";
+}
+
+// A bad table is a bug upstream: the CPU backend stops with the context rather than read a freed
+// page, a layout that does not exist, or a kind of block the table lacks.
+TEST_CASE("Attention through a bad block table stops the process", "[kernels]") {
+  auto be = CreateCpuBackend(1);
+  std::mt19937 rng(std::random_device{}());
+  const int hq = 4, d = 8, page_size = 4, len = 40, from = 30;
+  HostBlockTable table =
+      testing::MakeBlockTable({{FullHead(), CompressOnceHead(2, 10)}, {RingHead(2, 8), FullHead()}},
+                              {0}, {len}, page_size, rng);
+  const std::vector<float> inv_freq = InvFreq(d);
+  Buffer k = Upload(*be, Random(static_cast<size_t>(table.num_pages * page_size * d), rng),
+                    {table.num_pages, page_size, d});
+  Buffer v = Upload(*be, Random(static_cast<size_t>(table.num_pages * page_size * d), rng),
+                    {table.num_pages, page_size, d});
+  const KvPoolView pool{k.view(), v.view(), page_size};
+  Buffer q = Upload(*be, Random(static_cast<size_t>(hq * d), rng), {1, hq, d});
+  Buffer seq = UploadI32(*be, {0}, {1}), pos = UploadI32(*be, {len - 1}, {1});
+  Buffer out = Poisoned(*be, {1, hq, d});
+  auto attend = [&](const HostBlockTable& t, auto&& edit) {
+    testing::BackendBlockTable b = testing::UploadTable(*be, t, inv_freq);
+    edit(b.view);
+    be->PagedAttention(q.view(), pool,
+                       PagedAttentionBatch{seq.view(), pos.view(), b.view, Tensor(), 1}, 0.3f,
+                       out.view());
+  };
+  const auto as_is = [](BlockTable&) {};
+  table.Compact(0, from);
+  REQUIRE(table.comp_blocks[1] == -1);  // positions 4 .. 7 were dropped
+  attend(table, as_is);                 // compacted: the freed pages are not attended
+  CHECK(std::isfinite(out.view().ptr<float>()[0]));
+  using Catch::Matchers::Contains;
+  HostBlockTable not_compacted = table;
+  not_compacted.comp_from = {0};  // attends every key, freed pages too
+  CHECK_THAT(AbortMessage([&] { attend(not_compacted, as_is); }),
+             Contains("key 4 of sequence 0 on KV head 1: its page was freed"));
+  HostBlockTable bad_layout = table;
+  bad_layout.seq_layout = {2};
+  CHECK_THAT(AbortMessage([&] { attend(bad_layout, as_is); }),
+             Contains("sequence 0 runs layout 2 of 2"));
+  CHECK_THAT(AbortMessage([&] { attend(table, [](BlockTable& b) { b.ring_blocks = Tensor(); }); }),
+             Contains("layout 1 KV head 0 is a ring head but the table has no ring_blocks"));
+  CHECK_THAT(AbortMessage([&] { attend(table, [](BlockTable& b) { b.max_full_heads = 0; }); }),
+             Contains("max_full_heads is 0"));
+  CHECK_THAT(AbortMessage([&] { attend(table, [](BlockTable& b) { b.max_ring_span = 9; }); }),
+             Contains("over max_ring_span 9"));
+  HostBlockTable outside = table;
+  outside.blocks[0] = table.num_pages;  // page past the pool
+  CHECK_THAT(AbortMessage([&] { attend(outside, as_is); }), Contains("outside pool of"));
 }
 
 }  // namespace
