@@ -168,7 +168,8 @@ struct PagedAttentionBatch {
 // head) attend only to the token positions indices[indptr[r] .. indptr[r + 1]) of the
 // sequence's cache, each logit shifted by logit_bias (when given). Not defined for re-indexed
 // heads (their keys are unrotated and an index list carries no ranks): a row on one is refused
-// (the CUDA backend, which cannot see the rows on the host, refuses any table with one).
+// (the CPU backend stops with a check; the CUDA kernel, which alone sees the row's head, traps).
+// Sequences of re-indexing layouts may share the batch's table when no row is theirs.
 struct SparseDecodeBatch {
   Tensor row_seq;      // i32 [R]: batch index of the row's sequence
   Tensor row_kv_head;  // i32 [R]

@@ -29,6 +29,7 @@ using headwise::bench::DeviceArray;
 using headwise::bench::kUnusedBlock;
 using headwise::bench::Median;
 using headwise::bench::MedianReplayMs;
+using headwise::kernels::KvHead;
 
 float RandomNonZero(std::mt19937& rng, float bound) {
   std::uniform_real_distribution<float> dist(-bound, bound);
@@ -39,7 +40,8 @@ float RandomNonZero(std::mt19937& rng, float bound) {
 }
 
 // A paged cache of `lens[s]` keys per sequence: shuffled blocks, two layers' pages per block with
-// this layer's heads in a shuffled subset, NaN in every slot no sequence owns.
+// this layer's heads in a shuffled subset, NaN in every slot no sequence owns. One KV layout, of
+// full heads (kernels::BlockTable): blocks holds each block's first page.
 struct Cache {
   int hkv, d, page_size, max_blocks, pages_per_block;
   std::vector<int> lens;
@@ -75,15 +77,13 @@ Cache BuildCache(int hkv, int d, int page_size, const std::vector<int>& lens, st
   for (size_t s = 0; s < lens.size(); ++s) {
     const int len = lens[s];
     for (int b = 0; b < (len + page_size - 1) / page_size; ++b) {
-      c.blocks[s * c.max_blocks + b] = ids[next++];
+      c.blocks[s * c.max_blocks + b] = ids[next++] * c.pages_per_block;
     }
     c.k[s].resize(static_cast<size_t>(hkv) * len * d);
     c.v[s].resize(c.k[s].size());
     for (int h = 0; h < hkv; ++h) {
       for (int j = 0; j < len; ++j) {
-        const int64_t page =
-            int64_t{c.blocks[s * c.max_blocks + j / page_size]} * c.pages_per_block +
-            c.head_page[h];
+        const int64_t page = int64_t{c.blocks[s * c.max_blocks + j / page_size]} + c.head_page[h];
         const int64_t base = (page * page_size + j % page_size) * d;
         for (int e = 0; e < d; ++e) {
           const size_t idx = (static_cast<size_t>(h) * len + j) * d + e;
@@ -98,14 +98,25 @@ Cache BuildCache(int hkv, int d, int page_size, const std::vector<int>& lens, st
   return c;
 }
 
+// Full heads (one KV layout, kernels::KvHead) at the given pages inside their blocks.
+std::vector<KvHead> FullHeads(const std::vector<int32_t>& head_page) {
+  std::vector<KvHead> heads(head_page.size());
+  for (size_t h = 0; h < heads.size(); ++h) heads[h].page = head_page[h];
+  return heads;
+}
+
 struct DeviceCache {
   DeviceArray<bf16> k, v;
-  DeviceArray<int32_t> blocks, head_page;
+  DeviceArray<int32_t> blocks, seq_layout;
+  DeviceArray<KvHead> heads;
   hw::DecodeKvCache view;
   explicit DeviceCache(const Cache& c)
-      : k(c.k_pool), v(c.v_pool), blocks(c.blocks), head_page(c.head_page) {
-    view = {k.ptr,       v.ptr, blocks.ptr, head_page.ptr, c.max_blocks, c.pages_per_block,
-            c.page_size, c.hkv};
+      : k(c.k_pool),
+        v(c.v_pool),
+        blocks(c.blocks),
+        seq_layout(std::vector<int32_t>(c.lens.size(), 0)),
+        heads(FullHeads(c.head_page)) {
+    view = {k.ptr, v.ptr, heads.ptr, seq_layout.ptr, blocks.ptr, c.max_blocks, c.page_size, c.hkv};
   }
 };
 
@@ -401,12 +412,14 @@ void RunTiming(int batch, int context, double copy_bw, const std::vector<double>
   std::vector<int32_t> ids(pool_blocks);
   std::iota(ids.begin(), ids.end(), 0);
   std::shuffle(ids.begin(), ids.end(), rng);
-  DeviceArray<int32_t> table(ids);  // rotation i: rows i * batch .. of [rot * batch, blocks]
+  for (int32_t& id : ids) id *= kHkv;  // a block's first page
+  DeviceArray<int32_t> table(ids);     // rotation i: rows i * batch .. of [rot * batch, blocks]
   std::vector<int32_t> head_page(kHkv), seq(batch), pos(batch, context - 1);
   std::iota(head_page.begin(), head_page.end(), 0);
   std::shuffle(head_page.begin(), head_page.end(), rng);
   std::iota(seq.begin(), seq.end(), 0);
-  DeviceArray<int32_t> dhp(head_page), dseq(seq), dpos(pos);
+  DeviceArray<KvHead> dheads(FullHeads(head_page));
+  DeviceArray<int32_t> dseq(seq), dpos(pos), dlayout(std::vector<int32_t>(batch, 0));
   const int auto_splits =
       hw::PagedDecodeSplits(batch, kHq, kHkv, int64_t{blocks_per_seq} * kPs, g_num_sms);
   cudaStream_t stream;
@@ -419,10 +432,10 @@ void RunTiming(int batch, int context, double copy_bw, const std::vector<double>
     const double us = TimeGraph(stream, [&](int i) {
       const hw::DecodeKvCache kv{k.ptr,
                                  v.ptr,
+                                 dheads.ptr,
+                                 dlayout.ptr,
                                  table.ptr + size_t{1} * (i % rot) * batch * blocks_per_seq,
-                                 dhp.ptr,
                                  blocks_per_seq,
-                                 kHkv,
                                  kPs,
                                  kHkv};
       return hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, nullptr, batch,
@@ -459,6 +472,9 @@ void RunLayoutTiming(int batch, int context, int layers, bool block_major, doubl
   CHECK_CUDA(cudaGetLastError());
   std::vector<int32_t> ids(static_cast<size_t>(num_blocks));
   std::iota(ids.begin(), ids.end(), 0);  // sequences get consecutive blocks, as Reserve does
+  if (block_major) {
+    for (int32_t& id : ids) id *= ppb;  // a block's first page
+  }
   DeviceArray<int32_t> table(ids);
   std::vector<int32_t> head_page(static_cast<size_t>(layers) * kHkv), seq(batch),
       pos(batch, context - 1);
@@ -469,7 +485,8 @@ void RunLayoutTiming(int batch, int context, int layers, bool block_major, doubl
     }
   }
   std::iota(seq.begin(), seq.end(), 0);
-  DeviceArray<int32_t> dhp(head_page), dseq(seq), dpos(pos);
+  DeviceArray<KvHead> dheads(FullHeads(head_page));  // layer l's layout: kHkv heads from l * kHkv
+  DeviceArray<int32_t> dseq(seq), dpos(pos), dlayout(std::vector<int32_t>(batch, 0));
   const int splits =
       hw::PagedDecodeSplits(batch, kHq, kHkv, int64_t{blocks_per_seq} * kPs, g_num_sms);
   cudaStream_t stream;
@@ -478,14 +495,9 @@ void RunLayoutTiming(int batch, int context, int layers, bool block_major, doubl
   DeviceArray<unsigned char> scratch(scratch_bytes);
   SplitCounters counters(int64_t{batch} * kHq);
   const double us = TimeGraph(stream, [&](int i) {
-    const hw::DecodeKvCache kv{k.ptr,
-                               v.ptr,
-                               table.ptr,
-                               dhp.ptr + (i % layers) * kHkv,
-                               blocks_per_seq,
-                               block_major ? ppb : 1,
-                               kPs,
-                               kHkv};
+    const hw::DecodeKvCache kv{k.ptr,       v.ptr,     dheads.ptr + (i % layers) * kHkv,
+                               dlayout.ptr, table.ptr, blocks_per_seq,
+                               kPs,         kHkv};
     return hw::LaunchPagedDecodeAttention(stream, q.ptr, kv, dseq.ptr, dpos.ptr, nullptr, batch,
                                           kHq, kD, 0.088f, splits, scratch.ptr, scratch_bytes,
                                           counters.array.ptr, out.ptr);

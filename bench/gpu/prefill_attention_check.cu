@@ -97,14 +97,15 @@ Problem Build(const Case& c, std::mt19937& rng) {
   for (int s = 0; s < p.num_seqs; ++s) {
     const int keys = c.prefix[s] + c.num_q[s];
     const int blocks = (keys + c.page_size - 1) / c.page_size;
-    for (int b = 0; b < blocks; ++b) p.block_table[s * p.max_blocks + b] = block_ids[next_block++];
+    for (int b = 0; b < blocks; ++b) {  // a block's first page
+      p.block_table[s * p.max_blocks + b] = block_ids[next_block++] * p.pages_per_block;
+    }
     p.k[s].resize(static_cast<size_t>(c.hkv) * keys * c.d);
     p.v[s].resize(p.k[s].size());
     for (int h = 0; h < c.hkv; ++h) {
       for (int j = 0; j < keys; ++j) {
         const int64_t page =
-            int64_t{p.block_table[s * p.max_blocks + j / c.page_size]} * p.pages_per_block +
-            p.head_page[h];
+            int64_t{p.block_table[s * p.max_blocks + j / c.page_size]} + p.head_page[h];
         const int64_t base = (page * c.page_size + j % c.page_size) * c.d;
         for (int e = 0; e < c.d; ++e) {
           const size_t idx = (static_cast<size_t>(h) * keys + j) * c.d + e;
@@ -171,9 +172,17 @@ std::vector<float> Reference(const Problem& p) {
   return out;
 }
 
+// One KV layout of full heads (kernels::KvHead) at the problem's pages inside a block.
+std::vector<headwise::kernels::KvHead> FullHeads(const Problem& p) {
+  std::vector<headwise::kernels::KvHead> heads(p.head_page.size());
+  for (size_t h = 0; h < heads.size(); ++h) heads[h].page = p.head_page[h];
+  return heads;
+}
+
 struct Device {
   DeviceArray<bf16> q, k_pool, v_pool, out;
-  DeviceArray<int32_t> query_start, first_pos, block_table, head_page;
+  DeviceArray<int32_t> query_start, first_pos, block_table, seq_layout;
+  DeviceArray<headwise::kernels::KvHead> heads;
   explicit Device(const Problem& p)
       : q(p.q_bf),
         k_pool(p.k_pool),
@@ -182,13 +191,14 @@ struct Device {
         query_start(p.query_start),
         first_pos(p.first_pos),
         block_table(p.block_table),
-        head_page(p.head_page) {}
+        seq_layout(std::vector<int32_t>(static_cast<size_t>(p.num_seqs), 0)),
+        heads(FullHeads(p)) {}
 };
 
 bool Launch(const Problem& p, Device& dev, cudaStream_t stream) {
   const headwise::kernels::cuda::DecodeKvCache kv{
-      dev.k_pool.ptr, dev.v_pool.ptr,    dev.block_table.ptr, dev.head_page.ptr,
-      p.max_blocks,   p.pages_per_block, p.c.page_size,       p.c.hkv};
+      dev.k_pool.ptr,      dev.v_pool.ptr, dev.heads.ptr, dev.seq_layout.ptr,
+      dev.block_table.ptr, p.max_blocks,   p.c.page_size, p.c.hkv};
   return headwise::kernels::cuda::LaunchPagedPrefillAttention(
       stream, dev.q.ptr, kv, dev.query_start.ptr, dev.first_pos.ptr, p.num_seqs,
       p.max_q + p.c.extra_query_bound, p.c.hq, p.c.d, p.scale, dev.out.ptr);

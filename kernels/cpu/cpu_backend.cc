@@ -83,10 +83,8 @@ void CheckTable(const BlockTable& table) {
                "layout {} KV head {} is a ring head but the table has no ring_blocks", l, h);
       HW_CHECK(!r.compress_once() || table.has_compressed_heads(),
                "layout {} KV head {} compresses once but the table has no comp_blocks", l, h);
-      HW_CHECK(!r.reindex() || (r.ring() && table.has_reindex_heads()),
-               "layout {} KV head {} re-indexes positions: it must be a ring head, and the table "
-               "needs rope_inv_freq",
-               l, h);
+      HW_CHECK(!r.reindex() || r.ring(),
+               "layout {} KV head {} re-indexes positions but is no ring head", l, h);
     }
   }
 }
@@ -533,9 +531,10 @@ class CpuBackend final : public Backend {
     }
     if (reindex) {
       CheckF32(table.rope_inv_freq, "rope_inv_freq");
-      HW_CHECK(table.rope_inv_freq.numel() == head_dim / 2,
-               "re-indexed heads need {} rotary frequencies, the table has {}", head_dim / 2,
-               table.rope_inv_freq.numel());
+      HW_CHECK(table.has_reindex_heads() && table.rope_inv_freq.numel() == head_dim / 2,
+               "re-indexed heads need {} rotary frequencies (BlockTable::rope_inv_freq), the table "
+               "has {}",
+               head_dim / 2, table.has_reindex_heads() ? table.rope_inv_freq.numel() : 0);
       rank_rotation_.Ensure(table.rope_inv_freq, ranks);
     }
     // One work unit per (token, query head); with re-indexed heads one per (token, KV head), so

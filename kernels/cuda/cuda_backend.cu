@@ -217,17 +217,21 @@ __global__ void RopeWriteKvKernel(const bf16* qkv, const int32_t* token_seq,
   bf16* dst = nullptr;
   float s = 0.0f, c = 1.0f;
   if (pos >= 0) {
+    const int seq = token_seq[t];
+    const int kv_head = head < hq         ? head / (hq / hkv)
+                        : head < hq + hkv ? head - hq
+                                          : head - hq - hkv;
+    const KvHead layout_head = table.Head(seq, kv_head);  // of the sequence's layout
     if (head < hq) {
       dst = q_out + (t * hq + head) * int64_t{d};
     } else {
-      const int kv_head = head < hq + hkv ? head - hq : head - hq - hkv;
-      const int64_t slot = table.Slot(token_seq[t], kv_head, pos);
+      const int64_t slot =
+          table.Slot(table.BlocksOf(seq, layout_head.retention), layout_head.page, pos);
       if (slot < 0 || slot >= num_slots) __trap();
       dst = (head < hq + hkv ? k_pool : v_pool) + slot * d;
     }
     // Re-indexed heads keep k and their queries' q unrotated: attention turns them by rank.
-    const int rope_kv_head = head < hq ? head / (hq / hkv) : head - hq;
-    if (head < hq + hkv && !table.IsReindexed(rope_kv_head)) {
+    if (head < hq + hkv && !layout_head.retention.reindex()) {
       sincosf(static_cast<float>(pos) * inv_freq[j], &s, &c);
     }
   }
@@ -261,12 +265,14 @@ __global__ void MeanKvKernel(cuda::DecodeKvCache kv, bf16* k_pool, bf16* v_pool,
                              const int32_t* begin, const int32_t* end, const int32_t* dest, int d) {
   const int r = blockIdx.x;
   bf16* pool = blockIdx.y == 0 ? k_pool : v_pool;
-  const int seq = row_seq[r], kv_head = row_kv_head[r], b = begin[r], e = end[r];
-  const int64_t dst = kv.Slot(seq, kv_head, dest[r]) * d;
+  const int seq = row_seq[r], b = begin[r], e = end[r];
+  const KvHead head = kv.Head(seq, row_kv_head[r]);
+  const int32_t* seq_blocks = kv.BlocksOf(seq, head.retention);
+  const int64_t dst = kv.Slot(seq_blocks, head.page, dest[r]) * d;
   for (int c = threadIdx.x; c < d; c += blockDim.x) {
     float sum = 0.0f;
     for (int pos = b; pos < e; ++pos)
-      sum += __bfloat162float(pool[kv.Slot(seq, kv_head, pos) * d + c]);
+      sum += __bfloat162float(pool[kv.Slot(seq_blocks, head.page, pos) * d + c]);
     pool[dst + c] = __float2bfloat16(sum / static_cast<float>(e - b));
   }
 }
@@ -474,8 +480,6 @@ class CudaBackend final : public Backend {
     HW_CHECK(lse.dtype == DType::kF32, "lse must be f32");
     const int64_t rows = batch.row_seq.numel();
     if (rows == 0) return;
-    HW_CHECK(!batch.table.has_reindex_heads(),
-             "sparse decode is not defined on re-indexed heads (kernels::SparseDecodeBatch)");
     const cuda::DecodeKvCache kv = DecodeCache(pool, batch.table);
     const int group = hq / kv.hkv;
     // No list is longer than all of them together.
@@ -538,16 +542,23 @@ class CudaBackend final : public Backend {
 
   // Splits of the decode kernel, from shapes only (graph replays). Ring heads attend at most
   // sink + window + the chunk, so the splits go to the full heads: with half the heads rings,
-  // twice as many, or the full heads' blocks alone would set the time of a half-empty grid.
+  // twice as many, or the full heads' blocks alone would set the time of a half-empty grid. The
+  // table's host-known summaries stand for the layouts (a batch's sequences may run several): the
+  // most full heads of a layout, and else the longest ring.
   int PagedDecodeSplits(const BlockTable& table, int64_t tokens, int hq,
                         const cuda::DecodeKvCache& kv) const {
+    // Unset summaries would size a long context's work as a ring's: slow, not wrong, so check.
+    HW_CHECK(table.max_full_heads >= 0 && table.max_full_heads <= kv.hkv &&
+                 (table.max_full_heads > 0 || table.max_ring_span > 0),
+             "BlockTable::max_full_heads {} (of {} KV heads) and max_ring_span {} must be set",
+             table.max_full_heads, kv.hkv, table.max_ring_span);
     const int64_t capacity = int64_t{kv.max_blocks} * kv.page_size;
-    const int full_heads = kv.hkv - table.num_ring_heads;
+    const int full_heads = table.max_full_heads;
     if (full_heads > 0) {
       return cuda::PagedDecodeSplits(tokens, hq / kv.hkv * full_heads, full_heads, capacity,
                                      num_sms_);
     }
-    const int64_t ring_keys = int64_t{kv.ring_sink} + kv.ring_window + tokens;
+    const int64_t ring_keys = int64_t{table.max_ring_span} + tokens;
     return cuda::PagedDecodeSplits(tokens, hq, kv.hkv, std::min(capacity, ring_keys), num_sms_);
   }
 
@@ -580,14 +591,22 @@ class CudaBackend final : public Backend {
     return launched;
   }
 
-  // Every attention and KV-write path goes through here.
+  // Every attention and KV-write path goes through here. The heads and the block rows stay on
+  // the device: what the host can check is the table's shape.
   static cuda::DecodeKvCache DecodeCache(const KvPoolView& pool, const BlockTable& table) {
+    HW_CHECK(table.heads.dtype == DType::kI32 && table.heads.rank == 3 &&
+                 table.heads.dim(2) == kKvHeadInts && table.num_layouts() > 0,
+             "BlockTable::heads {} must be i32 [layouts, Hkv, {}]", table.heads.ShapeString(),
+             kKvHeadInts);
+    HW_CHECK(table.blocks.rank == 2 && table.seq_layout.numel() == table.num_seqs(),
+             "BlockTable::blocks {} and seq_layout {} must be [S, max_blocks] and [S]",
+             table.blocks.ShapeString(), table.seq_layout.ShapeString());
     cuda::DecodeKvCache kv{pool.k.ptr<bf16>(),
                            pool.v.ptr<bf16>(),
+                           static_cast<const KvHead*>(table.heads.data),
+                           table.seq_layout.ptr<int32_t>(),
                            table.blocks.ptr<int32_t>(),
-                           table.head_page.ptr<int32_t>(),
                            table.max_blocks(),
-                           table.pages_per_block,
                            pool.page_size,
                            table.num_kv_heads()};
     if (table.has_ring_heads()) {
@@ -595,18 +614,14 @@ class CudaBackend final : public Backend {
                    table.ring_blocks.dim(1) == table.blocks.dim(1),
                "ring table {} must have the block table's shape {}",
                table.ring_blocks.ShapeString(), table.blocks.ShapeString());
-      kv.head_ring = table.head_ring.ptr<int32_t>();
       kv.ring_blocks = table.ring_blocks.ptr<int32_t>();
-      kv.ring_pages_per_block = table.ring_pages_per_block;
-      kv.ring_sink = table.ring_sink;
-      kv.ring_window = table.ring_window;
     }
     if (table.has_reindex_heads()) {
-      HW_CHECK(table.has_ring_heads(), "re-indexed heads must be ring heads");
-      HW_CHECK(table.rope_inv_freq.numel() == pool.k.dim(2) / 2,
-               "rope_inv_freq has {} entries for head dim {}", table.rope_inv_freq.numel(),
-               pool.k.dim(2));
-      kv.head_reindex = table.head_reindex.ptr<int32_t>();
+      HW_CHECK(table.has_ring_heads(), "re-indexed heads must be ring heads: no ring table");
+      HW_CHECK(table.rope_inv_freq.dtype == DType::kF32 &&
+                   table.rope_inv_freq.numel() == pool.k.dim(2) / 2,
+               "rope_inv_freq must be f32 with {} entries for head dim {}, has {}",
+               pool.k.dim(2) / 2, pool.k.dim(2), table.rope_inv_freq.numel());
       kv.rope_inv_freq = table.rope_inv_freq.ptr<float>();
     }
     if (table.has_compressed_heads()) {
@@ -615,13 +630,8 @@ class CudaBackend final : public Backend {
                    table.comp_blocks.dim(1) == table.blocks.dim(1),
                "comp table {} must have the block table's shape {}",
                table.comp_blocks.ShapeString(), table.blocks.ShapeString());
-      kv.head_comp = table.head_comp.ptr<int32_t>();
       kv.comp_blocks = table.comp_blocks.ptr<int32_t>();
-      kv.comp_pages_per_block = table.comp_pages_per_block;
       kv.comp_from = table.comp_from.ptr<int32_t>();
-      kv.comp_sink = table.comp_sink;
-      kv.comp_token = table.comp_token;
-      kv.comp_log_count = table.comp_log_count;
     }
     return kv;
   }

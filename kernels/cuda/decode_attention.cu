@@ -202,10 +202,15 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
   int kv_head, first_g, seq, count, list = 0;
   int64_t q_row, out_row;
   AttendedKeys keys{0, INT_MAX, 0};  // sparse: list entries are positions
+  // The (sequence, KV head)'s retention and page, read once here: the key loop only indexes.
+  KvHead head;
   if (sparse) {
     kv_head = p.row_kv_head[row];
     first_g = blockIdx.y * kHeadRows;
     seq = p.row_seq[row];
+    head = p.kv.Head(seq, kv_head);
+    // Not defined on re-indexed heads (kernels::SparseDecodeBatch): a bug upstream, stop loudly.
+    if (head.retention.reindex()) __trap();
     list = p.indptr[row];
     count = p.indptr[row + 1] - list;
     q_row = int64_t{seq} * p.hq + kv_head * p.group + first_g;
@@ -215,7 +220,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     first_g = (blockIdx.y % p.head_chunks) * kHeadRows;
     const int pos = p.token_pos[row];  // < 0: padding
     seq = p.token_seq[row];            // not dereferenced for padding; loaded beside token_pos
-    keys = AttendedKeys::Of(p.kv, kv_head, seq, pos,
+    if (pos >= 0) head = p.kv.Head(seq, kv_head);
+    keys = AttendedKeys::Of(p.kv, head.retention, seq, pos,
                             p.seq_first_pos != nullptr && pos >= 0 ? p.seq_first_pos[seq] : pos);
     count = keys.count;
     q_row = row * p.hq + kv_head * p.group + first_g;
@@ -241,9 +247,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     return;
   }
   const int n_tiles = (n_keys + kTileKeys - 1) / kTileKeys;
-  const int32_t* seq_blocks = p.kv.BlocksOf(seq, kv_head);
-  const int64_t pages_per_block = p.kv.PagesPerBlockOf(kv_head);
-  const int64_t head_page = p.kv.head_page[kv_head];
+  const int32_t* seq_blocks = p.kv.BlocksOf(seq, head.retention);
+  const int64_t head_page = head.page;
   const int page_size = p.kv.page_size;
 
   // Slot and bias of key `tile * kTileKeys + tid` of the split (threads < kTileKeys); -1: none.
@@ -254,8 +259,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     bias = 0.0f;
     if (n < n_keys) {
       const int pos = sparse ? p.indices[list + begin + n] : keys.Position(begin + n);
-      slot =
-          (seq_blocks[pos / page_size] * pages_per_block + head_page) * page_size + pos % page_size;
+      slot = (seq_blocks[pos / page_size] + head_page) * page_size + pos % page_size;
       if (p.bias != nullptr) {
         bias = p.bias[list + begin + n] * kLog2e;
       } else if (begin + n == keys.bias_index) {
@@ -310,7 +314,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
   // (count - 1), each key by its index in the list as its tile lands (the paged path only).
   // Thread tid turns column tid % half of rows tid / half, + rot_rows, ... (RankRotation); threads
   // past the last whole set of columns idle.
-  const bool by_rank = !sparse && p.kv.IsReindexed(kv_head);
+  const bool by_rank = !sparse && head.retention.reindex();
   const int half = d / 2, rot_rows = kThreads / half, rot_col = tid % half, rot_row0 = tid / half;
   const bool rotates = by_rank && rot_row0 < rot_rows;
   RankRotation rotation(rotates ? p.kv.rope_inv_freq[rot_col] : 0.0f, rot_rows);

@@ -1,77 +1,54 @@
 // The paged KV cache of one layer as the attention and KV-write kernels read it (the device side
-// of kernels::BlockTable). Header only, CUDA runtime types only.
+// of kernels::BlockTable). Header only: CUDA runtime types and kernels/kv_head.h (dependency-free)
+// only, so that bench/gpu builds the attention kernels standalone.
 #pragma once
 
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
+#include "kernels/kv_head.h"
+
 namespace headwise::kernels::cuda {
 
-// The paged cache of one layer as the kernels read it. Key j of (sequence s, KV head h) lives at
-// page blocks[s * max_blocks + j / page_size] * pages_per_block + head_page[h], slot
-// j % page_size: element (page * page_size + slot) * d + c of k_pool / v_pool. A ring head
-// (head_ring[h] != 0; kernels::BlockTable) takes its page from ring_blocks and
-// ring_pages_per_block instead, and attends fewer keys (AttendedKeys); a compress-once head
-// (head_comp[h] != 0) from comp_blocks and comp_pages_per_block, whose entries are -1 where
-// compaction freed the page (never read: those positions are not attended).
+// The paged cache of one layer as the kernels read it (kernels::BlockTable states the rules).
+// Sequence s runs layout seq_layout[s]; its KV head h keeps keys as head = heads[seq_layout[s] *
+// hkv + h] says (KvHead: retention and page in a block). Key j lives at page
+// BlocksOf(s, head.retention)[j / page_size] + head.page, slot j % page_size: element
+// (page * page_size + slot) * d + c of k_pool / v_pool. Ring heads take their blocks from
+// ring_blocks and attend fewer keys (AttendedKeys); compress-once heads from comp_blocks, whose
+// entries are -1 where compaction freed the page (never read: those positions are not attended).
+// A kernel reads a (sequence, KV head)'s KvHead once (Head), then only indexes.
 struct DecodeKvCache {
   const __nv_bfloat16* k_pool;
   const __nv_bfloat16* v_pool;
-  const int32_t* blocks;     // [S, max_blocks]
-  const int32_t* head_page;  // [hkv]
+  const KvHead* heads;        // [num_layouts, hkv]
+  const int32_t* seq_layout;  // [S]
+  const int32_t* blocks;      // [S, max_blocks]: first pages of full blocks
   int max_blocks;
-  int pages_per_block;
   int page_size;
   int hkv;
-  // Sink/window heads; head_ring null when the layer has none.
-  const int32_t* head_ring = nullptr;    // [hkv]
+  // Null when no layout has heads of the kind.
   const int32_t* ring_blocks = nullptr;  // [S, max_blocks]
-  int ring_pages_per_block = 0;
-  int ring_sink = 0;
-  int ring_window = 0;
-  // Compress-once heads (kernels::BlockTable); head_comp null when the layer has none.
-  const int32_t* head_comp = nullptr;    // [hkv]
   const int32_t* comp_blocks = nullptr;  // [S, max_blocks]
-  int comp_pages_per_block = 0;
-  const int32_t* comp_from = nullptr;  // [S]: 0 until the sequence is compacted
-  int comp_sink = 0;
-  bool comp_token = false;
-  bool comp_log_count = true;
-  // Ring heads with re-indexed positions (StreamingLLM; kernels::BlockTable): their keys are
-  // stored unrotated, and attention rotates q and each key by its rank (RotateByRank).
-  // head_reindex null when the layer has none.
-  const int32_t* head_reindex = nullptr;  // [hkv]
-  const float* rope_inv_freq = nullptr;   // [d / 2]
+  const int32_t* comp_from = nullptr;    // [S]: 0 until the sequence is compacted
+  // Ring heads with re-indexed positions (StreamingLLM): their keys are stored unrotated, and
+  // attention rotates q and each key by its rank (RankRotation). Null when no layout has one.
+  const float* rope_inv_freq = nullptr;  // [d / 2]
 
 #ifdef __CUDACC__
-  __device__ bool IsRing(int kv_head) const {
-    return head_ring != nullptr && head_ring[kv_head] != 0;
+  __device__ KvHead Head(int seq, int kv_head) const {
+    return heads[int64_t{seq_layout[seq]} * hkv + kv_head];
   }
-  __device__ bool IsReindexed(int kv_head) const {
-    return head_reindex != nullptr && head_reindex[kv_head] != 0;
-  }
-  __device__ bool IsCompressed(int kv_head) const {
-    return head_comp != nullptr && head_comp[kv_head] != 0;
-  }
-  // The block table row of `seq` for kv_head's kind of block, and that kind's pages per block.
-  __device__ const int32_t* BlocksOf(int seq, int kv_head) const {
-    const int32_t* table = IsRing(kv_head)         ? ring_blocks
-                           : IsCompressed(kv_head) ? comp_blocks
-                                                   : blocks;
+  // The block table row of `seq` for the kind of block a head of retention r keeps keys in.
+  __device__ const int32_t* BlocksOf(int seq, const KvRetention& r) const {
+    const int32_t* table = r.ring() ? ring_blocks : r.compress_once() ? comp_blocks : blocks;
     return table + int64_t{seq} * max_blocks;
   }
-  __device__ int PagesPerBlockOf(int kv_head) const {
-    return IsRing(kv_head)         ? ring_pages_per_block
-           : IsCompressed(kv_head) ? comp_pages_per_block
-                                   : pages_per_block;
-  }
-  // Slot (page * page_size + offset) of key `pos` of (seq, kv_head): the row of k_pool / v_pool.
-  __device__ int64_t Slot(int seq, int kv_head, int pos) const {
-    const int64_t page =
-        int64_t{BlocksOf(seq, kv_head)[pos / page_size]} * PagesPerBlockOf(kv_head) +
-        head_page[kv_head];
-    return page * page_size + pos % page_size;
+  // Slot (page * page_size + offset) of key `pos` from its sequence's block row (BlocksOf) and its
+  // head's page: the row of k_pool / v_pool.
+  __device__ int64_t Slot(const int32_t* seq_blocks, int head_page, int pos) const {
+    return (int64_t{seq_blocks[pos / page_size]} + head_page) * page_size + pos % page_size;
   }
 #endif
 };
@@ -121,25 +98,22 @@ struct AttendedKeys {
   float bias = 0.0f;
 
 #ifdef __CUDACC__
-  __device__ static AttendedKeys Ring(const DecodeKvCache& kv, bool ring, int pos,
-                                      int chunk_start) {
-    if (!ring || pos < 0) return {pos + 1, pos + 1, 0};
-    const int lo = max(kv.ring_sink, chunk_start - kv.ring_window);
-    const int n_sink = min(kv.ring_sink, pos + 1);
-    return {n_sink + max(0, pos + 1 - lo), n_sink, lo - n_sink};
-  }
-  __device__ static AttendedKeys Of(const DecodeKvCache& kv, int kv_head, int seq, int pos,
+  // Of a query at `pos` (< 0: padding, nothing) of sequence `seq` on a head of retention r.
+  __device__ static AttendedKeys Of(const DecodeKvCache& kv, const KvRetention& r, int seq, int pos,
                                     int chunk_start) {
-    if (pos < 0 || !kv.IsCompressed(kv_head)) {
-      return Ring(kv, kv.IsRing(kv_head), pos, chunk_start);
+    if (pos < 0 || !(r.ring() || r.compress_once())) return {pos + 1, pos + 1, 0};
+    if (r.ring()) {
+      const int lo = max(r.sink, chunk_start - r.window);
+      const int n_sink = min(r.sink, pos + 1);
+      return {n_sink + max(0, pos + 1 - lo), n_sink, lo - n_sink};
     }
     const int from = kv.comp_from[seq];
     if (from <= 0) return {pos + 1, pos + 1, 0};  // not compacted yet: everything
-    const int n_sink = min(kv.comp_sink + (kv.comp_token ? 1 : 0), pos + 1);
+    const int n_sink = min(r.sink + (r.compensation ? 1 : 0), pos + 1);
     AttendedKeys keys{n_sink + max(0, pos + 1 - from), n_sink, from - n_sink};
-    if (kv.comp_token && kv.comp_sink <= pos) {
-      keys.bias_index = kv.comp_sink;
-      keys.bias = kv.comp_log_count ? logf(static_cast<float>(from - kv.comp_sink)) : 0.0f;
+    if (r.compensation && r.sink <= pos) {
+      keys.bias_index = r.sink;
+      keys.bias = r.compensation_by_count ? logf(static_cast<float>(from - r.sink)) : 0.0f;
     }
     return keys;
   }

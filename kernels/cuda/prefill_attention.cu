@@ -116,12 +116,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
   // attends, which covers every row's keys on full, ring and compress-once heads alike (a ring's
   // window starts by the chunk, not the row; a compacted sequence's kept span by the sequence), so
   // the causal mask by position is all that differs between rows.
-  const AttendedKeys keys = AttendedKeys::Of(p.kv, kv_head, seq, pos0 + rows - 1, chunk_start);
+  // The sequence's head (its layout's retention and page), read once: the tiles only index.
+  const KvHead head = p.kv.Head(seq, kv_head);
+  const AttendedKeys keys =
+      AttendedKeys::Of(p.kv, head.retention, seq, pos0 + rows - 1, chunk_start);
   const int num_keys = keys.count;
   const int num_tiles = (num_keys + kBlockN - 1) / kBlockN;
-  const int32_t* blocks = p.kv.BlocksOf(seq, kv_head);
-  const int64_t pages_per_block = p.kv.PagesPerBlockOf(kv_head);
-  const int64_t head_page = p.kv.head_page[kv_head];
+  const int32_t* blocks = p.kv.BlocksOf(seq, head.retention);
+  const int64_t head_page = head.page;
   const int page_size = p.kv.page_size;
 
   const int64_t q_stride = int64_t{p.hq} * D;
@@ -146,7 +148,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
       int64_t offset = 0;
       if (valid) {
         const int pos = keys.Position(key);
-        const int64_t page = blocks[pos / page_size] * pages_per_block + head_page;
+        const int64_t page = blocks[pos / page_size] + head_page;
         offset = (page * page_size + pos % page_size) * D + c * 8;
       }
       CopyAsync16(k_dst + SwizzledOffset<D>(r, c), p.kv.k_pool + offset, valid);
@@ -165,7 +167,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
   // own position among the keys; every row's list is a prefix of the last row's), each key by its
   // index as its tile lands.
   // Thread t turns column t % (D/2) of rows t / (D/2), + kRotRows, ... (RankRotation).
-  const bool by_rank = p.kv.IsReindexed(kv_head);
+  const bool by_rank = head.retention.reindex();
   constexpr int kHalf = D / 2, kRotRows = kThreads / kHalf;
   static_assert(kThreads % kHalf == 0);
   const int rot_col = threadIdx.x % kHalf, rot_row0 = threadIdx.x / kHalf;

@@ -728,5 +728,50 @@ TEST_CASE("Attention through a bad block table stops the process", "[kernels]") 
   CHECK_THAT(AbortMessage([&] { attend(outside, as_is); }), Contains("outside pool of"));
 }
 
+// Index-list decode is not defined on re-indexed heads: a row on one stops the process, while a
+// table whose other layouts re-index serves rows on other heads (here: equal to paged decode).
+TEST_CASE("Sparse decode refuses rows on re-indexed heads, not tables that have them",
+          "[kernels]") {
+  auto be = CreateCpuBackend(1);
+  std::mt19937 rng(std::random_device{}());
+  const int hq = 4, hkv = 2, d = 8, page_size = 4, len = 30;
+  const HostBlockTable table =
+      testing::MakeBlockTable({{FullHead(), FullHead()}, {RingHead(2, 8, true), FullHead()}},
+                              {0, 1}, {len, len}, page_size, rng);
+  const testing::BackendBlockTable blocks = testing::UploadTable(*be, table, InvFreq(d));
+  Buffer k = Upload(*be, Random(static_cast<size_t>(table.num_pages * page_size * d), rng),
+                    {table.num_pages, page_size, d});
+  Buffer v = Upload(*be, Random(static_cast<size_t>(table.num_pages * page_size * d), rng),
+                    {table.num_pages, page_size, d});
+  const KvPoolView pool{k.view(), v.view(), page_size};
+  Buffer q = Upload(*be, Random(static_cast<size_t>(2 * hq * d), rng), {2, hq, d});
+  std::vector<int32_t> all(len);
+  std::iota(all.begin(), all.end(), 0);
+  const std::vector<testing::IndexRow> rows = {{0, 0, all, {}}, {0, 1, all, {}}, {1, 1, all, {}}};
+  const testing::IndexListResult sparse =
+      testing::IndexListAttention(*be, q.view(), pool, blocks.view, 0.3f, rows);
+  Buffer seq = UploadI32(*be, {0, 1}, {2}), pos = UploadI32(*be, {len - 1, len - 1}, {2});
+  Buffer paged = Poisoned(*be, {2, hq, d});
+  be->PagedAttention(q.view(), pool,
+                     PagedAttentionBatch{seq.view(), pos.view(), blocks.view, Tensor(), 1}, 0.3f,
+                     paged.view());
+  // Row r's group of query heads is paged's (sequence, KV head) group.
+  const float* want = paged.view().ptr<float>();
+  const size_t group_floats = static_cast<size_t>(hq / hkv * d);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const size_t at = static_cast<size_t>(rows[r].seq * hq * d) +
+                      static_cast<size_t>(rows[r].kv_head) * group_floats;
+    const std::vector<double> ref(want + at, want + at + group_floats);
+    INFO("row " << r);
+    CHECK(MaxAbsDiff(sparse.out.data() + r * group_floats, ref) < 1e-5);
+  }
+  using Catch::Matchers::Contains;
+  CHECK_THAT(
+      AbortMessage([&] {
+        testing::IndexListAttention(*be, q.view(), pool, blocks.view, 0.3f, {{1, 0, all, {}}});
+      }),
+      Contains("index-list decode is not defined for re-indexed KV head 0 (sequence 1)"));
+}
+
 }  // namespace
 }  // namespace headwise::kernels

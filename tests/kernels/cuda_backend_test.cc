@@ -7,11 +7,13 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/kernels/block_tables.h"
 
 namespace headwise::kernels {
 namespace {
@@ -172,88 +174,107 @@ TEST_CASE("CUDA matmul (bf16 and f32 out, with bias) matches the CPU", "[cuda]")
   }
 }
 
+using testing::CompressOnceHead;
+using testing::FullHead;
+using testing::HostBlockTable;
+using testing::LayoutSpec;
+using testing::RingHead;
+
+// Sequences of a batch and the KV layouts they run (kernels::BlockTable): sequence s runs
+// layouts[layout[s]] (layout empty: all the first) and is compacted at from[s] > 0 (from empty:
+// none), after its tokens are written. Positions never cycle in ring pages here: the kernels' key
+// ranges and table picks are what is compared (tests/kvcache covers the recycling).
+struct Layouts {
+  std::vector<LayoutSpec> layouts;
+  std::vector<int> layout;
+  std::vector<int> from;
+};
+
 // Sink/window (ring) KV heads: with window > 0 the odd KV heads are ring heads, their pages in a
-// table of their own (kernels::BlockTable). Positions never cycle here: the kernels' key ranges
-// and table pick are what is compared (tests/kvcache covers the recycling).
+// table of their own; with reindex (StreamingLLM) they store k unrotated and attention rotates by
+// rank.
 struct Ring {
   int sink = 0, window = 0;
-  bool reindex =
-      false;  // StreamingLLM: the ring heads store k unrotated, attention rotates by rank
+  bool reindex = false;
 };
 
 // Compress-once (RazorAttention) KV heads: with from non-empty the odd KV heads compress once,
 // their pages in a table of their own; sequence s is compacted when from[s] > 0 (it attends
-// positions [0, sink], the token at `sink` with its logit + log(from[s] - sink), and [from[s], p]);
-// its queries are the last ones past from[s].
+// positions [0, sink], the token at `sink` — the mean of [sink, from[s]) — with its logit +
+// log(from[s] - sink), and [from[s], p]); its queries are the last ones past from[s].
 struct Comp {
   int sink = 0;
   std::vector<int> from;
 };
 
+// One layout of odd ring or compress-once heads (or dense), for every sequence.
+Layouts OneLayout(int hkv, Ring ring, const Comp& comp) {
+  LayoutSpec spec(static_cast<size_t>(hkv), FullHead());
+  for (int h = 1; h < hkv; h += 2) {
+    if (ring.window > 0)
+      spec[static_cast<size_t>(h)] = RingHead(ring.sink, ring.window, ring.reindex);
+    if (!comp.from.empty()) spec[static_cast<size_t>(h)] = CompressOnceHead(comp.sink, 0);
+  }
+  return {{spec}, {}, comp.from};
+}
+
+// Layouts of every kind for hkv KV heads, with sinks and windows of their own: dense; odd rings;
+// even re-indexed rings; odd compress-once (compensation by count); per head h % 4: re-indexed
+// ring, compress-once (compensation, no count), ring, full; even compress-once without
+// compensation; all rings.
+std::vector<LayoutSpec> MixedLayouts(int hkv) {
+  std::vector<LayoutSpec> layouts(7, LayoutSpec(static_cast<size_t>(hkv), FullHead()));
+  for (int h = 0; h < hkv; ++h) {
+    const auto i = static_cast<size_t>(h);
+    if (h % 2 == 1) layouts[1][i] = RingHead(4, 40);
+    if (h % 2 == 0) layouts[2][i] = RingHead(2, 100, true);
+    if (h % 2 == 1) layouts[3][i] = CompressOnceHead(4, 64);
+    layouts[4][i] = h % 4 == 0   ? RingHead(1, 64, true)
+                    : h % 4 == 1 ? CompressOnceHead(2, 32, true, false)
+                    : h % 4 == 2 ? RingHead(16, 256)
+                                 : FullHead();
+    if (h % 2 == 0) layouts[5][i] = CompressOnceHead(3, 50, false);
+    layouts[6][i] = RingHead(0, 100 + 30 * h, h % 2 == 1);
+  }
+  return layouts;
+}
+
 // A batch of sequences with the given lengths, all tokens as queries (prefill) or only the
 // last `last_n` (1: decode; more: a prefill chunk after a cached prefix; for a compacted
-// sequence at most those past its compaction point), through RopeWriteKv then PagedAttention on
-// both backends.
-void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& lens, int last_n = 0,
-                    Ring ring = {}, const Comp& comp = {}) {
+// sequence at most those past its compaction point), through RopeWriteKv, MeanKv for the
+// compacted sequences' compensation tokens, then PagedAttention on both backends.
+void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& lens, int last_n,
+                    const Layouts& l) {
   const bool decode = last_n == 1;
-  const bool compress = !comp.from.empty();
+  const int num_seqs = static_cast<int>(lens.size());
+  const std::vector<int> from =
+      l.from.empty() ? std::vector<int>(static_cast<size_t>(num_seqs), 0) : l.from;
   auto queries_of = [&](int s) {
     const int len = lens[static_cast<size_t>(s)];
     const int n = last_n == 0 ? len : std::min(last_n, len);
     // A compacted sequence's queries lie past its kept span's start (decode, or a preempted
     // request recomputing its generated tokens).
-    if (compress && comp.from[static_cast<size_t>(s)] > 0) {
-      return std::min(n, len - comp.from[static_cast<size_t>(s)]);
-    }
+    if (from[static_cast<size_t>(s)] > 0) return std::min(n, len - from[static_cast<size_t>(s)]);
     return n;
   };
   auto is_query = [&](int s, int t) { return t >= lens[static_cast<size_t>(s)] - queries_of(s); };
   const int page_size = 16;
-  const int num_seqs = static_cast<int>(lens.size());
-  // Shuffled blocks of pages_per_block pages, as the KV cache hands them out; each block also
-  // holds pages of other (absent) layers, and the heads' pages inside it are permuted.
-  const int pages_per_block = 2 * hkv;
-  int max_blocks = 1, total_blocks = 0;
-  for (int len : lens) {
-    max_blocks = std::max(max_blocks, (len + page_size - 1) / page_size);
-    total_blocks += (len + page_size - 1) / page_size;
-  }
-  const int table_count = ring.window > 0 || compress ? 2 : 1;
-  const int num_blocks = table_count * total_blocks + 3, num_pages = num_blocks * pages_per_block;
-  std::vector<int32_t> free_blocks(static_cast<size_t>(num_blocks));
-  std::iota(free_blocks.begin(), free_blocks.end(), 0);
-  std::shuffle(free_blocks.begin(), free_blocks.end(), p.rng);
-  std::vector<int32_t> tables[2];
-  size_t next = 0;
-  for (int i = 0; i < table_count; ++i) {
-    tables[i].assign(static_cast<size_t>(num_seqs * max_blocks), 0);
-    for (int s = 0; s < num_seqs; ++s)
-      for (int b = 0; b < (lens[static_cast<size_t>(s)] + page_size - 1) / page_size; ++b)
-        tables[i][static_cast<size_t>(s * max_blocks + b)] = free_blocks[next++];
-  }
-  const std::vector<int32_t>& blocks = tables[0];
-  std::vector<int32_t> head_page(static_cast<size_t>(hkv)), head_ring(static_cast<size_t>(hkv));
-  for (int h = 0; h < hkv; ++h) {
-    head_page[static_cast<size_t>(h)] = 2 * (hkv - 1 - h) + 1;
-    head_ring[static_cast<size_t>(h)] = (ring.window > 0 || compress) && h % 2 == 1;
-  }
-  auto slot_of = [&](int s, int h, int t) {  // odd heads: the ring or compress-once table
-    const auto& table = tables[head_ring[static_cast<size_t>(h)]];
-    return (table[static_cast<size_t>(s * max_blocks + t / page_size)] * pages_per_block +
-            head_page[static_cast<size_t>(h)]) *
-               page_size +
-           t % page_size;
-  };
+  // Shuffled blocks, as the KV cache hands them out; each block also holds pages of other (absent)
+  // layers, and the heads' pages inside it are permuted.
+  HostBlockTable table = testing::MakeBlockTable(
+      l.layouts, l.layout.empty() ? std::vector<int>(static_cast<size_t>(num_seqs), 0) : l.layout,
+      lens, page_size, p.rng);
+  const int num_pages = table.num_pages;
 
   // Every position is written (as a prefill would); queries are all or the last per sequence.
   // Decode batches end with a padding query (position -1), as in a captured graph's bucket.
-  std::vector<int32_t> pos, seq, slots, qpos, qseq;
+  std::vector<int32_t> pos, seq, qpos, qseq;
+  std::vector<int64_t> slots;
   for (int s = 0; s < num_seqs; ++s) {
     for (int t = 0; t < lens[static_cast<size_t>(s)]; ++t) {
       pos.push_back(t);
       seq.push_back(s);
-      for (int h = 0; h < hkv; ++h) slots.push_back(slot_of(s, h, t));
+      for (int h = 0; h < hkv; ++h) slots.push_back(table.Slot(s, h, t));
       if (is_query(s, t)) {
         qpos.push_back(t);
         qseq.push_back(s);
@@ -269,53 +290,53 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
   auto [qkvc, qkvg] = p.Upload(qkv, {tokens, (hq + 2 * hkv) * d});
   auto [posc, posg] = p.UploadI32(pos, {tokens});
   auto [sqc, sqg] = p.UploadI32(seq, {tokens});
-  auto [blc, blg] = p.UploadI32(blocks, {num_seqs, max_blocks});
-  auto [hpc, hpg] = p.UploadI32(head_page, {hkv});
-  auto [hrc, hrg] = p.UploadI32(head_ring, {hkv});
-  auto [rbc, rbg] = p.UploadI32(tables[table_count - 1], {num_seqs, max_blocks});
-  BlockTable table_c{blc.view(), hpc.view(), pages_per_block},
-      table_g{blg.view(), hpg.view(), pages_per_block};
-  if (ring.window > 0) {
-    table_c = {blc.view(), hpc.view(),      pages_per_block, hrc.view(),
-               rbc.view(), pages_per_block, ring.sink,       ring.window};
-    table_g = {blg.view(), hpg.view(),      pages_per_block, hrg.view(),
-               rbg.view(), pages_per_block, ring.sink,       ring.window};
-    table_c.num_ring_heads = table_g.num_ring_heads = hkv / 2;
-  }
-  std::vector<int32_t> comp_from(static_cast<size_t>(num_seqs), 0);
-  if (compress) comp_from.assign(comp.from.begin(), comp.from.end());
-  auto [cfc, cfg] = p.UploadI32(comp_from, {num_seqs});
-  if (compress) {
-    for (auto [table, flags, blocks, from] :
-         {std::tuple{&table_c, &hrc, &rbc, &cfc}, std::tuple{&table_g, &hrg, &rbg, &cfg}}) {
-      table->head_comp = flags->view();
-      table->comp_blocks = blocks->view();
-      table->comp_pages_per_block = pages_per_block;
-      table->comp_from = from->view();
-      table->comp_sink = comp.sink;
-      table->comp_token = true;
-      table->comp_log_count = true;
-    }
-  }
   auto [fc, fg] = p.UploadF32(inv_freq, {d / 2});
-  if (ring.reindex) {
-    table_c.head_reindex = hrc.view();
-    table_g.head_reindex = hrg.view();
-    table_c.rope_inv_freq = fc.view();
-    table_g.rope_inv_freq = fg.view();
-  }
   auto [kc, kg] = p.Outputs({num_pages, page_size, d});
   auto [vc, vg] = p.Outputs({num_pages, page_size, d});
   auto [qc, qg] = p.Outputs({tokens, hq, d});
   KvPoolView pool_c{kc.view(), vc.view(), page_size}, pool_g{kg.view(), vg.view(), page_size};
-  // Writing needs only each token's sequence and position.
-  p.cpu->RopeWriteKv(qkvc.view(),
-                     PagedAttentionBatch{sqc.view(), posc.view(), table_c, Tensor(), 1}, fc.view(),
-                     pool_c, qc.view());
-  p.gpu->RopeWriteKv(qkvg.view(),
-                     PagedAttentionBatch{sqg.view(), posg.view(), table_g, Tensor(), 1}, fg.view(),
-                     pool_g, qg.view());
-  CHECK(RelError(p.Get(qg.view()), p.Get(qc.view())) < kBf16Tol);
+  {
+    const testing::BackendBlockTable tc = testing::UploadTable(*p.cpu, table, inv_freq),
+                                     tg = testing::UploadTable(*p.gpu, table, inv_freq);
+    // Writing needs only each token's sequence and position.
+    p.cpu->RopeWriteKv(qkvc.view(),
+                       PagedAttentionBatch{sqc.view(), posc.view(), tc.view, Tensor(), 1},
+                       fc.view(), pool_c, qc.view());
+    p.gpu->RopeWriteKv(qkvg.view(),
+                       PagedAttentionBatch{sqg.view(), posg.view(), tg.view, Tensor(), 1},
+                       fg.view(), pool_g, qg.view());
+    CHECK(RelError(p.Get(qg.view()), p.Get(qc.view())) < kBf16Tol);
+    // The compacted sequences' compensation tokens: the mean of the dropped span over `sink`.
+    std::vector<int32_t> row_seq, row_head, begin, end;
+    for (int s = 0; s < num_seqs; ++s) {
+      for (int h = 0; h < hkv && from[static_cast<size_t>(s)] > 0; ++h) {
+        const kernels::KvRetention r = table.Head(s, h).retention;
+        if (!r.compress_once() || !r.compensation) continue;
+        row_seq.push_back(s);
+        row_head.push_back(h);
+        begin.push_back(r.sink);
+        end.push_back(from[static_cast<size_t>(s)]);
+        slots.push_back(table.Slot(s, h, r.sink));  // compared below
+      }
+    }
+    if (!row_seq.empty()) {
+      const auto n = static_cast<int64_t>(row_seq.size());
+      auto [rsc, rsg] = p.UploadI32(row_seq, {n});
+      auto [rhc, rhg] = p.UploadI32(row_head, {n});
+      auto [bc, bg] = p.UploadI32(begin, {n});
+      auto [ec, eg] = p.UploadI32(end, {n});
+      p.cpu->MeanKv(pool_c,
+                    KvMeanBatch{rsc.view(), rhc.view(), bc.view(), ec.view(), bc.view(), tc.view});
+      p.gpu->MeanKv(pool_g,
+                    KvMeanBatch{rsg.view(), rhg.view(), bg.view(), eg.view(), bg.view(), tg.view});
+    }
+  }
+  // Pages of positions every compress-once head dropped are freed (-1) now: never read.
+  for (int s = 0; s < num_seqs; ++s) {
+    if (from[static_cast<size_t>(s)] > 0) table.Compact(s, from[static_cast<size_t>(s)]);
+  }
+  const testing::BackendBlockTable table_c = testing::UploadTable(*p.cpu, table, inv_freq),
+                                   table_g = testing::UploadTable(*p.gpu, table, inv_freq);
 
   // Queries: the rotated q rows of the query tokens, identical bf16 values on both sides.
   const auto q_all = p.Get(qg.view());
@@ -331,8 +352,8 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
   // itself is compared on identical inputs.
   const auto k_g = p.Get(kg.view()), v_g = p.Get(vg.view());
   const auto k_c = p.Get(kc.view()), v_c = p.Get(vc.view());
-  std::vector<float> written_g, written_c;  // K and V rows at the written slots
-  for (int32_t slot : slots) {
+  std::vector<float> written_g, written_c;  // K and V rows at the written and averaged slots
+  for (int64_t slot : slots) {
     const auto base = static_cast<long>(slot) * d;
     for (const auto* src : {&k_g, &v_g})
       written_g.insert(written_g.end(), src->begin() + base, src->begin() + base + d);
@@ -364,20 +385,32 @@ void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& len
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   p.cpu->PagedAttention(
       qsc.view(), pool_c,
-      PagedAttentionBatch{tsc.view(), tpc.view(), table_c, qstc.view(), max_query_len}, scale,
+      PagedAttentionBatch{tsc.view(), tpc.view(), table_c.view, qstc.view(), max_query_len}, scale,
       oc.view());
   p.gpu->PagedAttention(
       qsg.view(), pool_g,
-      PagedAttentionBatch{tsg.view(), tpg.view(), table_g, qstg.view(), max_query_len}, scale,
+      PagedAttentionBatch{tsg.view(), tpg.view(), table_g.view, qstg.view(), max_query_len}, scale,
       og.view());
+  std::string layouts;
+  for (int s = 0; s < num_seqs; ++s) {
+    layouts += std::to_string(table.seq_layout[static_cast<size_t>(s)]) + "/" +
+               std::to_string(from[static_cast<size_t>(s)]) + " ";
+  }
   INFO("hq " << hq << " hkv " << hkv << " d " << d << " last_n " << last_n << " seqs " << num_seqs
-             << " ring sink " << ring.sink << " window " << ring.window << " reindex "
-             << ring.reindex << " compress-once " << compress);
+             << " of " << table.num_layouts()
+             << " layouts; layout/compacted-at per sequence: " << layouts);
   auto real_rows = [&](std::vector<float> v) {  // the padding row's output is unspecified
     v.resize(static_cast<size_t>(queries * hq * d));
     return v;
   };
   CHECK(RelError(real_rows(p.Get(og.view())), real_rows(p.Get(oc.view()))) < kBf16Tol);
+}
+
+void CheckAttention(Pair& p, int hq, int hkv, int d, const std::vector<int>& lens, int last_n = 0,
+                    Ring ring = {}, const Comp& comp = {}) {
+  INFO("ring sink " << ring.sink << " window " << ring.window << " reindex " << ring.reindex
+                    << " compress-once sink " << comp.sink);
+  CheckAttention(p, hq, hkv, d, lens, last_n, OneLayout(hkv, ring, comp));
 }
 
 // cuBLASLt assumes 256-byte aligned operands unless told otherwise; views a row into a buffer
@@ -468,31 +501,78 @@ TEST_CASE("CUDA attention over compress-once heads of compacted sequences matche
   }
 }
 
+// Every head a ring (max_full_heads 0): the decode kernel's splits sized by the longest ring.
+TEST_CASE("CUDA attention over a layout of ring heads only matches the CPU", "[cuda]") {
+  Pair p;
+  for (auto [hq, hkv] : {std::pair{8, 2}, std::pair{32, 4}}) {
+    for (int d : {64, 128}) {
+      const Layouts rings{{MixedLayouts(hkv)[6]}, {}, {}};
+      CheckAttention(p, hq, hkv, d, {300, 40, 129, 77}, 33, rings);
+      CheckAttention(p, hq, hkv, d, {1, 16, 33, 1000, 7}, 1, rings);
+      CheckAttention(p, hq, hkv, d, {513, 2048, 5000}, 1, rings);
+    }
+  }
+}
+
+// Sequences of different KV layouts in one batch (kernels::BlockTable): dense, rings, re-indexed
+// rings, compress-once (compacted or not; compensation with and without its count, or none), and
+// layouts mixing them, each head with its own sink and window — through the prefill kernel
+// (head dims 64, 128; first chunks and chunks after a prefix), the decode kernel for chunks
+// (head dim 16) and decode (one split or many), RopeWriteKv and MeanKv.
+TEST_CASE("CUDA attention over a batch of mixed KV layouts matches the CPU", "[cuda]") {
+  Pair p;
+  for (auto [hq, hkv] : {std::pair{8, 2}, std::pair{32, 4}, std::pair{32, 8}}) {
+    for (int d : {16, 64, 128}) {
+      const std::vector<LayoutSpec> layouts = MixedLayouts(hkv);
+      // Prefill from 0, nothing compacted.
+      CheckAttention(p, hq, hkv, d, {1, 15, 16, 17, 50, 130, 64, 200}, 0,
+                     Layouts{layouts, {0, 1, 2, 3, 4, 5, 6, 2}, {}});
+      // Chunks after a prefix; compacted sequences recompute past their kept span.
+      CheckAttention(
+          p, hq, hkv, d, {300, 40, 129, 77, 700, 90, 1500, 260, 333}, 33,
+          Layouts{layouts, {0, 1, 2, 3, 4, 5, 6, 3, 4}, {0, 0, 0, 50, 300, 40, 0, 0, 280}});
+      CheckAttention(p, hq, hkv, d, {700, 90, 1500, 420}, 200,
+                     Layouts{layouts, {3, 2, 4, 1}, {300, 0, 1000, 0}});
+      // Decode, one split or many.
+      CheckAttention(p, hq, hkv, d, {1, 16, 33, 1000, 7, 90, 300, 45}, 1,
+                     Layouts{layouts, {6, 5, 4, 3, 2, 1, 0, 4}, {0, 10, 20, 600, 0, 0, 0, 0}});
+      CheckAttention(p, hq, hkv, d, {513, 2048, 5000, 3000, 700}, 1,
+                     Layouts{layouts, {4, 3, 2, 5, 1}, {400, 1900, 0, 2500, 0}});
+    }
+  }
+}
+
 TEST_CASE("CUDA sparse decode over index lists with logit bias matches the CPU", "[cuda]") {
   Pair p;
   for (auto [hq, hkv] : {std::pair{8, 8}, std::pair{8, 2}, std::pair{32, 4}, std::pair{32, 2}}) {
     for (int d : {64, 128}) {
-      const int seqs = 3, page_size = 16, max_blocks = 40, len = max_blocks * page_size;
-      const int num_pages = seqs * hkv * max_blocks;
+      // A dense sequence, one of odd ring heads, one of odd compress-once heads: a row's keys
+      // come from its head's kind of block. A fourth sequence of re-indexed rings has no rows
+      // (SparseDecodeBatch: not defined on them) but shares the table.
+      const int seqs = 4, row_seqs = 3, page_size = 16, len = 640;
+      const std::vector<LayoutSpec> layouts = MixedLayouts(hkv);
+      const HostBlockTable table =
+          testing::MakeBlockTable({layouts[0], layouts[1], layouts[3], layouts[2]}, {0, 1, 2, 3},
+                                  {len, len, len, len}, page_size, p.rng);
+      const int num_pages = table.num_pages;
       auto k = p.Random(static_cast<size_t>(num_pages) * page_size * d);
       auto v = p.Random(static_cast<size_t>(num_pages) * page_size * d);
       auto [kc, kg] = p.Upload(k, {num_pages, page_size, d});
       auto [vc, vg] = p.Upload(v, {num_pages, page_size, d});
-      std::vector<int32_t> blocks(static_cast<size_t>(seqs * max_blocks)),
-          head_page(static_cast<size_t>(hkv));
-      std::iota(blocks.begin(), blocks.end(), 0);
-      std::shuffle(blocks.begin(), blocks.end(), p.rng);
-      std::iota(head_page.rbegin(), head_page.rend(), 0);
-      auto [blc, blg] = p.UploadI32(blocks, {seqs, max_blocks});
-      auto [hpc, hpg] = p.UploadI32(head_page, {hkv});
-      const BlockTable tc{blc.view(), hpc.view(), hkv}, tg{blg.view(), hpg.view(), hkv};
+      std::vector<float> inv_freq(static_cast<size_t>(d / 2));
+      for (int i = 0; i < d / 2; ++i)
+        inv_freq[static_cast<size_t>(i)] = std::pow(500000.0f, -2.0f * i / d);
+      const testing::BackendBlockTable table_c = testing::UploadTable(*p.cpu, table, inv_freq),
+                                       table_g = testing::UploadTable(*p.gpu, table, inv_freq);
+      const BlockTable& tc = table_c.view;
+      const BlockTable& tg = table_g.view;
       auto q = p.Random(static_cast<size_t>(seqs * hq * d));
       auto [qc, qg] = p.Upload(q, {seqs, hq, d});
       // Lists: random sizes (one empty), unsorted, repeats allowed; random biases.
       std::vector<int32_t> row_seq, row_head, indptr = {0}, indices;
       std::vector<float> bias;
       std::uniform_real_distribution<float> bdist(-2.0f, 2.0f);
-      for (int s = 0; s < seqs; ++s)
+      for (int s = 0; s < row_seqs; ++s)
         for (int h = 0; h < hkv; ++h) {
           row_seq.push_back(s);
           row_head.push_back(h);
