@@ -235,7 +235,7 @@ def test_startup_errors(port_in_use):
         with open(rings, "w") as f:
             json.dump({"schema": "attn-policy/v1", "policies": {"s": {**ring, "positions": "original"}},
                        "assignment": {"default": "s"}}, f)
-        startup_error([TINY, "--attention-policy", rings, "--num-kv-pages", "64"], "sink/window rings")
+        startup_error([TINY, "--attention-policy", rings, "--num-kv-pages", "64"], "its rings and one page per growing")
         # A head profile of another model (headwise profile-heads): refused with both identities.
         with open(os.path.join(tmp, "razor.json"), "w") as f:
             json.dump({"schema": "headwise-head-profile/v1", "method": "razor", "heads": {"0": [1]},
