@@ -8,10 +8,9 @@
 #include <thread>
 
 #include "engine/attention_setup.h"
-#include "engine/kv_compaction.h"
+#include "engine/engine_core.h"
 #include "engine/memory_budget.h"
-#include "engine/model_runner.h"
-#include "engine/output_processor.h"
+#include "engine/sequence.h"
 #include "kvcache/kv_cache.h"
 
 namespace headwise::engine {
@@ -29,17 +28,20 @@ const std::vector<double> kLatencyBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 
 
 }  // namespace
 
-// The channel between the engine thread (producer) and a front end (consumer).
-struct RequestStream::Shared {
+// The channel between the engine thread (producer) and a front end (consumer): the sink of the
+// request's sequence.
+struct RequestStream::Shared : SequenceSink {
   std::mutex mu;
   std::condition_variable cv;
   std::deque<RequestOutput> events;
-  bool done = false;  // the finished event was delivered to the consumer
-  std::atomic<bool> abort_requested{false};
-  std::function<void()> wake_engine;  // set by the engine: an abort should not wait for a step
-  std::function<void()> on_output;    // EngineRequest::on_output
+  bool done = false;                    // the finished event was delivered to the consumer
+  std::atomic<bool> abort_flag{false};  // RequestStream::Abort
+  std::function<void()> wake_engine;    // set by the engine: an abort should not wait for a step
+  std::function<void()> on_output;      // EngineRequest::on_output
 
-  void Push(RequestOutput out) {
+  bool abort_requested() const override { return abort_flag; }
+
+  void Deliver(RequestOutput out) override {
     {
       std::lock_guard<std::mutex> lock(mu);
       events.push_back(std::move(out));
@@ -66,39 +68,9 @@ std::optional<RequestOutput> RequestStream::Next(std::chrono::milliseconds timeo
 }
 
 void RequestStream::Abort() {
-  shared_->abort_requested = true;
+  shared_->abort_flag = true;
   if (shared_->wake_engine) shared_->wake_engine();
 }
-
-namespace {
-
-// A request inside the engine: its tokens, sampler, cache pages and progress.
-struct Sequence {
-  std::string id;
-  std::vector<int32_t> tokens;  // prompt, then generated tokens
-  size_t prompt_len = 0;
-  SamplingParams params;
-  Sampler sampler;
-  std::unique_ptr<OutputProcessor> output;
-  std::unique_ptr<kvcache::SequenceKv> kv;
-  std::shared_ptr<RequestStream::Shared> shared;
-  int num_computed = 0;  // tokens whose K/V are in the cache
-  int cached_tokens = 0;
-  Clock::time_point arrival, first_scheduled, last_token;
-  bool scheduled_once = false;
-  RequestOutput pending;  // what this step produced, sent after the step
-
-  Sequence(SamplingParams p) : params(std::move(p)), sampler(params) {}
-  std::span<const int32_t> prompt() const {
-    return std::span<const int32_t>(tokens).first(prompt_len);
-  }
-  std::span<const int32_t> generated() const {
-    return std::span<const int32_t>(tokens).subspan(prompt_len);
-  }
-  int remaining() const { return static_cast<int>(tokens.size()) - num_computed; }
-};
-
-}  // namespace
 
 struct Engine::Impl {
   LoadedModel model;
@@ -107,8 +79,7 @@ struct Engine::Impl {
   attention::PolicySet policy;
   std::shared_ptr<MetricsRegistry> metrics;
   std::unique_ptr<kvcache::KvCache> cache;
-  std::unique_ptr<ModelRunner> runner;
-  std::unique_ptr<BatchSampler> sampler;  // engine thread only
+  std::unique_ptr<EngineCore> core;  // the scheduler and the step; engine thread only
   LengthLimit length_limit;  // prompt + max_tokens of a request: the context, or more (streaming)
 
   std::mutex mu;  // guards incoming, stop, counters read by Stats()
@@ -119,9 +90,6 @@ struct Engine::Impl {
   std::atomic<int> num_running{0}, num_waiting{0}, pages_used{0};
   std::atomic<bool> alive{true};
 
-  // Engine thread only.
-  std::deque<std::unique_ptr<Sequence>> waiting;
-  std::vector<std::unique_ptr<Sequence>> running;
   std::thread thread;
 
   void Wake() {
@@ -133,56 +101,36 @@ struct Engine::Impl {
   // A cache of rings only holds a sequence of any length. Compaction does not lengthen it: a
   // request must fit whole, as its prompt (or its recompute after a preemption) is held whole.
   int MaxTokensInPool() const { return cache->max_tokens_per_sequence(0); }
-  // Tokens of `seq` to compute this step, within `budget`. With compress-once heads a chunk stops
-  // at the prompt's end, where the sequence is compacted: a preempted sequence recomputing prompt
-  // and generated tokens compacts where it did the first time, so it goes on as it would have.
-  int ChunkOf(const Sequence& seq, int budget) const {
-    int count = std::min(seq.remaining(), budget);
-    const int to_prompt_end = static_cast<int>(seq.prompt_len) - seq.num_computed;
-    if (to_prompt_end > 0 &&
-        cache->layout(seq.kv->layout()).CountStorage(kernels::kStorageCompressOnce) > 0) {
-      count = std::min(count, to_prompt_end);
-    }
-    return count;
-  }
   bool Step();
-  void Finish(Sequence& seq, const std::string& reason, const std::string& error = "");
-  void Preempt(std::unique_ptr<Sequence> seq);
+  // Tells the consumer `seq` has finished; `out` holds what it produced in its last step. Its
+  // pages are back in the pool already.
+  void Finish(const Sequence& seq, RequestOutput out, FinishReason reason,
+              const std::string& error = "");
   void UpdateGauges();
 };
 
-void Engine::Impl::Finish(Sequence& seq, const std::string& reason, const std::string& error) {
-  RequestOutput out = std::move(seq.pending);
-  seq.pending = RequestOutput();
+void Engine::Impl::Finish(const Sequence& seq, RequestOutput out, FinishReason reason,
+                          const std::string& error) {
   out.finished = true;
   out.finish_reason = reason;
   out.error = error;
   out.prompt_tokens = static_cast<int>(seq.prompt_len);
   out.completion_tokens = static_cast<int>(seq.tokens.size() - seq.prompt_len);
   out.cached_tokens = seq.cached_tokens;
-  seq.kv->Release();
   // Visible before the consumer hears of the finish: its pages are back in the pool.
   pages_used = cache->num_pages_used();
   metrics->Set("headwise_kv_pages_used", pages_used);
-  metrics->Increment("headwise_request_finished_total", 1, {{"finish_reason", reason}});
+  metrics->Increment("headwise_request_finished_total", 1,
+                     {{"finish_reason", std::string(FinishReasonName(reason))}});
   metrics->Increment("headwise_prompt_tokens_total", static_cast<double>(seq.prompt_len));
   metrics->Increment("headwise_generation_tokens_total", out.completion_tokens);
   metrics->Observe("headwise_e2e_request_latency_seconds", Seconds(seq.arrival, Clock::now()));
-  seq.shared->Push(std::move(out));
-}
-
-void Engine::Impl::Preempt(std::unique_ptr<Sequence> seq) {
-  // Recompute later: the K/V goes, the tokens stay; prefix caching may bring pages back.
-  seq->kv->Release();
-  seq->num_computed = 0;
-  metrics->Increment("headwise_preemptions_total");
-  spdlog::debug("preempted {} at {} tokens", seq->id, seq->tokens.size());
-  waiting.push_front(std::move(seq));
+  seq.sink->Deliver(std::move(out));
 }
 
 void Engine::Impl::UpdateGauges() {
-  num_running = static_cast<int>(running.size());
-  num_waiting = static_cast<int>(waiting.size());
+  num_running = core->scheduler().num_running();
+  num_waiting = core->scheduler().num_waiting();
   pages_used = cache->num_pages_used();
   metrics->Set("headwise_num_requests_running", num_running);
   metrics->Set("headwise_num_requests_waiting", num_waiting);
@@ -196,10 +144,7 @@ void Engine::Impl::Run() {
   } catch (const std::exception& e) {
     // A bug, not bad input: stop serving rather than answer wrongly; /health reports it.
     spdlog::error("engine thread stopped: {}", e.what());
-    for (auto& s : running) Finish(*s, "error", e.what());
-    for (auto& s : waiting) Finish(*s, "error", e.what());
-    running.clear();
-    waiting.clear();
+    for (auto& s : core->scheduler().TakeAll()) Finish(*s, {}, FinishReason::kError, e.what());
   }
   alive = false;
 }
@@ -208,12 +153,11 @@ void Engine::Impl::Loop() {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu);
-      cv.wait_for(lock, std::chrono::milliseconds(100), [&] {
-        return stop || !incoming.empty() || !running.empty() || !waiting.empty();
-      });
+      cv.wait_for(lock, std::chrono::milliseconds(100),
+                  [&] { return stop || !incoming.empty() || core->scheduler().has_unfinished(); });
       if (stop) break;
       while (!incoming.empty()) {
-        waiting.push_back(std::move(incoming.front()));
+        core->scheduler().Add(std::move(incoming.front()));
         incoming.pop_front();
       }
     }
@@ -231,171 +175,50 @@ void Engine::Impl::Loop() {
     for (auto& s : incoming) rest.push_back(std::move(s));
     incoming.clear();
   }
-  for (auto& s : running) Finish(*s, "abort");
-  for (auto& s : waiting) Finish(*s, "abort");
-  for (auto& s : rest) Finish(*s, "abort");
-  running.clear();
-  waiting.clear();
+  for (auto& s : core->scheduler().TakeAll()) Finish(*s, {}, FinishReason::kAbort);
+  for (auto& s : rest) Finish(*s, {}, FinishReason::kAbort);
   UpdateGauges();
 }
 
 bool Engine::Impl::Step() {
   const auto now = Clock::now();
-  // Aborts first: their pages return before anything is scheduled.
-  auto aborted = [&](std::unique_ptr<Sequence>& s) {
-    if (!s->shared->abort_requested) return false;
-    Finish(*s, "abort");
-    return true;
-  };
-  std::erase_if(running, aborted);
-  std::erase_if(waiting, aborted);
-  if (running.empty() && waiting.empty()) {
-    UpdateGauges();
-    return false;
-  }
-
-  struct Work {
-    Sequence* seq;
-    int count;
-  };
-  std::vector<Work> work;
-  int budget = config.max_num_batched_tokens;
-
-  // Makes room for `seq` to hold `tokens` tokens, preempting the latest-admitted running
-  // sequences that are not in this step's batch; false if even that is not enough.
-  auto reserve = [&](Sequence& seq, int tokens) -> bool {
-    for (;;) {
-      if (seq.kv->Reserve(tokens).ok()) return true;
-      auto victim = std::find_if(running.rbegin(), running.rend(), [&](const auto& s) {
-        return s.get() != &seq && std::none_of(work.begin(), work.end(),
-                                               [&](const Work& w) { return w.seq == s.get(); });
-      });
-      if (victim == running.rend()) return false;
-      auto it = std::next(victim).base();
-      std::unique_ptr<Sequence> taken = std::move(*it);
-      running.erase(it);
-      Preempt(std::move(taken));
+  StepOutput step = core->Step([&](const SchedulerOutput& plan) {
+    for (const auto& s : plan.aborted) Finish(*s, {}, FinishReason::kAbort);
+    if (!plan.preempted.empty()) {
+      metrics->Increment("headwise_preemptions_total", static_cast<double>(plan.preempted.size()));
     }
-  };
-
-  // Running sequences: decode steps first, then the continuation of chunked prefills.
-  for (int pass = 0; pass < 2; ++pass) {
-    for (size_t i = 0; i < running.size() && budget > 0; ++i) {
-      Sequence& seq = *running[i];
-      const bool decode = seq.remaining() == 1;
-      if (decode != (pass == 0)) continue;
-      const int count = ChunkOf(seq, budget);
-      if (!reserve(seq, seq.num_computed + count)) {
-        // Not even alone: give its own pages back and wait.
-        auto it = running.begin() + static_cast<std::ptrdiff_t>(i);
-        std::unique_ptr<Sequence> self = std::move(*it);
-        running.erase(it);
-        Preempt(std::move(self));
-        --i;
-        continue;
-      }
-      work.push_back({&seq, count});
-      budget -= count;
-    }
-  }
-
-  // Admission, first come first served: the queue head blocks those behind it.
-  while (!waiting.empty() && budget > 0 && static_cast<int>(running.size()) < config.max_num_seqs) {
-    Sequence& seq = *waiting.front();
-    if (seq.num_computed == 0 && seq.kv->capacity_tokens() == 0) {
-      const int hit = seq.kv->AttachCachedPrefix(seq.tokens);
-      // The last token is always computed: its logits are what we sample from.
-      seq.num_computed = std::min(hit, static_cast<int>(seq.tokens.size()) - 1);
-    }
-    const int count = ChunkOf(seq, budget);
-    if (!seq.kv->Reserve(seq.num_computed + count).ok()) {
-      seq.kv->Release();  // keep nothing while waiting
-      seq.num_computed = 0;
-      break;
-    }
-    if (!seq.scheduled_once) {
-      seq.scheduled_once = true;
-      seq.first_scheduled = now;
-      seq.cached_tokens = seq.num_computed;
-      metrics->Observe("headwise_request_queue_time_seconds", Seconds(seq.arrival, now));
+    for (const Sequence* seq : plan.first_scheduled) {
+      metrics->Observe("headwise_request_queue_time_seconds", Seconds(seq->arrival, now));
       metrics->Increment("headwise_prefix_cache_queried_tokens_total",
-                         static_cast<double>(seq.prompt_len));
-      metrics->Increment("headwise_prefix_cache_hit_tokens_total", seq.num_computed);
-      if (seq.num_computed > 0) metrics->Increment("headwise_prefix_cache_hits_total");
+                         static_cast<double>(seq->prompt_len));
+      metrics->Increment("headwise_prefix_cache_hit_tokens_total", seq->cached_tokens);
+      if (seq->cached_tokens > 0) metrics->Increment("headwise_prefix_cache_hits_total");
     }
-    work.push_back({&seq, count});
-    budget -= count;
-    running.push_back(std::move(waiting.front()));
-    waiting.pop_front();
-  }
-  UpdateGauges();
-  if (work.empty()) return false;
+    UpdateGauges();
+  });
+  if (!step.ran) return false;
 
-  std::vector<BatchEntry> batch;
-  batch.reserve(work.size());
-  for (const Work& w : work) {
-    batch.push_back(BatchEntry{
-        w.seq->kv.get(),
-        std::span<const int32_t>(w.seq->tokens)
-            .subspan(static_cast<size_t>(w.seq->num_computed), static_cast<size_t>(w.count)),
-        w.seq->num_computed, false});
-  }
-  const Tensor logits = runner->Forward(batch);
-
-  // Sequences whose tokens are all computed sample from their logits row on the device; a
-  // prefill chunk with more to come samples nothing.
-  std::vector<BatchSampler::Row> rows;
-  std::vector<Sequence*> sampled;
-  for (size_t i = 0; i < work.size(); ++i) {
-    Sequence& seq = *work[i].seq;
-    const int before = seq.num_computed;
-    seq.num_computed += work[i].count;
-    seq.kv->CommitComputed(seq.tokens, seq.num_computed);
-    // The prompt is in (ChunkOf ends a chunk there): compress-once heads compact now, also when
-    // a preempted sequence recomputes its generated tokens after it.
-    if (before < static_cast<int>(seq.prompt_len) &&
-        seq.num_computed >= static_cast<int>(seq.prompt_len)) {
-      CompactAfterPrompt(*backend, *cache, *seq.kv, seq.num_computed);
-    }
-    if (seq.remaining() > 0) continue;
-    rows.push_back({&seq.sampler, static_cast<int>(i), seq.prompt(), seq.generated()});
-    sampled.push_back(&seq);
-  }
-  std::vector<SampledToken> tokens = sampler->Sample(logits, rows);
-  if (rows.empty()) backend->Synchronize();  // the step's timing covers the forward pass
-
-  const auto after = Clock::now();
-  for (size_t j = 0; j < sampled.size(); ++j) {
-    Sequence& seq = *sampled[j];
-    SampledToken tok = std::move(tokens[j]);
-    const int32_t id = tok.id;
-    seq.tokens.push_back(id);
-    const bool first = seq.output->num_tokens() == 0;
-    seq.pending.text += seq.output->Append(id);
-    seq.pending.token_ids.push_back(id);
-    seq.pending.tokens.push_back(std::move(tok));
+  // Deliver events; finished sequences have left the batch and freed their pages.
+  for (SequenceOutput& o : step.update.outputs) {
+    Sequence& seq = *o.seq;
+    const bool first = seq.output.num_tokens() == 1;
     metrics->Observe(
         first ? "headwise_time_to_first_token_seconds" : "headwise_inter_token_latency_seconds",
-        Seconds(first ? seq.arrival : seq.last_token, after));
-    seq.last_token = after;
-  }
-
-  // Deliver events; finished sequences leave the batch and free their pages.
-  std::erase_if(running, [&](std::unique_ptr<Sequence>& s) {
-    Sequence& seq = *s;
-    if (seq.pending.token_ids.empty()) return false;
-    if (seq.output->finished()) {
-      Finish(seq, seq.output->finish_reason());
-      return true;
+        Seconds(first ? seq.arrival : seq.last_token, step.sampled_at));
+    seq.last_token = step.sampled_at;
+    RequestOutput out;
+    out.token_ids.push_back(o.token.id);
+    out.text = std::move(o.text);
+    out.tokens.push_back(std::move(o.token));
+    if (o.finished) {
+      Finish(seq, std::move(out), o.finish_reason);
+      continue;
     }
-    RequestOutput out = std::move(seq.pending);
-    seq.pending = RequestOutput();
     out.prompt_tokens = static_cast<int>(seq.prompt_len);
-    out.completion_tokens = seq.output->num_tokens();
+    out.completion_tokens = seq.output.num_tokens();
     out.cached_tokens = seq.cached_tokens;
-    seq.shared->Push(std::move(out));
-    return false;
-  });
+    seq.sink->Deliver(std::move(out));
+  }
   UpdateGauges();
   return true;
 }
@@ -438,7 +261,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
         policy.name, policy.page_size, c.page_size);
   }
   HW_ASSIGN_OR_RETURN(kvcache::KvLayout layout, KvLayoutFor(policy));
-  const kvcache::KvCacheConfig kv_shape = KvConfigFor(mc, 0, c.page_size, c.max_num_batched_tokens);
+  const kvcache::KvCacheConfig kv_shape =
+      KvConfigFor(mc, 0, c.page_size, c.max_num_batched_tokens);
   if (c.num_kv_pages <= 0 && backend->device() != Device::kCpu) {
     const size_t page_bytes = kvcache::KvCache::PageBytes(kv_shape, backend->kv_dtype());
     HW_ASSIGN_OR_RETURN(c.num_kv_pages,
@@ -490,20 +314,18 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
 
   std::vector<kvcache::KvLayout> layouts;
   layouts.push_back(std::move(layout));
-  HW_ASSIGN_OR_RETURN(impl->cache, CreateKvCache(std::move(layouts),
-                                                 KvConfigFor(mc, c.num_kv_pages, c.page_size,
-                                                             c.max_num_batched_tokens),
-                                                 *impl->backend));
+  HW_ASSIGN_OR_RETURN(
+      impl->cache,
+      CreateKvCache(std::move(layouts),
+                    KvConfigFor(mc, c.num_kv_pages, c.page_size, c.max_num_batched_tokens),
+                    *impl->backend));
   impl->cache->set_prefix_caching(c.enable_prefix_caching);
   // A request is admitted only if it fits the whole pool, so the longest one decides.
   if (impl->MaxTokensInPool() < c.max_model_len) {
     spdlog::warn(
-        "the KV cache holds {} tokens, less than max_model_len {}: longer requests are "
-        "refused",
+        "the KV cache holds {} tokens, less than max_model_len {}: longer requests are refused",
         impl->MaxTokensInPool(), c.max_model_len);
   }
-  impl->runner = std::make_unique<ModelRunner>(*impl->model.model, *impl->cache);
-  impl->runner->set_use_graphs(!c.enforce_eager);
   impl->length_limit =
       MaxSequenceTokens(impl->cache->layout(0), c.max_model_len, c.max_num_batched_tokens);
   if (impl->length_limit.bounded) {
@@ -511,7 +333,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   } else if (impl->length_limit.max_rank_span > 0) {
     spdlog::warn("attention policy \"{}\": {}", impl->policy.name, impl->length_limit.Explain());
   }
-  impl->sampler = std::make_unique<BatchSampler>(*impl->backend);
+  impl->core = std::make_unique<EngineCore>(
+      *impl->model.model, *impl->cache,
+      SchedulerConfig{c.max_num_seqs, c.max_num_batched_tokens, c.enable_prefix_caching});
+  impl->core->runner().set_use_graphs(!c.enforce_eager);
   impl->UpdateGauges();
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] { raw->Run(); });
@@ -550,17 +375,14 @@ StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
     return InvalidArgument("the model has no tokenizer, so text output is unavailable");
   }
 
-  auto seq = std::make_unique<Sequence>(request.params);
-  seq->tokens = std::move(request.prompt_ids);
-  seq->prompt_len = seq->tokens.size();
-  seq->output = std::make_unique<OutputProcessor>(
-      seq->params, request.detokenize ? im.model.tokenizer.get() : nullptr, seq->prompt(),
-      im.model.eos_token_ids);
-  seq->kv = std::make_unique<kvcache::SequenceKv>(*im.cache);
+  auto seq = std::make_unique<Sequence>(std::move(request.prompt_ids), request.params,
+                                        request.detokenize ? im.model.tokenizer.get() : nullptr,
+                                        im.model.eos_token_ids, *im.cache);
   seq->arrival = Clock::now();
-  seq->shared = std::make_shared<RequestStream::Shared>();
-  seq->shared->wake_engine = [&im] { im.Wake(); };
-  seq->shared->on_output = std::move(request.on_output);
+  auto shared = std::make_shared<RequestStream::Shared>();
+  shared->wake_engine = [&im] { im.Wake(); };
+  shared->on_output = std::move(request.on_output);
+  seq->sink = shared;
   std::string id;
   {
     std::lock_guard<std::mutex> lock(im.mu);
@@ -572,7 +394,6 @@ StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
     }
     id = std::to_string(im.next_id++);
     seq->id = id;
-    auto shared = seq->shared;
     im.incoming.push_back(std::move(seq));
     im.cv.notify_all();
     return std::unique_ptr<RequestStream>(new RequestStream(id, std::move(shared)));

@@ -19,6 +19,7 @@
 #include "core/status.h"
 #include "engine/metrics.h"
 #include "engine/model_loader.h"
+#include "engine/request_output.h"
 #include "engine/sampler.h"
 #include "engine/sampling_params.h"
 
@@ -48,19 +49,6 @@ struct EngineRequest {
   std::function<void()> on_output;
 };
 
-// One event of a request: what it produced since the last event.
-struct RequestOutput {
-  std::vector<int32_t> token_ids;
-  std::string text;                  // text delta (stop strings and incomplete UTF-8 held back)
-  std::vector<SampledToken> tokens;  // one per token id, with logprobs when asked
-  bool finished = false;
-  std::string finish_reason;  // when finished: "stop", "length", "abort" or "error"
-  std::string error;          // when finish_reason == "error"
-  int prompt_tokens = 0;
-  int completion_tokens = 0;  // so far
-  int cached_tokens = 0;      // prompt tokens served from the prefix cache
-};
-
 // The consumer side of one request. Dropping it aborts the request if it has not finished.
 class RequestStream {
  public:
@@ -72,8 +60,8 @@ class RequestStream {
   // The next event, waiting at most `timeout`; nullopt on timeout. After the finished event,
   // always nullopt.
   std::optional<RequestOutput> Next(std::chrono::milliseconds timeout);
-  // Asks the engine to stop the request; it finishes with reason "abort" within one step and
-  // its pages return to the pool.
+  // Asks the engine to stop the request; it finishes with FinishReason::kAbort within one step
+  // and its pages return to the pool.
   void Abort();
 
   struct Shared;  // the engine's side of the channel; opaque to front ends
@@ -106,7 +94,7 @@ class Engine {
   static StatusOr<std::unique_ptr<Engine>> Start(LoadedModel model,
                                                  std::unique_ptr<kernels::Backend> backend,
                                                  const EngineConfig& config);
-  ~Engine();  // stops the thread; unfinished requests end with reason "abort"
+  ~Engine();  // stops the thread; unfinished requests end with FinishReason::kAbort
 
   // Validates and queues a request. InvalidArgument: bad parameters, or a request that can
   // never fit (prompt + max_tokens over max_model_len or over the whole KV pool).

@@ -2,10 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 
 #include "engine/attention_setup.h"
-#include "engine/kv_compaction.h"
-#include "engine/output_processor.h"
+#include "engine/engine_core.h"
+#include "engine/sequence.h"
 
 namespace headwise::engine {
 namespace {
@@ -18,11 +19,7 @@ double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_cloc
 
 Generator::Generator(models::LlamaModel& model, kvcache::KvCache& cache,
                      const tokenizer::Tokenizer* tok, std::vector<int32_t> eos_ids)
-    : model_(model),
-      cache_(cache),
-      runner_(model, cache),
-      tokenizer_(tok),
-      eos_ids_(std::move(eos_ids)) {}
+    : model_(model), cache_(cache), tokenizer_(tok), eos_ids_(std::move(eos_ids)) {}
 
 StatusOr<GenerationResult> Generator::Generate(
     std::span<const int32_t> prompt, const SamplingParams& params, int prefill_chunk,
@@ -50,47 +47,46 @@ StatusOr<GenerationResult> Generator::Generate(
           limit.max_rank_span > 0 ? ": " + limit.Explain() : std::string());
     }
   }
-  kvcache::SequenceKv kv(cache_);
-  if (Status s = kv.Reserve(static_cast<int>(total)); !s.ok()) {
-    return ResourceExhausted("{} tokens do not fit in the KV cache: {}", total, s.message());
+  // The engine's rule (Engine::Submit): a request must fit the pool whole, as its prompt (or its
+  // recompute after a preemption) is held whole.
+  if (total > cache_.max_tokens_per_sequence(0)) {
+    return ResourceExhausted("{} tokens do not fit in the KV cache, which holds {} for a sequence",
+                             total, cache_.max_tokens_per_sequence(0));
   }
+
+  // Prefix caching stays off: one request has nothing to share, and a prompt reused across calls
+  // is computed again, as each call is its own run.
+  EngineCore core(model_, cache_,
+                  SchedulerConfig{/*max_num_seqs=*/1, /*max_num_batched_tokens=*/prefill_chunk,
+                                  /*enable_prefix_caching=*/false});
+  core.runner().set_use_graphs(use_graphs_);
+  core.scheduler().Add(std::make_unique<Sequence>(
+      std::vector<int32_t>(prompt.begin(), prompt.end()), params, tokenizer_, eos_ids_, cache_));
 
   GenerationResult result;
-  const Sampler sampler(params);
-  BatchSampler batch_sampler(model_.backend());
-  auto t0 = std::chrono::steady_clock::now();
-  Tensor logits;
-  for (size_t start = 0; start < prompt.size(); start += static_cast<size_t>(prefill_chunk)) {
-    const size_t n = std::min(static_cast<size_t>(prefill_chunk), prompt.size() - start);
-    BatchEntry e{&kv, prompt.subspan(start, n), static_cast<int>(start), false};
-    logits = runner_.Forward(std::span<const BatchEntry>(&e, 1));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto t1 = t0;  // the prompt is in and the first token sampled
+  for (;;) {
+    StepOutput step = core.Step();
+    if (!step.ran) {
+      // Only pages can stop the one sequence (the pool is shared with other work, or its rings
+      // have no room for a sequence); it would wait for ever.
+      return ResourceExhausted("the KV cache has no room for the request ({} pages used of {})",
+                               cache_.num_pages_used(), cache_.num_pages());
+    }
+    for (SequenceOutput& o : step.update.outputs) {
+      if (result.output_ids.empty()) t1 = step.sampled_at;
+      result.output_ids.push_back(o.token.id);
+      result.tokens.push_back(std::move(o.token));
+      if (on_text && !o.text.empty()) on_text(o.text);
+      if (!o.finished) continue;
+      result.finish_reason = o.finish_reason;
+      result.text = o.seq->output.text();
+      result.prefill_seconds = Seconds(t0, t1);
+      result.decode_seconds = Seconds(t1, std::chrono::steady_clock::now());
+      return result;
+    }
   }
-  CompactAfterPrompt(model_.backend(), cache_, kv, static_cast<int>(prompt.size()));
-  model_.backend().Synchronize();
-  auto t1 = std::chrono::steady_clock::now();
-  result.prefill_seconds = Seconds(t0, t1);
-
-  OutputProcessor out(params, tokenizer_, prompt, eos_ids_);
-  int32_t next = 0;
-  for (int step = 0;; ++step) {
-    // Sampled on the device: only the token (and its logprobs) come back.
-    const BatchSampler::Row row{&sampler, 0, prompt, result.output_ids};
-    SampledToken tok =
-        std::move(batch_sampler.Sample(logits, std::span<const BatchSampler::Row>(&row, 1))[0]);
-    next = tok.id;
-    result.output_ids.push_back(tok.id);
-    result.tokens.push_back(std::move(tok));
-    const std::string delta = out.Append(next);
-    if (on_text && !delta.empty()) on_text(delta);
-    if (out.finished()) break;
-    BatchEntry e{&kv, std::span<const int32_t>(&next, 1), static_cast<int>(prompt.size()) + step,
-                 false};
-    logits = runner_.Forward(std::span<const BatchEntry>(&e, 1));
-  }
-  result.finish_reason = out.finish_reason();
-  result.text = out.text();
-  result.decode_seconds = Seconds(t1, std::chrono::steady_clock::now());
-  return result;
 }
 
 }  // namespace headwise::engine

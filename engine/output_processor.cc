@@ -52,11 +52,11 @@ std::string OutputProcessor::Append(int32_t id) {
   }
   if (stop_at != std::string::npos) {
     text_.resize(stop_at);
-    finish_reason_ = "stop";
+    finish_reason_ = FinishReason::kStop;
   } else if (stop_token) {
-    finish_reason_ = "stop";
+    finish_reason_ = FinishReason::kStop;
   } else if (num_tokens_ >= params_.max_tokens) {
-    finish_reason_ = "length";
+    finish_reason_ = FinishReason::kLength;
   }
   if (finished() && detok_ && stop_at == std::string::npos) text_ += detok_->Finish();
   size_t ready = text_.size();

@@ -1,7 +1,7 @@
 // What a sequence's sampled tokens become: text through the incremental detokenizer, and the
 // stop decision (eos and stop token ids, stop strings, max_tokens), with streamed text held
-// back while it could still turn into a stop string. Shared by the CLI generator and the
-// serving engine so both stop in exactly the same place.
+// back while it could still turn into a stop string. The scheduler runs one per sequence
+// (engine/scheduler.h), so `headwise generate` and the server stop in exactly the same place.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/request_output.h"
 #include "engine/sampling_params.h"
 #include "tokenizer/incremental_detokenizer.h"
 #include "tokenizer/tokenizer.h"
@@ -26,8 +27,9 @@ class OutputProcessor {
   // Takes the next sampled token; returns the text now safe to stream.
   std::string Append(int32_t id);
 
-  bool finished() const { return !finish_reason_.empty(); }
-  const std::string& finish_reason() const { return finish_reason_; }  // "stop" or "length"
+  bool finished() const { return finish_reason_.has_value(); }
+  // kStop or kLength; only once finished().
+  FinishReason finish_reason() const { return *finish_reason_; }
   const std::string& text() const { return text_; }
   int num_tokens() const { return num_tokens_; }
 
@@ -38,7 +40,7 @@ class OutputProcessor {
   std::string text_;
   size_t emitted_ = 0;
   int num_tokens_ = 0;
-  std::string finish_reason_;
+  std::optional<FinishReason> finish_reason_;
 };
 
 }  // namespace headwise::engine

@@ -79,7 +79,7 @@ struct Child {
   int prompt_index = 0;
   std::unique_ptr<engine::RequestStream> stream;
   bool finished = false;
-  std::string finish_reason;
+  engine::FinishReason finish_reason = engine::FinishReason::kStop;  // when finished
   std::string error;
   std::string text;
   std::vector<engine::SampledToken> tokens;
@@ -556,18 +556,18 @@ class HttpServer::Impl {
     }
     std::vector<ChoiceResult> choices;
     for (auto& c : job.children) {
-      if (c.finish_reason == "error") {
+      if (c.finish_reason == engine::FinishReason::kError) {
         ReplyError(*job.exchange,
                    ApiError{500, "generation failed: " + c.error, "server_error", "", ""});
         return false;
       }
-      if (c.finish_reason == "abort") {
+      if (c.finish_reason == engine::FinishReason::kAbort) {
         ReplyError(*job.exchange, ShuttingDown());
         return false;
       }
       ChoiceResult r;
       r.index = c.index;
-      r.finish_reason = c.finish_reason;
+      r.finish_reason = FinishReasonString(c.finish_reason);
       r.text = (job.kind == ApiKind::kCompletion && job.request.echo)
                    ? job.prompt_texts[c.prompt_index] + c.text
                    : c.text;
@@ -624,13 +624,13 @@ class HttpServer::Impl {
                                     ev.text, logprobs, "", gr.include_usage));
       }
       if (ev.finished) {
-        if (ev.finish_reason == "error") {
+        if (ev.finish_reason == engine::FinishReason::kError) {
           out += SseEvent(
               ErrorBody(ApiError{500, "generation failed: " + ev.error, "server_error", "", ""}));
         } else {
           out += SseEvent(StreamChunk(job.kind, job.id, job.created, job.model, c.index, false, "",
-                                      nullptr, ev.finish_reason, gr.include_usage,
-                                      engine_.attention_policy()));
+                                      nullptr, FinishReasonString(ev.finish_reason),
+                                      gr.include_usage, engine_.attention_policy()));
         }
       }
     }

@@ -924,6 +924,20 @@ Json ResponseEnvelope(const char* object, const std::string& id, int64_t created
 
 }  // namespace
 
+std::string FinishReasonString(engine::FinishReason reason) {
+  switch (reason) {
+    case engine::FinishReason::kStop:
+      return "stop";
+    case engine::FinishReason::kLength:
+      return "length";
+    case engine::FinishReason::kAbort:
+      return "abort";
+    case engine::FinishReason::kError:
+      return "error";
+  }
+  return "stop";
+}
+
 Json CompletionResponse(const std::string& id, int64_t created, const std::string& model,
                         const std::vector<ChoiceResult>& choices, const UsageInfo& usage,
                         const std::string& attention_policy) {

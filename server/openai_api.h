@@ -17,6 +17,7 @@
 
 #include "core/status.h"
 #include "engine/chat_renderer.h"
+#include "engine/request_output.h"
 #include "engine/sampler.h"
 #include "engine/sampling_params.h"
 
@@ -156,6 +157,11 @@ struct UsageInfo {
 Json UsageJson(const UsageInfo& usage);
 // The attention policy that served the request; "dense" until policies land.
 Json HeadwiseExtras(const std::string& attention_policy = "dense");
+
+// The "finish_reason" value of a choice: OpenAI's "stop" and "length", and headwise's "abort"
+// (the server shut down mid-stream) and "error". The one place engine::FinishReason becomes a
+// string of the API (vLLM's FINISH_REASON_STRINGS).
+std::string FinishReasonString(engine::FinishReason reason);
 
 // The final state of one choice, for a non-streaming response.
 struct ChoiceResult {

@@ -188,7 +188,7 @@ int RunGenerate(int argc, char** argv) {
                "finish: %s\n",
                ids.size(), result->prefill_seconds > 0 ? ids.size() / result->prefill_seconds : 0.0,
                n_out, result->decode_seconds > 0 ? n_out / result->decode_seconds : 0.0,
-               result->finish_reason.c_str());
+               std::string(engine::FinishReasonName(result->finish_reason)).c_str());
   return 0;
 }
 

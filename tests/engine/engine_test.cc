@@ -33,7 +33,7 @@ std::unique_ptr<Engine> StartEngine(EngineConfig config) {
 struct Result {
   std::vector<int32_t> ids;
   std::string text;
-  std::string finish_reason;
+  std::optional<FinishReason> finish_reason;  // when finished
   int cached_tokens = 0;
 };
 
@@ -182,7 +182,7 @@ TEST_CASE("Abort, by call or by dropping the stream, returns the pages", "[engin
     } else {
       (*s)->Abort();
       Result rest = Drain(**s);
-      CHECK(rest.finish_reason == "abort");
+      CHECK(rest.finish_reason == FinishReason::kAbort);
     }
     int used = -1;
     for (int i = 0; i < 100 && used != 0; ++i) {
@@ -243,7 +243,7 @@ TEST_CASE("A re-indexed all-ring policy runs past max_model_len", "[engine]") {
     for (auto& s : streams) {
       const Result r = Drain(*s);
       CHECK(r.ids.size() == 300);
-      CHECK(r.finish_reason == "length");
+      CHECK(r.finish_reason == FinishReason::kLength);
     }
   }
   config.attention_policy = write("original", "original");

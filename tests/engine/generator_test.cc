@@ -46,7 +46,7 @@ TEST_CASE("max_tokens, stop strings, stop token ids, streaming", "[generator]") 
   p.ignore_eos = true;
   std::string streamed;
   const auto base = t.Run(p, &streamed);
-  CHECK(base.finish_reason == "length");
+  CHECK(base.finish_reason == FinishReason::kLength);
   CHECK(base.output_ids.size() == 40);
   CHECK(streamed == base.text);
   REQUIRE(base.text.size() > 30);
@@ -57,14 +57,14 @@ TEST_CASE("max_tokens, stop strings, stop token ids, streaming", "[generator]") 
   ps.stop = {stop};
   std::string streamed_stop;
   const auto stopped = t.Run(ps, &streamed_stop);
-  CHECK(stopped.finish_reason == "stop");
+  CHECK(stopped.finish_reason == FinishReason::kStop);
   CHECK(stopped.text == base.text.substr(0, base.text.find(stop)));
   CHECK(streamed_stop == stopped.text);
 
   SamplingParams pt = p;
   pt.stop_token_ids = {base.output_ids[10]};
   const auto by_id = t.Run(pt);
-  CHECK(by_id.finish_reason == "stop");
+  CHECK(by_id.finish_reason == FinishReason::kStop);
   const auto first = std::find(base.output_ids.begin(), base.output_ids.end(), base.output_ids[10]);
   CHECK(by_id.output_ids.size() == static_cast<size_t>(first - base.output_ids.begin()) + 1);
   // The stop token's own text is not in the output (vLLM drops it as it drops eos): the text is

@@ -37,7 +37,7 @@ class WordTokenizer : public tokenizer::Tokenizer {
 struct Run {
   std::string streamed;
   std::string text;
-  std::string finish_reason;
+  std::optional<FinishReason> finish_reason;  // when finished
   int num_tokens = 0;
 };
 
@@ -50,7 +50,7 @@ Run Feed(const SamplingParams& p, const std::vector<int32_t>& ids) {
     if (out.finished()) break;
   }
   r.text = out.text();
-  r.finish_reason = out.finish_reason();
+  if (out.finished()) r.finish_reason = out.finish_reason();
   r.num_tokens = out.num_tokens();
   return r;
 }
@@ -62,14 +62,14 @@ TEST_CASE("stop_token_ids: the stop token's text is not in the output", "[output
   const Run r = Feed(p, {1, 2, 3, 4, 5});
   CHECK(r.text == " the primary colors");
   CHECK(r.streamed == r.text);
-  CHECK(r.finish_reason == "stop");
+  CHECK(r.finish_reason == FinishReason::kStop);
   CHECK(r.num_tokens == 4);  // counted, as vLLM counts it in completion_tokens
 
   // As the very first token: empty output.
   const Run first = Feed(p, {4, 1});
   CHECK(first.text.empty());
   CHECK(first.streamed.empty());
-  CHECK(first.finish_reason == "stop");
+  CHECK(first.finish_reason == FinishReason::kStop);
 }
 
 TEST_CASE("eos ends the output without text; ignore_eos decodes past it", "[output]") {
@@ -77,12 +77,12 @@ TEST_CASE("eos ends the output without text; ignore_eos decodes past it", "[outp
   p.max_tokens = 10;
   const Run r = Feed(p, {1, 2, 0, 3});
   CHECK(r.text == " the primary");
-  CHECK(r.finish_reason == "stop");
+  CHECK(r.finish_reason == FinishReason::kStop);
   p.ignore_eos = true;
   p.max_tokens = 4;
   const Run ignored = Feed(p, {1, 2, 0, 3});
   CHECK(ignored.text == " the primary colors");  // eos is special: skipped in the text
-  CHECK(ignored.finish_reason == "length");
+  CHECK(ignored.finish_reason == FinishReason::kLength);
 }
 
 TEST_CASE("stop strings are cut; max_tokens is length", "[output]") {
@@ -92,12 +92,12 @@ TEST_CASE("stop strings are cut; max_tokens is length", "[output]") {
   const Run r = Feed(p, {1, 2, 3, 4});
   CHECK(r.text == " the prim");
   CHECK(r.streamed == r.text);
-  CHECK(r.finish_reason == "stop");
+  CHECK(r.finish_reason == FinishReason::kStop);
   SamplingParams q;
   q.max_tokens = 2;
   const Run len = Feed(q, {1, 2, 3});
   CHECK(len.text == " the primary");
-  CHECK(len.finish_reason == "length");
+  CHECK(len.finish_reason == FinishReason::kLength);
 }
 
 }  // namespace

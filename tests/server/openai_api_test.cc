@@ -449,6 +449,13 @@ TEST_CASE("response shapes", "[server]") {
   CHECK(chat["usage"]["prompt_tokens_details"]["cached_tokens"] == 4);
 }
 
+TEST_CASE("finish reasons become the API's strings", "[server]") {
+  CHECK(FinishReasonString(engine::FinishReason::kStop) == "stop");
+  CHECK(FinishReasonString(engine::FinishReason::kLength) == "length");
+  CHECK(FinishReasonString(engine::FinishReason::kAbort) == "abort");
+  CHECK(FinishReasonString(engine::FinishReason::kError) == "error");
+}
+
 TEST_CASE("stream chunks and SSE framing", "[server]") {
   Json role = StreamChunk(ApiKind::kChat, "id", 1, "m", 0, true, "", nullptr, "", true);
   CHECK(role["object"] == "chat.completion.chunk");
