@@ -46,7 +46,7 @@ Policy CompressOnce(int sink, int window) {
 
 std::unique_ptr<kvcache::KvCache> MakeCache(kernels::Backend& backend,
                                             const std::vector<Policy>& heads, int num_pages,
-                                            int ring_sequences = 0, int chunk_tokens = 0) {
+                                            int chunk_tokens = 0) {
   attention::PolicySet set;
   set.name = "test";
   set.page_size = kPageSize;
@@ -59,7 +59,10 @@ std::unique_ptr<kvcache::KvCache> MakeCache(kernels::Backend& backend,
   config.head_dim = 4;
   config.page_size = kPageSize;
   config.num_pages = num_pages;
-  auto cache = CreateKvCache(set, config, ring_sequences, chunk_tokens, backend);
+  config.chunk_tokens = chunk_tokens;
+  auto layout = KvLayoutFor(set);
+  REQUIRE(layout.ok());
+  auto cache = CreateKvCache({*layout}, config, backend);
   INFO(cache.status().ToString());
   REQUIRE(cache.ok());
   return std::move(cache).value();
@@ -98,12 +101,11 @@ struct Step {
 };
 
 // A scheduler over a cache of one layer whose KV head h keeps its tokens as heads[h] says, with
-// the engine's settings: rings for `ring_sequences` sequences writing up to a step's budget, and
-// the cache's prefix caching as the scheduler's.
+// the engine's settings: rings for sequences writing up to a step's budget, and the cache's
+// prefix caching as the scheduler's.
 struct Harness {
-  Harness(const std::vector<Policy>& heads, int num_pages, SchedulerConfig config,
-          int ring_sequences = 0)
-      : cache(MakeCache(*backend, heads, num_pages, ring_sequences, config.max_num_batched_tokens)),
+  Harness(const std::vector<Policy>& heads, int num_pages, SchedulerConfig config)
+      : cache(MakeCache(*backend, heads, num_pages, config.max_num_batched_tokens)),
         scheduler(*cache, config) {
     cache->set_prefix_caching(config.enable_prefix_caching);
   }
@@ -155,7 +157,7 @@ struct Harness {
     int held = 0;
     for (const auto& s : scheduler.running()) held += s->kv->num_pages_held();
     for (const auto& s : scheduler.waiting()) CHECK(s->kv->num_pages_held() == 0);
-    if (!cache->prefix_caching()) CHECK(held == cache->num_pages_used());
+    if (!cache->prefix_caching(0)) CHECK(held == cache->num_pages_used());
   }
 
   // Steps until nothing is left (bounded), collecting each finished sequence's generated tokens.
@@ -198,7 +200,7 @@ std::vector<const Sequence*> Order(const std::deque<std::unique_ptr<Sequence>>& 
 // Generated tokens of each prompt run alone in a roomy cache: what any schedule must produce.
 std::vector<int32_t> Alone(const std::vector<Policy>& heads, std::vector<int32_t> prompt,
                            int max_tokens) {
-  Harness h(heads, 64, SchedulerConfig{4, 64, false}, 4);
+  Harness h(heads, 64, SchedulerConfig{4, 64, false});
   h.Add(std::move(prompt), max_tokens);
   auto done = h.RunToEnd();
   REQUIRE(done.size() == 1);
@@ -342,8 +344,9 @@ TEST_CASE("Compress-once: pages freed by compaction admit the next request", "[s
 }
 
 TEST_CASE("Rings: admission waits for a sequence's ring pages", "[scheduler]") {
-  // Head 0 full, head 1 a ring; ring pages for 2 sequences, and 3 may run.
-  Harness h({Full(), Ring(4, 4)}, 64, SchedulerConfig{3, 8, false}, 2);
+  // Head 0 full, head 1 a ring; 3 may run, but the pool holds 2 sequences: each takes 4 ring
+  // pages (1 sink + (4 + 8) / 4 window) and a full page.
+  Harness h({Full(), Ring(4, 4)}, 12, SchedulerConfig{3, 8, false});
   Sequence* a = h.Add(Prompt(3), 2);
   Sequence* b = h.Add(Prompt(3, 10), 2);
   Sequence* c = h.Add(Prompt(2, 20), 2);
@@ -358,8 +361,8 @@ TEST_CASE("Rings: admission waits for a sequence's ring pages", "[scheduler]") {
 
 TEST_CASE("Rings only: a sequence longer than the pool runs without preemption", "[scheduler]") {
   // Every head a ring: a sequence holds a fixed set of pages however long it grows.
-  // The ring region alone: (1 sink page + (4 + 8) / 4 window pages) x 2 heads.
-  Harness h({Ring(4, 4), Ring(4, 4)}, 8, SchedulerConfig{1, 8, false}, 1);
+  // One sequence's rings fill the pool: (1 sink page + (4 + 8) / 4 window pages) x 2 heads.
+  Harness h({Ring(4, 4), Ring(4, 4)}, 8, SchedulerConfig{1, 8, false});
   CHECK(h.cache->num_pages() < 20);
   Sequence* a = h.Add(Prompt(30), 40);
   const int pages = [&] {
@@ -400,7 +403,7 @@ TEST_CASE("Abort: running and waiting sequences leave and their pages return", "
 TEST_CASE("Prefix caching: admission attaches cached pages; the last token is computed",
           "[scheduler]") {
   Harness h({Full(), Full()}, 64, SchedulerConfig{8, 64, true});
-  REQUIRE(h.cache->prefix_caching());
+  REQUIRE(h.cache->prefix_caching(0));
   std::vector<int32_t> prompt = Prompt(10);
   h.Add(prompt, 1);
   h.RunToEnd();  // its two full pages stay cached after it finishes
