@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "core/metrics.h"
 #include "core/status.h"
-#include "engine/metrics.h"
 #include "engine/model_loader.h"
 #include "engine/sampler.h"
 #include "engine/sampling_params.h"

@@ -12,9 +12,9 @@
 #include <set>
 #include <thread>
 
-#include "engine/chat_renderer.h"
 #include "engine/engine.h"
 #include "server/openai_api.h"
+#include "tokenizer/chat_renderer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace headwise::server {
@@ -184,7 +184,7 @@ struct PumpSignal {
 
 class HttpServer::Impl {
  public:
-  Impl(engine::Engine& engine, const engine::ChatRenderer& chat, ServerOptions options)
+  Impl(engine::Engine& engine, const tokenizer::ChatRenderer& chat, ServerOptions options)
       : engine_(engine), tok_(*engine.model().tokenizer), chat_(chat), opts_(std::move(options)) {
     vocab_size_ = engine.model().model->config().vocab_size;
     max_model_len_ = engine.Stats().max_model_len;
@@ -652,7 +652,7 @@ class HttpServer::Impl {
 
   engine::Engine& engine_;
   const tokenizer::Tokenizer& tok_;
-  const engine::ChatRenderer& chat_;
+  const tokenizer::ChatRenderer& chat_;
   ServerOptions opts_;
   std::unique_ptr<http::Transport> transport_;
   int vocab_size_ = 0;
@@ -667,7 +667,7 @@ class HttpServer::Impl {
   std::vector<std::shared_ptr<Job>> new_jobs_;  // handed from the workers to the pump
 };
 
-HttpServer::HttpServer(engine::Engine& engine, const engine::ChatRenderer& chat,
+HttpServer::HttpServer(engine::Engine& engine, const tokenizer::ChatRenderer& chat,
                        ServerOptions options)
     : impl_(std::make_unique<Impl>(engine, chat, std::move(options))) {}
 HttpServer::~HttpServer() = default;

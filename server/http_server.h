@@ -15,9 +15,11 @@
 #include "server/http_transport.h"
 
 namespace headwise::engine {
-class ChatRenderer;
 class Engine;
 }  // namespace headwise::engine
+namespace headwise::tokenizer {
+class ChatRenderer;
+}  // namespace headwise::tokenizer
 
 namespace headwise::server {
 
@@ -37,7 +39,7 @@ struct ServerOptions {
 class HttpServer {
  public:
   // The engine (and its model's tokenizer) and the chat renderer must outlive the server.
-  HttpServer(engine::Engine& engine, const engine::ChatRenderer& chat, ServerOptions options);
+  HttpServer(engine::Engine& engine, const tokenizer::ChatRenderer& chat, ServerOptions options);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;

@@ -420,7 +420,7 @@ std::optional<ApiError> ParsePrompt(const Json& body, std::vector<PromptInput>& 
   return std::nullopt;
 }
 
-std::optional<ApiError> ParseMessages(const Json& body, std::vector<engine::ChatMessage>& out) {
+std::optional<ApiError> ParseMessages(const Json& body, std::vector<tokenizer::ChatMessage>& out) {
   auto it = body.find("messages");
   if (it == body.end() || it->is_null()) return BadRequest("'messages' is required", "messages");
   if (!it->is_array()) return TypeError("messages", "a list of messages", *it);
@@ -429,7 +429,7 @@ std::optional<ApiError> ParseMessages(const Json& body, std::vector<engine::Chat
     const Json& m = (*it)[i];
     const std::string at = fmt::format("messages[{}]", i);
     if (!m.is_object()) return TypeError(at, "an object", m);
-    engine::ChatMessage msg;
+    tokenizer::ChatMessage msg;
     auto role = m.find("role");
     if (role == m.end() || !role->is_string()) {
       return BadRequest(fmt::format("'{}.role' is required and must be a string", at),

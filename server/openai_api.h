@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "core/status.h"
-#include "engine/chat_renderer.h"
 #include "engine/sampler.h"
 #include "engine/sampling_params.h"
+#include "tokenizer/chat_renderer.h"
 
 namespace headwise::tokenizer {
 class Tokenizer;
@@ -67,11 +67,11 @@ enum class ApiKind { kCompletion, kChat };
 // A parsed /v1/completions or /v1/chat/completions request.
 struct GenerationRequest {
   ApiKind kind = ApiKind::kCompletion;
-  std::string model;                          // empty: not given (the first served model)
-  std::vector<PromptInput> prompts;           // completions
-  std::vector<engine::ChatMessage> messages;  // chat
-  engine::SamplingParams params;              // max_tokens filled in by ResolveMaxTokens
-  std::optional<int> max_tokens;              // as the client gave it
+  std::string model;                             // empty: not given (the first served model)
+  std::vector<PromptInput> prompts;              // completions
+  std::vector<tokenizer::ChatMessage> messages;  // chat
+  engine::SamplingParams params;                 // max_tokens filled in by ResolveMaxTokens
+  std::optional<int> max_tokens;                 // as the client gave it
   int n = 1;
   bool stream = false;
   bool include_usage = false;
@@ -109,7 +109,7 @@ struct TokenizeRequest {
   std::string model;
   bool chat = false;
   std::string prompt;
-  std::vector<engine::ChatMessage> messages;
+  std::vector<tokenizer::ChatMessage> messages;
   bool add_special_tokens = true;  // default true for prompts, false for messages
   bool add_generation_prompt = true;
   Json chat_template_kwargs = Json::object();

@@ -16,12 +16,12 @@
 
 #include "core/dtype.h"
 #include "core/file_io.h"
-#include "engine/chat_renderer.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "kernels/backend_factory.h"
 #include "kvcache/kv_cache.h"
 #include "server/http_server.h"
+#include "tokenizer/chat_renderer.h"
 #include "tools/commands.h"
 #include "tools/flags.h"
 
@@ -267,9 +267,8 @@ int RunServe(int argc, char** argv) {
   if (!kv_memory.empty() && config.num_kv_pages == 0) {
     auto bytes = ParseBytes("kv-cache-memory", kv_memory);
     if (!bytes.ok()) return Fail(bytes.status());
-    const size_t page_bytes =
-        kvcache::KvCache::PageBytes(loaded->model->KvConfig(1, config.page_size),
-                                    backend->kv_dtype());
+    const size_t page_bytes = kvcache::KvCache::PageBytes(
+        loaded->model->KvConfig(1, config.page_size), backend->kv_dtype());
     config.num_kv_pages =
         static_cast<int>(std::min<int64_t>(*bytes / static_cast<int64_t>(page_bytes), 1 << 30));
     if (config.num_kv_pages < 1) {
@@ -282,7 +281,7 @@ int RunServe(int argc, char** argv) {
 
   // The chat template is checked before the engine starts: a broken one is a startup error.
   if (chat_template.empty()) chat_template = loaded->chat_template;
-  auto chat = engine::ChatRenderer::ForTokenizer(chat_template, *loaded->tokenizer);
+  auto chat = tokenizer::ChatRenderer::ForTokenizer(chat_template, *loaded->tokenizer);
   if (!chat.ok()) return Fail(chat.status());
   if (!(*chat)->has_template()) {
     spdlog::warn(

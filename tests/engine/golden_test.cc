@@ -7,11 +7,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "engine/chat_renderer.h"
 #include "engine/generator.h"
 #include "engine/model_loader.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/test_util.h"
+#include "tokenizer/chat_renderer.h"
 
 namespace headwise::engine {
 namespace {
@@ -150,7 +150,7 @@ TEST_CASE("Chat rendering equals transformers' apply_chat_template", "[golden]")
   auto backend = kernels::CreateCpuBackend(1);
   auto loaded = LoadModel(model_path, LoadOptions{}, *backend);
   REQUIRE(loaded.ok());
-  auto renderer = ChatRenderer::ForTokenizer(loaded->chat_template, *loaded->tokenizer);
+  auto renderer = tokenizer::ChatRenderer::ForTokenizer(loaded->chat_template, *loaded->tokenizer);
   REQUIRE(renderer.ok());
   auto rendered = (*renderer)->Render({{"user", "What is the capital of France?", ""}}, true, {});
   REQUIRE(rendered.ok());

@@ -6,7 +6,6 @@
 #include <map>
 #include <string>
 
-#include "engine/chat_renderer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace headwise::server {
@@ -484,49 +483,6 @@ TEST_CASE("text offsets count characters", "[server]") {
   CHECK(CountCodePoints("abc") == 3);
   CHECK(CountCodePoints("h\xC3\xA9") == 2);
   CHECK(CountCodePoints("\xE2\x96\x81x") == 2);
-}
-
-TEST_CASE("chat renderer: probe at creation, refusals", "[server]") {
-  auto none = engine::ChatRenderer::Create("", "<s>", "</s>");
-  REQUIRE(none.ok());
-  CHECK_FALSE((*none)->has_template());
-  auto r = (*none)->Render({{"user", "hi", ""}}, true, Json::object());
-  REQUIRE_FALSE(r.ok());
-  CHECK(r.status().message().find("--chat-template") != std::string::npos);
-
-  const std::string chatml =
-      "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-  auto ok = engine::ChatRenderer::Create(chatml, "<s>", "</s>");
-  REQUIRE(ok.ok());
-  auto text = (*ok)->Render({{"user", "hi", ""}}, true, Json::object());
-  REQUIRE(text.ok());
-  CHECK(text->find("<|im_start|>user\nhi<|im_end|>\n") != std::string::npos);
-  const std::string tail = "<|im_start|>assistant\n";
-  REQUIRE(text->size() >= tail.size());
-  CHECK(text->substr(text->size() - tail.size()) == tail);
-
-  // Without a generation prompt the template ends with the last message.
-  text = (*ok)->Render({{"user", "hi", ""}}, false, Json::object());
-  REQUIRE(text.ok());
-  CHECK(*text == "<|im_start|>user\nhi<|im_end|>\n");
-  // Template kwargs reach the template; raise_exception refusals are InvalidArgument.
-  auto custom = engine::ChatRenderer::Create(
-      "{% if messages[0].role == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
-      "{{ bos_token }}{{ greeting | default('x') }}{{ messages[0].content }}",
-      "<s>", "</s>");
-  REQUIRE(custom.ok());
-  text = (*custom)->Render({{"user", "hi", ""}}, true, Json{{"greeting", "hey "}});
-  REQUIRE(text.ok());
-  CHECK(*text == "<s>hey hi");
-  auto refused = (*custom)->Render({{"system", "s", ""}}, true, Json::object());
-  REQUIRE_FALSE(refused.ok());
-  CHECK(refused.status().code() == StatusCode::kInvalidArgument);
-  CHECK(refused.status().message().find("no system role") != std::string::npos);
-
-  // A template that does not parse, or cannot render the probe, is refused at creation.
-  CHECK_FALSE(engine::ChatRenderer::Create("{{ not closed", "<s>", "</s>").ok());
-  CHECK_FALSE(engine::ChatRenderer::Create("{{ raise_exception('never') }}", "<s>", "</s>").ok());
 }
 
 // --- input limits ---
