@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "core/status.h"
-#include "engine/sampler.h"
 #include "engine/sampling_params.h"
 #include "tokenizer/chat_renderer.h"
 
@@ -39,8 +38,9 @@ struct ApiError {
 
 ApiError BadRequest(std::string message, std::string param = "");
 ApiError NotFoundError(std::string message, std::string param = "", std::string code = "");
-// Maps an engine Status: InvalidArgument/OutOfRange/Unimplemented -> 400 (param guessed from
-// the message's first word when it names a parameter), ResourceExhausted -> 503, others 500.
+// Maps an engine Status: InvalidArgument/OutOfRange/Unimplemented/NotFound -> 400 with the
+// status's field as `param` (the engine's field names are the API's), ResourceExhausted -> 503,
+// others 500.
 ApiError ErrorFromStatus(const Status& status);
 Json ErrorBody(const ApiError& error);
 
@@ -92,7 +92,9 @@ std::optional<ApiError> ParseChatRequest(const Json& body, GenerationRequest& ou
 std::optional<ApiError> ResolveMaxTokens(const GenerationRequest& request, int prompt_tokens,
                                          int max_model_len, int& max_tokens);
 
-// SamplingParams::Validate against the model's vocabulary, mapped to a 400 naming the field.
+// SamplingParams::Validate against the model's vocabulary, mapped to a 400 naming the field:
+// the range checks of a request's sampling parameters (the parsers above check JSON types and
+// the API's own fields only).
 std::optional<ApiError> ValidateParams(const engine::SamplingParams& params, int vocab_size);
 // Token ids given by the client: inside the vocabulary and not empty.
 std::optional<ApiError> ValidatePromptIds(const std::vector<int32_t>& ids, int vocab_size,

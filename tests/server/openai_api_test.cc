@@ -148,6 +148,15 @@ TEST_CASE("completion request: the four prompt forms", "[server]") {
 }
 
 TEST_CASE("bad values name their parameter", "[server]") {
+  // As the server does: parse (JSON types, the API's own fields), then the one range check of
+  // the sampling parameters (SamplingParams::Validate through ValidateParams).
+  auto refusal = [](const Json& body) {
+    GenerationRequest r;
+    if (auto e = ParseCompletionRequest(body, r)) return *e;
+    auto e = ValidateParams(r.params, /*vocab_size=*/10);
+    REQUIRE(e.has_value());
+    return *e;
+  };
   struct Case {
     Json extra;
     std::string param;
@@ -157,9 +166,11 @@ TEST_CASE("bad values name their parameter", "[server]") {
       {{{"temperature", 2.5}}, "temperature"},
       {{{"temperature", "hot"}}, "temperature"},
       {{{"temperature", true}}, "temperature"},
+      {{{"repetition_penalty", 101}}, "repetition_penalty"},
       {{{"top_p", 0}}, "top_p"},
       {{{"top_p", 1.5}}, "top_p"},
       {{{"top_k", -2}}, "top_k"},
+      {{{"top_k", int64_t{1} << 40}}, "top_k"},
       {{{"min_p", 2}}, "min_p"},
       {{{"max_tokens", 0}}, "max_tokens"},
       {{{"max_tokens", 1.5}}, "max_tokens"},
@@ -180,10 +191,13 @@ TEST_CASE("bad values name their parameter", "[server]") {
                               "o", "p", "q"})}},
        "stop"},
       {{{"stop_token_ids", {"a"}}}, "stop_token_ids"},
+      {{{"stop_token_ids", {-1}}}, "stop_token_ids"},
+      {{{"stop_token_ids", {10}}}, "stop_token_ids"},  // outside the vocabulary of 10
       {{{"logit_bias", {{"abc", 1}}}}, "logit_bias"},
       {{{"logit_bias", {{"-1", 1}}}}, "logit_bias"},
       {{{"logit_bias", {{"5", 101}}}}, "logit_bias"},
       {{{"logit_bias", {{"5", "x"}}}}, "logit_bias"},
+      {{{"logit_bias", {{"10", 1}}}}, "logit_bias"},  // outside the vocabulary of 10
       {{{"stream", "yes"}}, "stream"},
       {{{"stream_options", {{"include_usage", true}}}}, "stream_options"},  // without stream
       {{{"stream", true}, {"stream_options", {{"bogus", true}}}}, "stream_options.bogus"},
@@ -194,7 +208,7 @@ TEST_CASE("bad values name their parameter", "[server]") {
   };
   for (const auto& c : cases) {
     INFO(c.extra.dump());
-    const ApiError e = CompletionError(Completion(c.extra));
+    const ApiError e = refusal(Completion(c.extra));
     CHECK(e.status == 400);
     CHECK(e.type == "invalid_request_error");
     CHECK(e.param == c.param);
@@ -321,10 +335,16 @@ TEST_CASE("max_tokens defaults and context-length errors", "[server]") {
 }
 
 TEST_CASE("engine statuses map to HTTP errors", "[server]") {
-  ApiError e = ErrorFromStatus(InvalidArgument("temperature must be >= 0, got -1"));
+  // `param` is the status's field, never guessed from the message.
+  ApiError e = ErrorFromStatus(
+      InvalidArgument("temperature must be in [0, 2], got -1").WithField("temperature"));
   CHECK(e.status == 400);
+  CHECK(e.type == "invalid_request_error");
   CHECK(e.param == "temperature");
-  e = ErrorFromStatus(InvalidArgument("the prompt is empty"));
+  CHECK(e.message == "temperature must be in [0, 2], got -1");
+  e = ErrorFromStatus(InvalidArgument("the prompt is empty").WithField("prompt"));
+  CHECK(e.param == "prompt");
+  e = ErrorFromStatus(InvalidArgument("temperature must be in [0, 2], got -1"));
   CHECK(e.status == 400);
   CHECK(e.param.empty());
   e = ErrorFromStatus(ResourceExhausted("the request queue is full (3 waiting)"));
@@ -338,7 +358,9 @@ TEST_CASE("engine statuses map to HTTP errors", "[server]") {
   p.logit_bias[50] = 1.0f;
   auto v = ValidateParams(p, 10);
   REQUIRE(v.has_value());
+  CHECK(v->status == 400);
   CHECK(v->param == "logit_bias");
+  CHECK_FALSE(ValidateParams(engine::SamplingParams{}, 10).has_value());
   CHECK(ValidatePromptIds({1, 10}, 10, "prompt")->param == "prompt");
   CHECK(ValidatePromptIds({}, 10, "prompt").has_value());
   CHECK_FALSE(ValidatePromptIds({0, 9}, 10, "prompt").has_value());
