@@ -39,10 +39,10 @@
 
 #include "bench/bench_util.h"
 #include "engine/attention_setup.h"
-#include "engine/chat_renderer.h"
 #include "engine/generator.h"
 #include "engine/model_loader.h"
 #include "kernels/backend_factory.h"
+#include "tokenizer/chat_renderer.h"
 #include "tools/flags.h"
 
 namespace hw = headwise;
@@ -79,7 +79,7 @@ std::string JsonString(const std::string& s) {
 // sentence boundary nearest `depth` (0 = first, 1 = last), the question and the answer's start.
 class PromptBuilder {
  public:
-  PromptBuilder(const hw::tokenizer::Tokenizer& tok, const hw::engine::ChatRenderer* chat)
+  PromptBuilder(const hw::tokenizer::Tokenizer& tok, const hw::tokenizer::ChatRenderer* chat)
       : tok_(tok), chat_(chat), words_(Split(kFiller, ' ')) {}
 
   hw::StatusOr<std::vector<int32_t>> Build(int num_words, double depth,
@@ -133,7 +133,7 @@ class PromptBuilder {
   const std::string& Word(int w) const { return words_[static_cast<size_t>(w) % words_.size()]; }
 
   const hw::tokenizer::Tokenizer& tok_;
-  const hw::engine::ChatRenderer* chat_;
+  const hw::tokenizer::ChatRenderer* chat_;
   std::vector<std::string> words_;
 };
 
@@ -216,9 +216,9 @@ int main(int argc, char** argv) {
   if (!loaded->tokenizer) return fail(model_path + ": no tokenizer found");
   const auto& tok = *loaded->tokenizer;
 
-  std::unique_ptr<hw::engine::ChatRenderer> renderer;
+  std::unique_ptr<hw::tokenizer::ChatRenderer> renderer;
   if (form == "chat") {
-    auto r = hw::engine::ChatRenderer::ForTokenizer(loaded->chat_template, tok);
+    auto r = hw::tokenizer::ChatRenderer::ForTokenizer(loaded->chat_template, tok);
     if (!r.ok()) return fail(r.status().message());
     if (!(*r)->has_template())
       return fail(model_path + ": --prompt-form chat, but no chat template");

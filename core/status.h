@@ -38,16 +38,30 @@ class [[nodiscard]] Status {
   StatusCode code() const { return code_; }
   const std::string& message() const { return message_; }
 
+  // The input field at fault, in the producer's own name ("temperature", "max_num_seqs"); empty
+  // when no one field is. Set where the value is checked, so a front end names the field in its
+  // own vocabulary (the OpenAI error's `param`, a CLI flag) without reading the message.
+  const std::string& field() const { return field_; }
+
   // Prefixes the message with context, e.g. the file being read: "model.safetensors: ...".
   Status WithContext(std::string_view context) const {
     if (ok()) return *this;
-    return Status(code_, fmt::format("{}: {}", context, message_));
+    Status s(code_, fmt::format("{}: {}", context, message_));
+    s.field_ = field_;
+    return s;
+  }
+  // Names the field at fault: InvalidArgument("...").WithField("max_tokens").
+  Status WithField(std::string field) const {
+    Status s = *this;
+    if (!ok()) s.field_ = std::move(field);
+    return s;
   }
   std::string ToString() const;
 
  private:
   StatusCode code_ = StatusCode::kOk;
   std::string message_;
+  std::string field_;
 };
 
 template <typename... Args>

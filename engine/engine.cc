@@ -4,12 +4,15 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <deque>
+#include <mutex>
 #include <thread>
 
 #include "engine/attention_setup.h"
 #include "engine/engine_core.h"
 #include "engine/memory_budget.h"
+#include "engine/model_loader.h"
 #include "engine/sequence.h"
 #include "kvcache/kv_cache.h"
 
@@ -81,6 +84,7 @@ struct Engine::Impl {
   std::unique_ptr<kvcache::KvCache> cache;
   std::unique_ptr<EngineCore> core;  // the scheduler and the step; engine thread only
   LengthLimit length_limit;  // prompt + max_tokens of a request: the context, or more (streaming)
+  EngineLimits limits;
 
   std::mutex mu;  // guards incoming, stop, counters read by Stats()
   std::condition_variable cv;
@@ -236,21 +240,27 @@ Engine::~Engine() {
 
 StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
                                                 std::unique_ptr<kernels::Backend> backend,
-                                                const EngineConfig& config) {
+                                                const EngineConfig& config,
+                                                std::shared_ptr<MetricsRegistry> metrics) {
   const auto& mc = model.model->config();
   EngineConfig c = config;
-  if (c.max_model_len <= 0) c.max_model_len = mc.max_position_embeddings;
+  // Each refusal names its field, which a front end reports in its own words (a CLI flag).
+  auto refuse = [](const char* field, int value, const char* rule) {
+    return InvalidArgument("{} must be {}, got {}", field, rule, value).WithField(field);
+  };
+  if (c.max_model_len < 0) return refuse("max_model_len", c.max_model_len, ">= 0");
+  if (c.max_model_len == 0) c.max_model_len = mc.max_position_embeddings;
   if (c.max_model_len > mc.max_position_embeddings) {
     return InvalidArgument("max_model_len {} exceeds the model's context of {} tokens",
-                           c.max_model_len, mc.max_position_embeddings);
+                           c.max_model_len, mc.max_position_embeddings)
+        .WithField("max_model_len");
   }
-  if (c.max_num_seqs < 1)
-    return InvalidArgument("max_num_seqs must be >= 1, got {}", c.max_num_seqs);
+  if (c.max_num_seqs < 1) return refuse("max_num_seqs", c.max_num_seqs, ">= 1");
   if (c.max_num_batched_tokens < 1) {
-    return InvalidArgument("max_num_batched_tokens must be >= 1, got {}", c.max_num_batched_tokens);
+    return refuse("max_num_batched_tokens", c.max_num_batched_tokens, ">= 1");
   }
-  if (c.max_waiting < 0) return InvalidArgument("max_waiting must be >= 0, got {}", c.max_waiting);
-  if (c.page_size < 1) return InvalidArgument("page size must be >= 1, got {}", c.page_size);
+  if (c.max_waiting < 0) return refuse("max_waiting", c.max_waiting, ">= 0");
+  if (c.page_size < 1) return refuse("page_size", c.page_size, ">= 1");
   HW_ASSIGN_OR_RETURN(
       attention::PolicySet policy,
       LoadAttentionPolicy(c.attention_policy, mc, model.path, model.model->weights_hash()));
@@ -263,17 +273,9 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   HW_ASSIGN_OR_RETURN(kvcache::KvLayout layout, KvLayoutFor(policy));
   const kvcache::KvCacheConfig kv_shape =
       KvConfigFor(mc, 0, c.page_size, c.max_num_batched_tokens);
-  if (c.num_kv_pages <= 0 && backend->device() != Device::kCpu) {
-    const size_t page_bytes = kvcache::KvCache::PageBytes(kv_shape, backend->kv_dtype());
-    HW_ASSIGN_OR_RETURN(c.num_kv_pages,
-                        KvPagesForMemory(mc, c, backend->DeviceMemory(), page_bytes));
-    spdlog::info("KV cache: {} pages of {} bytes ({:.2f} GiB) under --gpu-memory-utilization {}",
-                 c.num_kv_pages, page_bytes,
-                 static_cast<double>(c.num_kv_pages) * static_cast<double>(page_bytes) /
-                     (1024.0 * 1024.0 * 1024.0),
-                 c.gpu_memory_utilization);
-  }
-  if (c.num_kv_pages <= 0) {
+  const size_t page_bytes = kvcache::KvCache::PageBytes(kv_shape, backend->kv_dtype());
+  HW_ASSIGN_OR_RETURN(c.num_kv_pages, KvPagesForConfig(mc, c, *backend, page_bytes));
+  if (c.num_kv_pages == 0) {
     // Without a budget: four requests of max_model_len, and the rings of max_num_seqs sequences.
     const int rings = kvcache::KvCache::PagesForSequence(kv_shape, layout, 0);
     const int growing =
@@ -286,7 +288,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   impl->backend = std::move(backend);
   impl->config = c;
   impl->policy = std::move(policy);
-  impl->metrics = std::make_shared<MetricsRegistry>();
+  impl->metrics = metrics ? std::move(metrics) : std::make_shared<MetricsRegistry>();
   const auto& m = impl->metrics;
   m->DeclareCounter("headwise_prompt_tokens_total", "Prompt tokens of finished requests.");
   m->DeclareCounter("headwise_generation_tokens_total", "Generated tokens of finished requests.");
@@ -333,6 +335,12 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   } else if (impl->length_limit.max_rank_span > 0) {
     spdlog::warn("attention policy \"{}\": {}", impl->policy.name, impl->length_limit.Explain());
   }
+  const int sequence_tokens =
+      static_cast<int>(impl->length_limit.bounded ? impl->length_limit.tokens : c.max_model_len);
+  const int pool_tokens = impl->MaxTokensInPool();
+  impl->limits =
+      EngineLimits{mc.vocab_size, c.max_model_len, sequence_tokens, pool_tokens,
+                   pool_tokens > 0 ? std::min(c.max_model_len, pool_tokens) : c.max_model_len};
   impl->core = std::make_unique<EngineCore>(
       *impl->model.model, *impl->cache,
       SchedulerConfig{c.max_num_seqs, c.max_num_batched_tokens, c.enable_prefix_caching});
@@ -345,12 +353,13 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
 
 StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
   Impl& im = *impl_;
-  const auto& mc = im.model.model->config();
-  HW_RETURN_IF_ERROR(request.params.Validate(mc.vocab_size));
-  if (request.prompt_ids.empty()) return InvalidArgument("the prompt is empty");
+  const int vocab_size = im.limits.vocab_size;
+  HW_RETURN_IF_ERROR(request.params.Validate(vocab_size));
+  if (request.prompt_ids.empty()) return InvalidArgument("the prompt is empty").WithField("prompt");
   for (int32_t id : request.prompt_ids) {
-    if (id < 0 || id >= mc.vocab_size) {
-      return InvalidArgument("prompt token id {} outside vocabulary of {}", id, mc.vocab_size);
+    if (id < 0 || id >= vocab_size) {
+      return InvalidArgument("prompt token id {} outside vocabulary of {}", id, vocab_size)
+          .WithField("prompt");
     }
   }
   const int64_t total = static_cast<int64_t>(request.prompt_ids.size()) + request.params.max_tokens;
@@ -366,7 +375,7 @@ StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
         im.config.max_model_len, request.prompt_ids.size(), request.params.max_tokens, total,
         im.length_limit.max_rank_span > 0 ? "; " + im.length_limit.Explain() : std::string());
   }
-  const int64_t pool_tokens = im.MaxTokensInPool();
+  const int64_t pool_tokens = im.limits.max_tokens_in_pool;
   if (total > pool_tokens) {
     return InvalidArgument("the request needs {} tokens of KV cache, the whole cache holds {}",
                            total, pool_tokens);
@@ -406,19 +415,16 @@ EngineStats Engine::Stats() const {
   s.waiting = impl_->num_waiting;
   s.kv_pages_used = impl_->pages_used;
   s.kv_pages_total = impl_->cache->num_pages();
-  s.max_model_len = impl_->config.max_model_len;
-  s.max_sequence_tokens =
-      impl_->length_limit.bounded ? impl_->length_limit.tokens : impl_->config.max_model_len;
-  s.max_tokens_in_pool = impl_->MaxTokensInPool();
   s.alive = impl_->alive;
   return s;
 }
 
-const LoadedModel& Engine::model() const {
-  return impl_->model;
+const EngineLimits& Engine::limits() const {
+  return impl_->limits;
 }
-const EngineConfig& Engine::config() const {
-  return impl_->config;
+
+const tokenizer::Tokenizer* Engine::tokenizer() const {
+  return impl_->model.tokenizer.get();
 }
 
 const std::string& Engine::attention_policy() const {

@@ -2,43 +2,34 @@
 // runs iteration-level continuous batching (decode first, then chunked prefill within a token
 // budget), prefix caching and preemption by recompute. Front ends talk to it through this
 // small API only: Submit() a request from any thread, read its events from the returned
-// stream, Abort() it (or drop the stream), read Stats() and the metrics registry.
+// stream, Abort() it (or drop the stream), read Stats(), limits() and the metrics registry.
+// Nothing of models/, kvcache/ or kernels/ is included here: a front end sees this contract only.
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "core/metrics.h"
 #include "core/status.h"
-#include "engine/metrics.h"
-#include "engine/model_loader.h"
+#include "engine/engine_config.h"
 #include "engine/request_output.h"
-#include "engine/sampler.h"
 #include "engine/sampling_params.h"
+
+namespace headwise::kernels {
+class Backend;
+}  // namespace headwise::kernels
+namespace headwise::tokenizer {
+class Tokenizer;
+}  // namespace headwise::tokenizer
 
 namespace headwise::engine {
 
-struct EngineConfig {
-  int max_num_seqs = 64;              // sequences running at once
-  int max_num_batched_tokens = 2048;  // tokens per step (decode tokens + prefill chunks)
-  int max_model_len = 0;              // 0: the model's max_position_embeddings
-  int max_waiting = 1024;             // queued requests beyond this are refused
-  int num_kv_pages = 0;               // pages of page_size tokens per (layer, KV head)
-  // On a GPU without num_kv_pages: the share of device memory for weights, activations and
-  // KV pages together; the KV cache gets what the others leave.
-  double gpu_memory_utilization = 0.9;
-  int page_size = 16;
-  bool enable_prefix_caching = true;
-  bool enforce_eager = false;    // no captured graphs: every step runs eagerly
-  std::string attention_policy;  // an attn-policy/v1 file (engine/attention/policy.h); "": dense
-};
+struct LoadedModel;  // engine/model_loader.h: what Start takes ownership of
 
 struct EngineRequest {
   std::vector<int32_t> prompt_ids;
@@ -79,32 +70,44 @@ struct EngineStats {
   int waiting = 0;
   int kv_pages_used = 0;
   int kv_pages_total = 0;
-  int max_model_len = 0;
-  // The longest request (prompt + max_tokens) allowed: max_model_len, or more where every head is
-  // a re-indexed ring (MaxSequenceTokens).
-  int64_t max_sequence_tokens = 0;
+  bool alive = true;  // false once the engine thread has stopped
+};
+
+// What the engine accepts, fixed at Start: what a front end checks requests against and
+// reports, without reading the model or the cache.
+struct EngineLimits {
+  int vocab_size = 0;     // token ids are in [0, vocab_size)
+  int max_model_len = 0;  // the context length served
+  // The longest request (prompt + max_tokens) Submit accepts: max_model_len, or more (up to
+  // 2^30) where every head is a re-indexed ring (MaxSequenceTokens).
+  int max_sequence_tokens = 0;
   int max_tokens_in_pool = 0;  // the longest request (prompt + max_tokens) the pool can hold
-  bool alive = true;           // false once the engine thread has stopped
+  // What a request without max_tokens may fill: max_model_len, or less where the pool holds less.
+  int default_context = 0;
 };
 
 class Engine {
  public:
   // Takes ownership of the loaded model and starts the engine thread. Refuses impossible
-  // configurations (a pool that cannot hold one max_model_len request, zero limits).
-  static StatusOr<std::unique_ptr<Engine>> Start(LoadedModel model,
-                                                 std::unique_ptr<kernels::Backend> backend,
-                                                 const EngineConfig& config);
+  // configurations (a pool that cannot hold one max_model_len request, zero limits), naming the
+  // EngineConfig field at fault in Status::field. The engine reports on `metrics`, the process's
+  // registry (null: a registry of its own).
+  static StatusOr<std::unique_ptr<Engine>> Start(
+      LoadedModel model, std::unique_ptr<kernels::Backend> backend, const EngineConfig& config,
+      std::shared_ptr<MetricsRegistry> metrics = nullptr);
   ~Engine();  // stops the thread; unfinished requests end with FinishReason::kAbort
 
-  // Validates and queues a request. InvalidArgument: bad parameters, or a request that can
-  // never fit (prompt + max_tokens over max_model_len or over the whole KV pool).
+  // Validates and queues a request. InvalidArgument: bad parameters (SamplingParams::Validate)
+  // or prompt ids, with the field named in Status::field ("prompt" for the ids), or a request
+  // that can never fit (prompt + max_tokens over max_model_len or over the whole KV pool).
   // ResourceExhausted: the waiting queue is full.
   StatusOr<std::unique_ptr<RequestStream>> Submit(EngineRequest request);
 
   EngineStats Stats() const;
+  const EngineLimits& limits() const;
   MetricsRegistry& metrics() { return *metrics_; }
-  const LoadedModel& model() const;
-  const EngineConfig& config() const;
+  // The model's tokenizer (null when it has none): text in and out for front ends.
+  const tokenizer::Tokenizer* tokenizer() const;
   // The name of the attention policy running: reported with each response and in metrics.
   const std::string& attention_policy() const;
 

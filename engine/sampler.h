@@ -10,16 +10,10 @@
 #include <utility>
 #include <vector>
 
-#include "engine/sampling_params.h"
+#include "engine/sampling_params.h"  // SampledToken
 #include "kernels/backend.h"
 
 namespace headwise::engine {
-
-struct SampledToken {
-  int32_t id = -1;
-  float logprob = 0.0f;  // under the model's raw distribution (log-softmax of the logits)
-  std::vector<std::pair<int32_t, float>> top_logprobs;  // the k most likely, best first
-};
 
 // One sequence's sampling parameters and seed.
 class Sampler {

@@ -1,11 +1,12 @@
 // What a request asks of the sampler and of the stop logic, with the semantics of vLLM's
-// SamplingParams (and therefore of the OpenAI API).
+// SamplingParams and the OpenAI API's ranges, and what sampling gives back for each token.
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/status.h"
@@ -29,8 +30,16 @@ struct SamplingParams {
   int logprobs = -1;  // -1: none; k >= 0: the sampled token's logprob and k alternatives
 
   bool greedy() const { return temperature <= 0.0f; }
-  // Range checks, with the parameter named in the message.
+  // The one range check of a request's parameters (the server's parser checks JSON types only):
+  // InvalidArgument with the parameter in Status::field, under the names above, which are the
+  // OpenAI API's. The ranges are the API's too (temperature in [0, 2], as OpenAI allows).
   Status Validate(int vocab_size) const;
+};
+
+struct SampledToken {
+  int32_t id = -1;
+  float logprob = 0.0f;  // under the model's raw distribution (log-softmax of the logits)
+  std::vector<std::pair<int32_t, float>> top_logprobs;  // the k most likely, best first
 };
 
 }  // namespace headwise::engine

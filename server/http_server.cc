@@ -5,16 +5,15 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <climits>
 #include <condition_variable>
 #include <ctime>
 #include <mutex>
 #include <set>
 #include <thread>
 
-#include "engine/chat_renderer.h"
 #include "engine/engine.h"
 #include "server/openai_api.h"
+#include "tokenizer/chat_renderer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace headwise::server {
@@ -71,6 +70,11 @@ ApiError ShuttingDown() {
 
 int64_t UnixNow() {
   return static_cast<int64_t>(std::time(nullptr));
+}
+
+const tokenizer::Tokenizer& TokenizerOf(const engine::Engine& engine) {
+  HW_CHECK(engine.tokenizer() != nullptr, "the HTTP server needs an engine with a tokenizer");
+  return *engine.tokenizer();
 }
 
 // One engine request behind a choice.
@@ -184,20 +188,15 @@ struct PumpSignal {
 
 class HttpServer::Impl {
  public:
-  Impl(engine::Engine& engine, const engine::ChatRenderer& chat, ServerOptions options)
-      : engine_(engine), tok_(*engine.model().tokenizer), chat_(chat), opts_(std::move(options)) {
-    vocab_size_ = engine.model().model->config().vocab_size;
-    max_model_len_ = engine.Stats().max_model_len;
-    if (max_model_len_ <= 0) max_model_len_ = engine.config().max_model_len;
-    if (max_model_len_ <= 0)
-      max_model_len_ = engine.model().model->config().max_position_embeddings;
-    // The engine refuses requests larger than its whole KV pool; defaults stay inside it.
-    const int pool_tokens = engine.Stats().max_tokens_in_pool;
-    default_context_ = pool_tokens > 0 ? std::min(max_model_len_, pool_tokens) : max_model_len_;
-    // StreamingLLM caches run past the context (engine::MaxSequenceTokens).
-    request_limit_ = static_cast<int>(
-        std::clamp<int64_t>(engine.Stats().max_sequence_tokens, max_model_len_, INT_MAX));
-    auto& m = engine_.metrics();
+  Impl(engine::Engine& engine, const tokenizer::ChatRenderer& chat, MetricsRegistry& metrics,
+       ServerOptions options)
+      : engine_(engine),
+        limits_(engine.limits()),
+        tok_(TokenizerOf(engine)),
+        chat_(chat),
+        metrics_(metrics),
+        opts_(std::move(options)) {
+    auto& m = metrics_;
     m.DeclareCounter("headwise_http_requests_total",
                      "HTTP requests answered, by route and status code");
     m.DeclareCounter("headwise_api_requests_total",
@@ -206,8 +205,8 @@ class HttpServer::Impl {
                      "Generation requests aborted because their client went away, by API");
     if (tok_.max_token_bytes() > 0) {
       spdlog::info("prompts over {} bytes are refused before tokenizing ({} tokens x {} bytes)",
-                   static_cast<int64_t>(request_limit_) * tok_.max_token_bytes(), request_limit_,
-                   tok_.max_token_bytes());
+                   static_cast<int64_t>(limits_.max_sequence_tokens) * tok_.max_token_bytes(),
+                   limits_.max_sequence_tokens, tok_.max_token_bytes());
     } else {
       spdlog::info(
           "the tokenizer gives no bound on the bytes of a token: prompt texts are limited "
@@ -216,9 +215,8 @@ class HttpServer::Impl {
     transport_ = std::make_unique<http::Transport>(
         opts_.transport, [this](std::shared_ptr<Exchange> ex) { Handle(std::move(ex)); },
         [this](const http::Request& req, int status) {
-          engine_.metrics().Increment(
-              "headwise_http_requests_total", 1.0,
-              {{"route", RouteLabel(req.path)}, {"status", std::to_string(status)}});
+          metrics_.Increment("headwise_http_requests_total", 1.0,
+                             {{"route", RouteLabel(req.path)}, {"status", std::to_string(status)}});
           spdlog::info("{} {} {}", req.method.empty() ? "-" : req.method,
                        req.path.empty() ? "-" : req.path, status);
         });
@@ -276,7 +274,7 @@ class HttpServer::Impl {
       if (path == "/health") return HandleHealth(*ex);
       if (path == "/metrics") {
         return ex->Reply(200, "text/plain; version=0.0.4; charset=utf-8",
-                         engine_.metrics().RenderPrometheus());
+                         metrics_.RenderPrometheus());
       }
       if (path == "/tokenize") return HandleTokenize(*ex);
       if (path == "/detokenize") return HandleDetokenize(*ex);
@@ -306,7 +304,7 @@ class HttpServer::Impl {
                 {"owned_by", "headwise"},
                 {"root", opts_.model_path},
                 {"parent", nullptr},
-                {"max_model_len", max_model_len_}};
+                {"max_model_len", limits_.max_model_len}};
   }
 
   static ApiError ModelNotFound(const std::string& name) {
@@ -353,7 +351,8 @@ class HttpServer::Impl {
   // A text that cannot fit the longest request is refused before tokenizing it: the tokenizer's
   // working memory grows with the text (a 16 MiB prompt took 350 MB and 6 s of a worker).
   std::optional<ApiError> CheckTextCost(const std::string& text, std::string_view param) const {
-    return CheckPromptTextSize(tok_.MinTokens(text), text.size(), request_limit_, param);
+    return CheckPromptTextSize(tok_.MinTokens(text), text.size(), limits_.max_sequence_tokens,
+                               param);
   }
 
   void HandleTokenize(Exchange& ex) {
@@ -374,7 +373,7 @@ class HttpServer::Impl {
     const std::vector<int32_t> ids = tok_.Encode(text, tr.add_special_tokens);
     ReplyJson(ex, 200,
               Json{{"count", ids.size()},
-                   {"max_model_len", max_model_len_},
+                   {"max_model_len", limits_.max_model_len},
                    {"tokens", ids},
                    {"token_strs", nullptr}});
   }
@@ -408,6 +407,9 @@ class HttpServer::Impl {
     auto parse_error =
         kind == ApiKind::kChat ? ParseChatRequest(body, gr) : ParseCompletionRequest(body, gr);
     if (parse_error) return ReplyError(*ex, *parse_error);
+    // Before tokenizing: the parameters' ranges (max_tokens is checked again once resolved, by
+    // the engine's Submit).
+    if (auto e = ValidateParams(gr.params, limits_.vocab_size)) return ReplyError(*ex, *e);
     if (auto e = ResolveModel(gr.model, job->model)) return ReplyError(*ex, *e);
 
     // Prompts to token ids.
@@ -421,7 +423,9 @@ class HttpServer::Impl {
     } else {
       for (const auto& p : gr.prompts) {
         if (p.is_ids) {
-          if (auto e = ValidatePromptIds(p.ids, vocab_size_, "prompt")) return ReplyError(*ex, *e);
+          if (auto e = ValidatePromptIds(p.ids, limits_.vocab_size, "prompt")) {
+            return ReplyError(*ex, *e);
+          }
           job->prompt_ids.push_back(p.ids);
           job->prompt_texts.push_back(gr.echo ? tok_.Decode(p.ids, false) : "");
         } else {
@@ -434,23 +438,21 @@ class HttpServer::Impl {
     const std::string what = kind == ApiKind::kChat ? "messages" : "prompt";
     std::vector<int> max_tokens(job->prompt_ids.size());
     for (size_t i = 0; i < job->prompt_ids.size(); ++i) {
-      if (auto e = ValidatePromptIds(job->prompt_ids[i], vocab_size_, what)) {
+      if (auto e = ValidatePromptIds(job->prompt_ids[i], limits_.vocab_size, what)) {
         return ReplyError(*ex, *e);
       }
       const int prompt_len = static_cast<int>(job->prompt_ids[i].size());
-      if (auto e = ResolveMaxTokens(gr, prompt_len, request_limit_, max_tokens[i])) {
+      if (auto e = ResolveMaxTokens(gr, prompt_len, limits_.max_sequence_tokens, max_tokens[i])) {
         return ReplyError(*ex, *e);
       }
       // Without max_tokens a request fills the context (or the pool); one already past it (a
       // StreamingLLM cache) gets a context's worth of new tokens.
       if (!gr.max_tokens) {
+        const int context = limits_.default_context;
         max_tokens[i] =
-            std::min(max_tokens[i], prompt_len < default_context_ ? default_context_ - prompt_len
-                                                                  : default_context_);
+            std::min(max_tokens[i], prompt_len < context ? context - prompt_len : context);
       }
     }
-    gr.params.max_tokens = max_tokens[0];
-    if (auto e = ValidateParams(gr.params, vocab_size_)) return ReplyError(*ex, *e);
 
     // One engine request per (prompt, n); child i of a seeded request gets seed + i (vLLM).
     for (size_t p = 0; p < job->prompt_ids.size(); ++p) {
@@ -477,9 +479,9 @@ class HttpServer::Impl {
         job->children.push_back(std::move(c));
       }
     }
-    engine_.metrics().Increment("headwise_api_requests_total", 1.0,
-                                {{"api", kind == ApiKind::kChat ? "chat" : "completions"},
-                                 {"attention_policy", engine_.attention_policy()}});
+    metrics_.Increment("headwise_api_requests_total", 1.0,
+                       {{"api", kind == ApiKind::kChat ? "chat" : "completions"},
+                        {"attention_policy", engine_.attention_policy()}});
     job->id = NewResponseId(kind);
     job->created = UnixNow();
     if (gr.stream) {
@@ -523,8 +525,8 @@ class HttpServer::Impl {
   }
 
   void CountDisconnect(const Job& job) {
-    engine_.metrics().Increment("headwise_client_disconnects_total", 1.0,
-                                {{"api", job.kind == ApiKind::kChat ? "chat" : "completions"}});
+    metrics_.Increment("headwise_client_disconnects_total", 1.0,
+                       {{"api", job.kind == ApiKind::kChat ? "chat" : "completions"}});
     spdlog::info("{}: client disconnected; request aborted", job.id);
   }
 
@@ -651,14 +653,12 @@ class HttpServer::Impl {
   }
 
   engine::Engine& engine_;
+  const engine::EngineLimits limits_;
   const tokenizer::Tokenizer& tok_;
-  const engine::ChatRenderer& chat_;
+  const tokenizer::ChatRenderer& chat_;
+  MetricsRegistry& metrics_;
   ServerOptions opts_;
   std::unique_ptr<http::Transport> transport_;
-  int vocab_size_ = 0;
-  int max_model_len_ = 0;
-  int default_context_ = 0;  // what a request without max_tokens may fill
-  int request_limit_ = 0;    // prompt + max_tokens allowed (max_sequence_tokens)
   int64_t started_ = UnixNow();
   std::atomic<bool> stopping_{false};
   std::atomic<bool> pump_stop_{false};
@@ -667,9 +667,9 @@ class HttpServer::Impl {
   std::vector<std::shared_ptr<Job>> new_jobs_;  // handed from the workers to the pump
 };
 
-HttpServer::HttpServer(engine::Engine& engine, const engine::ChatRenderer& chat,
-                       ServerOptions options)
-    : impl_(std::make_unique<Impl>(engine, chat, std::move(options))) {}
+HttpServer::HttpServer(engine::Engine& engine, const tokenizer::ChatRenderer& chat,
+                       MetricsRegistry& metrics, ServerOptions options)
+    : impl_(std::make_unique<Impl>(engine, chat, metrics, std::move(options))) {}
 HttpServer::~HttpServer() = default;
 StatusOr<int> HttpServer::Bind() {
   return impl_->Bind();

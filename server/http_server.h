@@ -11,13 +11,16 @@
 #include <string>
 #include <vector>
 
+#include "core/metrics.h"
 #include "core/status.h"
 #include "server/http_transport.h"
 
 namespace headwise::engine {
-class ChatRenderer;
 class Engine;
 }  // namespace headwise::engine
+namespace headwise::tokenizer {
+class ChatRenderer;
+}  // namespace headwise::tokenizer
 
 namespace headwise::server {
 
@@ -36,8 +39,11 @@ struct ServerOptions {
 
 class HttpServer {
  public:
-  // The engine (and its model's tokenizer) and the chat renderer must outlive the server.
-  HttpServer(engine::Engine& engine, const engine::ChatRenderer& chat, ServerOptions options);
+  // The engine (which must have a tokenizer), the chat renderer and the metrics registry must
+  // outlive the server. `metrics` is the process's registry, the one the engine reports on:
+  // /metrics renders it, and the server adds its HTTP counters to it.
+  HttpServer(engine::Engine& engine, const tokenizer::ChatRenderer& chat, MetricsRegistry& metrics,
+             ServerOptions options);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;

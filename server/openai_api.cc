@@ -191,6 +191,19 @@ std::optional<ApiError> CheckFields(const Json& body, const std::set<std::string
     if (auto hw_err_ = (expr)) return hw_err_; \
   } while (0)
 
+std::optional<ApiError> ParseTokenIds(const Json& list, const std::string& param,
+                                      std::vector<int32_t>& out) {
+  for (const auto& v : list) {
+    if (!v.is_number_integer()) return TypeError(param, "a list of token ids", v);
+    const int64_t id = v.get<int64_t>();
+    if (id < 0 || id > INT32_MAX) {
+      return BadRequest(fmt::format("'{}': token id {} is out of range", param, id), param);
+    }
+    out.push_back(static_cast<int32_t>(id));
+  }
+  return std::nullopt;
+}
+
 // Fields shared by both APIs: sampling, stop, n, stream, model.
 std::optional<ApiError> ParseCommon(const Json& body, GenerationRequest& out) {
   engine::SamplingParams& p = out.params;
@@ -198,49 +211,24 @@ std::optional<ApiError> ParseCommon(const Json& body, GenerationRequest& out) {
   HW_API_TRY(GetString(body, "model", model));
   if (model) out.model = *model;
 
-  std::optional<double> num;
-  HW_API_TRY(GetNumber(body, "temperature", num));
-  if (num) {
-    if (!(*num >= 0.0 && *num <= 2.0)) return RangeError("temperature", "in [0, 2]", *num);
-    p.temperature = static_cast<float>(*num);
-  }
-  num.reset();
-  HW_API_TRY(GetNumber(body, "top_p", num));
-  if (num) {
-    if (!(*num > 0.0 && *num <= 1.0)) return RangeError("top_p", "in (0, 1]", *num);
-    p.top_p = static_cast<float>(*num);
-  }
-  num.reset();
-  HW_API_TRY(GetNumber(body, "min_p", num));
-  if (num) {
-    if (!(*num >= 0.0 && *num <= 1.0)) return RangeError("min_p", "in [0, 1]", *num);
-    p.min_p = static_cast<float>(*num);
-  }
-  num.reset();
-  HW_API_TRY(GetNumber(body, "presence_penalty", num));
-  if (num) {
-    if (!(*num >= -2.0 && *num <= 2.0)) return RangeError("presence_penalty", "in [-2, 2]", *num);
-    p.presence_penalty = static_cast<float>(*num);
-  }
-  num.reset();
-  HW_API_TRY(GetNumber(body, "frequency_penalty", num));
-  if (num) {
-    if (!(*num >= -2.0 && *num <= 2.0)) return RangeError("frequency_penalty", "in [-2, 2]", *num);
-    p.frequency_penalty = static_cast<float>(*num);
-  }
-  num.reset();
-  HW_API_TRY(GetNumber(body, "repetition_penalty", num));
-  if (num) {
-    if (!(*num > 0.0 && *num <= 100.0))
-      return RangeError("repetition_penalty", "in (0, 100]", *num);
-    p.repetition_penalty = static_cast<float>(*num);
+  // Types only: the ranges are SamplingParams::Validate's (ValidateParams).
+  for (const auto& [name, field] : {std::pair{"temperature", &p.temperature},
+                                    {"top_p", &p.top_p},
+                                    {"min_p", &p.min_p},
+                                    {"presence_penalty", &p.presence_penalty},
+                                    {"frequency_penalty", &p.frequency_penalty},
+                                    {"repetition_penalty", &p.repetition_penalty}}) {
+    std::optional<double> num;
+    HW_API_TRY(GetNumber(body, name, num));
+    if (num) *field = static_cast<float>(*num);
   }
 
   std::optional<int64_t> integer;
   HW_API_TRY(GetInt(body, "top_k", integer));
   if (integer) {
-    if (*integer < -1 || *integer > INT_MAX)
-      return RangeError("top_k", "-1, 0 or positive", static_cast<double>(*integer));
+    if (*integer < INT_MIN || *integer > INT_MAX) {
+      return BadRequest(fmt::format("'top_k' must be a 32-bit integer, got {}", *integer), "top_k");
+    }
     p.top_k = static_cast<int>(*integer);
   }
   integer.reset();
@@ -306,22 +294,12 @@ std::optional<ApiError> ParseCommon(const Json& body, GenerationRequest& out) {
     } else {
       return TypeError("stop", "a string or a list of strings", *it);
     }
-    for (const auto& s : stops) {
-      if (s.empty()) return BadRequest("'stop' strings must not be empty", "stop");
-    }
     p.stop = std::move(stops);
   }
 
   if (auto it = body.find("stop_token_ids"); it != body.end() && !it->is_null()) {
-    if (!it->is_array()) return TypeError("stop_token_ids", "a list of integers", *it);
-    for (const auto& v : *it) {
-      if (!v.is_number_integer()) return TypeError("stop_token_ids", "a list of integers", v);
-      const int64_t id = v.get<int64_t>();
-      if (id < 0 || id > INT32_MAX) {
-        return RangeError("stop_token_ids", "token ids >= 0", static_cast<double>(id));
-      }
-      p.stop_token_ids.push_back(static_cast<int32_t>(id));
-    }
+    if (!it->is_array()) return TypeError("stop_token_ids", "a list of token ids", *it);
+    HW_API_TRY(ParseTokenIds(*it, "stop_token_ids", p.stop_token_ids));
   }
 
   if (auto it = body.find("logit_bias"); it != body.end() && !it->is_null()) {
@@ -337,13 +315,7 @@ std::optional<ApiError> ParseCommon(const Json& body, GenerationRequest& out) {
             "logit_bias");
       }
       if (!value.is_number()) return TypeError("logit_bias", "an object of numbers", value);
-      const double bias = value.get<double>();
-      if (!(bias >= -100.0 && bias <= 100.0)) {
-        return BadRequest(
-            fmt::format("'logit_bias' values must be in [-100, 100], got {}", FormatNumber(bias)),
-            "logit_bias");
-      }
-      p.logit_bias[static_cast<int32_t>(id)] = static_cast<float>(bias);
+      p.logit_bias[static_cast<int32_t>(id)] = static_cast<float>(value.get<double>());
     }
   }
 
@@ -359,19 +331,6 @@ std::optional<ApiError> ParseMaxTokens(const Json& body, const std::string& name
   if (!v) return std::nullopt;
   if (*v < 1 || *v > INT_MAX) return RangeError(name, ">= 1", static_cast<double>(*v));
   out.max_tokens = static_cast<int>(*v);
-  return std::nullopt;
-}
-
-std::optional<ApiError> ParseTokenIds(const Json& list, const std::string& param,
-                                      std::vector<int32_t>& out) {
-  for (const auto& v : list) {
-    if (!v.is_number_integer()) return TypeError(param, "a list of token ids", v);
-    const int64_t id = v.get<int64_t>();
-    if (id < 0 || id > INT32_MAX) {
-      return BadRequest(fmt::format("'{}': token id {} is out of range", param, id), param);
-    }
-    out.push_back(static_cast<int32_t>(id));
-  }
   return std::nullopt;
 }
 
@@ -420,7 +379,7 @@ std::optional<ApiError> ParsePrompt(const Json& body, std::vector<PromptInput>& 
   return std::nullopt;
 }
 
-std::optional<ApiError> ParseMessages(const Json& body, std::vector<engine::ChatMessage>& out) {
+std::optional<ApiError> ParseMessages(const Json& body, std::vector<tokenizer::ChatMessage>& out) {
   auto it = body.find("messages");
   if (it == body.end() || it->is_null()) return BadRequest("'messages' is required", "messages");
   if (!it->is_array()) return TypeError("messages", "a list of messages", *it);
@@ -429,7 +388,7 @@ std::optional<ApiError> ParseMessages(const Json& body, std::vector<engine::Chat
     const Json& m = (*it)[i];
     const std::string at = fmt::format("messages[{}]", i);
     if (!m.is_object()) return TypeError(at, "an object", m);
-    engine::ChatMessage msg;
+    tokenizer::ChatMessage msg;
     auto role = m.find("role");
     if (role == m.end() || !role->is_string()) {
       return BadRequest(fmt::format("'{}.role' is required and must be a string", at),
@@ -571,27 +530,8 @@ ApiError ErrorFromStatus(const Status& status) {
     case StatusCode::kInvalidArgument:
     case StatusCode::kOutOfRange:
     case StatusCode::kUnimplemented:
-    case StatusCode::kNotFound: {
-      static const std::set<std::string> params = {"temperature",
-                                                   "top_k",
-                                                   "top_p",
-                                                   "min_p",
-                                                   "repetition_penalty",
-                                                   "presence_penalty",
-                                                   "frequency_penalty",
-                                                   "logit_bias",
-                                                   "max_tokens",
-                                                   "stop_token_ids",
-                                                   "stop",
-                                                   "logprobs",
-                                                   "seed",
-                                                   "n",
-                                                   "prompt",
-                                                   "messages"};
-      const std::string& msg = status.message();
-      const std::string first = msg.substr(0, msg.find_first_of(" :"));
-      return BadRequest(msg, params.count(first) ? first : "");
-    }
+    case StatusCode::kNotFound:
+      return BadRequest(status.message(), status.field());
     case StatusCode::kResourceExhausted:
       return ApiError{503, status.message(), "server_error", "", "server_overloaded"};
     default:

@@ -16,10 +16,9 @@
 #include <vector>
 
 #include "core/status.h"
-#include "engine/chat_renderer.h"
 #include "engine/request_output.h"
-#include "engine/sampler.h"
 #include "engine/sampling_params.h"
+#include "tokenizer/chat_renderer.h"
 
 namespace headwise::tokenizer {
 class Tokenizer;
@@ -40,8 +39,9 @@ struct ApiError {
 
 ApiError BadRequest(std::string message, std::string param = "");
 ApiError NotFoundError(std::string message, std::string param = "", std::string code = "");
-// Maps an engine Status: InvalidArgument/OutOfRange/Unimplemented -> 400 (param guessed from
-// the message's first word when it names a parameter), ResourceExhausted -> 503, others 500.
+// Maps an engine Status: InvalidArgument/OutOfRange/Unimplemented/NotFound -> 400 with the
+// status's field as `param` (the engine's field names are the API's), ResourceExhausted -> 503,
+// others 500.
 ApiError ErrorFromStatus(const Status& status);
 Json ErrorBody(const ApiError& error);
 
@@ -68,11 +68,11 @@ enum class ApiKind { kCompletion, kChat };
 // A parsed /v1/completions or /v1/chat/completions request.
 struct GenerationRequest {
   ApiKind kind = ApiKind::kCompletion;
-  std::string model;                          // empty: not given (the first served model)
-  std::vector<PromptInput> prompts;           // completions
-  std::vector<engine::ChatMessage> messages;  // chat
-  engine::SamplingParams params;              // max_tokens filled in by ResolveMaxTokens
-  std::optional<int> max_tokens;              // as the client gave it
+  std::string model;                             // empty: not given (the first served model)
+  std::vector<PromptInput> prompts;              // completions
+  std::vector<tokenizer::ChatMessage> messages;  // chat
+  engine::SamplingParams params;                 // max_tokens filled in by ResolveMaxTokens
+  std::optional<int> max_tokens;                 // as the client gave it
   int n = 1;
   bool stream = false;
   bool include_usage = false;
@@ -93,7 +93,9 @@ std::optional<ApiError> ParseChatRequest(const Json& body, GenerationRequest& ou
 std::optional<ApiError> ResolveMaxTokens(const GenerationRequest& request, int prompt_tokens,
                                          int max_model_len, int& max_tokens);
 
-// SamplingParams::Validate against the model's vocabulary, mapped to a 400 naming the field.
+// SamplingParams::Validate against the model's vocabulary, mapped to a 400 naming the field:
+// the range checks of a request's sampling parameters (the parsers above check JSON types and
+// the API's own fields only).
 std::optional<ApiError> ValidateParams(const engine::SamplingParams& params, int vocab_size);
 // Token ids given by the client: inside the vocabulary and not empty.
 std::optional<ApiError> ValidatePromptIds(const std::vector<int32_t>& ids, int vocab_size,
@@ -110,7 +112,7 @@ struct TokenizeRequest {
   std::string model;
   bool chat = false;
   std::string prompt;
-  std::vector<engine::ChatMessage> messages;
+  std::vector<tokenizer::ChatMessage> messages;
   bool add_special_tokens = true;  // default true for prompts, false for messages
   bool add_generation_prompt = true;
   Json chat_template_kwargs = Json::object();

@@ -7,10 +7,10 @@
 #include <vector>
 
 #include "engine/attention_setup.h"
-#include "engine/chat_renderer.h"
 #include "engine/generator.h"
 #include "engine/model_loader.h"
 #include "kernels/backend_factory.h"
+#include "tokenizer/chat_renderer.h"
 #include "tools/commands.h"
 #include "tools/flags.h"
 
@@ -142,10 +142,10 @@ int RunGenerate(int argc, char** argv) {
 
   std::string text = prompt;
   if (chat) {
-    std::vector<engine::ChatMessage> messages;
+    std::vector<tokenizer::ChatMessage> messages;
     if (!system.empty()) messages.push_back({"system", system, ""});
     messages.push_back({"user", prompt, ""});
-    auto renderer = engine::ChatRenderer::ForTokenizer(loaded->chat_template, tok);
+    auto renderer = tokenizer::ChatRenderer::ForTokenizer(loaded->chat_template, tok);
     if (!renderer.ok()) return Fail(renderer.status());
     auto rendered = (*renderer)->Render(messages, /*add_generation_prompt=*/true, {});
     if (!rendered.ok()) return Fail(rendered.status());

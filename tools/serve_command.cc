@@ -14,15 +14,13 @@
 #include <tuple>
 #include <vector>
 
-#include "core/dtype.h"
 #include "core/file_io.h"
-#include "engine/attention_setup.h"
-#include "engine/chat_renderer.h"
+#include "core/metrics.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "kernels/backend_factory.h"
-#include "kvcache/kv_cache.h"
 #include "server/http_server.h"
+#include "tokenizer/chat_renderer.h"
 #include "tools/commands.h"
 #include "tools/flags.h"
 
@@ -71,6 +69,29 @@ int Fail(const Status& s) {
   std::fprintf(stderr, "headwise: error: %s\n", s.message().c_str());
   std::fflush(stderr);
   return s.code() == StatusCode::kInternal ? 1 : 2;
+}
+
+// An Engine::Start refusal in the words of the command line: the EngineConfig field it names
+// becomes the flag that sets it ("max_num_seqs must be >= 1" -> "--max-num-seqs must be >= 1").
+Status InFlagTerms(const Status& s) {
+  static const std::pair<const char*, const char*> kFlags[] = {
+      {"max_model_len", "--max-model-len"},
+      {"max_num_seqs", "--max-num-seqs"},
+      {"max_num_batched_tokens", "--max-num-batched-tokens"},
+      {"max_waiting", "--max-waiting"},
+      {"num_kv_pages", "--num-kv-pages"},
+      {"kv_cache_bytes", "--kv-cache-memory"},
+      {"gpu_memory_utilization", "--gpu-memory-utilization"},
+  };
+  for (const auto& [field, flag] : kFlags) {
+    if (s.field() != field) continue;
+    const std::string& msg = s.message();
+    const std::string text = msg.rfind(field, 0) == 0
+                                 ? flag + msg.substr(std::string_view(field).size())
+                                 : fmt::format("{}: {}", flag, msg);
+    return Status(s.code(), text);
+  }
+  return s;
 }
 
 // "512M", "2G", "1048576", "64k": binary multiples.
@@ -168,6 +189,7 @@ int RunServe(int argc, char** argv) {
   flags.Int("num-kv-pages", config.num_kv_pages);
   float gpu_memory_utilization = static_cast<float>(config.gpu_memory_utilization);
   flags.Float("gpu-memory-utilization", gpu_memory_utilization);
+  config.gpu_memory_utilization = gpu_memory_utilization;
   flags.Bool("no-prefix-caching", no_prefix_caching);
   flags.String("attention-policy", config.attention_policy);
   flags.String("chat-template", chat_template_path);
@@ -196,11 +218,6 @@ int RunServe(int argc, char** argv) {
     }
     *out = std::chrono::milliseconds(static_cast<int64_t>(v * 1000.0f));
   }
-  config.gpu_memory_utilization = gpu_memory_utilization;
-  if (!(gpu_memory_utilization > 0.0f && gpu_memory_utilization <= 1.0f)) {
-    return Fail(InvalidArgument("--gpu-memory-utilization must be in (0, 1], got {}",
-                                gpu_memory_utilization));
-  }
 
   if (model_path.empty()) {
     return Fail(
@@ -212,16 +229,15 @@ int RunServe(int argc, char** argv) {
   if (transport.port < 0 || transport.port > 65535) {
     return Fail(InvalidArgument("--port must be in [0, 65535], got {}", transport.port));
   }
-  for (const auto& [flag, v] : {std::pair{"max-num-seqs", config.max_num_seqs},
-                                {"max-num-batched-tokens", config.max_num_batched_tokens},
-                                {"http-threads", transport.worker_threads},
+  // The engine's own limits are checked by Engine::Start (InFlagTerms names the flag).
+  for (const auto& [flag, v] : {std::pair{"http-threads", transport.worker_threads},
                                 {"max-connections", transport.max_connections}}) {
     if (v < 1) return Fail(InvalidArgument("--{} must be >= 1, got {}", flag, v));
   }
-  for (const auto& [flag, v] : {std::pair{"max-model-len", config.max_model_len},
-                                {"max-waiting", config.max_waiting},
-                                {"num-kv-pages", config.num_kv_pages}}) {
-    if (v < 0) return Fail(InvalidArgument("--{} must be >= 0, got {}", flag, v));
+  if (!kv_memory.empty()) {
+    auto bytes = ParseBytes("kv-cache-memory", kv_memory);
+    if (!bytes.ok()) return Fail(bytes.status());
+    config.kv_cache_bytes = *bytes;
   }
   if (!body_limit.empty()) {
     auto b = ParseBytes("max-body-bytes", body_limit);
@@ -265,24 +281,9 @@ int RunServe(int argc, char** argv) {
                loaded->format, mc.num_layers, mc.hidden_size, mc.vocab_size,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 
-  if (!kv_memory.empty() && config.num_kv_pages == 0) {
-    auto bytes = ParseBytes("kv-cache-memory", kv_memory);
-    if (!bytes.ok()) return Fail(bytes.status());
-    const size_t page_bytes = kvcache::KvCache::PageBytes(
-        engine::KvConfigFor(mc, 1, config.page_size), backend->kv_dtype());
-    config.num_kv_pages =
-        static_cast<int>(std::min<int64_t>(*bytes / static_cast<int64_t>(page_bytes), 1 << 30));
-    if (config.num_kv_pages < 1) {
-      return Fail(InvalidArgument("--kv-cache-memory {} holds no KV page ({} bytes each)",
-                                  kv_memory, page_bytes));
-    }
-    spdlog::info("KV cache budget {} bytes: {} pages of {} bytes", *bytes, config.num_kv_pages,
-                 page_bytes);
-  }
-
   // The chat template is checked before the engine starts: a broken one is a startup error.
   if (chat_template.empty()) chat_template = loaded->chat_template;
-  auto chat = engine::ChatRenderer::ForTokenizer(chat_template, *loaded->tokenizer);
+  auto chat = tokenizer::ChatRenderer::ForTokenizer(chat_template, *loaded->tokenizer);
   if (!chat.ok()) return Fail(chat.status());
   if (!(*chat)->has_template()) {
     spdlog::warn(
@@ -290,16 +291,17 @@ int RunServe(int argc, char** argv) {
         "(pass --chat-template FILE)");
   }
 
-  auto engine = engine::Engine::Start(std::move(*loaded), std::move(backend), config);
-  if (!engine.ok()) return Fail(engine.status());
-  const engine::EngineStats stats = (*engine)->Stats();
+  // One registry for the process: the engine's metrics and the server's HTTP counters.
+  auto metrics = std::make_shared<MetricsRegistry>();
+  auto engine = engine::Engine::Start(std::move(*loaded), std::move(backend), config, metrics);
+  if (!engine.ok()) return Fail(InFlagTerms(engine.status()));
   spdlog::info("engine started: max_model_len {}, {} KV pages, max {} sequences, prefix caching {}",
-               stats.max_model_len, stats.kv_pages_total, config.max_num_seqs,
-               config.enable_prefix_caching ? "on" : "off");
+               (*engine)->limits().max_model_len, (*engine)->Stats().kv_pages_total,
+               config.max_num_seqs, config.enable_prefix_caching ? "on" : "off");
 
   int port = 0;
   {
-    server::HttpServer http(**engine, **chat, options);
+    server::HttpServer http(**engine, **chat, *metrics, options);
     auto bound = http.Bind();
     if (!bound.ok()) return Fail(bound.status());
     port = *bound;

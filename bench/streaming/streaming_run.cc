@@ -32,11 +32,11 @@
 #include <vector>
 
 #include "engine/attention_setup.h"
-#include "engine/chat_renderer.h"
 #include "engine/model_loader.h"
 #include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "kernels/backend_factory.h"
+#include "tokenizer/chat_renderer.h"
 #include "tokenizer/tokenizer.h"
 #include "tools/flags.h"
 
@@ -181,7 +181,7 @@ int main(int argc, char** argv) {
 
   std::string text = prompt;
   if (chat) {
-    auto renderer = hw::engine::ChatRenderer::ForTokenizer(loaded->chat_template, tok);
+    auto renderer = hw::tokenizer::ChatRenderer::ForTokenizer(loaded->chat_template, tok);
     if (!renderer.ok()) return Fail(renderer.status().message());
     auto rendered = (*renderer)->Render({{"user", prompt, ""}}, true, {});
     if (!rendered.ok()) return Fail(rendered.status().message());

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <thread>
 
+#include "engine/model_loader.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/test_util.h"
 
@@ -19,12 +20,18 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::unique_ptr<Engine> StartEngine(EngineConfig config) {
+StatusOr<std::unique_ptr<Engine>> TryStartEngine(
+    EngineConfig config, std::shared_ptr<MetricsRegistry> metrics = nullptr) {
   auto backend = kernels::CreateCpuBackend(2);
   auto loaded =
       LoadModel(testing::SharedDir() + "/models/tinystories-656k", LoadOptions{}, *backend);
   REQUIRE(loaded.ok());
-  auto engine = Engine::Start(std::move(loaded).value(), std::move(backend), config);
+  return Engine::Start(std::move(loaded).value(), std::move(backend), config, std::move(metrics));
+}
+
+std::unique_ptr<Engine> StartEngine(EngineConfig config,
+                                    std::shared_ptr<MetricsRegistry> metrics = nullptr) {
+  auto engine = TryStartEngine(config, std::move(metrics));
   INFO(engine.status().ToString());
   REQUIRE(engine.ok());
   return std::move(engine).value();
@@ -66,7 +73,7 @@ std::vector<std::string> Prompts() {
 EngineRequest Request(const Engine& engine, const std::string& prompt, int max_tokens,
                       float temperature = 0.0f, std::optional<uint64_t> seed = std::nullopt) {
   EngineRequest r;
-  r.prompt_ids = engine.model().tokenizer->Encode(prompt, true);
+  r.prompt_ids = engine.tokenizer()->Encode(prompt, true);
   r.params.temperature = temperature;
   r.params.seed = seed;
   r.params.max_tokens = max_tokens;
@@ -206,9 +213,66 @@ TEST_CASE("Requests that can never fit are refused at submission", "[engine]") {
   auto over_pool = engine->Submit(Request(*engine, "Once upon a time", 50));
   CHECK(over_pool.status().code() == StatusCode::kInvalidArgument);
   CHECK_THAT(over_pool.status().message(), Catch::Contains("whole cache holds 48"));
+  // Bad parameters and prompt ids name their field, for the front end's error (OpenAI `param`).
   EngineRequest bad = Request(*engine, "Once upon a time", 4);
   bad.params.top_p = 0;
   CHECK(engine->Submit(bad).status().code() == StatusCode::kInvalidArgument);
+  CHECK(engine->Submit(bad).status().field() == "top_p");
+  EngineRequest outside = Request(*engine, "Once upon a time", 4);
+  outside.prompt_ids.back() = engine->limits().vocab_size;
+  CHECK(engine->Submit(outside).status().field() == "prompt");
+  EngineRequest empty = Request(*engine, "Once upon a time", 4);
+  empty.prompt_ids.clear();
+  CHECK(engine->Submit(empty).status().field() == "prompt");
+  // A request too long for the context or the pool is about no one field.
+  CHECK(too_long.status().field().empty());
+  CHECK(over_pool.status().field().empty());
+
+  // The limits a front end checks requests against.
+  const EngineLimits& limits = engine->limits();
+  CHECK(limits.vocab_size == engine->tokenizer()->vocab_size());
+  CHECK(limits.max_model_len == 64);
+  CHECK(limits.max_sequence_tokens == 64);
+  CHECK(limits.max_tokens_in_pool == 48);
+  CHECK(limits.default_context == 48);  // a request without max_tokens stays inside the pool
+}
+
+TEST_CASE("Impossible configurations are refused at start, naming the field", "[engine]") {
+  struct Case {
+    void (*mutate)(EngineConfig&);
+    const char* field;
+  };
+  const Case cases[] = {
+      {[](EngineConfig& c) { c.max_num_seqs = 0; }, "max_num_seqs"},
+      {[](EngineConfig& c) { c.max_num_batched_tokens = 0; }, "max_num_batched_tokens"},
+      {[](EngineConfig& c) { c.max_model_len = -1; }, "max_model_len"},
+      {[](EngineConfig& c) { c.max_model_len = 1 << 20; }, "max_model_len"},  // past the model's
+      {[](EngineConfig& c) { c.max_waiting = -1; }, "max_waiting"},
+      {[](EngineConfig& c) { c.num_kv_pages = -1; }, "num_kv_pages"},
+      {[](EngineConfig& c) { c.kv_cache_bytes = 1; }, "kv_cache_bytes"},  // not one page
+      {[](EngineConfig& c) { c.gpu_memory_utilization = 1.5; }, "gpu_memory_utilization"},
+  };
+  for (const Case& c : cases) {
+    EngineConfig config;
+    c.mutate(config);
+    auto engine = TryStartEngine(config);
+    INFO(c.field);
+    REQUIRE_FALSE(engine.ok());
+    CHECK(engine.status().code() == StatusCode::kInvalidArgument);
+    CHECK(engine.status().field() == c.field);
+    CHECK_THAT(engine.status().message(), Catch::StartsWith(c.field));
+  }
+}
+
+TEST_CASE("The engine reports on the registry it is given, and sizes a byte budget", "[engine]") {
+  auto metrics = std::make_shared<MetricsRegistry>();
+  EngineConfig config;
+  config.kv_cache_bytes = int64_t{1} << 20;
+  auto engine = StartEngine(config, metrics);
+  CHECK(&engine->metrics() == metrics.get());
+  // A page of TinyStories on the CPU: K and V of 16 tokens x 16 dims in f32, 2 KiB.
+  CHECK(engine->Stats().kv_pages_total == 512);
+  CHECK(metrics->Value("headwise_kv_pages_total") == engine->Stats().kv_pages_total);
 }
 
 // StreamingLLM (every head a re-indexed ring) never grows its cache nor its rotary positions:
@@ -303,7 +367,7 @@ TEST_CASE("A razor policy frees pages after the prompt and fits more sequences",
           "Once upon a time, there was a little girl named Lily. She liked to play in the "
           "park with her dog Max. ";
     }
-    const std::vector<int32_t> ids = engine->model().tokenizer->Encode(text, true);
+    const std::vector<int32_t> ids = engine->tokenizer()->Encode(text, true);
     REQUIRE(static_cast<int>(ids.size()) >= prompt_len + 4 * 7);
     for (int i = 0; i < 4; ++i) {
       EngineRequest r = Request(*engine, "", max_tokens);

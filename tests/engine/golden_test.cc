@@ -8,12 +8,12 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/attention_setup.h"
-#include "engine/chat_renderer.h"
 #include "engine/generator.h"
 #include "engine/model_loader.h"
 #include "engine/model_runner.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/test_util.h"
+#include "tokenizer/chat_renderer.h"
 
 namespace headwise::engine {
 namespace {
@@ -152,7 +152,7 @@ TEST_CASE("Chat rendering equals transformers' apply_chat_template", "[golden]")
   auto backend = kernels::CreateCpuBackend(1);
   auto loaded = LoadModel(model_path, LoadOptions{}, *backend);
   REQUIRE(loaded.ok());
-  auto renderer = ChatRenderer::ForTokenizer(loaded->chat_template, *loaded->tokenizer);
+  auto renderer = tokenizer::ChatRenderer::ForTokenizer(loaded->chat_template, *loaded->tokenizer);
   REQUIRE(renderer.ok());
   auto rendered = (*renderer)->Render({{"user", "What is the capital of France?", ""}}, true, {});
   REQUIRE(rendered.ok());

@@ -1,11 +1,13 @@
-// The KV budget under --gpu-memory-utilization: what fits is granted in whole blocks and never
-// overcommits; what does not fit is a startup error that names the numbers.
+// The KV pool's size: an explicit page count wins, then a budget of bytes, then on a GPU what
+// --gpu-memory-utilization grants, in whole blocks and never overcommitted; what does not fit is
+// a startup error that names the numbers, and a bad setting one that names its field.
 #include "engine/memory_budget.h"
 
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "kernels/cpu/cpu_backend.h"
 #include "kvcache/kv_cache.h"
 #include "tests/test_util.h"
 
@@ -57,12 +59,48 @@ TEST_CASE("Too little memory for one request is refused with the numbers", "[eng
   CHECK(pages.status().code() == StatusCode::kResourceExhausted);
   CHECK_THAT(pages.status().message(), Catch::Contains("raise --gpu-memory-utilization") &&
                                            Catch::Contains("max_model_len 131072"));
-  for (double bad : {0.0, -0.5, 1.5}) {
-    c.gpu_memory_utilization = bad;
-    auto refused = KvPagesForMemory(m, c, {80 * kGiB, 80 * kGiB}, page_bytes);
+}
+
+TEST_CASE("The pool's size comes from pages, then bytes; bad settings name their field",
+          "[engine]") {
+  const models::ModelConfig m = Llama3_8B();
+  auto cpu = kernels::CreateCpuBackend(1);
+  const size_t page_bytes = 4096;
+  EngineConfig c;
+  c.max_model_len = 8192;
+  // Nothing set on the CPU: 0, the engine's default.
+  auto pages = KvPagesForConfig(m, c, *cpu, page_bytes);
+  REQUIRE(pages.ok());
+  CHECK(*pages == 0);
+  c.kv_cache_bytes = int64_t{10} * page_bytes + 100;
+  pages = KvPagesForConfig(m, c, *cpu, page_bytes);
+  REQUIRE(pages.ok());
+  CHECK(*pages == 10);
+  c.num_kv_pages = 7;  // wins over the budget
+  pages = KvPagesForConfig(m, c, *cpu, page_bytes);
+  REQUIRE(pages.ok());
+  CHECK(*pages == 7);
+  CHECK(*KvPagesForBytes(int64_t{1} << 50, 1) == 1 << 30);  // page ids stay inside int32
+
+  auto refusal = [&](auto mutate) {
+    EngineConfig bad = c;
+    mutate(bad);
+    auto refused = KvPagesForConfig(m, bad, *cpu, page_bytes);
     REQUIRE_FALSE(refused.ok());
     CHECK(refused.status().code() == StatusCode::kInvalidArgument);
+    return refused.status().field();
+  };
+  // Checked on every device, whichever setting applies.
+  for (double util : {0.0, -0.5, 1.5}) {
+    CHECK(refusal([&](EngineConfig& b) { b.gpu_memory_utilization = util; }) ==
+          "gpu_memory_utilization");
   }
+  CHECK(refusal([](EngineConfig& b) { b.num_kv_pages = -1; }) == "num_kv_pages");
+  CHECK(refusal([](EngineConfig& b) { b.kv_cache_bytes = -1; }) == "kv_cache_bytes");
+  CHECK(refusal([&](EngineConfig& b) {
+          b.num_kv_pages = 0;
+          b.kv_cache_bytes = page_bytes - 1;  // not one page
+        }) == "kv_cache_bytes");
 }
 
 }  // namespace

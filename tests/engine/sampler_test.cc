@@ -157,26 +157,37 @@ TEST_CASE("Logprobs are the raw log-softmax, alternatives best first", "[sampler
 }
 
 TEST_CASE("Out-of-range sampling parameters are refused by name", "[sampler]") {
-  auto message = [](auto mutate) {
+  // The field is named in the message and in Status::field, which front ends report (the OpenAI
+  // error's `param`).
+  auto check = [](auto mutate, const std::string& field) {
     SamplingParams p;
     mutate(p);
-    return p.Validate(100).message();
+    const Status s = p.Validate(100);
+    INFO(s.ToString());
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    CHECK(s.field() == field);
+    CHECK_THAT(s.message(), Catch::Contains(field));
   };
-  CHECK_THAT(message([](SamplingParams& p) { p.temperature = -1; }),
-             Catch::Contains("temperature"));
-  CHECK_THAT(message([](SamplingParams& p) { p.top_p = 0; }), Catch::Contains("top_p"));
-  CHECK_THAT(message([](SamplingParams& p) { p.min_p = 2; }), Catch::Contains("min_p"));
-  CHECK_THAT(message([](SamplingParams& p) { p.top_k = -5; }), Catch::Contains("top_k"));
-  CHECK_THAT(message([](SamplingParams& p) { p.repetition_penalty = 0; }),
-             Catch::Contains("repetition_penalty"));
-  CHECK_THAT(message([](SamplingParams& p) { p.presence_penalty = 3; }),
-             Catch::Contains("presence_penalty"));
-  CHECK_THAT(message([](SamplingParams& p) { p.logit_bias[100] = 1; }),
-             Catch::Contains("logit_bias"));
-  CHECK_THAT(message([](SamplingParams& p) { p.max_tokens = 0; }), Catch::Contains("max_tokens"));
-  CHECK_THAT(message([](SamplingParams& p) { p.stop_token_ids = {-1}; }),
-             Catch::Contains("stop_token_ids"));
+  check([](SamplingParams& p) { p.temperature = -1; }, "temperature");
+  check([](SamplingParams& p) { p.temperature = 2.5f; }, "temperature");
+  check([](SamplingParams& p) { p.top_p = 0; }, "top_p");
+  check([](SamplingParams& p) { p.min_p = 2; }, "min_p");
+  check([](SamplingParams& p) { p.top_k = -5; }, "top_k");
+  check([](SamplingParams& p) { p.repetition_penalty = 0; }, "repetition_penalty");
+  check([](SamplingParams& p) { p.repetition_penalty = 101; }, "repetition_penalty");
+  check([](SamplingParams& p) { p.presence_penalty = 3; }, "presence_penalty");
+  check([](SamplingParams& p) { p.frequency_penalty = -3; }, "frequency_penalty");
+  check([](SamplingParams& p) { p.logit_bias[100] = 1; }, "logit_bias");
+  check([](SamplingParams& p) { p.logit_bias[5] = 101; }, "logit_bias");
+  check([](SamplingParams& p) { p.max_tokens = 0; }, "max_tokens");
+  check([](SamplingParams& p) { p.stop_token_ids = {-1}; }, "stop_token_ids");
+  check([](SamplingParams& p) { p.stop = {""}; }, "stop");
+  check([](SamplingParams& p) { p.logprobs = 21; }, "logprobs");
   SamplingParams ok;
+  CHECK(ok.Validate(100).ok());
+  ok.temperature = 2.0f;
+  ok.top_k = -1;
+  ok.logprobs = 20;
   CHECK(ok.Validate(100).ok());
 }
 

@@ -19,7 +19,7 @@ add_generation_prompt false and true; where jinja2 raises, ours must fail too (w
 message when the template called raise_exception).
 
 Conversations of plain {role, content, name} messages also go the way of a server request
-("renderer" cases): through engine::ChatRenderer, which builds each message as vLLM does
+("renderer" cases): through tokenizer::ChatRenderer, which builds each message as vLLM does
 ({"role", "content"[, "name"]} in that order, whatever the client's order) and always passes
 tools=None and documents=None; the reference renders the same dicts. Key order shows in
 `tojson`, `items()` and iteration, as in Python; the "key-order" job checks it on both paths.
@@ -113,7 +113,7 @@ def reference(template, cases):
         if case.get("flatten"):
             messages = flatten_text_content(messages)
         if case.get("renderer"):
-            # engine::ChatRenderer: its own message dicts, bos/eos always set, no tools.
+            # tokenizer::ChatRenderer: its own message dicts, bos/eos always set, no tools.
             messages = [vllm_message(m) for m in messages]
             extra = {"bos_token": "", "eos_token": "", **extra, "tools": None, "documents": None}
         try:
@@ -200,7 +200,7 @@ CONVERSATIONS = [
 
 
 def renderer_can_take(messages, opts):
-    """Whether a conversation is one a server request can carry (engine::ChatMessage)."""
+    """Whether a conversation is one a server request can carry (tokenizer::ChatMessage)."""
     if opts.get("tools") or opts.get("flatten"):
         return False
     return all(set(m) <= {"role", "content", "name"} and isinstance(m["content"], str)
@@ -521,7 +521,7 @@ def main():
                     print("  ours:", repr(g["text"][:500]))
                 continue
             if not w["ok"]:
-                # engine::ChatRenderer says where the error comes from.
+                # tokenizer::ChatRenderer says where the error comes from.
                 want_error = ("chat template: " if case.get("renderer") else "") + w["error"]
                 if w.get("raised") and want_error != g["error"]:
                     failures += 1

@@ -6,7 +6,6 @@
 #include <map>
 #include <string>
 
-#include "engine/chat_renderer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace headwise::server {
@@ -149,6 +148,15 @@ TEST_CASE("completion request: the four prompt forms", "[server]") {
 }
 
 TEST_CASE("bad values name their parameter", "[server]") {
+  // As the server does: parse (JSON types, the API's own fields), then the one range check of
+  // the sampling parameters (SamplingParams::Validate through ValidateParams).
+  auto refusal = [](const Json& body) {
+    GenerationRequest r;
+    if (auto e = ParseCompletionRequest(body, r)) return *e;
+    auto e = ValidateParams(r.params, /*vocab_size=*/10);
+    REQUIRE(e.has_value());
+    return *e;
+  };
   struct Case {
     Json extra;
     std::string param;
@@ -158,9 +166,11 @@ TEST_CASE("bad values name their parameter", "[server]") {
       {{{"temperature", 2.5}}, "temperature"},
       {{{"temperature", "hot"}}, "temperature"},
       {{{"temperature", true}}, "temperature"},
+      {{{"repetition_penalty", 101}}, "repetition_penalty"},
       {{{"top_p", 0}}, "top_p"},
       {{{"top_p", 1.5}}, "top_p"},
       {{{"top_k", -2}}, "top_k"},
+      {{{"top_k", int64_t{1} << 40}}, "top_k"},
       {{{"min_p", 2}}, "min_p"},
       {{{"max_tokens", 0}}, "max_tokens"},
       {{{"max_tokens", 1.5}}, "max_tokens"},
@@ -181,10 +191,13 @@ TEST_CASE("bad values name their parameter", "[server]") {
                               "o", "p", "q"})}},
        "stop"},
       {{{"stop_token_ids", {"a"}}}, "stop_token_ids"},
+      {{{"stop_token_ids", {-1}}}, "stop_token_ids"},
+      {{{"stop_token_ids", {10}}}, "stop_token_ids"},  // outside the vocabulary of 10
       {{{"logit_bias", {{"abc", 1}}}}, "logit_bias"},
       {{{"logit_bias", {{"-1", 1}}}}, "logit_bias"},
       {{{"logit_bias", {{"5", 101}}}}, "logit_bias"},
       {{{"logit_bias", {{"5", "x"}}}}, "logit_bias"},
+      {{{"logit_bias", {{"10", 1}}}}, "logit_bias"},  // outside the vocabulary of 10
       {{{"stream", "yes"}}, "stream"},
       {{{"stream_options", {{"include_usage", true}}}}, "stream_options"},  // without stream
       {{{"stream", true}, {"stream_options", {{"bogus", true}}}}, "stream_options.bogus"},
@@ -195,7 +208,7 @@ TEST_CASE("bad values name their parameter", "[server]") {
   };
   for (const auto& c : cases) {
     INFO(c.extra.dump());
-    const ApiError e = CompletionError(Completion(c.extra));
+    const ApiError e = refusal(Completion(c.extra));
     CHECK(e.status == 400);
     CHECK(e.type == "invalid_request_error");
     CHECK(e.param == c.param);
@@ -322,10 +335,16 @@ TEST_CASE("max_tokens defaults and context-length errors", "[server]") {
 }
 
 TEST_CASE("engine statuses map to HTTP errors", "[server]") {
-  ApiError e = ErrorFromStatus(InvalidArgument("temperature must be >= 0, got -1"));
+  // `param` is the status's field, never guessed from the message.
+  ApiError e = ErrorFromStatus(
+      InvalidArgument("temperature must be in [0, 2], got -1").WithField("temperature"));
   CHECK(e.status == 400);
+  CHECK(e.type == "invalid_request_error");
   CHECK(e.param == "temperature");
-  e = ErrorFromStatus(InvalidArgument("the prompt is empty"));
+  CHECK(e.message == "temperature must be in [0, 2], got -1");
+  e = ErrorFromStatus(InvalidArgument("the prompt is empty").WithField("prompt"));
+  CHECK(e.param == "prompt");
+  e = ErrorFromStatus(InvalidArgument("temperature must be in [0, 2], got -1"));
   CHECK(e.status == 400);
   CHECK(e.param.empty());
   e = ErrorFromStatus(ResourceExhausted("the request queue is full (3 waiting)"));
@@ -339,7 +358,9 @@ TEST_CASE("engine statuses map to HTTP errors", "[server]") {
   p.logit_bias[50] = 1.0f;
   auto v = ValidateParams(p, 10);
   REQUIRE(v.has_value());
+  CHECK(v->status == 400);
   CHECK(v->param == "logit_bias");
+  CHECK_FALSE(ValidateParams(engine::SamplingParams{}, 10).has_value());
   CHECK(ValidatePromptIds({1, 10}, 10, "prompt")->param == "prompt");
   CHECK(ValidatePromptIds({}, 10, "prompt").has_value());
   CHECK_FALSE(ValidatePromptIds({0, 9}, 10, "prompt").has_value());
@@ -491,49 +512,6 @@ TEST_CASE("text offsets count characters", "[server]") {
   CHECK(CountCodePoints("abc") == 3);
   CHECK(CountCodePoints("h\xC3\xA9") == 2);
   CHECK(CountCodePoints("\xE2\x96\x81x") == 2);
-}
-
-TEST_CASE("chat renderer: probe at creation, refusals", "[server]") {
-  auto none = engine::ChatRenderer::Create("", "<s>", "</s>");
-  REQUIRE(none.ok());
-  CHECK_FALSE((*none)->has_template());
-  auto r = (*none)->Render({{"user", "hi", ""}}, true, Json::object());
-  REQUIRE_FALSE(r.ok());
-  CHECK(r.status().message().find("--chat-template") != std::string::npos);
-
-  const std::string chatml =
-      "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-  auto ok = engine::ChatRenderer::Create(chatml, "<s>", "</s>");
-  REQUIRE(ok.ok());
-  auto text = (*ok)->Render({{"user", "hi", ""}}, true, Json::object());
-  REQUIRE(text.ok());
-  CHECK(text->find("<|im_start|>user\nhi<|im_end|>\n") != std::string::npos);
-  const std::string tail = "<|im_start|>assistant\n";
-  REQUIRE(text->size() >= tail.size());
-  CHECK(text->substr(text->size() - tail.size()) == tail);
-
-  // Without a generation prompt the template ends with the last message.
-  text = (*ok)->Render({{"user", "hi", ""}}, false, Json::object());
-  REQUIRE(text.ok());
-  CHECK(*text == "<|im_start|>user\nhi<|im_end|>\n");
-  // Template kwargs reach the template; raise_exception refusals are InvalidArgument.
-  auto custom = engine::ChatRenderer::Create(
-      "{% if messages[0].role == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
-      "{{ bos_token }}{{ greeting | default('x') }}{{ messages[0].content }}",
-      "<s>", "</s>");
-  REQUIRE(custom.ok());
-  text = (*custom)->Render({{"user", "hi", ""}}, true, Json{{"greeting", "hey "}});
-  REQUIRE(text.ok());
-  CHECK(*text == "<s>hey hi");
-  auto refused = (*custom)->Render({{"system", "s", ""}}, true, Json::object());
-  REQUIRE_FALSE(refused.ok());
-  CHECK(refused.status().code() == StatusCode::kInvalidArgument);
-  CHECK(refused.status().message().find("no system role") != std::string::npos);
-
-  // A template that does not parse, or cannot render the probe, is refused at creation.
-  CHECK_FALSE(engine::ChatRenderer::Create("{{ not closed", "<s>", "</s>").ok());
-  CHECK_FALSE(engine::ChatRenderer::Create("{{ raise_exception('never') }}", "<s>", "</s>").ok());
 }
 
 // --- input limits ---

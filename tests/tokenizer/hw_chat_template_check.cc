@@ -6,7 +6,7 @@
 // jobs.json: {"jobs": [{"name": ..., "template": "...", "cases": [{"messages": [...],
 // "extra": {...}, "flatten": false, "renderer": false}, ...]}, ...]}. With "flatten", messages
 // go through FlattenTextContent first. With "renderer", the case goes the way of a server
-// request instead: engine::ChatRenderer, messages as {role, content, name} structs, extra's
+// request instead: tokenizer::ChatRenderer, messages as {role, content, name} structs, extra's
 // bos_token / eos_token / add_generation_prompt as the renderer's own, the rest of extra
 // (except tools and documents, which it sets to None) as chat_template_kwargs.
 // Output on stdout: {"jobs": [{"parse_error": null or "...",
@@ -17,7 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/chat_renderer.h"
+#include "tokenizer/chat_renderer.h"
 #include "tokenizer/chat_template.h"
 
 namespace {
@@ -32,7 +32,7 @@ ojson Failed(const headwise::Status& st) {
 ojson RunRendererCase(const std::string& source, const ojson& c) {
   const ojson messages = c.value("messages", ojson::array());
   const ojson extra = c.value("extra", ojson::object());
-  std::vector<headwise::engine::ChatMessage> msgs;
+  std::vector<headwise::tokenizer::ChatMessage> msgs;
   for (const ojson& m : messages) {
     msgs.push_back({m.value("role", ""), m.value("content", ""), m.value("name", "")});
   }
@@ -43,8 +43,8 @@ ojson RunRendererCase(const std::string& source, const ojson& c) {
       kwargs[it.key()] = it.value();
     }
   }
-  auto renderer = headwise::engine::ChatRenderer::Create(source, extra.value("bos_token", ""),
-                                                         extra.value("eos_token", ""));
+  auto renderer = headwise::tokenizer::ChatRenderer::Create(source, extra.value("bos_token", ""),
+                                                            extra.value("eos_token", ""));
   if (!renderer.ok()) return Failed(renderer.status());
   auto text = (*renderer)->Render(msgs, extra.value("add_generation_prompt", false), kwargs);
   if (!text.ok()) return Failed(text.status());

@@ -1,6 +1,7 @@
 // Prometheus metrics: counters, gauges and histograms, optionally labelled, rendered in the
-// Prometheus text exposition format. Thread-safe; the engine thread and the HTTP threads
-// update the same registry.
+// Prometheus text exposition format. One registry per process, created by the program (headwise
+// serve) and shared by the modules that report: the engine thread and the HTTP threads update
+// the same registry, so it is thread-safe.
 #pragma once
 
 #include <map>
@@ -9,7 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace headwise::engine {
+namespace headwise {
 
 using Labels = std::vector<std::pair<std::string, std::string>>;
 
@@ -51,4 +52,4 @@ class MetricsRegistry {
   std::map<std::string, Metric> metrics_;
 };
 
-}  // namespace headwise::engine
+}  // namespace headwise

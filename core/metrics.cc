@@ -1,11 +1,11 @@
-#include "engine/metrics.h"
+#include "core/metrics.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 
-namespace headwise::engine {
+namespace headwise {
 namespace {
 
 std::string RenderLabels(const Labels& labels, const std::string& extra_key = "",
@@ -121,4 +121,4 @@ std::string MetricsRegistry::RenderPrometheus() const {
   return out;
 }
 
-}  // namespace headwise::engine
+}  // namespace headwise

@@ -1,8 +1,8 @@
-#include "engine/chat_renderer.h"
+#include "tokenizer/chat_renderer.h"
 
 #include "tokenizer/chat_template.h"
 
-namespace headwise::engine {
+namespace headwise::tokenizer {
 
 // Ordered: Python dicts keep insertion order, and templates print it.
 using Json = nlohmann::ordered_json;
@@ -16,9 +16,9 @@ StatusOr<std::unique_ptr<ChatRenderer>> ChatRenderer::Create(std::string chat_te
   r->bos_token_ = std::move(bos_token);
   r->eos_token_ = std::move(eos_token);
   if (chat_template.empty()) return r;
-  auto parsed = tokenizer::ChatTemplate::Parse(std::move(chat_template));
+  auto parsed = ChatTemplate::Parse(std::move(chat_template));
   if (!parsed.ok()) return parsed.status().WithContext("chat template");
-  r->template_ = std::make_unique<tokenizer::ChatTemplate>(std::move(*parsed));
+  r->template_ = std::make_unique<ChatTemplate>(std::move(*parsed));
   // One user message is the conversation every chat template must accept (some refuse system
   // messages or require alternating roles, so nothing more is assumed).
   auto probe = r->Render({{"user", "Hello!", ""}}, true, Json::object());
@@ -26,8 +26,8 @@ StatusOr<std::unique_ptr<ChatRenderer>> ChatRenderer::Create(std::string chat_te
   return r;
 }
 
-StatusOr<std::unique_ptr<ChatRenderer>> ChatRenderer::ForTokenizer(
-    std::string chat_template, const tokenizer::Tokenizer& tok) {
+StatusOr<std::unique_ptr<ChatRenderer>> ChatRenderer::ForTokenizer(std::string chat_template,
+                                                                   const Tokenizer& tok) {
   auto piece = [&](std::optional<int32_t> id) {
     return id ? std::string(tok.IdToPiece(*id)) : std::string();
   };
@@ -60,7 +60,7 @@ StatusOr<std::string> ChatRenderer::Render(const std::vector<ChatMessage>& messa
     return InvalidArgument("chat_template_kwargs must be an object");
   }
   // Before copying: copies of JSON recurse, and the kwargs come from the client.
-  if (auto st = tokenizer::CheckJsonDepth(template_kwargs); !st.ok()) {
+  if (auto st = CheckJsonDepth(template_kwargs); !st.ok()) {
     return InvalidArgument("chat_template_kwargs: {}", st.message());
   }
   for (const auto& [key, value] : template_kwargs.items()) {
@@ -72,4 +72,4 @@ StatusOr<std::string> ChatRenderer::Render(const std::vector<ChatMessage>& messa
   return out;
 }
 
-}  // namespace headwise::engine
+}  // namespace headwise::tokenizer

@@ -13,10 +13,8 @@
 #include "tokenizer/tokenizer.h"
 
 namespace headwise::tokenizer {
-class ChatTemplate;
-}
 
-namespace headwise::engine {
+class ChatTemplate;
 
 struct ChatMessage {
   std::string role;  // system, user or assistant
@@ -32,7 +30,7 @@ class ChatRenderer {
                                                         std::string eos_token);
   // With the tokenizer's BOS and EOS pieces as bos_token / eos_token.
   static StatusOr<std::unique_ptr<ChatRenderer>> ForTokenizer(std::string chat_template,
-                                                              const tokenizer::Tokenizer& tok);
+                                                              const Tokenizer& tok);
   ~ChatRenderer();
 
   bool has_template() const { return template_ != nullptr; }
@@ -49,9 +47,9 @@ class ChatRenderer {
 
  private:
   ChatRenderer() = default;
-  std::unique_ptr<tokenizer::ChatTemplate> template_;
+  std::unique_ptr<ChatTemplate> template_;
   std::string bos_token_;
   std::string eos_token_;
 };
 
-}  // namespace headwise::engine
+}  // namespace headwise::tokenizer

@@ -1,0 +1,29 @@
+// What an Engine is started with: batch limits, the KV pool's size (or the memory budget it comes
+// from), prefix caching and the attention policy. Engine::Start checks every field and names the
+// one at fault (Status::field), so a front end can report it in its own words (a CLI flag).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace headwise::engine {
+
+struct EngineConfig {
+  int max_num_seqs = 64;              // sequences running at once
+  int max_num_batched_tokens = 2048;  // tokens per step (decode tokens + prefill chunks)
+  int max_model_len = 0;              // 0: the model's max_position_embeddings
+  int max_waiting = 1024;             // queued requests beyond this are refused
+  // The KV pool's size, from the first of these that is set (memory_budget.h, KvPagesForConfig):
+  // pages of page_size tokens per (layer, KV head); else a budget of bytes; else, on a GPU, the
+  // share of device memory for weights, activations and KV pages together, the KV cache getting
+  // what the others leave; else (on the CPU) room for four requests of max_model_len tokens.
+  int num_kv_pages = 0;
+  int64_t kv_cache_bytes = 0;
+  double gpu_memory_utilization = 0.9;
+  int page_size = 16;
+  bool enable_prefix_caching = true;
+  bool enforce_eager = false;    // no captured graphs: every step runs eagerly
+  std::string attention_policy;  // an attn-policy/v1 file (engine/attention/policy.h); "": dense
+};
+
+}  // namespace headwise::engine
