@@ -79,12 +79,13 @@ struct Engine::Impl {
   LoadedModel model;
   std::unique_ptr<kernels::Backend> backend;
   EngineConfig config;
-  attention::PolicySet policy;
   std::shared_ptr<MetricsRegistry> metrics;
-  std::unique_ptr<kvcache::KvCache> cache;
-  std::unique_ptr<EngineCore> core;  // the scheduler and the step; engine thread only
-  LengthLimit length_limit;  // prompt + max_tokens of a request: the context, or more (streaming)
-  EngineLimits limits;
+  std::unique_ptr<kvcache::KvCache> cache;  // one KV layout per arm, numbered as the arms
+  std::unique_ptr<EngineCore> core;         // the scheduler and the step; engine thread only
+  // Per arm: the arm, the longest request (the context, or more for streaming), front-end limits.
+  std::vector<ArmInfo> arms;
+  std::vector<LengthLimit> length_limits;
+  std::vector<EngineLimits> limits;
 
   std::mutex mu;  // guards incoming, stop, counters read by Stats()
   std::condition_variable cv;
@@ -104,7 +105,10 @@ struct Engine::Impl {
   void Run();
   // A cache of rings only holds a sequence of any length. Compaction does not lengthen it: a
   // request must fit whole, as its prompt (or its recompute after a preemption) is held whole.
-  int MaxTokensInPool() const { return cache->max_tokens_per_sequence(0); }
+  int MaxTokensInPool(int arm) const { return cache->max_tokens_per_sequence(arm); }
+  Labels ArmLabel(const Sequence& seq) const {
+    return {{"arm", arms[static_cast<size_t>(seq.layout)].name}};
+  }
   bool Step();
   // Tells the consumer `seq` has finished; `out` holds what it produced in its last step. Its
   // pages are back in the pool already.
@@ -124,11 +128,19 @@ void Engine::Impl::Finish(const Sequence& seq, RequestOutput out, FinishReason r
   // Visible before the consumer hears of the finish: its pages are back in the pool.
   pages_used = cache->num_pages_used();
   metrics->Set("headwise_kv_pages_used", pages_used);
-  metrics->Increment("headwise_request_finished_total", 1,
-                     {{"finish_reason", std::string(FinishReasonName(reason))}});
+  const std::string reason_name(FinishReasonName(reason));
+  const Labels arm = ArmLabel(seq);
+  Labels arm_reason = arm;
+  arm_reason.emplace_back("finish_reason", reason_name);
+  const double e2e = Seconds(seq.arrival, Clock::now());
+  metrics->Increment("headwise_request_finished_total", 1, {{"finish_reason", reason_name}});
+  metrics->Increment("headwise_arm_request_finished_total", 1, arm_reason);
   metrics->Increment("headwise_prompt_tokens_total", static_cast<double>(seq.prompt_len));
+  metrics->Increment("headwise_arm_prompt_tokens_total", static_cast<double>(seq.prompt_len), arm);
   metrics->Increment("headwise_generation_tokens_total", out.completion_tokens);
-  metrics->Observe("headwise_e2e_request_latency_seconds", Seconds(seq.arrival, Clock::now()));
+  metrics->Increment("headwise_arm_generation_tokens_total", out.completion_tokens, arm);
+  metrics->Observe("headwise_e2e_request_latency_seconds", e2e);
+  metrics->Observe("headwise_arm_e2e_request_latency_seconds", e2e, arm);
   seq.sink->Deliver(std::move(out));
 }
 
@@ -140,6 +152,14 @@ void Engine::Impl::UpdateGauges() {
   metrics->Set("headwise_num_requests_waiting", num_waiting);
   metrics->Set("headwise_kv_pages_used", pages_used);
   metrics->Set("headwise_kv_pages_total", cache->num_pages());
+  // Pages each arm's sequences hold (a prefix-cached page shared by two counts for both).
+  std::vector<int> held(arms.size(), 0);
+  for (const auto& s : core->scheduler().running()) {
+    held[static_cast<size_t>(s->layout)] += s->kv->num_pages_held();
+  }
+  for (size_t a = 0; a < arms.size(); ++a) {
+    metrics->Set("headwise_arm_kv_pages_used", held[a], {{"arm", arms[a].name}});
+  }
 }
 
 void Engine::Impl::Run() {
@@ -191,6 +211,9 @@ bool Engine::Impl::Step() {
     if (!plan.preempted.empty()) {
       metrics->Increment("headwise_preemptions_total", static_cast<double>(plan.preempted.size()));
     }
+    for (const Sequence* seq : plan.preempted) {
+      metrics->Increment("headwise_arm_preemptions_total", 1, ArmLabel(*seq));
+    }
     for (const Sequence* seq : plan.first_scheduled) {
       metrics->Observe("headwise_request_queue_time_seconds", Seconds(seq->arrival, now));
       metrics->Increment("headwise_prefix_cache_queried_tokens_total",
@@ -206,9 +229,13 @@ bool Engine::Impl::Step() {
   for (SequenceOutput& o : step.update.outputs) {
     Sequence& seq = *o.seq;
     const bool first = seq.output.num_tokens() == 1;
+    const double latency = Seconds(first ? seq.arrival : seq.last_token, step.sampled_at);
     metrics->Observe(
         first ? "headwise_time_to_first_token_seconds" : "headwise_inter_token_latency_seconds",
-        Seconds(first ? seq.arrival : seq.last_token, step.sampled_at));
+        latency);
+    metrics->Observe(first ? "headwise_arm_time_to_first_token_seconds"
+                           : "headwise_arm_inter_token_latency_seconds",
+                     latency, ArmLabel(seq));
     seq.last_token = step.sampled_at;
     RequestOutput out;
     out.token_ids.push_back(o.token.id);
@@ -261,33 +288,62 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   }
   if (c.max_waiting < 0) return refuse("max_waiting", c.max_waiting, ">= 0");
   if (c.page_size < 1) return refuse("page_size", c.page_size, ">= 1");
-  HW_ASSIGN_OR_RETURN(
-      attention::PolicySet policy,
-      LoadAttentionPolicy(c.attention_policy, mc, model.path, model.model->weights_hash()));
-  if (policy.page_size != c.page_size) {
-    return InvalidArgument(
-        "attention policy \"{}\": kv_cache.page_size {} differs from the "
-        "engine's page size {}",
-        policy.name, policy.page_size, c.page_size);
+  // Every arm's policy becomes one KV layout of the one cache. Arms must share the engine's page
+  // size; everything else (rings, compression, re-indexing) may differ per sequence.
+  if (!c.arms.empty() && !c.attention_policy.empty()) {
+    return InvalidArgument("give either one attention policy or A/B arms, not both")
+        .WithField("arms");
   }
-  HW_ASSIGN_OR_RETURN(kvcache::KvLayout layout, KvLayoutFor(policy));
-  const kvcache::KvCacheConfig kv_shape =
-      KvConfigFor(mc, 0, c.page_size, c.max_num_batched_tokens);
+  const std::vector<Arm> arm_specs = c.arms.empty() ? SingleArm(c.attention_policy).arms : c.arms;
+  std::vector<ArmInfo> arms;
+  std::vector<kvcache::KvLayout> layouts;
+  for (const Arm& spec : arm_specs) {
+    const std::string path =
+        spec.policy_path.empty() ? ModelPolicyFile(model.path) : spec.policy_path;
+    auto loaded = LoadAttentionPolicy(path, mc, model.path, model.model->weights_hash());
+    const auto where = [&] {
+      return spec.name.empty() ? std::string() : fmt::format("arm \"{}\": ", spec.name);
+    };
+    // Errors keep their own words with one arm; with several they name the arm.
+    const auto in_arm = [&](const Status& status) {
+      return spec.name.empty()
+                 ? status
+                 : status.WithContext(fmt::format("arm \"{}\"", spec.name)).WithField("arms");
+    };
+    if (!loaded.ok()) return in_arm(loaded.status());
+    const attention::PolicySet& policy = *loaded;
+    if (policy.page_size != c.page_size) {
+      return InvalidArgument(
+                 "{}attention policy \"{}\": kv_cache.page_size {} differs from the engine's page "
+                 "size {}, and arms of one engine share its pages",
+                 where(), policy.name, policy.page_size, c.page_size)
+          .WithField(c.arms.empty() ? "attention_policy" : "arms");
+    }
+    auto layout = KvLayoutFor(policy);
+    if (!layout.ok()) return in_arm(layout.status());
+    HW_ASSIGN_OR_RETURN(std::string hash, PolicyFileHash(path));
+    arms.push_back(ArmInfo{spec.name.empty() ? policy.name : spec.name, policy.name, path, hash});
+    layouts.push_back(std::move(layout).value());
+  }
+  const kvcache::KvCacheConfig kv_shape = KvConfigFor(mc, 0, c.page_size, c.max_num_batched_tokens);
   const size_t page_bytes = kvcache::KvCache::PageBytes(kv_shape, backend->kv_dtype());
   HW_ASSIGN_OR_RETURN(c.num_kv_pages, KvPagesForConfig(mc, c, *backend, page_bytes));
   if (c.num_kv_pages == 0) {
-    // Without a budget: four requests of max_model_len, and the rings of max_num_seqs sequences.
-    const int rings = kvcache::KvCache::PagesForSequence(kv_shape, layout, 0);
-    const int growing =
-        kvcache::KvCache::PagesForSequence(kv_shape, layout, c.max_model_len) - rings;
-    c.num_kv_pages = 4 * growing + c.max_num_seqs * rings;
+    // Without a budget: four requests of max_model_len, and the rings of max_num_seqs sequences,
+    // of the arm that needs most.
+    for (const kvcache::KvLayout& layout : layouts) {
+      const int rings = kvcache::KvCache::PagesForSequence(kv_shape, layout, 0);
+      const int growing =
+          kvcache::KvCache::PagesForSequence(kv_shape, layout, c.max_model_len) - rings;
+      c.num_kv_pages = std::max(c.num_kv_pages, 4 * growing + c.max_num_seqs * rings);
+    }
   }
 
   auto impl = std::make_unique<Impl>();
   impl->model = std::move(model);
   impl->backend = std::move(backend);
   impl->config = c;
-  impl->policy = std::move(policy);
+  impl->arms = std::move(arms);
   impl->metrics = metrics ? std::move(metrics) : std::make_shared<MetricsRegistry>();
   const auto& m = impl->metrics;
   m->DeclareCounter("headwise_prompt_tokens_total", "Prompt tokens of finished requests.");
@@ -313,34 +369,55 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
                       kLatencyBuckets);
   m->DeclareHistogram("headwise_e2e_request_latency_seconds", "Arrival to finish.",
                       kLatencyBuckets);
+  // The same per A/B arm (label arm): each arm's series sum to the totals above.
+  m->DeclareCounter("headwise_arm_requests_total", "Requests accepted, by arm.");
+  m->DeclareCounter("headwise_arm_prompt_tokens_total", "Prompt tokens of finished requests.");
+  m->DeclareCounter("headwise_arm_generation_tokens_total",
+                    "Generated tokens of finished requests.");
+  m->DeclareCounter("headwise_arm_preemptions_total", "Sequences preempted for lack of KV pages.");
+  m->DeclareCounter("headwise_arm_request_finished_total", "Finished requests by finish reason.");
+  m->DeclareGauge("headwise_arm_kv_pages_used", "KV pages held by the arm's running sequences.");
+  m->DeclareHistogram("headwise_arm_time_to_first_token_seconds", "Arrival to first token.",
+                      kLatencyBuckets);
+  m->DeclareHistogram("headwise_arm_inter_token_latency_seconds",
+                      "Between consecutive tokens of a request.", kLatencyBuckets);
+  m->DeclareHistogram("headwise_arm_e2e_request_latency_seconds", "Arrival to finish.",
+                      kLatencyBuckets);
 
-  std::vector<kvcache::KvLayout> layouts;
-  layouts.push_back(std::move(layout));
-  HW_ASSIGN_OR_RETURN(
-      impl->cache,
-      CreateKvCache(std::move(layouts),
-                    KvConfigFor(mc, c.num_kv_pages, c.page_size, c.max_num_batched_tokens),
-                    *impl->backend));
+  HW_ASSIGN_OR_RETURN(impl->cache, CreateKvCache(std::move(layouts),
+                                                 KvConfigFor(mc, c.num_kv_pages, c.page_size,
+                                                             c.max_num_batched_tokens),
+                                                 *impl->backend));
   impl->cache->set_prefix_caching(c.enable_prefix_caching);
-  // A request is admitted only if it fits the whole pool, so the longest one decides.
-  if (impl->MaxTokensInPool() < c.max_model_len) {
-    spdlog::warn(
-        "the KV cache holds {} tokens, less than max_model_len {}: longer requests are refused",
-        impl->MaxTokensInPool(), c.max_model_len);
+  for (size_t a = 0; a < impl->arms.size(); ++a) {
+    const int arm = static_cast<int>(a);
+    const ArmInfo& info = impl->arms[a];
+    // A request is admitted only if it fits the whole pool, so the longest one decides.
+    const int pool_tokens = impl->MaxTokensInPool(arm);
+    if (pool_tokens < c.max_model_len) {
+      spdlog::warn(
+          "arm \"{}\": the KV cache holds {} tokens, less than max_model_len {}: longer "
+          "requests are refused",
+          info.name, pool_tokens, c.max_model_len);
+    }
+    const LengthLimit limit =
+        MaxSequenceTokens(impl->cache->layout(arm), c.max_model_len, c.max_num_batched_tokens);
+    if (limit.bounded) {
+      spdlog::info("attention policy \"{}\": {}", info.policy, limit.Explain());
+    } else if (limit.max_rank_span > 0) {
+      spdlog::warn("attention policy \"{}\": {}", info.policy, limit.Explain());
+    }
+    const int sequence_tokens = static_cast<int>(limit.bounded ? limit.tokens : c.max_model_len);
+    impl->length_limits.push_back(limit);
+    impl->limits.push_back(
+        EngineLimits{mc.vocab_size, c.max_model_len, sequence_tokens, pool_tokens,
+                     pool_tokens > 0 ? std::min(c.max_model_len, pool_tokens) : c.max_model_len});
+    if (impl->arms.size() > 1) {
+      spdlog::info("arm \"{}\": attention policy \"{}\" ({}, {})", info.name, info.policy,
+                   info.policy_path.empty() ? "dense, no file" : info.policy_path,
+                   info.policy_hash);
+    }
   }
-  impl->length_limit =
-      MaxSequenceTokens(impl->cache->layout(0), c.max_model_len, c.max_num_batched_tokens);
-  if (impl->length_limit.bounded) {
-    spdlog::info("attention policy \"{}\": {}", impl->policy.name, impl->length_limit.Explain());
-  } else if (impl->length_limit.max_rank_span > 0) {
-    spdlog::warn("attention policy \"{}\": {}", impl->policy.name, impl->length_limit.Explain());
-  }
-  const int sequence_tokens =
-      static_cast<int>(impl->length_limit.bounded ? impl->length_limit.tokens : c.max_model_len);
-  const int pool_tokens = impl->MaxTokensInPool();
-  impl->limits =
-      EngineLimits{mc.vocab_size, c.max_model_len, sequence_tokens, pool_tokens,
-                   pool_tokens > 0 ? std::min(c.max_model_len, pool_tokens) : c.max_model_len};
   impl->core = std::make_unique<EngineCore>(
       *impl->model.model, *impl->cache,
       SchedulerConfig{c.max_num_seqs, c.max_num_batched_tokens, c.enable_prefix_caching});
@@ -353,7 +430,12 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
 
 StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
   Impl& im = *impl_;
-  const int vocab_size = im.limits.vocab_size;
+  if (request.arm < 0 || request.arm >= static_cast<int>(im.arms.size())) {
+    return InvalidArgument("arm {} of {}", request.arm, im.arms.size()).WithField("arm");
+  }
+  const LengthLimit& length_limit = im.length_limits[static_cast<size_t>(request.arm)];
+  const EngineLimits& limits = im.limits[static_cast<size_t>(request.arm)];
+  const int vocab_size = limits.vocab_size;
   HW_RETURN_IF_ERROR(request.params.Validate(vocab_size));
   if (request.prompt_ids.empty()) return InvalidArgument("the prompt is empty").WithField("prompt");
   for (int32_t id : request.prompt_ids) {
@@ -363,19 +445,19 @@ StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
     }
   }
   const int64_t total = static_cast<int64_t>(request.prompt_ids.size()) + request.params.max_tokens;
-  if (im.length_limit.bounded && total > im.length_limit.tokens) {
+  if (length_limit.bounded && total > length_limit.tokens) {
     return InvalidArgument("the request has {} prompt tokens and max_tokens {} ({} in all): {}",
                            request.prompt_ids.size(), request.params.max_tokens, total,
-                           im.length_limit.Explain());
+                           length_limit.Explain());
   }
-  if (!im.length_limit.bounded && total > im.config.max_model_len) {
+  if (!length_limit.bounded && total > im.config.max_model_len) {
     return InvalidArgument(
         "this model's maximum context length is {} tokens; the request has {} prompt tokens and "
         "max_tokens {} ({} in all){}",
         im.config.max_model_len, request.prompt_ids.size(), request.params.max_tokens, total,
-        im.length_limit.max_rank_span > 0 ? "; " + im.length_limit.Explain() : std::string());
+        length_limit.max_rank_span > 0 ? "; " + length_limit.Explain() : std::string());
   }
-  const int64_t pool_tokens = im.limits.max_tokens_in_pool;
+  const int64_t pool_tokens = limits.max_tokens_in_pool;
   if (total > pool_tokens) {
     return InvalidArgument("the request needs {} tokens of KV cache, the whole cache holds {}",
                            total, pool_tokens);
@@ -386,7 +468,7 @@ StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
 
   auto seq = std::make_unique<Sequence>(std::move(request.prompt_ids), request.params,
                                         request.detokenize ? im.model.tokenizer.get() : nullptr,
-                                        im.model.eos_token_ids, *im.cache);
+                                        im.model.eos_token_ids, *im.cache, request.arm);
   seq->arrival = Clock::now();
   auto shared = std::make_shared<RequestStream::Shared>();
   shared->wake_engine = [&im] { im.Wake(); };
@@ -403,6 +485,7 @@ StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
     }
     id = std::to_string(im.next_id++);
     seq->id = id;
+    im.metrics->Increment("headwise_arm_requests_total", 1, im.ArmLabel(*seq));
     im.incoming.push_back(std::move(seq));
     im.cv.notify_all();
     return std::unique_ptr<RequestStream>(new RequestStream(id, std::move(shared)));
@@ -419,16 +502,16 @@ EngineStats Engine::Stats() const {
   return s;
 }
 
-const EngineLimits& Engine::limits() const {
-  return impl_->limits;
+const EngineLimits& Engine::limits(int arm) const {
+  return impl_->limits.at(static_cast<size_t>(arm));
+}
+
+const std::vector<ArmInfo>& Engine::arms() const {
+  return impl_->arms;
 }
 
 const tokenizer::Tokenizer* Engine::tokenizer() const {
   return impl_->model.tokenizer.get();
-}
-
-const std::string& Engine::attention_policy() const {
-  return impl_->policy.name;
 }
 
 }  // namespace headwise::engine

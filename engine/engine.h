@@ -32,6 +32,7 @@ namespace headwise::engine {
 struct LoadedModel;  // engine/model_loader.h: what Start takes ownership of
 
 struct EngineRequest {
+  int arm = 0;  // which arm (attention policy) runs it: an index into Engine::arms()
   std::vector<int32_t> prompt_ids;
   SamplingParams params;
   bool detokenize = true;  // produce text deltas (needs the model's tokenizer)
@@ -86,6 +87,15 @@ struct EngineLimits {
   int default_context = 0;
 };
 
+// One arm as it runs: its name, the attention policy's name and file, and a hash of the file's
+// bytes (engine/arms.h), which front ends report with every response.
+struct ArmInfo {
+  std::string name;
+  std::string policy;       // the policy set's name (its file's "name", else the file's stem)
+  std::string policy_path;  // "" for dense attention without a file
+  std::string policy_hash;
+};
+
 class Engine {
  public:
   // Takes ownership of the loaded model and starts the engine thread. Refuses impossible
@@ -104,12 +114,16 @@ class Engine {
   StatusOr<std::unique_ptr<RequestStream>> Submit(EngineRequest request);
 
   EngineStats Stats() const;
-  const EngineLimits& limits() const;
+  // Limits differ by arm: an arm whose every head is a re-indexed ring runs past the context.
+  const EngineLimits& limits(int arm = 0) const;
+  const std::vector<ArmInfo>& arms() const;
   MetricsRegistry& metrics() { return *metrics_; }
   // The model's tokenizer (null when it has none): text in and out for front ends.
   const tokenizer::Tokenizer* tokenizer() const;
-  // The name of the attention policy running: reported with each response and in metrics.
-  const std::string& attention_policy() const;
+  // The name of the attention policy an arm runs: reported with each response.
+  const std::string& attention_policy(int arm = 0) const {
+    return arms()[static_cast<size_t>(arm)].policy;
+  }
 
   struct Impl;
 

@@ -1,10 +1,14 @@
 // What an Engine is started with: batch limits, the KV pool's size (or the memory budget it comes
-// from), prefix caching and the attention policy. Engine::Start checks every field and names the
-// one at fault (Status::field), so a front end can report it in its own words (a CLI flag).
+// from), prefix caching and the attention policies (one, or A/B arms). Engine::Start checks every
+// field and names the one at fault (Status::field), so a front end can report it in its own words
+// (a CLI flag).
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "engine/arms.h"
 
 namespace headwise::engine {
 
@@ -24,6 +28,10 @@ struct EngineConfig {
   bool enable_prefix_caching = true;
   bool enforce_eager = false;    // no captured graphs: every step runs eagerly
   std::string attention_policy;  // an attn-policy/v1 file (engine/attention/policy.h); "": dense
+  // A/B arms (engine/arms.h): each runs its own attention policy in this one engine, and a
+  // request names its arm (EngineRequest::arm). Empty: one arm running attention_policy; both
+  // set: refused.
+  std::vector<Arm> arms;
 };
 
 }  // namespace headwise::engine

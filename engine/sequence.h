@@ -37,13 +37,15 @@ struct Sequence {
   // `prompt` must not be empty. `tok` (may be null: no text) and `eos_ids` feed the stop logic;
   // the KV pages come from `cache`, none reserved yet.
   Sequence(std::vector<int32_t> prompt, const SamplingParams& params,
-           const tokenizer::Tokenizer* tok, std::vector<int32_t> eos_ids, kvcache::KvCache& cache)
+           const tokenizer::Tokenizer* tok, std::vector<int32_t> eos_ids, kvcache::KvCache& cache,
+           int layout = 0)
       : tokens(std::move(prompt)),
         prompt_len(tokens.size()),
         params(params),
         sampler(this->params),
         output(this->params, tok, this->prompt(), std::move(eos_ids)),
-        kv(std::make_unique<kvcache::SequenceKv>(cache)) {}
+        kv(std::make_unique<kvcache::SequenceKv>(cache, layout)),
+        layout(layout) {}
   Sequence(const Sequence&) = delete;
   Sequence& operator=(const Sequence&) = delete;
 
@@ -54,10 +56,8 @@ struct Sequence {
   Sampler sampler;         // draws a seed here when params.seed is unset
   OutputProcessor output;  // text and stop decisions; refers to `params`
   std::unique_ptr<kvcache::SequenceKv> kv;
-  // The KV layout (attention policy) this sequence runs under, in the cache's numbering. 0: the
-  // cache's one layout, the only value until a cache holds several (issue 14, policies per
-  // request); then it is passed to the SequenceKv, and admission and accounting stay per
-  // sequence as they are.
+  // The KV layout (attention policy; in the engine, its A/B arm) this sequence runs under, in the
+  // cache's numbering: its SequenceKv's, through which admission and accounting are per sequence.
   int layout = 0;
   std::shared_ptr<SequenceSink> sink;  // null: nobody to tell, nobody can abort it
 
