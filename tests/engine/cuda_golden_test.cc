@@ -16,6 +16,7 @@
 #include "engine/model_runner.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "tests/engine/policy_arms_util.h"
 #include "tests/test_util.h"
 
 namespace headwise::engine {
@@ -323,6 +324,15 @@ TEST_CASE("CUDA decode graphs equal eager steps, padded buckets included", "[cud
       CHECK(max_diff <= 1e-2 * (*hi - *lo));
     }
   }
+}
+
+TEST_CASE("CUDA: one engine runs dense, Duo, Streaming and Razor requests together", "[cuda]") {
+  EngineConfig config;
+  config.max_num_batched_tokens = 512;  // every prompt whole: rings depend on chunk boundaries
+  config.num_kv_pages = 4096;
+  testing_arms::CheckArmsMatchAlone([] { return std::move(kernels::CreateCudaBackend(0)).value(); },
+                                    config,
+                                    /*alone_exact=*/false);
 }
 
 }  // namespace

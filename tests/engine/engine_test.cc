@@ -13,6 +13,7 @@
 
 #include "engine/model_loader.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/engine/policy_arms_util.h"
 #include "tests/test_util.h"
 
 namespace headwise::engine {
@@ -450,6 +451,35 @@ TEST_CASE("A full queue refuses with ResourceExhausted", "[engine]") {
   CHECK(last.code() == StatusCode::kResourceExhausted);
   CHECK(held.size() >= 1);
   CHECK(held.size() <= 3);
+}
+
+TEST_CASE("One engine runs dense, Duo, Streaming and Razor requests together, each as alone",
+          "[engine]") {
+  // Ring heads attend what the ring held when their chunk began (kernels/backend.h), so a request
+  // gives the same tokens only under the same chunking: the budget takes every prompt whole, alone
+  // and together; rings then move and compaction drops its span during decode.
+  EngineConfig config;
+  config.max_num_batched_tokens = 512;
+  testing_arms::CheckArmsMatchAlone([] { return kernels::CreateCpuBackend(2); }, config);
+}
+
+TEST_CASE("Arms that cannot share one engine are refused at start, naming the arm", "[engine]") {
+  auto arms = testing_arms::FourArms();
+  const std::string path = arms[1].policy_path + ".page32.json";
+  std::string json = testing_arms::kDuo;
+  json.insert(json.find("\"policies\""), R"("kv_cache": {"page_size": 32}, )");
+  std::ofstream(path) << json;
+  arms[1].policy_path = path;
+  EngineConfig config;
+  config.arms = arms;
+  auto refused = TryStartEngine(config);
+  CHECK(refused.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(refused.status().message(), Catch::Contains("arm \"duo\""));
+  CHECK_THAT(refused.status().message(), Catch::Contains("page size"));
+  CHECK(refused.status().field() == "arms");
+  config.attention_policy = arms[2].policy_path;
+  config.arms = testing_arms::FourArms();
+  CHECK(TryStartEngine(config).status().field() == "arms");
 }
 
 }  // namespace
