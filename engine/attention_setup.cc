@@ -84,18 +84,12 @@ StatusOr<kvcache::KvLayout> KvLayoutFor(const attention::PolicySet& set) {
         case attention::StorageKind::kFull:
           break;
         case attention::StorageKind::kRing:
-          r.storage = kernels::kStorageRing;
-          r.sink = p.sink;
-          r.window = p.window;
-          r.positions = p.positions == attention::Positions::kReindex ? kernels::kPositionsReindex
-                                                                      : kernels::kPositionsOriginal;
+          r = kernels::KvRetention::Ring(p.sink, p.window,
+                                         p.positions == attention::Positions::kReindex);
           break;
         case attention::StorageKind::kCompressOnce:
-          r.storage = kernels::kStorageCompressOnce;
-          r.sink = p.sink;
-          r.window = p.window;
-          r.compensation = p.compensation ? 1 : 0;
-          r.compensation_by_count = p.compensation_by_count ? 1 : 0;
+          r = kernels::KvRetention::CompressOnce(p.sink, p.window, p.compensation,
+                                                 p.compensation_by_count);
           break;
       }
     }

@@ -38,6 +38,16 @@ struct KvRetention {
   int32_t compensation = 0;                // compress_once
   int32_t compensation_by_count = 1;       // compress_once with compensation
 
+  // The rules by name, as a policy file states them.
+  static constexpr KvRetention Ring(int32_t sink, int32_t window, bool reindex = false) {
+    return {kStorageRing, sink, window, reindex ? kPositionsReindex : kPositionsOriginal, 0, 1};
+  }
+  static constexpr KvRetention CompressOnce(int32_t sink, int32_t window, bool compensation = true,
+                                            bool by_count = true) {
+    return {kStorageCompressOnce, sink, window, kPositionsOriginal, compensation ? 1 : 0,
+            by_count ? 1 : 0};
+  }
+
   HW_KV_HEAD_FN bool ring() const { return storage == kStorageRing; }
   HW_KV_HEAD_FN bool compress_once() const { return storage == kStorageCompressOnce; }
   HW_KV_HEAD_FN bool reindex() const { return positions == kPositionsReindex; }

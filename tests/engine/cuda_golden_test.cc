@@ -137,16 +137,7 @@ TEST_CASE("CUDA SmolLM2-135M matches transformers and the CPU backend", "[.][smo
 
 // A DuoAttention-style policy on TinyStories: KV heads (0, 1), (0, 2), (1, 0) full, the others
 // 4 sinks and a 24-token window, far shorter than the text.
-constexpr const char* kRingPolicy = R"({
-  "schema": "attn-policy/v1", "name": "ring-test",
-  "policies": {
-    "retrieval": {"storage": {"kind": "full"}},
-    "streaming": {"storage": {"kind": "ring", "sink": 4, "window": 24},
-                  "decode": {"mode": "retained"},
-                  "prefill": {"mode": "retained", "first_chunk_dense": true}}},
-  "assignment": {"default": "streaming",
-                 "head_list": {"format": "razor_json", "path": "heads.json",
-                               "policy": "retrieval"}}})";
+constexpr const char* kRingPolicy = testing_arms::kDuo;
 
 // StreamingLLM-style re-indexed rings on the same heads (mixed with full heads in a layer): their
 // keys stored unrotated and rotated by rank inside the 4 + 24 ring.
@@ -163,17 +154,7 @@ constexpr const char* kReindexPolicy = R"({
 
 // RazorAttention on the same heads: the others compress once after the prompt (4 sinks, the
 // compensation token, the last 24 prompt tokens, then everything decoded).
-constexpr const char* kRazorPolicy = R"({
-  "schema": "attn-policy/v1", "name": "razor-test",
-  "policies": {
-    "retrieval": {"storage": {"kind": "full"}},
-    "compressed": {"storage": {"kind": "compress_once", "sink": 4, "window": 24,
-                               "compress": {"compensation": {"enabled": true,
-                                                             "weighting": "count"}}},
-                   "decode": {"mode": "retained"}, "prefill": {"mode": "dense"}}},
-  "assignment": {"default": "compressed",
-                 "head_list": {"format": "razor_json", "path": "heads.json",
-                               "policy": "retrieval"}}})";
+constexpr const char* kRazorPolicy = testing_arms::kRazor;
 
 struct PolicyRun {
   std::vector<int32_t> prompt, output;  // greedy output

@@ -34,19 +34,10 @@ using testing::MaxAbsDiff;
 using testing::Upload;
 using testing::UploadI32;
 
-KvRetention CompressOnce(int sink, int window) {
-  KvRetention r;
-  r.storage = kernels::kStorageCompressOnce;
-  r.sink = sink;
-  r.window = window;
-  r.compensation = 1;
-  return r;
-}
-
 // One layer: heads 0 and 2 full, heads 1 and 3 compress-once.
 KvLayout RazorLayer(int sink, int window) {
   KvLayout layout = KvLayout::Dense(1, 4, "razor");
-  layout.At(0, 1) = layout.At(0, 3) = CompressOnce(sink, window);
+  layout.At(0, 1) = layout.At(0, 3) = KvRetention::CompressOnce(sink, window);
   return layout;
 }
 
@@ -325,7 +316,7 @@ TEST_CASE("Compress-once heads leave prompts they would not shorten alone", "[kv
   config.page_size = 4;
   config.num_pages = 64;
   KvLayout layout = KvLayout::Dense(1, 2);
-  for (KvRetention& r : layout.heads) r = CompressOnce(4, 20);
+  for (KvRetention& r : layout.heads) r = KvRetention::CompressOnce(4, 20);
   KvCache cache(config, layout, *be);
   SequenceKv seq(cache);
   REQUIRE(seq.Reserve(40).ok());

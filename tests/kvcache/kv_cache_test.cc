@@ -21,30 +21,12 @@ KvCacheConfig SmallConfig(int num_pages, int chunk_tokens = 0) {
   return c;
 }
 
-KvRetention Ring(int sink, int window, bool reindex = false) {
-  KvRetention r;
-  r.storage = kernels::kStorageRing;
-  r.sink = sink;
-  r.window = window;
-  r.positions = reindex ? kernels::kPositionsReindex : kernels::kPositionsOriginal;
-  return r;
-}
-
-KvRetention CompressOnce(int sink, int window) {
-  KvRetention r;
-  r.storage = kernels::kStorageCompressOnce;
-  r.sink = sink;
-  r.window = window;
-  r.compensation = 1;
-  return r;
-}
-
 // Per layer: heads 0 and 1 full, head 2 a ring (DuoAttention's split); or every head a ring
 // (StreamingLLM).
 KvLayout RingLayout(bool all_ring, int sink, int window) {
   KvLayout layout = KvLayout::Dense(2, 3, all_ring ? "streaming" : "duo");
   for (int l = 0; l < 2; ++l) {
-    for (int h = all_ring ? 0 : 2; h < 3; ++h) layout.At(l, h) = Ring(sink, window);
+    for (int h = all_ring ? 0 : 2; h < 3; ++h) layout.At(l, h) = KvRetention::Ring(sink, window);
   }
   return layout;
 }
@@ -54,9 +36,9 @@ KvLayout RingLayout(bool all_ring, int sink, int window) {
 KvLayout RazorLayout(int sink, int window, bool ring_head = false) {
   KvLayout layout = KvLayout::Dense(2, 3, "razor");
   for (int l = 0; l < 2; ++l) {
-    for (int h = 1; h < 3; ++h) layout.At(l, h) = CompressOnce(sink, window);
+    for (int h = 1; h < 3; ++h) layout.At(l, h) = KvRetention::CompressOnce(sink, window);
   }
-  if (ring_head) layout.At(0, 2) = Ring(3, 5);
+  if (ring_head) layout.At(0, 2) = KvRetention::Ring(3, 5);
   return layout;
 }
 

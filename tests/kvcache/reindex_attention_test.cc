@@ -33,15 +33,6 @@ std::vector<float> InvFreq(int d) {
   return f;
 }
 
-KvRetention ReindexedRing(int sink, int window) {
-  KvRetention r;
-  r.storage = kernels::kStorageRing;
-  r.sink = sink;
-  r.window = window;
-  r.positions = kernels::kPositionsReindex;
-  return r;
-}
-
 // One layer's cache and sequence, and one step through RopeWriteKv + PagedAttention on it.
 struct Layer {
   KvCache cache;
@@ -154,7 +145,7 @@ TEST_CASE("Re-indexed ring heads: paged attention equals attention by rank on un
   const int hq = 8, hkv = 4, d = 16, page_size = 4, sink = 3, window = 10, chunk = 7;
   const int prompt = 45, total = 90, width = (hq + 2 * hkv) * d;
   KvLayout layout = KvLayout::Dense(1, hkv);
-  layout.At(0, 1) = layout.At(0, 3) = ReindexedRing(sink, window);
+  layout.At(0, 1) = layout.At(0, 3) = KvRetention::Ring(sink, window, /*reindex=*/true);
   const std::vector<HeadKind> kinds = {HeadKind::kFull, HeadKind::kReindexRing, HeadKind::kFull,
                                        HeadKind::kReindexRing};
   Layer layer(*be, Config(hkv, d, page_size, chunk), layout);
@@ -200,7 +191,7 @@ TEST_CASE("Re-indexed ring heads equal dense RoPE attention exactly while nothin
   Buffer freq = Upload(*be, InvFreq(d), {d / 2});
   auto ring_layout = [&](int window) {
     KvLayout layout = KvLayout::Dense(1, hkv);
-    for (KvRetention& r : layout.heads) r = ReindexedRing(sink, window);
+    for (KvRetention& r : layout.heads) r = KvRetention::Ring(sink, window, /*reindex=*/true);
     return layout;
   };
   Layer wide(*be, Config(hkv, d, page_size, chunk), ring_layout(total));

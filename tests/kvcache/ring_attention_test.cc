@@ -53,21 +53,13 @@ struct OneLayer {
   }
 };
 
-KvRetention Ring(int sink, int window) {
-  KvRetention r;
-  r.storage = kernels::kStorageRing;
-  r.sink = sink;
-  r.window = window;
-  return r;
-}
-
 TEST_CASE("Ring storage: decode over sinks + window equals attention over a full cache",
           "[kvcache]") {
   auto be = kernels::CreateCpuBackend(1);
   std::mt19937 rng(std::random_device{}());
   std::normal_distribution<float> dist;
   const int hq = 4, hkv = 2, d = 16, page_size = 4, sink = 3, window = 10, steps = 60;
-  OneLayer ring(*be, hkv, d, page_size, Ring(sink, window), 64);
+  OneLayer ring(*be, hkv, d, page_size, KvRetention::Ring(sink, window), 64);
   OneLayer full(*be, hkv, d, page_size, KvRetention{}, 64);
   REQUIRE(ring.cache.has_ring_heads());
   REQUIRE(ring.seq.Reserve(steps).ok());
@@ -123,7 +115,7 @@ TEST_CASE("Mixed full and ring heads: paged attention equals the masked dense at
   const int prompt = 45, total = 90;
   const KvCacheConfig config = OneLayer::Config(hkv, d, page_size, 256, chunk);
   KvLayout layout = KvLayout::Dense(1, hkv);
-  layout.At(0, 1) = layout.At(0, 3) = Ring(sink, window);
+  layout.At(0, 1) = layout.At(0, 3) = KvRetention::Ring(sink, window);
   KvCache mixed(config, layout, *be);
   KvCache full(config, KvLayout::Dense(1, hkv), *be);
   SequenceKv mixed_seq(mixed), full_seq(full);
