@@ -231,21 +231,36 @@ StepTables KvCache::BuildStepTables(std::span<const SequenceKv* const> seqs, int
     t.comp_blocks.assign(rows, 0);
     t.comp_from.assign(static_cast<size_t>(t.num_seqs), 0);
   }
+  // Straight from the block ids (this runs every step, for every logical page in the batch).
+  const auto width = static_cast<size_t>(t.max_blocks);
   for (size_t s = 0; s < seqs.size(); ++s) {
     const SequenceKv& kv = *seqs[s];
+    HW_CHECK(kv.cache_ == this, "sequence {} of another cache", s);
     const LayoutInfo& info = Info(kv.layout());
     t.seq_layout[s] = kv.layout();
     const int num_blocks = std::min(BlocksFor(kv.capacity_tokens()), t.max_blocks);
-    int32_t* row = t.blocks.data() + s * static_cast<size_t>(t.max_blocks);
-    for (int j = 0; j < num_blocks; ++j) {
-      if (info.kind[kFull] >= 0) row[j] = kv.FullBlockPage(j);
-      if (info.kind[kRing] >= 0) {
-        t.ring_blocks[s * static_cast<size_t>(t.max_blocks) + static_cast<size_t>(j)] =
-            kv.RingBlockPage(j);
+    if (info.kind[kFull] >= 0) {
+      const BlockKind& k = kinds_[static_cast<size_t>(info.kind[kFull])];
+      for (int j = 0; j < num_blocks; ++j) {
+        t.blocks[s * width + static_cast<size_t>(j)] =
+            k.FirstPage(kv.blocks_[static_cast<size_t>(j)]);
       }
-      if (info.kind[kComp] >= 0) {
-        t.comp_blocks[s * static_cast<size_t>(t.max_blocks) + static_cast<size_t>(j)] =
-            kv.CompBlockPage(j);
+    }
+    if (info.kind[kComp] >= 0) {
+      const BlockKind& k = kinds_[static_cast<size_t>(info.kind[kComp])];
+      for (int j = 0; j < num_blocks; ++j) {
+        const int32_t b = kv.comp_blocks_[static_cast<size_t>(j)];
+        t.comp_blocks[s * width + static_cast<size_t>(j)] =
+            b == SequenceKv::kFreedBlock ? SequenceKv::kFreedBlock : k.FirstPage(b);
+      }
+    }
+    if (info.kind[kRing] >= 0 && !kv.ring_blocks_.empty()) {
+      const BlockKind& k = kinds_[static_cast<size_t>(info.kind[kRing])];
+      for (int j = 0, p = 0; j < num_blocks; ++j) {
+        // Sink pages first, then the window's pages in turn (SequenceKv::RingBlockPage).
+        t.ring_blocks[s * width + static_cast<size_t>(j)] =
+            k.FirstPage(kv.ring_blocks_[static_cast<size_t>(p)]);
+        p = p + 1 < info.sink_blocks + info.window_blocks ? p + 1 : info.sink_blocks;
       }
     }
     if (t.comp) t.comp_from[s] = kv.compacted_from();

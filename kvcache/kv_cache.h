@@ -306,6 +306,7 @@ class SequenceKv {
   void MarkCompacted(int first_kept);
 
  private:
+  friend class KvCache;  // BuildStepTables reads the block ids directly
   uint64_t HashOf(size_t page, std::span<const int32_t> tokens) const;
   const KvCache::LayoutInfo& info() const { return cache_->Info(layout_); }
 

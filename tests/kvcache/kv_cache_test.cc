@@ -170,6 +170,13 @@ TEST_CASE("Ring heads: sinks and a recycled window in fixed pages per sequence",
   CHECK(a.RingBlockPage(2) == a.RingBlockPage(5));
   CHECK(a.RingBlockPage(1) != a.RingBlockPage(4));
   CHECK(a.Slot(1, 2, 8) == a.Slot(1, 2, 20));
+  // The step tables cycle the same way, far past the window.
+  const SequenceKv* seqs[] = {&a};
+  const StepTables t = cache.BuildStepTables(seqs, 1, 250);
+  for (int j = 0; j < 250; ++j) {
+    INFO("logical page " << j);
+    REQUIRE(t.ring_blocks[static_cast<size_t>(j)] == a.RingBlockPage(j));
+  }
   for (int32_t slot : {a.Slot(0, 0, 0), a.Slot(1, 2, 299)}) {
     CHECK(slot >= 0);
     CHECK(slot < c.num_pages * c.page_size);
