@@ -11,6 +11,7 @@ heads) weighted 50/50:
   param headwise.arm) where it does not or the arm is unknown;
 - GET /v1/arms lists the arms with their policies and the FNV-1a hashes of their files;
 - greedy output under each arm equals a one-arm server running that arm's policy alone;
+- lengths are the arm's: past the context on a re-indexed ring arm, refused on a dense one;
 - startup refusals: --arms with --attention-policy, malformed arms files, an arm whose policy
   has another page size.
 Prints "N passed, M failed"."""
@@ -84,6 +85,16 @@ def write_files(tmp):
     files["arms_not_json"] = os.path.join(tmp, "arms-not-json.json")
     with open(files["arms_not_json"], "w") as f:
         f.write('{"schema": "headwise-arms/v1", "arms": [')
+    # StreamingLLM (every head a re-indexed ring) runs past the model's 512 positions; dense
+    # attention does not. 4 + 60 + a 64-token step fit 512.
+    files["streaming"] = write_json(os.path.join(tmp, "streaming.json"), {
+        "schema": "attn-policy/v1", "name": "streaming-64",
+        "policies": {"streaming": dict(ring, storage={"kind": "ring", "sink": 4, "window": 60}, positions="reindex")},
+        "assignment": {"default": "streaming"}})
+    files["arms_lengths"] = write_json(os.path.join(tmp, "arms-lengths.json"), {
+        "schema": "headwise-arms/v1", "allow_override": True,
+        "arms": [{"name": "dense", "attention_policy": "dense.json"},
+                 {"name": "streaming", "attention_policy": "streaming.json"}]})
     files["arms_big_pages"] = write_json(os.path.join(tmp, "arms-big-pages.json"), {
         "schema": "headwise-arms/v1",
         "arms": [{"name": "dense", "attention_policy": "dense.json"},
@@ -443,6 +454,25 @@ def test_fixed_arms(srv, files):
             assert err["param"] == "headwise.arm" and "does not allow" in err["message"], err
 
 
+# ---- Lengths are the arm's ----
+
+def test_per_arm_limits(srv):
+    """A request longer than the context is served on the re-indexed ring arm and refused on
+    the dense one, in the engine's words for that arm."""
+    client = srv.client()
+    for i in range(2):  # a completion, then a chat
+        header_arm, told, usage, _ = generate(client, i, arm="streaming", max_tokens=600, prompt=STORY)
+        assert header_arm == told["arm"] == "streaming", told
+        assert usage.completion_tokens == 600 and usage.prompt_tokens + 600 > 512, usage
+    for path, body in [("/v1/completions", {"model": NAME, "prompt": STORY}),
+                       ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "user", "content": STORY}]})]:
+        status, reply = srv.post(path, dict(body, max_tokens=600, headwise={"arm": "dense"}))
+        assert status == 400 and "maximum context length is 512" in reply["error"]["message"], (status, reply)
+        # The same request on the ring arm is accepted.
+        status, reply = srv.post(path, dict(body, max_tokens=600, ignore_eos=True, headwise={"arm": "streaming"}))
+        assert status == 200 and reply["usage"]["completion_tokens"] == 600, (status, str(reply)[:300])
+
+
 # ---- Startup ----
 
 def startup_error(args, *expect):
@@ -484,6 +514,9 @@ def main():
         with Server("--served-model-name", NAME, "--threads", "2", "--arms", files["arms_fixed"],
                     "--api-key", "sekrit") as srv:
             runner.run("fixed_arms", test_fixed_arms, srv, files)
+        with Server("--served-model-name", NAME, "--threads", "2", "--arms", files["arms_lengths"],
+                    "--max-num-batched-tokens", "64") as srv:
+            runner.run("per_arm_limits", test_per_arm_limits, srv)
         runner.run("startup_errors", test_startup_errors, files)
     runner.finish()
 
