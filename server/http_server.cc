@@ -31,7 +31,7 @@ constexpr std::chrono::seconds kAbortGrace{5};
 
 const std::set<std::string>& KnownRoutes() {
   static const auto* routes = new std::set<std::string>{
-      "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics",
+      "/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/arms", "/health", "/metrics",
       "/tokenize",       "/detokenize"};
   return *routes;
 }
@@ -77,6 +77,50 @@ const tokenizer::Tokenizer& TokenizerOf(const engine::Engine& engine) {
   return *engine.tokenizer();
 }
 
+// The arms the server assigns: the engine's, with the weights and override setting of the arms
+// file (the one-arm case: weight 1, no override).
+engine::ArmsConfig ServedArms(const engine::Engine& engine, const engine::ArmsConfig& file) {
+  const std::vector<engine::ArmInfo>& arms = engine.arms();
+  HW_CHECK(file.arms.empty() || file.arms.size() == arms.size(),
+           "the server's arms differ from the engine's");
+  engine::ArmsConfig served;
+  served.allow_override = file.allow_override;
+  for (size_t i = 0; i < arms.size(); ++i) {
+    const double weight = file.arms.empty() ? 1.0 : file.arms[i].weight;
+    HW_CHECK(file.arms.empty() || file.arms[i].name == arms[i].name,
+             "the server's arms differ from the engine's");
+    served.arms.push_back(engine::Arm{arms[i].name, arms[i].policy_path, weight});
+  }
+  return served;
+}
+
+// The longest request any arm accepts: what a text prompt is checked against before it is
+// tokenized when its arm is not yet known (/tokenize).
+int MaxSequenceTokens(const engine::Engine& engine) {
+  int most = 0;
+  for (size_t a = 0; a < engine.arms().size(); ++a) {
+    most = std::max(most, engine.limits(static_cast<int>(a)).max_sequence_tokens);
+  }
+  return most;
+}
+
+// An arm's name as a header value: bytes outside visible ASCII (and '%') percent-encoded, so that
+// a policy's name, which names the arm of a one-arm server, cannot break the response head.
+std::string HeaderValue(std::string_view text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (c > 0x20 && c < 0x7F && c != '%') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out += fmt::format("%{:02X}", c);
+    }
+  }
+  return out;
+}
+
+constexpr const char* kArmHeader = "X-Headwise-Arm";
+constexpr std::string_view kArmKeyHeader = "x-headwise-arm-key";  // lower-cased as parsed
+
 // One engine request behind a choice.
 struct Child {
   int index = 0;  // the choice index: prompt_index * n + i
@@ -104,7 +148,9 @@ struct Job {
   int64_t created = 0;
   std::string model;
   GenerationRequest request;
-  std::vector<std::string> prompt_texts;  // for echo
+  int arm = 0;                                // every child runs on this arm
+  const engine::ArmInfo* arm_info = nullptr;  // the engine's, which outlives the job
+  std::vector<std::string> prompt_texts;      // for echo
   std::vector<std::vector<int32_t>> prompt_ids;
   std::vector<Child> children;
   bool aborted = false;
@@ -192,21 +238,25 @@ class HttpServer::Impl {
        ServerOptions options)
       : engine_(engine),
         limits_(engine.limits()),
+        max_sequence_tokens_(MaxSequenceTokens(engine)),
         tok_(TokenizerOf(engine)),
         chat_(chat),
         metrics_(metrics),
-        opts_(std::move(options)) {
+        opts_(std::move(options)),
+        arms_(ServedArms(engine, opts_.arms)),
+        assigner_(arms_) {
     auto& m = metrics_;
     m.DeclareCounter("headwise_http_requests_total",
                      "HTTP requests answered, by route and status code");
-    m.DeclareCounter("headwise_api_requests_total",
-                     "Generation requests accepted by the engine, by API and attention policy");
+    m.DeclareCounter(
+        "headwise_api_requests_total",
+        "Generation requests accepted by the engine, by API, arm and attention policy");
     m.DeclareCounter("headwise_client_disconnects_total",
                      "Generation requests aborted because their client went away, by API");
     if (tok_.max_token_bytes() > 0) {
       spdlog::info("prompts over {} bytes are refused before tokenizing ({} tokens x {} bytes)",
-                   static_cast<int64_t>(limits_.max_sequence_tokens) * tok_.max_token_bytes(),
-                   limits_.max_sequence_tokens, tok_.max_token_bytes());
+                   static_cast<int64_t>(max_sequence_tokens_) * tok_.max_token_bytes(),
+                   max_sequence_tokens_, tok_.max_token_bytes());
     } else {
       spdlog::info(
           "the tokenizer gives no bound on the bytes of a token: prompt texts are limited "
@@ -271,6 +321,7 @@ class HttpServer::Impl {
       if (path == "/v1/completions") return HandleGeneration(ApiKind::kCompletion, std::move(ex));
       if (path == "/v1/chat/completions") return HandleGeneration(ApiKind::kChat, std::move(ex));
       if (path == "/v1/models") return HandleModels(*ex);
+      if (path == "/v1/arms") return HandleArms(*ex);
       if (path == "/health") return HandleHealth(*ex);
       if (path == "/metrics") {
         return ex->Reply(200, "text/plain; version=0.0.4; charset=utf-8",
@@ -318,6 +369,39 @@ class HttpServer::Impl {
     ReplyJson(ex, 200, Json{{"object", "list"}, {"data", std::move(data)}});
   }
 
+  void HandleArms(Exchange& ex) {
+    std::vector<double> weights;
+    for (const engine::Arm& arm : arms_.arms) weights.push_back(arm.weight);
+    ReplyJson(ex, 200, ArmsList(engine_.arms(), weights, arms_.allow_override));
+  }
+
+  // The arm of a generation request: the one it names (when the arms file allows it), else by
+  // its key (the X-Headwise-Arm-Key header, else "user"; empty ones count as none), else in
+  // turn. A request without a key may land on either arm, so clients that compare arms send one.
+  std::optional<ApiError> AssignArm(const http::Request& req, const GenerationRequest& gr,
+                                    int& arm) const {
+    std::optional<std::string_view> key;
+    if (const std::string_view header = req.Header(kArmKeyHeader); !header.empty()) {
+      key = header;
+    } else if (gr.user && !gr.user->empty()) {
+      key = *gr.user;
+    }
+    std::optional<std::string_view> named;
+    if (gr.arm) named = *gr.arm;
+    if (named && opts_.arms.arms.empty()) {
+      return BadRequest(fmt::format("'{}': this server runs one arm, \"{}\"; choosing arms needs "
+                                    "an arms file (--arms) that allows it",
+                                    kArmOverrideField, engine_.arms().front().name),
+                        std::string(kArmOverrideField));
+    }
+    auto assigned = assigner_.Assign(key, named, kArmOverrideField);
+    if (!assigned.ok()) {
+      return BadRequest(assigned.status().message(), std::string(kArmOverrideField));
+    }
+    arm = *assigned;
+    return std::nullopt;
+  }
+
   void HandleModel(Exchange& ex, const std::string& name) {
     for (const auto& served : opts_.served_model_names) {
       if (served == name) return ReplyJson(ex, 200, ModelCard(name));
@@ -350,9 +434,10 @@ class HttpServer::Impl {
 
   // A text that cannot fit the longest request is refused before tokenizing it: the tokenizer's
   // working memory grows with the text (a 16 MiB prompt took 350 MB and 6 s of a worker).
-  std::optional<ApiError> CheckTextCost(const std::string& text, std::string_view param) const {
-    return CheckPromptTextSize(tok_.MinTokens(text), text.size(), limits_.max_sequence_tokens,
-                               param);
+  // `max_sequence_tokens`: the request's arm's, or the most of any arm before it has one.
+  std::optional<ApiError> CheckTextCost(const std::string& text, std::string_view param,
+                                        int max_sequence_tokens) const {
+    return CheckPromptTextSize(tok_.MinTokens(text), text.size(), max_sequence_tokens, param);
   }
 
   void HandleTokenize(Exchange& ex) {
@@ -369,7 +454,9 @@ class HttpServer::Impl {
         return ReplyError(ex, BadRequest(rendered.status().message(), "messages"));
       text = *rendered;
     }
-    if (auto e = CheckTextCost(text, tr.chat ? "messages" : "prompt")) return ReplyError(ex, *e);
+    if (auto e = CheckTextCost(text, tr.chat ? "messages" : "prompt", max_sequence_tokens_)) {
+      return ReplyError(ex, *e);
+    }
     const std::vector<int32_t> ids = tok_.Encode(text, tr.add_special_tokens);
     ReplyJson(ex, 200,
               Json{{"count", ids.size()},
@@ -411,25 +498,33 @@ class HttpServer::Impl {
     // the engine's Submit).
     if (auto e = ValidateParams(gr.params, limits_.vocab_size)) return ReplyError(*ex, *e);
     if (auto e = ResolveModel(gr.model, job->model)) return ReplyError(*ex, *e);
+    if (auto e = AssignArm(ex->request(), gr, job->arm)) return ReplyError(*ex, *e);
+    job->arm_info = &engine_.arms()[static_cast<size_t>(job->arm)];
+    // Lengths are the arm's: one whose every head is a re-indexed ring runs past the context.
+    const engine::EngineLimits& limits = engine_.limits(job->arm);
 
     // Prompts to token ids.
     if (kind == ApiKind::kChat) {
       auto rendered = chat_.Render(gr.messages, gr.add_generation_prompt, gr.chat_template_kwargs);
       if (!rendered.ok())
         return ReplyError(*ex, BadRequest(rendered.status().message(), "messages"));
-      if (auto e = CheckTextCost(*rendered, "messages")) return ReplyError(*ex, *e);
+      if (auto e = CheckTextCost(*rendered, "messages", limits.max_sequence_tokens)) {
+        return ReplyError(*ex, *e);
+      }
       job->prompt_ids.push_back(tok_.Encode(*rendered, gr.add_special_tokens));
       job->prompt_texts.push_back(std::move(*rendered));
     } else {
       for (const auto& p : gr.prompts) {
         if (p.is_ids) {
-          if (auto e = ValidatePromptIds(p.ids, limits_.vocab_size, "prompt")) {
+          if (auto e = ValidatePromptIds(p.ids, limits.vocab_size, "prompt")) {
             return ReplyError(*ex, *e);
           }
           job->prompt_ids.push_back(p.ids);
           job->prompt_texts.push_back(gr.echo ? tok_.Decode(p.ids, false) : "");
         } else {
-          if (auto e = CheckTextCost(p.text, "prompt")) return ReplyError(*ex, *e);
+          if (auto e = CheckTextCost(p.text, "prompt", limits.max_sequence_tokens)) {
+            return ReplyError(*ex, *e);
+          }
           job->prompt_ids.push_back(tok_.Encode(p.text, gr.add_special_tokens));
           job->prompt_texts.push_back(p.text);
         }
@@ -438,17 +533,17 @@ class HttpServer::Impl {
     const std::string what = kind == ApiKind::kChat ? "messages" : "prompt";
     std::vector<int> max_tokens(job->prompt_ids.size());
     for (size_t i = 0; i < job->prompt_ids.size(); ++i) {
-      if (auto e = ValidatePromptIds(job->prompt_ids[i], limits_.vocab_size, what)) {
+      if (auto e = ValidatePromptIds(job->prompt_ids[i], limits.vocab_size, what)) {
         return ReplyError(*ex, *e);
       }
       const int prompt_len = static_cast<int>(job->prompt_ids[i].size());
-      if (auto e = ResolveMaxTokens(gr, prompt_len, limits_.max_sequence_tokens, max_tokens[i])) {
+      if (auto e = ResolveMaxTokens(gr, prompt_len, limits.max_sequence_tokens, max_tokens[i])) {
         return ReplyError(*ex, *e);
       }
       // Without max_tokens a request fills the context (or the pool); one already past it (a
       // StreamingLLM cache) gets a context's worth of new tokens.
       if (!gr.max_tokens) {
-        const int context = limits_.default_context;
+        const int context = limits.default_context;
         max_tokens[i] =
             std::min(max_tokens[i], prompt_len < context ? context - prompt_len : context);
       }
@@ -458,6 +553,7 @@ class HttpServer::Impl {
     for (size_t p = 0; p < job->prompt_ids.size(); ++p) {
       for (int i = 0; i < gr.n; ++i) {
         engine::EngineRequest er;
+        er.arm = job->arm;
         er.prompt_ids = job->prompt_ids[p];
         er.params = gr.params;
         er.params.max_tokens = max_tokens[p];
@@ -481,12 +577,15 @@ class HttpServer::Impl {
     }
     metrics_.Increment("headwise_api_requests_total", 1.0,
                        {{"api", kind == ApiKind::kChat ? "chat" : "completions"},
-                        {"attention_policy", engine_.attention_policy()}});
+                        {"arm", job->arm_info->name},
+                        {"attention_policy", job->arm_info->policy}});
     job->id = NewResponseId(kind);
     job->created = UnixNow();
     if (gr.stream) {
       ex->StartStream(200, "text/event-stream",
-                      {{"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}});
+                      {{"Cache-Control", "no-cache"},
+                       {"X-Accel-Buffering", "no"},
+                       {kArmHeader, HeaderValue(job->arm_info->name)}});
     }
     {
       std::lock_guard<std::mutex> lock(jobs_mu_);
@@ -582,12 +681,12 @@ class HttpServer::Impl {
       choices.push_back(std::move(r));
     }
     const UsageInfo usage = JobUsage(job);
+    const engine::ArmInfo& arm = *job.arm_info;
     ReplyJson(*job.exchange, 200,
               job.kind == ApiKind::kChat
-                  ? ChatResponse(job.id, job.created, job.model, choices, usage,
-                                 engine_.attention_policy())
-                  : CompletionResponse(job.id, job.created, job.model, choices, usage,
-                                       engine_.attention_policy()));
+                  ? ChatResponse(job.id, job.created, job.model, choices, usage, arm)
+                  : CompletionResponse(job.id, job.created, job.model, choices, usage, arm),
+              {{kArmHeader, HeaderValue(arm.name)}});
     return false;
   }
 
@@ -599,17 +698,18 @@ class HttpServer::Impl {
       return false;
     }
     const GenerationRequest& gr = job.request;
+    const engine::ArmInfo& arm = *job.arm_info;
     std::string out;
     for (auto& c : job.children) {
       if (c.started) continue;
       c.started = true;
       if (job.kind == ApiKind::kChat) {
         out += SseEvent(StreamChunk(job.kind, job.id, job.created, job.model, c.index, true, "",
-                                    nullptr, "", gr.include_usage));
+                                    nullptr, "", gr.include_usage, arm));
       } else if (gr.echo && !job.prompt_texts[c.prompt_index].empty()) {
-        out +=
-            SseEvent(StreamChunk(job.kind, job.id, job.created, job.model, c.index, false,
-                                 job.prompt_texts[c.prompt_index], nullptr, "", gr.include_usage));
+        out += SseEvent(StreamChunk(job.kind, job.id, job.created, job.model, c.index, false,
+                                    job.prompt_texts[c.prompt_index], nullptr, "", gr.include_usage,
+                                    arm));
       }
     }
     for (auto& [i, ev] : Poll(job)) {
@@ -623,7 +723,7 @@ class HttpServer::Impl {
                                               c.prev_token);
         }
         out += SseEvent(StreamChunk(job.kind, job.id, job.created, job.model, c.index, false,
-                                    ev.text, logprobs, "", gr.include_usage));
+                                    ev.text, logprobs, "", gr.include_usage, arm));
       }
       if (ev.finished) {
         if (ev.finish_reason == engine::FinishReason::kError) {
@@ -632,15 +732,14 @@ class HttpServer::Impl {
         } else {
           out += SseEvent(StreamChunk(job.kind, job.id, job.created, job.model, c.index, false, "",
                                       nullptr, FinishReasonString(ev.finish_reason),
-                                      gr.include_usage, engine_.attention_policy()));
+                                      gr.include_usage, arm));
         }
       }
     }
     const bool done = job.AllFinished();
     if (done) {
       if (gr.include_usage) {
-        out += SseEvent(UsageChunk(job.kind, job.id, job.created, job.model, JobUsage(job),
-                                   engine_.attention_policy()));
+        out += SseEvent(UsageChunk(job.kind, job.id, job.created, job.model, JobUsage(job), arm));
       }
       out += kSseDone;
     }
@@ -653,11 +752,14 @@ class HttpServer::Impl {
   }
 
   engine::Engine& engine_;
-  const engine::EngineLimits limits_;
+  const engine::EngineLimits limits_;  // arm 0's: vocab_size and max_model_len are every arm's
+  const int max_sequence_tokens_;
   const tokenizer::Tokenizer& tok_;
   const tokenizer::ChatRenderer& chat_;
   MetricsRegistry& metrics_;
   ServerOptions opts_;
+  const engine::ArmsConfig arms_;  // the engine's arms with the file's weights
+  const engine::ArmAssigner assigner_;
   std::unique_ptr<http::Transport> transport_;
   int64_t started_ = UnixNow();
   std::atomic<bool> stopping_{false};

@@ -2,7 +2,10 @@
 // error mapping, and aborting requests whose client has gone. The sockets, limits and timeouts
 // are the transport's (http_transport.h); handlers run on its worker threads, and one pump
 // thread carries every running generation from the engine to its client, so a stream costs no
-// thread of its own.
+// thread of its own. Each generation request is assigned one of the engine's A/B arms
+// (engine/arms.h) by its X-Headwise-Arm-Key header, else its "user" field, else in turn; every
+// response names the arm in an X-Headwise-Arm header and in its "headwise" object, and
+// GET /v1/arms lists the arms.
 #pragma once
 
 #include <chrono>
@@ -13,6 +16,7 @@
 
 #include "core/metrics.h"
 #include "core/status.h"
+#include "engine/arms.h"
 #include "server/http_transport.h"
 
 namespace headwise::engine {
@@ -35,6 +39,10 @@ struct ServerOptions {
   // How long Stop() lets running requests end (streams with an "abort" chunk, others a 503)
   // and their responses be written before connections are cut.
   std::chrono::milliseconds shutdown_timeout{5000};
+  // The A/B arms the engine was started with (EngineConfig::arms, in the same order): their
+  // weights and whether a request may name its arm. Empty arms: the one-arm case (weight 1,
+  // no naming).
+  engine::ArmsConfig arms;
 };
 
 class HttpServer {

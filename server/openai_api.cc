@@ -73,6 +73,8 @@ const std::set<std::string>& CommonFields() {
   static const auto* fields = new std::set<std::string>{
       "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "logprobs",
       "stop", "presence_penalty", "frequency_penalty", "logit_bias", "seed", "user",
+      // headwise's own: {"arm": NAME} (ParseHeadwiseField).
+      "headwise",
       // vLLM's sampling extras that the engine implements.
       "top_k", "min_p", "repetition_penalty", "stop_token_ids", "ignore_eos", "add_special_tokens"};
   return *fields;
@@ -204,7 +206,23 @@ std::optional<ApiError> ParseTokenIds(const Json& list, const std::string& param
   return std::nullopt;
 }
 
-// Fields shared by both APIs: sampling, stop, n, stream, model.
+// "headwise": {"arm": NAME}, the arm a request asks for; nothing else inside it, so that a
+// misspelt field is a 400 rather than an arm silently not chosen.
+std::optional<ApiError> ParseHeadwiseField(const Json& body, GenerationRequest& out) {
+  auto it = body.find("headwise");
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (!it->is_object()) return TypeError("headwise", "an object", *it);
+  for (const auto& [key, value] : it->items()) {
+    const std::string name = "headwise." + key;
+    if (key != "arm") return BadRequest(fmt::format("unknown parameter '{}'", name), name);
+    if (value.is_null()) continue;
+    if (!value.is_string()) return TypeError(name, "a string (an arm's name)", value);
+    out.arm = value.get<std::string>();
+  }
+  return std::nullopt;
+}
+
+// Fields shared by both APIs: sampling, stop, n, stream, model, user and headwise.
 std::optional<ApiError> ParseCommon(const Json& body, GenerationRequest& out) {
   engine::SamplingParams& p = out.params;
   std::optional<std::string> model;
@@ -319,9 +337,9 @@ std::optional<ApiError> ParseCommon(const Json& body, GenerationRequest& out) {
     }
   }
 
-  std::optional<std::string> user;
-  HW_API_TRY(GetString(body, "user", user));  // an end-user id: accepted, recorded nowhere
-  return std::nullopt;
+  // An end-user id: the key of the request's A/B arm.
+  HW_API_TRY(GetString(body, "user", out.user));
+  return ParseHeadwiseField(body, out);
 }
 
 std::optional<ApiError> ParseMaxTokens(const Json& body, const std::string& name,
@@ -842,8 +860,23 @@ Json UsageJson(const UsageInfo& u) {
   return j;
 }
 
-Json HeadwiseExtras(const std::string& attention_policy) {
-  return Json{{"attention_policy", attention_policy}};
+Json HeadwiseExtras(const engine::ArmInfo& arm) {
+  return Json{
+      {"arm", arm.name}, {"attention_policy", arm.policy}, {"policy_hash", arm.policy_hash}};
+}
+
+Json ArmsList(const std::vector<engine::ArmInfo>& arms, const std::vector<double>& weights,
+              bool allow_override) {
+  Json data = Json::array();
+  for (size_t i = 0; i < arms.size(); ++i) {
+    const engine::ArmInfo& a = arms[i];
+    data.push_back({{"name", a.name},
+                    {"attention_policy", a.policy},
+                    {"policy_path", a.policy_path.empty() ? Json(nullptr) : Json(a.policy_path)},
+                    {"policy_hash", a.policy_hash},
+                    {"weight", i < weights.size() ? weights[i] : 1.0}});
+  }
+  return Json{{"object", "list"}, {"allow_override", allow_override}, {"data", std::move(data)}};
 }
 
 namespace {
@@ -851,7 +884,7 @@ namespace {
 // The fields every non-streaming response shares, around its choices.
 Json ResponseEnvelope(const char* object, const std::string& id, int64_t created,
                       const std::string& model, Json choices, const UsageInfo& usage,
-                      const std::string& attention_policy) {
+                      const engine::ArmInfo& arm) {
   return Json{{"id", id},
               {"object", object},
               {"created", created},
@@ -859,7 +892,7 @@ Json ResponseEnvelope(const char* object, const std::string& id, int64_t created
               {"system_fingerprint", nullptr},
               {"choices", std::move(choices)},
               {"usage", UsageJson(usage)},
-              {"headwise", HeadwiseExtras(attention_policy)}};
+              {"headwise", HeadwiseExtras(arm)}};
 }
 
 }  // namespace
@@ -880,7 +913,7 @@ std::string FinishReasonString(engine::FinishReason reason) {
 
 Json CompletionResponse(const std::string& id, int64_t created, const std::string& model,
                         const std::vector<ChoiceResult>& choices, const UsageInfo& usage,
-                        const std::string& attention_policy) {
+                        const engine::ArmInfo& arm) {
   Json cs = Json::array();
   for (const auto& c : choices) {
     cs.push_back({{"index", c.index},
@@ -888,13 +921,12 @@ Json CompletionResponse(const std::string& id, int64_t created, const std::strin
                   {"logprobs", c.logprobs},
                   {"finish_reason", c.finish_reason}});
   }
-  return ResponseEnvelope("text_completion", id, created, model, std::move(cs), usage,
-                          attention_policy);
+  return ResponseEnvelope("text_completion", id, created, model, std::move(cs), usage, arm);
 }
 
 Json ChatResponse(const std::string& id, int64_t created, const std::string& model,
                   const std::vector<ChoiceResult>& choices, const UsageInfo& usage,
-                  const std::string& attention_policy) {
+                  const engine::ArmInfo& arm) {
   Json cs = Json::array();
   for (const auto& c : choices) {
     cs.push_back({{"index", c.index},
@@ -902,14 +934,12 @@ Json ChatResponse(const std::string& id, int64_t created, const std::string& mod
                   {"logprobs", c.logprobs},
                   {"finish_reason", c.finish_reason}});
   }
-  return ResponseEnvelope("chat.completion", id, created, model, std::move(cs), usage,
-                          attention_policy);
+  return ResponseEnvelope("chat.completion", id, created, model, std::move(cs), usage, arm);
 }
 
 Json StreamChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
                  int index, bool role_delta, const std::string& text, const Json& logprobs,
-                 const std::string& finish_reason, bool include_usage,
-                 const std::string& attention_policy) {
+                 const std::string& finish_reason, bool include_usage, const engine::ArmInfo& arm) {
   Json choice;
   choice["index"] = index;
   if (kind == ApiKind::kChat) {
@@ -932,12 +962,12 @@ Json StreamChunk(ApiKind kind, const std::string& id, int64_t created, const std
                 {"system_fingerprint", nullptr},
                 {"choices", Json::array({std::move(choice)})}};
   if (include_usage) chunk["usage"] = nullptr;
-  if (!finish_reason.empty()) chunk["headwise"] = HeadwiseExtras(attention_policy);
+  if (!finish_reason.empty()) chunk["headwise"] = HeadwiseExtras(arm);
   return chunk;
 }
 
 Json UsageChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
-                const UsageInfo& usage, const std::string& attention_policy) {
+                const UsageInfo& usage, const engine::ArmInfo& arm) {
   return Json{{"id", id},
               {"object", kind == ApiKind::kChat ? "chat.completion.chunk" : "text_completion"},
               {"created", created},
@@ -945,7 +975,7 @@ Json UsageChunk(ApiKind kind, const std::string& id, int64_t created, const std:
               {"system_fingerprint", nullptr},
               {"choices", Json::array()},
               {"usage", UsageJson(usage)},
-              {"headwise", HeadwiseExtras(attention_policy)}};
+              {"headwise", HeadwiseExtras(arm)}};
 }
 
 std::string DumpJson(const Json& j) {

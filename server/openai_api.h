@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "engine/engine.h"
 #include "engine/request_output.h"
 #include "engine/sampling_params.h"
 #include "tokenizer/chat_renderer.h"
@@ -82,7 +83,15 @@ struct GenerationRequest {
   bool add_special_tokens = true;     // completions true, chat false (vLLM defaults)
   bool add_generation_prompt = true;  // chat
   Json chat_template_kwargs = Json::object();
+  // A/B arms (engine/arms.h): the client's end-user id ("user"), which keys its arm unless an
+  // X-Headwise-Arm-Key header does, and the arm it names itself ("headwise": {"arm": NAME}),
+  // which the server grants only when its arms file allows overrides.
+  std::optional<std::string> user;
+  std::optional<std::string> arm;
 };
+
+// The body's field that names an arm, as error params and messages spell it.
+inline constexpr std::string_view kArmOverrideField = "headwise.arm";
 
 std::optional<ApiError> ParseCompletionRequest(const Json& body, GenerationRequest& out);
 std::optional<ApiError> ParseChatRequest(const Json& body, GenerationRequest& out);
@@ -157,8 +166,15 @@ struct UsageInfo {
   int cached_tokens = 0;
 };
 Json UsageJson(const UsageInfo& usage);
-// The attention policy that served the request; "dense" until policies land.
-Json HeadwiseExtras(const std::string& attention_policy = "dense");
+// What ran the request, reported beside "usage" in every response and on the last chunks of a
+// stream: {"arm": name, "attention_policy": policy, "policy_hash": hash}.
+Json HeadwiseExtras(const engine::ArmInfo& arm);
+
+// GET /v1/arms: {"object": "list", "allow_override", "data": [{"name", "attention_policy",
+// "policy_path" (null without a file), "policy_hash", "weight"}]}; `weights` is parallel to
+// `arms`.
+Json ArmsList(const std::vector<engine::ArmInfo>& arms, const std::vector<double>& weights,
+              bool allow_override);
 
 // The "finish_reason" value of a choice: OpenAI's "stop" and "length", and headwise's "abort"
 // (the server shut down mid-stream) and "error". The one place engine::FinishReason becomes a
@@ -174,25 +190,25 @@ struct ChoiceResult {
   Json logprobs;  // null, or the formatted logprobs
 };
 
-// `attention_policy` names the policy that ran (the "headwise" field beside "usage").
+// `arm` is the arm that ran (the "headwise" field beside "usage").
 Json CompletionResponse(const std::string& id, int64_t created, const std::string& model,
                         const std::vector<ChoiceResult>& choices, const UsageInfo& usage,
-                        const std::string& attention_policy = "dense");
+                        const engine::ArmInfo& arm);
 Json ChatResponse(const std::string& id, int64_t created, const std::string& model,
                   const std::vector<ChoiceResult>& choices, const UsageInfo& usage,
-                  const std::string& attention_policy = "dense");
+                  const engine::ArmInfo& arm);
 
 // One streamed chunk with a single choice. Chat: `role_delta` gives {"role": "assistant",
 // "content": ""}; otherwise a content delta ({} when `text` is empty and finish_reason set).
 // `finish_reason` empty: null. `logprobs` null when not asked for. `include_usage` adds
-// "usage": null as OpenAI does on every chunk but the last.
+// "usage": null as OpenAI does on every chunk but the last. A choice's finishing chunk (with a
+// finish_reason) discloses `arm` as "headwise".
 Json StreamChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
                  int index, bool role_delta, const std::string& text, const Json& logprobs,
-                 const std::string& finish_reason, bool include_usage,
-                 const std::string& attention_policy = "dense");
-// The final usage chunk: "choices": [] and the usage.
+                 const std::string& finish_reason, bool include_usage, const engine::ArmInfo& arm);
+// The final usage chunk: "choices": [], the usage and the arm.
 Json UsageChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
-                const UsageInfo& usage, const std::string& attention_policy = "dense");
+                const UsageInfo& usage, const engine::ArmInfo& arm);
 
 // SSE framing: "data: <json>\n\n", and the terminating "data: [DONE]\n\n".
 std::string SseEvent(const Json& payload);

@@ -30,7 +30,8 @@ namespace {
 constexpr const char* kServeUsage = R"(usage: headwise serve MODEL [options]    (or --model MODEL)
 
 Serves MODEL (a Hugging Face directory or a .gguf file) over the OpenAI HTTP API:
-/v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /metrics.
+/v1/completions, /v1/chat/completions, /v1/models, /v1/arms, /tokenize, /detokenize, /health,
+/metrics.
 
   --host HOST                 address to listen on (default 127.0.0.1)
   --port N                    port (default 8000; 0 picks a free one, printed at startup)
@@ -46,6 +47,10 @@ Serves MODEL (a Hugging Face directory or a .gguf file) over the OpenAI HTTP API
   --gpu-memory-utilization F  share of GPU memory for weights, activations and KV (default 0.9)
   --no-prefix-caching         do not reuse the KV of shared prompt prefixes
   --attention-policy FILE     attn-policy/v1 file (configs/README.md); default: dense
+  --arms FILE                 A/B arms: several attention policies in one engine, a request's
+                              arm picked by its X-Headwise-Arm-Key header or "user" field
+                              (headwise-arms/v1 file, configs/README.md); not with
+                              --attention-policy
   --chat-template FILE        Jinja chat template instead of the model's
   --device cpu|cuda           backend (default cpu)
   --enforce-eager             run decode steps eagerly instead of replaying CUDA graphs
@@ -82,6 +87,7 @@ Status InFlagTerms(const Status& s) {
       {"num_kv_pages", "--num-kv-pages"},
       {"kv_cache_bytes", "--kv-cache-memory"},
       {"gpu_memory_utilization", "--gpu-memory-utilization"},
+      {"arms", "--arms"},
   };
   for (const auto& [field, flag] : kFlags) {
     if (s.field() != field) continue;
@@ -169,7 +175,7 @@ int RunServe(int argc, char** argv) {
   server::ServerOptions options;
   engine::EngineConfig config;
   std::string chat_template_path, device = "cpu", load_format = "auto", tokenizer_path, kv_memory,
-                                  body_limit, api_key;
+                                  body_limit, api_key, arms_path;
   std::vector<std::string> names;
   bool no_prefix_caching = false, enforce_eager = false;
   int threads = 0;
@@ -192,6 +198,7 @@ int RunServe(int argc, char** argv) {
   config.gpu_memory_utilization = gpu_memory_utilization;
   flags.Bool("no-prefix-caching", no_prefix_caching);
   flags.String("attention-policy", config.attention_policy);
+  flags.String("arms", arms_path);
   flags.String("chat-template", chat_template_path);
   flags.String("device", device);
   flags.Int("threads", threads);
@@ -233,6 +240,17 @@ int RunServe(int argc, char** argv) {
   for (const auto& [flag, v] : {std::pair{"http-threads", transport.worker_threads},
                                 {"max-connections", transport.max_connections}}) {
     if (v < 1) return Fail(InvalidArgument("--{} must be >= 1, got {}", flag, v));
+  }
+  if (!arms_path.empty()) {
+    if (!config.attention_policy.empty()) {
+      return Fail(InvalidArgument(
+          "--arms and --attention-policy exclude each other: give each arm its policy in the "
+          "arms file"));
+    }
+    auto arms = engine::LoadArmsFile(arms_path);
+    if (!arms.ok()) return Fail(arms.status().WithContext("--arms"));
+    options.arms = *arms;
+    config.arms = arms->arms;
   }
   if (!kv_memory.empty()) {
     auto bytes = ParseBytes("kv-cache-memory", kv_memory);
@@ -298,6 +316,10 @@ int RunServe(int argc, char** argv) {
   spdlog::info("engine started: max_model_len {}, {} KV pages, max {} sequences, prefix caching {}",
                (*engine)->limits().max_model_len, (*engine)->Stats().kv_pages_total,
                config.max_num_seqs, config.enable_prefix_caching ? "on" : "off");
+  if (!options.arms.arms.empty()) {
+    spdlog::info("{} A/B arms from {}; requests {} name their arm", options.arms.arms.size(),
+                 arms_path, options.arms.allow_override ? "may" : "may not");
+  }
 
   int port = 0;
   {

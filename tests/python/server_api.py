@@ -43,7 +43,9 @@ def test_completion(srv, client):
     tok = tokenize(srv, prompt=PROMPT)
     assert r.usage.prompt_tokens == tok["count"], (r.usage, tok)
     assert r.usage.total_tokens == r.usage.prompt_tokens + 20
-    assert r.model_extra["headwise"] == {"attention_policy": "dense"}, r.model_extra
+    # One arm, dense attention without a policy file: the arm is named after the policy.
+    assert r.model_extra["headwise"] == {"arm": "dense", "attention_policy": "dense", "policy_hash": "none"}, \
+        r.model_extra
     # The default max_tokens of completions is 16, as OpenAI's.
     r = client.completions.create(model=NAME, prompt=PROMPT, temperature=0, extra_body={"ignore_eos": True})
     assert r.usage.completion_tokens == 16, r.usage

@@ -181,18 +181,22 @@ def test_no_chat_template(srv):
 
 
 def test_policy_reported(srv, name):
-    """The policy that ran is named beside usage (plain and streamed) and in the metrics label."""
+    """The policy that ran is named beside usage (plain and streamed) and in the metrics label; a
+    one-arm server's arm is named after its policy."""
     body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0}
-    status, _, data = srv.request("POST", "/v1/completions", body)
+    status, headers, data = srv.request("POST", "/v1/completions", body)
     assert status == 200, (status, data)
-    assert json.loads(data)["headwise"] == {"attention_policy": name}, data
+    told = json.loads(data)["headwise"]
+    assert told["arm"] == told["attention_policy"] == name, data
+    assert told["policy_hash"].startswith("fnv1a64:") and len(told["policy_hash"]) == 24, told
+    assert headers.get("x-headwise-arm") == name, headers
     status, _, data = srv.request("POST", "/v1/completions",
                                   dict(body, stream=True, stream_options={"include_usage": True}))
     assert status == 200, (status, data)
     events = [json.loads(line[6:]) for line in data.decode().splitlines()
               if line.startswith("data: {")]
     tagged = [e["headwise"] for e in events if "headwise" in e]
-    assert tagged and all(t == {"attention_policy": name} for t in tagged), events
+    assert tagged and all(t == told for t in tagged), events
     assert srv.metric("headwise_api_requests_total", api="completions", attention_policy=name) == 2
 
 

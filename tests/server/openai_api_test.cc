@@ -125,6 +125,57 @@ TEST_CASE("completion request: sampling fields reach SamplingParams", "[server]"
   CHECK(r.stream);
   CHECK(r.include_usage);
   CHECK(r.add_special_tokens);
+  CHECK(r.user == "u1");  // the key of the request's A/B arm
+  CHECK_FALSE(r.arm.has_value());
+}
+
+TEST_CASE("the A/B arm fields: user and headwise.arm, in that shape only", "[server]") {
+  for (const bool chat : {false, true}) {
+    INFO((chat ? "chat" : "completions"));
+    const auto parse = [&](const Json& extra, GenerationRequest& r) {
+      return chat ? ParseChatRequest(Chat(extra), r) : ParseCompletionRequest(Completion(extra), r);
+    };
+    GenerationRequest r;
+    REQUIRE_FALSE(parse({{"user", "alice"}, {"headwise", {{"arm", "duo"}}}}, r).has_value());
+    CHECK(r.user == "alice");
+    CHECK(r.arm == "duo");
+    // Absent and null leave both unset: no key, no arm named.
+    REQUIRE_FALSE(parse(Json::object(), r).has_value());
+    CHECK_FALSE(r.user.has_value());
+    CHECK_FALSE(r.arm.has_value());
+    REQUIRE_FALSE(parse({{"user", nullptr}, {"headwise", nullptr}}, r).has_value());
+    CHECK_FALSE(r.user.has_value());
+    CHECK_FALSE(r.arm.has_value());
+    REQUIRE_FALSE(parse({{"headwise", Json::object()}}, r).has_value());
+    CHECK_FALSE(r.arm.has_value());
+    REQUIRE_FALSE(parse({{"headwise", {{"arm", nullptr}}}}, r).has_value());
+    CHECK_FALSE(r.arm.has_value());
+
+    struct Case {
+      Json extra;
+      std::string param;
+      std::string says;
+    };
+    const std::vector<Case> refused = {
+        {{{"headwise", {{"foo", 1}}}}, "headwise.foo", "unknown parameter 'headwise.foo'"},
+        {{{"headwise", {{"arm", "a"}, {"Arm", "b"}}}}, "headwise.Arm", "unknown"},
+        {{{"headwise", {{"arm", 3}}}}, "headwise.arm", "must be a string"},
+        {{{"headwise", {{"arm", {"a"}}}}}, "headwise.arm", "must be a string"},
+        {{{"headwise", "duo"}}, "headwise", "must be an object"},
+        {{{"headwise", {"arm", "duo"}}}, "headwise", "must be an object"},
+        {{{"user", 5}}, "user", "must be a string"},
+        {{{"user", {{"id", "alice"}}}}, "user", "must be a string"},
+    };
+    for (const Case& c : refused) {
+      INFO(c.extra.dump());
+      GenerationRequest bad;
+      auto e = parse(c.extra, bad);
+      REQUIRE(e.has_value());
+      CHECK(e->status == 400);
+      CHECK(e->param == c.param);
+      CHECK_THAT(e->message, Catch::Contains(c.says));
+    }
+  }
 }
 
 TEST_CASE("completion request: the four prompt forms", "[server]") {
@@ -449,23 +500,55 @@ TEST_CASE("chat logprobs: tokens, bytes, top_logprobs", "[server]") {
   CHECK(lp["content"][1]["top_logprobs"] == Json::array());
 }
 
+// An arm as Engine::arms() reports it.
+const engine::ArmInfo kDuoArm{"duo-s50", "duo", "/p/duo.json", "fnv1a64:0123456789abcdef"};
+
+TEST_CASE("the arm that ran: HeadwiseExtras and GET /v1/arms", "[server]") {
+  CHECK(HeadwiseExtras(kDuoArm) == Json{{"arm", "duo-s50"},
+                                        {"attention_policy", "duo"},
+                                        {"policy_hash", "fnv1a64:0123456789abcdef"}});
+  // The key order is part of the shape clients see.
+  CHECK(HeadwiseExtras(kDuoArm).dump() ==
+        R"({"arm":"duo-s50","attention_policy":"duo","policy_hash":"fnv1a64:0123456789abcdef"})");
+
+  const engine::ArmInfo dense{"dense", "dense", "", "none"};
+  const Json list = ArmsList({dense, kDuoArm}, {3.0, 0.5}, true);
+  CHECK(list["object"] == "list");
+  CHECK(list["allow_override"] == true);
+  REQUIRE(list["data"].size() == 2);
+  CHECK(list["data"][0] == Json{{"name", "dense"},
+                                {"attention_policy", "dense"},
+                                {"policy_path", nullptr},
+                                {"policy_hash", "none"},
+                                {"weight", 3.0}});
+  CHECK(list["data"][1] == Json{{"name", "duo-s50"},
+                                {"attention_policy", "duo"},
+                                {"policy_path", "/p/duo.json"},
+                                {"policy_hash", "fnv1a64:0123456789abcdef"},
+                                {"weight", 0.5}});
+  CHECK(ArmsList({dense}, {1.0}, false)["allow_override"] == false);
+}
+
 TEST_CASE("response shapes", "[server]") {
   ChoiceResult c;
   c.index = 0;
   c.text = "hello";
   c.finish_reason = "length";
   UsageInfo u{5, 3, 0};
-  Json r = CompletionResponse("cmpl-1", 123, "m", {c}, u);
+  Json r = CompletionResponse("cmpl-1", 123, "m", {c}, u, kDuoArm);
   CHECK(r["object"] == "text_completion");
   CHECK(r["choices"][0]["text"] == "hello");
   CHECK(r["choices"][0]["logprobs"].is_null());
   CHECK(r["choices"][0]["finish_reason"] == "length");
   CHECK(r["usage"] == Json{{"prompt_tokens", 5}, {"completion_tokens", 3}, {"total_tokens", 8}});
-  CHECK(r["headwise"]["attention_policy"] == "dense");
+  CHECK(r["headwise"] == Json{{"arm", "duo-s50"},
+                              {"attention_policy", "duo"},
+                              {"policy_hash", "fnv1a64:0123456789abcdef"}});
 
   u.cached_tokens = 4;
-  Json chat = ChatResponse("chatcmpl-1", 123, "m", {c}, u);
+  Json chat = ChatResponse("chatcmpl-1", 123, "m", {c}, u, kDuoArm);
   CHECK(chat["object"] == "chat.completion");
+  CHECK(chat["headwise"] == r["headwise"]);
   CHECK(chat["choices"][0]["message"] == Json{{"role", "assistant"}, {"content", "hello"}});
   CHECK(chat["usage"]["prompt_tokens_details"]["cached_tokens"] == 4);
 }
@@ -478,29 +561,36 @@ TEST_CASE("finish reasons become the API's strings", "[server]") {
 }
 
 TEST_CASE("stream chunks and SSE framing", "[server]") {
-  Json role = StreamChunk(ApiKind::kChat, "id", 1, "m", 0, true, "", nullptr, "", true);
+  Json role = StreamChunk(ApiKind::kChat, "id", 1, "m", 0, true, "", nullptr, "", true, kDuoArm);
   CHECK(role["object"] == "chat.completion.chunk");
   CHECK(role["choices"][0]["delta"] == Json{{"role", "assistant"}, {"content", ""}});
   CHECK(role["choices"][0]["finish_reason"].is_null());
   CHECK(role.contains("usage"));
   CHECK(role["usage"].is_null());
+  CHECK_FALSE(role.contains("headwise"));  // the arm is told once a choice finishes
 
-  Json content = StreamChunk(ApiKind::kChat, "id", 1, "m", 1, false, "hi", nullptr, "", false);
+  Json content =
+      StreamChunk(ApiKind::kChat, "id", 1, "m", 1, false, "hi", nullptr, "", false, kDuoArm);
   CHECK(content["choices"][0]["index"] == 1);
   CHECK(content["choices"][0]["delta"] == Json{{"content", "hi"}});
   CHECK_FALSE(content.contains("usage"));
+  CHECK_FALSE(content.contains("headwise"));
 
-  Json fin = StreamChunk(ApiKind::kChat, "id", 1, "m", 0, false, "", nullptr, "stop", false);
+  Json fin =
+      StreamChunk(ApiKind::kChat, "id", 1, "m", 0, false, "", nullptr, "stop", false, kDuoArm);
   CHECK(fin["choices"][0]["delta"] == Json::object());
   CHECK(fin["choices"][0]["finish_reason"] == "stop");
+  CHECK(fin["headwise"] == HeadwiseExtras(kDuoArm));
 
-  Json text = StreamChunk(ApiKind::kCompletion, "id", 1, "m", 0, false, "x", nullptr, "", false);
+  Json text =
+      StreamChunk(ApiKind::kCompletion, "id", 1, "m", 0, false, "x", nullptr, "", false, kDuoArm);
   CHECK(text["object"] == "text_completion");
   CHECK(text["choices"][0]["text"] == "x");
 
-  Json usage = UsageChunk(ApiKind::kChat, "id", 1, "m", UsageInfo{2, 3, 0});
+  Json usage = UsageChunk(ApiKind::kChat, "id", 1, "m", UsageInfo{2, 3, 0}, kDuoArm);
   CHECK(usage["choices"] == Json::array());
   CHECK(usage["usage"]["total_tokens"] == 5);
+  CHECK(usage["headwise"] == HeadwiseExtras(kDuoArm));
 
   CHECK(SseEvent(Json{{"a", 1}}) == "data: {\"a\":1}\n\n");
   CHECK(kSseDone == "data: [DONE]\n\n");
