@@ -148,12 +148,14 @@ StatusOr<int> ArmAssigner::Assign(std::optional<std::string_view> key,
   if (override_arm) {
     if (!config_.allow_override) {
       return InvalidArgument("{}: this server's arms file does not allow choosing an arm",
-                             override_field);
+                             override_field)
+          .WithField(std::string(override_field));
     }
     for (size_t i = 0; i < config_.arms.size(); ++i) {
       if (config_.arms[i].name == *override_arm) return static_cast<int>(i);
     }
-    return InvalidArgument("{}: no arm named \"{}\"", override_field, *override_arm);
+    return InvalidArgument("{}: no arm named \"{}\"", override_field, *override_arm)
+        .WithField(std::string(override_field));
   }
   if (key) return ArmForKey(*key);
   // The golden-ratio sequence: any run of n requests lands within a few of n * weight per arm.

@@ -98,6 +98,7 @@ TEST_CASE("Arm override: only when allowed, only to a known arm", "[arms]") {
   CHECK(refused.status().code() == StatusCode::kInvalidArgument);
   CHECK_THAT(refused.status().message(), Contains("headwise.arm"));
   CHECK_THAT(refused.status().message(), Contains("does not allow"));
+  CHECK(refused.status().field() == "headwise.arm");
   auto open = Parse(R"({"allow_override": true, "arms": [{"name": "a"}, {"name": "b"}]})");
   REQUIRE(open.ok());
   const ArmAssigner assigner(*open);
