@@ -88,4 +88,27 @@ inline IndexListResult IndexListAttention(kernels::Backend& be, const Tensor& q,
   return {Download(be, out), Download(be, lse)};
 }
 
+// Rotary inverse frequencies 10000^(-2i/d), i < d/2, as the models' default.
+inline std::vector<float> InvFreq(int d) {
+  std::vector<float> f(static_cast<size_t>(d / 2));
+  for (int i = 0; i < d / 2; ++i) f[static_cast<size_t>(i)] = std::pow(1e4f, -2.0f * i / d);
+  return f;
+}
+
+// x rotated by `pos` (rotate-half; f32 angle as backend.h states, the rest in double): the
+// reference rotary embedding of the attention tests.
+inline std::vector<double> RotateRef(const float* x, int d, int pos,
+                                     const std::vector<float>& inv_freq) {
+  const auto half = static_cast<size_t>(d / 2);
+  std::vector<double> y(2 * half);
+  for (size_t i = 0; i < half; ++i) {
+    const float angle = static_cast<float>(pos) * inv_freq[i];
+    const double c = std::cos(static_cast<double>(angle)), s = std::sin(static_cast<double>(angle));
+    const double a = x[i], b = x[i + half];
+    y[i] = a * c - b * s;
+    y[i + half] = b * c + a * s;
+  }
+  return y;
+}
+
 }  // namespace headwise::testing

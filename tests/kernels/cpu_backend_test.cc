@@ -391,26 +391,6 @@ struct MixedCase {
   float scale = 0.3f;
 };
 
-std::vector<float> InvFreq(int d) {
-  std::vector<float> f(static_cast<size_t>(d / 2));
-  for (int i = 0; i < d / 2; ++i) f[static_cast<size_t>(i)] = std::pow(1e4f, -2.0f * i / d);
-  return f;
-}
-
-// x rotated by `pos` (rotate-half; f32 angle as backend.h states, the rest in double).
-std::vector<double> RotateRef(const float* x, int d, int pos, const std::vector<float>& inv_freq) {
-  const auto half = static_cast<size_t>(d / 2);
-  std::vector<double> y(2 * half);
-  for (size_t i = 0; i < half; ++i) {
-    const float angle = static_cast<float>(pos) * inv_freq[i];
-    const double c = std::cos(static_cast<double>(angle)), s = std::sin(static_cast<double>(angle));
-    const double a = x[i], b = x[i + half];
-    y[i] = a * c - b * s;
-    y[i + half] = b * c + a * s;
-  }
-  return y;
-}
-
 // What query position p of a sequence must produce, [hq, d], in double from the sequence's raw
 // projections rows [len, (hq + 2 hkv) d], each head by its retention (backend.h):
 //  - full, or compress-once not compacted: keys 0..p, RoPE by position;
@@ -440,7 +420,7 @@ std::vector<double> MixedReference(const MixedCase& mc, const std::vector<float>
     std::vector<Key> keys;
     auto add = [&](int j, int rotation) {
       const float* v = v_raw(j, h);
-      keys.push_back({RotateRef(k_raw(j, h), d, rotation, inv_freq), {v, v + d}, 0.0});
+      keys.push_back({testing::RotateRef(k_raw(j, h), d, rotation, inv_freq), {v, v + d}, 0.0});
     };
     int q_rotation = p;
     if (r.ring()) {
@@ -458,7 +438,7 @@ std::vector<double> MixedReference(const MixedCase& mc, const std::vector<float>
                  std::vector<double>(static_cast<size_t>(d), 0.0),
                  r.compensation_by_count ? std::log(static_cast<double>(from - r.sink)) : 0.0};
         for (int j = r.sink; j < from; ++j) {
-          const std::vector<double> k = RotateRef(k_raw(j, h), d, j, inv_freq);
+          const std::vector<double> k = testing::RotateRef(k_raw(j, h), d, j, inv_freq);
           for (int e = 0; e < d; ++e) {
             mean.k[static_cast<size_t>(e)] += k[static_cast<size_t>(e)] / (from - r.sink);
             mean.v[static_cast<size_t>(e)] += double{v_raw(j, h)[e]} / (from - r.sink);
@@ -470,8 +450,8 @@ std::vector<double> MixedReference(const MixedCase& mc, const std::vector<float>
     } else {
       for (int j = 0; j <= p; ++j) add(j, j);
     }
-    const std::vector<double> q =
-        RotateRef(rows.data() + static_cast<size_t>(p) * width + qh * d, d, q_rotation, inv_freq);
+    const std::vector<double> q = testing::RotateRef(
+        rows.data() + static_cast<size_t>(p) * width + qh * d, d, q_rotation, inv_freq);
     std::vector<double> scores;
     double max_score = -INFINITY;
     for (const Key& key : keys) {
@@ -585,7 +565,7 @@ void CheckMixed(const MixedCase& mc) {
   const int width = (mc.hq + 2 * mc.hkv) * mc.d, num_seqs = static_cast<int>(mc.len.size());
   const HostBlockTable table =
       testing::MakeBlockTable(mc.layouts, mc.layout, mc.len, mc.page_size, rng);
-  const std::vector<float> inv_freq = InvFreq(mc.d);
+  const std::vector<float> inv_freq = testing::InvFreq(mc.d);
   std::vector<std::vector<float>> rows;
   for (int len : mc.len) rows.push_back(Random(static_cast<size_t>(len * width), rng));
   std::vector<int> all(static_cast<size_t>(num_seqs));
@@ -687,7 +667,7 @@ TEST_CASE("Attention through a bad block table stops the process", "[kernels]") 
   HostBlockTable table =
       testing::MakeBlockTable({{FullHead(), CompressOnceHead(2, 10)}, {RingHead(2, 8), FullHead()}},
                               {0}, {len}, page_size, rng);
-  const std::vector<float> inv_freq = InvFreq(d);
+  const std::vector<float> inv_freq = testing::InvFreq(d);
   Buffer k = Upload(*be, Random(static_cast<size_t>(table.num_pages * page_size * d), rng),
                     {table.num_pages, page_size, d});
   Buffer v = Upload(*be, Random(static_cast<size_t>(table.num_pages * page_size * d), rng),
@@ -738,7 +718,7 @@ TEST_CASE("Sparse decode refuses rows on re-indexed heads, not tables that have 
   const HostBlockTable table =
       testing::MakeBlockTable({{FullHead(), FullHead()}, {RingHead(2, 8, true), FullHead()}},
                               {0, 1}, {len, len}, page_size, rng);
-  const testing::BackendBlockTable blocks = testing::UploadTable(*be, table, InvFreq(d));
+  const testing::BackendBlockTable blocks = testing::UploadTable(*be, table, testing::InvFreq(d));
   Buffer k = Upload(*be, Random(static_cast<size_t>(table.num_pages * page_size * d), rng),
                     {table.num_pages, page_size, d});
   Buffer v = Upload(*be, Random(static_cast<size_t>(table.num_pages * page_size * d), rng),

@@ -27,12 +27,6 @@ using testing::UploadI32;
 
 constexpr float kScale = 0.25f;
 
-std::vector<float> InvFreq(int d) {
-  std::vector<float> f(static_cast<size_t>(d / 2));
-  for (int i = 0; i < d / 2; ++i) f[static_cast<size_t>(i)] = std::pow(1e4f, -2.0f * i / d);
-  return f;
-}
-
 // One layer's cache and sequence, and one step through RopeWriteKv + PagedAttention on it.
 struct Layer {
   KvCache cache;
@@ -70,22 +64,8 @@ KvCacheConfig Config(int hkv, int d, int page_size, int chunk) {
   c.page_size = page_size;
   c.num_pages = 512;
   c.chunk_tokens = chunk;
-  c.rope_inv_freq = InvFreq(d);
+  c.rope_inv_freq = testing::InvFreq(d);
   return c;
-}
-
-// x rotated by `pos` (rotate-half; f32 angle as backend.h states, the rest in double).
-std::vector<double> Rotate(const float* x, int d, int pos, const std::vector<float>& inv_freq) {
-  const auto half = static_cast<size_t>(d / 2);
-  std::vector<double> y(2 * half);
-  for (size_t i = 0; i < half; ++i) {
-    const float angle = static_cast<float>(pos) * inv_freq[i];
-    const double c = std::cos(static_cast<double>(angle)), s = std::sin(static_cast<double>(angle));
-    const double a = x[i], b = x[i + half];
-    y[i] = a * c - b * s;
-    y[i + half] = b * c + a * s;
-  }
-  return y;
 }
 
 enum class HeadKind { kFull, kReindexRing };
@@ -111,15 +91,16 @@ std::vector<double> Reference(const std::vector<float>& rows, int p, int c, int 
     }
     const bool by_rank = kinds[static_cast<size_t>(h)] == HeadKind::kReindexRing;
     const int count = static_cast<int>(keys.size());
-    const std::vector<double> q = Rotate(rows.data() + static_cast<size_t>(p) * width + qh * d, d,
-                                         by_rank ? count - 1 : p, inv_freq);
+    const std::vector<double> q =
+        testing::RotateRef(rows.data() + static_cast<size_t>(p) * width + qh * d, d,
+                           by_rank ? count - 1 : p, inv_freq);
     std::vector<double> scores;
     double max_score = -INFINITY;
     for (int i = 0; i < count; ++i) {
       const int j = keys[static_cast<size_t>(i)];
       const std::vector<double> k =
-          Rotate(rows.data() + static_cast<size_t>(j) * width + (hq + h) * d, d, by_rank ? i : j,
-                 inv_freq);
+          testing::RotateRef(rows.data() + static_cast<size_t>(j) * width + (hq + h) * d, d,
+                             by_rank ? i : j, inv_freq);
       double dot = 0.0;
       for (int e = 0; e < d; ++e) dot += q[static_cast<size_t>(e)] * k[static_cast<size_t>(e)];
       scores.push_back(dot * kScale);
@@ -152,7 +133,7 @@ TEST_CASE("Re-indexed ring heads: paged attention equals attention by rank on un
   REQUIRE(layer.cache.has_reindexed_heads());
   REQUIRE_FALSE(layer.cache.layout(0).all_reindexed_rings());
   REQUIRE(layer.seq.Reserve(total).ok());
-  const std::vector<float> inv_freq = InvFreq(d);
+  const std::vector<float> inv_freq = testing::InvFreq(d);
   Buffer freq = Upload(*be, inv_freq, {d / 2});
 
   std::vector<float> rows;  // every token's raw projections so far
@@ -188,7 +169,7 @@ TEST_CASE("Re-indexed ring heads equal dense RoPE attention exactly while nothin
   std::normal_distribution<float> dist;
   const int hq = 6, hkv = 2, d = 16, page_size = 4, sink = 4, chunk = 8;
   const int prompt = 30, total = 60, width = (hq + 2 * hkv) * d;
-  Buffer freq = Upload(*be, InvFreq(d), {d / 2});
+  Buffer freq = Upload(*be, testing::InvFreq(d), {d / 2});
   auto ring_layout = [&](int window) {
     KvLayout layout = KvLayout::Dense(1, hkv);
     for (KvRetention& r : layout.heads) r = KvRetention::Ring(sink, window, /*reindex=*/true);
