@@ -1,7 +1,6 @@
 #include "kvcache/kv_cache.h"
 
 #include <algorithm>
-#include <atomic>
 #include <limits>
 #include <utility>
 
@@ -68,8 +67,6 @@ UploadedTables::UploadedTables(const KvCache& cache, std::span<const SequenceKv*
 KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
                  kernels::Backend& backend)
     : config_(config) {
-  static std::atomic<uint64_t> next_instance{1};
-  instance_id_ = next_instance++;
   HW_CHECK(config.page_size > 0 && config.head_dim > 0 && config.num_pages >= 0 &&
                config.chunk_tokens >= 0,
            "page_size {} head_dim {} num_pages {} chunk_tokens {}", config.page_size,

@@ -97,10 +97,6 @@ class KvCache {
   int num_layouts() const { return static_cast<int>(layouts_.size()); }
   const KvLayout& layout(int id) const { return layouts_[static_cast<size_t>(id)].layout; }
   kernels::KvPoolView pool_view() const;
-  // Distinct for every cache this process creates, so that work recorded against one cache (a
-  // captured decode graph holds its pool and tables) is never replayed against another that
-  // happens to reuse its address.
-  uint64_t instance_id() const { return instance_id_; }
   // Some layout has ring / compress-once / re-indexed heads.
   bool has_ring_heads() const { return has_ring_; }
   bool has_compressed_heads() const { return has_comp_; }
@@ -222,7 +218,6 @@ class KvCache {
   std::vector<LayoutInfo> layouts_;
   std::vector<BlockKind> kinds_;
   int prefix_kind_ = -1;  // the full kind of all-full layouts (prefix cached); -1: none
-  uint64_t instance_id_;
   bool has_ring_ = false, has_comp_ = false, has_reindex_ = false;
   kernels::Buffer k_pool_;
   kernels::Buffer v_pool_;
