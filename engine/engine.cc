@@ -107,7 +107,7 @@ struct Engine::Impl {
   // request must fit whole, as its prompt (or its recompute after a preemption) is held whole.
   int MaxTokensInPool(int arm) const { return cache->max_tokens_per_sequence(arm); }
   Labels ArmLabel(const Sequence& seq) const {
-    return {{"arm", arms[static_cast<size_t>(seq.layout)].name}};
+    return {{"arm", arms[static_cast<size_t>(seq.kv->layout())].name}};
   }
   bool Step();
   // Tells the consumer `seq` has finished; `out` holds what it produced in its last step. Its
@@ -155,7 +155,7 @@ void Engine::Impl::UpdateGauges() {
   // Pages each arm's sequences hold (a prefix-cached page shared by two counts for both).
   std::vector<int> held(arms.size(), 0);
   for (const auto& s : core->scheduler().running()) {
-    held[static_cast<size_t>(s->layout)] += s->kv->num_pages_held();
+    held[static_cast<size_t>(s->kv->layout())] += s->kv->num_pages_held();
   }
   for (size_t a = 0; a < arms.size(); ++a) {
     metrics->Set("headwise_arm_kv_pages_used", held[a], {{"arm", arms[a].name}});

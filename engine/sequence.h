@@ -35,7 +35,8 @@ struct Sequence {
   using Clock = std::chrono::steady_clock;
 
   // `prompt` must not be empty. `tok` (may be null: no text) and `eos_ids` feed the stop logic;
-  // the KV pages come from `cache`, none reserved yet.
+  // the KV pages come from `cache`, none reserved yet, under its KV layout `layout` (in the
+  // engine, the request's A/B arm; kv->layout() says it from then on).
   Sequence(std::vector<int32_t> prompt, const SamplingParams& params,
            const tokenizer::Tokenizer* tok, std::vector<int32_t> eos_ids, kvcache::KvCache& cache,
            int layout = 0)
@@ -44,8 +45,7 @@ struct Sequence {
         params(params),
         sampler(this->params),
         output(this->params, tok, this->prompt(), std::move(eos_ids)),
-        kv(std::make_unique<kvcache::SequenceKv>(cache, layout)),
-        layout(layout) {}
+        kv(std::make_unique<kvcache::SequenceKv>(cache, layout)) {}
   Sequence(const Sequence&) = delete;
   Sequence& operator=(const Sequence&) = delete;
 
@@ -53,13 +53,10 @@ struct Sequence {
   std::vector<int32_t> tokens;  // prompt, then generated tokens
   size_t prompt_len = 0;
   SamplingParams params;
-  Sampler sampler;         // draws a seed here when params.seed is unset
-  OutputProcessor output;  // text and stop decisions; refers to `params`
-  std::unique_ptr<kvcache::SequenceKv> kv;
-  // The KV layout (attention policy; in the engine, its A/B arm) this sequence runs under, in the
-  // cache's numbering: its SequenceKv's, through which admission and accounting are per sequence.
-  int layout = 0;
-  std::shared_ptr<SequenceSink> sink;  // null: nobody to tell, nobody can abort it
+  Sampler sampler;                          // draws a seed here when params.seed is unset
+  OutputProcessor output;                   // text and stop decisions; refers to `params`
+  std::unique_ptr<kvcache::SequenceKv> kv;  // also holds its KV layout (kv->layout())
+  std::shared_ptr<SequenceSink> sink;       // null: nobody to tell, nobody can abort it
 
   // Scheduler state.
   int num_computed = 0;         // tokens whose K/V are in the cache
