@@ -6,8 +6,8 @@ namespace headwise::engine {
 
 void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
                         int num_tokens) {
+  if (cache.comp_pages(kv.layout()) == 0 || kv.compacted_from() > 0) return;
   const kvcache::KvLayout& layout = cache.layout(kv.layout());
-  if (layout.CountStorage(kernels::kStorageCompressOnce) == 0 || kv.compacted_from() > 0) return;
   const kernels::KvRetention r = layout.compress();
   if (num_tokens <= r.sink + r.window + (r.compensation ? 1 : 0)) return;
   const int first_kept = num_tokens - r.window;

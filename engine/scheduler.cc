@@ -19,8 +19,7 @@ void Scheduler::Add(std::unique_ptr<Sequence> seq) {
 int Scheduler::ChunkOf(const Sequence& seq, int budget) const {
   int count = std::min(seq.remaining(), budget);
   const int to_prompt_end = static_cast<int>(seq.prompt_len) - seq.num_computed;
-  if (to_prompt_end > 0 &&
-      cache_.layout(seq.kv->layout()).CountStorage(kernels::kStorageCompressOnce) > 0) {
+  if (to_prompt_end > 0 && cache_.comp_pages(seq.kv->layout()) > 0) {
     count = std::min(count, to_prompt_end);
   }
   return count;
