@@ -335,25 +335,26 @@ void KvCache::MarkOverlaps(int kind, int32_t id, int delta) {
   }
 }
 
+int32_t KvCache::EvictOldest() {
+  const int32_t victim = lru_.front();
+  lru_.pop_front();
+  cached_.erase(blocks_[static_cast<size_t>(victim)].hash);
+  blocks_[static_cast<size_t>(victim)] = Block();
+  return victim;
+}
+
 std::optional<int32_t> KvCache::Take(int kind) {
   BlockKind& k = kinds_[static_cast<size_t>(kind)];
   std::optional<int32_t> id = k.PopReady();
   if (!id && kind == prefix_kind_ && !lru_.empty()) {
     // Take over the least recently used cached block: it is held by this kind already.
-    const int32_t victim = lru_.front();
-    lru_.pop_front();
-    cached_.erase(blocks_[static_cast<size_t>(victim)].hash);
-    blocks_[static_cast<size_t>(victim)] = Block();
+    const int32_t victim = EvictOldest();
     blocks_[static_cast<size_t>(victim)].refs = 1;
     return victim;
   }
   // Other kinds: evict cached blocks nobody uses, oldest first, until one of ours is free.
   while (!id && !lru_.empty()) {
-    const int32_t victim = lru_.front();
-    lru_.pop_front();
-    cached_.erase(blocks_[static_cast<size_t>(victim)].hash);
-    blocks_[static_cast<size_t>(victim)] = Block();
-    Give(prefix_kind_, victim);
+    Give(prefix_kind_, EvictOldest());
     id = k.PopReady();
   }
   if (!id) return std::nullopt;
@@ -377,7 +378,11 @@ void KvCache::Give(int kind, int32_t id) {
   MarkOverlaps(kind, id, -1);
 }
 
-void KvCache::ReleaseShared(int32_t id) {
+void KvCache::Return(int kind, int32_t id) {
+  if (kind != prefix_kind_) {
+    Give(kind, id);
+    return;
+  }
   Block& b = blocks_[static_cast<size_t>(id)];
   HW_CHECK(b.refs > 0, "block {} released more often than taken", id);
   if (--b.refs > 0) return;
@@ -434,13 +439,15 @@ SequenceKv::SequenceKv(SequenceKv&& o) noexcept
       ring_blocks_(std::move(o.ring_blocks_)),
       hashes_(std::move(o.hashes_)),
       capacity_tokens_(o.capacity_tokens_),
-      compacted_from_(o.compacted_from_) {
+      compacted_from_(o.compacted_from_),
+      num_freed_comp_(o.num_freed_comp_) {
   o.blocks_.clear();
   o.comp_blocks_.clear();
   o.ring_blocks_.clear();
   o.hashes_.clear();
   o.capacity_tokens_ = 0;
   o.compacted_from_ = 0;
+  o.num_freed_comp_ = 0;
 }
 
 uint64_t SequenceKv::HashOf(size_t page, std::span<const int32_t> tokens) const {
@@ -476,23 +483,17 @@ int SequenceKv::AttachCachedPrefix(std::span<const int32_t> tokens) {
 Status SequenceKv::Reserve(int num_tokens) {
   if (num_tokens <= capacity_tokens_) return Status::Ok();
   const auto& kind = info().kind;
-  const bool prefix_kind = kind[KvCache::kFull] == cache_->prefix_kind_;
-  const auto give_full = [&](int32_t id) {
-    if (prefix_kind) {
-      cache_->ReleaseShared(id);
-    } else {
-      cache_->Give(kind[KvCache::kFull], id);
-    }
-  };
   const size_t have = blocks_.size(), have_comp = comp_blocks_.size(),
                have_ring = ring_blocks_.size();
   const auto undo = [&] {
-    for (; blocks_.size() > have; blocks_.pop_back()) give_full(blocks_.back());
+    for (; blocks_.size() > have; blocks_.pop_back()) {
+      cache_->Return(kind[KvCache::kFull], blocks_.back());
+    }
     for (; comp_blocks_.size() > have_comp; comp_blocks_.pop_back()) {
-      cache_->Give(kind[KvCache::kComp], comp_blocks_.back());
+      cache_->Return(kind[KvCache::kComp], comp_blocks_.back());
     }
     for (; ring_blocks_.size() > have_ring; ring_blocks_.pop_back()) {
-      cache_->Give(kind[KvCache::kRing], ring_blocks_.back());
+      cache_->Return(kind[KvCache::kRing], ring_blocks_.back());
     }
   };
   // Ring heads: a fixed set of blocks, taken at the first reservation.
@@ -541,31 +542,24 @@ void SequenceKv::CommitComputed(std::span<const int32_t> tokens, int num_compute
 
 void SequenceKv::Release() {
   const auto& kind = info().kind;
-  for (int32_t b : blocks_) {
-    if (kind[KvCache::kFull] == cache_->prefix_kind_) {
-      cache_->ReleaseShared(b);
-    } else {
-      cache_->Give(kind[KvCache::kFull], b);
-    }
-  }
+  for (int32_t b : blocks_) cache_->Return(kind[KvCache::kFull], b);
   for (int32_t b : comp_blocks_) {
-    if (b != kFreedBlock) cache_->Give(kind[KvCache::kComp], b);
+    if (b != kFreedBlock) cache_->Return(kind[KvCache::kComp], b);
   }
-  for (int32_t b : ring_blocks_) cache_->Give(kind[KvCache::kRing], b);
+  for (int32_t b : ring_blocks_) cache_->Return(kind[KvCache::kRing], b);
   blocks_.clear();
   comp_blocks_.clear();
   ring_blocks_.clear();
   hashes_.clear();
   capacity_tokens_ = 0;
   compacted_from_ = 0;
+  num_freed_comp_ = 0;
 }
 
 int SequenceKv::num_pages_held() const {
-  const auto comp = std::count_if(comp_blocks_.begin(), comp_blocks_.end(),
-                                  [](int32_t b) { return b != kFreedBlock; });
   const auto& pages = info().kind_pages;
   return static_cast<int>(blocks_.size()) * pages[KvCache::kFull] +
-         static_cast<int>(comp) * pages[KvCache::kComp] +
+         (static_cast<int>(comp_blocks_.size()) - num_freed_comp_) * pages[KvCache::kComp] +
          static_cast<int>(ring_blocks_.size()) * pages[KvCache::kRing];
 }
 
@@ -583,8 +577,9 @@ void SequenceKv::MarkCompacted(int first_kept) {
        (page + 1) * ps <= first_kept && page < static_cast<int>(comp_blocks_.size()); ++page) {
     int32_t& block = comp_blocks_[static_cast<size_t>(page)];
     if (block == kFreedBlock) continue;
-    cache_->Give(info().kind[KvCache::kComp], block);
+    cache_->Return(info().kind[KvCache::kComp], block);
     block = kFreedBlock;
+    ++num_freed_comp_;
   }
 }
 

@@ -205,9 +205,13 @@ class KvCache {
   void MarkOverlaps(int kind, int32_t id, int delta);
   // Takes a block of `kind`; evicts prefix-cached blocks nobody uses when nothing is ready.
   std::optional<int32_t> Take(int kind);
+  // A block of `kind` back from a sequence: blocks of the prefix kind are reference counted and
+  // may stay cached (evictable) once nobody uses them; others are free at once.
+  void Return(int kind, int32_t id);
   void Give(int kind, int32_t id);
-  // Blocks of the prefix kind are reference counted and may stay cached once released.
-  void ReleaseShared(int32_t id);
+  // Drops the least recently used cached block from the prefix cache; it stays held by the
+  // prefix kind (to be taken over or given back). Needs a non-empty LRU list.
+  int32_t EvictOldest();
   std::optional<int32_t> FindCached(uint64_t hash, uint64_t parent_hash,
                                     std::span<const int32_t> tokens);
   void CommitBlock(int32_t block, uint64_t hash, uint64_t parent_hash,
@@ -313,6 +317,7 @@ class SequenceKv {
   std::vector<uint64_t> hashes_;      // hash chain of the committed/attached full pages
   int capacity_tokens_ = 0;
   int compacted_from_ = 0;
+  int num_freed_comp_ = 0;  // kFreedBlock entries of comp_blocks_
 };
 
 }  // namespace headwise::kvcache
