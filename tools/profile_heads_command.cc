@@ -1,5 +1,5 @@
 // `headwise profile-heads`: per-head retrieval / RazorAttention scores of a model, computed with
-// our own forward pass on the CPU backend (engine/attention/head_profile.h), written as a
+// our own forward pass on either backend (engine/attention/head_profile.h), written as a
 // head-profile file that attention policies can reference (engine/attention/profile_file.h).
 #include <spdlog/spdlog.h>
 
@@ -23,7 +23,7 @@ namespace {
 constexpr const char* kUsage =
     R"(usage: headwise profile-heads MODEL --method razor|retrieval --out FILE [options]
 
-Scores every attention head of MODEL with our own engine on the CPU backend and writes a
+Scores every attention head of MODEL with our own engine and writes a
 head-profile file carrying the model's identity (layer and head counts, a hash of the weights);
 an attention policy's head_list (razor) or head_scores (retrieval) assignment can name it, and
 the policy loader refuses it for any other model (configs/README.md).
@@ -33,6 +33,8 @@ the policy loader refuses it for any other model (configs/README.md).
   --method retrieval        Retrieval-Head (4.1): passkey needles in a haystack, greedy decoding,
                             copy-paste scores per query head under "scores"
   --out FILE                where to write the profile (JSON)
+  --device cpu|cuda         where the model runs (default cpu); the attention rows are always
+                            recomputed on the CPU in f32, from copies of the GPU's bf16 q and K
   --threads N               CPU threads (default: all)
   --prefill-chunk N         prefill chunk size in tokens (default 512)
   --seed N                  seed of the razor tokens / the passkeys (defaults 20240721 / 20240423)
@@ -95,6 +97,7 @@ int RunProfileHeads(int argc, char** argv) {
     return 0;
   }
   std::string method, out_path, load_format = "auto", tokenizer_path, token_range, save_input;
+  std::string device = "cpu";
   std::string context_lengths = "256,448";
   int threads = 0, prefill_chunk = 512;
   int64_t seed = -1;
@@ -104,6 +107,7 @@ int RunProfileHeads(int argc, char** argv) {
   flags.String("method", method);
   flags.String("out", out_path);
   flags.Int("threads", threads);
+  flags.String("device", device);
   flags.Int("prefill-chunk", prefill_chunk);
   flags.Int64("seed", seed);
   flags.String("load-format", load_format);
@@ -161,7 +165,7 @@ int RunProfileHeads(int argc, char** argv) {
   if (!lengths.ok()) return Fail(lengths.status());
   retrieval.context_lengths = *lengths;
 
-  auto created = kernels::CreateBackend("cpu", threads);
+  auto created = kernels::CreateBackend(device, threads);
   if (!created.ok()) return Fail(created.status());
   std::unique_ptr<kernels::Backend> backend = std::move(created).value();
   engine::LoadOptions options;

@@ -53,15 +53,110 @@ int ResolveThreads(int threads) {
   return threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
-Status RequireCpu(const models::LlamaModel& model) {
-  if (model.backend().device() != Device::kCpu) {
-    return Unimplemented(
-        "profile-heads recomputes attention from host tensors and runs on the CPU backend only "
-        "(the {} backend was given)",
-        model.backend().name());
+// What an observer gets, as host f32 / i32 tensors that ForEachAttentionRow reads. On the CPU
+// backend these are the tensors themselves. On a device backend each call copies q, the batch's
+// small index tensors and the key pages the batch's sequences use (their blocks up to the last
+// query position) into host mirrors, converting bf16 / f16 to f32; the pool's mirror keeps the
+// device's page numbering, so the block table reads unchanged. Copying only what one layer's
+// query rows read keeps it cheap next to the CPU's own recomputation of the rows.
+class HostView {
+ public:
+  explicit HostView(kernels::Backend& backend) : backend_(backend) {}
+
+  Status Update(const Tensor& q, const kernels::KvPoolView& pool,
+                const PagedAttentionBatch& batch) {
+    if (backend_.device() == Device::kCpu) {
+      q_ = q;
+      pool_ = pool;
+      batch_ = batch;
+      return Status::Ok();
+    }
+    const kernels::BlockTable& table = batch.table;
+    if (table.has_ring_heads() || table.has_compressed_heads()) {
+      return Unimplemented(
+          "attention rows of ring and compress-once heads are not recomputed; profile densely");
+    }
+    HW_ASSIGN_OR_RETURN(q_, ToF32(q, q_store_));
+    batch_ = batch;
+    batch_.token_seq = CopyI32(batch.token_seq, token_seq_);
+    batch_.token_pos = CopyI32(batch.token_pos, token_pos_);
+    batch_.query_start = Tensor{};
+    batch_.table.blocks = CopyI32(table.blocks, blocks_);
+    batch_.table.heads = CopyI32(table.heads, heads_);
+    batch_.table.seq_layout = CopyI32(table.seq_layout, seq_layout_);
+    batch_.table.rope_inv_freq = Tensor{};
+
+    // Each block holds one page per KV head, contiguous from its first page.
+    const int64_t page_elems = pool.k.dim(1) * pool.k.dim(2);
+    const int64_t block_pages = table.num_kv_heads();
+    if (k_store_.size() != static_cast<size_t>(pool.k.numel())) {
+      k_store_.assign(static_cast<size_t>(pool.k.numel()), 0.0f);
+    }
+    std::vector<int32_t> blocks_needed(static_cast<size_t>(table.num_seqs()), 0);
+    for (size_t t = 0; t < token_pos_.size(); ++t) {
+      if (token_pos_[t] < 0) continue;
+      int32_t& need = blocks_needed[static_cast<size_t>(token_seq_[t])];
+      need = std::max(need, token_pos_[t] / pool.page_size + 1);
+    }
+    std::vector<float> block_f32;
+    for (int s = 0; s < table.num_seqs(); ++s) {
+      for (int b = 0; b < blocks_needed[static_cast<size_t>(s)]; ++b) {
+        const int32_t first = blocks_[static_cast<size_t>(s) * table.max_blocks() + b];
+        if (first < 0 || first + block_pages > pool.k.dim(0)) {
+          return Internal("KV block at page {} outside the pool of {} pages", first, pool.k.dim(0));
+        }
+        HW_RETURN_IF_ERROR(ToF32(pool.k.Rows(first, block_pages), block_f32).status());
+        std::copy(block_f32.begin(), block_f32.end(), k_store_.begin() + first * page_elems);
+      }
+    }
+    pool_ = pool;
+    pool_.k = Tensor(k_store_.data(), DType::kF32, Device::kCpu,
+                     {pool.k.dim(0), pool.k.dim(1), pool.k.dim(2)});
+    pool_.v = Tensor{};
+    return Status::Ok();
   }
-  return Status::Ok();
-}
+
+  const Tensor& q() const { return q_; }
+  const kernels::KvPoolView& pool() const { return pool_; }
+  const PagedAttentionBatch& batch() const { return batch_; }
+
+ private:
+  StatusOr<Tensor> ToF32(const Tensor& t, std::vector<float>& store) {
+    store.resize(static_cast<size_t>(t.numel()));
+    if (t.dtype == DType::kF32) {
+      backend_.CopyToHost(store.data(), t, t.nbytes());
+    } else if (t.dtype == DType::kBF16 || t.dtype == DType::kF16) {
+      raw_.resize(static_cast<size_t>(t.numel()));
+      backend_.CopyToHost(raw_.data(), t, t.nbytes());
+      for (size_t i = 0; i < raw_.size(); ++i) {
+        store[i] = t.dtype == DType::kBF16 ? BF16ToF32(raw_[i]) : F16ToF32(raw_[i]);
+      }
+    } else {
+      return Unimplemented("attention rows from {} tensors", DTypeName(t.dtype));
+    }
+    Tensor h = t;
+    h.data = store.data();
+    h.dtype = DType::kF32;
+    h.device = Device::kCpu;
+    return h;
+  }
+  Tensor CopyI32(const Tensor& t, std::vector<int32_t>& store) {
+    store.resize(static_cast<size_t>(t.numel()));
+    if (!store.empty()) backend_.CopyToHost(store.data(), t, t.nbytes());
+    Tensor h = t;
+    h.data = store.data();
+    h.device = Device::kCpu;
+    return h;
+  }
+
+  kernels::Backend& backend_;
+  Tensor q_;
+  kernels::KvPoolView pool_;
+  PagedAttentionBatch batch_;
+  std::vector<float> q_store_, k_store_;
+  std::vector<uint16_t> raw_;
+  std::vector<int32_t> token_seq_, token_pos_, blocks_, heads_, seq_layout_;
+};
 
 // A dense KV cache with one sequence's room for `tokens` tokens.
 std::unique_ptr<kvcache::KvCache> DenseCache(const models::LlamaModel& model, int tokens) {
@@ -350,7 +445,6 @@ double UnigramRecall(std::string_view reference, std::string_view response) {
 
 StatusOr<RazorProfile> ProfileRazor(models::LlamaModel& model, std::optional<int32_t> bos,
                                     const RazorOptions& options) {
-  HW_RETURN_IF_ERROR(RequireCpu(model));
   const models::ModelConfig& c = model.config();
   RazorProfile out;
   out.options = options;
@@ -380,12 +474,15 @@ StatusOr<RazorProfile> ProfileRazor(models::LlamaModel& model, std::optional<int
   auto cache = DenseCache(model, total);
   kvcache::SequenceKv kv(*cache);
   HW_RETURN_IF_ERROR(kv.Reserve(total));
+  HostView host(model.backend());
   {
     ObserverScope scope(model, [&](int layer, const Tensor& q, const kernels::KvPoolView& pool,
                                    const PagedAttentionBatch& batch) {
       if (!observed.ok()) return;
+      observed = host.Update(q, pool, batch);
+      if (!observed.ok()) return;
       observed =
-          ForEachAttentionRow(q, pool, batch, scale, threads,
+          ForEachAttentionRow(host.q(), host.pool(), host.batch(), scale, threads,
                               [&](int64_t, int head, int32_t pos, std::span<const float> probs) {
                                 scorer.AddRow(layer, head, pos, probs);
                               });
@@ -464,11 +561,14 @@ StatusOr<DecodeResult> DecodeWithEvents(models::LlamaModel& model, const tokeniz
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   const int threads = ResolveThreads(o.threads);
   Status observed = Status::Ok();
+  HostView host(model.backend());
   ObserverScope scope(model, [&](int layer, const Tensor& q, const kernels::KvPoolView& pool,
                                  const PagedAttentionBatch& batch) {
     if (!observed.ok()) return;
+    observed = host.Update(q, pool, batch);
+    if (!observed.ok()) return;
     observed = ForEachAttentionRow(
-        q, pool, batch, scale, threads,
+        host.q(), host.pool(), host.batch(), scale, threads,
         [&](int64_t, int head, int32_t, std::span<const float> probs) {
           top_key[static_cast<size_t>(layer)][static_cast<size_t>(head)] = TopKey(probs);
         });
@@ -497,7 +597,6 @@ StatusOr<RetrievalProfile> ProfileRetrieval(models::LlamaModel& model,
                                             const tokenizer::Tokenizer& tok,
                                             std::span<const int32_t> eos_ids,
                                             const RetrievalOptions& options) {
-  HW_RETURN_IF_ERROR(RequireCpu(model));
   const models::ModelConfig& c = model.config();
   if (options.context_lengths.empty() || options.num_depths < 1 || options.max_new_tokens < 1) {
     return InvalidArgument(

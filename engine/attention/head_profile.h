@@ -6,8 +6,9 @@
 // probabilities of every query head are recomputed here from them: for a query token at
 // position p, P[j] = softmax_j(scale * q · k_j) over its sequence's keys j = 0..p (causal, GQA:
 // query head h reads KV head h / (Hq / Hkv)), keys read through the block table as
-// kernels/backend.h lays them out. Only the CPU backend's host f32 tensors are read: profiling
-// on another device is refused (Unimplemented), nothing is copied.
+// kernels/backend.h lays them out. The rows are computed on the host in f32: on the CPU backend
+// from its own tensors, on a device backend from host copies of q and of the key pages the
+// step reads (bf16 there), made after each layer's attention.
 //
 // Deterministic: inputs come from fixed seeds (splitmix64), sums run in a fixed order (per
 // head, by position; threads split heads, never a sum), ties go to the lowest index, and the
@@ -144,7 +145,7 @@ struct RazorProfile {
   std::vector<std::vector<int>> heads;  // selected: [layer] -> KV heads
 };
 
-/// One prefill of RazorTokens(bos, ...) with the observer on; the CPU backend only.
+/// One prefill of RazorTokens(bos, ...) with the observer on.
 StatusOr<RazorProfile> ProfileRazor(models::LlamaModel& model, std::optional<int32_t> bos,
                                     const RazorOptions& options);
 
@@ -178,7 +179,7 @@ struct RetrievalProfile {
 /// The passkey haystack ("The grass is green. ..."), a needle "The special magic number is
 /// NNNNN." at each depth, the question; prefill of prompt[:-1], then greedy decoding of up to
 /// max_new_tokens tokens (stopping after an end-of-sequence token or one whose text holds a
-/// newline) with the observer on, counting copy-paste events. The CPU backend only.
+/// newline) with the observer on, counting copy-paste events.
 StatusOr<RetrievalProfile> ProfileRetrieval(models::LlamaModel& model,
                                             const tokenizer::Tokenizer& tok,
                                             std::span<const int32_t> eos_ids,

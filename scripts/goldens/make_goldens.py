@@ -21,8 +21,9 @@ NAME.json:
   greedy_ids: the ids generate(do_sample=False) produced after the prompt (EOS included
     when it stopped there), [] where no greedy run was made.
 
-Cases: tinystories-656k, stories260k, smollm2-135m-instruct, llama-gqa-rope3,
-qwen2-bias-bf16, mistral-mqa-f16, llama-sharded.
+Cases: tinystories-656k, stories260k, smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct,
+qwen2.5-coder-1.5b-instruct, llama-gqa-rope3, qwen2-bias-bf16, mistral-mqa-f16, llama-sharded.
+The Qwen cases also record the GGUF chat template rendered with tools (chat_with_tools).
 """
 
 from __future__ import annotations
@@ -314,6 +315,44 @@ def case_smollm2(args, out: Path) -> None:
               out, tok, model, notes)
 
 
+QWEN_MESSAGES = [{"role": "user", "content": "Write a Python function that tells whether a number is prime."}]
+# A conversation with a system prompt, an earlier turn and tools: what the GGUF's ChatML
+# template renders for function calling (the tools block inside the system message).
+QWEN_TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "The city's name."},
+                           "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+        },
+    },
+}]
+QWEN_TOOL_MESSAGES = [
+    {"role": "system", "content": "You are a weather assistant."},
+    {"role": "user", "content": "Hi!"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+    {"role": "user", "content": "What is the weather in Paris?"},
+]
+
+
+def case_qwen(args, out: Path, name: str, path: str | None) -> None:
+    path = Path(path)
+    tok, model, notes = load_gguf(path)
+    text = tok.apply_chat_template(QWEN_MESSAGES, add_generation_prompt=True, tokenize=False)
+    with_tools = tok.apply_chat_template(QWEN_TOOL_MESSAGES, tools=QWEN_TOOLS,
+                                         add_generation_prompt=True, tokenize=False)
+    extra = {
+        "chat_messages": QWEN_MESSAGES,
+        "prompt_source": "tokenizer.apply_chat_template(chat_messages, add_generation_prompt=True) with the GGUF's chat template",
+        "chat_with_tools": {"messages": QWEN_TOOL_MESSAGES, "tools": QWEN_TOOLS, "text": with_tools},
+    }
+    gguf_case(path, name, name, text, False, 4, 64, extra, out, tok, model, notes)
+
+
 # ----------------------------------------------------------------------------- random models
 
 
@@ -469,6 +508,10 @@ CASES = {
     "tinystories-656k": case_tinystories,
     "stories260k": case_stories260k,
     "smollm2-135m-instruct": case_smollm2,
+    "qwen2.5-coder-0.5b-instruct": lambda args, out: case_qwen(
+        args, out, "qwen2.5-coder-0.5b-instruct", args.qwen05),
+    "qwen2.5-coder-1.5b-instruct": lambda args, out: case_qwen(
+        args, out, "qwen2.5-coder-1.5b-instruct", args.qwen15),
     **{n: (lambda args, out, n=n: case_random(n, out)) for n in RANDOM_MODELS},
 }
 
@@ -479,6 +522,8 @@ def main() -> int:
     ap.add_argument("--tinystories", help="HF folder of tinystories-656k")
     ap.add_argument("--stories260k", help="stories260K.gguf")
     ap.add_argument("--smollm2", help="SmolLM2-135M-Instruct.Q4_1.gguf (scripts/get-model.sh)")
+    ap.add_argument("--qwen05", help="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf (scripts/get-model.sh)")
+    ap.add_argument("--qwen15", help="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf (scripts/get-model.sh)")
     ap.add_argument("--cases", default="all", help="comma-separated case names, or 'all'")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
@@ -486,7 +531,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     names = list(CASES) if args.cases == "all" else args.cases.split(",")
     need = {"tinystories-656k": args.tinystories, "stories260k": args.stories260k,
-            "smollm2-135m-instruct": args.smollm2}
+            "smollm2-135m-instruct": args.smollm2, "qwen2.5-coder-0.5b-instruct": args.qwen05,
+            "qwen2.5-coder-1.5b-instruct": args.qwen15}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log("versions", versions())

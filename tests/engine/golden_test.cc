@@ -23,11 +23,23 @@ namespace fs = std::filesystem;
 std::string ResolveModel(const std::string& where) {
   if (where.rfind("shared:", 0) == 0) return testing::SharedDir() + "/" + where.substr(7);
   if (where.rfind("repo:", 0) == 0) return testing::SourcePath(where.substr(5));
-  if (where == "smollm2-135m-instruct") {
-    if (const char* env = std::getenv("HEADWISE_SMOLLM2_GGUF"); env && *env) return env;
+  // Models that scripts/get-model.sh fetches: the variable scripts/test.sh sets, else the cache.
+  struct Fetched {
+    const char* name;
+    const char* env;
+    const char* file;
+  };
+  static constexpr Fetched kFetched[] = {
+      {"smollm2-135m-instruct", "HEADWISE_SMOLLM2_GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf"},
+      {"qwen2.5-coder-0.5b-instruct", "HEADWISE_QWEN05_GGUF",
+       "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"},
+  };
+  for (const auto& f : kFetched) {
+    if (where != f.name) continue;
+    if (const char* env = std::getenv(f.env); env && *env) return env;
     const char* cache = std::getenv("XDG_CACHE_HOME");
     const std::string base = cache && *cache ? cache : std::string(std::getenv("HOME")) + "/.cache";
-    return base + "/headwise/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+    return base + "/headwise/models/" + f.name + "/" + f.file;
   }
   return where;
 }
@@ -62,12 +74,12 @@ std::vector<Golden> AllGoldens() {
 
 TEST_CASE("Logits and greedy text equal transformers'", "[golden]") {
   const auto goldens = AllGoldens();
-  REQUIRE(goldens.size() >= 7);
+  REQUIRE(goldens.size() >= 8);
   for (const auto& g : goldens) {
     DYNAMIC_SECTION(g.name) {
       const std::string model_path = ResolveModel(g.meta["model"].get<std::string>());
-      INFO("model " << model_path
-                    << " (fetch SmolLM2 with scripts/get-model.sh smollm2-135m-instruct)");
+      INFO("model " << model_path << " (fetch it with scripts/get-model.sh " << g.meta["model"]
+                    << ")");
       REQUIRE(fs::exists(model_path));
       auto backend = kernels::CreateCpuBackend(0);
       auto loaded = LoadModel(model_path, LoadOptions{}, *backend);
@@ -157,6 +169,33 @@ TEST_CASE("Chat rendering equals transformers' apply_chat_template", "[golden]")
   auto rendered = (*renderer)->Render({{"user", "What is the capital of France?", ""}}, true, {});
   REQUIRE(rendered.ok());
   CHECK(*rendered == meta["prompt"].get<std::string>());
+}
+
+TEST_CASE("Qwen2.5-Coder's chat template with tools renders as transformers' does", "[golden]") {
+  // The GGUF's ChatML template with a system prompt, an earlier turn and a function tool
+  // (passed as the template variable `tools`, as vLLM does for a request's tools).
+  std::ifstream in(testing::SourcePath("tests/golden/qwen2.5-coder-0.5b-instruct.json"));
+  const auto meta = nlohmann::ordered_json::parse(in);
+  const std::string model_path = ResolveModel("qwen2.5-coder-0.5b-instruct");
+  REQUIRE(fs::exists(model_path));
+  auto backend = kernels::CreateCpuBackend(1);
+  auto loaded = LoadModel(model_path, LoadOptions{}, *backend);
+  REQUIRE(loaded.ok());
+  auto renderer = tokenizer::ChatRenderer::ForTokenizer(loaded->chat_template, *loaded->tokenizer);
+  REQUIRE(renderer.ok());
+  const auto& case_ = meta["chat_with_tools"];
+  std::vector<tokenizer::ChatMessage> messages;
+  for (const auto& m : case_["messages"]) {
+    messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>(), ""});
+  }
+  nlohmann::ordered_json kwargs = {{"tools", case_["tools"]}};
+  auto rendered = (*renderer)->Render(messages, true, kwargs);
+  REQUIRE(rendered.ok());
+  CHECK(*rendered == case_["text"].get<std::string>());
+  // Without tools: the default system prompt, as in the golden's prompt.
+  auto plain = (*renderer)->Render({{"user", meta["chat_messages"][0]["content"], ""}}, true, {});
+  REQUIRE(plain.ok());
+  CHECK(*plain == meta["prompt"].get<std::string>());
 }
 
 }  // namespace
