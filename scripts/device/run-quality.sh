@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The policy quality table of a Qwen2.5-Coder model on the GPU machine with `headwise eval`:
+# dense, StreamingLLM, DuoAttention and RazorAttention (configs/policies/<NAME>/), each an A/B
+# arm of one engine on the same prompts. The model is staged by scripts/device/stage-model.sh,
+# the binaries stashed by scripts/device/qwen-checks.sh stash; the haystack travels as
+# .carry/haystack/austen.txt (here: mkdir -p .carry/haystack && cp "$(scripts/make-haystack.sh)"
+# .carry/haystack/), carried with the stash call or any later one.
+#   device: bash scripts/device/run-quality.sh NAME LENGTHS [SAMPLES]
+# A missing retrieval profile (configs/policies/NAME/retrieval-profile.json) is made first with
+# profile-heads on the GPU (PROFILE_LENGTHS, default 2048,4096,8192) and comes back with the
+# results. One eval run per length, each its own PREFIX (merge them here with
+# `headwise eval --merge`). Everything comes back as $OUT/quality.tgz.
+# Environment: TASKS (all), POLICIES (the four), EVAL_ARGS (extra flags).
+set -uo pipefail
+name=${1:?usage: run-quality.sh NAME LENGTHS [SAMPLES]}
+lengths=${2:?usage: run-quality.sh NAME LENGTHS [SAMPLES]}
+samples=${3:-50}
+carry=/tmp/hw-gpu
+gguf=$(bash scripts/device/stage-model.sh verify) || exit 1
+[ -x "$carry/bin/headwise" ] || { echo "binaries not stashed: scripts/device/qwen-checks.sh stash"; exit 1; }
+export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+haystack=/tmp/hw-haystack/austen.txt
+if [[ -f .carry/haystack/austen.txt ]]; then
+  mkdir -p /tmp/hw-haystack && cp .carry/haystack/austen.txt "$haystack"
+fi
+[ -f "$haystack" ] || { echo "no haystack: carry .carry/haystack"; exit 1; }
+res=/tmp/hw-quality && mkdir -p "$res"
+trap 'tar -C "$res" -czf "$OUT/quality.tgz" .' EXIT
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$res/device.txt"
+dir=configs/policies/$name
+if [[ ! -f $dir/retrieval-profile.json ]]; then
+  if [[ -f $res/retrieval-profile.json ]]; then
+    cp "$res/retrieval-profile.json" "$dir/"
+  else
+    t0=$SECONDS
+    "$carry/bin/headwise" profile-heads "$gguf" --device cuda --method retrieval \
+      --context-lengths "${PROFILE_LENGTHS:-2048,4096,8192}" --depths 5 \
+      --out "$res/retrieval-profile.json" >"$res/profile-retrieval.log" 2>&1 \
+      || { echo "FAIL retrieval profile"; tail -5 "$res/profile-retrieval.log"; exit 1; }
+    echo "retrieval profile: $((SECONDS - t0)) s"
+    cp "$res/retrieval-profile.json" "$dir/"
+  fi
+fi
+policies=${POLICIES:-dense=,streaming=$dir/streaming.json,duo=$dir/duo.json,razor=$dir/razor.json}
+for len in ${lengths//,/ }; do
+  t0=$SECONDS
+  "$carry/bin/headwise" eval "$gguf" --device cuda --policies "$policies" --lengths "$len" \
+    --samples "$samples" --haystack "$haystack" ${TASKS:+--tasks $TASKS} \
+    --commit "${COMMIT:-unknown}" ${EVAL_ARGS:-} --out "$res/$name-$len" \
+    >"$res/eval-$len.log" 2>&1 || { echo "FAIL eval $len"; tail -5 "$res/eval-$len.log"; }
+  echo "eval at $len tokens: $((SECONDS - t0)) s"
+  grep -A30 "^## Accuracy" "$res/$name-$len.md" 2>/dev/null | head -40
+done
