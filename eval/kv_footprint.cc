@@ -1,5 +1,7 @@
 #include "eval/kv_footprint.h"
 
+#include <algorithm>
+
 namespace headwise::eval {
 namespace {
 
@@ -44,6 +46,20 @@ int64_t KvBytesHeld(const kvcache::KvLayout& layout, const kvcache::KvCacheConfi
                     DType kv_dtype, int tokens) {
   return KvPagesHeld(layout, config, tokens) *
          static_cast<int64_t>(kvcache::KvCache::PageBytes(config, kv_dtype));
+}
+
+int64_t KvBytesRetained(const kvcache::KvLayout& layout, const kvcache::KvCacheConfig& config,
+                        DType kv_dtype, int tokens) {
+  kvcache::KvCacheConfig c = config;
+  c.chunk_tokens = 0;
+  int64_t pages = KvPagesHeld(layout, c, tokens);
+  const int64_t ring = layout.CountStorage(kernels::kStorageRing);
+  if (ring > 0) {
+    const kernels::KvRetention r = layout.ring();
+    const int64_t ring_pages = CeilDiv(r.sink, c.page_size) + CeilDiv(r.window, c.page_size);
+    pages -= (ring_pages - std::min(ring_pages, CeilDiv(tokens, c.page_size))) * ring;
+  }
+  return pages * static_cast<int64_t>(kvcache::KvCache::PageBytes(c, kv_dtype));
 }
 
 }  // namespace headwise::eval

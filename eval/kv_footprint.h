@@ -21,4 +21,9 @@ int64_t KvPagesHeld(const kvcache::KvLayout& layout, const kvcache::KvCacheConfi
 int64_t KvBytesHeld(const kvcache::KvLayout& layout, const kvcache::KvCacheConfig& config,
                     DType kv_dtype, int tokens);
 
+// What the policy itself keeps, without the pool's room for a step's new tokens: as KvPagesHeld
+// with chunk_tokens 0, and a ring no more than the prompt's own pages. In bytes.
+int64_t KvBytesRetained(const kvcache::KvLayout& layout, const kvcache::KvCacheConfig& config,
+                        DType kv_dtype, int tokens);
+
 }  // namespace headwise::eval

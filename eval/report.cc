@@ -23,8 +23,15 @@ double Rate(double n, double s) {
   return s > 0 ? n / s : 0.0;
 }
 
+// + 0.0 turns -0.0 into 0.0.
 std::string Pct(double x) {
-  return fmt::format("{:.1f}", 100.0 * x);
+  return fmt::format("{:.1f}", 100.0 * x + 0.0);
+}
+
+int64_t At(const std::vector<std::pair<int, int64_t>>& v, int key) {
+  for (const auto& [k, x] : v)
+    if (k == key) return x;
+  return 0;
 }
 
 std::string MiB(int64_t bytes) {
@@ -43,16 +50,6 @@ std::string MdEscape(const std::string& s) {
       out += c;
   }
   return out;
-}
-
-template <typename T>
-StatusOr<T> Get(const nlohmann::json& j, const char* key) {
-  if (!j.contains(key)) return InvalidArgument("eval results: missing \"{}\"", key);
-  try {
-    return j.at(key).get<T>();
-  } catch (const nlohmann::json::exception& e) {
-    return InvalidArgument("eval results: \"{}\": {}", key, e.what());
-  }
 }
 
 }  // namespace
@@ -145,15 +142,16 @@ ojson ToJson(const EvalResults& r) {
   ojson policies = ojson::array();
   for (const PolicyRecord& p : r.policies) {
     ojson kv = ojson::array(), ll = ojson::array();
-    for (const auto& [len, bytes] : p.kv_bytes) {
-      const int64_t first = [&] {
-        for (const auto& [l, b] : r.policies.front().kv_bytes)
-          if (l == len) return b;
-        return int64_t{0};
-      }();
-      kv.push_back({{"prompt_tokens", len},
-                    {"bytes", bytes},
-                    {"vs_first", first > 0 ? static_cast<double>(bytes) / first : 0.0}});
+    for (size_t k = 0; k < p.kv_bytes.size(); ++k) {
+      const auto [len, bytes] = p.kv_bytes[k];
+      const int64_t retained = k < p.kv_retained.size() ? p.kv_retained[k].second : 0;
+      const int64_t first = At(r.policies.front().kv_retained, len);
+      kv.push_back(
+          {{"prompt_tokens", len},
+           {"bytes_held", bytes},
+           {"bytes_retained", retained},
+           {"retained_vs_first",
+            first > 0 ? static_cast<double>(retained) / static_cast<double>(first) : 0.0}});
     }
     for (const LogLikelihoodBucket& b : p.loglik) {
       ll.push_back({{"begin", b.begin},
@@ -257,7 +255,10 @@ StatusOr<EvalResults> FromJson(const nlohmann::json& j) {
       q.engine_policy = p.at("engine_policy").get<std::string>();
       q.hash = p.at("hash").get<std::string>();
       for (const auto& kv : p.at("kv_bytes")) {
-        q.kv_bytes.emplace_back(kv.at("prompt_tokens").get<int>(), kv.at("bytes").get<int64_t>());
+        q.kv_bytes.emplace_back(kv.at("prompt_tokens").get<int>(),
+                                kv.at("bytes_held").get<int64_t>());
+        q.kv_retained.emplace_back(kv.at("prompt_tokens").get<int>(),
+                                   kv.at("bytes_retained").get<int64_t>());
       }
       q.wall_s = p.at("wall_s").get<double>();
       q.prompt_tokens = p.at("prompt_tokens").get<int64_t>();
@@ -335,8 +336,8 @@ std::string ToMarkdown(const EvalResults& r) {
       const Cell& c = cells[i + p];
       md += fmt::format(" {} [{}, {}]", Pct(c.accuracy()), Pct(c.ci.low), Pct(c.ci.high));
       if (p > 0) {
-        md += fmt::format(" Δ {:+.1f} [{:+.1f}, {:+.1f}]", 100 * c.diff, 100 * c.diff_ci.low,
-                          100 * c.diff_ci.high);
+        md += fmt::format(" Δ {:+.1f} [{:+.1f}, {:+.1f}]", 100 * c.diff + 0.0,
+                          100 * c.diff_ci.low + 0.0, 100 * c.diff_ci.high + 0.0);
       }
       if (c.first_below_half) md += " †";
       md += " |";
@@ -382,12 +383,13 @@ std::string ToMarkdown(const EvalResults& r) {
   }
 
   md +=
-      "\n## Policies\n\nKV: MiB one sequence holds once its prompt of that many tokens is in "
-      "(pages of the engine's pool, after RazorAttention's compaction), and the share of the "
-      "first policy's. Speeds over this policy's requests, run by themselves in one engine "
-      "(batched): prompt and generated tokens per second of wall time, and decode tokens per "
-      "second of one sequence.\n\n| policy | file | hash | wall s | prompt tok/s | gen tok/s | "
-      "decode tok/s/seq |";
+      "\n## Policies\n\nKV @N: MiB of keys and values one sequence keeps once its prompt of N "
+      "tokens is in (after RazorAttention's compaction), the share of the first policy's, and "
+      "in brackets the MiB it holds in the engine's pool, whose rings also have room for one "
+      "step's new tokens (--max-num-batched-tokens). Speeds over this policy's requests, run by "
+      "themselves in one engine (batched): prompt and generated tokens per second of wall time, "
+      "and decode tokens per second of one sequence.\n\n| policy | file | hash | wall s | "
+      "prompt tok/s | gen tok/s | decode tok/s/seq |";
   std::vector<int> kv_lengths;
   for (const auto& [len, bytes] : r.policies.front().kv_bytes) kv_lengths.push_back(len);
   for (int len : kv_lengths) md += fmt::format(" KV @{} |", len);
@@ -400,13 +402,12 @@ std::string ToMarkdown(const EvalResults& r) {
                       Rate(static_cast<double>(p.prompt_tokens), p.wall_s),
                       Rate(static_cast<double>(p.generated_tokens), p.wall_s),
                       Rate(static_cast<double>(p.decode_tokens), p.decode_s));
-    for (size_t k = 0; k < kv_lengths.size(); ++k) {
-      int64_t bytes = 0, ref = r.policies.front().kv_bytes[k].second;
-      for (const auto& [len, b] : p.kv_bytes)
-        if (len == kv_lengths[k]) bytes = b;
-      md += fmt::format(
-          " {} ({:.0f}%) |", MiB(bytes),
-          ref > 0 ? 100.0 * static_cast<double>(bytes) / static_cast<double>(ref) : 0.0);
+    for (int len : kv_lengths) {
+      const int64_t kept = At(p.kv_retained, len), ref = At(r.policies.front().kv_retained, len);
+      md +=
+          fmt::format(" {} ({:.0f}%) [{}] |", MiB(kept),
+                      ref > 0 ? 100.0 * static_cast<double>(kept) / static_cast<double>(ref) : 0.0,
+                      MiB(At(p.kv_bytes, len)));
     }
     md += "\n";
   }
@@ -487,12 +488,15 @@ StatusOr<EvalResults> Merge(std::vector<EvalResults> runs) {
       a.generated_tokens += b.generated_tokens;
       a.decode_s += b.decode_s;
       a.decode_tokens += b.decode_tokens;
-      for (const auto& kv : b.kv_bytes) {
-        if (std::none_of(a.kv_bytes.begin(), a.kv_bytes.end(),
-                         [&](const auto& x) { return x.first == kv.first; }))
-          a.kv_bytes.push_back(kv);
+      for (auto [into, from] :
+           {std::pair{&a.kv_bytes, &b.kv_bytes}, std::pair{&a.kv_retained, &b.kv_retained}}) {
+        for (const auto& kv : *from) {
+          if (std::none_of(into->begin(), into->end(),
+                           [&](const auto& x) { return x.first == kv.first; }))
+            into->push_back(kv);
+        }
+        std::sort(into->begin(), into->end());
       }
-      std::sort(a.kv_bytes.begin(), a.kv_bytes.end());
       if (a.loglik.empty()) {
         a.loglik = b.loglik;
         a.loglik_chunk = b.loglik_chunk;

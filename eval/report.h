@@ -45,8 +45,11 @@ struct PolicyRecord {
   std::string file;           // "" for the model's own policy (dense without one)
   std::string engine_policy;  // the policy set's name, as the engine reports it
   std::string hash;           // of the file's bytes (engine/arms.h PolicyFileHash)
-  std::vector<std::pair<int, int64_t>> kv_bytes;  // prompt tokens -> KV bytes held after it
-  double wall_s = 0;                              // this policy's requests, first to last
+  // Prompt tokens -> KV bytes one sequence holds after it in the pool (eval/kv_footprint.h
+  // KvBytesHeld), and what the policy retains (KvBytesRetained), at the same lengths.
+  std::vector<std::pair<int, int64_t>> kv_bytes;
+  std::vector<std::pair<int, int64_t>> kv_retained;
+  double wall_s = 0;  // this policy's requests, first to last
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double decode_s = 0;        // summed over requests: first token to last
   int64_t decode_tokens = 0;  // tokens after each request's first

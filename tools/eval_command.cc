@@ -430,6 +430,8 @@ int RunEval(int argc, char** argv) {
     if (!layout.ok()) return Fail(layout.status().WithContext(fmt::format("policy {}", arm.name)));
     for (int l : lengths) {
       rec.kv_bytes.emplace_back(l, eval::KvBytesHeld(*layout, kv_shape, backend->kv_dtype(), l));
+      rec.kv_retained.emplace_back(
+          l, eval::KvBytesRetained(*layout, kv_shape, backend->kv_dtype(), l));
     }
     if (!document.empty()) {
       const auto t0 = std::chrono::steady_clock::now();
