@@ -7,5 +7,6 @@ namespace headwise::tools {
 int RunGenerate(int argc, char** argv);
 int RunServe(int argc, char** argv);
 int RunProfileHeads(int argc, char** argv);
+int RunEval(int argc, char** argv);
 
 }  // namespace headwise::tools

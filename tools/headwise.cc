@@ -14,6 +14,7 @@ void PrintUsage() {
                "  generate   run one prompt through a model and print the completion\n"
                "  serve      serve a model over the OpenAI HTTP API\n"
                "  profile-heads  score attention heads (retrieval / RazorAttention) for a policy\n"
+               "  eval       long-context quality of attention policies (RULER-style tasks)\n"
                "run 'headwise <command> --help' for a command's options\n");
 }
 
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
   if (command == "generate") return headwise::tools::RunGenerate(argc - 1, argv + 1);
   if (command == "serve") return headwise::tools::RunServe(argc - 1, argv + 1);
   if (command == "profile-heads") return headwise::tools::RunProfileHeads(argc - 1, argv + 1);
+  if (command == "eval") return headwise::tools::RunEval(argc - 1, argv + 1);
   std::fprintf(stderr, "headwise: error: unknown command '%s'\n", command.c_str());
   PrintUsage();
   return 2;

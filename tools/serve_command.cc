@@ -4,7 +4,6 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
-#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +21,7 @@
 #include "server/http_server.h"
 #include "tokenizer/chat_renderer.h"
 #include "tools/commands.h"
+#include "tools/engine_flags.h"
 #include "tools/flags.h"
 
 namespace headwise::tools {
@@ -74,61 +74,6 @@ int Fail(const Status& s) {
   std::fprintf(stderr, "headwise: error: %s\n", s.message().c_str());
   std::fflush(stderr);
   return s.code() == StatusCode::kInternal ? 1 : 2;
-}
-
-// An Engine::Start refusal in the words of the command line: the EngineConfig field it names
-// becomes the flag that sets it ("max_num_seqs must be >= 1" -> "--max-num-seqs must be >= 1").
-Status InFlagTerms(const Status& s) {
-  static const std::pair<const char*, const char*> kFlags[] = {
-      {"max_model_len", "--max-model-len"},
-      {"max_num_seqs", "--max-num-seqs"},
-      {"max_num_batched_tokens", "--max-num-batched-tokens"},
-      {"max_waiting", "--max-waiting"},
-      {"num_kv_pages", "--num-kv-pages"},
-      {"kv_cache_bytes", "--kv-cache-memory"},
-      {"gpu_memory_utilization", "--gpu-memory-utilization"},
-      {"arms", "--arms"},
-  };
-  for (const auto& [field, flag] : kFlags) {
-    if (s.field() != field) continue;
-    const std::string& msg = s.message();
-    const std::string text = msg.rfind(field, 0) == 0
-                                 ? flag + msg.substr(std::string_view(field).size())
-                                 : fmt::format("{}: {}", flag, msg);
-    return Status(s.code(), text);
-  }
-  return s;
-}
-
-// "512M", "2G", "1048576", "64k": binary multiples.
-StatusOr<int64_t> ParseBytes(const std::string& flag, std::string s) {
-  int64_t mult = 1;
-  if (!s.empty()) {
-    switch (std::toupper(static_cast<unsigned char>(s.back()))) {
-      case 'K':
-        mult = int64_t{1} << 10;
-        break;
-      case 'M':
-        mult = int64_t{1} << 20;
-        break;
-      case 'G':
-        mult = int64_t{1} << 30;
-        break;
-      case 'T':
-        mult = int64_t{1} << 40;
-        break;
-      default:
-        break;
-    }
-    if (mult != 1) s.pop_back();
-    if (!s.empty() && std::toupper(static_cast<unsigned char>(s.back())) == 'I') s.pop_back();
-  }
-  auto v = ParseFloat(s);
-  if (!v.ok() || *v <= 0 || *v * static_cast<double>(mult) > 9e18) {
-    return InvalidArgument("--{} expects a positive byte count such as 512M or 2G, got '{}'", flag,
-                           s);
-  }
-  return static_cast<int64_t>(*v * static_cast<double>(mult));
 }
 
 std::mutex g_server_mu;

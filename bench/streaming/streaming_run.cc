@@ -35,6 +35,7 @@
 #include "engine/model_loader.h"
 #include "engine/model_runner.h"
 #include "engine/sampler.h"
+#include "eval/log_likelihood.h"
 #include "kernels/backend_factory.h"
 #include "tokenizer/chat_renderer.h"
 #include "tokenizer/tokenizer.h"
@@ -109,23 +110,6 @@ struct SpanPrinter {
     start_s = now;
   }
 };
-
-// log-softmax of `logits` at `id` over the finite logits; counts the non-finite ones.
-double LogProb(std::span<const float> logits, int32_t id, int64_t& nonfinite) {
-  double max_logit = -INFINITY;
-  for (const float x : logits) {
-    if (!std::isfinite(x)) {
-      ++nonfinite;
-    } else {
-      max_logit = std::max(max_logit, static_cast<double>(x));
-    }
-  }
-  double denom = 0.0;
-  for (const float x : logits) {
-    if (std::isfinite(x)) denom += std::exp(static_cast<double>(x) - max_logit);
-  }
-  return static_cast<double>(logits[static_cast<size_t>(id)]) - max_logit - std::log(denom);
-}
 
 int Fail(const std::string& what) {
   std::fprintf(stderr, "hw_bench_streaming: error: %s\n", what.c_str());
@@ -229,31 +213,23 @@ int main(int argc, char** argv) {
       limit.Explain().c_str());
 
   if (!text_path.empty()) {
-    // Teacher forcing: row i of a chunk's logits predicts the token after it.
+    // Teacher forcing (eval/log_likelihood.h): each row of a chunk's logits predicts the token
+    // after it.
     SpanPrinter printer{&tok, backend.get(), &seq};
-    const int vocab = model.config().vocab_size;
     int scored = 0;
     size_t span_begin = 1;
-    for (size_t start = 0; start + 1 < ids.size(); start += static_cast<size_t>(chunk)) {
-      const size_t n = std::min(static_cast<size_t>(chunk), ids.size() - 1 - start);
-      hw::engine::BatchEntry e{&seq, std::span<const int32_t>(ids).subspan(start, n),
-                               static_cast<int>(start), true};
-      const std::vector<float> logits =
-          runner.ForwardToHost(std::span<const hw::engine::BatchEntry>(&e, 1));
-      HW_CHECK_EQ(logits.size(), n * static_cast<size_t>(vocab));
-      for (size_t i = 0; i < n; ++i) {
-        const auto row = std::span<const float>(logits).subspan(i * static_cast<size_t>(vocab),
-                                                                static_cast<size_t>(vocab));
-        printer.logprob_sum += LogProb(row, ids[start + i + 1], printer.nonfinite);
-        ++scored;
-        const size_t next = start + i + 2;  // one past the token just scored
-        if (scored % span == 0 || next == ids.size()) {
-          printer.Print(scored, static_cast<int>(next - 1),
-                        std::span<const int32_t>(ids).subspan(span_begin, next - span_begin));
-          span_begin = next;
-        }
-      }
-    }
+    hw::eval::TeacherForce(
+        runner, seq, ids, chunk, /*threads=*/0, [&](size_t i, double logprob, int64_t bad) {
+          printer.logprob_sum += logprob;
+          printer.nonfinite += bad;
+          ++scored;
+          const size_t next = i + 1;  // one past the token just scored
+          if (scored % span == 0 || next == ids.size()) {
+            printer.Print(scored, static_cast<int>(i),
+                          std::span<const int32_t>(ids).subspan(span_begin, next - span_begin));
+            span_begin = next;
+          }
+        });
     std::fprintf(stderr, "done: %d tokens scored, %lld non-finite logits\n", scored,
                  static_cast<long long>(printer.nonfinite_total));
     return 0;
@@ -276,7 +252,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < max_tokens; ++i) {
     HW_CHECK_EQ(static_cast<int>(logits.size()), vocab);
     const hw::engine::SampledToken t = sampler.Sample(logits, ids, out);
-    printer.logprob_sum += LogProb(logits, t.id, printer.nonfinite);
+    printer.logprob_sum += hw::eval::LogSoftmaxAt(logits, t.id, printer.nonfinite);
     out.push_back(t.id);
     const int generated = i + 1;
     if (generated % span == 0 || generated == max_tokens) {
