@@ -3,8 +3,8 @@
 # dense, StreamingLLM, DuoAttention and RazorAttention (configs/policies/<NAME>/), each an A/B
 # arm of one engine on the same prompts. The model is staged by scripts/device/stage-model.sh,
 # the binaries stashed by scripts/device/qwen-checks.sh stash; the haystack travels as
-# .carry/haystack/austen.txt (here: mkdir -p .carry/haystack && cp "$(scripts/make-haystack.sh)"
-# .carry/haystack/), carried with the stash call or any later one.
+# .carry/haystack/austen.txt.xz (here: mkdir -p .carry/haystack && xz -9c "$(scripts/make-haystack.sh)"
+# >.carry/haystack/austen.txt.xz; 1 MB), carried with any call before or with the run.
 #   device: bash scripts/device/run-quality.sh NAME LENGTHS [SAMPLES]
 # A missing retrieval profile (configs/policies/NAME/retrieval-profile.json) is made first with
 # profile-heads on the GPU (PROFILE_LENGTHS, default 2048,4096,8192) and comes back with the
@@ -20,8 +20,10 @@ gguf=$(bash scripts/device/stage-model.sh verify) || exit 1
 [ -x "$carry/bin/headwise" ] || { echo "binaries not stashed: scripts/device/qwen-checks.sh stash"; exit 1; }
 export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 haystack=/tmp/hw-haystack/austen.txt
-if [[ -f .carry/haystack/austen.txt ]]; then
-  mkdir -p /tmp/hw-haystack && cp .carry/haystack/austen.txt "$haystack"
+if [[ -f .carry/haystack/austen.txt.xz ]]; then
+  mkdir -p /tmp/hw-haystack
+  python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+    .carry/haystack/austen.txt.xz "$haystack"
 fi
 [ -f "$haystack" ] || { echo "no haystack: carry .carry/haystack"; exit 1; }
 res=/tmp/hw-quality && mkdir -p "$res"
