@@ -16,6 +16,10 @@ python=$(scripts/python-env.sh)
 # The real chat model the goldens and tokenizer checks use (cached after the first run).
 HEADWISE_SMOLLM2_GGUF=$(scripts/get-model.sh smollm2-135m-instruct)
 export HEADWISE_SMOLLM2_GGUF
+# Qwen2.5-Coder-0.5B-Instruct (491 MB, 32K context) for the CPU tests on a real long-context
+# model (tests/python/server_qwen05_chat.py); fetched once, then only stamp-checked.
+HEADWISE_QWEN05_GGUF=$(scripts/get-model.sh qwen2.5-coder-0.5b-instruct)
+export HEADWISE_QWEN05_GGUF
 
 cmake -S . -B "$build" -G Ninja -DHEADWISE_PYTHON="$python" >/dev/null
 cmake --build "$build" -j "$jobs"

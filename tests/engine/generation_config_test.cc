@@ -56,7 +56,7 @@ const json kQwenLike = json::parse(R"({
   "eos_token_id": [151645, 151643], "repetition_penalty": 1.05, "temperature": 0.7,
   "top_p": 0.8, "top_k": 20, "transformers_version": "4.43.1"})");
 
-TEST_CASE("a file's sampling keys become defaults; other keys are ignored", "[engine]") {
+TEST_CASE("a file's sampling keys become defaults and its other keys are ignored", "[engine]") {
   auto d = Merge(Mode::kAuto, kQwenLike);
   REQUIRE(d.ok());
   CHECK(d->temperature == 0.7f);
@@ -211,7 +211,7 @@ TEST_CASE("eos ids join the model's, inside its vocabulary", "[engine]") {
   CHECK(s.message() == "/m/generation_config.json: eos_token_id 7 is outside the vocabulary of 7");
 }
 
-TEST_CASE("--generation-config: where the file is looked for", "[engine]") {
+TEST_CASE("where --generation-config looks for the file", "[engine]") {
   TempDir dir;
   const std::string gguf = dir.Write("model.gguf", "GGUF").string();
   GenerationConfigFlags flags;  // auto
