@@ -20,7 +20,12 @@
 # or modification time differ from those recorded when it was verified (or with --verify).
 #
 # Cache: ${XDG_CACHE_HOME:-$HOME/.cache}/headwise/models/<name>/
+#
+# GGUF files carry no generation_config.json: the model's upstream one (or what of it could be
+# confirmed: configs/models/README.md) is copied from configs/models/<name>/ beside the cached
+# file on every call, where `headwise serve --generation-config auto` (the default) finds it.
 set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
 
 usage() {
   cat >&2 <<'EOF'
@@ -82,6 +87,17 @@ esac
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/headwise/models/$name"
 dest="$cache/$file"
 stamp="$dest.verified"  # "<size> <mtime> <sha256>" as of the last full verification
+
+# The model's generation_config.json beside it; rewritten only when it differs (a file replaced
+# in one rename, so a server starting meanwhile reads the old one or the new one).
+install_generation_config() {
+  local src="$root/configs/models/$name/generation_config.json" dst="$cache/generation_config.json"
+  [[ -f "$src" ]] || return 0
+  cmp -s "$src" "$dst" 2>/dev/null && return 0
+  mkdir -p "$cache"
+  cp "$src" "$dst.tmp.$$" && mv -f "$dst.tmp.$$" "$dst"
+}
+install_generation_config
 
 # A GGUF file is non-empty and starts with the 4 bytes "GGUF"; a pinned one also has its size
 # and sha256.

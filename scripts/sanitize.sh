@@ -35,6 +35,10 @@ scripts/install-deps.sh
 python=$(scripts/python-env.sh)
 HEADWISE_SMOLLM2_GGUF=$(scripts/get-model.sh smollm2-135m-instruct)
 export HEADWISE_SMOLLM2_GGUF
+# Qwen2.5-Coder-0.5B-Instruct (491 MB, 32K context) for the CPU tests on a real long-context
+# model (tests/python/server_qwen05_chat.py); fetched once, then only stamp-checked.
+HEADWISE_QWEN05_GGUF=$(scripts/get-model.sh qwen2.5-coder-0.5b-instruct)
+export HEADWISE_QWEN05_GGUF
 
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache

@@ -16,7 +16,9 @@ python=$(scripts/python-env.sh)
 # The real chat model the goldens and tokenizer checks use (cached after the first run).
 HEADWISE_SMOLLM2_GGUF=$(scripts/get-model.sh smollm2-135m-instruct)
 export HEADWISE_SMOLLM2_GGUF
-# Qwen2.5-Coder-0.5B-Instruct (a 32K-context model) and the haystack of `headwise eval`.
+# Qwen2.5-Coder-0.5B-Instruct (491 MB, 32K context) for the CPU tests on a real long-context
+# model (goldens, tests/python/server_qwen05_chat.py, eval_cli.qwen_passkey), fetched once, then
+# only stamp-checked; and the haystack text of `headwise eval`.
 HEADWISE_QWEN05_GGUF=$(scripts/get-model.sh qwen2.5-coder-0.5b-instruct)
 export HEADWISE_QWEN05_GGUF
 HEADWISE_HAYSTACK=$(scripts/make-haystack.sh)

@@ -491,8 +491,9 @@ class HttpServer::Impl {
     job->kind = kind;
     job->exchange = ex;
     GenerationRequest& gr = job->request;
-    auto parse_error =
-        kind == ApiKind::kChat ? ParseChatRequest(body, gr) : ParseCompletionRequest(body, gr);
+    const engine::GenerationDefaults& defaults = opts_.generation_defaults;
+    auto parse_error = kind == ApiKind::kChat ? ParseChatRequest(body, gr, defaults)
+                                              : ParseCompletionRequest(body, gr, defaults);
     if (parse_error) return ReplyError(*ex, *parse_error);
     // Before tokenizing: the parameters' ranges (max_tokens is checked again once resolved, by
     // the engine's Submit).
@@ -537,7 +538,8 @@ class HttpServer::Impl {
         return ReplyError(*ex, *e);
       }
       const int prompt_len = static_cast<int>(job->prompt_ids[i].size());
-      if (auto e = ResolveMaxTokens(gr, prompt_len, limits.max_sequence_tokens, max_tokens[i])) {
+      if (auto e = ResolveMaxTokens(gr, prompt_len, limits.max_sequence_tokens, max_tokens[i],
+                                    defaults)) {
         return ReplyError(*ex, *e);
       }
       // Without max_tokens a request fills the context (or the pool); one already past it (a

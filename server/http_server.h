@@ -17,6 +17,7 @@
 #include "core/metrics.h"
 #include "core/status.h"
 #include "engine/arms.h"
+#include "engine/generation_config.h"
 #include "server/http_transport.h"
 
 namespace headwise::engine {
@@ -43,6 +44,9 @@ struct ServerOptions {
   // weights and whether a request may name its arm. Empty arms: the one-arm case (weight 1,
   // no naming).
   engine::ArmsConfig arms;
+  // The model's generation defaults (--generation-config, --override-generation-config): what a
+  // request gets for a sampling field it does not send, and its max_tokens default and cap.
+  engine::GenerationDefaults generation_defaults;
 };
 
 class HttpServer {

@@ -580,9 +580,11 @@ std::optional<ApiError> ParseJsonObject(std::string_view body, Json& out) {
   return std::nullopt;
 }
 
-std::optional<ApiError> ParseCompletionRequest(const Json& body, GenerationRequest& out) {
+std::optional<ApiError> ParseCompletionRequest(const Json& body, GenerationRequest& out,
+                                               const engine::GenerationDefaults& defaults) {
   try {
     out = GenerationRequest{};
+    defaults.ApplyTo(out.params);  // the fields parsed below replace these
     out.kind = ApiKind::kCompletion;
     out.add_special_tokens = true;
     HW_API_TRY(CheckFields(body, CommonFields(), CompletionOnlyFields()));
@@ -613,9 +615,11 @@ std::optional<ApiError> ParseCompletionRequest(const Json& body, GenerationReque
   }
 }
 
-std::optional<ApiError> ParseChatRequest(const Json& body, GenerationRequest& out) {
+std::optional<ApiError> ParseChatRequest(const Json& body, GenerationRequest& out,
+                                         const engine::GenerationDefaults& defaults) {
   try {
     out = GenerationRequest{};
+    defaults.ApplyTo(out.params);  // the fields parsed below replace these
     out.kind = ApiKind::kChat;
     out.add_special_tokens = false;  // the chat template writes its own special tokens
     HW_API_TRY(CheckFields(body, CommonFields(), ChatOnlyFields()));
@@ -655,7 +659,8 @@ std::optional<ApiError> ParseChatRequest(const Json& body, GenerationRequest& ou
 }
 
 std::optional<ApiError> ResolveMaxTokens(const GenerationRequest& request, int prompt_tokens,
-                                         int max_model_len, int& max_tokens) {
+                                         int max_model_len, int& max_tokens,
+                                         const engine::GenerationDefaults& defaults) {
   const std::string what = request.kind == ApiKind::kChat ? "messages" : "prompt";
   if (prompt_tokens >= max_model_len) {
     return BadRequest(fmt::format("This model's maximum context length is {} tokens. However, "
@@ -664,21 +669,24 @@ std::optional<ApiError> ResolveMaxTokens(const GenerationRequest& request, int p
                                   max_model_len, prompt_tokens),
                       what);
   }
+  const bool chat = request.kind == ApiKind::kChat;
+  const int room = max_model_len - prompt_tokens;
   if (!request.max_tokens) {
-    max_tokens = request.kind == ApiKind::kChat ? max_model_len - prompt_tokens
-                                                : std::min(16, max_model_len - prompt_tokens);
+    max_tokens = std::min(defaults.ResolveMaxTokens(std::nullopt, chat, chat ? room : 16), room);
     return std::nullopt;
   }
-  max_tokens = *request.max_tokens;
-  if (static_cast<int64_t>(prompt_tokens) + max_tokens > max_model_len) {
+  // The client's own value must fit, whatever the cap makes of it (vLLM checks it first too).
+  const int requested = *request.max_tokens;
+  if (static_cast<int64_t>(prompt_tokens) + requested > max_model_len) {
     return BadRequest(
         fmt::format("This model's maximum context length is {} tokens. However, you requested "
                     "{} tokens ({} in the {}, {} in the completion). Please reduce the length "
                     "of the {} or completion.",
-                    max_model_len, static_cast<int64_t>(prompt_tokens) + max_tokens, prompt_tokens,
-                    what, max_tokens, what),
+                    max_model_len, static_cast<int64_t>(prompt_tokens) + requested, prompt_tokens,
+                    what, requested, what),
         request.kind == ApiKind::kChat ? "messages" : "max_tokens");
   }
+  max_tokens = defaults.ResolveMaxTokens(requested, chat, room);
   return std::nullopt;
 }
 

@@ -17,6 +17,7 @@
 
 #include "core/status.h"
 #include "engine/engine.h"
+#include "engine/generation_config.h"
 #include "engine/request_output.h"
 #include "engine/sampling_params.h"
 #include "tokenizer/chat_renderer.h"
@@ -93,14 +94,20 @@ struct GenerationRequest {
 // The body's field that names an arm, as error params and messages spell it.
 inline constexpr std::string_view kArmOverrideField = "headwise.arm";
 
-std::optional<ApiError> ParseCompletionRequest(const Json& body, GenerationRequest& out);
-std::optional<ApiError> ParseChatRequest(const Json& body, GenerationRequest& out);
+// `defaults`: the served model's generation defaults (engine/generation_config.h); a sampling
+// field the body does not give, or gives as null, takes its default, as in vLLM.
+std::optional<ApiError> ParseCompletionRequest(const Json& body, GenerationRequest& out,
+                                               const engine::GenerationDefaults& defaults = {});
+std::optional<ApiError> ParseChatRequest(const Json& body, GenerationRequest& out,
+                                         const engine::GenerationDefaults& defaults = {});
 
 // max_tokens after the prompt is known: the client's value, else 16 for completions (OpenAI)
-// and the rest of the context for chat (vLLM). A request that cannot fit max_model_len is a
-// 400 with vLLM's message.
+// and for chat the generation defaults' max_tokens or the rest of the context (vLLM); then at
+// most the defaults' max_tokens_cap. A request that cannot fit max_model_len is a 400 with
+// vLLM's message.
 std::optional<ApiError> ResolveMaxTokens(const GenerationRequest& request, int prompt_tokens,
-                                         int max_model_len, int& max_tokens);
+                                         int max_model_len, int& max_tokens,
+                                         const engine::GenerationDefaults& defaults = {});
 
 // SamplingParams::Validate against the model's vocabulary, mapped to a 400 naming the field:
 // the range checks of a request's sampling parameters (the parsers above check JSON types and

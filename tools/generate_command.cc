@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/attention_setup.h"
+#include "engine/generation_config.h"
 #include "engine/generator.h"
 #include "engine/model_loader.h"
 #include "kernels/backend_factory.h"
@@ -26,10 +27,19 @@ constexpr const char* kUsage = R"(usage: headwise generate --model PATH --prompt
   --system TEXT             system message for --chat
   --load-format auto|dummy  dummy: seeded random weights from config.json alone
   --tokenizer PATH          tokenizer to use instead of the model's own
-  --max-tokens N            tokens to generate (default 64)
-  --temperature T           0 = greedy (default 0)
-  --top-k K  --top-p P  --min-p P
-  --repetition-penalty R  --presence-penalty P  --frequency-penalty F
+  --max-tokens N            tokens to generate (default: the generation config's
+                            max_new_tokens, else 64)
+  --temperature T           0 = greedy (default: the generation config's, else 0)
+  --top-k K  --top-p P  --min-p P  --repetition-penalty R
+                            (default: the generation config's, else off)
+  --presence-penalty P  --frequency-penalty F
+  --generation-config auto|vllm|FOLDER
+                            defaults of the sampling flags not given: auto (default): the
+                            model's generation_config.json (beside a .gguf file); vllm:
+                            none; or FOLDER's (its max_new_tokens also caps --max-tokens)
+  --override-generation-config JSON
+                            applied on top, e.g. '{"temperature": 0.2}' (headwise serve
+                            --help lists the keys)
   --seed N                  seed of the sampler (same seed, same output)
   --stop TEXT               stop string (repeatable); not printed
   --stop-token-id ID        stop token id (repeatable)
@@ -51,6 +61,22 @@ constexpr const char* kUsage = R"(usage: headwise generate --model PATH --prompt
 int Fail(const Status& s) {
   std::fprintf(stderr, "headwise: error: %s\n", s.message().c_str());
   return s.code() == StatusCode::kInternal ? 1 : 2;
+}
+
+// Which sampling flags the command line gave: those keep their value over the defaults.
+struct SamplingFlagsGiven {
+  bool temperature, top_k, top_p, min_p, repetition_penalty;
+};
+
+void ApplyDefaults(const engine::GenerationDefaults& defaults, const SamplingFlagsGiven& given,
+                   engine::SamplingParams& params) {
+  engine::SamplingParams d = params;
+  defaults.ApplyTo(d);
+  if (!given.temperature) params.temperature = d.temperature;
+  if (!given.top_k) params.top_k = d.top_k;
+  if (!given.top_p) params.top_p = d.top_p;
+  if (!given.min_p) params.min_p = d.min_p;
+  if (!given.repetition_penalty) params.repetition_penalty = d.repetition_penalty;
 }
 
 }  // namespace
@@ -99,6 +125,14 @@ int RunGenerate(int argc, char** argv) {
   flags.Int("prefill-chunk", prefill_chunk);
   flags.Int("kv-pages", kv_pages);
   flags.String("attention-policy", attention_policy_path);
+  engine::GenerationConfigFlags generation_flags;
+  flags.String("generation-config", generation_flags.generation_config);
+  flags.String("override-generation-config", generation_flags.override_generation_config);
+  // The sampling flags given on the command line win over the generation config, as a
+  // request's own fields do in the server.
+  const bool max_tokens_given = flags.Has("max-tokens");
+  SamplingFlagsGiven given{flags.Has("temperature"), flags.Has("top-k"), flags.Has("top-p"),
+                           flags.Has("min-p"), flags.Has("repetition-penalty")};
   if (Status s = flags.Finish(); !s.ok()) return Fail(s);
   if (model_path.empty()) return Fail(InvalidArgument("--model is required"));
   if (prompt.empty()) return Fail(InvalidArgument("--prompt is required"));
@@ -124,6 +158,16 @@ int RunGenerate(int argc, char** argv) {
     params.logit_bias[static_cast<int32_t>(*id)] = static_cast<float>(*bias);
   }
 
+  auto defaults = engine::LoadGenerationDefaults(model_path, generation_flags);
+  if (!defaults.ok()) return Fail(defaults.status());
+  ApplyDefaults(*defaults, given, params);
+  params.max_tokens = defaults->ResolveMaxTokens(
+      max_tokens_given ? std::optional<int>(params.max_tokens) : std::nullopt, /*chat=*/true,
+      params.max_tokens);
+  if (defaults->has_sampling_defaults()) {
+    std::fprintf(stderr, "headwise: %s\n", defaults->Describe().c_str());
+  }
+
   auto created = kernels::CreateBackend(device, threads);
   if (!created.ok()) return Fail(created.status());
   std::unique_ptr<kernels::Backend> backend = std::move(created).value();
@@ -136,6 +180,11 @@ int RunGenerate(int argc, char** argv) {
     return Fail(InvalidArgument("{}: no tokenizer found; pass --tokenizer PATH", model_path));
   }
   const tokenizer::Tokenizer& tok = *loaded->tokenizer;
+  if (Status s =
+          defaults->AddEosTokenIds(loaded->model->config().vocab_size, loaded->eos_token_ids);
+      !s.ok()) {
+    return Fail(s);
+  }
   auto policy = engine::LoadAttentionPolicy(attention_policy_path, loaded->model->config(),
                                             model_path, loaded->model->weights_hash());
   if (!policy.ok()) return Fail(policy.status());

@@ -1,4 +1,5 @@
 // `headwise serve MODEL`: the OpenAI-compatible HTTP server over one engine.
+#include <fmt/ranges.h>
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -16,6 +17,7 @@
 #include "core/file_io.h"
 #include "core/metrics.h"
 #include "engine/engine.h"
+#include "engine/generation_config.h"
 #include "engine/model_loader.h"
 #include "kernels/backend_factory.h"
 #include "server/http_server.h"
@@ -52,6 +54,15 @@ Serves MODEL (a Hugging Face directory or a .gguf file) over the OpenAI HTTP API
                               (headwise-arms/v1 file, configs/README.md); not with
                               --attention-policy
   --chat-template FILE        Jinja chat template instead of the model's
+  --generation-config auto|vllm|FOLDER
+                              default sampling parameters of requests that omit them: auto
+                              (default): the model's generation_config.json (beside a .gguf
+                              file); vllm: none, the engine's own; or FOLDER's
+                              generation_config.json (its max_new_tokens also caps max_tokens)
+  --override-generation-config JSON
+                              applied on top, e.g. '{"temperature": 0.2, "top_p": 0.9}'; keys:
+                              temperature, top_p, top_k, min_p, repetition_penalty,
+                              max_new_tokens (which also caps max_tokens); null removes one
   --device cpu|cuda           backend (default cpu)
   --enforce-eager             run decode steps eagerly instead of replaying CUDA graphs
   --threads N                 CPU threads (default: all)
@@ -145,6 +156,9 @@ int RunServe(int argc, char** argv) {
   flags.String("attention-policy", config.attention_policy);
   flags.String("arms", arms_path);
   flags.String("chat-template", chat_template_path);
+  engine::GenerationConfigFlags generation_flags;
+  flags.String("generation-config", generation_flags.generation_config);
+  flags.String("override-generation-config", generation_flags.override_generation_config);
   flags.String("device", device);
   flags.Int("threads", threads);
   flags.String("load-format", load_format);
@@ -207,6 +221,9 @@ int RunServe(int argc, char** argv) {
     if (!b.ok()) return Fail(b.status());
     transport.limits.max_body_bytes = static_cast<size_t>(*b);
   }
+  // Before the model loads: a bad generation config is refused at once.
+  auto generation_defaults = engine::LoadGenerationDefaults(model_path, generation_flags);
+  if (!generation_defaults.ok()) return Fail(generation_defaults.status());
   std::string chat_template;
   if (!chat_template_path.empty()) {
     auto text = ReadSmallFile(chat_template_path, kMaxConfigFileBytes, "chat template");
@@ -243,6 +260,21 @@ int RunServe(int argc, char** argv) {
   spdlog::info("loaded {} ({}, {} layers, hidden {}, vocab {}) in {:.2f} s", model_path,
                loaded->format, mc.num_layers, mc.hidden_size, mc.vocab_size,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  // The generation config's eos_token_id ends generation too (vLLM adds it to the stop tokens).
+  if (Status s = generation_defaults->AddEosTokenIds(mc.vocab_size, loaded->eos_token_ids);
+      !s.ok()) {
+    return Fail(s);
+  }
+  spdlog::info("end-of-generation tokens: {}", fmt::join(loaded->eos_token_ids, ", "));
+  if (generation_defaults->has_sampling_defaults()) {
+    // vLLM says so too: a client that sends nothing samples as the model's makers advise.
+    spdlog::info("{}; a request that omits one gets it (--generation-config vllm: none)",
+                 generation_defaults->Describe());
+  } else {
+    spdlog::info("{}: a request that omits one gets the engine's own (temperature 1, top_p 1)",
+                 generation_defaults->Describe());
+  }
+  options.generation_defaults = *generation_defaults;
 
   // The chat template is checked before the engine starts: a broken one is a startup error.
   if (chat_template.empty()) chat_template = loaded->chat_template;

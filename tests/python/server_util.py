@@ -30,7 +30,7 @@ HOST = "127.0.0.1"
 class Server:
     """A `headwise serve` process on 127.0.0.1 with --port 0. Use as a context manager."""
 
-    def __init__(self, *args, model=TINY, chat_template=CHATML, env=None):
+    def __init__(self, *args, model=TINY, chat_template=CHATML, env=None, startup_timeout=STARTUP_TIMEOUT_S):
         self.binary = os.environ["HEADWISE_BIN"]
         self.log = tempfile.NamedTemporaryFile(prefix="headwise-serve-", suffix=".log", delete=False)
         cmd = [self.binary, "serve", model, "--host", HOST, "--port", "0"]
@@ -44,6 +44,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=full_env)
         self.port = None
         self.returncode = None
+        self.startup_timeout = startup_timeout
         try:
             self._wait_listening()
         except BaseException:
@@ -53,7 +54,7 @@ class Server:
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _wait_listening(self):
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        deadline = time.monotonic() + self.startup_timeout
         buf = b""
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)

@@ -385,6 +385,88 @@ TEST_CASE("max_tokens defaults and context-length errors", "[server]") {
   CHECK(e->param == "max_tokens");
 }
 
+TEST_CASE("generation defaults fill the sampling fields a request omits", "[server]") {
+  engine::GenerationDefaults d;
+  d.temperature = 0.7f;
+  d.top_p = 0.8f;
+  d.top_k = 20;
+  d.min_p = 0.05f;
+  d.repetition_penalty = 1.05f;
+  for (bool chat : {true, false}) {
+    CAPTURE(chat);
+    auto parse = [&](const Json& body, GenerationRequest& r) {
+      return chat ? ParseChatRequest(body, r, d) : ParseCompletionRequest(body, r, d);
+    };
+    const auto body = [&](Json extra) { return chat ? Chat(extra) : Completion(extra); };
+    GenerationRequest omitted;
+    REQUIRE_FALSE(parse(body(Json::object()), omitted).has_value());
+    CHECK(omitted.params.temperature == 0.7f);
+    CHECK(omitted.params.top_p == 0.8f);
+    CHECK(omitted.params.top_k == 20);
+    CHECK(omitted.params.min_p == 0.05f);
+    CHECK(omitted.params.repetition_penalty == 1.05f);
+    CHECK(omitted.params.presence_penalty == 0.0f);  // not a generation-config key
+
+    // A field the client sends is the client's, 0 and the "off" values included.
+    GenerationRequest sent;
+    REQUIRE_FALSE(parse(body({{"temperature", 0},
+                              {"top_p", 1},
+                              {"top_k", -1},
+                              {"min_p", 0},
+                              {"repetition_penalty", 1}}),
+                        sent)
+                      .has_value());
+    CHECK(sent.params.temperature == 0.0f);
+    CHECK(sent.params.top_p == 1.0f);
+    CHECK(sent.params.top_k == -1);
+    CHECK(sent.params.min_p == 0.0f);
+    CHECK(sent.params.repetition_penalty == 1.0f);
+
+    // null is "not sent" (vLLM: None takes the default).
+    GenerationRequest null_sent;
+    REQUIRE_FALSE(parse(body({{"temperature", nullptr}}), null_sent).has_value());
+    CHECK(null_sent.params.temperature == 0.7f);
+  }
+  // Without defaults the engine's own stay.
+  GenerationRequest plain;
+  REQUIRE_FALSE(ParseChatRequest(Chat(), plain).has_value());
+  CHECK(plain.params.temperature == 1.0f);
+  CHECK(plain.params.top_k == 0);
+}
+
+TEST_CASE("max_tokens with generation defaults: chat default, completions' 16, the cap",
+          "[server]") {
+  GenerationRequest chat;
+  chat.kind = ApiKind::kChat;
+  GenerationRequest completion;
+  engine::GenerationDefaults d;
+  d.max_tokens = 50;
+  int max_tokens = 0;
+  CHECK_FALSE(ResolveMaxTokens(chat, 100, 512, max_tokens, d).has_value());
+  CHECK(max_tokens == 50);
+  CHECK_FALSE(ResolveMaxTokens(chat, 480, 512, max_tokens, d).has_value());
+  CHECK(max_tokens == 32);  // never past the context
+  CHECK_FALSE(ResolveMaxTokens(completion, 100, 512, max_tokens, d).has_value());
+  CHECK(max_tokens == 16);
+  chat.max_tokens = 200;
+  CHECK_FALSE(ResolveMaxTokens(chat, 100, 512, max_tokens, d).has_value());
+  CHECK(max_tokens == 200);  // a default, not a cap
+
+  d.max_tokens_cap = 40;
+  CHECK_FALSE(ResolveMaxTokens(chat, 100, 512, max_tokens, d).has_value());
+  CHECK(max_tokens == 40);
+  completion.max_tokens = 100;
+  CHECK_FALSE(ResolveMaxTokens(completion, 100, 512, max_tokens, d).has_value());
+  CHECK(max_tokens == 40);
+  // The client's own value must still fit the context, cap or not, as in vLLM.
+  completion.max_tokens = 500;
+  auto e = ResolveMaxTokens(completion, 100, 512, max_tokens, d);
+  REQUIRE(e.has_value());
+  CHECK(e->param == "max_tokens");
+  CHECK(e->message.find("you requested 600 tokens (100 in the prompt, 500 in the completion)") !=
+        std::string::npos);
+}
+
 TEST_CASE("engine statuses map to HTTP errors", "[server]") {
   // `param` is the status's field, never guessed from the message.
   ApiError e = ErrorFromStatus(
