@@ -15,7 +15,7 @@
 # PEER_DEVICE=cpu runs both on the CPU instead (headwise --device cpu; llama-server -ngl 0 from
 # LLAMA_SERVER, e.g. a CPU build here) with MODEL given: the 2-core comparison.
 # Environment: CONCS ("1 16 64"), IN_LEN (512), OUT_LEN (128), N_<C> requests at concurrency C
-# (default 8 x C, at least 16), SERVERS ("headwise llama"), HW_ARGS, LLAMA_ARGS, TAG.
+# (default 8 x C, at least 16), WARMUP (2 requests per point), PYTHON (python3, with aiohttp), SERVERS ("headwise llama"), HW_ARGS, LLAMA_ARGS, TAG.
 # Writes $OUT/peer.tgz (the benchmark's JSON/Markdown per point, the server logs) and prints a
 # table.
 set -uo pipefail
@@ -84,9 +84,9 @@ for server in ${SERVERS:-headwise llama}; do
   for c in $concs; do
     n_var=N_$c
     n=${!n_var:-$((c * 8 > 16 ? c * 8 : 16))}
-    python3 bench/serving/benchmark_serving.py --base-url "http://127.0.0.1:$port" --model model \
+    "${PYTHON:-python3}" bench/serving/benchmark_serving.py --base-url "http://127.0.0.1:$port" --model model \
       --num-prompts "$n" --max-concurrency "$c" --input-len "$in_len" --output-len "$out_len" \
-      --prompt-format ids --token-id-range 1000:30000 --num-warmup 2 --seed 1 \
+      --prompt-format ids --token-id-range 1000:30000 --num-warmup "${WARMUP:-2}" --seed 1 \
       --server-cmd "${cmd[*]}" --result-dir "$res" --result-name "$tag-$server-c$c" \
       >"$res/$server-c$c.out" 2>&1 || { echo "FAIL $server c=$c"; tail -5 "$res/$server-c$c.out"; }
   done

@@ -6,9 +6,9 @@
 # .carry/haystack/austen.txt.xz (here: mkdir -p .carry/haystack && xz -9c "$(scripts/make-haystack.sh)"
 # >.carry/haystack/austen.txt.xz; 1 MB), carried with any call before or with the run.
 #   device: bash scripts/device/run-quality.sh NAME LENGTHS [SAMPLES]
-# A missing retrieval profile (configs/policies/NAME/retrieval-profile.json) is made first with
-# profile-heads on the GPU (PROFILE_LENGTHS, default 2048,4096,8192) and comes back with the
-# results. One eval run per length, each its own PREFIX (merge them here with
+# A missing head profile (configs/policies/NAME/{retrieval,razor}-profile.json) is made first
+# with profile-heads on the GPU (retrieval: PROFILE_LENGTHS, default 2048,4096,8192; razor: a
+# 1000-token block 4 times) and comes back with the results. One eval run per length, each its own PREFIX (merge them here with
 # `headwise eval --merge`). Everything comes back as $OUT/quality.tgz.
 # Environment: TASKS (all), POLICIES (the four), EVAL_ARGS (extra flags).
 set -uo pipefail
@@ -30,19 +30,24 @@ res=/tmp/hw-quality && mkdir -p "$res"
 trap 'tar -C "$res" -czf "$OUT/quality.tgz" .' EXIT
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$res/device.txt"
 dir=configs/policies/$name
-if [[ ! -f $dir/retrieval-profile.json ]]; then
-  if [[ -f $res/retrieval-profile.json ]]; then
-    cp "$res/retrieval-profile.json" "$dir/"
-  else
+# The head profiles the policies name: made here when the tree lacks them (and kept in $res, so
+# a later call of the series reuses them).
+for method in retrieval razor; do
+  [[ -f $dir/$method-profile.json ]] && continue
+  if [[ ! -f $res/$method-profile.json ]]; then
     t0=$SECONDS
-    "$carry/bin/headwise" profile-heads "$gguf" --device cuda --method retrieval \
-      --context-lengths "${PROFILE_LENGTHS:-2048,4096,8192}" --depths 5 \
-      --out "$res/retrieval-profile.json" >"$res/profile-retrieval.log" 2>&1 \
-      || { echo "FAIL retrieval profile"; tail -5 "$res/profile-retrieval.log"; exit 1; }
-    echo "retrieval profile: $((SECONDS - t0)) s"
-    cp "$res/retrieval-profile.json" "$dir/"
+    if [[ $method == retrieval ]]; then
+      args=(--context-lengths "${PROFILE_LENGTHS:-2048,4096,8192}" --depths 5)
+    else
+      args=(--razor-length 1000)
+    fi
+    "$carry/bin/headwise" profile-heads "$gguf" --device cuda --method $method "${args[@]}" \
+      --out "$res/$method-profile.json" >"$res/profile-$method.log" 2>&1 \
+      || { echo "FAIL $method profile"; tail -5 "$res/profile-$method.log"; exit 1; }
+    echo "$method profile: $((SECONDS - t0)) s"
   fi
-fi
+  cp "$res/$method-profile.json" "$dir/"
+done
 policies=${POLICIES:-dense=,streaming=$dir/streaming.json,duo=$dir/duo.json,razor=$dir/razor.json}
 for len in ${lengths//,/ }; do
   t0=$SECONDS
