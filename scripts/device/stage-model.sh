@@ -20,11 +20,18 @@
 #         exits 1 naming the chunk to send next.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-stage=$root/.carry/stage
+# STAGE=.carry/stage-1.5b (any folder under .carry) keeps a second model's chunks beside the
+# first, so both can be split before a series; give the same STAGE to append and verify.
+stage_rel=${STAGE:-.carry/stage}
+stage=$root/$stage_rel
 remote=/tmp/hw-stage
 chunk_mib=${CHUNK_MIB:-56}
 
-manifest_field() { sed -n "s/^$1 //p" "$stage/manifest"; }
+# The manifest travels with each chunk; append keeps a copy beside the staged file, so that a
+# later call of the series can verify without carrying it.
+remote_manifest=$remote/manifest-$(basename "$stage_rel")
+manifest() { if [[ -f $stage/manifest ]]; then echo "$stage/manifest"; else echo "$remote_manifest"; fi; }
+manifest_field() { sed -n "s/^$1 //p" "$(manifest)"; }
 
 case ${1:-} in
   split)
@@ -39,11 +46,12 @@ case ${1:-} in
       echo "chunk_mib $chunk_mib"
       echo "chunks $chunks"
     } >"$stage/manifest"
-    echo "staged $(basename "$file") in $chunks chunks under .carry/stage; device calls, in order:"
+    echo "staged $(basename "$file") in $chunks chunks under $stage_rel; device calls, in order:"
     for ((i = 0; i < chunks; i++)); do
-      printf '  carry [".carry/stage/part-%02d", ".carry/stage/manifest"]: bash scripts/device/stage-model.sh append %d\n' "$i" "$i"
+      printf '  carry ["%s/part-%02d", "%s/manifest"]: STAGE=%s bash scripts/device/stage-model.sh append %d\n' \
+        "$stage_rel" "$i" "$stage_rel" "$stage_rel" "$i"
     done
-    echo "  then: bash scripts/device/stage-model.sh verify"
+    echo "  then: STAGE=$stage_rel bash scripts/device/stage-model.sh verify"
     ;;
   append)
     i=${2:?usage: stage-model.sh append N}
@@ -63,6 +71,7 @@ case ${1:-} in
     fi
     [[ $have -gt $want ]] && truncate -s "$want" "$target"
     cat "$part" >>"$target"
+    cp "$stage/manifest" "$remote_manifest"
     echo "chunk $i appended: $(stat -c %s "$target") of $(manifest_field size) bytes"
     ;;
   verify)
