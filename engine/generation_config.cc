@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/json_file.h"
+#include "models/model_config.h"
 
 namespace headwise::engine {
 namespace {
@@ -107,29 +108,6 @@ Status ReadSamplingKeys(const nlohmann::json& obj, const std::string& source, bo
   return Status::Ok();
 }
 
-// eos_token_id: an id or a list of ids (transformers takes both); null: none.
-Status ReadEosTokenIds(const nlohmann::json& file, const std::string& source,
-                       std::vector<int32_t>& out) {
-  auto it = file.find("eos_token_id");
-  if (it == file.end() || it->is_null()) return Status::Ok();
-  std::vector<nlohmann::json> ids;
-  if (it->is_array()) {
-    ids.assign(it->begin(), it->end());
-  } else {
-    ids.push_back(*it);
-  }
-  for (const auto& id : ids) {
-    std::optional<int> v;
-    if (!id.is_number_integer()) {
-      return InvalidArgument("{}: eos_token_id must be a token id or a list of them, got {}",
-                             source, Shown(*it));
-    }
-    HW_RETURN_IF_ERROR(ReadInt(id, source, "eos_token_id", 0, v));
-    out.push_back(*v);
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 bool GenerationDefaults::has_sampling_defaults() const {
@@ -219,7 +197,8 @@ StatusOr<GenerationDefaults> MergeGenerationConfig(GenerationConfigMode mode,
                              Shown(file));
     }
     out.file = file_name;
-    HW_RETURN_IF_ERROR(ReadEosTokenIds(file, file_name, out.eos_token_ids));
+    HW_ASSIGN_OR_RETURN(const std::vector<int> eos, models::ParseEosTokenIds(file, file_name));
+    out.eos_token_ids.assign(eos.begin(), eos.end());
     // Under "vllm" the file's sampling keys are not used, so not checked either.
     if (mode != GenerationConfigMode::kVllm) {
       HW_RETURN_IF_ERROR(ReadSamplingKeys(file, file_name, /*is_override=*/false, merged));

@@ -505,4 +505,33 @@ std::vector<float> RopeInverseFrequencies(const ModelConfig& config) {
   return inv_freq;
 }
 
+StatusOr<std::vector<int>> ParseEosTokenIds(const nlohmann::json& generation_config,
+                                            const std::string& source) {
+  std::vector<int> out;
+  auto it = generation_config.find("eos_token_id");
+  if (it == generation_config.end() || it->is_null()) return out;
+  // A value for a message: its JSON text, cut short.
+  const auto shown = [](const nlohmann::json& v) {
+    std::string text = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return text.size() > 64 ? text.substr(0, 61) + "..." : text;
+  };
+  const std::vector<nlohmann::json> ids = it->is_array()
+                                              ? std::vector<nlohmann::json>(it->begin(), it->end())
+                                              : std::vector<nlohmann::json>{*it};
+  constexpr int kMax = std::numeric_limits<int>::max();
+  for (const auto& id : ids) {
+    if (!id.is_number_integer()) {
+      return InvalidArgument("{}: eos_token_id must be a token id or a list of them, got {}",
+                             source, shown(*it));
+    }
+    const bool too_big = id.is_number_unsigned() && id.get<uint64_t>() > uint64_t{kMax};
+    if (too_big || id.get<int64_t>() < 0) {
+      return InvalidArgument("{}: eos_token_id must be an integer in [0, {}], got {}", source, kMax,
+                             shown(id));
+    }
+    out.push_back(id.get<int>());
+  }
+  return out;
+}
+
 }  // namespace headwise::models

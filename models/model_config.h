@@ -49,6 +49,12 @@ struct ModelConfig {
 StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& config);
 StatusOr<ModelConfig> ParseGgufConfig(const GgufFile& gguf);
 
+// generation_config.json's eos_token_id (Hugging Face's generate stops on each): one id or a list
+// of ids, as transformers takes both; absent or null gives none. Anything but ids in [0, INT_MAX]
+// is refused, the message starting with `source`.
+StatusOr<std::vector<int>> ParseEosTokenIds(const nlohmann::json& generation_config,
+                                            const std::string& source);
+
 // Rotary inverse frequencies [head_dim / 2], with the config's rope scaling applied.
 std::vector<float> RopeInverseFrequencies(const ModelConfig& config);
 

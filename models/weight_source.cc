@@ -185,22 +185,10 @@ Status MergeGenerationConfig(const fs::path& dir, ModelConfig* config) {
   if (!fs::exists(path, ec)) return Status::Ok();
   HW_ASSIGN_OR_RETURN(nlohmann::json gen, ReadJsonFile(path.string(), "generation_config.json"));
   if (!gen.is_object()) return Status::Ok();
-  auto it = gen.find("eos_token_id");
-  if (it == gen.end() || it->is_null()) return Status::Ok();
-  std::vector<nlohmann::json> ids;
-  if (it->is_array()) {
-    ids.assign(it->begin(), it->end());
-  } else {
-    ids.push_back(*it);
-  }
-  for (const auto& id : ids) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
-        id.get<int64_t>() > std::numeric_limits<int>::max()) {
-      return InvalidArgument("{}: eos_token_id holds {}", path.string(), id.dump());
-    }
-    const int v = id.get<int>();
-    auto& eos = config->eos_token_ids;
-    if (std::find(eos.begin(), eos.end(), v) == eos.end()) eos.push_back(v);
+  HW_ASSIGN_OR_RETURN(const std::vector<int> ids, ParseEosTokenIds(gen, path.string()));
+  auto& eos = config->eos_token_ids;
+  for (int id : ids) {
+    if (std::find(eos.begin(), eos.end(), id) == eos.end()) eos.push_back(id);
   }
   return Status::Ok();
 }
