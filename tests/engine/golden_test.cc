@@ -154,19 +154,25 @@ TEST_CASE("Logits and greedy text equal transformers'", "[golden]") {
   }
 }
 
-TEST_CASE("Chat rendering equals transformers' apply_chat_template", "[golden]") {
-  // The golden's prompt is what transformers rendered from SmolLM2's own template for one user
-  // message (default system prompt included).
-  std::ifstream in(testing::SourcePath("tests/golden/smollm2-135m-instruct.json"));
-  const auto meta = nlohmann::json::parse(in);
-  const std::string model_path = ResolveModel("smollm2-135m-instruct");
+// The chat renderer of a golden's model, from its own chat template and tokenizer.
+std::unique_ptr<tokenizer::ChatRenderer> RendererOf(const std::string& model) {
+  const std::string model_path = ResolveModel(model);
   REQUIRE(fs::exists(model_path));
   auto backend = kernels::CreateCpuBackend(1);
   auto loaded = LoadModel(model_path, LoadOptions{}, *backend);
   REQUIRE(loaded.ok());
   auto renderer = tokenizer::ChatRenderer::ForTokenizer(loaded->chat_template, *loaded->tokenizer);
   REQUIRE(renderer.ok());
-  auto rendered = (*renderer)->Render({{"user", "What is the capital of France?", ""}}, true, {});
+  return std::move(renderer).value();
+}
+
+TEST_CASE("Chat rendering equals transformers' apply_chat_template", "[golden]") {
+  // The golden's prompt is what transformers rendered from SmolLM2's own template for one user
+  // message (default system prompt included).
+  std::ifstream in(testing::SourcePath("tests/golden/smollm2-135m-instruct.json"));
+  const auto meta = nlohmann::json::parse(in);
+  const auto renderer = RendererOf("smollm2-135m-instruct");
+  auto rendered = renderer->Render({{"user", "What is the capital of France?", ""}}, true, {});
   REQUIRE(rendered.ok());
   CHECK(*rendered == meta["prompt"].get<std::string>());
 }
@@ -176,24 +182,18 @@ TEST_CASE("Qwen2.5-Coder's chat template with tools renders as transformers' doe
   // (passed as the template variable `tools`, as vLLM does for a request's tools).
   std::ifstream in(testing::SourcePath("tests/golden/qwen2.5-coder-0.5b-instruct.json"));
   const auto meta = nlohmann::ordered_json::parse(in);
-  const std::string model_path = ResolveModel("qwen2.5-coder-0.5b-instruct");
-  REQUIRE(fs::exists(model_path));
-  auto backend = kernels::CreateCpuBackend(1);
-  auto loaded = LoadModel(model_path, LoadOptions{}, *backend);
-  REQUIRE(loaded.ok());
-  auto renderer = tokenizer::ChatRenderer::ForTokenizer(loaded->chat_template, *loaded->tokenizer);
-  REQUIRE(renderer.ok());
+  const auto renderer = RendererOf("qwen2.5-coder-0.5b-instruct");
   const auto& case_ = meta["chat_with_tools"];
   std::vector<tokenizer::ChatMessage> messages;
   for (const auto& m : case_["messages"]) {
     messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>(), ""});
   }
   nlohmann::ordered_json kwargs = {{"tools", case_["tools"]}};
-  auto rendered = (*renderer)->Render(messages, true, kwargs);
+  auto rendered = renderer->Render(messages, true, kwargs);
   REQUIRE(rendered.ok());
   CHECK(*rendered == case_["text"].get<std::string>());
   // Without tools: the default system prompt, as in the golden's prompt.
-  auto plain = (*renderer)->Render({{"user", meta["chat_messages"][0]["content"], ""}}, true, {});
+  auto plain = renderer->Render({{"user", meta["chat_messages"][0]["content"], ""}}, true, {});
   REQUIRE(plain.ok());
   CHECK(*plain == meta["prompt"].get<std::string>());
 }
