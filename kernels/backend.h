@@ -70,6 +70,11 @@ struct KvPoolView {
   Tensor k;  // [num_pages, page_size, D]
   Tensor v;  // [num_pages, page_size, D]
   int page_size = 16;
+  // Per-page key bounds for heads that select pages (KvSelect, Quest): the element-wise minimum
+  // and maximum of the keys page p holds so far (UpdatePageSummaries). Empty when no layout has
+  // such heads.
+  Tensor kmin{};  // [num_pages, D], kv dtype
+  Tensor kmax{};  // [num_pages, D]
 };
 
 // How a KV head keeps its keys (KvRetention) and where its page sits in a block (KvHead):
@@ -112,6 +117,13 @@ struct BlockTable {
   // Set when some layout has re-indexed heads: the rotary inverse frequencies RopeWriteKv is
   // given.
   Tensor rope_inv_freq{};  // f32 [D/2]
+  // Set when some layout has decode-selecting heads (KvHead::decode != dense): the selection
+  // slot of sequence s when its query this step is a decode query that selects (SelectState),
+  // else -1 (every head of s attends densely); and the KvSelect of every (layout, KV head), as
+  // constant as `heads`. PagedAttention leaves the query of a selecting sequence alone on heads
+  // whose decode is not dense: the selection operations write those outputs.
+  Tensor seq_slot{};  // i32 [S]
+  Tensor selects{};   // i32 [num_layouts, Hkv, kKvSelectInts]
   // Over every layout of this layer, known on the host (sizes work without reading `heads`): the
   // most heads of a layout that may attend a whole sequence (full and compress-once heads), and
   // the largest sink + window of a ring head (0 without ring heads).
@@ -125,6 +137,7 @@ struct BlockTable {
   bool has_ring_heads() const { return ring_blocks.data != nullptr; }
   bool has_compressed_heads() const { return comp_blocks.data != nullptr; }
   bool has_reindex_heads() const { return rope_inv_freq.data != nullptr; }
+  bool has_select_heads() const { return seq_slot.data != nullptr; }
 };
 
 // Which cache entries a batch of query tokens attends to, for one layer. A query token at
@@ -177,6 +190,48 @@ struct SparseDecodeBatch {
   Tensor indices;      // i32 [nnz]: token positions, any order
   Tensor logit_bias;   // f32 [nnz], or empty for none
   BlockTable table;
+};
+
+// The selection state of every sequence that may select, by slot (BlockTable::seq_slot), and of
+// every set index (KvSelect::set), kept across steps on the device. `heads` below is Hq: a set
+// per query head fits, a set per KV head uses the first Hkv rows.
+struct SelectState {
+  Tensor positions;   // i32 [slots, sets, Hq, budget]: a set's key positions, increasing
+  Tensor counts;      // i32 [slots, sets, Hq]: entries of each set
+  Tensor chosen_len;  // i32 [slots, sets]: keys of the sequence when the set was chosen; -1: none
+                      // yet (a slot is reset to -1 when it is given to a sequence)
+  Tensor steps;       // i32 [slots, sets]: selecting steps since then (recycle)
+  Tensor refresh;     // i32 [slots, sets]: 1 when this step chooses anew (SelectionGate)
+  Tensor q_ref;       // f32 [slots, sets, Hq * D]: the query when chosen (recycle with a cosine
+                      // rule), or empty
+  int budget() const { return static_cast<int>(positions.dim(3)); }
+};
+
+// One layer's decode-time selection for a step (ALGORITHMS.md §6-8, §9.4-9.6; KvSelect states
+// the rules). Sequence s selects when table.seq_slot[s] >= 0; then its one query token is row
+// seq_token[s] of q and out, at position seq_len[s] - 1. The operations run in this order, each
+// over the selecting sequences' heads its role names:
+//   SelectionGate     for each set of recycle heads: refresh[slot, set] = 1 when the set is
+//                     none yet (chosen_len < 0), steps + 1 >= refresh_every, or (with the cosine
+//                     rule) cos(q, q_ref) < refresh_cos, q being all Hq query heads of the layer
+//                     as one vector; else 0 and steps += 1. (Select and pages sets choose every
+//                     step; their refresh entries are not read.)
+//   ScoreAttention    select heads, and recycle heads refreshing: dense attention into out, and
+//                     the scaled logits of every key into scores; pages heads: page bounds into
+//                     scores
+//   SelectTopK        chooses the sets of those heads from scores: positions, counts,
+//                     chosen_len = seq_len, steps = 0, and q_ref = q for recycle sets with the
+//                     cosine rule
+//   SelectedAttention consume and pages heads, and recycle heads not refreshing: attention over
+//                     sink + set + tail into out
+// The step's metadata tensors follow PagedAttentionBatch's rule: uploaded, never written by the
+// device.
+struct SelectDecodeBatch {
+  Tensor seq_token;  // i32 [S]
+  Tensor seq_len;    // i32 [S]
+  BlockTable table;  // with seq_slot and selects
+  SelectState state;
+  int max_len = 0;  // >= every selecting seq_len: the width of scores
 };
 
 // One-shot KV compaction (ALGORITHMS.md §9.8): row r replaces K and V at position dest[r] of
@@ -299,6 +354,20 @@ class Backend {
   virtual void SparseDecodeAttention(const Tensor& q, const KvPoolView& pool,
                                      const SparseDecodeBatch& batch, float scale, const Tensor& out,
                                      const Tensor& lse) = 0;
+  // Decode-time selection (SelectDecodeBatch gives the order and the rules). scores is f32
+  // [S, Hq, max_len] scratch, written by ScoreAttention and read by SelectTopK.
+  // Keeps KvPoolView::kmin / kmax of the pages the batch's tokens were written to, for heads
+  // that select pages: a page's bounds over its keys up to the token. Call after RopeWriteKv.
+  virtual void UpdatePageSummaries(const KvPoolView& pool, const PagedAttentionBatch& batch) = 0;
+  virtual void SelectionGate(const Tensor& q, const SelectDecodeBatch& batch) = 0;
+  virtual void ScoreAttention(const Tensor& q, const KvPoolView& pool,
+                              const SelectDecodeBatch& batch, float scale, const Tensor& out,
+                              const Tensor& scores) = 0;
+  virtual void SelectTopK(const Tensor& q, const Tensor& scores,
+                          const SelectDecodeBatch& batch) = 0;
+  virtual void SelectedAttention(const Tensor& q, const KvPoolView& pool,
+                                 const SelectDecodeBatch& batch, float scale,
+                                 const Tensor& out) = 0;
   // RazorAttention's compensation token: KvMeanBatch.
   virtual void MeanKv(const KvPoolView& pool, const KvMeanBatch& batch) = 0;
   // out[r] = x[rows[r]].  x [T, H], rows [R], out [R, H]

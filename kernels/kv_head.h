@@ -63,15 +63,78 @@ struct KvRetention {
 static_assert(sizeof(KvRetention) == 6 * sizeof(int32_t),
               "KvRetention::operator== lists every field");
 
-// One (KV layout, layer, KV head) as the kernels read it: its retention and its page inside a
-// block of its storage kind (BlockTable). Eight int32, so a table of them is an i32 tensor.
+// How a KV head's decode query attends on a step that selects for its sequence (decode-time
+// selection: TidalDecode, Recycled Attention, Quest; ALGORITHMS.md §6-8 and kernels::KvSelect).
+// On every other step (prefill chunks, sequences not longer than the policy's dense_if_len_le)
+// every head attends densely.
+enum KvDecode : int32_t {
+  kDecodeDense = 0,    // every key it keeps (PagedAttention)
+  kDecodeSelect = 1,   // every key, and chooses a set from its logits (TidalDecode selection layer)
+  kDecodeConsume = 2,  // the set an earlier layer's select head chose this step (TidalDecode)
+  kDecodeRecycle = 3,  // chooses its own set on refresh steps (attending every key), attends it
+                       // on the others (Recycled Attention)
+  kDecodePages = 4,    // scores pages by their key bounds, attends the best pages (Quest)
+};
+
+// One (KV layout, layer, KV head) as the kernels read it: its retention, its page inside a
+// block of its storage kind (BlockTable) and its decode role. Eight int32, so a table of them is
+// an i32 tensor.
 struct KvHead {
   KvRetention retention;
   int32_t page = 0;
-  int32_t reserved = 0;
+  int32_t decode = kDecodeDense;  // KvDecode
 };
 inline constexpr int kKvHeadInts = 8;
 static_assert(sizeof(KvHead) == kKvHeadInts * sizeof(int32_t), "KvHead is read as int32[8]");
+
+// How a selecting head's set is reduced over its GQA group (ALGORITHMS.md §9.4).
+enum KvReduce : int32_t {
+  kReduceSumSoftmax = 0,  // softmax per query head over all keys, summed over the group
+  kReduceSumLogits = 1,   // logits (or page bounds) summed over the group
+  kReduceMax = 2,         // their maximum over the group
+};
+
+// The decode-time selection rule of one (KV layout, layer, KV head), for heads whose KvHead::
+// decode is not dense; the selection kernels read a table of them (BlockTable::selects).
+//
+// Sets. A set is a list of key positions, chosen at some step for one (sequence, set index,
+// head): for a KV head, or, with per_q_head, for each query head of its group. Set index `set`
+// names where the head's set lives in the sequence's selection state (SelectState): select,
+// recycle and pages heads write their own set; consume heads read the set of the select head of
+// the same KV head at an earlier layer (the file's publish / consume channel), chosen this step.
+//
+// What a selecting step attends, for a query at position n - 1 (n keys):
+//  - dense: nothing here (PagedAttention);
+//  - select: keys [0, n) (the dense result), and chooses the set (below);
+//  - recycle: on a refresh step as select; otherwise the set as consume does, plus, with
+//    since_refresh, keys [chosen_len, n) (added since the set was chosen);
+//  - consume: keys [0, sink), the set, and the tail [n - recent, n);
+//  - pages: keys [0, sink), the chosen pages' keys, and the tail = the page holding n - 1 (from
+//    its first key to n - 1).
+// Choosing (token unit: select, recycle): candidates are keys [sink, n - recent); each gets a
+// score from the logits of its group (reduce) or of its query head (per_q_head); the set is the
+// budget - sink - recent best candidates (all of them when fewer), ties to the lower position,
+// stored in increasing position. Choosing (pages): candidate pages are those wholly in
+// [sink, start of the tail page), scored Σ_c max(q_c kmax_c, q_c kmin_c) per query head (Quest's
+// bound; KvPoolView::kmin / kmax), reduced over the group, and the set is the positions of the
+// (budget - sink) / page_size - 1 best pages. The sets of the tail and sink are disjoint from the
+// set by construction, so attended keys are never counted twice.
+struct KvSelect {
+  int32_t decode = kDecodeDense;  // KvDecode, the same as the head's KvHead::decode
+  int32_t set = -1;               // set index in SelectState; -1 for dense heads
+  int32_t budget = 0;             // keys attended on a selecting step, at most (sink + set + tail)
+  int32_t sink = 0;               // first keys always attended
+  int32_t recent = 1;             // last keys always attended (1: the current token); token unit
+  int32_t per_q_head = 0;         // 1: a set per query head; 0: one per KV head (reduce)
+  int32_t reduce = kReduceSumSoftmax;  // KvReduce, for sets per KV head
+  int32_t since_refresh = 0;           // recycle: also attend the keys added since choosing
+  int32_t refresh_every = 1;           // recycle: choose anew after this many steps
+  int32_t refresh_below_cos = 0;       // recycle: 1: also choose anew when cos(q, q_ref) < ...
+  float refresh_cos = 0.0f;            // ... this (q over the layer's query heads, SelectState)
+  int32_t reserved[5] = {0, 0, 0, 0, 0};
+};
+inline constexpr int kKvSelectInts = 16;
+static_assert(sizeof(KvSelect) == kKvSelectInts * sizeof(int32_t), "KvSelect is read as int32[16]");
 
 }  // namespace headwise::kernels
 

@@ -38,6 +38,105 @@ KvRetention KvLayout::compress() const {
   return {};
 }
 
+int KvLayout::num_select_sets() const {
+  int sets = 0;
+  for (const kernels::KvSelect& sel : selects) sets = std::max(sets, sel.set + 1);
+  return sets;
+}
+
+int KvLayout::max_select_budget() const {
+  int budget = 0;
+  for (const kernels::KvSelect& sel : selects) budget = std::max(budget, sel.budget);
+  return budget;
+}
+
+namespace {
+
+bool WritesSet(int32_t decode) {
+  return decode == kernels::kDecodeSelect || decode == kernels::kDecodeRecycle ||
+         decode == kernels::kDecodePages;
+}
+
+}  // namespace
+
+// The selection rules the kernels rely on (kernels::KvSelect): a set has one writer role per
+// layer, a consume head reads a set its own KV head chose at an earlier layer, recycle sets
+// refresh by one rule.
+Status KvLayout::ValidateSelects() const {
+  if (selects.empty()) return Status::Ok();
+  if (selects.size() != heads.size()) {
+    return InvalidArgument("KV layout \"{}\": {} selection entries for {} heads", name,
+                           selects.size(), heads.size());
+  }
+  std::vector<int> set_layer(static_cast<size_t>(num_select_sets()), -1);
+  std::vector<int> set_role(set_layer.size(), kernels::kDecodeDense);
+  std::vector<const kernels::KvSelect*> set_rule(set_layer.size(), nullptr);
+  for (int l = 0; l < num_layers; ++l) {
+    for (int h = 0; h < num_kv_heads; ++h) {
+      const kernels::KvSelect& sel = SelectAt(l, h);
+      const KvRetention& r = At(l, h);
+      const auto where = [&] {
+        return fmt::format("KV layout \"{}\", layer {} KV head {}", name, l, h);
+      };
+      if (sel.decode < kernels::kDecodeDense || sel.decode > kernels::kDecodePages) {
+        return InvalidArgument("{}: unknown decode role {}", where(), sel.decode);
+      }
+      if (sel.decode == kernels::kDecodeDense) {
+        if (sel.set != -1) return InvalidArgument("{}: a dense head has set {}", where(), sel.set);
+        continue;
+      }
+      if (r.storage != kernels::kStorageFull || r.reindex()) {
+        return InvalidArgument(
+            "{}: decode-time selection needs full storage with original positions", where());
+      }
+      if (sel.set < 0) return InvalidArgument("{}: a selecting head without a set", where());
+      if (sel.budget < 1 || sel.sink < 0 || sel.recent < 1 ||
+          (sel.decode != kernels::kDecodePages && sel.sink + sel.recent >= sel.budget)) {
+        return InvalidArgument("{}: budget {} sink {} recent {}: need recent >= 1 and sink + "
+                               "recent < budget",
+                               where(), sel.budget, sel.sink, sel.recent);
+      }
+      const size_t set = static_cast<size_t>(sel.set);
+      if (sel.decode == kernels::kDecodeConsume) {
+        if (set_layer[set] < 0 || set_layer[set] >= l || set_role[set] != kernels::kDecodeSelect) {
+          return InvalidArgument(
+              "{}: consumes set {}, which no select head of an earlier layer chooses", where(),
+              sel.set);
+        }
+        const kernels::KvSelect& writer = SelectAt(set_layer[set], h);
+        if (writer.decode != kernels::kDecodeSelect || writer.set != sel.set ||
+            writer.per_q_head != sel.per_q_head) {
+          return InvalidArgument(
+              "{}: consumes set {}, which KV head {} of layer {} does not choose (or per query "
+              "head where this reads per KV head)",
+              where(), sel.set, h, set_layer[set]);
+        }
+        continue;
+      }
+      if (set_layer[set] == -1) {
+        set_layer[set] = l;
+        set_role[set] = sel.decode;
+        set_rule[set] = &sel;
+      } else if (set_layer[set] != l || set_role[set] != sel.decode) {
+        return InvalidArgument("{}: set {} is chosen in layer {} already, or by another method",
+                               where(), sel.set, set_layer[set]);
+      }
+      const kernels::KvSelect& first = *set_rule[set];
+      if (sel.decode == kernels::kDecodeRecycle &&
+          (sel.refresh_every != first.refresh_every ||
+           sel.refresh_below_cos != first.refresh_below_cos ||
+           sel.refresh_cos != first.refresh_cos)) {
+        return InvalidArgument("{}: recycle heads of one layer refresh by different rules",
+                               where());
+      }
+      if (sel.refresh_every < 1) {
+        return InvalidArgument("{}: refresh every {} steps", where(), sel.refresh_every);
+      }
+    }
+  }
+  return Status::Ok();
+}
+
 Status KvLayout::Validate(int layers, int kv_heads) const {
   if (num_layers != layers || num_kv_heads != kv_heads ||
       heads.size() != static_cast<size_t>(layers * kv_heads)) {
@@ -77,7 +176,7 @@ Status KvLayout::Validate(int layers, int kv_heads) const {
       }
     }
   }
-  return Status::Ok();
+  return ValidateSelects();
 }
 
 }  // namespace headwise::kvcache

@@ -20,6 +20,13 @@ struct KvLayout {
   int num_layers = 0;
   int num_kv_heads = 0;
   std::vector<KvRetention> heads;  // [layer * num_kv_heads + kv_head]
+  // Decode-time selection (kernels::KvSelect), [layer * num_kv_heads + kv_head]; empty when no
+  // head selects (every head decodes densely). Set indices (KvSelect::set) count from 0 over the
+  // layout, one per layer whose heads choose a set.
+  std::vector<kernels::KvSelect> selects;
+  // A sequence's decode step selects once the sequence holds more than this many keys (the
+  // policies' dense_if_len_le); shorter ones decode densely.
+  int select_min_len = 0;
 
   // Every head full storage: dense attention.
   static KvLayout Dense(int num_layers, int num_kv_heads, std::string name = "dense");
@@ -42,8 +49,19 @@ struct KvLayout {
   KvRetention ring() const;
   KvRetention compress() const;
 
+  bool selects_any() const { return !selects.empty(); }
+  int num_select_sets() const;  // distinct KvSelect::set values
+  // The largest KvSelect::budget (the state's set width).
+  int max_select_budget() const;
+  const kernels::KvSelect& SelectAt(int layer, int kv_head) const {
+    return selects[static_cast<size_t>(layer * num_kv_heads + kv_head)];
+  }
+
   // Shape, value ranges, and the one-rule-per-kind restriction; errors name the layer and head.
   Status Validate(int num_layers, int num_kv_heads) const;
+
+ private:
+  Status ValidateSelects() const;
 };
 
 }  // namespace headwise::kvcache

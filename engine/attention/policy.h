@@ -22,7 +22,35 @@ namespace headwise::engine::attention {
 
 enum class StorageKind { kFull, kRing, kCompressOnce };
 enum class Positions { kOriginal, kReindex };
-enum class DecodeMode { kDense, kRetained };
+enum class DecodeMode { kDense, kRetained, kSelect, kConsume };
+
+// decode.selection (ALGORITHMS.md §10.2; kernels::KvSelect states what a selecting step
+// attends). Methods: exact_logits (TidalDecode: a set from this layer's logits, published for
+// later layers), recycle (Recycled Attention: a set kept across steps, chosen anew every
+// refresh_every steps or when the query drifts) and page_minmax (Quest: pages by their key
+// bounds, every step).
+enum class SelectionMethod { kExactLogits, kRecycle, kPageMinmax };
+enum class SelectionGranularity { kKvHead, kQHead };
+enum class GroupReduce { kSumSoftmax, kSumLogits, kMax, kNone };
+struct Selection {
+  SelectionMethod method = SelectionMethod::kExactLogits;
+  int budget = 0;         // keys attended per step, at most, always-included ones counted
+  bool page_unit = false;  // unit page (page_minmax); else token
+  SelectionGranularity granularity = SelectionGranularity::kKvHead;
+  GroupReduce group_reduce = GroupReduce::kSumSoftmax;  // kNone with granularity q_head
+  // always_include: sink tokens, the last `recent` tokens (the current one counts: current true
+  // with recent 0 is recent 1), the last page (page_minmax), and for recycle the tokens added
+  // since the set was chosen.
+  int sink = 0;
+  int recent = 0;
+  bool current = true;
+  bool last_page = false;
+  bool since_last_refresh = false;
+  int refresh_every_steps = 1;
+  bool refresh_by_similarity = false;  // refresh.similarity given (metric cos)
+  double similarity_threshold = 0.0;
+  std::string publish;  // exact_logits: the channel later layers consume
+};
 enum class PrefillMode { kDense, kRetained };
 
 struct Policy {
@@ -39,6 +67,8 @@ struct Policy {
   PrefillMode prefill = PrefillMode::kDense;
   bool first_chunk_dense = false;
   int dense_if_len_le = 0;  // sequences this short attend densely (0: never)
+  Selection selection;   // decode select
+  std::string consume;   // decode consume: the channel read
 
   // Tokens a sequence keeps for a head of this policy, at most; -1: all of them.
   int64_t MaxRetainedTokens() const;
