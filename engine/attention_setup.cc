@@ -53,6 +53,8 @@ kvcache::KvCacheConfig KvConfigFor(const models::ModelConfig& model, int num_pag
   kv.num_pages = num_pages;
   kv.chunk_tokens = chunk_tokens;
   kv.rope_inv_freq = models::RopeInverseFrequencies(model);
+  kv.num_q_heads = model.num_heads;
+  kv.select_slots = 1;  // one sequence at a time; the engine gives max_num_seqs
   return kv;
 }
 

@@ -326,7 +326,11 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
     layouts.push_back(std::move(layout).value());
   }
   const kvcache::KvCacheConfig kv_shape = KvConfigFor(mc, 0, c.page_size, c.max_num_batched_tokens);
-  const size_t page_bytes = kvcache::KvCache::PageBytes(kv_shape, backend->kv_dtype());
+  // Quest's key bounds take two rows of head_dim values per page.
+  const bool page_bounds =
+      std::any_of(layouts.begin(), layouts.end(),
+                  [](const kvcache::KvLayout& layout) { return layout.selects_pages(); });
+  const size_t page_bytes = kvcache::KvCache::PageBytes(kv_shape, backend->kv_dtype(), page_bounds);
   HW_ASSIGN_OR_RETURN(c.num_kv_pages, KvPagesForConfig(mc, c, *backend, page_bytes));
   if (c.num_kv_pages == 0) {
     // Without a budget: four requests of max_model_len, and the rings of max_num_seqs sequences,
@@ -384,10 +388,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   m->DeclareHistogram("headwise_arm_e2e_request_latency_seconds", "Arrival to finish.",
                       kLatencyBuckets);
 
-  HW_ASSIGN_OR_RETURN(impl->cache, CreateKvCache(std::move(layouts),
-                                                 KvConfigFor(mc, c.num_kv_pages, c.page_size,
-                                                             c.max_num_batched_tokens),
-                                                 *impl->backend));
+  kvcache::KvCacheConfig kv_config =
+      KvConfigFor(mc, c.num_kv_pages, c.page_size, c.max_num_batched_tokens);
+  kv_config.select_slots = c.max_num_seqs;  // every running sequence may select
+  HW_ASSIGN_OR_RETURN(impl->cache, CreateKvCache(std::move(layouts), kv_config, *impl->backend));
   impl->cache->set_prefix_caching(c.enable_prefix_caching);
   for (size_t a = 0; a < impl->arms.size(); ++a) {
     const int arm = static_cast<int>(a);

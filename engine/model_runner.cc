@@ -12,6 +12,12 @@ ModelRunner::ModelRunner(models::LlamaModel& model, kvcache::KvCache& cache)
                kv.head_dim == c.head_dim,
            "KV cache of {} layers x {} KV heads x {} dims for a model of {} x {} x {}",
            kv.num_layers, kv.num_kv_heads, kv.head_dim, c.num_layers, c.num_kv_heads, c.head_dim);
+  if (cache.has_select_heads()) {
+    for (int l = 0; l < c.num_layers; ++l) {
+      select_layers_.push_back(cache.layer_selects(l) ? 1 : 0);
+      page_layers_.push_back(cache.layer_selects_pages(l) ? 1 : 0);
+    }
+  }
 }
 
 ModelRunner::Step ModelRunner::Pack(std::span<const BatchEntry> batch, int pad_seqs,
@@ -57,6 +63,26 @@ ModelRunner::Step ModelRunner::Pack(std::span<const BatchEntry> batch, int pad_s
   for (const auto* part : {&ids, &token_seq, &positions, &query_start, &logit_rows}) {
     step.data.insert(step.data.end(), part->begin(), part->end());
   }
+  if (step.tables.select) {
+    // A sequence selects on a decode query (one token, no prompt logits) once it is longer than
+    // its layout's select_min_len; its query row and its length go with the step.
+    std::vector<int32_t> seq_token(static_cast<size_t>(step.num_seqs)),
+        seq_len(static_cast<size_t>(step.num_seqs), 0);
+    for (int s = 0; s < step.num_seqs; ++s) {
+      seq_token[static_cast<size_t>(s)] = query_start[static_cast<size_t>(s)];
+      if (s >= num_seqs) continue;
+      const BatchEntry& e = batch[static_cast<size_t>(s)];
+      const int keys = e.start_pos + static_cast<int>(e.tokens.size());
+      seq_len[static_cast<size_t>(s)] = keys;
+      if (e.tokens.size() == 1 && !e.all_logits) {
+        step.tables.seq_slot[static_cast<size_t>(s)] = cache_.SelectSlotFor(*e.kv, keys);
+      }
+    }
+    step.data.insert(step.data.end(), seq_token.begin(), seq_token.end());
+    step.data.insert(step.data.end(), seq_len.begin(), seq_len.end());
+    step.select_max_len = step.tables.max_blocks * page_size;
+    step.select_heads = model_.config().num_heads;
+  }
   step.tables_offset = step.tables.AppendTo(step.data);
   return step;
 }
@@ -83,6 +109,14 @@ Tensor ModelRunner::Run(const Step& step, const kernels::Buffer& data) {
   in.token_pos = next(step.num_tokens);
   in.query_start = next(step.num_seqs + 1);
   in.logit_rows = next(step.num_rows);
+  if (step.select_max_len > 0) {
+    in.seq_token = next(step.num_seqs);
+    in.seq_len = next(step.num_seqs);
+    in.select_state = cache_.select_state();
+    in.select_max_len = step.select_max_len;
+    in.select_layers = select_layers_;
+    in.page_layers = page_layers_;
+  }
   in.max_query_len = step.max_query_len;
   in.pool = cache_.pool_view();
   const kvcache::StepTables::DeviceViews views = step.tables.Views(all, step.tables_offset);
@@ -111,7 +145,9 @@ Tensor ModelRunner::Forward(std::span<const BatchEntry> batch) {
   if (!use_graphs_ || !be.SupportsCapture() || !decode_only || bucket == 0 ||
       model_.has_attention_observer()) {
     const Step step = Pack(batch, 0, 0);
-    if (model_.EnsureWorkspace(step.num_tokens, step.num_rows)) graphs_.clear();
+    if (model_.EnsureWorkspace(step.num_tokens, step.num_rows, step.score_elems())) {
+      graphs_.clear();
+    }
     Upload(step, data_);
     return Run(step, data_);
   }
@@ -128,7 +164,9 @@ Tensor ModelRunner::Forward(std::span<const BatchEntry> batch) {
   const Step step = Pack(batch, bucket, width);
   HW_CHECK_EQ(step.tables.max_blocks, width);
   // Graphs hold the buffers they were recorded with.
-  if (model_.EnsureWorkspace(step.num_tokens, step.num_rows)) graphs_.clear();
+  if (model_.EnsureWorkspace(step.num_tokens, step.num_rows, step.score_elems())) {
+    graphs_.clear();
+  }
   DecodeGraph& graph = graphs_[{bucket, width}];
   Upload(step, graph.data);
   if (graph.ops == nullptr) {

@@ -49,12 +49,17 @@ class ModelRunner {
  private:
   // A step's integer inputs, host side: token ids, sequences, positions, query ranges and logit
   // rows, then the cache's block tables (StepTables::AppendTo), uploaded as one array.
+  // With decode-time selection, each sequence's decode row and length follow the logit rows
+  // (StepInputs::seq_token, seq_len), and the tables carry the selecting slots.
   struct Step {
     std::vector<int32_t> data;
     int64_t num_tokens = 0, num_rows = 0;
     int num_seqs = 0, max_query_len = 1;
     kvcache::StepTables tables;
     size_t tables_offset = 0;
+    int select_max_len = 0;  // 0: the cache does not select
+    int select_heads = 0;    // query heads, with selection
+    int64_t score_elems() const { return int64_t{num_seqs} * select_heads * select_max_len; }
   };
   struct DecodeGraph {
     kernels::Buffer data;  // the graph reads its inputs here; refreshed before each replay
@@ -72,6 +77,7 @@ class ModelRunner {
   kvcache::KvCache& cache_;
   kernels::Buffer data_;  // the eager steps' inputs
   std::vector<kernels::BlockTable> layer_tables_;
+  std::vector<char> select_layers_, page_layers_;  // per layer (KvCache::layer_selects)
   bool use_graphs_ = true;
   std::map<std::pair<int, int>, DecodeGraph> graphs_;  // by (batch bucket, table width)
 };

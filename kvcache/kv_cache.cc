@@ -25,7 +25,8 @@ int CeilDiv(int a, int b) {
 
 size_t StepTables::AppendTo(std::vector<int32_t>& data) const {
   const size_t offset = data.size();
-  for (const auto* part : {&seq_layout, &blocks, &ring_blocks, &comp_blocks, &comp_from}) {
+  for (const auto* part :
+       {&seq_layout, &blocks, &ring_blocks, &comp_blocks, &comp_from, &seq_slot}) {
     data.insert(data.end(), part->begin(), part->end());
   }
   return offset;
@@ -41,7 +42,7 @@ StepTables::DeviceViews StepTables::Views(const Tensor& uploaded, size_t offset)
     return t;
   };
   HW_CHECK_LE(offset + seq_layout.size() + blocks.size() + ring_blocks.size() + comp_blocks.size() +
-                  comp_from.size(),
+                  comp_from.size() + seq_slot.size(),
               static_cast<size_t>(uploaded.numel()));
   DeviceViews v;
   v.seq_layout = next(seq_layout, {num_seqs});
@@ -49,6 +50,7 @@ StepTables::DeviceViews StepTables::Views(const Tensor& uploaded, size_t offset)
   v.ring_blocks = next(ring_blocks, {num_seqs, max_blocks});
   v.comp_blocks = next(comp_blocks, {num_seqs, max_blocks});
   v.comp_from = next(comp_from, {num_seqs});
+  v.seq_slot = next(seq_slot, {num_seqs});
   return v;
 }
 
@@ -66,7 +68,7 @@ UploadedTables::UploadedTables(const KvCache& cache, std::span<const SequenceKv*
 
 KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
                  kernels::Backend& backend)
-    : config_(config) {
+    : config_(config), backend_(&backend) {
   HW_CHECK(config.page_size > 0 && config.head_dim > 0 && config.num_pages >= 0 &&
                config.chunk_tokens >= 0,
            "page_size {} head_dim {} num_pages {} chunk_tokens {}", config.page_size,
@@ -121,23 +123,44 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
   }
   if (prefix_kind_ >= 0) blocks_.resize(static_cast<size_t>(kinds_[prefix_kind_].count));
 
-  // The head tables the kernels read, [layer][layout][head], uploaded once.
-  std::vector<int32_t> heads;
+  // The head tables the kernels read, [layer][layout][head], uploaded once; with selecting
+  // layouts, their selection rules in the same order.
+  const bool selecting = std::any_of(layouts_.begin(), layouts_.end(),
+                                     [](const LayoutInfo& i) { return i.layout.selects_any(); });
+  std::vector<int32_t> heads, selects;
   heads.reserve(static_cast<size_t>(num_layers) * layouts_.size() * hkv * kernels::kKvHeadInts);
+  if (selecting) {
+    select_layers_.assign(static_cast<size_t>(num_layers), 0);
+    page_layers_.assign(static_cast<size_t>(num_layers), 0);
+  }
   for (int l = 0; l < num_layers; ++l) {
     for (const LayoutInfo& info : layouts_) {
       for (int h = 0; h < hkv; ++h) {
         kernels::KvHead head;
         head.retention = info.layout.At(l, h);
         head.page = info.head_page[static_cast<size_t>(l * hkv + h)];
+        kernels::KvSelect sel;
+        if (info.layout.selects_any()) sel = info.layout.SelectAt(l, h);
+        head.decode = sel.decode;
         const auto* ints = reinterpret_cast<const int32_t*>(&head);
         heads.insert(heads.end(), ints, ints + kernels::kKvHeadInts);
+        if (!selecting) continue;
+        const auto* sel_ints = reinterpret_cast<const int32_t*>(&sel);
+        selects.insert(selects.end(), sel_ints, sel_ints + kernels::kKvSelectInts);
+        select_layers_[static_cast<size_t>(l)] |= sel.decode != kernels::kDecodeDense;
+        page_layers_[static_cast<size_t>(l)] |= sel.decode == kernels::kDecodePages;
       }
     }
   }
-  if (!heads.empty()) {
-    heads_ = backend.Allocate(DType::kI32, {static_cast<int64_t>(heads.size())});
-    backend.CopyFromHost(heads_.view(), heads.data(), heads.size() * sizeof(int32_t));
+  auto upload = [&backend](const std::vector<int32_t>& host) {
+    kernels::Buffer b = backend.Allocate(DType::kI32, {static_cast<int64_t>(host.size())});
+    backend.CopyFromHost(b.view(), host.data(), host.size() * sizeof(int32_t));
+    return b;
+  };
+  if (!heads.empty()) heads_ = upload(heads);
+  if (selecting) {
+    selects_ = upload(selects);
+    AllocateSelectState(backend);
   }
   if (has_reindex_) {
     const auto& f = config.rope_inv_freq;
@@ -149,6 +172,112 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
   }
   k_pool_ = backend.Allocate(backend.kv_dtype(), {config.num_pages, ps, config.head_dim});
   v_pool_ = backend.Allocate(backend.kv_dtype(), {config.num_pages, ps, config.head_dim});
+  if (std::any_of(page_layers_.begin(), page_layers_.end(), [](char c) { return c != 0; })) {
+    kmin_ = backend.Allocate(backend.kv_dtype(), {config.num_pages, config.head_dim});
+    kmax_ = backend.Allocate(backend.kv_dtype(), {config.num_pages, config.head_dim});
+  }
+}
+
+namespace {
+
+struct SelectShape {
+  int64_t sets = 0, budget = 0;
+  bool q_ref = false;  // some recycle head refreshes by cosine
+};
+
+SelectShape SelectShapeOf(std::span<const KvLayout> layouts) {
+  SelectShape shape;
+  for (const KvLayout& layout : layouts) {
+    shape.sets = std::max<int64_t>(shape.sets, layout.num_select_sets());
+    shape.budget = std::max<int64_t>(shape.budget, layout.max_select_budget());
+    for (const kernels::KvSelect& sel : layout.selects) {
+      shape.q_ref = shape.q_ref || sel.refresh_below_cos != 0;
+    }
+  }
+  return shape;
+}
+
+}  // namespace
+
+void KvCache::AllocateSelectState(kernels::Backend& backend) {
+  std::vector<KvLayout> layouts;
+  for (const LayoutInfo& info : layouts_) layouts.push_back(info.layout);
+  const SelectShape shape = SelectShapeOf(layouts);
+  const int64_t slots = config_.select_slots, hq = config_.num_q_heads;
+  HW_CHECK(slots > 0 && hq > 0 && shape.sets > 0 && shape.budget > 0,
+           "decode-time selection needs select_slots ({}) and num_q_heads ({}) in the KV cache "
+           "config, and layouts with sets ({}) and a budget ({})",
+           slots, hq, shape.sets, shape.budget);
+  sel_positions_ = backend.Allocate(DType::kI32, {slots, shape.sets, hq, shape.budget});
+  sel_counts_ = backend.Allocate(DType::kI32, {slots, shape.sets, hq});
+  sel_chosen_len_ = backend.Allocate(DType::kI32, {slots, shape.sets});
+  sel_steps_ = backend.Allocate(DType::kI32, {slots, shape.sets});
+  sel_refresh_ = backend.Allocate(DType::kI32, {slots, shape.sets});
+  if (shape.q_ref) {
+    sel_q_ref_ = backend.Allocate(DType::kF32, {slots, shape.sets, hq * config_.head_dim});
+  }
+  for (int32_t slot = static_cast<int32_t>(slots) - 1; slot >= 0; --slot) {
+    free_slots_.push_back(slot);
+  }
+}
+
+size_t KvCache::SelectStateBytes(const KvCacheConfig& config, std::span<const KvLayout> layouts) {
+  const SelectShape shape = SelectShapeOf(layouts);
+  if (shape.sets == 0) return 0;
+  const size_t slots = static_cast<size_t>(config.select_slots);
+  const size_t per_set =
+      static_cast<size_t>(config.num_q_heads) * (static_cast<size_t>(shape.budget) + 1) + 3 +
+      (shape.q_ref ? static_cast<size_t>(config.num_q_heads) * static_cast<size_t>(config.head_dim)
+                   : 0);
+  return slots * static_cast<size_t>(shape.sets) * per_set * 4;
+}
+
+kernels::SelectState KvCache::select_state() const {
+  kernels::SelectState state;
+  if (!has_select_heads()) return state;
+  state.positions = sel_positions_.view();
+  state.counts = sel_counts_.view();
+  state.chosen_len = sel_chosen_len_.view();
+  state.steps = sel_steps_.view();
+  state.refresh = sel_refresh_.view();
+  if (!sel_q_ref_.empty()) state.q_ref = sel_q_ref_.view();
+  return state;
+}
+
+bool KvCache::layer_selects(int layer) const {
+  return has_select_heads() && select_layers_[static_cast<size_t>(layer)] != 0;
+}
+
+bool KvCache::layer_selects_pages(int layer) const {
+  return has_select_heads() && page_layers_[static_cast<size_t>(layer)] != 0;
+}
+
+int32_t KvCache::SelectSlotFor(const SequenceKv& kv, int num_keys) const {
+  const KvLayout& layout = Info(kv.layout()).layout;
+  if (!layout.selects_any() || num_keys <= layout.select_min_len) return -1;
+  HW_CHECK(kv.select_slot() >= 0, "a sequence of selecting layout \"{}\" without a slot",
+           layout.name);
+  return kv.select_slot();
+}
+
+std::optional<int32_t> KvCache::TakeSelectSlot() {
+  if (free_slots_.empty()) return std::nullopt;
+  const int32_t slot = free_slots_.back();
+  free_slots_.pop_back();
+  // No set yet: the sequence's first selecting step chooses every set anew (a preempted
+  // sequence's state is never reused).
+  const int64_t sets = sel_chosen_len_.view().dim(1);
+  const std::vector<int32_t> none(static_cast<size_t>(sets), -1),
+      zero(static_cast<size_t>(sets), 0);
+  backend_->CopyFromHost(sel_chosen_len_.view().Rows(slot, 1), none.data(),
+                         none.size() * sizeof(int32_t));
+  backend_->CopyFromHost(sel_steps_.view().Rows(slot, 1), zero.data(),
+                         zero.size() * sizeof(int32_t));
+  return slot;
+}
+
+void KvCache::GiveSelectSlot(int32_t slot) {
+  free_slots_.push_back(slot);
 }
 
 int KvCache::KindFor(int pages, bool lowest_first) {
@@ -162,7 +291,12 @@ int KvCache::KindFor(int pages, bool lowest_first) {
 }
 
 kernels::KvPoolView KvCache::pool_view() const {
-  return kernels::KvPoolView{k_pool_.view(), v_pool_.view(), config_.page_size};
+  kernels::KvPoolView view{k_pool_.view(), v_pool_.view(), config_.page_size};
+  if (has_page_bounds()) {
+    view.kmin = kmin_.view();
+    view.kmax = kmax_.view();
+  }
+  return view;
 }
 
 int KvCache::HeadPage(int layout, int layer, int kv_head) const {
@@ -179,9 +313,9 @@ int KvCache::num_evictable_pages() const {
   return prefix_kind_ < 0 ? 0 : static_cast<int>(lru_.size()) * kinds_[prefix_kind_].pages;
 }
 
-size_t KvCache::PageBytes(const KvCacheConfig& config, DType dtype) {
-  return 2 * static_cast<size_t>(config.page_size) * static_cast<size_t>(config.head_dim) *
-         DTypeSize(dtype);
+size_t KvCache::PageBytes(const KvCacheConfig& config, DType dtype, bool page_bounds) {
+  const size_t rows = static_cast<size_t>(config.page_size) + (page_bounds ? 1 : 0);
+  return 2 * rows * static_cast<size_t>(config.head_dim) * DTypeSize(dtype);
 }
 
 int KvCache::PagesForSequence(const KvCacheConfig& config, const KvLayout& layout, int tokens) {
@@ -228,6 +362,8 @@ StepTables KvCache::BuildStepTables(std::span<const SequenceKv* const> seqs, int
     t.comp_blocks.assign(rows, 0);
     t.comp_from.assign(static_cast<size_t>(t.num_seqs), 0);
   }
+  t.select = has_select_heads();
+  if (t.select) t.seq_slot.assign(static_cast<size_t>(t.num_seqs), -1);
   // Straight from the block ids (this runs every step, for every logical page in the batch).
   const auto width = static_cast<size_t>(t.max_blocks);
   for (size_t s = 0; s < seqs.size(); ++s) {
@@ -279,6 +415,14 @@ kernels::BlockTable KvCache::LayerTable(int layer, const StepTables::DeviceViews
   table.comp_blocks = step.comp_blocks;
   table.comp_from = step.comp_from;
   if (has_reindex_) table.rope_inv_freq = rope_inv_freq_.view();
+  if (has_select_heads()) {
+    const int64_t per_layer_sel =
+        static_cast<int64_t>(layouts_.size()) * config_.num_kv_heads * kernels::kKvSelectInts;
+    table.seq_slot = step.seq_slot;
+    table.selects = Tensor(
+        selects_.view().ptr<int32_t>() + layer * per_layer_sel, DType::kI32, selects_.view().device,
+        {static_cast<int64_t>(layouts_.size()), config_.num_kv_heads, kernels::kKvSelectInts});
+  }
   table.max_full_heads = max_full_heads_[static_cast<size_t>(layer)];
   table.max_ring_span = max_ring_span_[static_cast<size_t>(layer)];
   return table;
@@ -440,7 +584,9 @@ SequenceKv::SequenceKv(SequenceKv&& o) noexcept
       hashes_(std::move(o.hashes_)),
       capacity_tokens_(o.capacity_tokens_),
       compacted_from_(o.compacted_from_),
-      num_freed_comp_(o.num_freed_comp_) {
+      num_freed_comp_(o.num_freed_comp_),
+      select_slot_(o.select_slot_) {
+  o.select_slot_ = -1;
   o.blocks_.clear();
   o.comp_blocks_.clear();
   o.ring_blocks_.clear();
@@ -481,6 +627,15 @@ int SequenceKv::AttachCachedPrefix(std::span<const int32_t> tokens) {
 }
 
 Status SequenceKv::Reserve(int num_tokens) {
+  // Selecting layouts: a slot of selection state, at the first reservation.
+  if (select_slot_ < 0 && info().layout.selects_any()) {
+    const auto slot = cache_->TakeSelectSlot();
+    if (!slot) {
+      return ResourceExhausted("KV cache: all {} selection slots are held (layout \"{}\")",
+                               cache_->config().select_slots, info().layout.name);
+    }
+    select_slot_ = *slot;
+  }
   if (num_tokens <= capacity_tokens_) return Status::Ok();
   const auto& kind = info().kind;
   const size_t have = blocks_.size(), have_comp = comp_blocks_.size(),
@@ -547,6 +702,8 @@ void SequenceKv::Release() {
     if (b != kFreedBlock) cache_->Return(kind[KvCache::kComp], b);
   }
   for (int32_t b : ring_blocks_) cache_->Return(kind[KvCache::kRing], b);
+  if (select_slot_ >= 0) cache_->GiveSelectSlot(select_slot_);
+  select_slot_ = -1;
   blocks_.clear();
   comp_blocks_.clear();
   ring_blocks_.clear();

@@ -55,6 +55,11 @@ struct KvCacheConfig {
   // The model's rotary inverse frequencies (head_dim / 2), which re-indexed heads rotate by; only
   // needed when some layout re-indexes positions.
   std::vector<float> rope_inv_freq;
+  // Decode-time selection (layouts with KvLayout::selects): query heads (the state keeps a set
+  // per query head), and how many sequences may hold selection state at once (the engine's
+  // max_num_seqs; each takes a slot at its first reservation, SequenceKv::select_slot).
+  int num_q_heads = 0;
+  int select_slots = 0;
 };
 
 struct PrefixCacheStats {
@@ -72,13 +77,18 @@ struct StepTables {
   int num_seqs = 0;
   int max_blocks = 0;
   bool ring = false, comp = false;  // the cache has ring / compress-once heads
+  bool select = false;              // the cache has decode-selecting heads
   std::vector<int32_t> seq_layout, blocks, ring_blocks, comp_blocks, comp_from;
+  // With select: each sequence's selection slot when its query this step is a decode query that
+  // selects, else -1 (kernels::BlockTable::seq_slot). BuildStepTables leaves every entry -1; the
+  // model runner, which knows the step's queries, sets them (SelectSlotFor).
+  std::vector<int32_t> seq_slot;
 
   // Appends the tables to `data`; returns where they start.
   size_t AppendTo(std::vector<int32_t>& data) const;
   // The tables' device views, given where AppendTo put them in an uploaded copy of `data`.
   struct DeviceViews {
-    Tensor seq_layout, blocks, ring_blocks, comp_blocks, comp_from;
+    Tensor seq_layout, blocks, ring_blocks, comp_blocks, comp_from, seq_slot;
   };
   DeviceViews Views(const Tensor& uploaded, size_t offset) const;
 };
@@ -101,6 +111,19 @@ class KvCache {
   bool has_ring_heads() const { return has_ring_; }
   bool has_compressed_heads() const { return has_comp_; }
   bool has_reindexed_heads() const { return has_reindex_; }
+  // Some layout selects at decode (KvLayout::selects) / selects pages (Quest's key bounds).
+  bool has_select_heads() const { return !select_layers_.empty(); }
+  bool has_page_bounds() const { return !kmin_.empty(); }
+  // Per layer, over the layouts: some head selects / selects pages. The model launches the
+  // selection operations only on such layers.
+  bool layer_selects(int layer) const;
+  bool layer_selects_pages(int layer) const;
+  // The selection state of every slot (kernels::SelectState); empty without selecting heads.
+  kernels::SelectState select_state() const;
+  // The slot sequence `kv` selects in when its step at `num_keys` keys (the query included) is a
+  // decode query, or -1 when it decodes densely (its layout does not select, or the sequence is
+  // not longer than the layout's select_min_len).
+  int32_t SelectSlotFor(const SequenceKv& kv, int num_keys) const;
 
   // Page of (layer, kv_head) of `layout` inside a block of its kind (kernels::KvHead::page).
   int HeadPage(int layout, int layer, int kv_head) const;
@@ -132,8 +155,11 @@ class KvCache {
   // Prefix caching serves sequences whose every head is full storage (KvLayout::all_full; they
   // share one kind of block whatever their layout): ring pages are overwritten as the window
   // moves, and compaction writes over a prompt position and frees pages.
+  // Layouts that select pages are left out too: a cached page another layout wrote has no key
+  // bounds.
   bool prefix_caching(int layout) const {
-    return prefix_caching_ && layouts_[static_cast<size_t>(layout)].layout.all_full();
+    const KvLayout& l = layouts_[static_cast<size_t>(layout)].layout;
+    return prefix_caching_ && l.all_full() && !l.selects_pages();
   }
   const PrefixCacheStats& prefix_stats() const { return prefix_stats_; }
 
@@ -146,8 +172,11 @@ class KvCache {
   // constant ones (the layer's head table; the rotary frequencies when some head re-indexes).
   kernels::BlockTable LayerTable(int layer, const StepTables::DeviceViews& step) const;
 
-  // Bytes of K+V per page, for turning a memory budget into a page count.
-  static size_t PageBytes(const KvCacheConfig& config, DType dtype);
+  // Bytes of K+V per page, for turning a memory budget into a page count; with page_bounds, also
+  // the page's key bounds (Quest: 2 * head_dim values).
+  static size_t PageBytes(const KvCacheConfig& config, DType dtype, bool page_bounds = false);
+  // Bytes of selection state the cache allocates besides its pages for `layouts`.
+  static size_t SelectStateBytes(const KvCacheConfig& config, std::span<const KvLayout> layouts);
   // Pages a pool needs beside what other sequences hold so that one sequence of `layout` can
   // hold `tokens` tokens (its rings, a full and a comp block per logical page, alignment).
   static int PagesForSequence(const KvCacheConfig& config, const KvLayout& layout, int tokens);
@@ -201,6 +230,10 @@ class KvCache {
   };
 
   const LayoutInfo& Info(int layout) const { return layouts_[static_cast<size_t>(layout)]; }
+  void AllocateSelectState(kernels::Backend& backend);
+  // A selection slot reset to "no set yet", or none when every slot is held.
+  std::optional<int32_t> TakeSelectSlot();
+  void GiveSelectSlot(int32_t slot);
   int KindFor(int pages, bool lowest_first);
   void MarkOverlaps(int kind, int32_t id, int delta);
   // Takes a block of `kind`; evicts prefix-cached blocks nobody uses when nothing is ready.
@@ -228,7 +261,17 @@ class KvCache {
   // kernels::KvHead of every (layer, layout, KV head), i32 [L, layouts, Hkv, kKvHeadInts]:
   // constant for the cache's life, uploaded once.
   kernels::Buffer heads_;
-  kernels::Buffer rope_inv_freq_;                    // f32 [D/2], with re-indexed heads
+  kernels::Buffer rope_inv_freq_;  // f32 [D/2], with re-indexed heads
+  // kernels::KvSelect of every (layer, layout, KV head), i32 [L, layouts, Hkv, kKvSelectInts],
+  // with selecting heads; uploaded once.
+  kernels::Buffer selects_;
+  std::vector<char> select_layers_, page_layers_;  // per layer; empty without selecting heads
+  // Selection state (kernels::SelectState) and the page bounds (KvPoolView::kmin / kmax).
+  kernels::Buffer sel_positions_, sel_counts_, sel_chosen_len_, sel_steps_, sel_refresh_,
+      sel_q_ref_;
+  kernels::Buffer kmin_, kmax_;
+  std::vector<int32_t> free_slots_;  // selection slots nobody holds, the lowest last
+  kernels::Backend* backend_ = nullptr;
   std::vector<int> max_full_heads_, max_ring_span_;  // per layer, over the layouts
 
   bool prefix_caching_ = true;
@@ -273,6 +316,9 @@ class SequenceKv {
   // Makes room for `num_tokens` tokens, all or nothing: ResourceExhausted leaves the sequence
   // as it was.
   Status Reserve(int num_tokens);
+  // The selection slot this sequence holds (taken by its first reservation when its layout
+  // selects, reset to "no set yet", given back by Release), or -1.
+  int32_t select_slot() const { return select_slot_; }
   // Registers the full pages among the first `num_computed` tokens in the prefix cache.
   void CommitComputed(std::span<const int32_t> tokens, int num_computed);
   // Drops every block reference.
@@ -318,6 +364,7 @@ class SequenceKv {
   int capacity_tokens_ = 0;
   int compacted_from_ = 0;
   int num_freed_comp_ = 0;  // kFreedBlock entries of comp_blocks_
+  int32_t select_slot_ = -1;
 };
 
 }  // namespace headwise::kvcache

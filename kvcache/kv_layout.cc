@@ -44,20 +44,17 @@ int KvLayout::num_select_sets() const {
   return sets;
 }
 
+bool KvLayout::selects_pages() const {
+  return std::any_of(selects.begin(), selects.end(), [](const kernels::KvSelect& sel) {
+    return sel.decode == kernels::kDecodePages;
+  });
+}
+
 int KvLayout::max_select_budget() const {
   int budget = 0;
   for (const kernels::KvSelect& sel : selects) budget = std::max(budget, sel.budget);
   return budget;
 }
-
-namespace {
-
-bool WritesSet(int32_t decode) {
-  return decode == kernels::kDecodeSelect || decode == kernels::kDecodeRecycle ||
-         decode == kernels::kDecodePages;
-}
-
-}  // namespace
 
 // The selection rules the kernels rely on (kernels::KvSelect): a set has one writer role per
 // layer, a consume head reads a set its own KV head chose at an earlier layer, recycle sets
@@ -92,9 +89,10 @@ Status KvLayout::ValidateSelects() const {
       if (sel.set < 0) return InvalidArgument("{}: a selecting head without a set", where());
       if (sel.budget < 1 || sel.sink < 0 || sel.recent < 1 ||
           (sel.decode != kernels::kDecodePages && sel.sink + sel.recent >= sel.budget)) {
-        return InvalidArgument("{}: budget {} sink {} recent {}: need recent >= 1 and sink + "
-                               "recent < budget",
-                               where(), sel.budget, sel.sink, sel.recent);
+        return InvalidArgument(
+            "{}: budget {} sink {} recent {}: need recent >= 1 and sink + "
+            "recent < budget",
+            where(), sel.budget, sel.sink, sel.recent);
       }
       const size_t set = static_cast<size_t>(sel.set);
       if (sel.decode == kernels::kDecodeConsume) {

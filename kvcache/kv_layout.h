@@ -50,6 +50,7 @@ struct KvLayout {
   KvRetention compress() const;
 
   bool selects_any() const { return !selects.empty(); }
+  bool selects_pages() const;   // some head's decode is kDecodePages
   int num_select_sets() const;  // distinct KvSelect::set values
   // The largest KvSelect::budget (the state's set width).
   int max_select_budget() const;

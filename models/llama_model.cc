@@ -113,7 +113,7 @@ Status LlamaModel::LoadWeights(WeightSource& weights) {
   return Status::Ok();
 }
 
-bool LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_rows) {
+bool LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_rows, int64_t score_elems) {
   kernels::Backend& be = *backend_;
   const ModelConfig& c = config_;
   bool grew = false;
@@ -138,6 +138,12 @@ bool LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_rows) {
     const int64_t cap =
         std::max<int64_t>(num_rows, 2 * (logits_.empty() ? 0 : logits_.view().dim(0)));
     logits_ = be.Allocate(DType::kF32, {cap, c.vocab_size});
+    grew = true;
+  }
+  if (score_elems > 0 && (scores_.empty() || scores_.view().numel() < score_elems)) {
+    const int64_t cap =
+        std::max<int64_t>(score_elems, 2 * (scores_.empty() ? 0 : scores_.view().numel()));
+    scores_ = be.Allocate(DType::kF32, {cap});
     grew = true;
   }
   return grew;
@@ -178,7 +184,24 @@ Tensor LlamaModel::Run(const StepInputs& step) {
                                                   step.query_start, step.max_query_len};
     be.Matmul(normed, layer.qkv.view(), layer.qkv_bias.view(), qkv);
     be.RopeWriteKv(qkv, attn_batch, inv_freq_.view(), step.pool, q);
+    const auto flag = [l](std::span<const char> flags) {
+      return !flags.empty() && flags[static_cast<size_t>(l)] != 0;
+    };
+    if (flag(step.page_layers)) be.UpdatePageSummaries(step.pool, attn_batch);
     be.PagedAttention(q, step.pool, attn_batch, scale, attn);
+    if (flag(step.select_layers)) {
+      // Launched whether or not a sequence selects this step (the kernels skip rows that do
+      // not), so a captured decode step replays the same launches for any mix of sequences.
+      const kernels::SelectDecodeBatch select{step.seq_token, step.seq_len, attn_batch.table,
+                                              step.select_state, step.select_max_len};
+      const Tensor scores(scores_.view().data, DType::kF32, scores_.view().device,
+                          {step.seq_len.numel(), c.num_heads, step.select_max_len});
+      HW_CHECK_LE(scores.numel(), scores_.view().numel());
+      be.SelectionGate(q, select);
+      be.ScoreAttention(q, step.pool, select, scale, attn, scores);
+      be.SelectTopK(q, scores, select);
+      be.SelectedAttention(q, step.pool, select, scale, attn);
+    }
     if (observer_) observer_(l, q, step.pool, attn_batch);
     be.Matmul(attn.Reshape({num_tokens, q_dim}), layer.o_proj.view(), no_bias, proj);
     be.AddRmsNorm(residual, proj, layer.post_norm.view(), eps, normed);

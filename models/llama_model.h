@@ -29,6 +29,15 @@ struct StepInputs {
   int max_query_len = 1;
   kernels::KvPoolView pool;
   std::span<const kernels::BlockTable> layer_tables;  // one per layer
+  // Decode-time selection (kernels::SelectDecodeBatch), when the cache has selecting heads:
+  // per layer whether its selection operations run (some layout selects there) and whether it
+  // keeps page bounds (some layout selects pages there); the sequences' decode rows and
+  // lengths; the state; and the scores' width.
+  std::span<const char> select_layers, page_layers;  // empty: no selection
+  Tensor seq_token;                                  // i32 [S]
+  Tensor seq_len;                                    // i32 [S]
+  kernels::SelectState select_state;
+  int select_max_len = 0;
 };
 
 class LlamaModel {
@@ -56,8 +65,9 @@ class LlamaModel {
   bool has_attention_observer() const { return static_cast<bool>(observer_); }
 
   // Grows the activations and logits to hold a step of num_tokens tokens and num_rows logit
-  // rows; true when buffers moved (work recorded against the old ones must be recorded again).
-  bool EnsureWorkspace(int64_t num_tokens, int64_t num_rows);
+  // rows, and the selection scores to score_elems floats; true when buffers moved (work recorded
+  // against the old ones must be recorded again).
+  bool EnsureWorkspace(int64_t num_tokens, int64_t num_rows, int64_t score_elems = 0);
   // Issues the forward pass of one step (the workspace must hold it) and returns the logits
   // [R, V] f32 on the device: the first R rows of logits(), valid until the next Run.
   Tensor Run(const StepInputs& step);
@@ -87,6 +97,7 @@ class LlamaModel {
   };
   Workspace workspace_;
   kernels::Buffer logits_;
+  kernels::Buffer scores_;  // f32, decode-time selection's logits (StepInputs::select_max_len)
 };
 
 }  // namespace headwise::models
