@@ -1,5 +1,6 @@
 #include "engine/attention_setup.h"
 
+#include <algorithm>
 #include <filesystem>
 
 namespace headwise::engine {
@@ -63,6 +64,14 @@ StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(std::vector<kvcache::K
                                                           kernels::Backend& backend) {
   for (const kvcache::KvLayout& layout : layouts) {
     HW_RETURN_IF_ERROR(layout.Validate(config.num_layers, config.num_kv_heads));
+    // TODO(issue 16, engine wiring): remove once the KV cache and the model runner run
+    // decode-time selection; until then such a policy must not be served as dense.
+    if (layout.selects_any()) {
+      return Unimplemented(
+          "attention policy \"{}\": decode-time selection (decode mode select / consume) is "
+          "parsed and validated, but the engine does not run it yet",
+          layout.name);
+    }
     const int one_token = kvcache::KvCache::PagesForSequence(config, layout, 1);
     if (one_token > config.num_pages) {
       return InvalidArgument(
@@ -73,6 +82,111 @@ StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(std::vector<kvcache::K
   }
   return std::make_unique<kvcache::KvCache>(config, std::move(layouts), backend);
 }
+
+namespace {
+
+// The KvSelect of a head whose policy chooses a set (decode mode select), writing set `set`.
+kernels::KvSelect SelectRule(const attention::Selection& s, int set) {
+  kernels::KvSelect k;
+  switch (s.method) {
+    case attention::SelectionMethod::kExactLogits:
+      k.decode = kernels::kDecodeSelect;
+      break;
+    case attention::SelectionMethod::kRecycle:
+      k.decode = kernels::kDecodeRecycle;
+      break;
+    case attention::SelectionMethod::kPageMinmax:
+      k.decode = kernels::kDecodePages;
+      break;
+  }
+  k.set = set;
+  k.budget = s.budget;
+  k.sink = s.sink;
+  // The current token is always attended (the parser refuses current false): the tail holds at
+  // least it. A pages head's tail is the page holding it, whatever recent says.
+  k.recent = k.decode == kernels::kDecodePages ? 1 : std::max(s.recent, 1);
+  k.per_q_head = s.granularity == attention::SelectionGranularity::kQHead ? 1 : 0;
+  switch (s.group_reduce) {
+    case attention::GroupReduce::kSumSoftmax:
+    case attention::GroupReduce::kNone:  // per_q_head: not read
+      k.reduce = kernels::kReduceSumSoftmax;
+      break;
+    case attention::GroupReduce::kSumLogits:
+      k.reduce = kernels::kReduceSumLogits;
+      break;
+    case attention::GroupReduce::kMax:
+      k.reduce = kernels::kReduceMax;
+      break;
+  }
+  if (k.decode == kernels::kDecodeRecycle) {
+    k.since_refresh = s.since_last_refresh ? 1 : 0;
+    k.refresh_every = s.refresh_every_steps;
+    k.refresh_below_cos = s.refresh_by_similarity ? 1 : 0;
+    k.refresh_cos = s.refresh_by_similarity ? static_cast<float>(s.similarity_threshold) : 0.0f;
+  }
+  return k;
+}
+
+// KvLayout::selects and select_min_len of a policy set with selecting heads. Set indices: one per
+// layer with heads that choose a set, from 0 in layer order; a consume head reads the set of the
+// latest layer below it whose same KV head publishes its channel, under that head's rule.
+Status FillSelects(const attention::PolicySet& set, kvcache::KvLayout& layout) {
+  const int layers = layout.num_layers, kv_heads = layout.num_kv_heads;
+  bool any = false;
+  for (int l = 0; l < layers && !any; ++l) {
+    for (int h = 0; h < kv_heads && !any; ++h) {
+      const attention::DecodeMode d = set.At(l, h).decode;
+      any = d == attention::DecodeMode::kSelect || d == attention::DecodeMode::kConsume;
+    }
+  }
+  if (!any) return Status::Ok();
+  layout.selects.assign(layout.heads.size(), kernels::KvSelect{});
+  const attention::Policy* length_rule = nullptr;  // the policy select_min_len comes from
+  int next_set = 0;
+  for (int l = 0; l < layers; ++l) {
+    int layer_set = -1;
+    for (int h = 0; h < kv_heads; ++h) {
+      const attention::Policy& p = set.At(l, h);
+      kernels::KvSelect& sel = layout.selects[static_cast<size_t>(l * kv_heads + h)];
+      if (p.decode == attention::DecodeMode::kSelect) {
+        if (layer_set < 0) layer_set = next_set++;
+        sel = SelectRule(p.selection, layer_set);
+      } else if (p.decode == attention::DecodeMode::kConsume) {
+        int from = -1;
+        for (int below = l - 1; below >= 0 && from < 0; --below) {
+          const attention::Policy& w = set.At(below, h);
+          if (w.decode == attention::DecodeMode::kSelect &&
+              w.selection.method == attention::SelectionMethod::kExactLogits &&
+              w.selection.publish == p.consume) {
+            from = below;
+          }
+        }
+        if (from < 0) {
+          return InvalidArgument(
+              "layer {} KV head {} (policy \"{}\") consumes channel \"{}\", which no "
+              "exact_logits policy publishes for KV head {} at an earlier layer",
+              l, h, p.name, p.consume, h);
+        }
+        sel = layout.selects[static_cast<size_t>(from * kv_heads + h)];
+        sel.decode = kernels::kDecodeConsume;
+      } else {
+        continue;
+      }
+      if (length_rule == nullptr) {
+        length_rule = &p;
+      } else if (p.dense_if_len_le != length_rule->dense_if_len_le) {
+        return InvalidArgument(
+            "policies \"{}\" (dense_if_len_le {}) and \"{}\" ({}) both select: a sequence "
+            "selects on all its selecting heads or on none, so they need one dense_if_len_le",
+            length_rule->name, length_rule->dense_if_len_le, p.name, p.dense_if_len_le);
+      }
+    }
+  }
+  layout.select_min_len = length_rule->dense_if_len_le;
+  return Status::Ok();
+}
+
+}  // namespace
 
 StatusOr<kvcache::KvLayout> KvLayoutFor(const attention::PolicySet& set) {
   const int layers = static_cast<int>(set.head_policy.size());
@@ -96,8 +210,9 @@ StatusOr<kvcache::KvLayout> KvLayoutFor(const attention::PolicySet& set) {
       }
     }
   }
-  HW_RETURN_IF_ERROR(layout.Validate(layers, kv_heads)
-                         .WithContext(fmt::format("attention policy \"{}\"", set.name)));
+  const std::string context = fmt::format("attention policy \"{}\"", set.name);
+  HW_RETURN_IF_ERROR(FillSelects(set, layout).WithContext(context));
+  HW_RETURN_IF_ERROR(layout.Validate(layers, kv_heads).WithContext(context));
   return layout;
 }
 

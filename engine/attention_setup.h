@@ -27,7 +27,12 @@ StatusOr<attention::PolicySet> LoadAttentionPolicy(const std::string& path,
 std::string ModelPolicyFile(const std::string& model_path);
 
 // The KV layout of a policy set: each (layer, KV head)'s retention in the policy's own words
-// (storage, sink, window, positions, compensation). Refuses what the cache cannot run.
+// (storage, sink, window, positions, compensation) and, when some head selects at decode time,
+// its kernels::KvSelect (KvLayout::selects: exact_logits -> select, consume -> consume of the
+// latest layer below that publishes its channel on the same KV head, recycle -> recycle,
+// page_minmax -> pages; one set index per layer with heads that choose, from 0 in layer order)
+// and select_min_len (the selecting policies' one dense_if_len_le). Refuses what the cache
+// cannot run.
 StatusOr<kvcache::KvLayout> KvLayoutFor(const attention::PolicySet& set);
 
 // The KV cache's shape for `model`: num_pages pages of page_size tokens per (layer, KV head), rings
@@ -36,7 +41,8 @@ kvcache::KvCacheConfig KvConfigFor(const models::ModelConfig& model, int num_pag
                                    int page_size = 16, int chunk_tokens = 0);
 
 // The KV cache serving `layouts` (a sequence names its layout by index) from one pool. Refuses,
-// saying why, a pool too small for one token of some layout.
+// saying why, a pool too small for one token of some layout, and (until the engine runs it) a
+// layout with decode-time selection.
 StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(std::vector<kvcache::KvLayout> layouts,
                                                           const kvcache::KvCacheConfig& config,
                                                           kernels::Backend& backend);

@@ -56,9 +56,10 @@ int KvLayout::max_select_budget() const {
   return budget;
 }
 
-// The selection rules the kernels rely on (kernels::KvSelect): a set has one writer role per
-// layer, a consume head reads a set its own KV head chose at an earlier layer, recycle sets
-// refresh by one rule.
+// The selection rules the kernels rely on (kernels::KvSelect): a set has one writer role and
+// one granularity (per query head or per KV head) per layer, a consume head reads a set its own
+// KV head chose at an earlier layer under the same budget, sink and recent, recycle sets refresh
+// by one rule.
 Status KvLayout::ValidateSelects() const {
   if (selects.empty()) return Status::Ok();
   if (selects.size() != heads.size()) {
@@ -109,6 +110,15 @@ Status KvLayout::ValidateSelects() const {
               "head where this reads per KV head)",
               where(), sel.set, h, set_layer[set]);
         }
+        // The set holds the candidates of [sink, n - recent) the writer chose: the reader
+        // attends the same sink and tail, or keys would be attended twice or not at all.
+        if (writer.budget != sel.budget || writer.sink != sel.sink || writer.recent != sel.recent) {
+          return InvalidArgument(
+              "{}: consumes set {} with budget {} sink {} recent {}, chosen under budget {} sink "
+              "{} recent {} (layer {})",
+              where(), sel.set, sel.budget, sel.sink, sel.recent, writer.budget, writer.sink,
+              writer.recent, set_layer[set]);
+        }
         continue;
       }
       if (set_layer[set] == -1) {
@@ -120,6 +130,12 @@ Status KvLayout::ValidateSelects() const {
                                where(), sel.set, set_layer[set]);
       }
       const kernels::KvSelect& first = *set_rule[set];
+      // A set per KV head lives in row kv_head of the state, one per query head in the rows of
+      // its group: the two would overwrite each other in one set.
+      if (sel.per_q_head != first.per_q_head) {
+        return InvalidArgument("{}: set {} holds sets per query head and per KV head", where(),
+                               sel.set);
+      }
       if (sel.decode == kernels::kDecodeRecycle &&
           (sel.refresh_every != first.refresh_every ||
            sel.refresh_below_cos != first.refresh_below_cos ||

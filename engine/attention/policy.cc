@@ -115,9 +115,203 @@ class Fields {
   std::set<std::string, std::less<>> read_;
 };
 
-StatusOr<Policy> ParseOnePolicy(const json& j, const std::string& name, const std::string& path) {
+const char* MethodName(SelectionMethod m) {
+  switch (m) {
+    case SelectionMethod::kExactLogits:
+      return "exact_logits";
+    case SelectionMethod::kRecycle:
+      return "recycle";
+    case SelectionMethod::kPageMinmax:
+      return "page_minmax";
+  }
+  return "?";
+}
+
+// decode.selection of a select policy (ALGORITHMS.md §10.2), checked on its own; what depends on
+// other policies or on the assignment (channels, shared dense_if_len_le, one method per layer) is
+// checked in ParsePolicy. page_size: kv_cache.page_size, the unit of page_minmax.
+StatusOr<Selection> ParseSelection(const json& j, const std::string& path, int page_size) {
+  HW_ASSIGN_OR_RETURN(Fields s, Fields::Of(j, path));
+  Selection sel;
+  HW_ASSIGN_OR_RETURN(const std::string method,
+                      s.Enum("method", std::nullopt, {"exact_logits", "recycle", "page_minmax"},
+                             {"token_vote", "ann", "cluster"}));
+  sel.method = method == "exact_logits" ? SelectionMethod::kExactLogits
+               : method == "recycle"    ? SelectionMethod::kRecycle
+                                        : SelectionMethod::kPageMinmax;
+  const bool pages = sel.method == SelectionMethod::kPageMinmax;
+  const bool recycle = sel.method == SelectionMethod::kRecycle;
+  HW_ASSIGN_OR_RETURN(sel.budget, s.Int("budget", std::nullopt, 1));
+
+  HW_ASSIGN_OR_RETURN(const std::string unit,
+                      s.Enum("unit", pages ? "page" : "token", {"token", "page"}));
+  sel.page_unit = unit == "page";
+  if (sel.page_unit != pages) {
+    return InvalidArgument(
+        "{}: {} with method {}: page_minmax selects pages, exact_logits and recycle select "
+        "tokens",
+        s.At("unit"), unit, method);
+  }
+
+  HW_ASSIGN_OR_RETURN(const std::string granularity,
+                      s.Enum("granularity", "kv_head", {"kv_head", "q_head"}, {"layer"}));
+  sel.granularity =
+      granularity == "q_head" ? SelectionGranularity::kQHead : SelectionGranularity::kKvHead;
+  const bool q_head = sel.granularity == SelectionGranularity::kQHead;
+  // Defaults: nothing to reduce for a set per query head; else the §9.4 default, which for page
+  // bounds (not logits of keys: no softmax) is their sum.
+  HW_ASSIGN_OR_RETURN(const std::string reduce,
+                      s.Enum("group_reduce",
+                             q_head  ? "none"
+                             : pages ? "sum_logits"
+                                     : "sum_softmax",
+                             {"sum_softmax", "sum_logits", "max", "none"}));
+  sel.group_reduce = reduce == "sum_softmax"  ? GroupReduce::kSumSoftmax
+                     : reduce == "sum_logits" ? GroupReduce::kSumLogits
+                     : reduce == "max"        ? GroupReduce::kMax
+                                              : GroupReduce::kNone;
+  if (q_head && sel.group_reduce != GroupReduce::kNone) {
+    return InvalidArgument(
+        "{}: {} with granularity q_head: a set per query head reduces nothing; use none",
+        s.At("group_reduce"), reduce);
+  }
+  if (!q_head && sel.group_reduce == GroupReduce::kNone) {
+    return InvalidArgument(
+        "{}: none with granularity kv_head: a set per KV head reduces the scores of its query "
+        "heads (sum_softmax, sum_logits or max)",
+        s.At("group_reduce"));
+  }
+  if (pages && sel.group_reduce == GroupReduce::kSumSoftmax) {
+    return InvalidArgument(
+        "{}: sum_softmax with page_minmax: page scores are bounds on logits, not a distribution; "
+        "use sum_logits or max",
+        s.At("group_reduce"));
+  }
+
+  sel.last_page = pages;
+  if (const json* always = s.Get("always_include")) {
+    HW_ASSIGN_OR_RETURN(Fields a, Fields::Of(*always, s.At("always_include")));
+    HW_ASSIGN_OR_RETURN(sel.sink, a.Int("sink", 0, 0));
+    HW_ASSIGN_OR_RETURN(sel.recent, a.Int("recent", 0, 0));
+    HW_ASSIGN_OR_RETURN(sel.current, a.Bool("current", true));
+    if (!sel.current) {
+      return InvalidArgument(
+          "{}: false: the current token is always attended (its key is written before the step "
+          "attends)",
+          a.At("current"));
+    }
+    if (a.Get("last_page") != nullptr) {
+      if (!pages) {
+        return InvalidArgument("{}: only for method page_minmax (the page it attends last)",
+                               a.At("last_page"));
+      }
+      HW_ASSIGN_OR_RETURN(sel.last_page, a.Bool("last_page", true));
+      if (!sel.last_page) {
+        return InvalidArgument(
+            "{}: false: page_minmax always attends the page holding the current token",
+            a.At("last_page"));
+      }
+    }
+    if (a.Get("since_last_refresh") != nullptr) {
+      if (!recycle) {
+        return InvalidArgument(
+            "{}: only for method recycle (the tokens added since its set was chosen)",
+            a.At("since_last_refresh"));
+      }
+      HW_ASSIGN_OR_RETURN(sel.since_last_refresh, a.Bool("since_last_refresh", false));
+    }
+    if (pages && sel.recent != 0) {
+      return InvalidArgument(
+          "{}: {} with page_minmax: its tail is the last page (last_page), not a token count",
+          a.At("recent"), sel.recent);
+    }
+    HW_RETURN_IF_ERROR(a.Finish());
+  }
+
+  if (const json* refresh = s.Get("refresh")) {
+    HW_ASSIGN_OR_RETURN(Fields r, Fields::Of(*refresh, s.At("refresh")));
+    HW_ASSIGN_OR_RETURN(sel.refresh_every_steps, r.Int("every_steps", 1, 1));
+    if (!recycle && sel.refresh_every_steps != 1) {
+      return InvalidArgument("{}: {} with method {}: it chooses its set every step; use 1",
+                             r.At("every_steps"), sel.refresh_every_steps, method);
+    }
+    if (const json* similarity = r.Get("similarity")) {
+      if (!recycle) {
+        return InvalidArgument("{}: only for method recycle ({} chooses its set every step)",
+                               r.At("similarity"), method);
+      }
+      HW_ASSIGN_OR_RETURN(Fields c, Fields::Of(*similarity, r.At("similarity")));
+      HW_RETURN_IF_ERROR(c.Enum("metric", "cos", {"cos"}).status());
+      HW_ASSIGN_OR_RETURN(sel.similarity_threshold, c.Number("threshold", std::nullopt));
+      if (!(sel.similarity_threshold > -1.0 && sel.similarity_threshold < 1.0)) {
+        return InvalidArgument(
+            "{}: {} is not in (-1, 1) (at -1 the query never drifts, at 1 it always does)",
+            c.At("threshold"), sel.similarity_threshold);
+      }
+      HW_ASSIGN_OR_RETURN(sel.refresh_by_similarity, c.Bool("enabled", true));
+      HW_RETURN_IF_ERROR(c.Finish());
+    }
+    HW_RETURN_IF_ERROR(r.Finish());
+  }
+
+  if (s.Get("publish") != nullptr) {
+    if (sel.method != SelectionMethod::kExactLogits) {
+      return InvalidArgument(
+          "{}: only method exact_logits publishes its set to later layers ({} heads attend "
+          "their own)",
+          s.At("publish"), method);
+    }
+    HW_ASSIGN_OR_RETURN(sel.publish, s.String("publish"));
+    if (sel.publish.empty()) return InvalidArgument("{}: expected a channel name", s.At("publish"));
+  } else if (sel.method == SelectionMethod::kExactLogits) {
+    return InvalidArgument(
+        "{}: required with method exact_logits: the channel its set is published on for the "
+        "layers that consume it",
+        s.At("publish"));
+  }
+  if (s.Get("pool") != nullptr) {
+    return Unimplemented("{}: pooling scores before top-k is not supported by this build",
+                         s.At("pool"));
+  }
+  HW_RETURN_IF_ERROR(s.Enum("query_rope_position", "actual", {"actual"}, {"recent"}).status());
+  HW_RETURN_IF_ERROR(s.Finish());
+
+  // The budget counts every key a selecting step attends: sink, set and tail.
+  if (pages) {
+    if (sel.budget % page_size != 0 || sel.sink % page_size != 0) {
+      return InvalidArgument(
+          "{}: budget {} and always_include.sink {} must be multiples of the page size {} "
+          "(page_minmax attends whole pages)",
+          s.At("budget"), sel.budget, sel.sink, page_size);
+    }
+    if (sel.budget < sel.sink + 2 * page_size) {
+      return InvalidArgument(
+          "{}: budget {} leaves no page to select: sink {} + the last page + one page need {}",
+          s.At("budget"), sel.budget, sel.sink, sel.sink + 2 * page_size);
+    }
+  } else {
+    const int recent = std::max(sel.recent, 1);  // the current token counts
+    if (sel.budget <= sel.sink + recent) {
+      return InvalidArgument(
+          "{}: budget {} leaves nothing to select: always_include sink {} + recent {} (the "
+          "current token counts) take it all",
+          s.At("budget"), sel.budget, sel.sink, recent);
+    }
+  }
+  return sel;
+}
+
+// A policy as parsed, with what ParsePolicy's checks across policies need to know.
+struct ParsedPolicy {
+  Policy policy;
+  bool dense_if_len_le_given = false;
+};
+
+StatusOr<ParsedPolicy> ParseOnePolicy(const json& j, const std::string& name,
+                                      const std::string& path, int page_size) {
   HW_ASSIGN_OR_RETURN(Fields f, Fields::Of(j, path));
-  Policy p;
+  ParsedPolicy parsed;
+  Policy& p = parsed.policy;
   p.name = name;
 
   if (const json* storage = f.Get("storage")) {
@@ -164,15 +358,63 @@ StatusOr<Policy> ParseOnePolicy(const json& j, const std::string& name, const st
   if (const json* decode = f.Get("decode")) {
     HW_ASSIGN_OR_RETURN(Fields d, Fields::Of(*decode, f.At("decode")));
     HW_ASSIGN_OR_RETURN(const std::string mode,
-                        d.Enum("mode", default_mode, {"dense", "retained"}, {"select", "consume"}));
-    p.decode = mode == "dense" ? DecodeMode::kDense : DecodeMode::kRetained;
-    for (std::string_view later : {"selection", "emit", "attend_selected_in_this_layer"}) {
-      if (d.Get(later) != nullptr) {
-        return Unimplemented("{}: token selection is not supported by this build", d.At(later));
+                        d.Enum("mode", default_mode, {"dense", "retained", "select", "consume"}));
+    p.decode = mode == "dense"      ? DecodeMode::kDense
+               : mode == "retained" ? DecodeMode::kRetained
+               : mode == "select"   ? DecodeMode::kSelect
+                                    : DecodeMode::kConsume;
+    if (const json* selection = d.Get("selection")) {
+      if (p.decode != DecodeMode::kSelect) {
+        return InvalidArgument("{}: only for decode mode select (this policy's mode is {})",
+                               d.At("selection"), mode);
       }
+      HW_ASSIGN_OR_RETURN(p.selection, ParseSelection(*selection, d.At("selection"), page_size));
+    } else if (p.decode == DecodeMode::kSelect) {
+      return InvalidArgument("{}: required with decode mode select", d.At("selection"));
+    }
+    if (d.Get("consume") != nullptr) {
+      if (p.decode != DecodeMode::kConsume) {
+        return InvalidArgument("{}: only for decode mode consume (this policy's mode is {})",
+                               d.At("consume"), mode);
+      }
+      HW_ASSIGN_OR_RETURN(p.consume, d.String("consume"));
+      if (p.consume.empty()) return InvalidArgument("{}: expected a channel name", d.At("consume"));
+    } else if (p.decode == DecodeMode::kConsume) {
+      return InvalidArgument(
+          "{}: required with decode mode consume: the channel an exact_logits policy publishes",
+          d.At("consume"));
+    }
+    // Whether a selecting step of exact_logits (every step) or recycle (refresh steps) attends
+    // every key (false) or only the set it just chose (true).
+    if (d.Get("attend_selected_in_this_layer") != nullptr) {
+      if (p.decode != DecodeMode::kSelect) {
+        return InvalidArgument("{}: only for decode mode select (this policy's mode is {})",
+                               d.At("attend_selected_in_this_layer"), mode);
+      }
+      if (p.selection.method == SelectionMethod::kPageMinmax) {
+        return InvalidArgument(
+            "{}: only for methods exact_logits and recycle: page_minmax attends the pages it "
+            "selects",
+            d.At("attend_selected_in_this_layer"));
+      }
+      HW_ASSIGN_OR_RETURN(const bool attend_selected,
+                          d.Bool("attend_selected_in_this_layer", false));
+      if (attend_selected) {
+        return Unimplemented(
+            "{}: true (attending only the fresh selection in the layer that chose it) is not "
+            "supported by this build; a selecting step attends every key",
+            d.At("attend_selected_in_this_layer"));
+      }
+    }
+    if (d.Get("emit") != nullptr) {
+      return Unimplemented("{}: side outputs of decode attention are not supported by this build",
+                           d.At("emit"));
     }
     HW_RETURN_IF_ERROR(d.Finish());
   }
+  const bool selects = p.decode == DecodeMode::kSelect || p.decode == DecodeMode::kConsume;
+  const bool recycles =
+      p.decode == DecodeMode::kSelect && p.selection.method == SelectionMethod::kRecycle;
   p.prefill = p.storage == StorageKind::kFull ? PrefillMode::kDense : PrefillMode::kRetained;
   if (const json* prefill = f.Get("prefill")) {
     HW_ASSIGN_OR_RETURN(Fields pf, Fields::Of(*prefill, f.At("prefill")));
@@ -180,9 +422,25 @@ StatusOr<Policy> ParseOnePolicy(const json& j, const std::string& name, const st
                         pf.Enum("mode", default_mode, {"dense", "retained"}, {"select_chunks"}));
     p.prefill = mode == "dense" ? PrefillMode::kDense : PrefillMode::kRetained;
     HW_ASSIGN_OR_RETURN(p.first_chunk_dense, pf.Bool("first_chunk_dense", false));
+    // Recycled Attention seeds its set from the last prompt token's attention. Here the first
+    // decode step has no set yet, so it is a full step that chooses one (SelectionGate): the
+    // seeding, one step later and from that step's query, that step attended densely. true and
+    // false therefore run alike.
+    if (pf.Get("seed_selection_from_last_prompt_token") != nullptr) {
+      if (!recycles) {
+        return InvalidArgument("{}: only for decode selection method recycle",
+                               pf.At("seed_selection_from_last_prompt_token"));
+      }
+      HW_RETURN_IF_ERROR(pf.Bool("seed_selection_from_last_prompt_token", false).status());
+    }
     HW_RETURN_IF_ERROR(pf.Finish());
   }
-  HW_ASSIGN_OR_RETURN(p.dense_if_len_le, f.Int("dense_if_len_le", 0, 0));
+  parsed.dense_if_len_le_given = f.Get("dense_if_len_le") != nullptr;
+  // A selecting policy attends densely while the sequence fits its budget (ALGORITHMS.md §10.1:
+  // the reference codes' min(top_k, n)); consume policies inherit their publisher's (ParsePolicy).
+  HW_ASSIGN_OR_RETURN(
+      p.dense_if_len_le,
+      f.Int("dense_if_len_le", p.decode == DecodeMode::kSelect ? p.selection.budget : 0, 0));
   if (f.Get("merge") != nullptr) {
     return Unimplemented("{}: tiered attention is not supported by this build", f.At("merge"));
   }
@@ -190,6 +448,23 @@ StatusOr<Policy> ParseOnePolicy(const json& j, const std::string& name, const st
 
   // Combinations that say two different things at once.
   const bool full = p.storage == StorageKind::kFull;
+  if (selects) {
+    const char* mode = p.decode == DecodeMode::kSelect ? "select" : "consume";
+    if (!full) {
+      return InvalidArgument(
+          "{}: decode mode {} needs storage full: a selection is chosen from every key",
+          f.At("storage.kind"), mode);
+    }
+    if (p.positions != Positions::kOriginal) {
+      return InvalidArgument("{}: decode mode {} needs positions original", f.At("positions"),
+                             mode);
+    }
+    if (p.prefill != PrefillMode::kDense) {
+      return InvalidArgument(
+          "{}: decode mode {} needs prefill mode dense (selection is a decode-time method)",
+          f.At("prefill.mode"), mode);
+    }
+  }
   if (full && p.decode == DecodeMode::kRetained) {
     return InvalidArgument(
         "{}: decode mode retained needs a storage that drops tokens (ring or "
@@ -219,7 +494,7 @@ StatusOr<Policy> ParseOnePolicy(const json& j, const std::string& name, const st
   if (p.storage == StorageKind::kCompressOnce && p.positions == Positions::kReindex) {
     return InvalidArgument("{}: compress_once keeps original positions", f.At("positions"));
   }
-  return p;
+  return parsed;
 }
 
 std::string Resolve(const std::string& base_dir, const std::string& path) {
@@ -411,6 +686,155 @@ Status ApplyHeadScores(const json& j, const std::string& path, const std::string
   return Status::Ok();
 }
 
+// kv_cache.page_metadata: the per-page summaries the cache keeps (ALGORITHMS.md §9.6). Quest's
+// key bounds are the ones built; the file must name them when a policy selects pages
+// (CheckSelectingPolicies), as they cost memory (2 * D values per page and KV head).
+Status ParsePageMetadata(const json& j, const std::string& path) {
+  if (!j.is_array())
+    return InvalidArgument("{}: expected a list such as [\"kmin\", \"kmax\"]", path);
+  std::set<std::string> seen;
+  for (const json& e : j) {
+    if (!e.is_string()) return InvalidArgument("{}: {} is not a string", path, e.dump());
+    const std::string name = e.get<std::string>();
+    if (name == "kmean" || name == "count") {
+      return Unimplemented("{}: \"{}\" is part of attn-policy/v1 but not supported by this build",
+                           path, name);
+    }
+    if (name != "kmin" && name != "kmax") {
+      return InvalidArgument("{}: \"{}\" is not one of kmin, kmax, kmean, count", path, name);
+    }
+    if (!seen.insert(name).second) return InvalidArgument("{}: \"{}\" twice", path, name);
+  }
+  if (seen.size() != 2) {
+    return InvalidArgument("{}: page_minmax's bounds need both kmin and kmax", path);
+  }
+  return Status::Ok();
+}
+
+bool WritesSet(const Policy& p) {
+  return p.decode == DecodeMode::kSelect;
+}
+bool Selecting(const Policy& p) {
+  return p.decode == DecodeMode::kSelect || p.decode == DecodeMode::kConsume;
+}
+
+// Checks across the selecting policies of a file, whatever their assignment: page summaries
+// named exactly when read, every consumed channel published, and one dense_if_len_le for all
+// (a sequence's step selects on all its selecting heads or on none: KvLayout::select_min_len),
+// which consume policies inherit when they do not give it.
+Status CheckSelectingPolicies(PolicySet& set, const std::vector<bool>& dense_if_len_le_given,
+                              bool page_metadata) {
+  const Policy* pages = nullptr;
+  for (const Policy& p : set.policies) {
+    if (WritesSet(p) && p.selection.method == SelectionMethod::kPageMinmax) pages = &p;
+  }
+  if (pages != nullptr && !page_metadata) {
+    return InvalidArgument(
+        "kv_cache.page_metadata: required: policy \"{}\" selects pages by their key bounds "
+        "(page_minmax); give [\"kmin\", \"kmax\"]",
+        pages->name);
+  }
+  if (pages == nullptr && page_metadata) {
+    return InvalidArgument(
+        "kv_cache.page_metadata: no policy selects pages (page_minmax), nothing reads the "
+        "summaries");
+  }
+  for (const Policy& p : set.policies) {
+    if (p.decode != DecodeMode::kConsume) continue;
+    const bool published = std::any_of(
+        set.policies.begin(), set.policies.end(),
+        [&](const Policy& w) { return WritesSet(w) && w.selection.publish == p.consume; });
+    if (!published) {
+      return InvalidArgument("policies.{}.decode.consume: no exact_logits policy publishes \"{}\"",
+                             p.name, p.consume);
+    }
+  }
+  // The value a select policy gives, or its budget.
+  const auto value_of = [&](size_t i) {
+    const Policy& p = set.policies[i];
+    return dense_if_len_le_given[i] ? fmt::format("{}", p.dense_if_len_le)
+                                    : fmt::format("{} (its budget)", p.dense_if_len_le);
+  };
+  const Policy* first = nullptr;
+  size_t first_index = 0;
+  for (size_t i = 0; i < set.policies.size(); ++i) {
+    const Policy& p = set.policies[i];
+    if (!WritesSet(p)) continue;
+    if (first == nullptr) {
+      first = &p;
+      first_index = i;
+    } else if (p.dense_if_len_le != first->dense_if_len_le) {
+      return InvalidArgument(
+          "policies.{}.dense_if_len_le: {} differs from policy \"{}\"'s {}: every selecting "
+          "policy of a file attends densely up to one length (a step selects on all of a "
+          "sequence's selecting heads or on none)",
+          p.name, value_of(i), first->name, value_of(first_index));
+    }
+  }
+  for (size_t i = 0; i < set.policies.size(); ++i) {
+    Policy& p = set.policies[i];
+    if (p.decode != DecodeMode::kConsume || first == nullptr) continue;
+    if (!dense_if_len_le_given[i]) {
+      p.dense_if_len_le = first->dense_if_len_le;
+    } else if (p.dense_if_len_le != first->dense_if_len_le) {
+      return InvalidArgument(
+          "policies.{}.dense_if_len_le: {} differs from policy \"{}\"'s {}: a consume policy "
+          "attends densely up to its publisher's length (leave it out to inherit it)",
+          p.name, p.dense_if_len_le, first->name, first->dense_if_len_le);
+    }
+  }
+  return Status::Ok();
+}
+
+// Checks of the resolved assignment, per (layer, KV head): a consume head reads a set its own KV
+// head published on its channel at an earlier layer, and the heads of a layer that choose sets
+// choose them alike (one set index per layer: KvLayout::selects).
+Status CheckSelectionAssignment(const PolicySet& set) {
+  const int layers = static_cast<int>(set.head_policy.size());
+  for (int l = 0; l < layers; ++l) {
+    const int kv_heads = static_cast<int>(set.head_policy[static_cast<size_t>(l)].size());
+    int writer_head = -1;
+    for (int h = 0; h < kv_heads; ++h) {
+      const Policy& p = set.At(l, h);
+      if (p.decode == DecodeMode::kConsume) {
+        bool published = false;
+        for (int below = 0; below < l && !published; ++below) {
+          const Policy& w = set.At(below, h);
+          published = WritesSet(w) && w.selection.publish == p.consume;
+        }
+        if (!published) {
+          return InvalidArgument(
+              "assignment: layer {} KV head {} (policy \"{}\") consumes channel \"{}\", which "
+              "no exact_logits policy publishes for KV head {} at an earlier layer",
+              l, h, p.name, p.consume, h);
+        }
+      }
+      if (!WritesSet(p)) continue;
+      if (writer_head < 0) {
+        writer_head = h;
+        continue;
+      }
+      const Policy& w = set.At(l, writer_head);
+      const Selection& a = w.selection;
+      const Selection& b = p.selection;
+      const bool same_rule =
+          a.method == b.method && a.granularity == b.granularity &&
+          (a.method != SelectionMethod::kRecycle ||
+           (a.refresh_every_steps == b.refresh_every_steps &&
+            a.refresh_by_similarity == b.refresh_by_similarity &&
+            (!a.refresh_by_similarity || a.similarity_threshold == b.similarity_threshold)));
+      if (!same_rule) {
+        return InvalidArgument(
+            "assignment: layer {}: KV head {} (policy \"{}\", {}) and KV head {} (policy \"{}\", "
+            "{}) choose sets by different rules; the selecting heads of a layer share one "
+            "method, granularity and refresh rule",
+            l, writer_head, w.name, MethodName(a.method), h, p.name, MethodName(b.method));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 int64_t Policy::MaxRetainedTokens() const {
@@ -500,6 +924,7 @@ StatusOr<PolicySet> ParsePolicy(const std::string& json_text, const ModelShape& 
   }
   PolicySet set;
   set.name = default_name;
+  bool page_metadata = false;  // kv_cache.page_metadata given
   if (const json* name = top.Get("name")) {
     if (!name->is_string() || name->get<std::string>().empty()) {
       return InvalidArgument("{}: expected a non-empty string", top.At("name"));
@@ -516,9 +941,9 @@ StatusOr<PolicySet> ParsePolicy(const std::string& json_text, const ModelShape& 
     set.rope_storage = rope == "post_rope"  ? RopeStorage::kPostRope
                        : rope == "pre_rope" ? RopeStorage::kPreRope
                                             : RopeStorage::kAuto;
-    if (k.Get("page_metadata") != nullptr) {
-      return Unimplemented("{}: page summaries are not supported by this build",
-                           k.At("page_metadata"));
+    if (const json* metadata = k.Get("page_metadata")) {
+      HW_RETURN_IF_ERROR(ParsePageMetadata(*metadata, k.At("page_metadata")));
+      page_metadata = true;
     }
     HW_RETURN_IF_ERROR(k.Finish());
   }
@@ -531,11 +956,15 @@ StatusOr<PolicySet> ParsePolicy(const std::string& json_text, const ModelShape& 
     return InvalidArgument("{}: expected an object with at least one policy", top.At("policies"));
   }
   std::map<std::string, int> by_name;
+  std::vector<bool> dense_if_len_le_given;
   for (auto it = policies->begin(); it != policies->end(); ++it) {
-    HW_ASSIGN_OR_RETURN(Policy p, ParseOnePolicy(*it, it.key(), "policies." + it.key()));
-    by_name[p.name] = static_cast<int>(set.policies.size());
-    set.policies.push_back(std::move(p));
+    HW_ASSIGN_OR_RETURN(ParsedPolicy parsed,
+                        ParseOnePolicy(*it, it.key(), "policies." + it.key(), set.page_size));
+    by_name[parsed.policy.name] = static_cast<int>(set.policies.size());
+    set.policies.push_back(std::move(parsed.policy));
+    dense_if_len_le_given.push_back(parsed.dense_if_len_le_given);
   }
+  HW_RETURN_IF_ERROR(CheckSelectingPolicies(set, dense_if_len_le_given, page_metadata));
 
   const json* assignment = top.Get("assignment");
   if (assignment == nullptr) return InvalidArgument("{}: required", top.At("assignment"));
@@ -587,6 +1016,7 @@ StatusOr<PolicySet> ParsePolicy(const std::string& json_text, const ModelShape& 
   HW_RETURN_IF_ERROR(a.Finish());
   HW_RETURN_IF_ERROR(top.Finish());
 
+  HW_RETURN_IF_ERROR(CheckSelectionAssignment(set));
   for (const Policy& p : set.policies) {
     if (p.positions == Positions::kReindex && set.rope_storage == RopeStorage::kPostRope) {
       return InvalidArgument(

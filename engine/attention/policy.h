@@ -4,12 +4,43 @@
 // into one policy per (layer, KV head); the KV cache and the attention path consume the result.
 //
 // Supported now: storage full | ring | compress_once (sink_recent with the compensation token),
-// positions original | reindex, decode dense | retained, prefill dense | retained with
-// first_chunk_dense, dense_if_len_le; assignment by default, layer lists, a DuoAttention
-// full_attention_heads.tsv with global-quantile binarisation, a RazorAttention head list and
-// Retrieval-Head scores with a threshold. Fields the schema defines for later methods (evict,
-// offload, select, consume, ...) are refused with a message that says so; unknown fields are
+// positions original | reindex, decode dense | retained | select | consume, prefill dense |
+// retained with first_chunk_dense, dense_if_len_le; assignment by default, layer lists, a
+// DuoAttention full_attention_heads.tsv with global-quantile binarisation, a RazorAttention head
+// list and Retrieval-Head scores with a threshold. Fields the schema defines for later methods
+// (evict, offload, token_vote, ...) are refused with a message that says so; unknown fields are
 // errors.
+//
+// Decode-time selection (decode mode select / consume; kernels::KvSelect says what a step
+// attends). A select policy's decode.selection:
+//   method        exact_logits (TidalDecode), recycle (Recycled Attention), page_minmax (Quest);
+//                 token_vote, ann, cluster: not supported by this build
+//   budget        keys a selecting step attends, at most (>= 1), always-included keys counted
+//   unit          token, or page for page_minmax (and only for it); default from the method
+//   granularity   kv_head (default) | q_head (a set per query head); layer: not supported
+//   group_reduce  sum_softmax | sum_logits | max for kv_head (default sum_softmax; page_minmax:
+//                 sum_logits or max, default sum_logits), none for q_head (its default)
+//   always_include {sink, recent, current, last_page, since_last_refresh}: current must be true
+//                 (the current token is always attended; with recent 0 the tail is it alone);
+//                 last_page only for page_minmax, where it is true (default) and recent is 0;
+//                 since_last_refresh only for recycle
+//   refresh       {every_steps (>= 1; 1 for exact_logits and page_minmax), similarity {metric
+//                 "cos", threshold in (-1, 1), enabled (default true)} (recycle only)}
+//   publish       the channel of an exact_logits set (required there, refused elsewhere)
+//   pool: refused; query_rope_position: "actual" only.
+// decode.attend_selected_in_this_layer: false (default; exact_logits and recycle), true is not
+// supported. A consume policy's decode.consume names a channel; every (layer, KV head) it is
+// assigned to must have an exact_logits policy publishing that channel on the same KV head at
+// an earlier layer (it reads the latest such layer's set). Selecting policies need storage full,
+// positions original and prefill dense. Token unit: budget > sink + max(recent, 1); page unit:
+// budget and sink multiples of kv_cache.page_size and budget >= sink + 2 pages. Page_minmax
+// needs kv_cache.page_metadata ["kmin", "kmax"] (any order), and the field is refused when no
+// policy selects pages; kmean and count are not supported. The selecting heads of one layer share
+// method, granularity and (recycle) refresh rule. dense_if_len_le of a select policy defaults to
+// its budget, a consume policy inherits its publisher's, and all selecting policies of a file must
+// end with one value. prefill.seed_selection_from_last_prompt_token (recycle only) is accepted,
+// true or false: the first decode step has no set yet, so it attends densely and chooses one: the
+// seeding, one step later and from that step's query.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +65,7 @@ enum class SelectionGranularity { kKvHead, kQHead };
 enum class GroupReduce { kSumSoftmax, kSumLogits, kMax, kNone };
 struct Selection {
   SelectionMethod method = SelectionMethod::kExactLogits;
-  int budget = 0;         // keys attended per step, at most, always-included ones counted
+  int budget = 0;          // keys attended per step, at most, always-included ones counted
   bool page_unit = false;  // unit page (page_minmax); else token
   SelectionGranularity granularity = SelectionGranularity::kKvHead;
   GroupReduce group_reduce = GroupReduce::kSumSoftmax;  // kNone with granularity q_head
@@ -47,9 +78,9 @@ struct Selection {
   bool last_page = false;
   bool since_last_refresh = false;
   int refresh_every_steps = 1;
-  bool refresh_by_similarity = false;  // refresh.similarity given (metric cos)
-  double similarity_threshold = 0.0;
-  std::string publish;  // exact_logits: the channel later layers consume
+  bool refresh_by_similarity = false;  // refresh.similarity given and enabled (metric cos)
+  double similarity_threshold = 0.0;   // refresh when cos(q, q when chosen) is below this
+  std::string publish;                 // exact_logits: the channel later layers consume
 };
 enum class PrefillMode { kDense, kRetained };
 
@@ -67,8 +98,8 @@ struct Policy {
   PrefillMode prefill = PrefillMode::kDense;
   bool first_chunk_dense = false;
   int dense_if_len_le = 0;  // sequences this short attend densely (0: never)
-  Selection selection;   // decode select
-  std::string consume;   // decode consume: the channel read
+  Selection selection;      // decode select
+  std::string consume;      // decode consume: the channel read
 
   // Tokens a sequence keeps for a head of this policy, at most; -1: all of them.
   int64_t MaxRetainedTokens() const;

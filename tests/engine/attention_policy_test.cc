@@ -13,6 +13,7 @@
 
 #include "engine/attention/policy.h"
 #include "engine/attention_setup.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "tests/test_util.h"
 
 namespace headwise::engine::attention {
@@ -447,6 +448,626 @@ TEST_CASE("Policy files and head matrices: devices, FIFOs, directories, big file
   std::string deep = R"({"schema": "attn-policy/v1", "x": )";
   deep += std::string(100000, '[') + std::string(100000, ']') + "}";
   CHECK_THAT(ErrorOf(deep).message(), Contains("nested deeper than the limit of 128"));
+}
+
+// ---- Decode-time selection (decode mode select / consume) ----
+
+const ModelShape kQwen05{24, 14, 2};  // Qwen2.5-Coder-0.5B-Instruct
+const ModelShape kQwen15{28, 12, 2};  // Qwen2.5-Coder-1.5B-Instruct
+
+// ALGORITHMS.md §10.3's examples, verbatim (Llama-3-8B: 32 layers).
+const char* kTidalExample = R"({
+  "schema": "attn-policy/v1",
+  "policies": {
+    "dense": {"storage": {"kind": "full"}, "decode": {"mode": "dense"}},
+    "tidal_select": {"storage": {"kind": "full"},
+                     "decode": {"mode": "select",
+                                "selection": {"method": "exact_logits", "budget": 128, "unit": "token",
+                                              "granularity": "q_head", "group_reduce": "none",
+                                              "always_include": {"sink": 0, "recent": 0, "current": true},
+                                              "refresh": {"every_steps": 1}, "publish": "tidal"},
+                                "attend_selected_in_this_layer": false}},
+    "tidal_sparse": {"storage": {"kind": "full"}, "decode": {"mode": "consume", "consume": "tidal"}}
+  },
+  "assignment": {
+    "default": "tidal_sparse",
+    "layers": [
+      {"layers": [0, 1], "policy": "dense"},
+      {"layers": [2], "policy": "tidal_select"},
+      {"layers": [13], "policy": "tidal_select"}
+    ]
+  }
+})";
+
+const char* kRecycledExample = R"({
+  "schema": "attn-policy/v1",
+  "policies": {
+    "recycled": {"storage": {"kind": "full"},
+                 "decode": {"mode": "select",
+                            "selection": {"method": "recycle", "budget": 4096, "unit": "token",
+                                          "granularity": "kv_head", "group_reduce": "sum_softmax",
+                                          "always_include": {"sink": 0, "recent": 0, "current": true,
+                                                             "since_last_refresh": true},
+                                          "refresh": {"every_steps": 10,
+                                                      "similarity": {"metric": "cos", "threshold": 0.9}}}},
+                 "prefill": {"mode": "dense", "seed_selection_from_last_prompt_token": true}}
+  },
+  "assignment": {"default": "recycled"}
+})";
+
+const char* kQuestExample = R"({
+  "schema": "attn-policy/v1",
+  "kv_cache": {"page_size": 16, "page_metadata": ["kmin", "kmax"]},
+  "policies": {
+    "dense": {"storage": {"kind": "full"}, "decode": {"mode": "dense"}},
+    "quest": {"storage": {"kind": "full"},
+              "decode": {"mode": "select",
+                         "selection": {"method": "page_minmax", "budget": 2048, "unit": "page",
+                                       "granularity": "kv_head", "group_reduce": "sum_logits",
+                                       "always_include": {"current": true, "last_page": true},
+                                       "refresh": {"every_steps": 1}}},
+              "dense_if_len_le": 2048}
+  },
+  "assignment": {"default": "quest", "layers": [{"layers": [0, 1], "policy": "dense"}]}
+})";
+
+// `text` with the first `from` replaced by `to` (which must be there).
+std::string With(std::string text, const std::string& from, const std::string& to) {
+  const auto at = text.find(from);
+  INFO("replacing " << from);
+  REQUIRE(at != std::string::npos);
+  return text.replace(at, from.size(), to);
+}
+
+PolicySet LoadShipped(const std::string& file, const ModelShape& shape) {
+  auto set = LoadPolicyFile(testing::SourcePath("configs/policies/" + file), shape);
+  INFO(file << ": " << (set.ok() ? "" : set.status().message()));
+  REQUIRE(set.ok());
+  return std::move(set).value();
+}
+
+kvcache::KvLayout LayoutOf(const PolicySet& set) {
+  auto layout = KvLayoutFor(set);
+  INFO(set.name << ": " << (layout.ok() ? "" : layout.status().message()));
+  REQUIRE(layout.ok());
+  return std::move(layout).value();
+}
+
+TEST_CASE("Decode-time selection: the ALGORITHMS.md examples load", "[policy][select]") {
+  for (const ModelShape& shape : {kLlama3, kQwen05, kQwen15}) {
+    INFO(shape.num_layers << " layers");
+    auto tidal = ParsePolicy(kTidalExample, shape, "", "tidal");
+    REQUIRE(tidal.ok());
+    const Policy& select = tidal->At(2, 0);
+    CHECK(select.decode == DecodeMode::kSelect);
+    CHECK(select.selection.method == SelectionMethod::kExactLogits);
+    CHECK(select.selection.budget == 128);
+    CHECK_FALSE(select.selection.page_unit);
+    CHECK(select.selection.granularity == SelectionGranularity::kQHead);
+    CHECK(select.selection.group_reduce == GroupReduce::kNone);
+    CHECK(select.selection.publish == "tidal");
+    CHECK(select.dense_if_len_le == 128);  // its budget
+    const Policy& consume = tidal->At(shape.num_layers - 1, 1);
+    CHECK(consume.decode == DecodeMode::kConsume);
+    CHECK(consume.consume == "tidal");
+    CHECK(consume.dense_if_len_le == 128);  // inherited from the publisher
+    CHECK(tidal->At(1, 0).decode == DecodeMode::kDense);
+    CHECK(tidal->At(1, 0).dense_if_len_le == 0);
+    CHECK(tidal->At(13, 0).name == "tidal_select");
+
+    auto recycled = ParsePolicy(kRecycledExample, shape, "", "recycled");
+    REQUIRE(recycled.ok());
+    const Selection& r = recycled->At(0, 0).selection;
+    CHECK(r.method == SelectionMethod::kRecycle);
+    CHECK(r.budget == 4096);
+    CHECK(r.since_last_refresh);
+    CHECK(r.refresh_every_steps == 10);
+    CHECK(r.refresh_by_similarity);
+    CHECK(r.similarity_threshold == 0.9);
+    CHECK(r.group_reduce == GroupReduce::kSumSoftmax);
+    CHECK(r.publish.empty());
+
+    auto quest = ParsePolicy(kQuestExample, shape, "", "quest");
+    REQUIRE(quest.ok());
+    const Selection& q = quest->At(2, 1).selection;
+    CHECK(q.method == SelectionMethod::kPageMinmax);
+    CHECK(q.page_unit);
+    CHECK(q.last_page);
+    CHECK(q.sink == 0);
+    CHECK(q.group_reduce == GroupReduce::kSumLogits);
+    CHECK(quest->At(2, 1).dense_if_len_le == 2048);
+    CHECK(quest->At(0, 1).decode == DecodeMode::kDense);
+  }
+  // Defaults: storage full, unit from the method, group_reduce from the granularity and the
+  // method, the current token and the last page attended, every_steps 1, dense_if_len_le the
+  // budget.
+  const char* minimal_quest = R"({"schema": "attn-policy/v1",
+    "kv_cache": {"page_metadata": ["kmax", "kmin"]},
+    "policies": {"quest": {"decode": {"mode": "select",
+                                      "selection": {"method": "page_minmax", "budget": 64}}}},
+    "assignment": {"default": "quest"}})";
+  auto bare = ParsePolicy(minimal_quest, kLlama3, "", "quest");
+  REQUIRE(bare.ok());
+  const Policy& minimal = bare->At(5, 0);
+  CHECK(minimal.storage == StorageKind::kFull);
+  CHECK(minimal.prefill == PrefillMode::kDense);
+  CHECK(minimal.selection.page_unit);
+  CHECK(minimal.selection.granularity == SelectionGranularity::kKvHead);
+  CHECK(minimal.selection.group_reduce == GroupReduce::kSumLogits);
+  CHECK(minimal.selection.last_page);
+  CHECK(minimal.selection.current);
+  CHECK(minimal.selection.refresh_every_steps == 1);
+  CHECK(minimal.dense_if_len_le == 64);
+  auto q_head =
+      ParsePolicy(With(kTidalExample, R"("group_reduce": "none",)", ""), kLlama3, "", "t");
+  REQUIRE(q_head.ok());
+  CHECK(q_head->At(2, 0).selection.group_reduce == GroupReduce::kNone);
+  auto kv_head =
+      ParsePolicy(With(kTidalExample, R"("granularity": "q_head", "group_reduce": "none",)", ""),
+                  kLlama3, "", "t");
+  REQUIRE(kv_head.ok());
+  CHECK(kv_head->At(2, 0).selection.granularity == SelectionGranularity::kKvHead);
+  CHECK(kv_head->At(2, 0).selection.group_reduce == GroupReduce::kSumSoftmax);
+  // Seeding from the prompt may be false too; the page metadata in any order.
+  CHECK(ErrorOf(With(kRecycledExample, "token\": true", "token\": false")).ok());
+  CHECK(ErrorOf(With(kQuestExample, R"(["kmin", "kmax"])", R"(["kmax", "kmin"])")).ok());
+  // The similarity rule may be given and switched off.
+  auto off = ParsePolicy(
+      With(kRecycledExample, "\"threshold\": 0.9", "\"threshold\": 0.9, \"enabled\": false"),
+      kLlama3, "", "r");
+  REQUIRE(off.ok());
+  CHECK_FALSE(off->At(0, 0).selection.refresh_by_similarity);
+}
+
+TEST_CASE("Decode-time selection: contradictions and unsupported options are refused",
+          "[policy][select]") {
+  using Catch::Contains;
+  struct Case {
+    const char* base;
+    std::string from, to;
+    std::string expect;
+    StatusCode code = StatusCode::kInvalidArgument;
+  };
+  const std::string sel = "policies.tidal_select.decode.selection";
+  const std::string rsel = "policies.recycled.decode.selection";
+  const std::string qsel = "policies.quest.decode.selection";
+  const StatusCode kUnimpl = StatusCode::kUnimplemented;
+  const std::vector<Case> cases = {
+      // method
+      {kTidalExample, "\"exact_logits\"", "\"token_vote\"",
+       sel + ".method: \"token_vote\" is part of attn-policy/v1 but not supported", kUnimpl},
+      {kTidalExample, "\"exact_logits\"", "\"ann\"", sel + ".method: \"ann\" is part", kUnimpl},
+      {kTidalExample, "\"exact_logits\"", "\"cluster\"", sel + ".method: \"cluster\" is part",
+       kUnimpl},
+      {kTidalExample, "\"exact_logits\"", "\"exact\"",
+       sel + ".method: \"exact\" is not one of exact_logits, recycle, page_minmax"},
+      {kTidalExample, "\"method\": \"exact_logits\", ", "", sel + ".method: required"},
+      // budget and unit
+      {kTidalExample, "\"budget\": 128", "\"budget\": 0", sel + ".budget: 0 is out of range"},
+      {kTidalExample, "\"budget\": 128, ", "", sel + ".budget: required"},
+      {kTidalExample, "\"unit\": \"token\"", "\"unit\": \"page\"",
+       sel + ".unit: page with method exact_logits"},
+      {kQuestExample, "\"unit\": \"page\"", "\"unit\": \"token\"",
+       qsel + ".unit: token with method page_minmax"},
+      // granularity and group_reduce
+      {kTidalExample, "\"granularity\": \"q_head\"", "\"granularity\": \"layer\"",
+       sel + ".granularity: \"layer\" is part of attn-policy/v1 but not supported", kUnimpl},
+      {kTidalExample, "\"group_reduce\": \"none\"", "\"group_reduce\": \"sum_softmax\"",
+       sel + ".group_reduce: sum_softmax with granularity q_head"},
+      {kRecycledExample, "\"group_reduce\": \"sum_softmax\"", "\"group_reduce\": \"none\"",
+       rsel + ".group_reduce: none with granularity kv_head"},
+      {kQuestExample, "\"group_reduce\": \"sum_logits\"", "\"group_reduce\": \"sum_softmax\"",
+       qsel + ".group_reduce: sum_softmax with page_minmax"},
+      {kRecycledExample, "\"group_reduce\": \"sum_softmax\"", "\"group_reduce\": \"mean\"",
+       rsel + ".group_reduce: \"mean\" is not one of"},
+      // always_include
+      {kTidalExample, "\"current\": true", "\"current\": false",
+       sel + ".always_include.current: false: the current token is always attended"},
+      {kTidalExample, "\"current\": true", "\"current\": true, \"last_page\": true",
+       sel + ".always_include.last_page: only for method page_minmax"},
+      {kQuestExample, "\"last_page\": true", "\"last_page\": false",
+       qsel + ".always_include.last_page: false: page_minmax always attends the page holding"},
+      {kQuestExample, "\"last_page\": true", "\"last_page\": true, \"recent\": 4",
+       qsel + ".always_include.recent: 4 with page_minmax"},
+      {kTidalExample, "\"current\": true", "\"current\": true, \"since_last_refresh\": true",
+       sel + ".always_include.since_last_refresh: only for method recycle"},
+      {kTidalExample, "\"current\": true", "\"current\": true, \"sinks\": 4",
+       sel + ".always_include.sinks: unknown field"},
+      {kTidalExample, "\"sink\": 0", "\"sink\": -1",
+       sel + ".always_include.sink: -1 is out of range"},
+      // refresh
+      {kTidalExample, "\"every_steps\": 1", "\"every_steps\": 2",
+       sel + ".refresh.every_steps: 2 with method exact_logits: it chooses its set every step"},
+      {kQuestExample, "\"every_steps\": 1", "\"every_steps\": 4",
+       qsel + ".refresh.every_steps: 4 with method page_minmax"},
+      {kRecycledExample, "\"every_steps\": 10", "\"every_steps\": 0",
+       rsel + ".refresh.every_steps: 0 is out of range"},
+      {kTidalExample, "\"every_steps\": 1",
+       "\"every_steps\": 1, \"similarity\": {\"threshold\": 0.9}",
+       sel + ".refresh.similarity: only for method recycle"},
+      {kRecycledExample, "\"threshold\": 0.9", "\"threshold\": 1.0",
+       rsel + ".refresh.similarity.threshold: 1 is not in (-1, 1)"},
+      {kRecycledExample, "\"threshold\": 0.9", "\"threshold\": -1",
+       rsel + ".refresh.similarity.threshold: -1 is not in (-1, 1)"},
+      {kRecycledExample, ", \"threshold\": 0.9", "",
+       rsel + ".refresh.similarity.threshold: required"},
+      {kRecycledExample, "\"metric\": \"cos\"", "\"metric\": \"dot\"",
+       rsel + ".refresh.similarity.metric: \"dot\" is not one of cos"},
+      {kRecycledExample, "\"threshold\": 0.9", "\"threshold\": 0.9, \"enabled\": 1",
+       rsel + ".refresh.similarity.enabled: expected true or false"},
+      // publish, pool, query_rope_position
+      {kTidalExample, ", \"publish\": \"tidal\"", "",
+       sel + ".publish: required with method exact_logits"},
+      {kTidalExample, "\"publish\": \"tidal\"", "\"publish\": \"\"",
+       sel + ".publish: expected a channel name"},
+      {kRecycledExample, "\"unit\": \"token\",", "\"unit\": \"token\", \"publish\": \"r\",",
+       rsel + ".publish: only method exact_logits publishes"},
+      {kTidalExample, "\"publish\": \"tidal\"",
+       "\"publish\": \"tidal\", \"pool\": {\"type\": \"max\", \"k\": 0}",
+       sel + ".pool: pooling scores before top-k is not supported by this build", kUnimpl},
+      {kTidalExample, "\"publish\": \"tidal\"",
+       "\"publish\": \"tidal\", \"query_rope_position\": \"recent\"",
+       sel + ".query_rope_position: \"recent\" is part of attn-policy/v1 but not supported",
+       kUnimpl},
+      {kTidalExample, "\"publish\": \"tidal\"", "\"publish\": \"tidal\", \"topk\": 3",
+       sel + ".topk: unknown field"},
+      // decode fields
+      {kTidalExample, "\"attend_selected_in_this_layer\": false",
+       "\"attend_selected_in_this_layer\": true",
+       "policies.tidal_select.decode.attend_selected_in_this_layer: true (attending only the "
+       "fresh selection",
+       kUnimpl},
+      {kQuestExample, "\"refresh\": {\"every_steps\": 1}}}",
+       "\"refresh\": {\"every_steps\": 1}}, \"attend_selected_in_this_layer\": false}",
+       "policies.quest.decode.attend_selected_in_this_layer: only for methods exact_logits and "
+       "recycle: page_minmax attends the pages it selects"},
+      {kTidalExample, "\"consume\", \"consume\": \"tidal\"}",
+       "\"consume\", \"consume\": \"tidal\", \"attend_selected_in_this_layer\": false}",
+       "policies.tidal_sparse.decode.attend_selected_in_this_layer: only for decode mode select "
+       "(this policy's mode is consume)"},
+      {kTidalExample, "\"attend_selected_in_this_layer\": false", "\"emit\": \"logits\"",
+       "policies.tidal_select.decode.emit: side outputs", kUnimpl},
+      {kTidalExample, "{\"mode\": \"dense\"}", "{\"mode\": \"dense\", \"consume\": \"tidal\"}",
+       "policies.dense.decode.consume: only for decode mode consume (this policy's mode is dense)"},
+      {kTidalExample, "\"consume\", \"consume\": \"tidal\"}",
+       "\"consume\", \"consume\": \"tidal\", \"selection\": {}}",
+       "policies.tidal_sparse.decode.selection: only for decode mode select"},
+      {kTidalExample, "\"consume\", \"consume\": \"tidal\"}", "\"consume\"}",
+       "policies.tidal_sparse.decode.consume: required with decode mode consume"},
+      {kTidalExample, "{\"mode\": \"dense\"}", "{\"mode\": \"select\"}",
+       "policies.dense.decode.selection: required with decode mode select"},
+      {kTidalExample, "\"consume\": \"tidal\"", "\"consume\": \"tide\"",
+       "policies.tidal_sparse.decode.consume: no exact_logits policy publishes \"tide\""},
+      // storage, positions, prefill
+      {kTidalExample, "\"tidal_select\": {\"storage\": {\"kind\": \"full\"}",
+       "\"tidal_select\": {\"storage\": {\"kind\": \"ring\", \"sink\": 4, \"window\": 64}",
+       "policies.tidal_select.storage.kind: decode mode select needs storage full"},
+      {kTidalExample, "\"tidal_sparse\": {\"storage\": {\"kind\": \"full\"}",
+       "\"tidal_sparse\": {\"storage\": {\"kind\": \"compress_once\", \"sink\": 4, \"window\": 64}",
+       "policies.tidal_sparse.storage.kind: decode mode consume needs storage full"},
+      {kTidalExample, "\"tidal_sparse\": {\"storage\": {\"kind\": \"full\"}",
+       "\"tidal_sparse\": {\"storage\": {\"kind\": \"full\"}, \"positions\": \"reindex\"",
+       "policies.tidal_sparse.positions: decode mode consume needs positions original"},
+      {kTidalExample, "\"tidal_sparse\": {\"storage\": {\"kind\": \"full\"}",
+       "\"tidal_sparse\": {\"storage\": {\"kind\": \"full\"}, \"prefill\": {\"mode\": "
+       "\"retained\"}",
+       "policies.tidal_sparse.prefill.mode: decode mode consume needs prefill mode dense ("},
+      {kRecycledExample, "\"mode\": \"dense\", \"seed", "\"mode\": \"select_chunks\", \"seed",
+       "policies.recycled.prefill.mode: \"select_chunks\" is part of attn-policy/v1", kUnimpl},
+      {kTidalExample, "\"tidal_sparse\": {\"storage\": {\"kind\": \"full\"}",
+       "\"tidal_sparse\": {\"storage\": {\"kind\": \"full\"}, \"prefill\": "
+       "{\"seed_selection_from_last_prompt_token\": true}",
+       "policies.tidal_sparse.prefill.seed_selection_from_last_prompt_token: only for decode "
+       "selection method recycle"},
+      // budgets: the token unit counts sink and recent (the current token at least)
+      {kTidalExample, "\"budget\": 128", "\"budget\": 1",
+       sel + ".budget: budget 1 leaves nothing to select: always_include sink 0 + recent 1"},
+      {kTidalExample, "\"sink\": 0, \"recent\": 0", "\"sink\": 64, \"recent\": 64",
+       sel + ".budget: budget 128 leaves nothing to select: always_include sink 64 + recent 64"},
+      {kQuestExample, "\"budget\": 2048", "\"budget\": 2040",
+       qsel +
+           ".budget: budget 2040 and always_include.sink 0 must be multiples of the page size 16"},
+      {kQuestExample, "\"current\": true,", "\"current\": true, \"sink\": 4,",
+       qsel + ".budget: budget 2048 and always_include.sink 4 must be multiples"},
+      {kQuestExample, "\"budget\": 2048", "\"budget\": 16",
+       qsel + ".budget: budget 16 leaves no page to select: sink 0 + the last page + one page need "
+              "32"},
+      {kQuestExample, "\"page_size\": 16", "\"page_size\": 48",
+       qsel +
+           ".budget: budget 2048 and always_include.sink 0 must be multiples of the page size 48"},
+      // page summaries
+      {kQuestExample, ", \"page_metadata\": [\"kmin\", \"kmax\"]", "",
+       "kv_cache.page_metadata: required: policy \"quest\" selects pages"},
+      {kTidalExample, "\"policies\"",
+       "\"kv_cache\": {\"page_metadata\": [\"kmin\", \"kmax\"]}, \"policies\"",
+       "kv_cache.page_metadata: no policy selects pages"},
+      {kQuestExample, "[\"kmin\", \"kmax\"]", "[\"kmin\"]",
+       "kv_cache.page_metadata: page_minmax's bounds need both kmin and kmax"},
+      {kQuestExample, "[\"kmin\", \"kmax\"]", "[\"kmin\", \"kmin\", \"kmax\"]",
+       "kv_cache.page_metadata: \"kmin\" twice"},
+      {kQuestExample, "[\"kmin\", \"kmax\"]", "[\"kmin\", \"kmax\", \"kmean\"]",
+       "kv_cache.page_metadata: \"kmean\" is part of attn-policy/v1 but not supported", kUnimpl},
+      {kQuestExample, "[\"kmin\", \"kmax\"]", "[\"count\", \"kmin\", \"kmax\"]",
+       "kv_cache.page_metadata: \"count\" is part", kUnimpl},
+      {kQuestExample, "[\"kmin\", \"kmax\"]", "[\"kmin\", \"kmax\", \"kmid\"]",
+       "kv_cache.page_metadata: \"kmid\" is not one of kmin, kmax, kmean, count"},
+      {kQuestExample, "[\"kmin\", \"kmax\"]", "\"kmin\"",
+       "kv_cache.page_metadata: expected a list"},
+      // dense_if_len_le: one value for every selecting policy of a file
+      {kTidalExample, "\"consume\", \"consume\": \"tidal\"}}",
+       "\"consume\", \"consume\": \"tidal\"}, \"dense_if_len_le\": 64}",
+       "policies.tidal_sparse.dense_if_len_le: 64 differs from policy \"tidal_select\"'s 128: a "
+       "consume policy attends densely up to its publisher's length"},
+      {kTidalExample, "\"tidal_sparse\": {",
+       "\"reselect\": {\"storage\": {\"kind\": \"full\"}, \"decode\": {\"mode\": \"select\", "
+       "\"selection\": {\"method\": \"exact_logits\", \"budget\": 256, \"publish\": \"tidal\"}}}, "
+       "\"tidal_sparse\": {",
+       "policies.tidal_select.dense_if_len_le: 128 (its budget) differs from policy \"reselect\"'s "
+       "256 (its budget)"},
+      // the assignment: consumers after a publisher of the same KV head
+      {kTidalExample, "{\"layers\": [2], \"policy\": \"tidal_select\"},", "",
+       "assignment: layer 2 KV head 0 (policy \"tidal_sparse\") consumes channel \"tidal\", which "
+       "no exact_logits policy publishes for KV head 0 at an earlier layer"},
+      {kTidalExample, "{\"layers\": [0, 1], \"policy\": \"dense\"},", "",
+       "assignment: layer 0 KV head 0 (policy \"tidal_sparse\") consumes channel \"tidal\""},
+  };
+  for (const Case& c : cases) {
+    const std::string text = With(c.base, c.from, c.to);
+    INFO(c.from << " -> " << c.to);
+    const Status status = ErrorOf(text);
+    CHECK(status.code() == c.code);
+    CHECK_THAT(status.message(), Contains(c.expect));
+  }
+  // Giving the inherited or the same value is fine.
+  CHECK(ErrorOf(With(kTidalExample, "\"consume\", \"consume\": \"tidal\"}}",
+                     "\"consume\", \"consume\": \"tidal\"}, \"dense_if_len_le\": 128}"))
+            .ok());
+  CHECK(ErrorOf(With(kTidalExample, "\"attend_selected_in_this_layer\": false}}",
+                     "\"attend_selected_in_this_layer\": false}, \"dense_if_len_le\": 0}"))
+            .ok());
+}
+
+// Head-level assignments: consume heads whose own KV head publishes nothing earlier, and a
+// layer whose heads choose sets by different rules.
+TEST_CASE("Decode-time selection: the assignment is checked per (layer, KV head)",
+          "[policy][select]") {
+  using Catch::Contains;
+  const auto dir = std::filesystem::temp_directory_path() / "hw_policy_select_test";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "layer2_head1.json") << R"({"2": [1]})";
+  const std::string head_list = R"(, "head_list": {"format": "razor_json", "path": ")" +
+                                (dir / "layer2_head1.json").string() + R"(", "policy": "POLICY"}})";
+  auto with_head = [&](const std::string& policy, const std::string& extra_policy) {
+    std::string text =
+        With(kTidalExample, "]\n  }\n}", "]" + With(head_list, "POLICY", policy) + "\n}");
+    if (!extra_policy.empty())
+      text = With(text, "\"tidal_sparse\": {", extra_policy + "\"tidal_sparse\": {");
+    return text;
+  };
+  // Layer 2 KV head 1 dense: layer 3's KV head 1 has nothing to consume (KV head 0 does).
+  const Status dense_head = ErrorOf(with_head("dense", ""));
+  CHECK_THAT(dense_head.message(),
+             Contains("assignment: layer 3 KV head 1 (policy \"tidal_sparse\") consumes channel "
+                      "\"tidal\", which no exact_logits policy publishes for KV head 1"));
+  // Layer 2 KV head 1 recycles while KV head 0 selects: one set per layer, one rule.
+  const std::string recycle_policy =
+      R"("recycle": {"storage": {"kind": "full"}, "decode": {"mode": "select", "selection":
+         {"method": "recycle", "budget": 128, "granularity": "q_head",
+          "refresh": {"every_steps": 4}}}}, )";
+  const Status mixed = ErrorOf(with_head("recycle", recycle_policy));
+  CHECK_THAT(mixed.message(),
+             Contains("assignment: layer 2: KV head 0 (policy \"tidal_select\", exact_logits) and "
+                      "KV head 1 (policy \"recycle\", recycle) choose sets by different rules"));
+  // Granularity too: a kv_head exact_logits head beside the q_head one.
+  const std::string kv_select =
+      R"("kv_select": {"storage": {"kind": "full"}, "decode": {"mode": "select", "selection":
+         {"method": "exact_logits", "budget": 128, "publish": "tidal"}}}, )";
+  CHECK_THAT(ErrorOf(with_head("kv_select", kv_select)).message(),
+             Contains("layer 2: KV head 0 (policy \"tidal_select\", exact_logits) and KV head 1 "
+                      "(policy \"kv_select\", exact_logits) choose sets by different rules"));
+  // Another channel on KV head 1 at layer 2: its layer-3 consumer of "tidal" has none below.
+  const std::string other_channel = With(kv_select, "\"kv_select\"", "\"other\"");
+  CHECK_THAT(ErrorOf(with_head("other", With(With(other_channel, "\"publish\": \"tidal\"",
+                                                  "\"publish\": \"other\""),
+                                             "\"budget\": 128",
+                                             "\"budget\": 128, "
+                                             "\"granularity\": \"q_head\"")))
+                 .message(),
+             Contains("layer 3 KV head 1 (policy \"tidal_sparse\") consumes channel \"tidal\""));
+}
+
+TEST_CASE("Decode-time selection: the shipped Qwen2.5-Coder policies load", "[policy][select]") {
+  for (const auto& [dir, shape] :
+       {std::pair{std::string("qwen2.5-coder-0.5b-instruct/"), kQwen05},
+        std::pair{std::string("qwen2.5-coder-1.5b-instruct/"), kQwen15}}) {
+    INFO(dir);
+    const int mid = shape.num_layers / 2;
+    const PolicySet tidal = LoadShipped(dir + "tidal.json", shape);
+    for (int l = 0; l < shape.num_layers; ++l) {
+      const DecodeMode expect = l < 2                ? DecodeMode::kDense
+                                : l == 2 || l == mid ? DecodeMode::kSelect
+                                                     : DecodeMode::kConsume;
+      CHECK(tidal.At(l, 1).decode == expect);
+    }
+    const Selection& s = tidal.At(mid, 0).selection;
+    CHECK(s.budget == 2048);
+    CHECK(s.granularity == SelectionGranularity::kKvHead);
+    CHECK(s.group_reduce == GroupReduce::kSumSoftmax);
+    const PolicySet quest = LoadShipped(dir + "quest.json", shape);
+    CHECK(quest.At(1, 0).decode == DecodeMode::kDense);
+    CHECK(quest.At(2, 0).selection.method == SelectionMethod::kPageMinmax);
+    CHECK(quest.At(2, 0).selection.budget == 2048);
+    const PolicySet recycled = LoadShipped(dir + "recycled.json", shape);
+    const Selection& r = recycled.At(0, 0).selection;
+    CHECK(r.method == SelectionMethod::kRecycle);
+    CHECK(r.refresh_every_steps == 10);
+    CHECK(r.since_last_refresh);
+    CHECK_FALSE(r.refresh_by_similarity);
+  }
+}
+
+// The KvSelect of a TidalDecode file: layers 0-1 dense, 2 and the middle layer choose (sets 0
+// and 1), the others read the set of the latest selection layer below them.
+TEST_CASE("KvLayoutFor: TidalDecode selects and consumes", "[policy][select]") {
+  const PolicySet set = LoadShipped("qwen2.5-coder-0.5b-instruct/tidal.json", kQwen05);
+  const kvcache::KvLayout layout = LayoutOf(set);
+  REQUIRE(layout.selects_any());
+  CHECK(layout.num_select_sets() == 2);
+  CHECK(layout.max_select_budget() == 2048);
+  CHECK(layout.select_min_len == 2048);
+  CHECK(layout.all_full());
+  for (int l = 0; l < 24; ++l) {
+    for (int h = 0; h < 2; ++h) {
+      INFO("layer " << l << " KV head " << h);
+      const kernels::KvSelect& k = layout.SelectAt(l, h);
+      if (l < 2) {
+        CHECK(k.decode == kernels::kDecodeDense);
+        CHECK(k.set == -1);
+        continue;
+      }
+      CHECK(k.decode == (l == 2 || l == 12 ? kernels::kDecodeSelect : kernels::kDecodeConsume));
+      CHECK(k.set == (l < 12 ? 0 : 1));
+      CHECK(k.budget == 2048);
+      CHECK(k.sink == 0);
+      CHECK(k.recent == 1);  // recent 0, the current token counts
+      CHECK(k.per_q_head == 0);
+      CHECK(k.reduce == kernels::kReduceSumSoftmax);
+      CHECK(k.since_refresh == 0);
+      CHECK(k.refresh_every == 1);
+      CHECK(k.refresh_below_cos == 0);
+    }
+  }
+  // The ALGORITHMS.md example: sets per query head, layers 2 and 13 on Llama-3-8B.
+  auto example = ParsePolicy(kTidalExample, kLlama3, "", "tidal");
+  REQUIRE(example.ok());
+  const kvcache::KvLayout q_head = LayoutOf(*example);
+  CHECK(q_head.num_select_sets() == 2);
+  CHECK(q_head.select_min_len == 128);
+  CHECK(q_head.SelectAt(12, 7).set == 0);
+  CHECK(q_head.SelectAt(13, 7).set == 1);
+  CHECK(q_head.SelectAt(13, 7).decode == kernels::kDecodeSelect);
+  CHECK(q_head.SelectAt(31, 7).set == 1);
+  CHECK(q_head.SelectAt(31, 7).per_q_head == 1);
+  CHECK(q_head.SelectAt(31, 7).budget == 128);
+  // sink and recent reach the consumers: they attend what the set was chosen around.
+  auto sinks =
+      ParsePolicy(With(kTidalExample, "\"sink\": 0, \"recent\": 0", "\"sink\": 4, \"recent\": 8"),
+                  kLlama3, "", "tidal");
+  REQUIRE(sinks.ok());
+  const kvcache::KvLayout sunk = LayoutOf(*sinks);
+  CHECK(sunk.SelectAt(20, 3).sink == 4);
+  CHECK(sunk.SelectAt(20, 3).recent == 8);
+  CHECK(sunk.SelectAt(2, 3).recent == 8);
+}
+
+TEST_CASE("KvLayoutFor: Quest pages and Recycled sets", "[policy][select]") {
+  const PolicySet quest = LoadShipped("qwen2.5-coder-1.5b-instruct/quest.json", kQwen15);
+  const kvcache::KvLayout pages = LayoutOf(quest);
+  CHECK(pages.num_select_sets() == 26);  // layers 2..27, one set each
+  CHECK(pages.select_min_len == 2048);
+  for (int l = 0; l < 28; ++l) {
+    for (int h = 0; h < 2; ++h) {
+      INFO("layer " << l << " KV head " << h);
+      const kernels::KvSelect& k = pages.SelectAt(l, h);
+      if (l < 2) {
+        CHECK(k.decode == kernels::kDecodeDense);
+        CHECK(k.set == -1);
+        continue;
+      }
+      CHECK(k.decode == kernels::kDecodePages);
+      CHECK(k.set == l - 2);
+      CHECK(k.budget == 2048);
+      CHECK(k.sink == 0);
+      CHECK(k.recent == 1);
+      CHECK(k.per_q_head == 0);
+      CHECK(k.reduce == kernels::kReduceSumLogits);
+    }
+  }
+  auto max_reduce = ParsePolicy(With(With(kQuestExample, "\"sum_logits\"", "\"max\""),
+                                     "\"current\": true,", "\"current\": true, \"sink\": 32,"),
+                                kLlama3, "", "quest");
+  REQUIRE(max_reduce.ok());
+  const kvcache::KvLayout maxed = LayoutOf(*max_reduce);
+  CHECK(maxed.SelectAt(31, 0).reduce == kernels::kReduceMax);
+  CHECK(maxed.SelectAt(31, 0).sink == 32);
+
+  const PolicySet recycled = LoadShipped("qwen2.5-coder-0.5b-instruct/recycled.json", kQwen05);
+  const kvcache::KvLayout sets = LayoutOf(recycled);
+  CHECK(sets.num_select_sets() == 24);
+  CHECK(sets.select_min_len == 2048);
+  for (int l = 0; l < 24; ++l) {
+    for (int h = 0; h < 2; ++h) {
+      const kernels::KvSelect& k = sets.SelectAt(l, h);
+      CHECK(k.decode == kernels::kDecodeRecycle);
+      CHECK(k.set == l);
+      CHECK(k.budget == 2048);
+      CHECK(k.recent == 1);
+      CHECK(k.reduce == kernels::kReduceSumSoftmax);
+      CHECK(k.since_refresh == 1);
+      CHECK(k.refresh_every == 10);
+      CHECK(k.refresh_below_cos == 0);
+    }
+  }
+  auto example = ParsePolicy(kRecycledExample, kLlama3, "", "recycled");
+  REQUIRE(example.ok());
+  const kvcache::KvLayout cos = LayoutOf(*example);
+  CHECK(cos.SelectAt(7, 5).refresh_below_cos == 1);
+  CHECK(cos.SelectAt(7, 5).refresh_cos == 0.9f);
+  CHECK(cos.select_min_len == 4096);
+  // No selecting head: no selects.
+  CHECK_FALSE(LayoutOf(DensePolicySet(kLlama3)).selects_any());
+}
+
+TEST_CASE("KvLayoutFor and KvLayout::Validate: refusals past the parser", "[policy][select]") {
+  using Catch::Contains;
+  auto parsed = ParsePolicy(kTidalExample, kLlama3, "", "tidal");
+  REQUIRE(parsed.ok());
+  // A set made by hand whose consumer has no publisher below it.
+  PolicySet orphan = *parsed;
+  orphan.head_policy[2][3] = orphan.head_policy[3][3];
+  CHECK_THAT(KvLayoutFor(orphan).status().message(),
+             Contains("layer 2 KV head 3 (policy \"tidal_sparse\") consumes channel \"tidal\", "
+                      "which no exact_logits policy publishes for KV head 3"));
+  // Two selecting policies with different dense_if_len_le.
+  PolicySet lengths = *parsed;
+  for (Policy& p : lengths.policies) {
+    if (p.name == "tidal_sparse") p.dense_if_len_le = 7;
+  }
+  CHECK_THAT(KvLayoutFor(lengths).status().message(),
+             Contains("policies \"tidal_select\" (dense_if_len_le 128) and \"tidal_sparse\" (7)"));
+
+  const kvcache::KvLayout good = LayoutOf(*parsed);
+  REQUIRE(good.Validate(32, 8).ok());
+  // A consumer must attend the sink and tail its set was chosen around.
+  kvcache::KvLayout tail = good;
+  tail.selects[static_cast<size_t>(20 * 8 + 1)].recent = 2;
+  CHECK_THAT(tail.Validate(32, 8).message(),
+             Contains("layer 20 KV head 1: consumes set 1 with budget 128 sink 0 recent 2, chosen "
+                      "under budget 128 sink 0 recent 1 (layer 13)"));
+  // One set holds sets per query head or per KV head, not both.
+  kvcache::KvLayout mixed = good;
+  mixed.selects[static_cast<size_t>(13 * 8 + 5)].per_q_head = 0;
+  CHECK_THAT(mixed.Validate(32, 8).message(),
+             Contains("layer 13 KV head 5: set 1 holds sets per query head and per KV head"));
+}
+
+TEST_CASE("Decode-time selection is refused by CreateKvCache until the engine runs it",
+          "[policy][select]") {
+  auto parsed = ParsePolicy(kQuestExample, kLlama3, "", "quest");
+  REQUIRE(parsed.ok());
+  std::vector<kvcache::KvLayout> layouts;
+  layouts.push_back(LayoutOf(*parsed));
+  kvcache::KvCacheConfig config;
+  config.num_layers = 32;
+  config.num_kv_heads = 8;
+  config.head_dim = 8;
+  config.num_pages = 64;
+  auto backend = kernels::CreateCpuBackend(0);
+  auto cache = CreateKvCache(std::move(layouts), config, *backend);
+  REQUIRE_FALSE(cache.ok());
+  CHECK(cache.status().code() == StatusCode::kUnimplemented);
+  CHECK_THAT(cache.status().message(),
+             Catch::Contains("attention policy \"quest\": decode-time selection"));
 }
 
 }  // namespace
