@@ -232,6 +232,9 @@ struct SelectDecodeBatch {
   BlockTable table;  // with seq_slot and selects
   SelectState state;
   int max_len = 0;  // >= every selecting seq_len: the width of scores
+  // The pool's page size (KvPoolView::page_size): pages heads choose whole pages, and SelectTopK
+  // has no pool to read it from.
+  int page_size = 16;
 };
 
 // One-shot KV compaction (ALGORITHMS.md §9.8): row r replaces K and V at position dest[r] of

@@ -14,6 +14,7 @@
 #include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/ptx.cuh"
 #include "kernels/cuda/sampling.h"
+#include "kernels/cuda/select_decode.h"
 
 namespace headwise::kernels {
 namespace {
@@ -500,6 +501,105 @@ class CudaBackend final : public Backend {
     HW_CUDA_LAUNCHED();
   }
 
+  // --- decode-time selection (kernels::SelectDecodeBatch) ---
+  // Every launch reads lengths, slots and flags on the device and sizes its grid from shapes and
+  // max_len only, so a step's selection captures into a graph; the attention passes' scratch is
+  // the split-KV scratch of the other attention launches, sized by an eager run.
+
+  void UpdatePageSummaries(const KvPoolView& pool, const PagedAttentionBatch& batch) override {
+    if (pool.kmin.data == nullptr) return;  // no layout selects pages
+    const int d = static_cast<int>(pool.k.dim(2));
+    CheckPageSummaries(pool);
+    HW_CHECK(cuda::LaunchUpdatePageSummaries(
+                 stream_, DecodeCache(pool, batch.table), batch.token_seq.ptr<int32_t>(),
+                 batch.token_pos.ptr<int32_t>(), batch.token_pos.numel(), d, pool.kmin.ptr<bf16>(),
+                 pool.kmax.ptr<bf16>()),
+             "page summaries: unsupported shape (Hkv {}, head dim {}, page size {})",
+             batch.table.num_kv_heads(), d, pool.page_size);
+    HW_CUDA_LAUNCHED();
+  }
+
+  void SelectionGate(const Tensor& q, const SelectDecodeBatch& batch) override {
+    const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
+    const cuda::SelectDecodeView sel = SelectView(batch, hq, d);
+    HW_CHECK(cuda::LaunchSelectionGate(stream_, SelectCache(batch), sel, q.ptr<bf16>(),
+                                       batch.table.num_seqs(), hq, d),
+             "selection gate: unsupported shape");
+    HW_CUDA_LAUNCHED();
+  }
+
+  void ScoreAttention(const Tensor& q, const KvPoolView& pool, const SelectDecodeBatch& batch,
+                      float scale, const Tensor& out, const Tensor& scores) override {
+    const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
+    const int num_seqs = batch.table.num_seqs();
+    const cuda::SelectDecodeView sel = SelectView(batch, hq, d);
+    const cuda::DecodeKvCache kv = SelectCache(batch, pool);
+    HW_CHECK(scores.dtype == DType::kF32 && scores.rank == 3 && scores.dim(0) == num_seqs &&
+                 scores.dim(1) == hq && scores.dim(2) >= batch.max_len,
+             "scores {} must be f32 [S {}, Hq {}, >= max_len {}]", scores.ShapeString(), num_seqs,
+             hq, batch.max_len);
+    if (num_seqs == 0) return;
+    const int max_keys = std::max(batch.max_len, 1);
+    const int num_splits = cuda::SelectDecodeSplits(num_seqs, hq, kv.hkv, max_keys, num_sms_);
+    const size_t scratch = cuda::DecodeAttentionScratchBytes(int64_t{num_seqs} * hq, num_splits, d);
+    EnsureScratch(scratch);
+    EnsureSplitCounters(int64_t{num_seqs} * hq);
+    HW_CHECK(cuda::LaunchScoreDecodeAttention(
+                 stream_, q.ptr<bf16>(), kv, sel, num_seqs, hq, d, scale, scores.ptr<float>(),
+                 scores.dim(2), num_splits, scratch > 0 ? scratch_.back() : nullptr, scratch_bytes_,
+                 split_counters_.back(), out.ptr<bf16>()),
+             "score attention: unsupported shape (Hq {}, Hkv {}, head dim {})", hq, kv.hkv, d);
+    HW_CUDA_LAUNCHED();
+    if (pool.kmin.data != nullptr) {  // pages heads' bounds
+      CheckPageSummaries(pool);
+      HW_CHECK(cuda::LaunchPageBounds(stream_, kv, sel, q.ptr<bf16>(), pool.kmin.ptr<bf16>(),
+                                      pool.kmax.ptr<bf16>(), num_seqs, hq, d, scale, max_keys,
+                                      scores.ptr<float>(), scores.dim(2)),
+               "page bounds: unsupported shape (Hq {}, Hkv {}, head dim {})", hq, kv.hkv, d);
+      HW_CUDA_LAUNCHED();
+    }
+  }
+
+  void SelectTopK(const Tensor& q, const Tensor& scores, const SelectDecodeBatch& batch) override {
+    const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
+    const int num_seqs = batch.table.num_seqs();
+    const cuda::SelectDecodeView sel = SelectView(batch, hq, d);
+    HW_CHECK(scores.dtype == DType::kF32 && scores.rank == 3 && scores.dim(0) == num_seqs &&
+                 scores.dim(1) == hq && scores.dim(2) >= batch.max_len,
+             "scores {} must be f32 [S {}, Hq {}, >= max_len {}]", scores.ShapeString(), num_seqs,
+             hq, batch.max_len);
+    HW_CHECK(batch.max_len <= cuda::MaxSelectTopKLen(),
+             "selection top-k takes sequences of at most {} keys; max_len is {}",
+             cuda::MaxSelectTopKLen(), batch.max_len);
+    HW_CHECK(
+        cuda::LaunchSelectTopK(stream_, SelectCache(batch), sel, q.ptr<bf16>(), scores.ptr<float>(),
+                               scores.dim(2), num_seqs, hq, d, batch.max_len),
+        "selection top-k: unsupported shape (Hq {}, Hkv {}, max_len {})", hq,
+        batch.table.num_kv_heads(), batch.max_len);
+    HW_CUDA_LAUNCHED();
+  }
+
+  void SelectedAttention(const Tensor& q, const KvPoolView& pool, const SelectDecodeBatch& batch,
+                         float scale, const Tensor& out) override {
+    const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
+    const int num_seqs = batch.table.num_seqs();
+    const cuda::SelectDecodeView sel = SelectView(batch, hq, d);
+    const cuda::DecodeKvCache kv = SelectCache(batch, pool);
+    if (num_seqs == 0) return;
+    // A list holds at most every key of its sequence.
+    const int num_splits =
+        cuda::SelectDecodeSplits(num_seqs, hq, kv.hkv, std::max(batch.max_len, 1), num_sms_);
+    const size_t scratch = cuda::DecodeAttentionScratchBytes(int64_t{num_seqs} * hq, num_splits, d);
+    EnsureScratch(scratch);
+    EnsureSplitCounters(int64_t{num_seqs} * hq);
+    HW_CHECK(cuda::LaunchSelectedDecodeAttention(
+                 stream_, q.ptr<bf16>(), kv, sel, num_seqs, hq, d, scale, num_splits,
+                 scratch > 0 ? scratch_.back() : nullptr, scratch_bytes_, split_counters_.back(),
+                 out.ptr<bf16>()),
+             "selected attention: unsupported shape (Hq {}, Hkv {}, head dim {})", hq, kv.hkv, d);
+    HW_CUDA_LAUNCHED();
+  }
+
   void MeanKv(const KvPoolView& pool, const KvMeanBatch& batch) override {
     const int64_t rows = batch.row_seq.numel();
     if (rows == 0) return;
@@ -633,7 +733,93 @@ class CudaBackend final : public Backend {
       kv.comp_blocks = table.comp_blocks.ptr<int32_t>();
       kv.comp_from = table.comp_from.ptr<int32_t>();
     }
+    if (table.has_select_heads()) {
+      HW_CHECK(table.seq_slot.dtype == DType::kI32 && table.seq_slot.numel() == table.num_seqs(),
+               "BlockTable::seq_slot {} must be i32 [S {}]", table.seq_slot.ShapeString(),
+               table.num_seqs());
+      kv.seq_slot = table.seq_slot.ptr<int32_t>();
+    }
     return kv;
+  }
+
+  // The selection step's table on the device, with the pool where keys are read (its page size
+  // must be the batch's).
+  static cuda::DecodeKvCache SelectCache(const SelectDecodeBatch& batch, const KvPoolView& pool) {
+    HW_CHECK(batch.table.has_select_heads(),
+             "decode-time selection needs BlockTable::seq_slot and selects");
+    HW_CHECK(pool.page_size == batch.page_size,
+             "SelectDecodeBatch::page_size {} differs from the pool's {}", batch.page_size,
+             pool.page_size);
+    return DecodeCache(pool, batch.table);
+  }
+  static cuda::DecodeKvCache SelectCache(const SelectDecodeBatch& batch) {
+    HW_CHECK(batch.page_size >= 1, "SelectDecodeBatch::page_size {}", batch.page_size);
+    KvPoolView no_keys;
+    no_keys.page_size = batch.page_size;
+    return SelectCache(batch, no_keys);
+  }
+
+  static void CheckPageSummaries(const KvPoolView& pool) {
+    HW_CHECK(pool.kmin.dtype == DType::kBF16 && pool.kmax.dtype == DType::kBF16 &&
+                 pool.kmin.rank == 2 && pool.kmin.dim(0) == pool.k.dim(0) &&
+                 pool.kmin.dim(1) == pool.k.dim(2) && pool.kmax.rank == 2 &&
+                 pool.kmax.dim(0) == pool.k.dim(0) && pool.kmax.dim(1) == pool.k.dim(2),
+             "page summaries kmin {} / kmax {} must be bf16 [pages {}, D {}]",
+             pool.kmin.ShapeString(), pool.kmax.ShapeString(), pool.k.dim(0), pool.k.dim(2));
+  }
+
+  // SelectDecodeBatch's state and step tensors as the kernels read them, after checking their
+  // shapes against the table and q [T, hq, d].
+  static cuda::SelectDecodeView SelectView(const SelectDecodeBatch& batch, int hq, int d) {
+    const BlockTable& table = batch.table;
+    HW_CHECK(table.has_select_heads(),
+             "decode-time selection needs BlockTable::seq_slot and selects");
+    const int64_t num_seqs = table.num_seqs();
+    HW_CHECK(table.seq_slot.dtype == DType::kI32 && table.seq_slot.numel() == num_seqs &&
+                 batch.seq_token.numel() == num_seqs && batch.seq_len.numel() == num_seqs,
+             "seq_slot {}, seq_token {} and seq_len {} must be i32 [S {}]",
+             table.seq_slot.ShapeString(), batch.seq_token.ShapeString(),
+             batch.seq_len.ShapeString(), num_seqs);
+    HW_CHECK(table.selects.dtype == DType::kI32 && table.selects.rank == 3 &&
+                 table.selects.dim(0) == table.num_layouts() &&
+                 table.selects.dim(1) == table.num_kv_heads() &&
+                 table.selects.dim(2) == kKvSelectInts,
+             "BlockTable::selects {} must be i32 [layouts {}, Hkv {}, {}]",
+             table.selects.ShapeString(), table.num_layouts(), table.num_kv_heads(), kKvSelectInts);
+    const SelectState& st = batch.state;
+    HW_CHECK(st.positions.rank == 4 && st.positions.dim(2) == hq && st.positions.dim(3) >= 1,
+             "SelectState::positions {} must be i32 [slots, sets, Hq {}, budget]",
+             st.positions.ShapeString(), hq);
+    const int64_t slots = st.positions.dim(0), sets = st.positions.dim(1);
+    const auto is_slots_sets = [&](const Tensor& t) {
+      return t.dtype == DType::kI32 && t.rank == 2 && t.dim(0) == slots && t.dim(1) == sets;
+    };
+    HW_CHECK(st.counts.dtype == DType::kI32 && st.counts.rank == 3 && st.counts.dim(0) == slots &&
+                 st.counts.dim(1) == sets && st.counts.dim(2) == hq &&
+                 is_slots_sets(st.chosen_len) && is_slots_sets(st.steps) &&
+                 is_slots_sets(st.refresh),
+             "SelectState counts {} must be i32 [slots {}, sets {}, Hq {}], chosen_len {}, steps "
+             "{} and refresh {} i32 [slots, sets]",
+             st.counts.ShapeString(), slots, sets, hq, st.chosen_len.ShapeString(),
+             st.steps.ShapeString(), st.refresh.ShapeString());
+    HW_CHECK(st.q_ref.data == nullptr ||
+                 (st.q_ref.dtype == DType::kF32 && st.q_ref.rank == 3 && st.q_ref.dim(0) == slots &&
+                  st.q_ref.dim(1) == sets && st.q_ref.dim(2) == int64_t{hq} * d),
+             "SelectState::q_ref {} must be empty or f32 [slots {}, sets {}, Hq * D {}]",
+             st.q_ref.ShapeString(), slots, sets, int64_t{hq} * d);
+    cuda::SelectDecodeView v{};
+    v.seq_token = batch.seq_token.ptr<int32_t>();
+    v.seq_len = batch.seq_len.ptr<int32_t>();
+    v.selects = static_cast<const KvSelect*>(table.selects.data);
+    v.positions = st.positions.ptr<int32_t>();
+    v.counts = st.counts.ptr<int32_t>();
+    v.chosen_len = st.chosen_len.ptr<int32_t>();
+    v.steps = st.steps.ptr<int32_t>();
+    v.refresh = st.refresh.ptr<int32_t>();
+    v.q_ref = st.q_ref.data != nullptr ? st.q_ref.ptr<float>() : nullptr;
+    v.num_sets = static_cast<int>(sets);
+    v.width = static_cast<int>(st.positions.dim(3));
+    return v;
   }
 
   // Scratch for split-KV partials, grown on demand. Outgrown buffers stay allocated until

@@ -3,7 +3,9 @@
 // of the GQA group at once (padded to the 16 rows of an mma tile), so each K/V row is read from
 // device memory once per group; K/V tiles of 64 keys are gathered page by page with cp.async into
 // a 2-stage shared-memory ring: the next tile streams in while this one is computed, with two
-// blocks per SM.
+// blocks per SM. The same kernel, instantiated with kSelect, runs decode-time selection's attention
+// passes (kernels::SelectDecodeBatch): dense attention that also writes its logits
+// (ScoreAttention), and attention over a sink, a chosen set and a tail (SelectedAttention).
 
 #include <algorithm>
 #include <climits>
@@ -43,7 +45,9 @@ constexpr int kPrefetchTiles = 4;   // tiles pulled into L2 before the previous 
 static_assert(kPrefetchTiles >= kStages);
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Everything a block needs; sparse when indptr is set.
+// Everything a block needs; sparse when indptr is set. The kSelect instantiation serves decode-time
+// selection instead (kernels::SelectDecodeBatch): ScoreAttention's dense pass when scores is set,
+// else SelectedAttention.
 struct Params {
   const bf16* q;
   DecodeKvCache kv;
@@ -58,11 +62,30 @@ struct Params {
   int hq, group, head_chunks, d;
   float scale_log2;
   bf16* out;
-  float* lse;         // sparse only
-  float* part_o;      // [out_rows, splits, d] when split
-  float* part_lse;    // [out_rows, splits]
+  float* lse;  // sparse only
+  // Split partials are indexed by partial row: the output row, except in selection, where output
+  // rows follow seq_token (rows of a step's whole batch) and partial rows the sequences
+  // (seq * hq + query head), so that the scratch scales with the sequences, not the tokens.
+  float* part_o;      // [partial rows, splits, d] when split
+  float* part_lse;    // [partial rows, splits]
   uint32_t* arrived;  // [grid rows * grid heads] when the last split merges: splits done so far
+  // Selection (kSelect).
+  SelectDecodeView sel;
+  float* scores;  // ScoreAttention: [S, hq, scores_width] f32, the scaled logits; else null
+  int64_t scores_width;
+  float scale;
 };
+
+// A split's partial lse of NaN marks output rows that a block left alone (a selecting sequence's
+// non-dense head in paged attention; a head the selection operation does not handle): the merge
+// kernel leaves them untouched. Only split 0 marks, and only where that kernel merges (the
+// last-block merge never runs for such rows: no block of theirs arrives).
+__device__ void MarkRowsLeftAlone(const Params& p, int64_t part_row, int ng, int split,
+                                  int splits) {
+  if (splits > 1 && p.arrived == nullptr && split == 0 && threadIdx.x < ng) {
+    p.part_lse[(part_row + threadIdx.x) * splits] = NAN;
+  }
+}
 
 // P as a bf16 pair hi + lo: hi alone would round the probabilities to 8 bits (~2e-3 relative
 // error per weight); with lo the weights keep ~16 bits, so the output is as exact as fp32 CUDA-core
@@ -103,7 +126,8 @@ struct Layout {
 // their o never written nor weighted). Partials are read with ld.global.cg: another block on this
 // SM may have pulled a line of them into L1 before they were written.
 constexpr int kLastBlockMergeMaxSplits = 8;
-__device__ void MergeSplitsIfLast(const Params& p, int64_t out_row, int ng, int splits) {
+__device__ void MergeSplitsIfLast(const Params& p, int64_t part_row, int64_t out_row, int ng,
+                                  int splits) {
   __shared__ bool s_last;
   __threadfence();  // this block's partials are visible device-wide before it counts itself
   __syncthreads();
@@ -115,8 +139,8 @@ __device__ void MergeSplitsIfLast(const Params& p, int64_t out_row, int ng, int 
   const int d = p.d, chunks = d / 4;
   for (int i = threadIdx.x; i < ng * chunks; i += kThreads) {
     const int g = i / chunks, c = (i % chunks) * 4;
-    const float* lse = p.part_lse + (out_row + g) * splits;
-    const float* src = p.part_o + (out_row + g) * splits * int64_t{d} + c;
+    const float* lse = p.part_lse + (part_row + g) * splits;
+    const float* src = p.part_o + (part_row + g) * splits * int64_t{d} + c;
     float m = -INFINITY, den = 0.0f;
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     // Rounds of kLastBlockMergeMaxSplits (one, as launched): their loads issue back to back
@@ -164,11 +188,76 @@ __device__ void MergeSplitsIfLast(const Params& p, int64_t out_row, int ng, int 
   if (threadIdx.x == 0) *arrived = 0;
 }
 
+// What a selection block attends (kSelect): sequence blockIdx.x, query heads [first_g, first_g +
+// ng) of KV head kv_head. ScoreAttention: blocks (KV head, chunk of 16 query heads), keys [0, n).
+// SelectedAttention: blocks (KV head, query head g); a set per KV head is attended by the blocks
+// g < head_chunks (one chunk of 16 heads each), a set per query head by block g alone; keys
+// [0, sink), the set, then the tail [tail, n) (KvSelect), as one index range whose indices
+// [n_sink, n_sink + set_count) read the set. Set entries outside [n_sink, tail) are masked
+// (never counted twice, even where a consume head's sink or recent differ from its select
+// head's).
+struct SelectBlock {
+  bool owns = false;    // the block owns these output rows (it marks them when it leaves them)
+  bool active = false;  // and computes them
+  int kv_head = 0, first_g = 0, ng = 0;
+  KvHead head;
+  AttendedKeys keys{0, 0, 0};
+  const int32_t* set = nullptr;
+  int set_count = 0, set_hi = 0;
+};
+
+__device__ SelectBlock SelectBlockOf(const Params& p, int seq, int slot) {
+  SelectBlock b;
+  const int group = p.group;
+  const bool scoring = p.scores != nullptr;
+  b.kv_head =
+      scoring ? static_cast<int>(blockIdx.y) / p.head_chunks : static_cast<int>(blockIdx.y) / group;
+  b.head = p.kv.Head(seq, b.kv_head);
+  const KvSelect sel = p.sel.Select(p.kv, seq, b.kv_head);
+  const int g = static_cast<int>(blockIdx.y) % (scoring ? p.head_chunks : group);
+  if (scoring || !sel.per_q_head) {
+    b.owns = scoring || g < p.head_chunks;
+    b.first_g = g * kHeadRows;
+    b.ng = max(0, min(kHeadRows, group - b.first_g));
+  } else {
+    b.owns = true;
+    b.first_g = g;
+    b.ng = 1;
+  }
+  if (!b.owns || slot < 0) return b;
+  const int n = p.sel.seq_len[seq];
+  if (scoring) {
+    b.active = sel.decode != kDecodePages && p.sel.Chooses(sel, slot);
+    b.keys = AttendedKeys{n, n, 0};
+    return b;
+  }
+  b.active = p.sel.AttendsSet(sel, slot);
+  if (!b.active) return b;
+  const int n_sink = min(sel.sink, n);
+  int tail;
+  if (sel.decode == kDecodePages) {
+    tail = (n - 1) / p.kv.page_size * p.kv.page_size;  // the page holding n - 1
+  } else {
+    tail = n - sel.recent;
+    if (sel.decode == kDecodeRecycle && sel.since_refresh) {
+      tail = min(tail, p.sel.chosen_len[p.sel.SetIndex(slot, sel.set)]);
+    }
+  }
+  tail = min(max(tail, n_sink), n);
+  const int row = p.sel.SetRow(sel, b.kv_head, group, b.first_g);
+  b.set = p.sel.SetPositions(slot, sel.set, row, p.hq);
+  b.set_count = min(max(*p.sel.SetCount(slot, sel.set, row, p.hq), 0), p.sel.width);
+  b.set_hi = tail;
+  b.keys = AttendedKeys{n_sink + b.set_count + (n - tail), n_sink, tail - n_sink - b.set_count};
+  return b;
+}
+
 // Block (row, head chunk, split): attention of up to 16 query heads sharing one KV head over the
 // split's share of the row's keys. Splits are multiples of a tile, sized on the device from the
 // row's key count, so one captured launch serves every length. Each warp runs its own online
-// softmax over its 16 keys of every tile; the 4 warps merge once at the end.
-template <int kDim>
+// softmax over its 16 keys of every tile; the 4 warps merge once at the end. kSelect: decode-time
+// selection's passes (SelectBlock), which may also write the logits.
+template <int kDim, bool kSelect>
 __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p) {
   using L = Layout<kDim>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -188,23 +277,51 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
   // kernel is a chain of dependent loads on the critical path of the step. A prefetch cannot read
   // stale data (L2 is where writes land); the copies into shared memory happen after the wait.
   // Index lists may be computed on the device, so the sparse path waits first.
+  // Selection reads sets and flags that the step's earlier kernels write: it waits first too.
   AllowDependentLaunch();
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const bool sparse = p.indptr != nullptr;
-  if (sparse) WaitForPriorGrids();
+  const bool sparse = !kSelect && p.indptr != nullptr;
+  if (sparse || kSelect) WaitForPriorGrids();
   // Only a grid of one wave prefetches: its blocks all start at once, and what they pull in fits
   // in L2 (264 blocks x 4 tiles x 32 KB at d 128). Blocks of later waves start after the wait
   // anyway, and their prefetches would evict the first wave's data before use (batch 8 at 8K:
   // 10.4 against 9.4 ms a step).
-  const bool prefetch = !sparse && gridDim.x * gridDim.y * gridDim.z <= 2 * NumSms();
+  const bool prefetch = !sparse && !kSelect && gridDim.x * gridDim.y * gridDim.z <= 2 * NumSms();
   const int64_t row = blockIdx.x;
   const int split = blockIdx.z, splits = gridDim.z;
   int kv_head, first_g, seq, count, list = 0;
-  int64_t q_row, out_row;
+  int64_t q_row, out_row, part_row;
   AttendedKeys keys{0, INT_MAX, 0};  // sparse: list entries are positions
   // The (sequence, KV head)'s retention and page, read once here: the key loop only indexes.
   KvHead head;
-  if (sparse) {
+  // Selection: the set read at key indices [keys.n_sink, + set_count), its entries past set_hi
+  // (or below n_sink) masked; ScoreAttention's logits rows.
+  const int32_t* set = nullptr;
+  int set_count = 0, set_hi = 0, ng;
+  float* scores = nullptr;
+  if constexpr (kSelect) {
+    seq = static_cast<int>(row);
+    const int slot = p.kv.seq_slot[seq];
+    const SelectBlock b = SelectBlockOf(p, seq, slot);
+    kv_head = b.kv_head;
+    first_g = b.first_g;
+    ng = b.ng;
+    part_row = int64_t{seq} * p.hq + kv_head * p.group + first_g;
+    if (!b.active) {
+      if (b.owns) MarkRowsLeftAlone(p, part_row, ng, split, splits);
+      return;
+    }
+    head = b.head;
+    if (head.retention.reindex()) __trap();  // selection needs original positions (kv_layout.cc)
+    keys = b.keys;
+    count = keys.count;
+    set = b.set;
+    set_count = b.set_count;
+    set_hi = b.set_hi;
+    q_row = int64_t{p.sel.seq_token[seq]} * p.hq + kv_head * p.group + first_g;
+    out_row = q_row;
+    if (p.scores != nullptr) scores = p.scores + part_row * p.scores_width;
+  } else if (sparse) {
     kv_head = p.row_kv_head[row];
     first_g = blockIdx.y * kHeadRows;
     seq = p.row_seq[row];
@@ -215,35 +332,44 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     count = p.indptr[row + 1] - list;
     q_row = int64_t{seq} * p.hq + kv_head * p.group + first_g;
     out_row = row * p.group + first_g;
+    part_row = out_row;
+    ng = min(kHeadRows, p.group - first_g);
   } else {
     kv_head = blockIdx.y / p.head_chunks;
     first_g = (blockIdx.y % p.head_chunks) * kHeadRows;
     const int pos = p.token_pos[row];  // < 0: padding
     seq = p.token_seq[row];            // not dereferenced for padding; loaded beside token_pos
     if (pos >= 0) head = p.kv.Head(seq, kv_head);
+    q_row = row * p.hq + kv_head * p.group + first_g;
+    out_row = q_row;
+    part_row = out_row;
+    ng = min(kHeadRows, p.group - first_g);
+    // A selecting sequence's non-dense head: the selection operations write these rows.
+    if (pos >= 0 && p.kv.LeftToSelection(seq, head)) {
+      WaitForPriorGrids();  // before the mark (scratch) and before exiting (launch.cuh)
+      MarkRowsLeftAlone(p, part_row, ng, split, splits);
+      return;
+    }
     keys = AttendedKeys::Of(p.kv, head.retention, seq, pos,
                             p.seq_first_pos != nullptr && pos >= 0 ? p.seq_first_pos[seq] : pos);
     count = keys.count;
-    q_row = row * p.hq + kv_head * p.group + first_g;
-    out_row = q_row;
   }
-  const int ng = min(kHeadRows, p.group - first_g);
   const int d = p.d;
   const int per_split =
       ((max(count, 0) + splits - 1) / splits + kTileKeys - 1) / kTileKeys * kTileKeys;
   const int begin = split * per_split;
   const int n_keys = min(count, begin + per_split) - begin;
   if (n_keys <= 0) {  // padding, an empty list, or a split past the end
-    if (!sparse) WaitForPriorGrids();
+    if (!sparse && !kSelect) WaitForPriorGrids();
     for (int i = tid; i < ng * d; i += kThreads) {
       if (splits == 1) {
         p.out[out_row * d + i] = __float2bfloat16(0.0f);
       } else if (i % d == 0) {
-        p.part_lse[(out_row + i / d) * splits + split] = -INFINITY;
+        p.part_lse[(part_row + i / d) * splits + split] = -INFINITY;
       }
     }
     if (splits == 1 && p.lse != nullptr && tid < ng) p.lse[out_row + tid] = -INFINITY;
-    if (splits > 1 && p.arrived != nullptr) MergeSplitsIfLast(p, out_row, ng, splits);
+    if (splits > 1 && p.arrived != nullptr) MergeSplitsIfLast(p, part_row, out_row, ng, splits);
     return;
   }
   const int n_tiles = (n_keys + kTileKeys - 1) / kTileKeys;
@@ -258,7 +384,21 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
     slot = -1;
     bias = 0.0f;
     if (n < n_keys) {
-      const int pos = sparse ? p.indices[list + begin + n] : keys.Position(begin + n);
+      int pos;
+      if constexpr (kSelect) {
+        const int in_set = begin + n - keys.n_sink;
+        if (static_cast<unsigned>(in_set) < static_cast<unsigned>(set_count)) {
+          pos = set[in_set];
+          if (pos < keys.n_sink || pos >= set_hi) {  // attended as sink or tail, or stale: masked
+            bias = -INFINITY;
+            return;
+          }
+        } else {
+          pos = keys.Position(begin + n);
+        }
+      } else {
+        pos = sparse ? p.indices[list + begin + n] : keys.Position(begin + n);
+      }
       slot = (seq_blocks[pos / page_size] + head_page) * page_size + pos % page_size;
       if (p.bias != nullptr) {
         bias = p.bias[list + begin + n] * kLog2e;
@@ -314,7 +454,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
   // (count - 1), each key by its index in the list as its tile lands (the paged path only).
   // Thread tid turns column tid % half of rows tid / half, + rot_rows, ... (RankRotation); threads
   // past the last whole set of columns idle.
-  const bool by_rank = !sparse && head.retention.reindex();
+  const bool by_rank = !sparse && !kSelect && head.retention.reindex();
   const int half = d / 2, rot_rows = kThreads / half, rot_col = tid % half, rot_row0 = tid / half;
   const bool rotates = by_rank && rot_row0 < rot_rows;
   RankRotation rotation(rotates ? p.kv.rope_inv_freq[rot_col] : 0.0f, rot_rows);
@@ -379,6 +519,20 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
       }
     }
     const int key0 = tile * kTileKeys + warp * 16;
+    if constexpr (kSelect) {
+      if (scores != nullptr) {  // ScoreAttention: the scaled logits, keys being positions here
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int h = lane / 4 + 8 * (e / 2), col = nt * 8 + (lane % 4) * 2 + (e % 2);
+            if (h < ng && key0 + col < n_keys) {
+              scores[h * p.scores_width + begin + key0 + col] = s[nt][e] * p.scale;
+            }
+          }
+        }
+      }
+    }
     const float* bias = s_bias + (tile % kRing) * kTileKeys + warp * 16;
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
@@ -486,41 +640,50 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
       *reinterpret_cast<__nv_bfloat162*>(p.out + (out_row + g) * d + c) =
           __floats2bfloat162_rn(v.x, v.y);
     } else {
-      *reinterpret_cast<float2*>(p.part_o + ((out_row + g) * splits + split) * d + c) = v;
+      *reinterpret_cast<float2*>(p.part_o + ((part_row + g) * splits + split) * d + c) = v;
     }
   }
   if (tid < ng) {
     if (splits > 1) {
-      p.part_lse[(out_row + tid) * splits + split] = s_lse[tid];
+      p.part_lse[(part_row + tid) * splits + split] = s_lse[tid];
     } else if (p.lse != nullptr) {
       p.lse[out_row + tid] = s_lse[tid];
     }
   }
-  if (splits > 1 && p.arrived != nullptr) MergeSplitsIfLast(p, out_row, ng, splits);
+  if (splits > 1 && p.arrived != nullptr) MergeSplitsIfLast(p, part_row, out_row, ng, splits);
 }
 
 // The log-sum-exp merge for more than kLastBlockMergeMaxSplits splits, one block per output
 // row, its threads spread over (split, 4 dims) so that many partial loads are in flight at once: a
 // loop over the splits one after another would wait out an L2 round trip per split. All splits
-// empty (padding, empty list): out 0, lse -inf.
+// empty (padding, empty list): out 0, lse -inf. Rows marked left alone (MarkRowsLeftAlone) stay
+// untouched. With row_token (selection) partial row r is output row row_token[r / hq] * hq +
+// r % hq.
 constexpr int kMergeThreads = 256;
 __global__ void __launch_bounds__(kMergeThreads)
     MergeSplitsKernel(const float* part_o, const float* part_lse, int splits, int d, bf16* out,
-                      float* lse_out) {
+                      float* lse_out, const int32_t* row_token, int hq) {
   // Launched as a programmatic dependent of the attention kernel: it may start early, and must
   // wait here for that grid's partials. The kernel after it may start early too.
   AllowDependentLaunch();
   WaitForPriorGrids();
   __shared__ float s_red[kMergeThreads / 32];
   __shared__ float4 s_acc[kMergeThreads];
+  __shared__ bool s_left_alone;
   const int64_t row = blockIdx.x;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const float* lse = part_lse + row * splits;
   float m = -INFINITY;
-  for (int s = tid; s < splits; s += kMergeThreads) m = fmaxf(m, lse[s]);
+  for (int s = tid; s < splits; s += kMergeThreads) {
+    const float x = lse[s];
+    if (s == 0) s_left_alone = isnan(x);  // thread 0, in the loads it makes anyway
+    m = fmaxf(m, x);
+  }
   for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
   if (lane == 0) s_red[warp] = m;
   __syncthreads();
+  if (s_left_alone) return;  // no split computed this row: leave its output as it is
+  const int64_t out_row = row_token != nullptr ? int64_t{row_token[row / hq]} * hq + row % hq : row;
   m = s_red[0];
   for (int w = 1; w < kMergeThreads / 32; ++w) m = fmaxf(m, s_red[w]);
   const float base = m == -INFINITY ? 0.0f : m;
@@ -581,27 +744,35 @@ __global__ void __launch_bounds__(kMergeThreads)
       sum.w += x.w;
     }
     const float inv = den > 0.0f ? 1.0f / den : 0.0f;
-    __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(out + row * d + tid * 4);
+    __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(out + out_row * d + tid * 4);
     dst[0] = __floats2bfloat162_rn(sum.x * inv, sum.y * inv);
     dst[1] = __floats2bfloat162_rn(sum.z * inv, sum.w * inv);
-    if (lse_out != nullptr && tid == 0) lse_out[row] = den > 0.0f ? m + logf(den) : -INFINITY;
+    if (lse_out != nullptr && tid == 0) lse_out[out_row] = den > 0.0f ? m + logf(den) : -INFINITY;
   }
 }
 
-template <int kDim>
+template <int kDim, bool kSelect>
 bool LaunchAttention(const Params& p, dim3 grid, cudaStream_t stream) {
-  static const cudaError_t configured =
-      cudaFuncSetAttribute(DecodeAttentionKernel<kDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(Layout<kDim>::kBytes));
+  static const cudaError_t configured = cudaFuncSetAttribute(
+      DecodeAttentionKernel<kDim, kSelect>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(Layout<kDim>::kBytes));
   if (configured != cudaSuccess) return false;
 #ifndef HW_DECODE_NO_ATTN_PDL
-  PdlLaunch(grid, dim3(kThreads), Layout<kDim>::kBytes, stream)(DecodeAttentionKernel<kDim>, p);
+  PdlLaunch(grid, dim3(kThreads), Layout<kDim>::kBytes, stream)(
+      DecodeAttentionKernel<kDim, kSelect>, p);
 #else  // experiments: a plain launch
   // clang-format off
-  DecodeAttentionKernel<kDim><<<grid, kThreads, Layout<kDim>::kBytes, stream>>>(p);
+  DecodeAttentionKernel<kDim, kSelect><<<grid, kThreads, Layout<kDim>::kBytes, stream>>>(p);
   // clang-format on
 #endif
   return true;
+}
+
+template <bool kSelect>
+bool LaunchForDim(const Params& p, dim3 grid, cudaStream_t stream) {
+  return p.d <= 64    ? LaunchAttention<64, kSelect>(p, grid, stream)
+         : p.d <= 128 ? LaunchAttention<128, kSelect>(p, grid, stream)
+                      : LaunchAttention<256, kSelect>(p, grid, stream);
 }
 
 int ChooseSplits(int64_t blocks, int64_t max_keys, int num_sms) {
@@ -619,31 +790,32 @@ int ChooseSplits(int64_t blocks, int64_t max_keys, int num_sms) {
   return static_cast<int>(std::clamp<int64_t>(want, 1, std::min<int64_t>(cap, 65535)));
 }
 
-bool Launch(Params p, int64_t grid_rows, int grid_heads, int num_splits, int64_t out_rows,
+// part_rows: the partial rows (Params::part_o), the output rows but in selection.
+template <bool kSelect>
+bool Launch(Params p, int64_t grid_rows, int grid_heads, int num_splits, int64_t part_rows,
             void* scratch, size_t scratch_bytes, uint32_t* split_counters, cudaStream_t stream) {
   const int d = p.d;
   if (d < 8 || d > 256 || d % 8 != 0 || p.kv.page_size < 1 || num_splits < 1 ||
-      num_splits > 65535 || grid_rows > 0x7fffffff || out_rows > 0x7fffffff || grid_heads > 65535) {
+      num_splits > 65535 || grid_rows > 0x7fffffff || part_rows > 0x7fffffff ||
+      grid_heads > 65535) {
     return false;
   }
   if (grid_rows == 0) return true;
-  if (scratch_bytes < DecodeAttentionScratchBytes(out_rows, num_splits, d)) return false;
+  if (scratch_bytes < DecodeAttentionScratchBytes(part_rows, num_splits, d)) return false;
   if (num_splits > 1) {
     if (split_counters == nullptr) return false;
     p.part_o = static_cast<float*>(scratch);
-    p.part_lse = p.part_o + out_rows * num_splits * d;
+    p.part_lse = p.part_o + part_rows * num_splits * d;
     if (num_splits <= kLastBlockMergeMaxSplits) p.arrived = split_counters;
   }
   const dim3 grid(static_cast<unsigned>(grid_rows), static_cast<unsigned>(grid_heads),
                   static_cast<unsigned>(num_splits));
-  const bool ok = d <= 64    ? LaunchAttention<64>(p, grid, stream)
-                  : d <= 128 ? LaunchAttention<128>(p, grid, stream)
-                             : LaunchAttention<256>(p, grid, stream);
-  if (!ok) return false;
+  if (!LaunchForDim<kSelect>(p, grid, stream)) return false;
   if (num_splits > 1 && p.arrived == nullptr) {
-    PdlLaunch(dim3(static_cast<unsigned>(out_rows)), dim3(kMergeThreads), 0, stream)(
+    PdlLaunch(dim3(static_cast<unsigned>(part_rows)), dim3(kMergeThreads), 0, stream)(
         MergeSplitsKernel, static_cast<const float*>(p.part_o),
-        static_cast<const float*>(p.part_lse), num_splits, d, p.out, p.lse);
+        static_cast<const float*>(p.part_lse), num_splits, d, p.out, p.lse,
+        kSelect ? p.sel.seq_token : static_cast<const int32_t*>(nullptr), p.hq);
   }
   return true;
 }
@@ -687,8 +859,8 @@ bool LaunchPagedDecodeAttention(cudaStream_t stream, const bf16* q, const Decode
   p.token_seq = token_seq;
   p.token_pos = token_pos;
   p.seq_first_pos = seq_first_pos;
-  return Launch(p, tokens, kv.hkv * p.head_chunks, num_splits, tokens * hq, scratch, scratch_bytes,
-                split_counters, stream);
+  return Launch<false>(p, tokens, kv.hkv * p.head_chunks, num_splits, tokens * hq, scratch,
+                       scratch_bytes, split_counters, stream);
 }
 
 bool LaunchSparseDecodeAttention(cudaStream_t stream, const bf16* q, const DecodeKvCache& kv,
@@ -705,8 +877,39 @@ bool LaunchSparseDecodeAttention(cudaStream_t stream, const bf16* q, const Decod
   p.indices = indices;
   p.bias = logit_bias;
   p.lse = lse;
-  return Launch(p, rows, p.head_chunks, num_splits, rows * p.group, scratch, scratch_bytes,
-                split_counters, stream);
+  return Launch<false>(p, rows, p.head_chunks, num_splits, rows * p.group, scratch, scratch_bytes,
+                       split_counters, stream);
+}
+
+int SelectDecodeSplits(int64_t seqs, int hq, int hkv, int64_t max_keys, int num_sms) {
+  return PagedDecodeSplits(seqs, hq, hkv, max_keys, num_sms);
+}
+
+bool LaunchScoreDecodeAttention(cudaStream_t stream, const bf16* q, const DecodeKvCache& kv,
+                                const SelectDecodeView& sel, int num_seqs, int hq, int d,
+                                float scale, float* scores, int64_t scores_width, int num_splits,
+                                void* scratch, size_t scratch_bytes, uint32_t* split_counters,
+                                bf16* out) {
+  if (kv.hkv < 1 || hq % kv.hkv != 0 || kv.seq_slot == nullptr || scores == nullptr) return false;
+  Params p = CommonParams(q, kv, hq, d, scale, out);
+  p.sel = sel;
+  p.scores = scores;
+  p.scores_width = scores_width;
+  p.scale = scale;
+  return Launch<true>(p, num_seqs, kv.hkv * p.head_chunks, num_splits, int64_t{num_seqs} * hq,
+                      scratch, scratch_bytes, split_counters, stream);
+}
+
+bool LaunchSelectedDecodeAttention(cudaStream_t stream, const bf16* q, const DecodeKvCache& kv,
+                                   const SelectDecodeView& sel, int num_seqs, int hq, int d,
+                                   float scale, int num_splits, void* scratch, size_t scratch_bytes,
+                                   uint32_t* split_counters, bf16* out) {
+  if (kv.hkv < 1 || hq % kv.hkv != 0 || kv.seq_slot == nullptr) return false;
+  Params p = CommonParams(q, kv, hq, d, scale, out);
+  p.sel = sel;
+  p.scale = scale;
+  return Launch<true>(p, num_seqs, hq, num_splits, int64_t{num_seqs} * hq, scratch, scratch_bytes,
+                      split_counters, stream);
 }
 
 }  // namespace headwise::kernels::cuda

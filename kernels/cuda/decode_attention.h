@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/paged_kv.h"
+#include "kernels/cuda/select_decode.h"
 
 namespace headwise::kernels::cuda {
 
@@ -34,12 +35,13 @@ size_t DecodeAttentionScratchBytes(int64_t out_rows, int num_splits, int d);
 // token_pos[t] attends keys 0 .. token_pos[t] of its sequence (AttendedKeys on ring heads, with
 // chunk start seq_first_pos[token_seq[t]], or token_pos[t] itself when seq_first_pos is null);
 // token_pos[t] < 0 is padding, its output rows are zeros. Query head qh reads KV head qh / (hq /
-// hkv). scale multiplies the logits. Nothing past a token's position (nor block-table entries past
-// it) is read. Returns false, launching nothing, when the shape is unsupported (d not a multiple of
-// 8 in 8..256, hq not a multiple of kv.hkv, page_size < 1, num_splits outside 1..65535, grid too
-// large), scratch_bytes is below DecodeAttentionScratchBytes(tokens * hq, num_splits, d) or a
-// split launch has no split_counters.
-// Launch errors surface through cudaGetLastError as for any kernel launch.
+// hkv). scale multiplies the logits. With kv.seq_slot set, the rows of a sequence with a slot
+// (>= 0) on a head whose decode is not dense are left untouched (DecodeKvCache::LeftToSelection).
+// Nothing past a token's position (nor block-table entries past it) is read. Returns false,
+// launching nothing, when the shape is unsupported (d not a multiple of 8 in 8..256, hq not a
+// multiple of kv.hkv, page_size < 1, num_splits outside 1..65535, grid too large), scratch_bytes is
+// below DecodeAttentionScratchBytes(tokens * hq, num_splits, d) or a split launch has no
+// split_counters. Launch errors surface through cudaGetLastError as for any kernel launch.
 bool LaunchPagedDecodeAttention(cudaStream_t stream, const __nv_bfloat16* q,
                                 const DecodeKvCache& kv, const int32_t* token_seq,
                                 const int32_t* token_pos, const int32_t* seq_first_pos,
@@ -61,5 +63,29 @@ bool LaunchSparseDecodeAttention(cudaStream_t stream, const __nv_bfloat16* q,
                                  int hq, int d, float scale, int num_splits, void* scratch,
                                  size_t scratch_bytes, uint32_t* split_counters, __nv_bfloat16* out,
                                  float* lse);
+
+// Decode-time selection's attention (kernels::SelectDecodeBatch; kernels::KvSelect gives what each
+// role attends), over num_seqs sequences: sequence s with a slot (kv.seq_slot[s] >= 0) has its
+// one query at row sel.seq_token[s] of q and out (bf16 [T, hq, d]), position sel.seq_len[s] - 1;
+// sequences without are left alone. Splits: SelectDecodeSplits with max_keys >= every seq_len
+// (the batch's max_len); scratch DecodeAttentionScratchBytes(num_seqs * hq, num_splits, d) and
+// split counters for num_seqs * hq rows, as for the other launches. Rows these launches do not
+// compute stay untouched.
+int SelectDecodeSplits(int64_t seqs, int hq, int hkv, int64_t max_keys, int num_sms);
+// ScoreAttention's dense pass: select heads, and recycle heads whose set refreshes (sel.refresh),
+// attend keys [0, seq_len) into out and write their scaled logits (q . k * scale, f32) into
+// scores[s, qh, j], j < seq_len, of scores [num_seqs, hq, scores_width].
+bool LaunchScoreDecodeAttention(cudaStream_t stream, const __nv_bfloat16* q,
+                                const DecodeKvCache& kv, const SelectDecodeView& sel, int num_seqs,
+                                int hq, int d, float scale, float* scores, int64_t scores_width,
+                                int num_splits, void* scratch, size_t scratch_bytes,
+                                uint32_t* split_counters, __nv_bfloat16* out);
+// SelectedAttention: consume and pages heads, and recycle heads not refreshing, attend their
+// sink, set (sel.positions, sel.counts; per KV head or per query head) and tail.
+bool LaunchSelectedDecodeAttention(cudaStream_t stream, const __nv_bfloat16* q,
+                                   const DecodeKvCache& kv, const SelectDecodeView& sel,
+                                   int num_seqs, int hq, int d, float scale, int num_splits,
+                                   void* scratch, size_t scratch_bytes, uint32_t* split_counters,
+                                   __nv_bfloat16* out);
 
 }  // namespace headwise::kernels::cuda

@@ -35,10 +35,19 @@ struct DecodeKvCache {
   // Ring heads with re-indexed positions (StreamingLLM): their keys are stored unrotated, and
   // attention rotates q and each key by its rank (RankRotation). Null when no layout has one.
   const float* rope_inv_freq = nullptr;  // [d / 2]
+  // Decode-time selection (kernels::BlockTable::seq_slot): sequence s's selection slot this step,
+  // -1 when it attends densely. Null when no layout has selecting heads: then nothing is checked.
+  const int32_t* seq_slot = nullptr;  // [S]
 
 #ifdef __CUDACC__
   __device__ KvHead Head(int seq, int kv_head) const {
     return heads[int64_t{seq_layout[seq]} * hkv + kv_head];
+  }
+  // Whether paged attention leaves (seq, head) to the selection operations: a selecting
+  // sequence's head whose decode is not dense. Dense heads cost no load: the head's role is
+  // tested first, the sequence's slot only for the others.
+  __device__ bool LeftToSelection(int seq, const KvHead& head) const {
+    return head.decode != kDecodeDense && seq_slot != nullptr && seq_slot[seq] >= 0;
   }
   // The block table row of `seq` for the kind of block a head of retention r keeps keys in.
   __device__ const int32_t* BlocksOf(int seq, const KvRetention& r) const {

@@ -118,6 +118,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) PagedPrefillAttenti
   // the causal mask by position is all that differs between rows.
   // The sequence's head (its layout's retention and page), read once: the tiles only index.
   const KvHead head = p.kv.Head(seq, kv_head);
+  // A selecting sequence's one decode query on a non-dense head: the selection operations write
+  // that output (kernels::BlockTable::seq_slot).
+  if (p.kv.LeftToSelection(seq, head)) return;
   const AttendedKeys keys =
       AttendedKeys::Of(p.kv, head.retention, seq, pos0 + rows - 1, chunk_start);
   const int num_keys = keys.count;

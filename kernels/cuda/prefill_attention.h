@@ -19,7 +19,8 @@ namespace headwise::kernels::cuda {
 //   kv            the layer's paged cache (DecodeKvCache). Keys 0 .. seq_first_pos[s] + rows(s) - 1
 //                 must be written; nothing past them (nor block-table entries past them) is read.
 //   query head qh reads KV head qh / (hq / kv.hkv). scale multiplies the logits (1/sqrt(d)
-//   usually).
+//   usually). With kv.seq_slot set, a selecting sequence's (slot >= 0) rows on heads whose decode
+//   is not dense are left untouched (DecodeKvCache::LeftToSelection).
 // All pointers are device pointers; max_query_len bounds every sequence's row count (it sizes the
 // grid). Returns false, launching nothing, when the shape is unsupported: d not 64 or 128,
 // hq not a multiple of hkv, page_size < 1, or more than 65535 sequences. Launch errors surface

@@ -160,7 +160,7 @@ inline HostBlockTable MakeBlockTable(const std::vector<LayoutSpec>& layouts,
       kernels::KvHead head;
       head.retention = spec[static_cast<size_t>(h)];
       head.page = page[static_cast<size_t>(h)];
-      head.reserved = 0;
+      head.decode = kernels::kDecodeDense;
       const auto* ints = reinterpret_cast<const int32_t*>(&head);
       t.heads.insert(t.heads.end(), ints, ints + kernels::kKvHeadInts);
       t.any_ring = t.any_ring || head.retention.ring();
