@@ -192,8 +192,9 @@ Tensor LlamaModel::Run(const StepInputs& step) {
     if (flag(step.select_layers)) {
       // Launched whether or not a sequence selects this step (the kernels skip rows that do
       // not), so a captured decode step replays the same launches for any mix of sequences.
-      const kernels::SelectDecodeBatch select{step.seq_token, step.seq_len, attn_batch.table,
-                                              step.select_state, step.select_max_len};
+      const kernels::SelectDecodeBatch select{step.seq_token,      step.seq_len,
+                                              attn_batch.table,    step.select_state,
+                                              step.select_max_len, step.pool.page_size};
       const Tensor scores(scores_.view().data, DType::kF32, scores_.view().device,
                           {step.seq_len.numel(), c.num_heads, step.select_max_len});
       HW_CHECK_LE(scores.numel(), scores_.view().numel());
