@@ -232,6 +232,9 @@ struct SelectDecodeBatch {
   BlockTable table;  // with seq_slot and selects
   SelectState state;
   int max_len = 0;  // >= every selecting seq_len: the width of scores
+  // KvPoolView::page_size: SelectTopK, which has no pool, chooses and expands pages by it (pages
+  // heads); the other operations read the pool's.
+  int page_size = 0;
 };
 
 // One-shot KV compaction (ALGORITHMS.md §9.8): row r replaces K and V at position dest[r] of
