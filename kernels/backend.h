@@ -232,8 +232,8 @@ struct SelectDecodeBatch {
   BlockTable table;  // with seq_slot and selects
   SelectState state;
   int max_len = 0;  // >= every selecting seq_len: the width of scores
-  // The pool's page size (KvPoolView::page_size): pages heads choose whole pages, and SelectTopK
-  // has no pool to read it from.
+  // KvPoolView::page_size: SelectTopK, which has no pool, chooses and expands pages by it (pages
+  // heads); the other operations check it against the pool's.
   int page_size = 16;
 };
 

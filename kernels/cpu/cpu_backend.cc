@@ -7,147 +7,30 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
-#include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/kv_lookup.h"
+#include "kernels/cpu/list_attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/sampling.h"
+#include "kernels/cpu/select_decode.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace headwise::kernels {
 namespace {
 
-void CheckF32(const Tensor& t, const char* what) {
-  HW_CHECK(t.dtype == DType::kF32 && t.device == Device::kCpu, "{} must be f32 on the CPU", what);
-}
-void CheckI32(const Tensor& t, const char* what) {
-  HW_CHECK(t.dtype == DType::kI32 && t.device == Device::kCpu, "{} must be i32 on the CPU", what);
-}
+using cpu::CheckF32;
+using cpu::CheckI32;
+using cpu::CheckTable;
+using cpu::CheckWorkSummaries;
+using cpu::HeadOf;
+using cpu::SeqHead;
+using cpu::SlotOf;
 
 float RmsScale(const float* x, int64_t n, float eps) {
   double sum = 0.0;
   for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
   return 1.0f / std::sqrt(static_cast<float>(sum / static_cast<double>(n)) + eps);
-}
-
-// The KvHead of (layout, KV head): heads is an i32 tensor, so the struct is copied out.
-KvHead LayoutHead(const BlockTable& table, int layout, int kv_head) {
-  static_assert(std::is_trivially_copyable_v<KvHead>);
-  KvHead head;
-  const int32_t* src =
-      table.heads.ptr<int32_t>() + (int64_t{layout} * table.num_kv_heads() + kv_head) * kKvHeadInts;
-  std::memcpy(static_cast<void*>(&head), src, sizeof head);
-  return head;
-}
-
-// Checks what every operation reads of a block table once per call, so that the per-key lookups
-// below need only index: a bad table is a bug upstream (the KV cache that built it).
-void CheckTable(const BlockTable& table) {
-  CheckI32(table.heads, "BlockTable::heads");
-  CheckI32(table.seq_layout, "BlockTable::seq_layout");
-  CheckI32(table.blocks, "BlockTable::blocks");
-  HW_CHECK(table.heads.rank == 3 && table.heads.dim(2) == kKvHeadInts && table.num_layouts() > 0,
-           "BlockTable::heads {} must be [layouts, Hkv, {}]", table.heads.ShapeString(),
-           kKvHeadInts);
-  HW_CHECK(table.blocks.rank == 2 && table.seq_layout.numel() == table.num_seqs(),
-           "BlockTable::blocks {} and seq_layout {} must be [S, max_blocks] and [S]",
-           table.blocks.ShapeString(), table.seq_layout.ShapeString());
-  for (const auto& [kind, t] : {std::pair{"ring_blocks", &table.ring_blocks},
-                                std::pair{"comp_blocks", &table.comp_blocks}}) {
-    if (t->data == nullptr) continue;
-    CheckI32(*t, kind);
-    HW_CHECK(t->rank == 2 && t->dim(0) == table.blocks.dim(0) && t->dim(1) == table.blocks.dim(1),
-             "BlockTable::{} {} must have the shape of blocks {}", kind, t->ShapeString(),
-             table.blocks.ShapeString());
-  }
-  if (table.has_compressed_heads()) {
-    CheckI32(table.comp_from, "BlockTable::comp_from");
-    HW_CHECK_EQ(table.comp_from.numel(), table.num_seqs());
-  }
-  for (int s = 0; s < table.num_seqs(); ++s) {
-    const int32_t layout = table.seq_layout.ptr<int32_t>()[s];
-    HW_CHECK(layout >= 0 && layout < table.num_layouts(), "sequence {} runs layout {} of {}", s,
-             layout, table.num_layouts());
-  }
-  for (int l = 0; l < table.num_layouts(); ++l) {
-    for (int h = 0; h < table.num_kv_heads(); ++h) {
-      const KvHead head = LayoutHead(table, l, h);
-      const KvRetention& r = head.retention;
-      HW_CHECK(r.storage == kStorageFull || r.storage == kStorageRing ||
-                   r.storage == kStorageCompressOnce,
-               "layout {} KV head {}: storage {}", l, h, r.storage);
-      HW_CHECK(r.sink >= 0 && r.window >= 0 && head.page >= 0,
-               "layout {} KV head {}: sink {}, window {}, page {}", l, h, r.sink, r.window,
-               head.page);
-      HW_CHECK(!r.ring() || table.has_ring_heads(),
-               "layout {} KV head {} is a ring head but the table has no ring_blocks", l, h);
-      HW_CHECK(!r.compress_once() || table.has_compressed_heads(),
-               "layout {} KV head {} compresses once but the table has no comp_blocks", l, h);
-      HW_CHECK(!r.reindex() || r.ring(),
-               "layout {} KV head {} re-indexes positions but is no ring head", l, h);
-    }
-  }
-}
-
-// BlockTable's host-known summaries bound every layout's heads (the CUDA backend sizes its work by
-// them and cannot read the heads): a forgotten or stale summary fails here.
-void CheckWorkSummaries(const BlockTable& table) {
-  for (int l = 0; l < table.num_layouts(); ++l) {
-    int full_heads = 0;
-    for (int h = 0; h < table.num_kv_heads(); ++h) {
-      const KvHead head = LayoutHead(table, l, h);
-      if (head.retention.ring()) {
-        HW_CHECK(head.retention.sink + head.retention.window <= table.max_ring_span,
-                 "layout {} KV head {}: ring sink {} + window {} over max_ring_span {}", l, h,
-                 head.retention.sink, head.retention.window, table.max_ring_span);
-      } else {
-        ++full_heads;
-      }
-    }
-    HW_CHECK(full_heads <= table.max_full_heads,
-             "layout {} has {} full and compress-once KV heads, max_full_heads is {}", l,
-             full_heads, table.max_full_heads);
-  }
-}
-
-// Key positions and pool pages of (sequence, KV head): its layout's KvHead and its row of the
-// block table of the head's storage kind.
-struct SeqHead {
-  KvHead head;
-  const int32_t* blocks = nullptr;  // [max_blocks]: first page of each logical page's block
-  int32_t seq = 0;
-  int kv_head = 0;
-};
-SeqHead HeadOf(const BlockTable& table, int32_t seq, int kv_head) {
-  HW_CHECK(seq >= 0 && seq < table.num_seqs() && kv_head >= 0 && kv_head < table.num_kv_heads(),
-           "KV head {} of sequence {} outside the block table [{}, {}]", kv_head, seq,
-           table.num_seqs(), table.num_kv_heads());
-  SeqHead sh;
-  sh.seq = seq;
-  sh.kv_head = kv_head;
-  sh.head = LayoutHead(table, table.seq_layout.ptr<int32_t>()[seq], kv_head);
-  const KvRetention& r = sh.head.retention;
-  const Tensor& blocks = r.ring()            ? table.ring_blocks
-                         : r.compress_once() ? table.comp_blocks
-                                             : table.blocks;
-  sh.blocks = blocks.ptr<int32_t>() + int64_t{seq} * table.max_blocks();
-  return sh;
-}
-
-// Pool slot of key `pos` of a sequence's KV head, bounds-checked: a bad table is a bug upstream.
-int64_t SlotOf(const SeqHead& sh, const BlockTable& table, const KvPoolView& pool, int32_t pos) {
-  const int64_t logical = pos / pool.page_size;
-  HW_CHECK(pos >= 0 && logical < table.max_blocks(),
-           "key {} of sequence {} outside the block table's {} pages of {}", pos, sh.seq,
-           table.max_blocks(), pool.page_size);
-  const int32_t first_page = sh.blocks[logical];
-  // A freed comp page: its positions were dropped by compaction, and nothing may read them.
-  HW_CHECK(first_page >= 0, "key {} of sequence {} on KV head {}: its page was freed (block {})",
-           pos, sh.seq, sh.kv_head, first_page);
-  const int64_t page = int64_t{first_page} + sh.head.page;
-  HW_CHECK(page < pool.k.dim(0), "KV page {} (block {} + head page {}) outside pool of {}", page,
-           first_page, sh.head.page, pool.k.dim(0));
-  return page * pool.page_size + pos % pool.page_size;
 }
 
 // The keys query token t attends on its sequence's KV head: [0, pos] causally, or on a ring head
@@ -230,41 +113,18 @@ class RankRotation {
   int32_t ranks_ = 0;
 };
 
-// dots[h] = q_h . k for the n query rows q_h = q + h * head_dim: each a plain sequential sum
-// over d (the same rounding as one head alone), the n sums interleaved so they run in parallel.
-template <int N>
-void DotRows(const float* q, int64_t head_dim, const float* k, float* dots) {
-  float acc[N] = {};
-  for (int64_t d = 0; d < head_dim; ++d) {
-    for (int h = 0; h < N; ++h) acc[h] += q[h * head_dim + d] * k[d];
-  }
-  for (int h = 0; h < N; ++h) dots[h] = acc[h];
-}
-void DotRows(const float* q, int64_t n, int64_t head_dim, const float* k, float* dots) {
-  switch (n) {
-    case 1:
-      return DotRows<1>(q, head_dim, k, dots);
-    case 2:
-      return DotRows<2>(q, head_dim, k, dots);
-    case 3:
-      return DotRows<3>(q, head_dim, k, dots);
-    case 4:
-      return DotRows<4>(q, head_dim, k, dots);
-    case 8:
-      return DotRows<8>(q, head_dim, k, dots);
-    default:
-      for (int64_t h = 0; h < n; ++h) DotRows<1>(q + h * head_dim, head_dim, k, dots + h);
-  }
-}
-
+// Per-worker buffers of PagedAttention.
 struct AttentionScratch {
-  std::vector<float> q, key, scores, max, denom, dots;
+  std::vector<float> q, keys;  // a re-indexed head's rotated query heads and keys
+  cpu::KeyList list;
+  cpu::ListScratch list_scratch;
 };
 
-// Attention of query heads [qh0, qh0 + n) of token t, which share one KV head: scores over the
-// attended keys, softmax, weighted sum of the values into out. On a re-indexed head the query
-// and every key are first rotated by their rank (`rotation` holds enough ranks), each key once
-// for all n heads.
+// Attention of query heads [qh0, qh0 + n) of token t, which share one KV head: list attention
+// (cpu/list_attention.h) over the attended keys in increasing position. On a re-indexed head the
+// query and every key are first rotated by their rank (`rotation` holds enough ranks), each key
+// once for all n heads. Heads that select for a selecting sequence are left to the selection
+// operations (their outputs untouched).
 void AttendHeads(const Tensor& q, const KvPoolView& pool, const PagedAttentionBatch& batch,
                  float scale, const Tensor& out, int64_t t, int64_t qh0, int64_t n, int64_t group,
                  const RankRotation& rotation, AttentionScratch& s) {
@@ -273,12 +133,14 @@ void AttendHeads(const Tensor& q, const KvPoolView& pool, const PagedAttentionBa
   const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
   const int32_t pos = batch.token_pos.ptr<int32_t>()[t];
   float* o = out.ptr<float>() + (t * num_q_heads + qh0) * head_dim;
-  std::fill(o, o + n * head_dim, 0.0f);
-  if (pos < 0) return;  // padding
+  if (pos < 0) {  // padding
+    std::fill(o, o + n * head_dim, 0.0f);
+    return;
+  }
   const SeqHead sh = HeadOf(batch.table, seq, static_cast<int>(qh0 / group));
+  if (cpu::SelectionAttends(batch.table, seq, sh.head)) return;
   const KeyRanges attended = AttendedKeys(batch, t, sh.head.retention);
   const int32_t count = attended.count();
-  const auto count_size = static_cast<size_t>(count);
   const bool by_rank = sh.head.retention.reindex();
   const float* qv = q.ptr<float>() + (t * num_q_heads + qh0) * head_dim;
   if (by_rank) {
@@ -287,44 +149,25 @@ void AttendHeads(const Tensor& q, const KvPoolView& pool, const PagedAttentionBa
       rotation.Rotate(qv + h * head_dim, count - 1, s.q.data() + static_cast<size_t>(h) * d_size);
     }
     qv = s.q.data();
-    s.key.resize(d_size);
+    s.keys.resize(static_cast<size_t>(count) * d_size);
   }
-  s.scores.resize(static_cast<size_t>(n) * count_size);
-  s.max.assign(static_cast<size_t>(n), -INFINITY);
-  s.dots.resize(static_cast<size_t>(n));
+  s.list.Clear();
   for (int32_t j = 0; j < count; ++j) {
-    const float* kv =
-        pool.k.ptr<float>() + SlotOf(sh, batch.table, pool, attended.key(j)) * head_dim;
+    const int64_t slot = SlotOf(sh, batch.table, pool, attended.key(j));
+    const float* kv = pool.k.ptr<float>() + slot * head_dim;
     if (by_rank) {
-      rotation.Rotate(kv, j, s.key.data());
-      kv = s.key.data();
+      float* rotated = s.keys.data() + static_cast<size_t>(j) * d_size;
+      rotation.Rotate(kv, j, rotated);
+      kv = rotated;
     }
-    DotRows(qv, n, head_dim, kv, s.dots.data());
-    for (int64_t h = 0; h < n; ++h) {
-      float& score = s.scores[static_cast<size_t>(h) * count_size + static_cast<size_t>(j)];
-      score = s.dots[static_cast<size_t>(h)] * scale +
-              (j == attended.bias_index ? attended.bias : 0.0f);
-      s.max[static_cast<size_t>(h)] = std::max(s.max[static_cast<size_t>(h)], score);
-    }
+    s.list.k.push_back(kv);
+    s.list.v.push_back(pool.v.ptr<float>() + slot * head_dim);
   }
-  s.denom.assign(static_cast<size_t>(n), 0.0f);
-  for (int64_t h = 0; h < n; ++h) {
-    float* row = s.scores.data() + static_cast<size_t>(h) * count_size;
-    for (size_t j = 0; j < count_size; ++j) {
-      row[j] = std::exp(row[j] - s.max[static_cast<size_t>(h)]);
-      s.denom[static_cast<size_t>(h)] += row[j];
-    }
+  if (attended.bias_index >= 0) {
+    s.list.bias.assign(static_cast<size_t>(count), 0.0f);
+    s.list.bias[static_cast<size_t>(attended.bias_index)] = attended.bias;
   }
-  for (int32_t j = 0; j < count; ++j) {
-    const float* vv =
-        pool.v.ptr<float>() + SlotOf(sh, batch.table, pool, attended.key(j)) * head_dim;
-    for (int64_t h = 0; h < n; ++h) {
-      const float p = s.scores[static_cast<size_t>(h) * count_size + static_cast<size_t>(j)] /
-                      s.denom[static_cast<size_t>(h)];
-      float* oh = o + h * head_dim;
-      for (int64_t d = 0; d < head_dim; ++d) oh[d] += p * vv[d];
-    }
-  }
+  cpu::AttendList(qv, n, head_dim, s.list, scale, {o, nullptr, nullptr, 0}, s.list_scratch);
 }
 
 class CpuBackend final : public Backend {
@@ -518,6 +361,22 @@ class CpuBackend final : public Backend {
     const BlockTable& table = batch.table;
     CheckTable(table);
     CheckWorkSummaries(table);
+    if (table.has_select_heads()) {
+      // A selecting sequence's query this step is one decode token (SelectDecodeBatch).
+      std::vector<int> queries(static_cast<size_t>(table.num_seqs()), 0);
+      for (int64_t t = 0; t < tokens; ++t) {
+        if (batch.token_pos.ptr<int32_t>()[t] < 0) continue;
+        const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
+        HW_CHECK(seq >= 0 && seq < table.num_seqs(), "token {} of sequence {} of {}", t, seq,
+                 table.num_seqs());
+        ++queries[static_cast<size_t>(seq)];
+      }
+      for (int s = 0; s < table.num_seqs(); ++s) {
+        HW_CHECK(cpu::SelectSlot(table, s) < 0 || queries[static_cast<size_t>(s)] == 1,
+                 "sequence {} selects (slot {}) with {} query tokens, not one decode query", s,
+                 cpu::SelectSlot(table, s), queries[static_cast<size_t>(s)]);
+      }
+    }
     bool reindex = false;  // some token attends on a re-indexed head
     int32_t ranks = 0;     // the longest attended list on a re-indexed head
     for (int64_t t = 0; t < tokens; ++t) {
@@ -565,46 +424,48 @@ class CpuBackend final : public Backend {
     pool_.ParallelFor(
         rows * group, (indptr[rows] + rows) * group * head_dim * 4,
         [&](int64_t begin, int64_t end) {
-          std::vector<float> scores;
+          cpu::KeyList list;
+          cpu::ListScratch scratch;
           for (int64_t i = begin; i < end; ++i) {
             const int64_t r = i / group, g = i % group;
             const int32_t seq = batch.row_seq.ptr<int32_t>()[r];
             const int32_t kv_head = batch.row_kv_head.ptr<int32_t>()[r];
             const SeqHead sh = HeadOf(batch.table, seq, kv_head);
             HW_CHECK(!sh.head.retention.reindex(),
-                     "index-list decode is not defined for re-indexed KV head {} (sequence {})",
+                     "index-list decode is not defined for re-indexed KV head {} "
+                     "(sequence {})",
                      kv_head, seq);
+            list.Clear();
+            for (int32_t j = indptr[r]; j < indptr[r + 1]; ++j) {
+              const int64_t slot = SlotOf(sh, batch.table, pool, batch.indices.ptr<int32_t>()[j]);
+              list.k.push_back(pool.k.ptr<float>() + slot * head_dim);
+              list.v.push_back(pool.v.ptr<float>() + slot * head_dim);
+              if (bias != nullptr) list.bias.push_back(bias[j]);
+            }
             const float* qv = q.ptr<float>() + (seq * num_q_heads + kv_head * group + g) * head_dim;
-            float* o = out.ptr<float>() + i * head_dim;
-            std::fill(o, o + head_dim, 0.0f);
-            const int32_t first = indptr[r], count = indptr[r + 1] - indptr[r];
-            if (count == 0) {
-              lse.ptr<float>()[i] = -INFINITY;
-              continue;
-            }
-            auto row_of = [&](const Tensor& pool_part, int32_t j) {
-              const int32_t pos = batch.indices.ptr<int32_t>()[first + j];
-              return pool_part.ptr<float>() + SlotOf(sh, batch.table, pool, pos) * head_dim;
-            };
-            scores.resize(static_cast<size_t>(count));
-            float max_score = -INFINITY;
-            for (int32_t j = 0; j < count; ++j) {
-              const float* kv = row_of(pool.k, j);
-              float dot = 0.0f;
-              for (int64_t d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
-              scores[static_cast<size_t>(j)] = dot * scale + (bias ? bias[first + j] : 0.0f);
-              max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
-            }
-            double denom = 0.0;
-            for (auto& sc : scores) denom += (sc = std::exp(sc - max_score));
-            for (int32_t j = 0; j < count; ++j) {
-              const float* vv = row_of(pool.v, j);
-              const float p = static_cast<float>(scores[static_cast<size_t>(j)] / denom);
-              for (int64_t d = 0; d < head_dim; ++d) o[d] += p * vv[d];
-            }
-            lse.ptr<float>()[i] = max_score + static_cast<float>(std::log(denom));
+            cpu::AttendList(qv, 1, head_dim, list, scale,
+                            {out.ptr<float>() + i * head_dim, lse.ptr<float>() + i, nullptr, 0},
+                            scratch);
           }
         });
+  }
+
+  void UpdatePageSummaries(const KvPoolView& pool, const PagedAttentionBatch& batch) override {
+    cpu::UpdatePageSummaries(pool, batch);
+  }
+  void SelectionGate(const Tensor& q, const SelectDecodeBatch& batch) override {
+    cpu::SelectionGate(q, batch);
+  }
+  void ScoreAttention(const Tensor& q, const KvPoolView& pool, const SelectDecodeBatch& batch,
+                      float scale, const Tensor& out, const Tensor& scores) override {
+    cpu::ScoreAttention(q, pool, batch, scale, out, scores, pool_);
+  }
+  void SelectTopK(const Tensor& q, const Tensor& scores, const SelectDecodeBatch& batch) override {
+    cpu::SelectTopK(q, scores, batch);
+  }
+  void SelectedAttention(const Tensor& q, const KvPoolView& pool, const SelectDecodeBatch& batch,
+                         float scale, const Tensor& out) override {
+    cpu::SelectedAttention(q, pool, batch, scale, out, pool_);
   }
 
   void MeanKv(const KvPoolView& pool, const KvMeanBatch& batch) override {

@@ -50,7 +50,11 @@ struct HostBlockTable {
   std::vector<int32_t> seq_layout;                        // [S]
   std::vector<int32_t> blocks, ring_blocks, comp_blocks;  // [S, max_blocks]
   std::vector<int32_t> comp_from;                         // [S]
-  bool any_ring = false, any_comp = false, any_reindex = false;
+  // Decode-time selection (SetSelects): each (layout, KV head)'s KvSelect and each sequence's
+  // selection slot this step (-1: dense).
+  std::vector<int32_t> selects;   // [layouts, hkv, kKvSelectInts]
+  std::vector<int32_t> seq_slot;  // [S]
+  bool any_ring = false, any_comp = false, any_reindex = false, any_select = false;
   int max_full_heads = 0, max_ring_span = 0;
 
   int num_seqs() const { return static_cast<int>(seq_layout.size()); }
@@ -92,6 +96,25 @@ struct HostBlockTable {
     }
   }
 
+  // Gives layout l's KV head h the rule rules[l][h] (its KvHead::decode too) and the table
+  // seq_slot (every sequence -1, dense, until a test sets its slot).
+  void SetSelects(const std::vector<std::vector<kernels::KvSelect>>& rules) {
+    selects.clear();
+    for (int l = 0; l < num_layouts(); ++l) {
+      for (int h = 0; h < hkv; ++h) {
+        const kernels::KvSelect& sel = rules.at(static_cast<size_t>(l)).at(static_cast<size_t>(h));
+        const auto* ints = reinterpret_cast<const int32_t*>(&sel);
+        selects.insert(selects.end(), ints, ints + kernels::kKvSelectInts);
+        kernels::KvHead head = LayoutHead(l, h);
+        head.decode = sel.decode;
+        std::copy_n(reinterpret_cast<const int32_t*>(&head), kernels::kKvHeadInts,
+                    heads.begin() + (l * hkv + h) * kernels::kKvHeadInts);
+      }
+    }
+    seq_slot.assign(seq_layout.size(), -1);
+    any_select = true;
+  }
+
   // Sequence seq alone in a table of its own layout (the same pages: a pool of num_pages fits).
   HostBlockTable Alone(int seq) const {
     HostBlockTable t = *this;
@@ -104,6 +127,11 @@ struct HostBlockTable {
       rows->assign(rows->begin() + seq * max_blocks, rows->begin() + (seq + 1) * max_blocks);
     }
     t.comp_from = {comp_from[static_cast<size_t>(seq)]};
+    if (any_select) {
+      t.selects.assign(selects.begin() + layout * hkv * kernels::kKvSelectInts,
+                       selects.begin() + (layout + 1) * hkv * kernels::kKvSelectInts);
+      t.seq_slot = {seq_slot[static_cast<size_t>(seq)]};
+    }
     t.Summarize();
     return t;
   }
@@ -160,7 +188,6 @@ inline HostBlockTable MakeBlockTable(const std::vector<LayoutSpec>& layouts,
       kernels::KvHead head;
       head.retention = spec[static_cast<size_t>(h)];
       head.page = page[static_cast<size_t>(h)];
-      head.decode = kernels::kDecodeDense;
       const auto* ints = reinterpret_cast<const int32_t*>(&head);
       t.heads.insert(t.heads.end(), ints, ints + kernels::kKvHeadInts);
       t.any_ring = t.any_ring || head.retention.ring();
@@ -206,7 +233,8 @@ inline HostBlockTable MakeBlockTable(const std::vector<LayoutSpec>& layouts,
 
 // A HostBlockTable on a backend; `view` points into the buffers.
 struct BackendBlockTable {
-  kernels::Buffer heads, seq_layout, blocks, ring_blocks, comp_blocks, comp_from, rope_inv_freq;
+  kernels::Buffer heads, seq_layout, blocks, ring_blocks, comp_blocks, comp_from, rope_inv_freq,
+      seq_slot, selects;
   kernels::BlockTable view;
 };
 // rope_inv_freq ([d/2], f32) goes with the table when a layout re-indexes.
@@ -235,6 +263,12 @@ inline BackendBlockTable UploadTable(kernels::Backend& be, const HostBlockTable&
     be.CopyFromHost(b.rope_inv_freq.view(), rope_inv_freq.data(),
                     rope_inv_freq.size() * sizeof(float));
     b.view.rope_inv_freq = b.rope_inv_freq.view();
+  }
+  if (t.any_select) {
+    b.seq_slot = UploadI32(be, t.seq_slot, {s});
+    b.selects = UploadI32(be, t.selects, {t.num_layouts(), t.hkv, kernels::kKvSelectInts});
+    b.view.seq_slot = b.seq_slot.view();
+    b.view.selects = b.selects.view();
   }
   b.view.max_full_heads = t.max_full_heads;
   b.view.max_ring_span = t.max_ring_span;

@@ -1,13 +1,9 @@
 // The CPU backend against naive double-precision references on random non-zero inputs.
 #include "kernels/cpu/cpu_backend.h"
 
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
-#include <csignal>
 #include <cstring>
 #include <functional>
 #include <numeric>
@@ -17,6 +13,7 @@
 
 #include "kernels/cpu/thread_pool.h"
 #include "tests/backend_util.h"
+#include "tests/kernels/abort_message.h"
 #include "tests/kernels/block_tables.h"
 
 namespace headwise::kernels {
@@ -633,30 +630,7 @@ TEST_CASE("A batch of sequences of different KV layouts: each as alone, and as t
   }
 }
 
-// What fn printed to stderr if it stopped the process with an abort (a failed HW_CHECK), run in a
-// child process; "" if it returned. The backend it uses must have no worker threads
-// (CreateCpuBackend(1)): the child has none.
-std::string AbortMessage(const std::function<void()>& fn) {
-  int pipe_fds[2];
-  REQUIRE(pipe(pipe_fds) == 0);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);  // not Catch's handler: no test report from the child
-    dup2(pipe_fds[1], STDERR_FILENO);
-    close(pipe_fds[0]);
-    fn();
-    _exit(0);
-  }
-  close(pipe_fds[1]);
-  std::string message;
-  char buffer[256];
-  for (ssize_t n; (n = read(pipe_fds[0], buffer, sizeof buffer)) > 0;) message.append(buffer, n);
-  close(pipe_fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT ? message : "";
-}
+using testing::AbortMessage;
 
 // A bad table is a bug upstream: the CPU backend stops with the context rather than read a freed
 // page, a layout that does not exist, or a kind of block the table lacks.
