@@ -64,14 +64,6 @@ StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(std::vector<kvcache::K
                                                           kernels::Backend& backend) {
   for (const kvcache::KvLayout& layout : layouts) {
     HW_RETURN_IF_ERROR(layout.Validate(config.num_layers, config.num_kv_heads));
-    // TODO(issue 16, engine wiring): remove once the KV cache and the model runner run
-    // decode-time selection; until then such a policy must not be served as dense.
-    if (layout.selects_any()) {
-      return Unimplemented(
-          "attention policy \"{}\": decode-time selection (decode mode select / consume) is "
-          "parsed and validated, but the engine does not run it yet",
-          layout.name);
-    }
     const int one_token = kvcache::KvCache::PagesForSequence(config, layout, 1);
     if (one_token > config.num_pages) {
       return InvalidArgument(

@@ -107,7 +107,8 @@ enum KvReduce : int32_t {
 //  - dense: nothing here (PagedAttention);
 //  - select: keys [0, n) (the dense result), and chooses the set (below);
 //  - recycle: on a refresh step as select; otherwise the set as consume does, plus, with
-//    since_refresh, keys [chosen_len, n) (added since the set was chosen);
+//    since_refresh, keys [chosen_len - recent, n) (the tail when the set was chosen and every
+//    key added since; without it those between that tail and this one are not attended);
 //  - consume: keys [0, sink), the set, and the tail [n - recent, n);
 //  - pages: keys [0, sink), the chosen pages' keys, and the tail = the page holding n - 1 (from
 //    its first key to n - 1).

@@ -714,9 +714,6 @@ Status ParsePageMetadata(const json& j, const std::string& path) {
 bool WritesSet(const Policy& p) {
   return p.decode == DecodeMode::kSelect;
 }
-bool Selecting(const Policy& p) {
-  return p.decode == DecodeMode::kSelect || p.decode == DecodeMode::kConsume;
-}
 
 // Checks across the selecting policies of a file, whatever their assignment: page summaries
 // named exactly when read, every consumed channel published, and one dense_if_len_le for all

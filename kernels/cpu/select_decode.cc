@@ -500,7 +500,9 @@ void SelectedAttention(const Tensor& q, const KvPoolView& pool, const SelectDeco
           if (sel.decode == kDecodePages) {
             tail = TailPageStart(n, page_size);
           } else if (sel.decode == kDecodeRecycle && sel.since_refresh) {
-            tail = std::min(tail, st.chosen_len.ptr<int32_t>()[SetIndex(sh, w.seq.slot, sel.set)]);
+            // The tail when the set was chosen, and everything after it.
+            tail = std::min(
+                tail, st.chosen_len.ptr<int32_t>()[SetIndex(sh, w.seq.slot, sel.set)] - sel.recent);
           }
           // Sink, set and tail, in increasing position, each key once.
           attended.clear();

@@ -240,7 +240,8 @@ __device__ SelectBlock SelectBlockOf(const Params& p, int seq, int slot) {
   } else {
     tail = n - sel.recent;
     if (sel.decode == kDecodeRecycle && sel.since_refresh) {
-      tail = min(tail, p.sel.chosen_len[p.sel.SetIndex(slot, sel.set)]);
+      // The tail when the set was chosen, and everything after it.
+      tail = min(tail, p.sel.chosen_len[p.sel.SetIndex(slot, sel.set)] - sel.recent);
     }
   }
   tail = min(max(tail, n_sink), n);

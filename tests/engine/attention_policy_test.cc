@@ -1051,24 +1051,5 @@ TEST_CASE("KvLayoutFor and KvLayout::Validate: refusals past the parser", "[poli
              Contains("layer 13 KV head 5: set 1 holds sets per query head and per KV head"));
 }
 
-TEST_CASE("Decode-time selection is refused by CreateKvCache until the engine runs it",
-          "[policy][select]") {
-  auto parsed = ParsePolicy(kQuestExample, kLlama3, "", "quest");
-  REQUIRE(parsed.ok());
-  std::vector<kvcache::KvLayout> layouts;
-  layouts.push_back(LayoutOf(*parsed));
-  kvcache::KvCacheConfig config;
-  config.num_layers = 32;
-  config.num_kv_heads = 8;
-  config.head_dim = 8;
-  config.num_pages = 64;
-  auto backend = kernels::CreateCpuBackend(0);
-  auto cache = CreateKvCache(std::move(layouts), config, *backend);
-  REQUIRE_FALSE(cache.ok());
-  CHECK(cache.status().code() == StatusCode::kUnimplemented);
-  CHECK_THAT(cache.status().message(),
-             Catch::Contains("attention policy \"quest\": decode-time selection"));
-}
-
 }  // namespace
 }  // namespace headwise::engine::attention

@@ -139,28 +139,41 @@ TEST_CASE("Small budgets change the text; a request decodes the same in a batch 
   }
 }
 
-TEST_CASE("A selecting sequence preempted and recomputed decodes as if never preempted",
+// A preempted sequence recomputes its prompt and what it generated as a dense prefill, and its
+// selection state starts afresh (a new slot, no set yet: never stale). With budgets beyond the
+// context selection is dense, so the text must not change, whatever slots and pages the
+// sequences get back. With small budgets the recomputed keys of generated tokens (dense now,
+// sparse then, in every layer after the first selecting one) and Recycled Attention's set (from
+// an earlier step) differ from the first run, so the text may change from the resumption on:
+// the sequences must still finish (configs/README.md, compatibility table).
+TEST_CASE("Selecting sequences preempted and recomputed start their selection afresh",
           "[engine]") {
-  for (int arm = 1; arm <= 3; ++arm) {
-    const std::vector<Arm> arms = Arms(32, 0);
-    INFO("policy " << arms[static_cast<size_t>(arm)].name);
-    EngineConfig roomy;
-    roomy.attention_policy = arms[static_cast<size_t>(arm)].policy_path;
-    auto engine = StartWith(Cpu, roomy);
-    const tokenizer::Tokenizer& tok = *engine->tokenizer();
-    std::vector<std::vector<int32_t>> prompts;
-    for (int i = 0; i < 4; ++i) prompts.push_back(LongPrompt(tok, i));
-    const auto expected = RunTogether(*engine, {0, 0, 0, 0}, prompts, 60);
-    engine.reset();
-    // Pages for about two of the four sequences at full length: the others wait or are
-    // preempted and recompute their prompt and what they generated, selection state included.
-    // TinyStories: 2 layers x 4 KV heads = 8 pages a block of 16 tokens.
-    EngineConfig tight = roomy;
-    tight.max_model_len = 256;
-    tight.num_kv_pages = 2 * 8 * ((static_cast<int>(prompts[0].size()) + 60) / 16 + 2);
-    auto small = StartWith(Cpu, tight);
-    CHECK(RunTogether(*small, {0, 0, 0, 0}, prompts, 60) == expected);
-    CHECK(small->metrics().Value("headwise_preemptions_total") > 0);
+  for (const int budget : {4096, 32}) {
+    for (int arm = 1; arm <= 3; ++arm) {
+      const std::vector<Arm> arms = Arms(budget, 0);
+      INFO("policy " << arms[static_cast<size_t>(arm)].name << " budget " << budget);
+      EngineConfig roomy;
+      roomy.attention_policy = arms[static_cast<size_t>(arm)].policy_path;
+      auto engine = StartWith(Cpu, roomy);
+      const tokenizer::Tokenizer& tok = *engine->tokenizer();
+      std::vector<std::vector<int32_t>> prompts;
+      for (int i = 0; i < 4; ++i) prompts.push_back(LongPrompt(tok, i));
+      const auto expected = RunTogether(*engine, {0, 0, 0, 0}, prompts, 60);
+      engine.reset();
+      // TinyStories: 2 layers x 4 KV heads = 8 pages a block of 16 tokens; pages for about two
+      // of the four sequences at full length.
+      EngineConfig tight = roomy;
+      tight.max_model_len = 256;
+      tight.num_kv_pages = 2 * 8 * ((static_cast<int>(prompts[0].size()) + 60) / 16 + 2);
+      auto small = StartWith(Cpu, tight);
+      const auto preempted = RunTogether(*small, {0, 0, 0, 0}, prompts, 60);
+      CHECK(small->metrics().Value("headwise_preemptions_total") > 0);
+      if (budget > 512) {
+        CHECK(preempted == expected);
+      } else {
+        for (const auto& ids : preempted) CHECK(ids.size() == 60);
+      }
+    }
   }
 }
 

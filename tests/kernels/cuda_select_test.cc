@@ -1071,7 +1071,7 @@ std::vector<int32_t> AttendedList(const KvSelect& r, int n, int chosen_len,
     tail = (n - 1) / kPageSize * kPageSize;
   } else {
     tail = n - r.recent;
-    if (r.decode == kDecodeRecycle && r.since_refresh) tail = std::min(tail, chosen_len);
+    if (r.decode == kDecodeRecycle && r.since_refresh) tail = std::min(tail, chosen_len - r.recent);
   }
   tail = std::min(std::max(tail, sink), n);
   std::vector<int32_t> keys;

@@ -358,7 +358,9 @@ std::vector<int32_t> Attended(const KvSelect& sel, int n, const std::vector<int3
   for (int j = 0; j < std::min(sel.sink, n); ++j) keys.insert(j);
   int tail = n - sel.recent;
   if (sel.decode == kDecodePages) tail = (n - 1) / page_size * page_size;
-  if (sel.decode == kDecodeRecycle && sel.since_refresh) tail = std::min(tail, chosen_len);
+  if (sel.decode == kDecodeRecycle && sel.since_refresh) {
+    tail = std::min(tail, chosen_len - sel.recent);
+  }
   for (int j = std::max(tail, 0); j < n; ++j) keys.insert(j);
   return {keys.begin(), keys.end()};
 }
