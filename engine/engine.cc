@@ -331,7 +331,21 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
       std::any_of(layouts.begin(), layouts.end(),
                   [](const kvcache::KvLayout& layout) { return layout.selects_pages(); });
   const size_t page_bytes = kvcache::KvCache::PageBytes(kv_shape, backend->kv_dtype(), page_bounds);
-  HW_ASSIGN_OR_RETURN(c.num_kv_pages, KvPagesForConfig(mc, c, *backend, page_bytes));
+  // Decode-time selection holds state per running sequence and, at its largest step, one f32
+  // logit per (sequence, query head, key) of max_model_len keys; buffers grow by doubling.
+  size_t selection_bytes = 0;
+  if (std::any_of(layouts.begin(), layouts.end(),
+                  [](const kvcache::KvLayout& layout) { return layout.selects_any(); })) {
+    kvcache::KvCacheConfig slots = kv_shape;
+    slots.select_slots = c.max_num_seqs;
+    const size_t keys = (static_cast<size_t>(c.max_model_len) + c.page_size - 1) /
+                        static_cast<size_t>(c.page_size) * static_cast<size_t>(c.page_size);
+    selection_bytes = kvcache::KvCache::SelectStateBytes(slots, layouts) +
+                      2 * static_cast<size_t>(c.max_num_seqs) * static_cast<size_t>(mc.num_heads) *
+                          keys * sizeof(float);
+  }
+  HW_ASSIGN_OR_RETURN(c.num_kv_pages,
+                      KvPagesForConfig(mc, c, *backend, page_bytes, selection_bytes));
   if (c.num_kv_pages == 0) {
     // Without a budget: four requests of max_model_len, and the rings of max_num_seqs sequences,
     // of the arm that needs most.

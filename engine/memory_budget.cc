@@ -19,7 +19,8 @@ constexpr int64_t kMaxPages = int64_t{1} << 30;
 }  // namespace
 
 StatusOr<int> KvPagesForConfig(const models::ModelConfig& m, const EngineConfig& c,
-                               const kernels::Backend& backend, size_t page_bytes) {
+                               const kernels::Backend& backend, size_t page_bytes,
+                               size_t extra_bytes) {
   if (c.num_kv_pages < 0) {
     return InvalidArgument("num_kv_pages must be >= 0, got {}", c.num_kv_pages)
         .WithField("num_kv_pages");
@@ -41,7 +42,8 @@ StatusOr<int> KvPagesForConfig(const models::ModelConfig& m, const EngineConfig&
     return pages;
   }
   if (backend.device() == Device::kCpu) return 0;
-  HW_ASSIGN_OR_RETURN(const int pages, KvPagesForMemory(m, c, backend.DeviceMemory(), page_bytes));
+  HW_ASSIGN_OR_RETURN(const int pages,
+                      KvPagesForMemory(m, c, backend.DeviceMemory(), page_bytes, extra_bytes));
   spdlog::info("KV cache: {} pages of {} bytes ({:.2f} GiB) under --gpu-memory-utilization {}",
                pages, page_bytes,
                static_cast<double>(pages) * static_cast<double>(page_bytes) / kGiB,
@@ -73,12 +75,13 @@ size_t ActivationBytes(const models::ModelConfig& m, const EngineConfig& c) {
 }
 
 StatusOr<int> KvPagesForMemory(const models::ModelConfig& m, const EngineConfig& c,
-                               const kernels::Backend::MemoryInfo& memory, size_t page_bytes) {
+                               const kernels::Backend::MemoryInfo& memory, size_t page_bytes,
+                               size_t extra_bytes) {
   const double util = c.gpu_memory_utilization;
   HW_CHECK(util > 0.0 && util <= 1.0, "gpu_memory_utilization {}", util);
   const double total = static_cast<double>(memory.total_bytes);
   const double in_use = total - static_cast<double>(memory.free_bytes);
-  const double activations = static_cast<double>(ActivationBytes(m, c));
+  const double activations = static_cast<double>(ActivationBytes(m, c) + extra_bytes);
   const double budget = std::floor(total * util) - in_use - activations;
   const int pages_per_block = m.num_layers * m.num_kv_heads;
   const int64_t blocks_per_request = (int64_t{c.max_model_len} + c.page_size - 1) / c.page_size;

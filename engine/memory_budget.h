@@ -19,9 +19,11 @@ namespace headwise::engine {
 // num_kv_pages, kv_cache_bytes and (on a GPU) gpu_memory_utilization that applies; 0 when none
 // does (the CPU without a size: the engine picks its default). `page_bytes` is one page's size
 // (kvcache::KvCache::PageBytes). The three fields are checked whichever applies, with the field
-// at fault named (Status::field).
+// at fault named (Status::field). `extra_bytes`: device memory the engine holds besides weights,
+// pages and activations (decode-time selection's state and scores, engine.cc).
 StatusOr<int> KvPagesForConfig(const models::ModelConfig& model, const EngineConfig& config,
-                               const kernels::Backend& backend, size_t page_bytes);
+                               const kernels::Backend& backend, size_t page_bytes,
+                               size_t extra_bytes = 0);
 
 // The pages a budget of `bytes` holds (at most 2^30); an error when not even one.
 StatusOr<int> KvPagesForBytes(int64_t bytes, size_t page_bytes);
@@ -33,6 +35,7 @@ size_t ActivationBytes(const models::ModelConfig& model, const EngineConfig& con
 // the shortfall when not even one request of max_model_len tokens fits.
 // config.gpu_memory_utilization must be in (0, 1] (KvPagesForConfig checks it).
 StatusOr<int> KvPagesForMemory(const models::ModelConfig& model, const EngineConfig& config,
-                               const kernels::Backend::MemoryInfo& memory, size_t page_bytes);
+                               const kernels::Backend::MemoryInfo& memory, size_t page_bytes,
+                               size_t extra_bytes = 0);
 
 }  // namespace headwise::engine

@@ -48,6 +48,23 @@ TEST_CASE("KV pages fill what utilization leaves after weights and activations",
   }
 }
 
+TEST_CASE("Memory the engine holds besides pages (selection state) comes off the KV pages",
+          "[engine]") {
+  const models::ModelConfig m = Llama3_8B();
+  EngineConfig c;
+  c.max_model_len = 32768;
+  c.gpu_memory_utilization = 0.9;
+  const size_t page_bytes = 2 * 16 * 128 * 2;
+  const kernels::Backend::MemoryInfo h100{80 * kGiB - 16 * kGiB, 80 * kGiB};
+  auto all = KvPagesForMemory(m, c, h100, page_bytes);
+  auto less = KvPagesForMemory(m, c, h100, page_bytes, 4 * static_cast<size_t>(kGiB));
+  REQUIRE(all.ok());
+  REQUIRE(less.ok());
+  const double freed = static_cast<double>(*all - *less) * static_cast<double>(page_bytes);
+  CHECK(freed >= 4 * kGiB);
+  CHECK(freed < 4 * kGiB + static_cast<double>(m.num_layers * m.num_kv_heads) * page_bytes);
+}
+
 TEST_CASE("Too little memory for one request is refused with the numbers", "[engine]") {
   const models::ModelConfig m = Llama3_8B();
   EngineConfig c;
