@@ -224,6 +224,13 @@ bool Engine::Impl::Step() {
     UpdateGauges();
   });
   if (!step.ran) return false;
+  for (const auto& [seq, read] : step.selected) {
+    const auto arm = ArmLabel(*seq);
+    metrics->Increment("headwise_arm_selecting_steps_total", 1, arm);
+    metrics->Increment("headwise_arm_selected_keys_total", static_cast<double>(read.keys), arm);
+    metrics->Increment("headwise_arm_selecting_dense_keys_total",
+                       static_cast<double>(read.dense_keys), arm);
+  }
 
   // Deliver events; finished sequences have left the batch and freed their pages.
   for (SequenceOutput& o : step.update.outputs) {
@@ -395,6 +402,14 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   m->DeclareCounter("headwise_arm_preemptions_total", "Sequences preempted for lack of KV pages.");
   m->DeclareCounter("headwise_arm_request_finished_total", "Finished requests by finish reason.");
   m->DeclareGauge("headwise_arm_kv_pages_used", "KV pages held by the arm's running sequences.");
+  // Decode-time selection (TidalDecode, Recycled Attention, Quest): what it saved.
+  m->DeclareCounter("headwise_arm_selecting_steps_total",
+                    "Decode steps of the arm's sequences that selected keys.");
+  m->DeclareCounter("headwise_arm_selected_keys_total",
+                    "Keys the selecting heads attended in those steps, per query head, summed "
+                    "over layers and KV heads.");
+  m->DeclareCounter("headwise_arm_selecting_dense_keys_total",
+                    "Keys the same heads attend under dense attention in those steps.");
   m->DeclareHistogram("headwise_arm_time_to_first_token_seconds", "Arrival to first token.",
                       kLatencyBuckets);
   m->DeclareHistogram("headwise_arm_inter_token_latency_seconds",

@@ -24,11 +24,11 @@ StepOutput EngineCore::Step(const std::function<void(const SchedulerOutput&)>& o
   std::vector<BatchEntry> batch;
   batch.reserve(plan.chunks.size());
   for (const ScheduledChunk& c : plan.chunks) {
-    batch.push_back(BatchEntry{c.seq->kv.get(),
-                               std::span<const int32_t>(c.seq->tokens)
-                                   .subspan(static_cast<size_t>(c.start),
-                                            static_cast<size_t>(c.count)),
-                               c.start, false});
+    batch.push_back(
+        BatchEntry{c.seq->kv.get(),
+                   std::span<const int32_t>(c.seq->tokens)
+                       .subspan(static_cast<size_t>(c.start), static_cast<size_t>(c.count)),
+                   c.start, false});
   }
   const Tensor logits = runner_.Forward(batch);
 
@@ -50,8 +50,30 @@ StepOutput EngineCore::Step(const std::function<void(const SchedulerOutput&)>& o
   if (rows.empty()) backend_.Synchronize();  // the step's timing covers the forward pass
   result.ran = true;
   result.sampled_at = std::chrono::steady_clock::now();
+  // Before Update: finished sequences give their selection slots back there.
+  if (cache_.has_select_heads()) ReportSelection(plan, result);
   result.update = scheduler_.Update(plan, std::move(tokens));
   return result;
+}
+
+void EngineCore::ReportSelection(const SchedulerOutput& plan, StepOutput& result) {
+  const int sets = cache_.select_sets();
+  if (cache_.has_recycle_heads()) cache_.CopyRefreshToHost(refresh_, chosen_len_);
+  for (const ScheduledChunk& c : plan.chunks) {
+    const int keys = c.start + c.count;
+    if (c.count != 1) continue;
+    const int32_t slot = cache_.SelectSlotFor(*c.seq->kv, keys);
+    if (slot < 0) continue;
+    std::span<const int32_t> refresh, chosen_len;
+    if (!refresh_.empty()) {
+      const auto row = static_cast<size_t>(slot) * static_cast<size_t>(sets);
+      refresh = std::span<const int32_t>(refresh_).subspan(row, static_cast<size_t>(sets));
+      chosen_len = std::span<const int32_t>(chosen_len_).subspan(row, static_cast<size_t>(sets));
+    }
+    result.selected.emplace_back(
+        c.seq, SelectedKeys(cache_.layout(c.seq->kv->layout()), keys, cache_.config().page_size,
+                            refresh, chosen_len));
+  }
 }
 
 }  // namespace headwise::engine

@@ -12,6 +12,7 @@
 #include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
+#include "engine/selection_stats.h"
 #include "kernels/backend.h"
 #include "kvcache/kv_cache.h"
 #include "models/llama_model.h"
@@ -22,6 +23,9 @@ struct StepOutput {
   bool ran = false;  // false: nothing could be scheduled (no sequences, or no pages)
   std::chrono::steady_clock::time_point sampled_at;  // when the step's tokens were on the host
   SchedulerUpdate update;  // what each sequence produced; the sequences that finished
+  // Each sequence whose decode step selected (decode-time selection), with what it read. The
+  // pointers are valid until the next Step (a finished sequence is still in update).
+  std::vector<std::pair<const Sequence*, SelectionRead>> selected;
 };
 
 class EngineCore {
@@ -38,11 +42,14 @@ class EngineCore {
   StepOutput Step(const std::function<void(const SchedulerOutput&)>& on_scheduled = {});
 
  private:
+  // StepOutput::selected, after the forward pass and sampling.
+  void ReportSelection(const SchedulerOutput& plan, StepOutput& result);
   kernels::Backend& backend_;
   kvcache::KvCache& cache_;
   ModelRunner runner_;
   Scheduler scheduler_;
   BatchSampler sampler_;
+  std::vector<int32_t> refresh_, chosen_len_;  // SelectState read back, with recycle heads
 };
 
 }  // namespace headwise::engine

@@ -148,6 +148,7 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
         const auto* sel_ints = reinterpret_cast<const int32_t*>(&sel);
         selects.insert(selects.end(), sel_ints, sel_ints + kernels::kKvSelectInts);
         select_layers_[static_cast<size_t>(l)] |= sel.decode != kernels::kDecodeDense;
+        has_recycle_ = has_recycle_ || sel.decode == kernels::kDecodeRecycle;
         page_layers_[static_cast<size_t>(l)] |= sel.decode == kernels::kDecodePages;
       }
     }
@@ -242,6 +243,20 @@ kernels::SelectState KvCache::select_state() const {
   state.refresh = sel_refresh_.view();
   if (!sel_q_ref_.empty()) state.q_ref = sel_q_ref_.view();
   return state;
+}
+
+int KvCache::select_sets() const {
+  return has_select_heads() ? static_cast<int>(sel_chosen_len_.view().dim(1)) : 0;
+}
+
+void KvCache::CopyRefreshToHost(std::vector<int32_t>& refresh,
+                                std::vector<int32_t>& chosen_len) const {
+  HW_CHECK(has_select_heads(), "no selection state to copy");
+  for (auto [host, device] :
+       {std::pair{&refresh, &sel_refresh_}, {&chosen_len, &sel_chosen_len_}}) {
+    host->resize(static_cast<size_t>(device->view().numel()));
+    backend_->CopyToHost(host->data(), device->view(), host->size() * sizeof(int32_t));
+  }
 }
 
 bool KvCache::layer_selects(int layer) const {

@@ -120,6 +120,12 @@ class KvCache {
   bool layer_selects_pages(int layer) const;
   // The selection state of every slot (kernels::SelectState); empty without selecting heads.
   kernels::SelectState select_state() const;
+  // Some layout has Recycled Attention heads, whose sets outlive a step.
+  bool has_recycle_heads() const { return has_recycle_; }
+  // SelectState::refresh and chosen_len of every slot, [slots * sets] each, copied to the host
+  // (after a step: what it decided). The sets per slot: select_sets().
+  void CopyRefreshToHost(std::vector<int32_t>& refresh, std::vector<int32_t>& chosen_len) const;
+  int select_sets() const;
   // The slot sequence `kv` selects in when its step at `num_keys` keys (the query included) is a
   // decode query, or -1 when it decodes densely (its layout does not select, or the sequence is
   // not longer than the layout's select_min_len).
@@ -255,7 +261,7 @@ class KvCache {
   std::vector<LayoutInfo> layouts_;
   std::vector<BlockKind> kinds_;
   int prefix_kind_ = -1;  // the full kind of all-full layouts (prefix cached); -1: none
-  bool has_ring_ = false, has_comp_ = false, has_reindex_ = false;
+  bool has_ring_ = false, has_comp_ = false, has_reindex_ = false, has_recycle_ = false;
   kernels::Buffer k_pool_;
   kernels::Buffer v_pool_;
   // kernels::KvHead of every (layer, layout, KV head), i32 [L, layouts, Hkv, kKvHeadInts]:

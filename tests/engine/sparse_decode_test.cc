@@ -81,8 +81,8 @@ std::string Recycled(int budget, int dense_if_len_le) {
 
 // The policy files, written to a fresh directory; arm 0 is dense.
 std::vector<Arm> Arms(int budget, int dense_if_len_le) {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
-                                    fmt::format("hw-select-{}-{}", ::getpid(), budget);
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / fmt::format("hw-select-{}-{}", ::getpid(), budget);
   std::filesystem::create_directories(dir);
   std::vector<Arm> arms = {{"dense", "", 1.0}};
   for (const auto& [name, json] : {std::pair{"tidal", Tidal(budget, dense_if_len_le)},
@@ -111,6 +111,38 @@ TEST_CASE("Selection with budgets beyond the context decodes exactly as dense", 
   for (size_t a = 1; a < out.size(); ++a) {
     INFO("arm " << config.arms[a].name);
     CHECK(out[a] == out[0]);
+  }
+}
+
+// The serving metrics say what selection read: as much as dense when the budget covers the
+// context, less with a small one; one selecting step per generated token after the first.
+TEST_CASE("Selection metrics count selecting steps and the keys they read", "[engine]") {
+  for (const int budget : {4096, 32}) {
+    EngineConfig config;
+    config.arms = Arms(budget, 0);
+    auto engine = StartWith(Cpu, config);
+    const std::vector<std::vector<int32_t>> prompts(4, LongPrompt(*engine->tokenizer(), 2));
+    RunTogether(*engine, {0, 1, 2, 3}, prompts, 20);
+    const MetricsRegistry& m = engine->metrics();
+    for (size_t a = 0; a < config.arms.size(); ++a) {
+      const Labels arm = {{"arm", config.arms[a].name}};
+      INFO("arm " << config.arms[a].name << " budget " << budget);
+      const double steps = m.Value("headwise_arm_selecting_steps_total", arm);
+      const double keys = m.Value("headwise_arm_selected_keys_total", arm);
+      const double dense = m.Value("headwise_arm_selecting_dense_keys_total", arm);
+      if (a == 0) {
+        CHECK(steps == 0);
+        continue;
+      }
+      CHECK(steps == 19);  // the first token comes from the prefill
+      CHECK(dense > 0);
+      if (budget > 512) {
+        CHECK(keys == dense);
+      } else {
+        CHECK(keys < dense);
+        CHECK(keys > 0);
+      }
+    }
   }
 }
 
@@ -146,8 +178,7 @@ TEST_CASE("Small budgets change the text; a request decodes the same in a batch 
 // sparse then, in every layer after the first selecting one) and Recycled Attention's set (from
 // an earlier step) differ from the first run, so the text may change from the resumption on:
 // the sequences must still finish (configs/README.md, compatibility table).
-TEST_CASE("Selecting sequences preempted and recomputed start their selection afresh",
-          "[engine]") {
+TEST_CASE("Selecting sequences preempted and recomputed start their selection afresh", "[engine]") {
   for (const int budget : {4096, 32}) {
     for (int arm = 1; arm <= 3; ++arm) {
       const std::vector<Arm> arms = Arms(budget, 0);
