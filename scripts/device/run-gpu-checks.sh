@@ -18,6 +18,7 @@ run() {
   if "$@" >"$logs/$name.log" 2>&1; then echo "PASS $name"; else echo "FAIL $name"; status=1; fi
 }
 run kernels_cuda "$carry/bin/kernels_cuda_test" "[cuda]" --durations yes
+run select_cuda "$carry/bin/kernels_cuda_select_test" "[cuda]" --durations yes
 run sampling_cuda "$carry/bin/sampling_test" "[cuda]" --durations yes
 run engine_cuda "$carry/bin/engine_cuda_test" "[cuda]" -s
 for dev in cpu cuda; do
