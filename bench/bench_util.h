@@ -71,25 +71,62 @@ inline double CopyBandwidth(kernels::Backend& be, int reps) {
   return 2.0 * static_cast<double>(n) * 4 / s;
 }
 
-// Median seconds of `tokens` decode steps of every sequence in `seqs` (each reserved for
-// context + tokens), after 3 untimed steps that capture the graphs.
-inline double MedianDecodeStep(engine::ModelRunner& runner, std::vector<kvcache::SequenceKv>& seqs,
-                               int context, int tokens) {
+// How decode steps are timed: one helper for hw_bench_gpu and hw_bench_policy, so that the
+// policy benchmark's dense baseline is the same measurement as the GPU benchmark's dense step
+// (same runner, graphs as the runner decides, same warm-up, same clock). Every step, warm-up
+// included, advances the position by one, so a sequence must hold
+// context + TokensToReserve() tokens. The warm-up runs until both `warmup_steps` steps and
+// `warmup_s` seconds have passed (at most `warmup_max` steps, which caps both): the first steps
+// capture the graphs, and a GPU that sat idle (a benchmark's host-side setup, a freshly allocated
+// cache) needs a moment to come back to its clocks; a cold first cell would flatter every ratio to
+// it.
+struct DecodeTiming {
+  int steps = 16;  // timed
+  int warmup_steps = 3;
+  double warmup_s = 0.2;
+  int warmup_max = 64;
+  int TokensToReserve() const { return steps + warmup_max + 4; }
+};
+
+struct DecodeSteps {
+  int warmup = 0;              // untimed steps run first
+  std::vector<double> step_s;  // seconds of each timed step, in order
+  double median() const { return Median(step_s); }
+  double mean() const {
+    double sum = 0;
+    for (double s : step_s) sum += s;
+    return step_s.empty() ? 0 : sum / static_cast<double>(step_s.size());
+  }
+};
+
+// Decode steps of every sequence in `seqs` (each reserved for context + TokensToReserve()),
+// the first at position `context`, each timed from the call to the device's completion.
+inline DecodeSteps TimeDecodeSteps(engine::ModelRunner& runner,
+                                   std::vector<kvcache::SequenceKv>& seqs, int context,
+                                   const DecodeTiming& timing) {
   const size_t batch = seqs.size();
   std::vector<int32_t> next(batch, 1);
   std::vector<engine::BatchEntry> entries(batch);
-  std::vector<double> step_s;
-  for (int i = -3; i < tokens; ++i) {
-    const int pos = context + std::max(i, 0);
+  DecodeSteps out;
+  int pos = context;
+  const auto step = [&] {
     for (size_t s = 0; s < batch; ++s) {
       entries[s] = {&seqs[s], std::span<const int32_t>(&next[s], 1), pos, false};
     }
+    ++pos;
     const double t0 = Now();
     runner.Forward(entries);
     runner.model().backend().Synchronize();
-    if (i >= 0) step_s.push_back(Now() - t0);
+    return Now() - t0;
+  };
+  const double warm_from = Now();
+  while (out.warmup < timing.warmup_max &&
+         (out.warmup < timing.warmup_steps || Now() - warm_from < timing.warmup_s)) {
+    step();
+    ++out.warmup;
   }
-  return Median(step_s);
+  for (int i = 0; i < timing.steps; ++i) out.step_s.push_back(step());
+  return out;
 }
 
 }  // namespace headwise::bench

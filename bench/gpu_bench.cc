@@ -145,7 +145,9 @@ int main(int argc, char** argv) {
   };
   for (int batch : ParseIntList(batches_s)) {
     for (int context : ParseIntList(contexts_s)) {
-      const int total = context + tokens + 4;
+      hw::bench::DecodeTiming timing;
+      timing.steps = tokens;
+      const int total = context + timing.TokensToReserve();
       auto cache = make_cache(batch, total);
       if (!cache) {
         std::printf("%s\n",
@@ -164,7 +166,7 @@ int main(int argc, char** argv) {
       }
       hw::engine::ModelRunner runner(model, *cache);
       runner.set_use_graphs(!enforce_eager);
-      const double median = hw::bench::MedianDecodeStep(runner, seqs, context, tokens);
+      const double median = hw::bench::TimeDecodeSteps(runner, seqs, context, timing).median();
       const double bytes = static_cast<double>(model.weight_bytes()) +
                            kv_bytes_per_token * batch * (context + tokens / 2.0);
       const double roofline = bytes / copy_bw;

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
@@ -903,6 +904,68 @@ TEST_CASE("Decode-time selection: the shipped Qwen2.5-Coder policies load", "[po
     CHECK(r.refresh_every_steps == 10);
     CHECK(r.since_last_refresh);
     CHECK_FALSE(r.refresh_by_similarity);
+  }
+}
+
+// The decode speed benchmark's files (scripts/device/run-sparse-decode-bench.sh): every file in
+// configs/policies/llama-3-8b loads against Llama-3-8B's shape, becomes a KV layout, and is what
+// its name says (method, budget, layers, sets per KV or query head); each selects at 32K keys.
+TEST_CASE("Decode-time selection: the shipped Llama-3-8B benchmark policies load",
+          "[policy][select]") {
+  const std::string dir = "llama-3-8b/";
+  std::vector<std::string> files;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(testing::SourcePath("configs/policies/" + dir))) {
+    if (entry.path().extension() == ".json") files.push_back(entry.path().filename().string());
+  }
+  std::sort(files.begin(), files.end());
+  CHECK(files == std::vector<std::string>{"quest-1024.json", "quest-256.json", "quest-4096.json",
+                                          "recycled-1024.json", "recycled-4096.json",
+                                          "tidal-1024.json", "tidal-256.json", "tidal-4096.json",
+                                          "tidal-qhead-4096.json"});
+  for (const std::string& file : files) {
+    INFO(file);
+    const PolicySet set = LoadShipped(dir + file, kLlama3);
+    const kvcache::KvLayout layout = LayoutOf(set);
+    const std::string stem = file.substr(0, file.size() - 5);
+    const int budget = std::stoi(stem.substr(stem.rfind('-') + 1));
+    CHECK(layout.all_full());
+    CHECK(layout.max_select_budget() == budget);
+    CHECK(layout.select_min_len == budget);  // sequences longer than the budget select
+    CHECK(layout.select_min_len < 32768);
+    for (int l = 0; l < 32; ++l) {
+      for (int h = 0; h < 8; ++h) {
+        INFO("layer " << l << " KV head " << h);
+        const kernels::KvSelect& k = layout.SelectAt(l, h);
+        if (stem.rfind("tidal", 0) == 0) {
+          const bool q_head = stem.rfind("tidal-qhead", 0) == 0;
+          CHECK(k.decode == (l < 2               ? kernels::kDecodeDense
+                             : l == 2 || l == 13 ? kernels::kDecodeSelect
+                                                 : kernels::kDecodeConsume));
+          if (l < 2) continue;
+          CHECK(k.set == (l < 13 ? 0 : 1));
+          CHECK(k.per_q_head == (q_head ? 1 : 0));
+          if (!q_head) CHECK(k.reduce == kernels::kReduceSumSoftmax);
+          CHECK(k.recent == 1);
+          CHECK(k.sink == 0);
+        } else if (stem.rfind("quest", 0) == 0) {
+          CHECK(k.decode == (l < 2 ? kernels::kDecodeDense : kernels::kDecodePages));
+          if (l < 2) continue;
+          CHECK(k.reduce == kernels::kReduceSumLogits);
+          CHECK(k.per_q_head == 0);
+        } else {
+          REQUIRE(stem.rfind("recycled", 0) == 0);
+          CHECK(k.decode == kernels::kDecodeRecycle);
+          CHECK(k.set == l);
+          CHECK(k.refresh_every == 10);
+          CHECK(k.since_refresh == 1);
+          CHECK(k.refresh_below_cos == 0);
+          CHECK(k.reduce == kernels::kReduceSumSoftmax);
+        }
+        CHECK(k.budget == budget);
+      }
+    }
+    if (stem.rfind("quest", 0) == 0) CHECK(layout.selects_pages());
   }
 }
 
