@@ -57,21 +57,32 @@ StepOutput EngineCore::Step(const std::function<void(const SchedulerOutput&)>& o
 }
 
 void EngineCore::ReportSelection(const SchedulerOutput& plan, StepOutput& result) {
-  const int sets = cache_.select_sets();
-  if (cache_.has_recycle_heads()) cache_.CopyRefreshToHost(refresh_, chosen_len_);
+  struct Selecting {
+    const Sequence* seq;
+    int keys;
+    int32_t slot;
+  };
+  std::vector<Selecting> selecting;
   for (const ScheduledChunk& c : plan.chunks) {
     const int keys = c.start + c.count;
     if (c.count != 1) continue;
     const int32_t slot = cache_.SelectSlotFor(*c.seq->kv, keys);
-    if (slot < 0) continue;
+    if (slot >= 0) selecting.push_back({c.seq, keys, slot});
+  }
+  // Recycled sets' refresh state is read back only on steps where some sequence selected.
+  if (selecting.empty()) return;
+  const bool recycle = cache_.has_recycle_heads();
+  if (recycle) cache_.CopyRefreshToHost(refresh_, chosen_len_);
+  const auto sets = static_cast<size_t>(cache_.select_sets());
+  for (const Selecting& s : selecting) {
     std::span<const int32_t> refresh, chosen_len;
-    if (!refresh_.empty()) {
-      const auto row = static_cast<size_t>(slot) * static_cast<size_t>(sets);
-      refresh = std::span<const int32_t>(refresh_).subspan(row, static_cast<size_t>(sets));
-      chosen_len = std::span<const int32_t>(chosen_len_).subspan(row, static_cast<size_t>(sets));
+    if (recycle) {
+      const size_t row = static_cast<size_t>(s.slot) * sets;
+      refresh = std::span<const int32_t>(refresh_).subspan(row, sets);
+      chosen_len = std::span<const int32_t>(chosen_len_).subspan(row, sets);
     }
     result.selected.emplace_back(
-        c.seq, SelectedKeys(cache_.layout(c.seq->kv->layout()), keys, cache_.config().page_size,
+        s.seq, SelectedKeys(cache_.layout(s.seq->kv->layout()), s.keys, cache_.config().page_size,
                             refresh, chosen_len));
   }
 }
