@@ -40,6 +40,7 @@ llama_server=${LLAMA_SERVER:-$src/build/bin/llama-server}
 if [[ $device == cuda ]]; then build || exit 1; fi
 model=${MODEL:-$(bash scripts/device/stage-model.sh verify)} || exit 1
 hw_bin=${HEADWISE_BIN:-/tmp/hw-gpu/bin/headwise}
+bash scripts/device/unpack-libs.sh "/tmp/hw-gpu/lib" || exit 1
 export LD_LIBRARY_PATH=/tmp/hw-gpu/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1
 concs=${CONCS:-1 16 64}

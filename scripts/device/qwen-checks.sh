@@ -33,6 +33,7 @@ case "${1:-}" in
     name=${2:?usage: qwen-checks.sh run NAME}
     gguf=$(bash scripts/device/stage-model.sh verify) || exit 1
     [ -x "$carry/bin/engine_cuda_test" ] || { echo "binaries not stashed: run '$0 stash' first"; exit 1; }
+    bash scripts/device/unpack-libs.sh "$carry/lib" || exit 1
     export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
     export HEADWISE_SOURCE_DIR=$(pwd) HEADWISE_SHARED=$carry/shared HEADWISE_QWEN_GGUF=$gguf
     export PYTHONPATH=$site PYTHONUNBUFFERED=1

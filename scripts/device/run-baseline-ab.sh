@@ -13,6 +13,7 @@ root=$(pwd)
 what=${WHAT:-gpu}
 out=${OUT:-/tmp/hw-ab}
 mkdir -p "$out"
+bash scripts/device/unpack-libs.sh "$root/.carry/gpu/lib" || exit 1
 export LD_LIBRARY_PATH=$root/.carry/gpu/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 shared=$root/.carry/gpu/shared
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -6,6 +6,7 @@
 set -uo pipefail
 root=$(pwd)
 carry=$root/.carry/gpu
+bash scripts/device/unpack-libs.sh "$carry/lib" || exit 1
 export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export HEADWISE_SOURCE_DIR=$root HEADWISE_SHARED=$carry/shared
 # Logs gather in one folder and come back as one archive: a device call returns at most 8 files.

@@ -27,6 +27,7 @@ case "${1:-}" in
   run)
     [ -x "$carry/bin/hw_bench_passkey" ] || { echo "binaries not stashed: run '$0 stash' first"; exit 1; }
     gguf=$(scripts/device/smollm2-gpu.sh gguf) || exit 1
+    bash scripts/device/unpack-libs.sh "$carry/lib" || exit 1
     export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
     export HEADWISE_SHARED=$carry/shared
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -8,6 +8,7 @@
 set -euo pipefail
 root=$(pwd)
 carry=$root/.carry/gpu
+bash scripts/device/unpack-libs.sh "$carry/lib" || exit 1
 export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 shared=${HEADWISE_SHARED:-$carry/shared}
 tmp=$(mktemp -d)

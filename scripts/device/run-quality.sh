@@ -18,6 +18,7 @@ samples=${3:-50}
 carry=/tmp/hw-gpu
 gguf=$(bash scripts/device/stage-model.sh verify) || exit 1
 [ -x "$carry/bin/headwise" ] || { echo "binaries not stashed: scripts/device/qwen-checks.sh stash"; exit 1; }
+bash scripts/device/unpack-libs.sh "$carry/lib" || exit 1
 export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 haystack=/tmp/hw-haystack/austen.txt
 if [[ -f .carry/haystack/austen.txt.xz ]]; then

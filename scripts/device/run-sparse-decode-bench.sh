@@ -50,6 +50,7 @@ set -uo pipefail
 root=$(pwd)
 carry=$root/.carry/gpu
 [ -x "$carry/bin/hw_bench_policy" ] || { echo "no $carry/bin/hw_bench_policy: carry .carry/gpu (scripts/device/pack.sh)"; exit 1; }
+bash scripts/device/unpack-libs.sh "$carry/lib" || exit 1
 export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export HEADWISE_SOURCE_DIR=$root HEADWISE_SHARED=$carry/shared
 out=${OUT:-/tmp/hw-sparse-out}

@@ -31,6 +31,7 @@ case "${1:-}" in
   run)
     gguf=$("$0" gguf) || exit 1
     carry=/tmp/hw-gpu
+    bash scripts/device/unpack-libs.sh "$carry/lib" || exit 1
     export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
     export HEADWISE_SOURCE_DIR=$(pwd) HEADWISE_SHARED=$carry/shared HEADWISE_SMOLLM2_GGUF=$gguf
     "$carry/bin/engine_cuda_test" "[smollm2]" -s >"${OUT:-/tmp}/smollm2.log" 2>&1
