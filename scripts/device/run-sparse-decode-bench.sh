@@ -48,7 +48,9 @@
 # then copy the .jsonl beside it and add what the report asks for (device, date, command).
 set -uo pipefail
 root=$(pwd)
+# The carried binaries, or those an earlier call of the series stashed (qwen-checks.sh stash).
 carry=$root/.carry/gpu
+[[ ! -d $carry && -x /tmp/hw-gpu/bin/hw_bench_policy ]] && carry=/tmp/hw-gpu
 [ -x "$carry/bin/hw_bench_policy" ] || { echo "no $carry/bin/hw_bench_policy: carry .carry/gpu (scripts/device/pack.sh)"; exit 1; }
 bash scripts/device/unpack-libs.sh "$carry/lib" || exit 1
 export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
