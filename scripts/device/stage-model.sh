@@ -5,8 +5,8 @@
 # the whole before anything uses it.
 #
 # Here:   scripts/device/stage-model.sh split FILE
-#           writes .carry/stage/part-00, part-01, ... (CHUNK_MIB MiB each, default 56: a call
-#           carries the tracked tree too, about 5 MiB, within 64 MiB in all) and
+#           writes .carry/stage/part-00, part-01, ... (CHUNK_MIB MiB each, default 52: a call
+#           carries the tracked tree too, about 8.6 MB, within 64 MiB in all) and
 #           .carry/stage/manifest (file name, size, sha256, chunk size and count), and prints the
 #           device calls to make.
 # There:  one call per chunk, in order, each carrying only that chunk:
@@ -25,7 +25,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 stage_rel=${STAGE:-.carry/stage}
 stage=$root/$stage_rel
 remote=/tmp/hw-stage
-chunk_mib=${CHUNK_MIB:-56}
+chunk_mib=${CHUNK_MIB:-52}
 
 # The manifest travels with each chunk; append keeps a copy beside the staged file, so that a
 # later call of the series can verify without carrying it.
