@@ -25,6 +25,7 @@
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "tests/backend_util.h"
 #include "tests/kernels/block_tables.h"
 #include "tests/kernels/select_rules.h"
 
@@ -33,6 +34,7 @@ namespace {
 
 using testing::HostBlockTable;
 using testing::LayoutSpec;
+using testing::RelError;
 // Rules (kernels::KvSelect) as tests write them.
 using testing::Consume;
 using testing::Dense;
@@ -107,17 +109,6 @@ std::vector<int32_t> ReadI32(Backend& be, const Tensor& t) {
   std::vector<int32_t> out(static_cast<size_t>(t.numel()));
   be.CopyToHost(out.data(), t, out.size() * sizeof(int32_t));
   return out;
-}
-
-double RelError(const std::vector<float>& got, const std::vector<float>& want) {
-  REQUIRE(got.size() == want.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::isnan(got[i]) || std::isnan(want[i])) return INFINITY;
-    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-    den += double(want[i]) * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 // --- rules as tests write them (tests/kernels/select_rules.h) ---
