@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -29,6 +30,19 @@ inline std::vector<float> Download(kernels::Backend& be, const kernels::Buffer& 
   std::vector<float> v(static_cast<size_t>(b.view().numel()));
   be.CopyToHost(v.data(), b.view(), v.size() * sizeof(float));
   return v;
+}
+
+// Relative L2 error ||got - want|| / ||want|| (infinite where either holds a NaN): how the GPU
+// tests compare a bf16 result with the CPU's f32 one.
+inline double RelError(const std::vector<float>& got, const std::vector<float>& want) {
+  REQUIRE(got.size() == want.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(got[i]) || std::isnan(want[i])) return INFINITY;
+    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+    den += double(want[i]) * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 // The largest |a[i] - b[i]| (a and b of one size).

@@ -1,6 +1,7 @@
 // One engine serving dense, DuoAttention-, StreamingLLM- and RazorAttention-style policies at
 // once (A/B arms) on the TinyStories model, against each policy run alone: the check shared by
-// the CPU engine test and the CUDA one (engine_test.cc, cuda_golden_test.cc).
+// the CPU engine test and the CUDA one (engine_test.cc, cuda_golden_test.cc), and used with the
+// decode-time selection policies too (sparse_decode_test.cc).
 #pragma once
 
 #include <unistd.h>
@@ -128,47 +129,70 @@ inline std::vector<std::vector<int32_t>> RunTogether(
   return out;
 }
 
-// Four requests, one per arm (each its own prompt), run together in one engine, then each alone in
-// an engine running only its policy: the tokens must be the same. The sparse arms must also
-// change the text against dense (or the policy was not applied). `alone_exact` false (CUDA, whose
-// GEMMs of a different row count may round differently) only reports how far a truly alone run
-// agrees, and checks exactness against an engine running the same four prompts all under that
-// policy instead: the same shapes, so the one difference is the other rows' policies.
+// What CheckArmsMatchAlone checks besides each arm's tokens together against alone.
+struct AloneChecks {
+  // At least this many of the arms after arm 0 (dense) must change the text of one prompt
+  // against dense (or their policy was not applied).
+  int min_differ_from_dense = 0;
+  // false (CUDA, whose GEMMs of a different row count may round differently): only report how
+  // far a truly alone run agrees, and check exactness against an engine running the same
+  // prompts all under that policy instead: the same shapes, so the one difference is the other
+  // rows' policies.
+  bool alone_exact = true;
+  // The same prompt under every arm at once must also decode as each arm alone on it.
+  bool same_prompt_alone = true;
+  // Checks on the engine running every arm, before any request (e.g. its arms' policy names).
+  std::function<void(const Engine&)> check_engine;
+};
+
+// One request per arm of `arms` (arm 0 dense; each its own prompt), run together in one engine,
+// then each alone in an engine running only its policy: the tokens must be the same. The same
+// prompt under every arm at once too (the policies must matter).
 inline void CheckArmsMatchAlone(const BackendFactory& make_backend, EngineConfig config,
-                                bool alone_exact = true) {
-  const std::vector<Arm> arms = FourArms();
+                                const std::vector<Arm>& arms, const AloneChecks& checks) {
   config.arms = arms;
   auto engine = StartWith(make_backend, config);
-  REQUIRE(engine->arms().size() == 4);
-  CHECK(engine->arms()[1].policy == "duo-test");
+  REQUIRE(engine->arms().size() == arms.size());
+  if (checks.check_engine) checks.check_engine(*engine);
   const tokenizer::Tokenizer& tok = *engine->tokenizer();
+  const int n = static_cast<int>(arms.size());
   std::vector<std::vector<int32_t>> prompts;
-  for (int i = 0; i < 4; ++i) prompts.push_back(LongPrompt(tok, i));
+  std::vector<int> all(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    prompts.push_back(LongPrompt(tok, i));
+    all[static_cast<size_t>(i)] = i;
+  }
   REQUIRE(prompts[0].size() > 60);
   const int max_tokens = 40;
-  const auto together = RunTogether(*engine, {0, 1, 2, 3}, prompts, max_tokens);
-  // The same prompt under every arm at once: the policies must matter.
-  const std::vector<std::vector<int32_t>> same(4, prompts[0]);
-  const auto same_prompt = RunTogether(*engine, {0, 1, 2, 3}, same, max_tokens);
+  const auto together = RunTogether(*engine, all, prompts, max_tokens);
+  const std::vector<std::vector<int32_t>> same(static_cast<size_t>(n), prompts[0]);
+  const auto same_prompt = RunTogether(*engine, all, same, max_tokens);
   engine.reset();
   int differs_from_dense = 0;
-  for (int a = 0; a < 4; ++a) {
+  std::string same_as_dense;
+  for (int a = 0; a < n; ++a) {
     const auto at = static_cast<size_t>(a);
     EngineConfig one = config;
     one.arms.clear();
     one.attention_policy = arms[at].policy_path;
     auto alone_engine = StartWith(make_backend, one);
     const auto alone = RunTogether(*alone_engine, {0}, {prompts[at]}, max_tokens);
-    const auto alone_same = RunTogether(*alone_engine, {0}, {prompts[0]}, max_tokens);
+    std::vector<std::vector<int32_t>> alone_same;
+    if (checks.same_prompt_alone) {
+      alone_same = RunTogether(*alone_engine, {0}, {prompts[0]}, max_tokens);
+    }
     INFO("arm " << arms[at].name);
-    if (alone_exact) {
+    if (checks.alone_exact) {
       CHECK(together[at] == alone[0]);
-      CHECK(same_prompt[at] == alone_same[0]);
+      if (checks.same_prompt_alone) CHECK(same_prompt[at] == alone_same[0]);
     } else {
-      const auto shaped = RunTogether(*alone_engine, {0, 0, 0, 0}, prompts, max_tokens);
-      const auto shaped_same = RunTogether(*alone_engine, {0, 0, 0, 0}, same, max_tokens);
+      const std::vector<int> one_arm(static_cast<size_t>(n), 0);
+      const auto shaped = RunTogether(*alone_engine, one_arm, prompts, max_tokens);
       CHECK(together[at] == shaped[at]);
-      CHECK(same_prompt[at] == shaped_same[at]);
+      if (checks.same_prompt_alone) {
+        const auto shaped_same = RunTogether(*alone_engine, one_arm, same, max_tokens);
+        CHECK(same_prompt[at] == shaped_same[at]);
+      }
       int agree = 0;
       while (agree < max_tokens &&
              together[at][static_cast<size_t>(agree)] == alone[0][static_cast<size_t>(agree)]) {
@@ -177,9 +201,26 @@ inline void CheckArmsMatchAlone(const BackendFactory& make_backend, EngineConfig
       WARN("arm " << arms[at].name << ": together and truly alone agree on the first " << agree
                   << " of " << max_tokens << " tokens");
     }
-    if (a > 0 && same_prompt[at] != same_prompt[0]) ++differs_from_dense;
+    if (a == 0) continue;
+    if (same_prompt[at] != same_prompt[0]) {
+      ++differs_from_dense;
+    } else {
+      same_as_dense += " " + arms[at].name;
+    }
   }
-  CHECK(differs_from_dense >= 2);
+  INFO("arms with dense's text:" << same_as_dense);
+  CHECK(differs_from_dense >= checks.min_differ_from_dense);
+}
+
+// The four arms of FourArms (dense, Duo, Streaming, Razor), as above; at least two sparse arms
+// change the text.
+inline void CheckArmsMatchAlone(const BackendFactory& make_backend, const EngineConfig& config,
+                                bool alone_exact = true) {
+  CheckArmsMatchAlone(
+      make_backend, config, FourArms(),
+      {.min_differ_from_dense = 2,
+       .alone_exact = alone_exact,
+       .check_engine = [](const Engine& engine) { CHECK(engine.arms()[1].policy == "duo-test"); }});
 }
 
 }  // namespace headwise::engine::testing_arms

@@ -13,10 +13,13 @@
 
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/backend_util.h"
 #include "tests/kernels/block_tables.h"
 
 namespace headwise::kernels {
 namespace {
+
+using testing::RelError;
 
 struct Pair {
   std::unique_ptr<Backend> cpu = CreateCpuBackend(2);
@@ -82,17 +85,6 @@ struct Pair {
     return out;
   }
 };
-
-double RelError(const std::vector<float>& got, const std::vector<float>& want) {
-  REQUIRE(got.size() == want.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::isnan(got[i]) || std::isnan(want[i])) return INFINITY;
-    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-    den += double(want[i]) * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
 
 constexpr double kBf16Tol = 1e-2;
 

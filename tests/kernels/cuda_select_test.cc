@@ -25,13 +25,23 @@
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "tests/backend_util.h"
 #include "tests/kernels/block_tables.h"
+#include "tests/kernels/select_rules.h"
 
 namespace headwise::kernels {
 namespace {
 
 using testing::HostBlockTable;
 using testing::LayoutSpec;
+using testing::RelError;
+// Rules (kernels::KvSelect) as tests write them.
+using testing::Consume;
+using testing::Dense;
+using testing::Pages;
+using testing::Recycle;
+using testing::Rule;
+using testing::Select;
 
 constexpr int kPageSize = 16;
 constexpr double kBf16Tol = 1e-2;
@@ -101,53 +111,7 @@ std::vector<int32_t> ReadI32(Backend& be, const Tensor& t) {
   return out;
 }
 
-double RelError(const std::vector<float>& got, const std::vector<float>& want) {
-  REQUIRE(got.size() == want.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::isnan(got[i]) || std::isnan(want[i])) return INFINITY;
-    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-    den += double(want[i]) * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
-
-// --- rules as tests write them ---
-
-KvSelect Rule(int decode, int set, int budget, int sink, int recent, int reduce, bool per_q) {
-  KvSelect r;
-  r.decode = decode;
-  r.set = set;
-  r.budget = budget;
-  r.sink = sink;
-  r.recent = recent;
-  r.reduce = reduce;
-  r.per_q_head = per_q ? 1 : 0;
-  return r;
-}
-KvSelect Dense() {
-  return KvSelect{};
-}
-KvSelect Select(int set, int budget, int sink, int recent, int reduce = kReduceSumSoftmax,
-                bool per_q = false) {
-  return Rule(kDecodeSelect, set, budget, sink, recent, reduce, per_q);
-}
-KvSelect Consume(int set, int budget, int sink, int recent, bool per_q = false) {
-  return Rule(kDecodeConsume, set, budget, sink, recent, kReduceSumSoftmax, per_q);
-}
-// below_cos < -1: no cosine rule.
-KvSelect Recycle(int set, int budget, int sink, int recent, int every, bool since_refresh,
-                 float below_cos = -2.0f, int reduce = kReduceSumSoftmax, bool per_q = false) {
-  KvSelect r = Rule(kDecodeRecycle, set, budget, sink, recent, reduce, per_q);
-  r.refresh_every = every;
-  r.since_refresh = since_refresh ? 1 : 0;
-  r.refresh_below_cos = below_cos >= -1.0f ? 1 : 0;
-  r.refresh_cos = below_cos >= -1.0f ? below_cos : 0.0f;
-  return r;
-}
-KvSelect Pages(int set, int budget, int sink, int reduce = kReduceSumSoftmax, bool per_q = false) {
-  return Rule(kDecodePages, set, budget, sink, 1, reduce, per_q);
-}
+// --- rules as tests write them (tests/kernels/select_rules.h) ---
 
 using Rules = std::vector<KvSelect>;  // one layout's rule per KV head
 

@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -22,6 +23,7 @@
 #include "tests/backend_util.h"
 #include "tests/kernels/abort_message.h"
 #include "tests/kernels/block_tables.h"
+#include "tests/kernels/select_rules.h"
 
 namespace headwise::kernels {
 namespace {
@@ -31,6 +33,13 @@ using testing::HostTokens;
 using testing::LayoutSpec;
 using testing::Upload;
 using testing::UploadI32;
+// Rules (kernels::KvSelect) as tests write them.
+using testing::Consume;
+using testing::Dense;
+using testing::Pages;
+using testing::Recycle;
+using testing::Rule;
+using testing::Select;
 
 std::vector<float> Random(size_t n, std::mt19937& rng, float scale = 1.0f) {
   std::normal_distribution<float> dist(0.0f, scale);
@@ -56,42 +65,14 @@ bool SameBits(const float* a, const float* b, size_t n) {
 }
 
 // --- rules --------------------------------------------------------------------------------
+// (KvSelect builders: tests/kernels/select_rules.h)
 
 using Rules = std::vector<std::vector<KvSelect>>;  // [layout][KV head]
-
-KvSelect Dense() {
-  return {};
-}
-KvSelect Rule(int decode, int set, int budget, int sink, int recent, bool per_q_head = false,
-              int reduce = kReduceSumSoftmax) {
-  KvSelect s;
-  s.decode = decode;
-  s.set = set;
-  s.budget = budget;
-  s.sink = sink;
-  s.recent = recent;
-  s.per_q_head = per_q_head ? 1 : 0;
-  s.reduce = reduce;
-  return s;
-}
-KvSelect Recycle(int set, int budget, int sink, int recent, bool per_q_head, int reduce, int every,
-                 bool since_refresh, float below_cos = NAN) {
-  KvSelect s = Rule(kDecodeRecycle, set, budget, sink, recent, per_q_head, reduce);
-  s.refresh_every = every;
-  s.since_refresh = since_refresh ? 1 : 0;
-  s.refresh_below_cos = std::isnan(below_cos) ? 0 : 1;
-  s.refresh_cos = std::isnan(below_cos) ? 0.0f : below_cos;
-  return s;
-}
-KvSelect Pages(int set, int budget, int sink, bool per_q_head = false,
-               int reduce = kReduceSumSoftmax) {
-  return Rule(kDecodePages, set, budget, sink, 1, per_q_head, reduce);
-}
 
 // The ways a set per KV head is reduced over its group, and a set per query head.
 struct Mode {
   bool per_q_head;
-  int reduce;
+  KvReduce reduce;
   const char* name;
 };
 const Mode kModes[] = {{true, kReduceSumSoftmax, "per query head"},
@@ -638,9 +619,9 @@ TEST_CASE("PagedAttention leaves the selecting heads of selecting sequences alon
     const std::vector<SeqSpec> seqs = {
         {0, 40, 6, -1}, {0, 33, 1, 0}, {0, 21, 1, -1}, {1, 50, 1, 1}, {0, 64, 1, 2}};
     World w(heads, 2, {0, 0, 0, 1, 0}, {40, 33, 21, 50, 64}, 8);
-    std::vector<KvSelect> roles = {
-        Rule(kDecodeSelect, 0, 16, 2, 2), Dense(), Rule(kDecodeConsume, 0, 16, 2, 2),
-        Recycle(1, 16, 2, 2, false, kReduceMax, 3, true), Pages(2, 32, 8)};
+    std::vector<KvSelect> roles = {Select(0, 16, 2, 2), Dense(), Consume(0, 16, 2, 2),
+                                   Recycle(1, 16, 2, 2, 3, true, std::nullopt, kReduceMax),
+                                   Pages(2, 32, 8)};
     std::vector<KvSelect> layout0;
     for (int h = 0; h < w.hkv; ++h) layout0.push_back(roles[static_cast<size_t>(h) % roles.size()]);
     Layer layer = MakeLayer(w, {layout0, LayoutRules(w.hkv, Dense())}, true);
@@ -711,8 +692,8 @@ TEST_CASE("TidalDecode: a select layer, then a consume layer, in mixed batches",
           {2, 9, 1, 4},    // shorter than sink + recent + ...: every key
       };
       World w(heads, 3, {1, 1, 2, 1, 0, 1, 2}, {40, 77, 53, 30, 25, 18, 9}, 8);
-      const auto rule = [&](int decode, int budget, int sink, int recent) {
-        return Rule(decode, 0, budget, sink, recent, mode.per_q_head, mode.reduce);
+      const auto rule = [&](KvDecode decode, int budget, int sink, int recent) {
+        return Rule(decode, 0, budget, sink, recent, mode.reduce, mode.per_q_head);
       };
       const Rules select_layer = {LayoutRules(w.hkv, Dense()),
                                   LayoutRules(w.hkv, rule(kDecodeSelect, 32, 4, 8)),
@@ -755,8 +736,8 @@ TEST_CASE("Quest: the pages of the best bounds, in mixed batches", "[kernels]") 
       World w(heads, 3, {1, 1, 2, 0, 1, 2, 2}, {60, 100, 83, 20, 30, 12, 7}, 8);
       const Rules rules = {
           LayoutRules(w.hkv, Dense()),
-          LayoutRules(w.hkv, Pages(0, 64, 8, mode.per_q_head, mode.reduce), {w.hkv - 1}),
-          LayoutRules(w.hkv, Pages(0, 40, 5, mode.per_q_head, mode.reduce))};
+          LayoutRules(w.hkv, Pages(0, 64, 8, mode.reduce, mode.per_q_head), {w.hkv - 1}),
+          LayoutRules(w.hkv, Pages(0, 40, 5, mode.reduce, mode.per_q_head))};
       Layer layer = MakeLayer(w, rules, true);
       SummarizeHistory(w, layer, seqs);
       State st = MakeState(w, 5, 1, 64);
@@ -790,8 +771,8 @@ TEST_CASE(
     };
     World w(heads, 3, {0, 1, 2, 0}, {50 + kSteps, 45 + kSteps, 30, 40 + kSteps}, 8);
     const Rules rules = {
-        LayoutRules(w.hkv, Recycle(0, 20, 2, 2, false, kReduceSumSoftmax, 5, true)),
-        LayoutRules(w.hkv, Recycle(1, 16, 1, 3, true, kReduceSumSoftmax, 100, false, 0.8f),
+        LayoutRules(w.hkv, Recycle(0, 20, 2, 2, 5, true)),
+        LayoutRules(w.hkv, Recycle(1, 16, 1, 3, 100, false, 0.8f, kReduceSumSoftmax, true),
                     {w.hkv - 1}),
         LayoutRules(w.hkv, Dense())};
     Layer layer = MakeLayer(w, rules, false);
@@ -842,10 +823,9 @@ TEST_CASE("Ties between keys and between pages go to the lower position", "[kern
     INFO("sets " << mode.name);
     World w({8, 2}, 3, {1, 2, 1, 2}, {77, 100, 53, 61}, 8);
     const std::vector<SeqSpec> seqs = {{1, 77, 1, 0}, {2, 100, 1, 1}, {1, 53, 1, 2}, {2, 61, 1, 3}};
-    const Rules rules = {
-        LayoutRules(w.hkv, Dense()),
-        LayoutRules(w.hkv, Rule(kDecodeSelect, 0, 29, 3, 4, mode.per_q_head, mode.reduce)),
-        LayoutRules(w.hkv, Pages(0, 48, 8, mode.per_q_head, mode.reduce))};
+    const Rules rules = {LayoutRules(w.hkv, Dense()),
+                         LayoutRules(w.hkv, Select(0, 29, 3, 4, mode.reduce, mode.per_q_head)),
+                         LayoutRules(w.hkv, Pages(0, 48, 8, mode.reduce, mode.per_q_head))};
     Layer layer = MakeLayer(w, rules, true);
     for (size_t s = 0; s < seqs.size(); ++s) {
       for (int h = 0; h < w.hkv; ++h) {
@@ -944,7 +924,7 @@ TEST_CASE("Selection operations stop on a stale set or missing sizes", "[kernels
   World w({4, 2}, 1, {0}, {40}, 8);
   w.be = CreateCpuBackend(1);
   const std::vector<SeqSpec> seqs = {{0, 40, 1, 0}};
-  Layer consume = MakeLayer(w, {LayoutRules(2, Rule(kDecodeConsume, 0, 16, 2, 2))}, false);
+  Layer consume = MakeLayer(w, {LayoutRules(2, Consume(0, 16, 2, 2))}, false);
   State st = MakeState(w, 1, 1, 16);
   // No select layer chose set 0 this step.
   CHECK_THAT(AbortMessage([&] { RunLayer(w, consume, seqs, st); }),
@@ -977,7 +957,7 @@ TEST_CASE("Selection operations stop on a stale set or missing sizes", "[kernels
   CHECK_THAT(AbortMessage([&] { RunLayer(w, no_bounds, seqs, st); }),
              Contains("layout 0 KV head 0 selects pages but the pool has no page bounds"));
   // A set larger than the state holds.
-  Layer select = MakeLayer(w, {LayoutRules(2, Rule(kDecodeSelect, 0, 32, 2, 2))}, false);
+  Layer select = MakeLayer(w, {LayoutRules(2, Select(0, 32, 2, 2))}, false);
   CHECK_THAT(AbortMessage([&] { RunLayer(w, select, seqs, st); }),
              Contains("a set of 28 positions over SelectState's budget 16"));
 }
