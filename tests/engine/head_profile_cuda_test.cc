@@ -46,7 +46,10 @@ TEST_CASE("Razor and retrieval profiles on CUDA match the CPU backend's", "[cuda
   auto rg = ProfileRazor(*on_gpu->model, on_gpu->tokenizer->bos_id(), razor);
   REQUIRE(rc.ok());
   REQUIRE(rg.ok());
-  REQUIRE(MaxValue(rc->induction) > 0.01);  // the scores are not all zero
+  // Not all zero. A score is a mean over S x S cells (S = 300 scored positions), so at most
+  // 1/S; this 2-layer model's heads do little induction (max ~1.6e-5 on the CPU).
+  REQUIRE(MaxValue(rc->induction) > 1e-7);
+  REQUIRE(MaxValue(rc->echo) > 1e-7);
   CHECK(MaxAbsDiff(rc->echo, rg->echo) <= 0.02 * MaxValue(rc->echo) + 1e-6);
   CHECK(MaxAbsDiff(rc->induction, rg->induction) <= 0.02 * MaxValue(rc->induction));
 

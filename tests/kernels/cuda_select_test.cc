@@ -1077,6 +1077,8 @@ void CheckSelectedAttention(Pair& p, int hq, int hkv, int d, const std::vector<i
     if (slot < 0) continue;
     st.refresh[c.SetIndex(slot, 2)] = s % 4 == 3 ? 1 : 0;
     const int chosen_len = std::max(1, n - 1 - s % 3);
+    // Consume and pages heads read sets chosen this step: their writers' chosen_len is n.
+    for (int set = 0; set < c.sets; ++set) st.chosen_len[c.SetIndex(slot, set)] = n;
     st.chosen_len[c.SetIndex(slot, 2)] = chosen_len;
     for (int h = 0; h < hkv; ++h) {
       const KvSelect& r = c.RuleOf(0, s, h);
