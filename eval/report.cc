@@ -497,7 +497,8 @@ StatusOr<EvalResults> Merge(std::vector<EvalResults> runs) {
         }
         std::sort(into->begin(), into->end());
       }
-      if (a.loglik.empty()) {
+      // Each run measured its own document (as long as its longest prompt): keep the longest.
+      if (!b.loglik.empty() && (a.loglik.empty() || b.loglik.back().end > a.loglik.back().end)) {
         a.loglik = b.loglik;
         a.loglik_chunk = b.loglik_chunk;
       }

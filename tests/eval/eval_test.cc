@@ -411,6 +411,7 @@ TEST_CASE("reports: JSON round trip, Markdown tables, files, merging", "[eval]")
   for (auto& p : other.policies) {
     p.kv_bytes = {{200, 2000}};
     p.kv_retained = {{200, 1600}};
+    p.loglik = {{0, 64, 63, -63.0}, {64, 128, 64, -70.0}};
   }
   auto merged = Merge({r, other});
   REQUIRE(merged.ok());
@@ -418,6 +419,7 @@ TEST_CASE("reports: JSON round trip, Markdown tables, files, merging", "[eval]")
   CHECK(merged->header.lengths == std::vector<int>{100, 200});
   CHECK(merged->policies[0].wall_s == 4);
   CHECK(merged->policies[0].kv_bytes.size() == 2);
+  CHECK(merged->policies[0].loglik.size() == 2);  // the longer document's
   CHECK(Cells(*merged, false).size() == 4);
   CHECK_FALSE(Merge({r, r}).ok());
   EvalResults renamed = other;
