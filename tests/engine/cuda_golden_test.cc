@@ -15,8 +15,8 @@
 #include "engine/model_loader.h"
 #include "engine/model_runner.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/cuda/cuda_backend.h"
 #include "tests/engine/policy_arms_util.h"
+#include "tests/gpu_under_test.h"
 #include "tests/test_util.h"
 
 namespace headwise::engine {
@@ -132,7 +132,7 @@ void CheckModel(kernels::Backend& gpu, kernels::Backend& cpu, const std::string&
 }
 
 TEST_CASE("CUDA logits match transformers; greedy text matches the CPU backend", "[cuda]") {
-  auto gpu = std::move(kernels::CreateCudaBackend(0)).value();
+  auto gpu = testing::CreateGpuUnderTest();
   auto cpu = kernels::CreateCpuBackend(0);
   for (const std::string name : {"tinystories-656k", "stories260k"}) {
     DYNAMIC_SECTION(name) {
@@ -148,7 +148,7 @@ TEST_CASE("CUDA logits match transformers; greedy text matches the CPU backend",
 TEST_CASE("CUDA SmolLM2-135M matches transformers and the CPU backend", "[.][smollm2]") {
   const char* path = std::getenv("HEADWISE_SMOLLM2_GGUF");
   REQUIRE(path != nullptr);
-  auto gpu = std::move(kernels::CreateCudaBackend(0)).value();
+  auto gpu = testing::CreateGpuUnderTest();
   auto cpu = kernels::CreateCpuBackend(0);
   CheckModel(*gpu, *cpu, "smollm2-135m-instruct", path);
 }
@@ -159,7 +159,7 @@ TEST_CASE("CUDA SmolLM2-135M matches transformers and the CPU backend", "[.][smo
 TEST_CASE("CUDA Qwen2.5-Coder-0.5B matches transformers and the CPU backend", "[.][qwen05]") {
   const char* path = std::getenv("HEADWISE_QWEN_GGUF");
   REQUIRE(path != nullptr);
-  auto gpu = std::move(kernels::CreateCudaBackend(0)).value();
+  auto gpu = testing::CreateGpuUnderTest();
   auto cpu = kernels::CreateCpuBackend(0);
   CheckModel(*gpu, *cpu, "qwen2.5-coder-0.5b-instruct", path);
 }
@@ -167,7 +167,7 @@ TEST_CASE("CUDA Qwen2.5-Coder-0.5B matches transformers and the CPU backend", "[
 TEST_CASE("CUDA Qwen2.5-Coder-1.5B matches transformers and the CPU backend", "[.][qwen15]") {
   const char* path = std::getenv("HEADWISE_QWEN_GGUF");
   REQUIRE(path != nullptr);
-  auto gpu = std::move(kernels::CreateCudaBackend(0)).value();
+  auto gpu = testing::CreateGpuUnderTest();
   auto cpu = kernels::CreateCpuBackend(0);
   CheckModel(*gpu, *cpu, "device/qwen2.5-coder-1.5b-instruct", path);
 }
@@ -257,7 +257,7 @@ PolicyRun RunPolicy(kernels::Backend& backend, const char* policy_json,
 // bf16 error (prefill chunks through the decode kernel, TinyStories' head dim being 16, and decode
 // steps replayed from graphs), and the policy does change the text against dense.
 void CheckPolicyStepByStep(const char* name, const char* policy) {
-  auto gpu = std::move(kernels::CreateCudaBackend(0)).value();
+  auto gpu = testing::CreateGpuUnderTest();
   auto cpu = kernels::CreateCpuBackend(0);
   const PolicyRun c = RunPolicy(*cpu, policy, nullptr);
   const PolicyRun g = RunPolicy(*gpu, policy, &c.output);
@@ -291,7 +291,7 @@ TEST_CASE("CUDA logits with compress-once heads match the CPU, step by step", "[
 // widened — against the same steps run eagerly, for batch sizes that fill a bucket, pad one,
 // and exceed the skinny-GEMM rows.
 TEST_CASE("CUDA decode graphs equal eager steps, padded buckets included", "[cuda]") {
-  auto gpu = std::move(kernels::CreateCudaBackend(0)).value();
+  auto gpu = testing::CreateGpuUnderTest();
   auto loaded = LoadModel(testing::SharedDir() + "/models/tinystories-656k", LoadOptions{}, *gpu);
   REQUIRE(loaded.ok());
   auto& model = *loaded->model;
@@ -348,8 +348,7 @@ TEST_CASE("CUDA: one engine runs dense, Duo, Streaming and Razor requests togeth
   EngineConfig config;
   config.max_num_batched_tokens = 512;  // every prompt whole: rings depend on chunk boundaries
   config.num_kv_pages = 4096;
-  testing_arms::CheckArmsMatchAlone([] { return std::move(kernels::CreateCudaBackend(0)).value(); },
-                                    config,
+  testing_arms::CheckArmsMatchAlone([] { return testing::CreateGpuUnderTest(); }, config,
                                     /*alone_exact=*/false);
 }
 

@@ -6,7 +6,7 @@
 #include "engine/attention/head_profile.h"
 #include "engine/model_loader.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/cuda/cuda_backend.h"
+#include "tests/gpu_under_test.h"
 #include "tests/test_util.h"
 
 namespace headwise::engine::attention {
@@ -33,7 +33,7 @@ double MaxValue(const HeadMatrix& a) {
 TEST_CASE("Razor and retrieval profiles on CUDA match the CPU backend's", "[cuda]") {
   const std::string path = testing::SharedDir() + "/models/tinystories-656k";
   auto cpu = kernels::CreateCpuBackend(0);
-  auto gpu = std::move(kernels::CreateCudaBackend(0)).value();
+  auto gpu = testing::CreateGpuUnderTest();
   auto on_cpu = LoadModel(path, LoadOptions{}, *cpu);
   auto on_gpu = LoadModel(path, LoadOptions{}, *gpu);
   REQUIRE(on_cpu.ok());

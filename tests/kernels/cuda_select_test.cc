@@ -24,10 +24,8 @@
 
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_backend.h"
-#ifndef HEADWISE_TEST_PAIR_CPU
-#include "kernels/cuda/cuda_backend.h"
-#endif
 #include "tests/backend_util.h"
+#include "tests/gpu_under_test.h"
 #include "tests/kernels/block_tables.h"
 #include "tests/kernels/select_rules.h"
 
@@ -49,16 +47,9 @@ constexpr int kPageSize = 16;
 constexpr double kBf16Tol = 1e-2;
 constexpr double kNearTie = 1e-5;  // relative: reduced scores this close may rank either way
 
-// HEADWISE_TEST_PAIR_CPU (target kernels_select_pair_test, CPU builds, built on request): a
-// second CPU backend stands in for the GPU, so the tests' own logic (scenarios, state, the
-// host-side expectations) runs here before a device session spends GPU time on it.
 struct Pair {
   std::unique_ptr<Backend> cpu = CreateCpuBackend(2);
-#ifdef HEADWISE_TEST_PAIR_CPU
-  std::unique_ptr<Backend> gpu = CreateCpuBackend(2);
-#else
-  std::unique_ptr<Backend> gpu = std::move(CreateCudaBackend(0)).value();
-#endif
+  std::unique_ptr<Backend> gpu = testing::CreateGpuUnderTest();  // tests/gpu_under_test.h
   unsigned seed = std::random_device{}();
   std::mt19937 rng{seed};
   Backend& at(int side) { return side == 0 ? *cpu : *gpu; }
@@ -1334,9 +1325,7 @@ TEST_CASE("CUDA selection steps replayed from a CUDA graph match the CPU", "[cud
       c.Selected(1, l);
     }
   };
-#ifndef HEADWISE_TEST_PAIR_CPU
   std::unique_ptr<CapturedOps> graph;
-#endif
   const std::vector<float> q0 = c.q;
   std::vector<int32_t> lens(sc.len.begin(), sc.len.end());
   for (int step = 0; step < 4; ++step) {
@@ -1359,18 +1348,17 @@ TEST_CASE("CUDA selection steps replayed from a CUDA graph match the CPU", "[cud
     }
     if (step == 0) {
       run_gpu_step();
-#ifndef HEADWISE_TEST_PAIR_CPU
-      p.gpu->BeginCapture();
-      run_gpu_step();
-      graph = p.gpu->EndCapture();
-      REQUIRE(graph != nullptr);
-      // The capture ran nothing: step 0 ran once.
-    } else {
+      if (testing::kGpuUnderTestCaptures) {
+        p.gpu->BeginCapture();
+        run_gpu_step();
+        graph = p.gpu->EndCapture();
+        REQUIRE(graph != nullptr);
+        // The capture ran nothing: step 0 ran once.
+      }
+    } else if (graph != nullptr) {
       graph->Replay();
-#else
     } else {
-      run_gpu_step();  // the CPU backend captures nothing: the steps run eagerly
-#endif
+      run_gpu_step();  // a pair build's CPU backend captures nothing: the steps run eagerly
     }
     p.gpu->Synchronize();
     const HostState gpu = c.GetState(1);
