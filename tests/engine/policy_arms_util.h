@@ -139,8 +139,6 @@ struct AloneChecks {
   // prompts all under that policy instead: the same shapes, so the one difference is the other
   // rows' policies.
   bool alone_exact = true;
-  // The same prompt under every arm at once must also decode as each arm alone on it.
-  bool same_prompt_alone = true;
   // Checks on the engine running every arm, before any request (e.g. its arms' policy names).
   std::function<void(const Engine&)> check_engine;
 };
@@ -177,22 +175,17 @@ inline void CheckArmsMatchAlone(const BackendFactory& make_backend, EngineConfig
     one.attention_policy = arms[at].policy_path;
     auto alone_engine = StartWith(make_backend, one);
     const auto alone = RunTogether(*alone_engine, {0}, {prompts[at]}, max_tokens);
-    std::vector<std::vector<int32_t>> alone_same;
-    if (checks.same_prompt_alone) {
-      alone_same = RunTogether(*alone_engine, {0}, {prompts[0]}, max_tokens);
-    }
+    const auto alone_same = RunTogether(*alone_engine, {0}, {prompts[0]}, max_tokens);
     INFO("arm " << arms[at].name);
     if (checks.alone_exact) {
       CHECK(together[at] == alone[0]);
-      if (checks.same_prompt_alone) CHECK(same_prompt[at] == alone_same[0]);
+      CHECK(same_prompt[at] == alone_same[0]);
     } else {
       const std::vector<int> one_arm(static_cast<size_t>(n), 0);
       const auto shaped = RunTogether(*alone_engine, one_arm, prompts, max_tokens);
       CHECK(together[at] == shaped[at]);
-      if (checks.same_prompt_alone) {
-        const auto shaped_same = RunTogether(*alone_engine, one_arm, same, max_tokens);
-        CHECK(same_prompt[at] == shaped_same[at]);
-      }
+      const auto shaped_same = RunTogether(*alone_engine, one_arm, same, max_tokens);
+      CHECK(same_prompt[at] == shaped_same[at]);
       int agree = 0;
       while (agree < max_tokens &&
              together[at][static_cast<size_t>(agree)] == alone[0][static_cast<size_t>(agree)]) {

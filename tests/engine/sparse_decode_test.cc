@@ -152,7 +152,6 @@ TEST_CASE("Small budgets change the text; a request decodes the same in a batch 
   testing_arms::AloneChecks checks;
   // The policy was applied: every sparse arm (32 of 60+ keys) changes the text.
   checks.min_differ_from_dense = static_cast<int>(arms.size()) - 1;
-  checks.same_prompt_alone = false;
   testing_arms::CheckArmsMatchAlone(Cpu, EngineConfig{}, arms, checks);
 }
 
