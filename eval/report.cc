@@ -133,7 +133,8 @@ ojson ToJson(const EvalResults& r) {
                    {"lengths", h.lengths},
                    {"depths", h.depths},
                    {"tasks", h.tasks},
-                   {"samples", h.samples}};
+                   {"samples", h.samples},
+                   {"warmup", h.warmup}};
   out["scoring"] =
       "correct: every expected value occurs in the answer (case-insensitive substring, RULER's "
       "string_match_all); partial: RULER's score, the mean fraction found; ci: Wilson 95%; "
@@ -248,6 +249,7 @@ StatusOr<EvalResults> FromJson(const nlohmann::json& j) {
     o.depths = h.at("depths").get<std::vector<double>>();
     o.tasks = h.at("tasks").get<std::vector<std::string>>();
     o.samples = h.at("samples").get<int>();
+    o.warmup = h.value("warmup", 0);  // absent in files written before the field
     for (const auto& p : j.at("policies")) {
       PolicyRecord q;
       q.name = p.at("name").get<std::string>();
@@ -388,8 +390,10 @@ std::string ToMarkdown(const EvalResults& r) {
       "in brackets the MiB it holds in the engine's pool, whose rings also have room for one "
       "step's new tokens (--max-num-batched-tokens). Speeds over this policy's requests, run by "
       "themselves in one engine (batched): prompt and generated tokens per second of wall time, "
-      "and decode tokens per second of one sequence.\n\n| policy | file | hash | wall s | "
-      "prompt tok/s | gen tok/s | decode tok/s/seq |";
+      "and decode tokens per second of one sequence";
+  md += h.warmup > 0 ? fmt::format(", after {} untimed warm-up requests.", h.warmup)
+                     : " (no warm-up: the first policy's include the engine's one-time costs).";
+  md += "\n\n| policy | file | hash | wall s | prompt tok/s | gen tok/s | decode tok/s/seq |";
   std::vector<int> kv_lengths;
   for (const auto& [len, bytes] : r.policies.front().kv_bytes) kv_lengths.push_back(len);
   for (int len : kv_lengths) md += fmt::format(" KV @{} |", len);
@@ -515,6 +519,7 @@ StatusOr<EvalResults> Merge(std::vector<EvalResults> runs) {
     unite(h.depths, r.header.depths);
     unite(h.tasks, r.header.tasks);
     h.samples = std::max(h.samples, r.header.samples);
+    h.warmup = std::min(h.warmup, r.header.warmup);
     h.prompts_hash += " + " + r.header.prompts_hash;
     h.command += " ; " + r.header.command;
     if (r.header.device != h.device) h.device += " ; " + r.header.device;

@@ -31,6 +31,9 @@ struct RunHeader {
   std::vector<double> depths;
   std::vector<std::string> tasks;
   int samples = 0;  // per (task, length)
+  // Requests run under the first policy before any timing (discarded): the engine's first work
+  // pays one-time costs (allocations, cuBLAS set-up) that would bias the first policy's speeds.
+  int warmup = 0;
 };
 
 struct LogLikelihoodBucket {

@@ -65,6 +65,9 @@ opening per position bucket.
   --loglik-chunk N            its prefill chunk (default: --max-num-batched-tokens)
   --loglik-bucket N           first position bucket; later ones double (default 1024)
   --max-in-flight N           requests submitted at once (default 4 x --max-num-seqs)
+  --warmup N                  the first N prompts run under the first policy before any timing,
+                              untimed (default 8; 0 with --prefix-caching, whose cache they
+                              would fill): the engine's one-time costs stay out of the speeds
   --prefix-caching            reuse the KV of shared prompt prefixes (default off: every policy
                               computes its prompts itself, so its wall time is its own)
   --commit TEXT               commit to report (default: git describe of the current directory)
@@ -195,7 +198,7 @@ int RunEval(int argc, char** argv) {
                                               haystack_path, form = "chat", out_prefix, commit,
                                               merge;
   int samples = 50, max_new_tokens = 0, loglik_tokens = -1, loglik_chunk = 0, loglik_bucket = 1024,
-      max_in_flight = 0;
+      max_in_flight = 0, warmup = 8;
   int64_t seed = 1;
   bool prefix_caching = false;
   flags.String("policies", policies_s);
@@ -212,6 +215,7 @@ int RunEval(int argc, char** argv) {
   flags.Int("loglik-chunk", loglik_chunk);
   flags.Int("loglik-bucket", loglik_bucket);
   flags.Int("max-in-flight", max_in_flight);
+  flags.Int("warmup", warmup);
   flags.Bool("prefix-caching", prefix_caching);
   flags.String("commit", commit);
   flags.String("out", out_prefix);
@@ -230,6 +234,7 @@ int RunEval(int argc, char** argv) {
   config.enable_prefix_caching = prefix_caching;
   if (samples < 1) return Fail(InvalidArgument("--samples must be >= 1, got {}", samples));
   if (max_new_tokens < 0) return Fail(InvalidArgument("--max-new-tokens must be >= 0"));
+  if (warmup < 0) return Fail(InvalidArgument("--warmup must be >= 0, got {}", warmup));
   if (loglik_bucket < 1) return Fail(InvalidArgument("--loglik-bucket must be >= 1"));
   if (form != "chat" && form != "raw") {
     return Fail(InvalidArgument("--prompt-form must be chat or raw, got '{}'", form));
@@ -390,6 +395,7 @@ int RunEval(int argc, char** argv) {
   h.depths = *depths;
   for (const eval::TaskInfo& t : tasks) h.tasks.emplace_back(t.name);
   h.samples = samples;
+  h.warmup = prefix_caching ? 0 : std::min(warmup, static_cast<int>(prompts.size()));
   for (const eval::Sample& s : prompts) {
     results.samples.push_back({s.task, s.length, s.index, s.depth, s.needle_depth,
                                static_cast<int>(s.prompt_ids.size()), s.query, s.expected});
@@ -458,6 +464,13 @@ int RunEval(int argc, char** argv) {
   std::fprintf(stderr, "engine: max_model_len %d, %d KV pages, %d sequences at once\n",
                (*engine)->limits().max_model_len, (*engine)->Stats().kv_pages_total,
                config.max_num_seqs);
+  if (h.warmup > 0) {
+    const std::vector<eval::Sample> first(prompts.begin(), prompts.begin() + h.warmup);
+    auto run = eval::RunSamples(**engine, 0, first, max_in_flight, nullptr);
+    if (!run.ok()) return Fail(run.status().WithContext("warm-up"));
+    std::fprintf(stderr, "warm-up: %d requests under %s, %.1f s (not counted)\n", h.warmup,
+                 arms.front().name.c_str(), run->wall_s);
+  }
   for (size_t a = 0; a < arms.size(); ++a) {
     const engine::ArmInfo& info = (*engine)->arms()[a];
     eval::PolicyRecord& rec = results.policies[a];

@@ -100,17 +100,19 @@ def smollm2():
                   "--max-num-batched-tokens", "128", "--max-num-seqs", "4", "--loglik-tokens",
                   "128", "--loglik-bucket", "32", "--seed", "5", "--commit", "test"]
         a = os.path.join(tmp, "a")
-        r = run_eval(common + ["--policies", f"dense,ring={ring}", "--out", a], 900)
+        r = run_eval(common + ["--policies", f"dense,ring={ring}", "--warmup", "1", "--out", a], 900)
         assert r.returncode == 0, "first run failed"
         ja = check_results(a, ["dense", "ring"], ["niah_single", "niah_multikey"], [320], 2)
         assert ja["header"]["commit"] == "test"
+        assert ja["header"]["warmup"] == 1, ja["header"]
+        assert "after 1 untimed warm-up requests" in open(a + ".md").read()
         ring_kv = ja["policies"][1]["kv_bytes"][0]
         assert ring_kv["retained_vs_first"] < 0.5, ring_kv
         hash_line = [l for l in r.stdout.splitlines() if l.startswith("prompts hash: ")]
         assert hash_line and hash_line[0].split(": ")[1] == ja["header"]["prompts_hash"], hash_line
 
         b = os.path.join(tmp, "b")
-        r = run_eval(common + ["--policies", "dense", "--out", b], 900)
+        r = run_eval(common + ["--policies", "dense", "--warmup", "0", "--out", b], 900)
         assert r.returncode == 0, "second run failed"
         jb = check_results(b, ["dense"], ["niah_single", "niah_multikey"], [320], 2)
         assert jb["header"]["prompts_hash"] == ja["header"]["prompts_hash"]
@@ -133,7 +135,7 @@ def qwen_passkey():
         r = run_eval([gguf, "--tasks", "niah_single", "--lengths", "2048", "--samples", "2",
                       "--depths", "0.3,0.7", "--haystack", haystack(), "--max-model-len", "2048",
                       "--max-new-tokens", "12", "--loglik-tokens", "0", "--policies", "dense",
-                      "--out", out], 1500)
+                      "--warmup", "0", "--out", out], 1500)
         assert r.returncode == 0, "run failed"
         j = json.load(open(out + ".json"))
         cell = j["cells"][0]
@@ -148,6 +150,7 @@ def errors():
         (["m.gguf", "--policies", "a", "--arms", "f.json", "--out", "/tmp/x"], "exclude each other"),
         (["m.gguf", "--depths", "0,2", "--out", "/tmp/x"], "--depths takes values in [0, 1]"),
         (["m.gguf", "--samples", "0", "--out", "/tmp/x"], "--samples must be >= 1"),
+        (["m.gguf", "--warmup", "-1", "--out", "/tmp/x"], "--warmup must be >= 0"),
         (["m.gguf", "--bogus", "--out", "/tmp/x"], "unknown flag --bogus"),
     ]
     for args, want in cases:
