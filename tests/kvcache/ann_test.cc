@@ -300,17 +300,27 @@ OodComparison OodRun(size_t n) {
   return result;
 }
 
-// Measured here (2 cores): recall@100 0.92 scanning 12.7% at L_pq = 100, 0.95 at 16.3% at
-// L_pq = 150; HNSW 0.56 scanning 33% at ef = 400. The paper's 1-3% is at 128K+ keys: the scanned
-// count grows sub-linearly (about 2,100 keys here, 2,700 at N = 32768).
-TEST_CASE("RoarGraph on OOD data: recall@100 >= 0.9 scanning a small fraction, N=16384", "[ann]") {
-  const OodComparison run = OodRun(16384);
+// Sanitizer builds (GCC's ASan / TSan macros) run the OOD check at N = 4096: at N = 16384 it takes
+// a minute under ASan, and CI runs each test case on 2 cores.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+
+// Measured here (2 cores), N = 16384: recall@100 0.92 scanning 12.7% at L_pq = 100, 0.95 at
+// 16.3% at L_pq = 150; HNSW 0.56 scanning 33% at ef = 400. N = 4096: 0.92 at 25.0%; HNSW 0.74.
+// The paper's 1-3% is at 128K+ keys: the scanned count grows sub-linearly (about 1,000 keys at
+// N = 4096, 2,100 at 16384, 2,700 at 32768).
+TEST_CASE("RoarGraph on OOD data: recall@100 >= 0.9 scanning a small fraction (N=16384)", "[ann]") {
+  const size_t n = kSanitized ? 4096 : 16384;
+  const OodComparison run = OodRun(n);
   CHECK(run.roar_graph.recall >= 0.9);
-  CHECK(run.roar_graph.scanned_fraction < 0.15);
+  CHECK(run.roar_graph.scanned_fraction < (kSanitized ? 0.30 : 0.15));
   if (run.hnsw) {
     // The point of the attention-aware graph: key-proximity HNSW scans more for less recall.
     CHECK(run.hnsw->scanned_fraction > run.roar_graph.scanned_fraction);
-    CHECK(run.hnsw->recall < run.roar_graph.recall - 0.2);
+    CHECK(run.hnsw->recall < run.roar_graph.recall - (kSanitized ? 0.1 : 0.2));
   }
 }
 
