@@ -238,6 +238,7 @@ StatusOr<RoarGraph> RoarGraph::Build(const MatrixView& keys, const MatrixView& t
       std::vector<PoolEntry> pool;
       BestFirstSearch(keys, keys.Row(u), entry, params.connect_queue, neighbors_of, pool);
       std::vector<uint32_t> found;
+      found.reserve(pool.size());
       for (const PoolEntry& e : pool) found.push_back(e.id);
       const auto nearest = ScoreAgainst(keys, u, found);
       if (adj[u].empty()) new_out[j] = PruneByOcclusion(keys, nearest, max_degree);
