@@ -10,7 +10,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git python3-venv
   nlohmann-json3-dev libspdlog-dev libfmt-dev libsentencepiece-dev
-  libicu-dev catch2 zlib1g-dev
+  libicu-dev catch2 zlib1g-dev libhnswlib-dev
 )
 fuzz_packages=(clang libclang-rt-14-dev)
 

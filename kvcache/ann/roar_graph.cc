@@ -1,0 +1,300 @@
+#include "kvcache/ann/roar_graph.h"
+
+#include <algorithm>
+#include <deque>
+
+#include "kvcache/ann/parallel.h"
+
+namespace headwise::kvcache::ann {
+namespace {
+
+struct PoolEntry {
+  uint32_t id;
+  float score;
+  bool expanded;
+};
+
+// Best-first search from `entry` with a pool of `capacity` best keys (sorted by BetterThan);
+// stops when every pooled key is expanded. Returns the number of inner products computed.
+// neighbors_of(id) gives a key's out-edges as a range of uint32_t.
+template <typename NeighborsOf>
+size_t BestFirstSearch(const MatrixView& keys, const float* query, uint32_t entry, size_t capacity,
+                       const NeighborsOf& neighbors_of, std::vector<PoolEntry>& pool) {
+  pool.clear();
+  std::vector<uint8_t> visited(keys.rows, 0);
+  visited[entry] = 1;
+  pool.push_back({entry, InnerProduct(keys.Row(entry), query, keys.dim), false});
+  size_t scanned = 1;
+  size_t cursor = 0;  // every entry before it is expanded
+  while (cursor < pool.size()) {
+    pool[cursor].expanded = true;
+    const uint32_t current = pool[cursor].id;
+    size_t lowest_insert = pool.size();
+    for (uint32_t nb : neighbors_of(current)) {
+      if (visited[nb]) continue;
+      visited[nb] = 1;
+      const ScoredId cand{nb, InnerProduct(keys.Row(nb), query, keys.dim)};
+      ++scanned;
+      if (pool.size() == capacity && !BetterThan(cand, {pool.back().id, pool.back().score})) {
+        continue;
+      }
+      auto pos = std::upper_bound(pool.begin(), pool.end(), cand,
+                                  [](const ScoredId& c, const PoolEntry& e) {
+                                    return BetterThan(c, {e.id, e.score});
+                                  });
+      const size_t index = static_cast<size_t>(pos - pool.begin());
+      pool.insert(pos, {cand.id, cand.score, false});
+      if (pool.size() > capacity) pool.pop_back();
+      lowest_insert = std::min(lowest_insert, index);
+    }
+    cursor = std::min(cursor, lowest_insert);
+    while (cursor < pool.size() && pool[cursor].expanded) ++cursor;
+  }
+  return scanned;
+}
+
+// Similarity of two keys for the graph's own structure (candidate order and occlusion): minus the
+// squared L2 distance, summed in a fixed order. Not the inner product: measured on the OOD test
+// data, inner-product neighbourhoods favour long keys, which become hubs that every search
+// expands (recall@100 0.91 at 14.9% scanned, against 0.92 at 13.0% with L2, N = 16384).
+float KeySimilarity(const MatrixView& keys, uint32_t a, uint32_t b) {
+  const float* x = keys.Row(a);
+  const float* y = keys.Row(b);
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= keys.dim; i += 8) {
+    for (size_t j = 0; j < 8; ++j) {
+      const float d = x[i + j] - y[i + j];
+      acc[j] += d * d;
+    }
+  }
+  for (size_t j = 0; i < keys.dim; ++i, ++j) {
+    const float d = x[i] - y[i];
+    acc[j] += d * d;
+  }
+  return -(((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])));
+}
+
+// `ids` (no duplicates) scored by KeySimilarity with key `node` and sorted best first; `node`
+// itself is dropped.
+std::vector<ScoredId> ScoreAgainst(const MatrixView& keys, uint32_t node,
+                                   std::span<const uint32_t> ids) {
+  std::vector<ScoredId> out;
+  out.reserve(ids.size());
+  for (uint32_t id : ids) {
+    if (id != node) out.push_back({id, KeySimilarity(keys, id, node)});
+  }
+  std::sort(out.begin(), out.end(), BetterThan);
+  return out;
+}
+
+// Occlusion pruning (see the header, step 3). `candidates` are sorted best first with
+// score = KeySimilarity(candidate, node).
+std::vector<uint32_t> PruneByOcclusion(const MatrixView& keys, std::span<const ScoredId> candidates,
+                                       size_t max_degree) {
+  std::vector<uint32_t> kept;
+  std::vector<uint8_t> taken(candidates.size(), 0);
+  for (size_t i = 0; i < candidates.size() && kept.size() < max_degree; ++i) {
+    const ScoredId& c = candidates[i];
+    bool occluded = false;
+    for (uint32_t r : kept) {
+      if (KeySimilarity(keys, c.id, r) > c.score) {
+        occluded = true;
+        break;
+      }
+    }
+    if (!occluded) {
+      kept.push_back(c.id);
+      taken[i] = 1;
+    }
+  }
+  for (size_t i = 0; i < candidates.size() && kept.size() < max_degree; ++i) {
+    if (!taken[i]) kept.push_back(candidates[i].id);
+  }
+  return kept;
+}
+
+std::vector<uint8_t> Reachable(const std::vector<std::vector<uint32_t>>& adj, uint32_t entry) {
+  std::vector<uint8_t> seen(adj.size(), 0);
+  std::deque<uint32_t> queue{entry};
+  seen[entry] = 1;
+  while (!queue.empty()) {
+    const uint32_t id = queue.front();
+    queue.pop_front();
+    for (uint32_t nb : adj[id]) {
+      if (!seen[nb]) {
+        seen[nb] = 1;
+        queue.push_back(nb);
+      }
+    }
+  }
+  return seen;
+}
+
+}  // namespace
+
+StatusOr<RoarGraph> RoarGraph::Build(const MatrixView& keys, const MatrixView& train_queries,
+                                     const RoarGraphParams& params) {
+  HW_RETURN_IF_ERROR(CheckMatrix(keys, keys.dim, "RoarGraph keys"));
+  HW_RETURN_IF_ERROR(CheckMatrix(train_queries, keys.dim, "RoarGraph training queries"));
+  if (params.n_q == 0 || params.max_degree == 0 || params.connect_queue == 0) {
+    return InvalidArgument(
+        "RoarGraph: n_q ({}), max_degree ({}) and connect_queue ({}) must be > 0", params.n_q,
+        params.max_degree, params.connect_queue);
+  }
+  if (params.candidate_list < params.max_degree) {
+    return InvalidArgument("RoarGraph: candidate_list {} < max_degree {}", params.candidate_list,
+                           params.max_degree);
+  }
+  RoarGraph graph;
+  graph.keys_ = keys;
+  const size_t n = keys.rows;
+  if (n == 0) {
+    graph.offsets_ = {0};
+    return graph;
+  }
+  const int threads = params.num_threads;
+  const size_t max_degree = params.max_degree;
+
+  // 1. Exact top-n_q keys of every training query.
+  HW_ASSIGN_OR_RETURN(auto knn,
+                      ExactTopKBatch(keys, train_queries, std::min(params.n_q, n), threads));
+
+  // 2-3. Each query hangs off its top-1 key; the pivot's candidates are its queries' other keys.
+  std::vector<std::vector<uint32_t>> queries_of_pivot(n);
+  for (size_t q = 0; q < knn.size(); ++q) {
+    queries_of_pivot[knn[q][0].id].push_back(static_cast<uint32_t>(q));
+  }
+  std::vector<std::vector<uint32_t>> adj(n);
+  ParallelFor(n, threads, [&](size_t pivot) {
+    if (queries_of_pivot[pivot].empty()) return;
+    std::vector<uint32_t> ids;
+    for (uint32_t q : queries_of_pivot[pivot]) {
+      for (const ScoredId& s : knn[q]) ids.push_back(s.id);
+    }
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    auto candidates = ScoreAgainst(keys, static_cast<uint32_t>(pivot), ids);
+    if (candidates.size() > params.candidate_list) candidates.resize(params.candidate_list);
+    adj[pivot] = PruneByOcclusion(keys, candidates, max_degree);
+  });
+
+  // 4. Reverse edges, merged in pivot order, then lists over max_degree pruned again.
+  {
+    std::vector<std::vector<uint32_t>> reverse(n);
+    for (size_t p = 0; p < n; ++p) {
+      for (uint32_t c : adj[p]) reverse[c].push_back(static_cast<uint32_t>(p));
+    }
+    std::vector<std::vector<uint32_t>> merged(n);
+    ParallelFor(n, threads, [&](size_t node) {
+      std::vector<uint32_t> ids = adj[node];
+      for (uint32_t r : reverse[node]) {
+        if (std::find(adj[node].begin(), adj[node].end(), r) == adj[node].end()) ids.push_back(r);
+      }
+      if (ids.size() <= max_degree) {
+        merged[node] = std::move(ids);
+      } else {
+        merged[node] = PruneByOcclusion(keys, ScoreAgainst(keys, static_cast<uint32_t>(node), ids),
+                                        max_degree);
+      }
+    });
+    adj = std::move(merged);
+  }
+
+  // 5. Entry point: the best key for the mean training query.
+  if (train_queries.rows > 0) {
+    std::vector<float> mean(keys.dim, 0.0f);
+    for (size_t q = 0; q < train_queries.rows; ++q) {
+      for (size_t i = 0; i < keys.dim; ++i) mean[i] += train_queries.Row(q)[i];
+    }
+    for (float& v : mean) v /= static_cast<float>(train_queries.rows);
+    HW_ASSIGN_OR_RETURN(auto best, ExactTopK(keys, mean, 1));
+    graph.entry_ = best[0].id;
+  }
+  const uint32_t entry = graph.entry_;
+  if (adj[entry].empty() && n > 1) {
+    // Searches start here: give it the nearest keys as edges, since a search from a key without
+    // edges finds nothing.
+    std::vector<uint32_t> all(n);
+    for (size_t i = 0; i < n; ++i) all[i] = static_cast<uint32_t>(i);
+    auto nearest = ScoreAgainst(keys, entry, all);
+    if (nearest.size() > params.candidate_list) nearest.resize(params.candidate_list);
+    adj[entry] = PruneByOcclusion(keys, nearest, max_degree);
+  }
+
+  // 6. Connectivity: out-edges for keys without any, in-edges for keys the entry cannot reach,
+  // both from searches of the graph as it stands after step 5.
+  {
+    const std::vector<uint8_t> reachable = Reachable(adj, entry);
+    std::vector<uint32_t> needy;
+    for (size_t i = 0; i < n; ++i) {
+      if (adj[i].empty() || !reachable[i]) needy.push_back(static_cast<uint32_t>(i));
+    }
+    std::vector<std::vector<uint32_t>> new_out(needy.size());
+    std::vector<std::vector<uint32_t>> link_sources(needy.size());
+    auto neighbors_of = [&](uint32_t id) -> const std::vector<uint32_t>& { return adj[id]; };
+    ParallelFor(needy.size(), threads, [&](size_t j) {
+      const uint32_t u = needy[j];
+      std::vector<PoolEntry> pool;
+      BestFirstSearch(keys, keys.Row(u), entry, params.connect_queue, neighbors_of, pool);
+      std::vector<uint32_t> found;
+      found.reserve(pool.size());
+      for (const PoolEntry& e : pool) found.push_back(e.id);
+      const auto nearest = ScoreAgainst(keys, u, found);
+      if (adj[u].empty()) new_out[j] = PruneByOcclusion(keys, nearest, max_degree);
+      if (!reachable[u]) {
+        for (const ScoredId& s : nearest) link_sources[j].push_back(s.id);
+      }
+    });
+    for (size_t j = 0; j < needy.size(); ++j) {
+      if (adj[needy[j]].empty()) adj[needy[j]] = std::move(new_out[j]);
+    }
+    // The nearest found key that has taken fewer than connect_fanin links; failing that, the one
+    // that has taken fewest (the nearest among equals).
+    std::vector<uint32_t> fanin(n, 0);
+    for (size_t j = 0; j < needy.size(); ++j) {
+      if (reachable[needy[j]]) continue;
+      HW_CHECK(!link_sources[j].empty(), "a search from the entry point found no key");
+      uint32_t source = link_sources[j][0];
+      for (uint32_t s : link_sources[j]) {
+        if (fanin[s] < params.connect_fanin) {
+          source = s;
+          break;
+        }
+        if (fanin[s] < fanin[source]) source = s;
+      }
+      ++fanin[source];
+      adj[source].push_back(needy[j]);
+    }
+    const std::vector<uint8_t> now_reachable = Reachable(adj, entry);
+    HW_CHECK(std::find(now_reachable.begin(), now_reachable.end(), 0) == now_reachable.end(),
+             "RoarGraph: a key is unreachable after the connectivity step");
+  }
+
+  graph.offsets_.assign(n + 1, 0);
+  for (size_t i = 0; i < n; ++i) graph.offsets_[i + 1] = graph.offsets_[i] + adj[i].size();
+  graph.ids_.reserve(graph.offsets_[n]);
+  for (const auto& list : adj) graph.ids_.insert(graph.ids_.end(), list.begin(), list.end());
+  return graph;
+}
+
+StatusOr<AnnSearchResult> RoarGraph::Search(std::span<const float> query, size_t k,
+                                            size_t queue_capacity) const {
+  if (query.size() != keys_.dim) {
+    return InvalidArgument("RoarGraph::Search: query has {} values, keys have dim {}", query.size(),
+                           keys_.dim);
+  }
+  if (queue_capacity == 0) return InvalidArgument("RoarGraph::Search: queue_capacity is 0");
+  AnnSearchResult result;
+  if (keys_.rows == 0 || k == 0) return result;
+  std::vector<PoolEntry> pool;
+  auto neighbors_of = [this](uint32_t id) { return Neighbors(id); };
+  result.scanned =
+      BestFirstSearch(keys_, query.data(), entry_, std::max(queue_capacity, k), neighbors_of, pool);
+  const size_t count = std::min(k, pool.size());
+  result.top.reserve(count);
+  for (size_t i = 0; i < count; ++i) result.top.push_back({pool[i].id, pool[i].score});
+  return result;
+}
+
+}  // namespace headwise::kvcache::ann
