@@ -7,16 +7,6 @@
 
 namespace headwise::kvcache::ann {
 
-float InnerProduct(const float* a, const float* b, size_t dim) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  size_t i = 0;
-  for (; i + 8 <= dim; i += 8) {
-    for (size_t j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  for (size_t j = 0; i < dim; ++i, ++j) acc[j] += a[i] * b[i];
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
 Status CheckMatrix(const MatrixView& m, size_t dim, const char* what) {
   if (m.dim != dim) return InvalidArgument("{}: dim {} != expected {}", what, m.dim, dim);
   if (dim == 0) return InvalidArgument("{}: dim is 0", what);
@@ -29,11 +19,10 @@ Status CheckMatrix(const MatrixView& m, size_t dim, const char* what) {
 
 namespace {
 
-// The checked inputs' top-k; `scores` is scratch of keys.rows entries.
-std::vector<ScoredId> TopK(const MatrixView& keys, const float* query, size_t k,
-                           std::vector<ScoredId>& scores) {
+// The checked inputs' top-k.
+std::vector<ScoredId> TopK(const MatrixView& keys, const float* query, size_t k) {
   k = std::min(k, keys.rows);
-  scores.resize(keys.rows);
+  std::vector<ScoredId> scores(keys.rows);
   for (size_t i = 0; i < keys.rows; ++i) {
     scores[i] = {static_cast<uint32_t>(i), InnerProduct(keys.Row(i), query, keys.dim)};
   }
@@ -51,8 +40,7 @@ StatusOr<std::vector<ScoredId>> ExactTopK(const MatrixView& keys, std::span<cons
     return InvalidArgument("ExactTopK: query has {} values, keys have dim {}", query.size(),
                            keys.dim);
   }
-  std::vector<ScoredId> scratch;
-  return TopK(keys, query.data(), k, scratch);
+  return TopK(keys, query.data(), k);
 }
 
 StatusOr<std::vector<std::vector<ScoredId>>> ExactTopKBatch(const MatrixView& keys,
@@ -61,11 +49,8 @@ StatusOr<std::vector<std::vector<ScoredId>>> ExactTopKBatch(const MatrixView& ke
   HW_RETURN_IF_ERROR(CheckMatrix(keys, keys.dim, "ExactTopKBatch keys"));
   HW_RETURN_IF_ERROR(CheckMatrix(queries, keys.dim, "ExactTopKBatch queries"));
   std::vector<std::vector<ScoredId>> result(queries.rows);
-  // One scratch per query keeps items independent; it is N floats, small next to the scan.
-  ParallelFor(queries.rows, num_threads, [&](size_t q) {
-    std::vector<ScoredId> scratch;
-    result[q] = TopK(keys, queries.Row(q), k, scratch);
-  });
+  ParallelFor(queries.rows, num_threads,
+              [&](size_t q) { result[q] = TopK(keys, queries.Row(q), k); });
   return result;
 }
 

@@ -60,19 +60,10 @@ size_t BestFirstSearch(const MatrixView& keys, const float* query, uint32_t entr
 float KeySimilarity(const MatrixView& keys, uint32_t a, uint32_t b) {
   const float* x = keys.Row(a);
   const float* y = keys.Row(b);
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  size_t i = 0;
-  for (; i + 8 <= keys.dim; i += 8) {
-    for (size_t j = 0; j < 8; ++j) {
-      const float d = x[i + j] - y[i + j];
-      acc[j] += d * d;
-    }
-  }
-  for (size_t j = 0; i < keys.dim; ++i, ++j) {
+  return -FixedOrderSum(keys.dim, [&](size_t i) {
     const float d = x[i] - y[i];
-    acc[j] += d * d;
-  }
-  return -(((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])));
+    return d * d;
+  });
 }
 
 // `ids` (no duplicates) scored by KeySimilarity with key `node` and sorted best first; `node`
