@@ -90,6 +90,8 @@ kernels::KvSelect SelectRule(const attention::Selection& s, int set) {
     case attention::SelectionMethod::kPageMinmax:
       k.decode = kernels::kDecodePages;
       break;
+    case attention::SelectionMethod::kAnn:  // KvLayoutFor refuses offload before this
+      break;
   }
   k.set = set;
   k.budget = s.budget;
@@ -199,6 +201,11 @@ StatusOr<kvcache::KvLayout> KvLayoutFor(const attention::PolicySet& set) {
           r = kernels::KvRetention::CompressOnce(p.sink, p.window, p.compensation,
                                                  p.compensation_by_count);
           break;
+        case attention::StorageKind::kOffload:
+          return Unimplemented(
+              "attention policy \"{}\": policy \"{}\" offloads KV to host memory "
+              "(RetrievalAttention), which the engine does not run yet (issue 17)",
+              set.name, p.name);
       }
     }
   }

@@ -123,8 +123,43 @@ const char* MethodName(SelectionMethod m) {
       return "recycle";
     case SelectionMethod::kPageMinmax:
       return "page_minmax";
+    case SelectionMethod::kAnn:
+      return "ann";
   }
   return "?";
+}
+
+// The rest of decode.selection for method ann (offload storage's retrieval): the budget is the
+// keys one search retrieves; the static set on the device is storage.offload.gpu_static, so
+// nothing is always included here.
+StatusOr<Selection> ParseAnnSelection(Fields& s, Selection sel) {
+  HW_RETURN_IF_ERROR(s.Enum("unit", "token", {"token"}).status());
+  HW_ASSIGN_OR_RETURN(const std::string granularity,
+                      s.Enum("granularity", "q_head", {"q_head", "kv_head"}, {"layer"}));
+  sel.granularity =
+      granularity == "q_head" ? SelectionGranularity::kQHead : SelectionGranularity::kKvHead;
+  sel.group_reduce = GroupReduce::kNone;
+  sel.current = false;  // the current token is in the device's static set
+  for (const char* key : {"group_reduce", "always_include", "publish", "pool"}) {
+    if (s.Get(key) != nullptr) {
+      return InvalidArgument(
+          "{}: not for method ann (it searches per query head, or with the KV head's mean "
+          "query, and the static set is storage.offload.gpu_static)",
+          s.At(key));
+    }
+  }
+  if (const json* refresh = s.Get("refresh")) {
+    HW_ASSIGN_OR_RETURN(Fields r, Fields::Of(*refresh, s.At("refresh")));
+    HW_ASSIGN_OR_RETURN(sel.refresh_every_steps, r.Int("every_steps", 1, 1));
+    if (sel.refresh_every_steps != 1) {
+      return InvalidArgument("{}: {} with method ann: it retrieves every step; use 1",
+                             r.At("every_steps"), sel.refresh_every_steps);
+    }
+    HW_RETURN_IF_ERROR(r.Finish());
+  }
+  HW_RETURN_IF_ERROR(s.Enum("query_rope_position", "actual", {"actual"}, {"recent"}).status());
+  HW_RETURN_IF_ERROR(s.Finish());
+  return sel;
 }
 
 // decode.selection of a select policy (ALGORITHMS.md §10.2), checked on its own; what depends on
@@ -133,15 +168,18 @@ const char* MethodName(SelectionMethod m) {
 StatusOr<Selection> ParseSelection(const json& j, const std::string& path, int page_size) {
   HW_ASSIGN_OR_RETURN(Fields s, Fields::Of(j, path));
   Selection sel;
-  HW_ASSIGN_OR_RETURN(const std::string method,
-                      s.Enum("method", std::nullopt, {"exact_logits", "recycle", "page_minmax"},
-                             {"token_vote", "ann", "cluster"}));
+  HW_ASSIGN_OR_RETURN(
+      const std::string method,
+      s.Enum("method", std::nullopt, {"exact_logits", "recycle", "page_minmax", "ann"},
+             {"token_vote", "cluster"}));
   sel.method = method == "exact_logits" ? SelectionMethod::kExactLogits
                : method == "recycle"    ? SelectionMethod::kRecycle
+               : method == "ann"        ? SelectionMethod::kAnn
                                         : SelectionMethod::kPageMinmax;
   const bool pages = sel.method == SelectionMethod::kPageMinmax;
   const bool recycle = sel.method == SelectionMethod::kRecycle;
   HW_ASSIGN_OR_RETURN(sel.budget, s.Int("budget", std::nullopt, 1));
+  if (sel.method == SelectionMethod::kAnn) return ParseAnnSelection(s, std::move(sel));
 
   HW_ASSIGN_OR_RETURN(const std::string unit,
                       s.Enum("unit", pages ? "page" : "token", {"token", "page"}));
@@ -301,6 +339,48 @@ StatusOr<Selection> ParseSelection(const json& j, const std::string& path, int p
   return sel;
 }
 
+// storage.offload (ALGORITHMS.md §10.2): the device's static set and the index of the rest.
+Status ParseOffload(const json& j, const std::string& path, Policy& p) {
+  HW_ASSIGN_OR_RETURN(Fields o, Fields::Of(j, path));
+  const json* gpu_static = o.Get("gpu_static");
+  if (gpu_static == nullptr) return InvalidArgument("{}: required", o.At("gpu_static"));
+  HW_ASSIGN_OR_RETURN(Fields g, Fields::Of(*gpu_static, o.At("gpu_static")));
+  HW_ASSIGN_OR_RETURN(p.sink, g.Int("sink", std::nullopt, 0));
+  // At least the current token: a decode query attends its own key on the device.
+  HW_ASSIGN_OR_RETURN(p.window, g.Int("recent", std::nullopt, 1));
+  HW_RETURN_IF_ERROR(g.Finish());
+  OffloadIndex& index = p.offload;
+  if (const json* ij = o.Get("index")) {
+    HW_ASSIGN_OR_RETURN(Fields i, Fields::Of(*ij, o.At("index")));
+    HW_ASSIGN_OR_RETURN(const std::string type,
+                        i.Enum("type", "roargraph", {"roargraph", "hnsw", "exact"}, {"kmeans"}));
+    index.type = type == "roargraph" ? AnnIndexType::kRoarGraph
+                 : type == "hnsw"    ? AnnIndexType::kHnsw
+                                     : AnnIndexType::kExact;
+    HW_RETURN_IF_ERROR(i.Enum("train_queries", "prefill", {"prefill"}).status());
+    HW_ASSIGN_OR_RETURN(index.knn_per_query, i.Int("knn_per_query", index.knn_per_query, 1));
+    HW_ASSIGN_OR_RETURN(index.max_degree, i.Int("max_degree", index.max_degree, 2));
+    HW_ASSIGN_OR_RETURN(index.build_list, i.Int("build_L", index.build_list, 1));
+    HW_ASSIGN_OR_RETURN(index.search_list, i.Int("search_L", index.search_list, 1));
+    HW_ASSIGN_OR_RETURN(index.train_stride, i.Int("train_stride", index.train_stride, 1));
+    if (index.build_list < index.max_degree) {
+      return InvalidArgument(
+          "{}: {} is below max_degree {}: the candidates a key's neighbours "
+          "are pruned from",
+          i.At("build_L"), index.build_list, index.max_degree);
+    }
+    HW_RETURN_IF_ERROR(i.Finish());
+  }
+  HW_ASSIGN_OR_RETURN(const bool cpu_attention, o.Bool("cpu_attention", true));
+  if (!cpu_attention) {
+    return Unimplemented(
+        "{}: false (bringing the retrieved keys to the device) is not supported by this build; "
+        "the host attends them",
+        o.At("cpu_attention"));
+  }
+  return o.Finish();
+}
+
 // A policy as parsed, with what ParsePolicy's checks across policies need to know.
 struct ParsedPolicy {
   Policy policy;
@@ -318,13 +398,27 @@ StatusOr<ParsedPolicy> ParseOnePolicy(const json& j, const std::string& name,
     HW_ASSIGN_OR_RETURN(Fields s, Fields::Of(*storage, f.At("storage")));
     HW_ASSIGN_OR_RETURN(
         const std::string kind,
-        s.Enum("kind", std::nullopt, {"full", "ring", "compress_once"}, {"evict", "offload"}));
+        s.Enum("kind", std::nullopt, {"full", "ring", "compress_once", "offload"}, {"evict"}));
     if (kind == "full") {
       p.storage = StorageKind::kFull;
+    } else if (kind == "offload") {
+      p.storage = StorageKind::kOffload;
+      if (s.Get("sink") != nullptr || s.Get("window") != nullptr) {
+        return InvalidArgument(
+            "{}: offload keeps its static set in offload.gpu_static (sink, recent), not in "
+            "storage.sink / storage.window",
+            s.At(s.Get("sink") != nullptr ? "sink" : "window"));
+      }
+      const json* offload = s.Get("offload");
+      if (offload == nullptr) return InvalidArgument("{}: required", s.At("offload"));
+      HW_RETURN_IF_ERROR(ParseOffload(*offload, s.At("offload"), p));
     } else {
       p.storage = kind == "ring" ? StorageKind::kRing : StorageKind::kCompressOnce;
       HW_ASSIGN_OR_RETURN(p.sink, s.Int("sink", std::nullopt, 0));
       HW_ASSIGN_OR_RETURN(p.window, s.Int("window", std::nullopt, 1));
+    }
+    if (p.storage != StorageKind::kOffload && s.Get("offload") != nullptr) {
+      return InvalidArgument("{}: only for storage kind offload", s.At("offload"));
     }
     if (s.Get("window_rule") != nullptr) {
       return Unimplemented("{}: MoA's elastic windows are not supported by this build",
@@ -391,10 +485,11 @@ StatusOr<ParsedPolicy> ParseOnePolicy(const json& j, const std::string& name,
         return InvalidArgument("{}: only for decode mode select (this policy's mode is {})",
                                d.At("attend_selected_in_this_layer"), mode);
       }
-      if (p.selection.method == SelectionMethod::kPageMinmax) {
+      if (p.selection.method == SelectionMethod::kPageMinmax ||
+          p.selection.method == SelectionMethod::kAnn) {
         return InvalidArgument(
-            "{}: only for methods exact_logits and recycle: page_minmax attends the pages it "
-            "selects",
+            "{}: only for methods exact_logits and recycle: page_minmax and ann attend what they "
+            "select",
             d.At("attend_selected_in_this_layer"));
       }
       HW_ASSIGN_OR_RETURN(const bool attend_selected,
@@ -412,10 +507,15 @@ StatusOr<ParsedPolicy> ParseOnePolicy(const json& j, const std::string& name,
     }
     HW_RETURN_IF_ERROR(d.Finish());
   }
-  const bool selects = p.decode == DecodeMode::kSelect || p.decode == DecodeMode::kConsume;
+  const bool offload = p.storage == StorageKind::kOffload;
+  const bool retrieves =
+      p.decode == DecodeMode::kSelect && p.selection.method == SelectionMethod::kAnn;
+  const bool selects =
+      (p.decode == DecodeMode::kSelect || p.decode == DecodeMode::kConsume) && !retrieves;
   const bool recycles =
       p.decode == DecodeMode::kSelect && p.selection.method == SelectionMethod::kRecycle;
-  p.prefill = p.storage == StorageKind::kFull ? PrefillMode::kDense : PrefillMode::kRetained;
+  p.prefill =
+      p.storage == StorageKind::kFull || offload ? PrefillMode::kDense : PrefillMode::kRetained;
   if (const json* prefill = f.Get("prefill")) {
     HW_ASSIGN_OR_RETURN(Fields pf, Fields::Of(*prefill, f.At("prefill")));
     HW_ASSIGN_OR_RETURN(const std::string mode,
@@ -438,13 +538,51 @@ StatusOr<ParsedPolicy> ParseOnePolicy(const json& j, const std::string& name,
   parsed.dense_if_len_le_given = f.Get("dense_if_len_le") != nullptr;
   // A selecting policy attends densely while the sequence fits its budget (ALGORITHMS.md §10.1:
   // the reference codes' min(top_k, n)); consume policies inherit their publisher's (ParsePolicy).
-  HW_ASSIGN_OR_RETURN(
-      p.dense_if_len_le,
-      f.Int("dense_if_len_le", p.decode == DecodeMode::kSelect ? p.selection.budget : 0, 0));
+  if (retrieves && parsed.dense_if_len_le_given) {
+    return InvalidArgument(
+        "{}: not for method ann: an offloaded head's keys are on the host, whatever the length",
+        f.At("dense_if_len_le"));
+  }
+  HW_ASSIGN_OR_RETURN(p.dense_if_len_le,
+                      f.Int("dense_if_len_le", selects ? p.selection.budget : 0, 0));
   if (f.Get("merge") != nullptr) {
-    return Unimplemented("{}: tiered attention is not supported by this build", f.At("merge"));
+    if (!offload) {
+      return InvalidArgument(
+          "{}: only for storage offload (its device and host results merge by log-sum-exp)",
+          f.At("merge"));
+    }
+    HW_RETURN_IF_ERROR(f.Enum("merge", "lse", {"lse"}).status());
   }
   HW_RETURN_IF_ERROR(f.Finish());
+
+  // Offload and its retrieval go together, over a dense prefill at original positions.
+  if (offload && !retrieves) {
+    return InvalidArgument(
+        "{}: storage offload needs decode mode select with selection method ann (the host "
+        "retrieves the offloaded keys)",
+        f.At("decode.mode"));
+  }
+  if (retrieves && !offload) {
+    return InvalidArgument(
+        "{}: selection method ann needs storage offload (it searches the offloaded keys)",
+        f.At("storage.kind"));
+  }
+  if (offload) {
+    if (p.positions != Positions::kOriginal) {
+      return InvalidArgument("{}: offload keeps original positions", f.At("positions"));
+    }
+    if (p.prefill != PrefillMode::kDense) {
+      return InvalidArgument(
+          "{}: offload prefills densely on the device and offloads when the prompt is in; use "
+          "mode dense",
+          f.At("prefill.mode"));
+    }
+    if (p.first_chunk_dense) {
+      return InvalidArgument("{}: only for prefill mode retained",
+                             f.At("prefill.first_chunk_dense"));
+    }
+    return parsed;
+  }
 
   // Combinations that say two different things at once.
   const bool full = p.storage == StorageKind::kFull;
@@ -712,7 +850,7 @@ Status ParsePageMetadata(const json& j, const std::string& path) {
 }
 
 bool WritesSet(const Policy& p) {
-  return p.decode == DecodeMode::kSelect;
+  return p.decode == DecodeMode::kSelect && p.selection.method != SelectionMethod::kAnn;
 }
 
 // Checks across the selecting policies of a file, whatever their assignment: page summaries
@@ -832,6 +970,33 @@ Status CheckSelectionAssignment(const PolicySet& set) {
   return Status::Ok();
 }
 
+// Offload heads compact the sequence once its prompt is in, as compress_once heads do, and retrieve
+// through the selection slots: a file whose heads offload may not also compress once or select
+// at decode (one compaction rule per KV layout; the slots serve one kind of head).
+Status CheckOffloadAssignment(const PolicySet& set) {
+  const Policy* offload = nullptr;
+  const Policy* other = nullptr;
+  for (const auto& layer : set.head_policy) {
+    for (int i : layer) {
+      const Policy& p = set.policies[static_cast<size_t>(i)];
+      if (p.storage == StorageKind::kOffload) {
+        offload = &p;
+      } else if (p.storage == StorageKind::kCompressOnce || p.decode == DecodeMode::kSelect ||
+                 p.decode == DecodeMode::kConsume) {
+        other = &p;
+      }
+    }
+  }
+  if (offload != nullptr && other != nullptr) {
+    return InvalidArgument(
+        "assignment: policy \"{}\" offloads and policy \"{}\" {}: one file does not combine "
+        "them in this build",
+        offload->name, other->name,
+        other->storage == StorageKind::kCompressOnce ? "compresses once" : "selects at decode");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 int64_t Policy::MaxRetainedTokens() const {
@@ -842,6 +1007,8 @@ int64_t Policy::MaxRetainedTokens() const {
       return int64_t{sink} + window;
     case StorageKind::kCompressOnce:
       return int64_t{sink} + window + (compensation ? 1 : 0);
+    case StorageKind::kOffload:  // on the device; the rest of the prompt is on the host
+      return int64_t{sink} + window;
   }
   return -1;
 }
@@ -1014,6 +1181,7 @@ StatusOr<PolicySet> ParsePolicy(const std::string& json_text, const ModelShape& 
   HW_RETURN_IF_ERROR(top.Finish());
 
   HW_RETURN_IF_ERROR(CheckSelectionAssignment(set));
+  HW_RETURN_IF_ERROR(CheckOffloadAssignment(set));
   for (const Policy& p : set.policies) {
     if (p.positions == Positions::kReindex && set.rope_storage == RopeStorage::kPostRope) {
       return InvalidArgument(

@@ -3,8 +3,9 @@
 // This module parses and validates a file against a model's shape and resolves the assignment
 // into one policy per (layer, KV head); the KV cache and the attention path consume the result.
 //
-// Supported now: storage full | ring | compress_once (sink_recent with the compensation token),
-// positions original | reindex, decode dense | retained | select | consume, prefill dense |
+// Supported now: storage full | ring | compress_once (sink_recent with the compensation token) |
+// offload (below), positions original | reindex, decode dense | retained | select | consume,
+// prefill dense |
 // retained with first_chunk_dense, dense_if_len_le; assignment by default, layer lists, a
 // DuoAttention full_attention_heads.tsv with global-quantile binarisation, a RazorAttention head
 // list and Retrieval-Head scores with a threshold. Fields the schema defines for later methods
@@ -51,7 +52,7 @@
 
 namespace headwise::engine::attention {
 
-enum class StorageKind { kFull, kRing, kCompressOnce };
+enum class StorageKind { kFull, kRing, kCompressOnce, kOffload };
 enum class Positions { kOriginal, kReindex };
 enum class DecodeMode { kDense, kRetained, kSelect, kConsume };
 
@@ -59,8 +60,8 @@ enum class DecodeMode { kDense, kRetained, kSelect, kConsume };
 // attends). Methods: exact_logits (TidalDecode: a set from this layer's logits, published for
 // later layers), recycle (Recycled Attention: a set kept across steps, chosen anew every
 // refresh_every steps or when the query drifts) and page_minmax (Quest: pages by their key
-// bounds, every step).
-enum class SelectionMethod { kExactLogits, kRecycle, kPageMinmax };
+// bounds, every step); ann is the offload storage's retrieval (above), not a set on the device.
+enum class SelectionMethod { kExactLogits, kRecycle, kPageMinmax, kAnn };
 enum class SelectionGranularity { kKvHead, kQHead };
 enum class GroupReduce { kSumSoftmax, kSumLogits, kMax, kNone };
 struct Selection {
@@ -84,11 +85,24 @@ struct Selection {
 };
 enum class PrefillMode { kDense, kRetained };
 
+// storage.offload.index: the nearest-neighbour index over a KV head's offloaded keys
+// (kvcache/ann): RoarGraph (RetrievalAttention's attention-aware graph, trained with the prompt's
+// own queries), the HNSW baseline, or exact search (the reference).
+enum class AnnIndexType { kRoarGraph, kHnsw, kExact };
+struct OffloadIndex {
+  AnnIndexType type = AnnIndexType::kRoarGraph;
+  int knn_per_query = 100;  // roargraph: exact neighbours per training query [N_q]
+  int max_degree = 35;      // roargraph [M]; hnsw M
+  int build_list = 500;     // roargraph candidate list [L]; hnsw ef_construction
+  int search_list = 128;    // search queue capacity [L_pq]; hnsw ef (at least the budget)
+  int train_stride = 1;     // roargraph: every train_stride-th prompt query trains the index
+};
+
 struct Policy {
   std::string name;
   StorageKind storage = StorageKind::kFull;
-  int sink = 0;    // ring / compress_once: first tokens kept
-  int window = 0;  // ring / compress_once: most recent tokens kept
+  int sink = 0;    // ring / compress_once / offload (gpu_static.sink): first tokens kept
+  int window = 0;  // ring / compress_once / offload (gpu_static.recent): most recent tokens kept
   // compress_once: one extra token, the mean K and V of the dropped span; with count weighting
   // its logit carries log(number dropped).
   bool compensation = false;
@@ -99,6 +113,7 @@ struct Policy {
   bool first_chunk_dense = false;
   int dense_if_len_le = 0;  // sequences this short attend densely (0: never)
   Selection selection;      // decode select
+  OffloadIndex offload;     // storage offload
   std::string consume;      // decode consume: the channel read
 
   // Tokens a sequence keeps for a head of this policy, at most; -1: all of them.

@@ -363,7 +363,7 @@ TEST_CASE("Policy files: precise errors", "[policy]") {
   CHECK_THAT(ErrorOf(with("\"window\": 2044", "\"window\": 0")).message(),
              Contains("storage.window: 0 is out of range"));
   CHECK_THAT(ErrorOf(with("\"kind\": \"ring\"", "\"kind\": \"rung\"")).message(),
-             Contains("\"rung\" is not one of full, ring, compress_once"));
+             Contains("\"rung\" is not one of full, ring, compress_once, offload"));
   const Status evict = ErrorOf(with("\"kind\": \"ring\"", "\"kind\": \"evict\""));
   CHECK(evict.code() == StatusCode::kUnimplemented);
   CHECK_THAT(evict.message(), Contains("not supported by this build"));
@@ -637,11 +637,11 @@ TEST_CASE("Decode-time selection: contradictions and unsupported options are ref
       // method
       {kTidalExample, "\"exact_logits\"", "\"token_vote\"",
        sel + ".method: \"token_vote\" is part of attn-policy/v1 but not supported", kUnimpl},
-      {kTidalExample, "\"exact_logits\"", "\"ann\"", sel + ".method: \"ann\" is part", kUnimpl},
+      {kTidalExample, "\"exact_logits\"", "\"ann\"", sel + ".group_reduce: not for method ann"},
       {kTidalExample, "\"exact_logits\"", "\"cluster\"", sel + ".method: \"cluster\" is part",
        kUnimpl},
       {kTidalExample, "\"exact_logits\"", "\"exact\"",
-       sel + ".method: \"exact\" is not one of exact_logits, recycle, page_minmax"},
+       sel + ".method: \"exact\" is not one of exact_logits, recycle, page_minmax, ann"},
       {kTidalExample, "\"method\": \"exact_logits\", ", "", sel + ".method: required"},
       // budget and unit
       {kTidalExample, "\"budget\": 128", "\"budget\": 0", sel + ".budget: 0 is out of range"},
@@ -721,7 +721,7 @@ TEST_CASE("Decode-time selection: contradictions and unsupported options are ref
       {kQuestExample, "\"refresh\": {\"every_steps\": 1}}}",
        "\"refresh\": {\"every_steps\": 1}}, \"attend_selected_in_this_layer\": false}",
        "policies.quest.decode.attend_selected_in_this_layer: only for methods exact_logits and "
-       "recycle: page_minmax attends the pages it selects"},
+       "recycle: page_minmax and ann attend what they select"},
       {kTidalExample, "\"consume\", \"consume\": \"tidal\"}",
        "\"consume\", \"consume\": \"tidal\", \"attend_selected_in_this_layer\": false}",
        "policies.tidal_sparse.decode.attend_selected_in_this_layer: only for decode mode select "
@@ -1112,6 +1112,173 @@ TEST_CASE("KvLayoutFor and KvLayout::Validate: refusals past the parser", "[poli
   mixed.selects[static_cast<size_t>(13 * 8 + 5)].per_q_head = 0;
   CHECK_THAT(mixed.Validate(32, 8).message(),
              Contains("layer 13 KV head 5: set 1 holds sets per query head and per KV head"));
+}
+
+}  // namespace
+}  // namespace headwise::engine::attention
+
+namespace headwise::engine::attention {
+namespace {
+
+// ALGORITHMS.md §10.3's RetrievalAttention example, with every index field spelled out.
+const char* kOffloadExample = R"({
+  "schema": "attn-policy/v1",
+  "policies": {
+    "retrieval_attention": {
+      "storage": {"kind": "offload",
+                  "offload": {"gpu_static": {"sink": 128, "recent": 512},
+                              "index": {"type": "roargraph", "train_queries": "prefill",
+                                        "knn_per_query": 100, "max_degree": 35, "build_L": 500,
+                                        "search_L": 128},
+                              "cpu_attention": true}},
+      "positions": "original",
+      "decode": {"mode": "select",
+                 "selection": {"method": "ann", "budget": 100, "unit": "token",
+                               "granularity": "kv_head", "refresh": {"every_steps": 1}}},
+      "merge": "lse"
+    },
+    "full": {"storage": {"kind": "full"}}
+  },
+  "assignment": {"default": "retrieval_attention"}
+})";
+
+TEST_CASE("Offload (RetrievalAttention): the ALGORITHMS.md example loads", "[policy][offload]") {
+  auto set = ParsePolicy(kOffloadExample, kLlama3, "", "ra");
+  REQUIRE(set.ok());
+  const Policy& p = set->At(5, 3);
+  CHECK(p.storage == StorageKind::kOffload);
+  CHECK(p.sink == 128);
+  CHECK(p.window == 512);
+  CHECK(p.MaxRetainedTokens() == 640);
+  CHECK(p.prefill == PrefillMode::kDense);
+  CHECK(p.decode == DecodeMode::kSelect);
+  CHECK(p.selection.method == SelectionMethod::kAnn);
+  CHECK(p.selection.budget == 100);
+  CHECK(p.selection.granularity == SelectionGranularity::kKvHead);
+  CHECK(p.dense_if_len_le == 0);
+  CHECK(p.offload.type == AnnIndexType::kRoarGraph);
+  CHECK(p.offload.knn_per_query == 100);
+  CHECK(p.offload.max_degree == 35);
+  CHECK(p.offload.build_list == 500);
+  CHECK(p.offload.search_list == 128);
+  CHECK(p.offload.train_stride == 1);
+
+  // Defaults: the index is RoarGraph with the paper's parameters, a search per query head.
+  const char* minimal = R"({
+    "schema": "attn-policy/v1",
+    "policies": {"ra": {"storage": {"kind": "offload", "offload": {"gpu_static": {"sink": 4, "recent": 64}}},
+                        "decode": {"mode": "select", "selection": {"method": "ann", "budget": 32}}}},
+    "assignment": {"default": "ra"}
+  })";
+  auto defaults = ParsePolicy(minimal, kLlama3, "", "ra");
+  REQUIRE(defaults.ok());
+  const Policy& d = defaults->At(0, 0);
+  CHECK(d.offload.type == AnnIndexType::kRoarGraph);
+  CHECK(d.offload.knn_per_query == 100);
+  CHECK(d.offload.max_degree == 35);
+  CHECK(d.offload.build_list == 500);
+  CHECK(d.offload.search_list == 128);
+  CHECK(d.selection.granularity == SelectionGranularity::kQHead);
+  CHECK(d.prefill == PrefillMode::kDense);
+
+  // Until the engine runs it, the KV layout refuses it by name.
+  auto layout = KvLayoutFor(*set);
+  REQUIRE_FALSE(layout.ok());
+  CHECK(layout.status().code() == StatusCode::kUnimplemented);
+  CHECK_THAT(layout.status().message(), Catch::Contains("offloads KV to host memory"));
+}
+
+TEST_CASE("Offload (RetrievalAttention): contradictions and unsupported options are refused",
+          "[policy][offload]") {
+  using Catch::Contains;
+  const std::string at = "policies.retrieval_attention.";
+  const std::string ok = kOffloadExample;
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string s = ok;
+    const auto pos = s.find(from);
+    REQUIRE(pos != std::string::npos);
+    return s.replace(pos, from.size(), to);
+  };
+  struct Case {
+    std::string from, to, expect;
+    StatusCode code = StatusCode::kInvalidArgument;
+  };
+  const std::vector<Case> cases = {
+      {"\"kind\": \"offload\",", "\"kind\": \"offload\", \"sink\": 4,",
+       at + "storage.sink: offload keeps its static set in offload.gpu_static"},
+      {"\"gpu_static\": {\"sink\": 128, \"recent\": 512},", "",
+       at + "storage.offload.gpu_static: required"},
+      {"\"recent\": 512", "\"recent\": 0", at + "storage.offload.gpu_static.recent: 0 is out"},
+      {"\"type\": \"roargraph\"", "\"type\": \"kmeans\"",
+       at + "storage.offload.index.type: \"kmeans\" is part of attn-policy/v1 but not supported",
+       StatusCode::kUnimplemented},
+      {"\"type\": \"roargraph\"", "\"type\": \"ivf\"",
+       at + "storage.offload.index.type: \"ivf\" is not one of roargraph, hnsw, exact"},
+      {"\"train_queries\": \"prefill\"", "\"train_queries\": \"decode\"",
+       at + "storage.offload.index.train_queries: \"decode\" is not one of prefill"},
+      {"\"build_L\": 500", "\"build_L\": 20",
+       at + "storage.offload.index.build_L: 20 is below max_degree 35"},
+      {"\"search_L\": 128", "\"search_l\": 128", at + "storage.offload.index.search_l: unknown"},
+      {"\"cpu_attention\": true", "\"cpu_attention\": false",
+       at + "storage.offload.cpu_attention: false", StatusCode::kUnimplemented},
+      {"\"storage\": {\"kind\": \"full\"}", "\"storage\": {\"kind\": \"full\", \"offload\": {}}",
+       "policies.full.storage.offload: only for storage kind offload"},
+      {"\"mode\": \"select\",", "\"mode\": \"retained\",",
+       at + "decode.selection: only for decode mode select"},
+      {"\"granularity\": \"kv_head\"", "\"granularity\": \"layer\"",
+       at + "decode.selection.granularity: \"layer\" is part", StatusCode::kUnimplemented},
+      {"\"unit\": \"token\"", "\"unit\": \"page\"",
+       at + "decode.selection.unit: \"page\" is not one of token"},
+      {"\"unit\": \"token\"", "\"unit\": \"token\", \"group_reduce\": \"max\"",
+       at + "decode.selection.group_reduce: not for method ann"},
+      {"\"unit\": \"token\"", "\"unit\": \"token\", \"always_include\": {\"sink\": 4}",
+       at + "decode.selection.always_include: not for method ann"},
+      {"\"every_steps\": 1", "\"every_steps\": 4",
+       at + "decode.selection.refresh.every_steps: 4 with method ann"},
+      {"\"merge\": \"lse\"", "\"merge\": \"lse\", \"dense_if_len_le\": 64",
+       at + "dense_if_len_le: not for method ann"},
+      {"\"merge\": \"lse\"", "\"merge\": \"sum\"", at + "merge: \"sum\" is not one of lse"},
+      {"\"storage\": {\"kind\": \"full\"}", "\"storage\": {\"kind\": \"full\"}, \"merge\": \"lse\"",
+       "policies.full.merge: only for storage offload"},
+      {"\"positions\": \"original\"", "\"positions\": \"reindex\"",
+       at + "positions: offload keeps original positions"},
+      {"\"merge\": \"lse\"", "\"merge\": \"lse\", \"prefill\": {\"mode\": \"retained\"}",
+       at + "prefill.mode: offload prefills densely"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.from << " -> " << c.to);
+    const Status st = ErrorOf(with(c.from, c.to));
+    CHECK(st.code() == c.code);
+    CHECK_THAT(st.message(), Contains(c.expect));
+  }
+  // Offload without its retrieval, and the retrieval without offload.
+  const std::string no_select =
+      "\"decode\": {\"mode\": \"select\",\n                 \"selection\": {\"method\": \"ann\", "
+      "\"budget\": 100, \"unit\": \"token\",\n                               \"granularity\": "
+      "\"kv_head\", \"refresh\": {\"every_steps\": 1}}},";
+  REQUIRE(ok.find(no_select) != std::string::npos);
+  CHECK_THAT(ErrorOf(with(no_select, "")).message(),
+             Contains(at + "decode.mode: storage offload needs decode mode select with "
+                           "selection method ann"));
+  CHECK_THAT(ErrorOf(with("\"storage\": {\"kind\": \"full\"}",
+                          "\"storage\": {\"kind\": \"full\"}, " +
+                              no_select.substr(0, no_select.size() - 1)))
+                 .message(),
+             Contains("policies.full.storage.kind: selection method ann needs storage offload"));
+  // Offload beside compress_once or a selecting head in one file's assignment.
+  const std::string razor =
+      "\"storage\": {\"kind\": \"compress_once\", \"sink\": 4, \"window\": 64}, "
+      "\"prefill\": {\"mode\": \"dense\"}";
+  const std::string mixed = with("\"storage\": {\"kind\": \"full\"}", razor);
+  CHECK(ErrorOf(mixed).ok());  // defined but not assigned: fine
+  std::string assigned = mixed;
+  const std::string dflt = "{\"default\": \"retrieval_attention\"}";
+  assigned.replace(assigned.find(dflt), dflt.size(),
+                   "{\"default\": \"retrieval_attention\", \"layers\": [{\"layers\": [0], "
+                   "\"policy\": \"full\"}]}");
+  CHECK_THAT(ErrorOf(assigned).message(),
+             Contains("assignment: policy \"retrieval_attention\" offloads and policy \"full\" "
+                      "compresses once"));
 }
 
 }  // namespace
