@@ -237,6 +237,28 @@ struct SelectDecodeBatch {
   int page_size = 16;
 };
 
+// Decode attention of offload heads (KvRetention offload, KvDecode retrieve; RetrievalAttention,
+// ALGORITHMS.md §5.1 and §9.3) for one layer. Sequence s retrieves this step when
+// table.seq_slot[s] >= 0; its one query token is row seq_token[s] of q and out, at position
+// seq_len[s] - 1. For each of its offload KV heads and each query head h of that head's group:
+//   (o_dev, lse_dev)  attention over the keys the device holds, as PagedAttention attends a
+//                     compacting head: [0, sink) and [comp_from[s], seq_len[s]), or every key
+//                     before compaction (comp_from[s] == 0);
+//   (o_host, lse_host) = (host_out[s, h], host_lse[s, h]): the host's attention over the keys it
+//                     retrieved from the offloaded span (lse -inf: none, o_host then unread);
+//   out[seq_token[s], h] = (e^lse_dev o_dev + e^lse_host o_host) / (e^lse_dev + e^lse_host),
+// computed with the larger lse subtracted. The two key sets are disjoint (the offloaded span is
+// [sink, comp_from)), so this equals attention over their union. Other heads and sequences are
+// left alone (PagedAttention writes them; it leaves these). The tensors follow
+// PagedAttentionBatch's rule: uploaded, never written by the device.
+struct OffloadDecodeBatch {
+  Tensor seq_token;  // i32 [S]
+  Tensor seq_len;    // i32 [S]
+  BlockTable table;  // with seq_slot, selects and comp_from
+  Tensor host_out;   // f32 [S, Hq, D]
+  Tensor host_lse;   // f32 [S, Hq]
+};
+
 // One-shot KV compaction (ALGORITHMS.md §9.8): row r replaces K and V at position dest[r] of
 // (sequence row_seq[r], KV head row_kv_head[r]) with their means over positions
 // [begin[r], end[r]) (end > begin); dest may lie inside the range, the means are taken first.
@@ -371,6 +393,11 @@ class Backend {
   virtual void SelectedAttention(const Tensor& q, const KvPoolView& pool,
                                  const SelectDecodeBatch& batch, float scale,
                                  const Tensor& out) = 0;
+  // Offload heads' decode attention: the device's keys merged with the host's result
+  // (OffloadDecodeBatch).
+  virtual void OffloadAttention(const Tensor& q, const KvPoolView& pool,
+                                const OffloadDecodeBatch& batch, float scale,
+                                const Tensor& out) = 0;
   // RazorAttention's compensation token: KvMeanBatch.
   virtual void MeanKv(const KvPoolView& pool, const KvMeanBatch& batch) = 0;
   // out[r] = x[rows[r]].  x [T, H], rows [R], out [R, H]

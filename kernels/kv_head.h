@@ -28,7 +28,16 @@ namespace headwise::kernels {
 //    compensation token (with `compensation`: the mean K and V of the dropped span, written over
 //    position `sink`; its logit + log(dropped count) with compensation_by_count) and the tokens
 //    from the last `window` of the prompt on.
-enum KvStorage : int32_t { kStorageFull = 0, kStorageRing = 1, kStorageCompressOnce = 2 };
+//  - storage offload (RetrievalAttention): on the device as compress_once without compensation
+//    (the first `sink` tokens and those from the last `window` of the prompt on); the dropped
+//    span goes to host memory first, where its keys are searched at each decode step
+//    (kDecodeRetrieve). Both kinds compact: `compacts()`.
+enum KvStorage : int32_t {
+  kStorageFull = 0,
+  kStorageRing = 1,
+  kStorageCompressOnce = 2,
+  kStorageOffload = 3,
+};
 enum KvPositions : int32_t { kPositionsOriginal = 0, kPositionsReindex = 1 };
 struct KvRetention {
   int32_t storage = kStorageFull;          // KvStorage
@@ -47,9 +56,18 @@ struct KvRetention {
     return {kStorageCompressOnce, sink, window, kPositionsOriginal, compensation ? 1 : 0,
             by_count ? 1 : 0};
   }
+  static constexpr KvRetention Offload(int32_t sink, int32_t window) {
+    return {kStorageOffload, sink, window, kPositionsOriginal, 0, 1};
+  }
 
   HW_KV_HEAD_FN bool ring() const { return storage == kStorageRing; }
   HW_KV_HEAD_FN bool compress_once() const { return storage == kStorageCompressOnce; }
+  HW_KV_HEAD_FN bool offload() const { return storage == kStorageOffload; }
+  // Keys in comp blocks, dropped after the prompt (BlockTable::comp_from): compress_once and
+  // offload heads.
+  HW_KV_HEAD_FN bool compacts() const {
+    return storage == kStorageCompressOnce || storage == kStorageOffload;
+  }
   HW_KV_HEAD_FN bool reindex() const { return positions == kPositionsReindex; }
   // Spelled out rather than defaulted (C++20), which the CUDA sources cannot compile; the size
   // check below catches a field added without its comparison.
@@ -74,6 +92,8 @@ enum KvDecode : int32_t {
   kDecodeRecycle = 3,  // chooses its own set on refresh steps (attending every key), attends it
                        // on the others (Recycled Attention)
   kDecodePages = 4,    // scores pages by their key bounds, attends the best pages (Quest)
+  kDecodeRetrieve = 5,  // offload heads: the keys on the device merged with the host's result
+                        // over the keys it retrieved (OffloadAttention)
 };
 
 // One (KV layout, layer, KV head) as the kernels read it: its retention, its page inside a

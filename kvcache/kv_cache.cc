@@ -89,7 +89,7 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
       int full_heads = 0;
       for (int h = 0; h < hkv; ++h) {
         const KvRetention& r = layout.At(l, h);
-        const KindRole role = r.ring() ? kRing : r.compress_once() ? kComp : kFull;
+        const KindRole role = r.ring() ? kRing : r.compacts() ? kComp : kFull;
         info.head_page[static_cast<size_t>(l * hkv + h)] = info.kind_pages[role]++;
         full_heads += role == kRing ? 0 : 1;
         if (r.ring()) {
@@ -132,6 +132,7 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
   if (selecting) {
     select_layers_.assign(static_cast<size_t>(num_layers), 0);
     page_layers_.assign(static_cast<size_t>(num_layers), 0);
+    offload_layers_.assign(static_cast<size_t>(num_layers), 0);
   }
   for (int l = 0; l < num_layers; ++l) {
     for (const LayoutInfo& info : layouts_) {
@@ -147,7 +148,9 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
         if (!selecting) continue;
         const auto* sel_ints = reinterpret_cast<const int32_t*>(&sel);
         selects.insert(selects.end(), sel_ints, sel_ints + kernels::kKvSelectInts);
-        select_layers_[static_cast<size_t>(l)] |= sel.decode != kernels::kDecodeDense;
+        select_layers_[static_cast<size_t>(l)] |=
+            sel.decode != kernels::kDecodeDense && sel.decode != kernels::kDecodeRetrieve;
+        offload_layers_[static_cast<size_t>(l)] |= sel.decode == kernels::kDecodeRetrieve;
         has_recycle_ = has_recycle_ || sel.decode == kernels::kDecodeRecycle;
         page_layers_[static_cast<size_t>(l)] |= sel.decode == kernels::kDecodePages;
       }
@@ -205,10 +208,15 @@ void KvCache::AllocateSelectState(kernels::Backend& backend) {
   for (const LayoutInfo& info : layouts_) layouts.push_back(info.layout);
   const SelectShape shape = SelectShapeOf(layouts);
   const int64_t slots = config_.select_slots, hq = config_.num_q_heads;
-  HW_CHECK(slots > 0 && hq > 0 && shape.sets > 0 && shape.budget > 0,
+  HW_CHECK(slots > 0 && hq > 0 && shape.budget > 0,
            "decode-time selection needs select_slots ({}) and num_q_heads ({}) in the KV cache "
-           "config, and layouts with sets ({}) and a budget ({})",
-           slots, hq, shape.sets, shape.budget);
+           "config, and layouts with a budget ({})",
+           slots, hq, shape.budget);
+  for (int32_t slot = static_cast<int32_t>(slots) - 1; slot >= 0; --slot) {
+    free_slots_.push_back(slot);
+  }
+  // Offload heads use only the slots (the host tier's state is per slot); sets live here.
+  if (shape.sets == 0) return;
   sel_positions_ = backend.Allocate(DType::kI32, {slots, shape.sets, hq, shape.budget});
   sel_counts_ = backend.Allocate(DType::kI32, {slots, shape.sets, hq});
   sel_chosen_len_ = backend.Allocate(DType::kI32, {slots, shape.sets});
@@ -216,9 +224,6 @@ void KvCache::AllocateSelectState(kernels::Backend& backend) {
   sel_refresh_ = backend.Allocate(DType::kI32, {slots, shape.sets});
   if (shape.q_ref) {
     sel_q_ref_ = backend.Allocate(DType::kF32, {slots, shape.sets, hq * config_.head_dim});
-  }
-  for (int32_t slot = static_cast<int32_t>(slots) - 1; slot >= 0; --slot) {
-    free_slots_.push_back(slot);
   }
 }
 
@@ -235,7 +240,7 @@ size_t KvCache::SelectStateBytes(const KvCacheConfig& config, std::span<const Kv
 
 kernels::SelectState KvCache::select_state() const {
   kernels::SelectState state;
-  if (!has_select_heads()) return state;
+  if (sel_positions_.empty()) return state;
   state.positions = sel_positions_.view();
   state.counts = sel_counts_.view();
   state.chosen_len = sel_chosen_len_.view();
@@ -246,12 +251,12 @@ kernels::SelectState KvCache::select_state() const {
 }
 
 int KvCache::select_sets() const {
-  return has_select_heads() ? static_cast<int>(sel_chosen_len_.view().dim(1)) : 0;
+  return sel_chosen_len_.empty() ? 0 : static_cast<int>(sel_chosen_len_.view().dim(1));
 }
 
 void KvCache::CopyRefreshToHost(std::vector<int32_t>& refresh,
                                 std::vector<int32_t>& chosen_len) const {
-  HW_CHECK(has_select_heads(), "no selection state to copy");
+  HW_CHECK(!sel_chosen_len_.empty(), "no selection state to copy");
   for (auto [host, device] :
        {std::pair{&refresh, &sel_refresh_}, {&chosen_len, &sel_chosen_len_}}) {
     host->resize(static_cast<size_t>(device->view().numel()));
@@ -261,6 +266,10 @@ void KvCache::CopyRefreshToHost(std::vector<int32_t>& refresh,
 
 bool KvCache::layer_selects(int layer) const {
   return has_select_heads() && select_layers_[static_cast<size_t>(layer)] != 0;
+}
+
+bool KvCache::layer_offloads(int layer) const {
+  return has_select_heads() && offload_layers_[static_cast<size_t>(layer)] != 0;
 }
 
 bool KvCache::layer_selects_pages(int layer) const {
@@ -281,6 +290,7 @@ std::optional<int32_t> KvCache::TakeSelectSlot() {
   free_slots_.pop_back();
   // No set yet: the sequence's first selecting step chooses every set anew (a preempted
   // sequence's state is never reused).
+  if (sel_chosen_len_.empty()) return slot;
   const int64_t sets = sel_chosen_len_.view().dim(1);
   const std::vector<int32_t> none(static_cast<size_t>(sets), -1),
       zero(static_cast<size_t>(sets), 0);
@@ -336,7 +346,7 @@ size_t KvCache::PageBytes(const KvCacheConfig& config, DType dtype, bool page_bo
 int KvCache::PagesForSequence(const KvCacheConfig& config, const KvLayout& layout, int tokens) {
   const int ps = config.page_size;
   const int full = layout.CountStorage(kernels::kStorageFull);
-  const int comp = layout.CountStorage(kernels::kStorageCompressOnce);
+  const int comp = layout.CountCompacting();
   const int ring = layout.CountStorage(kernels::kStorageRing);
   int pages = CeilDiv(tokens, ps) * (full + comp);
   if (ring > 0) {
@@ -783,7 +793,7 @@ int32_t SequenceKv::RingBlockPage(int logical_page) const {
 int32_t SequenceKv::Page(int layer, int kv_head, int logical_page) const {
   const KvRetention& r = info().layout.At(layer, kv_head);
   const int32_t first = r.ring()            ? RingBlockPage(logical_page)
-                        : r.compress_once() ? CompBlockPage(logical_page)
+                        : r.compacts() ? CompBlockPage(logical_page)
                                             : FullBlockPage(logical_page);
   HW_CHECK(first != kFreedBlock,
            "logical page {} of compress-once head ({}, {}) was freed by compaction from {}",

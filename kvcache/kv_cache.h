@@ -111,13 +111,17 @@ class KvCache {
   bool has_ring_heads() const { return has_ring_; }
   bool has_compressed_heads() const { return has_comp_; }
   bool has_reindexed_heads() const { return has_reindex_; }
-  // Some layout selects at decode (KvLayout::selects) / selects pages (Quest's key bounds).
+  // Some layout selects or retrieves at decode (KvLayout::selects: the tables carry seq_slot) /
+  // selects pages (Quest's key bounds).
   bool has_select_heads() const { return !select_layers_.empty(); }
   bool has_page_bounds() const { return !kmin_.empty(); }
   // Per layer, over the layouts: some head selects / selects pages. The model launches the
   // selection operations only on such layers.
   bool layer_selects(int layer) const;
   bool layer_selects_pages(int layer) const;
+  // Per layer, over the layouts: some head is an offload head (KvDecode retrieve). The model
+  // asks the host tier for the retrieved keys' result and runs OffloadAttention on such layers.
+  bool layer_offloads(int layer) const;
   // The selection state of every slot (kernels::SelectState); empty without selecting heads.
   kernels::SelectState select_state() const;
   // Some layout has Recycled Attention heads, whose sets outlive a step.
@@ -271,7 +275,8 @@ class KvCache {
   // kernels::KvSelect of every (layer, layout, KV head), i32 [L, layouts, Hkv, kKvSelectInts],
   // with selecting heads; uploaded once.
   kernels::Buffer selects_;
-  std::vector<char> select_layers_, page_layers_;  // per layer; empty without selecting heads
+  // Per layer; empty without selecting (or offload) heads.
+  std::vector<char> select_layers_, page_layers_, offload_layers_;
   // Selection state (kernels::SelectState) and the page bounds (KvPoolView::kmin / kmax).
   kernels::Buffer sel_positions_, sel_counts_, sel_chosen_len_, sel_steps_, sel_refresh_,
       sel_q_ref_;

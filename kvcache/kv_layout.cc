@@ -31,9 +31,14 @@ KvRetention KvLayout::ring() const {
   return {};
 }
 
+int KvLayout::CountCompacting() const {
+  return static_cast<int>(
+      std::count_if(heads.begin(), heads.end(), [](const KvRetention& r) { return r.compacts(); }));
+}
+
 KvRetention KvLayout::compress() const {
   for (const KvRetention& r : heads) {
-    if (r.compress_once()) return r;
+    if (r.compacts()) return r;
   }
   return {};
 }
@@ -76,11 +81,20 @@ Status KvLayout::ValidateSelects() const {
       const auto where = [&] {
         return fmt::format("KV layout \"{}\", layer {} KV head {}", name, l, h);
       };
-      if (sel.decode < kernels::kDecodeDense || sel.decode > kernels::kDecodePages) {
+      if (sel.decode < kernels::kDecodeDense || sel.decode > kernels::kDecodeRetrieve) {
         return InvalidArgument("{}: unknown decode role {}", where(), sel.decode);
       }
-      if (sel.decode == kernels::kDecodeDense) {
-        if (sel.set != -1) return InvalidArgument("{}: a dense head has set {}", where(), sel.set);
+      if ((sel.decode == kernels::kDecodeRetrieve) != r.offload()) {
+        return InvalidArgument("{}: offload heads, and only they, retrieve at decode", where());
+      }
+      if (sel.decode == kernels::kDecodeDense || sel.decode == kernels::kDecodeRetrieve) {
+        if (sel.set != -1) {
+          return InvalidArgument("{}: a head without a set on the device has set {}", where(),
+                                 sel.set);
+        }
+        if (sel.decode == kernels::kDecodeRetrieve && sel.budget < 1) {
+          return InvalidArgument("{}: retrieves {} keys", where(), sel.budget);
+        }
         continue;
       }
       if (r.storage != kernels::kStorageFull || r.reindex()) {
@@ -166,7 +180,7 @@ Status KvLayout::Validate(int layers, int kv_heads) const {
       const auto where = [&] {
         return fmt::format("KV layout \"{}\", layer {} KV head {}", name, l, h);
       };
-      if (r.storage < kernels::kStorageFull || r.storage > kernels::kStorageCompressOnce) {
+      if (r.storage < kernels::kStorageFull || r.storage > kernels::kStorageOffload) {
         return InvalidArgument("{}: unknown storage {}", where(), r.storage);
       }
       if (r.reindex() && !r.ring()) {
@@ -184,9 +198,15 @@ Status KvLayout::Validate(int layers, int kv_heads) const {
             "layout are not supported",
             where(), ring_rule.sink, ring_rule.window, r.sink, r.window);
       }
-      if (r.compress_once() && r != compress_rule) {
+      if (r.compacts() && r != compress_rule) {
         return InvalidArgument(
-            "{}: compress-once heads of different rules in one layout are not supported", where());
+            "{}: compacting (compress-once or offload) heads of different rules in one layout "
+            "are not supported",
+            where());
+      }
+      if (r.offload() && (r.compensation != 0 || r.reindex())) {
+        return InvalidArgument(
+            "{}: an offload head keeps original positions and no compensation token", where());
       }
     }
   }

@@ -39,13 +39,16 @@ struct KvLayout {
   }
   // Heads of one storage kind, over the whole model.
   int CountStorage(kernels::KvStorage storage) const;
+  // Heads whose keys live in comp blocks and are dropped after the prompt (compress_once and
+  // offload: KvRetention::compacts()).
+  int CountCompacting() const;
   // Every head keeps every token: such sequences share prefix-cached pages.
   bool all_full() const { return CountStorage(kernels::kStorageFull) == num_layers * num_kv_heads; }
   // Every head a ring with re-indexed positions (StreamingLLM): a sequence never grows.
   bool all_reindexed_rings() const;
-  // The rule of the ring heads, and of the compress-once heads: one each per layout (a ring's
-  // pages are shared by its heads; compaction happens once per sequence). Default-constructed
-  // (full storage) when the layout has none.
+  // The rule of the ring heads, and of the compacting (compress-once or offload) heads: one each
+  // per layout (a ring's pages are shared by its heads; compaction happens once per sequence).
+  // Default-constructed (full storage) when the layout has none.
   KvRetention ring() const;
   KvRetention compress() const;
 

@@ -12,6 +12,7 @@
 #include "kernels/cpu/kv_lookup.h"
 #include "kernels/cpu/list_attention.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/offload_attention.h"
 #include "kernels/cpu/sampling.h"
 #include "kernels/cpu/select_decode.h"
 #include "kernels/cpu/thread_pool.h"
@@ -47,7 +48,7 @@ struct KeyRanges {
 KeyRanges AttendedKeys(const PagedAttentionBatch& batch, int64_t t, const KvRetention& r) {
   const int32_t pos = batch.token_pos.ptr<int32_t>()[t];
   const int32_t seq = batch.token_seq.ptr<int32_t>()[t];
-  if (r.compress_once()) {
+  if (r.compacts()) {
     const int32_t from = batch.table.comp_from.ptr<int32_t>()[seq];
     if (from <= 0) return {pos + 1, pos + 1, pos + 1};  // not compacted: everything
     KeyRanges keys{std::min(r.sink + (r.compensation ? 1 : 0), pos + 1), from, pos + 1};
@@ -466,6 +467,11 @@ class CpuBackend final : public Backend {
   void SelectedAttention(const Tensor& q, const KvPoolView& pool, const SelectDecodeBatch& batch,
                          float scale, const Tensor& out) override {
     cpu::SelectedAttention(q, pool, batch, scale, out, pool_);
+  }
+
+  void OffloadAttention(const Tensor& q, const KvPoolView& pool, const OffloadDecodeBatch& batch,
+                        float scale, const Tensor& out) override {
+    cpu::OffloadAttention(q, pool, batch, scale, out, pool_);
   }
 
   void MeanKv(const KvPoolView& pool, const KvMeanBatch& batch) override {

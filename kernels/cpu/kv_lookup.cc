@@ -58,6 +58,12 @@ void CheckSelects(const BlockTable& table) {
                "layout {} KV head {}: KvSelect::decode {} but KvHead::decode {}", l, h, sel.decode,
                head.decode);
       if (sel.decode == kDecodeDense) continue;
+      if (sel.decode == kDecodeRetrieve) {
+        HW_CHECK(head.retention.offload() && sel.set == -1 && sel.budget >= 1,
+                 "layout {} KV head {}: retrieve with storage {}, set {}, budget {}", l, h,
+                 head.retention.storage, sel.set, sel.budget);
+        continue;
+      }
       HW_CHECK(head.retention.storage == kStorageFull && !head.retention.reindex(),
                "layout {} KV head {}: decode role {} needs full storage at original positions", l,
                h, sel.decode);
@@ -105,19 +111,22 @@ void CheckTable(const BlockTable& table) {
     for (int h = 0; h < table.num_kv_heads(); ++h) {
       const KvHead head = LayoutHead(table, l, h);
       const KvRetention& r = head.retention;
-      HW_CHECK(r.storage == kStorageFull || r.storage == kStorageRing ||
-                   r.storage == kStorageCompressOnce,
+      HW_CHECK(r.storage >= kStorageFull && r.storage <= kStorageOffload,
                "layout {} KV head {}: storage {}", l, h, r.storage);
       HW_CHECK(r.sink >= 0 && r.window >= 0 && head.page >= 0,
                "layout {} KV head {}: sink {}, window {}, page {}", l, h, r.sink, r.window,
                head.page);
       HW_CHECK(!r.ring() || table.has_ring_heads(),
                "layout {} KV head {} is a ring head but the table has no ring_blocks", l, h);
-      HW_CHECK(!r.compress_once() || table.has_compressed_heads(),
-               "layout {} KV head {} compresses once but the table has no comp_blocks", l, h);
+      HW_CHECK(!r.compacts() || table.has_compressed_heads(),
+               "layout {} KV head {} compacts but the table has no comp_blocks", l, h);
+      HW_CHECK(r.offload() == (head.decode == kDecodeRetrieve),
+               "layout {} KV head {}: storage {} with decode role {} (offload heads, and only "
+               "they, retrieve)",
+               l, h, r.storage, head.decode);
       HW_CHECK(!r.reindex() || r.ring(),
                "layout {} KV head {} re-indexes positions but is no ring head", l, h);
-      HW_CHECK(head.decode >= kDecodeDense && head.decode <= kDecodePages,
+      HW_CHECK(head.decode >= kDecodeDense && head.decode <= kDecodeRetrieve,
                "layout {} KV head {}: decode role {}", l, h, head.decode);
     }
   }
@@ -153,7 +162,7 @@ SeqHead HeadOf(const BlockTable& table, int32_t seq, int kv_head) {
   sh.head = LayoutHead(table, table.seq_layout.ptr<int32_t>()[seq], kv_head);
   const KvRetention& r = sh.head.retention;
   const Tensor& blocks = r.ring()            ? table.ring_blocks
-                         : r.compress_once() ? table.comp_blocks
+                         : r.compacts() ? table.comp_blocks
                                              : table.blocks;
   sh.blocks = blocks.ptr<int32_t>() + int64_t{seq} * table.max_blocks();
   return sh;

@@ -278,6 +278,100 @@ __global__ void MeanKvKernel(cuda::DecodeKvCache kv, bf16* k_pool, bf16* v_pool,
   }
 }
 
+// OffloadAttention (kernels::OffloadDecodeBatch): block (sequence, KV head), four warps. For each
+// query head of the group: keys in tiles of kOffloadTile, each warp computing the logits of a
+// quarter of the tile (lanes split the head dimension, a warp sum), then an online softmax whose
+// output columns are split over the threads (d <= kOffloadMaxDim); last, the log-sum-exp merge with
+// the host's (o, lse) of that query head. Static sets are small (sink + window + generated tokens),
+// so this simple kernel reads them at a fraction of the step's time.
+constexpr int kOffloadThreads = 128;
+constexpr int kOffloadTile = 64;
+constexpr int kOffloadMaxDim = 256;
+__global__ void OffloadAttentionKernel(cuda::DecodeKvCache kv, const bf16* q,
+                                       const int32_t* seq_token, const int32_t* seq_len,
+                                       const float* host_out, const float* host_lse, int hq, int d,
+                                       float scale, bf16* out) {
+  const int seq = blockIdx.x, kv_head = blockIdx.y;
+  if (kv.seq_slot == nullptr || kv.seq_slot[seq] < 0) return;
+  const KvHead head = kv.Head(seq, kv_head);
+  if (head.decode != kDecodeRetrieve) return;
+  __shared__ float q_s[kOffloadMaxDim];
+  __shared__ float logit_s[kOffloadTile];
+  __shared__ float m_s, l_s;
+  const int n = seq_len[seq], token = seq_token[seq];
+  const int from = kv.comp_from[seq];
+  // Index i of [0, count) is position i below n_sink, i + shift from there.
+  const int n_sink = from > 0 ? min(head.retention.sink, n) : n;
+  const int shift = from > 0 ? max(from, n_sink) - n_sink : 0;
+  const int count = n_sink + max(0, n - (n_sink + shift));
+  const int32_t* seq_blocks = kv.BlocksOf(seq, head.retention);
+  const int group = hq / kv.hkv;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int g = 0; g < group; ++g) {
+    const int qh = kv_head * group + g;
+    for (int c = threadIdx.x; c < d; c += kOffloadThreads) {
+      q_s[c] = __bfloat162float(q[(int64_t{token} * hq + qh) * d + c]);
+    }
+    if (threadIdx.x == 0) {
+      m_s = -INFINITY;
+      l_s = 0.0f;
+    }
+    float acc[kOffloadMaxDim / kOffloadThreads] = {};
+    __syncthreads();
+    for (int tile = 0; tile < count; tile += kOffloadTile) {
+      for (int j = warp; j < kOffloadTile; j += kOffloadThreads / 32) {
+        const int i = tile + j;
+        float dot = 0.0f;
+        if (i < count) {
+          const int pos = i < n_sink ? i : i + shift;
+          const bf16* k = kv.k_pool + kv.Slot(seq_blocks, head.page, pos) * d;
+          for (int c = lane; c < d; c += 32) dot += q_s[c] * __bfloat162float(k[c]);
+        }
+        for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+        if (lane == 0) logit_s[j] = i < count ? dot * scale : -INFINITY;
+      }
+      __syncthreads();
+      float tile_max = -INFINITY;
+      for (int j = 0; j < kOffloadTile; ++j) tile_max = fmaxf(tile_max, logit_s[j]);
+      const float m_old = m_s, m_new = fmaxf(m_old, tile_max);
+      const float rescale = m_old == -INFINITY ? 0.0f : __expf(m_old - m_new);
+      float tile_sum = 0.0f;
+      for (int r = 0; r * kOffloadThreads < d; ++r) acc[r] *= rescale;
+      for (int j = 0; j < kOffloadTile && tile + j < count; ++j) {
+        const float p = __expf(logit_s[j] - m_new);
+        tile_sum += p;
+        const int i = tile + j;
+        const int pos = i < n_sink ? i : i + shift;
+        const bf16* v = kv.v_pool + kv.Slot(seq_blocks, head.page, pos) * d;
+        for (int r = 0, c = threadIdx.x; c < d; ++r, c += kOffloadThreads) {
+          acc[r] += p * __bfloat162float(v[c]);
+        }
+      }
+      __syncthreads();  // every thread has read m_s and logit_s
+      if (threadIdx.x == 0) {
+        l_s = l_s * rescale + tile_sum;
+        m_s = m_new;
+      }
+      __syncthreads();
+    }
+    // Merge with the host's result over the retrieved keys (lse -inf: none).
+    const float dev_lse = l_s > 0.0f ? m_s + __logf(l_s) : -INFINITY;
+    const int64_t row = int64_t{seq} * hq + qh;
+    const float h_lse = host_lse[row];
+    const float top = fmaxf(dev_lse, h_lse);
+    const float a = dev_lse == -INFINITY ? 0.0f : __expf(dev_lse - top);
+    const float b = h_lse == -INFINITY ? 0.0f : __expf(h_lse - top);
+    const float inv_l = l_s > 0.0f ? 1.0f / l_s : 0.0f;
+    for (int r = 0, c = threadIdx.x; c < d; ++r, c += kOffloadThreads) {
+      const float o_dev = acc[r] * inv_l;
+      const float o_host = b > 0.0f ? host_out[row * d + c] : 0.0f;
+      const float merged = a + b > 0.0f ? (a * o_dev + b * o_host) / (a + b) : 0.0f;
+      out[(int64_t{token} * hq + qh) * d + c] = __float2bfloat16(merged);
+    }
+    __syncthreads();  // q_s, m_s and l_s are reused by the next query head
+  }
+}
+
 __global__ void GatherRowsKernel(const bf16* x, const int32_t* rows, bf16* out, int64_t width) {
   OverlapWithNeighbours();
   const int64_t r = blockIdx.x;
@@ -597,6 +691,29 @@ class CudaBackend final : public Backend {
                  scratch > 0 ? scratch_.back() : nullptr, scratch_bytes_, split_counters_.back(),
                  out.ptr<bf16>()),
              "selected attention: unsupported shape (Hq {}, Hkv {}, head dim {})", hq, kv.hkv, d);
+    HW_CUDA_LAUNCHED();
+  }
+
+  void OffloadAttention(const Tensor& q, const KvPoolView& pool, const OffloadDecodeBatch& batch,
+                        float scale, const Tensor& out) override {
+    const BlockTable& table = batch.table;
+    if (!table.has_select_heads() || table.num_seqs() == 0) return;
+    const int hq = static_cast<int>(q.dim(1)), d = static_cast<int>(q.dim(2));
+    HW_CHECK(table.has_compressed_heads(), "offload heads need comp_blocks and comp_from");
+    HW_CHECK(d <= kOffloadMaxDim && hq % table.num_kv_heads() == 0,
+             "offload attention: head dim {} (at most {}), {} query heads for {} KV heads", d,
+             kOffloadMaxDim, hq, table.num_kv_heads());
+    HW_CHECK(batch.host_out.dtype == DType::kF32 && batch.host_lse.dtype == DType::kF32 &&
+                 batch.host_out.numel() == int64_t{table.num_seqs()} * hq * d &&
+                 batch.host_lse.numel() == int64_t{table.num_seqs()} * hq,
+             "host_out {} and host_lse {} must be f32 [S {}, Hq {}, D {}] and [S, Hq]",
+             batch.host_out.ShapeString(), batch.host_lse.ShapeString(), table.num_seqs(), hq, d);
+    OffloadAttentionKernel<<<dim3(static_cast<unsigned>(table.num_seqs()),
+                                  static_cast<unsigned>(table.num_kv_heads())),
+                             kOffloadThreads, 0, stream_>>>(
+        DecodeCache(pool, table), q.ptr<bf16>(), batch.seq_token.ptr<int32_t>(),
+        batch.seq_len.ptr<int32_t>(), batch.host_out.ptr<float>(), batch.host_lse.ptr<float>(), hq,
+        d, scale, out.ptr<bf16>());
     HW_CUDA_LAUNCHED();
   }
 

@@ -51,7 +51,7 @@ struct DecodeKvCache {
   }
   // The block table row of `seq` for the kind of block a head of retention r keeps keys in.
   __device__ const int32_t* BlocksOf(int seq, const KvRetention& r) const {
-    const int32_t* table = r.ring() ? ring_blocks : r.compress_once() ? comp_blocks : blocks;
+    const int32_t* table = r.ring() ? ring_blocks : r.compacts() ? comp_blocks : blocks;
     return table + int64_t{seq} * max_blocks;
   }
   // Slot (page * page_size + offset) of key `pos` from its sequence's block row (BlocksOf) and its
@@ -110,7 +110,7 @@ struct AttendedKeys {
   // Of a query at `pos` (< 0: padding, nothing) of sequence `seq` on a head of retention r.
   __device__ static AttendedKeys Of(const DecodeKvCache& kv, const KvRetention& r, int seq, int pos,
                                     int chunk_start) {
-    if (pos < 0 || !(r.ring() || r.compress_once())) return {pos + 1, pos + 1, 0};
+    if (pos < 0 || !(r.ring() || r.compacts())) return {pos + 1, pos + 1, 0};
     if (r.ring()) {
       const int lo = max(r.sink, chunk_start - r.window);
       const int n_sink = min(r.sink, pos + 1);

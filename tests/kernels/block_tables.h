@@ -43,6 +43,14 @@ inline KvRetention CompressOnceHead(int sink, int window, bool compensation = tr
   return r;
 }
 
+inline KvRetention OffloadHead(int sink, int window) {
+  return KvRetention::Offload(sink, window);
+}
+// The kind of block a head keeps its keys in: 0 full, 1 ring, 2 comp (compress_once, offload).
+inline int BlockKindOf(const KvRetention& r) {
+  return r.ring() ? 1 : r.compacts() ? 2 : 0;
+}
+
 // The host image of one layer's BlockTable.
 struct HostBlockTable {
   int hkv = 0, page_size = 0, max_blocks = 0, num_pages = 0;
@@ -69,7 +77,7 @@ struct HostBlockTable {
     return LayoutHead(seq_layout[static_cast<size_t>(seq)], h);
   }
   const std::vector<int32_t>& KindBlocks(const KvRetention& r) const {
-    return r.ring() ? ring_blocks : r.compress_once() ? comp_blocks : blocks;
+    return r.ring() ? ring_blocks : r.compacts() ? comp_blocks : blocks;
   }
   // Pool slot (page * page_size + offset) of key `pos` of (seq, KV head h).
   int64_t Slot(int seq, int h, int pos) const {
@@ -80,13 +88,13 @@ struct HostBlockTable {
   }
 
   // Compacts sequence seq at `from` (BlockTable::comp_from), freeing (-1) the comp blocks of the
-  // logical pages whose positions its compress-once heads all dropped. Its layout's compress-once
-  // heads share one sink and compensation here, as one policy gives them.
+  // logical pages whose positions its compacting (compress-once, offload) heads all dropped. Its
+  // layout's compacting heads share one sink and compensation here, as one policy gives them.
   void Compact(int seq, int from) {
     int keep_below = 0;  // positions below this are kept: the sinks and the compensation token
     for (int h = 0; h < hkv; ++h) {
       const KvRetention r = Head(seq, h).retention;
-      if (r.compress_once()) keep_below = std::max(keep_below, r.sink + r.compensation);
+      if (r.compacts()) keep_below = std::max(keep_below, r.sink + r.compensation);
     }
     comp_from[static_cast<size_t>(seq)] = from;
     for (int b = 0; b < max_blocks; ++b) {
@@ -175,7 +183,7 @@ inline HostBlockTable MakeBlockTable(const std::vector<LayoutSpec>& layouts,
     for (int kind = 0; kind < kKinds; ++kind) {
       std::vector<int> members;
       for (int h = 0; h < t.hkv; ++h) {
-        if (spec[static_cast<size_t>(h)].storage == kind) members.push_back(h);
+        if (BlockKindOf(spec[static_cast<size_t>(h)]) == kind) members.push_back(h);
       }
       const int size = 2 * static_cast<int>(members.size()) + 1;
       std::vector<int32_t> places(static_cast<size_t>(size));
@@ -191,7 +199,7 @@ inline HostBlockTable MakeBlockTable(const std::vector<LayoutSpec>& layouts,
       const auto* ints = reinterpret_cast<const int32_t*>(&head);
       t.heads.insert(t.heads.end(), ints, ints + kernels::kKvHeadInts);
       t.any_ring = t.any_ring || head.retention.ring();
-      t.any_comp = t.any_comp || head.retention.compress_once();
+      t.any_comp = t.any_comp || head.retention.compacts();
       t.any_reindex = t.any_reindex || head.retention.reindex();
     }
   }
@@ -223,9 +231,9 @@ inline HostBlockTable MakeBlockTable(const std::vector<LayoutSpec>& layouts,
     next += r.size + static_cast<int>(rng() % 2);
   }
   t.num_pages = next + 1;
-  t.blocks = tables[kernels::kStorageFull];
-  if (t.any_ring) t.ring_blocks = tables[kernels::kStorageRing];
-  if (t.any_comp) t.comp_blocks = tables[kernels::kStorageCompressOnce];
+  t.blocks = tables[0];
+  if (t.any_ring) t.ring_blocks = tables[1];
+  if (t.any_comp) t.comp_blocks = tables[2];
   t.comp_from.assign(static_cast<size_t>(num_seqs), 0);
   t.Summarize();
   return t;

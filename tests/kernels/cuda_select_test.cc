@@ -27,6 +27,7 @@
 #include "tests/backend_util.h"
 #include "tests/gpu_under_test.h"
 #include "tests/kernels/block_tables.h"
+#include "tests/kernels/offload_scenario.h"
 #include "tests/kernels/select_rules.h"
 
 namespace headwise::kernels {
@@ -1278,6 +1279,49 @@ TEST_CASE("CUDA paged attention leaves selecting sequences' selection heads alon
       CheckPagedLeavesSelection(p, hq, hkv, d, lens, slots, 1);
       // Prefill chunks beside selecting decode queries (the prefill kernel at head dims 64, 128).
       CheckPagedLeavesSelection(p, hq, hkv, d, {300, 40, 129, 77, 2000}, {-1, 0, -1, 1, 2}, 33);
+    }
+  }
+}
+
+// --- offload heads (RetrievalAttention's device half and the merge) ---
+
+// OffloadAttention on the backend under test against the rule in double
+// (tests/kernels/offload_scenario.h): written rows within bf16 rounding, every other row left as
+// poisoned.
+TEST_CASE("CUDA offload attention matches the merge rule", "[cuda]") {
+  Pair p;
+  INFO("seed " << p.seed);
+  for (auto [hq, hkv] : {std::pair{4, 4}, std::pair{8, 2}, std::pair{32, 4}}) {
+    for (int d : {16, 64, 128}) {
+      INFO("hq " << hq << " hkv " << hkv << " d " << d);
+      const testing::OffloadScenario s = testing::MakeOffloadScenario(hq, hkv, d, p.rng);
+      Backend& be = *p.gpu;
+      const auto num_seqs = static_cast<int64_t>(s.lens.size());
+      Buffer k = Stored(be, s.k, {s.table.num_pages, s.page_size, d});
+      Buffer v = Stored(be, s.v, {s.table.num_pages, s.page_size, d});
+      testing::BackendBlockTable table = testing::UploadTable(be, s.table, {});
+      Buffer q = Stored(be, s.q, {num_seqs, hq, d});
+      Buffer host_out = F32(be, s.host_out, {num_seqs, hq, d});
+      Buffer host_lse = F32(be, s.host_lse, {num_seqs, hq});
+      Buffer seq_token = I32(be, s.seq_token, {num_seqs});
+      Buffer seq_len = I32(be, s.seq_len, {num_seqs});
+      Buffer out = Stored(be, std::vector<float>(s.q.size(), NAN), {num_seqs, hq, d});
+      be.OffloadAttention(
+          q.view(), KvPoolView{k.view(), v.view(), s.page_size},
+          {seq_token.view(), seq_len.view(), table.view, host_out.view(), host_lse.view()}, s.scale,
+          out.view());
+      const std::vector<float> got = Read(be, out.view());
+      const std::vector<float> want = testing::ExpectedOffload(s);
+      std::vector<float> got_written, want_written;
+      for (size_t i = 0; i < got.size(); ++i) {
+        INFO("element " << i);
+        REQUIRE(std::isnan(got[i]) == std::isnan(want[i]));
+        if (std::isnan(want[i])) continue;
+        got_written.push_back(got[i]);
+        want_written.push_back(want[i]);
+      }
+      REQUIRE_FALSE(want_written.empty());
+      CHECK(testing::RelError(got_written, want_written) < kBf16Tol);
     }
   }
 }

@@ -59,5 +59,13 @@ inline kernels::KvSelect Pages(int set, int budget, int sink,
                                bool per_q = false) {
   return Rule(kernels::kDecodePages, set, budget, sink, 1, reduce, per_q);
 }
+// An offload head (RetrievalAttention): no set on the device; the host retrieves `budget` keys.
+inline kernels::KvSelect Retrieve(int budget, bool per_q = true) {
+  kernels::KvSelect r;
+  r.decode = kernels::kDecodeRetrieve;
+  r.budget = budget;
+  r.per_q_head = per_q ? 1 : 0;
+  return r;
+}
 
 }  // namespace headwise::testing
