@@ -210,6 +210,21 @@ Status KvLayout::Validate(int layers, int kv_heads) const {
       }
     }
   }
+  const bool offloads = CountStorage(kernels::kStorageOffload) > 0;
+  if (offloads != offload.has_value()) {
+    return InvalidArgument("KV layout \"{}\": {}", name,
+                           offloads ? "offload heads without the host's rule (KvLayout::offload)"
+                                    : "an offload rule but no offload head");
+  }
+  if (offload && (offload->top_k < 1 || offload->knn_per_query < 1 || offload->max_degree < 2 ||
+                  offload->build_list < offload->max_degree || offload->search_list < 1 ||
+                  offload->train_stride < 1)) {
+    return InvalidArgument(
+        "KV layout \"{}\": offload rule top_k {} knn_per_query {} max_degree {} build_list {} "
+        "search_list {} train_stride {}",
+        name, offload->top_k, offload->knn_per_query, offload->max_degree, offload->build_list,
+        offload->search_list, offload->train_stride);
+  }
   return ValidateSelects();
 }
 

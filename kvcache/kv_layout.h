@@ -5,6 +5,7 @@
 // every sequence runs one of them (kvcache/kv_cache.h).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,23 @@
 namespace headwise::kvcache {
 
 using kernels::KvRetention;
+
+// What the host does for a layout's offload heads (storage offload, decode retrieve:
+// RetrievalAttention, ALGORITHMS.md §5; kvcache/offload_tier.h runs it). One rule per layout,
+// like its compaction rule.
+struct OffloadRule {
+  enum class Index { kRoarGraph, kHnsw, kExact };
+  Index index = Index::kRoarGraph;
+  int top_k = 100;          // keys retrieved per search
+  bool per_q_head = true;   // a search per query head; else one with the group's mean query
+  int knn_per_query = 100;  // RoarGraph: exact neighbours per training query [N_q]
+  int max_degree = 35;      // RoarGraph [M]; HNSW M
+  int build_list = 500;     // RoarGraph candidate list [L]; HNSW ef_construction
+  int search_list = 128;    // search queue [L_pq]; HNSW ef (raised to top_k)
+  int train_stride = 1;     // every train_stride-th prompt position's queries train the index
+
+  friend bool operator==(const OffloadRule&, const OffloadRule&) = default;
+};
 
 struct KvLayout {
   std::string name;  // the attention policy's name
@@ -27,6 +45,8 @@ struct KvLayout {
   // A sequence's decode step selects once the sequence holds more than this many keys (the
   // policies' dense_if_len_le); shorter ones decode densely.
   int select_min_len = 0;
+  // The host's rule for the offload heads; set exactly when some head offloads.
+  std::optional<OffloadRule> offload;
 
   // Every head full storage: dense attention.
   static KvLayout Dense(int num_layers, int num_kv_heads, std::string name = "dense");

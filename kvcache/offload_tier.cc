@@ -1,0 +1,299 @@
+#include "kvcache/offload_tier.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <variant>
+
+#include "kernels/cpu/list_attention.h"
+#include "kernels/cpu/thread_pool.h"
+#include "kvcache/ann/exact_search.h"
+#include "kvcache/ann/roar_graph.h"
+#ifdef HEADWISE_HAVE_HNSWLIB
+#include "kvcache/ann/hnsw_baseline.h"
+#endif
+
+namespace headwise::kvcache {
+
+namespace {
+#ifdef HEADWISE_HAVE_HNSWLIB
+using HnswOrNone = ann::HnswIndex;
+#else
+struct HnswOrNone {};  // never built: Supports refuses the rule
+#endif
+}  // namespace
+
+// One offload (layer, KV head) of a slot.
+struct OffloadTier::Head {
+  bool offload = false;
+  bool stored = false;
+  int begin = 0;                    // position of row 0
+  std::vector<float> keys, values;  // [n, D]
+  std::vector<float> train;         // [m, D]: the group's training queries, every query head
+  // Exact search: monostate.
+  std::variant<std::monostate, ann::RoarGraph, HnswOrNone> index;
+
+  size_t rows(int head_dim) const { return keys.size() / static_cast<size_t>(head_dim); }
+};
+
+struct OffloadTier::Slot {
+  bool active = false;
+  OffloadRule rule;
+  std::vector<Head> heads;  // [layer * Hkv + kv_head]
+};
+
+OffloadTier::OffloadTier(const OffloadTierConfig& config)
+    : config_(config), pool_(std::make_unique<kernels::cpu::ThreadPool>(config.threads)) {
+  HW_CHECK(config.num_layers > 0 && config.num_kv_heads > 0 && config.head_dim > 0 &&
+               config.num_q_heads % config.num_kv_heads == 0 && config.slots > 0,
+           "offload tier: {} layers, {} query / {} KV heads, head dim {}, {} slots",
+           config.num_layers, config.num_q_heads, config.num_kv_heads, config.head_dim,
+           config.slots);
+  for (int s = 0; s < config.slots; ++s) slots_.push_back(std::make_unique<Slot>());
+}
+
+OffloadTier::~OffloadTier() = default;
+
+Status OffloadTier::Supports(const OffloadRule& rule) {
+#ifndef HEADWISE_HAVE_HNSWLIB
+  if (rule.index == OffloadRule::Index::kHnsw) {
+    return Unimplemented(
+        "offload index hnsw: this build has no hnswlib (install libhnswlib-dev and rebuild)");
+  }
+#endif
+  (void)rule;
+  return Status::Ok();
+}
+
+void OffloadTier::Begin(int32_t slot, const KvLayout& layout) {
+  HW_CHECK(slot >= 0 && slot < config_.slots, "offload slot {} of {}", slot, config_.slots);
+  HW_CHECK(layout.offload.has_value() && layout.num_layers == config_.num_layers &&
+               layout.num_kv_heads == config_.num_kv_heads,
+           "offload tier: layout \"{}\" does not offload, or has another shape", layout.name);
+  Slot& s = *slots_[static_cast<size_t>(slot)];
+  s = Slot{};
+  s.active = true;
+  s.rule = *layout.offload;
+  s.heads.resize(layout.heads.size());
+  for (size_t i = 0; i < layout.heads.size(); ++i) s.heads[i].offload = layout.heads[i].offload();
+}
+
+void OffloadTier::End(int32_t slot) {
+  HW_CHECK(slot >= 0 && slot < config_.slots, "offload slot {} of {}", slot, config_.slots);
+  *slots_[static_cast<size_t>(slot)] = Slot{};
+}
+
+bool OffloadTier::active(int32_t slot) const {
+  return slot >= 0 && slot < config_.slots && slots_[static_cast<size_t>(slot)]->active;
+}
+
+OffloadTier::Head& OffloadTier::HeadAt(int32_t slot, int layer, int kv_head) {
+  HW_CHECK(active(slot), "offload slot {} is not active", slot);
+  HW_CHECK(
+      layer >= 0 && layer < config_.num_layers && kv_head >= 0 && kv_head < config_.num_kv_heads,
+      "layer {} KV head {} outside {} x {}", layer, kv_head, config_.num_layers,
+      config_.num_kv_heads);
+  return slots_[static_cast<size_t>(slot)]
+      ->heads[static_cast<size_t>(layer * config_.num_kv_heads + kv_head)];
+}
+
+void OffloadTier::AddTrainingQueries(int32_t slot, int layer, int pos, const float* q) {
+  HW_CHECK(active(slot), "offload slot {} is not active", slot);
+  const Slot& s = *slots_[static_cast<size_t>(slot)];
+  if (s.rule.index != OffloadRule::Index::kRoarGraph || pos % s.rule.train_stride != 0) return;
+  const int group = config_.num_q_heads / config_.num_kv_heads, d = config_.head_dim;
+  for (int h = 0; h < config_.num_kv_heads; ++h) {
+    Head& head = HeadAt(slot, layer, h);
+    if (!head.offload) continue;
+    const float* rows = q + static_cast<size_t>(h) * group * d;
+    head.train.insert(head.train.end(), rows, rows + static_cast<size_t>(group) * d);
+  }
+}
+
+void OffloadTier::Store(int32_t slot, int layer, int kv_head, int begin, std::vector<float> keys,
+                        std::vector<float> values) {
+  Head& head = HeadAt(slot, layer, kv_head);
+  HW_CHECK(head.offload && !head.stored,
+           "layer {} KV head {}: not an offload head, or stored already", layer, kv_head);
+  HW_CHECK(keys.size() == values.size() && keys.size() % static_cast<size_t>(config_.head_dim) == 0,
+           "offloaded keys ({}) and values ({}) must both be rows of {}", keys.size(),
+           values.size(), config_.head_dim);
+  head.stored = true;
+  head.begin = begin;
+  head.keys = std::move(keys);
+  head.values = std::move(values);
+}
+
+Status OffloadTier::Build(int32_t slot) {
+  HW_CHECK(active(slot), "offload slot {} is not active", slot);
+  Slot& s = *slots_[static_cast<size_t>(slot)];
+  const auto d = static_cast<size_t>(config_.head_dim);
+  std::vector<Status> status(s.heads.size());
+  pool_->ParallelFor(
+      static_cast<int64_t>(s.heads.size()), std::numeric_limits<int64_t>::max(),
+      [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          Head& head = s.heads[static_cast<size_t>(i)];
+          if (!head.stored) continue;
+          const ann::MatrixView keys{head.keys.data(), head.rows(config_.head_dim), d};
+          if (s.rule.index == OffloadRule::Index::kRoarGraph) {
+            const ann::MatrixView train{head.train.data(), head.train.size() / d, d};
+            ann::RoarGraphParams p;
+            p.n_q = static_cast<size_t>(s.rule.knn_per_query);
+            p.max_degree = static_cast<size_t>(s.rule.max_degree);
+            p.candidate_list = static_cast<size_t>(s.rule.build_list);
+            auto graph = ann::RoarGraph::Build(keys, train, p);
+            if (!graph.ok()) {
+              status[static_cast<size_t>(i)] = graph.status();
+              continue;
+            }
+            head.index = std::move(*graph);
+          }
+#ifdef HEADWISE_HAVE_HNSWLIB
+          if (s.rule.index == OffloadRule::Index::kHnsw) {
+            ann::HnswParams p;
+            p.max_degree = static_cast<size_t>(s.rule.max_degree);
+            p.ef_construction = static_cast<size_t>(s.rule.build_list);
+            auto hnsw = ann::HnswIndex::Build(keys, p);
+            if (!hnsw.ok()) {
+              status[static_cast<size_t>(i)] = hnsw.status();
+              continue;
+            }
+            head.index = std::move(*hnsw);
+          }
+#endif
+          head.train = {};
+        }
+      });
+  for (size_t i = 0; i < status.size(); ++i) {
+    if (!status[i].ok()) {
+      return status[i].WithContext(fmt::format("offload index of layer {} KV head {}",
+                                               static_cast<int>(i) / config_.num_kv_heads,
+                                               static_cast<int>(i) % config_.num_kv_heads));
+    }
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+// The top_k keys of `head` for `query` by its index, as row ids, and the keys scanned.
+template <typename Head>
+StatusOr<ann::AnnSearchResult> SearchHead(Head& head, const OffloadRule& rule,
+                                          std::span<const float> query, size_t dim) {
+  const size_t k = static_cast<size_t>(rule.top_k);
+  const size_t queue = std::max(k, static_cast<size_t>(rule.search_list));
+  if (auto* graph = std::get_if<ann::RoarGraph>(&head.index)) return graph->Search(query, k, queue);
+#ifdef HEADWISE_HAVE_HNSWLIB
+  if (auto* hnsw = std::get_if<ann::HnswIndex>(&head.index)) return hnsw->Search(query, k, queue);
+#endif
+  const ann::MatrixView keys{head.keys.data(), head.keys.size() / dim, dim};
+  HW_ASSIGN_OR_RETURN(std::vector<ann::ScoredId> top, ann::ExactTopK(keys, query, k));
+  return ann::AnnSearchResult{std::move(top), keys.rows};
+}
+
+}  // namespace
+
+StatusOr<RetrievedKeys> OffloadTier::Search(int32_t slot, int layer, int q_head, const float* q) {
+  const int group = config_.num_q_heads / config_.num_kv_heads;
+  const auto d = static_cast<size_t>(config_.head_dim);
+  Head& head = HeadAt(slot, layer, q_head / group);
+  if (!head.stored) return RetrievedKeys{};
+  const Slot& s = *slots_[static_cast<size_t>(slot)];
+  std::vector<float> query(q + static_cast<size_t>(q_head) * d,
+                           q + static_cast<size_t>(q_head + 1) * d);
+  if (!s.rule.per_q_head) {
+    const float* first = q + static_cast<size_t>(q_head / group) * group * d;
+    std::fill(query.begin(), query.end(), 0.0f);
+    for (int g = 0; g < group; ++g) {
+      for (size_t c = 0; c < d; ++c) query[c] += first[static_cast<size_t>(g) * d + c];
+    }
+    for (float& x : query) x /= static_cast<float>(group);
+  }
+  HW_ASSIGN_OR_RETURN(ann::AnnSearchResult found, SearchHead(head, s.rule, query, d));
+  RetrievedKeys keys;
+  keys.scanned = found.scanned;
+  for (const ann::ScoredId& e : found.top) {
+    keys.positions.push_back(head.begin + static_cast<int32_t>(e.id));
+  }
+  std::sort(keys.positions.begin(), keys.positions.end());
+  return keys;
+}
+
+void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const float* q, float* out,
+                           float* lse) {
+  const int hq = config_.num_q_heads, hkv = config_.num_kv_heads;
+  const int group = hq / hkv;
+  const auto d = static_cast<size_t>(config_.head_dim);
+  const auto num_seqs = static_cast<int64_t>(slots.size());
+  std::fill(out, out + static_cast<size_t>(num_seqs) * hq * d, 0.0f);
+  std::fill(lse, lse + static_cast<size_t>(num_seqs) * hq, -std::numeric_limits<float>::infinity());
+  pool_->ParallelFor(
+      num_seqs * hkv, std::numeric_limits<int64_t>::max(), [&](int64_t begin, int64_t end) {
+        kernels::cpu::KeyList list;
+        kernels::cpu::ListScratch scratch;
+        for (int64_t u = begin; u < end; ++u) {
+          const int64_t seq = u / hkv;
+          const int kv_head = static_cast<int>(u % hkv);
+          const int32_t slot = slots[static_cast<size_t>(seq)];
+          if (!active(slot)) continue;
+          Head& head = HeadAt(slot, layer, kv_head);
+          if (!head.stored || head.keys.empty()) continue;
+          const float* q_row = q + static_cast<size_t>(seq) * hq * d;
+          const bool per_q_head = slots_[static_cast<size_t>(slot)]->rule.per_q_head;
+          // One search per query head, or one for the group (its mean query).
+          for (int g = 0; g < (per_q_head ? group : 1); ++g) {
+            const int qh = kv_head * group + g;
+            auto found = Search(slot, layer, qh, q_row);
+            HW_CHECK(found.ok(), "offload search, layer {} KV head {}: {}", layer, kv_head,
+                     found.status().ToString());
+            list.Clear();
+            for (int32_t pos : found->positions) {
+              const auto row = static_cast<size_t>(pos - head.begin);
+              list.k.push_back(head.keys.data() + row * d);
+              list.v.push_back(head.values.data() + row * d);
+            }
+            const int heads = per_q_head ? 1 : group;
+            const size_t first = static_cast<size_t>(seq) * hq + static_cast<size_t>(qh);
+            kernels::cpu::AttendList(q_row + static_cast<size_t>(qh) * d, heads,
+                                     static_cast<int64_t>(d), list, config_.scale,
+                                     {out + first * d, lse + first, nullptr, 0}, scratch);
+          }
+        }
+      });
+}
+
+size_t OffloadTier::bytes_held() const {
+  size_t bytes = 0;
+  for (const auto& s : slots_) {
+    for (const Head& h : s->heads) {
+      bytes += (h.keys.capacity() + h.values.capacity() + h.train.capacity()) * sizeof(float);
+      if (const auto* graph = std::get_if<ann::RoarGraph>(&h.index)) {
+        bytes += graph->num_edges() * sizeof(uint32_t) + (graph->size() + 1) * sizeof(size_t);
+      }
+    }
+  }
+  return bytes;
+}
+
+size_t OffloadTier::BytesFor(const OffloadTierConfig& config, const KvLayout& layout, int tokens) {
+  if (!layout.offload) return 0;
+  const auto heads = static_cast<size_t>(layout.CountStorage(kernels::kStorageOffload));
+  const auto n = static_cast<size_t>(std::max(tokens, 0));
+  const auto d = static_cast<size_t>(config.head_dim);
+  const auto group = static_cast<size_t>(config.num_q_heads / config.num_kv_heads);
+  const OffloadRule& rule = *layout.offload;
+  // Keys and values, f32; a graph's edges (reverse edges and reachability links can add some
+  // beyond max_degree: counted twice) and offsets; the training queries until the build.
+  size_t per_head = 2 * n * d * sizeof(float);
+  if (rule.index != OffloadRule::Index::kExact) {
+    per_head += n * (2 * static_cast<size_t>(rule.max_degree) * sizeof(uint32_t) + sizeof(size_t));
+  }
+  if (rule.index == OffloadRule::Index::kRoarGraph) {
+    per_head += (n / static_cast<size_t>(rule.train_stride) + 1) * group * d * sizeof(float);
+  }
+  return heads * per_head;
+}
+
+}  // namespace headwise::kvcache

@@ -1,0 +1,110 @@
+// The host half of offload heads (RetrievalAttention, ALGORITHMS.md §5.1 and §9.10): for each
+// sequence that runs a layout with offload heads (by its selection slot), the keys and values
+// those heads dropped from the device when the prompt was compacted, a nearest-neighbour index
+// over each head's keys (kvcache/ann), and, per decode step and layer, the attention of each
+// query over the keys its search retrieved, as (o, lse) for the device's merge
+// (Backend::OffloadAttention).
+//
+// A sequence's life here: Begin (its slot and layout) -> AddTrainingQueries while its prompt is
+// prefilled (the post-RoPE queries of every train_stride-th position, the RoarGraph's training
+// queries) -> Store per offload (layer, KV head) when the prompt is in (the dropped span
+// [sink, first kept)) -> Build (every head's index; the training queries are dropped) ->
+// Retrieve at each decode step -> End (frees it; a preempted sequence starts again at Begin).
+//
+// Retrieval (KvLayout::offload, OffloadRule): per query head, or once per KV head with the mean
+// of its group's queries (the group then attends one set); the top_k keys by inner product from
+// the index (RoarGraph searched with queue search_list; HNSW with ef search_list; exact search),
+// then list attention (kernels/cpu/list_attention.h, the CPU backend's arithmetic) over them in
+// increasing position, at the model's softmax scale. Keys and values are f32 here, whatever the
+// device stores (the CUDA backend's bf16 values convert exactly).
+//
+// Threads: one caller at a time (the engine thread); the work inside runs on the tier's own pool,
+// one unit per (sequence, KV head), so an HNSW index (not thread-safe) is only ever searched by
+// one thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "core/status.h"
+#include "kvcache/kv_layout.h"
+
+namespace headwise::kernels::cpu {
+class ThreadPool;
+}
+
+namespace headwise::kvcache {
+
+struct OffloadTierConfig {
+  int num_layers = 0;
+  int num_kv_heads = 0;
+  int num_q_heads = 0;
+  int head_dim = 0;
+  float scale = 1.0f;  // the attention's logit scale (1 / sqrt(head_dim) for Llama models)
+  int slots = 0;       // selection slots (KvCacheConfig::select_slots)
+  int threads = 1;
+};
+
+// What one search found, for tests and benchmarks: the positions (increasing) and how many keys
+// the index scanned.
+struct RetrievedKeys {
+  std::vector<int32_t> positions;
+  size_t scanned = 0;
+};
+
+class OffloadTier {
+ public:
+  explicit OffloadTier(const OffloadTierConfig& config);
+  ~OffloadTier();
+  OffloadTier(const OffloadTier&) = delete;
+  OffloadTier& operator=(const OffloadTier&) = delete;
+
+  const OffloadTierConfig& config() const { return config_; }
+  // Whether this build can run `rule` (HNSW needs hnswlib).
+  static Status Supports(const OffloadRule& rule);
+
+  // Starts slot `slot` for a sequence of `layout` (which must offload), dropping what it held.
+  void Begin(int32_t slot, const KvLayout& layout);
+  // Frees everything slot `slot` holds.
+  void End(int32_t slot);
+  bool active(int32_t slot) const;
+
+  // The queries of prompt position `pos` at `layer`: q [Hq, D] post-RoPE. Kept for the layer's
+  // offload heads when pos % train_stride == 0 (RoarGraph only).
+  void AddTrainingQueries(int32_t slot, int layer, int pos, const float* q);
+  // The dropped span of (layer, kv_head): positions [begin, begin + n) as rows [n, D] of keys
+  // and values. Once per head and Begin.
+  void Store(int32_t slot, int layer, int kv_head, int begin, std::vector<float> keys,
+             std::vector<float> values);
+  // Builds every stored head's index (on the pool), then drops the training queries.
+  Status Build(int32_t slot);
+
+  // One decode step of `layer`: batch sequence s (slots[s] >= 0 and active) has its query in row
+  // s of q [S, Hq, D]; for each of its offload heads and each query head h of the group,
+  // out[s, h] and lse[s, h] (out [S, Hq, D], lse [S, Hq], f32) are the attention over the keys
+  // retrieved for it (lse -inf and out 0 when none). Entries of other rows and heads get lse
+  // -inf and out 0.
+  void Retrieve(int layer, std::span<const int32_t> slots, const float* q, float* out, float* lse);
+  // The keys one search retrieves for query head `q_head`'s query q [Hq, D] (the whole layer's
+  // row: a search with the group's mean reads every head of the group), as Retrieve would.
+  StatusOr<RetrievedKeys> Search(int32_t slot, int layer, int q_head, const float* q);
+
+  // Bytes of keys, values, indexes and training queries held, over the slots.
+  size_t bytes_held() const;
+  // What a prompt of `tokens` tokens of `layout` will take here at most, for admission: keys and
+  // values of every offload head, its index's edges and the training queries.
+  static size_t BytesFor(const OffloadTierConfig& config, const KvLayout& layout, int tokens);
+
+ private:
+  struct Head;
+  struct Slot;
+  Head& HeadAt(int32_t slot, int layer, int kv_head);
+
+  OffloadTierConfig config_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::unique_ptr<kernels::cpu::ThreadPool> pool_;
+};
+
+}  // namespace headwise::kvcache

@@ -1,0 +1,248 @@
+// The host tier of offload heads (kvcache/offload_tier.h): with exact search, each query head's
+// result is list attention over its exact top-k keys, bit for bit (the same arithmetic as the CPU
+// backend's); with top_k beyond the span it is attention over every offloaded key; a search with
+// the group's mean query gives the group one set; RoarGraph searched with a queue over the whole
+// span finds the exact top-k; rows of other heads, idle slots and unstored heads come back empty
+// (lse -inf); training queries follow the stride; and the admission estimate covers what a
+// built slot holds.
+#include "kvcache/offload_tier.h"
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/list_attention.h"
+#include "kvcache/ann/exact_search.h"
+
+namespace headwise::kvcache {
+namespace {
+
+constexpr int kLayers = 2, kKvHeads = 2, kQHeads = 8, kDim = 16;
+constexpr float kScale = 0.25f;
+
+// Layer 1's KV head 0 offloads; everything else is full.
+KvLayout OffloadLayout(OffloadRule rule) {
+  KvLayout layout = KvLayout::Dense(kLayers, kKvHeads, "ra");
+  layout.At(1, 0) = kernels::KvRetention::Offload(4, 8);
+  layout.offload = rule;
+  return layout;
+}
+
+std::vector<float> Random(size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+struct Tier {
+  OffloadTierConfig config{kLayers, kKvHeads, kQHeads, kDim, kScale, /*slots=*/3, /*threads=*/2};
+  OffloadTier tier{config};
+  std::vector<float> keys, values;  // the span [begin, begin + n) of layer 1, KV head 0
+  int begin = 4;
+  int n = 0;
+
+  // Slot 1 holds a prompt whose span has n keys, trained by `train` prompt positions.
+  Tier(OffloadRule rule, int span, std::mt19937& rng, int train = 64) : n(span) {
+    const KvLayout layout = OffloadLayout(rule);
+    tier.Begin(1, layout);
+    for (int pos = 0; pos < train; ++pos) {
+      const std::vector<float> q = Random(static_cast<size_t>(kQHeads) * kDim, rng);
+      for (int l = 0; l < kLayers; ++l) tier.AddTrainingQueries(1, l, pos, q.data());
+    }
+    keys = Random(static_cast<size_t>(n) * kDim, rng);
+    values = Random(static_cast<size_t>(n) * kDim, rng);
+    tier.Store(1, 1, 0, begin, keys, values);
+    REQUIRE(tier.Build(1).ok());
+  }
+
+  // Attention of q_row's query heads [qh, qh + heads) over span rows `rows`, by list attention.
+  void Reference(const float* q_row, int qh, int heads, const std::vector<uint32_t>& rows,
+                 float* out, float* lse) const {
+    kernels::cpu::KeyList list;
+    for (uint32_t r : rows) {
+      list.k.push_back(keys.data() + static_cast<size_t>(r) * kDim);
+      list.v.push_back(values.data() + static_cast<size_t>(r) * kDim);
+    }
+    kernels::cpu::ListScratch scratch;
+    kernels::cpu::AttendList(q_row + static_cast<size_t>(qh) * kDim, heads, kDim, list, kScale,
+                             {out, lse, nullptr, 0}, scratch);
+  }
+  std::vector<uint32_t> ExactRows(std::span<const float> query, size_t k) const {
+    auto top = ann::ExactTopK({keys.data(), static_cast<size_t>(n), kDim}, query, k);
+    REQUIRE(top.ok());
+    std::vector<uint32_t> rows;
+    for (const auto& e : *top) rows.push_back(e.id);
+    std::sort(rows.begin(), rows.end());
+    return rows;
+  }
+};
+
+struct Step {
+  std::vector<int32_t> slots;
+  std::vector<float> q, out, lse;
+  explicit Step(std::vector<int32_t> s, std::mt19937& rng)
+      : slots(std::move(s)),
+        q(Random(slots.size() * kQHeads * kDim, rng)),
+        out(slots.size() * kQHeads * kDim, NAN),
+        lse(slots.size() * kQHeads, NAN) {}
+  void Run(OffloadTier& tier, int layer) {
+    tier.Retrieve(layer, slots, q.data(), out.data(), lse.data());
+  }
+  const float* QRow(size_t s) const { return q.data() + s * kQHeads * kDim; }
+  const float* Out(size_t s, int qh) const {
+    return out.data() + (s * kQHeads + static_cast<size_t>(qh)) * kDim;
+  }
+  float Lse(size_t s, int qh) const { return lse[s * kQHeads + static_cast<size_t>(qh)]; }
+};
+
+bool Empty(const Step& step, size_t s, int qh) {
+  const float* o = step.Out(s, qh);
+  return step.Lse(s, qh) == -std::numeric_limits<float>::infinity() &&
+         std::all_of(o, o + kDim, [](float x) { return x == 0.0f; });
+}
+
+TEST_CASE("Offload tier: exact search attends each query head's exact top-k", "[kvcache]") {
+  std::mt19937 rng(std::random_device{}());
+  OffloadRule rule;
+  rule.index = OffloadRule::Index::kExact;
+  rule.top_k = 12;
+  Tier t(rule, 200, rng);
+  // Sequence 0 in slot 1; sequence 1 without a slot; sequence 2 in an idle slot.
+  Step step({1, -1, 2}, rng);
+  step.Run(t.tier, 1);
+  for (int qh = 0; qh < kQHeads; ++qh) {
+    INFO("query head " << qh);
+    if (qh >= kQHeads / kKvHeads) {  // KV head 1 is full storage
+      CHECK(Empty(step, 0, qh));
+      continue;
+    }
+    std::vector<float> want(kDim);
+    float want_lse = 0;
+    const auto rows = t.ExactRows({step.QRow(0) + qh * kDim, kDim}, 12);
+    REQUIRE(rows.size() == 12);
+    t.Reference(step.QRow(0), qh, 1, rows, want.data(), &want_lse);
+    CHECK(std::memcmp(step.Out(0, qh), want.data(), kDim * sizeof(float)) == 0);
+    CHECK(step.Lse(0, qh) == want_lse);
+    // Search reports the same keys, as positions.
+    auto found = t.tier.Search(1, 1, qh, step.QRow(0));
+    REQUIRE(found.ok());
+    std::vector<int32_t> positions;
+    for (uint32_t r : rows) positions.push_back(t.begin + static_cast<int32_t>(r));
+    CHECK(found->positions == positions);
+  }
+  for (int qh = 0; qh < kQHeads; ++qh) {
+    CHECK(Empty(step, 1, qh));
+    CHECK(Empty(step, 2, qh));
+  }
+  // Layer 0 has no offload head.
+  Step other({1}, rng);
+  other.Run(t.tier, 0);
+  for (int qh = 0; qh < kQHeads; ++qh) CHECK(Empty(other, 0, qh));
+  // Ended: nothing retrieved.
+  t.tier.End(1);
+  CHECK_FALSE(t.tier.active(1));
+  Step ended({1}, rng);
+  ended.Run(t.tier, 1);
+  for (int qh = 0; qh < kQHeads; ++qh) CHECK(Empty(ended, 0, qh));
+  CHECK(t.tier.bytes_held() == 0);
+}
+
+TEST_CASE("Offload tier: top_k beyond the span attends every offloaded key", "[kvcache]") {
+  std::mt19937 rng(std::random_device{}());
+  for (auto index : {OffloadRule::Index::kExact, OffloadRule::Index::kRoarGraph}) {
+    OffloadRule rule;
+    rule.index = index;
+    rule.top_k = 500;
+    Tier t(rule, 37, rng);
+    Step step({1}, rng);
+    step.Run(t.tier, 1);
+    std::vector<uint32_t> all(37);
+    for (uint32_t i = 0; i < 37; ++i) all[i] = i;
+    for (int qh = 0; qh < kQHeads / kKvHeads; ++qh) {
+      std::vector<float> want(kDim);
+      float want_lse = 0;
+      t.Reference(step.QRow(0), qh, 1, all, want.data(), &want_lse);
+      CHECK(std::memcmp(step.Out(0, qh), want.data(), kDim * sizeof(float)) == 0);
+      CHECK(step.Lse(0, qh) == want_lse);
+    }
+  }
+}
+
+TEST_CASE("Offload tier: the group's mean query gives the group one set", "[kvcache]") {
+  std::mt19937 rng(std::random_device{}());
+  OffloadRule rule;
+  rule.index = OffloadRule::Index::kExact;
+  rule.top_k = 9;
+  rule.per_q_head = false;
+  Tier t(rule, 150, rng);
+  Step step({1}, rng);
+  step.Run(t.tier, 1);
+  const int group = kQHeads / kKvHeads;
+  std::vector<float> mean(kDim, 0.0f);
+  for (int g = 0; g < group; ++g) {
+    for (int c = 0; c < kDim; ++c) mean[static_cast<size_t>(c)] += step.QRow(0)[g * kDim + c];
+  }
+  for (float& x : mean) x /= static_cast<float>(group);
+  const auto rows = t.ExactRows(mean, 9);
+  std::vector<float> want(static_cast<size_t>(group) * kDim);
+  std::vector<float> want_lse(static_cast<size_t>(group));
+  t.Reference(step.QRow(0), 0, group, rows, want.data(), want_lse.data());
+  CHECK(std::memcmp(step.Out(0, 0), want.data(), want.size() * sizeof(float)) == 0);
+  for (int g = 0; g < group; ++g) CHECK(step.Lse(0, g) == want_lse[static_cast<size_t>(g)]);
+}
+
+TEST_CASE("Offload tier: RoarGraph with a queue over the span finds the exact top-k", "[kvcache]") {
+  std::mt19937 rng(std::random_device{}());
+  OffloadRule rule;
+  rule.index = OffloadRule::Index::kRoarGraph;
+  rule.top_k = 10;
+  rule.search_list = 1000;  // at least every key of the span
+  rule.train_stride = 2;
+  Tier t(rule, 300, rng);
+  Step step({1}, rng);
+  for (int qh = 0; qh < kQHeads / kKvHeads; ++qh) {
+    auto found = t.tier.Search(1, 1, qh, step.QRow(0));
+    REQUIRE(found.ok());
+    std::vector<int32_t> want;
+    for (uint32_t r : t.ExactRows({step.QRow(0) + qh * kDim, kDim}, 10)) {
+      want.push_back(t.begin + static_cast<int32_t>(r));
+    }
+    CHECK(found->positions == want);
+  }
+}
+
+TEST_CASE("Offload tier: training queries follow the stride; the estimate covers a slot",
+          "[kvcache]") {
+  std::mt19937 rng(7);
+  OffloadRule rule;
+  rule.train_stride = 4;
+  const KvLayout layout = OffloadLayout(rule);
+  OffloadTierConfig config{kLayers, kKvHeads, kQHeads, kDim, kScale, 2, 1};
+  OffloadTier tier(config);
+  tier.Begin(0, layout);
+  const std::vector<float> q = Random(static_cast<size_t>(kQHeads) * kDim, rng);
+  for (int pos = 0; pos < 400; ++pos) tier.AddTrainingQueries(0, 1, pos, q.data());
+  // 100 positions of 4 query heads (the offload head's group) of kDim floats.
+  CHECK(tier.bytes_held() >= 100 * 4 * kDim * sizeof(float));
+  CHECK(tier.bytes_held() <= 2 * 100 * 4 * kDim * sizeof(float));  // vector growth, not 400
+  const int span = 388;  // 400 tokens less sink 4 and window 8
+  tier.Store(0, 1, 0, 4, Random(span * kDim, rng), Random(span * kDim, rng));
+  REQUIRE(tier.Build(0).ok());
+  CHECK(tier.bytes_held() <= OffloadTier::BytesFor(config, layout, 400));
+  CHECK(OffloadTier::BytesFor(config, KvLayout::Dense(kLayers, kKvHeads), 400) == 0);
+  // Exact search keeps no training queries.
+  OffloadRule exact;
+  exact.index = OffloadRule::Index::kExact;
+  tier.Begin(1, OffloadLayout(exact));
+  tier.AddTrainingQueries(1, 1, 0, q.data());
+  tier.End(0);
+  CHECK(tier.bytes_held() == 0);
+}
+
+}  // namespace
+}  // namespace headwise::kvcache
