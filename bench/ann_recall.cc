@@ -6,7 +6,7 @@
 //          [--haystack FILE] [--task niah_multikey] [--depth 0.5] [--seed 1]
 //          [--prompt-form chat|raw] [--decode-steps 32] [--train-stride 1] [--prefill-chunk 2048]
 //          [--sink 128] [--window 512] [--top-k 100] [--queues 100,128,...] [--efs 100,...]
-//          [--mean-ks 100,200] [--no-hnsw] [--layers 0,5,...] [--parallel-heads P]
+//          [--mean-ks 100,200] [--no-hnsw] [--layers 0,5,12-23] [--parallel-heads P]
 //          [--target 0.9] [--markdown FILE]
 //
 // Per length: a prompt of about that many tokens from the long-context harness (eval/tasks.h:
@@ -214,7 +214,8 @@ std::string Markdown(const std::vector<LengthReport>& reports, double target) {
     md << "\n";
 
     md << "### Recall / scanned fraction per layer at each setting\n\n";
-    for (auto [b, e] : series) {
+    for (const auto& [first, last] : series) {
+      const size_t b = first, e = last;  // the row lambda below captures them
       if (r.overall[b].index == "exact") continue;
       md << "#### " << SeriesName(r.overall[b]) << "\n\n| layer |";
       for (size_t i = b; i < e; ++i) md << " " << r.overall[i].setting << " |";
@@ -352,11 +353,15 @@ int main(int argc, char** argv) {
     for (int l = 0; l < c.num_layers; ++l) layers.push_back(l);
   } else {
     for (const std::string& x : Split(layers_s, ',')) {
-      auto v = hw::tools::ParseInt(x);
-      if (!v.ok() || *v < 0 || *v >= c.num_layers) {
-        return fail(fmt::format("--layers takes layers 0..{}, got '{}'", c.num_layers - 1, x));
+      // A layer or a range "a-b" (both included).
+      const size_t dash = x.find('-', 1);
+      auto lo = hw::tools::ParseInt(x.substr(0, dash));
+      auto hi = dash == std::string::npos ? lo : hw::tools::ParseInt(x.substr(dash + 1));
+      if (!lo.ok() || !hi.ok() || *lo < 0 || *hi < *lo || *hi >= c.num_layers) {
+        return fail(fmt::format("--layers takes layers or ranges a-b in 0..{}, got '{}'",
+                                c.num_layers - 1, x));
       }
-      layers.push_back(static_cast<int>(*v));
+      for (int64_t l = *lo; l <= *hi; ++l) layers.push_back(static_cast<int>(l));
     }
     std::sort(layers.begin(), layers.end());
     layers.erase(std::unique(layers.begin(), layers.end()), layers.end());

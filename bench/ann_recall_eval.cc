@@ -106,6 +106,7 @@ Status MeasureIndex(const std::string& index, const HeadInput& in, const Truths&
     });
     for (const Status& e : errors) HW_RETURN_IF_ERROR(e);
     std::vector<double> recalls;
+    recalls.reserve(m.size());
     for (const Measured& x : m) recalls.push_back(x.recall);
     out.push_back(Reduce(index, "per_head", o.top_k, setting, n, recalls, m, group));
 
@@ -117,6 +118,7 @@ Status MeasureIndex(const std::string& index, const HeadInput& in, const Truths&
         for (const ScoredId& x : found[h * steps + s]) ids.insert(x.id);
       }
       std::vector<ScoredId> merged;
+      merged.reserve(ids.size());
       for (uint32_t id : ids) merged.push_back({id, 0.0f});
       unions[s].union_size = merged.size();
       for (size_t h = 0; h < group; ++h) union_recalls.push_back(Recall(merged, truth[h][s]));
