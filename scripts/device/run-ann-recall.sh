@@ -11,14 +11,19 @@
 # Everything comes back as $OUT/ann.tgz: per length ann-NAME-LEN.jsonl (JSON lines, flushed as
 # they come, so a cut run keeps the layers it finished), ann-NAME-LEN.md (the summary, written
 # when the length completes), the log, and device.txt.
-# Environment: ANN_ARGS (extra hw_bench_ann flags, e.g. "--train-stride 2" or "--layers 0,6,12,18,23"),
-# ANN_TIMEOUT (seconds per length, default 540: a device call runs at most 600 s).
+# Environment: ANN_ARGS (extra hw_bench_ann flags, e.g. "--train-stride 2" or "--layers 0-11"),
+# TAG (appended to the result names, so that calls over different --layers keep both: TAG=a, TAG=b),
+# ANN_TIMEOUT (seconds per length, default 540: a device call runs at most 600 s), COMMIT.
 #
-# Device time (estimated from CPU timings here, bench/results note; 0.5B, 24 layers x 2 KV heads,
-# all layers, stride 1, 16 cores): the prefill is seconds; the RoarGraph builds dominate (exact top-100
-# of the group's 7 x L prompt queries over ~L keys per KV head, quadratic in L). See the report of
-# the branch ann-recall for the estimate at 16K and 32K and for how to cut it (--train-stride,
-# --layers) to fit one call.
+# Device time, estimated from CPU timings here (bench/ann_recall_eval.h's EvaluateHead on one KV
+# head of the 0.5B's shape, one core of this machine's EPYC, default sweep): 39 s per KV head at
+# 16K, 133 s at 32K (the RoarGraph build is 80-90% of it: exact top-100 of the group's 7 x L
+# prompt queries over ~L keys, quadratic in L). 48 KV heads (24 layers x 2) on 16 cores: about
+# 2 min at 16K and 7 min at 32K, plus seconds of prefill and model load. So 16K fits one call;
+# 32K is too close to the 540 s ANN_TIMEOUT (the host's cores may be slower, the threads not
+# scale perfectly) to risk a 10-minute call on it: run it in two calls,
+# TAG=a ANN_ARGS="--layers 0-11", then TAG=b ANN_ARGS="--layers 12-23" (about 3.5 min each), or
+# with ANN_ARGS="--train-stride 2" (half the build, but fewer training queries than the paper).
 set -uo pipefail
 name=${1:?usage: run-ann-recall.sh NAME LENGTHS}
 lengths=${2:?usage: run-ann-recall.sh NAME LENGTHS}
@@ -43,11 +48,11 @@ trap 'tar -C "$res" -czf "$OUT/ann.tgz" .' EXIT
 } | tee "$res/device.txt"
 for len in ${lengths//,/ }; do
   t0=$SECONDS
-  out=$res/ann-$name-$len
+  out=$res/ann-$name-$len${TAG:+-$TAG}
   timeout "${ANN_TIMEOUT:-540}" "$carry/bin/hw_bench_ann" "$gguf" --device cuda --lengths "$len" \
     --haystack "$haystack" --markdown "$out.md" ${ANN_ARGS:-} >"$out.jsonl" 2>"$out.log"
   rc=$?
-  echo "ann recall at $len tokens: $((SECONDS - t0)) s, exit $rc, $(grep -c '"kind":"layer"' "$out.jsonl") layer rows"
+  echo "ann recall at $len tokens: $((SECONDS - t0)) s, exit $rc, $(grep -o '"layer":[0-9]*,"kind":"layer"' "$out.jsonl" | sort -u | wc -l) layers measured"
   [[ $rc == 0 ]] || tail -5 "$out.log"
   grep -A30 "^### Smallest setting" "$out.md" 2>/dev/null | head -32
 done
