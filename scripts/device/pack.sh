@@ -12,7 +12,7 @@ out=.carry/gpu
 cmake -S . -B "$build" -G Ninja >/dev/null
 # PACK_BINARIES: a smaller set when a series needs fewer (the call carries at most 64 MiB).
 binaries=${PACK_BINARIES:-headwise kernels_cuda_test kernels_cuda_select_test sampling_test \
-  engine_cuda_test hw_bench_gpu hw_bench_policy hw_bench_passkey hw_bench_streaming}
+  engine_cuda_test hw_bench_gpu hw_bench_policy hw_bench_passkey hw_bench_streaming hw_bench_ann}
 cmake --build "$build" --target $binaries
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/shared/models"
