@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <thread>
 
 namespace headwise::engine {
 
@@ -56,6 +57,8 @@ kvcache::KvCacheConfig KvConfigFor(const models::ModelConfig& model, int num_pag
   kv.rope_inv_freq = models::RopeInverseFrequencies(model);
   kv.num_q_heads = model.num_heads;
   kv.select_slots = 1;  // one sequence at a time; the engine gives max_num_seqs
+  kv.attention_scale = models::AttentionScale(model);
+  kv.offload_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   return kv;
 }
 
@@ -64,6 +67,10 @@ StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(std::vector<kvcache::K
                                                           kernels::Backend& backend) {
   for (const kvcache::KvLayout& layout : layouts) {
     HW_RETURN_IF_ERROR(layout.Validate(config.num_layers, config.num_kv_heads));
+    if (layout.offload) {
+      HW_RETURN_IF_ERROR(kvcache::OffloadTier::Supports(*layout.offload)
+                             .WithContext(fmt::format("attention policy \"{}\"", layout.name)));
+    }
     const int one_token = kvcache::KvCache::PagesForSequence(config, layout, 1);
     if (one_token > config.num_pages) {
       return InvalidArgument(
@@ -90,8 +97,12 @@ kernels::KvSelect SelectRule(const attention::Selection& s, int set) {
     case attention::SelectionMethod::kPageMinmax:
       k.decode = kernels::kDecodePages;
       break;
-    case attention::SelectionMethod::kAnn:  // KvLayoutFor refuses offload before this
-      break;
+    case attention::SelectionMethod::kAnn:
+      // Offload heads: the host retrieves `budget` keys per search; no set on the device.
+      k.decode = kernels::kDecodeRetrieve;
+      k.budget = s.budget;
+      k.per_q_head = s.granularity == attention::SelectionGranularity::kQHead ? 1 : 0;
+      return k;
   }
   k.set = set;
   k.budget = s.budget;
@@ -142,7 +153,10 @@ Status FillSelects(const attention::PolicySet& set, kvcache::KvLayout& layout) {
     for (int h = 0; h < kv_heads; ++h) {
       const attention::Policy& p = set.At(l, h);
       kernels::KvSelect& sel = layout.selects[static_cast<size_t>(l * kv_heads + h)];
-      if (p.decode == attention::DecodeMode::kSelect) {
+      if (p.decode == attention::DecodeMode::kSelect &&
+          p.selection.method == attention::SelectionMethod::kAnn) {
+        sel = SelectRule(p.selection, -1);
+      } else if (p.decode == attention::DecodeMode::kSelect) {
         if (layer_set < 0) layer_set = next_set++;
         sel = SelectRule(p.selection, layer_set);
       } else if (p.decode == attention::DecodeMode::kConsume) {
@@ -201,11 +215,36 @@ StatusOr<kvcache::KvLayout> KvLayoutFor(const attention::PolicySet& set) {
           r = kernels::KvRetention::CompressOnce(p.sink, p.window, p.compensation,
                                                  p.compensation_by_count);
           break;
-        case attention::StorageKind::kOffload:
-          return Unimplemented(
-              "attention policy \"{}\": policy \"{}\" offloads KV to host memory "
-              "(RetrievalAttention), which the engine does not run yet (issue 17)",
-              set.name, p.name);
+        case attention::StorageKind::kOffload: {
+          r = kernels::KvRetention::Offload(p.sink, p.window);
+          kvcache::OffloadRule rule;
+          switch (p.offload.type) {
+            case attention::AnnIndexType::kRoarGraph:
+              rule.index = kvcache::OffloadRule::Index::kRoarGraph;
+              break;
+            case attention::AnnIndexType::kHnsw:
+              rule.index = kvcache::OffloadRule::Index::kHnsw;
+              break;
+            case attention::AnnIndexType::kExact:
+              rule.index = kvcache::OffloadRule::Index::kExact;
+              break;
+          }
+          rule.top_k = p.selection.budget;
+          rule.per_q_head = p.selection.granularity == attention::SelectionGranularity::kQHead;
+          rule.knn_per_query = p.offload.knn_per_query;
+          rule.max_degree = p.offload.max_degree;
+          rule.build_list = p.offload.build_list;
+          rule.search_list = p.offload.search_list;
+          rule.train_stride = p.offload.train_stride;
+          if (layout.offload && *layout.offload != rule) {
+            return InvalidArgument(
+                "attention policy \"{}\": offload policies with different index or retrieval "
+                "rules in one file are not supported (policy \"{}\")",
+                set.name, p.name);
+          }
+          layout.offload = rule;
+          break;
+        }
       }
     }
   }

@@ -83,7 +83,7 @@ void EngineCore::ReportSelection(const SchedulerOutput& plan, StepOutput& result
     }
     result.selected.emplace_back(
         s.seq, SelectedKeys(cache_.layout(s.seq->kv->layout()), s.keys, cache_.config().page_size,
-                            refresh, chosen_len));
+                            refresh, chosen_len, s.seq->kv->compacted_from()));
   }
 }
 

@@ -1,8 +1,74 @@
 #include "engine/kv_compaction.h"
 
+#include <algorithm>
+#include <utility>
 #include <vector>
 
+#include "kernels/host_copy.h"
+
 namespace headwise::engine {
+namespace {
+
+// Rows gathered on the device per round trip: bounds the staging buffers (32 MB of bf16 keys at
+// head dim 128).
+constexpr int64_t kGatherRows = int64_t{1} << 17;
+
+// Copies positions [begin, end) of every offload head of `kv` to the host tier, then builds its
+// indexes. The span is gathered from the pool (viewed as rows of head_dim) on the device, a
+// chunk of whole heads at a time, and brought over as f32.
+void OffloadSpan(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
+                 int begin, int end) {
+  kvcache::OffloadTier& tier = *cache.offload_tier();
+  const kvcache::KvLayout& layout = cache.layout(kv.layout());
+  const int32_t slot = kv.select_slot();
+  HW_CHECK(slot >= 0, "an offload sequence without a slot");
+  const kernels::KvPoolView pool = cache.pool_view();
+  const int64_t d = pool.k.dim(2), n = end - begin;
+  const Tensor k_rows = pool.k.Reshape({pool.k.dim(0) * pool.k.dim(1), d});
+  const Tensor v_rows = pool.v.Reshape({pool.v.dim(0) * pool.v.dim(1), d});
+  std::vector<std::pair<int, int>> heads;  // (layer, KV head)
+  for (int l = 0; l < layout.num_layers; ++l) {
+    for (int h = 0; h < layout.num_kv_heads; ++h) {
+      if (layout.At(l, h).offload()) heads.emplace_back(l, h);
+    }
+  }
+  const auto per_chunk = static_cast<size_t>(std::max<int64_t>(1, kGatherRows / n));
+  std::vector<float> keys, values;
+  std::vector<uint16_t> raw;
+  for (size_t first = 0; first < heads.size(); first += per_chunk) {
+    const size_t count = std::min(per_chunk, heads.size() - first);
+    std::vector<int32_t> rows;
+    rows.reserve(count * static_cast<size_t>(n));
+    for (size_t i = first; i < first + count; ++i) {
+      for (int pos = begin; pos < end; ++pos) {
+        rows.push_back(kv.Slot(heads[i].first, heads[i].second, pos));
+      }
+    }
+    const auto num_rows = static_cast<int64_t>(rows.size());
+    kernels::Buffer row_ids = backend.Allocate(DType::kI32, {num_rows});
+    backend.CopyFromHost(row_ids.view(), rows.data(), rows.size() * sizeof(int32_t));
+    kernels::Buffer k_out = backend.Allocate(pool.k.dtype, {num_rows, d});
+    kernels::Buffer v_out = backend.Allocate(pool.v.dtype, {num_rows, d});
+    backend.GatherRows(k_rows, row_ids.view(), k_out.view());
+    backend.GatherRows(v_rows, row_ids.view(), v_out.view());
+    for (auto [buffer, host] : {std::pair{&k_out, &keys}, {&v_out, &values}}) {
+      const Status copied = kernels::CopyToHostF32(backend, buffer->view(), *host, raw);
+      HW_CHECK(copied.ok(), "offloading the prompt's keys: {}", copied.ToString());
+    }
+    const auto head_floats = static_cast<size_t>(n * d);
+    for (size_t i = 0; i < count; ++i) {
+      const auto from = static_cast<std::ptrdiff_t>(i * head_floats);
+      const auto to = from + static_cast<std::ptrdiff_t>(head_floats);
+      tier.Store(slot, heads[first + i].first, heads[first + i].second, begin,
+                 std::vector<float>(keys.begin() + from, keys.begin() + to),
+                 std::vector<float>(values.begin() + from, values.begin() + to));
+    }
+  }
+  const Status built = tier.Build(slot);
+  HW_CHECK(built.ok(), "offload indexes of layout \"{}\": {}", layout.name, built.ToString());
+}
+
+}  // namespace
 
 void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
                         int num_tokens) {
@@ -54,6 +120,7 @@ void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvca
     }
     backend.Synchronize();  // the buffer goes, and the span's pages may be reused, after this
   }
+  if (layout.offload) OffloadSpan(backend, cache, kv, r.sink, first_kept);
   // Frees the comp blocks that hold only dropped positions.
   kv.MarkCompacted(first_kept);
 }

@@ -1,6 +1,8 @@
-// RazorAttention's one-shot compaction (ALGORITHMS.md §3.2, §9.8): once a sequence's prompt is in
-// the cache, its compress-once heads (kvcache::Retention) keep only the first `sink` tokens, a
-// compensation token and the last `window` tokens of the prompt, then every token decoded after.
+// One-shot compaction once a sequence's prompt is in the cache: RazorAttention's (ALGORITHMS.md
+// §3.2, §9.8), whose compress-once heads keep only the first `sink` tokens, a compensation token
+// and the last `window` tokens of the prompt, then every token decoded after; and
+// RetrievalAttention's (§5.1), whose offload heads keep the same without the compensation token,
+// the dropped span going to the host tier first (kvcache/offload_tier.h).
 #pragma once
 
 #include "kernels/backend.h"
@@ -15,7 +17,9 @@ namespace headwise::engine {
 // later tokens (decoded, or recomputed after a preemption) attend only what is kept. Does nothing
 // for shorter sequences, layouts without such heads, or a sequence compacted already. The
 // compress-once heads' pages (comp blocks) of logical pages that hold only dropped positions go
-// back to the pool (SequenceKv::MarkCompacted); attention skips the span.
+// back to the pool (SequenceKv::MarkCompacted); attention skips the span. Offload heads: the
+// span's keys and values of every offload (layer, KV head) are copied to the host tier of the
+// sequence's slot, whose indexes are then built (on its threads, before this returns).
 void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
                         int num_tokens);
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "kernels/host_copy.h"
+
 namespace headwise::engine {
 
 ModelRunner::ModelRunner(models::LlamaModel& model, kvcache::KvCache& cache)
@@ -16,6 +18,7 @@ ModelRunner::ModelRunner(models::LlamaModel& model, kvcache::KvCache& cache)
     for (int l = 0; l < c.num_layers; ++l) {
       select_layers_.push_back(cache.layer_selects(l) ? 1 : 0);
       page_layers_.push_back(cache.layer_selects_pages(l) ? 1 : 0);
+      offload_layers_.push_back(cache.layer_offloads(l) ? 1 : 0);
     }
   }
 }
@@ -34,6 +37,16 @@ ModelRunner::Step ModelRunner::Pack(std::span<const BatchEntry> batch, int pad_s
   for (int s = 0; s < num_seqs; ++s) {
     const BatchEntry& e = batch[static_cast<size_t>(s)];
     HW_CHECK(!e.tokens.empty() && e.kv != nullptr, "sequence {} has no tokens or no cache", s);
+    if (cache_.layout(e.kv->layout()).offload) {
+      step.offload = true;
+      // A prompt chunk (not a decode query) before compaction trains the sequence's indexes.
+      if ((e.tokens.size() > 1 || e.all_logits) && e.kv->compacted_from() == 0) {
+        for (size_t i = 0; i < e.tokens.size(); ++i) {
+          step.train.push_back({static_cast<int64_t>(ids.size() + i), e.kv->select_slot(),
+                                e.start_pos + static_cast<int32_t>(i)});
+        }
+      }
+    }
     const int end = e.start_pos + static_cast<int>(e.tokens.size());
     HW_CHECK_LE(end, e.kv->capacity_tokens());
     max_blocks = std::max(max_blocks, (end + page_size - 1) / page_size);
@@ -80,6 +93,7 @@ ModelRunner::Step ModelRunner::Pack(std::span<const BatchEntry> batch, int pad_s
     }
     step.data.insert(step.data.end(), seq_token.begin(), seq_token.end());
     step.data.insert(step.data.end(), seq_len.begin(), seq_len.end());
+    step.seq_token = std::move(seq_token);
     step.select_max_len = step.tables.max_blocks * page_size;
     step.select_heads = model_.config().num_heads;
   }
@@ -117,6 +131,20 @@ Tensor ModelRunner::Run(const Step& step, const kernels::Buffer& data) {
     in.select_layers = select_layers_;
     in.page_layers = page_layers_;
   }
+  if (step.offload) {
+    const int64_t hq = model_.config().num_heads, d = model_.config().head_dim;
+    kernels::Backend& be = model_.backend();
+    if (offload_lse_.empty() || offload_lse_.view().numel() < step.num_seqs * hq) {
+      offload_out_ = be.Allocate(DType::kF32, {step.num_seqs * hq * d});
+      offload_lse_ = be.Allocate(DType::kF32, {step.num_seqs * hq});
+    }
+    in.offload_layers = offload_layers_;
+    in.offload_host = [this, &step](int layer, const Tensor& q) { OffloadLayer(step, layer, q); };
+    in.offload_out = Tensor(offload_out_.view().data, DType::kF32, offload_out_.view().device,
+                            {step.num_seqs, hq, d});
+    in.offload_lse = Tensor(offload_lse_.view().data, DType::kF32, offload_lse_.view().device,
+                            {step.num_seqs, hq});
+  }
   in.max_query_len = step.max_query_len;
   in.pool = cache_.pool_view();
   const kvcache::StepTables::DeviceViews views = step.tables.Views(all, step.tables_offset);
@@ -126,6 +154,30 @@ Tensor ModelRunner::Run(const Step& step, const kernels::Buffer& data) {
   }
   in.layer_tables = layer_tables_;
   return model_.Run(in);
+}
+
+void ModelRunner::OffloadLayer(const Step& step, int layer, const Tensor& q) {
+  kernels::Backend& be = model_.backend();
+  kvcache::OffloadTier& tier = *cache_.offload_tier();
+  const auto hq = static_cast<size_t>(q.dim(1)), d = static_cast<size_t>(q.dim(2));
+  const size_t row = hq * d;
+  const Status copied = kernels::CopyToHostF32(be, q, q_host_, raw_);
+  HW_CHECK(copied.ok(), "offload layer {}: {}", layer, copied.ToString());
+  for (const Step::TrainToken& t : step.train) {
+    tier.AddTrainingQueries(t.slot, layer, t.pos,
+                            q_host_.data() + static_cast<size_t>(t.token) * row);
+  }
+  const auto seqs = static_cast<size_t>(step.num_seqs);
+  q_rows_.resize(seqs * row);
+  for (size_t s = 0; s < seqs; ++s) {
+    std::copy_n(q_host_.data() + static_cast<size_t>(step.seq_token[s]) * row, row,
+                q_rows_.data() + s * row);
+  }
+  out_host_.resize(seqs * row);
+  lse_host_.resize(seqs * hq);
+  tier.Retrieve(layer, step.tables.seq_slot, q_rows_.data(), out_host_.data(), lse_host_.data());
+  be.CopyFromHost(offload_out_.view(), out_host_.data(), out_host_.size() * sizeof(float));
+  be.CopyFromHost(offload_lse_.view(), lse_host_.data(), lse_host_.size() * sizeof(float));
 }
 
 int ModelRunner::GraphBatchBucket(int num_seqs) {
@@ -142,8 +194,13 @@ Tensor ModelRunner::Forward(std::span<const BatchEntry> batch) {
     return e.tokens.size() == 1 && !e.all_logits;
   });
   const int bucket = GraphBatchBucket(num_seqs);
+  // Offload steps call the host tier inside the step: never captured.
+  const bool offload = cache_.offload_tier() != nullptr &&
+                       std::any_of(batch.begin(), batch.end(), [&](const BatchEntry& e) {
+                         return cache_.layout(e.kv->layout()).offload.has_value();
+                       });
   if (!use_graphs_ || !be.SupportsCapture() || !decode_only || bucket == 0 ||
-      model_.has_attention_observer()) {
+      model_.has_attention_observer() || offload) {
     const Step step = Pack(batch, 0, 0);
     if (model_.EnsureWorkspace(step.num_tokens, step.num_rows, step.score_elems())) {
       graphs_.clear();

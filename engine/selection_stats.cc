@@ -17,7 +17,8 @@ int64_t SetSize(const kernels::KvSelect& sel, int64_t chosen_len) {
 }  // namespace
 
 SelectionRead SelectedKeys(const kvcache::KvLayout& layout, int num_keys, int page_size,
-                           std::span<const int32_t> refresh, std::span<const int32_t> chosen_len) {
+                           std::span<const int32_t> refresh, std::span<const int32_t> chosen_len,
+                           int compacted_from) {
   SelectionRead read;
   if (!layout.selects_any()) return read;
   const int64_t n = num_keys;
@@ -53,6 +54,11 @@ SelectionRead SelectedKeys(const kvcache::KvLayout& layout, int num_keys, int pa
         const int64_t candidates = std::max<int64_t>(0, tail / ps - (sel.sink + ps - 1) / ps);
         const int64_t pages = std::min<int64_t>((sel.budget - sel.sink) / ps - 1, candidates);
         read.keys += sink + pages * ps + (n - tail);
+        break;
+      }
+      case kernels::kDecodeRetrieve: {
+        const int64_t from = compacted_from;
+        read.keys += from > 0 ? sink + (n - from) + std::min<int64_t>(sel.budget, from - sink) : n;
         break;
       }
       default:

@@ -19,8 +19,11 @@ struct SelectionRead {
 
 // A selecting decode step of a sequence of `layout` at `num_keys` keys (its query included).
 // refresh / chosen_len: the sequence's row of kernels::SelectState (one entry per set index)
-// after the step, read only for recycle heads; empty when the layout has none.
+// after the step, read only for recycle heads; empty when the layout has none. compacted_from:
+// the sequence's (kvcache::SequenceKv), for offload heads, which read the device's static set and
+// the keys the host retrieved (up to top_k of the offloaded span).
 SelectionRead SelectedKeys(const kvcache::KvLayout& layout, int num_keys, int page_size,
-                           std::span<const int32_t> refresh, std::span<const int32_t> chosen_len);
+                           std::span<const int32_t> refresh, std::span<const int32_t> chosen_len,
+                           int compacted_from = 0);
 
 }  // namespace headwise::engine

@@ -166,6 +166,12 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
     selects_ = upload(selects);
     AllocateSelectState(backend);
   }
+  if (std::any_of(layouts_.begin(), layouts_.end(),
+                  [](const LayoutInfo& i) { return i.layout.offload.has_value(); })) {
+    offload_tier_ = std::make_unique<OffloadTier>(
+        OffloadTierConfig{num_layers, hkv, config.num_q_heads, config.head_dim,
+                          config.attention_scale, config.select_slots, config.offload_threads});
+  }
   if (has_reindex_) {
     const auto& f = config.rope_inv_freq;
     HW_CHECK(static_cast<int>(f.size()) * 2 == config.head_dim,
@@ -284,10 +290,12 @@ int32_t KvCache::SelectSlotFor(const SequenceKv& kv, int num_keys) const {
   return kv.select_slot();
 }
 
-std::optional<int32_t> KvCache::TakeSelectSlot() {
+std::optional<int32_t> KvCache::TakeSelectSlot(int layout) {
   if (free_slots_.empty()) return std::nullopt;
   const int32_t slot = free_slots_.back();
   free_slots_.pop_back();
+  const KvLayout& l = Info(layout).layout;
+  if (l.offload) offload_tier_->Begin(slot, l);
   // No set yet: the sequence's first selecting step chooses every set anew (a preempted
   // sequence's state is never reused).
   if (sel_chosen_len_.empty()) return slot;
@@ -302,6 +310,7 @@ std::optional<int32_t> KvCache::TakeSelectSlot() {
 }
 
 void KvCache::GiveSelectSlot(int32_t slot) {
+  if (offload_tier_ != nullptr) offload_tier_->End(slot);
   free_slots_.push_back(slot);
 }
 
@@ -654,7 +663,7 @@ int SequenceKv::AttachCachedPrefix(std::span<const int32_t> tokens) {
 Status SequenceKv::Reserve(int num_tokens) {
   // Selecting layouts: a slot of selection state, at the first reservation.
   if (select_slot_ < 0 && info().layout.selects_any()) {
-    const auto slot = cache_->TakeSelectSlot();
+    const auto slot = cache_->TakeSelectSlot(layout_);
     if (!slot) {
       return ResourceExhausted("KV cache: all {} selection slots are held (layout \"{}\")",
                                cache_->config().select_slots, info().layout.name);
@@ -792,9 +801,9 @@ int32_t SequenceKv::RingBlockPage(int logical_page) const {
 
 int32_t SequenceKv::Page(int layer, int kv_head, int logical_page) const {
   const KvRetention& r = info().layout.At(layer, kv_head);
-  const int32_t first = r.ring()            ? RingBlockPage(logical_page)
+  const int32_t first = r.ring()       ? RingBlockPage(logical_page)
                         : r.compacts() ? CompBlockPage(logical_page)
-                                            : FullBlockPage(logical_page);
+                                       : FullBlockPage(logical_page);
   HW_CHECK(first != kFreedBlock,
            "logical page {} of compress-once head ({}, {}) was freed by compaction from {}",
            logical_page, layer, kv_head, compacted_from_);

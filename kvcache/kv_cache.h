@@ -40,6 +40,7 @@
 #include "core/status.h"
 #include "kernels/backend.h"
 #include "kvcache/kv_layout.h"
+#include "kvcache/offload_tier.h"
 
 namespace headwise::kvcache {
 
@@ -60,6 +61,10 @@ struct KvCacheConfig {
   // max_num_seqs; each takes a slot at its first reservation, SequenceKv::select_slot).
   int num_q_heads = 0;
   int select_slots = 0;
+  // Offload heads (KvLayout::offload): the model's attention scale, which the host tier's
+  // attention must use too (models::AttentionScale), and the host tier's CPU threads.
+  float attention_scale = 1.0f;
+  int offload_threads = 1;
 };
 
 struct PrefixCacheStats {
@@ -122,6 +127,10 @@ class KvCache {
   // Per layer, over the layouts: some head is an offload head (KvDecode retrieve). The model
   // asks the host tier for the retrieved keys' result and runs OffloadAttention on such layers.
   bool layer_offloads(int layer) const;
+  // The host half of the offload heads (kvcache/offload_tier.h), keyed by selection slot: a
+  // sequence's slot is begun there when it takes the slot and ended when it gives it back. Null
+  // when no layout offloads.
+  OffloadTier* offload_tier() const { return offload_tier_.get(); }
   // The selection state of every slot (kernels::SelectState); empty without selecting heads.
   kernels::SelectState select_state() const;
   // Some layout has Recycled Attention heads, whose sets outlive a step.
@@ -242,7 +251,8 @@ class KvCache {
   const LayoutInfo& Info(int layout) const { return layouts_[static_cast<size_t>(layout)]; }
   void AllocateSelectState(kernels::Backend& backend);
   // A selection slot reset to "no set yet", or none when every slot is held.
-  std::optional<int32_t> TakeSelectSlot();
+  // With offload heads in `layout`, the slot's host tier state starts anew (and ends on Give).
+  std::optional<int32_t> TakeSelectSlot(int layout);
   void GiveSelectSlot(int32_t slot);
   int KindFor(int pages, bool lowest_first);
   void MarkOverlaps(int kind, int32_t id, int delta);
@@ -282,6 +292,7 @@ class KvCache {
       sel_q_ref_;
   kernels::Buffer kmin_, kmax_;
   std::vector<int32_t> free_slots_;  // selection slots nobody holds, the lowest last
+  std::unique_ptr<OffloadTier> offload_tier_;
   kernels::Backend* backend_ = nullptr;
   std::vector<int> max_full_heads_, max_ring_span_;  // per layer, over the layouts
 

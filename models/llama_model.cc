@@ -172,7 +172,7 @@ Tensor LlamaModel::Run(const StepInputs& step) {
   const Tensor logits = rows(logits_, num_rows);
 
   const float eps = static_cast<float>(c.rms_norm_eps);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const float scale = AttentionScale(c);
   const Tensor no_bias;
 
   be.Embedding(embed_.view(), step.ids, residual);
@@ -202,6 +202,13 @@ Tensor LlamaModel::Run(const StepInputs& step) {
       be.ScoreAttention(q, step.pool, select, scale, attn, scores);
       be.SelectTopK(q, scores, select);
       be.SelectedAttention(q, step.pool, select, scale, attn);
+    }
+    if (flag(step.offload_layers)) {
+      step.offload_host(l, q);
+      be.OffloadAttention(
+          q, step.pool,
+          {step.seq_token, step.seq_len, attn_batch.table, step.offload_out, step.offload_lse},
+          scale, attn);
     }
     if (observer_) observer_(l, q, step.pool, attn_batch);
     be.Matmul(attn.Reshape({num_tokens, q_dim}), layer.o_proj.view(), no_bias, proj);

@@ -38,6 +38,15 @@ struct StepInputs {
   Tensor seq_len;                                    // i32 [S]
   kernels::SelectState select_state;
   int select_max_len = 0;
+  // Offload heads (kernels::OffloadDecodeBatch, with seq_token and seq_len above), when the step
+  // has sequences of layouts that offload: per layer whether some layout offloads there; the
+  // host's half, called with the layer's post-RoPE queries q [T, Hq, D] after PagedAttention (it
+  // keeps the prompt's training queries and writes offload_out / offload_lse, [S, Hq, D] and
+  // [S, Hq] f32 on the device, for the sequences that retrieve); then OffloadAttention merges.
+  // The call does host work inside the step, so such steps run eagerly.
+  std::span<const char> offload_layers;  // empty: none
+  std::function<void(int layer, const Tensor& q)> offload_host;
+  Tensor offload_out, offload_lse;
 };
 
 class LlamaModel {

@@ -471,6 +471,10 @@ StatusOr<ModelConfig> ParseGgufConfig(const GgufFile& gguf) {
   return c;
 }
 
+float AttentionScale(const ModelConfig& config) {
+  return 1.0f / std::sqrt(static_cast<float>(config.head_dim));
+}
+
 std::vector<float> RopeInverseFrequencies(const ModelConfig& config) {
   const int half = config.head_dim / 2;
   std::vector<float> inv_freq(static_cast<size_t>(half));

@@ -58,4 +58,8 @@ StatusOr<std::vector<int>> ParseEosTokenIds(const nlohmann::json& generation_con
 // Rotary inverse frequencies [head_dim / 2], with the config's rope scaling applied.
 std::vector<float> RopeInverseFrequencies(const ModelConfig& config);
 
+// The attention's logit scale, 1 / sqrt(head_dim): the model's, and the host tier's for offload
+// heads (kvcache::OffloadTierConfig), which must attend alike.
+float AttentionScale(const ModelConfig& config);
+
 }  // namespace headwise::models

@@ -468,7 +468,7 @@ StatusOr<RazorProfile> ProfileRazor(models::LlamaModel& model, std::optional<int
   }
   const int32_t first_scored = (bos ? 1 : 0) + o.length;  // repetitions 2..
   RazorScorer scorer(out.tokens, first_scored, c.num_layers, c.num_heads);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const float scale = models::AttentionScale(c);
   const int threads = ResolveThreads(o.threads);
   Status observed = Status::Ok();
   auto cache = DenseCache(model, total);
@@ -558,7 +558,7 @@ StatusOr<DecodeResult> DecodeWithEvents(models::LlamaModel& model, const tokeniz
   out.score = Zeros(c.num_layers, c.num_heads);
   std::vector<std::vector<int32_t>> top_key(static_cast<size_t>(c.num_layers),
                                             std::vector<int32_t>(static_cast<size_t>(c.num_heads)));
-  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const float scale = models::AttentionScale(c);
   const int threads = ResolveThreads(o.threads);
   Status observed = Status::Ok();
   HostView host(model.backend());

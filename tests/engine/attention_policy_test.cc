@@ -1181,11 +1181,26 @@ TEST_CASE("Offload (RetrievalAttention): the ALGORITHMS.md example loads", "[pol
   CHECK(d.selection.granularity == SelectionGranularity::kQHead);
   CHECK(d.prefill == PrefillMode::kDense);
 
-  // Until the engine runs it, the KV layout refuses it by name.
+  // The KV layout: offload heads with the static set, retrieving on the host by the file's rule.
   auto layout = KvLayoutFor(*set);
-  REQUIRE_FALSE(layout.ok());
-  CHECK(layout.status().code() == StatusCode::kUnimplemented);
-  CHECK_THAT(layout.status().message(), Catch::Contains("offloads KV to host memory"));
+  REQUIRE(layout.ok());
+  CHECK(layout->At(5, 3) == kernels::KvRetention::Offload(128, 512));
+  CHECK(layout->CountStorage(kernels::kStorageOffload) == 32 * 8);
+  CHECK(layout->SelectAt(5, 3).decode == kernels::kDecodeRetrieve);
+  CHECK(layout->SelectAt(5, 3).set == -1);
+  CHECK(layout->SelectAt(5, 3).budget == 100);
+  CHECK(layout->num_select_sets() == 0);
+  CHECK(layout->select_min_len == 0);
+  REQUIRE(layout->offload.has_value());
+  CHECK(layout->offload->index == kvcache::OffloadRule::Index::kRoarGraph);
+  CHECK(layout->offload->top_k == 100);
+  CHECK_FALSE(layout->offload->per_q_head);
+  CHECK(layout->offload->search_list == 128);
+  auto per_head = KvLayoutFor(*defaults);
+  REQUIRE(per_head.ok());
+  CHECK(per_head->offload->per_q_head);
+  CHECK(per_head->offload->top_k == 32);
+  CHECK(per_head->At(0, 0) == kernels::KvRetention::Offload(4, 64));
 }
 
 TEST_CASE("Offload (RetrievalAttention): contradictions and unsupported options are refused",

@@ -1,0 +1,25 @@
+#include "kernels/host_copy.h"
+
+#include "core/dtype.h"
+
+namespace headwise::kernels {
+
+Status CopyToHostF32(Backend& backend, const Tensor& t, std::vector<float>& out,
+                     std::vector<uint16_t>& raw) {
+  out.resize(static_cast<size_t>(t.numel()));
+  if (t.dtype == DType::kF32) {
+    if (!out.empty()) backend.CopyToHost(out.data(), t, t.nbytes());
+    return Status::Ok();
+  }
+  if (t.dtype != DType::kBF16 && t.dtype != DType::kF16) {
+    return Unimplemented("a {} tensor as f32: only f32, bf16 and f16 convert", DTypeName(t.dtype));
+  }
+  raw.resize(out.size());
+  if (!raw.empty()) backend.CopyToHost(raw.data(), t, t.nbytes());
+  for (size_t i = 0; i < raw.size(); ++i) {
+    out[i] = t.dtype == DType::kBF16 ? BF16ToF32(raw[i]) : F16ToF32(raw[i]);
+  }
+  return Status::Ok();
+}
+
+}  // namespace headwise::kernels

@@ -1,0 +1,19 @@
+// Copies a backend's tensors to host f32 buffers, whatever the tensor's float type (the
+// CUDA backend keeps activations and KV in bf16, the CPU backend in f32): for host-side work on
+// device data (head profiling, the offload tier, benchmarks).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/status.h"
+#include "kernels/backend.h"
+
+namespace headwise::kernels {
+
+// t (f32, bf16 or f16, any device) as host f32 into out (resized to t.numel()); `raw` is scratch
+// for 16-bit types. Other types: Unimplemented.
+Status CopyToHostF32(Backend& backend, const Tensor& t, std::vector<float>& out,
+                     std::vector<uint16_t>& raw);
+
+}  // namespace headwise::kernels

@@ -1,0 +1,116 @@
+// RetrievalAttention's offload heads through the engine on the TinyStories model (2 layers, 8 query
+// / 4 KV heads): the prompt is prefilled densely, the span beyond the static set (4 sinks and the
+// last 16 tokens) goes to the host tier when the prompt is in, and each decode step merges the
+// device's keys with the keys the host retrieved. Retrieving every offloaded key decodes as dense;
+// a few keys change the text, and a request decodes the same in a batch of other policies as
+// alone; a preempted sequence starts its host state afresh (a new slot) and finishes.
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/engine/policy_arms_util.h"
+
+namespace headwise::engine {
+namespace {
+
+using testing_arms::LongPrompt;
+using testing_arms::RunTogether;
+using testing_arms::StartWith;
+
+// KV heads 0 and 2 of every layer offload; the others keep every key on the device.
+std::string Offload(const std::string& index, int top_k, const std::string& granularity) {
+  return fmt::format(R"({{
+    "schema": "attn-policy/v1", "name": "ra-{0}-{1}-{2}",
+    "policies": {{
+      "ra": {{"storage": {{"kind": "offload",
+                          "offload": {{"gpu_static": {{"sink": 4, "recent": 16}},
+                                      "index": {{"type": "{0}", "search_L": 64,
+                                                "train_stride": 2}}}}}},
+              "decode": {{"mode": "select",
+                         "selection": {{"method": "ann", "budget": {1},
+                                       "granularity": "{2}"}}}}}},
+      "full": {{"storage": {{"kind": "full"}}}}}},
+    "assignment": {{"default": "full", "head_matrix": {{"format": "duo_tsv", "path": "heads.tsv",
+                   "binarize": {{"by": "global_quantile", "sparsity": 0.5}},
+                   "map": {{"1": "ra", "0": "full"}}}}}}}})",
+                     index, top_k, granularity);
+}
+
+// The policy files, written to a fresh directory; arm 0 is dense.
+std::vector<Arm> Arms(int top_k) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / fmt::format("hw-offload-{}-{}", ::getpid(), top_k);
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "heads.tsv") << "1\t0\t1\t0\n1\t0\t1\t0\n";
+  std::vector<Arm> arms = {{"dense", "", 1.0}};
+  for (const auto& [name, index, granularity] :
+       {std::tuple{"exact", "exact", "q_head"}, std::tuple{"roargraph", "roargraph", "q_head"},
+        std::tuple{"mean", "exact", "kv_head"}}) {
+    const auto path = dir / (std::string(name) + ".json");
+    std::ofstream(path) << Offload(index, top_k, granularity);
+    arms.push_back({name, path.string(), 1.0});
+  }
+  return arms;
+}
+
+std::unique_ptr<kernels::Backend> Cpu() {
+  return kernels::CreateCpuBackend(2);
+}
+
+TEST_CASE("Offload retrieving every offloaded key decodes as dense", "[engine]") {
+  EngineConfig config;
+  config.arms = Arms(4096);
+  auto engine = StartWith(Cpu, config);
+  const std::vector<std::vector<int32_t>> prompts(4, LongPrompt(*engine->tokenizer(), 1));
+  REQUIRE(prompts[0].size() > 60);  // beyond the static set: a span is offloaded
+  const auto out = RunTogether(*engine, {0, 1, 2, 3}, prompts, 40);
+  for (size_t a = 1; a < out.size(); ++a) {
+    INFO("arm " << config.arms[a].name);
+    CHECK(out[a] == out[0]);
+  }
+}
+
+TEST_CASE("Offload with a few keys changes the text; a request decodes the same alone",
+          "[engine]") {
+  const std::vector<Arm> arms = Arms(2);
+  testing_arms::AloneChecks checks;
+  checks.min_differ_from_dense = 1;
+  testing_arms::CheckArmsMatchAlone(Cpu, EngineConfig{}, arms, checks);
+}
+
+TEST_CASE("Offload sequences preempted and recomputed start their host state afresh", "[engine]") {
+  for (const int top_k : {4096, 2}) {
+    const std::vector<Arm> arms = Arms(top_k);
+    INFO("top_k " << top_k);
+    EngineConfig roomy;
+    roomy.attention_policy = arms[1].policy_path;
+    auto engine = StartWith(Cpu, roomy);
+    const tokenizer::Tokenizer& tok = *engine->tokenizer();
+    std::vector<std::vector<int32_t>> prompts;
+    for (int i = 0; i < 4; ++i) prompts.push_back(LongPrompt(tok, i));
+    const auto expected = RunTogether(*engine, {0, 0, 0, 0}, prompts, 60);
+    engine.reset();
+    EngineConfig tight = roomy;
+    tight.max_model_len = 256;
+    tight.num_kv_pages = 2 * 8 * ((static_cast<int>(prompts[0].size()) + 60) / 16 + 2);
+    auto small = StartWith(Cpu, tight);
+    const auto preempted = RunTogether(*small, {0, 0, 0, 0}, prompts, 60);
+    CHECK(small->metrics().Value("headwise_preemptions_total") > 0);
+    // The recompute prefills the generated tokens too, after the prompt's compaction: their keys
+    // come from attention without the host's keys (a prefill chunk does not retrieve), so the
+    // text may change from the resumption on, whatever top_k (as with RazorAttention).
+    REQUIRE(preempted.size() == expected.size());
+    for (size_t i = 0; i < preempted.size(); ++i) {
+      CHECK(preempted[i].size() == 60);
+      CHECK(preempted[i].front() == expected[i].front());  // sampled from the prompt's logits
+    }
+  }
+}
+
+}  // namespace
+}  // namespace headwise::engine
