@@ -486,7 +486,6 @@ int main(int argc, char** argv) {
         b["roargraph_build_s"] = hr.roar_build_s;
         b["roargraph_edges"] = hr.roar_edges;
         b["hnsw_build_s"] = hr.hnsw_build_s;
-        b["hnswlib_metric_ratio"] = hr.hnswlib_metric_ratio;
         Emit(b.dump());
         for (const ann::SettingResult& s : hr.settings) {
           Json j = base;

@@ -8,7 +8,6 @@
 #include "kvcache/ann/parallel.h"
 
 #ifdef HEADWISE_HAVE_HNSWLIB
-#include <hnswlib/hnswlib.h>
 #endif
 
 namespace headwise::bench::ann {
@@ -159,87 +158,6 @@ Status MeasureIndex(const std::string& index, const HeadInput& in, const Truths&
   return Status::Ok();
 }
 
-#ifdef HEADWISE_HAVE_HNSWLIB
-// hnswlib's inner-product space with every distance computation counted, per thread.
-// kvcache::ann::HnswIndex reports hnswlib's own metric_distance_computations, which on the bottom
-// layer adds the whole neighbour list of every expanded node, neighbours already visited (whose
-// distance is not computed again) included: on Qwen2.5-Coder-0.5B at 4K tokens it read 2.5x to
-// 9.9x the distances computed (over 100% of the keys). This counts the inner products actually
-// computed, as RoarGraph's `scanned` does.
-class CountingIpSpace : public hnswlib::SpaceInterface<float> {
- public:
-  explicit CountingIpSpace(size_t dim) : inner_(dim) {
-    param_.inner = inner_.get_dist_func();
-    param_.inner_param = inner_.get_dist_func_param();
-  }
-  size_t get_data_size() override { return inner_.get_data_size(); }
-  hnswlib::DISTFUNC<float> get_dist_func() override { return &Counted; }
-  void* get_dist_func_param() override { return &param_; }
-  // Distances computed on the calling thread so far.
-  static size_t count() { return count_; }
-
- private:
-  struct Param {
-    hnswlib::DISTFUNC<float> inner;
-    void* inner_param;
-  };
-  static float Counted(const void* a, const void* b, const void* p) {
-    ++count_;
-    const auto* param = static_cast<const Param*>(p);
-    return param->inner(a, b, param->inner_param);
-  }
-  static thread_local size_t count_;
-  hnswlib::InnerProductSpace inner_;
-  Param param_;
-};
-thread_local size_t CountingIpSpace::count_ = 0;
-
-// The HNSW baseline as kvcache::ann::HnswIndex builds it (same parameters, first point alone,
-// the rest inserted in parallel), searched on several threads at once (hnswlib's searchKnn is
-// safe to call concurrently while nobody changes ef), with `scanned` the counted distances.
-class CountedHnsw {
- public:
-  CountedHnsw(const MatrixView& keys, const kvcache::ann::HnswParams& p)
-      : dim_(keys.dim), space_(keys.dim) {
-    if (keys.rows == 0) return;
-    hnsw_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(&space_, keys.rows, p.max_degree,
-                                                              p.ef_construction, p.seed);
-    hnsw_->addPoint(keys.Row(0), 0);
-    ParallelFor(keys.rows - 1, p.num_threads, [&](size_t i) {
-      hnsw_->addPoint(keys.Row(i + 1), static_cast<hnswlib::labeltype>(i + 1));
-    });
-  }
-  void SetEf(size_t ef) {
-    if (hnsw_) hnsw_->setEf(ef);
-  }
-  // hnswlib's own count so far (what HnswIndex reports), for comparison.
-  long hnswlib_metric() const { return hnsw_ ? hnsw_->metric_distance_computations.load() : 0; }
-
-  StatusOr<AnnSearchResult> Search(std::span<const float> query, size_t k) const {
-    if (query.size() != dim_) {
-      return InvalidArgument("HNSW search: query has {} values, keys have dim {}", query.size(),
-                             dim_);
-    }
-    AnnSearchResult result;
-    if (!hnsw_ || k == 0) return result;
-    const size_t before = CountingIpSpace::count();
-    auto heap = hnsw_->searchKnn(query.data(), std::min(k, hnsw_->cur_element_count));
-    result.scanned = CountingIpSpace::count() - before;
-    while (!heap.empty()) {  // distance 1 - ip; the heap pops the worst first
-      result.top.push_back({static_cast<uint32_t>(heap.top().second), 1.0f - heap.top().first});
-      heap.pop();
-    }
-    std::sort(result.top.begin(), result.top.end(), kvcache::ann::BetterThan);
-    return result;
-  }
-
- private:
-  size_t dim_;
-  CountingIpSpace space_;
-  std::unique_ptr<hnswlib::HierarchicalNSW<float>> hnsw_;
-};
-#endif
-
 Status CheckInput(const HeadInput& in, size_t top_k) {
   const size_t dim = in.keys.dim;
   HW_RETURN_IF_ERROR(kvcache::ann::CheckMatrix(in.keys, dim, "indexed keys"));
@@ -325,23 +243,13 @@ StatusOr<HeadResult> EvaluateHead(const HeadInput& in, const SweepOptions& o) {
     kvcache::ann::HnswParams hp = o.hnsw_params;
     hp.num_threads = o.threads;
     t0 = Seconds();
-    CountedHnsw hnsw(in.keys, hp);
+    auto hnsw = kvcache::ann::HnswIndex::Build(in.keys, hp);
+    HW_RETURN_IF_ERROR(hnsw.status());
     out.hnsw_build_s = Seconds() - t0;
-    const size_t first = out.settings.size();
-    const long metric_before = hnsw.hnswlib_metric();
     HW_RETURN_IF_ERROR(MeasureIndex(
-        "hnsw", in, truth, o, true, o.efs, [&](size_t ef) { hnsw.SetEf(ef); },
-        [&](std::span<const float> q, size_t k, size_t) { return hnsw.Search(q, k); },
+        "hnsw", in, truth, o, true, o.efs, [&](size_t ef) { hnsw->SetEf(ef); },
+        [&](std::span<const float> q, size_t k, size_t) { return hnsw->Search(q, k); },
         out.settings));
-    // hnswlib's own count over the same searches, against the counted one.
-    double counted = 0;
-    for (size_t i = first; i < out.settings.size(); ++i) {
-      if (out.settings[i].mode == "per_head_union") continue;  // the per_head searches again
-      counted += out.settings[i].scanned_frac * static_cast<double>(out.settings[i].searches) *
-                 static_cast<double>(in.keys.rows);
-    }
-    out.hnswlib_metric_ratio =
-        counted > 0 ? static_cast<double>(hnsw.hnswlib_metric() - metric_before) / counted : 0;
   }
 #endif
   return out;

@@ -14,9 +14,8 @@
 //   group_mean      one search with the mean of the group's queries, returning search_k keys,
 //                   each head's exact top-k scored against them (search_k = k, 2k, ...).
 // Indexes: "exact" (ExactTopK over every indexed key: the ceiling of a mode, scanned fraction 1),
-// "roargraph" at each queue capacity, "hnsw" at each ef (hnswlib with kvcache::ann::HnswIndex's
-// parameters, its distance computations counted: HnswIndex's own figure overcounts, see
-// HeadResult::hnswlib_metric_ratio). scanned_frac is the mean over searches of
+// "roargraph" at each queue capacity, "hnsw" at each ef (kvcache::ann::HnswIndex, its inner
+// products counted as RoarGraph's are). scanned_frac is the mean over searches of
 // scanned / indexed keys; a decode step of the group costs searches_per_step such searches.
 #pragma once
 
@@ -85,10 +84,6 @@ struct HeadResult {
   double truth_s = 0;                                 // exact top-k of every test query
   double roar_build_s = 0, hnsw_build_s = 0;          // wall time on `threads` threads
   size_t roar_edges = 0;
-  // hnswlib's metric_distance_computations (kvcache::ann::HnswIndex's `scanned`) over the HNSW
-  // searches, divided by the distances they computed (this file's `scanned`): hnswlib counts
-  // already-visited neighbours too.
-  double hnswlib_metric_ratio = 0;
   std::vector<SettingResult> settings;  // by index, mode, search_k, then setting ascending
 };
 

@@ -160,6 +160,7 @@ Status OffloadTier::Build(int32_t slot) {
               status[static_cast<size_t>(i)] = hnsw.status();
               continue;
             }
+            hnsw->SetEf(static_cast<size_t>(s.rule.search_list));
             head.index = std::move(*hnsw);
           }
 #endif
@@ -186,7 +187,7 @@ StatusOr<ann::AnnSearchResult> SearchHead(Head& head, const OffloadRule& rule,
   const size_t queue = std::max(k, static_cast<size_t>(rule.search_list));
   if (auto* graph = std::get_if<ann::RoarGraph>(&head.index)) return graph->Search(query, k, queue);
 #ifdef HEADWISE_HAVE_HNSWLIB
-  if (auto* hnsw = std::get_if<ann::HnswIndex>(&head.index)) return hnsw->Search(query, k, queue);
+  if (auto* hnsw = std::get_if<ann::HnswIndex>(&head.index)) return hnsw->Search(query, k);
 #endif
   const ann::MatrixView keys{head.keys.data(), head.keys.size() / dim, dim};
   HW_ASSIGN_OR_RETURN(std::vector<ann::ScoredId> top, ann::ExactTopK(keys, query, k));

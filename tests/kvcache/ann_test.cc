@@ -297,8 +297,9 @@ OodComparison OodRun(size_t n) {
   auto hnsw = HnswIndex::Build(data.keys.View(), hnsw_params);
   REQUIRE(hnsw.ok());
   for (size_t ef : {100, 400}) {
+    hnsw->SetEf(ef);
     const OodFigures f =
-        Measure(data, 100, [&](std::span<const float> q) { return *hnsw->Search(q, 100, ef); });
+        Measure(data, 100, [&](std::span<const float> q) { return *hnsw->Search(q, 100); });
     WARN("HNSW (M=16, ef_construction=200) N=" << n << " ef=" << ef << ": recall@100 " << f.recall
                                                << ", scanned " << 100.0 * f.scanned_fraction
                                                << "% of keys");
