@@ -1,11 +1,14 @@
 #include "engine/engine.h"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
+#include <limits>
 #include <mutex>
 #include <thread>
 
@@ -23,6 +26,25 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
+}
+
+// The offload tier's default budget (EngineConfig::cpu_kv_bytes).
+int64_t HalfOfHostMemory() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? int64_t{pages} * page / 2 : 0;
+}
+
+// The longest prompt of `layout` whose offloaded share fits the tier's budget alone (BytesFor
+// grows linearly with the tokens); every length without a budget or an offloading layout.
+int OffloadTokens(const kvcache::OffloadTier& tier, const kvcache::KvLayout& layout) {
+  const int64_t budget = tier.config().host_budget_bytes;
+  if (budget <= 0 || !layout.offload) return std::numeric_limits<int>::max();
+  constexpr int kProbe = 1 << 20;
+  const auto per_token =
+      static_cast<double>(kvcache::OffloadTier::BytesFor(tier.config(), layout, kProbe)) / kProbe;
+  return static_cast<int>(std::min<double>(std::numeric_limits<int>::max() / 2.0,
+                                           std::floor(static_cast<double>(budget) / per_token)) *
+                          0.99);
 }
 
 const std::vector<double> kLatencyBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075,
@@ -420,13 +442,21 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   kvcache::KvCacheConfig kv_config =
       KvConfigFor(mc, c.num_kv_pages, c.page_size, c.max_num_batched_tokens);
   kv_config.select_slots = c.max_num_seqs;  // every running sequence may select
+  kv_config.offload_host_bytes = c.cpu_kv_bytes > 0 ? c.cpu_kv_bytes : HalfOfHostMemory();
   HW_ASSIGN_OR_RETURN(impl->cache, CreateKvCache(std::move(layouts), kv_config, *impl->backend));
   impl->cache->set_prefix_caching(c.enable_prefix_caching);
   for (size_t a = 0; a < impl->arms.size(); ++a) {
     const int arm = static_cast<int>(a);
     const ArmInfo& info = impl->arms[a];
-    // A request is admitted only if it fits the whole pool, so the longest one decides.
-    const int pool_tokens = impl->MaxTokensInPool(arm);
+    // A request is admitted only if it fits the whole pool (and, offloading, the host budget
+    // alone), so the longest one decides.
+    int pool_tokens = impl->MaxTokensInPool(arm);
+    bool host_limited = false;
+    if (const kvcache::OffloadTier* tier = impl->cache->offload_tier()) {
+      const int host_tokens = OffloadTokens(*tier, impl->cache->layout(arm));
+      host_limited = host_tokens < pool_tokens;
+      pool_tokens = std::min(pool_tokens, host_tokens);
+    }
     if (pool_tokens < c.max_model_len) {
       spdlog::warn(
           "arm \"{}\": the KV cache holds {} tokens, less than max_model_len {}: longer "
@@ -443,7 +473,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
     const int sequence_tokens = static_cast<int>(limit.bounded ? limit.tokens : c.max_model_len);
     impl->length_limits.push_back(limit);
     impl->limits.push_back(
-        EngineLimits{mc.vocab_size, c.max_model_len, sequence_tokens, pool_tokens,
+        EngineLimits{mc.vocab_size, c.max_model_len, sequence_tokens, pool_tokens, host_limited,
                      pool_tokens > 0 ? std::min(c.max_model_len, pool_tokens) : c.max_model_len});
     if (impl->arms.size() > 1) {
       spdlog::info("arm \"{}\": attention policy \"{}\" ({}, {})", info.name, info.policy,
@@ -492,8 +522,10 @@ StatusOr<std::unique_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
   }
   const int64_t pool_tokens = limits.max_tokens_in_pool;
   if (total > pool_tokens) {
-    return InvalidArgument("the request needs {} tokens of KV cache, the whole cache holds {}",
-                           total, pool_tokens);
+    return InvalidArgument(
+        "the request needs {} tokens of KV cache, the whole cache holds {}{}", total, pool_tokens,
+        limits.host_limited ? " (bounded by the host memory for offloaded KV, --cpu-kv-memory)"
+                            : "");
   }
   if (request.detokenize && !im.model.tokenizer) {
     return InvalidArgument("the model has no tokenizer, so text output is unavailable");

@@ -82,7 +82,10 @@ struct EngineLimits {
   // The longest request (prompt + max_tokens) Submit accepts: max_model_len, or more (up to
   // 2^30) where every head is a re-indexed ring (MaxSequenceTokens).
   int max_sequence_tokens = 0;
-  int max_tokens_in_pool = 0;  // the longest request (prompt + max_tokens) the pool can hold
+  // The longest request (prompt + max_tokens) the pool can hold, and with offload heads the host
+  // tier's budget alone (EngineConfig::cpu_kv_bytes): host_limited when that is the bound.
+  int max_tokens_in_pool = 0;
+  bool host_limited = false;
   // What a request without max_tokens may fill: max_model_len, or less where the pool holds less.
   int default_context = 0;
 };

@@ -25,6 +25,10 @@ struct EngineConfig {
   int64_t kv_cache_bytes = 0;
   double gpu_memory_utilization = 0.9;
   int page_size = 16;
+  // Host memory for offload heads' keys, values and indexes (kvcache/offload_tier.h), a budget of
+  // its own: a request is admitted when its prompt's share fits beside the running ones'. 0: half
+  // of the machine's physical memory.
+  int64_t cpu_kv_bytes = 0;
   bool enable_prefix_caching = true;
   bool enforce_eager = false;    // no captured graphs: every step runs eagerly
   std::string attention_policy;  // an attn-policy/v1 file (engine/attention/policy.h); "": dense

@@ -114,7 +114,9 @@ SchedulerOutput Scheduler::Schedule() {
       seq.num_computed = std::min(hit, static_cast<int>(seq.tokens.size()) - 1);
     }
     const int count = ChunkOf(seq, budget);
-    if (!seq.kv->Reserve(seq.num_computed + count).ok()) {
+    // Offload layouts also reserve host memory for what the prompt will offload.
+    if (!seq.kv->Reserve(seq.num_computed + count).ok() ||
+        !seq.kv->ReserveHost(static_cast<int>(seq.tokens.size())).ok()) {
       seq.kv->Release();  // keep nothing while waiting
       seq.num_computed = 0;
       break;

@@ -168,9 +168,9 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
   }
   if (std::any_of(layouts_.begin(), layouts_.end(),
                   [](const LayoutInfo& i) { return i.layout.offload.has_value(); })) {
-    offload_tier_ = std::make_unique<OffloadTier>(
-        OffloadTierConfig{num_layers, hkv, config.num_q_heads, config.head_dim,
-                          config.attention_scale, config.select_slots, config.offload_threads});
+    offload_tier_ = std::make_unique<OffloadTier>(OffloadTierConfig{
+        num_layers, hkv, config.num_q_heads, config.head_dim, config.attention_scale,
+        config.select_slots, config.offload_threads, config.offload_host_bytes});
   }
   if (has_reindex_) {
     const auto& f = config.rope_inv_freq;
@@ -727,6 +727,22 @@ void SequenceKv::CommitComputed(std::span<const int32_t> tokens, int num_compute
     cache_->CommitBlock(blocks_[p], hash, parent, page_tokens);
     hashes_.push_back(hash);
   }
+}
+
+Status SequenceKv::ReserveHost(int prompt_tokens) {
+  const KvLayout& layout = info().layout;
+  if (!layout.offload) return Status::Ok();
+  OffloadTier& tier = *cache_->offload_tier();
+  HW_CHECK(select_slot_ >= 0, "ReserveHost before Reserve (layout \"{}\")", layout.name);
+  const auto bytes =
+      static_cast<int64_t>(OffloadTier::BytesFor(tier.config(), layout, prompt_tokens));
+  if (!tier.TryReserve(select_slot_, bytes)) {
+    return ResourceExhausted(
+        "offload host memory: {} bytes for a prompt of {} tokens do not fit beside the {} "
+        "reserved (budget {})",
+        bytes, prompt_tokens, tier.reserved_bytes(), tier.config().host_budget_bytes);
+  }
+  return Status::Ok();
 }
 
 void SequenceKv::Release() {

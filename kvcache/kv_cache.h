@@ -65,6 +65,7 @@ struct KvCacheConfig {
   // attention must use too (models::AttentionScale), and the host tier's CPU threads.
   float attention_scale = 1.0f;
   int offload_threads = 1;
+  int64_t offload_host_bytes = 0;  // the host tier's budget (OffloadTierConfig); 0: no limit
 };
 
 struct PrefixCacheStats {
@@ -338,6 +339,10 @@ class SequenceKv {
   // Makes room for `num_tokens` tokens, all or nothing: ResourceExhausted leaves the sequence
   // as it was.
   Status Reserve(int num_tokens);
+  // Offload layouts: reserves the host tier's memory for a prompt of `prompt_tokens` (after the
+  // first Reserve, which takes the slot); ResourceExhausted when the tier's budget cannot hold it
+  // beside the other sequences' reservations. Release gives it back. Other layouts: Ok.
+  Status ReserveHost(int prompt_tokens);
   // The selection slot this sequence holds (taken by its first reservation when its layout
   // selects, reset to "no set yet", given back by Release), or -1.
   int32_t select_slot() const { return select_slot_; }

@@ -39,6 +39,7 @@ struct OffloadTier::Head {
 
 struct OffloadTier::Slot {
   bool active = false;
+  int64_t reserved = 0;  // host bytes reserved for its prompt (TryReserve)
   OffloadRule rule;
   std::vector<Head> heads;  // [layer * Hkv + kv_head]
 };
@@ -82,6 +83,23 @@ void OffloadTier::Begin(int32_t slot, const KvLayout& layout) {
 void OffloadTier::End(int32_t slot) {
   HW_CHECK(slot >= 0 && slot < config_.slots, "offload slot {} of {}", slot, config_.slots);
   *slots_[static_cast<size_t>(slot)] = Slot{};
+}
+
+bool OffloadTier::TryReserve(int32_t slot, int64_t bytes) {
+  HW_CHECK(active(slot), "offload slot {} is not active", slot);
+  Slot& s = *slots_[static_cast<size_t>(slot)];
+  if (config_.host_budget_bytes > 0 &&
+      reserved_bytes() - s.reserved + bytes > config_.host_budget_bytes) {
+    return false;
+  }
+  s.reserved = bytes;
+  return true;
+}
+
+int64_t OffloadTier::reserved_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& s : slots_) bytes += s->reserved;
+  return bytes;
 }
 
 bool OffloadTier::active(int32_t slot) const {

@@ -45,6 +45,8 @@ struct OffloadTierConfig {
   float scale = 1.0f;  // the attention's logit scale (1 / sqrt(head_dim) for Llama models)
   int slots = 0;       // selection slots (KvCacheConfig::select_slots)
   int threads = 1;
+  // Host memory the slots may reserve together (TryReserve); 0: no limit.
+  int64_t host_budget_bytes = 0;
 };
 
 // What one search found, for tests and benchmarks: the positions (increasing) and how many keys
@@ -67,8 +69,12 @@ class OffloadTier {
 
   // Starts slot `slot` for a sequence of `layout` (which must offload), dropping what it held.
   void Begin(int32_t slot, const KvLayout& layout);
-  // Frees everything slot `slot` holds.
+  // Frees everything slot `slot` holds, its reservation included.
   void End(int32_t slot);
+  // Sets slot `slot`'s reservation of host memory to `bytes` (BytesFor its prompt), unless the
+  // slots' reservations would then exceed the budget: false, and nothing changes.
+  bool TryReserve(int32_t slot, int64_t bytes);
+  int64_t reserved_bytes() const;
   bool active(int32_t slot) const;
 
   // The queries of prompt position `pos` at `layer`: q [Hq, D] post-RoPE. Kept for the layer's

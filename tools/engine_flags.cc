@@ -46,6 +46,7 @@ Status InFlagTerms(const Status& s) {
       {"max_waiting", "--max-waiting"},
       {"num_kv_pages", "--num-kv-pages"},
       {"kv_cache_bytes", "--kv-cache-memory"},
+      {"cpu_kv_bytes", "--cpu-kv-memory"},
       {"gpu_memory_utilization", "--gpu-memory-utilization"},
       {"arms", "--arms"},
   };
@@ -65,6 +66,7 @@ void EngineFlags::Register(FlagParser& flags) {
   flags.Int("max-num-seqs", config.max_num_seqs);
   flags.Int("max-num-batched-tokens", config.max_num_batched_tokens);
   flags.String("kv-cache-memory", kv_memory_);
+  flags.String("cpu-kv-memory", cpu_kv_memory_);
   flags.Int("num-kv-pages", config.num_kv_pages);
   gpu_memory_utilization_ = static_cast<float>(config.gpu_memory_utilization);
   flags.Float("gpu-memory-utilization", gpu_memory_utilization_);
@@ -79,6 +81,9 @@ Status EngineFlags::Finish() {
   config.enforce_eager = enforce_eager;
   if (!kv_memory_.empty()) {
     HW_ASSIGN_OR_RETURN(config.kv_cache_bytes, ParseBytes("kv-cache-memory", kv_memory_));
+  }
+  if (!cpu_kv_memory_.empty()) {
+    HW_ASSIGN_OR_RETURN(config.cpu_kv_bytes, ParseBytes("cpu-kv-memory", cpu_kv_memory_));
   }
   return Status::Ok();
 }

@@ -38,6 +38,7 @@ struct EngineFlags {
 
  private:
   std::string kv_memory_;
+  std::string cpu_kv_memory_;
   float gpu_memory_utilization_ = 0.9f;
 };
 

@@ -75,7 +75,8 @@ opening per position bucket.
   --merge A.json,...          merge results of runs over other tasks or lengths instead
  engine (as headwise serve):
   --device cpu|cuda  --threads N  --max-model-len N  --max-num-seqs N  --max-num-batched-tokens N
-  --kv-cache-memory BYTES  --num-kv-pages N  --gpu-memory-utilization F  --enforce-eager
+  --kv-cache-memory BYTES  --cpu-kv-memory BYTES  --num-kv-pages N  --gpu-memory-utilization F
+  --enforce-eager
   --tokenizer PATH
 )";
 

@@ -45,6 +45,8 @@ Serves MODEL (a Hugging Face directory or a .gguf file) over the OpenAI HTTP API
   --max-num-batched-tokens N  tokens per engine step (default 2048)
   --max-waiting N             queued requests beyond this get 503 (default 1024)
   --kv-cache-memory BYTES     KV cache budget, e.g. 512M or 2G
+  --cpu-kv-memory BYTES       host memory for offload heads' KV and indexes (RetrievalAttention
+                              policies; default: half of the machine's memory)
   --num-kv-pages N            KV pages of 16 tokens per (layer, KV head); overrides the budget
   --gpu-memory-utilization F  share of GPU memory for weights, activations and KV (default 0.9)
   --no-prefix-caching         do not reuse the KV of shared prompt prefixes
@@ -148,6 +150,8 @@ int RunServe(int argc, char** argv) {
   flags.Int("max-num-batched-tokens", config.max_num_batched_tokens);
   flags.Int("max-waiting", config.max_waiting);
   flags.String("kv-cache-memory", kv_memory);
+  std::string cpu_kv_memory;
+  flags.String("cpu-kv-memory", cpu_kv_memory);
   flags.Int("num-kv-pages", config.num_kv_pages);
   float gpu_memory_utilization = static_cast<float>(config.gpu_memory_utilization);
   flags.Float("gpu-memory-utilization", gpu_memory_utilization);
@@ -215,6 +219,11 @@ int RunServe(int argc, char** argv) {
     auto bytes = ParseBytes("kv-cache-memory", kv_memory);
     if (!bytes.ok()) return Fail(bytes.status());
     config.kv_cache_bytes = *bytes;
+  }
+  if (!cpu_kv_memory.empty()) {
+    auto bytes = ParseBytes("cpu-kv-memory", cpu_kv_memory);
+    if (!bytes.ok()) return Fail(bytes.status());
+    config.cpu_kv_bytes = *bytes;
   }
   if (!body_limit.empty()) {
     auto b = ParseBytes("max-body-bytes", body_limit);

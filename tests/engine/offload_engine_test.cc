@@ -6,13 +6,17 @@
 // alone; a preempted sequence starts its host state afresh (a new slot) and finishes.
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include "engine/attention/policy.h"
+#include "engine/attention_setup.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kvcache/offload_tier.h"
 #include "tests/engine/policy_arms_util.h"
 
 namespace headwise::engine {
@@ -110,6 +114,52 @@ TEST_CASE("Offload sequences preempted and recomputed start their host state afr
       CHECK(preempted[i].front() == expected[i].front());  // sampled from the prompt's logits
     }
   }
+}
+
+}  // namespace
+}  // namespace headwise::engine
+
+namespace headwise::engine {
+namespace {
+
+// A host budget that holds one prompt's offloaded share at a time: the others wait, and each
+// request decodes as it does with room for all. A prompt that cannot fit the budget alone is
+// refused when submitted.
+TEST_CASE("Offload sequences wait for host memory; a prompt beyond it is refused", "[engine]") {
+  const std::vector<Arm> arms = Arms(2);
+  EngineConfig roomy;
+  roomy.attention_policy = arms[1].policy_path;
+  auto engine = StartWith(Cpu, roomy);
+  const tokenizer::Tokenizer& tok = *engine->tokenizer();
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 3; ++i) prompts.push_back(LongPrompt(tok, i));
+  const auto expected = RunTogether(*engine, {0, 0, 0}, prompts, 30);
+  engine.reset();
+  // The host share of the longest prompt, as the engine reserves it (TinyStories: 2 layers,
+  // 8 query / 4 KV heads of 16 dims).
+  auto policy = attention::LoadPolicyFile(arms[1].policy_path, {2, 8, 4});
+  REQUIRE(policy.ok());
+  auto layout = KvLayoutFor(*policy);
+  REQUIRE(layout.ok());
+  kvcache::OffloadTierConfig tier{2, 4, 8, 16, 0.25f, 1, 1};
+  size_t longest = 0;
+  for (const auto& p : prompts) longest = std::max(longest, p.size());
+  const auto share = static_cast<int64_t>(
+      kvcache::OffloadTier::BytesFor(tier, *layout, static_cast<int>(longest)));
+  REQUIRE(share > 0);
+  EngineConfig tight = roomy;
+  tight.cpu_kv_bytes = share + share / 2;  // one prompt at a time
+  auto small = StartWith(Cpu, tight);
+  CHECK(RunTogether(*small, {0, 0, 0}, prompts, 30) == expected);
+  // Alone beyond the budget: refused at once.
+  tight.cpu_kv_bytes = share / 4;
+  auto tiny = StartWith(Cpu, tight);
+  EngineRequest request;
+  request.prompt_ids = prompts[0];
+  request.params.max_tokens = 8;
+  auto refused = tiny->Submit(std::move(request));
+  REQUIRE_FALSE(refused.ok());
+  CHECK_THAT(refused.status().message(), Catch::Contains("KV cache"));
 }
 
 }  // namespace

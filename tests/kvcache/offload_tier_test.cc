@@ -246,3 +246,33 @@ TEST_CASE("Offload tier: training queries follow the stride; the estimate covers
 
 }  // namespace
 }  // namespace headwise::kvcache
+
+namespace headwise::kvcache {
+namespace {
+
+TEST_CASE("Offload tier: reservations stay within the host budget", "[kvcache]") {
+  OffloadRule rule;
+  const KvLayout layout = OffloadLayout(rule);
+  OffloadTierConfig config{kLayers, kKvHeads, kQHeads, kDim, kScale, 3, 1};
+  config.host_budget_bytes = 1000;
+  OffloadTier tier(config);
+  tier.Begin(0, layout);
+  tier.Begin(1, layout);
+  CHECK(tier.TryReserve(0, 600));
+  CHECK_FALSE(tier.TryReserve(1, 500));  // 1100 > 1000
+  CHECK(tier.reserved_bytes() == 600);
+  CHECK(tier.TryReserve(1, 400));
+  CHECK(tier.TryReserve(0, 550));  // a slot's own reservation is replaced, not added
+  CHECK(tier.reserved_bytes() == 950);
+  tier.End(0);
+  CHECK(tier.reserved_bytes() == 400);
+  tier.Begin(0, layout);
+  CHECK(tier.TryReserve(0, 600));
+  config.host_budget_bytes = 0;  // no limit
+  OffloadTier unlimited(config);
+  unlimited.Begin(2, layout);
+  CHECK(unlimited.TryReserve(2, int64_t{1} << 50));
+}
+
+}  // namespace
+}  // namespace headwise::kvcache
