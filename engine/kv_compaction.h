@@ -19,7 +19,8 @@ namespace headwise::engine {
 // compress-once heads' pages (comp blocks) of logical pages that hold only dropped positions go
 // back to the pool (SequenceKv::MarkCompacted); attention skips the span. Offload heads: the
 // span's keys and values of every offload (layer, KV head) are copied to the host tier of the
-// sequence's slot, whose indexes are then built (on its threads, before this returns).
+// sequence's slot, whose indexes are then built on a thread of the tier's (the sequence decodes
+// once they are ready: SequenceKv::offload_ready, which the scheduler asks).
 void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
                         int num_tokens);
 

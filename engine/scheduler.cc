@@ -89,6 +89,8 @@ SchedulerOutput Scheduler::Schedule() {
       Sequence& seq = *running_[i];
       const bool decode = seq.remaining() == 1;
       if (decode != (pass == 0)) continue;
+      // An offload sequence waits while the host builds its indexes; the others go on.
+      if (decode && !seq.kv->offload_ready()) continue;
       const int count = ChunkOf(seq, budget);
       if (!Reserve(seq, seq.num_computed + count, out)) {
         // Not even alone: give its own pages back and wait.

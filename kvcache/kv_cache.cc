@@ -745,6 +745,10 @@ Status SequenceKv::ReserveHost(int prompt_tokens) {
   return Status::Ok();
 }
 
+bool SequenceKv::offload_ready() const {
+  return !info().layout.offload || cache_->offload_tier()->ready(select_slot_);
+}
+
 void SequenceKv::Release() {
   const auto& kind = info().kind;
   for (int32_t b : blocks_) cache_->Return(kind[KvCache::kFull], b);

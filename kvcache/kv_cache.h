@@ -343,6 +343,9 @@ class SequenceKv {
   // first Reserve, which takes the slot); ResourceExhausted when the tier's budget cannot hold it
   // beside the other sequences' reservations. Release gives it back. Other layouts: Ok.
   Status ReserveHost(int prompt_tokens);
+  // False while the host tier builds this sequence's indexes (offload layouts; true otherwise):
+  // it may not decode until then.
+  bool offload_ready() const;
   // The selection slot this sequence holds (taken by its first reservation when its layout
   // selects, reset to "no set yet", given back by Release), or -1.
   int32_t select_slot() const { return select_slot_; }

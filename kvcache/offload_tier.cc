@@ -1,6 +1,8 @@
 #include "kvcache/offload_tier.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -39,7 +41,8 @@ struct OffloadTier::Head {
 
 struct OffloadTier::Slot {
   bool active = false;
-  int64_t reserved = 0;  // host bytes reserved for its prompt (TryReserve)
+  std::atomic<bool> building{false};  // a builder thread is making its indexes
+  int64_t reserved = 0;               // host bytes reserved for its prompt (TryReserve)
   OffloadRule rule;
   std::vector<Head> heads;  // [layer * Hkv + kv_head]
 };
@@ -51,10 +54,12 @@ OffloadTier::OffloadTier(const OffloadTierConfig& config)
            "offload tier: {} layers, {} query / {} KV heads, head dim {}, {} slots",
            config.num_layers, config.num_q_heads, config.num_kv_heads, config.head_dim,
            config.slots);
-  for (int s = 0; s < config.slots; ++s) slots_.push_back(std::make_unique<Slot>());
+  for (int s = 0; s < config.slots; ++s) slots_.push_back(std::make_shared<Slot>());
 }
 
-OffloadTier::~OffloadTier() = default;
+OffloadTier::~OffloadTier() {
+  WaitForBuilds();
+}
 
 Status OffloadTier::Supports(const OffloadRule& rule) {
 #ifndef HEADWISE_HAVE_HNSWLIB
@@ -72,8 +77,8 @@ void OffloadTier::Begin(int32_t slot, const KvLayout& layout) {
   HW_CHECK(layout.offload.has_value() && layout.num_layers == config_.num_layers &&
                layout.num_kv_heads == config_.num_kv_heads,
            "offload tier: layout \"{}\" does not offload, or has another shape", layout.name);
+  slots_[static_cast<size_t>(slot)] = std::make_shared<Slot>();
   Slot& s = *slots_[static_cast<size_t>(slot)];
-  s = Slot{};
   s.active = true;
   s.rule = *layout.offload;
   s.heads.resize(layout.heads.size());
@@ -82,7 +87,7 @@ void OffloadTier::Begin(int32_t slot, const KvLayout& layout) {
 
 void OffloadTier::End(int32_t slot) {
   HW_CHECK(slot >= 0 && slot < config_.slots, "offload slot {} of {}", slot, config_.slots);
-  *slots_[static_cast<size_t>(slot)] = Slot{};
+  slots_[static_cast<size_t>(slot)] = std::make_shared<Slot>();
 }
 
 bool OffloadTier::TryReserve(int32_t slot, int64_t bytes) {
@@ -143,56 +148,68 @@ void OffloadTier::Store(int32_t slot, int layer, int kv_head, int begin, std::ve
   head.values = std::move(values);
 }
 
-Status OffloadTier::Build(int32_t slot) {
-  HW_CHECK(active(slot), "offload slot {} is not active", slot);
-  Slot& s = *slots_[static_cast<size_t>(slot)];
-  const auto d = static_cast<size_t>(config_.head_dim);
-  std::vector<Status> status(s.heads.size());
-  pool_->ParallelFor(
-      static_cast<int64_t>(s.heads.size()), std::numeric_limits<int64_t>::max(),
-      [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          Head& head = s.heads[static_cast<size_t>(i)];
-          if (!head.stored) continue;
-          const ann::MatrixView keys{head.keys.data(), head.rows(config_.head_dim), d};
-          if (s.rule.index == OffloadRule::Index::kRoarGraph) {
-            const ann::MatrixView train{head.train.data(), head.train.size() / d, d};
-            ann::RoarGraphParams p;
-            p.n_q = static_cast<size_t>(s.rule.knn_per_query);
-            p.max_degree = static_cast<size_t>(s.rule.max_degree);
-            p.candidate_list = static_cast<size_t>(s.rule.build_list);
-            auto graph = ann::RoarGraph::Build(keys, train, p);
-            if (!graph.ok()) {
-              status[static_cast<size_t>(i)] = graph.status();
-              continue;
-            }
-            head.index = std::move(*graph);
-          }
-#ifdef HEADWISE_HAVE_HNSWLIB
-          if (s.rule.index == OffloadRule::Index::kHnsw) {
-            ann::HnswParams p;
-            p.max_degree = static_cast<size_t>(s.rule.max_degree);
-            p.ef_construction = static_cast<size_t>(s.rule.build_list);
-            auto hnsw = ann::HnswIndex::Build(keys, p);
-            if (!hnsw.ok()) {
-              status[static_cast<size_t>(i)] = hnsw.status();
-              continue;
-            }
-            hnsw->SetEf(static_cast<size_t>(s.rule.search_list));
-            head.index = std::move(*hnsw);
-          }
-#endif
-          head.train = {};
-        }
-      });
-  for (size_t i = 0; i < status.size(); ++i) {
-    if (!status[i].ok()) {
-      return status[i].WithContext(fmt::format("offload index of layer {} KV head {}",
-                                               static_cast<int>(i) / config_.num_kv_heads,
-                                               static_cast<int>(i) % config_.num_kv_heads));
+// Runs on a builder thread; nothing else touches the heads' indexes until it is done (ready()).
+void OffloadTier::BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule, size_t dim,
+                               int threads) {
+  for (size_t i = 0; i < heads.size(); ++i) {
+    Head& head = heads[i];
+    if (!head.stored) continue;
+    const ann::MatrixView keys{head.keys.data(), head.keys.size() / dim, dim};
+    if (rule.index == OffloadRule::Index::kRoarGraph) {
+      const ann::MatrixView train{head.train.data(), head.train.size() / dim, dim};
+      ann::RoarGraphParams p;
+      p.n_q = static_cast<size_t>(rule.knn_per_query);
+      p.max_degree = static_cast<size_t>(rule.max_degree);
+      p.candidate_list = static_cast<size_t>(rule.build_list);
+      p.num_threads = threads;
+      auto graph = ann::RoarGraph::Build(keys, train, p);
+      HW_CHECK(graph.ok(), "offload index of head {}: {}", i, graph.status().ToString());
+      head.index = std::move(*graph);
     }
+#ifdef HEADWISE_HAVE_HNSWLIB
+    if (rule.index == OffloadRule::Index::kHnsw) {
+      ann::HnswParams p;
+      p.max_degree = static_cast<size_t>(rule.max_degree);
+      p.ef_construction = static_cast<size_t>(rule.build_list);
+      p.num_threads = threads;
+      auto hnsw = ann::HnswIndex::Build(keys, p);
+      HW_CHECK(hnsw.ok(), "offload index of head {}: {}", i, hnsw.status().ToString());
+      hnsw->SetEf(static_cast<size_t>(rule.search_list));
+      head.index = std::move(*hnsw);
+    }
+#endif
+    head.train = {};
   }
-  return Status::Ok();
+}
+
+void OffloadTier::Build(int32_t slot) {
+  HW_CHECK(active(slot), "offload slot {} is not active", slot);
+  const std::shared_ptr<Slot> s = slots_[static_cast<size_t>(slot)];
+  if (s->rule.index == OffloadRule::Index::kExact) {
+    for (Head& head : s->heads) head.train = {};
+    return;
+  }
+  // Builders that finished are joined here; a slot ended meanwhile keeps its data alive in its
+  // builder until then.
+  std::erase_if(builders_, [](const std::future<void>& f) {
+    return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  });
+  s->building.store(true, std::memory_order_release);
+  const auto dim = static_cast<size_t>(config_.head_dim);
+  builders_.push_back(std::async(std::launch::async, [s, dim, threads = config_.threads] {
+    BuildIndexes(s->heads, s->rule, dim, threads);
+    s->building.store(false, std::memory_order_release);
+  }));
+}
+
+bool OffloadTier::ready(int32_t slot) const {
+  return !active(slot) ||
+         !slots_[static_cast<size_t>(slot)]->building.load(std::memory_order_acquire);
+}
+
+void OffloadTier::WaitForBuilds() {
+  for (std::future<void>& f : builders_) f.wait();
+  builders_.clear();
 }
 
 namespace {
@@ -257,6 +274,8 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
           const int kv_head = static_cast<int>(u % hkv);
           const int32_t slot = slots[static_cast<size_t>(seq)];
           if (!active(slot)) continue;
+          HW_CHECK(ready(slot), "offload slot {} retrieves while its indexes are being built",
+                   slot);
           Head& head = HeadAt(slot, layer, kv_head);
           if (!head.stored || head.keys.empty()) continue;
           const float* q_row = q + static_cast<size_t>(seq) * hq * d;

@@ -8,8 +8,9 @@
 // A sequence's life here: Begin (its slot and layout) -> AddTrainingQueries while its prompt is
 // prefilled (the post-RoPE queries of every train_stride-th position, the RoarGraph's training
 // queries) -> Store per offload (layer, KV head) when the prompt is in (the dropped span
-// [sink, first kept)) -> Build (every head's index; the training queries are dropped) ->
-// Retrieve at each decode step -> End (frees it; a preempted sequence starts again at Begin).
+// [sink, first kept)) -> Build (every head's index, on a thread of its own; the training queries
+// are dropped) -> ready() -> Retrieve at each decode step -> End (frees it; a preempted sequence
+// starts again at Begin).
 //
 // Retrieval (KvLayout::offload, OffloadRule): per query head, or once per KV head with the mean
 // of its group's queries (the group then attends one set); the top_k keys by inner product from
@@ -24,6 +25,7 @@
 #pragma once
 
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <span>
 #include <vector>
@@ -84,8 +86,15 @@ class OffloadTier {
   // and values. Once per head and Begin.
   void Store(int32_t slot, int layer, int kv_head, int begin, std::vector<float> keys,
              std::vector<float> values);
-  // Builds every stored head's index (on the pool), then drops the training queries.
-  Status Build(int32_t slot);
+  // Builds every stored head's index, then drops the training queries: on a thread of its own
+  // (the engine thread goes on with other sequences; this one may not retrieve until ready()).
+  // Exact search builds nothing and is ready at once. Ending the slot before the build is done
+  // is fine: the builder finishes on its own copy and drops it.
+  void Build(int32_t slot);
+  // No build of the slot is pending (an inactive slot is ready).
+  bool ready(int32_t slot) const;
+  // Waits for every pending build.
+  void WaitForBuilds();
 
   // One decode step of `layer`: batch sequence s (slots[s] >= 0 and active) has its query in row
   // s of q [S, Hq, D]; for each of its offload heads and each query head h of the group,
@@ -107,9 +116,13 @@ class OffloadTier {
   struct Head;
   struct Slot;
   Head& HeadAt(int32_t slot, int layer, int kv_head);
+  static void BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule, size_t dim,
+                           int threads);
 
   OffloadTierConfig config_;
-  std::vector<std::unique_ptr<Slot>> slots_;
+  // Shared with a slot's builder thread, so that ending (or restarting) a slot never waits for it.
+  std::vector<std::shared_ptr<Slot>> slots_;
+  std::vector<std::future<void>> builders_;
   std::unique_ptr<kernels::cpu::ThreadPool> pool_;
 };
 

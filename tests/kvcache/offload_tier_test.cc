@@ -57,7 +57,9 @@ struct Tier {
     keys = Random(static_cast<size_t>(n) * kDim, rng);
     values = Random(static_cast<size_t>(n) * kDim, rng);
     tier.Store(1, 1, 0, begin, keys, values);
-    REQUIRE(tier.Build(1).ok());
+    tier.Build(1);
+    tier.WaitForBuilds();
+    REQUIRE(tier.ready(1));
   }
 
   // Attention of q_row's query heads [qh, qh + heads) over span rows `rows`, by list attention.
@@ -232,7 +234,8 @@ TEST_CASE("Offload tier: training queries follow the stride; the estimate covers
   CHECK(tier.bytes_held() <= 2 * 100 * 4 * kDim * sizeof(float));  // vector growth, not 400
   const int span = 388;  // 400 tokens less sink 4 and window 8
   tier.Store(0, 1, 0, 4, Random(span * kDim, rng), Random(span * kDim, rng));
-  REQUIRE(tier.Build(0).ok());
+  tier.Build(0);
+  tier.WaitForBuilds();
   CHECK(tier.bytes_held() <= OffloadTier::BytesFor(config, layout, 400));
   CHECK(OffloadTier::BytesFor(config, KvLayout::Dense(kLayers, kKvHeads), 400) == 0);
   // Exact search keeps no training queries.
@@ -272,6 +275,35 @@ TEST_CASE("Offload tier: reservations stay within the host budget", "[kvcache]")
   OffloadTier unlimited(config);
   unlimited.Begin(2, layout);
   CHECK(unlimited.TryReserve(2, int64_t{1} << 50));
+}
+
+}  // namespace
+}  // namespace headwise::kvcache
+
+namespace headwise::kvcache {
+namespace {
+
+// A slot ended (the sequence finished or was preempted) while its indexes are built: nothing
+// waits for the builder, which finishes on its own copy; a new sequence in the slot starts afresh.
+TEST_CASE("Offload tier: a slot ends while its build runs", "[kvcache]") {
+  std::mt19937 rng(11);
+  OffloadRule rule;  // RoarGraph: built on a thread
+  const KvLayout layout = OffloadLayout(rule);
+  OffloadTierConfig config{kLayers, kKvHeads, kQHeads, kDim, kScale, 2, 2};
+  OffloadTier tier(config);
+  tier.Begin(0, layout);
+  for (int pos = 0; pos < 2000; ++pos) {
+    const std::vector<float> q = Random(static_cast<size_t>(kQHeads) * kDim, rng);
+    tier.AddTrainingQueries(0, 1, pos, q.data());
+  }
+  tier.Store(0, 1, 0, 4, Random(2000 * kDim, rng), Random(2000 * kDim, rng));
+  tier.Build(0);
+  tier.End(0);
+  CHECK(tier.ready(0));  // an ended slot has nothing pending
+  tier.Begin(0, layout);
+  CHECK(tier.ready(0));
+  CHECK(tier.bytes_held() == 0);
+  tier.WaitForBuilds();
 }
 
 }  // namespace
