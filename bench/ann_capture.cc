@@ -8,6 +8,7 @@
 #include "core/dtype.h"
 #include "engine/attention_setup.h"
 #include "engine/model_runner.h"
+#include "kernels/host_copy.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/kv_layout.h"
 
@@ -16,25 +17,6 @@ namespace {
 
 double Seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// A tensor of the backend as host f32 (`raw` is scratch for 16-bit types).
-Status CopyF32(kernels::Backend& backend, const Tensor& t, std::vector<float>& out,
-               std::vector<uint16_t>& raw) {
-  out.resize(static_cast<size_t>(t.numel()));
-  if (t.dtype == DType::kF32) {
-    backend.CopyToHost(out.data(), t, t.nbytes());
-  } else if (t.dtype == DType::kBF16 || t.dtype == DType::kF16) {
-    raw.resize(out.size());
-    backend.CopyToHost(raw.data(), t, t.nbytes());
-    for (size_t i = 0; i < raw.size(); ++i) {
-      out[i] = t.dtype == DType::kBF16 ? BF16ToF32(raw[i]) : F16ToF32(raw[i]);
-    }
-  } else {
-    return Unimplemented("capture of a {} tensor: only f32, bf16 and f16 convert to f32",
-                         DTypeName(t.dtype));
-  }
-  return Status::Ok();
 }
 
 // Copies each observed layer's query rows into the layer's training or test rows by position.
@@ -58,7 +40,7 @@ class QueryCollector {
       return Internal("observed q is [{}, {}, {}], the model has {} heads of {}", tokens, heads,
                       dim, run_.num_heads, run_.head_dim);
     }
-    HW_RETURN_IF_ERROR(CopyF32(backend_, q, q_, raw_));
+    HW_RETURN_IF_ERROR(kernels::CopyToHostF32(backend_, q, q_, raw_));
     pos_.resize(static_cast<size_t>(tokens));
     backend_.CopyToHost(pos_.data(), batch.token_pos.Rows(0, tokens),
                         static_cast<size_t>(tokens) * sizeof(int32_t));
@@ -112,21 +94,6 @@ class QueryCollector {
   std::vector<float> q_;
   std::vector<uint16_t> raw_;
   std::vector<int32_t> pos_;
-};
-
-// Clears the model's observer on every path out.
-class ObserverScope {
- public:
-  ObserverScope(models::LlamaModel& model, models::LlamaModel::AttentionObserver observer)
-      : model_(model) {
-    model_.set_attention_observer(std::move(observer));
-  }
-  ~ObserverScope() { model_.set_attention_observer(nullptr); }
-  ObserverScope(const ObserverScope&) = delete;
-  ObserverScope& operator=(const ObserverScope&) = delete;
-
- private:
-  models::LlamaModel& model_;
 };
 
 int32_t Argmax(const std::vector<float>& logits) {
@@ -258,12 +225,13 @@ StatusOr<RunCapture> CaptureRun(models::LlamaModel& model, std::span<const int32
 
   QueryCollector collector(backend, run);
   Status observed = Status::Ok();
-  ObserverScope scope(model, [&](int layer, const Tensor& q, const kernels::KvPoolView& pool,
-                                 const kernels::PagedAttentionBatch& batch) {
-    if (!observed.ok()) return;
-    observed = collector.Observe(layer, q, batch);
-    if (observed.ok() && also) also(layer, q, pool, batch);
-  });
+  models::ScopedAttentionObserver scope(
+      model, [&](int layer, const Tensor& q, const kernels::KvPoolView& pool,
+                 const kernels::PagedAttentionBatch& batch) {
+        if (!observed.ok()) return;
+        observed = collector.Observe(layer, q, batch);
+        if (observed.ok() && also) also(layer, q, pool, batch);
+      });
 
   double t0 = Seconds();
   std::vector<float> logits;

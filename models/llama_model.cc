@@ -227,4 +227,16 @@ Tensor LlamaModel::Run(const StepInputs& step) {
   return logits;
 }
 
+ScopedAttentionObserver::ScopedAttentionObserver(
+    LlamaModel& model, std::function<void(int, const Tensor&, const kernels::KvPoolView&,
+                                          const kernels::PagedAttentionBatch&)>
+                           observer)
+    : model_(model) {
+  model_.set_attention_observer(std::move(observer));
+}
+
+ScopedAttentionObserver::~ScopedAttentionObserver() {
+  model_.set_attention_observer(nullptr);
+}
+
 }  // namespace headwise::models

@@ -49,6 +49,24 @@ struct StepInputs {
   Tensor offload_out, offload_lse;
 };
 
+class LlamaModel;
+
+// Sets a model's attention observer (LlamaModel::set_attention_observer) for a scope and clears it
+// on every path out.
+class ScopedAttentionObserver {
+ public:
+  ScopedAttentionObserver(LlamaModel& model,
+                          std::function<void(int, const Tensor&, const kernels::KvPoolView&,
+                                             const kernels::PagedAttentionBatch&)>
+                              observer);
+  ~ScopedAttentionObserver();
+  ScopedAttentionObserver(const ScopedAttentionObserver&) = delete;
+  ScopedAttentionObserver& operator=(const ScopedAttentionObserver&) = delete;
+
+ private:
+  LlamaModel& model_;
+};
+
 class LlamaModel {
  public:
   static StatusOr<std::unique_ptr<LlamaModel>> Load(const ModelConfig& config,

@@ -12,6 +12,7 @@
 #include "engine/attention/profile_file.h"
 #include "engine/attention_setup.h"
 #include "engine/model_runner.h"
+#include "kernels/host_copy.h"
 #include "kvcache/kv_cache.h"
 
 namespace headwise::engine::attention {
@@ -122,18 +123,7 @@ class HostView {
 
  private:
   StatusOr<Tensor> ToF32(const Tensor& t, std::vector<float>& store) {
-    store.resize(static_cast<size_t>(t.numel()));
-    if (t.dtype == DType::kF32) {
-      backend_.CopyToHost(store.data(), t, t.nbytes());
-    } else if (t.dtype == DType::kBF16 || t.dtype == DType::kF16) {
-      raw_.resize(static_cast<size_t>(t.numel()));
-      backend_.CopyToHost(raw_.data(), t, t.nbytes());
-      for (size_t i = 0; i < raw_.size(); ++i) {
-        store[i] = t.dtype == DType::kBF16 ? BF16ToF32(raw_[i]) : F16ToF32(raw_[i]);
-      }
-    } else {
-      return Unimplemented("attention rows from {} tensors", DTypeName(t.dtype));
-    }
+    HW_RETURN_IF_ERROR(kernels::CopyToHostF32(backend_, t, store, raw_));
     Tensor h = t;
     h.data = store.data();
     h.dtype = DType::kF32;
@@ -168,21 +158,6 @@ std::unique_ptr<kvcache::KvCache> DenseCache(const models::LlamaModel& model, in
   layouts.push_back(std::move(layout));
   return std::make_unique<kvcache::KvCache>(kv, std::move(layouts), model.backend());
 }
-
-// Clears the model's observer when it goes out of scope, whatever path returns.
-class ObserverScope {
- public:
-  ObserverScope(models::LlamaModel& model, models::LlamaModel::AttentionObserver observer)
-      : model_(model) {
-    model_.set_attention_observer(std::move(observer));
-  }
-  ~ObserverScope() { model_.set_attention_observer(nullptr); }
-  ObserverScope(const ObserverScope&) = delete;
-  ObserverScope& operator=(const ObserverScope&) = delete;
-
- private:
-  models::LlamaModel& model_;
-};
 
 // Runs tokens [begin, end) of one sequence through the model in chunks; the logits of the last.
 std::vector<float> Prefill(models::LlamaModel& model, kvcache::KvCache& cache,
@@ -476,8 +451,9 @@ StatusOr<RazorProfile> ProfileRazor(models::LlamaModel& model, std::optional<int
   HW_RETURN_IF_ERROR(kv.Reserve(total));
   HostView host(model.backend());
   {
-    ObserverScope scope(model, [&](int layer, const Tensor& q, const kernels::KvPoolView& pool,
-                                   const PagedAttentionBatch& batch) {
+    models::ScopedAttentionObserver scope(model, [&](int layer, const Tensor& q,
+                                                     const kernels::KvPoolView& pool,
+                                                     const PagedAttentionBatch& batch) {
       if (!observed.ok()) return;
       observed = host.Update(q, pool, batch);
       if (!observed.ok()) return;
@@ -562,17 +538,18 @@ StatusOr<DecodeResult> DecodeWithEvents(models::LlamaModel& model, const tokeniz
   const int threads = ResolveThreads(o.threads);
   Status observed = Status::Ok();
   HostView host(model.backend());
-  ObserverScope scope(model, [&](int layer, const Tensor& q, const kernels::KvPoolView& pool,
-                                 const PagedAttentionBatch& batch) {
-    if (!observed.ok()) return;
-    observed = host.Update(q, pool, batch);
-    if (!observed.ok()) return;
-    observed = ForEachAttentionRow(
-        host.q(), host.pool(), host.batch(), scale, threads,
-        [&](int64_t, int head, int32_t, std::span<const float> probs) {
-          top_key[static_cast<size_t>(layer)][static_cast<size_t>(head)] = TopKey(probs);
-        });
-  });
+  models::ScopedAttentionObserver scope(
+      model, [&](int layer, const Tensor& q, const kernels::KvPoolView& pool,
+                 const PagedAttentionBatch& batch) {
+        if (!observed.ok()) return;
+        observed = host.Update(q, pool, batch);
+        if (!observed.ok()) return;
+        observed = ForEachAttentionRow(
+            host.q(), host.pool(), host.batch(), scale, threads,
+            [&](int64_t, int head, int32_t, std::span<const float> probs) {
+              top_key[static_cast<size_t>(layer)][static_cast<size_t>(head)] = TopKey(probs);
+            });
+      });
   int32_t input = prompt.back();
   for (int step = 0; step < o.max_new_tokens; ++step) {
     const int pos = static_cast<int>(prompt.size()) - 1 + step;
