@@ -68,6 +68,11 @@ StatusOr<GenerationResult> Generator::Generate(
   auto t1 = t0;  // the prompt is in and the first token sampled
   for (;;) {
     StepOutput step = core.Step();
+    if (!step.ran && cache_.offload_tier() != nullptr) {
+      // The sequence waits for its offload indexes (built on the tier's thread): wait with it.
+      cache_.offload_tier()->WaitForBuilds();
+      step = core.Step();
+    }
     if (!step.ran) {
       // Only pages can stop the one sequence (the pool is shared with other work, or its rings
       // have no room for a sequence); it would wait for ever.

@@ -90,3 +90,42 @@ TEST_CASE("Seeded sampling is reproducible", "[generator]") {
 
 }  // namespace
 }  // namespace headwise::engine
+
+namespace headwise::engine {
+namespace {
+
+// `headwise generate` with offload heads whose RoarGraph indexes build on the tier's thread: the
+// one sequence waits for them, then decodes; retrieving every offloaded key, as dense does.
+TEST_CASE("Generator waits for offload indexes, then decodes as dense", "[generator]") {
+  TinyStories dense;
+  const attention::ModelShape shape{2, 8, 4};
+  auto set = attention::ParsePolicy(R"({
+    "schema": "attn-policy/v1",
+    "policies": {"ra": {"storage": {"kind": "offload",
+                                    "offload": {"gpu_static": {"sink": 2, "recent": 4}}},
+                        "decode": {"mode": "select",
+                                   "selection": {"method": "ann", "budget": 4096}}}},
+    "assignment": {"default": "ra"}})",
+                                    shape, "", "ra");
+  REQUIRE(set.ok());
+  auto layout = KvLayoutFor(*set);
+  REQUIRE(layout.ok());
+  const auto& c = dense.loaded.model->config();
+  auto cache =
+      CreateKvCache({*layout}, KvConfigFor(c, 64 * c.num_layers * c.num_kv_heads), *dense.backend);
+  REQUIRE(cache.ok());
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 24;
+  const GenerationResult want = dense.Run(p);
+  Generator g(*dense.loaded.model, **cache, dense.loaded.tokenizer.get(),
+              dense.loaded.eos_token_ids);
+  const auto ids = dense.loaded.tokenizer->Encode("Once upon a time, there was a little", true);
+  auto got = g.Generate(ids, p, 5, nullptr);
+  INFO(got.status().ToString());
+  REQUIRE(got.ok());
+  CHECK(got->output_ids == want.output_ids);
+}
+
+}  // namespace
+}  // namespace headwise::engine
