@@ -234,6 +234,7 @@ StatusOr<ann::AnnSearchResult> SearchHead(Head& head, const OffloadRule& rule,
 StatusOr<RetrievedKeys> OffloadTier::Search(int32_t slot, int layer, int q_head, const float* q) {
   const int group = config_.num_q_heads / config_.num_kv_heads;
   const auto d = static_cast<size_t>(config_.head_dim);
+  HW_CHECK(ready(slot), "offload slot {} searches while its indexes are being built", slot);
   Head& head = HeadAt(slot, layer, q_head / group);
   if (!head.stored) return RetrievedKeys{};
   const Slot& s = *slots_[static_cast<size_t>(slot)];
@@ -305,6 +306,10 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
 size_t OffloadTier::bytes_held() const {
   size_t bytes = 0;
   for (const auto& s : slots_) {
+    if (s->building.load(std::memory_order_acquire)) {  // its builder owns the heads for now
+      bytes += static_cast<size_t>(s->reserved);
+      continue;
+    }
     for (const Head& h : s->heads) {
       bytes += (h.keys.capacity() + h.values.capacity() + h.train.capacity()) * sizeof(float);
       if (const auto* graph = std::get_if<ann::RoarGraph>(&h.index)) {

@@ -106,7 +106,8 @@ class OffloadTier {
   // row: a search with the group's mean reads every head of the group), as Retrieve would.
   StatusOr<RetrievedKeys> Search(int32_t slot, int layer, int q_head, const float* q);
 
-  // Bytes of keys, values, indexes and training queries held, over the slots.
+  // Bytes of keys, values, indexes and training queries held, over the slots (a slot whose
+  // build runs counts its reservation).
   size_t bytes_held() const;
   // What a prompt of `tokens` tokens of `layout` will take here at most, for admission: keys and
   // values of every offload head, its index's edges and the training queries.
