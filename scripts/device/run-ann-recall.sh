@@ -27,18 +27,7 @@
 set -uo pipefail
 name=${1:?usage: run-ann-recall.sh NAME LENGTHS}
 lengths=${2:?usage: run-ann-recall.sh NAME LENGTHS}
-carry=/tmp/hw-gpu
-gguf=$(bash scripts/device/stage-model.sh verify) || exit 1
-[ -x "$carry/bin/hw_bench_ann" ] || { echo "hw_bench_ann not stashed: scripts/device/qwen-checks.sh stash"; exit 1; }
-bash scripts/device/unpack-libs.sh "$carry/lib" || exit 1
-export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-haystack=/tmp/hw-haystack/austen.txt
-if [[ -f .carry/haystack/austen.txt.xz ]]; then
-  mkdir -p /tmp/hw-haystack
-  python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
-    .carry/haystack/austen.txt.xz "$haystack"
-fi
-[ -f "$haystack" ] || { echo "no haystack: carry .carry/haystack"; exit 1; }
+NEED_BIN=hw_bench_ann source scripts/device/stashed-env.sh
 res=/tmp/hw-ann && mkdir -p "$res"
 trap 'tar -C "$res" -czf "$OUT/ann.tgz" .' EXIT
 {

@@ -15,18 +15,7 @@ set -uo pipefail
 name=${1:?usage: run-quality.sh NAME LENGTHS [SAMPLES]}
 lengths=${2:?usage: run-quality.sh NAME LENGTHS [SAMPLES]}
 samples=${3:-50}
-carry=/tmp/hw-gpu
-gguf=$(bash scripts/device/stage-model.sh verify) || exit 1
-[ -x "$carry/bin/headwise" ] || { echo "binaries not stashed: scripts/device/qwen-checks.sh stash"; exit 1; }
-bash scripts/device/unpack-libs.sh "$carry/lib" || exit 1
-export LD_LIBRARY_PATH=$carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-haystack=/tmp/hw-haystack/austen.txt
-if [[ -f .carry/haystack/austen.txt.xz ]]; then
-  mkdir -p /tmp/hw-haystack
-  python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
-    .carry/haystack/austen.txt.xz "$haystack"
-fi
-[ -f "$haystack" ] || { echo "no haystack: carry .carry/haystack"; exit 1; }
+NEED_BIN=headwise source scripts/device/stashed-env.sh
 res=/tmp/hw-quality && mkdir -p "$res"
 trap 'tar -C "$res" -czf "$OUT/quality.tgz" .' EXIT
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$res/device.txt"
