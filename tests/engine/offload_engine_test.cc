@@ -91,20 +91,7 @@ TEST_CASE("Offload sequences preempted and recomputed start their host state afr
   for (const int top_k : {4096, 2}) {
     const std::vector<Arm> arms = Arms(top_k);
     INFO("top_k " << top_k);
-    EngineConfig roomy;
-    roomy.attention_policy = arms[1].policy_path;
-    auto engine = StartWith(Cpu, roomy);
-    const tokenizer::Tokenizer& tok = *engine->tokenizer();
-    std::vector<std::vector<int32_t>> prompts;
-    for (int i = 0; i < 4; ++i) prompts.push_back(LongPrompt(tok, i));
-    const auto expected = RunTogether(*engine, {0, 0, 0, 0}, prompts, 60);
-    engine.reset();
-    EngineConfig tight = roomy;
-    tight.max_model_len = 256;
-    tight.num_kv_pages = 2 * 8 * ((static_cast<int>(prompts[0].size()) + 60) / 16 + 2);
-    auto small = StartWith(Cpu, tight);
-    const auto preempted = RunTogether(*small, {0, 0, 0, 0}, prompts, 60);
-    CHECK(small->metrics().Value("headwise_preemptions_total") > 0);
+    const auto [expected, preempted] = testing_arms::RunWithPreemption(Cpu, arms[1].policy_path);
     // The recompute prefills the generated tokens too, after the prompt's compaction: their keys
     // come from attention without the host's keys (a prefill chunk does not retrieve), so the
     // text may change from the resumption on, whatever top_k (as with RazorAttention).

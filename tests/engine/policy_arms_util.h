@@ -129,6 +129,32 @@ inline std::vector<std::vector<int32_t>> RunTogether(
   return out;
 }
 
+// Four long prompts under the policy file `policy_path`, 60 greedy tokens each: first in a pool
+// with room for all (`roomy`), then in one that holds about two of them at full length
+// (`tight`; TinyStories: 2 layers x 4 KV heads = 8 pages a block of 16 tokens), where sequences
+// are preempted and recomputed (checked).
+struct PreemptionRuns {
+  std::vector<std::vector<int32_t>> roomy, tight;
+};
+inline PreemptionRuns RunWithPreemption(const BackendFactory& make_backend,
+                                        const std::string& policy_path) {
+  EngineConfig roomy;
+  roomy.attention_policy = policy_path;
+  auto engine = StartWith(make_backend, roomy);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 4; ++i) prompts.push_back(LongPrompt(*engine->tokenizer(), i));
+  PreemptionRuns runs;
+  runs.roomy = RunTogether(*engine, {0, 0, 0, 0}, prompts, 60);
+  engine.reset();
+  EngineConfig tight = roomy;
+  tight.max_model_len = 256;
+  tight.num_kv_pages = 2 * 8 * ((static_cast<int>(prompts[0].size()) + 60) / 16 + 2);
+  auto small = StartWith(make_backend, tight);
+  runs.tight = RunTogether(*small, {0, 0, 0, 0}, prompts, 60);
+  CHECK(small->metrics().Value("headwise_preemptions_total") > 0);
+  return runs;
+}
+
 // What CheckArmsMatchAlone checks besides each arm's tokens together against alone.
 struct AloneChecks {
   // At least this many of the arms after arm 0 (dense) must change the text of one prompt

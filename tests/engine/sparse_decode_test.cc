@@ -167,22 +167,8 @@ TEST_CASE("Selecting sequences preempted and recomputed start their selection af
     for (int arm = 1; arm <= 3; ++arm) {
       const std::vector<Arm> arms = Arms(budget, 0);
       INFO("policy " << arms[static_cast<size_t>(arm)].name << " budget " << budget);
-      EngineConfig roomy;
-      roomy.attention_policy = arms[static_cast<size_t>(arm)].policy_path;
-      auto engine = StartWith(Cpu, roomy);
-      const tokenizer::Tokenizer& tok = *engine->tokenizer();
-      std::vector<std::vector<int32_t>> prompts;
-      for (int i = 0; i < 4; ++i) prompts.push_back(LongPrompt(tok, i));
-      const auto expected = RunTogether(*engine, {0, 0, 0, 0}, prompts, 60);
-      engine.reset();
-      // TinyStories: 2 layers x 4 KV heads = 8 pages a block of 16 tokens; pages for about two
-      // of the four sequences at full length.
-      EngineConfig tight = roomy;
-      tight.max_model_len = 256;
-      tight.num_kv_pages = 2 * 8 * ((static_cast<int>(prompts[0].size()) + 60) / 16 + 2);
-      auto small = StartWith(Cpu, tight);
-      const auto preempted = RunTogether(*small, {0, 0, 0, 0}, prompts, 60);
-      CHECK(small->metrics().Value("headwise_preemptions_total") > 0);
+      const auto [expected, preempted] =
+          testing_arms::RunWithPreemption(Cpu, arms[static_cast<size_t>(arm)].policy_path);
       if (budget > 512) {
         CHECK(preempted == expected);
       } else {
