@@ -182,6 +182,13 @@ void Engine::Impl::UpdateGauges() {
   for (size_t a = 0; a < arms.size(); ++a) {
     metrics->Set("headwise_arm_kv_pages_used", held[a], {{"arm", arms[a].name}});
   }
+  if (kvcache::OffloadTier* tier = cache->offload_tier()) {
+    metrics->Set("headwise_offload_host_bytes", static_cast<double>(tier->bytes_held()));
+    for (const double seconds : tier->TakeFinishedBuilds()) {
+      metrics->Increment("headwise_offload_index_builds_total");
+      metrics->Increment("headwise_offload_index_build_seconds_total", seconds);
+    }
+  }
 }
 
 void Engine::Impl::Run() {
@@ -246,6 +253,9 @@ bool Engine::Impl::Step() {
     UpdateGauges();
   });
   if (!step.ran) return false;
+  if (step.compaction_seconds > 0) {
+    metrics->Increment("headwise_kv_compaction_seconds_total", step.compaction_seconds);
+  }
   for (const auto& [seq, read] : step.selected) {
     const auto arm = ArmLabel(*seq);
     metrics->Increment("headwise_arm_selecting_steps_total", 1, arm);
@@ -408,6 +418,14 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   m->DeclareGauge("headwise_num_requests_waiting", "Requests waiting for admission.");
   m->DeclareGauge("headwise_kv_pages_used", "KV pages held by sequences.");
   m->DeclareGauge("headwise_kv_pages_total", "KV pages in the pool.");
+  m->DeclareGauge("headwise_offload_host_bytes",
+                  "Host memory held by offload heads' keys, values and indexes.");
+  m->DeclareCounter("headwise_offload_index_builds_total",
+                    "Offload index builds finished (one per prompt, every head).");
+  m->DeclareCounter("headwise_offload_index_build_seconds_total",
+                    "Wall time of the finished offload index builds (on the tier's threads).");
+  m->DeclareCounter("headwise_kv_compaction_seconds_total",
+                    "Engine-thread time compacting completed prompts (compress_once, offload).");
   m->DeclareHistogram("headwise_time_to_first_token_seconds", "Arrival to first token.",
                       kLatencyBuckets);
   m->DeclareHistogram("headwise_inter_token_latency_seconds",

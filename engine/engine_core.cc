@@ -18,8 +18,7 @@ EngineCore::EngineCore(models::LlamaModel& model, kvcache::KvCache& cache,
 StepOutput EngineCore::Step(const std::function<void(const SchedulerOutput&)>& on_scheduled) {
   const SchedulerOutput plan = scheduler_.Schedule();
   if (on_scheduled) on_scheduled(plan);
-  StepOutput result;
-  if (plan.chunks.empty()) return result;
+  if (plan.chunks.empty()) return {};
 
   std::vector<BatchEntry> batch;
   batch.reserve(plan.chunks.size());
@@ -34,8 +33,13 @@ StepOutput EngineCore::Step(const std::function<void(const SchedulerOutput&)>& o
 
   // The prompt is in (a chunk ends there with compress-once heads): those heads compact now, also
   // when a preempted sequence recomputes its generated tokens after it.
+  StepOutput result;
   for (const ScheduledChunk& c : plan.chunks) {
-    if (c.completes_prompt) CompactAfterPrompt(backend_, cache_, *c.seq->kv, c.start + c.count);
+    if (!c.completes_prompt) continue;
+    const auto t0 = std::chrono::steady_clock::now();
+    CompactAfterPrompt(backend_, cache_, *c.seq->kv, c.start + c.count);
+    result.compaction_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
   // Sequences whose tokens are all computed sample from their logits row on the device; a

@@ -26,6 +26,9 @@ struct StepOutput {
   // Each sequence whose decode step selected (decode-time selection), with what it read. The
   // pointers are valid until the next Step (a finished sequence is still in update).
   std::vector<std::pair<const Sequence*, SelectionRead>> selected;
+  // Wall time this step spent compacting prompts that completed (kv_compaction.h: RazorAttention's
+  // compensation, offload heads' copy to the host and their index build's device work).
+  double compaction_seconds = 0;
 };
 
 class EngineCore {

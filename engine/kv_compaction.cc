@@ -13,6 +13,26 @@ namespace {
 // head dim 128).
 constexpr int64_t kGatherRows = int64_t{1} << 17;
 
+// Step 1 of a head's RoarGraph build on the device (Backend::TopKeys: the exact best keys of every
+// training query), where the head's keys already are: a GPU does it in a fraction of the time the
+// CPU would take (quadratic in the prompt). Empty without training queries.
+std::vector<uint32_t> TrainingNeighbours(kernels::Backend& backend, std::span<const float> train,
+                                         const Tensor& keys, int knn_per_query,
+                                         std::vector<uint16_t>& raw) {
+  const int64_t d = keys.dim(1);
+  const auto m = static_cast<int64_t>(train.size()) / d;
+  if (m == 0) return {};
+  const int64_t k = std::min<int64_t>(knn_per_query, keys.dim(0));
+  kernels::Buffer queries = backend.Allocate(backend.activation_dtype(), {m, d});
+  const Status uploaded = kernels::CopyFromHostF32(backend, queries.view(), train.data(), raw);
+  HW_CHECK(uploaded.ok(), "training queries to the device: {}", uploaded.ToString());
+  kernels::Buffer ids = backend.Allocate(DType::kI32, {m, k});
+  backend.TopKeys(queries.view(), keys, ids.view());
+  std::vector<uint32_t> top(static_cast<size_t>(m * k));
+  backend.CopyToHost(top.data(), ids.view(), top.size() * sizeof(uint32_t));
+  return top;
+}
+
 // Copies positions [begin, end) of every offload head of `kv` to the host tier, then builds its
 // indexes. The span is gathered from the pool (viewed as rows of head_dim) on the device, a
 // chunk of whole heads at a time, and brought over as f32.
@@ -57,11 +77,17 @@ void OffloadSpan(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::Se
     }
     const auto head_floats = static_cast<size_t>(n * d);
     for (size_t i = 0; i < count; ++i) {
+      const auto [layer, kv_head] = heads[first + i];
       const auto from = static_cast<std::ptrdiff_t>(i * head_floats);
       const auto to = from + static_cast<std::ptrdiff_t>(head_floats);
-      tier.Store(slot, heads[first + i].first, heads[first + i].second, begin,
+      const Tensor head_keys(static_cast<char*>(k_out.view().data) +
+                                 static_cast<size_t>(from) * DTypeSize(pool.k.dtype),
+                             pool.k.dtype, pool.k.device, {n, d});
+      tier.Store(slot, layer, kv_head, begin,
                  std::vector<float>(keys.begin() + from, keys.begin() + to),
-                 std::vector<float>(values.begin() + from, values.begin() + to));
+                 std::vector<float>(values.begin() + from, values.begin() + to),
+                 TrainingNeighbours(backend, tier.TrainingQueries(slot, layer, kv_head), head_keys,
+                                    layout.offload->knn_per_query, raw));
     }
   }
   tier.Build(slot);  // on the tier's builder thread; the sequence decodes once it is ready

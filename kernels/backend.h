@@ -271,6 +271,9 @@ struct KvMeanBatch {
   BlockTable table;
 };
 
+// The most keys Backend::TopKeys returns per query (the CUDA kernel sorts its candidates on chip).
+inline constexpr int kMaxTopKeys = 1024;
+
 // A recorded sequence of operations that replays with the same arguments (a CUDA graph):
 // replaying skips the per-launch cost of hundreds of small kernels in a decode step.
 class CapturedOps {
@@ -402,6 +405,14 @@ class Backend {
   virtual void MeanKv(const KvPoolView& pool, const KvMeanBatch& batch) = 0;
   // out[r] = x[rows[r]].  x [T, H], rows [R], out [R, H]
   virtual void GatherRows(const Tensor& x, const Tensor& rows, const Tensor& out) = 0;
+  // Exact maximum-inner-product search for a batch of queries (step 1 of the offload tier's
+  // RoarGraph build, ALGORITHMS.md §5.1 and §9.10): ids[m] = the k keys with the largest inner
+  // product with queries[m], best first, ties to the lower id. queries [M, D] in the activation
+  // dtype, keys [N, D] in the KV dtype (one head's rows), ids i32 [M, k], 1 <= k <= min(N,
+  // kMaxTopKeys). The CPU sums in f32 (kernels/cpu/top_keys.h); CUDA multiplies the bf16 rows with
+  // f32 accumulation (cuBLASLt), so keys whose scores differ only by rounding may order
+  // differently.
+  virtual void TopKeys(const Tensor& queries, const Tensor& keys, const Tensor& ids) = 0;
   // Draws one token per row of `batch` from logits [N, V] f32 (SamplingBatch); the logits are
   // left as they are.
   virtual void Sample(const Tensor& logits, const SamplingBatch& batch,

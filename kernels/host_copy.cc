@@ -22,4 +22,20 @@ Status CopyToHostF32(Backend& backend, const Tensor& t, std::vector<float>& out,
   return Status::Ok();
 }
 
+Status CopyFromHostF32(Backend& backend, const Tensor& t, const float* src,
+                       std::vector<uint16_t>& raw) {
+  const auto n = static_cast<size_t>(t.numel());
+  if (t.dtype == DType::kF32) {
+    if (n > 0) backend.CopyFromHost(t, src, t.nbytes());
+    return Status::Ok();
+  }
+  if (t.dtype != DType::kBF16) {
+    return Unimplemented("f32 as a {} tensor: only f32 and bf16 convert", DTypeName(t.dtype));
+  }
+  raw.resize(n);
+  for (size_t i = 0; i < n; ++i) raw[i] = F32ToBF16(src[i]);
+  if (n > 0) backend.CopyFromHost(t, raw.data(), t.nbytes());
+  return Status::Ok();
+}
+
 }  // namespace headwise::kernels

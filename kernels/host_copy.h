@@ -1,4 +1,4 @@
-// Copies a backend's tensors to host f32 buffers, whatever the tensor's float type (the
+// Copies a backend's tensors to and from host f32 buffers, whatever the tensor's float type (the
 // CUDA backend keeps activations and KV in bf16, the CPU backend in f32): for host-side work on
 // device data (head profiling, the offload tier, benchmarks).
 #pragma once
@@ -15,5 +15,9 @@ namespace headwise::kernels {
 // for 16-bit types. Other types: Unimplemented.
 Status CopyToHostF32(Backend& backend, const Tensor& t, std::vector<float>& out,
                      std::vector<uint16_t>& raw);
+// The reverse: t.numel() floats of `src` into t (f32 or bf16, rounded to nearest even); `raw` is
+// scratch for bf16. Other types: Unimplemented.
+Status CopyFromHostF32(Backend& backend, const Tensor& t, const float* src,
+                       std::vector<uint16_t>& raw);
 
 }  // namespace headwise::kernels

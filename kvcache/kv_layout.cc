@@ -216,7 +216,8 @@ Status KvLayout::Validate(int layers, int kv_heads) const {
                            offloads ? "offload heads without the host's rule (KvLayout::offload)"
                                     : "an offload rule but no offload head");
   }
-  if (offload && (offload->top_k < 1 || offload->knn_per_query < 1 || offload->max_degree < 2 ||
+  if (offload && (offload->top_k < 1 || offload->knn_per_query < 1 ||
+                  offload->knn_per_query > kernels::kMaxTopKeys || offload->max_degree < 2 ||
                   offload->build_list < offload->max_degree || offload->search_list < 1 ||
                   offload->train_stride < 1)) {
     return InvalidArgument(

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <utility>
 #include <variant>
 
 #include "kernels/cpu/list_attention.h"
@@ -33,6 +34,7 @@ struct OffloadTier::Head {
   int begin = 0;                    // position of row 0
   std::vector<float> keys, values;  // [n, D]
   std::vector<float> train;         // [m, D]: the group's training queries, every query head
+  std::vector<uint32_t> train_top;  // [m, min(knn_per_query, n)] given by Store, or empty
   // Exact search: monostate.
   std::variant<std::monostate, ann::RoarGraph, HnswOrNone> index;
 
@@ -134,8 +136,12 @@ void OffloadTier::AddTrainingQueries(int32_t slot, int layer, int pos, const flo
   }
 }
 
+std::span<const float> OffloadTier::TrainingQueries(int32_t slot, int layer, int kv_head) {
+  return HeadAt(slot, layer, kv_head).train;
+}
+
 void OffloadTier::Store(int32_t slot, int layer, int kv_head, int begin, std::vector<float> keys,
-                        std::vector<float> values) {
+                        std::vector<float> values, std::vector<uint32_t> train_top) {
   Head& head = HeadAt(slot, layer, kv_head);
   HW_CHECK(head.offload && !head.stored,
            "layer {} KV head {}: not an offload head, or stored already", layer, kv_head);
@@ -146,6 +152,7 @@ void OffloadTier::Store(int32_t slot, int layer, int kv_head, int begin, std::ve
   head.begin = begin;
   head.keys = std::move(keys);
   head.values = std::move(values);
+  head.train_top = std::move(train_top);
 }
 
 // Runs on a builder thread; nothing else touches the heads' indexes until it is done (ready()).
@@ -162,7 +169,7 @@ void OffloadTier::BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule
       p.max_degree = static_cast<size_t>(rule.max_degree);
       p.candidate_list = static_cast<size_t>(rule.build_list);
       p.num_threads = threads;
-      auto graph = ann::RoarGraph::Build(keys, train, p);
+      auto graph = ann::RoarGraph::Build(keys, train, p, head.train_top);
       HW_CHECK(graph.ok(), "offload index of head {}: {}", i, graph.status().ToString());
       head.index = std::move(*graph);
     }
@@ -179,6 +186,7 @@ void OffloadTier::BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule
     }
 #endif
     head.train = {};
+    head.train_top = {};
   }
 }
 
@@ -196,8 +204,14 @@ void OffloadTier::Build(int32_t slot) {
   });
   s->building.store(true, std::memory_order_release);
   const auto dim = static_cast<size_t>(config_.head_dim);
-  builders_.push_back(std::async(std::launch::async, [s, dim, threads = config_.threads] {
+  builders_.push_back(std::async(std::launch::async, [this, s, dim, threads = config_.threads] {
+    const auto t0 = std::chrono::steady_clock::now();
     BuildIndexes(s->heads, s->rule, dim, threads);
+    {
+      std::lock_guard lock(finished_mu_);
+      finished_builds_.push_back(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
     s->building.store(false, std::memory_order_release);
   }));
 }
@@ -210,6 +224,11 @@ bool OffloadTier::ready(int32_t slot) const {
 void OffloadTier::WaitForBuilds() {
   for (std::future<void>& f : builders_) f.wait();
   builders_.clear();
+}
+
+std::vector<double> OffloadTier::TakeFinishedBuilds() {
+  std::lock_guard lock(finished_mu_);
+  return std::exchange(finished_builds_, {});
 }
 
 namespace {
@@ -311,7 +330,8 @@ size_t OffloadTier::bytes_held() const {
       continue;
     }
     for (const Head& h : s->heads) {
-      bytes += (h.keys.capacity() + h.values.capacity() + h.train.capacity()) * sizeof(float);
+      bytes += (h.keys.capacity() + h.values.capacity() + h.train.capacity()) * sizeof(float) +
+               h.train_top.capacity() * sizeof(uint32_t);
       if (const auto* graph = std::get_if<ann::RoarGraph>(&h.index)) {
         bytes += graph->num_edges() * sizeof(uint32_t) + (graph->size() + 1) * sizeof(size_t);
       }
@@ -328,13 +348,15 @@ size_t OffloadTier::BytesFor(const OffloadTierConfig& config, const KvLayout& la
   const auto group = static_cast<size_t>(config.num_q_heads / config.num_kv_heads);
   const OffloadRule& rule = *layout.offload;
   // Keys and values, f32; a graph's edges (reverse edges and reachability links can add some
-  // beyond max_degree: counted twice) and offsets; the training queries until the build.
+  // beyond max_degree: counted twice) and offsets; the training queries and their neighbour
+  // lists until the build.
   size_t per_head = 2 * n * d * sizeof(float);
   if (rule.index != OffloadRule::Index::kExact) {
     per_head += n * (2 * static_cast<size_t>(rule.max_degree) * sizeof(uint32_t) + sizeof(size_t));
   }
   if (rule.index == OffloadRule::Index::kRoarGraph) {
-    per_head += (n / static_cast<size_t>(rule.train_stride) + 1) * group * d * sizeof(float);
+    per_head += (n / static_cast<size_t>(rule.train_stride) + 1) * group *
+                (d * sizeof(float) + static_cast<size_t>(rule.knn_per_query) * sizeof(uint32_t));
   }
   return heads * per_head;
 }

@@ -8,7 +8,8 @@
 // A sequence's life here: Begin (its slot and layout) -> AddTrainingQueries while its prompt is
 // prefilled (the post-RoPE queries of every train_stride-th position, the RoarGraph's training
 // queries) -> Store per offload (layer, KV head) when the prompt is in (the dropped span
-// [sink, first kept)) -> Build (every head's index, on a thread of its own; the training queries
+// [sink, first kept), with the training queries' exact neighbours when the engine found them on
+// the device) -> Build (every head's index, on a thread of its own; the training queries
 // are dropped) -> ready() -> Retrieve at each decode step -> End (frees it; a preempted sequence
 // starts again at Begin).
 //
@@ -27,6 +28,7 @@
 #include <cstdint>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -82,10 +84,16 @@ class OffloadTier {
   // The queries of prompt position `pos` at `layer`: q [Hq, D] post-RoPE. Kept for the layer's
   // offload heads when pos % train_stride == 0 (RoarGraph only).
   void AddTrainingQueries(int32_t slot, int layer, int pos, const float* q);
+  // The training queries kept for (layer, kv_head): rows [m, D], the group's query heads of each
+  // kept position in turn. Empty for indexes other than RoarGraph.
+  std::span<const float> TrainingQueries(int32_t slot, int layer, int kv_head);
   // The dropped span of (layer, kv_head): positions [begin, begin + n) as rows [n, D] of keys
-  // and values. Once per head and Begin.
+  // and values. Once per head and Begin. train_top: the RoarGraph build's first step when the
+  // caller found it (Backend::TopKeys on the device): the min(knn_per_query, n) best keys of
+  // each training query, best first, as row ids of `keys`, rows of the queries in order; empty:
+  // the builder finds them.
   void Store(int32_t slot, int layer, int kv_head, int begin, std::vector<float> keys,
-             std::vector<float> values);
+             std::vector<float> values, std::vector<uint32_t> train_top = {});
   // Builds every stored head's index, then drops the training queries: on a thread of its own
   // (the engine thread goes on with other sequences; this one may not retrieve until ready()).
   // Exact search builds nothing and is ready at once. Ending the slot before the build is done
@@ -95,6 +103,8 @@ class OffloadTier {
   bool ready(int32_t slot) const;
   // Waits for every pending build.
   void WaitForBuilds();
+  // The wall time of each build finished since the last call (for the engine's metrics).
+  std::vector<double> TakeFinishedBuilds();
 
   // One decode step of `layer`: batch sequence s (slots[s] >= 0 and active) has its query in row
   // s of q [S, Hq, D]; for each of its offload heads and each query head h of the group,
@@ -124,6 +134,8 @@ class OffloadTier {
   // Shared with a slot's builder thread, so that ending (or restarting) a slot never waits for it.
   std::vector<std::shared_ptr<Slot>> slots_;
   std::vector<std::future<void>> builders_;
+  std::mutex finished_mu_;
+  std::vector<double> finished_builds_;  // seconds, guarded by finished_mu_
   std::unique_ptr<kernels::cpu::ThreadPool> pool_;
 };
 

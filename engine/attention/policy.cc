@@ -11,6 +11,7 @@
 #include "core/file_io.h"
 #include "core/json_file.h"
 #include "engine/attention/profile_file.h"
+#include "kernels/backend.h"
 
 namespace headwise::engine::attention {
 namespace {
@@ -359,6 +360,10 @@ Status ParseOffload(const json& j, const std::string& path, Policy& p) {
                                      : AnnIndexType::kExact;
     HW_RETURN_IF_ERROR(i.Enum("train_queries", "prefill", {"prefill"}).status());
     HW_ASSIGN_OR_RETURN(index.knn_per_query, i.Int("knn_per_query", index.knn_per_query, 1));
+    if (index.knn_per_query > kernels::kMaxTopKeys) {
+      return InvalidArgument("{}: {} is above {}, the most the build's exact search returns",
+                             i.At("knn_per_query"), index.knn_per_query, kernels::kMaxTopKeys);
+    }
     HW_ASSIGN_OR_RETURN(index.max_degree, i.Int("max_degree", index.max_degree, 2));
     HW_ASSIGN_OR_RETURN(index.build_list, i.Int("build_L", index.build_list, 1));
     HW_ASSIGN_OR_RETURN(index.search_list, i.Int("search_L", index.search_list, 1));

@@ -16,6 +16,7 @@
 #include "kernels/cpu/sampling.h"
 #include "kernels/cpu/select_decode.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/top_keys.h"
 
 namespace headwise::kernels {
 namespace {
@@ -472,6 +473,24 @@ class CpuBackend final : public Backend {
   void OffloadAttention(const Tensor& q, const KvPoolView& pool, const OffloadDecodeBatch& batch,
                         float scale, const Tensor& out) override {
     cpu::OffloadAttention(q, pool, batch, scale, out, pool_);
+  }
+
+  void TopKeys(const Tensor& queries, const Tensor& keys, const Tensor& ids) override {
+    const int64_t m = queries.dim(0), n = keys.dim(0), d = keys.dim(1), k = ids.dim(1);
+    HW_CHECK(
+        queries.dim(1) == d && ids.dim(0) == m && k >= 1 && k <= std::min<int64_t>(n, kMaxTopKeys),
+        "TopKeys: queries [{}, {}], keys [{}, {}], ids [{}, {}]", m, queries.dim(1), n, d,
+        ids.dim(0), k);
+    pool_.ParallelFor(m, m * n * d, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const auto top =
+            cpu::TopKeysOf(keys.ptr<float>(), static_cast<size_t>(n), static_cast<size_t>(d),
+                           queries.ptr<float>() + i * d, static_cast<size_t>(k));
+        for (int64_t j = 0; j < k; ++j) {
+          ids.ptr<int32_t>()[i * k + j] = static_cast<int32_t>(top[static_cast<size_t>(j)].id);
+        }
+      }
+    });
   }
 
   void MeanKv(const KvPoolView& pool, const KvMeanBatch& batch) override {

@@ -15,6 +15,7 @@
 #include "kernels/cuda/ptx.cuh"
 #include "kernels/cuda/sampling.h"
 #include "kernels/cuda/select_decode.h"
+#include "kernels/cuda/top_keys.h"
 
 namespace headwise::kernels {
 namespace {
@@ -732,6 +733,30 @@ class CudaBackend final : public Backend {
     PdlLaunch(dim3(static_cast<unsigned>(rows.numel())), dim3(256), 0, stream_)(
         GatherRowsKernel, x.ptr<bf16>(), rows.ptr<int32_t>(), out.ptr<bf16>(), x.dim(1));
     HW_CUDA_LAUNCHED();
+  }
+
+  // Scores of a block of queries against every key (one cuBLASLt product into at most 1 GiB of
+  // f32), then the row top-k (kernels/cuda/top_keys.h).
+  void TopKeys(const Tensor& queries, const Tensor& keys, const Tensor& ids) override {
+    static_assert(kMaxTopKeys <= cuda::kRowTopKMax);
+    const int64_t m = queries.dim(0), n = keys.dim(0), d = keys.dim(1), k = ids.dim(1);
+    HW_CHECK(
+        queries.dim(1) == d && ids.dim(0) == m && k >= 1 && k <= std::min<int64_t>(n, kMaxTopKeys),
+        "TopKeys: queries [{}, {}], keys [{}, {}], ids [{}, {}]", m, queries.dim(1), n, d,
+        ids.dim(0), k);
+    if (m == 0) return;
+    const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 28) / n, 1, m);
+    Buffer scores = Allocate(DType::kF32, {chunk, n});
+    for (int64_t first = 0; first < m; first += chunk) {
+      const int64_t rows = std::min(chunk, m - first);
+      HW_CHECK(lt_gemm_->Run(queries.ptr<bf16>() + first * d, keys.ptr<bf16>(), nullptr,
+                             scores.view().data, /*out_f32=*/true, rows, n, d),
+               "TopKeys: no cuBLASLt algorithm for [{}, {}] x [{}, {}]^T", rows, d, n, d);
+      HW_CHECK(cuda::LaunchRowTopK(stream_, scores.view().ptr<float>(), rows, n,
+                                   static_cast<int>(k), ids.ptr<int32_t>() + first * k),
+               "TopKeys: row top-{} of {} scores did not launch", k, n);
+    }
+    Synchronize();  // the scores go with this scope
   }
 
   void Sample(const Tensor& logits, const SamplingBatch& batch, const SampleOutputs& out) override {

@@ -1,6 +1,5 @@
 #include "kvcache/ann/exact_search.h"
 
-#include <algorithm>
 #include <unordered_set>
 
 #include "kvcache/ann/parallel.h"
@@ -17,22 +16,6 @@ Status CheckMatrix(const MatrixView& m, size_t dim, const char* what) {
   return Status::Ok();
 }
 
-namespace {
-
-// The checked inputs' top-k.
-std::vector<ScoredId> TopK(const MatrixView& keys, const float* query, size_t k) {
-  k = std::min(k, keys.rows);
-  std::vector<ScoredId> scores(keys.rows);
-  for (size_t i = 0; i < keys.rows; ++i) {
-    scores[i] = {static_cast<uint32_t>(i), InnerProduct(keys.Row(i), query, keys.dim)};
-  }
-  std::partial_sort(scores.begin(), scores.begin() + static_cast<ptrdiff_t>(k), scores.end(),
-                    BetterThan);
-  return std::vector<ScoredId>(scores.begin(), scores.begin() + static_cast<ptrdiff_t>(k));
-}
-
-}  // namespace
-
 StatusOr<std::vector<ScoredId>> ExactTopK(const MatrixView& keys, std::span<const float> query,
                                           size_t k) {
   HW_RETURN_IF_ERROR(CheckMatrix(keys, keys.dim, "ExactTopK keys"));
@@ -40,7 +23,7 @@ StatusOr<std::vector<ScoredId>> ExactTopK(const MatrixView& keys, std::span<cons
     return InvalidArgument("ExactTopK: query has {} values, keys have dim {}", query.size(),
                            keys.dim);
   }
-  return TopK(keys, query.data(), k);
+  return kernels::cpu::TopKeysOf(keys.data, keys.rows, keys.dim, query.data(), k);
 }
 
 StatusOr<std::vector<std::vector<ScoredId>>> ExactTopKBatch(const MatrixView& keys,
@@ -49,8 +32,9 @@ StatusOr<std::vector<std::vector<ScoredId>>> ExactTopKBatch(const MatrixView& ke
   HW_RETURN_IF_ERROR(CheckMatrix(keys, keys.dim, "ExactTopKBatch keys"));
   HW_RETURN_IF_ERROR(CheckMatrix(queries, keys.dim, "ExactTopKBatch queries"));
   std::vector<std::vector<ScoredId>> result(queries.rows);
-  ParallelFor(queries.rows, num_threads,
-              [&](size_t q) { result[q] = TopK(keys, queries.Row(q), k); });
+  ParallelFor(queries.rows, num_threads, [&](size_t q) {
+    result[q] = kernels::cpu::TopKeysOf(keys.data, keys.rows, keys.dim, queries.Row(q), k);
+  });
   return result;
 }
 

@@ -125,7 +125,8 @@ std::vector<uint8_t> Reachable(const std::vector<std::vector<uint32_t>>& adj, ui
 }  // namespace
 
 StatusOr<RoarGraph> RoarGraph::Build(const MatrixView& keys, const MatrixView& train_queries,
-                                     const RoarGraphParams& params) {
+                                     const RoarGraphParams& params,
+                                     std::span<const uint32_t> train_top) {
   HW_RETURN_IF_ERROR(CheckMatrix(keys, keys.dim, "RoarGraph keys"));
   HW_RETURN_IF_ERROR(CheckMatrix(train_queries, keys.dim, "RoarGraph training queries"));
   if (params.n_q == 0 || params.max_degree == 0 || params.connect_queue == 0) {
@@ -147,21 +148,37 @@ StatusOr<RoarGraph> RoarGraph::Build(const MatrixView& keys, const MatrixView& t
   const int threads = params.num_threads;
   const size_t max_degree = params.max_degree;
 
-  // 1. Exact top-n_q keys of every training query.
-  HW_ASSIGN_OR_RETURN(auto knn,
-                      ExactTopKBatch(keys, train_queries, std::min(params.n_q, n), threads));
+  // 1. Exact top-n_q keys of every training query (given, or found here), rows of `width`.
+  const size_t width = std::min(params.n_q, n);
+  std::vector<uint32_t> found;
+  if (train_top.empty() && train_queries.rows > 0) {
+    HW_ASSIGN_OR_RETURN(auto knn, ExactTopKBatch(keys, train_queries, width, threads));
+    found.reserve(knn.size() * width);
+    for (const auto& row : knn) {
+      for (const ScoredId& s : row) found.push_back(s.id);
+    }
+    train_top = found;
+  }
+  if (train_top.size() != train_queries.rows * width) {
+    return InvalidArgument("RoarGraph: {} neighbour ids for {} training queries of {} each",
+                           train_top.size(), train_queries.rows, width);
+  }
+  for (uint32_t id : train_top) {
+    if (id >= n) return InvalidArgument("RoarGraph: neighbour id {} of {} keys", id, n);
+  }
+  auto top_of = [&](size_t q) { return train_top.subspan(q * width, width); };
 
   // 2-3. Each query hangs off its top-1 key; the pivot's candidates are its queries' other keys.
   std::vector<std::vector<uint32_t>> queries_of_pivot(n);
-  for (size_t q = 0; q < knn.size(); ++q) {
-    queries_of_pivot[knn[q][0].id].push_back(static_cast<uint32_t>(q));
+  for (size_t q = 0; q < train_queries.rows; ++q) {
+    queries_of_pivot[top_of(q)[0]].push_back(static_cast<uint32_t>(q));
   }
   std::vector<std::vector<uint32_t>> adj(n);
   ParallelFor(n, threads, [&](size_t pivot) {
     if (queries_of_pivot[pivot].empty()) return;
     std::vector<uint32_t> ids;
     for (uint32_t q : queries_of_pivot[pivot]) {
-      for (const ScoredId& s : knn[q]) ids.push_back(s.id);
+      for (uint32_t id : top_of(q)) ids.push_back(id);
     }
     std::sort(ids.begin(), ids.end());
     ids.erase(std::unique(ids.begin(), ids.end()), ids.end());

@@ -9,7 +9,8 @@
 //
 // What Build does (a faithful, simple version of matchyc/RoarGraph's projection; names of its
 // parameters in brackets):
-//  1. Exact top-n_q keys of every training query [M_sq = N_q = 100] (ExactTopKBatch).
+//  1. Exact top-n_q keys of every training query [M_sq = N_q = 100] (ExactTopKBatch, or given:
+//     the engine finds them on the device, Backend::TopKeys).
 //  2. Projection of the bipartite graph query -> keys onto keys: as in RoarGraph, each training
 //     query hangs off its top-1 key (the "pivot"), and the pivot's neighbour candidates are the
 //     other keys of that query's top-n_q list (the union over all queries with that pivot, ranked
@@ -74,11 +75,16 @@ struct AnnSearchResult {
 
 class RoarGraph {
  public:
+  // train_top: step 1's answer when it was computed elsewhere (the GPU: Backend::TopKeys), the
+  // ids of each training query's min(n_q, N) best keys, best first, rows of the queries in order;
+  // empty: step 1 runs here.
   // Errors: keys and train_queries of different dim, dim 0, n_q / max_degree == 0,
-  // candidate_list < max_degree. N == 0 gives an empty graph (every search returns nothing);
-  // no training queries gives a graph made by step 6 alone.
+  // candidate_list < max_degree, train_top of another size or with an id >= N. N == 0 gives an
+  // empty graph (every search returns nothing); no training queries gives a graph made by step 6
+  // alone.
   static StatusOr<RoarGraph> Build(const MatrixView& keys, const MatrixView& train_queries,
-                                   const RoarGraphParams& params);
+                                   const RoarGraphParams& params,
+                                   std::span<const uint32_t> train_top = {});
 
   // Top-k keys for a query (k may exceed N: then all N keys come back). Thread-safe.
   // Errors: query.size() != dim, queue_capacity == 0.

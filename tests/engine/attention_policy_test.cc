@@ -1203,6 +1203,24 @@ TEST_CASE("Offload (RetrievalAttention): the ALGORITHMS.md example loads", "[pol
   CHECK(per_head->At(0, 0) == kernels::KvRetention::Offload(4, 64));
 }
 
+// The 128K speed benchmark's policy (bench/offload_bench.cc): every head of Llama-3-8B offloads
+// with the paper's static set and RoarGraph parameters, trained at stride 16.
+TEST_CASE("Offload: the shipped Llama-3-8B benchmark policy loads", "[policy][offload]") {
+  const kvcache::KvLayout layout =
+      LayoutOf(LoadShipped("llama-3-8b-offload/roargraph.json", kLlama3));
+  CHECK(layout.CountStorage(kernels::kStorageOffload) == 32 * 8);
+  CHECK(layout.At(31, 7) == kernels::KvRetention::Offload(128, 512));
+  REQUIRE(layout.offload.has_value());
+  CHECK(layout.offload->index == kvcache::OffloadRule::Index::kRoarGraph);
+  CHECK(layout.offload->top_k == 100);
+  CHECK(layout.offload->per_q_head);
+  CHECK(layout.offload->knn_per_query == 100);
+  CHECK(layout.offload->max_degree == 35);
+  CHECK(layout.offload->build_list == 500);
+  CHECK(layout.offload->search_list == 128);
+  CHECK(layout.offload->train_stride == 16);
+}
+
 TEST_CASE("Offload (RetrievalAttention): contradictions and unsupported options are refused",
           "[policy][offload]") {
   using Catch::Contains;
@@ -1233,6 +1251,8 @@ TEST_CASE("Offload (RetrievalAttention): contradictions and unsupported options 
        at + "storage.offload.index.train_queries: \"decode\" is not one of prefill"},
       {"\"build_L\": 500", "\"build_L\": 20",
        at + "storage.offload.index.build_L: 20 is below max_degree 35"},
+      {"\"knn_per_query\": 100", "\"knn_per_query\": 1025",
+       at + "storage.offload.index.knn_per_query: 1025 is above 1024"},
       {"\"search_L\": 128", "\"search_l\": 128", at + "storage.offload.index.search_l: unknown"},
       {"\"cpu_attention\": true", "\"cpu_attention\": false",
        at + "storage.offload.cpu_attention: false", StatusCode::kUnimplemented},

@@ -77,6 +77,12 @@ TEST_CASE("Offload retrieving every offloaded key decodes as dense", "[engine]")
     INFO("arm " << config.arms[a].name);
     CHECK(out[a] == out[0]);
   }
+  // What an operator sees of it: three prompts compacted, one index built (exact search builds
+  // none), each taking time.
+  MetricsRegistry& m = engine->metrics();
+  CHECK(m.Value("headwise_kv_compaction_seconds_total") > 0);
+  CHECK(m.Value("headwise_offload_index_builds_total") == 1);
+  CHECK(m.Value("headwise_offload_index_build_seconds_total") > 0);
 }
 
 TEST_CASE("Offload with a few keys changes the text; a request decodes the same alone",

@@ -1326,6 +1326,35 @@ TEST_CASE("CUDA offload attention matches the merge rule", "[cuda]") {
   }
 }
 
+// TopKeys (the offload index build's exact search) on the backend under test against the double
+// reference on the same bf16 numbers: only keys whose scores differ by f32 rounding may trade
+// places; with exact integer scores and many ties at the k-th (the kernel's path that settles all
+// 32 bits and takes equal keys by id), the ids equal the reference's. Rows from below one block's
+// candidate capacity to 128K keys, k from 1 to 1024.
+TEST_CASE("CUDA exact top keys match the reference", "[cuda]") {
+  Pair p;
+  INFO("seed " << p.seed);
+  struct Shape {
+    int64_t m, n, d, k;
+    bool ties;
+  };
+  for (const Shape& sh : {Shape{7, 100, 64, 100, false}, Shape{33, 5000, 64, 100, false},
+                          Shape{5, 3000, 128, 1024, false}, Shape{4, 20000, 64, 1, false},
+                          Shape{3, 131072, 128, 100, false}, Shape{6, 50000, 16, 100, true},
+                          Shape{2, 4096, 8, 1024, true}}) {
+    INFO("m " << sh.m << " n " << sh.n << " d " << sh.d << " k " << sh.k << " ties " << sh.ties);
+    const testing::TopKeysCase c = testing::MakeTopKeysCase(sh.m, sh.n, sh.d, sh.k, sh.ties, p.rng);
+    Backend& be = *p.gpu;
+    Buffer q = be.Allocate(be.activation_dtype(), {c.m, c.d});
+    Put(be, q.view(), c.queries);
+    Buffer keys = Stored(be, c.keys, {c.n, c.d});
+    Buffer ids = be.Allocate(DType::kI32, {c.m, c.k});
+    be.TopKeys(q.view(), keys.view(), ids.view());
+    const int64_t differ = testing::CheckTopKeys(c, ReadI32(be, ids.view()), 1e-5);
+    if (sh.ties) CHECK(differ == 0);
+  }
+}
+
 // --- whole steps, captured ---
 
 // Three layers over shared sets — TidalDecode (select, then consume), Recycled Attention (stride 3,

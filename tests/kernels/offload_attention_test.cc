@@ -115,5 +115,32 @@ TEST_CASE("MergeAttention of two disjoint key lists is attention over their unio
   CHECK(empty_lse == lse_b);
 }
 
+// The CPU's exact search for the index build against the double reference: near-ties may trade
+// places only by f32 rounding; with exact scores (small integers, many ties at the k-th) the ids
+// equal the reference's. k from 1 to the whole row, and k above what one row's candidates hold on
+// the GPU (1024).
+TEST_CASE("TopKeys returns each query's best keys, ties to the lower id", "[kernels]") {
+  auto be = CreateCpuBackend(2);
+  std::mt19937 rng(7);
+  struct Shape {
+    int64_t m, n, d, k;
+    bool ties;
+  };
+  for (const Shape& sh :
+       {Shape{5, 300, 16, 1, false}, Shape{9, 1000, 64, 100, false}, Shape{3, 64, 8, 64, false},
+        Shape{4, 3000, 32, 1024, false}, Shape{6, 4000, 16, 100, true}}) {
+    INFO("m " << sh.m << " n " << sh.n << " d " << sh.d << " k " << sh.k << " ties " << sh.ties);
+    const testing::TopKeysCase c = testing::MakeTopKeysCase(sh.m, sh.n, sh.d, sh.k, sh.ties, rng);
+    Buffer q = Upload(*be, c.queries, {c.m, c.d});
+    Buffer keys = Upload(*be, c.keys, {c.n, c.d});
+    Buffer ids = be->Allocate(DType::kI32, {c.m, c.k});
+    be->TopKeys(q.view(), keys.view(), ids.view());
+    std::vector<int32_t> got(static_cast<size_t>(c.m * c.k));
+    be->CopyToHost(got.data(), ids.view(), got.size() * sizeof(int32_t));
+    const int64_t differ = testing::CheckTopKeys(c, got, 1e-6);
+    if (sh.ties) CHECK(differ == 0);
+  }
+}
+
 }  // namespace
 }  // namespace headwise::kernels

@@ -5,10 +5,12 @@
 // (slot -1), or run the full layout. The pools hold random bf16-representable keys and values in
 // every slot (garbage where no key lives), and the host's (o, lse) per (sequence, query head) is
 // random, with lse -inf (nothing retrieved) on some rows. ExpectedOffload gives, in double, what
-// OffloadAttention must write: the rule of OffloadDecodeBatch applied to the same numbers.
+// OffloadAttention must write: the rule of OffloadDecodeBatch applied to the same numbers. Also
+// the inputs and the check of Backend::TopKeys (the exact search of the offload index's build).
 #pragma once
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -145,6 +147,80 @@ inline std::vector<float> ExpectedOffload(const OffloadScenario& s) {
     }
   }
   return out;
+}
+
+// Backend::TopKeys's inputs: queries [m, d] and keys [n, d], bf16-representable. With `ties`,
+// small integers (-2..2), so that every score is exact in f32 and many keys share the k-th
+// score: the rule "ties to the lower id" then decides, and both sides must agree exactly.
+struct TopKeysCase {
+  int64_t m = 0, n = 0, d = 0, k = 0;
+  std::vector<float> queries, keys;
+};
+
+inline TopKeysCase MakeTopKeysCase(int64_t m, int64_t n, int64_t d, int64_t k, bool ties,
+                                   std::mt19937& rng) {
+  TopKeysCase c{m, n, d, k, {}, {}};
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> small(-2, 2);
+  auto fill = [&](std::vector<float>& v, int64_t count) {
+    v.resize(static_cast<size_t>(count));
+    for (float& x : v)
+      x = ties ? static_cast<float>(small(rng)) : BF16ToF32(F32ToBF16(normal(rng)));
+  };
+  fill(c.queries, m * d);
+  fill(c.keys, n * d);
+  return c;
+}
+
+// The k best ids of each query in double, best first, ties to the lower id: [m, k].
+inline std::vector<int32_t> ExpectedTopKeys(const TopKeysCase& c, std::vector<double>& scores) {
+  scores.assign(static_cast<size_t>(c.m * c.n), 0.0);
+  std::vector<int32_t> want;
+  for (int64_t i = 0; i < c.m; ++i) {
+    double* row = scores.data() + i * c.n;
+    for (int64_t j = 0; j < c.n; ++j) {
+      for (int64_t t = 0; t < c.d; ++t) {
+        row[j] += double{c.queries[static_cast<size_t>(i * c.d + t)]} *
+                  c.keys[static_cast<size_t>(j * c.d + t)];
+      }
+    }
+    std::vector<int32_t> ids(static_cast<size_t>(c.n));
+    for (int64_t j = 0; j < c.n; ++j) ids[static_cast<size_t>(j)] = static_cast<int32_t>(j);
+    std::partial_sort(ids.begin(), ids.begin() + c.k, ids.end(), [&](int32_t a, int32_t b) {
+      return row[a] > row[b] || (row[a] == row[b] && a < b);
+    });
+    want.insert(want.end(), ids.begin(), ids.begin() + c.k);
+  }
+  return want;
+}
+
+// Checks TopKeys's answer `got` [m, k] against the double reference: distinct ids in range, and
+// the j-th id's score within `tol` (relative to the row's largest |score|) of the j-th best
+// score, so that only keys whose scores differ by rounding may trade places. Returns how many
+// entries differ from the reference's ids (0 is required where every score is exact).
+inline int64_t CheckTopKeys(const TopKeysCase& c, const std::vector<int32_t>& got, double tol) {
+  std::vector<double> scores;
+  const std::vector<int32_t> want = ExpectedTopKeys(c, scores);
+  REQUIRE(got.size() == want.size());
+  int64_t differ = 0;
+  for (int64_t i = 0; i < c.m; ++i) {
+    const double* row = scores.data() + i * c.n;
+    double scale = 0.0;
+    for (int64_t j = 0; j < c.n; ++j) scale = std::max(scale, std::fabs(row[j]));
+    std::vector<int32_t> seen;
+    for (int64_t j = 0; j < c.k; ++j) {
+      const int32_t id = got[static_cast<size_t>(i * c.k + j)];
+      const int32_t best = want[static_cast<size_t>(i * c.k + j)];
+      INFO("query " << i << " rank " << j << " id " << id << " (reference " << best << ")");
+      REQUIRE((id >= 0 && id < c.n));
+      seen.push_back(id);
+      REQUIRE(std::fabs(row[id] - row[best]) <= tol * scale);
+      differ += id != best ? 1 : 0;
+    }
+    std::sort(seen.begin(), seen.end());
+    REQUIRE(std::adjacent_find(seen.begin(), seen.end()) == seen.end());
+  }
+  return differ;
 }
 
 }  // namespace headwise::testing

@@ -204,6 +204,36 @@ TEST_CASE("RoarGraph build is the same for every thread count", "[ann]") {
   }
 }
 
+// The engine finds step 1 (each training query's exact neighbours) on the device and hands it to
+// Build: given the same lists, the graph is the one Build makes itself. Lists of another size or
+// with an id outside the keys are refused.
+TEST_CASE("RoarGraph built from given neighbour lists equals its own build", "[ann]") {
+  const OodData data = MakeOod(2000, 600, 0, 32, 31);
+  RoarGraphParams params;
+  params.num_threads = 2;
+  auto own = RoarGraph::Build(data.keys.View(), data.train_queries.View(), params);
+  REQUIRE(own.ok());
+  auto knn = ExactTopKBatch(data.keys.View(), data.train_queries.View(), params.n_q, 2);
+  REQUIRE(knn.ok());
+  std::vector<uint32_t> lists;
+  for (const auto& row : *knn) {
+    for (const ScoredId& s : row) lists.push_back(s.id);
+  }
+  auto given = RoarGraph::Build(data.keys.View(), data.train_queries.View(), params, lists);
+  REQUIRE(given.ok());
+  CHECK(given->entry_point() == own->entry_point());
+  REQUIRE(given->num_edges() == own->num_edges());
+  for (uint32_t i = 0; i < 2000; ++i) {
+    auto a = own->Neighbors(i), b = given->Neighbors(i);
+    REQUIRE(std::equal(a.begin(), a.end(), b.begin(), b.end()));
+  }
+  std::vector<uint32_t> short_lists(lists.begin(), lists.end() - 1);
+  CHECK_FALSE(
+      RoarGraph::Build(data.keys.View(), data.train_queries.View(), params, short_lists).ok());
+  lists[5] = 2000;
+  CHECK_FALSE(RoarGraph::Build(data.keys.View(), data.train_queries.View(), params, lists).ok());
+}
+
 TEST_CASE("RoarGraph on empty and tiny inputs", "[ann]") {
   RoarGraphParams params;
   const Matrix query = Gaussian(1, 8, 2);

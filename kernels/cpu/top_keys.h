@@ -1,0 +1,63 @@
+// Exact maximum-inner-product search over one head's keys: the CPU arithmetic of
+// Backend::TopKeys (RoarGraph's build, ALGORITHMS.md §5.1) and of kvcache/ann's exact search, the
+// reference every approximate index there is measured against. Header-only, so that kvcache/ann
+// (which depends on core only) shares it without linking the backend.
+//
+// The score of a key for a query is their inner product, which is what attention ranks keys by
+// (the softmax scale does not change the order). Results are ordered best first; equal scores
+// order by the lower id, so the answer is a pure function of the input, never of threads or of
+// sort internals.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace headwise::kernels::cpu {
+
+struct ScoredId {
+  uint32_t id = 0;
+  float score = 0.0f;
+
+  friend bool operator==(const ScoredId&, const ScoredId&) = default;
+};
+
+// The order of every result list: higher score first, ties to the lower id.
+inline bool BetterThan(const ScoredId& a, const ScoredId& b) {
+  return a.score > b.score || (a.score == b.score && a.id < b.id);
+}
+
+// The sum of term(i) over i < dim in a fixed order (eight interleaved partial sums, then a fixed
+// tree), so the same pair of rows gives the same float wherever it is computed; the eight
+// independent sums let the compiler vectorize the loop.
+template <typename Term>
+float FixedOrderSum(size_t dim, const Term& term) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= dim; i += 8) {
+    for (size_t j = 0; j < 8; ++j) acc[j] += term(i + j);
+  }
+  for (size_t j = 0; i < dim; ++i, ++j) acc[j] += term(i);
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+inline float InnerProduct(const float* a, const float* b, size_t dim) {
+  return FixedOrderSum(dim, [&](size_t i) { return a[i] * b[i]; });
+}
+
+// The min(k, rows) best of keys [rows, dim] (row-major) for `query` [dim], best first.
+inline std::vector<ScoredId> TopKeysOf(const float* keys, size_t rows, size_t dim,
+                                       const float* query, size_t k) {
+  k = std::min(k, rows);
+  std::vector<ScoredId> scores(rows);
+  for (size_t i = 0; i < rows; ++i) {
+    scores[i] = {static_cast<uint32_t>(i), InnerProduct(keys + i * dim, query, dim)};
+  }
+  std::partial_sort(scores.begin(), scores.begin() + static_cast<std::ptrdiff_t>(k), scores.end(),
+                    BetterThan);
+  scores.resize(k);
+  return scores;
+}
+
+}  // namespace headwise::kernels::cpu
