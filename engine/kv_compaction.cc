@@ -13,6 +13,11 @@ namespace {
 // head dim 128).
 constexpr int64_t kGatherRows = int64_t{1} << 17;
 
+template <typename T>
+std::vector<T> Slice(const std::vector<T>& v, std::ptrdiff_t from, std::ptrdiff_t to) {
+  return std::vector<T>(v.begin() + from, v.begin() + to);
+}
+
 // Step 1 of a head's RoarGraph build on the device (Backend::TopKeys: the exact best keys of every
 // training query), where the head's keys already are: a GPU does it in a fraction of the time the
 // CPU would take (quadratic in the prompt). Empty without training queries.
@@ -53,7 +58,11 @@ void OffloadSpan(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::Se
     }
   }
   const auto per_chunk = static_cast<size_t>(std::max<int64_t>(1, kGatherRows / n));
+  const bool bf16 = tier.config().bf16_rows;
+  HW_CHECK(bf16 == (pool.k.dtype == DType::kBF16), "the host tier keeps {} rows of a {} pool",
+           bf16 ? "bf16" : "f32", DTypeName(pool.k.dtype));
   std::vector<float> keys, values;
+  std::vector<kernels::cpu::Bf16> keys16, values16;
   std::vector<uint16_t> raw;
   for (size_t first = 0; first < heads.size(); first += per_chunk) {
     const size_t count = std::min(per_chunk, heads.size() - first);
@@ -71,9 +80,17 @@ void OffloadSpan(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::Se
     kernels::Buffer v_out = backend.Allocate(pool.v.dtype, {num_rows, d});
     backend.GatherRows(k_rows, row_ids.view(), k_out.view());
     backend.GatherRows(v_rows, row_ids.view(), v_out.view());
-    for (auto [buffer, host] : {std::pair{&k_out, &keys}, {&v_out, &values}}) {
-      const Status copied = kernels::CopyToHostF32(backend, buffer->view(), *host, raw);
-      HW_CHECK(copied.ok(), "offloading the prompt's keys: {}", copied.ToString());
+    if (bf16) {  // as stored: bf16 bits, no conversion
+      static_assert(sizeof(kernels::cpu::Bf16) == sizeof(uint16_t));
+      for (auto [buffer, host] : {std::pair{&k_out, &keys16}, {&v_out, &values16}}) {
+        host->resize(static_cast<size_t>(buffer->view().numel()));
+        backend.CopyToHost(host->data(), buffer->view(), buffer->view().nbytes());
+      }
+    } else {
+      for (auto [buffer, host] : {std::pair{&k_out, &keys}, {&v_out, &values}}) {
+        const Status copied = kernels::CopyToHostF32(backend, buffer->view(), *host, raw);
+        HW_CHECK(copied.ok(), "offloading the prompt's keys: {}", copied.ToString());
+      }
     }
     const auto head_floats = static_cast<size_t>(n * d);
     for (size_t i = 0; i < count; ++i) {
@@ -83,11 +100,16 @@ void OffloadSpan(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::Se
       const Tensor head_keys(static_cast<char*>(k_out.view().data) +
                                  static_cast<size_t>(from) * DTypeSize(pool.k.dtype),
                              pool.k.dtype, pool.k.device, {n, d});
-      tier.Store(slot, layer, kv_head, begin,
-                 std::vector<float>(keys.begin() + from, keys.begin() + to),
-                 std::vector<float>(values.begin() + from, values.begin() + to),
-                 TrainingNeighbours(backend, tier.TrainingQueries(slot, layer, kv_head), head_keys,
-                                    layout.offload->knn_per_query, raw));
+      std::vector<uint32_t> top =
+          TrainingNeighbours(backend, tier.TrainingQueries(slot, layer, kv_head), head_keys,
+                             layout.offload->knn_per_query, raw);
+      if (bf16) {
+        tier.Store(slot, layer, kv_head, begin, Slice(keys16, from, to), Slice(values16, from, to),
+                   std::move(top));
+      } else {
+        tier.Store(slot, layer, kv_head, begin, Slice(keys, from, to), Slice(values, from, to),
+                   std::move(top));
+      }
     }
   }
   tier.Build(slot);  // on the tier's builder thread; the sequence decodes once it is ready

@@ -168,9 +168,10 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
   }
   if (std::any_of(layouts_.begin(), layouts_.end(),
                   [](const LayoutInfo& i) { return i.layout.offload.has_value(); })) {
-    offload_tier_ = std::make_unique<OffloadTier>(OffloadTierConfig{
-        num_layers, hkv, config.num_q_heads, config.head_dim, config.attention_scale,
-        config.select_slots, config.offload_threads, config.offload_host_bytes});
+    offload_tier_ = std::make_unique<OffloadTier>(
+        OffloadTierConfig{num_layers, hkv, config.num_q_heads, config.head_dim,
+                          config.attention_scale, config.select_slots, config.offload_threads,
+                          config.offload_host_bytes, backend.kv_dtype() == DType::kBF16});
   }
   if (has_reindex_) {
     const auto& f = config.rope_inv_freq;

@@ -31,14 +31,18 @@ struct HnswOrNone {};  // never built: Supports refuses the rule
 struct OffloadTier::Head {
   bool offload = false;
   bool stored = false;
-  int begin = 0;                    // position of row 0
-  std::vector<float> keys, values;  // [n, D]
+  int begin = 0;                                     // position of row 0
+  std::vector<float> keys, values;                   // [n, D], or empty with bf16 rows
+  std::vector<kernels::cpu::Bf16> keys16, values16;  // [n, D] with bf16 rows
   std::vector<float> train;         // [m, D]: the group's training queries, every query head
   std::vector<uint32_t> train_top;  // [m, min(knn_per_query, n)] given by Store, or empty
   // Exact search: monostate.
   std::variant<std::monostate, ann::RoarGraph, HnswOrNone> index;
 
-  size_t rows(int head_dim) const { return keys.size() / static_cast<size_t>(head_dim); }
+  size_t rows(size_t head_dim) const { return (keys.size() + keys16.size()) / head_dim; }
+  // The keys as an index reads them.
+  ann::MatrixView KeysF32(size_t d) const { return {keys.data(), keys.size() / d, d}; }
+  ann::Bf16MatrixView KeysBf16(size_t d) const { return {keys16.data(), keys16.size() / d, d}; }
 };
 
 struct OffloadTier::Slot {
@@ -140,19 +144,38 @@ std::span<const float> OffloadTier::TrainingQueries(int32_t slot, int layer, int
   return HeadAt(slot, layer, kv_head).train;
 }
 
-void OffloadTier::Store(int32_t slot, int layer, int kv_head, int begin, std::vector<float> keys,
-                        std::vector<float> values, std::vector<uint32_t> train_top) {
+OffloadTier::Head& OffloadTier::StoreHead(int32_t slot, int layer, int kv_head, int begin,
+                                          size_t keys, size_t values, bool bf16,
+                                          std::vector<uint32_t> train_top) {
   Head& head = HeadAt(slot, layer, kv_head);
   HW_CHECK(head.offload && !head.stored,
            "layer {} KV head {}: not an offload head, or stored already", layer, kv_head);
-  HW_CHECK(keys.size() == values.size() && keys.size() % static_cast<size_t>(config_.head_dim) == 0,
-           "offloaded keys ({}) and values ({}) must both be rows of {}", keys.size(),
-           values.size(), config_.head_dim);
+  HW_CHECK(bf16 == config_.bf16_rows, "offloaded rows are {}, the tier keeps {}",
+           bf16 ? "bf16" : "f32", config_.bf16_rows ? "bf16" : "f32");
+  HW_CHECK(keys == values && keys % static_cast<size_t>(config_.head_dim) == 0,
+           "offloaded keys ({}) and values ({}) must both be rows of {}", keys, values,
+           config_.head_dim);
   head.stored = true;
   head.begin = begin;
+  head.train_top = std::move(train_top);
+  return head;
+}
+
+void OffloadTier::Store(int32_t slot, int layer, int kv_head, int begin, std::vector<float> keys,
+                        std::vector<float> values, std::vector<uint32_t> train_top) {
+  Head& head = StoreHead(slot, layer, kv_head, begin, keys.size(), values.size(), false,
+                         std::move(train_top));
   head.keys = std::move(keys);
   head.values = std::move(values);
-  head.train_top = std::move(train_top);
+}
+
+void OffloadTier::Store(int32_t slot, int layer, int kv_head, int begin,
+                        std::vector<kernels::cpu::Bf16> keys,
+                        std::vector<kernels::cpu::Bf16> values, std::vector<uint32_t> train_top) {
+  Head& head = StoreHead(slot, layer, kv_head, begin, keys.size(), values.size(), true,
+                         std::move(train_top));
+  head.keys16 = std::move(keys);
+  head.values16 = std::move(values);
 }
 
 // Runs on a builder thread; nothing else touches the heads' indexes until it is done (ready()).
@@ -161,7 +184,7 @@ void OffloadTier::BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule
   for (size_t i = 0; i < heads.size(); ++i) {
     Head& head = heads[i];
     if (!head.stored) continue;
-    const ann::MatrixView keys{head.keys.data(), head.keys.size() / dim, dim};
+    const bool bf16 = !head.keys16.empty();
     if (rule.index == OffloadRule::Index::kRoarGraph) {
       const ann::MatrixView train{head.train.data(), head.train.size() / dim, dim};
       ann::RoarGraphParams p;
@@ -169,7 +192,8 @@ void OffloadTier::BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule
       p.max_degree = static_cast<size_t>(rule.max_degree);
       p.candidate_list = static_cast<size_t>(rule.build_list);
       p.num_threads = threads;
-      auto graph = ann::RoarGraph::Build(keys, train, p, head.train_top);
+      auto graph = bf16 ? ann::RoarGraph::Build(head.KeysBf16(dim), train, p, head.train_top)
+                        : ann::RoarGraph::Build(head.KeysF32(dim), train, p, head.train_top);
       HW_CHECK(graph.ok(), "offload index of head {}: {}", i, graph.status().ToString());
       head.index = std::move(*graph);
     }
@@ -179,7 +203,15 @@ void OffloadTier::BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule
       p.max_degree = static_cast<size_t>(rule.max_degree);
       p.ef_construction = static_cast<size_t>(rule.build_list);
       p.num_threads = threads;
-      auto hnsw = ann::HnswIndex::Build(keys, p);
+      // hnswlib copies the vectors into its own storage, as f32: bf16 rows convert for the build.
+      std::vector<float> converted;
+      if (bf16) {
+        converted.reserve(head.keys16.size());
+        for (kernels::cpu::Bf16 x : head.keys16) converted.push_back(kernels::cpu::ToF32(x));
+      }
+      auto hnsw = ann::HnswIndex::Build(
+          bf16 ? ann::MatrixView{converted.data(), converted.size() / dim, dim} : head.KeysF32(dim),
+          p);
       HW_CHECK(hnsw.ok(), "offload index of head {}: {}", i, hnsw.status().ToString());
       hnsw->SetEf(static_cast<size_t>(rule.search_list));
       head.index = std::move(*hnsw);
@@ -243,9 +275,14 @@ StatusOr<ann::AnnSearchResult> SearchHead(Head& head, const OffloadRule& rule,
 #ifdef HEADWISE_HAVE_HNSWLIB
   if (auto* hnsw = std::get_if<ann::HnswIndex>(&head.index)) return hnsw->Search(query, k);
 #endif
-  const ann::MatrixView keys{head.keys.data(), head.keys.size() / dim, dim};
-  HW_ASSIGN_OR_RETURN(std::vector<ann::ScoredId> top, ann::ExactTopK(keys, query, k));
-  return ann::AnnSearchResult{std::move(top), keys.rows};
+  const size_t rows = head.rows(dim);
+  if (head.keys16.empty()) {
+    HW_ASSIGN_OR_RETURN(std::vector<ann::ScoredId> top,
+                        ann::ExactTopK(head.KeysF32(dim), query, k));
+    return ann::AnnSearchResult{std::move(top), rows};
+  }
+  HW_ASSIGN_OR_RETURN(std::vector<ann::ScoredId> top, ann::ExactTopK(head.KeysBf16(dim), query, k));
+  return ann::AnnSearchResult{std::move(top), rows};
 }
 
 }  // namespace
@@ -289,6 +326,7 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
       num_seqs * hkv, std::numeric_limits<int64_t>::max(), [&](int64_t begin, int64_t end) {
         kernels::cpu::KeyList list;
         kernels::cpu::ListScratch scratch;
+        std::vector<float> converted;
         for (int64_t u = begin; u < end; ++u) {
           const int64_t seq = u / hkv;
           const int kv_head = static_cast<int>(u % hkv);
@@ -297,7 +335,7 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
           HW_CHECK(ready(slot), "offload slot {} retrieves while its indexes are being built",
                    slot);
           Head& head = HeadAt(slot, layer, kv_head);
-          if (!head.stored || head.keys.empty()) continue;
+          if (!head.stored || head.rows(d) == 0) continue;
           const float* q_row = q + static_cast<size_t>(seq) * hq * d;
           const bool per_q_head = slots_[static_cast<size_t>(slot)]->rule.per_q_head;
           // One search per query head, or one for the group (its mean query).
@@ -307,10 +345,25 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
             HW_CHECK(found.ok(), "offload search, layer {} KV head {}: {}", layer, kv_head,
                      found.status().ToString());
             list.Clear();
-            for (int32_t pos : found->positions) {
-              const auto row = static_cast<size_t>(pos - head.begin);
-              list.k.push_back(head.keys.data() + row * d);
-              list.v.push_back(head.values.data() + row * d);
+            if (head.keys16.empty()) {
+              for (int32_t pos : found->positions) {
+                const auto row = static_cast<size_t>(pos - head.begin);
+                list.k.push_back(head.keys.data() + row * d);
+                list.v.push_back(head.values.data() + row * d);
+              }
+            } else {  // the retrieved rows as f32, [keys | values] (sized first: it must not move)
+              converted.resize(2 * found->positions.size() * d);
+              float* kv = converted.data();
+              for (int32_t pos : found->positions) {
+                const auto row = static_cast<size_t>(pos - head.begin);
+                for (size_t c = 0; c < d; ++c) {
+                  kv[c] = kernels::cpu::ToF32(head.keys16[row * d + c]);
+                  kv[d + c] = kernels::cpu::ToF32(head.values16[row * d + c]);
+                }
+                list.k.push_back(kv);
+                list.v.push_back(kv + d);
+                kv += 2 * d;
+              }
             }
             const int heads = per_q_head ? 1 : group;
             const size_t first = static_cast<size_t>(seq) * hq + static_cast<size_t>(qh);
@@ -331,6 +384,7 @@ size_t OffloadTier::bytes_held() const {
     }
     for (const Head& h : s->heads) {
       bytes += (h.keys.capacity() + h.values.capacity() + h.train.capacity()) * sizeof(float) +
+               (h.keys16.capacity() + h.values16.capacity()) * sizeof(kernels::cpu::Bf16) +
                h.train_top.capacity() * sizeof(uint32_t);
       if (const auto* graph = std::get_if<ann::RoarGraph>(&h.index)) {
         bytes += graph->num_edges() * sizeof(uint32_t) + (graph->size() + 1) * sizeof(size_t);
@@ -347,10 +401,10 @@ size_t OffloadTier::BytesFor(const OffloadTierConfig& config, const KvLayout& la
   const auto d = static_cast<size_t>(config.head_dim);
   const auto group = static_cast<size_t>(config.num_q_heads / config.num_kv_heads);
   const OffloadRule& rule = *layout.offload;
-  // Keys and values, f32; a graph's edges (reverse edges and reachability links can add some
-  // beyond max_degree: counted twice) and offsets; the training queries and their neighbour
+  // Keys and values (f32 or bf16); a graph's edges (reverse edges and reachability links can add
+  // some beyond max_degree: counted twice) and offsets; the training queries and their neighbour
   // lists until the build.
-  size_t per_head = 2 * n * d * sizeof(float);
+  size_t per_head = 2 * n * d * (config.bf16_rows ? sizeof(kernels::cpu::Bf16) : sizeof(float));
   if (rule.index != OffloadRule::Index::kExact) {
     per_head += n * (2 * static_cast<size_t>(rule.max_degree) * sizeof(uint32_t) + sizeof(size_t));
   }

@@ -17,8 +17,10 @@
 // of its group's queries (the group then attends one set); the top_k keys by inner product from
 // the index (RoarGraph searched with queue search_list; HNSW with ef search_list; exact search),
 // then list attention (kernels/cpu/list_attention.h, the CPU backend's arithmetic) over them in
-// increasing position, at the model's softmax scale. Keys and values are f32 here, whatever the
-// device stores (the CUDA backend's bf16 values convert exactly).
+// increasing position, at the model's softmax scale. Keys and values are kept as the device stored
+// them: f32 from the CPU backend, bf16 from the CUDA backend (OffloadTierConfig::bf16_rows: half
+// the host memory, which is what lets four 128K prompts of an 8B model fit 128 GB); a bf16 value
+// converts to f32 exactly, so either attends alike.
 //
 // Threads: one caller at a time (the engine thread); the work inside runs on the tier's own pool,
 // one unit per (sequence, KV head), so an HNSW index (not thread-safe) is only ever searched by
@@ -33,6 +35,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "kernels/cpu/top_keys.h"
 #include "kvcache/kv_layout.h"
 
 namespace headwise::kernels::cpu {
@@ -51,6 +54,7 @@ struct OffloadTierConfig {
   int threads = 1;
   // Host memory the slots may reserve together (TryReserve); 0: no limit.
   int64_t host_budget_bytes = 0;
+  bool bf16_rows = false;  // keys and values stored as bf16 (Store's bf16 overload), else f32
 };
 
 // What one search found, for tests and benchmarks: the positions (increasing) and how many keys
@@ -94,6 +98,9 @@ class OffloadTier {
   // the builder finds them.
   void Store(int32_t slot, int layer, int kv_head, int begin, std::vector<float> keys,
              std::vector<float> values, std::vector<uint32_t> train_top = {});
+  // The same with bf16 rows (a tier with bf16_rows takes only these, one without only f32).
+  void Store(int32_t slot, int layer, int kv_head, int begin, std::vector<kernels::cpu::Bf16> keys,
+             std::vector<kernels::cpu::Bf16> values, std::vector<uint32_t> train_top = {});
   // Builds every stored head's index, then drops the training queries: on a thread of its own
   // (the engine thread goes on with other sequences; this one may not retrieve until ready()).
   // Exact search builds nothing and is ready at once. Ending the slot before the build is done
@@ -127,6 +134,9 @@ class OffloadTier {
   struct Head;
   struct Slot;
   Head& HeadAt(int32_t slot, int layer, int kv_head);
+  // Store's checks and bookkeeping, for either row type.
+  Head& StoreHead(int32_t slot, int layer, int kv_head, int begin, size_t keys, size_t values,
+                  bool bf16, std::vector<uint32_t> train_top);
   static void BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule, size_t dim,
                            int threads);
 

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/dtype.h"
+
 namespace headwise::kernels::cpu {
 
 struct ScoredId {
@@ -42,13 +44,30 @@ float FixedOrderSum(size_t dim, const Term& term) {
   return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
-inline float InnerProduct(const float* a, const float* b, size_t dim) {
-  return FixedOrderSum(dim, [&](size_t i) { return a[i] * b[i]; });
+// A bf16 value as its bits (host memory for keys that came from a bf16 device: half the bytes of
+// f32, and converting one is exact).
+struct Bf16 {
+  uint16_t bits = 0;
+};
+
+inline float ToF32(float x) {
+  return x;
+}
+inline float ToF32(Bf16 x) {
+  return BF16ToF32(x.bits);
+}
+
+// Keys are f32 or Bf16; the product is summed in f32 either way, so a Bf16 key scores exactly as
+// its f32 conversion does.
+template <typename Key>
+float InnerProduct(const Key* a, const float* b, size_t dim) {
+  return FixedOrderSum(dim, [&](size_t i) { return ToF32(a[i]) * b[i]; });
 }
 
 // The min(k, rows) best of keys [rows, dim] (row-major) for `query` [dim], best first.
-inline std::vector<ScoredId> TopKeysOf(const float* keys, size_t rows, size_t dim,
-                                       const float* query, size_t k) {
+template <typename Key>
+std::vector<ScoredId> TopKeysOf(const Key* keys, size_t rows, size_t dim, const float* query,
+                                size_t k) {
   k = std::min(k, rows);
   std::vector<ScoredId> scores(rows);
   for (size_t i = 0; i < rows; ++i) {

@@ -52,6 +52,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <variant>
 #include <vector>
 
 #include "core/status.h"
@@ -85,13 +86,19 @@ class RoarGraph {
   static StatusOr<RoarGraph> Build(const MatrixView& keys, const MatrixView& train_queries,
                                    const RoarGraphParams& params,
                                    std::span<const uint32_t> train_top = {});
+  // Bf16 keys: the same graph as over their f32 conversions.
+  static StatusOr<RoarGraph> Build(const Bf16MatrixView& keys, const MatrixView& train_queries,
+                                   const RoarGraphParams& params,
+                                   std::span<const uint32_t> train_top = {});
 
   // Top-k keys for a query (k may exceed N: then all N keys come back). Thread-safe.
   // Errors: query.size() != dim, queue_capacity == 0.
   StatusOr<AnnSearchResult> Search(std::span<const float> query, size_t k,
                                    size_t queue_capacity) const;
 
-  size_t size() const { return keys_.rows; }
+  size_t size() const {
+    return std::visit([](const auto& keys) { return keys.rows; }, keys_);
+  }
   uint32_t entry_point() const { return entry_; }
   std::span<const uint32_t> Neighbors(uint32_t id) const {
     return {ids_.data() + offsets_[id], ids_.data() + offsets_[id + 1]};
@@ -99,7 +106,12 @@ class RoarGraph {
   size_t num_edges() const { return ids_.size(); }
 
  private:
-  MatrixView keys_;
+  template <typename T>
+  static StatusOr<RoarGraph> BuildFrom(const RowsOf<T>& keys, const MatrixView& train_queries,
+                                       const RoarGraphParams& params,
+                                       std::span<const uint32_t> train_top);
+
+  std::variant<MatrixView, Bf16MatrixView> keys_;
   uint32_t entry_ = 0;
   std::vector<size_t> offsets_;  // CSR adjacency: Neighbors(i) = ids_[offsets_[i], offsets_[i+1])
   std::vector<uint32_t> ids_;

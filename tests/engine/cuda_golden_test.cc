@@ -1,6 +1,8 @@
 // The CUDA backend end to end: logits of real models close to transformers' fp32 goldens
 // within bf16 error, and greedy text equal to the CPU backend's — or, where they part, at a
 // step whose two best tokens are a near-tie that bf16 cannot order.
+#include <fmt/format.h>
+
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdlib>
@@ -193,6 +195,27 @@ constexpr const char* kReindexPolicy = R"({
 // compensation token, the last 24 prompt tokens, then everything decoded).
 constexpr const char* kRazorPolicy = testing_arms::kRazor;
 
+// RetrievalAttention on the same heads: the others keep 4 sinks + the last 24 prompt tokens on the
+// device and retrieve 8 of the rest from the host at each step, by exact search, or by a RoarGraph
+// built from the device's exact neighbour lists (Backend::TopKeys) and searched with a queue over
+// the whole span (so it too finds the exact top 8, whatever near-ties did to the graph). On CUDA
+// the host keeps the keys and values as bf16.
+std::string OffloadPolicy(const char* index) {
+  return fmt::format(R"({{
+  "schema": "attn-policy/v1", "name": "offload-test",
+  "policies": {{
+    "retrieval": {{"storage": {{"kind": "full"}}}},
+    "offload": {{"storage": {{"kind": "offload",
+                           "offload": {{"gpu_static": {{"sink": 4, "recent": 24}},
+                                       "index": {{"type": "{}", "search_L": 256}}}}}},
+                "decode": {{"mode": "select",
+                           "selection": {{"method": "ann", "budget": 8}}}}}}}},
+  "assignment": {{"default": "offload",
+                 "head_list": {{"format": "razor_json", "path": "heads.json",
+                               "policy": "retrieval"}}}}}})",
+                     index);
+}
+
 struct PolicyRun {
   std::vector<int32_t> prompt, output;  // greedy output
   std::vector<float> logits;            // of every position of prompt + output[:-1]
@@ -241,6 +264,7 @@ PolicyRun RunPolicy(kernels::Backend& backend, const char* policy_json,
     start += n;
     if (start == run.prompt.size()) {
       CompactAfterPrompt(backend, **cache, kv, static_cast<int>(start));
+      if (kvcache::OffloadTier* tier = (*cache)->offload_tier()) tier->WaitForBuilds();
     }
     if (start < run.prompt.size() || run.output.size() == steps) continue;
     const auto last = logits.end() - c.vocab_size;
@@ -285,6 +309,13 @@ TEST_CASE("CUDA logits with re-indexed ring heads match the CPU, step by step", 
 
 TEST_CASE("CUDA logits with compress-once heads match the CPU, step by step", "[cuda]") {
   CheckPolicyStepByStep("razor policy", kRazorPolicy);
+}
+
+TEST_CASE("CUDA logits with offload heads match the CPU, step by step", "[cuda]") {
+  for (const char* index : {"exact", "roargraph"}) {
+    INFO(index);
+    CheckPolicyStepByStep(index, OffloadPolicy(index).c_str());
+  }
 }
 
 // Decode steps replayed from captured graphs — batches padded up to their bucket, tables

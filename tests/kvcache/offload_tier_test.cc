@@ -15,6 +15,7 @@
 #include <random>
 #include <vector>
 
+#include "core/dtype.h"
 #include "kernels/cpu/list_attention.h"
 #include "kvcache/ann/exact_search.h"
 
@@ -39,15 +40,32 @@ std::vector<float> Random(size_t n, std::mt19937& rng) {
   return v;
 }
 
-struct Tier {
+// How a Tier keeps its span: f32 values, f32 copies of bf16-representable values, or those
+// values as bf16 rows (OffloadTierConfig::bf16_rows).
+enum class Rows { kF32, kF32OfBf16, kBf16 };
+
+OffloadTierConfig TierConfig(Rows rows) {
   OffloadTierConfig config{kLayers, kKvHeads, kQHeads, kDim, kScale, /*slots=*/3, /*threads=*/2};
-  OffloadTier tier{config};
+  config.bf16_rows = rows == Rows::kBf16;
+  return config;
+}
+
+std::vector<kernels::cpu::Bf16> ToBf16(const std::vector<float>& v) {
+  std::vector<kernels::cpu::Bf16> out;
+  for (float x : v) out.push_back({F32ToBF16(x)});
+  return out;
+}
+
+struct Tier {
+  OffloadTierConfig config;
+  OffloadTier tier;
   std::vector<float> keys, values;  // the span [begin, begin + n) of layer 1, KV head 0
   int begin = 4;
   int n = 0;
 
   // Slot 1 holds a prompt whose span has n keys, trained by `train` prompt positions.
-  Tier(OffloadRule rule, int span, std::mt19937& rng, int train = 64) : n(span) {
+  Tier(OffloadRule rule, int span, std::mt19937& rng, int train = 64, Rows rows = Rows::kF32)
+      : config(TierConfig(rows)), tier(config), n(span) {
     const KvLayout layout = OffloadLayout(rule);
     tier.Begin(1, layout);
     for (int pos = 0; pos < train; ++pos) {
@@ -56,7 +74,16 @@ struct Tier {
     }
     keys = Random(static_cast<size_t>(n) * kDim, rng);
     values = Random(static_cast<size_t>(n) * kDim, rng);
-    tier.Store(1, 1, 0, begin, keys, values);
+    if (rows != Rows::kF32) {
+      for (auto* v : {&keys, &values}) {
+        for (float& x : *v) x = BF16ToF32(F32ToBF16(x));
+      }
+    }
+    if (rows == Rows::kBf16) {
+      tier.Store(1, 1, 0, begin, ToBf16(keys), ToBf16(values));
+    } else {
+      tier.Store(1, 1, 0, begin, keys, values);
+    }
     tier.Build(1);
     tier.WaitForBuilds();
     REQUIRE(tier.ready(1));
@@ -75,7 +102,7 @@ struct Tier {
                              {out, lse, nullptr, 0}, scratch);
   }
   std::vector<uint32_t> ExactRows(std::span<const float> query, size_t k) const {
-    auto top = ann::ExactTopK({keys.data(), static_cast<size_t>(n), kDim}, query, k);
+    auto top = ann::ExactTopK(ann::MatrixView{keys.data(), static_cast<size_t>(n), kDim}, query, k);
     REQUIRE(top.ok());
     std::vector<uint32_t> rows;
     for (const auto& e : *top) rows.push_back(e.id);
@@ -216,6 +243,41 @@ TEST_CASE("Offload tier: RoarGraph with a queue over the span finds the exact to
     }
     CHECK(found->positions == want);
   }
+}
+
+// The CUDA backend's KV arrives as bf16 and stays bf16 on the host (half the memory): searches and
+// attention read the rows converted exactly, so a tier of bf16 rows retrieves the same keys and
+// writes the same bits as one holding the same values in f32; with exact search and with RoarGraph
+// (approximate: a queue below the span), per query head and with the group's mean.
+TEST_CASE("Offload tier: bf16 rows retrieve and attend as the same values in f32", "[kvcache]") {
+  const unsigned seed = std::random_device{}();
+  INFO("seed " << seed);
+  for (auto index : {OffloadRule::Index::kExact, OffloadRule::Index::kRoarGraph}) {
+    for (bool per_q_head : {true, false}) {
+      OffloadRule rule;
+      rule.index = index;
+      rule.top_k = 12;
+      rule.search_list = 24;
+      rule.per_q_head = per_q_head;
+      std::mt19937 rng_f32(seed), rng_bf16(seed);
+      Tier f32(rule, 400, rng_f32, 64, Rows::kF32OfBf16);
+      Tier bf16(rule, 400, rng_bf16, 64, Rows::kBf16);
+      REQUIRE(bf16.keys == f32.keys);
+      Step a({1, 0}, rng_f32), b({1, 0}, rng_bf16);
+      a.Run(f32.tier, 1);
+      b.Run(bf16.tier, 1);
+      CHECK_FALSE(Empty(a, 0, 0));
+      CHECK(std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(float)) == 0);
+      CHECK(std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)) == 0);
+    }
+  }
+  // Half the bytes of f32.
+  std::mt19937 rng(seed);
+  OffloadRule rule;
+  rule.index = OffloadRule::Index::kExact;  // no graph: the rows alone
+  Tier t(rule, 50, rng, 0, Rows::kBf16);
+  CHECK(t.tier.bytes_held() >= 2 * 50 * kDim * sizeof(uint16_t));
+  CHECK(t.tier.bytes_held() < 2 * 50 * kDim * sizeof(float));
 }
 
 TEST_CASE("Offload tier: training queries follow the stride; the estimate covers a slot",
