@@ -15,6 +15,31 @@ struct PoolEntry {
   bool expanded;
 };
 
+// The keys one search has scored. A search marks keys with its own epoch, so that the next search
+// on the thread starts without clearing: a fresh N-byte array per search would cost as much as
+// the search itself at 128K keys (a search scores a few thousand). One per thread, grown to the
+// largest N it has seen.
+class VisitedKeys {
+ public:
+  void Start(size_t n) {
+    if (mark_.size() < n) mark_.resize(n, 0);
+    if (++epoch_ == 0) {  // wrapped: old marks could match
+      std::fill(mark_.begin(), mark_.end(), 0);
+      epoch_ = 1;
+    }
+  }
+  // Whether `id` was already visited by this search; marks it.
+  bool Visit(uint32_t id) {
+    if (mark_[id] == epoch_) return true;
+    mark_[id] = epoch_;
+    return false;
+  }
+
+ private:
+  std::vector<uint32_t> mark_;
+  uint32_t epoch_ = 0;
+};
+
 // Best-first search from `entry` with a pool of `capacity` best keys (sorted by BetterThan);
 // stops when every pooled key is expanded. Returns the number of inner products computed.
 // neighbors_of(id) gives a key's out-edges as a range of uint32_t.
@@ -22,8 +47,9 @@ template <typename T, typename NeighborsOf>
 size_t BestFirstSearch(const RowsOf<T>& keys, const float* query, uint32_t entry, size_t capacity,
                        const NeighborsOf& neighbors_of, std::vector<PoolEntry>& pool) {
   pool.clear();
-  std::vector<uint8_t> visited(keys.rows, 0);
-  visited[entry] = 1;
+  thread_local VisitedKeys visited;
+  visited.Start(keys.rows);
+  visited.Visit(entry);
   pool.push_back({entry, InnerProduct(keys.Row(entry), query, keys.dim), false});
   size_t scanned = 1;
   size_t cursor = 0;  // every entry before it is expanded
@@ -32,8 +58,7 @@ size_t BestFirstSearch(const RowsOf<T>& keys, const float* query, uint32_t entry
     const uint32_t current = pool[cursor].id;
     size_t lowest_insert = pool.size();
     for (uint32_t nb : neighbors_of(current)) {
-      if (visited[nb]) continue;
-      visited[nb] = 1;
+      if (visited.Visit(nb)) continue;
       const ScoredId cand{nb, InnerProduct(keys.Row(nb), query, keys.dim)};
       ++scanned;
       if (pool.size() == capacity && !BetterThan(cand, {pool.back().id, pool.back().score})) {
