@@ -64,8 +64,13 @@ struct RoarGraphParams {
   size_t n_q = 100;             // exact neighbours per training query [N_q]
   size_t max_degree = 35;       // out-degree bound of the projected graph [M]
   size_t candidate_list = 500;  // neighbour candidates kept before pruning [L]
-  size_t connect_queue = 100;   // queue capacity of the connectivity searches (step 6)
-  size_t connect_fanin = 8;     // in-links one key may take for reachability (step 6)
+  // Queue capacity of the connectivity searches (step 6), most of the build's time: keys no
+  // training query retrieved need only some way in and out. Measured against 100 (2 threads):
+  // random keys N = 32768 with 8192 queries, build 2.06 -> 0.84 s, keys a search scans +3%; the
+  // test's OOD data N = 16384, build 3.8 -> 3.3 s, recall@100 at L_pq 100 0.9235 -> 0.925,
+  // scanned 12.7% -> 13.5%.
+  size_t connect_queue = 32;
+  size_t connect_fanin = 8;  // in-links one key may take for reachability (step 6)
   int num_threads = 1;
 };
 
