@@ -322,25 +322,27 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
   const auto num_seqs = static_cast<int64_t>(slots.size());
   std::fill(out, out + static_cast<size_t>(num_seqs) * hq * d, 0.0f);
   std::fill(lse, lse + static_cast<size_t>(num_seqs) * hq, -std::numeric_limits<float>::infinity());
+  // One unit per (sequence, query head): a batch of one 8B sequence has 32 searches a layer for
+  // 16 cores, against 8 units per (sequence, KV head). A group searching with its mean query is
+  // one unit, its first query head's.
   pool_->ParallelFor(
-      num_seqs * hkv, std::numeric_limits<int64_t>::max(), [&](int64_t begin, int64_t end) {
+      num_seqs * hq, std::numeric_limits<int64_t>::max(), [&](int64_t begin, int64_t end) {
         kernels::cpu::KeyList list;
         kernels::cpu::ListScratch scratch;
         std::vector<float> converted;
         for (int64_t u = begin; u < end; ++u) {
-          const int64_t seq = u / hkv;
-          const int kv_head = static_cast<int>(u % hkv);
+          const int64_t seq = u / hq;
+          const int qh = static_cast<int>(u % hq), kv_head = qh / group;
           const int32_t slot = slots[static_cast<size_t>(seq)];
           if (!active(slot)) continue;
           HW_CHECK(ready(slot), "offload slot {} retrieves while its indexes are being built",
                    slot);
+          const bool per_q_head = slots_[static_cast<size_t>(slot)]->rule.per_q_head;
+          if (!per_q_head && qh % group != 0) continue;
           Head& head = HeadAt(slot, layer, kv_head);
           if (!head.stored || head.rows(d) == 0) continue;
           const float* q_row = q + static_cast<size_t>(seq) * hq * d;
-          const bool per_q_head = slots_[static_cast<size_t>(slot)]->rule.per_q_head;
-          // One search per query head, or one for the group (its mean query).
-          for (int g = 0; g < (per_q_head ? group : 1); ++g) {
-            const int qh = kv_head * group + g;
+          {
             auto found = Search(slot, layer, qh, q_row);
             HW_CHECK(found.ok(), "offload search, layer {} KV head {}: {}", layer, kv_head,
                      found.status().ToString());

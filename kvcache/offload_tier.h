@@ -23,8 +23,7 @@
 // converts to f32 exactly, so either attends alike.
 //
 // Threads: one caller at a time (the engine thread); the work inside runs on the tier's own pool,
-// one unit per (sequence, KV head), so an HNSW index (not thread-safe) is only ever searched by
-// one thread.
+// one unit per (sequence, query head): every index searches from several threads at once.
 #pragma once
 
 #include <cstdint>
