@@ -2,7 +2,8 @@
 // measured against (recall@k is "how many of ExactTopK's ids an index returned"). The arithmetic
 // and the order of results (best first, ties to the lower id) are kernels/cpu/top_keys.h's.
 //
-// Keys and queries are row-major f32 matrices [rows, dim] (MatrixView, non-owning).
+// Keys and queries are row-major matrices [rows, dim] (RowsOf, non-owning): queries f32, keys f32
+// or bf16.
 #pragma once
 
 #include <cstddef>
