@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstddef>
 
+#include "kernels/cuda/block_scan.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ptx.cuh"
 #include "kernels/cuda/select_decode.h"
@@ -238,35 +239,6 @@ __device__ __forceinline__ void MergeMaxSum(float& m, float& l, float m2, float 
   m = mx;
 }
 
-// Exclusive prefix sum of v over the block in thread order; *total gets the sum. scratch:
-// kTopKWarps + 1 ints. Every thread must call it.
-__device__ int BlockExclusiveScan(int v, int* scratch, int* total) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  int x = v;
-#pragma unroll
-  for (int o = 1; o < 32; o *= 2) {
-    const int y = __shfl_up_sync(0xffffffffu, x, o);
-    if (lane >= o) x += y;
-  }
-  if (lane == 31) scratch[warp] = x;
-  __syncthreads();
-  if (warp == 0) {
-    int w = lane < kTopKWarps ? scratch[lane] : 0;
-#pragma unroll
-    for (int o = 1; o < 32; o *= 2) {
-      const int y = __shfl_up_sync(0xffffffffu, w, o);
-      if (lane >= o) w += y;
-    }
-    if (lane < kTopKWarps) scratch[lane] = w;  // inclusive sums of the warps' totals
-    if (lane == kTopKWarps - 1) scratch[kTopKWarps] = w;
-  }
-  __syncthreads();
-  const int before = (warp > 0 ? scratch[warp - 1] : 0) + x - v;
-  *total = scratch[kTopKWarps];
-  __syncthreads();  // scratch is free again
-  return before;
-}
-
 // Per (slot, set) chosen this step: chosen_len = n, steps = 0, and q_ref = q for recycle sets of
 // the cosine rule. One block per sequence runs it.
 __device__ void RecordChoices(const TopKParams& p, int seq, int slot, int n) {
@@ -467,9 +439,9 @@ __device__ void ChooseSet(const TopKParams& p, cg::cluster_group& cluster, int s
     equal += s_keys[i] == threshold;
   }
   int total;
-  BlockExclusiveScan(above, s_scan, &total);
+  BlockExclusiveScan<kTopKWarps>(above, s_scan, &total);
   if (tid == 0) s_counts[0] = total;
-  BlockExclusiveScan(equal, s_scan, &total);
+  BlockExclusiveScan<kTopKWarps>(equal, s_scan, &total);
   if (tid == 0) s_counts[1] = total;
   cluster.sync();
   int base = 0, equal_before = 0;
@@ -485,9 +457,10 @@ __device__ void ChooseSet(const TopKParams& p, cg::cluster_group& cluster, int s
     const uint32_t key = i < count ? s_keys[i] : 0u;
     const int is_equal = i < count && key == threshold ? 1 : 0;
     int tile_equal, tile_taken;
-    const int equal_rank = equal_before + BlockExclusiveScan(is_equal, s_scan, &tile_equal);
+    const int equal_rank =
+        equal_before + BlockExclusiveScan<kTopKWarps>(is_equal, s_scan, &tile_equal);
     const int take = i < count && (key > threshold || (is_equal && equal_rank < remaining)) ? 1 : 0;
-    const int at = base + BlockExclusiveScan(take, s_scan, &tile_taken);
+    const int at = base + BlockExclusiveScan<kTopKWarps>(take, s_scan, &tile_taken);
     if (take) emit(at, lo + i);
     equal_before += tile_equal;
     base += tile_taken;

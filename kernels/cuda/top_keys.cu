@@ -7,6 +7,7 @@
 // takes the equal keys in column order.
 #include <cstdint>
 
+#include "kernels/cuda/block_scan.cuh"
 #include "kernels/cuda/top_keys.h"
 
 namespace headwise::kernels::cuda {
@@ -21,35 +22,6 @@ constexpr int kMaxBins = 4096;
 __device__ __forceinline__ uint32_t OrderedKey(float v) {
   const uint32_t bits = __float_as_uint(v == 0.0f ? 0.0f : v);
   return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
-}
-
-// Exclusive prefix sum of v over the block in thread order; *total gets the sum. Every thread
-// must call it.
-__device__ int BlockExclusiveScan(int v, int* scratch, int* total) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  int x = v;
-#pragma unroll
-  for (int o = 1; o < 32; o *= 2) {
-    const int y = __shfl_up_sync(0xffffffffu, x, o);
-    if (lane >= o) x += y;
-  }
-  if (lane == 31) scratch[warp] = x;
-  __syncthreads();
-  if (warp == 0) {
-    int w = lane < kWarps ? scratch[lane] : 0;
-#pragma unroll
-    for (int o = 1; o < 32; o *= 2) {
-      const int y = __shfl_up_sync(0xffffffffu, w, o);
-      if (lane >= o) w += y;
-    }
-    if (lane < kWarps) scratch[lane] = w;
-    if (lane == kWarps - 1) scratch[kWarps] = w;
-  }
-  __syncthreads();
-  const int before = (warp > 0 ? scratch[warp - 1] : 0) + x - v;
-  *total = scratch[kWarps];
-  __syncthreads();
-  return before;
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -90,7 +62,7 @@ __global__ void __launch_bounds__(kThreads)
     int local = 0;
     for (int i = 0; i < per; ++i) local += static_cast<int>(s_hist[top - i]);
     int total;
-    const int before = BlockExclusiveScan(local, s_scan, &total);
+    const int before = BlockExclusiveScan<kWarps>(local, s_scan, &total);
     if (before < need && before + local >= need) {
       int running = before;
       for (int i = 0; i < per; ++i) {
@@ -129,7 +101,7 @@ __global__ void __launch_bounds__(kThreads)
       s_cand[atomicAdd(&s_count, 1)] = (static_cast<unsigned long long>(key) << 32) |
                                        static_cast<uint32_t>(~static_cast<uint32_t>(j));
     int equals;
-    const int rank = equal_before + BlockExclusiveScan(equal ? 1 : 0, s_scan, &equals);
+    const int rank = equal_before + BlockExclusiveScan<kWarps>(equal ? 1 : 0, s_scan, &equals);
     if (equal && rank < need_equal) {
       s_cand[atomicAdd(&s_count, 1)] = (static_cast<unsigned long long>(key) << 32) |
                                        static_cast<uint32_t>(~static_cast<uint32_t>(j));
