@@ -37,13 +37,15 @@ ModelRunner::Step ModelRunner::Pack(std::span<const BatchEntry> batch, int pad_s
   for (int s = 0; s < num_seqs; ++s) {
     const BatchEntry& e = batch[static_cast<size_t>(s)];
     HW_CHECK(!e.tokens.empty() && e.kv != nullptr, "sequence {} has no tokens or no cache", s);
-    if (cache_.layout(e.kv->layout()).offload) {
+    if (const auto& rule = cache_.layout(e.kv->layout()).offload) {
       step.offload = true;
       // A prompt chunk (not a decode query) before compaction trains the sequence's indexes.
-      if ((e.tokens.size() > 1 || e.all_logits) && e.kv->compacted_from() == 0) {
+      if ((e.tokens.size() > 1 || e.all_logits) && e.kv->compacted_from() == 0 &&
+          rule->index == kvcache::OffloadRule::Index::kRoarGraph) {
         for (size_t i = 0; i < e.tokens.size(); ++i) {
-          step.train.push_back({static_cast<int64_t>(ids.size() + i), e.kv->select_slot(),
-                                e.start_pos + static_cast<int32_t>(i)});
+          const int32_t pos = e.start_pos + static_cast<int32_t>(i);
+          if (pos % rule->train_stride != 0) continue;
+          step.train.push_back({static_cast<int64_t>(ids.size() + i), e.kv->select_slot(), pos});
         }
       }
     }
@@ -93,10 +95,18 @@ ModelRunner::Step ModelRunner::Pack(std::span<const BatchEntry> batch, int pad_s
     }
     step.data.insert(step.data.end(), seq_token.begin(), seq_token.end());
     step.data.insert(step.data.end(), seq_len.begin(), seq_len.end());
+    if (step.offload) {  // offload heads are selection heads: step.tables.select holds
+      for (const Step::TrainToken& t : step.train) {
+        step.data.push_back(static_cast<int32_t>(t.token));
+      }
+      step.data.insert(step.data.end(), seq_token.begin(), seq_token.end());
+      step.num_host_rows = static_cast<int64_t>(step.train.size() + seq_token.size());
+    }
     step.seq_token = std::move(seq_token);
     step.select_max_len = step.tables.max_blocks * page_size;
     step.select_heads = model_.config().num_heads;
   }
+  HW_CHECK(!step.offload || step.tables.select, "offload heads in a cache without selection");
   step.tables_offset = step.tables.AppendTo(step.data);
   return step;
 }
@@ -118,6 +128,7 @@ Tensor ModelRunner::Run(const Step& step, const kernels::Buffer& data) {
     return t;
   };
   models::StepInputs in;
+  Tensor host_rows;  // offload steps: StepInputs::offload_host's rows of q
   in.ids = next(step.num_tokens);
   in.token_seq = next(step.num_tokens);
   in.token_pos = next(step.num_tokens);
@@ -126,6 +137,7 @@ Tensor ModelRunner::Run(const Step& step, const kernels::Buffer& data) {
   if (step.select_max_len > 0) {
     in.seq_token = next(step.num_seqs);
     in.seq_len = next(step.num_seqs);
+    if (step.offload) host_rows = next(step.num_host_rows);
     in.select_state = cache_.select_state();
     in.select_max_len = step.select_max_len;
     in.select_layers = select_layers_;
@@ -139,7 +151,9 @@ Tensor ModelRunner::Run(const Step& step, const kernels::Buffer& data) {
       offload_lse_ = be.Allocate(DType::kF32, {step.num_seqs * hq});
     }
     in.offload_layers = offload_layers_;
-    in.offload_host = [this, &step](int layer, const Tensor& q) { OffloadLayer(step, layer, q); };
+    in.offload_host = [this, &step, host_rows](int layer, const Tensor& q) {
+      OffloadLayer(step, host_rows, layer, q);
+    };
     in.offload_out = Tensor(offload_out_.view().data, DType::kF32, offload_out_.view().device,
                             {step.num_seqs, hq, d});
     in.offload_lse = Tensor(offload_lse_.view().data, DType::kF32, offload_lse_.view().device,
@@ -156,26 +170,28 @@ Tensor ModelRunner::Run(const Step& step, const kernels::Buffer& data) {
   return model_.Run(in);
 }
 
-void ModelRunner::OffloadLayer(const Step& step, int layer, const Tensor& q) {
+void ModelRunner::OffloadLayer(const Step& step, const Tensor& host_rows, int layer,
+                               const Tensor& q) {
   kernels::Backend& be = model_.backend();
   kvcache::OffloadTier& tier = *cache_.offload_tier();
-  const auto hq = static_cast<size_t>(q.dim(1)), d = static_cast<size_t>(q.dim(2));
-  const size_t row = hq * d;
-  const Status copied = kernels::CopyToHostF32(be, q, q_host_, raw_);
+  const int64_t hq = q.dim(1), d = q.dim(2), rows = host_rows.numel();
+  const auto row = static_cast<size_t>(hq * d);
+  if (offload_q_.empty() || offload_q_.view().numel() < rows * hq * d) {
+    offload_q_ = be.Allocate(q.dtype, {rows * hq * d});
+  }
+  const Tensor gathered(offload_q_.view().data, q.dtype, q.device, {rows, hq * d});
+  be.GatherRows(q.Reshape({q.dim(0), hq * d}), host_rows, gathered);
+  const Status copied = kernels::CopyToHostF32(be, gathered, q_host_, raw_);
   HW_CHECK(copied.ok(), "offload layer {}: {}", layer, copied.ToString());
-  for (const Step::TrainToken& t : step.train) {
-    tier.AddTrainingQueries(t.slot, layer, t.pos,
-                            q_host_.data() + static_cast<size_t>(t.token) * row);
+  for (size_t i = 0; i < step.train.size(); ++i) {
+    const Step::TrainToken& t = step.train[i];
+    tier.AddTrainingQueries(t.slot, layer, t.pos, q_host_.data() + i * row);
   }
+  const float* q_rows = q_host_.data() + step.train.size() * row;  // row s: sequence s's query
   const auto seqs = static_cast<size_t>(step.num_seqs);
-  q_rows_.resize(seqs * row);
-  for (size_t s = 0; s < seqs; ++s) {
-    std::copy_n(q_host_.data() + static_cast<size_t>(step.seq_token[s]) * row, row,
-                q_rows_.data() + s * row);
-  }
   out_host_.resize(seqs * row);
-  lse_host_.resize(seqs * hq);
-  tier.Retrieve(layer, step.tables.seq_slot, q_rows_.data(), out_host_.data(), lse_host_.data());
+  lse_host_.resize(seqs * static_cast<size_t>(hq));
+  tier.Retrieve(layer, step.tables.seq_slot, q_rows, out_host_.data(), lse_host_.data());
   be.CopyFromHost(offload_out_.view(), out_host_.data(), out_host_.size() * sizeof(float));
   be.CopyFromHost(offload_lse_.view(), lse_host_.data(), lse_host_.size() * sizeof(float));
 }

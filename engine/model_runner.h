@@ -62,13 +62,17 @@ class ModelRunner {
     int64_t score_elems() const { return int64_t{num_seqs} * select_heads * select_max_len; }
     // Some sequence runs a layout with offload heads: the step runs eagerly, with the host tier.
     bool offload = false;
-    // Prompt tokens of offload sequences not yet compacted, whose queries train the index.
+    // Prompt tokens of offload sequences not yet compacted whose queries train the index (every
+    // train_stride-th position of a RoarGraph layout).
     struct TrainToken {
       int64_t token;
       int32_t slot, pos;
     };
     std::vector<TrainToken> train;
     std::vector<int32_t> seq_token;  // [S]: each sequence's last query row (retrieval's q row)
+    // Offload steps: the q rows the host reads (the training tokens', then seq_token), uploaded
+    // with the step; only they cross to the host.
+    int64_t num_host_rows = 0;
   };
   struct DecodeGraph {
     kernels::Buffer data;  // the graph reads its inputs here; refreshed before each replay
@@ -81,9 +85,10 @@ class ModelRunner {
   void Upload(const Step& step, kernels::Buffer& data);
   // Issues the forward pass of `step`, whose inputs are in `data`.
   Tensor Run(const Step& step, const kernels::Buffer& data);
-  // The host tier's part of an offload layer (StepInputs::offload_host): q to the host, the
-  // prompt tokens' training queries kept, the retrieving sequences' (o, lse) uploaded.
-  void OffloadLayer(const Step& step, int layer, const Tensor& q);
+  // The host tier's part of an offload layer (StepInputs::offload_host): the q rows the host
+  // reads gathered on the device and brought over, the training queries kept, the retrieving
+  // sequences' (o, lse) uploaded.
+  void OffloadLayer(const Step& step, const Tensor& host_rows, int layer, const Tensor& q);
 
   models::LlamaModel& model_;
   kvcache::KvCache& cache_;
@@ -92,8 +97,8 @@ class ModelRunner {
   std::vector<char> select_layers_, page_layers_;  // per layer (KvCache::layer_selects)
   std::vector<char> offload_layers_;               // per layer (KvCache::layer_offloads)
   // Offload steps: the host's results on the device, and host scratch.
-  kernels::Buffer offload_out_, offload_lse_;
-  std::vector<float> q_host_, q_rows_, out_host_, lse_host_;
+  kernels::Buffer offload_out_, offload_lse_, offload_q_;
+  std::vector<float> q_host_, out_host_, lse_host_;
   std::vector<uint16_t> raw_;
   bool use_graphs_ = true;
   std::map<std::pair<int, int>, DecodeGraph> graphs_;  // by (batch bucket, table width)
