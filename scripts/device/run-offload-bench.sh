@@ -17,9 +17,9 @@
 #     come, so a cut run keeps its finished cells.
 # Device time: loading the dummy 8B ~30 s; dense prefill of 32K ~3 s (128K ~20 s); the offload
 # prompt's index build on 16 cores is the unknown this run measures (random keys on 2 cores
-# here: ~1 core-second per KV head at 32K keys with 8K training queries, growing ~9x per 4x keys:
-# ~1 min for the 256 heads of a 32K prompt, ~15 min at 128K). Run 32K first, then 65536; 131072
-# once the build fits a call.
+# here: ~1.7 core-seconds per KV head at 32K keys with 8K training queries, growing ~9x per 4x
+# keys: ~30 s for the 256 heads of a 32K prompt, ~4 min at 128K). Run 32K first, then 65536;
+# 131072 when the 64K build time says it fits a call.
 #
 # Output: $OUT/offload-bench.jsonl and $OUT/offload-logs.tgz (stderr, the checks' logs).
 set -uo pipefail
