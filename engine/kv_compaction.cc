@@ -13,9 +13,19 @@ namespace {
 // head dim 128).
 constexpr int64_t kGatherRows = int64_t{1} << 17;
 
-template <typename T>
-std::vector<T> Slice(const std::vector<T>& v, std::ptrdiff_t from, std::ptrdiff_t to) {
-  return std::vector<T>(v.begin() + from, v.begin() + to);
+// One head's offloaded rows `t` on the host, as the tier keeps them: the bf16 bits as stored, or
+// f32.
+std::vector<kernels::cpu::Bf16> Bf16Rows(kernels::Backend& backend, const Tensor& t) {
+  static_assert(sizeof(kernels::cpu::Bf16) == sizeof(uint16_t));
+  std::vector<kernels::cpu::Bf16> rows(static_cast<size_t>(t.numel()));
+  backend.CopyToHost(rows.data(), t, t.nbytes());
+  return rows;
+}
+std::vector<float> F32Rows(kernels::Backend& backend, const Tensor& t, std::vector<uint16_t>& raw) {
+  std::vector<float> rows;
+  const Status copied = kernels::CopyToHostF32(backend, t, rows, raw);
+  HW_CHECK(copied.ok(), "offloading the prompt's keys: {}", copied.ToString());
+  return rows;
 }
 
 // Step 1 of a head's RoarGraph build on the device (Backend::TopKeys: the exact best keys of every
@@ -40,7 +50,7 @@ std::vector<uint32_t> TrainingNeighbours(kernels::Backend& backend, std::span<co
 
 // Copies positions [begin, end) of every offload head of `kv` to the host tier, then builds its
 // indexes. The span is gathered from the pool (viewed as rows of head_dim) on the device, a
-// chunk of whole heads at a time, and brought over as f32.
+// chunk of whole heads at a time, and brought over as the tier keeps it (bf16 or f32).
 void OffloadSpan(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
                  int begin, int end) {
   kvcache::OffloadTier& tier = *cache.offload_tier();
@@ -61,8 +71,6 @@ void OffloadSpan(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::Se
   const bool bf16 = tier.config().bf16_rows;
   HW_CHECK(bf16 == (pool.k.dtype == DType::kBF16), "the host tier keeps {} rows of a {} pool",
            bf16 ? "bf16" : "f32", DTypeName(pool.k.dtype));
-  std::vector<float> keys, values;
-  std::vector<kernels::cpu::Bf16> keys16, values16;
   std::vector<uint16_t> raw;
   for (size_t first = 0; first < heads.size(); first += per_chunk) {
     const size_t count = std::min(per_chunk, heads.size() - first);
@@ -80,35 +88,20 @@ void OffloadSpan(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::Se
     kernels::Buffer v_out = backend.Allocate(pool.v.dtype, {num_rows, d});
     backend.GatherRows(k_rows, row_ids.view(), k_out.view());
     backend.GatherRows(v_rows, row_ids.view(), v_out.view());
-    if (bf16) {  // as stored: bf16 bits, no conversion
-      static_assert(sizeof(kernels::cpu::Bf16) == sizeof(uint16_t));
-      for (auto [buffer, host] : {std::pair{&k_out, &keys16}, {&v_out, &values16}}) {
-        host->resize(static_cast<size_t>(buffer->view().numel()));
-        backend.CopyToHost(host->data(), buffer->view(), buffer->view().nbytes());
-      }
-    } else {
-      for (auto [buffer, host] : {std::pair{&k_out, &keys}, {&v_out, &values}}) {
-        const Status copied = kernels::CopyToHostF32(backend, buffer->view(), *host, raw);
-        HW_CHECK(copied.ok(), "offloading the prompt's keys: {}", copied.ToString());
-      }
-    }
-    const auto head_floats = static_cast<size_t>(n * d);
+    // Each head's rows go straight into the vectors the tier keeps (one copy, no host staging).
     for (size_t i = 0; i < count; ++i) {
       const auto [layer, kv_head] = heads[first + i];
-      const auto from = static_cast<std::ptrdiff_t>(i * head_floats);
-      const auto to = from + static_cast<std::ptrdiff_t>(head_floats);
-      const Tensor head_keys(static_cast<char*>(k_out.view().data) +
-                                 static_cast<size_t>(from) * DTypeSize(pool.k.dtype),
-                             pool.k.dtype, pool.k.device, {n, d});
+      const int64_t at = static_cast<int64_t>(i) * n;
+      const Tensor head_keys = k_out.view().Rows(at, n), head_values = v_out.view().Rows(at, n);
       std::vector<uint32_t> top =
           TrainingNeighbours(backend, tier.TrainingQueries(slot, layer, kv_head), head_keys,
                              layout.offload->knn_per_query, raw);
       if (bf16) {
-        tier.Store(slot, layer, kv_head, begin, Slice(keys16, from, to), Slice(values16, from, to),
-                   std::move(top));
+        tier.Store(slot, layer, kv_head, begin, Bf16Rows(backend, head_keys),
+                   Bf16Rows(backend, head_values), std::move(top));
       } else {
-        tier.Store(slot, layer, kv_head, begin, Slice(keys, from, to), Slice(values, from, to),
-                   std::move(top));
+        tier.Store(slot, layer, kv_head, begin, F32Rows(backend, head_keys, raw),
+                   F32Rows(backend, head_values, raw), std::move(top));
       }
     }
   }

@@ -275,14 +275,10 @@ StatusOr<ann::AnnSearchResult> SearchHead(Head& head, const OffloadRule& rule,
 #ifdef HEADWISE_HAVE_HNSWLIB
   if (auto* hnsw = std::get_if<ann::HnswIndex>(&head.index)) return hnsw->Search(query, k);
 #endif
-  const size_t rows = head.rows(dim);
-  if (head.keys16.empty()) {
-    HW_ASSIGN_OR_RETURN(std::vector<ann::ScoredId> top,
-                        ann::ExactTopK(head.KeysF32(dim), query, k));
-    return ann::AnnSearchResult{std::move(top), rows};
-  }
-  HW_ASSIGN_OR_RETURN(std::vector<ann::ScoredId> top, ann::ExactTopK(head.KeysBf16(dim), query, k));
-  return ann::AnnSearchResult{std::move(top), rows};
+  HW_ASSIGN_OR_RETURN(std::vector<ann::ScoredId> top,
+                      head.keys16.empty() ? ann::ExactTopK(head.KeysF32(dim), query, k)
+                                          : ann::ExactTopK(head.KeysBf16(dim), query, k));
+  return ann::AnnSearchResult{std::move(top), head.rows(dim)};
 }
 
 }  // namespace
@@ -342,37 +338,35 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
           Head& head = HeadAt(slot, layer, kv_head);
           if (!head.stored || head.rows(d) == 0) continue;
           const float* q_row = q + static_cast<size_t>(seq) * hq * d;
-          {
-            auto found = Search(slot, layer, qh, q_row);
-            HW_CHECK(found.ok(), "offload search, layer {} KV head {}: {}", layer, kv_head,
-                     found.status().ToString());
-            list.Clear();
-            if (head.keys16.empty()) {
-              for (int32_t pos : found->positions) {
-                const auto row = static_cast<size_t>(pos - head.begin);
-                list.k.push_back(head.keys.data() + row * d);
-                list.v.push_back(head.values.data() + row * d);
-              }
-            } else {  // the retrieved rows as f32, [keys | values] (sized first: it must not move)
-              converted.resize(2 * found->positions.size() * d);
-              float* kv = converted.data();
-              for (int32_t pos : found->positions) {
-                const auto row = static_cast<size_t>(pos - head.begin);
-                for (size_t c = 0; c < d; ++c) {
-                  kv[c] = kernels::cpu::ToF32(head.keys16[row * d + c]);
-                  kv[d + c] = kernels::cpu::ToF32(head.values16[row * d + c]);
-                }
-                list.k.push_back(kv);
-                list.v.push_back(kv + d);
-                kv += 2 * d;
-              }
+          auto found = Search(slot, layer, qh, q_row);
+          HW_CHECK(found.ok(), "offload search, layer {} KV head {}: {}", layer, kv_head,
+                   found.status().ToString());
+          list.Clear();
+          if (head.keys16.empty()) {
+            for (int32_t pos : found->positions) {
+              const auto row = static_cast<size_t>(pos - head.begin);
+              list.k.push_back(head.keys.data() + row * d);
+              list.v.push_back(head.values.data() + row * d);
             }
-            const int heads = per_q_head ? 1 : group;
-            const size_t first = static_cast<size_t>(seq) * hq + static_cast<size_t>(qh);
-            kernels::cpu::AttendList(q_row + static_cast<size_t>(qh) * d, heads,
-                                     static_cast<int64_t>(d), list, config_.scale,
-                                     {out + first * d, lse + first, nullptr, 0}, scratch);
+          } else {  // the retrieved rows as f32, [keys | values] (sized first: it must not move)
+            converted.resize(2 * found->positions.size() * d);
+            float* kv = converted.data();
+            for (int32_t pos : found->positions) {
+              const auto row = static_cast<size_t>(pos - head.begin);
+              for (size_t c = 0; c < d; ++c) {
+                kv[c] = kernels::cpu::ToF32(head.keys16[row * d + c]);
+                kv[d + c] = kernels::cpu::ToF32(head.values16[row * d + c]);
+              }
+              list.k.push_back(kv);
+              list.v.push_back(kv + d);
+              kv += 2 * d;
+            }
           }
+          const int heads = per_q_head ? 1 : group;
+          const size_t first = static_cast<size_t>(seq) * hq + static_cast<size_t>(qh);
+          kernels::cpu::AttendList(q_row + static_cast<size_t>(qh) * d, heads,
+                                   static_cast<int64_t>(d), list, config_.scale,
+                                   {out + first * d, lse + first, nullptr, 0}, scratch);
         }
       });
 }

@@ -15,8 +15,8 @@
 #include <cmath>
 #include <cstddef>
 
-#include "kernels/cuda/block_scan.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/ordered_select.cuh"
 #include "kernels/cuda/ptx.cuh"
 #include "kernels/cuda/select_decode.h"
 
@@ -224,12 +224,6 @@ struct TopKParams {
   int hq, d;
   int cap;  // keys a block holds
 };
-
-// Larger floats give larger keys; -0 counts as +0 (they compare equal).
-__device__ __forceinline__ uint32_t OrderedKey(float v) {
-  const uint32_t bits = __float_as_uint(v == 0.0f ? 0.0f : v);
-  return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
-}
 
 // (m, l) = (max, sum of exp(x - max)) merged with (m2, l2); (-inf, 0) is empty.
 __device__ __forceinline__ void MergeMaxSum(float& m, float& l, float m2, float l2) {

@@ -7,7 +7,7 @@
 // takes the equal keys in column order.
 #include <cstdint>
 
-#include "kernels/cuda/block_scan.cuh"
+#include "kernels/cuda/ordered_select.cuh"
 #include "kernels/cuda/top_keys.h"
 
 namespace headwise::kernels::cuda {
@@ -17,12 +17,6 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kCandidates = 2048;  // >= kRowTopKMax, a power of two
 constexpr int kMaxBins = 4096;
-
-// Larger floats give larger keys; -0 counts as +0 (they compare equal).
-__device__ __forceinline__ uint32_t OrderedKey(float v) {
-  const uint32_t bits = __float_as_uint(v == 0.0f ? 0.0f : v);
-  return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
-}
 
 __global__ void __launch_bounds__(kThreads)
     RowTopKKernel(const float* scores, int64_t n, int k, int32_t* ids) {
@@ -95,14 +89,10 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t base = 0; base < n; base += kThreads) {
     const int64_t j = base + tid;
     const uint32_t key = j < n ? OrderedKey(row[j]) : 0u;
-    const bool take = j < n && key >= take_from;
     const bool equal = exact && j < n && key == prefix;
-    if (take)
-      s_cand[atomicAdd(&s_count, 1)] = (static_cast<unsigned long long>(key) << 32) |
-                                       static_cast<uint32_t>(~static_cast<uint32_t>(j));
     int equals;
     const int rank = equal_before + BlockExclusiveScan<kWarps>(equal ? 1 : 0, s_scan, &equals);
-    if (equal && rank < need_equal) {
+    if ((j < n && key >= take_from) || (equal && rank < need_equal)) {
       s_cand[atomicAdd(&s_count, 1)] = (static_cast<unsigned long long>(key) << 32) |
                                        static_cast<uint32_t>(~static_cast<uint32_t>(j));
     }

@@ -1,8 +1,18 @@
-// A block-wide exclusive prefix sum for the kernels that compact selections in order (the decode
-// selection's top-k, Backend::TopKeys's row top-k). Header-only device code.
+// The pieces of radix top-k shared by the decode selection's top-k (select_decode.cu) and
+// Backend::TopKeys's row top-k (top_keys.cu): floats as order-preserving 32-bit keys, and a
+// block-wide exclusive prefix sum for compacting the chosen entries in order. Header-only device
+// code.
 #pragma once
 
+#include <cstdint>
+
 namespace headwise::kernels::cuda {
+
+// Larger floats give larger keys; -0 counts as +0 (they compare equal).
+__device__ __forceinline__ uint32_t OrderedKey(float v) {
+  const uint32_t bits = __float_as_uint(v == 0.0f ? 0.0f : v);
+  return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+}
 
 // Exclusive prefix sum of v over a block of kWarps full warps, in thread order; *total gets the
 // sum. scratch: kWarps + 1 ints of shared memory. Every thread of the block must call it.
