@@ -8,8 +8,9 @@
 #   device: bash scripts/device/run-quality.sh NAME LENGTHS [SAMPLES]
 # A missing head profile (configs/policies/NAME/{retrieval,razor}-profile.json) is made first
 # with profile-heads on the GPU (retrieval: PROFILE_LENGTHS, default 2048,4096,8192; razor: a
-# 1000-token block 4 times) and comes back with the results. One eval run per length, each its own PREFIX (merge them here with
-# `headwise eval --merge`). Everything comes back as $OUT/quality.tgz.
+# 1000-token block 4 times, RAZOR_INDUCTION_RATIO default 0.5) and comes back with the results.
+# One eval run per length, each its own PREFIX (merge them here with `headwise eval --merge`).
+# Everything comes back as $OUT/quality.tgz.
 # Environment: TASKS (all), POLICIES (the four), EVAL_ARGS (extra flags).
 set -uo pipefail
 name=${1:?usage: run-quality.sh NAME LENGTHS [SAMPLES]}
@@ -29,7 +30,9 @@ for method in retrieval razor; do
     if [[ $method == retrieval ]]; then
       args=(--context-lengths "${PROFILE_LENGTHS:-2048,4096,8192}" --depths 5)
     else
-      args=(--razor-length 1000)
+      # Half the KV heads by induction score: at the paper's 0.14 the 0.5B lost niah_multivalue
+      # by 54-78 points (bench/results/quality-qwen2.5-coder-0.5b-2026-12-07-h100.md), at 0.5 it held.
+      args=(--razor-length 1000 --induction-ratio "${RAZOR_INDUCTION_RATIO:-0.5}")
     fi
     "$carry/bin/headwise" profile-heads "$gguf" --device cuda --method $method "${args[@]}" \
       --out "$res/$method-profile.json" >"$res/profile-$method.log" 2>&1 \

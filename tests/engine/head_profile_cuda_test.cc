@@ -2,6 +2,7 @@
 // the host from copies of the GPU's bf16 q and K pages, so the scores agree within bf16 error.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdlib>
 
 #include "engine/attention/head_profile.h"
 #include "engine/model_loader.h"
@@ -30,29 +31,49 @@ double MaxValue(const HeadMatrix& a) {
   return m;
 }
 
-TEST_CASE("Razor and retrieval profiles on CUDA match the CPU backend's", "[cuda]") {
-  const std::string path = testing::SharedDir() + "/models/tinystories-656k";
+// Razor scores on both backends; `length` R: the scored positions are repetitions 2..4, S = 3R.
+struct RazorPair {
+  RazorProfile cpu, gpu;
+  double scored;  // S: a score is a mean of attention probabilities over S x S cells, <= 1/S
+};
+
+RazorPair ProfileRazorOnBoth(const std::string& path, int length) {
   auto cpu = kernels::CreateCpuBackend(0);
   auto gpu = testing::CreateGpuUnderTest();
   auto on_cpu = LoadModel(path, LoadOptions{}, *cpu);
   auto on_gpu = LoadModel(path, LoadOptions{}, *gpu);
   REQUIRE(on_cpu.ok());
   REQUIRE(on_gpu.ok());
-
   RazorOptions razor;
-  razor.length = 100;
+  razor.length = length;
   razor.prefill_chunk = 64;  // several chunks: keys of earlier chunks come from the pool
   auto rc = ProfileRazor(*on_cpu->model, on_cpu->tokenizer->bos_id(), razor);
   auto rg = ProfileRazor(*on_gpu->model, on_gpu->tokenizer->bos_id(), razor);
   REQUIRE(rc.ok());
   REQUIRE(rg.ok());
-  // Not all zero. A score is a mean over S x S cells (S = 300 scored positions), so at most
-  // 1/S; this 2-layer model's heads do little induction (max ~1.6e-5 on the CPU).
-  REQUIRE(MaxValue(rc->induction) > 1e-7);
-  REQUIRE(MaxValue(rc->echo) > 1e-7);
-  CHECK(MaxAbsDiff(rc->echo, rg->echo) <= 0.02 * MaxValue(rc->echo) + 1e-6);
-  CHECK(MaxAbsDiff(rc->induction, rg->induction) <= 0.02 * MaxValue(rc->induction));
+  return {*std::move(rc), *std::move(rg), 3.0 * length};
+}
 
+TEST_CASE("Razor and retrieval profiles on CUDA match the CPU backend's", "[cuda]") {
+  const std::string path = testing::SharedDir() + "/models/tinystories-656k";
+  {
+    // This 2-layer model does almost no induction or echo (max ~1.6e-5 and 8e-5 on the CPU
+    // against a ceiling of 1/S = 3.3e-3): the scores are near-uniform attention, and bf16 moves
+    // them by up to ~1.7e-5 (H100, 2026-12-07). So this is a bound against the ceiling, not
+    // against the (noise-sized) maximum; the signal-bearing comparison is the Qwen case below.
+    const RazorPair r = ProfileRazorOnBoth(path, 100);
+    REQUIRE(MaxValue(r.cpu.induction) > 1e-7);
+    REQUIRE(MaxValue(r.cpu.echo) > 1e-7);
+    CHECK(MaxAbsDiff(r.cpu.echo, r.gpu.echo) <= 0.02 / r.scored);
+    CHECK(MaxAbsDiff(r.cpu.induction, r.gpu.induction) <= 0.02 / r.scored);
+  }
+
+  auto cpu = kernels::CreateCpuBackend(0);
+  auto gpu = testing::CreateGpuUnderTest();
+  auto on_cpu = LoadModel(path, LoadOptions{}, *cpu);
+  auto on_gpu = LoadModel(path, LoadOptions{}, *gpu);
+  REQUIRE(on_cpu.ok());
+  REQUIRE(on_gpu.ok());
   RetrievalOptions retrieval;
   retrieval.context_lengths = {200};
   retrieval.num_depths = 3;
@@ -86,6 +107,23 @@ TEST_CASE("Razor and retrieval profiles on CUDA match the CPU backend's", "[cuda
   mean_diff /= std::max(cells, 1);
   WARN("retrieval scores: mean |CPU - CUDA| " << mean_diff << " over " << cells << " cells");
   CHECK(mean_diff <= 0.02);
+}
+
+// A model with real induction and echo heads, so that a fault in the host view of the GPU's q and
+// K pages (a page, head or position mapped wrong) moves the scores by far more than bf16 does.
+// Run by name where HEADWISE_QWEN_GGUF points at the 0.5B (scripts/device/qwen-checks.sh).
+TEST_CASE("Razor profile on CUDA matches the CPU backend's on Qwen2.5-Coder-0.5B", "[.][qwen05]") {
+  const char* path = std::getenv("HEADWISE_QWEN_GGUF");
+  REQUIRE(path != nullptr);
+  const RazorPair r = ProfileRazorOnBoth(path, 200);
+  const double induction = MaxValue(r.cpu.kv_induction), echo = MaxValue(r.cpu.kv_echo);
+  WARN("max KV-head induction " << induction << ", echo " << echo << " (ceiling 1/S "
+                                << 1 / r.scored << "); |CPU - CUDA|: induction "
+                                << MaxAbsDiff(r.cpu.kv_induction, r.gpu.kv_induction) << ", echo "
+                                << MaxAbsDiff(r.cpu.kv_echo, r.gpu.kv_echo));
+  REQUIRE(induction > 0.2 / r.scored);  // real signal: a fifth of the ceiling
+  CHECK(MaxAbsDiff(r.cpu.kv_induction, r.gpu.kv_induction) <= 0.05 * induction);
+  CHECK(MaxAbsDiff(r.cpu.kv_echo, r.gpu.kv_echo) <= 0.05 * std::max(echo, 0.2 / r.scored));
 }
 
 }  // namespace
