@@ -11,7 +11,8 @@
 # 1000-token block 4 times, RAZOR_INDUCTION_RATIO default 0.5) and comes back with the results.
 # One eval run per length, each its own PREFIX (merge them here with `headwise eval --merge`).
 # Everything comes back as $OUT/quality.tgz.
-# Environment: TASKS (all), POLICIES (the four), EVAL_ARGS (extra flags).
+# Environment: TASKS (all), POLICIES (the four), EVAL_ARGS (extra flags), OUT_TAG (a suffix of
+# the results' names, so that a run split by TASKS over calls keeps each part).
 set -uo pipefail
 name=${1:?usage: run-quality.sh NAME LENGTHS [SAMPLES]}
 lengths=${2:?usage: run-quality.sh NAME LENGTHS [SAMPLES]}
@@ -42,12 +43,13 @@ for method in retrieval razor; do
   cp "$res/$method-profile.json" "$dir/"
 done
 policies=${POLICIES:-dense=,streaming=$dir/streaming.json,duo=$dir/duo.json,razor=$dir/razor.json}
+tag=${OUT_TAG:+-$OUT_TAG}
 for len in ${lengths//,/ }; do
   t0=$SECONDS
   "$carry/bin/headwise" eval "$gguf" --device cuda --policies "$policies" --lengths "$len" \
     --samples "$samples" --haystack "$haystack" ${TASKS:+--tasks $TASKS} \
-    --commit "${COMMIT:-unknown}" ${EVAL_ARGS:-} --out "$res/$name-$len" \
+    --commit "${COMMIT:-unknown}" ${EVAL_ARGS:-} --out "$res/$name-$len$tag" \
     >"$res/eval-$len.log" 2>&1 || { echo "FAIL eval $len"; tail -5 "$res/eval-$len.log"; }
   echo "eval at $len tokens: $((SECONDS - t0)) s"
-  grep -A30 "^## Accuracy" "$res/$name-$len.md" 2>/dev/null | head -40
+  grep -A30 "^## Accuracy" "$res/$name-$len$tag.md" 2>/dev/null | head -40
 done
