@@ -22,6 +22,12 @@ int Scheduler::ChunkOf(const Sequence& seq, int budget) const {
   if (to_prompt_end > 0 && cache_.comp_pages(seq.kv->layout()) > 0) {
     count = std::min(count, to_prompt_end);
   }
+  // After compaction, offload heads attend what their host index retrieves for each query, and
+  // only a decode query (one token) retrieves: a preempted sequence recomputes its generated
+  // tokens one per step, each as it was decoded, so its text goes on as before.
+  if (seq.kv->compacted_from() > 0 && cache_.layout(seq.kv->layout()).offload) {
+    count = std::min(count, 1);
+  }
   return count;
 }
 
@@ -89,8 +95,9 @@ SchedulerOutput Scheduler::Schedule() {
       Sequence& seq = *running_[i];
       const bool decode = seq.remaining() == 1;
       if (decode != (pass == 0)) continue;
-      // An offload sequence waits while the host builds its indexes; the others go on.
-      if (decode && !seq.kv->offload_ready()) continue;
+      // An offload sequence waits while the host builds its indexes (its prompt is in: what
+      // follows decodes, or recomputes decoded tokens); the others go on.
+      if (!seq.kv->offload_ready()) continue;
       const int count = ChunkOf(seq, budget);
       if (!Reserve(seq, seq.num_computed + count, out)) {
         // Not even alone: give its own pages back and wait.
