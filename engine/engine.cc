@@ -425,7 +425,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
   m->DeclareCounter("headwise_offload_index_build_seconds_total",
                     "Wall time of the finished offload index builds (on the tier's threads).");
   m->DeclareCounter("headwise_kv_compaction_seconds_total",
-                    "Engine-thread time compacting completed prompts (compress_once, offload).");
+                    "Engine-thread time compacting completed prompts (compress_once, offload) and "
+                    "moving tokens out of offload heads' windows.");
   m->DeclareHistogram("headwise_time_to_first_token_seconds", "Arrival to first token.",
                       kLatencyBuckets);
   m->DeclareHistogram("headwise_inter_token_latency_seconds",

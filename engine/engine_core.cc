@@ -32,12 +32,17 @@ StepOutput EngineCore::Step(const std::function<void(const SchedulerOutput&)>& o
   const Tensor logits = runner_.Forward(batch);
 
   // The prompt is in (a chunk ends there with compress-once heads): those heads compact now, also
-  // when a preempted sequence recomputes its generated tokens after it.
+  // when a preempted sequence recomputes its generated tokens after it. Offload heads' windows
+  // slide as tokens are decoded (or recomputed).
   StepOutput result;
   for (const ScheduledChunk& c : plan.chunks) {
-    if (!c.completes_prompt) continue;
+    if (cache_.comp_pages(c.seq->kv->layout()) == 0) continue;
     const auto t0 = std::chrono::steady_clock::now();
-    CompactAfterPrompt(backend_, cache_, *c.seq->kv, c.start + c.count);
+    if (c.completes_prompt) {
+      CompactAfterPrompt(backend_, cache_, *c.seq->kv, c.start + c.count);
+    } else {
+      SlideOffloadWindow(backend_, cache_, *c.seq->kv, c.start + c.count);
+    }
     result.compaction_seconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }

@@ -48,15 +48,13 @@ std::vector<uint32_t> TrainingNeighbours(kernels::Backend& backend, std::span<co
   return top;
 }
 
-// Copies positions [begin, end) of every offload head of `kv` to the host tier, then builds its
-// indexes. The span is gathered from the pool (viewed as rows of head_dim) on the device, a
-// chunk of whole heads at a time, and brought over as the tier keeps it (bf16 or f32).
-void OffloadSpan(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
-                 int begin, int end) {
-  kvcache::OffloadTier& tier = *cache.offload_tier();
+// Positions [begin, end) of every offload head of `kv`, gathered from the pool (viewed as rows
+// of head_dim) on the device a chunk of whole heads at a time: `take(layer, kv_head, keys,
+// values)` gets each head's rows [end - begin, D] as device tensors, valid during the call.
+template <typename Take>
+void GatherOffloadRows(kernels::Backend& backend, kvcache::KvCache& cache,
+                       const kvcache::SequenceKv& kv, int begin, int end, Take&& take) {
   const kvcache::KvLayout& layout = cache.layout(kv.layout());
-  const int32_t slot = kv.select_slot();
-  HW_CHECK(slot >= 0, "an offload sequence without a slot");
   const kernels::KvPoolView pool = cache.pool_view();
   const int64_t d = pool.k.dim(2), n = end - begin;
   const Tensor k_rows = pool.k.Reshape({pool.k.dim(0) * pool.k.dim(1), d});
@@ -68,10 +66,6 @@ void OffloadSpan(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::Se
     }
   }
   const auto per_chunk = static_cast<size_t>(std::max<int64_t>(1, kGatherRows / n));
-  const bool bf16 = tier.config().bf16_rows;
-  HW_CHECK(bf16 == (pool.k.dtype == DType::kBF16), "the host tier keeps {} rows of a {} pool",
-           bf16 ? "bf16" : "f32", DTypeName(pool.k.dtype));
-  std::vector<uint16_t> raw;
   for (size_t first = 0; first < heads.size(); first += per_chunk) {
     const size_t count = std::min(per_chunk, heads.size() - first);
     std::vector<int32_t> rows;
@@ -88,23 +82,44 @@ void OffloadSpan(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::Se
     kernels::Buffer v_out = backend.Allocate(pool.v.dtype, {num_rows, d});
     backend.GatherRows(k_rows, row_ids.view(), k_out.view());
     backend.GatherRows(v_rows, row_ids.view(), v_out.view());
-    // Each head's rows go straight into the vectors the tier keeps (one copy, no host staging).
     for (size_t i = 0; i < count; ++i) {
-      const auto [layer, kv_head] = heads[first + i];
       const int64_t at = static_cast<int64_t>(i) * n;
-      const Tensor head_keys = k_out.view().Rows(at, n), head_values = v_out.view().Rows(at, n);
-      std::vector<uint32_t> top =
-          TrainingNeighbours(backend, tier.TrainingQueries(slot, layer, kv_head), head_keys,
-                             layout.offload->knn_per_query, raw);
-      if (bf16) {
-        tier.Store(slot, layer, kv_head, begin, Bf16Rows(backend, head_keys),
-                   Bf16Rows(backend, head_values), std::move(top));
-      } else {
-        tier.Store(slot, layer, kv_head, begin, F32Rows(backend, head_keys, raw),
-                   F32Rows(backend, head_values, raw), std::move(top));
-      }
+      take(heads[first + i].first, heads[first + i].second, k_out.view().Rows(at, n),
+           v_out.view().Rows(at, n));
     }
   }
+}
+
+bool HostKeepsBf16(const kvcache::KvCache& cache) {
+  const bool bf16 = cache.offload_tier()->config().bf16_rows;
+  HW_CHECK(bf16 == (cache.pool_view().k.dtype == DType::kBF16),
+           "the host tier keeps {} rows of a {} pool", bf16 ? "bf16" : "f32",
+           DTypeName(cache.pool_view().k.dtype));
+  return bf16;
+}
+
+// Copies positions [begin, end) of every offload head of `kv` to the host tier, each head's rows
+// straight into the vectors the tier keeps (one copy, no host staging), then builds its indexes.
+void OffloadSpan(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
+                 int begin, int end) {
+  kvcache::OffloadTier& tier = *cache.offload_tier();
+  const int32_t slot = kv.select_slot();
+  HW_CHECK(slot >= 0, "an offload sequence without a slot");
+  const int knn = cache.layout(kv.layout()).offload->knn_per_query;
+  const bool bf16 = HostKeepsBf16(cache);
+  std::vector<uint16_t> raw;
+  GatherOffloadRows(backend, cache, kv, begin, end,
+                    [&](int layer, int kv_head, const Tensor& keys, const Tensor& values) {
+                      std::vector<uint32_t> top = TrainingNeighbours(
+                          backend, tier.TrainingQueries(slot, layer, kv_head), keys, knn, raw);
+                      if (bf16) {
+                        tier.Store(slot, layer, kv_head, begin, Bf16Rows(backend, keys),
+                                   Bf16Rows(backend, values), std::move(top));
+                      } else {
+                        tier.Store(slot, layer, kv_head, begin, F32Rows(backend, keys, raw),
+                                   F32Rows(backend, values, raw), std::move(top));
+                      }
+                    });
   tier.Build(slot);  // on the tier's builder thread; the sequence decodes once it is ready
 }
 
@@ -162,6 +177,32 @@ void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvca
   }
   if (layout.offload) OffloadSpan(backend, cache, kv, r.sink, first_kept);
   // Frees the comp blocks that hold only dropped positions.
+  kv.MarkCompacted(first_kept);
+}
+
+void SlideOffloadWindow(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
+                        int num_tokens) {
+  const kvcache::KvLayout& layout = cache.layout(kv.layout());
+  const int from = kv.compacted_from();
+  if (!layout.offload || from == 0) return;
+  const int window = layout.compress().window, page_size = cache.config().page_size;
+  if (num_tokens - from < window + page_size) return;
+  // Whole pages leave, so that each slide frees the pages it empties.
+  const int first_kept = (num_tokens - window) / page_size * page_size;
+  kvcache::OffloadTier& tier = *cache.offload_tier();
+  const int32_t slot = kv.select_slot();
+  const bool bf16 = HostKeepsBf16(cache);
+  std::vector<uint16_t> raw;
+  GatherOffloadRows(backend, cache, kv, from, first_kept,
+                    [&](int layer, int kv_head, const Tensor& keys, const Tensor& values) {
+                      if (bf16) {
+                        tier.Append(slot, layer, kv_head, from, Bf16Rows(backend, keys),
+                                    Bf16Rows(backend, values));
+                      } else {
+                        tier.Append(slot, layer, kv_head, from, F32Rows(backend, keys, raw),
+                                    F32Rows(backend, values, raw));
+                      }
+                    });
   kv.MarkCompacted(first_kept);
 }
 

@@ -24,4 +24,13 @@ namespace headwise::engine {
 void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
                         int num_tokens);
 
+// Offload layouts, after compaction: once the `num_tokens` computed tokens put window + one page
+// or more after the first kept position, the oldest whole pages of that part leave the device:
+// their keys and values of every offload head go to the host tier (OffloadTier::Append, searched
+// exactly beside the index), and the pages they emptied go back to the pool. So the device holds
+// sink + window (+ less than a page) tokens per offload head however long the sequence decodes.
+// The sequence's indexes must be built (it decodes). Does nothing otherwise.
+void SlideOffloadWindow(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
+                        int num_tokens);
+
 }  // namespace headwise::engine

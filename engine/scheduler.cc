@@ -123,9 +123,11 @@ SchedulerOutput Scheduler::Schedule() {
       seq.num_computed = std::min(hit, static_cast<int>(seq.tokens.size()) - 1);
     }
     const int count = ChunkOf(seq, budget);
-    // Offload layouts also reserve host memory for what the prompt will offload.
+    // Offload layouts also reserve host memory for what the sequence will offload: its prompt,
+    // then the tokens it decodes as they leave the window.
+    const int64_t longest = static_cast<int64_t>(seq.prompt_len) + seq.params.max_tokens;
     if (!seq.kv->Reserve(seq.num_computed + count).ok() ||
-        !seq.kv->ReserveHost(static_cast<int>(seq.tokens.size())).ok()) {
+        !seq.kv->ReserveHost(static_cast<int>(std::min<int64_t>(longest, INT32_MAX))).ok()) {
       seq.kv->Release();  // keep nothing while waiting
       seq.num_computed = 0;
       break;

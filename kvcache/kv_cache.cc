@@ -730,18 +730,17 @@ void SequenceKv::CommitComputed(std::span<const int32_t> tokens, int num_compute
   }
 }
 
-Status SequenceKv::ReserveHost(int prompt_tokens) {
+Status SequenceKv::ReserveHost(int tokens) {
   const KvLayout& layout = info().layout;
   if (!layout.offload) return Status::Ok();
   OffloadTier& tier = *cache_->offload_tier();
   HW_CHECK(select_slot_ >= 0, "ReserveHost before Reserve (layout \"{}\")", layout.name);
-  const auto bytes =
-      static_cast<int64_t>(OffloadTier::BytesFor(tier.config(), layout, prompt_tokens));
+  const auto bytes = static_cast<int64_t>(OffloadTier::BytesFor(tier.config(), layout, tokens));
   if (!tier.TryReserve(select_slot_, bytes)) {
     return ResourceExhausted(
-        "offload host memory: {} bytes for a prompt of {} tokens do not fit beside the {} "
-        "reserved (budget {})",
-        bytes, prompt_tokens, tier.reserved_bytes(), tier.config().host_budget_bytes);
+        "offload host memory: {} bytes for a sequence of up to {} tokens do not fit beside the "
+        "{} reserved (budget {})",
+        bytes, tokens, tier.reserved_bytes(), tier.config().host_budget_bytes);
   }
   return Status::Ok();
 }
@@ -776,7 +775,10 @@ int SequenceKv::num_pages_held() const {
 }
 
 void SequenceKv::MarkCompacted(int first_kept) {
-  HW_CHECK(compacted_from_ == 0 && first_kept > 0 && first_kept <= capacity_tokens_,
+  // Offload heads compact again as their window slides (the moved span is on the host first).
+  const bool again = compacted_from_ > 0 && info().layout.offload.has_value();
+  HW_CHECK((compacted_from_ == 0 || again) && first_kept > compacted_from_ &&
+               first_kept <= capacity_tokens_,
            "compaction from {}: compacted already from {}, or beyond the {} tokens reserved",
            first_kept, compacted_from_, capacity_tokens_);
   compacted_from_ = first_kept;

@@ -339,10 +339,11 @@ class SequenceKv {
   // Makes room for `num_tokens` tokens, all or nothing: ResourceExhausted leaves the sequence
   // as it was.
   Status Reserve(int num_tokens);
-  // Offload layouts: reserves the host tier's memory for a prompt of `prompt_tokens` (after the
-  // first Reserve, which takes the slot); ResourceExhausted when the tier's budget cannot hold it
-  // beside the other sequences' reservations. Release gives it back. Other layouts: Ok.
-  Status ReserveHost(int prompt_tokens);
+  // Offload layouts: reserves the host tier's memory for a sequence of up to `tokens` tokens
+  // (after the first Reserve, which takes the slot); ResourceExhausted when the tier's budget
+  // cannot hold it beside the other sequences' reservations. Release gives it back. Other
+  // layouts: Ok.
+  Status ReserveHost(int tokens);
   // False while the host tier builds this sequence's indexes (offload layouts; true otherwise):
   // it may not decode until then.
   bool offload_ready() const;
@@ -371,13 +372,14 @@ class SequenceKv {
   // Physical slot (page * page_size + offset) of token `position` for (layer, kv_head).
   int32_t Slot(int layer, int kv_head, int position) const;
 
-  // Compress-once heads: the first position kept after the compacted span, 0 until the
-  // sequence is compacted (engine/kv_compaction.h does it, once, after the prompt).
+  // Compress-once and offload heads: the first position kept after the compacted span, 0 until
+  // the sequence is compacted (engine/kv_compaction.h does it after the prompt).
   int compacted_from() const { return compacted_from_; }
   // Compacts: from now on the compress-once heads keep only positions [0, sink), the
   // compensation token at `sink` (with compensation) and [first_kept, ...), so the comp blocks of
   // logical pages holding none of those go back to the pool. Once per reservation (Release
-  // resets it); first_kept must be reserved already.
+  // resets it), except for offload layouts, whose window slides: each call moves first_kept
+  // forward. first_kept must be reserved already.
   void MarkCompacted(int first_kept);
 
  private:

@@ -27,22 +27,60 @@ struct HnswOrNone {};  // never built: Supports refuses the rule
 #endif
 }  // namespace
 
+namespace {
+
+// Rows [n, D] of keys and values: f32, or bf16 with bf16 rows (the other pair empty).
+struct KvRows {
+  std::vector<float> keys, values;
+  std::vector<kernels::cpu::Bf16> keys16, values16;
+
+  size_t count(size_t d) const { return (keys.size() + keys16.size()) / d; }
+  bool bf16() const { return !keys16.empty(); }
+  ann::MatrixView KeysF32(size_t d) const { return {keys.data(), keys.size() / d, d}; }
+  ann::Bf16MatrixView KeysBf16(size_t d) const { return {keys16.data(), keys16.size() / d, d}; }
+  size_t capacity_bytes() const {
+    return (keys.capacity() + values.capacity()) * sizeof(float) +
+           (keys16.capacity() + values16.capacity()) * sizeof(kernels::cpu::Bf16);
+  }
+  // Row `row` of keys and values as f32 rows: pointers into f32 storage, or bf16 rows converted
+  // into `buffer` [2 * D] (which must stay put while they are used).
+  std::pair<const float*, const float*> Row(size_t row, size_t d, float* buffer) const {
+    if (!bf16()) return {keys.data() + row * d, values.data() + row * d};
+    for (size_t c = 0; c < d; ++c) {
+      buffer[c] = kernels::cpu::ToF32(keys16[row * d + c]);
+      buffer[d + c] = kernels::cpu::ToF32(values16[row * d + c]);
+    }
+    return {buffer, buffer + d};
+  }
+};
+
+template <typename T>
+void AppendTo(std::vector<T>& to, const std::vector<T>& rows) {
+  to.insert(to.end(), rows.begin(), rows.end());
+}
+
+}  // namespace
+
 // One offload (layer, KV head) of a slot.
 struct OffloadTier::Head {
   bool offload = false;
   bool stored = false;
-  int begin = 0;                                     // position of row 0
-  std::vector<float> keys, values;                   // [n, D], or empty with bf16 rows
-  std::vector<kernels::cpu::Bf16> keys16, values16;  // [n, D] with bf16 rows
+  int begin = 0;  // position of the span's row 0
+  KvRows span;    // the prompt's dropped span: what the index covers
+  // Positions after the span that left the static window as the sequence decoded (Append), in
+  // order: searched exactly, beside the index.
+  KvRows tail;
   std::vector<float> train;         // [m, D]: the group's training queries, every query head
   std::vector<uint32_t> train_top;  // [m, min(knn_per_query, n)] given by Store, or empty
   // Exact search: monostate.
   std::variant<std::monostate, ann::RoarGraph, HnswOrNone> index;
 
-  size_t rows(size_t head_dim) const { return (keys.size() + keys16.size()) / head_dim; }
-  // The keys as an index reads them.
-  ann::MatrixView KeysF32(size_t d) const { return {keys.data(), keys.size() / d, d}; }
-  ann::Bf16MatrixView KeysBf16(size_t d) const { return {keys16.data(), keys16.size() / d, d}; }
+  size_t rows(size_t d) const { return span.count(d) + tail.count(d); }
+  // Row i of span, then tail (a position minus begin).
+  std::pair<const float*, const float*> Row(size_t i, size_t d, float* buffer) const {
+    const size_t in_span = span.count(d);
+    return i < in_span ? span.Row(i, d, buffer) : tail.Row(i - in_span, d, buffer);
+  }
 };
 
 struct OffloadTier::Slot {
@@ -165,8 +203,8 @@ void OffloadTier::Store(int32_t slot, int layer, int kv_head, int begin, std::ve
                         std::vector<float> values, std::vector<uint32_t> train_top) {
   Head& head = StoreHead(slot, layer, kv_head, begin, keys.size(), values.size(), false,
                          std::move(train_top));
-  head.keys = std::move(keys);
-  head.values = std::move(values);
+  head.span.keys = std::move(keys);
+  head.span.values = std::move(values);
 }
 
 void OffloadTier::Store(int32_t slot, int layer, int kv_head, int begin,
@@ -174,8 +212,38 @@ void OffloadTier::Store(int32_t slot, int layer, int kv_head, int begin,
                         std::vector<kernels::cpu::Bf16> values, std::vector<uint32_t> train_top) {
   Head& head = StoreHead(slot, layer, kv_head, begin, keys.size(), values.size(), true,
                          std::move(train_top));
-  head.keys16 = std::move(keys);
-  head.values16 = std::move(values);
+  head.span.keys16 = std::move(keys);
+  head.span.values16 = std::move(values);
+}
+
+OffloadTier::Head& OffloadTier::AppendHead(int32_t slot, int layer, int kv_head, int begin,
+                                           size_t keys, size_t values, bool bf16) {
+  HW_CHECK(ready(slot), "offload slot {} appends while its indexes are being built", slot);
+  Head& head = HeadAt(slot, layer, kv_head);
+  const auto d = static_cast<size_t>(config_.head_dim);
+  HW_CHECK(head.stored, "layer {} KV head {}: append before the span is stored", layer, kv_head);
+  HW_CHECK(begin == head.begin + static_cast<int>(head.rows(d)),
+           "layer {} KV head {}: rows appended at position {}, the host holds [{}, {})", layer,
+           kv_head, begin, head.begin, head.begin + static_cast<int>(head.rows(d)));
+  HW_CHECK(bf16 == config_.bf16_rows && keys == values && keys % d == 0,
+           "appended rows: {} keys and {} values of {}, the tier keeps {} rows of {}", keys, values,
+           bf16 ? "bf16" : "f32", config_.bf16_rows ? "bf16" : "f32", d);
+  return head;
+}
+
+void OffloadTier::Append(int32_t slot, int layer, int kv_head, int begin,
+                         const std::vector<float>& keys, const std::vector<float>& values) {
+  Head& head = AppendHead(slot, layer, kv_head, begin, keys.size(), values.size(), false);
+  AppendTo(head.tail.keys, keys);
+  AppendTo(head.tail.values, values);
+}
+
+void OffloadTier::Append(int32_t slot, int layer, int kv_head, int begin,
+                         const std::vector<kernels::cpu::Bf16>& keys,
+                         const std::vector<kernels::cpu::Bf16>& values) {
+  Head& head = AppendHead(slot, layer, kv_head, begin, keys.size(), values.size(), true);
+  AppendTo(head.tail.keys16, keys);
+  AppendTo(head.tail.values16, values);
 }
 
 // Runs on a builder thread; nothing else touches the heads' indexes until it is done (ready()).
@@ -184,7 +252,7 @@ void OffloadTier::BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule
   for (size_t i = 0; i < heads.size(); ++i) {
     Head& head = heads[i];
     if (!head.stored) continue;
-    const bool bf16 = !head.keys16.empty();
+    const bool bf16 = head.span.bf16();
     if (rule.index == OffloadRule::Index::kRoarGraph) {
       const ann::MatrixView train{head.train.data(), head.train.size() / dim, dim};
       ann::RoarGraphParams p;
@@ -192,8 +260,8 @@ void OffloadTier::BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule
       p.max_degree = static_cast<size_t>(rule.max_degree);
       p.candidate_list = static_cast<size_t>(rule.build_list);
       p.num_threads = threads;
-      auto graph = bf16 ? ann::RoarGraph::Build(head.KeysBf16(dim), train, p, head.train_top)
-                        : ann::RoarGraph::Build(head.KeysF32(dim), train, p, head.train_top);
+      auto graph = bf16 ? ann::RoarGraph::Build(head.span.KeysBf16(dim), train, p, head.train_top)
+                        : ann::RoarGraph::Build(head.span.KeysF32(dim), train, p, head.train_top);
       HW_CHECK(graph.ok(), "offload index of head {}: {}", i, graph.status().ToString());
       head.index = std::move(*graph);
     }
@@ -206,11 +274,12 @@ void OffloadTier::BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule
       // hnswlib copies the vectors into its own storage, as f32: bf16 rows convert for the build.
       std::vector<float> converted;
       if (bf16) {
-        converted.reserve(head.keys16.size());
-        for (kernels::cpu::Bf16 x : head.keys16) converted.push_back(kernels::cpu::ToF32(x));
+        converted.reserve(head.span.keys16.size());
+        for (kernels::cpu::Bf16 x : head.span.keys16) converted.push_back(kernels::cpu::ToF32(x));
       }
       auto hnsw = ann::HnswIndex::Build(
-          bf16 ? ann::MatrixView{converted.data(), converted.size() / dim, dim} : head.KeysF32(dim),
+          bf16 ? ann::MatrixView{converted.data(), converted.size() / dim, dim}
+               : head.span.KeysF32(dim),
           p);
       HW_CHECK(hnsw.ok(), "offload index of head {}: {}", i, hnsw.status().ToString());
       hnsw->SetEf(static_cast<size_t>(rule.search_list));
@@ -265,20 +334,39 @@ std::vector<double> OffloadTier::TakeFinishedBuilds() {
 
 namespace {
 
-// The top_k keys of `head` for `query` by its index, as row ids, and the keys scanned.
+StatusOr<std::vector<ann::ScoredId>> ExactOf(const KvRows& rows, std::span<const float> query,
+                                             size_t k, size_t d) {
+  return rows.bf16() ? ann::ExactTopK(rows.KeysBf16(d), query, k)
+                     : ann::ExactTopK(rows.KeysF32(d), query, k);
+}
+
+// The top_k keys of `head` for `query` as row ids (span, then tail), best first, and the keys
+// scanned: the span's by its index, the tail's exactly, merged by score.
 template <typename Head>
 StatusOr<ann::AnnSearchResult> SearchHead(Head& head, const OffloadRule& rule,
                                           std::span<const float> query, size_t dim) {
   const size_t k = static_cast<size_t>(rule.top_k);
   const size_t queue = std::max(k, static_cast<size_t>(rule.search_list));
-  if (auto* graph = std::get_if<ann::RoarGraph>(&head.index)) return graph->Search(query, k, queue);
+  ann::AnnSearchResult found;
+  if (auto* graph = std::get_if<ann::RoarGraph>(&head.index)) {
+    HW_ASSIGN_OR_RETURN(found, graph->Search(query, k, queue));
 #ifdef HEADWISE_HAVE_HNSWLIB
-  if (auto* hnsw = std::get_if<ann::HnswIndex>(&head.index)) return hnsw->Search(query, k);
+  } else if (auto* hnsw = std::get_if<ann::HnswIndex>(&head.index)) {
+    HW_ASSIGN_OR_RETURN(found, hnsw->Search(query, k));
 #endif
-  HW_ASSIGN_OR_RETURN(std::vector<ann::ScoredId> top,
-                      head.keys16.empty() ? ann::ExactTopK(head.KeysF32(dim), query, k)
-                                          : ann::ExactTopK(head.KeysBf16(dim), query, k));
-  return ann::AnnSearchResult{std::move(top), head.rows(dim)};
+  } else {
+    HW_ASSIGN_OR_RETURN(found.top, ExactOf(head.span, query, k, dim));
+    found.scanned = head.span.count(dim);
+  }
+  const size_t in_span = head.span.count(dim), in_tail = head.tail.count(dim);
+  if (in_tail == 0) return found;
+  HW_ASSIGN_OR_RETURN(std::vector<ann::ScoredId> tail, ExactOf(head.tail, query, k, dim));
+  for (ann::ScoredId& e : tail) e.id += static_cast<uint32_t>(in_span);
+  found.top.insert(found.top.end(), tail.begin(), tail.end());
+  std::sort(found.top.begin(), found.top.end(), ann::BetterThan);
+  found.top.resize(std::min(found.top.size(), k));
+  found.scanned += in_tail;
+  return found;
 }
 
 }  // namespace
@@ -342,25 +430,15 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
           HW_CHECK(found.ok(), "offload search, layer {} KV head {}: {}", layer, kv_head,
                    found.status().ToString());
           list.Clear();
-          if (head.keys16.empty()) {
-            for (int32_t pos : found->positions) {
-              const auto row = static_cast<size_t>(pos - head.begin);
-              list.k.push_back(head.keys.data() + row * d);
-              list.v.push_back(head.values.data() + row * d);
-            }
-          } else {  // the retrieved rows as f32, [keys | values] (sized first: it must not move)
-            converted.resize(2 * found->positions.size() * d);
-            float* kv = converted.data();
-            for (int32_t pos : found->positions) {
-              const auto row = static_cast<size_t>(pos - head.begin);
-              for (size_t c = 0; c < d; ++c) {
-                kv[c] = kernels::cpu::ToF32(head.keys16[row * d + c]);
-                kv[d + c] = kernels::cpu::ToF32(head.values16[row * d + c]);
-              }
-              list.k.push_back(kv);
-              list.v.push_back(kv + d);
-              kv += 2 * d;
-            }
+          // bf16 rows convert into `converted`, [keys | values] per row (sized first: it must not
+          // move); f32 rows are read in place.
+          converted.resize(2 * found->positions.size() * d);
+          float* buffer = converted.data();
+          for (int32_t pos : found->positions) {
+            const auto [k, v] = head.Row(static_cast<size_t>(pos - head.begin), d, buffer);
+            list.k.push_back(k);
+            list.v.push_back(v);
+            buffer += 2 * d;
           }
           const int heads = per_q_head ? 1 : group;
           const size_t first = static_cast<size_t>(seq) * hq + static_cast<size_t>(qh);
@@ -379,9 +457,8 @@ size_t OffloadTier::bytes_held() const {
       continue;
     }
     for (const Head& h : s->heads) {
-      bytes += (h.keys.capacity() + h.values.capacity() + h.train.capacity()) * sizeof(float) +
-               (h.keys16.capacity() + h.values16.capacity()) * sizeof(kernels::cpu::Bf16) +
-               h.train_top.capacity() * sizeof(uint32_t);
+      bytes += h.span.capacity_bytes() + h.tail.capacity_bytes() +
+               h.train.capacity() * sizeof(float) + h.train_top.capacity() * sizeof(uint32_t);
       if (const auto* graph = std::get_if<ann::RoarGraph>(&h.index)) {
         bytes += graph->num_edges() * sizeof(uint32_t) + (graph->size() + 1) * sizeof(size_t);
       }

@@ -10,12 +10,14 @@
 // queries) -> Store per offload (layer, KV head) when the prompt is in (the dropped span
 // [sink, first kept), with the training queries' exact neighbours when the engine found them on
 // the device) -> Build (every head's index, on a thread of its own; the training queries
-// are dropped) -> ready() -> Retrieve at each decode step -> End (frees it; a preempted sequence
-// starts again at Begin).
+// are dropped) -> ready() -> Retrieve at each decode step, and Append as decoded tokens push
+// the oldest of the static window out -> End (frees it; a preempted sequence starts again at
+// Begin).
 //
 // Retrieval (KvLayout::offload, OffloadRule): per query head, or once per KV head with the mean
 // of its group's queries (the group then attends one set); the top_k keys by inner product from
-// the index (RoarGraph searched with queue search_list; HNSW with ef search_list; exact search),
+// the index (RoarGraph searched with queue search_list; HNSW with ef search_list; exact search)
+// and from an exact search of the appended positions, merged by score,
 // then list attention (kernels/cpu/list_attention.h, the CPU backend's arithmetic) over them in
 // increasing position, at the model's softmax scale. Keys and values are kept as the device stored
 // them: f32 from the CPU backend, bf16 from the CUDA backend (OffloadTierConfig::bf16_rows: half
@@ -100,6 +102,15 @@ class OffloadTier {
   // The same with bf16 rows (a tier with bf16_rows takes only these, one without only f32).
   void Store(int32_t slot, int layer, int kv_head, int begin, std::vector<kernels::cpu::Bf16> keys,
              std::vector<kernels::cpu::Bf16> values, std::vector<uint32_t> train_top = {});
+  // Positions [begin, begin + n) of (layer, kv_head) that left the device's static window after
+  // the prompt (rows [n, D] of keys and values), right after what the host holds: not indexed,
+  // searched exactly beside the index (a decode adds one key a step, so against a long prompt
+  // this part stays short). Only once the slot's build is done (ready()).
+  void Append(int32_t slot, int layer, int kv_head, int begin, const std::vector<float>& keys,
+              const std::vector<float>& values);
+  void Append(int32_t slot, int layer, int kv_head, int begin,
+              const std::vector<kernels::cpu::Bf16>& keys,
+              const std::vector<kernels::cpu::Bf16>& values);
   // Builds every stored head's index, then drops the training queries: on a thread of its own
   // (the engine thread goes on with other sequences; this one may not retrieve until ready()).
   // Exact search builds nothing and is ready at once. Ending the slot before the build is done
@@ -125,7 +136,7 @@ class OffloadTier {
   // Bytes of keys, values, indexes and training queries held, over the slots (a slot whose
   // build runs counts its reservation).
   size_t bytes_held() const;
-  // What a prompt of `tokens` tokens of `layout` will take here at most, for admission: keys and
+  // What a sequence of `tokens` tokens of `layout` will take here at most, for admission: keys and
   // values of every offload head, its index's edges and the training queries.
   static size_t BytesFor(const OffloadTierConfig& config, const KvLayout& layout, int tokens);
 
@@ -136,6 +147,9 @@ class OffloadTier {
   // Store's checks and bookkeeping, for either row type.
   Head& StoreHead(int32_t slot, int layer, int kv_head, int begin, size_t keys, size_t values,
                   bool bf16, std::vector<uint32_t> train_top);
+  // Append's checks, for either row type.
+  Head& AppendHead(int32_t slot, int layer, int kv_head, int begin, size_t keys, size_t values,
+                   bool bf16);
   static void BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule, size_t dim,
                            int threads);
 

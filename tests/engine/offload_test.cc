@@ -5,7 +5,8 @@
 // the merge. Each step must equal index-list attention over a full cache restricted to the static
 // set and the exact top-k of the dropped span, whose keys this test ranks on its own from the
 // full cache (within float rounding: the merge sums in another order); with top_k beyond the span
-// it must equal dense attention.
+// it must equal dense attention. As the decode goes on, the window slides: the oldest pages of
+// decoded tokens move to the host (searched with the span) and their device pages are freed.
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -64,7 +65,9 @@ void RunOffloadLayer(const Case& c) {
   std::mt19937 rng(std::random_device{}());
   std::normal_distribution<float> dist;
   const int hkv = 4, d = 16, page_size = 4, sink = 3, window = 10, chunk = 7;
-  const int prompt = 45, total = 60, first_kept = prompt - window;
+  // 35 decode steps: the window slides (whole pages past window + one page go to the host).
+  const int prompt = 45, total = 80;
+  int first_kept = prompt - window;
   const int hq = c.hq, group = hq / hkv;
   const float scale = 0.25f;
   // With a set per query head the reference needs one index list per query head: groups of 1.
@@ -122,6 +125,7 @@ void RunOffloadLayer(const Case& c) {
     Buffer pos_b = UploadI32(*be, pos, {n}), seq_b = UploadI32(*be, seq_ids, {n});
     Buffer qs_b = UploadI32(*be, {0, n}, {2});
     const int keys = start + n;
+    if (decode) first_kept = seq.compacted_from();  // the host holds [sink, first_kept)
     const Tables tables(cache, seq, width, decode ? cache.SelectSlotFor(seq, keys) : -1, *be);
     const PagedAttentionBatch batch{seq_b.view(), pos_b.view(), tables.layer, qs_b.view(), n};
     Buffer q = be->Allocate(DType::kF32, {n, hq, d});
@@ -142,6 +146,7 @@ void RunOffloadLayer(const Case& c) {
           {token_b.view(), len_b.view(), tables.layer, host_out_b.view(), host_lse_b.view()}, scale,
           out.view());
       ++decode_steps;
+      SlideOffloadWindow(*be, cache, seq, keys);  // as the engine does after each step
     } else {
       for (int i = 0; i < n; ++i) {
         cache.offload_tier()->AddTrainingQueries(seq.select_slot(), 0, start + i,
@@ -205,12 +210,21 @@ void RunOffloadLayer(const Case& c) {
     start += n;
     if (start == prompt) {
       CompactAfterPrompt(*be, cache, seq, prompt);
-      REQUIRE(seq.compacted_from() == first_kept);
+      REQUIRE(seq.compacted_from() == prompt - window);
       CHECK(cache.offload_tier()->bytes_held() >=
             size_t{2} * 2 * (first_kept - sink) * d * sizeof(float));  // 2 heads, K and V
     }
   }
   CHECK(decode_steps == total - prompt);
+  // The window slid: the device keeps the sinks' page and the pages of [first_kept, total); every
+  // page in between went back to the pool.
+  CHECK(seq.compacted_from() >= total - window - page_size);
+  const int sink_pages = (sink + page_size - 1) / page_size;
+  for (int page = 0; page < cache.BlocksFor(total); ++page) {
+    const bool kept = page < sink_pages || (page + 1) * page_size > seq.compacted_from();
+    INFO("logical page " << page);
+    CHECK((seq.CompBlockPage(page) != SequenceKv::kFreedBlock) == kept);
+  }
   if (c.top_k >= first_kept - sink) {
     CHECK(max_policy_effect < 1e-5);  // everything retrieved: dense attention
   } else {

@@ -2,7 +2,8 @@
 // result is list attention over its exact top-k keys, bit for bit (the same arithmetic as the CPU
 // backend's); with top_k beyond the span it is attention over every offloaded key; a search with
 // the group's mean query gives the group one set; RoarGraph searched with a queue over the whole
-// span finds the exact top-k; rows of other heads, idle slots and unstored heads come back empty
+// span finds the exact top-k; rows appended after the span are searched exactly beside the index;
+// rows of other heads, idle slots and unstored heads come back empty
 // (lse -inf); training queries follow the stride; and the admission estimate covers what a
 // built slot holds.
 #include "kvcache/offload_tier.h"
@@ -61,11 +62,12 @@ struct Tier {
   OffloadTier tier;
   std::vector<float> keys, values;  // the span [begin, begin + n) of layer 1, KV head 0
   int begin = 4;
-  int n = 0;
+  int n = 0;  // rows held: the span, then appended ones
+  Rows rows;
 
   // Slot 1 holds a prompt whose span has n keys, trained by `train` prompt positions.
   Tier(OffloadRule rule, int span, std::mt19937& rng, int train = 64, Rows rows = Rows::kF32)
-      : config(TierConfig(rows)), tier(config), n(span) {
+      : config(TierConfig(rows)), tier(config), n(span), rows(rows) {
     const KvLayout layout = OffloadLayout(rule);
     tier.Begin(1, layout);
     for (int pos = 0; pos < train; ++pos) {
@@ -87,6 +89,28 @@ struct Tier {
     tier.Build(1);
     tier.WaitForBuilds();
     REQUIRE(tier.ready(1));
+  }
+
+  // `count` rows after what the host holds, as decoded tokens leaving the window are appended
+  // (OffloadTier::Append); their keys `scale` times as long as the span's, so that they rank.
+  // `keys` and `values` then hold span and tail, as one run of positions from `begin`.
+  void Append(int count, float scale, std::mt19937& rng) {
+    std::vector<float> k = Random(static_cast<size_t>(count) * kDim, rng);
+    std::vector<float> v = Random(static_cast<size_t>(count) * kDim, rng);
+    for (float& x : k) x *= scale;
+    if (rows != Rows::kF32) {
+      for (auto* m : {&k, &v}) {
+        for (float& x : *m) x = BF16ToF32(F32ToBF16(x));
+      }
+    }
+    if (rows == Rows::kBf16) {
+      tier.Append(1, 1, 0, begin + n, ToBf16(k), ToBf16(v));
+    } else {
+      tier.Append(1, 1, 0, begin + n, k, v);
+    }
+    keys.insert(keys.end(), k.begin(), k.end());
+    values.insert(values.end(), v.begin(), v.end());
+    n += count;
   }
 
   // Attention of q_row's query heads [qh, qh + heads) over span rows `rows`, by list attention.
@@ -242,6 +266,51 @@ TEST_CASE("Offload tier: RoarGraph with a queue over the span finds the exact to
       want.push_back(t.begin + static_cast<int32_t>(r));
     }
     CHECK(found->positions == want);
+  }
+}
+
+// Decoded tokens that leave the device's window join the host's rows after the span: not indexed,
+// searched exactly beside the index and merged by score, so retrieval over span + appended rows
+// is the exact top-k of both (the graph searched with a queue over every key), attended as one
+// set; f32 and bf16 rows.
+TEST_CASE("Offload tier: appended rows are searched exactly beside the index", "[kvcache]") {
+  std::mt19937 rng(std::random_device{}());
+  for (auto index : {OffloadRule::Index::kExact, OffloadRule::Index::kRoarGraph}) {
+    for (Rows rows : {Rows::kF32, Rows::kBf16}) {
+      INFO((index == OffloadRule::Index::kExact ? "exact" : "RoarGraph")
+           << (rows == Rows::kBf16 ? ", bf16 rows" : ", f32 rows"));
+      OffloadRule rule;
+      rule.index = index;
+      rule.top_k = 10;
+      rule.search_list = 1000;  // at least every key of the span
+      rule.train_stride = 2;
+      Tier t(rule, 120, rng, 64, rows);
+      const size_t span_bytes = t.tier.bytes_held();
+      t.Append(20, 3.0f, rng);
+      t.Append(13, 3.0f, rng);
+      CHECK(t.tier.bytes_held() >= span_bytes + 2 * 33 * kDim * sizeof(uint16_t));
+      Step step({1}, rng);
+      step.Run(t.tier, 1);
+      int from_tail = 0;
+      for (int qh = 0; qh < kQHeads / kKvHeads; ++qh) {
+        INFO("query head " << qh);
+        const auto want_rows = t.ExactRows({step.QRow(0) + qh * kDim, kDim}, 10);
+        std::vector<float> want(kDim);
+        float want_lse = 0;
+        t.Reference(step.QRow(0), qh, 1, want_rows, want.data(), &want_lse);
+        CHECK(std::memcmp(step.Out(0, qh), want.data(), kDim * sizeof(float)) == 0);
+        CHECK(step.Lse(0, qh) == want_lse);
+        auto found = t.tier.Search(1, 1, qh, step.QRow(0));
+        REQUIRE(found.ok());
+        std::vector<int32_t> positions;
+        for (uint32_t r : want_rows) {
+          positions.push_back(t.begin + static_cast<int32_t>(r));
+          from_tail += r >= 120;
+        }
+        CHECK(found->positions == positions);
+      }
+      CHECK(from_tail > 0);  // the appended keys rank: a search that missed them would fail
+    }
   }
 }
 
