@@ -37,18 +37,29 @@ struct RazorPair {
   double scored;  // S: a score is a mean of attention probabilities over S x S cells, <= 1/S
 };
 
+// One model loaded on the CPU backend and on the GPU under test.
+struct OnBoth {
+  std::unique_ptr<kernels::Backend> cpu_backend = kernels::CreateCpuBackend(0),
+                                    gpu_backend = testing::CreateGpuUnderTest();
+  LoadedModel cpu, gpu;
+
+  explicit OnBoth(const std::string& path) {
+    auto on_cpu = LoadModel(path, LoadOptions{}, *cpu_backend);
+    auto on_gpu = LoadModel(path, LoadOptions{}, *gpu_backend);
+    REQUIRE(on_cpu.ok());
+    REQUIRE(on_gpu.ok());
+    cpu = std::move(*on_cpu);
+    gpu = std::move(*on_gpu);
+  }
+};
+
 RazorPair ProfileRazorOnBoth(const std::string& path, int length) {
-  auto cpu = kernels::CreateCpuBackend(0);
-  auto gpu = testing::CreateGpuUnderTest();
-  auto on_cpu = LoadModel(path, LoadOptions{}, *cpu);
-  auto on_gpu = LoadModel(path, LoadOptions{}, *gpu);
-  REQUIRE(on_cpu.ok());
-  REQUIRE(on_gpu.ok());
+  OnBoth m(path);
   RazorOptions razor;
   razor.length = length;
   razor.prefill_chunk = 64;  // several chunks: keys of earlier chunks come from the pool
-  auto rc = ProfileRazor(*on_cpu->model, on_cpu->tokenizer->bos_id(), razor);
-  auto rg = ProfileRazor(*on_gpu->model, on_gpu->tokenizer->bos_id(), razor);
+  auto rc = ProfileRazor(*m.cpu.model, m.cpu.tokenizer->bos_id(), razor);
+  auto rg = ProfileRazor(*m.gpu.model, m.gpu.tokenizer->bos_id(), razor);
   REQUIRE(rc.ok());
   REQUIRE(rg.ok());
   return {*std::move(rc), *std::move(rg), 3.0 * length};
@@ -68,18 +79,13 @@ TEST_CASE("Razor and retrieval profiles on CUDA match the CPU backend's", "[cuda
     CHECK(MaxAbsDiff(r.cpu.induction, r.gpu.induction) <= 0.02 / r.scored);
   }
 
-  auto cpu = kernels::CreateCpuBackend(0);
-  auto gpu = testing::CreateGpuUnderTest();
-  auto on_cpu = LoadModel(path, LoadOptions{}, *cpu);
-  auto on_gpu = LoadModel(path, LoadOptions{}, *gpu);
-  REQUIRE(on_cpu.ok());
-  REQUIRE(on_gpu.ok());
+  const OnBoth m(path);
   RetrievalOptions retrieval;
   retrieval.context_lengths = {200};
   retrieval.num_depths = 3;
   retrieval.min_recall = -1;  // count every sample, so that both score the same samples
-  auto tc = ProfileRetrieval(*on_cpu->model, *on_cpu->tokenizer, on_cpu->eos_token_ids, retrieval);
-  auto tg = ProfileRetrieval(*on_gpu->model, *on_gpu->tokenizer, on_gpu->eos_token_ids, retrieval);
+  auto tc = ProfileRetrieval(*m.cpu.model, *m.cpu.tokenizer, m.cpu.eos_token_ids, retrieval);
+  auto tg = ProfileRetrieval(*m.gpu.model, *m.gpu.tokenizer, m.gpu.eos_token_ids, retrieval);
   REQUIRE(tc.ok());
   REQUIRE(tg.ok());
   REQUIRE(tc->samples.size() == tg->samples.size());

@@ -153,6 +153,24 @@ struct Step {
   float Lse(size_t s, int qh) const { return lse[s * kQHeads + static_cast<size_t>(qh)]; }
 };
 
+// Sequence 0 of `step` (slot 1) retrieved, for query head qh of layer 1, its exact top-k rows of
+// t.keys: the output and lse are list attention over them, bit for bit, and Search reports them
+// as positions. Returns the rows.
+std::vector<uint32_t> CheckExactTopK(Tier& t, const Step& step, int qh, size_t k) {
+  const auto rows = t.ExactRows({step.QRow(0) + qh * kDim, kDim}, k);
+  std::vector<float> want(kDim);
+  float want_lse = 0;
+  t.Reference(step.QRow(0), qh, 1, rows, want.data(), &want_lse);
+  CHECK(std::memcmp(step.Out(0, qh), want.data(), kDim * sizeof(float)) == 0);
+  CHECK(step.Lse(0, qh) == want_lse);
+  auto found = t.tier.Search(1, 1, qh, step.QRow(0));
+  REQUIRE(found.ok());
+  std::vector<int32_t> positions;
+  for (uint32_t r : rows) positions.push_back(t.begin + static_cast<int32_t>(r));
+  CHECK(found->positions == positions);
+  return rows;
+}
+
 bool Empty(const Step& step, size_t s, int qh) {
   const float* o = step.Out(s, qh);
   return step.Lse(s, qh) == -std::numeric_limits<float>::infinity() &&
@@ -174,19 +192,7 @@ TEST_CASE("Offload tier: exact search attends each query head's exact top-k", "[
       CHECK(Empty(step, 0, qh));
       continue;
     }
-    std::vector<float> want(kDim);
-    float want_lse = 0;
-    const auto rows = t.ExactRows({step.QRow(0) + qh * kDim, kDim}, 12);
-    REQUIRE(rows.size() == 12);
-    t.Reference(step.QRow(0), qh, 1, rows, want.data(), &want_lse);
-    CHECK(std::memcmp(step.Out(0, qh), want.data(), kDim * sizeof(float)) == 0);
-    CHECK(step.Lse(0, qh) == want_lse);
-    // Search reports the same keys, as positions.
-    auto found = t.tier.Search(1, 1, qh, step.QRow(0));
-    REQUIRE(found.ok());
-    std::vector<int32_t> positions;
-    for (uint32_t r : rows) positions.push_back(t.begin + static_cast<int32_t>(r));
-    CHECK(found->positions == positions);
+    REQUIRE(CheckExactTopK(t, step, qh, 12).size() == 12);
   }
   for (int qh = 0; qh < kQHeads; ++qh) {
     CHECK(Empty(step, 1, qh));
@@ -294,20 +300,7 @@ TEST_CASE("Offload tier: appended rows are searched exactly beside the index", "
       int from_tail = 0;
       for (int qh = 0; qh < kQHeads / kKvHeads; ++qh) {
         INFO("query head " << qh);
-        const auto want_rows = t.ExactRows({step.QRow(0) + qh * kDim, kDim}, 10);
-        std::vector<float> want(kDim);
-        float want_lse = 0;
-        t.Reference(step.QRow(0), qh, 1, want_rows, want.data(), &want_lse);
-        CHECK(std::memcmp(step.Out(0, qh), want.data(), kDim * sizeof(float)) == 0);
-        CHECK(step.Lse(0, qh) == want_lse);
-        auto found = t.tier.Search(1, 1, qh, step.QRow(0));
-        REQUIRE(found.ok());
-        std::vector<int32_t> positions;
-        for (uint32_t r : want_rows) {
-          positions.push_back(t.begin + static_cast<int32_t>(r));
-          from_tail += r >= 120;
-        }
-        CHECK(found->positions == positions);
+        for (uint32_t r : CheckExactTopK(t, step, qh, 10)) from_tail += r >= 120;
       }
       CHECK(from_tail > 0);  // the appended keys rank: a search that missed them would fail
     }
