@@ -11,6 +11,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git python3-venv
   nlohmann-json3-dev libspdlog-dev libfmt-dev libsentencepiece-dev
   libicu-dev catch2 zlib1g-dev libhnswlib-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
 )
 fuzz_packages=(clang libclang-rt-14-dev)
 

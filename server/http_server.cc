@@ -288,8 +288,7 @@ class HttpServer::Impl {
     transport_->Stop(opts_.shutdown_timeout);
   }
 
- private:
-  // ---- Routing (worker threads) -----------------------------------------------------------
+  // ---- Routing (worker threads, and in-process callers) -------------------------------------
 
   void Handle(std::shared_ptr<Exchange> ex) {
     const http::Request& req = ex->request();
@@ -339,6 +338,7 @@ class HttpServer::Impl {
     }
   }
 
+ private:
   bool Authorized(const http::Request& req) const {
     const std::string_view auth = req.Header("authorization");
     const std::string want = "Bearer " + opts_.api_key;
@@ -780,6 +780,9 @@ StatusOr<int> HttpServer::Bind() {
 }
 void HttpServer::Run() {
   impl_->Run();
+}
+void HttpServer::HandleInProcess(std::shared_ptr<http::Exchange> exchange) {
+  impl_->Handle(std::move(exchange));
 }
 void HttpServer::Stop() {
   impl_->Stop();

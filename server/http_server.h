@@ -65,6 +65,10 @@ class HttpServer {
   // Serves until Stop(); returns once every connection has ended or the shutdown deadline has
   // passed.
   void Run();
+  // Serves one request that did not come through the transport (the gRPC front end's,
+  // server/grpc_server.h): routing, authentication, validation and the response as for a
+  // connection's. Any thread.
+  void HandleInProcess(std::shared_ptr<http::Exchange> exchange);
   // Thread-safe, idempotent and non-blocking (a signal handler's thread may call it): stops
   // accepting, aborts running requests (their streams end with finish_reason "abort"), and
   // makes Run() return within shutdown_timeout.

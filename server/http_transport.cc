@@ -206,7 +206,32 @@ class Loop : public std::enable_shared_from_this<Loop> {
   bool workers_stop_ = false;
   std::vector<std::thread> workers_;
 
-  friend class Exchange;
+  friend class SocketExchange;
+};
+
+// An exchange whose response goes to a connection of the loop, written by the loop's thread.
+class SocketExchange final : public Exchange {
+ public:
+  SocketExchange(std::shared_ptr<Loop> loop, uint64_t connection_id, Request request,
+                 std::shared_ptr<std::atomic<bool>> gone);
+  ~SocketExchange() override;  // an exchange dropped without a response answers 500
+
+  void Reply(int status, std::string_view content_type, std::string body,
+             Headers headers = {}) override;
+  void StartStream(int status, std::string_view content_type, Headers headers = {}) override;
+  bool Write(std::string_view chunk) override;
+  void End() override;
+  bool gone() const override { return gone_->load(std::memory_order_relaxed); }
+
+ private:
+  std::string Head(int status, std::string_view content_type, const Headers& headers);
+
+  std::shared_ptr<Loop> loop_;
+  uint64_t connection_id_;
+  std::shared_ptr<std::atomic<bool>> gone_;
+  bool streaming_ = false;
+  bool chunked_ = false;
+  bool ended_ = false;
 };
 
 StatusOr<int> Loop::Bind() {
@@ -472,7 +497,8 @@ void Loop::Dispatch(Conn& c) {
   c.first_request = false;
   c.deadline = Clock::time_point::max();
   c.response_done = false;
-  auto ex = std::make_shared<Exchange>(shared_from_this(), c.id, c.parser.TakeRequest(), c.gone);
+  auto ex =
+      std::make_shared<SocketExchange>(shared_from_this(), c.id, c.parser.TakeRequest(), c.gone);
   {
     std::lock_guard<std::mutex> lock(work_mu_);
     work_.push_back(std::move(ex));
@@ -651,14 +677,14 @@ void Loop::CheckTimers(Clock::time_point now) {
 
 // ---- Exchange ---------------------------------------------------------------------------------
 
-Exchange::Exchange(std::shared_ptr<Loop> loop, uint64_t connection_id, Request request,
-                   std::shared_ptr<std::atomic<bool>> gone)
-    : loop_(std::move(loop)),
+SocketExchange::SocketExchange(std::shared_ptr<Loop> loop, uint64_t connection_id, Request request,
+                               std::shared_ptr<std::atomic<bool>> gone)
+    : Exchange(std::move(request)),
+      loop_(std::move(loop)),
       connection_id_(connection_id),
-      request_(std::move(request)),
       gone_(std::move(gone)) {}
 
-Exchange::~Exchange() {
+SocketExchange::~SocketExchange() {
   if (gone()) return;
   if (!responded()) {
     Reply(500, "application/json", ErrorJson(500, "internal server error: no response"));
@@ -667,7 +693,8 @@ Exchange::~Exchange() {
   }
 }
 
-std::string Exchange::Head(int status, std::string_view content_type, const Headers& headers) {
+std::string SocketExchange::Head(int status, std::string_view content_type,
+                                 const Headers& headers) {
   status_ = status;
   loop_->Observe(request_, status);
   std::string head = fmt::format("HTTP/1.1 {} {}\r\n", status, ReasonPhrase(status));
@@ -676,7 +703,8 @@ std::string Exchange::Head(int status, std::string_view content_type, const Head
   return head;
 }
 
-void Exchange::Reply(int status, std::string_view content_type, std::string body, Headers headers) {
+void SocketExchange::Reply(int status, std::string_view content_type, std::string body,
+                           Headers headers) {
   if (responded()) return;
   const bool close = !request_.keep_alive || loop_->stopping();
   std::string out = Head(status, content_type, headers);
@@ -687,7 +715,7 @@ void Exchange::Reply(int status, std::string_view content_type, std::string body
   if (!gone()) loop_->Post(connection_id_, std::move(out), /*last=*/true, close);
 }
 
-void Exchange::StartStream(int status, std::string_view content_type, Headers headers) {
+void SocketExchange::StartStream(int status, std::string_view content_type, Headers headers) {
   if (responded()) return;
   streaming_ = true;
   // HTTP/1.0 has no chunked coding: the body ends when the connection does.
@@ -700,7 +728,7 @@ void Exchange::StartStream(int status, std::string_view content_type, Headers he
   if (!gone()) loop_->Post(connection_id_, std::move(out), /*last=*/false, close);
 }
 
-bool Exchange::Write(std::string_view chunk) {
+bool SocketExchange::Write(std::string_view chunk) {
   if (gone()) return false;
   if (!streaming_ || ended_) return true;
   if (chunk.empty()) return true;
@@ -716,7 +744,7 @@ bool Exchange::Write(std::string_view chunk) {
   return true;
 }
 
-void Exchange::End() {
+void SocketExchange::End() {
   if (!streaming_ || ended_) return;
   ended_ = true;
   if (gone()) return;

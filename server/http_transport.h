@@ -48,42 +48,36 @@ class Loop;
 
 // One request and its response. Handlers get it on a worker thread; it may be passed on and
 // written from any thread. A response is either whole (Reply) or streamed (StartStream, Write,
-// End); once the connection has gone, writes are dropped and gone() is true.
+// End); once the client has gone, writes are dropped and gone() is true. The transport's
+// exchanges write to a socket; the gRPC front end runs the same handlers through an exchange of
+// its own (server/grpc_server.h).
 class Exchange {
  public:
-  Exchange(std::shared_ptr<Loop> loop, uint64_t connection_id, Request request,
-           std::shared_ptr<std::atomic<bool>> gone);
-  ~Exchange();  // an exchange dropped without a response answers 500
+  virtual ~Exchange() = default;
   Exchange(const Exchange&) = delete;
   Exchange& operator=(const Exchange&) = delete;
 
   const Request& request() const { return request_; }
 
-  void Reply(int status, std::string_view content_type, std::string body, Headers headers = {});
-  void StartStream(int status, std::string_view content_type, Headers headers = {});
+  virtual void Reply(int status, std::string_view content_type, std::string body,
+                     Headers headers = {}) = 0;
+  virtual void StartStream(int status, std::string_view content_type, Headers headers = {}) = 0;
   // False once the client has gone. Empty chunks are ignored.
-  bool Write(std::string_view chunk);
-  void End();
+  virtual bool Write(std::string_view chunk) = 0;
+  virtual void End() = 0;
 
   // True once the client has closed or reset its connection, or it was closed for it (write
   // timeout, shutdown deadline). Cheap: an atomic read.
-  bool gone() const { return gone_->load(std::memory_order_relaxed); }
+  virtual bool gone() const = 0;
   // The status of the response started, 0 before.
   int status() const { return status_; }
   bool responded() const { return status_ != 0; }
 
- private:
-  std::string Head(int status, std::string_view content_type, const Headers& headers);
+ protected:
+  explicit Exchange(Request request) : request_(std::move(request)) {}
 
-  std::shared_ptr<Loop> loop_;
-  uint64_t connection_id_;
   Request request_;
-  std::shared_ptr<std::atomic<bool>> gone_;
   int status_ = 0;
-  bool streaming_ = false;
-  bool chunked_ = false;
-  bool ended_ = false;
-  friend class Loop;
 };
 
 using Handler = std::function<void(std::shared_ptr<Exchange>)>;

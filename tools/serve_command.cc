@@ -8,8 +8,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -20,6 +22,7 @@
 #include "engine/generation_config.h"
 #include "engine/model_loader.h"
 #include "kernels/backend_factory.h"
+#include "server/grpc_server.h"
 #include "server/http_server.h"
 #include "tokenizer/chat_renderer.h"
 #include "tools/commands.h"
@@ -37,6 +40,9 @@ Serves MODEL (a Hugging Face directory or a .gguf file) over the OpenAI HTTP API
 
   --host HOST                 address to listen on (default 127.0.0.1)
   --port N                    port (default 8000; 0 picks a free one, printed at startup)
+  --grpc-port N               also serve the gRPC API (proto/headwise/v1/headwise.proto) on
+                              this port of --host (0 picks a free one, printed at startup);
+                              off unless given
   --served-model-name NAME    name clients use as "model" (repeatable; default: MODEL)
   --api-key KEY               require "Authorization: Bearer KEY" on /v1 routes
                               (default: $HEADWISE_API_KEY)
@@ -143,6 +149,8 @@ int RunServe(int argc, char** argv) {
   server::http::TransportOptions& transport = options.transport;
   flags.String("host", transport.host);
   flags.Int("port", transport.port);
+  int grpc_port = -1;  // off
+  flags.Int("grpc-port", grpc_port);
   flags.StringList("served-model-name", names);
   flags.String("api-key", api_key);
   flags.Int("max-model-len", config.max_model_len);
@@ -196,8 +204,10 @@ int RunServe(int argc, char** argv) {
   if (load_format != "auto" && load_format != "dummy") {
     return Fail(InvalidArgument("--load-format must be auto or dummy, got '{}'", load_format));
   }
-  if (transport.port < 0 || transport.port > 65535) {
-    return Fail(InvalidArgument("--port must be in [0, 65535], got {}", transport.port));
+  for (const auto& [flag, value] : {std::pair{"port", transport.port}, {"grpc-port", grpc_port}}) {
+    if (value > 65535 || (value < 0 && std::string_view(flag) == "port") || value < -1) {
+      return Fail(InvalidArgument("--{} must be in [0, 65535], got {}", flag, value));
+    }
   }
   // The engine's own limits are checked by Engine::Start (InFlagTerms names the flag).
   for (const auto& [flag, v] : {std::pair{"http-threads", transport.worker_threads},
@@ -318,8 +328,17 @@ int RunServe(int argc, char** argv) {
       g_server = &http;
     }
     std::printf("headwise: listening on http://%s:%d\n", transport.host.c_str(), port);
+    std::unique_ptr<server::GrpcServer> grpc;
+    if (grpc_port >= 0) {
+      grpc = std::make_unique<server::GrpcServer>(http,
+                                                  server::GrpcOptions{transport.host, grpc_port});
+      auto grpc_bound = grpc->Start();
+      if (!grpc_bound.ok()) return Fail(grpc_bound.status());
+      std::printf("headwise: gRPC listening on %s:%d\n", transport.host.c_str(), *grpc_bound);
+    }
     std::fflush(stdout);
     http.Run();
+    if (grpc) grpc->Stop();
     std::lock_guard<std::mutex> lock(g_server_mu);
     g_server = nullptr;
     spdlog::info("HTTP server stopped");

@@ -43,6 +43,7 @@ class Server:
         full_env.update(env or {})
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=full_env)
         self.port = None
+        self.grpc_port = None  # with --grpc-port: the port it printed
         self.returncode = None
         self.startup_timeout = startup_timeout
         try:
@@ -68,7 +69,10 @@ class Server:
                     if line.startswith(prefix):
                         self.port = int(line.rsplit(":", 1)[1])
                         self.base = f"http://{HOST}:{self.port}"
-                        return
+                    if line.startswith("headwise: gRPC listening on "):
+                        self.grpc_port = int(line.rsplit(":", 1)[1])
+                if self.port and (self.grpc_port or "--grpc-port" not in self.cmd):
+                    return
             elif self.proc.poll() is not None:
                 break
         raise RuntimeError(f"server did not start: {self.cmd}\nstdout: {buf!r}\nlog:\n{self.log_text()}")

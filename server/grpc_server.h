@@ -1,0 +1,46 @@
+// The gRPC front end (proto/headwise/v1/headwise.proto), in the same process as the HTTP one and
+// over the same engine. Each RPC becomes the REST request it mirrors and runs through the HTTP
+// server's handlers in process (HttpServer::HandleInProcess): both APIs authenticate, validate
+// and answer alike by construction. The REST response maps back to the proto message, a REST
+// error to a gRPC status (the proto file's header lists the codes). Server reflection is on.
+//
+// Served so far: ListModels, ListArms, Tokenize, Detokenize. Generate, Chat and the health
+// service come next (docs/STATUS.md).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/status.h"
+
+namespace headwise::server {
+
+class HttpServer;
+
+struct GrpcOptions {
+  std::string host = "127.0.0.1";
+  int port = 0;  // 0: any free port
+};
+
+class GrpcServer {
+ public:
+  // `http` must outlive the server.
+  GrpcServer(HttpServer& http, GrpcOptions options);
+  ~GrpcServer();  // stops it
+  GrpcServer(const GrpcServer&) = delete;
+  GrpcServer& operator=(const GrpcServer&) = delete;
+
+  // Starts serving on gRPC's own threads; returns the bound port.
+  StatusOr<int> Start();
+  // Thread-safe and idempotent: stops accepting and cancels calls in flight.
+  void Stop();
+
+ private:
+  class Service;
+  std::unique_ptr<Service> service_;
+  struct Running;
+  std::unique_ptr<Running> running_;
+  GrpcOptions options_;
+};
+
+}  // namespace headwise::server
