@@ -4,9 +4,11 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -22,7 +24,8 @@ namespace pb = headwise::v1;
 // An exchange whose request comes from an RPC and whose response stays here for the RPC to map.
 class InProcessExchange final : public http::Exchange {
  public:
-  InProcessExchange(http::Request request, const grpc::ServerContext& context)
+  // `context`: the RPC whose cancellation means the client has gone; null: none.
+  InProcessExchange(http::Request request, const grpc::ServerContext* context)
       : Exchange(std::move(request)), context_(context) {}
 
   void Reply(int status, std::string_view, std::string body, http::Headers) override {
@@ -36,12 +39,12 @@ class InProcessExchange final : public http::Exchange {
   }
   bool Write(std::string_view) override { return false; }
   void End() override {}
-  bool gone() const override { return context_.IsCancelled(); }
+  bool gone() const override { return context_ != nullptr && context_->IsCancelled(); }
 
   const std::string& body() const { return body_; }
 
  private:
-  const grpc::ServerContext& context_;
+  const grpc::ServerContext* context_;
   std::string body_;
 };
 
@@ -137,24 +140,36 @@ class GrpcServer::Service final : public pb::Headwise::Service {
                 [&](const Json& body) { out->set_prompt(body.at("prompt").get<std::string>()); });
   }
 
+  // Whether GET /health answers 200: the engine runs and the server is not stopping.
+  bool Healthy() {
+    auto exchange = std::make_shared<InProcessExchange>(Request("GET", "/health", ""), nullptr);
+    http_.HandleInProcess(exchange);
+    return exchange->status() == 200;
+  }
+
  private:
-  // Runs the REST request in process; a 200 goes to `fill`, anything else becomes the status.
-  template <typename Fill>
-  grpc::Status Call(grpc::ServerContext& context, std::string method, std::string path,
-                    std::string body, Fill&& fill) {
+  static http::Request Request(std::string method, std::string path, std::string body) {
     http::Request request;
     request.method = std::move(method);
     request.target = path;
     request.path = std::move(path);
     request.body = std::move(body);
     request.headers.emplace_back("content-type", "application/json");
+    return request;
+  }
+
+  // Runs the REST request in process; a 200 goes to `fill`, anything else becomes the status.
+  template <typename Fill>
+  grpc::Status Call(grpc::ServerContext& context, std::string method, std::string path,
+                    std::string body, Fill&& fill) {
+    http::Request request = Request(std::move(method), std::move(path), std::move(body));
     // The API key travels as the same header, in metadata.
     const auto& metadata = context.client_metadata();
     if (auto it = metadata.find("authorization"); it != metadata.end()) {
       request.headers.emplace_back("authorization",
                                    std::string(it->second.data(), it->second.size()));
     }
-    auto exchange = std::make_shared<InProcessExchange>(std::move(request), context);
+    auto exchange = std::make_shared<InProcessExchange>(std::move(request), &context);
     http_.HandleInProcess(exchange);
     const Json answer = Json::parse(exchange->body(), nullptr, /*allow_exceptions=*/false);
     if (exchange->status() == 200 && !answer.is_discarded()) {
@@ -183,7 +198,16 @@ class GrpcServer::Service final : public pb::Headwise::Service {
 struct GrpcServer::Running {
   std::unique_ptr<grpc::Server> server;
   std::once_flag stopped;
+  // grpc.health.v1 follows GET /health: a thread asks it every kHealthPeriod until Stop.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopping = false;
+  std::thread health;
 };
+
+namespace {
+constexpr std::chrono::milliseconds kHealthPeriod{500};
+}  // namespace
 
 GrpcServer::GrpcServer(HttpServer& http, GrpcOptions options)
     : service_(std::make_unique<Service>(http)), options_(std::move(options)) {}
@@ -194,6 +218,7 @@ GrpcServer::~GrpcServer() {
 
 StatusOr<int> GrpcServer::Start() {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options_.host + ":" + std::to_string(options_.port),
@@ -205,12 +230,34 @@ StatusOr<int> GrpcServer::Start() {
     return Internal("gRPC: could not listen on {}:{}", options_.host, options_.port);
   }
   running_ = std::move(running);
+  Running& r = *running_;
+  grpc::HealthCheckServiceInterface* health = r.server->GetHealthCheckService();
+  auto report = [health](bool up) {
+    health->SetServingStatus(pb::Headwise::service_full_name(), up);
+    health->SetServingStatus(up);  // the server as a whole ("")
+  };
+  report(service_->Healthy());  // before the port is announced: no client finds it unknown
+  r.health = std::thread([this, &r, report] {
+    std::unique_lock lock(r.mu);
+    while (!r.cv.wait_for(lock, kHealthPeriod, [&] { return r.stopping; })) {
+      lock.unlock();
+      report(service_->Healthy());
+      lock.lock();
+    }
+    report(false);
+  });
   return port;
 }
 
 void GrpcServer::Stop() {
   if (!running_) return;
   std::call_once(running_->stopped, [&] {
+    {
+      std::lock_guard lock(running_->mu);
+      running_->stopping = true;
+    }
+    running_->cv.notify_all();
+    running_->health.join();
     // The HTTP server has drained by now (serve stops it first): whatever is left is cancelled.
     running_->server->Shutdown(std::chrono::system_clock::now());
   });

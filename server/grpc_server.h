@@ -2,10 +2,12 @@
 // over the same engine. Each RPC becomes the REST request it mirrors and runs through the HTTP
 // server's handlers in process (HttpServer::HandleInProcess): both APIs authenticate, validate
 // and answer alike by construction. The REST response maps back to the proto message, a REST
-// error to a gRPC status (the proto file's header lists the codes). Server reflection is on.
+// error to a gRPC status (the proto file's header lists the codes). Server reflection is on, and
+// grpc.health.v1.Health answers SERVING while GET /health would answer 200 (the engine runs, the
+// server is not stopping), checked every half second.
 //
-// Served so far: ListModels, ListArms, Tokenize, Detokenize. Generate, Chat and the health
-// service come next (docs/STATUS.md).
+// Served so far: ListModels, ListArms, Tokenize, Detokenize. Generate and Chat come next
+// (docs/STATUS.md).
 #pragma once
 
 #include <memory>

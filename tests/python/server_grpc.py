@@ -2,7 +2,7 @@
 client generated from the proto by grpcio-tools: each RPC's answer equals the REST API's for the
 same request on the same server, errors come back with the code and message of the REST error
 (the field in the "headwise-error-param" trailer), the API key travels in metadata, reflection
-lists the service, a bad --grpc-port is refused at startup, and the binary still reads
+lists the service, grpc.health.v1 answers SERVING, a bad --grpc-port is refused at startup, and the binary still reads
 sentencepiece tokenizers. Prints "N passed, M failed"."""
 
 import importlib
@@ -13,6 +13,7 @@ import tempfile
 
 import grpc
 from grpc_tools import protoc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from server_util import SOURCE, TINY, Runner, Server
@@ -128,6 +129,16 @@ def test_reflection(srv):
     assert "headwise.v1.Headwise" in names, names
 
 
+def test_health(srv):
+    """grpc.health.v1 follows REST /health: SERVING for the server and the service while the
+    engine runs (open without an API key, as /health is)."""
+    assert srv.request("GET", "/health")[0] == 200
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}"))
+    for service in ["", "headwise.v1.Headwise"]:
+        got = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
+        assert got.status == health_pb2.HealthCheckResponse.SERVING, (service, got)
+
+
 def test_api_key():
     with Server("--grpc-port", "0", "--api-key", "sekrit") as srv:
         s = stub(srv)
@@ -139,6 +150,7 @@ def test_api_key():
         got = s.ListModels(pb.ListModelsRequest(), timeout=30,
                            metadata=[("authorization", "Bearer sekrit")])
         assert len(got.data) == 1, got
+        test_health(srv)
 
 
 def test_bad_port():
@@ -166,7 +178,8 @@ def main():
         assert srv.grpc_port, "no gRPC port printed"
         for name, fn in [("models and arms", test_models_and_arms),
                          ("tokenize / detokenize", test_tokenize_detokenize),
-                         ("errors", test_errors), ("reflection", test_reflection)]:
+                         ("errors", test_errors), ("reflection", test_reflection),
+                         ("health", test_health)]:
             runner.run(name, fn, srv)
     runner.run("api key", test_api_key)
     runner.run("bad --grpc-port", test_bad_port)
