@@ -21,7 +21,8 @@ namespace {
 using Json = nlohmann::ordered_json;
 namespace pb = headwise::v1;
 
-// An exchange whose request comes from an RPC and whose response stays here for the RPC to map.
+// An exchange whose request comes from an RPC: a whole response stays here for the RPC to map;
+// a stream's chunks are queued for the RPC's thread (Take), which writes them to its client.
 class InProcessExchange final : public http::Exchange {
  public:
   // `context`: the RPC whose cancellation means the client has gone; null: none.
@@ -29,23 +30,60 @@ class InProcessExchange final : public http::Exchange {
       : Exchange(std::move(request)), context_(context) {}
 
   void Reply(int status, std::string_view, std::string body, http::Headers) override {
+    std::lock_guard lock(mu_);
     if (responded()) return;
     status_ = status;
     body_ = std::move(body);
+    ended_ = true;
+    cv_.notify_all();
   }
-  // Streams are for Generate and Chat, not served yet: a handler that starts one gets a 500.
-  void StartStream(int, std::string_view, http::Headers) override {
-    Reply(500, "", R"({"error":{"message":"streaming over gRPC is not served yet"}})", {});
+  void StartStream(int status, std::string_view, http::Headers) override {
+    std::lock_guard lock(mu_);
+    if (responded()) return;
+    status_ = status;
+    streaming_ = true;
+    cv_.notify_all();
   }
-  bool Write(std::string_view) override { return false; }
-  void End() override {}
+  bool Write(std::string_view chunk) override {
+    if (gone()) return false;
+    std::lock_guard lock(mu_);
+    body_ += chunk;
+    cv_.notify_all();
+    return true;
+  }
+  void End() override {
+    std::lock_guard lock(mu_);
+    ended_ = true;
+    cv_.notify_all();
+  }
   bool gone() const override { return context_ != nullptr && context_->IsCancelled(); }
 
-  const std::string& body() const { return body_; }
+  // Waits up to `wait` for the response to begin or the stream to grow, then moves what arrived
+  // to the end of `out`. True once the response is complete.
+  bool Take(std::string& out, std::chrono::milliseconds wait) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, wait, [&] { return ended_ || !body_.empty(); });
+    out += body_;
+    body_.clear();
+    return ended_;
+  }
+  // After Take returned true, or for a handler that replied at once.
+  int answered_status() {
+    std::lock_guard lock(mu_);
+    return status_;
+  }
+  bool streaming() {
+    std::lock_guard lock(mu_);
+    return streaming_;
+  }
 
  private:
   const grpc::ServerContext* context_;
-  std::string body_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string body_;  // a whole response, or the stream's chunks not yet taken
+  bool streaming_ = false;
+  bool ended_ = false;
 };
 
 grpc::StatusCode CodeOf(int http_status, std::string_view error_type) {
@@ -75,7 +113,7 @@ class GrpcServer::Service final : public pb::Headwise::Service {
 
   grpc::Status ListModels(grpc::ServerContext* context, const pb::ListModelsRequest*,
                           pb::ListModelsResponse* out) override {
-    return Call(*context, "GET", "/v1/models", "", [&](const Json& body) {
+    return Call(*context, "/v1/models", "", [&](const Json& body) {
       for (const Json& m : body.at("data")) {
         pb::Model* model = out->add_data();
         model->set_id(m.at("id").get<std::string>());
@@ -89,7 +127,7 @@ class GrpcServer::Service final : public pb::Headwise::Service {
 
   grpc::Status ListArms(grpc::ServerContext* context, const pb::ListArmsRequest*,
                         pb::ListArmsResponse* out) override {
-    return Call(*context, "GET", "/v1/arms", "", [&](const Json& body) {
+    return Call(*context, "/v1/arms", "", [&](const Json& body) {
       for (const Json& a : body.at("data")) {
         pb::Arm* arm = out->add_data();
         arm->set_name(a.at("name").get<std::string>());
@@ -125,7 +163,7 @@ class GrpcServer::Service final : public pb::Headwise::Service {
       request["prompt"] = in->prompt();
     }
     if (in->has_add_special_tokens()) request["add_special_tokens"] = in->add_special_tokens();
-    return Call(*context, "POST", "/tokenize", request.dump(), [&](const Json& body) {
+    return Call(*context, "/tokenize", request.dump(), [&](const Json& body) {
       out->set_count(body.at("count").get<int32_t>());
       out->set_max_model_len(body.at("max_model_len").get<int32_t>());
       for (const Json& id : body.at("tokens")) out->add_tokens(id.get<int32_t>());
@@ -136,18 +174,64 @@ class GrpcServer::Service final : public pb::Headwise::Service {
                           pb::DetokenizeResponse* out) override {
     Json request{{"tokens", std::vector<int32_t>(in->tokens().begin(), in->tokens().end())}};
     if (!in->model().empty()) request["model"] = in->model();
-    return Call(*context, "POST", "/detokenize", request.dump(),
+    return Call(*context, "/detokenize", request.dump(),
                 [&](const Json& body) { out->set_prompt(body.at("prompt").get<std::string>()); });
+  }
+
+  grpc::Status Generate(grpc::ServerContext* context, const pb::GenerateRequest* in,
+                        grpc::ServerWriter<pb::GenerateResponse>* writer) override {
+    auto exchange = Start(*context, "/v1/completions", CompletionBody(*in).dump());
+    std::string pending;  // SSE text not yet a whole event
+    for (;;) {
+      const bool ended = exchange->Take(pending, kPoll);
+      if (!exchange->streaming()) {
+        if (ended) return ErrorStatus(*context, exchange->answered_status(), pending);
+        if (context->IsCancelled()) return grpc::Status::CANCELLED;
+        continue;
+      }
+      // Whole events "data: <json>\n\n", each one message; "data: [DONE]" ends the stream.
+      for (size_t end; (end = pending.find("\n\n")) != std::string::npos;) {
+        const std::string event = pending.substr(0, end);
+        pending.erase(0, end + 2);
+        constexpr std::string_view kData = "data: ";
+        if (event.rfind(kData, 0) != 0) continue;
+        const std::string_view payload = std::string_view(event).substr(kData.size());
+        if (payload == "[DONE]") return grpc::Status::OK;
+        const Json chunk = Json::parse(payload, nullptr, /*allow_exceptions=*/false);
+        if (chunk.is_discarded()) {
+          return grpc::Status(grpc::StatusCode::INTERNAL, "a stream chunk is not JSON");
+        }
+        if (chunk.contains("error")) return ErrorStatus(*context, 500, std::string(payload));
+        pb::GenerateResponse message;
+        try {
+          FillResponse(chunk, message);
+        } catch (const Json::exception& e) {
+          return grpc::Status(grpc::StatusCode::INTERNAL,
+                              std::string("a stream chunk did not map: ") + e.what());
+        }
+        if (!writer->Write(message)) return grpc::Status::CANCELLED;  // the client has gone
+      }
+      if (ended) {
+        // A stream cut before [DONE]: the server stopped (its chunks said "abort"), or the client
+        // went away.
+        return context->IsCancelled()
+                   ? grpc::Status::CANCELLED
+                   : grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+      }
+    }
   }
 
   // Whether GET /health answers 200: the engine runs and the server is not stopping.
   bool Healthy() {
     auto exchange = std::make_shared<InProcessExchange>(Request("GET", "/health", ""), nullptr);
     http_.HandleInProcess(exchange);
-    return exchange->status() == 200;
+    return exchange->answered_status() == 200;
   }
 
  private:
+  // How often a streaming RPC looks for its client's cancellation while nothing arrives.
+  static constexpr std::chrono::milliseconds kPoll{50};
+
   static http::Request Request(std::string method, std::string path, std::string body) {
     http::Request request;
     request.method = std::move(method);
@@ -158,12 +242,12 @@ class GrpcServer::Service final : public pb::Headwise::Service {
     return request;
   }
 
-  // Runs the REST request in process; a 200 goes to `fill`, anything else becomes the status.
-  template <typename Fill>
-  grpc::Status Call(grpc::ServerContext& context, std::string method, std::string path,
-                    std::string body, Fill&& fill) {
+  // The REST request of an RPC, handed to the HTTP server's handlers: "authorization" metadata
+  // travels as the same header.
+  std::shared_ptr<InProcessExchange> Start(grpc::ServerContext& context, std::string path,
+                                           std::string body) {
+    std::string method = body.empty() ? "GET" : "POST";
     http::Request request = Request(std::move(method), std::move(path), std::move(body));
-    // The API key travels as the same header, in metadata.
     const auto& metadata = context.client_metadata();
     if (auto it = metadata.find("authorization"); it != metadata.end()) {
       request.headers.emplace_back("authorization",
@@ -171,16 +255,14 @@ class GrpcServer::Service final : public pb::Headwise::Service {
     }
     auto exchange = std::make_shared<InProcessExchange>(std::move(request), &context);
     http_.HandleInProcess(exchange);
-    const Json answer = Json::parse(exchange->body(), nullptr, /*allow_exceptions=*/false);
-    if (exchange->status() == 200 && !answer.is_discarded()) {
-      try {
-        fill(answer);
-        return grpc::Status::OK;
-      } catch (const Json::exception& e) {
-        return grpc::Status(grpc::StatusCode::INTERNAL,
-                            std::string("the REST answer did not map: ") + e.what());
-      }
-    }
+    return exchange;
+  }
+
+  // A REST error answer (status, OpenAI error body) as a gRPC status; the field it names goes
+  // in the "headwise-error-param" trailer.
+  static grpc::Status ErrorStatus(grpc::ServerContext& context, int status,
+                                  const std::string& body) {
+    const Json answer = Json::parse(body, nullptr, /*allow_exceptions=*/false);
     std::string message = "no response", type, param;
     if (answer.is_object() && answer.contains("error") && answer["error"].is_object()) {
       const Json& error = answer["error"];
@@ -189,7 +271,107 @@ class GrpcServer::Service final : public pb::Headwise::Service {
       if (error.contains("param") && error["param"].is_string()) param = error["param"];
     }
     if (!param.empty()) context.AddTrailingMetadata("headwise-error-param", param);
-    return grpc::Status(CodeOf(exchange->status(), type), message);
+    return grpc::Status(CodeOf(status, type), message);
+  }
+
+  // Runs a REST request with a whole answer; a 200 goes to `fill`.
+  template <typename Fill>
+  grpc::Status Call(grpc::ServerContext& context, std::string path, std::string body, Fill&& fill) {
+    auto exchange = Start(context, std::move(path), std::move(body));
+    std::string answer;
+    while (!exchange->Take(answer, kPoll)) {
+    }
+    const int status = exchange->answered_status();
+    if (status != 200) return ErrorStatus(context, status, answer);
+    const Json parsed = Json::parse(answer, nullptr, /*allow_exceptions=*/false);
+    if (parsed.is_discarded()) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, "the REST answer is not JSON");
+    }
+    try {
+      fill(parsed);
+      return grpc::Status::OK;
+    } catch (const Json::exception& e) {
+      return grpc::Status(grpc::StatusCode::INTERNAL,
+                          std::string("the REST answer did not map: ") + e.what());
+    }
+  }
+
+  // The REST body of a Generate request: streamed, with usage and token ids.
+  static Json CompletionBody(const pb::GenerateRequest& in) {
+    Json body = Json::object();
+    if (!in.model().empty()) body["model"] = in.model();
+    if (in.has_token_ids()) {
+      body["prompt"] =
+          std::vector<int32_t>(in.token_ids().ids().begin(), in.token_ids().ids().end());
+    } else {
+      body["prompt"] = in.text();
+    }
+    if (in.has_max_tokens()) body["max_tokens"] = in.max_tokens();
+    if (in.has_temperature()) body["temperature"] = in.temperature();
+    if (in.has_top_p()) body["top_p"] = in.top_p();
+    if (in.has_top_k()) body["top_k"] = in.top_k();
+    if (in.has_min_p()) body["min_p"] = in.min_p();
+    if (in.has_repetition_penalty()) body["repetition_penalty"] = in.repetition_penalty();
+    if (in.has_presence_penalty()) body["presence_penalty"] = in.presence_penalty();
+    if (in.has_frequency_penalty()) body["frequency_penalty"] = in.frequency_penalty();
+    if (in.has_seed()) body["seed"] = in.seed();
+    if (in.stop_size() > 0)
+      body["stop"] = std::vector<std::string>(in.stop().begin(), in.stop().end());
+    if (in.stop_token_ids_size() > 0) {
+      body["stop_token_ids"] =
+          std::vector<int32_t>(in.stop_token_ids().begin(), in.stop_token_ids().end());
+    }
+    if (in.has_ignore_eos()) body["ignore_eos"] = in.ignore_eos();
+    if (in.has_logprobs()) body["logprobs"] = in.logprobs();
+    if (in.logit_bias_size() > 0) {
+      Json bias = Json::object();
+      for (const auto& [id, value] : in.logit_bias()) bias[std::to_string(id)] = value;
+      body["logit_bias"] = std::move(bias);
+    }
+    if (!in.user().empty()) body["user"] = in.user();
+    body["headwise"] = {{"token_ids", true}};
+    if (!in.arm().empty()) body["headwise"]["arm"] = in.arm();
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};
+    return body;
+  }
+
+  // One streamed completion chunk (or the usage chunk) as a message.
+  static void FillResponse(const Json& chunk, pb::GenerateResponse& out) {
+    out.set_id(chunk.at("id").get<std::string>());
+    for (const Json& choice : chunk.at("choices")) {
+      out.set_text(out.text() + choice.at("text").get<std::string>());
+      if (auto ids = choice.find("token_ids"); ids != choice.end()) {
+        for (const Json& id : *ids) out.add_token_ids(id.get<int32_t>());
+      }
+      if (const Json& lp = choice.at("logprobs"); !lp.is_null()) {
+        const Json& tokens = lp.at("tokens");
+        for (size_t i = 0; i < tokens.size(); ++i) {
+          pb::TokenLogprob* t = out.add_logprobs();
+          t->set_token(tokens[i].get<std::string>());
+          t->set_logprob(lp.at("token_logprobs")[i].get<float>());
+          const Json& top = lp.at("top_logprobs");
+          if (top.is_array() && top[i].is_object()) {
+            for (const auto& [token, value] : top[i].items()) {
+              (*t->mutable_top_logprobs())[token] = value.get<float>();
+            }
+          }
+        }
+      }
+      if (const Json& reason = choice.at("finish_reason"); !reason.is_null()) {
+        out.set_finish_reason(reason.get<std::string>());
+      }
+    }
+    if (auto usage = chunk.find("usage"); usage != chunk.end() && !usage->is_null()) {
+      out.mutable_usage()->set_prompt_tokens(usage->at("prompt_tokens").get<int32_t>());
+      out.mutable_usage()->set_completion_tokens(usage->at("completion_tokens").get<int32_t>());
+      out.mutable_usage()->set_total_tokens(usage->at("total_tokens").get<int32_t>());
+    }
+    if (auto run = chunk.find("headwise"); run != chunk.end() && run->is_object()) {
+      out.mutable_headwise()->set_arm(run->at("arm").get<std::string>());
+      out.mutable_headwise()->set_attention_policy(run->at("attention_policy").get<std::string>());
+      out.mutable_headwise()->set_policy_hash(run->at("policy_hash").get<std::string>());
+    }
   }
 
   HttpServer& http_;

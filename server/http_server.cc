@@ -674,6 +674,10 @@ class HttpServer::Impl {
       r.text = (job.kind == ApiKind::kCompletion && job.request.echo)
                    ? job.prompt_texts[c.prompt_index] + c.text
                    : c.text;
+      if (job.request.token_ids) {
+        r.token_ids.emplace();
+        for (const engine::SampledToken& t : c.tokens) r.token_ids->push_back(t.id);
+      }
       if (job.request.logprobs) {
         r.logprobs = job.kind == ApiKind::kChat
                          ? ChatLogprobs(tok_, c.tokens, job.request.top_logprobs, c.prev_token)
@@ -716,7 +720,9 @@ class HttpServer::Impl {
     }
     for (auto& [i, ev] : Poll(job)) {
       Child& c = job.children[i];
-      if (!ev.text.empty() || (gr.logprobs && !ev.tokens.empty())) {
+      if (!ev.text.empty() || ((gr.logprobs || gr.token_ids) && !ev.tokens.empty())) {
+        std::vector<int32_t> ids;
+        for (const engine::SampledToken& t : ev.tokens) ids.push_back(t.id);
         Json logprobs = nullptr;
         if (gr.logprobs) {
           logprobs = job.kind == ApiKind::kChat
@@ -725,7 +731,8 @@ class HttpServer::Impl {
                                               c.prev_token);
         }
         out += SseEvent(StreamChunk(job.kind, job.id, job.created, job.model, c.index, false,
-                                    ev.text, logprobs, "", gr.include_usage, arm));
+                                    ev.text, logprobs, "", gr.include_usage, arm,
+                                    gr.token_ids ? &ids : nullptr));
       }
       if (ev.finished) {
         if (ev.finish_reason == engine::FinishReason::kError) {

@@ -73,7 +73,7 @@ const std::set<std::string>& CommonFields() {
   static const auto* fields = new std::set<std::string>{
       "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "logprobs",
       "stop", "presence_penalty", "frequency_penalty", "logit_bias", "seed", "user",
-      // headwise's own: {"arm": NAME} (ParseHeadwiseField).
+      // headwise's own: {"arm": NAME, "token_ids": BOOL} (ParseHeadwiseField).
       "headwise",
       // vLLM's sampling extras that the engine implements.
       "top_k", "min_p", "repetition_penalty", "stop_token_ids", "ignore_eos", "add_special_tokens"};
@@ -214,8 +214,15 @@ std::optional<ApiError> ParseHeadwiseField(const Json& body, GenerationRequest& 
   if (!it->is_object()) return TypeError("headwise", "an object", *it);
   for (const auto& [key, value] : it->items()) {
     const std::string name = "headwise." + key;
-    if (key != "arm") return BadRequest(fmt::format("unknown parameter '{}'", name), name);
+    if (key != "arm" && key != "token_ids") {
+      return BadRequest(fmt::format("unknown parameter '{}'", name), name);
+    }
     if (value.is_null()) continue;
+    if (key == "token_ids") {
+      if (!value.is_boolean()) return TypeError(name, "a boolean", value);
+      out.token_ids = value.get<bool>();
+      continue;
+    }
     if (!value.is_string()) return TypeError(name, "a string (an arm's name)", value);
     out.arm = value.get<std::string>();
   }
@@ -928,6 +935,7 @@ Json CompletionResponse(const std::string& id, int64_t created, const std::strin
                   {"text", c.text},
                   {"logprobs", c.logprobs},
                   {"finish_reason", c.finish_reason}});
+    if (c.token_ids) cs.back()["token_ids"] = *c.token_ids;
   }
   return ResponseEnvelope("text_completion", id, created, model, std::move(cs), usage, arm);
 }
@@ -941,13 +949,15 @@ Json ChatResponse(const std::string& id, int64_t created, const std::string& mod
                   {"message", {{"role", "assistant"}, {"content", c.text}}},
                   {"logprobs", c.logprobs},
                   {"finish_reason", c.finish_reason}});
+    if (c.token_ids) cs.back()["token_ids"] = *c.token_ids;
   }
   return ResponseEnvelope("chat.completion", id, created, model, std::move(cs), usage, arm);
 }
 
 Json StreamChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
                  int index, bool role_delta, const std::string& text, const Json& logprobs,
-                 const std::string& finish_reason, bool include_usage, const engine::ArmInfo& arm) {
+                 const std::string& finish_reason, bool include_usage, const engine::ArmInfo& arm,
+                 const std::vector<int32_t>* token_ids) {
   Json choice;
   choice["index"] = index;
   if (kind == ApiKind::kChat) {
@@ -963,6 +973,7 @@ Json StreamChunk(ApiKind kind, const std::string& id, int64_t created, const std
   }
   choice["logprobs"] = logprobs;
   choice["finish_reason"] = finish_reason.empty() ? Json(nullptr) : Json(finish_reason);
+  if (token_ids != nullptr) choice["token_ids"] = *token_ids;
   Json chunk = {{"id", id},
                 {"object", kind == ApiKind::kChat ? "chat.completion.chunk" : "text_completion"},
                 {"created", created},

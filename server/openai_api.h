@@ -89,6 +89,9 @@ struct GenerationRequest {
   // which the server grants only when its arms file allows overrides.
   std::optional<std::string> user;
   std::optional<std::string> arm;
+  // {"headwise": {"token_ids": true}}: each choice, and each streamed chunk, also carries the ids
+  // of the tokens it adds as "token_ids" (the gRPC front end asks for them).
+  bool token_ids = false;
 };
 
 // The body's field that names an arm, as error params and messages spell it.
@@ -194,7 +197,8 @@ struct ChoiceResult {
   std::string text;  // including the echoed prompt when echo is on
   std::vector<engine::SampledToken> tokens;
   std::string finish_reason;
-  Json logprobs;  // null, or the formatted logprobs
+  Json logprobs;                                  // null, or the formatted logprobs
+  std::optional<std::vector<int32_t>> token_ids;  // "token_ids" when asked for
 };
 
 // `arm` is the arm that ran (the "headwise" field beside "usage").
@@ -209,10 +213,12 @@ Json ChatResponse(const std::string& id, int64_t created, const std::string& mod
 // "content": ""}; otherwise a content delta ({} when `text` is empty and finish_reason set).
 // `finish_reason` empty: null. `logprobs` null when not asked for. `include_usage` adds
 // "usage": null as OpenAI does on every chunk but the last. A choice's finishing chunk (with a
-// finish_reason) discloses `arm` as "headwise".
+// finish_reason) discloses `arm` as "headwise". `token_ids` (not null): the choice's
+// "token_ids".
 Json StreamChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
                  int index, bool role_delta, const std::string& text, const Json& logprobs,
-                 const std::string& finish_reason, bool include_usage, const engine::ArmInfo& arm);
+                 const std::string& finish_reason, bool include_usage, const engine::ArmInfo& arm,
+                 const std::vector<int32_t>* token_ids = nullptr);
 // The final usage chunk: "choices": [], the usage and the arm.
 Json UsageChunk(ApiKind kind, const std::string& id, int64_t created, const std::string& model,
                 const UsageInfo& usage, const engine::ArmInfo& arm);

@@ -1,15 +1,19 @@
 """The gRPC API (proto/headwise/v1/headwise.proto) of `headwise serve --grpc-port`, through a
 client generated from the proto by grpcio-tools: each RPC's answer equals the REST API's for the
-same request on the same server, errors come back with the code and message of the REST error
-(the field in the "headwise-error-param" trailer), the API key travels in metadata, reflection
-lists the service, grpc.health.v1 answers SERVING, a bad --grpc-port is refused at startup, and the binary still reads
-sentencepiece tokenizers. Prints "N passed, M failed"."""
+same request on the same server (Generate: greedy tokens, text, logprobs, usage, arm), 32
+concurrent streams each equal their answer alone, cancelling a stream or passing its deadline
+aborts the request and frees its KV pages, errors come back with the code and message of the
+REST error (the field in the "headwise-error-param" trailer), the API key travels in metadata,
+reflection lists the service, grpc.health.v1 answers SERVING, a bad --grpc-port is refused at
+startup, and the binary still reads sentencepiece tokenizers. Prints "N passed, M failed"."""
 
 import importlib
 import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import grpc
 from grpc_tools import protoc
@@ -139,6 +143,128 @@ def test_health(srv):
         assert got.status == health_pb2.HealthCheckResponse.SERVING, (service, got)
 
 
+PROMPT = "Once upon a time, there was a little girl named Lily. She"
+# Long enough to be cut: SmolLM2-135M decodes about 40 tokens/s on 2 cores (TinyStories would
+# finish before a cancel or a deadline reached it).
+LONG = dict(text="Once upon a time", max_tokens=400, temperature=0, ignore_eos=True)
+
+
+def generate(srv, **fields):
+    """Every message of one Generate call, in order."""
+    return list(stub(srv).Generate(pb.GenerateRequest(**fields), timeout=60))
+
+
+def test_generate_equals_rest(srv):
+    """Greedy tokens, text, logprobs, finish reason, usage and arm equal the REST answer."""
+    messages = generate(srv, text=PROMPT, max_tokens=24, temperature=0, ignore_eos=True,
+                        logprobs=2)
+    want = rest(srv, "POST", "/v1/completions",
+                {"prompt": PROMPT, "max_tokens": 24, "temperature": 0, "ignore_eos": True,
+                 "logprobs": 2, "headwise": {"token_ids": True}})
+    choice = want["choices"][0]
+    assert len({m.id for m in messages}) == 1 and messages[0].id.startswith("cmpl-"), messages[0]
+    assert "".join(m.text for m in messages) == choice["text"]
+    ids = [i for m in messages for i in m.token_ids]
+    assert ids == choice["token_ids"] and len(ids) == 24, (ids, choice["token_ids"])
+    logprobs = [lp for m in messages for lp in m.logprobs]
+    assert [lp.token for lp in logprobs] == choice["logprobs"]["tokens"]
+    for got, value, top in zip(logprobs, choice["logprobs"]["token_logprobs"],
+                               choice["logprobs"]["top_logprobs"]):
+        assert abs(got.logprob - value) < 1e-5, (got, value)
+        assert set(got.top_logprobs) == set(top), (got, top)
+    reasons = [m.finish_reason for m in messages if m.finish_reason]
+    assert reasons == [choice["finish_reason"]] == ["length"], reasons
+    last = messages[-1]
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (
+        want["usage"]["prompt_tokens"], want["usage"]["completion_tokens"],
+        want["usage"]["total_tokens"]), (last.usage, want["usage"])
+    assert (last.headwise.arm, last.headwise.attention_policy, last.headwise.policy_hash) == (
+        want["headwise"]["arm"], want["headwise"]["attention_policy"],
+        want["headwise"]["policy_hash"])
+    # Token ids as the prompt: the same answer.
+    prompt_ids = rest(srv, "POST", "/tokenize", {"prompt": PROMPT})["tokens"]
+    again = generate(srv, token_ids=pb.TokenIds(ids=prompt_ids), max_tokens=24, temperature=0,
+                     ignore_eos=True)
+    assert [i for m in again for i in m.token_ids] == ids
+
+
+def test_generate_concurrent(srv):
+    """32 streams at once, each equal to its answer alone."""
+    prompts = [f"{PROMPT} {i}" for i in range(32)]
+    alone = {p: [i for m in generate(srv, text=p, max_tokens=12, temperature=0, ignore_eos=True)
+                 for i in m.token_ids] for p in prompts[:4]}
+    results, errors = {}, []
+
+    def run(p):
+        try:
+            results[p] = [i for m in generate(srv, text=p, max_tokens=12, temperature=0,
+                                               ignore_eos=True) for i in m.token_ids]
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(results) == 32 and all(len(r) == 12 for r in results.values())
+    for p, ids in alone.items():
+        assert results[p] == ids, p
+
+
+def aborted_and_freed(srv, aborts):
+    assert srv.wait_metric("headwise_kv_pages_used", lambda v: v == 0, timeout=5) == 0
+    assert srv.wait_metric("headwise_num_requests_running", lambda v: v == 0, timeout=5) == 0
+    got = srv.wait_metric("headwise_request_finished_total", lambda v: v > aborts, timeout=5,
+                          finish_reason="abort")
+    assert got == aborts + 1, (got, aborts)
+
+
+def test_cancel_frees_kv(srv):
+    aborts = srv.metric("headwise_request_finished_total", finish_reason="abort")
+    call = stub(srv).Generate(pb.GenerateRequest(**LONG), timeout=60)
+    seen = 0
+    for message in call:
+        seen += len(message.token_ids)
+        if seen >= 3:
+            break
+    assert srv.metric("headwise_kv_pages_used") > 0, "the request should hold pages while running"
+    call.cancel()
+    aborted_and_freed(srv, aborts)
+
+
+def test_deadline_frees_kv(srv):
+    aborts = srv.metric("headwise_request_finished_total", finish_reason="abort")
+    seen = 0
+    try:
+        for message in stub(srv).Generate(pb.GenerateRequest(**LONG), timeout=2.0):
+            seen += len(message.token_ids)
+        raise AssertionError(f"finished {seen} tokens within the deadline")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+    assert 0 < seen < 400, seen
+    aborted_and_freed(srv, aborts)
+
+
+def test_generate_errors(srv):
+    """The REST API's refusals, with its messages and fields."""
+    for fields, body, code in [
+        (dict(text="x", max_tokens=10**6), {"prompt": "x", "max_tokens": 10**6},
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(text="x", temperature=-1.0), {"prompt": "x", "temperature": -1.0},
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(text="x", model="nope"), {"prompt": "x", "model": "nope"},
+         grpc.StatusCode.NOT_FOUND),
+        (dict(token_ids=pb.TokenIds(ids=[10**6])), {"prompt": [10**6]},
+         grpc.StatusCode.INVALID_ARGUMENT),
+    ]:
+        status, answer = srv.post("/v1/completions", body)
+        assert status in (400, 404), (status, answer)
+        error = answer["error"]
+        expect_error(lambda: generate(srv, **fields), code, error["message"], error["param"])
+
+
 def test_api_key():
     with Server("--grpc-port", "0", "--api-key", "sekrit") as srv:
         s = stub(srv)
@@ -179,8 +305,16 @@ def main():
         for name, fn in [("models and arms", test_models_and_arms),
                          ("tokenize / detokenize", test_tokenize_detokenize),
                          ("errors", test_errors), ("reflection", test_reflection),
-                         ("health", test_health)]:
+                         ("health", test_health),
+                         ("Generate equals REST", test_generate_equals_rest),
+                         ("32 concurrent Generate streams", test_generate_concurrent),
+                         ("Generate errors", test_generate_errors)]:
             runner.run(name, fn, srv)
+    smollm2 = os.environ.get("HEADWISE_SMOLLM2_GGUF")
+    assert smollm2, "HEADWISE_SMOLLM2_GGUF (scripts/test.sh sets it)"
+    with Server("--grpc-port", "0", model=smollm2, chat_template=None) as srv:
+        runner.run("cancel frees the KV cache", test_cancel_frees_kv, srv)
+        runner.run("deadline frees the KV cache", test_deadline_frees_kv, srv)
     runner.run("api key", test_api_key)
     runner.run("bad --grpc-port", test_bad_port)
     runner.run("sentencepiece beside gRPC", test_sentencepiece_beside_grpc)

@@ -129,7 +129,8 @@ TEST_CASE("completion request: sampling fields reach SamplingParams", "[server]"
   CHECK_FALSE(r.arm.has_value());
 }
 
-TEST_CASE("the A/B arm fields: user and headwise.arm, in that shape only", "[server]") {
+TEST_CASE("the headwise fields: user, headwise.arm and headwise.token_ids, in that shape only",
+          "[server]") {
   for (const bool chat : {false, true}) {
     INFO((chat ? "chat" : "completions"));
     const auto parse = [&](const Json& extra, GenerationRequest& r) {
@@ -150,6 +151,10 @@ TEST_CASE("the A/B arm fields: user and headwise.arm, in that shape only", "[ser
     CHECK_FALSE(r.arm.has_value());
     REQUIRE_FALSE(parse({{"headwise", {{"arm", nullptr}}}}, r).has_value());
     CHECK_FALSE(r.arm.has_value());
+    // headwise.token_ids (the gRPC front end's): off unless true.
+    CHECK_FALSE(r.token_ids);
+    REQUIRE_FALSE(parse({{"headwise", {{"token_ids", true}}}}, r).has_value());
+    CHECK(r.token_ids);
 
     struct Case {
       Json extra;
@@ -161,6 +166,7 @@ TEST_CASE("the A/B arm fields: user and headwise.arm, in that shape only", "[ser
         {{{"headwise", {{"arm", "a"}, {"Arm", "b"}}}}, "headwise.Arm", "unknown"},
         {{{"headwise", {{"arm", 3}}}}, "headwise.arm", "must be a string"},
         {{{"headwise", {{"arm", {"a"}}}}}, "headwise.arm", "must be a string"},
+        {{{"headwise", {{"token_ids", 1}}}}, "headwise.token_ids", "must be a boolean"},
         {{{"headwise", "duo"}}, "headwise", "must be an object"},
         {{{"headwise", {"arm", "duo"}}}, "headwise", "must be an object"},
         {{{"user", 5}}, "user", "must be a string"},
