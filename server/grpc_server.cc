@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -151,11 +152,7 @@ class GrpcServer::Service final : public pb::Headwise::Service {
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                             "give either 'prompt' or 'messages', not both");
       }
-      Json messages = Json::array();
-      for (const pb::ChatMessage& m : in->messages()) {
-        messages.push_back({{"role", m.role()}, {"content", m.content()}});
-      }
-      request["messages"] = std::move(messages);
+      request["messages"] = Messages(in->messages());
       if (in->has_add_generation_prompt()) {
         request["add_generation_prompt"] = in->add_generation_prompt();
       }
@@ -180,45 +177,26 @@ class GrpcServer::Service final : public pb::Headwise::Service {
 
   grpc::Status Generate(grpc::ServerContext* context, const pb::GenerateRequest* in,
                         grpc::ServerWriter<pb::GenerateResponse>* writer) override {
-    auto exchange = Start(*context, "/v1/completions", CompletionBody(*in).dump());
-    std::string pending;  // SSE text not yet a whole event
-    for (;;) {
-      const bool ended = exchange->Take(pending, kPoll);
-      if (!exchange->streaming()) {
-        if (ended) return ErrorStatus(*context, exchange->answered_status(), pending);
-        if (context->IsCancelled()) return grpc::Status::CANCELLED;
-        continue;
-      }
-      // Whole events "data: <json>\n\n", each one message; "data: [DONE]" ends the stream.
-      for (size_t end; (end = pending.find("\n\n")) != std::string::npos;) {
-        const std::string event = pending.substr(0, end);
-        pending.erase(0, end + 2);
-        constexpr std::string_view kData = "data: ";
-        if (event.rfind(kData, 0) != 0) continue;
-        const std::string_view payload = std::string_view(event).substr(kData.size());
-        if (payload == "[DONE]") return grpc::Status::OK;
-        const Json chunk = Json::parse(payload, nullptr, /*allow_exceptions=*/false);
-        if (chunk.is_discarded()) {
-          return grpc::Status(grpc::StatusCode::INTERNAL, "a stream chunk is not JSON");
-        }
-        if (chunk.contains("error")) return ErrorStatus(*context, 500, std::string(payload));
-        pb::GenerateResponse message;
-        try {
-          FillResponse(chunk, message);
-        } catch (const Json::exception& e) {
-          return grpc::Status(grpc::StatusCode::INTERNAL,
-                              std::string("a stream chunk did not map: ") + e.what());
-        }
-        if (!writer->Write(message)) return grpc::Status::CANCELLED;  // the client has gone
-      }
-      if (ended) {
-        // A stream cut before [DONE]: the server stopped (its chunks said "abort"), or the client
-        // went away.
-        return context->IsCancelled()
-                   ? grpc::Status::CANCELLED
-                   : grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
-      }
+    Json body = Json::object();
+    if (in->has_token_ids()) {
+      body["prompt"] =
+          std::vector<int32_t>(in->token_ids().ids().begin(), in->token_ids().ids().end());
+    } else {
+      body["prompt"] = in->text();
     }
+    if (in->has_logprobs()) body["logprobs"] = in->logprobs();
+    return Stream(*context, "/v1/completions", CommonFields(*in, std::move(body)), *writer);
+  }
+
+  grpc::Status Chat(grpc::ServerContext* context, const pb::ChatRequest* in,
+                    grpc::ServerWriter<pb::ChatResponse>* writer) override {
+    Json body{{"messages", Messages(in->messages())}};
+    if (in->has_logprobs()) body["logprobs"] = in->logprobs();
+    if (in->has_top_logprobs()) body["top_logprobs"] = in->top_logprobs();
+    if (in->has_add_generation_prompt()) {
+      body["add_generation_prompt"] = in->add_generation_prompt();
+    }
+    return Stream(*context, "/v1/chat/completions", CommonFields(*in, std::move(body)), *writer);
   }
 
   // Whether GET /health answers 200: the engine runs and the server is not stopping.
@@ -296,16 +274,19 @@ class GrpcServer::Service final : public pb::Headwise::Service {
     }
   }
 
-  // The REST body of a Generate request: streamed, with usage and token ids.
-  static Json CompletionBody(const pb::GenerateRequest& in) {
-    Json body = Json::object();
-    if (!in.model().empty()) body["model"] = in.model();
-    if (in.has_token_ids()) {
-      body["prompt"] =
-          std::vector<int32_t>(in.token_ids().ids().begin(), in.token_ids().ids().end());
-    } else {
-      body["prompt"] = in.text();
+  static Json Messages(const google::protobuf::RepeatedPtrField<pb::ChatMessage>& messages) {
+    Json out = Json::array();
+    for (const pb::ChatMessage& m : messages) {
+      out.push_back({{"role", m.role()}, {"content", m.content()}});
     }
+    return out;
+  }
+
+  // The fields Generate and Chat share, added to `body`, which then streams with usage and token
+  // ids.
+  template <typename Request>
+  static Json CommonFields(const Request& in, Json body) {
+    if (!in.model().empty()) body["model"] = in.model();
     if (in.has_max_tokens()) body["max_tokens"] = in.max_tokens();
     if (in.has_temperature()) body["temperature"] = in.temperature();
     if (in.has_top_p()) body["top_p"] = in.top_p();
@@ -315,14 +296,14 @@ class GrpcServer::Service final : public pb::Headwise::Service {
     if (in.has_presence_penalty()) body["presence_penalty"] = in.presence_penalty();
     if (in.has_frequency_penalty()) body["frequency_penalty"] = in.frequency_penalty();
     if (in.has_seed()) body["seed"] = in.seed();
-    if (in.stop_size() > 0)
+    if (in.stop_size() > 0) {
       body["stop"] = std::vector<std::string>(in.stop().begin(), in.stop().end());
+    }
     if (in.stop_token_ids_size() > 0) {
       body["stop_token_ids"] =
           std::vector<int32_t>(in.stop_token_ids().begin(), in.stop_token_ids().end());
     }
     if (in.has_ignore_eos()) body["ignore_eos"] = in.ignore_eos();
-    if (in.has_logprobs()) body["logprobs"] = in.logprobs();
     if (in.logit_bias_size() > 0) {
       Json bias = Json::object();
       for (const auto& [id, value] : in.logit_bias()) bias[std::to_string(id)] = value;
@@ -336,24 +317,92 @@ class GrpcServer::Service final : public pb::Headwise::Service {
     return body;
   }
 
-  // One streamed completion chunk (or the usage chunk) as a message.
-  static void FillResponse(const Json& chunk, pb::GenerateResponse& out) {
+  // Runs a streaming REST request and writes each chunk of its SSE stream as a message.
+  template <typename Response>
+  grpc::Status Stream(grpc::ServerContext& context, std::string path, const Json& body,
+                      grpc::ServerWriter<Response>& writer) {
+    auto exchange = Start(context, std::move(path), body.dump());
+    std::string pending;  // SSE text not yet a whole event
+    for (;;) {
+      const bool ended = exchange->Take(pending, kPoll);
+      if (!exchange->streaming()) {
+        if (ended) return ErrorStatus(context, exchange->answered_status(), pending);
+        if (context.IsCancelled()) return grpc::Status::CANCELLED;
+        continue;
+      }
+      // Whole events "data: <json>\n\n", each one message; "data: [DONE]" ends the stream.
+      for (size_t end; (end = pending.find("\n\n")) != std::string::npos;) {
+        const std::string event = pending.substr(0, end);
+        pending.erase(0, end + 2);
+        constexpr std::string_view kData = "data: ";
+        if (event.rfind(kData, 0) != 0) continue;
+        const std::string_view payload = std::string_view(event).substr(kData.size());
+        if (payload == "[DONE]") return grpc::Status::OK;
+        const Json chunk = Json::parse(payload, nullptr, /*allow_exceptions=*/false);
+        if (chunk.is_discarded()) {
+          return grpc::Status(grpc::StatusCode::INTERNAL, "a stream chunk is not JSON");
+        }
+        if (chunk.contains("error")) return ErrorStatus(context, 500, std::string(payload));
+        Response message;
+        try {
+          Fill(chunk, message);
+        } catch (const Json::exception& e) {
+          return grpc::Status(grpc::StatusCode::INTERNAL,
+                              std::string("a stream chunk did not map: ") + e.what());
+        }
+        if (!writer.Write(message)) return grpc::Status::CANCELLED;  // the client has gone
+      }
+      if (ended) {
+        // A stream cut before [DONE]: the server stopped (its chunks said "abort"), or the client
+        // went away.
+        return context.IsCancelled()
+                   ? grpc::Status::CANCELLED
+                   : grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+      }
+    }
+  }
+
+  // One streamed chunk (a completion's or a chat's, or the usage chunk) as a message.
+  template <typename Response>
+  static void Fill(const Json& chunk, Response& out) {
+    constexpr bool chat = std::is_same_v<Response, pb::ChatResponse>;
     out.set_id(chunk.at("id").get<std::string>());
     for (const Json& choice : chunk.at("choices")) {
-      out.set_text(out.text() + choice.at("text").get<std::string>());
+      if constexpr (chat) {
+        const Json& delta = choice.at("delta");
+        if (auto role = delta.find("role"); role != delta.end())
+          out.set_role(role->get<std::string>());
+        if (auto content = delta.find("content"); content != delta.end() && !content->is_null()) {
+          out.set_text(out.text() + content->get<std::string>());
+        }
+      } else {
+        out.set_text(out.text() + choice.at("text").get<std::string>());
+      }
       if (auto ids = choice.find("token_ids"); ids != choice.end()) {
         for (const Json& id : *ids) out.add_token_ids(id.get<int32_t>());
       }
       if (const Json& lp = choice.at("logprobs"); !lp.is_null()) {
-        const Json& tokens = lp.at("tokens");
-        for (size_t i = 0; i < tokens.size(); ++i) {
-          pb::TokenLogprob* t = out.add_logprobs();
-          t->set_token(tokens[i].get<std::string>());
-          t->set_logprob(lp.at("token_logprobs")[i].get<float>());
-          const Json& top = lp.at("top_logprobs");
-          if (top.is_array() && top[i].is_object()) {
-            for (const auto& [token, value] : top[i].items()) {
-              (*t->mutable_top_logprobs())[token] = value.get<float>();
+        if constexpr (chat) {
+          for (const Json& entry : lp.at("content")) {
+            pb::TokenLogprob* t = out.add_logprobs();
+            t->set_token(entry.at("token").get<std::string>());
+            t->set_logprob(entry.at("logprob").get<float>());
+            for (const Json& alt : entry.at("top_logprobs")) {
+              (*t->mutable_top_logprobs())[alt.at("token").get<std::string>()] =
+                  alt.at("logprob").get<float>();
+            }
+          }
+        } else {
+          const Json& tokens = lp.at("tokens");
+          for (size_t i = 0; i < tokens.size(); ++i) {
+            pb::TokenLogprob* t = out.add_logprobs();
+            t->set_token(tokens[i].get<std::string>());
+            t->set_logprob(lp.at("token_logprobs")[i].get<float>());
+            const Json& top = lp.at("top_logprobs");
+            if (top.is_array() && top[i].is_object()) {
+              for (const auto& [token, value] : top[i].items()) {
+                (*t->mutable_top_logprobs())[token] = value.template get<float>();
+              }
             }
           }
         }

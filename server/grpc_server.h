@@ -6,10 +6,9 @@
 // grpc.health.v1.Health answers SERVING while GET /health would answer 200 (the engine runs, the
 // server is not stopping), checked every half second.
 //
-// Served so far: Generate (streamed: InProcessExchange queues the SSE chunks of the REST stream
-// for the RPC's thread, which maps each to a message; a cancelled call is a client gone, which
-// aborts the request), ListModels, ListArms, Tokenize, Detokenize. Chat comes next
-// (docs/STATUS.md).
+// Generate and Chat stream: InProcessExchange queues the SSE chunks of the REST stream for the
+// RPC's thread, which maps each to a message; a cancelled call (or one past its deadline) is a
+// client gone, which aborts the request.
 #pragma once
 
 #include <memory>

@@ -1,7 +1,7 @@
 """The gRPC API (proto/headwise/v1/headwise.proto) of `headwise serve --grpc-port`, through a
 client generated from the proto by grpcio-tools: each RPC's answer equals the REST API's for the
-same request on the same server (Generate: greedy tokens, text, logprobs, usage, arm), 32
-concurrent streams each equal their answer alone, cancelling a stream or passing its deadline
+same request on the same server (Generate and Chat: greedy tokens, text, logprobs, usage, arm),
+32 concurrent streams each equal their answer alone, cancelling a stream or passing its deadline
 aborts the request and frees its KV pages, errors come back with the code and message of the
 REST error (the field in the "headwise-error-param" trailer), the API key travels in metadata,
 reflection lists the service, grpc.health.v1 answers SERVING, a bad --grpc-port is refused at
@@ -188,6 +188,39 @@ def test_generate_equals_rest(srv):
     assert [i for m in again for i in m.token_ids] == ids
 
 
+def test_chat_equals_rest(srv):
+    """Chat: the role first, then content, token ids, logprobs, usage and arm as REST's."""
+    messages = list(stub(srv).Chat(pb.ChatRequest(
+        messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in MESSAGES],
+        max_tokens=16, temperature=0, ignore_eos=True, logprobs=True, top_logprobs=2),
+        timeout=60))
+    want = rest(srv, "POST", "/v1/chat/completions",
+                {"messages": MESSAGES, "max_tokens": 16, "temperature": 0, "ignore_eos": True,
+                 "logprobs": True, "top_logprobs": 2, "headwise": {"token_ids": True}})
+    choice = want["choices"][0]
+    assert messages[0].role == "assistant" and all(not m.role for m in messages[1:]), messages[:2]
+    assert messages[0].id.startswith("chatcmpl-") and len({m.id for m in messages}) == 1
+    assert "".join(m.text for m in messages) == choice["message"]["content"]
+    ids = [i for m in messages for i in m.token_ids]
+    assert ids == choice["token_ids"] and len(ids) == 16, (ids, choice["token_ids"])
+    logprobs = [lp for m in messages for lp in m.logprobs]
+    assert [lp.token for lp in logprobs] == [e["token"] for e in choice["logprobs"]["content"]]
+    for got, entry in zip(logprobs, choice["logprobs"]["content"]):
+        assert abs(got.logprob - entry["logprob"]) < 1e-5, (got, entry)
+        assert set(got.top_logprobs) == {alt["token"] for alt in entry["top_logprobs"]}
+    assert [m.finish_reason for m in messages if m.finish_reason] == ["length"]
+    last = messages[-1]
+    assert last.usage.prompt_tokens == want["usage"]["prompt_tokens"]
+    assert last.usage.completion_tokens == want["usage"]["completion_tokens"] == 16
+    assert last.headwise.arm == want["headwise"]["arm"]
+    # A chat the template cannot render is the REST 400, with its message.
+    status, answer = srv.post("/v1/chat/completions", {"messages": []})
+    assert status == 400, answer
+    expect_error(lambda: list(stub(srv).Chat(pb.ChatRequest(), timeout=30)),
+                 grpc.StatusCode.INVALID_ARGUMENT, answer["error"]["message"],
+                 answer["error"]["param"])
+
+
 def test_generate_concurrent(srv):
     """32 streams at once, each equal to its answer alone."""
     prompts = [f"{PROMPT} {i}" for i in range(32)]
@@ -307,6 +340,7 @@ def main():
                          ("errors", test_errors), ("reflection", test_reflection),
                          ("health", test_health),
                          ("Generate equals REST", test_generate_equals_rest),
+                         ("Chat equals REST", test_chat_equals_rest),
                          ("32 concurrent Generate streams", test_generate_concurrent),
                          ("Generate errors", test_generate_errors)]:
             runner.run(name, fn, srv)
