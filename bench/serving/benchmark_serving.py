@@ -224,6 +224,67 @@ async def send_request(session: aiohttp.ClientSession, args, model: str, spec: R
     return res
 
 
+async def send_request_grpc(stub, args, model: str, spec: RequestSpec, t0: float,
+                            timeout_s: float) -> RequestResult:
+    """The same measurements over headwise's gRPC Generate (proto/headwise/v1): a message that
+    carries token ids is a token chunk; the last one carries the usage."""
+    import grpc
+
+    pb, _ = grpc_stubs()
+    res = RequestResult(index=spec.index, prompt_len_sent=spec.prompt_len)
+    req = pb.GenerateRequest(model=model, max_tokens=spec.output_len,
+                             temperature=args.temperature)
+    if args.ignore_eos:
+        req.ignore_eos = True
+    if isinstance(spec.prompt, list):
+        req.token_ids.ids.extend(spec.prompt)
+    else:
+        req.text = spec.prompt
+    start = time.perf_counter()
+    res.send_time = start - t0
+    last = start
+    got_first = False
+    try:
+        async for m in stub.Generate(req, timeout=timeout_s):
+            now = time.perf_counter()
+            if m.HasField("usage"):
+                res.usage_reported = True
+                res.prompt_tokens = m.usage.prompt_tokens
+                res.output_tokens = m.usage.completion_tokens
+            if m.finish_reason:
+                res.finish_reason = m.finish_reason
+            if not m.token_ids:
+                continue
+            res.chunks += 1
+            if not got_first:
+                got_first = True
+                res.ttft = now - start
+            else:
+                res.itl.append(now - last)
+            last = now
+        end = time.perf_counter()
+    except grpc.aio.AioRpcError as e:
+        res.error = f"gRPC {e.code().name}: {e.details()}"
+        return res
+    res.e2e = end - start
+    if not got_first:
+        res.error = "stream ended without a token"
+        return res
+    if not res.usage_reported:
+        res.error = "stream ended without usage"
+        return res
+    res.success = True
+    return res
+
+
+def grpc_stubs():
+    """headwise's gRPC messages and stubs, generated from proto/ (proto/headwise_stubs.py)."""
+    sys.path.insert(0, str(REPO_ROOT / "proto"))
+    import headwise_stubs
+
+    return headwise_stubs.load()
+
+
 # ----------------------------------------------------------------------------------------------
 # Prompts
 
@@ -395,10 +456,21 @@ async def run_rate(args, model: str, specs: list[RequestSpec], rate: float,
     per_run = args.num_warmup + args.num_prompts
     specs = specs[run_index * per_run:(run_index + 1) * per_run]
     warm, specs = specs[: args.num_warmup], specs[args.num_warmup:]
+    grpc_channel = None
+    if args.endpoint == "grpc":
+        import grpc
+
+        _, pb_grpc = grpc_stubs()
+        grpc_channel = grpc.aio.insecure_channel(args.grpc_target)
+        stub = pb_grpc.HeadwiseStub(grpc_channel)
+
+        async def send(session, args, model, spec, t0, timeout_s):
+            return await send_request_grpc(stub, args, model, spec, t0, timeout_s)
+    else:
+        send = send_request
     async with aiohttp.ClientSession(connector=connector) as session:
         for w in warm:
-            r = await send_request(session, args, model, w, time.perf_counter(),
-                                   args.request_timeout)
+            r = await send(session, args, model, w, time.perf_counter(), args.request_timeout)
             if not r.success:
                 raise SystemExit(f"benchmark_serving: warm-up request failed: {r.error}")
 
@@ -413,8 +485,7 @@ async def run_rate(args, model: str, specs: list[RequestSpec], rate: float,
                 in_flight += 1
                 max_in_flight = max(max_in_flight, in_flight)
                 try:
-                    return await send_request(session, args, model, spec, t0,
-                                              args.request_timeout)
+                    return await send(session, args, model, spec, t0, args.request_timeout)
                 finally:
                     in_flight -= 1
 
@@ -439,6 +510,8 @@ async def run_rate(args, model: str, specs: list[RequestSpec], rate: float,
         duration = time.perf_counter() - t0
         load_after = os.getloadavg()
         cpu = meter.stop(duration)
+    if grpc_channel is not None:
+        await grpc_channel.close()
 
     summary = summarize(results, duration, args.percentiles)
     summary.update({
@@ -856,7 +929,10 @@ def parse_args(argv=None):
                    help="where a started server's output goes")
     g.add_argument("--model", help="model name for requests (default: first of /v1/models)")
     g = p.add_argument_group("workload")
-    g.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    g.add_argument("--endpoint", choices=["completions", "chat", "grpc"], default="completions",
+                   help="grpc: headwise's gRPC Generate at --grpc-target (the REST API at "
+                   "--base-url still names the model and counts prompt tokens)")
+    g.add_argument("--grpc-target", default="127.0.0.1:50051", metavar="HOST:PORT")
     g.add_argument("--num-prompts", type=int, default=100, help="requests per rate")
     g.add_argument("--request-rate", type=parse_rates, default=[math.inf],
                    help="req/s, Poisson arrivals; 'inf' = all at once; comma-separated list "
@@ -906,6 +982,8 @@ def parse_args(argv=None):
         p.error("--input-len and --output-len must be >= 1")
     if args.endpoint == "chat" and args.prompt_format == "ids":
         p.error("--prompt-format ids needs --endpoint completions")
+    if args.endpoint == "grpc" and args.extra_body:
+        p.error("--extra-body is for the REST endpoints")
     args.base_url = args.base_url.rstrip("/")
     return args
 
@@ -916,7 +994,7 @@ async def main_async(args, server: ManagedServer | None) -> int:
         raise SystemExit(f"benchmark_serving: no --model and {args.base_url}/v1/models gave none")
     prompt_format = args.prompt_format
     if prompt_format == "auto":
-        prompt_format = ("ids" if args.endpoint == "completions"
+        prompt_format = ("ids" if args.endpoint in ("completions", "grpc")
                          and await ids_accepted(args.base_url, model, args.token_id_range[0])
                          else "text")
     async with aiohttp.ClientSession() as session:

@@ -7,16 +7,13 @@ REST error (the field in the "headwise-error-param" trailer), the API key travel
 reflection lists the service, grpc.health.v1 answers SERVING, a bad --grpc-port is refused at
 startup, and the binary still reads sentencepiece tokenizers. Prints "N passed, M failed"."""
 
-import importlib
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import grpc
-from grpc_tools import protoc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -28,19 +25,10 @@ MESSAGES = [
 ]
 
 
-def generate_stubs():
-    """headwise_pb2 and headwise_pb2_grpc, generated from the proto into a temporary folder."""
-    out = tempfile.mkdtemp(prefix="headwise-grpc-")
-    proto_root = os.path.join(SOURCE, "proto")
-    rc = protoc.main(["protoc", f"-I{proto_root}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      os.path.join(proto_root, "headwise", "v1", "headwise.proto")])
-    assert rc == 0, rc
-    sys.path.insert(0, out)
-    return (importlib.import_module("headwise.v1.headwise_pb2"),
-            importlib.import_module("headwise.v1.headwise_pb2_grpc"))
+sys.path.insert(0, os.path.join(SOURCE, "proto"))
+import headwise_stubs  # noqa: E402 - needs the path above
 
-
-pb, pb_grpc = generate_stubs()
+pb, pb_grpc = headwise_stubs.load()
 
 
 def stub(srv):
