@@ -2,9 +2,12 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/server_interceptor.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <iterator>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string_view>
@@ -58,6 +61,7 @@ class InProcessExchange final : public http::Exchange {
     cv_.notify_all();
   }
   bool gone() const override { return context_ != nullptr && context_->IsCancelled(); }
+  std::string_view frontend() const override { return "grpc"; }
 
   // Waits up to `wait` for the response to begin or the stream to grow, then moves what arrived
   // to the end of `out`. True once the response is complete.
@@ -87,7 +91,9 @@ class InProcessExchange final : public http::Exchange {
   bool ended_ = false;
 };
 
-grpc::StatusCode CodeOf(int http_status, std::string_view error_type) {
+// The gRPC code of a REST error: its HTTP status, and for a 503 its OpenAI "code" (a full queue,
+// "server_overloaded", is the client's to retry later; otherwise the server is shutting down).
+grpc::StatusCode CodeOf(int http_status, std::string_view error_code) {
   switch (http_status) {
     case 400:
     case 405:
@@ -98,9 +104,8 @@ grpc::StatusCode CodeOf(int http_status, std::string_view error_type) {
     case 404:
       return grpc::StatusCode::NOT_FOUND;
     case 503:
-      // A full queue is the client's to retry later; a server shutting down is unavailable.
-      return error_type == "server_error" ? grpc::StatusCode::UNAVAILABLE
-                                          : grpc::StatusCode::RESOURCE_EXHAUSTED;
+      return error_code == "server_overloaded" ? grpc::StatusCode::RESOURCE_EXHAUSTED
+                                               : grpc::StatusCode::UNAVAILABLE;
     default:
       return grpc::StatusCode::INTERNAL;
   }
@@ -199,6 +204,10 @@ class GrpcServer::Service final : public pb::Headwise::Service {
     return Stream(*context, "/v1/chat/completions", CommonFields(*in, std::move(body)), *writer);
   }
 
+  // Called when the server stops: streams still running end UNAVAILABLE (a stopped server does
+  // not always mark its calls cancelled before it waits for their handlers).
+  void Stopping() { stopping_ = true; }
+
   // Whether GET /health answers 200: the engine runs and the server is not stopping.
   bool Healthy() {
     auto exchange = std::make_shared<InProcessExchange>(Request("GET", "/health", ""), nullptr);
@@ -209,6 +218,10 @@ class GrpcServer::Service final : public pb::Headwise::Service {
  private:
   // How often a streaming RPC looks for its client's cancellation while nothing arrives.
   static constexpr std::chrono::milliseconds kPoll{50};
+
+  static grpc::Status ShuttingDown() {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  }
 
   static http::Request Request(std::string method, std::string path, std::string body) {
     http::Request request;
@@ -241,15 +254,15 @@ class GrpcServer::Service final : public pb::Headwise::Service {
   static grpc::Status ErrorStatus(grpc::ServerContext& context, int status,
                                   const std::string& body) {
     const Json answer = Json::parse(body, nullptr, /*allow_exceptions=*/false);
-    std::string message = "no response", type, param;
+    std::string message = "no response", code, param;
     if (answer.is_object() && answer.contains("error") && answer["error"].is_object()) {
       const Json& error = answer["error"];
       message = error.value("message", message);
-      if (error.contains("type") && error["type"].is_string()) type = error["type"];
+      if (error.contains("code") && error["code"].is_string()) code = error["code"];
       if (error.contains("param") && error["param"].is_string()) param = error["param"];
     }
     if (!param.empty()) context.AddTrailingMetadata("headwise-error-param", param);
-    return grpc::Status(CodeOf(status, type), message);
+    return grpc::Status(CodeOf(status, code), message);
   }
 
   // Runs a REST request with a whole answer; a 200 goes to `fill`.
@@ -328,6 +341,7 @@ class GrpcServer::Service final : public pb::Headwise::Service {
       if (!exchange->streaming()) {
         if (ended) return ErrorStatus(context, exchange->answered_status(), pending);
         if (context.IsCancelled()) return grpc::Status::CANCELLED;
+        if (stopping_) return ShuttingDown();
         continue;
       }
       // Whole events "data: <json>\n\n", each one message; "data: [DONE]" ends the stream.
@@ -352,12 +366,9 @@ class GrpcServer::Service final : public pb::Headwise::Service {
         }
         if (!writer.Write(message)) return grpc::Status::CANCELLED;  // the client has gone
       }
-      if (ended) {
-        // A stream cut before [DONE]: the server stopped (its chunks said "abort"), or the client
-        // went away.
-        return context.IsCancelled()
-                   ? grpc::Status::CANCELLED
-                   : grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+      if (ended || stopping_) {
+        // A stream cut before [DONE]: the server stopped, or the client went away.
+        return context.IsCancelled() ? grpc::Status::CANCELLED : ShuttingDown();
       }
     }
   }
@@ -424,7 +435,68 @@ class GrpcServer::Service final : public pb::Headwise::Service {
   }
 
   HttpServer& http_;
+  std::atomic<bool> stopping_{false};
 };
+
+namespace {
+
+// Counts every call answered, by method and status code, as the server sends its status.
+class CountingInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  CountingInterceptor(grpc::experimental::ServerRpcInfo* info, MetricsRegistry& metrics)
+      : info_(info), metrics_(metrics) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
+      std::string method = info_->method();
+      method = method.substr(method.rfind('/') + 1);  // "/headwise.v1.Headwise/Generate"
+      metrics_.Increment("headwise_grpc_requests_total", 1.0,
+                         {{"method", method}, {"code", CodeName(methods->GetSendStatus())}});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  static std::string CodeName(const grpc::Status& status) {
+    static constexpr const char* kNames[] = {"OK",
+                                             "CANCELLED",
+                                             "UNKNOWN",
+                                             "INVALID_ARGUMENT",
+                                             "DEADLINE_EXCEEDED",
+                                             "NOT_FOUND",
+                                             "ALREADY_EXISTS",
+                                             "PERMISSION_DENIED",
+                                             "RESOURCE_EXHAUSTED",
+                                             "FAILED_PRECONDITION",
+                                             "ABORTED",
+                                             "OUT_OF_RANGE",
+                                             "UNIMPLEMENTED",
+                                             "INTERNAL",
+                                             "UNAVAILABLE",
+                                             "DATA_LOSS",
+                                             "UNAUTHENTICATED"};
+    const auto code = static_cast<size_t>(status.error_code());
+    return code < std::size(kNames) ? kNames[code] : std::to_string(code);
+  }
+
+  grpc::experimental::ServerRpcInfo* info_;
+  MetricsRegistry& metrics_;
+};
+
+class CountingInterceptorFactory final
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit CountingInterceptorFactory(MetricsRegistry& metrics) : metrics_(metrics) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    return new CountingInterceptor(info, metrics_);
+  }
+
+ private:
+  MetricsRegistry& metrics_;
+};
+
+}  // namespace
 
 struct GrpcServer::Running {
   std::unique_ptr<grpc::Server> server;
@@ -440,8 +512,11 @@ namespace {
 constexpr std::chrono::milliseconds kHealthPeriod{500};
 }  // namespace
 
-GrpcServer::GrpcServer(HttpServer& http, GrpcOptions options)
-    : service_(std::make_unique<Service>(http)), options_(std::move(options)) {}
+GrpcServer::GrpcServer(HttpServer& http, MetricsRegistry& metrics, GrpcOptions options)
+    : service_(std::make_unique<Service>(http)), metrics_(metrics), options_(std::move(options)) {
+  metrics_.DeclareCounter("headwise_grpc_requests_total",
+                          "gRPC calls answered, by method and status code");
+}
 
 GrpcServer::~GrpcServer() {
   Stop();
@@ -455,6 +530,9 @@ StatusOr<int> GrpcServer::Start() {
   builder.AddListeningPort(options_.host + ":" + std::to_string(options_.port),
                            grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(service_.get());
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<CountingInterceptorFactory>(metrics_));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   auto running = std::make_unique<Running>();
   running->server = builder.BuildAndStart();
   if (!running->server || port == 0) {
@@ -489,6 +567,7 @@ void GrpcServer::Stop() {
     }
     running_->cv.notify_all();
     running_->health.join();
+    service_->Stopping();
     // The HTTP server has drained by now (serve stops it first): whatever is left is cancelled.
     running_->server->Shutdown(std::chrono::system_clock::now());
   });

@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 
+#include "core/metrics.h"
 #include "core/status.h"
 
 namespace headwise::server {
@@ -27,8 +28,9 @@ struct GrpcOptions {
 
 class GrpcServer {
  public:
-  // `http` must outlive the server.
-  GrpcServer(HttpServer& http, GrpcOptions options);
+  // `http` and `metrics` (the process's registry) must outlive the server; each call answered
+  // counts in headwise_grpc_requests_total{method, code}.
+  GrpcServer(HttpServer& http, MetricsRegistry& metrics, GrpcOptions options);
   ~GrpcServer();  // stops it
   GrpcServer(const GrpcServer&) = delete;
   GrpcServer& operator=(const GrpcServer&) = delete;
@@ -43,6 +45,7 @@ class GrpcServer {
   std::unique_ptr<Service> service_;
   struct Running;
   std::unique_ptr<Running> running_;
+  MetricsRegistry& metrics_;
   GrpcOptions options_;
 };
 

@@ -250,9 +250,10 @@ class HttpServer::Impl {
                      "HTTP requests answered, by route and status code");
     m.DeclareCounter(
         "headwise_api_requests_total",
-        "Generation requests accepted by the engine, by API, arm and attention policy");
+        "Generation requests accepted by the engine, by API, arm, attention policy and front end");
     m.DeclareCounter("headwise_client_disconnects_total",
-                     "Generation requests aborted because their client went away, by API");
+                     "Generation requests aborted because their client went away, by API and front "
+                     "end");
     if (tok_.max_token_bytes() > 0) {
       spdlog::info("prompts over {} bytes are refused before tokenizing ({} tokens x {} bytes)",
                    static_cast<int64_t>(max_sequence_tokens_) * tok_.max_token_bytes(),
@@ -277,6 +278,12 @@ class HttpServer::Impl {
   void Run() {
     std::thread pump([this] { PumpLoop(); });
     transport_->Run();
+    // In-process requests (the gRPC front end's) have no connection for the transport to drain:
+    // the pump ends them (Stop aborted them) until the shutdown deadline.
+    const auto deadline = Clock::now() + opts_.shutdown_timeout;
+    while (pump_jobs_.load() > 0 && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     pump_stop_ = true;
     signal_->Notify();
     pump.join();
@@ -580,7 +587,8 @@ class HttpServer::Impl {
     metrics_.Increment("headwise_api_requests_total", 1.0,
                        {{"api", kind == ApiKind::kChat ? "chat" : "completions"},
                         {"arm", job->arm_info->name},
-                        {"attention_policy", job->arm_info->policy}});
+                        {"attention_policy", job->arm_info->policy},
+                        {"frontend", std::string(ex->frontend())}});
     job->id = NewResponseId(kind);
     job->created = UnixNow();
     if (gr.stream) {
@@ -592,6 +600,7 @@ class HttpServer::Impl {
     {
       std::lock_guard<std::mutex> lock(jobs_mu_);
       new_jobs_.push_back(std::move(job));
+      ++pump_jobs_;
     }
     signal_->Notify();
   }
@@ -618,6 +627,8 @@ class HttpServer::Impl {
         if (stopping) job->AbortAll();
         return job->request.stream ? !StreamStep(*job) : !CollectStep(*job);
       });
+      std::lock_guard<std::mutex> lock(jobs_mu_);
+      pump_jobs_ = jobs.size() + new_jobs_.size();
     }
     // The transport has stopped: whatever is left has no client to answer. Dropping the jobs
     // aborts their engine requests.
@@ -627,7 +638,8 @@ class HttpServer::Impl {
 
   void CountDisconnect(const Job& job) {
     metrics_.Increment("headwise_client_disconnects_total", 1.0,
-                       {{"api", job.kind == ApiKind::kChat ? "chat" : "completions"}});
+                       {{"api", job.kind == ApiKind::kChat ? "chat" : "completions"},
+                        {"frontend", std::string(job.exchange->frontend())}});
     spdlog::info("{}: client disconnected; request aborted", job.id);
   }
 
@@ -773,6 +785,7 @@ class HttpServer::Impl {
   int64_t started_ = UnixNow();
   std::atomic<bool> stopping_{false};
   std::atomic<bool> pump_stop_{false};
+  std::atomic<size_t> pump_jobs_{0};  // requests the pump carries (Run waits for them at the end)
   std::shared_ptr<PumpSignal> signal_ = std::make_shared<PumpSignal>();
   std::mutex jobs_mu_;
   std::vector<std::shared_ptr<Job>> new_jobs_;  // handed from the workers to the pump

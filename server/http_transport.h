@@ -69,6 +69,8 @@ class Exchange {
   // True once the client has closed or reset its connection, or it was closed for it (write
   // timeout, shutdown deadline). Cheap: an atomic read.
   virtual bool gone() const = 0;
+  // Which front end the request came through, for metrics: "http", or the in-process caller's.
+  virtual std::string_view frontend() const { return "http"; }
   // The status of the response started, 0 before.
   int status() const { return status_; }
   bool responded() const { return status_ != 0; }

@@ -330,7 +330,7 @@ int RunServe(int argc, char** argv) {
     std::printf("headwise: listening on http://%s:%d\n", transport.host.c_str(), port);
     std::unique_ptr<server::GrpcServer> grpc;
     if (grpc_port >= 0) {
-      grpc = std::make_unique<server::GrpcServer>(http,
+      grpc = std::make_unique<server::GrpcServer>(http, *metrics,
                                                   server::GrpcOptions{transport.host, grpc_port});
       auto grpc_bound = grpc->Start();
       if (!grpc_bound.ok()) return Fail(grpc_bound.status());

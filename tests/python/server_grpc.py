@@ -3,11 +3,14 @@ client generated from the proto by grpcio-tools: each RPC's answer equals the RE
 same request on the same server (Generate and Chat: greedy tokens, text, logprobs, usage, arm),
 32 concurrent streams each equal their answer alone, cancelling a stream or passing its deadline
 aborts the request and frees its KV pages, errors come back with the code and message of the
-REST error (the field in the "headwise-error-param" trailer), the API key travels in metadata,
+REST error (the field in the "headwise-error-param" trailer; a full queue RESOURCE_EXHAUSTED),
+metrics name the front end, SIGINT ends running streams and the server exits 0, the API key
+travels in metadata,
 reflection lists the service, grpc.health.v1 answers SERVING, a bad --grpc-port is refused at
 startup, and the binary still reads sentencepiece tokenizers. Prints "N passed, M failed"."""
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -286,6 +289,61 @@ def test_generate_errors(srv):
         expect_error(lambda: generate(srv, **fields), code, error["message"], error["param"])
 
 
+def test_metrics(srv):
+    """Requests count by front end; calls by method and status code."""
+    for api in ["completions", "chat"]:
+        assert srv.metric("headwise_api_requests_total", api=api, frontend="grpc") >= 1, api
+        assert srv.metric("headwise_api_requests_total", api=api, frontend="http") >= 1, api
+    assert srv.metric("headwise_grpc_requests_total", method="Generate", code="OK") >= 3
+    assert srv.metric("headwise_grpc_requests_total", method="Generate",
+                      code="INVALID_ARGUMENT") >= 3
+    assert srv.metric("headwise_grpc_requests_total", method="Tokenize", code="NOT_FOUND") >= 1
+
+
+def test_queue_full():
+    """A full queue is RESOURCE_EXHAUSTED with the REST message; the others finish."""
+    with Server("--grpc-port", "0", "--max-num-seqs", "1", "--max-waiting", "1") as srv:
+        codes, lock = [], threading.Lock()
+
+        def run():
+            try:
+                generate(srv, text="Once upon a time", max_tokens=300, ignore_eos=True)
+                code, details = grpc.StatusCode.OK, ""
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details()
+            with lock:
+                codes.append((code, details))
+
+        threads = [threading.Thread(target=run) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        ok = [c for c, _ in codes if c == grpc.StatusCode.OK]
+        full = [d for c, d in codes if c == grpc.StatusCode.RESOURCE_EXHAUSTED]
+        assert len(codes) == 10 and len(ok) >= 2 and full, codes
+        assert len(ok) + len(full) == 10, codes
+        assert all("queue" in d for d in full), full
+
+
+def test_shutdown_drains(srv):
+    """SIGINT with a stream running: the stream ends with finish_reason "abort" (the REST
+    stream's last chunk) and the server exits 0."""
+    call = stub(srv).Generate(pb.GenerateRequest(**LONG), timeout=60)
+    reasons, code = [], grpc.StatusCode.OK
+    it = iter(call)
+    next(it)  # running
+    srv.proc.send_signal(signal.SIGINT)
+    try:
+        for message in it:
+            if message.finish_reason:
+                reasons.append(message.finish_reason)
+    except grpc.RpcError as e:
+        code = e.code()
+    assert reasons == ["abort"] and code == grpc.StatusCode.OK, (reasons, code)
+    assert srv.proc.wait(timeout=30) == 0, srv.log_text()
+
+
 def test_api_key():
     with Server("--grpc-port", "0", "--api-key", "sekrit") as srv:
         s = stub(srv)
@@ -330,13 +388,16 @@ def main():
                          ("Generate equals REST", test_generate_equals_rest),
                          ("Chat equals REST", test_chat_equals_rest),
                          ("32 concurrent Generate streams", test_generate_concurrent),
-                         ("Generate errors", test_generate_errors)]:
+                         ("Generate errors", test_generate_errors),
+                         ("metrics by front end", test_metrics)]:
             runner.run(name, fn, srv)
     smollm2 = os.environ.get("HEADWISE_SMOLLM2_GGUF")
     assert smollm2, "HEADWISE_SMOLLM2_GGUF (scripts/test.sh sets it)"
     with Server("--grpc-port", "0", model=smollm2, chat_template=None) as srv:
         runner.run("cancel frees the KV cache", test_cancel_frees_kv, srv)
         runner.run("deadline frees the KV cache", test_deadline_frees_kv, srv)
+        runner.run("shutdown ends the streams", test_shutdown_drains, srv)
+    runner.run("full queue", test_queue_full)
     runner.run("api key", test_api_key)
     runner.run("bad --grpc-port", test_bad_port)
     runner.run("sentencepiece beside gRPC", test_sentencepiece_beside_grpc)
