@@ -24,6 +24,5 @@ export HEADWISE_QWEN05_GGUF
 HEADWISE_HAYSTACK=$(scripts/make-haystack.sh)
 export HEADWISE_HAYSTACK
 
-cmake -S . -B "$build" -G Ninja -DHEADWISE_PYTHON="$python" >/dev/null
-cmake --build "$build" -j "$jobs"
+BUILD_DIR=$build JOBS=$jobs CMAKE_ARGS="-DHEADWISE_PYTHON=$python ${CMAKE_ARGS:-}" scripts/build.sh
 ctest --test-dir "$build" --output-on-failure -j "$jobs" -L cpu
