@@ -18,10 +18,13 @@ def load():
     """(headwise_pb2, headwise_pb2_grpc) of headwise.v1, generated once per process."""
     global _loaded
     if _loaded is None:
+        import grpc_tools
         from grpc_tools import protoc
 
         out = tempfile.mkdtemp(prefix="headwise-grpc-")
-        rc = protoc.main(["protoc", f"-I{_HERE}", f"--python_out={out}", f"--grpc_python_out={out}",
+        well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")  # struct.proto
+        rc = protoc.main(["protoc", f"-I{_HERE}", f"-I{well_known}", f"--python_out={out}",
+                          f"--grpc_python_out={out}",
                           os.path.join(_HERE, "headwise", "v1", "headwise.proto")])
         if rc != 0:
             raise RuntimeError(f"protoc failed on {_HERE}/headwise/v1/headwise.proto ({rc})")

@@ -1,5 +1,6 @@
 #include "server/grpc_server.h"
 
+#include <google/protobuf/util/json_util.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/server_interceptor.h>
@@ -190,6 +191,8 @@ class GrpcServer::Service final : public pb::Headwise::Service {
       body["prompt"] = in->text();
     }
     if (in->has_logprobs()) body["logprobs"] = in->logprobs();
+    if (in->has_echo()) body["echo"] = in->echo();
+    if (in->has_add_special_tokens()) body["add_special_tokens"] = in->add_special_tokens();
     return Stream(*context, "/v1/completions", CommonFields(*in, std::move(body)), *writer);
   }
 
@@ -200,6 +203,14 @@ class GrpcServer::Service final : public pb::Headwise::Service {
     if (in->has_top_logprobs()) body["top_logprobs"] = in->top_logprobs();
     if (in->has_add_generation_prompt()) {
       body["add_generation_prompt"] = in->add_generation_prompt();
+    }
+    if (in->has_chat_template_kwargs()) {
+      std::string json;
+      if (!google::protobuf::util::MessageToJsonString(in->chat_template_kwargs(), &json).ok()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "'chat_template_kwargs' does not convert to JSON");
+      }
+      body["chat_template_kwargs"] = Json::parse(json);
     }
     return Stream(*context, "/v1/chat/completions", CommonFields(*in, std::move(body)), *writer);
   }
@@ -323,6 +334,7 @@ class GrpcServer::Service final : public pb::Headwise::Service {
       body["logit_bias"] = std::move(bias);
     }
     if (!in.user().empty()) body["user"] = in.user();
+    if (in.has_n()) body["n"] = in.n();
     body["headwise"] = {{"token_ids", true}};
     if (!in.arm().empty()) body["headwise"]["arm"] = in.arm();
     body["stream"] = true;
@@ -379,6 +391,7 @@ class GrpcServer::Service final : public pb::Headwise::Service {
     constexpr bool chat = std::is_same_v<Response, pb::ChatResponse>;
     out.set_id(chunk.at("id").get<std::string>());
     for (const Json& choice : chunk.at("choices")) {
+      out.set_index(choice.at("index").get<int32_t>());
       if constexpr (chat) {
         const Json& delta = choice.at("delta");
         if (auto role = delta.find("role"); role != delta.end())

@@ -212,6 +212,44 @@ def test_chat_equals_rest(srv):
                  answer["error"]["param"])
 
 
+def by_index(messages):
+    """{index: (text, token ids, finish reasons)} of a stream's messages."""
+    out = {}
+    for m in messages:
+        text, ids, reasons = out.setdefault(m.index, ("", [], []))
+        out[m.index] = (text + m.text, ids + list(m.token_ids),
+                        reasons + ([m.finish_reason] if m.finish_reason else []))
+    return out
+
+
+def test_n_echo_kwargs(srv):
+    """n completions (index), echo, add_special_tokens and chat_template_kwargs as REST's."""
+    got = by_index(generate(srv, text=PROMPT, max_tokens=8, temperature=0.8, seed=7, n=2,
+                            echo=True, add_special_tokens=False, ignore_eos=True))
+    want = rest(srv, "POST", "/v1/completions",
+                {"prompt": PROMPT, "max_tokens": 8, "temperature": 0.8, "seed": 7, "n": 2,
+                 "echo": True, "add_special_tokens": False, "ignore_eos": True,
+                 "headwise": {"token_ids": True}})
+    assert sorted(got) == [0, 1], got
+    for choice in want["choices"]:
+        text, ids, reasons = got[choice["index"]]
+        assert text == choice["text"] and text.startswith(PROMPT), (text, choice["text"])
+        assert ids == choice["token_ids"] and reasons == ["length"], (ids, choice)
+    from google.protobuf import struct_pb2
+    kwargs = struct_pb2.Struct()
+    kwargs.update({"unused_variable": "x", "n": 3})
+    chat = list(stub(srv).Chat(pb.ChatRequest(
+        messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in MESSAGES],
+        max_tokens=6, temperature=0, n=2, chat_template_kwargs=kwargs), timeout=60))
+    want = rest(srv, "POST", "/v1/chat/completions",
+                {"messages": MESSAGES, "max_tokens": 6, "temperature": 0, "n": 2,
+                 "chat_template_kwargs": {"unused_variable": "x", "n": 3},
+                 "headwise": {"token_ids": True}})
+    got = by_index(chat)
+    for choice in want["choices"]:
+        assert got[choice["index"]][1] == choice["token_ids"], (got, choice)
+
+
 def test_generate_concurrent(srv):
     """32 streams at once, each equal to its answer alone."""
     prompts = [f"{PROMPT} {i}" for i in range(32)]
@@ -282,11 +320,37 @@ def test_generate_errors(srv):
          grpc.StatusCode.NOT_FOUND),
         (dict(token_ids=pb.TokenIds(ids=[10**6])), {"prompt": [10**6]},
          grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(text="x", top_p=1.5), {"prompt": "x", "top_p": 1.5},
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(text="x", top_k=-5), {"prompt": "x", "top_k": -5}, grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(text="x", logprobs=50), {"prompt": "x", "logprobs": 50},
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(text="x", logit_bias={10**6: 1.0}), {"prompt": "x", "logit_bias": {"1000000": 1.0}},
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(text="x", max_tokens=0), {"prompt": "x", "max_tokens": 0},
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(text="x", n=0), {"prompt": "x", "n": 0}, grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(text="x", stop_token_ids=[-1]), {"prompt": "x", "stop_token_ids": [-1]},
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(text="x", arm="other"), {"prompt": "x", "headwise": {"arm": "other"}},
+         grpc.StatusCode.INVALID_ARGUMENT),
     ]:
         status, answer = srv.post("/v1/completions", body)
-        assert status in (400, 404), (status, answer)
+        assert status in (400, 404), (body, status, answer)
         error = answer["error"]
         expect_error(lambda: generate(srv, **fields), code, error["message"], error["param"])
+    # Chat: the same checks through the same code.
+    for fields, body in [(dict(temperature=-1.0), {"temperature": -1.0}),
+                         (dict(logprobs=True, top_logprobs=50), {"logprobs": True,
+                                                                  "top_logprobs": 50}),
+                         (dict(max_tokens=10**6), {"max_tokens": 10**6})]:
+        status, answer = srv.post("/v1/chat/completions", dict(body, messages=MESSAGES))
+        assert status == 400, (body, status, answer)
+        error = answer["error"]
+        expect_error(lambda: list(stub(srv).Chat(pb.ChatRequest(
+            messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in MESSAGES],
+            **fields), timeout=30)), grpc.StatusCode.INVALID_ARGUMENT, error["message"],
+            error["param"])
 
 
 def test_metrics(srv):
@@ -387,6 +451,7 @@ def main():
                          ("health", test_health),
                          ("Generate equals REST", test_generate_equals_rest),
                          ("Chat equals REST", test_chat_equals_rest),
+                         ("n, echo, template kwargs", test_n_echo_kwargs),
                          ("32 concurrent Generate streams", test_generate_concurrent),
                          ("Generate errors", test_generate_errors),
                          ("metrics by front end", test_metrics)]:
