@@ -19,11 +19,11 @@
 
 #include "headwise/v1/headwise.grpc.pb.h"
 #include "server/http_server.h"
+#include "server/openai_api.h"
 
 namespace headwise::server {
 namespace {
 
-using Json = nlohmann::ordered_json;
 namespace pb = headwise::v1;
 
 // An exchange whose request comes from an RPC: a whole response stays here for the RPC to map;
@@ -166,7 +166,7 @@ class GrpcServer::Service final : public pb::Headwise::Service {
       request["prompt"] = in->prompt();
     }
     if (in->has_add_special_tokens()) request["add_special_tokens"] = in->add_special_tokens();
-    return Call(*context, "/tokenize", request.dump(), [&](const Json& body) {
+    return Call(*context, "/tokenize", DumpJson(request), [&](const Json& body) {
       out->set_count(body.at("count").get<int32_t>());
       out->set_max_model_len(body.at("max_model_len").get<int32_t>());
       for (const Json& id : body.at("tokens")) out->add_tokens(id.get<int32_t>());
@@ -177,7 +177,7 @@ class GrpcServer::Service final : public pb::Headwise::Service {
                           pb::DetokenizeResponse* out) override {
     Json request{{"tokens", std::vector<int32_t>(in->tokens().begin(), in->tokens().end())}};
     if (!in->model().empty()) request["model"] = in->model();
-    return Call(*context, "/detokenize", request.dump(),
+    return Call(*context, "/detokenize", DumpJson(request),
                 [&](const Json& body) { out->set_prompt(body.at("prompt").get<std::string>()); });
   }
 
@@ -346,7 +346,7 @@ class GrpcServer::Service final : public pb::Headwise::Service {
   template <typename Response>
   grpc::Status Stream(grpc::ServerContext& context, std::string path, const Json& body,
                       grpc::ServerWriter<Response>& writer) {
-    auto exchange = Start(context, std::move(path), body.dump());
+    auto exchange = Start(context, std::move(path), DumpJson(body));
     std::string pending;  // SSE text not yet a whole event
     for (;;) {
       const bool ended = exchange->Take(pending, kPoll);

@@ -113,6 +113,22 @@ def test_errors(srv):
         prompt="x", messages=[pb.ChatMessage(role="user", content="y")]), timeout=30),
         grpc.StatusCode.INVALID_ARGUMENT)
     assert "prompt" in e.details() and "messages" in e.details(), e.details()
+    # Bytes no client library would send: a prompt that is not UTF-8, and a message that is not
+    # protobuf. Refused; the server goes on.
+    channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
+    for raw in [b"\x12\x02\xff\xfe", b"\xff\xff\xff\xff"]:
+        for method in ["Tokenize", "Generate"]:
+            call = (channel.unary_unary if method == "Tokenize" else channel.unary_stream)(
+                f"/headwise.v1.Headwise/{method}", request_serializer=lambda b: b,
+                response_deserializer=lambda b: b)
+            try:
+                out = call(raw, timeout=30)
+                if method == "Generate":
+                    list(out)
+                raise AssertionError(f"{method} took {raw!r}")
+            except grpc.RpcError as err:
+                assert err.code() != grpc.StatusCode.OK, err
+    assert s.Tokenize(pb.TokenizeRequest(prompt="still here"), timeout=30).count > 0
 
 
 def test_reflection(srv):
