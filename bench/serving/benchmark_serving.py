@@ -101,6 +101,16 @@ class RequestResult:
     itl: list = field(default_factory=list)
     finish_reason: str = ""
 
+    def add_token_chunk(self, now: float, start: float, last: float) -> float:
+        """Counts a token-carrying chunk that arrived at `now` (TTFT for the first, an ITL gap
+        after `last` for the others); returns `now`, the next chunk's `last`."""
+        self.chunks += 1
+        if self.chunks == 1:
+            self.ttft = now - start
+        else:
+            self.itl.append(now - last)
+        return now
+
 
 def _chunk_content(endpoint: str, choice: dict) -> tuple[str | None, bool]:
     """(text of this chunk or None, whether it is a role-only chunk)."""
@@ -148,7 +158,6 @@ async def send_request(session: aiohttp.ClientSession, args, model: str, spec: R
     start = time.perf_counter()
     res.send_time = start - t0
     last = start
-    got_first = False
     got_done = False
     try:
         async with session.post(url, json=body,
@@ -192,13 +201,7 @@ async def send_request(session: aiohttp.ClientSession, args, model: str, spec: R
                     res.finish_reason = choice["finish_reason"]
                 if not _is_token_chunk(args.endpoint, choice):
                     continue
-                res.chunks += 1
-                if not got_first:
-                    got_first = True
-                    res.ttft = now - start
-                else:
-                    res.itl.append(now - last)
-                last = now
+                last = res.add_token_chunk(now, start, last)
         end = time.perf_counter()
     except asyncio.TimeoutError:
         res.error = f"timeout after {timeout_s:g} s"
@@ -208,7 +211,7 @@ async def send_request(session: aiohttp.ClientSession, args, model: str, spec: R
         return res
 
     res.e2e = end - start
-    if not got_first:
+    if res.chunks == 0:
         res.error = "stream ended without a token"
         return res
     if not got_done:
@@ -243,7 +246,6 @@ async def send_request_grpc(stub, args, model: str, spec: RequestSpec, t0: float
     start = time.perf_counter()
     res.send_time = start - t0
     last = start
-    got_first = False
     try:
         async for m in stub.Generate(req, timeout=timeout_s):
             now = time.perf_counter()
@@ -255,19 +257,13 @@ async def send_request_grpc(stub, args, model: str, spec: RequestSpec, t0: float
                 res.finish_reason = m.finish_reason
             if not m.token_ids:
                 continue
-            res.chunks += 1
-            if not got_first:
-                got_first = True
-                res.ttft = now - start
-            else:
-                res.itl.append(now - last)
-            last = now
+            last = res.add_token_chunk(now, start, last)
         end = time.perf_counter()
     except grpc.aio.AioRpcError as e:
         res.error = f"gRPC {e.code().name}: {e.details()}"
         return res
     res.e2e = end - start
-    if not got_first:
+    if res.chunks == 0:
         res.error = "stream ended without a token"
         return res
     if not res.usage_reported:
