@@ -257,6 +257,11 @@ class GrpcServer::Service final : public pb::Headwise::Service {
     }
     auto exchange = std::make_shared<InProcessExchange>(std::move(request), &context);
     http_.HandleInProcess(exchange);
+    // A handler that kept no reference will never answer: the RPC must not wait for it (a
+    // transport exchange answers 500 when dropped unanswered; this is the same rule).
+    if (exchange.use_count() == 1) {
+      exchange->Reply(500, "", R"({"error":{"message":"internal server error: no response"}})", {});
+    }
     return exchange;
   }
 
