@@ -260,7 +260,10 @@ class GrpcServer::Service final : public pb::Headwise::Service {
     // A handler that kept no reference will never answer: the RPC must not wait for it (a
     // transport exchange answers 500 when dropped unanswered; this is the same rule).
     if (exchange.use_count() == 1) {
-      exchange->Reply(500, "", R"({"error":{"message":"internal server error: no response"}})", {});
+      exchange->Reply(500, "",
+                      DumpJson(ErrorBody(ApiError{500, "internal server error: no response",
+                                                  "server_error", "", ""})),
+                      {});
     }
     return exchange;
   }

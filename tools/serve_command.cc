@@ -11,7 +11,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <string_view>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -204,10 +203,11 @@ int RunServe(int argc, char** argv) {
   if (load_format != "auto" && load_format != "dummy") {
     return Fail(InvalidArgument("--load-format must be auto or dummy, got '{}'", load_format));
   }
-  for (const auto& [flag, value] : {std::pair{"port", transport.port}, {"grpc-port", grpc_port}}) {
-    if (value > 65535 || (value < 0 && std::string_view(flag) == "port") || value < -1) {
-      return Fail(InvalidArgument("--{} must be in [0, 65535], got {}", flag, value));
-    }
+  if (transport.port < 0 || transport.port > 65535) {
+    return Fail(InvalidArgument("--port must be in [0, 65535], got {}", transport.port));
+  }
+  if (grpc_port < -1 || grpc_port > 65535) {  // -1: not given, off
+    return Fail(InvalidArgument("--grpc-port must be in [0, 65535], got {}", grpc_port));
   }
   // The engine's own limits are checked by Engine::Start (InFlagTerms names the flag).
   for (const auto& [flag, v] : {std::pair{"http-threads", transport.worker_threads},

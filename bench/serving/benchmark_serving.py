@@ -227,13 +227,13 @@ async def send_request(session: aiohttp.ClientSession, args, model: str, spec: R
     return res
 
 
-async def send_request_grpc(stub, args, model: str, spec: RequestSpec, t0: float,
+async def send_request_grpc(pb, stub, args, model: str, spec: RequestSpec, t0: float,
                             timeout_s: float) -> RequestResult:
-    """The same measurements over headwise's gRPC Generate (proto/headwise/v1): a message that
-    carries token ids is a token chunk; the last one carries the usage."""
+    """The same measurements over headwise's gRPC Generate (proto/headwise/v1; `pb` its
+    messages): a message that carries token ids is a token chunk; the last one carries the
+    usage."""
     import grpc
 
-    pb, _ = grpc_stubs()
     res = RequestResult(index=spec.index, prompt_len_sent=spec.prompt_len)
     req = pb.GenerateRequest(model=model, max_tokens=spec.output_len,
                              temperature=args.temperature)
@@ -456,12 +456,12 @@ async def run_rate(args, model: str, specs: list[RequestSpec], rate: float,
     if args.endpoint == "grpc":
         import grpc
 
-        _, pb_grpc = grpc_stubs()
+        pb, pb_grpc = grpc_stubs()
         grpc_channel = grpc.aio.insecure_channel(args.grpc_target)
         stub = pb_grpc.HeadwiseStub(grpc_channel)
 
         async def send(session, args, model, spec, t0, timeout_s):
-            return await send_request_grpc(stub, args, model, spec, t0, timeout_s)
+            return await send_request_grpc(pb, stub, args, model, spec, t0, timeout_s)
     else:
         send = send_request
     async with aiohttp.ClientSession(connector=connector) as session:
