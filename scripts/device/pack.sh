@@ -20,9 +20,10 @@ for b in $binaries; do
   strip -o "$out/bin/$b" "$build/bin/$b"
 done
 "$shared/device/pack-runtime-libs.sh" "$out/lib" "$out"/bin/* >&2
-# Large libraries travel compressed (ICU's data: 30 MB, 7.5 MB as .xz); the device scripts
-# unpack them with scripts/device/unpack-libs.sh.
-find "$out/lib" -type f -size +8M -exec xz -T2 -6 {} +
+# Libraries over 1 MB travel compressed (ICU's data: 30 MB, 7.5 MB as .xz; gRPC and OpenSSL
+# for headwise's gRPC front end: 12 MB, about 4 as .xz); the device scripts unpack them with
+# scripts/device/unpack-libs.sh.
+find "$out/lib" -type f -size +1M -exec xz -T2 -6 {} +
 cp -r "$shared/models/tinystories-656k" "$shared/models/stories260k-gguf" "$out/shared/models/"
 duo=patterns/duo-attention/Meta-Llama-3.1-8B-Instruct
 mkdir -p "$out/shared/$duo" && cp "$shared/$duo/full_attention_heads.tsv" "$out/shared/$duo/"
