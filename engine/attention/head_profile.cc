@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <set>
 #include <thread>
@@ -54,26 +55,30 @@ int ResolveThreads(int threads) {
   return threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
-// What an observer gets, as host f32 / i32 tensors that ForEachAttentionRow reads. On the CPU
-// backend these are the tensors themselves. On a device backend each call copies q, the batch's
-// small index tensors and the key pages the batch's sequences use (their blocks up to the last
-// query position) into host mirrors, converting bf16 / f16 to f32; the pool's mirror keeps the
-// device's page numbering, so the block table reads unchanged. Copying only what one layer's
-// query rows read keeps it cheap next to the CPU's own recomputation of the rows.
+// What an observer gets, as host f32 / i32 tensors that ForEachAttentionRow reads. Each call
+// copies q, the batch's small index tensors and the key pages the batch's sequences use (this
+// layer's pages of their blocks up to the last query position) into host mirrors, converting
+// bf16 / f16 to f32; the pool's mirror keeps the device's page numbering, so the block table
+// reads unchanged. Copying only what one layer's query rows read keeps it cheap next to the CPU's
+// own recomputation of the rows. Tables with ring or compress-once heads are read in place on
+// the CPU backend and refused on a device.
 class HostView {
  public:
   explicit HostView(kernels::Backend& backend) : backend_(backend) {}
 
   Status Update(const Tensor& q, const kernels::KvPoolView& pool,
                 const PagedAttentionBatch& batch) {
-    if (backend_.device() == Device::kCpu) {
+    const kernels::BlockTable& table = batch.table;
+    const bool sparse = table.has_ring_heads() || table.has_compressed_heads();
+    // The CPU backend's dense tables go through the same copies as a device's, so that the CPU
+    // tests check them (they once copied only layer 0's pages, unseen until a GPU compared).
+    if (backend_.device() == Device::kCpu && sparse) {
       q_ = q;
       pool_ = pool;
       batch_ = batch;
       return Status::Ok();
     }
-    const kernels::BlockTable& table = batch.table;
-    if (table.has_ring_heads() || table.has_compressed_heads()) {
+    if (sparse) {
       return Unimplemented(
           "attention rows of ring and compress-once heads are not recomputed; profile densely");
     }
@@ -87,9 +92,17 @@ class HostView {
     batch_.table.seq_layout = CopyI32(table.seq_layout, seq_layout_);
     batch_.table.rope_inv_freq = Tensor{};
 
-    // Each block holds one page per KV head, contiguous from its first page.
+    // A block holds one page per (layer, KV head) of its kind (kvcache/kv_cache.h): this layer's
+    // heads sit at KvHead::page from its first page, which the head table gives. Only those
+    // pages are copied.
     const int64_t page_elems = pool.k.dim(1) * pool.k.dim(2);
-    const int64_t block_pages = table.num_kv_heads();
+    int32_t page_lo = std::numeric_limits<int32_t>::max(), page_hi = 0;
+    for (size_t i = 0; i < heads_.size(); i += kernels::kKvHeadInts) {
+      const auto* head = reinterpret_cast<const kernels::KvHead*>(heads_.data() + i);
+      page_lo = std::min(page_lo, head->page);
+      page_hi = std::max(page_hi, head->page + 1);
+    }
+    if (page_hi <= page_lo) return Internal("a head table without heads");
     if (k_store_.size() != static_cast<size_t>(pool.k.numel())) {
       k_store_.assign(static_cast<size_t>(pool.k.numel()), 0.0f);
     }
@@ -103,11 +116,13 @@ class HostView {
     for (int s = 0; s < table.num_seqs(); ++s) {
       for (int b = 0; b < blocks_needed[static_cast<size_t>(s)]; ++b) {
         const int32_t first = blocks_[static_cast<size_t>(s) * table.max_blocks() + b];
-        if (first < 0 || first + block_pages > pool.k.dim(0)) {
+        if (first < 0 || first + page_hi > pool.k.dim(0)) {
           return Internal("KV block at page {} outside the pool of {} pages", first, pool.k.dim(0));
         }
-        HW_RETURN_IF_ERROR(ToF32(pool.k.Rows(first, block_pages), block_f32).status());
-        std::copy(block_f32.begin(), block_f32.end(), k_store_.begin() + first * page_elems);
+        HW_RETURN_IF_ERROR(
+            ToF32(pool.k.Rows(first + page_lo, page_hi - page_lo), block_f32).status());
+        std::copy(block_f32.begin(), block_f32.end(),
+                  k_store_.begin() + (first + page_lo) * page_elems);
       }
     }
     pool_ = pool;
