@@ -5,8 +5,13 @@
 // usage: hw_bench_gpu MODEL [--device cuda|cpu] [--load-format dummy] [--batches 1,8,32,64]
 //                     [--contexts 1024,8192,32768] [--prefill 1024,8192] [--tokens N]
 //                     [--attention-context N (0: none)] [--enforce-eager]
+//                     [--tensor-parallel-size N]
 // Prints one JSON object per line: roofline, decode (per batch x context), attention (the
 // decode attention kernel alone, per layer of a graph that runs it for every layer), prefill.
+// With --tensor-parallel-size N > 1 (N GPUs, models::ModelShard) the decode roofline is one
+// rank's: its share of the weights and of the KV read at the copy bandwidth, plus the step's
+// all-reduces and logits gather timed alone in the same run ("allreduce"); the attention and
+// prefill rows are left out.
 // Decode contexts are not prefilled: the KV pages are reserved and read as they are, which costs
 // the same as real keys.
 #include <fmt/format.h>
@@ -23,6 +28,7 @@
 #include "engine/attention_setup.h"
 #include "engine/model_loader.h"
 #include "engine/model_runner.h"
+#include "engine/rank_threads.h"
 #include "kernels/backend_factory.h"
 #include "tools/flags.h"
 
@@ -60,7 +66,7 @@ int main(int argc, char** argv) {
   hw::tools::FlagParser flags(argc - 1, argv + 1);
   std::string device = "cuda", load_format = "auto", batches_s = "1,8,32,64",
               contexts_s = "1024,8192,32768", prefill_s = "1024,8192";
-  int tokens = 16, attention_context = 32768;
+  int tokens = 16, attention_context = 32768, tensor_parallel_size = 1;
   bool enforce_eager = false;
   flags.String("device", device);
   flags.String("load-format", load_format);
@@ -70,29 +76,33 @@ int main(int argc, char** argv) {
   flags.Int("tokens", tokens);
   flags.Int("attention-context", attention_context);
   flags.Bool("enforce-eager", enforce_eager);
+  flags.Int("tensor-parallel-size", tensor_parallel_size);
   if (auto s = flags.Finish(); !s.ok()) {
     std::fprintf(stderr, "hw_bench_gpu: error: %s\n", s.message().c_str());
     return 2;
   }
-  auto created = hw::kernels::CreateBackend(device, 0);
-  if (!created.ok()) {
-    std::fprintf(stderr, "hw_bench_gpu: error: %s\n", created.status().message().c_str());
+  auto group = hw::engine::CreateRankGroup(device, tensor_parallel_size, 0);
+  if (!group.ok()) {
+    std::fprintf(stderr, "hw_bench_gpu: error: %s\n", group.status().message().c_str());
     return 2;
   }
-  auto backend = std::move(created).value();
-  Backend& be = *backend;
+  const hw::engine::RankDevices devices = group->devices();
+  const int num_ranks = group->size();
+  Backend& be = *devices.backends.front();
   hw::engine::LoadOptions options;
   if (load_format == "dummy") options.format = hw::models::LoadFormat::kDummy;
-  auto loaded = hw::engine::LoadModel(model_path, options, be);
+  auto loaded = hw::engine::LoadModel(model_path, options, devices);
   if (!loaded.ok()) {
     std::fprintf(stderr, "hw_bench_gpu: error: %s\n", loaded.status().message().c_str());
     return 2;
   }
   auto& model = *loaded->model;
+  std::vector<hw::models::LlamaModel*> ranks{&model};
+  for (auto& m : loaded->other_ranks) ranks.push_back(m.get());
   const auto& c = model.config();
-  const double kv_bytes_per_token =
-      2.0 * c.num_layers * c.num_kv_heads * c.head_dim *
-      static_cast<double>(hw::DTypeSize(be.kv_dtype()));  // K and V, all layers
+  // K and V of all layers, of the KV heads one rank holds.
+  const double kv_bytes_per_token = 2.0 * c.num_layers * c.num_kv_heads / num_ranks * c.head_dim *
+                                    static_cast<double>(hw::DTypeSize(be.kv_dtype()));
   std::mt19937 rng(1);
 
   // --- bounds: copy bandwidth and GEMM rate ---
@@ -122,11 +132,12 @@ int main(int argc, char** argv) {
     }
   }
   const double gemm_rate = gemm_flops / gemm_s;
-  std::printf("%s\n",
-              fmt::format(R"({{"kind": "roofline", "copy_gb_s": {:.1f}, "gemm_tflops": {:.1f}, )"
-                          R"("gemm_shapes": [{}], "weight_bytes": {}}})",
-                          copy_bw / 1e9, gemm_rate / 1e12, per_shape, model.weight_bytes())
-                  .c_str());
+  std::printf(
+      "%s\n",
+      fmt::format(R"({{"kind": "roofline", "copy_gb_s": {:.1f}, "gemm_tflops": {:.1f}, )"
+                  R"("gemm_shapes": [{}], "weight_bytes": {}, "tensor_parallel_size": {}}})",
+                  copy_bw / 1e9, gemm_rate / 1e12, per_shape, model.weight_bytes(), num_ranks)
+          .c_str());
   std::fflush(stdout);
 
   // --- decode steps ---
@@ -134,6 +145,7 @@ int main(int argc, char** argv) {
   auto make_cache = [&](int64_t seqs,
                         int64_t tokens_each) -> std::unique_ptr<hw::kvcache::KvCache> {
     hw::kvcache::KvCacheConfig kv = hw::engine::KvConfigFor(c, 0);
+    kv.num_ranks = num_ranks;
     const int64_t pages =
         seqs * hw::kvcache::KvCache::PagesForSequence(kv, layout, static_cast<int>(tokens_each));
     const double bytes = static_cast<double>(pages) *
@@ -141,7 +153,38 @@ int main(int argc, char** argv) {
     const double free = static_cast<double>(be.DeviceMemory().free_bytes);
     if (bytes + 4e9 > free) return nullptr;  // activations and scratch need room too
     kv.num_pages = static_cast<int>(pages);
-    return std::make_unique<hw::kvcache::KvCache>(kv, layout, be);
+    return std::make_unique<hw::kvcache::KvCache>(kv, std::vector<hw::kvcache::KvLayout>{layout},
+                                                  devices.backends);
+  };
+  // With several ranks: what a decode step of `batch` sequences spends in collectives alone, 2
+  // all-reduces per layer and one after the embedding on [batch, hidden] activations, and the
+  // logits' gather to rank 0, issued on every rank at once as the step issues them.
+  hw::engine::RankThreads rank_threads(devices.backends);
+  const auto collective_s = [&](int batch) {
+    std::vector<Buffer> x, part, logits;
+    for (int r = 0; r < num_ranks; ++r) {
+      Backend& rb = *devices.backends[static_cast<size_t>(r)];
+      x.push_back(RandomWeight(rb, batch, c.hidden_size, rng));
+      part.push_back(rb.Allocate(DType::kF32, {batch, (c.vocab_size + num_ranks - 1) / num_ranks}));
+      logits.push_back(rb.Allocate(DType::kF32, {batch, c.vocab_size}));
+    }
+    const auto once = [&] {
+      rank_threads.Run([&](int r) {
+        const auto i = static_cast<size_t>(r);
+        hw::kernels::Communicator& comm = *devices.comms[i];
+        for (int k = 0; k < 2 * c.num_layers + 1; ++k) comm.AllReduceSum(x[i].view());
+        comm.GatherColumns(part[i].view(), r == 0 ? logits[i].view() : Tensor(), 0);
+        devices.backends[i]->Synchronize();
+      });
+    };
+    once();
+    std::vector<double> times;
+    for (int i = 0; i < 10; ++i) {
+      const double t0 = Now();
+      once();
+      times.push_back(Now() - t0);
+    }
+    return Median(times);
   };
   for (int batch : ParseIntList(batches_s)) {
     for (int context : ParseIntList(contexts_s)) {
@@ -164,23 +207,27 @@ int main(int argc, char** argv) {
         seqs.emplace_back(*cache);
         if (!seqs.back().Reserve(total).ok()) return 1;
       }
-      hw::engine::ModelRunner runner(model, *cache);
+      hw::engine::ModelRunner runner(ranks, *cache);
       runner.set_use_graphs(!enforce_eager);
       const double median = hw::bench::TimeDecodeSteps(runner, seqs, context, timing).median();
       const double bytes = static_cast<double>(model.weight_bytes()) +
                            kv_bytes_per_token * batch * (context + tokens / 2.0);
-      const double roofline = bytes / copy_bw;
+      const double collectives = num_ranks > 1 ? collective_s(batch) : 0.0;
+      const double roofline = bytes / copy_bw + collectives;
       std::printf(
           "%s\n",
           fmt::format(R"({{"kind": "decode", "batch": {}, "context": {}, "graphs": {}, )"
                       R"("ms": {:.3f}, "roofline_ms": {:.3f}, "fraction_of_roofline": {:.3f}, )"
-                      R"("tokens_per_s": {:.0f}}})",
+                      R"("tokens_per_s": {:.0f}, "tensor_parallel_size": {}, )"
+                      R"("collectives_ms": {:.3f}}})",
                       batch, context, !enforce_eager, median * 1e3, roofline * 1e3,
-                      roofline / median, batch / median)
+                      roofline / median, batch / median, num_ranks, collectives * 1e3)
               .c_str());
       std::fflush(stdout);
     }
   }
+
+  if (num_ranks > 1) return 0;  // the rows below measure one device's kernels
 
   // --- decode attention alone, one layer, long context ---
   for (int batch : {1, 8}) {

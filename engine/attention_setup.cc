@@ -1,6 +1,7 @@
 #include "engine/attention_setup.h"
 
 #include <algorithm>
+#include <array>
 #include <filesystem>
 #include <thread>
 
@@ -65,7 +66,20 @@ kvcache::KvCacheConfig KvConfigFor(const models::ModelConfig& model, int num_pag
 StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(std::vector<kvcache::KvLayout> layouts,
                                                           const kvcache::KvCacheConfig& config,
                                                           kernels::Backend& backend) {
+  return CreateKvCache(std::move(layouts), config, std::array<kernels::Backend*, 1>{&backend});
+}
+
+StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(
+    std::vector<kvcache::KvLayout> layouts, const kvcache::KvCacheConfig& config,
+    std::span<kernels::Backend* const> rank_backends) {
   for (const kvcache::KvLayout& layout : layouts) {
+    if (config.num_ranks > 1 && layout.selects_any()) {
+      return Unimplemented(
+                 "attention policy \"{}\": decode-time selection (TidalDecode, Recycled "
+                 "Attention, Quest) and offload heads run on one GPU; tensor_parallel_size is {}",
+                 layout.name, config.num_ranks)
+          .WithField("tensor_parallel_size");
+    }
     HW_RETURN_IF_ERROR(layout.Validate(config.num_layers, config.num_kv_heads));
     if (layout.offload) {
       HW_RETURN_IF_ERROR(kvcache::OffloadTier::Supports(*layout.offload)
@@ -79,7 +93,7 @@ StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(std::vector<kvcache::K
           config.num_pages, layout.name, one_token);
     }
   }
-  return std::make_unique<kvcache::KvCache>(config, std::move(layouts), backend);
+  return std::make_unique<kvcache::KvCache>(config, std::move(layouts), rank_backends);
 }
 
 namespace {

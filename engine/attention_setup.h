@@ -46,6 +46,12 @@ kvcache::KvCacheConfig KvConfigFor(const models::ModelConfig& model, int num_pag
 StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(std::vector<kvcache::KvLayout> layouts,
                                                           const kvcache::KvCacheConfig& config,
                                                           kernels::Backend& backend);
+// Tensor parallelism: rank r's pool on rank_backends[r] (config.num_ranks of them). Layouts that
+// select or offload at decode are refused (Unimplemented, field tensor_parallel_size) over
+// several ranks.
+StatusOr<std::unique_ptr<kvcache::KvCache>> CreateKvCache(
+    std::vector<kvcache::KvLayout> layouts, const kvcache::KvCacheConfig& config,
+    std::span<kernels::Backend* const> rank_backends);
 
 // The longest a sequence may grow. Normally the context (max_model_len, or the model's
 // max_position_embeddings for `headwise generate`). A layout whose every (layer, KV head) is a

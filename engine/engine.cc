@@ -99,7 +99,7 @@ void RequestStream::Abort() {
 
 struct Engine::Impl {
   LoadedModel model;
-  std::unique_ptr<kernels::Backend> backend;
+  RankGroup ranks;  // one rank without tensor parallelism
   EngineConfig config;
   std::shared_ptr<MetricsRegistry> metrics;
   std::unique_ptr<kvcache::KvCache> cache;  // one KV layout per arm, numbered as the arms
@@ -308,6 +308,17 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
                                                 std::unique_ptr<kernels::Backend> backend,
                                                 const EngineConfig& config,
                                                 std::shared_ptr<MetricsRegistry> metrics) {
+  RankGroup ranks;
+  ranks.backends.push_back(std::move(backend));
+  return Start(std::move(model), std::move(ranks), config, std::move(metrics));
+}
+
+StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model, RankGroup ranks,
+                                                const EngineConfig& config,
+                                                std::shared_ptr<MetricsRegistry> metrics) {
+  HW_CHECK(ranks.size() == 1 + static_cast<int>(model.other_ranks.size()),
+           "a model of {} ranks on {} devices", 1 + model.other_ranks.size(), ranks.size());
+  kernels::Backend* backend = ranks.backends.front().get();
   const auto& mc = model.model->config();
   EngineConfig c = config;
   // Each refusal names its field, which a front end reports in its own words (a CLI flag).
@@ -364,7 +375,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
     arms.push_back(ArmInfo{spec.name.empty() ? policy.name : spec.name, policy.name, path, hash});
     layouts.push_back(std::move(layout).value());
   }
-  const kvcache::KvCacheConfig kv_shape = KvConfigFor(mc, 0, c.page_size, c.max_num_batched_tokens);
+  kvcache::KvCacheConfig kv_shape = KvConfigFor(mc, 0, c.page_size, c.max_num_batched_tokens);
+  kv_shape.num_ranks = ranks.size();  // a page count is per rank: each holds its heads' pages
   // Quest's key bounds take two rows of head_dim values per page.
   const bool page_bounds =
       std::any_of(layouts.begin(), layouts.end(),
@@ -398,7 +410,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
 
   auto impl = std::make_unique<Impl>();
   impl->model = std::move(model);
-  impl->backend = std::move(backend);
+  impl->ranks = std::move(ranks);
   impl->config = c;
   impl->arms = std::move(arms);
   impl->metrics = metrics ? std::move(metrics) : std::make_shared<MetricsRegistry>();
@@ -462,7 +474,9 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
       KvConfigFor(mc, c.num_kv_pages, c.page_size, c.max_num_batched_tokens);
   kv_config.select_slots = c.max_num_seqs;  // every running sequence may select
   kv_config.offload_host_bytes = c.cpu_kv_bytes > 0 ? c.cpu_kv_bytes : HalfOfHostMemory();
-  HW_ASSIGN_OR_RETURN(impl->cache, CreateKvCache(std::move(layouts), kv_config, *impl->backend));
+  kv_config.num_ranks = impl->ranks.size();
+  HW_ASSIGN_OR_RETURN(impl->cache,
+                      CreateKvCache(std::move(layouts), kv_config, impl->ranks.devices().backends));
   impl->cache->set_prefix_caching(c.enable_prefix_caching);
   for (size_t a = 0; a < impl->arms.size(); ++a) {
     const int arm = static_cast<int>(a);
@@ -500,8 +514,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
                    info.policy_hash);
     }
   }
+  std::vector<models::LlamaModel*> rank_models{impl->model.model.get()};
+  for (auto& m : impl->model.other_ranks) rank_models.push_back(m.get());
   impl->core = std::make_unique<EngineCore>(
-      *impl->model.model, *impl->cache,
+      std::move(rank_models), *impl->cache,
       SchedulerConfig{c.max_num_seqs, c.max_num_batched_tokens, c.enable_prefix_caching});
   impl->core->runner().set_use_graphs(!c.enforce_eager);
   impl->UpdateGauges();

@@ -30,6 +30,7 @@ class Tokenizer;
 namespace headwise::engine {
 
 struct LoadedModel;  // engine/model_loader.h: what Start takes ownership of
+struct RankGroup;    // engine/model_loader.h: the devices of a tensor-parallel group
 
 struct EngineRequest {
   int arm = 0;  // which arm (attention policy) runs it: an index into Engine::arms()
@@ -107,6 +108,11 @@ class Engine {
   // registry (null: a registry of its own).
   static StatusOr<std::unique_ptr<Engine>> Start(
       LoadedModel model, std::unique_ptr<kernels::Backend> backend, const EngineConfig& config,
+      std::shared_ptr<MetricsRegistry> metrics = nullptr);
+  // Tensor parallelism: the model loaded over `ranks` (LoadModel with ranks.devices()); every
+  // rank holds its KV heads' pages, sized by rank 0's device memory.
+  static StatusOr<std::unique_ptr<Engine>> Start(
+      LoadedModel model, RankGroup ranks, const EngineConfig& config,
       std::shared_ptr<MetricsRegistry> metrics = nullptr);
   ~Engine();  // stops the thread; unfinished requests end with FinishReason::kAbort
 

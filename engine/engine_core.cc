@@ -9,11 +9,15 @@ namespace headwise::engine {
 
 EngineCore::EngineCore(models::LlamaModel& model, kvcache::KvCache& cache,
                        const SchedulerConfig& config)
-    : backend_(model.backend()),
+    : EngineCore(std::vector<models::LlamaModel*>{&model}, cache, config) {}
+
+EngineCore::EngineCore(std::vector<models::LlamaModel*> ranks, kvcache::KvCache& cache,
+                       const SchedulerConfig& config)
+    : backend_(ranks.front()->backend()),
       cache_(cache),
-      runner_(model, cache),
+      runner_(ranks, cache),
       scheduler_(cache, config),
-      sampler_(model.backend()) {}
+      sampler_(ranks.front()->backend()) {}
 
 StepOutput EngineCore::Step(const std::function<void(const SchedulerOutput&)>& on_scheduled) {
   const SchedulerOutput plan = scheduler_.Schedule();

@@ -34,6 +34,9 @@ struct StepOutput {
 class EngineCore {
  public:
   EngineCore(models::LlamaModel& model, kvcache::KvCache& cache, const SchedulerConfig& config);
+  // Tensor parallelism: every rank's share of the model (ModelRunner); rank 0 samples.
+  EngineCore(std::vector<models::LlamaModel*> ranks, kvcache::KvCache& cache,
+             const SchedulerConfig& config);
 
   Scheduler& scheduler() { return scheduler_; }
   ModelRunner& runner() { return runner_; }

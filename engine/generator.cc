@@ -19,12 +19,16 @@ double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_cloc
 
 Generator::Generator(models::LlamaModel& model, kvcache::KvCache& cache,
                      const tokenizer::Tokenizer* tok, std::vector<int32_t> eos_ids)
-    : model_(model), cache_(cache), tokenizer_(tok), eos_ids_(std::move(eos_ids)) {}
+    : Generator(std::vector<models::LlamaModel*>{&model}, cache, tok, std::move(eos_ids)) {}
+
+Generator::Generator(std::vector<models::LlamaModel*> ranks, kvcache::KvCache& cache,
+                     const tokenizer::Tokenizer* tok, std::vector<int32_t> eos_ids)
+    : ranks_(std::move(ranks)), cache_(cache), tokenizer_(tok), eos_ids_(std::move(eos_ids)) {}
 
 StatusOr<GenerationResult> Generator::Generate(
     std::span<const int32_t> prompt, const SamplingParams& params, int prefill_chunk,
     const std::function<void(std::string_view)>& on_text) {
-  const auto& config = model_.config();
+  const auto& config = ranks_.front()->config();
   HW_RETURN_IF_ERROR(params.Validate(config.vocab_size));
   if (prompt.empty()) return InvalidArgument("the prompt is empty");
   if (prefill_chunk < 1)
@@ -56,7 +60,7 @@ StatusOr<GenerationResult> Generator::Generate(
 
   // Prefix caching stays off: one request has nothing to share, and a prompt reused across calls
   // is computed again, as each call is its own run.
-  EngineCore core(model_, cache_,
+  EngineCore core(ranks_, cache_,
                   SchedulerConfig{/*max_num_seqs=*/1, /*max_num_batched_tokens=*/prefill_chunk,
                                   /*enable_prefix_caching=*/false});
   core.runner().set_use_graphs(use_graphs_);

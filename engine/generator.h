@@ -37,6 +37,9 @@ class Generator {
   // request grows and all given back when it ends.
   Generator(models::LlamaModel& model, kvcache::KvCache& cache, const tokenizer::Tokenizer* tok,
             std::vector<int32_t> eos_ids);
+  // Tensor parallelism: every rank's share of the model, rank 0 first (ModelRunner).
+  Generator(std::vector<models::LlamaModel*> ranks, kvcache::KvCache& cache,
+            const tokenizer::Tokenizer* tok, std::vector<int32_t> eos_ids);
 
   // Decode steps replay captured graphs where the backend can (default); off: all eager.
   void set_use_graphs(bool on) { use_graphs_ = on; }
@@ -50,7 +53,7 @@ class Generator {
                                       const std::function<void(std::string_view)>& on_text = {});
 
  private:
-  models::LlamaModel& model_;
+  std::vector<models::LlamaModel*> ranks_;
   kvcache::KvCache& cache_;
   const tokenizer::Tokenizer* tokenizer_;
   std::vector<int32_t> eos_ids_;

@@ -20,7 +20,9 @@ namespace headwise::engine {
 // back to the pool (SequenceKv::MarkCompacted); attention skips the span. Offload heads: the
 // span's keys and values of every offload (layer, KV head) are copied to the host tier of the
 // sequence's slot, whose indexes are then built on a thread of the tier's (the sequence decodes
-// once they are ready: SequenceKv::offload_ready, which the scheduler asks).
+// once they are ready: SequenceKv::offload_ready, which the scheduler asks). With tensor
+// parallelism, every rank's heads are compacted, each from this thread bound to its device in
+// turn, and the thread is left bound to `backend`, rank 0's.
 void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvcache::SequenceKv& kv,
                         int num_tokens);
 

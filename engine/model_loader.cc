@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "core/json_file.h"
+#include "kernels/backend_factory.h"
 #include "models/gguf_file.h"
 #include "tokenizer/gguf_vocab.h"
 
@@ -116,17 +118,70 @@ StatusOr<std::unique_ptr<tokenizer::Tokenizer>> LoadTokenizerFor(const std::stri
   return NotFound("{}: no tokenizer.json, tokenizer.model or GGUF vocabulary", path);
 }
 
+RankDevices RankGroup::devices() const {
+  RankDevices d;
+  for (size_t r = 0; r < backends.size(); ++r) {
+    d.backends.push_back(backends[r].get());
+    d.comms.push_back(r < comms.size() ? comms[r].get() : nullptr);
+  }
+  return d;
+}
+
+StatusOr<RankGroup> CreateRankGroup(const std::string& device, int size, int threads) {
+  if (size < 1) {
+    return InvalidArgument("tensor_parallel_size must be >= 1, got {}", size)
+        .WithField("tensor_parallel_size");
+  }
+  RankGroup group;
+  // CPU ranks share the cores (threads <= 0: all of them).
+  const int all = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
+  const int per_rank = std::max(1, all / size);
+  for (int r = 0; r < size; ++r) {
+    HW_ASSIGN_OR_RETURN(std::unique_ptr<kernels::Backend> be,
+                        kernels::CreateBackend(device, size == 1 ? threads : per_rank, r));
+    group.backends.push_back(std::move(be));
+  }
+  if (size > 1) {
+    std::vector<kernels::Backend*> raw;
+    for (auto& be : group.backends) raw.push_back(be.get());
+    HW_ASSIGN_OR_RETURN(group.comms, kernels::CreateCommunicators(raw));
+  }
+  return group;
+}
+
 StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& options,
                                 kernels::Backend& backend) {
+  return LoadModel(path, options, RankDevices{{&backend}, {nullptr}});
+}
+
+StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& options,
+                                const RankDevices& ranks) {
+  const int num_ranks = static_cast<int>(ranks.backends.size());
+  HW_CHECK(num_ranks >= 1 && ranks.comms.size() == ranks.backends.size(),
+           "{} backends and {} communicators", ranks.backends.size(), ranks.comms.size());
   HW_ASSIGN_OR_RETURN(models::ModelFiles files,
                       models::OpenModel(path, options.format, options.dummy_seed));
   LoadedModel out;
   out.path = files.path;
   out.format = files.format;
-  if (backend.device() == Device::kCpu) HW_RETURN_IF_ERROR(CheckHostMemory(files.config));
-  auto model = models::LlamaModel::Load(files.config, *files.weights, backend);
-  if (!model.ok()) return model.status().WithContext(path);
-  out.model = std::move(model).value();
+  if (const Status s = models::LlamaModel::CheckShardable(files.config, num_ranks); !s.ok()) {
+    return s.WithContext(path);
+  }
+  // The ranks' shares add up to one model: the host holds it once whatever the split.
+  if (ranks.backends.front()->device() == Device::kCpu) {
+    HW_RETURN_IF_ERROR(CheckHostMemory(files.config));
+  }
+  for (int r = 0; r < num_ranks; ++r) {
+    const models::ModelShard shard{r, num_ranks, ranks.comms[static_cast<size_t>(r)]};
+    auto model = models::LlamaModel::Load(files.config, *files.weights,
+                                          *ranks.backends[static_cast<size_t>(r)], shard);
+    if (!model.ok()) return model.status().WithContext(path);
+    if (r == 0) {
+      out.model = std::move(model).value();
+    } else {
+      out.other_ranks.push_back(std::move(model).value());
+    }
+  }
 
   // config.json and generation_config.json's, or the GGUF's eos/eot/eom ids.
   out.eos_token_ids = files.config.eos_token_ids;

@@ -8,6 +8,7 @@
 
 #include "core/status.h"
 #include "kernels/backend.h"
+#include "kernels/communicator.h"
 #include "models/llama_model.h"
 #include "models/weight_source.h"
 #include "tokenizer/tokenizer.h"
@@ -22,7 +23,9 @@ struct LoadOptions {
 };
 
 struct LoadedModel {
-  std::unique_ptr<models::LlamaModel> model;
+  std::unique_ptr<models::LlamaModel> model;  // rank 0's share with tensor parallelism
+  // Tensor parallelism: ranks 1 .. N-1 (models::ModelShard); empty for one rank.
+  std::vector<std::unique_ptr<models::LlamaModel>> other_ranks;
   std::unique_ptr<tokenizer::Tokenizer> tokenizer;  // null when the path has no tokenizer files
   std::string chat_template;                        // empty when the model ships none
   std::vector<int32_t> eos_token_ids;  // config, generation_config and the tokenizer's stop ids
@@ -32,6 +35,28 @@ struct LoadedModel {
 
 StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& options,
                                 kernels::Backend& backend);
+
+// Tensor parallelism: rank r's share of the model on backends[r], reducing through comms[r]
+// (kernels::CreateCommunicators). InvalidArgument, naming the numbers, when the model cannot be
+// split over that many ranks (models::LlamaModel::CheckShardable).
+struct RankDevices {
+  std::vector<kernels::Backend*> backends;
+  std::vector<kernels::Communicator*> comms;
+};
+StatusOr<LoadedModel> LoadModel(const std::string& path, const LoadOptions& options,
+                                const RankDevices& ranks);
+
+// A tensor-parallel group's devices, owned: rank r's backend and its communicator (none for one
+// rank).
+struct RankGroup {
+  std::vector<std::unique_ptr<kernels::Backend>> backends;
+  std::vector<std::unique_ptr<kernels::Communicator>> comms;
+  int size() const { return static_cast<int>(backends.size()); }
+  RankDevices devices() const;
+};
+// `size` backends of `device` ("cuda": GPUs 0 .. size-1, one rank each; "cpu": `threads` split
+// among the ranks) and their communicators (kernels::CreateCommunicators).
+StatusOr<RankGroup> CreateRankGroup(const std::string& device, int size, int threads);
 
 // The tokenizer that belongs to a model path: tokenizer.json (+ tokenizer_config.json) or
 // tokenizer.model in a directory, the vocabulary embedded in a .gguf, or the given file.

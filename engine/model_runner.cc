@@ -7,8 +7,24 @@
 namespace headwise::engine {
 
 ModelRunner::ModelRunner(models::LlamaModel& model, kvcache::KvCache& cache)
-    : model_(model), cache_(cache) {
-  const auto& c = model.config();
+    : ModelRunner(std::vector<models::LlamaModel*>{&model}, cache) {}
+
+ModelRunner::ModelRunner(std::vector<models::LlamaModel*> ranks, kvcache::KvCache& cache)
+    : cache_(cache) {
+  HW_CHECK(!ranks.empty() && static_cast<int>(ranks.size()) == cache.num_ranks(),
+           "{} model ranks for a KV cache of {} ranks", ranks.size(), cache.num_ranks());
+  std::vector<kernels::Backend*> backends;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    const models::ModelShard& shard = ranks[r]->shard();
+    HW_CHECK(shard.rank == static_cast<int>(r) && shard.size == static_cast<int>(ranks.size()),
+             "model rank {} of {} given as rank {} of {}", shard.rank, shard.size, r, ranks.size());
+    Rank& rank = ranks_.emplace_back();
+    rank.model = ranks[r];
+    rank.index = static_cast<int>(r);
+    backends.push_back(&ranks[r]->backend());
+  }
+  threads_ = std::make_unique<RankThreads>(std::move(backends));
+  const auto& c = model().config();
   const auto& kv = cache.config();
   HW_CHECK(kv.num_layers == c.num_layers && kv.num_kv_heads == c.num_kv_heads &&
                kv.head_dim == c.head_dim,
@@ -104,22 +120,23 @@ ModelRunner::Step ModelRunner::Pack(std::span<const BatchEntry> batch, int pad_s
     }
     step.seq_token = std::move(seq_token);
     step.select_max_len = step.tables.max_blocks * page_size;
-    step.select_heads = model_.config().num_heads;
+    step.select_heads = model().num_heads();
   }
   HW_CHECK(!step.offload || step.tables.select, "offload heads in a cache without selection");
   step.tables_offset = step.tables.AppendTo(step.data);
   return step;
 }
 
-void ModelRunner::Upload(const Step& step, kernels::Buffer& data) {
-  kernels::Backend& be = model_.backend();
+void ModelRunner::Upload(const Rank& rank, const Step& step, kernels::Buffer& data) {
+  kernels::Backend& be = rank.model->backend();
   if (data.empty() || data.view().numel() < static_cast<int64_t>(step.data.size())) {
     data = be.Allocate(DType::kI32, {static_cast<int64_t>(step.data.size()) * 2});
   }
   be.CopyFromHost(data.view(), step.data.data(), step.data.size() * sizeof(int32_t));
 }
 
-Tensor ModelRunner::Run(const Step& step, const kernels::Buffer& data) {
+Tensor ModelRunner::Run(Rank& rank, const Step& step, const kernels::Buffer& data) {
+  models::LlamaModel& model = *rank.model;
   const Tensor all = data.view();
   int64_t offset = 0;
   auto next = [&](int64_t n) {
@@ -143,9 +160,9 @@ Tensor ModelRunner::Run(const Step& step, const kernels::Buffer& data) {
     in.select_layers = select_layers_;
     in.page_layers = page_layers_;
   }
-  if (step.offload) {
-    const int64_t hq = model_.config().num_heads, d = model_.config().head_dim;
-    kernels::Backend& be = model_.backend();
+  if (step.offload) {  // one rank (KvCache refuses offload heads over several)
+    const int64_t hq = model.num_heads(), d = model.config().head_dim;
+    kernels::Backend& be = model.backend();
     if (offload_lse_.empty() || offload_lse_.view().numel() < step.num_seqs * hq) {
       offload_out_ = be.Allocate(DType::kF32, {step.num_seqs * hq * d});
       offload_lse_ = be.Allocate(DType::kF32, {step.num_seqs * hq});
@@ -160,19 +177,19 @@ Tensor ModelRunner::Run(const Step& step, const kernels::Buffer& data) {
                             {step.num_seqs, hq});
   }
   in.max_query_len = step.max_query_len;
-  in.pool = cache_.pool_view();
+  in.pool = cache_.pool_view(rank.index);
   const kvcache::StepTables::DeviceViews views = step.tables.Views(all, step.tables_offset);
-  layer_tables_.clear();
-  for (int l = 0; l < model_.config().num_layers; ++l) {
-    layer_tables_.push_back(cache_.LayerTable(l, views));
+  rank.layer_tables.clear();
+  for (int l = 0; l < model.config().num_layers; ++l) {
+    rank.layer_tables.push_back(cache_.LayerTable(l, views, rank.index));
   }
-  in.layer_tables = layer_tables_;
-  return model_.Run(in);
+  in.layer_tables = rank.layer_tables;
+  return model.Run(in);
 }
 
 void ModelRunner::OffloadLayer(const Step& step, const Tensor& host_rows, int layer,
                                const Tensor& q) {
-  kernels::Backend& be = model_.backend();
+  kernels::Backend& be = model().backend();
   kvcache::OffloadTier& tier = *cache_.offload_tier();
   const int64_t hq = q.dim(1), d = q.dim(2), rows = host_rows.numel();
   const auto row = static_cast<size_t>(hq * d);
@@ -204,7 +221,7 @@ int ModelRunner::GraphBatchBucket(int num_seqs) {
 }
 
 Tensor ModelRunner::Forward(std::span<const BatchEntry> batch) {
-  kernels::Backend& be = model_.backend();
+  kernels::Backend& be = model().backend();
   const int num_seqs = static_cast<int>(batch.size());
   const bool decode_only = std::all_of(batch.begin(), batch.end(), [](const BatchEntry& e) {
     return e.tokens.size() == 1 && !e.all_logits;
@@ -216,13 +233,19 @@ Tensor ModelRunner::Forward(std::span<const BatchEntry> batch) {
                          return cache_.layout(e.kv->layout()).offload.has_value();
                        });
   if (!use_graphs_ || !be.SupportsCapture() || !decode_only || bucket == 0 ||
-      model_.has_attention_observer() || offload) {
+      model().has_attention_observer() || offload) {
     const Step step = Pack(batch, 0, 0);
-    if (model_.EnsureWorkspace(step.num_tokens, step.num_rows, step.score_elems())) {
-      graphs_.clear();
-    }
-    Upload(step, data_);
-    return Run(step, data_);
+    Tensor logits;
+    threads_->Run([&](int r) {
+      Rank& rank = ranks_[static_cast<size_t>(r)];
+      if (rank.model->EnsureWorkspace(step.num_tokens, step.num_rows, step.score_elems())) {
+        rank.graphs.clear();
+      }
+      Upload(rank, step, rank.data);
+      const Tensor out = Run(rank, step, rank.data);
+      if (r == 0) logits = out;
+    });
+    return logits;
   }
   // Decode steps replay a graph per (batch bucket, block-table width): sequences and table
   // columns are padded up to the bucket, and the kernels take lengths from the inputs. Which
@@ -236,28 +259,32 @@ Tensor ModelRunner::Forward(std::span<const BatchEntry> batch) {
   while (width < max_blocks) width *= 2;
   const Step step = Pack(batch, bucket, width);
   HW_CHECK_EQ(step.tables.max_blocks, width);
-  // Graphs hold the buffers they were recorded with.
-  if (model_.EnsureWorkspace(step.num_tokens, step.num_rows, step.score_elems())) {
-    graphs_.clear();
-  }
-  DecodeGraph& graph = graphs_[{bucket, width}];
-  Upload(step, graph.data);
-  if (graph.ops == nullptr) {
-    // One eager run sizes every backend scratch buffer, then the same launches are recorded.
-    Run(step, graph.data);
-    be.BeginCapture();
-    Run(step, graph.data);
-    graph.ops = be.EndCapture();
-  } else {
-    graph.ops->Replay();
-  }
-  return model_.logits(num_seqs);
+  threads_->Run([&](int r) {
+    Rank& rank = ranks_[static_cast<size_t>(r)];
+    kernels::Backend& rank_be = rank.model->backend();
+    // Graphs hold the buffers they were recorded with.
+    if (rank.model->EnsureWorkspace(step.num_tokens, step.num_rows, step.score_elems())) {
+      rank.graphs.clear();
+    }
+    DecodeGraph& graph = rank.graphs[{bucket, width}];
+    Upload(rank, step, graph.data);
+    if (graph.ops == nullptr) {
+      // One eager run sizes every backend scratch buffer, then the same launches are recorded.
+      Run(rank, step, graph.data);
+      rank_be.BeginCapture();
+      Run(rank, step, graph.data);
+      graph.ops = rank_be.EndCapture();
+    } else {
+      graph.ops->Replay();
+    }
+  });
+  return model().logits(num_seqs);
 }
 
 std::vector<float> ModelRunner::ForwardToHost(std::span<const BatchEntry> batch) {
   const Tensor logits = Forward(batch);
   std::vector<float> host(static_cast<size_t>(logits.numel()));
-  model_.backend().CopyToHost(host.data(), logits, host.size() * sizeof(float));
+  model().backend().CopyToHost(host.data(), logits, host.size() * sizeof(float));
   return host;
 }
 

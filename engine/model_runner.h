@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "engine/rank_threads.h"
 #include "kvcache/kv_cache.h"
 #include "models/llama_model.h"
 
@@ -29,11 +30,18 @@ struct BatchEntry {
 class ModelRunner {
  public:
   ModelRunner(models::LlamaModel& model, kvcache::KvCache& cache);
+  // Tensor parallelism: ranks[r] is rank r's share of the model (models::ModelShard), on the
+  // backend of the cache's rank r. Every step runs on all ranks at once (engine/rank_threads.h),
+  // from the one packed step; the logits are rank 0's.
+  ModelRunner(std::vector<models::LlamaModel*> ranks, kvcache::KvCache& cache);
 
-  models::LlamaModel& model() const { return model_; }
+  // Rank 0's share of the model (the whole model without tensor parallelism): its backend
+  // holds the logits and samples.
+  models::LlamaModel& model() const { return *ranks_.front().model; }
   kvcache::KvCache& cache() const { return cache_; }
+  int num_ranks() const { return static_cast<int>(ranks_.size()); }
 
-  // Runs the batch and returns logits [R, V] f32 on the backend's device, R = the entries'
+  // Runs the batch and returns logits [R, V] f32 on rank 0's device, R = the entries'
   // logit rows in order. The view stays valid until the next Forward.
   Tensor Forward(std::span<const BatchEntry> batch);
   // Forward, then the logits copied to the host.
@@ -78,22 +86,29 @@ class ModelRunner {
     kernels::Buffer data;  // the graph reads its inputs here; refreshed before each replay
     std::unique_ptr<kernels::CapturedOps> ops;
   };
+  // What each tensor-parallel rank runs a step with, on its backend.
+  struct Rank {
+    models::LlamaModel* model = nullptr;
+    int index = 0;
+    kernels::Buffer data;  // the eager steps' inputs
+    std::vector<kernels::BlockTable> layer_tables;
+    std::map<std::pair<int, int>, DecodeGraph> graphs;  // by (batch bucket, table width)
+  };
 
   // Pads to pad_seqs sequences (extra ones are one padding token each at position -1) and
   // pad_blocks table columns.
   Step Pack(std::span<const BatchEntry> batch, int pad_seqs, int pad_blocks) const;
-  void Upload(const Step& step, kernels::Buffer& data);
-  // Issues the forward pass of `step`, whose inputs are in `data`.
-  Tensor Run(const Step& step, const kernels::Buffer& data);
+  void Upload(const Rank& rank, const Step& step, kernels::Buffer& data);
+  // Issues rank's forward pass of `step`, whose inputs are in `data` on its backend.
+  Tensor Run(Rank& rank, const Step& step, const kernels::Buffer& data);
   // The host tier's part of an offload layer (StepInputs::offload_host): the q rows the host
   // reads gathered on the device and brought over, the training queries kept, the retrieving
   // sequences' (o, lse) uploaded.
   void OffloadLayer(const Step& step, const Tensor& host_rows, int layer, const Tensor& q);
 
-  models::LlamaModel& model_;
+  std::vector<Rank> ranks_;
   kvcache::KvCache& cache_;
-  kernels::Buffer data_;  // the eager steps' inputs
-  std::vector<kernels::BlockTable> layer_tables_;
+  std::unique_ptr<RankThreads> threads_;
   std::vector<char> select_layers_, page_layers_;  // per layer (KvCache::layer_selects)
   std::vector<char> offload_layers_;               // per layer (KvCache::layer_offloads)
   // Offload steps: the host's results on the device, and host scratch.
@@ -101,7 +116,6 @@ class ModelRunner {
   std::vector<float> q_host_, out_host_, lse_host_;
   std::vector<uint16_t> raw_;
   bool use_graphs_ = true;
-  std::map<std::pair<int, int>, DecodeGraph> graphs_;  // by (batch bucket, table width)
 };
 
 }  // namespace headwise::engine

@@ -344,6 +344,10 @@ class Backend {
   virtual void CopyOnDevice(const Tensor& dst, const Tensor& src, size_t bytes) = 0;
   // Waits for queued work (no-op on the CPU).
   virtual void Synchronize() = 0;
+  // Makes the calling thread issue operations to this backend's device (CUDA: its GPU current).
+  // A thread that launches operations calls it first when a process drives several devices
+  // (tensor parallelism); memory operations (Allocate, copies, LoadWeight) work from any thread.
+  virtual void BindThread() {}
 
   // --- capture ---
   // Operations issued between BeginCapture and EndCapture are recorded, not run; EndCapture
@@ -354,8 +358,11 @@ class Backend {
   virtual std::unique_ptr<CapturedOps> EndCapture() { return nullptr; }
 
   // --- operations ---
-  // out[t] = table[ids[t]].  table [V, H], ids [T], out [T, H]
-  virtual void Embedding(const Tensor& table, const Tensor& ids, const Tensor& out) = 0;
+  // out[t] = table[ids[t] - first_id] where 0 <= ids[t] - first_id < V_s, else zeros.
+  // table [V_s, H] (the whole vocabulary, or a tensor-parallel rank's rows first_id .. first_id +
+  // V_s - 1), ids [T], out [T, H]
+  virtual void Embedding(const Tensor& table, const Tensor& ids, int32_t first_id,
+                         const Tensor& out) = 0;
   // out = x / rms(x) * weight.  x, out [T, H], weight [H]
   virtual void RmsNorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) = 0;
   // residual += x; out = RmsNorm(residual).  The pre-norm block boundary in one pass.

@@ -10,7 +10,8 @@
 namespace headwise::kernels {
 
 // "cpu" (threads <= 0: all cores) or "cuda" (when built with the CUDA backend and a GPU is
-// present); anything else is InvalidArgument.
-StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device, int threads = 0);
+// present; GPU `device_index`); anything else is InvalidArgument.
+StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device, int threads = 0,
+                                                 int device_index = 0);
 
 }  // namespace headwise::kernels

@@ -68,38 +68,67 @@ UploadedTables::UploadedTables(const KvCache& cache, std::span<const SequenceKv*
 
 KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
                  kernels::Backend& backend)
-    : config_(config), backend_(&backend) {
+    : KvCache(config, std::move(layouts), std::array<kernels::Backend*, 1>{&backend}) {}
+
+std::array<int, 3> KvCache::KindPages(const KvCacheConfig& config, const KvLayout& layout,
+                                      std::vector<int32_t>* head_page) {
+  const int hkv = config.num_kv_heads, per_rank = hkv / config.num_ranks;
+  std::vector<std::array<int, 3>> counts(static_cast<size_t>(config.num_ranks), {0, 0, 0});
+  if (head_page != nullptr) head_page->assign(static_cast<size_t>(config.num_layers * hkv), 0);
+  // Pages inside a block in (layer, head) order per kind and rank, so layouts whose heads are
+  // all full storage share one page order and their prefix-cached blocks.
+  for (int l = 0; l < config.num_layers; ++l) {
+    for (int h = 0; h < hkv; ++h) {
+      const KindRole role = RoleOf(layout.At(l, h));
+      const int page = counts[static_cast<size_t>(h / per_rank)][role]++;
+      if (head_page != nullptr) (*head_page)[static_cast<size_t>(l * hkv + h)] = page;
+    }
+  }
+  std::array<int, 3> pages = {0, 0, 0};
+  for (const auto& c : counts) {
+    for (int role = 0; role < 3; ++role) pages[role] = std::max(pages[role], c[role]);
+  }
+  return pages;
+}
+
+KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
+                 std::span<kernels::Backend* const> rank_backends)
+    : config_(config), backend_(rank_backends.empty() ? nullptr : rank_backends.front()) {
   HW_CHECK(config.page_size > 0 && config.head_dim > 0 && config.num_pages >= 0 &&
                config.chunk_tokens >= 0,
            "page_size {} head_dim {} num_pages {} chunk_tokens {}", config.page_size,
            config.head_dim, config.num_pages, config.chunk_tokens);
   HW_CHECK(!layouts.empty(), "a KV cache needs at least one layout");
+  HW_CHECK(config.num_ranks >= 1 && static_cast<int>(rank_backends.size()) == config.num_ranks &&
+               config.num_kv_heads % config.num_ranks == 0,
+           "{} KV heads over {} ranks with {} backends", config.num_kv_heads, config.num_ranks,
+           rank_backends.size());
+  kernels::Backend& backend = *backend_;
   const int num_layers = config.num_layers, hkv = config.num_kv_heads;
   const int ps = config.page_size;
-  max_full_heads_.assign(static_cast<size_t>(num_layers), 0);
+  const int per_rank = hkv / config.num_ranks;
+  max_full_heads_.assign(static_cast<size_t>(config.num_ranks * num_layers), 0);
   max_ring_span_.assign(static_cast<size_t>(num_layers), 0);
   for (KvLayout& layout : layouts) {
     const Status valid = layout.Validate(num_layers, hkv);
     HW_CHECK(valid.ok(), "{}", valid.message());
     LayoutInfo& info = layouts_.emplace_back();
-    info.head_page.assign(layout.heads.size(), 0);
-    // Pages inside a block in (layer, head) order per kind, so layouts whose heads are all full
-    // storage share one page order and their prefix-cached blocks.
+    const std::array<int, 3> pages = KindPages(config, layout, &info.head_page);
+    std::copy(pages.begin(), pages.end(), info.kind_pages);
+    std::vector<int> full_heads(max_full_heads_.size(), 0);  // by (rank, layer)
     for (int l = 0; l < num_layers; ++l) {
-      int full_heads = 0;
       for (int h = 0; h < hkv; ++h) {
         const KvRetention& r = layout.At(l, h);
-        const KindRole role = r.ring() ? kRing : r.compacts() ? kComp : kFull;
-        info.head_page[static_cast<size_t>(l * hkv + h)] = info.kind_pages[role]++;
-        full_heads += role == kRing ? 0 : 1;
+        if (!r.ring()) ++full_heads[static_cast<size_t>((h / per_rank) * num_layers + l)];
         if (r.ring()) {
           max_ring_span_[static_cast<size_t>(l)] =
               std::max(max_ring_span_[static_cast<size_t>(l)], r.sink + r.window);
         }
         has_reindex_ = has_reindex_ || r.reindex();
       }
-      max_full_heads_[static_cast<size_t>(l)] =
-          std::max(max_full_heads_[static_cast<size_t>(l)], full_heads);
+    }
+    for (size_t i = 0; i < full_heads.size(); ++i) {
+      max_full_heads_[i] = std::max(max_full_heads_[i], full_heads[i]);
     }
     if (info.kind_pages[kRing] > 0) {
       has_ring_ = true;
@@ -127,8 +156,10 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
   // layouts, their selection rules in the same order.
   const bool selecting = std::any_of(layouts_.begin(), layouts_.end(),
                                      [](const LayoutInfo& i) { return i.layout.selects_any(); });
-  std::vector<int32_t> heads, selects;
-  heads.reserve(static_cast<size_t>(num_layers) * layouts_.size() * hkv * kernels::kKvHeadInts);
+  HW_CHECK(!selecting || config.num_ranks == 1,
+           "decode-time selection and offload heads run on one rank, not {}", config.num_ranks);
+  std::vector<std::vector<int32_t>> heads(static_cast<size_t>(config.num_ranks));
+  std::vector<int32_t> selects;
   if (selecting) {
     select_layers_.assign(static_cast<size_t>(num_layers), 0);
     page_layers_.assign(static_cast<size_t>(num_layers), 0);
@@ -144,7 +175,8 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
         if (info.layout.selects_any()) sel = info.layout.SelectAt(l, h);
         head.decode = sel.decode;
         const auto* ints = reinterpret_cast<const int32_t*>(&head);
-        heads.insert(heads.end(), ints, ints + kernels::kKvHeadInts);
+        auto& rank_heads = heads[static_cast<size_t>(h / per_rank)];
+        rank_heads.insert(rank_heads.end(), ints, ints + kernels::kKvHeadInts);
         if (!selecting) continue;
         const auto* sel_ints = reinterpret_cast<const int32_t*>(&sel);
         selects.insert(selects.end(), sel_ints, sel_ints + kernels::kKvSelectInts);
@@ -156,14 +188,13 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
       }
     }
   }
-  auto upload = [&backend](const std::vector<int32_t>& host) {
-    kernels::Buffer b = backend.Allocate(DType::kI32, {static_cast<int64_t>(host.size())});
-    backend.CopyFromHost(b.view(), host.data(), host.size() * sizeof(int32_t));
+  auto upload = [](kernels::Backend& be, const std::vector<int32_t>& host) {
+    kernels::Buffer b = be.Allocate(DType::kI32, {static_cast<int64_t>(host.size())});
+    be.CopyFromHost(b.view(), host.data(), host.size() * sizeof(int32_t));
     return b;
   };
-  if (!heads.empty()) heads_ = upload(heads);
   if (selecting) {
-    selects_ = upload(selects);
+    selects_ = upload(backend, selects);
     AllocateSelectState(backend);
   }
   if (std::any_of(layouts_.begin(), layouts_.end(),
@@ -173,16 +204,22 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
                           config.attention_scale, config.select_slots, config.offload_threads,
                           config.offload_host_bytes, backend.kv_dtype() == DType::kBF16});
   }
-  if (has_reindex_) {
-    const auto& f = config.rope_inv_freq;
-    HW_CHECK(static_cast<int>(f.size()) * 2 == config.head_dim,
-             "re-indexed heads need {} rotary frequencies, the config has {}", config.head_dim / 2,
-             f.size());
-    rope_inv_freq_ = backend.Allocate(DType::kF32, {static_cast<int64_t>(f.size())});
-    backend.CopyFromHost(rope_inv_freq_.view(), f.data(), f.size() * sizeof(float));
+  const auto& f = config.rope_inv_freq;
+  HW_CHECK(!has_reindex_ || static_cast<int>(f.size()) * 2 == config.head_dim,
+           "re-indexed heads need {} rotary frequencies, the config has {}", config.head_dim / 2,
+           f.size());
+  for (int r = 0; r < config.num_ranks; ++r) {
+    RankPool& rank = ranks_.emplace_back();
+    kernels::Backend& be = *rank_backends[static_cast<size_t>(r)];
+    rank.backend = &be;
+    rank.heads = upload(be, heads[static_cast<size_t>(r)]);
+    if (has_reindex_) {
+      rank.rope_inv_freq = be.Allocate(DType::kF32, {static_cast<int64_t>(f.size())});
+      be.CopyFromHost(rank.rope_inv_freq.view(), f.data(), f.size() * sizeof(float));
+    }
+    rank.k_pool = be.Allocate(be.kv_dtype(), {config.num_pages, ps, config.head_dim});
+    rank.v_pool = be.Allocate(be.kv_dtype(), {config.num_pages, ps, config.head_dim});
   }
-  k_pool_ = backend.Allocate(backend.kv_dtype(), {config.num_pages, ps, config.head_dim});
-  v_pool_ = backend.Allocate(backend.kv_dtype(), {config.num_pages, ps, config.head_dim});
   if (std::any_of(page_layers_.begin(), page_layers_.end(), [](char c) { return c != 0; })) {
     kmin_ = backend.Allocate(backend.kv_dtype(), {config.num_pages, config.head_dim});
     kmax_ = backend.Allocate(backend.kv_dtype(), {config.num_pages, config.head_dim});
@@ -325,8 +362,9 @@ int KvCache::KindFor(int pages, bool lowest_first) {
   return static_cast<int>(kinds_.size()) - 1;
 }
 
-kernels::KvPoolView KvCache::pool_view() const {
-  kernels::KvPoolView view{k_pool_.view(), v_pool_.view(), config_.page_size};
+kernels::KvPoolView KvCache::pool_view(int rank) const {
+  const RankPool& pool = ranks_.at(static_cast<size_t>(rank));
+  kernels::KvPoolView view{pool.k_pool.view(), pool.v_pool.view(), config_.page_size};
   if (has_page_bounds()) {
     view.kmin = kmin_.view();
     view.kmax = kmax_.view();
@@ -355,9 +393,8 @@ size_t KvCache::PageBytes(const KvCacheConfig& config, DType dtype, bool page_bo
 
 int KvCache::PagesForSequence(const KvCacheConfig& config, const KvLayout& layout, int tokens) {
   const int ps = config.page_size;
-  const int full = layout.CountStorage(kernels::kStorageFull);
-  const int comp = layout.CountCompacting();
-  const int ring = layout.CountStorage(kernels::kStorageRing);
+  const std::array<int, 3> kind_pages = KindPages(config, layout);
+  const int full = kind_pages[kFull], comp = kind_pages[kComp], ring = kind_pages[kRing];
   int pages = CeilDiv(tokens, ps) * (full + comp);
   if (ring > 0) {
     const KvRetention r = layout.ring();
@@ -436,20 +473,22 @@ StepTables KvCache::BuildStepTables(std::span<const SequenceKv* const> seqs, int
   return t;
 }
 
-kernels::BlockTable KvCache::LayerTable(int layer, const StepTables::DeviceViews& step) const {
+kernels::BlockTable KvCache::LayerTable(int layer, const StepTables::DeviceViews& step,
+                                        int rank) const {
   HW_CHECK(layer >= 0 && layer < config_.num_layers, "layer {} of {}", layer, config_.num_layers);
+  const RankPool& pool = ranks_.at(static_cast<size_t>(rank));
   kernels::BlockTable table;
-  const int64_t per_layer =
-      static_cast<int64_t>(layouts_.size()) * config_.num_kv_heads * kernels::kKvHeadInts;
-  table.heads =
-      Tensor(heads_.view().ptr<int32_t>() + layer * per_layer, DType::kI32, heads_.view().device,
-             {static_cast<int64_t>(layouts_.size()), config_.num_kv_heads, kernels::kKvHeadInts});
+  const int64_t hkv = rank_kv_heads();
+  const int64_t per_layer = static_cast<int64_t>(layouts_.size()) * hkv * kernels::kKvHeadInts;
+  table.heads = Tensor(pool.heads.view().ptr<int32_t>() + layer * per_layer, DType::kI32,
+                       pool.heads.view().device,
+                       {static_cast<int64_t>(layouts_.size()), hkv, kernels::kKvHeadInts});
   table.seq_layout = step.seq_layout;
   table.blocks = step.blocks;
   table.ring_blocks = step.ring_blocks;
   table.comp_blocks = step.comp_blocks;
   table.comp_from = step.comp_from;
-  if (has_reindex_) table.rope_inv_freq = rope_inv_freq_.view();
+  if (has_reindex_) table.rope_inv_freq = pool.rope_inv_freq.view();
   if (has_select_heads()) {
     const int64_t per_layer_sel =
         static_cast<int64_t>(layouts_.size()) * config_.num_kv_heads * kernels::kKvSelectInts;
@@ -458,7 +497,7 @@ kernels::BlockTable KvCache::LayerTable(int layer, const StepTables::DeviceViews
         selects_.view().ptr<int32_t>() + layer * per_layer_sel, DType::kI32, selects_.view().device,
         {static_cast<int64_t>(layouts_.size()), config_.num_kv_heads, kernels::kKvSelectInts});
   }
-  table.max_full_heads = max_full_heads_[static_cast<size_t>(layer)];
+  table.max_full_heads = max_full_heads_[static_cast<size_t>(rank * config_.num_layers + layer)];
   table.max_ring_span = max_ring_span_[static_cast<size_t>(layer)];
   return table;
 }

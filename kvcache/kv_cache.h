@@ -30,6 +30,7 @@
 // tokens, so a hash collision cannot serve another prompt's KV.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <list>
 #include <optional>
@@ -66,6 +67,12 @@ struct KvCacheConfig {
   float attention_scale = 1.0f;
   int offload_threads = 1;
   int64_t offload_host_bytes = 0;  // the host tier's budget (OffloadTierConfig); 0: no limit
+  // Tensor parallelism (models::ModelShard): rank r holds KV heads [r * Hkv / N, (r + 1) * Hkv /
+  // N) in a pool of its own, on its backend. Every rank's pool has num_pages pages, numbered
+  // alike: a block is the same page ids on every rank, each holding its own heads' pages there,
+  // so a block holds on each rank as many pages as the rank with the most heads of its kind
+  // needs. Decode-time selection and offload heads run on one rank only.
+  int num_ranks = 1;
 };
 
 struct PrefixCacheStats {
@@ -108,11 +115,23 @@ class KvCache {
   // One layout (index 0).
   KvCache(const KvCacheConfig& config, KvLayout layout, kernels::Backend& backend)
       : KvCache(config, std::vector<KvLayout>{std::move(layout)}, backend) {}
+  // Tensor parallelism: rank r's pool and head tables on rank_backends[r] (config.num_ranks of
+  // them). The KV heads must split evenly over the ranks.
+  KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
+          std::span<kernels::Backend* const> rank_backends);
 
   const KvCacheConfig& config() const { return config_; }
   int num_layouts() const { return static_cast<int>(layouts_.size()); }
   const KvLayout& layout(int id) const { return layouts_[static_cast<size_t>(id)].layout; }
-  kernels::KvPoolView pool_view() const;
+  int num_ranks() const { return config_.num_ranks; }
+  // Rank `rank`'s KV heads (KvCacheConfig::num_ranks): its pool and head tables cover them only,
+  // numbered from 0 there.
+  int rank_kv_heads() const { return config_.num_kv_heads / config_.num_ranks; }
+  // The backend rank `rank`'s pool lives on.
+  kernels::Backend& backend(int rank = 0) const {
+    return *ranks_.at(static_cast<size_t>(rank)).backend;
+  }
+  kernels::KvPoolView pool_view(int rank = 0) const;
   // Some layout has ring / compress-once / re-indexed heads.
   bool has_ring_heads() const { return has_ring_; }
   bool has_compressed_heads() const { return has_comp_; }
@@ -145,7 +164,8 @@ class KvCache {
   // not longer than the layout's select_min_len).
   int32_t SelectSlotFor(const SequenceKv& kv, int num_keys) const;
 
-  // Page of (layer, kv_head) of `layout` inside a block of its kind (kernels::KvHead::page).
+  // Page of (layer, kv_head) of `layout` inside a block of its kind (kernels::KvHead::page), in
+  // the pool of the rank holding the head.
   int HeadPage(int layout, int layer, int kv_head) const;
   // Pages of a block of each kind for `layout`: one per head of that storage.
   int full_pages(int layout) const { return Info(layout).kind_pages[kFull]; }
@@ -188,9 +208,11 @@ class KvCache {
   // them are left out).
   StepTables BuildStepTables(std::span<const SequenceKv* const> seqs, int num_seqs,
                              int max_blocks) const;
-  // What the kernels read for `layer`: the step's tables (StepTables::Views) and the cache's
-  // constant ones (the layer's head table; the rotary frequencies when some head re-indexes).
-  kernels::BlockTable LayerTable(int layer, const StepTables::DeviceViews& step) const;
+  // What the kernels read for `layer`: the step's tables (StepTables::Views), uploaded to the
+  // rank's backend, and the cache's constant ones there (the layer's head table over the rank's
+  // KV heads; the rotary frequencies when some head re-indexes).
+  kernels::BlockTable LayerTable(int layer, const StepTables::DeviceViews& step,
+                                 int rank = 0) const;
 
   // Bytes of K+V per page, for turning a memory budget into a page count; with page_bounds, also
   // the page's key bounds (Quest: 2 * head_dim values).
@@ -250,6 +272,14 @@ class KvCache {
   };
 
   const LayoutInfo& Info(int layout) const { return layouts_[static_cast<size_t>(layout)]; }
+  static KindRole RoleOf(const KvRetention& r) {
+    return r.ring() ? kRing : r.compacts() ? kComp : kFull;
+  }
+  // Pages of a block of each kind (KindRole) for `layout`: its heads of that kind on one rank,
+  // the most of any rank (KvCacheConfig::num_ranks); with their page inside the block, by
+  // (layer * Hkv + head), when head_page is given.
+  static std::array<int, 3> KindPages(const KvCacheConfig& config, const KvLayout& layout,
+                                      std::vector<int32_t>* head_page = nullptr);
   void AllocateSelectState(kernels::Backend& backend);
   // A selection slot reset to "no set yet", or none when every slot is held.
   // With offload heads in `layout`, the slot's host tier state starts anew (and ends on Give).
@@ -277,12 +307,16 @@ class KvCache {
   std::vector<BlockKind> kinds_;
   int prefix_kind_ = -1;  // the full kind of all-full layouts (prefix cached); -1: none
   bool has_ring_ = false, has_comp_ = false, has_reindex_ = false, has_recycle_ = false;
-  kernels::Buffer k_pool_;
-  kernels::Buffer v_pool_;
-  // kernels::KvHead of every (layer, layout, KV head), i32 [L, layouts, Hkv, kKvHeadInts]:
-  // constant for the cache's life, uploaded once.
-  kernels::Buffer heads_;
-  kernels::Buffer rope_inv_freq_;  // f32 [D/2], with re-indexed heads
+  // What each tensor-parallel rank holds on its backend (one rank without tensor parallelism).
+  struct RankPool {
+    kernels::Backend* backend = nullptr;
+    kernels::Buffer k_pool, v_pool;
+    // kernels::KvHead of every (layer, layout, KV head of the rank), i32 [L, layouts, Hkv / N,
+    // kKvHeadInts]: constant for the cache's life, uploaded once.
+    kernels::Buffer heads;
+    kernels::Buffer rope_inv_freq;  // f32 [D/2], with re-indexed heads
+  };
+  std::vector<RankPool> ranks_;
   // kernels::KvSelect of every (layer, layout, KV head), i32 [L, layouts, Hkv, kKvSelectInts],
   // with selecting heads; uploaded once.
   kernels::Buffer selects_;
@@ -295,7 +329,8 @@ class KvCache {
   std::vector<int32_t> free_slots_;  // selection slots nobody holds, the lowest last
   std::unique_ptr<OffloadTier> offload_tier_;
   kernels::Backend* backend_ = nullptr;
-  std::vector<int> max_full_heads_, max_ring_span_;  // per layer, over the layouts
+  // Over the layouts: per (rank, layer) the most full heads, per layer the longest ring.
+  std::vector<int> max_full_heads_, max_ring_span_;
 
   bool prefix_caching_ = true;
   std::vector<Block> blocks_;  // one per block id of the prefix kind

@@ -37,13 +37,68 @@ HostTensor ConcatRows(const std::vector<HostTensor>& parts) {
   return out;
 }
 
+// Rows [first, first + count) of a matrix or vector, as a view of the same memory; rows past the
+// end (a padded vocabulary share) come as zeros, in a copy.
+HostTensor SliceRows(const HostTensor& t, int64_t first, int64_t count) {
+  const int64_t rows = t.shape.dim(0), cols = t.shape.rank == 2 ? t.shape.dim(1) : 1;
+  HostTensor out;
+  out.shape = t.shape.rank == 2 ? Tensor(nullptr, DType::kF32, Device::kCpu, {count, cols})
+                                : Tensor(nullptr, DType::kF32, Device::kCpu, {count});
+  if (first + count <= rows) {
+    out.data = t.data + first * cols;
+    out.keepalive = t.keepalive;
+    return out;
+  }
+  auto storage = std::make_shared<std::vector<float>>(static_cast<size_t>(count * cols), 0.0f);
+  const int64_t have = std::max<int64_t>(0, rows - first);
+  std::copy(t.data + first * cols, t.data + (first + have) * cols, storage->data());
+  out.data = storage->data();
+  out.keepalive = storage;
+  return out;
+}
+
+// Columns [first, first + count) of a matrix, copied.
+HostTensor SliceColumns(const HostTensor& t, int64_t first, int64_t count) {
+  const int64_t rows = t.shape.dim(0), cols = t.shape.dim(1);
+  auto storage = std::make_shared<std::vector<float>>(static_cast<size_t>(rows * count));
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy(t.data + r * cols + first, t.data + r * cols + first + count,
+              storage->data() + r * count);
+  }
+  HostTensor out;
+  out.data = storage->data();
+  out.keepalive = storage;
+  out.shape = Tensor(nullptr, DType::kF32, Device::kCpu, {rows, count});
+  return out;
+}
+
 }  // namespace
+
+Status LlamaModel::CheckShardable(const ModelConfig& config, int size) {
+  if (size < 1) return InvalidArgument("tensor-parallel size {} must be at least 1", size);
+  const std::pair<const char*, int> dims[] = {{"attention heads", config.num_heads},
+                                              {"KV heads", config.num_kv_heads},
+                                              {"intermediate size", config.intermediate_size}};
+  for (const auto& [what, n] : dims) {
+    if (n % size != 0) {
+      return InvalidArgument("tensor-parallel size {} does not divide the model's {} {}", size, n,
+                             what);
+    }
+  }
+  return Status::Ok();
+}
 
 StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const ModelConfig& config,
                                                        WeightSource& weights,
-                                                       kernels::Backend& backend) {
+                                                       kernels::Backend& backend,
+                                                       const ModelShard& shard) {
   HW_RETURN_IF_ERROR(config.Validate());
-  std::unique_ptr<LlamaModel> model(new LlamaModel(config, backend));
+  HW_RETURN_IF_ERROR(CheckShardable(config, shard.size));
+  HW_CHECK(shard.rank >= 0 && shard.rank < shard.size, "rank {} of {}", shard.rank, shard.size);
+  HW_CHECK(shard.size == 1 || (shard.comm != nullptr && shard.comm->size() == shard.size &&
+                               shard.comm->rank() == shard.rank),
+           "rank {} of {} needs its communicator", shard.rank, shard.size);
+  std::unique_ptr<LlamaModel> model(new LlamaModel(config, backend, shard));
   HW_RETURN_IF_ERROR(model->LoadWeights(weights));
   return model;
 }
@@ -53,6 +108,12 @@ Status LlamaModel::LoadWeights(WeightSource& weights) {
   const int64_t hidden = c.hidden_size, head_dim = c.head_dim;
   const int64_t q_dim = int64_t{c.num_heads} * head_dim,
                 kv_dim = int64_t{c.num_kv_heads} * head_dim;
+  // This rank's share (ModelShard): whole for one rank.
+  const int64_t n = shard_.size, r = shard_.rank;
+  const int64_t q_share = q_dim / n, kv_share = kv_dim / n, inter_share = c.intermediate_size / n;
+  const auto vocab_share = [&](const HostTensor& t) {
+    return n == 1 ? t : SliceRows(t, vocab_first(), vocab_rows());
+  };
   WeightsHasher hasher;
   auto load = [&](const std::string& name,
                   const std::vector<int64_t>& shape) -> StatusOr<HostTensor> {
@@ -67,12 +128,12 @@ Status LlamaModel::LoadWeights(WeightSource& weights) {
   };
 
   HW_ASSIGN_OR_RETURN(HostTensor embed, load("model.embed_tokens.weight", {c.vocab_size, hidden}));
-  embed_ = upload(embed);
+  embed_ = upload(vocab_share(embed));
   HW_ASSIGN_OR_RETURN(HostTensor norm, load("model.norm.weight", {hidden}));
   final_norm_ = upload(norm);
   if (!c.tie_word_embeddings) {
     HW_ASSIGN_OR_RETURN(HostTensor head, load("lm_head.weight", {c.vocab_size, hidden}));
-    lm_head_ = upload(head);
+    lm_head_ = upload(vocab_share(head));
   }
   // Rotary frequencies stay f32 on every backend: bf16 would shift angles at long positions.
   const std::vector<float> inv_freq = RopeInverseFrequencies(c);
@@ -98,15 +159,21 @@ Status LlamaModel::LoadWeights(WeightSource& weights) {
                         load(p + "mlp.down_proj.weight", {hidden, c.intermediate_size}));
     layer.input_norm = upload(in_norm);
     layer.post_norm = upload(post_norm);
-    layer.qkv = upload(ConcatRows({wq, wk, wv}));
-    layer.o_proj = upload(wo);
-    layer.gate_up = upload(ConcatRows({wg, wu}));
-    layer.down = upload(wd);
+    // Output rows of Q/K/V and gate/up, input columns of o_proj and down (ModelShard).
+    const auto qkv = [&](const HostTensor& q, const HostTensor& k, const HostTensor& v) {
+      return ConcatRows({SliceRows(q, r * q_share, q_share), SliceRows(k, r * kv_share, kv_share),
+                         SliceRows(v, r * kv_share, kv_share)});
+    };
+    layer.qkv = upload(qkv(wq, wk, wv));
+    layer.o_proj = upload(n == 1 ? wo : SliceColumns(wo, r * q_share, q_share));
+    layer.gate_up = upload(ConcatRows({SliceRows(wg, r * inter_share, inter_share),
+                                       SliceRows(wu, r * inter_share, inter_share)}));
+    layer.down = upload(n == 1 ? wd : SliceColumns(wd, r * inter_share, inter_share));
     if (c.attention_bias) {
       HW_ASSIGN_OR_RETURN(HostTensor bq, load(p + "self_attn.q_proj.bias", {q_dim}));
       HW_ASSIGN_OR_RETURN(HostTensor bk, load(p + "self_attn.k_proj.bias", {kv_dim}));
       HW_ASSIGN_OR_RETURN(HostTensor bv, load(p + "self_attn.v_proj.bias", {kv_dim}));
-      layer.qkv_bias = upload(ConcatRows({bq, bk, bv}));
+      layer.qkv_bias = upload(qkv(bq, bk, bv));
     }
   }
   weights_hash_ = hasher.Digest();
@@ -118,8 +185,8 @@ bool LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_rows, int64_t s
   const ModelConfig& c = config_;
   bool grew = false;
   if (workspace_.tokens < num_tokens) {
-    const int64_t hidden = c.hidden_size, q_dim = int64_t{c.num_heads} * c.head_dim;
-    const int64_t qkv_dim = q_dim + 2 * int64_t{c.num_kv_heads} * c.head_dim;
+    const int64_t hidden = c.hidden_size, q_dim = int64_t{num_heads()} * c.head_dim;
+    const int64_t qkv_dim = q_dim + 2 * int64_t{num_kv_heads()} * c.head_dim;
     const int64_t cap = std::max<int64_t>(num_tokens, 2 * workspace_.tokens);
     const DType act = be.activation_dtype();
     workspace_.tokens = cap;
@@ -129,15 +196,18 @@ bool LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_rows, int64_t s
     workspace_.q = be.Allocate(act, {cap, q_dim});
     workspace_.attn = be.Allocate(act, {cap, q_dim});
     workspace_.proj = be.Allocate(act, {cap, hidden});
-    workspace_.gate_up = be.Allocate(act, {cap, 2 * int64_t{c.intermediate_size}});
-    workspace_.mlp = be.Allocate(act, {cap, c.intermediate_size});
+    workspace_.gate_up = be.Allocate(act, {cap, 2 * int64_t{intermediate_size()}});
+    workspace_.mlp = be.Allocate(act, {cap, intermediate_size()});
     workspace_.last = be.Allocate(act, {cap, hidden});
     grew = true;
   }
-  if (logits_.empty() || logits_.view().dim(0) < num_rows) {
+  // Rank 0 holds the logits; with several ranks each computes its vocabulary share apart.
+  kernels::Buffer& rows_buffer = shard_.size > 1 ? shard_logits_ : logits_;
+  if (rows_buffer.empty() || rows_buffer.view().dim(0) < num_rows) {
     const int64_t cap =
-        std::max<int64_t>(num_rows, 2 * (logits_.empty() ? 0 : logits_.view().dim(0)));
-    logits_ = be.Allocate(DType::kF32, {cap, c.vocab_size});
+        std::max<int64_t>(num_rows, 2 * (rows_buffer.empty() ? 0 : rows_buffer.view().dim(0)));
+    if (shard_.size > 1) shard_logits_ = be.Allocate(DType::kF32, {cap, vocab_rows()});
+    if (shard_.rank == 0) logits_ = be.Allocate(DType::kF32, {cap, c.vocab_size});
     grew = true;
   }
   if (score_elems > 0 && (scores_.empty() || scores_.view().numel() < score_elems)) {
@@ -153,29 +223,33 @@ Tensor LlamaModel::Run(const StepInputs& step) {
   const ModelConfig& c = config_;
   kernels::Backend& be = *backend_;
   const int64_t num_tokens = step.ids.numel(), num_rows = step.logit_rows.numel();
-  HW_CHECK(num_tokens <= workspace_.tokens && num_rows <= logits_.view().dim(0),
+  const kernels::Buffer& rows_buffer = shard_.size > 1 ? shard_logits_ : logits_;
+  HW_CHECK(num_tokens <= workspace_.tokens && num_rows <= rows_buffer.view().dim(0),
            "step of {} tokens and {} rows beyond the workspace", num_tokens, num_rows);
   HW_CHECK_EQ(step.layer_tables.size(), static_cast<size_t>(c.num_layers));
 
-  const int64_t head_dim = c.head_dim, q_dim = int64_t{c.num_heads} * head_dim;
+  const int64_t head_dim = c.head_dim, heads = num_heads(), q_dim = heads * head_dim;
+  // Partial sums of the ranks' shares meet here (ModelShard).
+  const auto all_reduce = [this](const Tensor& x) {
+    if (shard_.size > 1) shard_.comm->AllReduceSum(x);
+  };
   auto rows = [&](const Buffer& b, int64_t n) { return b.view().Rows(0, n); };
   const Tensor residual = rows(workspace_.residual, num_tokens);
   const Tensor normed = rows(workspace_.normed, num_tokens);
   const Tensor qkv = rows(workspace_.qkv, num_tokens);
-  const Tensor q = rows(workspace_.q, num_tokens).Reshape({num_tokens, c.num_heads, head_dim});
-  const Tensor attn =
-      rows(workspace_.attn, num_tokens).Reshape({num_tokens, c.num_heads, head_dim});
+  const Tensor q = rows(workspace_.q, num_tokens).Reshape({num_tokens, heads, head_dim});
+  const Tensor attn = rows(workspace_.attn, num_tokens).Reshape({num_tokens, heads, head_dim});
   const Tensor proj = rows(workspace_.proj, num_tokens);
   const Tensor gate_up = rows(workspace_.gate_up, num_tokens);
   const Tensor mlp = rows(workspace_.mlp, num_tokens);
   const Tensor last = rows(workspace_.last, num_rows);
-  const Tensor logits = rows(logits_, num_rows);
 
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = AttentionScale(c);
   const Tensor no_bias;
 
-  be.Embedding(embed_.view(), step.ids, residual);
+  be.Embedding(embed_.view(), step.ids, static_cast<int32_t>(vocab_first()), residual);
+  all_reduce(residual);
   be.RmsNorm(residual, layers_.front().input_norm.view(), eps, normed);
   for (int l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[static_cast<size_t>(l)];
@@ -196,7 +270,7 @@ Tensor LlamaModel::Run(const StepInputs& step) {
                                               attn_batch.table,    step.select_state,
                                               step.select_max_len, step.pool.page_size};
       const Tensor scores(scores_.view().data, DType::kF32, scores_.view().device,
-                          {step.seq_len.numel(), c.num_heads, step.select_max_len});
+                          {step.seq_len.numel(), heads, step.select_max_len});
       HW_CHECK_LE(scores.numel(), scores_.view().numel());
       be.SelectionGate(q, select);
       be.ScoreAttention(q, step.pool, select, scale, attn, scores);
@@ -212,10 +286,12 @@ Tensor LlamaModel::Run(const StepInputs& step) {
     }
     if (observer_) observer_(l, q, step.pool, attn_batch);
     be.Matmul(attn.Reshape({num_tokens, q_dim}), layer.o_proj.view(), no_bias, proj);
+    all_reduce(proj);
     be.AddRmsNorm(residual, proj, layer.post_norm.view(), eps, normed);
     be.Matmul(normed, layer.gate_up.view(), no_bias, gate_up);
     be.SiluMul(gate_up, mlp);
     be.Matmul(mlp, layer.down.view(), no_bias, proj);
+    all_reduce(proj);
     const Buffer& next_norm =
         l + 1 < c.num_layers ? layers_[static_cast<size_t>(l) + 1].input_norm : final_norm_;
     be.AddRmsNorm(residual, proj, next_norm.view(), eps, normed);
@@ -223,7 +299,15 @@ Tensor LlamaModel::Run(const StepInputs& step) {
 
   be.GatherRows(normed, step.logit_rows, last);
   const Buffer& head = c.tie_word_embeddings ? embed_ : lm_head_;
-  be.Matmul(last, head.view(), no_bias, logits);
+  if (shard_.size == 1) {
+    const Tensor logits = rows(logits_, num_rows);
+    be.Matmul(last, head.view(), no_bias, logits);
+    return logits;
+  }
+  const Tensor share = rows(shard_logits_, num_rows);
+  be.Matmul(last, head.view(), no_bias, share);
+  const Tensor logits = shard_.rank == 0 ? rows(logits_, num_rows) : Tensor();
+  shard_.comm->GatherColumns(share, logits, 0);
   return logits;
 }
 

@@ -12,6 +12,7 @@
 
 #include "core/status.h"
 #include "kernels/backend.h"
+#include "kernels/communicator.h"
 #include "models/model_config.h"
 #include "models/weight_source.h"
 
@@ -49,6 +50,18 @@ struct StepInputs {
   Tensor offload_out, offload_lse;
 };
 
+// Tensor parallelism (Megatron-style), the share of rank `rank` of `size`: query heads, KV heads
+// (so their pages and policies) and MLP columns [rank * n / size, (rank + 1) * n / size) of each
+// (QKV and gate/up by output rows, o_proj and down by input columns), and the vocabulary rows
+// [rank * Vs, (rank + 1) * Vs), Vs = ceil(V / size), of the embedding and the LM head (the last
+// rank's share padded with zero rows). Partial sums meet in an all-reduce after the embedding,
+// o_proj and down; rank 0 gathers the logits. Every rank runs every step with the same inputs.
+struct ModelShard {
+  int rank = 0;
+  int size = 1;
+  kernels::Communicator* comm = nullptr;  // needed when size > 1
+};
+
 class LlamaModel;
 
 // Sets a model's attention observer (LlamaModel::set_attention_observer) for a scope and clears it
@@ -69,13 +82,23 @@ class ScopedAttentionObserver {
 
 class LlamaModel {
  public:
+  // InvalidArgument when the shard cannot split the model (heads, KV heads or the intermediate
+  // size not divisible by its size, with the numbers).
   static StatusOr<std::unique_ptr<LlamaModel>> Load(const ModelConfig& config,
                                                     WeightSource& weights,
-                                                    kernels::Backend& backend);
+                                                    kernels::Backend& backend,
+                                                    const ModelShard& shard = {});
+  // Why `config` cannot be split over `size` ranks, or Ok.
+  static Status CheckShardable(const ModelConfig& config, int size);
 
+  // The whole model's shape; a rank's share of it is num_heads() etc.
   const ModelConfig& config() const { return config_; }
+  const ModelShard& shard() const { return shard_; }
+  int num_heads() const { return config_.num_heads / shard_.size; }
+  int num_kv_heads() const { return config_.num_kv_heads / shard_.size; }
+  int intermediate_size() const { return config_.intermediate_size / shard_.size; }
   kernels::Backend& backend() const { return *backend_; }
-  // Bytes of weights as the backend stores them, for roofline figures.
+  // Bytes of weights as the backend stores them (this rank's), for roofline figures.
   size_t weight_bytes() const { return weight_bytes_; }
   // Fingerprint of the weights as loaded (models/weight_hash.h says what it covers).
   uint64_t weights_hash() const { return weights_hash_; }
@@ -96,9 +119,10 @@ class LlamaModel {
   // against the old ones must be recorded again).
   bool EnsureWorkspace(int64_t num_tokens, int64_t num_rows, int64_t score_elems = 0);
   // Issues the forward pass of one step (the workspace must hold it) and returns the logits
-  // [R, V] f32 on the device: the first R rows of logits(), valid until the next Run.
+  // [R, V] f32 on the device: the first R rows of logits(), valid until the next Run. Ranks
+  // other than 0 return an empty tensor (rank 0 gathers the logits).
   Tensor Run(const StepInputs& step);
-  // The logits buffer's first `rows` rows (what a replayed recording of Run wrote).
+  // The logits buffer's first `rows` rows (what a replayed recording of Run wrote); rank 0.
   Tensor logits(int64_t rows) const { return logits_.view().Rows(0, rows); }
 
  private:
@@ -106,12 +130,16 @@ class LlamaModel {
     kernels::Buffer input_norm, qkv, qkv_bias, o_proj, post_norm, gate_up, down;
   };
 
-  LlamaModel(const ModelConfig& config, kernels::Backend& backend)
-      : config_(config), backend_(&backend) {}
+  LlamaModel(const ModelConfig& config, kernels::Backend& backend, const ModelShard& shard)
+      : config_(config), backend_(&backend), shard_(shard) {}
   Status LoadWeights(WeightSource& weights);
+  // Rows of the vocabulary this rank holds (ModelShard) and the first one.
+  int64_t vocab_rows() const { return (config_.vocab_size + shard_.size - 1) / shard_.size; }
+  int64_t vocab_first() const { return vocab_rows() * shard_.rank; }
 
   ModelConfig config_;
   kernels::Backend* backend_;
+  ModelShard shard_;
   std::vector<Layer> layers_;
   kernels::Buffer embed_, final_norm_, lm_head_, inv_freq_;
   size_t weight_bytes_ = 0;
@@ -123,7 +151,8 @@ class LlamaModel {
     kernels::Buffer residual, normed, qkv, q, attn, proj, gate_up, mlp, last;
   };
   Workspace workspace_;
-  kernels::Buffer logits_;
+  kernels::Buffer logits_;        // rank 0: [rows, V]
+  kernels::Buffer shard_logits_;  // with several ranks: this rank's columns [rows, vocab_rows()]
   kernels::Buffer scores_;  // f32, decode-time selection's logits (StepInputs::select_max_len)
 };
 

@@ -49,6 +49,7 @@ Status InFlagTerms(const Status& s) {
       {"cpu_kv_bytes", "--cpu-kv-memory"},
       {"gpu_memory_utilization", "--gpu-memory-utilization"},
       {"arms", "--arms"},
+      {"tensor_parallel_size", "--tensor-parallel-size"},
   };
   for (const auto& [field, flag] : kFlags) {
     if (s.field() != field) continue;
@@ -72,6 +73,7 @@ void EngineFlags::Register(FlagParser& flags) {
   flags.Float("gpu-memory-utilization", gpu_memory_utilization_);
   flags.String("device", device);
   flags.Int("threads", threads);
+  flags.Int("tensor-parallel-size", tensor_parallel_size);
   flags.Bool("enforce-eager", enforce_eager);
   flags.String("tokenizer", tokenizer_path);
 }
@@ -90,10 +92,11 @@ Status EngineFlags::Finish() {
 
 StatusOr<ModelOnBackend> LoadModelOnBackend(const std::string& path, const EngineFlags& flags) {
   ModelOnBackend out;
-  HW_ASSIGN_OR_RETURN(out.backend, kernels::CreateBackend(flags.device, flags.threads));
+  HW_ASSIGN_OR_RETURN(
+      out.ranks, engine::CreateRankGroup(flags.device, flags.tensor_parallel_size, flags.threads));
   engine::LoadOptions load;
   load.tokenizer_path = flags.tokenizer_path;
-  HW_ASSIGN_OR_RETURN(out.model, engine::LoadModel(path, load, *out.backend));
+  HW_ASSIGN_OR_RETURN(out.model, engine::LoadModel(path, load, out.ranks.devices()));
   if (!out.model.tokenizer) {
     return InvalidArgument("{}: no tokenizer found; pass --tokenizer PATH", path);
   }

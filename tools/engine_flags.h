@@ -28,10 +28,12 @@ struct EngineFlags {
   std::string device = "cpu";
   std::string tokenizer_path;
   int threads = 0;
+  int tensor_parallel_size = 1;
   bool enforce_eager = false;
 
   // --max-model-len --max-num-seqs --max-num-batched-tokens --kv-cache-memory --num-kv-pages
-  // --gpu-memory-utilization --device --threads --enforce-eager --tokenizer
+  // --gpu-memory-utilization --device --threads --tensor-parallel-size --enforce-eager
+  // --tokenizer
   void Register(FlagParser& flags);
   // After FlagParser::Finish: the values that need parsing (byte counts).
   Status Finish();
@@ -43,11 +45,11 @@ struct EngineFlags {
 };
 
 struct ModelOnBackend {
-  std::unique_ptr<kernels::Backend> backend;
+  engine::RankGroup ranks;  // one backend without tensor parallelism
   engine::LoadedModel model;
 };
-// The backend of `flags.device` and the model at `path` on it (with its tokenizer: an error
-// without one).
+// The backends of `flags.device` (--tensor-parallel-size of them) and the model at `path` on
+// them (with its tokenizer: an error without one).
 StatusOr<ModelOnBackend> LoadModelOnBackend(const std::string& path, const EngineFlags& flags);
 
 }  // namespace headwise::tools

@@ -76,7 +76,7 @@ opening per position bucket.
  engine (as headwise serve):
   --device cpu|cuda  --threads N  --max-model-len N  --max-num-seqs N  --max-num-batched-tokens N
   --kv-cache-memory BYTES  --cpu-kv-memory BYTES  --num-kv-pages N  --gpu-memory-utilization F
-  --enforce-eager
+  --tensor-parallel-size N  --enforce-eager
   --tokenizer PATH
 )";
 
@@ -301,7 +301,7 @@ int RunEval(int argc, char** argv) {
   std::fprintf(stderr, "loading %s on %s\n", model_path.c_str(), engine_flags.device.c_str());
   auto loaded = LoadModelOnBackend(model_path, engine_flags);
   if (!loaded.ok()) return Fail(loaded.status());
-  std::unique_ptr<kernels::Backend> backend = std::move(loaded->backend);
+  engine::RankGroup ranks = std::move(loaded->ranks);
   engine::LoadedModel model = std::move(loaded->model);
   const models::ModelConfig& mc = model.model->config();
   const int context = config.max_model_len > 0 ? config.max_model_len : mc.max_position_embeddings;
@@ -404,7 +404,15 @@ int RunEval(int argc, char** argv) {
 
   // Per policy, before the engine takes the model: its KV bytes at each length, and the
   // teacher-forced log-likelihood on a cache of its own (freed before the engine's pool).
-  if (loglik_tokens < 0) loglik_tokens = *std::max_element(lengths.begin(), lengths.end());
+  if (loglik_tokens < 0) {
+    // The log-likelihood pass runs on one rank (eval::ScoreTokens): off by default over several.
+    loglik_tokens = ranks.size() > 1 ? 0 : *std::max_element(lengths.begin(), lengths.end());
+  }
+  if (loglik_tokens > 0 && ranks.size() > 1) {
+    return Fail(InvalidArgument(
+        "--loglik-tokens: the log-likelihood pass runs on one rank, not --tensor-parallel-size {}",
+        ranks.size()));
+  }
   if (loglik_chunk <= 0) loglik_chunk = config.max_num_batched_tokens;
   std::vector<int32_t> document;
   if (loglik_tokens > 0) {
@@ -425,6 +433,7 @@ int RunEval(int argc, char** argv) {
   }
   const kvcache::KvCacheConfig kv_shape =
       engine::KvConfigFor(mc, 0, config.page_size, config.max_num_batched_tokens);
+  const DType kv_dtype = model.model->backend().kv_dtype();
   for (const engine::Arm& arm : arms) {
     eval::PolicyRecord rec;
     rec.name = arm.name;
@@ -436,14 +445,13 @@ int RunEval(int argc, char** argv) {
     auto layout = engine::KvLayoutFor(*policy);
     if (!layout.ok()) return Fail(layout.status().WithContext(fmt::format("policy {}", arm.name)));
     for (int l : lengths) {
-      rec.kv_bytes.emplace_back(l, eval::KvBytesHeld(*layout, kv_shape, backend->kv_dtype(), l));
-      rec.kv_retained.emplace_back(
-          l, eval::KvBytesRetained(*layout, kv_shape, backend->kv_dtype(), l));
+      rec.kv_bytes.emplace_back(l, eval::KvBytesHeld(*layout, kv_shape, kv_dtype, l));
+      rec.kv_retained.emplace_back(l, eval::KvBytesRetained(*layout, kv_shape, kv_dtype, l));
     }
     if (!document.empty()) {
       const auto t0 = std::chrono::steady_clock::now();
-      auto lp = eval::ScoreTokens(*model.model, *backend, *policy, document, loglik_chunk,
-                                  engine_flags.threads);
+      auto lp = eval::ScoreTokens(*model.model, model.model->backend(), *policy, document,
+                                  loglik_chunk, engine_flags.threads);
       if (!lp.ok())
         return Fail(lp.status().WithContext(fmt::format("log-likelihood, policy {}", arm.name)));
       rec.loglik = eval::Buckets(*lp, loglik_bucket);
@@ -460,7 +468,7 @@ int RunEval(int argc, char** argv) {
   config.arms = arms;
   if (max_in_flight <= 0) max_in_flight = 4 * config.max_num_seqs;
   config.max_waiting = std::max(config.max_waiting, max_in_flight);
-  auto engine = engine::Engine::Start(std::move(model), std::move(backend), config);
+  auto engine = engine::Engine::Start(std::move(model), std::move(ranks), config);
   if (!engine.ok()) return Fail(InFlagTerms(engine.status()));
   std::fprintf(stderr, "engine: max_model_len %d, %d KV pages, %d sequences at once\n",
                (*engine)->limits().max_model_len, (*engine)->Stats().kv_pages_total,

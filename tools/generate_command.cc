@@ -50,6 +50,7 @@ constexpr const char* kUsage = R"(usage: headwise generate --model PATH --prompt
   --device cpu|cuda         backend (default cpu)
   --enforce-eager           run decode steps eagerly instead of replaying CUDA graphs
   --threads N               CPU threads (default: all)
+  --tensor-parallel-size N  shard the model over N devices (default 1; headwise serve --help)
   --prefill-chunk N         prefill chunk size in tokens (default 512)
   --kv-pages N              KV pages of 16 tokens (default: enough for the request)
   --attention-policy FILE   attn-policy/v1 file (configs/README.md); default: dense.
@@ -90,7 +91,7 @@ int RunGenerate(int argc, char** argv) {
   }
   std::string model_path, prompt, load_format = "auto", tokenizer_path, system, device = "cpu";
   bool chat = false, ignore_eos = false, no_special = false, enforce_eager = false;
-  int threads = 0, prefill_chunk = 512, kv_pages = 0;
+  int threads = 0, prefill_chunk = 512, kv_pages = 0, tensor_parallel_size = 1;
   std::string attention_policy_path;
   engine::SamplingParams params;
   params.temperature = 0.0f;
@@ -120,6 +121,7 @@ int RunGenerate(int argc, char** argv) {
   flags.Int("logprobs", params.logprobs);
   flags.Bool("no-special", no_special);
   flags.Int("threads", threads);
+  flags.Int("tensor-parallel-size", tensor_parallel_size);
   flags.String("device", device);
   flags.Bool("enforce-eager", enforce_eager);
   flags.Int("prefill-chunk", prefill_chunk);
@@ -168,13 +170,12 @@ int RunGenerate(int argc, char** argv) {
     std::fprintf(stderr, "headwise: %s\n", defaults->Describe().c_str());
   }
 
-  auto created = kernels::CreateBackend(device, threads);
-  if (!created.ok()) return Fail(created.status());
-  std::unique_ptr<kernels::Backend> backend = std::move(created).value();
+  auto ranks = engine::CreateRankGroup(device, tensor_parallel_size, threads);
+  if (!ranks.ok()) return Fail(ranks.status());
   engine::LoadOptions options;
   options.format = load_format == "dummy" ? models::LoadFormat::kDummy : models::LoadFormat::kAuto;
   options.tokenizer_path = tokenizer_path;
-  auto loaded = engine::LoadModel(model_path, options, *backend);
+  auto loaded = engine::LoadModel(model_path, options, ranks->devices());
   if (!loaded.ok()) return Fail(loaded.status());
   if (!loaded->tokenizer) {
     return Fail(InvalidArgument("{}: no tokenizer found; pass --tokenizer PATH", model_path));
@@ -209,12 +210,15 @@ int RunGenerate(int argc, char** argv) {
   auto layout = engine::KvLayoutFor(*policy);
   if (!layout.ok()) return Fail(layout.status());
   kvcache::KvCacheConfig kv = engine::KvConfigFor(loaded->model->config(), 0, page_size, chunk);
+  kv.num_ranks = ranks->size();
   kv.num_pages = kv_pages > 0 ? kv_pages : kvcache::KvCache::PagesForSequence(kv, *layout, needed);
   std::vector<kvcache::KvLayout> layouts;
   layouts.push_back(std::move(layout).value());
-  auto cache = engine::CreateKvCache(std::move(layouts), kv, *backend);
+  auto cache = engine::CreateKvCache(std::move(layouts), kv, ranks->devices().backends);
   if (!cache.ok()) return Fail(cache.status());
-  engine::Generator generator(*loaded->model, **cache, &tok, loaded->eos_token_ids);
+  std::vector<models::LlamaModel*> rank_models{loaded->model.get()};
+  for (auto& m : loaded->other_ranks) rank_models.push_back(m.get());
+  engine::Generator generator(rank_models, **cache, &tok, loaded->eos_token_ids);
   generator.set_use_graphs(!enforce_eager);
   auto result = generator.Generate(ids, params, prefill_chunk, [](std::string_view delta) {
     std::fwrite(delta.data(), 1, delta.size(), stdout);

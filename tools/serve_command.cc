@@ -73,6 +73,9 @@ Serves MODEL (a Hugging Face directory or a .gguf file) over the OpenAI HTTP API
   --device cpu|cuda           backend (default cpu)
   --enforce-eager             run decode steps eagerly instead of replaying CUDA graphs
   --threads N                 CPU threads (default: all)
+  --tensor-parallel-size N    shard the model over N devices (default 1): N GPUs of this host
+                              (NCCL), or N CPU ranks; attention and KV heads, MLP columns and
+                              the vocabulary split N ways (N must divide the KV heads)
   --load-format auto|dummy    dummy: seeded random weights from config.json alone
   --seed N                    seed of dummy weights (default 0)
   --tokenizer PATH            tokenizer to use instead of the model's own
@@ -141,7 +144,7 @@ int RunServe(int argc, char** argv) {
                                   body_limit, api_key, arms_path;
   std::vector<std::string> names;
   bool no_prefix_caching = false, enforce_eager = false;
-  int threads = 0;
+  int threads = 0, tensor_parallel_size = 1;
   int64_t seed = 0;
   std::string model_flag;
   flags.String("model", model_flag);
@@ -172,6 +175,7 @@ int RunServe(int argc, char** argv) {
   flags.String("override-generation-config", generation_flags.override_generation_config);
   flags.String("device", device);
   flags.Int("threads", threads);
+  flags.Int("tensor-parallel-size", tensor_parallel_size);
   flags.String("load-format", load_format);
   flags.Bool("enforce-eager", enforce_eager);
   flags.Int64("seed", seed);
@@ -262,14 +266,13 @@ int RunServe(int argc, char** argv) {
   spdlog::info("loading {} ({} weights, {} threads)", model_path, load_format,
                threads > 0 ? std::to_string(threads) : std::string("all"));
   const auto t0 = std::chrono::steady_clock::now();
-  auto created = kernels::CreateBackend(device, threads);
-  if (!created.ok()) return Fail(created.status());
-  std::unique_ptr<kernels::Backend> backend = std::move(created).value();
+  auto ranks = engine::CreateRankGroup(device, tensor_parallel_size, threads);
+  if (!ranks.ok()) return Fail(InFlagTerms(ranks.status()));
   engine::LoadOptions load;
   load.format = load_format == "dummy" ? models::LoadFormat::kDummy : models::LoadFormat::kAuto;
   load.dummy_seed = static_cast<uint64_t>(seed);
   load.tokenizer_path = tokenizer_path;
-  auto loaded = engine::LoadModel(model_path, load, *backend);
+  auto loaded = engine::LoadModel(model_path, load, ranks->devices());
   if (!loaded.ok()) return Fail(loaded.status());
   config.enforce_eager = enforce_eager;
   if (!loaded->tokenizer) {
@@ -307,7 +310,7 @@ int RunServe(int argc, char** argv) {
 
   // One registry for the process: the engine's metrics and the server's HTTP counters.
   auto metrics = std::make_shared<MetricsRegistry>();
-  auto engine = engine::Engine::Start(std::move(*loaded), std::move(backend), config, metrics);
+  auto engine = engine::Engine::Start(std::move(*loaded), std::move(*ranks), config, metrics);
   if (!engine.ok()) return Fail(InFlagTerms(engine.status()));
   spdlog::info("engine started: max_model_len {}, {} KV pages, max {} sequences, prefix caching {}",
                (*engine)->limits().max_model_len, (*engine)->Stats().kv_pages_total,

@@ -221,16 +221,24 @@ class CpuBackend final : public Backend {
   }
   void Synchronize() override {}
 
-  void Embedding(const Tensor& table, const Tensor& ids, const Tensor& out) override {
+  void Embedding(const Tensor& table, const Tensor& ids, int32_t first_id,
+                 const Tensor& out) override {
     CheckF32(table, "table");
     CheckI32(ids, "ids");
     CheckF32(out, "out");
-    const int64_t vocab = table.dim(0), hidden = table.dim(1);
+    const int64_t rows = table.dim(0), hidden = table.dim(1);
     HW_CHECK_EQ(out.dim(1), hidden);
+    HW_CHECK(first_id >= 0, "first_id {}", first_id);
     for (int64_t t = 0; t < ids.numel(); ++t) {
       const int32_t id = ids.ptr<int32_t>()[t];
-      HW_CHECK(id >= 0 && id < vocab, "token id {} outside vocabulary of {}", id, vocab);
-      std::memcpy(out.ptr<float>() + t * hidden, table.ptr<float>() + id * hidden,
+      HW_CHECK(id >= 0, "token id {}", id);
+      float* dst = out.ptr<float>() + t * hidden;
+      const int64_t row = int64_t{id} - first_id;
+      if (row < 0 || row >= rows) {  // another rank's share of the vocabulary
+        std::fill(dst, dst + hidden, 0.0f);
+        continue;
+      }
+      std::memcpy(dst, table.ptr<float>() + row * hidden,
                   static_cast<size_t>(hidden) * sizeof(float));
     }
   }

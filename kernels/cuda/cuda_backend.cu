@@ -79,11 +79,17 @@ __global__ void F32ToBf16Kernel(const float* in, bf16* out, int64_t n) {
   if (i < n) out[i] = __float2bfloat16(in[i]);
 }
 
-__global__ void EmbeddingKernel(const bf16* table, const int32_t* ids, bf16* out, int64_t hidden) {
+__global__ void EmbeddingKernel(const bf16* table, const int32_t* ids, int32_t first_id,
+                                int64_t rows, bf16* out, int64_t hidden) {
   OverlapWithNeighbours();
   const int64_t t = blockIdx.x;
-  const bf16* row = table + ids[t] * hidden;
-  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) out[t * hidden + i] = row[i];
+  const int64_t row = int64_t{ids[t]} - first_id;
+  if (row < 0 || row >= rows) {  // another rank's share of the vocabulary
+    for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) out[t * hidden + i] = bf16(0.0f);
+    return;
+  }
+  const bf16* src = table + row * hidden;
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) out[t * hidden + i] = src[i];
 }
 
 // 8 bf16 <-> 8 floats, for 16-byte loads and stores.
@@ -380,6 +386,29 @@ __global__ void GatherRowsKernel(const bf16* x, const int32_t* rows, bf16* out, 
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x) out[r * width + i] = src[i];
 }
 
+// Makes `device` current for a scope and restores the caller's. The memory operations use it: they
+// may come from any thread (loading weights, setting up the KV cache of each tensor-parallel
+// rank), where the kernels are launched from a thread bound to the backend (BindThread).
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    HW_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ == device) {
+      previous_ = -1;
+    } else {
+      HW_CUDA_CHECK(cudaSetDevice(device));
+    }
+  }
+  ~DeviceScope() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {
@@ -392,6 +421,7 @@ class CudaBackend final : public Backend {
     HW_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
   }
   ~CudaBackend() override {
+    const DeviceScope scope(device_);
     for (void* p : scratch_) cudaFree(p);
     for (uint32_t* p : split_counters_) cudaFree(p);
     lt_gemm_.reset();
@@ -403,24 +433,32 @@ class CudaBackend final : public Backend {
   DType kv_dtype() const override { return DType::kBF16; }
   DType activation_dtype() const override { return DType::kBF16; }
 
+  int device_index() const { return device_; }
+  cudaStream_t stream() const { return stream_; }
+  void BindThread() override { HW_CUDA_CHECK(cudaSetDevice(device_)); }
+
   Buffer Allocate(DType dtype, std::initializer_list<int64_t> shape) override {
+    const DeviceScope scope(device_);
     Tensor view(nullptr, dtype, Device::kCuda, shape);
     HW_CUDA_CHECK(cudaMalloc(&view.data, std::max<size_t>(view.nbytes(), 16)));
     return Buffer(view, [](void* p) { cudaFree(p); });
   }
 
   void CopyFromHost(const Tensor& dst, const void* src, size_t bytes) override {
+    const DeviceScope scope(device_);
     HW_CHECK_LE(bytes, dst.nbytes());
     HW_CUDA_CHECK(cudaMemcpyAsync(dst.data, src, bytes, cudaMemcpyHostToDevice, stream_));
     HW_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may go away after return
   }
   void CopyToHost(void* dst, const Tensor& src, size_t bytes) override {
+    const DeviceScope scope(device_);
     HW_CHECK_LE(bytes, src.nbytes());
     HW_CUDA_CHECK(cudaMemcpyAsync(dst, src.data, bytes, cudaMemcpyDeviceToHost, stream_));
     HW_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
   Buffer LoadWeight(const HostTensor& weight) override {
+    const DeviceScope scope(device_);
     const int64_t n = weight.shape.numel();
     Buffer staging = Allocate(DType::kF32, {n});
     CopyFromHost(staging.view(), weight.data, static_cast<size_t>(n) * sizeof(float));
@@ -437,16 +475,21 @@ class CudaBackend final : public Backend {
   }
 
   MemoryInfo DeviceMemory() const override {
+    const DeviceScope scope(device_);
     MemoryInfo info;
     HW_CUDA_CHECK(cudaMemGetInfo(&info.free_bytes, &info.total_bytes));
     return info;
   }
   void CopyOnDevice(const Tensor& dst, const Tensor& src, size_t bytes) override {
+    const DeviceScope scope(device_);
     HW_CHECK(bytes <= dst.nbytes() && bytes <= src.nbytes(), "copy of {} bytes", bytes);
     HW_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, bytes, cudaMemcpyDeviceToDevice, stream_));
   }
 
-  void Synchronize() override { HW_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void Synchronize() override {
+    const DeviceScope scope(device_);
+    HW_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
 
   bool SupportsCapture() const override { return true; }
   void BeginCapture() override {
@@ -464,11 +507,13 @@ class CudaBackend final : public Backend {
     return std::make_unique<CudaGraph>(exec, stream_);
   }
 
-  void Embedding(const Tensor& table, const Tensor& ids, const Tensor& out) override {
+  void Embedding(const Tensor& table, const Tensor& ids, int32_t first_id,
+                 const Tensor& out) override {
     CheckDevice(table, "table");
     const int64_t tokens = ids.numel(), hidden = table.dim(1);
     PdlLaunch(dim3(static_cast<unsigned>(tokens)), dim3(256), 0, stream_)(
-        EmbeddingKernel, table.ptr<bf16>(), ids.ptr<int32_t>(), out.ptr<bf16>(), hidden);
+        EmbeddingKernel, table.ptr<bf16>(), ids.ptr<int32_t>(), first_id, table.dim(0),
+        out.ptr<bf16>(), hidden);
     HW_CUDA_LAUNCHED();
   }
 
@@ -1026,7 +1071,14 @@ StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_index) {
   if (device_index < 0 || device_index >= count) {
     return InvalidArgument("GPU {} does not exist ({} found)", device_index, count);
   }
+  const DeviceScope scope(device_index);  // the backend's constructor makes its GPU current
   return std::unique_ptr<Backend>(new CudaBackend(device_index));
+}
+
+std::optional<CudaHandles> CudaHandlesOf(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (cuda == nullptr) return std::nullopt;
+  return CudaHandles{cuda->device_index(), cuda->stream()};
 }
 
 }  // namespace headwise::kernels

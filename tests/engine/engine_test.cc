@@ -482,5 +482,77 @@ TEST_CASE("Arms that cannot share one engine are refused at start, naming the ar
   CHECK(TryStartEngine(config).status().field() == "arms");
 }
 
+// An engine whose model and KV heads are split over `ranks` CPU ranks (tensor parallelism on the
+// thread communicator), serving `config`.
+StatusOr<std::unique_ptr<Engine>> StartRanks(int ranks, const EngineConfig& config) {
+  auto group = CreateRankGroup("cpu", ranks, 2);
+  REQUIRE(group.ok());
+  auto loaded =
+      LoadModel(testing::SharedDir() + "/models/tinystories-656k", LoadOptions{}, group->devices());
+  REQUIRE(loaded.ok());
+  return Engine::Start(std::move(loaded).value(), std::move(group).value(), config);
+}
+
+TEST_CASE("Tensor parallel: an engine over 2 and 4 CPU ranks serves every arm as one rank does",
+          "[engine]") {
+  EngineConfig config;
+  config.max_num_batched_tokens = 512;  // every prompt whole: rings see the same chunks
+  config.arms = testing_arms::FourArms();
+  std::vector<int> arms;
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<std::vector<int32_t>> reference;
+  for (int ranks : {1, 2, 4}) {
+    INFO("ranks " << ranks);
+    auto engine = StartRanks(ranks, config);
+    INFO(engine.status().ToString());
+    REQUIRE(engine.ok());
+    if (prompts.empty()) {
+      for (int a = 0; a < 4; ++a) {
+        for (int v = 0; v < 2; ++v) {
+          arms.push_back(a);
+          prompts.push_back(testing_arms::LongPrompt(*(*engine)->tokenizer(), v));
+        }
+      }
+    }
+    const auto got = testing_arms::RunTogether(**engine, arms, prompts, 30);
+    if (ranks == 1) {
+      reference = got;
+    } else {
+      CHECK(got == reference);
+    }
+    CHECK((*engine)->Stats().kv_pages_used == 0);
+  }
+}
+
+TEST_CASE("Tensor parallel: what cannot be split is refused at start, naming the flag's field",
+          "[engine]") {
+  // TinyStories has 4 KV heads and 8 query heads: 3 ranks do not divide them.
+  auto group = CreateRankGroup("cpu", 3, 3);
+  REQUIRE(group.ok());
+  auto loaded =
+      LoadModel(testing::SharedDir() + "/models/tinystories-656k", LoadOptions{}, group->devices());
+  REQUIRE_FALSE(loaded.ok());
+  CHECK_THAT(loaded.status().message(), Catch::Contains("tensor-parallel size 3"));
+  CHECK(CreateRankGroup("cpu", 0, 1).status().field() == "tensor_parallel_size");
+  // Decode-time selection keeps its state on one rank: refused over two.
+  const auto dir = std::filesystem::temp_directory_path() / ("hw-tp-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "tidal.json") << R"({"schema": "attn-policy/v1", "name": "tidal-tp",
+    "policies": {"select": {"storage": {"kind": "full"},
+      "decode": {"mode": "select", "selection": {"method": "exact_logits", "budget": 64,
+        "unit": "token", "granularity": "kv_head", "group_reduce": "sum_softmax",
+        "always_include": {"sink": 2, "recent": 4, "current": true},
+        "refresh": {"every_steps": 1}, "publish": "tidal"}}},
+      "sparse": {"storage": {"kind": "full"}, "decode": {"mode": "consume", "consume": "tidal"}}},
+    "assignment": {"default": "sparse", "layers": [{"layers": [0], "policy": "select"}]}})";
+  EngineConfig config;
+  config.attention_policy = (dir / "tidal.json").string();
+  auto engine = StartRanks(2, config);
+  REQUIRE_FALSE(engine.ok());
+  CHECK(engine.status().field() == "tensor_parallel_size");
+  CHECK_THAT(engine.status().message(), Catch::Contains("decode-time selection"));
+  REQUIRE(StartRanks(1, config).ok());  // the same policy on one rank runs
+}
+
 }  // namespace
 }  // namespace headwise::engine

@@ -236,11 +236,22 @@ TEST_CASE("Embedding and GatherRows copy the right rows", "[kernels]") {
   std::vector<int32_t> ids = {3, 0, 9, 3};
   Buffer ib = UploadI32(*be, ids, {4});
   Buffer out = Poisoned(*be, {4, 6});
-  be->Embedding(tb.view(), ib.view(), out.view());
+  be->Embedding(tb.view(), ib.view(), 0, out.view());
   for (int t = 0; t < 4; ++t)
     for (int j = 0; j < 6; ++j)
       CHECK(out.view().ptr<float>()[t * 6 + j] ==
             table[static_cast<size_t>(ids[static_cast<size_t>(t)] * 6 + j)]);
+  // A tensor-parallel rank's rows 3 .. 6 of the vocabulary: other ids give zeros.
+  const Tensor shard = tb.view().Rows(3, 4);
+  Buffer sharded = Poisoned(*be, {4, 6});
+  be->Embedding(shard, ib.view(), 3, sharded.view());
+  for (int t = 0; t < 4; ++t) {
+    const int32_t id = ids[static_cast<size_t>(t)];
+    for (int j = 0; j < 6; ++j) {
+      CHECK(sharded.view().ptr<float>()[t * 6 + j] ==
+            (id >= 3 && id < 7 ? table[static_cast<size_t>(id * 6 + j)] : 0.0f));
+    }
+  }
   std::vector<int32_t> rows = {2, 1};
   Buffer rb = UploadI32(*be, rows, {2});
   Buffer g = Poisoned(*be, {2, 6});

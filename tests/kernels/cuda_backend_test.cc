@@ -107,9 +107,15 @@ TEST_CASE("CUDA elementwise ops, norms, embedding and row gather match the CPU",
     for (auto& id : ids) id = static_cast<int32_t>(p.rng() % vocab);
     auto [ic, ig] = p.UploadI32(ids, {rows});
     auto [ec, eg] = p.Outputs({rows, h});
-    p.cpu->Embedding(tc.view(), ic.view(), ec.view());
-    p.gpu->Embedding(tg.view(), ig.view(), eg.view());
+    p.cpu->Embedding(tc.view(), ic.view(), 0, ec.view());
+    p.gpu->Embedding(tg.view(), ig.view(), 0, eg.view());
     CHECK(RelError(p.Get(eg.view()), p.Get(ec.view())) == 0.0);
+    {  // a tensor-parallel rank's share of the vocabulary: rows 100 .. 199, zeros for other ids
+      auto [sc, sg] = p.Outputs({rows, h});
+      p.cpu->Embedding(tc.view().Rows(100, 100), ic.view(), 100, sc.view());
+      p.gpu->Embedding(tg.view().Rows(100, 100), ig.view(), 100, sg.view());
+      CHECK(RelError(p.Get(sg.view()), p.Get(sc.view())) == 0.0);
+    }
 
     auto w = p.Random(h, 0.5f);
     auto [wc, wg] = p.Upload(w, {h});
