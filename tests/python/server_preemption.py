@@ -1,6 +1,7 @@
 """With a KV pool too small for every running request, `headwise serve` preempts (recompute)
-and still gives every request the text it gives alone; all pages come back afterwards.
-Prints "N passed, M failed"."""
+and still gives every request the text it gives alone; all pages come back afterwards. The same
+with the model and its KV heads split over 2 CPU ranks (--tensor-parallel-size 2), whose texts
+equal one rank's. Prints "N passed, M failed"."""
 
 import threading
 
@@ -26,10 +27,18 @@ def run(client, prompt, stream):
     return text, finish
 
 
+ONE_RANK = []  # the texts alone on one rank, for the tensor-parallel server
+
+
 def test_preemption(srv):
     client = srv.client()
     alone = [run(client, p, False) for p in PROMPTS]
     assert all(f == "length" for _, f in alone), alone
+    if ONE_RANK:
+        bad = [i for i in range(len(PROMPTS)) if alone[i] != ONE_RANK[i]]
+        assert not bad, f"prompts {bad} differ from one rank's text"
+    else:
+        ONE_RANK.extend(alone)
     before = srv.metric("headwise_preemptions_total")
     results, errors = [None] * len(PROMPTS), []
 
@@ -59,6 +68,8 @@ def main():
     runner = Runner()
     with Server(*FLAGS) as srv:
         runner.run("preemption_keeps_outputs", test_preemption, srv)
+    with Server(*FLAGS, "--tensor-parallel-size", "2") as srv:
+        runner.run("tensor_parallel_2_ranks_same_texts", test_preemption, srv)
     runner.finish()
 
 
