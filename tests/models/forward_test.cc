@@ -10,36 +10,14 @@
 #include "engine/model_runner.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "models/llama_model.h"
+#include "tests/models/seeded_weights.h"
 
 namespace headwise::models {
 namespace {
 
 using engine::BatchEntry;
 
-// Random weights held in memory; shapes are whatever the model asks for.
-class RandomWeights : public WeightSource {
- public:
-  explicit RandomWeights(uint32_t seed) : rng_(seed) {}
-  bool Has(const std::string&) const override { return true; }
-  StatusOr<kernels::HostTensor> Load(const std::string& name,
-                                     const std::vector<int64_t>& shape) override {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    auto v = std::make_shared<std::vector<float>>(static_cast<size_t>(n));
-    const bool norm = name.find("norm") != std::string::npos;
-    std::normal_distribution<float> dist(norm ? 1.0f : 0.0f, norm ? 0.1f : 0.08f);
-    for (auto& x : *v) x = dist(rng_);
-    kernels::HostTensor t;
-    t.data = v->data();
-    t.keepalive = v;
-    t.shape = shape.size() == 1 ? Tensor(nullptr, DType::kF32, Device::kCpu, {shape[0]})
-                                : Tensor(nullptr, DType::kF32, Device::kCpu, {shape[0], shape[1]});
-    return t;
-  }
-
- private:
-  std::mt19937 rng_;
-};
+using testing::SeededWeights;
 
 ModelConfig SmallConfig(bool bias) {
   ModelConfig c;
@@ -97,7 +75,7 @@ struct Fixture {
     return all;
   }
   std::unique_ptr<kernels::Backend> backend;
-  RandomWeights weights;
+  SeededWeights weights;
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<kvcache::KvCache> cache;
 };

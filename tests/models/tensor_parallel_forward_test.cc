@@ -18,6 +18,7 @@
 #include "kernels/communicator.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "models/llama_model.h"
+#include "tests/models/seeded_weights.h"
 #include "tests/test_util.h"
 
 namespace headwise::models {
@@ -27,31 +28,7 @@ using engine::BatchEntry;
 using kvcache::KvLayout;
 using kvcache::KvRetention;
 
-// Weights that depend only on (seed, name): every rank loading them sees the same model.
-class SeededWeights : public WeightSource {
- public:
-  explicit SeededWeights(uint32_t seed) : seed_(seed) {}
-  bool Has(const std::string&) const override { return true; }
-  StatusOr<kernels::HostTensor> Load(const std::string& name,
-                                     const std::vector<int64_t>& shape) override {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    auto v = std::make_shared<std::vector<float>>(static_cast<size_t>(n));
-    std::mt19937 rng(seed_ ^ static_cast<uint32_t>(std::hash<std::string>{}(name)));
-    const bool norm = name.find("norm") != std::string::npos;
-    std::normal_distribution<float> dist(norm ? 1.0f : 0.0f, norm ? 0.1f : 0.08f);
-    for (auto& x : *v) x = dist(rng);
-    kernels::HostTensor t;
-    t.data = v->data();
-    t.keepalive = v;
-    t.shape = shape.size() == 1 ? Tensor(nullptr, DType::kF32, Device::kCpu, {shape[0]})
-                                : Tensor(nullptr, DType::kF32, Device::kCpu, {shape[0], shape[1]});
-    return t;
-  }
-
- private:
-  uint32_t seed_;
-};
+using testing::SeededWeights;
 
 ModelConfig RandomConfig(int heads, int kv_heads, bool qwen) {
   ModelConfig c;
