@@ -6,7 +6,7 @@
 // usage: hw_bench_policy MODEL --policies NAME=FILE,NAME=FILE,... [--load-format dummy]
 //                        [--contexts 32768,65536,131072] [--batches 1,4] [--budget-gb 60]
 //                        [--chunk 2048] [--tokens 16] [--device cuda] [--skip-capacity]
-//                        [--enforce-eager]
+//                        [--enforce-eager] [--op-times N]
 // --chunk is the most tokens a step writes per sequence (the server's max_num_batched_tokens):
 // rings hold sink + window + chunk tokens. Decode contexts are not prefilled: the pages are
 // reserved and filled with random keys and values (and Quest's page bounds with random bounds),
@@ -25,9 +25,14 @@
 // refresh periods and "ms" is their mean (refresh steps read every key, the others the set), the
 // bytes the average over a period; "refresh_ms" / "reuse_ms" are the medians of each kind.
 //
+// --op-times N: after each decode row, N more steps run eagerly with the backend synchronized
+// after every operation (LlamaModel::set_op_timer), and an "op_times" row says where a step's time
+// goes: milliseconds per step of each kind of operation, summed over layers. Synchronizing adds
+// each launch's latency, so the row explains a step; it does not time one.
+//
 // Prints one JSON object per line: roofline (copy bandwidth), policy (bytes per token,
 // selection), capacity (per context: most sequences; longest single context), decode (per batch
-// x context x policy), kv_ratio.
+// x context x policy), op_times (with --op-times), kv_ratio.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -201,7 +206,7 @@ int main(int argc, char** argv) {
   std::string device = "cuda", load_format = "auto", policies_s, contexts_s = "32768,65536,131072",
               batches_s = "1,4";
   int budget_gb = 60;
-  int chunk = 2048, tokens = 16;
+  int chunk = 2048, tokens = 16, op_steps = 0;
   bool skip_capacity = false, enforce_eager = false;
   flags.String("device", device);
   flags.String("load-format", load_format);
@@ -213,6 +218,7 @@ int main(int argc, char** argv) {
   flags.Int("tokens", tokens);
   flags.Bool("skip-capacity", skip_capacity);
   flags.Bool("enforce-eager", enforce_eager);
+  flags.Int("op-times", op_steps);
   const auto fail = [](const std::string& what) {
     std::fprintf(stderr, "hw_bench_policy: error: %s\n", what.c_str());
     return 2;
@@ -338,7 +344,8 @@ int main(int argc, char** argv) {
         const int period = arm.bytes.refresh_period();
         hw::bench::DecodeTiming timing;
         timing.steps = (tokens + period - 1) / period * period;  // whole refresh periods
-        const int total = context + timing.TokensToReserve();
+        // --op-times steps go on after the timed ones (a recycled set knows when it was chosen).
+        const int total = context + timing.TokensToReserve() + (op_steps > 0 ? op_steps + 2 : 0);
         hw::kvcache::KvCacheConfig config = fp.config;
         config.num_pages = static_cast<int>(fp.Pages(batch, total));
         if (fp.layout.selects_any()) config.select_slots = batch;  // every sequence selects
@@ -444,6 +451,38 @@ int main(int argc, char** argv) {
             arm.name, batch, context, graphs, steps.warmup, timing.steps, ms, fields, seq.selects,
             bytes_keys, bytes, batch * seq.kv, batch * seq.selection, bytes / copy_bw * 1e3,
             bytes / copy_bw * 1e3 / ms));
+        if (op_steps > 0) {
+          // Where the time goes: eager steps, synchronized after each operation.
+          std::map<std::string, double> op_s;
+          double last = hw::bench::Now();
+          model.set_op_timer([&](const char* op) {
+            be.Synchronize();
+            const double now = hw::bench::Now();
+            op_s[op] += now - last;
+            last = now;
+          });
+          hw::bench::DecodeTiming op_timing;
+          op_timing.steps = op_steps;
+          op_timing.warmup_steps = op_timing.warmup_max = 1;
+          op_timing.warmup_s = 0;
+          const double t0 = hw::bench::Now();
+          last = t0;
+          const hw::bench::DecodeSteps op_run = hw::bench::TimeDecodeSteps(
+              runner, seqs, context + steps.warmup + timing.steps, op_timing);
+          model.set_op_timer(nullptr);
+          // The warm-up step's operations count too: per step over all steps run.
+          const double n = static_cast<double>(op_run.warmup + op_timing.steps);
+          std::string ops;
+          double total = 0;
+          for (const auto& [op, sec] : op_s) {
+            ops += fmt::format(R"({}"{}": {:.3f})", ops.empty() ? "" : ", ", op, sec / n * 1e3);
+            total += sec;
+          }
+          Emit(fmt::format(
+              R"({{"kind": "op_times", "policy": "{}", "batch": {}, "context": {}, "steps": {}, )"
+              R"("step_ms": {:.3f}, "ops_ms": {{{}}}}})",
+              arm.name, batch, context, n, total / n * 1e3, ops));
+        }
       }
     }
   }

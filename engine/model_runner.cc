@@ -233,7 +233,7 @@ Tensor ModelRunner::Forward(std::span<const BatchEntry> batch) {
                          return cache_.layout(e.kv->layout()).offload.has_value();
                        });
   if (!use_graphs_ || !be.SupportsCapture() || !decode_only || bucket == 0 ||
-      model().has_attention_observer() || offload) {
+      model().has_attention_observer() || model().has_op_timer() || offload) {
     const Step step = Pack(batch, 0, 0);
     Tensor logits;
     threads_->Run([&](int r) {

@@ -229,9 +229,14 @@ Tensor LlamaModel::Run(const StepInputs& step) {
   HW_CHECK_EQ(step.layer_tables.size(), static_cast<size_t>(c.num_layers));
 
   const int64_t head_dim = c.head_dim, heads = num_heads(), q_dim = heads * head_dim;
+  const auto mark = [this](const char* op) {
+    if (op_timer_) op_timer_(op);
+  };
   // Partial sums of the ranks' shares meet here (ModelShard).
-  const auto all_reduce = [this](const Tensor& x) {
-    if (shard_.size > 1) shard_.comm->AllReduceSum(x);
+  const auto all_reduce = [&](const Tensor& x) {
+    if (shard_.size == 1) return;
+    shard_.comm->AllReduceSum(x);
+    mark("all_reduce");
   };
   auto rows = [&](const Buffer& b, int64_t n) { return b.view().Rows(0, n); };
   const Tensor residual = rows(workspace_.residual, num_tokens);
@@ -249,20 +254,28 @@ Tensor LlamaModel::Run(const StepInputs& step) {
   const Tensor no_bias;
 
   be.Embedding(embed_.view(), step.ids, static_cast<int32_t>(vocab_first()), residual);
+  mark("embedding");
   all_reduce(residual);
   be.RmsNorm(residual, layers_.front().input_norm.view(), eps, normed);
+  mark("norm");
   for (int l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[static_cast<size_t>(l)];
     const kernels::PagedAttentionBatch attn_batch{step.token_seq, step.token_pos,
                                                   step.layer_tables[static_cast<size_t>(l)],
                                                   step.query_start, step.max_query_len};
     be.Matmul(normed, layer.qkv.view(), layer.qkv_bias.view(), qkv);
+    mark("qkv");
     be.RopeWriteKv(qkv, attn_batch, inv_freq_.view(), step.pool, q);
+    mark("rope_write_kv");
     const auto flag = [l](std::span<const char> flags) {
       return !flags.empty() && flags[static_cast<size_t>(l)] != 0;
     };
-    if (flag(step.page_layers)) be.UpdatePageSummaries(step.pool, attn_batch);
+    if (flag(step.page_layers)) {
+      be.UpdatePageSummaries(step.pool, attn_batch);
+      mark("page_summaries");
+    }
     be.PagedAttention(q, step.pool, attn_batch, scale, attn);
+    mark("attention");
     if (flag(step.select_layers)) {
       // Launched whether or not a sequence selects this step (the kernels skip rows that do
       // not), so a captured decode step replays the same launches for any mix of sequences.
@@ -273,9 +286,13 @@ Tensor LlamaModel::Run(const StepInputs& step) {
                           {step.seq_len.numel(), heads, step.select_max_len});
       HW_CHECK_LE(scores.numel(), scores_.view().numel());
       be.SelectionGate(q, select);
+      mark("select_gate");
       be.ScoreAttention(q, step.pool, select, scale, attn, scores);
+      mark("select_score");
       be.SelectTopK(q, scores, select);
+      mark("select_topk");
       be.SelectedAttention(q, step.pool, select, scale, attn);
+      mark("select_attention");
     }
     if (flag(step.offload_layers)) {
       step.offload_host(l, q);
@@ -283,31 +300,42 @@ Tensor LlamaModel::Run(const StepInputs& step) {
           q, step.pool,
           {step.seq_token, step.seq_len, attn_batch.table, step.offload_out, step.offload_lse},
           scale, attn);
+      mark("offload_attention");
     }
     if (observer_) observer_(l, q, step.pool, attn_batch);
     be.Matmul(attn.Reshape({num_tokens, q_dim}), layer.o_proj.view(), no_bias, proj);
+    mark("o_proj");
     all_reduce(proj);
     be.AddRmsNorm(residual, proj, layer.post_norm.view(), eps, normed);
+    mark("norm");
     be.Matmul(normed, layer.gate_up.view(), no_bias, gate_up);
+    mark("gate_up");
     be.SiluMul(gate_up, mlp);
+    mark("silu_mul");
     be.Matmul(mlp, layer.down.view(), no_bias, proj);
+    mark("down");
     all_reduce(proj);
     const Buffer& next_norm =
         l + 1 < c.num_layers ? layers_[static_cast<size_t>(l) + 1].input_norm : final_norm_;
     be.AddRmsNorm(residual, proj, next_norm.view(), eps, normed);
+    mark("norm");
   }
 
   be.GatherRows(normed, step.logit_rows, last);
+  mark("gather_rows");
   const Buffer& head = c.tie_word_embeddings ? embed_ : lm_head_;
   if (shard_.size == 1) {
     const Tensor logits = rows(logits_, num_rows);
     be.Matmul(last, head.view(), no_bias, logits);
+    mark("lm_head");
     return logits;
   }
   const Tensor share = rows(shard_logits_, num_rows);
   be.Matmul(last, head.view(), no_bias, share);
+  mark("lm_head");
   const Tensor logits = shard_.rank == 0 ? rows(logits_, num_rows) : Tensor();
   shard_.comm->GatherColumns(share, logits, 0);
+  mark("gather_logits");
   return logits;
 }
 

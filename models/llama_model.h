@@ -113,6 +113,13 @@ class LlamaModel {
                          const kernels::PagedAttentionBatch& batch)>;
   void set_attention_observer(AttentionObserver observer) { observer_ = std::move(observer); }
   bool has_attention_observer() const { return static_cast<bool>(observer_); }
+  // Called after each operation Run issues, with the operation's name ("qkv", "attention",
+  // "select_topk", ...; the same name in every layer): a benchmark synchronizes there to time
+  // each kind of operation (bench/policy_bench.cc --op-times). Unset (the default) costs a branch
+  // per operation; while set, the runner runs every step eagerly.
+  using OpTimer = std::function<void(const char* op)>;
+  void set_op_timer(OpTimer timer) { op_timer_ = std::move(timer); }
+  bool has_op_timer() const { return static_cast<bool>(op_timer_); }
 
   // Grows the activations and logits to hold a step of num_tokens tokens and num_rows logit
   // rows, and the selection scores to score_elems floats; true when buffers moved (work recorded
@@ -145,6 +152,7 @@ class LlamaModel {
   size_t weight_bytes_ = 0;
   uint64_t weights_hash_ = 0;
   AttentionObserver observer_;
+  OpTimer op_timer_;
   // Reused across steps, grown to the largest batch seen: no allocation per step.
   struct Workspace {
     int64_t tokens = 0;

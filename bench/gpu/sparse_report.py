@@ -114,6 +114,35 @@ def main():
         print()
     print(f"**Target (>= {TARGET:.0%} of the speedup the bytes allow): met in {met} of {total} "
           "rows.**\n")
+    # hw_bench_policy --op-times: where an eager, per-operation synchronized step's time goes.
+    ops = [r for run in runs for r in run["rows"] if r["kind"] == "op_times"]
+    if ops:
+        groups = [("selection", ("select_gate", "select_score", "select_topk", "select_attention",
+                                 "page_summaries")),
+                  ("attention", ("attention",)),
+                  ("GEMMs", ("qkv", "o_proj", "gate_up", "down", "lm_head")),
+                  ("other", None)]
+        print("Where a step's time goes (`--op-times`: eager steps, the device synchronized after "
+              "every operation, so each launch's latency counts: this explains a step, it does not "
+              "time one). Milliseconds per step, summed over layers:\n")
+        print("| batch | context | policy | eager step ms | " +
+              " | ".join(g for g, _ in groups) + " | selection: gate / score / top-k / attention |")
+        print("|---|---|---|---|" + "---|" * len(groups) + "---|")
+        for r in ops:
+            o = r["ops_ms"]
+            named = set()
+            cells = []
+            for _, names in groups:
+                if names is None:
+                    cells.append(sum(v for n, v in o.items() if n not in named))
+                else:
+                    named.update(names)
+                    cells.append(sum(o.get(n, 0.0) for n in names))
+            sel = " / ".join(f"{o.get(n, 0.0):.3f}" for n in
+                             ("select_gate", "select_score", "select_topk", "select_attention"))
+            print(f"| {r['batch']} | {k(r['context'])} | {r['policy']} | {r['step_ms']:.3f} | " +
+                  " | ".join(f"{c:.3f}" for c in cells) + f" | {sel} |")
+        print()
     # The GPU benchmark's dense step, same shapes, another process of the same call.
     dense = {}
     for run in runs:

@@ -25,7 +25,9 @@
 #     batch 16 at 32K. Batch 16 at 64K and 128K fit no single card.
 #     If the bench dies (a kernel's trap, a check), it runs again without the policy it was
 #     measuring (the one after the last line printed), at most twice; every run has its own
-#     dense baseline, and the report keeps each run's rows with their own dense.
+#     dense baseline, and the report keeps each run's rows with their own dense. After each row,
+#     OP_STEPS (default 3; 0: none) eager steps synchronized per operation say where the time
+#     goes (hw_bench_policy --op-times; the report's per-operation table).
 #  3. hw_bench_gpu's decode at batches 1 and 4, 32K (GPU_CROSSCHECK=0 skips it): the GPU
 #     benchmark's dense step beside the policy bench's dense rows, the same measurement
 #     (bench_util.h TimeDecodeSteps) in another process.
@@ -100,7 +102,8 @@ for attempt in 1 2 3; do
   part=$logs/policy-$attempt.jsonl
   timeout "$(left)" "$carry/bin/hw_bench_policy" "$model" --load-format dummy ${BENCH_ARGS:-} \
     --policies "$(policy_arg "${run_names[@]}")" --batches "$batches" --contexts "$contexts" \
-    --tokens "$tokens" --skip-capacity ${POLICY_BENCH_ARGS:-} >"$part" 2>"$logs/policy-$attempt.err"
+    --tokens "$tokens" --skip-capacity --op-times "${OP_STEPS:-3}" ${POLICY_BENCH_ARGS:-} \
+    >"$part" 2>"$logs/policy-$attempt.err"
   rc=$?
   cat "$part" >>"$jsonl"
   echo "hw_bench_policy run $attempt: rc $rc, $(grep -c '"decode"' "$part") decode lines"

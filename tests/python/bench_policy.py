@@ -89,7 +89,7 @@ with tempfile.TemporaryDirectory() as tmp:
         with open(files[name], "w") as f:
             json.dump(policy, f)
     cmd = [BIN, model, "--load-format", "dummy", "--device", "cpu", "--budget-gb", "1",
-           "--skip-capacity", "--tokens", str(TOKENS),
+           "--skip-capacity", "--tokens", str(TOKENS), "--op-times", "2",
            "--contexts", ",".join(map(str, CONTEXTS)), "--batches", ",".join(map(str, BATCHES)),
            "--policies", ",".join(f"{n}={p}" for n, p in files.items())]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -154,8 +154,23 @@ for (batch, context, name), r in cells.items():
     check(abs(r["fraction_of_allowed"] - r["speedup"] / r["bytes_allow"]) < 0.01,
           f"{where}: fraction_of_allowed")
 
+# --op-times: one row per decode cell, its operations adding up to its step; the selection's
+# operations where a policy selects, and only there.
+ops = {(r["batch"], r["context"], r["policy"]): r for r in lines if r["kind"] == "op_times"}
+check(sorted(ops) == sorted(cells), "op_times rows do not match the decode cells")
+for key, r in ops.items():
+    where = f"op_times {key}"
+    check(r["steps"] >= 2 and r["step_ms"] > 0, f"{where}: {r}")
+    check(abs(sum(r["ops_ms"].values()) - r["step_ms"]) <= 0.01 * r["step_ms"] + 1e-3,
+          f"{where}: operations do not add up to the step")
+    check(all(op in r["ops_ms"] for op in ("qkv", "attention", "gate_up", "down", "lm_head")),
+          f"{where}: a layer operation is missing: {sorted(r['ops_ms'])}")
+    selecting = key[2] != "dense"
+    check(("select_topk" in r["ops_ms"]) == selecting and ("select_score" in r["ops_ms"]) == selecting,
+          f"{where}: selection operations {sorted(r['ops_ms'])}")
+
 if failures:
     print("\n".join(failures))
     print(run.stdout)
     sys.exit(1)
-print(f"ok: {len(decode)} decode cells, {len(names)} policies")
+print(f"ok: {len(decode)} decode cells, {len(names)} policies, {len(ops)} op_times rows")
