@@ -19,6 +19,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/engine/policy_arms_util.h"
 #include "tests/gpu_under_test.h"
+#include "tests/host_staged_communicator.h"
 #include "tests/test_util.h"
 
 namespace headwise::engine {
@@ -381,6 +382,90 @@ TEST_CASE("CUDA: one engine runs dense, Duo, Streaming and Razor requests togeth
   config.num_kv_pages = 4096;
   testing_arms::CheckArmsMatchAlone([] { return testing::CreateGpuUnderTest(); }, config,
                                     /*alone_exact=*/false);
+}
+
+// Tensor parallelism's device side on one GPU: two ranks on the same GPU (two backends, the
+// host-staged communicator: NCCL takes one rank per GPU), each with its share of TinyStories and
+// a pool of its KV heads' pages, against one rank on that GPU; eager steps on both. Checks the
+// sharded embedding kernel, the rank tables and pools, BindThread and the memory calls' device
+// scope; NCCL itself and per-rank graphs need a multi-GPU machine.
+TEST_CASE("CUDA: the model over 2 ranks on one GPU gives one rank's logits and tokens", "[cuda]") {
+  const std::string path = testing::SharedDir() + "/models/tinystories-656k";
+  std::vector<std::unique_ptr<kernels::Backend>> backends;
+  for (int r = 0; r < 2; ++r) backends.push_back(testing::CreateGpuUnderTest());
+  auto comms = testing::HostStagedCommunicator::Create({backends[0].get(), backends[1].get()});
+  struct Ranks {
+    LoadedModel loaded;
+    std::vector<models::LlamaModel*> models;
+  };
+  const auto load = [&](int n) {
+    RankDevices devices;
+    for (int r = 0; r < n; ++r) {
+      devices.backends.push_back(backends[static_cast<size_t>(r)].get());
+      devices.comms.push_back(n == 1 ? nullptr : comms[static_cast<size_t>(r)].get());
+    }
+    auto loaded = LoadModel(path, LoadOptions{}, devices);
+    REQUIRE(loaded.ok());
+    Ranks out{std::move(loaded).value(), {}};
+    out.models.push_back(out.loaded.model.get());
+    for (auto& m : out.loaded.other_ranks) out.models.push_back(m.get());
+    return out;
+  };
+  Ranks one = load(1), two = load(2);
+  const auto& c = one.loaded.model->config();
+  kvcache::KvLayout mixed = kvcache::KvLayout::Dense(c.num_layers, c.num_kv_heads, "mixed");
+  for (int l = 0; l < c.num_layers; ++l) {  // rank 0 holds the ring heads, rank 1 the compressed
+    mixed.At(l, 0) = kvcache::KvRetention::Ring(4, 16);
+    mixed.At(l, c.num_kv_heads - 1) = kvcache::KvRetention::CompressOnce(4, 16);
+  }
+  const std::vector<int32_t> prompt =
+      testing_arms::LongPrompt(*one.loaded.tokenizer, 0);  // ~80 tokens: rings and compaction act
+  for (const kvcache::KvLayout& layout :
+       {kvcache::KvLayout::Dense(c.num_layers, c.num_kv_heads), mixed}) {
+    INFO("layout " << layout.name);
+    std::vector<std::vector<float>> logits[2];
+    std::vector<int32_t> tokens[2];
+    for (int n : {1, 2}) {
+      Ranks& ranks = n == 1 ? one : two;
+      kvcache::KvCacheConfig config = KvConfigFor(c, 1024, 16, 512);
+      config.num_ranks = n;
+      std::vector<kernels::Backend*> raw;
+      for (int r = 0; r < n; ++r) raw.push_back(backends[static_cast<size_t>(r)].get());
+      kvcache::KvCache cache(config, {layout}, raw);
+      ModelRunner runner(ranks.models, cache);
+      runner.set_use_graphs(false);  // the host-staged communicator cannot be captured
+      kvcache::SequenceKv kv(cache);
+      const int steps = 24, total = static_cast<int>(prompt.size()) + steps;
+      REQUIRE(kv.Reserve(total).ok());
+      std::vector<int32_t> seq = prompt;
+      BatchEntry e{&kv, seq, 0, false};
+      logits[n - 1].push_back(runner.ForwardToHost(std::span<const BatchEntry>(&e, 1)));
+      CompactAfterPrompt(*backends[0], cache, kv, static_cast<int>(prompt.size()));
+      for (int s = 0; s < steps; ++s) {
+        const auto& last = logits[n - 1].back();
+        seq.push_back(
+            static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin()));
+        tokens[n - 1].push_back(seq.back());
+        const int pos = static_cast<int>(seq.size()) - 1;
+        const BatchEntry d{&kv, std::span<const int32_t>(seq).subspan(pos, 1), pos, false};
+        logits[n - 1].push_back(runner.ForwardToHost(std::span<const BatchEntry>(&d, 1)));
+      }
+    }
+    CHECK(tokens[1] == tokens[0]);
+    // Same tokens fed to both only while they agree: compare the steps before any parting.
+    double max_diff = 0, scale = 0;
+    for (size_t i = 0; i < logits[0].size(); ++i) {
+      if (i > 0 && tokens[0][i - 1] != tokens[1][i - 1]) break;
+      for (size_t j = 0; j < logits[0][i].size(); ++j) {
+        max_diff = std::max(max_diff, double(std::abs(logits[1][i][j] - logits[0][i][j])));
+        scale = std::max(scale, double(std::abs(logits[0][i][j])));
+      }
+    }
+    INFO("max |logit diff| " << max_diff << " of max |logit| " << scale);
+    // CPU pairs add in another order within fp32 rounding; bf16 rounds the ranks' partial sums
+    // (and the first rank's whole) apiece.
+    CHECK(max_diff <= (testing::kGpuUnderTestCaptures ? 0.03 : 1e-5) * scale);
+  }
 }
 
 }  // namespace
