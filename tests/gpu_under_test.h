@@ -16,11 +16,15 @@
 
 namespace headwise::testing {
 
-inline std::unique_ptr<kernels::Backend> CreateGpuUnderTest() {
+// GPU `device_index` (the pair builds: another CPU backend).
+inline std::unique_ptr<kernels::Backend> CreateGpuUnderTest(int device_index = 0) {
 #ifdef HEADWISE_TEST_PAIR_CPU
+  (void)device_index;
   return kernels::CreateCpuBackend(2);
 #else
-  return std::move(kernels::CreateCudaBackend(0)).value();
+  auto created = kernels::CreateCudaBackend(device_index);
+  HW_CHECK(created.ok(), "{}", created.status().ToString());
+  return std::move(created).value();
 #endif
 }
 

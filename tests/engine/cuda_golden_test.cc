@@ -16,6 +16,7 @@
 #include "engine/kv_compaction.h"
 #include "engine/model_loader.h"
 #include "engine/model_runner.h"
+#include "kernels/communicator.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/engine/policy_arms_util.h"
 #include "tests/gpu_under_test.h"
@@ -384,75 +385,61 @@ TEST_CASE("CUDA: one engine runs dense, Duo, Streaming and Razor requests togeth
                                     /*alone_exact=*/false);
 }
 
-// Tensor parallelism's device side on one GPU: two ranks on the same GPU (two backends, the
-// host-staged communicator: NCCL takes one rank per GPU), each with its share of TinyStories and
-// a pool of its KV heads' pages, against one rank on that GPU; eager steps on both. Checks the
-// sharded embedding kernel, the rank tables and pools, BindThread and the memory calls' device
-// scope; NCCL itself and per-rank graphs need a multi-GPU machine.
-TEST_CASE("CUDA: the model over 2 ranks on one GPU gives one rank's logits and tokens", "[cuda]") {
+// TinyStories over the ranks of `backends` (rank r's share on backends[r], reducing through
+// comms[r]) against one rank on backends[0]: the prompt, then 24 greedy tokens, under dense
+// attention and a mixed layout (KV head 0 a ring, the last compress-once, so the ranks hold
+// different kinds). Greedy tokens equal, logits within `tol` of the largest.
+void CheckRanksMatchOne(const std::vector<kernels::Backend*>& backends,
+                        const std::vector<kernels::Communicator*>& comms, bool graphs, double tol) {
   const std::string path = testing::SharedDir() + "/models/tinystories-656k";
-  std::vector<std::unique_ptr<kernels::Backend>> backends;
-  for (int r = 0; r < 2; ++r) backends.push_back(testing::CreateGpuUnderTest());
-  auto comms = testing::HostStagedCommunicator::Create({backends[0].get(), backends[1].get()});
-  struct Ranks {
-    LoadedModel loaded;
-    std::vector<models::LlamaModel*> models;
-  };
-  const auto load = [&](int n) {
-    RankDevices devices;
-    for (int r = 0; r < n; ++r) {
-      devices.backends.push_back(backends[static_cast<size_t>(r)].get());
-      devices.comms.push_back(n == 1 ? nullptr : comms[static_cast<size_t>(r)].get());
-    }
-    auto loaded = LoadModel(path, LoadOptions{}, devices);
-    REQUIRE(loaded.ok());
-    Ranks out{std::move(loaded).value(), {}};
-    out.models.push_back(out.loaded.model.get());
-    for (auto& m : out.loaded.other_ranks) out.models.push_back(m.get());
-    return out;
-  };
-  Ranks one = load(1), two = load(2);
-  const auto& c = one.loaded.model->config();
+  const int n = static_cast<int>(backends.size());
+  auto one = LoadModel(path, LoadOptions{}, *backends[0]);
+  auto sharded = LoadModel(path, LoadOptions{}, RankDevices{backends, comms});
+  REQUIRE(one.ok());
+  REQUIRE(sharded.ok());
+  std::vector<models::LlamaModel*> ranks{sharded->model.get()};
+  for (auto& m : sharded->other_ranks) ranks.push_back(m.get());
+  const auto& c = one->model->config();
   kvcache::KvLayout mixed = kvcache::KvLayout::Dense(c.num_layers, c.num_kv_heads, "mixed");
-  for (int l = 0; l < c.num_layers; ++l) {  // rank 0 holds the ring heads, rank 1 the compressed
+  for (int l = 0; l < c.num_layers; ++l) {
     mixed.At(l, 0) = kvcache::KvRetention::Ring(4, 16);
     mixed.At(l, c.num_kv_heads - 1) = kvcache::KvRetention::CompressOnce(4, 16);
   }
-  const std::vector<int32_t> prompt =
-      testing_arms::LongPrompt(*one.loaded.tokenizer, 0);  // ~80 tokens: rings and compaction act
+  // ~80 tokens: rings drop tokens and compaction drops a span.
+  const std::vector<int32_t> prompt = testing_arms::LongPrompt(*one->tokenizer, 0);
   for (const kvcache::KvLayout& layout :
        {kvcache::KvLayout::Dense(c.num_layers, c.num_kv_heads), mixed}) {
-    INFO("layout " << layout.name);
+    INFO("layout " << layout.name << ", " << n << " ranks");
     std::vector<std::vector<float>> logits[2];
     std::vector<int32_t> tokens[2];
-    for (int n : {1, 2}) {
-      Ranks& ranks = n == 1 ? one : two;
+    for (int run = 0; run < 2; ++run) {
+      const std::vector<kernels::Backend*> raw =
+          run == 0 ? std::vector<kernels::Backend*>{backends[0]} : backends;
       kvcache::KvCacheConfig config = KvConfigFor(c, 1024, 16, 512);
-      config.num_ranks = n;
-      std::vector<kernels::Backend*> raw;
-      for (int r = 0; r < n; ++r) raw.push_back(backends[static_cast<size_t>(r)].get());
+      config.num_ranks = static_cast<int>(raw.size());
       kvcache::KvCache cache(config, {layout}, raw);
-      ModelRunner runner(ranks.models, cache);
-      runner.set_use_graphs(false);  // the host-staged communicator cannot be captured
+      ModelRunner runner(run == 0 ? std::vector<models::LlamaModel*>{one->model.get()} : ranks,
+                         cache);
+      runner.set_use_graphs(graphs);
       kvcache::SequenceKv kv(cache);
-      const int steps = 24, total = static_cast<int>(prompt.size()) + steps;
-      REQUIRE(kv.Reserve(total).ok());
+      const int steps = 24;
+      REQUIRE(kv.Reserve(static_cast<int>(prompt.size()) + steps).ok());
       std::vector<int32_t> seq = prompt;
-      BatchEntry e{&kv, seq, 0, false};
-      logits[n - 1].push_back(runner.ForwardToHost(std::span<const BatchEntry>(&e, 1)));
+      const BatchEntry e{&kv, seq, 0, false};
+      logits[run].push_back(runner.ForwardToHost(std::span<const BatchEntry>(&e, 1)));
       CompactAfterPrompt(*backends[0], cache, kv, static_cast<int>(prompt.size()));
-      for (int s = 0; s < steps; ++s) {
-        const auto& last = logits[n - 1].back();
+      for (int step = 0; step < steps; ++step) {
+        const auto& last = logits[run].back();
         seq.push_back(
             static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin()));
-        tokens[n - 1].push_back(seq.back());
+        tokens[run].push_back(seq.back());
         const int pos = static_cast<int>(seq.size()) - 1;
         const BatchEntry d{&kv, std::span<const int32_t>(seq).subspan(pos, 1), pos, false};
-        logits[n - 1].push_back(runner.ForwardToHost(std::span<const BatchEntry>(&d, 1)));
+        logits[run].push_back(runner.ForwardToHost(std::span<const BatchEntry>(&d, 1)));
       }
     }
     CHECK(tokens[1] == tokens[0]);
-    // Same tokens fed to both only while they agree: compare the steps before any parting.
+    // Both fed the same tokens only while they agree: the steps before any parting.
     double max_diff = 0, scale = 0;
     for (size_t i = 0; i < logits[0].size(); ++i) {
       if (i > 0 && tokens[0][i - 1] != tokens[1][i - 1]) break;
@@ -462,10 +449,46 @@ TEST_CASE("CUDA: the model over 2 ranks on one GPU gives one rank's logits and t
       }
     }
     INFO("max |logit diff| " << max_diff << " of max |logit| " << scale);
-    // CPU pairs add in another order within fp32 rounding; bf16 rounds the ranks' partial sums
-    // (and the first rank's whole) apiece.
-    CHECK(max_diff <= (testing::kGpuUnderTestCaptures ? 0.03 : 1e-5) * scale);
+    CHECK(max_diff <= tol * scale);
   }
+}
+
+// The ranks' partial sums round to bf16 apiece on a GPU (fp32 on the CPU pair build, where they
+// only add in another order).
+constexpr double kRanksTol = testing::kGpuUnderTestCaptures ? 0.03 : 1e-5;
+
+// Tensor parallelism's device side on one GPU: two ranks on the same GPU (two backends and the
+// host-staged communicator: NCCL takes one rank per GPU), eager steps. Checks the sharded
+// embedding kernel, the ranks' tables and pools, BindThread and the memory calls' device scope;
+// NCCL and per-rank graphs need several GPUs (the next case).
+TEST_CASE("CUDA: the model over 2 ranks on one GPU gives one rank's logits and tokens", "[cuda]") {
+  std::vector<std::unique_ptr<kernels::Backend>> owned;
+  for (int r = 0; r < 2; ++r) owned.push_back(testing::CreateGpuUnderTest());
+  const std::vector<kernels::Backend*> backends{owned[0].get(), owned[1].get()};
+  auto comms = testing::HostStagedCommunicator::Create(backends);
+  CheckRanksMatchOne(backends, {comms[0].get(), comms[1].get()}, /*graphs=*/false, kRanksTol);
+}
+
+// Tensor parallelism over HEADWISE_TP_RANKS GPUs (default 2) through NCCL, with decode graphs
+// captured per rank: run by name on a machine with that many GPUs
+// (scripts/device/run-tensor-parallel.sh); a missing GPU fails.
+TEST_CASE("CUDA: the model over N GPUs through NCCL gives one GPU's logits and tokens",
+          "[.][multigpu]") {
+  const char* env = std::getenv("HEADWISE_TP_RANKS");
+  const int n = env != nullptr ? std::atoi(env) : 2;
+  REQUIRE(n >= 2);
+  std::vector<std::unique_ptr<kernels::Backend>> owned;
+  std::vector<kernels::Backend*> backends;
+  for (int r = 0; r < n; ++r) {
+    owned.push_back(testing::CreateGpuUnderTest(r));
+    backends.push_back(owned.back().get());
+  }
+  auto comms = kernels::CreateCommunicators(backends);
+  INFO(comms.status().ToString());
+  REQUIRE(comms.ok());
+  std::vector<kernels::Communicator*> raw;
+  for (auto& comm : *comms) raw.push_back(comm.get());
+  CheckRanksMatchOne(backends, raw, /*graphs=*/true, kRanksTol);
 }
 
 }  // namespace
