@@ -490,12 +490,19 @@ class CpuBackend final : public Backend {
         "TopKeys: queries [{}, {}], keys [{}, {}], ids [{}, {}]", m, queries.dim(1), n, d,
         ids.dim(0), k);
     pool_.ParallelFor(m, m * n * d, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const auto top =
-            cpu::TopKeysOf(keys.ptr<float>(), static_cast<size_t>(n), static_cast<size_t>(d),
-                           queries.ptr<float>() + i * d, static_cast<size_t>(k));
-        for (int64_t j = 0; j < k; ++j) {
-          ids.ptr<int32_t>()[i * k + j] = static_cast<int32_t>(top[static_cast<size_t>(j)].id);
+      // Blocks of queries share each tile of keys while it is in cache.
+      constexpr int64_t kBlock = 16;
+      std::vector<cpu::ScoredId> top[kBlock];
+      for (int64_t first = begin; first < end; first += kBlock) {
+        const int64_t count = std::min(kBlock, end - first);
+        cpu::TopKeysOfBatch(keys.ptr<float>(), static_cast<size_t>(n), static_cast<size_t>(d),
+                            queries.ptr<float>() + first * d, static_cast<size_t>(count),
+                            static_cast<size_t>(k), top);
+        for (int64_t i = 0; i < count; ++i) {
+          for (int64_t j = 0; j < k; ++j) {
+            ids.ptr<int32_t>()[(first + i) * k + j] =
+                static_cast<int32_t>(top[i][static_cast<size_t>(j)].id);
+          }
         }
       }
     });

@@ -6,6 +6,7 @@
 // or bf16.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -74,8 +75,12 @@ StatusOr<std::vector<std::vector<ScoredId>>> ExactTopKBatch(const RowsOf<T>& key
   HW_RETURN_IF_ERROR(CheckMatrix(keys, keys.dim, "ExactTopKBatch keys"));
   HW_RETURN_IF_ERROR(CheckMatrix(queries, keys.dim, "ExactTopKBatch queries"));
   std::vector<std::vector<ScoredId>> result(queries.rows);
-  ParallelFor(queries.rows, num_threads, [&](size_t q) {
-    result[q] = kernels::cpu::TopKeysOf(keys.data, keys.rows, keys.dim, queries.Row(q), k);
+  // Blocks of queries share each tile of keys while it is in cache (kernels::cpu::TopKeysOfBatch).
+  constexpr size_t kBlock = 16;
+  ParallelFor((queries.rows + kBlock - 1) / kBlock, num_threads, [&](size_t b) {
+    const size_t first = b * kBlock, n = std::min(kBlock, queries.rows - first);
+    kernels::cpu::TopKeysOfBatch(keys.data, keys.rows, keys.dim, queries.Row(first), n, k,
+                                 result.data() + first);
   });
   return result;
 }
