@@ -7,6 +7,7 @@
 //          [--prompt-form chat|raw] [--decode-steps 32] [--train-stride 1] [--prefill-chunk 2048]
 //          [--sink 128] [--window 512] [--top-k 100] [--queues 100,128,...] [--efs 100,...]
 //          [--mean-ks 100,200] [--no-hnsw] [--layers 0,5,12-23] [--parallel-heads P]
+//          [--train-top backend|host]
 //          [--target 0.9] [--markdown FILE]
 //
 // Per length: a prompt of about that many tokens from the long-context harness (eval/tasks.h:
@@ -20,6 +21,10 @@
 // each --queues capacity, HNSW (M 16, ef_construction 200) at each --efs; GQA searched per query
 // head, as the union of a group's per-head results, and once with the group-mean query at each
 // --mean-ks k.
+//
+// RoarGraph's step 1 (each training query's exact top keys) runs where --train-top says: backend
+// (the default with --device cuda) is the engine's way, Backend::TopKeys on the device, one unit
+// at a time; host (the default on the CPU) is the build's own CPU search.
 //
 // Work: the (layer, KV head) units run --parallel-heads at a time (default: the model's KV heads),
 // each building and searching on threads / parallel-heads threads; a layer's captures are freed
@@ -60,6 +65,7 @@
 #include "eval/haystack.h"
 #include "eval/tasks.h"
 #include "kernels/backend_factory.h"
+#include "kernels/host_copy.h"
 #include "tokenizer/chat_renderer.h"
 #include "tools/flags.h"
 
@@ -254,7 +260,7 @@ int main(int argc, char** argv) {
   int window = 512, top_k = 100, parallel_heads = 0;
   int64_t seed = 1;
   float depth = 0.5f;
-  std::string target_s = "0.9";
+  std::string target_s = "0.9", train_top_s;
   bool no_hnsw = false;
   flags.String("device", device);
   flags.String("lengths", lengths_s);
@@ -278,6 +284,7 @@ int main(int argc, char** argv) {
   flags.Float("depth", depth);
   flags.String("target", target_s);
   flags.Bool("no-hnsw", no_hnsw);
+  flags.String("train-top", train_top_s);
   const auto fail = [](const std::string& what) {
     std::fprintf(stderr, "hw_bench_ann: error: %s\n", what.c_str());
     return 2;
@@ -335,6 +342,30 @@ int main(int argc, char** argv) {
   auto backend = std::move(created).value();
   auto loaded = hw::engine::LoadModel(model_path, {}, *backend);
   if (!loaded.ok()) return fail(loaded.status().message());
+  if (train_top_s.empty()) train_top_s = device == "cuda" ? "backend" : "host";
+  if (train_top_s != "backend" && train_top_s != "host") {
+    return fail("--train-top must be backend or host, got '" + train_top_s + "'");
+  }
+  std::mutex backend_mu;  // units run in parallel; the backend takes one at a time
+  if (train_top_s == "backend") {
+    hw::kernels::Backend& be = *backend;
+    sweep.train_top = [&be, &backend_mu](const ann::MatrixView& keys, const ann::MatrixView& train,
+                                         size_t k) -> hw::StatusOr<std::vector<uint32_t>> {
+      std::lock_guard lock(backend_mu);
+      const auto rows = static_cast<int64_t>(train.rows), n = static_cast<int64_t>(keys.rows),
+                 d = static_cast<int64_t>(keys.dim);
+      hw::kernels::Buffer q = be.Allocate(be.activation_dtype(), {rows, d});
+      hw::kernels::Buffer kb = be.Allocate(be.kv_dtype(), {n, d});
+      hw::kernels::Buffer ids = be.Allocate(hw::DType::kI32, {rows, static_cast<int64_t>(k)});
+      std::vector<uint16_t> raw;
+      HW_RETURN_IF_ERROR(hw::kernels::CopyFromHostF32(be, q.view(), train.data, raw));
+      HW_RETURN_IF_ERROR(hw::kernels::CopyFromHostF32(be, kb.view(), keys.data, raw));
+      be.TopKeys(q.view(), kb.view(), ids.view());
+      std::vector<int32_t> host(static_cast<size_t>(rows) * k);
+      be.CopyToHost(host.data(), ids.view(), host.size() * sizeof(int32_t));
+      return std::vector<uint32_t>(host.begin(), host.end());
+    };
+  }
   auto& model = *loaded->model;
   const auto& c = model.config();
   if (!loaded->tokenizer) return fail(model_path + ": no tokenizer found");

@@ -228,8 +228,13 @@ StatusOr<HeadResult> EvaluateHead(const HeadInput& in, const SweepOptions& o) {
   kvcache::ann::RoarGraphParams roar = o.roar;
   roar.num_threads = o.threads;
   t0 = Seconds();
+  std::vector<uint32_t> train_top;
+  if (o.train_top && in.train.rows > 0) {
+    HW_ASSIGN_OR_RETURN(train_top,
+                        o.train_top(in.keys, in.train, std::min(roar.n_q, in.keys.rows)));
+  }
   HW_ASSIGN_OR_RETURN(const kvcache::ann::RoarGraph graph,
-                      kvcache::ann::RoarGraph::Build(in.keys, in.train, roar));
+                      kvcache::ann::RoarGraph::Build(in.keys, in.train, roar, train_top));
   out.roar_build_s = Seconds() - t0;
   out.roar_edges = graph.num_edges();
   auto roar_search = [&](std::span<const float> q, size_t k, size_t queue) {

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -62,6 +63,12 @@ struct SweepOptions {
   kvcache::ann::RoarGraphParams roar;     // num_threads is set from `threads`
   kvcache::ann::HnswParams hnsw_params;
   int threads = 1;
+  // RoarGraph's step 1 done elsewhere, as the engine does it (the backend's TopKeys): the ids of
+  // each training query's k best keys, best first (RoarGraph::Build's train_top). Empty: the
+  // build computes them on the CPU. Its time counts in the build's.
+  std::function<StatusOr<std::vector<uint32_t>>(const MatrixView& keys, const MatrixView& train,
+                                                size_t k)>
+      train_top;
 };
 
 // Mean over the searches (and heads) of one setting.

@@ -24,6 +24,10 @@
 # scale perfectly) to risk a 10-minute call on it: run it in two calls,
 # TAG=a ANN_ARGS="--layers 0-11", then TAG=b ANN_ARGS="--layers 12-23" (about 3.5 min each), or
 # with ANN_ARGS="--train-stride 2" (half the build, but fewer training queries than the paper).
+# Since 2026-12-07 the RoarGraph's step 1 (that 80-90%) runs on the GPU by default, as the engine
+# does it (hw_bench_ann --train-top backend), and the CPU's exact top keys are 2.6x faster
+# (bench/results/roargraph-build-cpu-2026-12-07.md): 32K should fit one call; the 16K run of
+# 2026-12-07 (before both) took 270 s.
 set -uo pipefail
 name=${1:?usage: run-ann-recall.sh NAME LENGTHS}
 lengths=${2:?usage: run-ann-recall.sh NAME LENGTHS}

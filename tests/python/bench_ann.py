@@ -2,8 +2,9 @@
 run goes through, every JSON line parses, the run line says what was indexed (the prompt less the
 static set), every (layer, KV head) has a build line and head lines for exact, RoarGraph and HNSW
 (when built), exact per-head search and RoarGraph with a queue of every key score recall 1, each
-layer and the model have their means and reach lines, and the Markdown summary is written. Bad
-flags stop it with an error naming the flag.
+layer and the model have their means and reach lines, and the Markdown summary is written.
+RoarGraph's step 1 through the backend (--train-top backend) builds the same graphs as the
+host's. Bad flags stop it with an error naming the flag.
 
 usage: bench_ann.py PATH_TO_hw_bench_ann"""
 
@@ -100,8 +101,25 @@ with tempfile.TemporaryDirectory() as tmp:
             if want not in text:
                 failures.append(f"the summary lacks {want!r}")
 
+    # RoarGraph's step 1 through the backend's TopKeys (the engine's way; on the CPU backend the
+    # same arithmetic as the build's own) gives the same graphs and the same recalls.
+    def roar(extra):
+        r = subprocess.run(cmd + ["--no-hnsw"] + extra, capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            failures.append(f"{extra}: exit {r.returncode}: {r.stderr.strip()}")
+            return None
+        rows = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+        # Units run in parallel: their lines come in any order.
+        return (sorted((x["layer"], x["kv_head"], x["roargraph_edges"]) for x in rows if x["kind"] == "build"),
+                sorted((x["layer"], x["kv_head"], x["mode"], x["search_k"], x["setting"], x["recall"],
+                        x["scanned_frac"]) for x in rows if x["kind"] == "head" and x["index"] == "roargraph"))
+    host, backend = roar(["--train-top", "host"]), roar(["--train-top", "backend"])
+    if host is None or backend is None or not host[0] or host != backend:
+        failures.append("--train-top backend: other graphs or recalls than the host's step 1")
+
     for flags, name in ((["--top-k", "0"], "--top-k"), (["--task", "nope"], "--task"),
-                        (["--layers", "7"], "--layers"), (["--target", "2"], "--target")):
+                        (["--layers", "7"], "--layers"), (["--target", "2"], "--target"),
+                        (["--train-top", "gpu"], "--train-top")):
         task = [] if name == "--task" else ["--task", "niah_single"]
         r = subprocess.run(base + task + ["--lengths", "300"] + flags, capture_output=True, text=True,
                            timeout=60)
