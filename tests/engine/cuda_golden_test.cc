@@ -438,7 +438,21 @@ void CheckRanksMatchOne(const std::vector<kernels::Backend*>& backends,
         logits[run].push_back(runner.ForwardToHost(std::span<const BatchEntry>(&d, 1)));
       }
     }
-    CHECK(tokens[1] == tokens[0]);
+    // Greedy tokens equal, or parted only where one rank's two best logits are closer than bf16
+    // resolves (as CUDA against the CPU: CheckModel).
+    size_t same = 0;
+    while (same < tokens[0].size() && tokens[0][same] == tokens[1][same]) ++same;
+    if (same < tokens[0].size()) {
+      const std::vector<float>& at = logits[0][same];  // the logits that chose token `same`
+      std::vector<float> sorted = at;
+      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
+      const double range = sorted.front() - *std::min_element(at.begin(), at.end());
+      const double margin = sorted[0] - sorted[1];
+      WARN("layout " << layout.name << ": tokens part at step " << same << " of "
+                     << tokens[0].size() << ", one rank's top-2 logit margin " << margin
+                     << " of a range of " << range);
+      CHECK(margin < 0.02 * range);
+    }
     // Both fed the same tokens only while they agree: the steps before any parting.
     double max_diff = 0, scale = 0;
     for (size_t i = 0; i < logits[0].size(); ++i) {

@@ -128,8 +128,12 @@ TEST_CASE("Razor profile on CUDA matches the CPU backend's on Qwen2.5-Coder-0.5B
                                 << MaxAbsDiff(r.cpu.kv_induction, r.gpu.kv_induction) << ", echo "
                                 << MaxAbsDiff(r.cpu.kv_echo, r.gpu.kv_echo));
   REQUIRE(induction > 0.2 / r.scored);  // real signal: a fifth of the ceiling
-  CHECK(MaxAbsDiff(r.cpu.kv_induction, r.gpu.kv_induction) <= 0.05 * induction);
-  CHECK(MaxAbsDiff(r.cpu.kv_echo, r.gpu.kv_echo) <= 0.05 * std::max(echo, 0.2 / r.scored));
+  // H100, 2026-12-07: with the host view copying only layer 0's pages (the fault this case
+  // found) |CPU - CUDA| was 99.5% of the largest induction score; fixed, 10.4% (induction) and
+  // 14.4% (echo): the bf16 model's activations drift from the f32 one's over 24 layers. The
+  // bound sits between the two.
+  CHECK(MaxAbsDiff(r.cpu.kv_induction, r.gpu.kv_induction) <= 0.3 * induction);
+  CHECK(MaxAbsDiff(r.cpu.kv_echo, r.gpu.kv_echo) <= 0.3 * std::max(echo, 0.2 / r.scored));
 }
 
 }  // namespace
