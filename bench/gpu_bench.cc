@@ -97,8 +97,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   auto& model = *loaded->model;
-  std::vector<hw::models::LlamaModel*> ranks{&model};
-  for (auto& m : loaded->other_ranks) ranks.push_back(m.get());
+  const std::vector<hw::models::LlamaModel*> ranks = loaded->ranks();
   const auto& c = model.config();
   // K and V of all layers, of the KV heads one rank holds.
   const double kv_bytes_per_token = 2.0 * c.num_layers * c.num_kv_heads / num_ranks * c.head_dim *

@@ -316,8 +316,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model,
 StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model, RankGroup ranks,
                                                 const EngineConfig& config,
                                                 std::shared_ptr<MetricsRegistry> metrics) {
-  HW_CHECK(ranks.size() == 1 + static_cast<int>(model.other_ranks.size()),
-           "a model of {} ranks on {} devices", 1 + model.other_ranks.size(), ranks.size());
+  HW_CHECK(ranks.size() == static_cast<int>(model.ranks().size()),
+           "a model of {} ranks on {} devices", model.ranks().size(), ranks.size());
   kernels::Backend* backend = ranks.backends.front().get();
   const auto& mc = model.model->config();
   EngineConfig c = config;
@@ -514,10 +514,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model, RankGroup ran
                    info.policy_hash);
     }
   }
-  std::vector<models::LlamaModel*> rank_models{impl->model.model.get()};
-  for (auto& m : impl->model.other_ranks) rank_models.push_back(m.get());
   impl->core = std::make_unique<EngineCore>(
-      std::move(rank_models), *impl->cache,
+      impl->model.ranks(), *impl->cache,
       SchedulerConfig{c.max_num_seqs, c.max_num_batched_tokens, c.enable_prefix_caching});
   impl->core->runner().set_use_graphs(!c.enforce_eager);
   impl->UpdateGauges();

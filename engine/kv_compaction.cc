@@ -142,7 +142,7 @@ void CompactAfterPrompt(kernels::Backend& backend, kvcache::KvCache& cache, kvca
     const kvcache::StepTables tables = cache.BuildStepTables(seqs, 1, cache.BlocksFor(num_tokens));
     const int rank_heads = cache.rank_kv_heads();
     for (int rank = 0; rank < cache.num_ranks(); ++rank) {
-      kernels::Backend& be = cache.num_ranks() == 1 ? backend : cache.backend(rank);
+      kernels::Backend& be = cache.backend(rank);
       if (cache.num_ranks() > 1) be.BindThread();
       std::vector<int32_t> data;
       const size_t tables_offset = tables.AppendTo(data);

@@ -26,6 +26,12 @@ struct LoadedModel {
   std::unique_ptr<models::LlamaModel> model;  // rank 0's share with tensor parallelism
   // Tensor parallelism: ranks 1 .. N-1 (models::ModelShard); empty for one rank.
   std::vector<std::unique_ptr<models::LlamaModel>> other_ranks;
+  // Every rank's share, rank 0 first: what ModelRunner, EngineCore and Generator take.
+  std::vector<models::LlamaModel*> ranks() const {
+    std::vector<models::LlamaModel*> all{model.get()};
+    for (const auto& m : other_ranks) all.push_back(m.get());
+    return all;
+  }
   std::unique_ptr<tokenizer::Tokenizer> tokenizer;  // null when the path has no tokenizer files
   std::string chat_template;                        // empty when the model ships none
   std::vector<int32_t> eos_token_ids;  // config, generation_config and the tokenizer's stop ids

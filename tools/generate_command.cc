@@ -216,9 +216,7 @@ int RunGenerate(int argc, char** argv) {
   layouts.push_back(std::move(layout).value());
   auto cache = engine::CreateKvCache(std::move(layouts), kv, ranks->devices().backends);
   if (!cache.ok()) return Fail(cache.status());
-  std::vector<models::LlamaModel*> rank_models{loaded->model.get()};
-  for (auto& m : loaded->other_ranks) rank_models.push_back(m.get());
-  engine::Generator generator(rank_models, **cache, &tok, loaded->eos_token_ids);
+  engine::Generator generator(loaded->ranks(), **cache, &tok, loaded->eos_token_ids);
   generator.set_use_graphs(!enforce_eager);
   auto result = generator.Generate(ids, params, prefill_chunk, [](std::string_view delta) {
     std::fwrite(delta.data(), 1, delta.size(), stdout);

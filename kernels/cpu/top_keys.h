@@ -64,29 +64,12 @@ float InnerProduct(const Key* a, const float* b, size_t dim) {
   return FixedOrderSum(dim, [&](size_t i) { return ToF32(a[i]) * b[i]; });
 }
 
-// The min(k, rows) best of keys [rows, dim] (row-major) for `query` [dim], best first.
-template <typename Key>
-std::vector<ScoredId> TopKeysOf(const Key* keys, size_t rows, size_t dim, const float* query,
-                                size_t k) {
-  k = std::min(k, rows);
-  // Every key's score, in a buffer each thread keeps: one of its own per call (256 KB at 32K
-  // keys) came from fresh pages each time, and zeroing them took as long as the products (the
-  // RoarGraph build at N = 32768 on 2 cores: 23 s, half of it in the kernel's page clearing).
-  thread_local std::vector<ScoredId> scores;
-  scores.resize(rows);
-  for (size_t i = 0; i < rows; ++i) {
-    scores[i] = {static_cast<uint32_t>(i), InnerProduct(keys + i * dim, query, dim)};
-  }
-  std::partial_sort(scores.begin(), scores.begin() + static_cast<std::ptrdiff_t>(k),
-                    scores.begin() + static_cast<std::ptrdiff_t>(rows), BetterThan);
-  return std::vector<ScoredId>(scores.begin(), scores.begin() + static_cast<std::ptrdiff_t>(k));
-}
-
-// TopKeysOf for queries [nq, dim] (row-major) at once: out[i] is exactly TopKeysOf of query i.
-// Keys are read in tiles, each tile once for every query of the batch while it is in cache
-// (one query at a time re-reads all the keys from memory per query, which bounds a large batch:
-// RoarGraph's step 1 scores every training query against every key); each query keeps its
-// best k in a heap ordered by BetterThan, a total order, so the lists are TopKeysOf's.
+// The min(k, rows) best of keys [rows, dim] (row-major) for each of queries [nq, dim], best
+// first: out[i] for query i, the same list whatever nq. Keys are read in tiles, each tile once
+// for every query of the batch while it is in cache (one query at a time re-reads all the keys
+// from memory per query, which bounds a large batch: RoarGraph's step 1 scores every training
+// query against every key); each query keeps its best k in a heap ordered by BetterThan, a total
+// order, so its list does not depend on the tiles or on the other queries.
 template <typename Key>
 void TopKeysOfBatch(const Key* keys, size_t rows, size_t dim, const float* queries, size_t nq,
                     size_t k, std::vector<ScoredId>* out) {
@@ -118,6 +101,15 @@ void TopKeysOfBatch(const Key* keys, size_t rows, size_t dim, const float* queri
     }
   }
   for (size_t q = 0; q < nq; ++q) std::sort_heap(out[q].begin(), out[q].end(), BetterThan);
+}
+
+// The min(k, rows) best of keys [rows, dim] (row-major) for `query` [dim], best first.
+template <typename Key>
+std::vector<ScoredId> TopKeysOf(const Key* keys, size_t rows, size_t dim, const float* query,
+                                size_t k) {
+  std::vector<ScoredId> out;
+  TopKeysOfBatch(keys, rows, dim, query, 1, k, &out);
+  return out;
 }
 
 }  // namespace headwise::kernels::cpu

@@ -397,8 +397,7 @@ void CheckRanksMatchOne(const std::vector<kernels::Backend*>& backends,
   auto sharded = LoadModel(path, LoadOptions{}, RankDevices{backends, comms});
   REQUIRE(one.ok());
   REQUIRE(sharded.ok());
-  std::vector<models::LlamaModel*> ranks{sharded->model.get()};
-  for (auto& m : sharded->other_ranks) ranks.push_back(m.get());
+  const std::vector<models::LlamaModel*> ranks = sharded->ranks();
   const auto& c = one->model->config();
   kvcache::KvLayout mixed = kvcache::KvLayout::Dense(c.num_layers, c.num_kv_heads, "mixed");
   for (int l = 0; l < c.num_layers; ++l) {
