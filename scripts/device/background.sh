@@ -5,11 +5,11 @@
 # fills it. The machine still goes back 30 s after a call: keep calling (append, or `wait`).
 #   device: bash scripts/device/background.sh start SCRIPT [ARGS...]   returns at once
 #           bash scripts/device/background.sh wait SECONDS             returns when SCRIPT ends or
-#               after SECONDS, printing its new output; copies SCRIPT's $OUT into this call's $OUT
+#               after SECONDS, printing its new output; brings SCRIPT's $OUT back as
+#               $OUT/background-out.tgz, beside its whole output ($OUT/background.log)
 # SCRIPT runs from a copy of this call's tree (/tmp/hw-bg/tree, without .carry/gpu, .carry/stage*
 # and .carry/llama-bin: stash the binaries first, qwen-checks.sh stash), so later calls that
-# replace the tree do not touch the files it reads. Its $OUT is /tmp/hw-bg/out (at most 7 files:
-# a call returns 8, the log is the eighth).
+# replace the tree do not touch the files it reads. Its $OUT is /tmp/hw-bg/out.
 set -uo pipefail
 bg=/tmp/hw-bg
 case ${1:-} in
@@ -35,7 +35,7 @@ case ${1:-} in
     tail -c +$((shown + 1)) "$bg/log"
     stat -c %s "$bg/log" >"$bg/shown"
     cp "$bg/log" "$OUT/background.log"
-    find "$bg/out" -maxdepth 1 -type f -exec cp {} "$OUT/" \;
+    tar -C "$bg/out" -czf "$OUT/background-out.tgz" .
     if [[ -f $bg/rc ]]; then echo "--- background script ended: rc $(cat "$bg/rc")"; else echo "--- still running"; fi
     ;;
   *)

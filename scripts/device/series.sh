@@ -8,6 +8,9 @@
 #                    at most STAGE_WAIT_S seconds, default 900), then goes on
 #   checks           qwen-checks.sh run MODEL_NAME (STEPS, default "goldens cuda")
 #   quality:LENGTHS  run-quality.sh MODEL_NAME LENGTHS (POLICIES, TASKS, OUT_TAG, COMMIT)
+#   peer             bench/serving/run-peer.sh run: headwise beside llama-server on the staged model
+#                    (CONCS, N_<C>; llama-server unpacked first by a call carrying .carry/llama-bin:
+#                    bash bench/serving/run-peer.sh build)
 #   kernels          kernels_cuda_test, all of it (at most KERNELS_S seconds, default 300)
 # e.g. (device): SERIES="offload sparse model checks quality:16384" MODEL_NAME=qwen2.5-coder-1.5b-instruct
 #   STAGE=.carry/stage-1.5b COMMIT=<sha> bash scripts/device/background.sh start scripts/device/series.sh
@@ -26,6 +29,7 @@ for step in ${SERIES:?name the steps in SERIES}; do
       ;;
     checks) STEPS=${STEPS:-goldens cuda} bash scripts/device/qwen-checks.sh run "${MODEL_NAME:?}" ;;
     quality:*) bash scripts/device/run-quality.sh "${MODEL_NAME:?}" "${step#quality:}" ;;
+    peer) bash bench/serving/run-peer.sh run ;;
     kernels)
       bash scripts/device/unpack-libs.sh /tmp/hw-gpu/lib || exit 1
       LD_LIBRARY_PATH=/tmp/hw-gpu/lib:/usr/local/cuda/lib64 HEADWISE_SOURCE_DIR=$(pwd) \
