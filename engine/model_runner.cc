@@ -32,7 +32,7 @@ ModelRunner::ModelRunner(std::vector<models::LlamaModel*> ranks, kvcache::KvCach
            kv.num_layers, kv.num_kv_heads, kv.head_dim, c.num_layers, c.num_kv_heads, c.head_dim);
   if (cache.has_select_heads()) {
     for (int l = 0; l < c.num_layers; ++l) {
-      select_layers_.push_back(cache.layer_selects(l) ? 1 : 0);
+      select_ops_.push_back(static_cast<char>(cache.layer_select_ops(l)));
       page_layers_.push_back(cache.layer_selects_pages(l) ? 1 : 0);
       offload_layers_.push_back(cache.layer_offloads(l) ? 1 : 0);
     }
@@ -157,7 +157,7 @@ Tensor ModelRunner::Run(Rank& rank, const Step& step, const kernels::Buffer& dat
     if (step.offload) host_rows = next(step.num_host_rows);
     in.select_state = cache_.select_state();
     in.select_max_len = step.select_max_len;
-    in.select_layers = select_layers_;
+    in.select_ops = select_ops_;
     in.page_layers = page_layers_;
   }
   if (step.offload) {  // one rank (KvCache refuses offload heads over several)

@@ -109,8 +109,8 @@ class ModelRunner {
   std::vector<Rank> ranks_;
   kvcache::KvCache& cache_;
   std::unique_ptr<RankThreads> threads_;
-  std::vector<char> select_layers_, page_layers_;  // per layer (KvCache::layer_selects)
-  std::vector<char> offload_layers_;               // per layer (KvCache::layer_offloads)
+  std::vector<char> select_ops_, page_layers_;  // per layer (KvCache::layer_select_ops)
+  std::vector<char> offload_layers_;            // per layer (KvCache::layer_offloads)
   // Offload steps: the host's results on the device, and host scratch.
   kernels::Buffer offload_out_, offload_lse_, offload_q_;
   std::vector<float> q_host_, out_host_, lse_host_;

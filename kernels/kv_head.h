@@ -96,6 +96,30 @@ enum KvDecode : int32_t {
                         // over the keys it retrieved (OffloadAttention)
 };
 
+// The selection operations of Backend (SelectDecodeBatch's order) that heads of a decode kind
+// take part in. A layer launches only those some head of it needs (KvCache::layer_select_ops):
+// the others would launch grids that only find nothing to do, several microseconds each in a
+// decode step of a few milliseconds.
+enum SelectOp : int {
+  kSelectOpGate = 1,    // SelectionGate: recycle heads
+  kSelectOpScore = 2,   // ScoreAttention and SelectTopK: select, recycle and pages heads
+  kSelectOpAttend = 4,  // SelectedAttention: consume, recycle and pages heads
+};
+constexpr int SelectOpsOf(int32_t decode) {
+  switch (decode) {
+    case kDecodeSelect:
+      return kSelectOpScore;
+    case kDecodeConsume:
+      return kSelectOpAttend;
+    case kDecodeRecycle:
+      return kSelectOpGate | kSelectOpScore | kSelectOpAttend;
+    case kDecodePages:
+      return kSelectOpScore | kSelectOpAttend;
+    default:
+      return 0;  // dense (PagedAttention), retrieve (OffloadAttention)
+  }
+}
+
 // One (KV layout, layer, KV head) as the kernels read it: its retention, its page inside a
 // block of its storage kind (BlockTable) and its decode role. Eight int32, so a table of them is
 // an i32 tensor.

@@ -161,7 +161,7 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
   std::vector<std::vector<int32_t>> heads(static_cast<size_t>(config.num_ranks));
   std::vector<int32_t> selects;
   if (selecting) {
-    select_layers_.assign(static_cast<size_t>(num_layers), 0);
+    select_ops_.assign(static_cast<size_t>(num_layers), 0);
     page_layers_.assign(static_cast<size_t>(num_layers), 0);
     offload_layers_.assign(static_cast<size_t>(num_layers), 0);
   }
@@ -180,8 +180,7 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
         if (!selecting) continue;
         const auto* sel_ints = reinterpret_cast<const int32_t*>(&sel);
         selects.insert(selects.end(), sel_ints, sel_ints + kernels::kKvSelectInts);
-        select_layers_[static_cast<size_t>(l)] |=
-            sel.decode != kernels::kDecodeDense && sel.decode != kernels::kDecodeRetrieve;
+        select_ops_[static_cast<size_t>(l)] |= static_cast<char>(kernels::SelectOpsOf(sel.decode));
         offload_layers_[static_cast<size_t>(l)] |= sel.decode == kernels::kDecodeRetrieve;
         has_recycle_ = has_recycle_ || sel.decode == kernels::kDecodeRecycle;
         page_layers_[static_cast<size_t>(l)] |= sel.decode == kernels::kDecodePages;
@@ -308,8 +307,8 @@ void KvCache::CopyRefreshToHost(std::vector<int32_t>& refresh,
   }
 }
 
-bool KvCache::layer_selects(int layer) const {
-  return has_select_heads() && select_layers_[static_cast<size_t>(layer)] != 0;
+int KvCache::layer_select_ops(int layer) const {
+  return has_select_heads() ? select_ops_[static_cast<size_t>(layer)] : 0;
 }
 
 bool KvCache::layer_offloads(int layer) const {

@@ -276,23 +276,30 @@ Tensor LlamaModel::Run(const StepInputs& step) {
     }
     be.PagedAttention(q, step.pool, attn_batch, scale, attn);
     mark("attention");
-    if (flag(step.select_layers)) {
-      // Launched whether or not a sequence selects this step (the kernels skip rows that do
-      // not), so a captured decode step replays the same launches for any mix of sequences.
+    if (const int ops = step.select_ops.empty() ? 0 : step.select_ops[static_cast<size_t>(l)]) {
+      // The operations this layer's heads take part in, launched whether or not a sequence
+      // selects this step (the kernels skip rows that do not), so a captured decode step
+      // replays the same launches for any mix of sequences.
       const kernels::SelectDecodeBatch select{step.seq_token,      step.seq_len,
                                               attn_batch.table,    step.select_state,
                                               step.select_max_len, step.pool.page_size};
-      const Tensor scores(scores_.view().data, DType::kF32, scores_.view().device,
-                          {step.seq_len.numel(), heads, step.select_max_len});
-      HW_CHECK_LE(scores.numel(), scores_.view().numel());
-      be.SelectionGate(q, select);
-      mark("select_gate");
-      be.ScoreAttention(q, step.pool, select, scale, attn, scores);
-      mark("select_score");
-      be.SelectTopK(q, scores, select);
-      mark("select_topk");
-      be.SelectedAttention(q, step.pool, select, scale, attn);
-      mark("select_attention");
+      if (ops & kernels::kSelectOpGate) {
+        be.SelectionGate(q, select);
+        mark("select_gate");
+      }
+      if (ops & kernels::kSelectOpScore) {
+        const Tensor scores(scores_.view().data, DType::kF32, scores_.view().device,
+                            {step.seq_len.numel(), heads, step.select_max_len});
+        HW_CHECK_LE(scores.numel(), scores_.view().numel());
+        be.ScoreAttention(q, step.pool, select, scale, attn, scores);
+        mark("select_score");
+        be.SelectTopK(q, scores, select);
+        mark("select_topk");
+      }
+      if (ops & kernels::kSelectOpAttend) {
+        be.SelectedAttention(q, step.pool, select, scale, attn);
+        mark("select_attention");
+      }
     }
     if (flag(step.offload_layers)) {
       step.offload_host(l, q);

@@ -478,6 +478,50 @@ TEST_CASE("Blocks of every kind and layout never share a page under churn", "[kv
   CHECK(cache.num_pages_used() == 0);
 }
 
+// A layout whose (layer, head) decode kinds are given; its one choosing layer's set is set 0.
+KvLayout SelectLayout(const std::string& name, std::vector<int32_t> decode) {
+  KvLayout layout = KvLayout::Dense(2, 3, name);
+  for (size_t i = 0; i < decode.size(); ++i) {
+    kernels::KvSelect k;
+    k.decode = decode[i];
+    if (k.decode != kernels::kDecodeDense) {
+      k.set = 0;
+      k.budget = 8;
+    }
+    layout.selects.push_back(k);
+  }
+  return layout;
+}
+
+TEST_CASE("A layer launches the selection operations of its heads' kinds, over the layouts",
+          "[kvcache]") {
+  using namespace kernels;
+  auto be = CreateCpuBackend(1);
+  {
+    KvCache dense(SmallConfig(40), {KvLayout::Dense(2, 3)}, *be);
+    CHECK(dense.layer_select_ops(0) == 0);
+    CHECK(dense.layer_select_ops(1) == 0);
+  }
+  KvCacheConfig config = SmallConfig(40);
+  config.num_q_heads = 6;
+  config.select_slots = 2;
+  std::vector<KvLayout> layouts;
+  // TidalDecode's shape: head 0 selects on layer 0 and consumes on layer 1; the others dense.
+  layouts.push_back(SelectLayout("tidal", {kDecodeSelect, kDecodeDense, kDecodeDense,
+                                           kDecodeConsume, kDecodeDense, kDecodeDense}));
+  KvCache tidal(config, layouts, *be);
+  CHECK(tidal.layer_select_ops(0) == kSelectOpScore);
+  CHECK(tidal.layer_select_ops(1) == kSelectOpAttend);
+  // Another arm recycles on layer 1: its gate runs there too; layer 0 keeps the union.
+  layouts.push_back(SelectLayout("recycled", {kDecodeDense, kDecodeDense, kDecodeDense,
+                                              kDecodeDense, kDecodeRecycle, kDecodeDense}));
+  KvCache both(config, std::move(layouts), *be);
+  CHECK(both.layer_select_ops(0) == kSelectOpScore);
+  CHECK(both.layer_select_ops(1) == (kSelectOpGate | kSelectOpScore | kSelectOpAttend));
+  CHECK(SelectOpsOf(kDecodePages) == (kSelectOpScore | kSelectOpAttend));
+  CHECK(SelectOpsOf(kDecodeRetrieve) == 0);
+}
+
 TEST_CASE("KvLayout validation names the problem", "[kvcache]") {
   KvLayout layout = RingLayout(false, 4, 8);
   CHECK(layout.Validate(2, 3).ok());
