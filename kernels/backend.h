@@ -235,6 +235,10 @@ struct SelectDecodeBatch {
   // KvPoolView::page_size: SelectTopK, which has no pool, chooses and expands pages by it (pages
   // heads); the other operations check it against the pool's.
   int page_size = 16;
+  // The decode kinds the layer's heads have, as SelectOp bits (KvCache::layer_select_ops): a
+  // backend may skip ScoreAttention's pass over every key without kSelectOpScoreKeys, and its
+  // page bounds without kSelectOpScorePages.
+  int ops = kSelectOpAll;
 };
 
 // Decode attention of offload heads (KvRetention offload, KvDecode retrieve; RetrievalAttention,

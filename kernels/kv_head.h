@@ -101,20 +101,23 @@ enum KvDecode : int32_t {
 // the others would launch grids that only find nothing to do, several microseconds each in a
 // decode step of a few milliseconds.
 enum SelectOp : int {
-  kSelectOpGate = 1,    // SelectionGate: recycle heads
-  kSelectOpScore = 2,   // ScoreAttention and SelectTopK: select, recycle and pages heads
-  kSelectOpAttend = 4,  // SelectedAttention: consume, recycle and pages heads
+  kSelectOpGate = 1,        // SelectionGate: recycle heads
+  kSelectOpScoreKeys = 2,   // ScoreAttention's pass over every key, SelectTopK: select, recycle
+  kSelectOpScorePages = 4,  // ScoreAttention's page bounds, SelectTopK: pages heads
+  kSelectOpAttend = 8,      // SelectedAttention: consume, recycle and pages heads
+  kSelectOpScore = kSelectOpScoreKeys | kSelectOpScorePages,
+  kSelectOpAll = kSelectOpGate | kSelectOpScore | kSelectOpAttend,
 };
 constexpr int SelectOpsOf(int32_t decode) {
   switch (decode) {
     case kDecodeSelect:
-      return kSelectOpScore;
+      return kSelectOpScoreKeys;
     case kDecodeConsume:
       return kSelectOpAttend;
     case kDecodeRecycle:
-      return kSelectOpGate | kSelectOpScore | kSelectOpAttend;
+      return kSelectOpGate | kSelectOpScoreKeys | kSelectOpAttend;
     case kDecodePages:
-      return kSelectOpScore | kSelectOpAttend;
+      return kSelectOpScorePages | kSelectOpAttend;
     default:
       return 0;  // dense (PagedAttention), retrieve (OffloadAttention)
   }

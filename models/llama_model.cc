@@ -280,9 +280,13 @@ Tensor LlamaModel::Run(const StepInputs& step) {
       // The operations this layer's heads take part in, launched whether or not a sequence
       // selects this step (the kernels skip rows that do not), so a captured decode step
       // replays the same launches for any mix of sequences.
-      const kernels::SelectDecodeBatch select{step.seq_token,      step.seq_len,
-                                              attn_batch.table,    step.select_state,
-                                              step.select_max_len, step.pool.page_size};
+      const kernels::SelectDecodeBatch select{step.seq_token,
+                                              step.seq_len,
+                                              attn_batch.table,
+                                              step.select_state,
+                                              step.select_max_len,
+                                              step.pool.page_size,
+                                              ops};
       if (ops & kernels::kSelectOpGate) {
         be.SelectionGate(q, select);
         mark("select_gate");

@@ -684,13 +684,16 @@ class CudaBackend final : public Backend {
     const size_t scratch = cuda::DecodeAttentionScratchBytes(int64_t{num_seqs} * hq, num_splits, d);
     EnsureScratch(scratch);
     EnsureSplitCounters(int64_t{num_seqs} * hq);
-    HW_CHECK(cuda::LaunchScoreDecodeAttention(
-                 stream_, q.ptr<bf16>(), kv, sel, num_seqs, hq, d, scale, scores.ptr<float>(),
-                 scores.dim(2), num_splits, scratch > 0 ? scratch_.back() : nullptr, scratch_bytes_,
-                 split_counters_.back(), out.ptr<bf16>()),
-             "score attention: unsupported shape (Hq {}, Hkv {}, head dim {})", hq, kv.hkv, d);
-    HW_CUDA_LAUNCHED();
-    if (pool.kmin.data != nullptr) {  // pages heads' bounds
+    // The layer's kinds (batch.ops) say which passes have heads to do.
+    if (batch.ops & kSelectOpScoreKeys) {
+      HW_CHECK(cuda::LaunchScoreDecodeAttention(
+                   stream_, q.ptr<bf16>(), kv, sel, num_seqs, hq, d, scale, scores.ptr<float>(),
+                   scores.dim(2), num_splits, scratch > 0 ? scratch_.back() : nullptr,
+                   scratch_bytes_, split_counters_.back(), out.ptr<bf16>()),
+               "score attention: unsupported shape (Hq {}, Hkv {}, head dim {})", hq, kv.hkv, d);
+      HW_CUDA_LAUNCHED();
+    }
+    if (pool.kmin.data != nullptr && (batch.ops & kSelectOpScorePages)) {  // pages heads' bounds
       CheckPageSummaries(pool);
       HW_CHECK(cuda::LaunchPageBounds(stream_, kv, sel, q.ptr<bf16>(), pool.kmin.ptr<bf16>(),
                                       pool.kmax.ptr<bf16>(), num_seqs, hq, d, scale, max_keys,

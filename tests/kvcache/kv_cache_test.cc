@@ -510,15 +510,15 @@ TEST_CASE("A layer launches the selection operations of its heads' kinds, over t
   layouts.push_back(SelectLayout("tidal", {kDecodeSelect, kDecodeDense, kDecodeDense,
                                            kDecodeConsume, kDecodeDense, kDecodeDense}));
   KvCache tidal(config, layouts, *be);
-  CHECK(tidal.layer_select_ops(0) == kSelectOpScore);
+  CHECK(tidal.layer_select_ops(0) == kSelectOpScoreKeys);
   CHECK(tidal.layer_select_ops(1) == kSelectOpAttend);
   // Another arm recycles on layer 1: its gate runs there too; layer 0 keeps the union.
   layouts.push_back(SelectLayout("recycled", {kDecodeDense, kDecodeDense, kDecodeDense,
                                               kDecodeDense, kDecodeRecycle, kDecodeDense}));
   KvCache both(config, std::move(layouts), *be);
-  CHECK(both.layer_select_ops(0) == kSelectOpScore);
-  CHECK(both.layer_select_ops(1) == (kSelectOpGate | kSelectOpScore | kSelectOpAttend));
-  CHECK(SelectOpsOf(kDecodePages) == (kSelectOpScore | kSelectOpAttend));
+  CHECK(both.layer_select_ops(0) == kSelectOpScoreKeys);
+  CHECK(both.layer_select_ops(1) == (kSelectOpGate | kSelectOpScoreKeys | kSelectOpAttend));
+  CHECK(SelectOpsOf(kDecodePages) == (kSelectOpScorePages | kSelectOpAttend));
   CHECK(SelectOpsOf(kDecodeRetrieve) == 0);
 }
 
