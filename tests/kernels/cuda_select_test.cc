@@ -278,6 +278,12 @@ class Selection {
     SelectDecodeBatch b{s.seq_token.view(), s.seq_len.view(),
                         s.layers[static_cast<size_t>(l)].table, s.state, max_len};
     b.page_size = kPageSize;
+    // The layer's kinds, as the engine passes them (KvCache::layer_select_ops): the GPU skips
+    // the passes no head of the layer needs.
+    b.ops = 0;
+    for (const Rules& rules : sc.layers[static_cast<size_t>(l)]) {
+      for (const KvSelect& r : rules) b.ops |= SelectOpsOf(r.decode);
+    }
     return b;
   }
   PagedAttentionBatch Step(int i, int l = 0) {
