@@ -145,7 +145,7 @@ Tensor ModelRunner::Run(Rank& rank, const Step& step, const kernels::Buffer& dat
     return t;
   };
   models::StepInputs in;
-  Tensor host_rows;  // offload steps: StepInputs::offload_host's rows of q
+  Tensor host_rows;  // offload steps: the rows of q the host reads (OffloadSend)
   in.ids = next(step.num_tokens);
   in.token_seq = next(step.num_tokens);
   in.token_pos = next(step.num_tokens);
@@ -168,9 +168,8 @@ Tensor ModelRunner::Run(Rank& rank, const Step& step, const kernels::Buffer& dat
       offload_lse_ = be.Allocate(DType::kF32, {step.num_seqs * hq});
     }
     in.offload_layers = offload_layers_;
-    in.offload_host = [this, &step, host_rows](int layer, const Tensor& q) {
-      OffloadLayer(step, host_rows, layer, q);
-    };
+    in.offload_send = [this, host_rows](const Tensor& q) { OffloadSend(host_rows, q); };
+    in.offload_host = [this, &step](int layer) { OffloadLayer(step, layer); };
     in.offload_out = Tensor(offload_out_.view().data, DType::kF32, offload_out_.view().device,
                             {step.num_seqs, hq, d});
     in.offload_lse = Tensor(offload_lse_.view().data, DType::kF32, offload_lse_.view().device,
@@ -187,18 +186,24 @@ Tensor ModelRunner::Run(Rank& rank, const Step& step, const kernels::Buffer& dat
   return model.Run(in);
 }
 
-void ModelRunner::OffloadLayer(const Step& step, const Tensor& host_rows, int layer,
-                               const Tensor& q) {
+void ModelRunner::OffloadSend(const Tensor& host_rows, const Tensor& q) {
   kernels::Backend& be = model().backend();
-  kvcache::OffloadTier& tier = *cache_.offload_tier();
   const int64_t hq = q.dim(1), d = q.dim(2), rows = host_rows.numel();
-  const auto row = static_cast<size_t>(hq * d);
   if (offload_q_.empty() || offload_q_.view().numel() < rows * hq * d) {
     offload_q_ = be.Allocate(q.dtype, {rows * hq * d});
   }
-  const Tensor gathered(offload_q_.view().data, q.dtype, q.device, {rows, hq * d});
-  be.GatherRows(q.Reshape({q.dim(0), hq * d}), host_rows, gathered);
-  const Status copied = kernels::CopyToHostF32(be, gathered, q_host_, raw_);
+  offload_q_sent_ = Tensor(offload_q_.view().data, q.dtype, q.device, {rows, hq * d});
+  be.GatherRows(q.Reshape({q.dim(0), hq * d}), host_rows, offload_q_sent_);
+  be.CopyToHostStart(offload_q_sent_, offload_q_sent_.nbytes());
+}
+
+void ModelRunner::OffloadLayer(const Step& step, int layer) {
+  kernels::Backend& be = model().backend();
+  kvcache::OffloadTier& tier = *cache_.offload_tier();
+  const int64_t hq = model().num_heads(), d = model().config().head_dim;
+  const auto row = static_cast<size_t>(hq * d);
+  const Status copied = kernels::HostToF32(be.CopyToHostWait(), offload_q_sent_.dtype,
+                                           static_cast<size_t>(offload_q_sent_.numel()), q_host_);
   HW_CHECK(copied.ok(), "offload layer {}: {}", layer, copied.ToString());
   for (size_t i = 0; i < step.train.size(); ++i) {
     const Step::TrainToken& t = step.train[i];

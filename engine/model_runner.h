@@ -101,10 +101,11 @@ class ModelRunner {
   void Upload(const Rank& rank, const Step& step, kernels::Buffer& data);
   // Issues rank's forward pass of `step`, whose inputs are in `data` on its backend.
   Tensor Run(Rank& rank, const Step& step, const kernels::Buffer& data);
-  // The host tier's part of an offload layer (StepInputs::offload_host): the q rows the host
-  // reads gathered on the device and brought over, the training queries kept, the retrieving
-  // sequences' (o, lse) uploaded.
-  void OffloadLayer(const Step& step, const Tensor& host_rows, int layer, const Tensor& q);
+  // The host tier's part of an offload layer: the q rows the host reads gathered on the device
+  // and their copy queued (StepInputs::offload_send); then, once they are over, the training
+  // queries kept and the retrieving sequences' (o, lse) uploaded (StepInputs::offload_host).
+  void OffloadSend(const Tensor& host_rows, const Tensor& q);
+  void OffloadLayer(const Step& step, int layer);
 
   std::vector<Rank> ranks_;
   kvcache::KvCache& cache_;
@@ -113,8 +114,8 @@ class ModelRunner {
   std::vector<char> offload_layers_;            // per layer (KvCache::layer_offloads)
   // Offload steps: the host's results on the device, and host scratch.
   kernels::Buffer offload_out_, offload_lse_, offload_q_;
+  Tensor offload_q_sent_;  // the rows of offload_q_ the last OffloadSend queued
   std::vector<float> q_host_, out_host_, lse_host_;
-  std::vector<uint16_t> raw_;
   bool use_graphs_ = true;
 };
 

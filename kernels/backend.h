@@ -337,6 +337,12 @@ class Backend {
   virtual Buffer Allocate(DType dtype, std::initializer_list<int64_t> shape) = 0;
   virtual void CopyFromHost(const Tensor& dst, const void* src, size_t bytes) = 0;
   virtual void CopyToHost(void* dst, const Tensor& src, size_t bytes) = 0;
+  // A copy to the host that later operations overlap: CopyToHostStart queues it behind the work
+  // queued so far, CopyToHostWait waits for it alone (not for what was queued after it) and
+  // returns the bytes, in host memory the backend owns until the next CopyToHostStart. One copy
+  // at a time; operations queued in between must not write src. The CPU backend copies at once.
+  virtual void CopyToHostStart(const Tensor& src, size_t bytes) = 0;
+  virtual const void* CopyToHostWait() = 0;
   // Weights in the backend's storage type; the CPU backend aliases f32 host memory.
   virtual Buffer LoadWeight(const HostTensor& weight) = 0;
   // Bytes of device memory free now and in total (host memory for the CPU backend).

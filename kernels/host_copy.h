@@ -11,6 +11,9 @@
 
 namespace headwise::kernels {
 
+// `count` values of `dtype` (f32, bf16 or f16) in host memory as f32 into out (resized to count).
+// Other types: Unimplemented.
+Status HostToF32(const void* src, DType dtype, size_t count, std::vector<float>& out);
 // t (f32, bf16 or f16, any device) as host f32 into out (resized to t.numel()); `raw` is scratch
 // for 16-bit types. Other types: Unimplemented.
 Status CopyToHostF32(Backend& backend, const Tensor& t, std::vector<float>& out,

@@ -270,6 +270,8 @@ Tensor LlamaModel::Run(const StepInputs& step) {
     const auto flag = [l](std::span<const char> flags) {
       return !flags.empty() && flags[static_cast<size_t>(l)] != 0;
     };
+    const bool offloads = flag(step.offload_layers);
+    if (offloads) step.offload_send(q);
     if (flag(step.page_layers)) {
       be.UpdatePageSummaries(step.pool, attn_batch);
       mark("page_summaries");
@@ -305,8 +307,8 @@ Tensor LlamaModel::Run(const StepInputs& step) {
         mark("select_attention");
       }
     }
-    if (flag(step.offload_layers)) {
-      step.offload_host(l, q);
+    if (offloads) {
+      step.offload_host(l);
       be.OffloadAttention(
           q, step.pool,
           {step.seq_token, step.seq_len, attn_batch.table, step.offload_out, step.offload_lse},

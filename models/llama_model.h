@@ -41,12 +41,15 @@ struct StepInputs {
   int select_max_len = 0;
   // Offload heads (kernels::OffloadDecodeBatch, with seq_token and seq_len above), when the step
   // has sequences of layouts that offload: per layer whether some layout offloads there; the
-  // host's half, called with the layer's post-RoPE queries q [T, Hq, D] after PagedAttention (it
-  // keeps the prompt's training queries and writes offload_out / offload_lse, [S, Hq, D] and
-  // [S, Hq] f32 on the device, for the sequences that retrieve); then OffloadAttention merges.
-  // The call does host work inside the step, so such steps run eagerly.
+  // host's half in two calls: offload_send with the layer's post-RoPE queries q [T, Hq, D] before
+  // PagedAttention (it queues their copy to the host), then offload_host after it (it waits for
+  // the copy alone, so PagedAttention runs on the device meanwhile; keeps the prompt's training
+  // queries; writes offload_out / offload_lse, [S, Hq, D] and [S, Hq] f32 on the device, for the
+  // sequences that retrieve); then OffloadAttention merges. The host works inside the step, so
+  // such steps run eagerly.
   std::span<const char> offload_layers;  // empty: none
-  std::function<void(int layer, const Tensor& q)> offload_host;
+  std::function<void(const Tensor& q)> offload_send;
+  std::function<void(int layer)> offload_host;
   Tensor offload_out, offload_lse;
 };
 

@@ -198,6 +198,11 @@ class CpuBackend final : public Backend {
     HW_CHECK_LE(bytes, src.nbytes());
     std::memcpy(dst, src.data, bytes);
   }
+  void CopyToHostStart(const Tensor& src, size_t bytes) override {
+    host_copy_.resize(bytes);
+    CopyToHost(host_copy_.data(), src, bytes);
+  }
+  const void* CopyToHostWait() override { return host_copy_.data(); }
 
   Buffer LoadWeight(const HostTensor& weight) override {
     Tensor view = weight.shape;
@@ -547,7 +552,8 @@ class CpuBackend final : public Backend {
 
  private:
   cpu::ThreadPool pool_;
-  RankRotation rank_rotation_;  // PagedAttention's rank table, kept between calls
+  std::vector<uint8_t> host_copy_;  // CopyToHostStart's bytes
+  RankRotation rank_rotation_;      // PagedAttention's rank table, kept between calls
 };
 
 }  // namespace

@@ -425,6 +425,8 @@ class CudaBackend final : public Backend {
     for (void* p : scratch_) cudaFree(p);
     for (uint32_t* p : split_counters_) cudaFree(p);
     lt_gemm_.reset();
+    if (copy_event_ != nullptr) cudaEventDestroy(copy_event_);
+    if (host_copy_ != nullptr) cudaFreeHost(host_copy_);
     cudaStreamDestroy(stream_);
   }
 
@@ -455,6 +457,29 @@ class CudaBackend final : public Backend {
     HW_CHECK_LE(bytes, src.nbytes());
     HW_CUDA_CHECK(cudaMemcpyAsync(dst, src.data, bytes, cudaMemcpyDeviceToHost, stream_));
     HW_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  // Into pinned memory (a pageable destination would make the copy wait for the stream) and an
+  // event behind it, so the host waits for the copy while later kernels run.
+  void CopyToHostStart(const Tensor& src, size_t bytes) override {
+    const DeviceScope scope(device_);
+    HW_CHECK_LE(bytes, src.nbytes());
+    if (copy_event_ == nullptr) {
+      HW_CUDA_CHECK(cudaEventCreateWithFlags(&copy_event_, cudaEventDisableTiming));
+    }
+    if (host_copy_bytes_ < bytes) {
+      HW_CUDA_CHECK(cudaEventSynchronize(copy_event_));  // a copy still landing in the old one
+      if (host_copy_ != nullptr) HW_CUDA_CHECK(cudaFreeHost(host_copy_));
+      host_copy_ = nullptr;
+      HW_CUDA_CHECK(cudaMallocHost(&host_copy_, bytes));
+      host_copy_bytes_ = bytes;
+    }
+    HW_CUDA_CHECK(cudaMemcpyAsync(host_copy_, src.data, bytes, cudaMemcpyDeviceToHost, stream_));
+    HW_CUDA_CHECK(cudaEventRecord(copy_event_, stream_));
+  }
+  const void* CopyToHostWait() override {
+    HW_CHECK(copy_event_ != nullptr, "CopyToHostWait without CopyToHostStart");
+    HW_CUDA_CHECK(cudaEventSynchronize(copy_event_));
+    return host_copy_;
   }
 
   Buffer LoadWeight(const HostTensor& weight) override {
@@ -1060,6 +1085,10 @@ class CudaBackend final : public Backend {
   Buffer gemm_workspace_;
   std::unique_ptr<cuda::LtGemm> lt_gemm_;
   Buffer first_pos_;  // per-sequence first query position, for the prefill kernel
+  // CopyToHostStart's pinned destination and the event behind its copy.
+  void* host_copy_ = nullptr;
+  size_t host_copy_bytes_ = 0;
+  cudaEvent_t copy_event_ = nullptr;
 };
 
 }  // namespace

@@ -738,5 +738,15 @@ TEST_CASE("Sparse decode refuses rows on re-indexed heads, not tables that have 
       Contains("index-list decode is not defined for re-indexed KV head 0 (sequence 1)"));
 }
 
+TEST_CASE("CopyToHostStart and CopyToHostWait bring the tensor's bytes", "[kernels]") {
+  auto be = CreateCpuBackend(1);
+  Buffer t = be->Allocate(DType::kF32, {5});
+  const std::vector<float> values = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f};
+  be->CopyFromHost(t.view(), values.data(), values.size() * sizeof(float));
+  be->CopyToHostStart(t.view(), t.view().nbytes());
+  const auto* got = static_cast<const float*>(be->CopyToHostWait());
+  CHECK(std::vector<float>(got, got + 5) == values);
+}
+
 }  // namespace
 }  // namespace headwise::kernels

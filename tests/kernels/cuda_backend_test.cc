@@ -613,5 +613,23 @@ TEST_CASE("CUDA sparse decode over index lists with logit bias matches the CPU",
   }
 }
 
+TEST_CASE("CUDA copies to the host that later work overlaps bring the bytes queued before them",
+          "[cuda]") {
+  Pair p;
+  for (const int64_t n : {1000, 5000}) {  // the second one grows the pinned buffer
+    INFO("n " << n);
+    std::vector<uint16_t> bits(static_cast<size_t>(n));
+    for (auto& b : bits) b = F32ToBF16(std::normal_distribution<float>(0.0f, 1.0f)(p.rng));
+    Buffer src = p.gpu->Allocate(DType::kBF16, {n}), other = p.gpu->Allocate(DType::kBF16, {n});
+    p.gpu->CopyFromHost(src.view(), bits.data(), bits.size() * 2);
+    p.gpu->CopyToHostStart(src.view(), src.view().nbytes());
+    // Queued after the copy: work that reads src (it must not write it) and writes elsewhere.
+    p.gpu->CopyOnDevice(other.view(), src.view(), src.view().nbytes());
+    const auto* got = static_cast<const uint16_t*>(p.gpu->CopyToHostWait());
+    CHECK(std::memcmp(got, bits.data(), bits.size() * 2) == 0);
+    p.gpu->Synchronize();
+  }
+}
+
 }  // namespace
 }  // namespace headwise::kernels
