@@ -96,33 +96,6 @@ enum KvDecode : int32_t {
                         // over the keys it retrieved (OffloadAttention)
 };
 
-// The selection operations of Backend (SelectDecodeBatch's order) that heads of a decode kind
-// take part in. A layer launches only those some head of it needs (KvCache::layer_select_ops):
-// the others would launch grids that only find nothing to do, several microseconds each in a
-// decode step of a few milliseconds.
-enum SelectOp : int {
-  kSelectOpGate = 1,        // SelectionGate: recycle heads
-  kSelectOpScoreKeys = 2,   // ScoreAttention's pass over every key, SelectTopK: select, recycle
-  kSelectOpScorePages = 4,  // ScoreAttention's page bounds, SelectTopK: pages heads
-  kSelectOpAttend = 8,      // SelectedAttention: consume, recycle and pages heads
-  kSelectOpScore = kSelectOpScoreKeys | kSelectOpScorePages,
-  kSelectOpAll = kSelectOpGate | kSelectOpScore | kSelectOpAttend,
-};
-constexpr int SelectOpsOf(int32_t decode) {
-  switch (decode) {
-    case kDecodeSelect:
-      return kSelectOpScoreKeys;
-    case kDecodeConsume:
-      return kSelectOpAttend;
-    case kDecodeRecycle:
-      return kSelectOpGate | kSelectOpScoreKeys | kSelectOpAttend;
-    case kDecodePages:
-      return kSelectOpScorePages | kSelectOpAttend;
-    default:
-      return 0;  // dense (PagedAttention), retrieve (OffloadAttention)
-  }
-}
-
 // One (KV layout, layer, KV head) as the kernels read it: its retention, its page inside a
 // block of its storage kind (BlockTable) and its decode role. Eight int32, so a table of them is
 // an i32 tensor.
@@ -183,6 +156,40 @@ struct KvSelect {
 };
 inline constexpr int kKvSelectInts = 16;
 static_assert(sizeof(KvSelect) == kKvSelectInts * sizeof(int32_t), "KvSelect is read as int32[16]");
+
+// The selection operations of Backend (SelectDecodeBatch's order) that heads of a rule take part
+// in, and how their launches are shaped. A layer launches only those some head of it needs
+// (KvCache::layer_select_ops, over the layouts): the others would launch grids that only find
+// nothing to do, several microseconds each in a decode step of a few milliseconds.
+enum SelectOp : int {
+  kSelectOpGate = 1,        // SelectionGate: recycle heads
+  kSelectOpScoreKeys = 2,   // ScoreAttention's pass over every key, SelectTopK: select, recycle
+  kSelectOpScorePages = 4,  // ScoreAttention's page bounds, SelectTopK: pages heads
+  kSelectOpAttend = 8,      // SelectedAttention: consume, recycle and pages heads
+  kSelectOpPerQHead = 16,   // SelectTopK chooses a set per query head (else per KV head only)
+  kSelectOpScore = kSelectOpScoreKeys | kSelectOpScorePages,
+  kSelectOpAll = kSelectOpGate | kSelectOpScore | kSelectOpAttend | kSelectOpPerQHead,
+};
+constexpr int SelectOpsOf(const KvSelect& rule) {
+  int ops = 0;
+  switch (rule.decode) {
+    case kDecodeSelect:
+      ops = kSelectOpScoreKeys;
+      break;
+    case kDecodeConsume:
+      ops = kSelectOpAttend;
+      break;
+    case kDecodeRecycle:
+      ops = kSelectOpGate | kSelectOpScoreKeys | kSelectOpAttend;
+      break;
+    case kDecodePages:
+      ops = kSelectOpScorePages | kSelectOpAttend;
+      break;
+    default:  // dense (PagedAttention), retrieve (OffloadAttention)
+      return 0;
+  }
+  return (ops & kSelectOpScore) && rule.per_q_head ? ops | kSelectOpPerQHead : ops;
+}
 
 }  // namespace headwise::kernels
 

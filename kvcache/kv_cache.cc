@@ -180,7 +180,7 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
         if (!selecting) continue;
         const auto* sel_ints = reinterpret_cast<const int32_t*>(&sel);
         selects.insert(selects.end(), sel_ints, sel_ints + kernels::kKvSelectInts);
-        select_ops_[static_cast<size_t>(l)] |= static_cast<char>(kernels::SelectOpsOf(sel.decode));
+        select_ops_[static_cast<size_t>(l)] |= static_cast<char>(kernels::SelectOpsOf(sel));
         offload_layers_[static_cast<size_t>(l)] |= sel.decode == kernels::kDecodeRetrieve;
         has_recycle_ = has_recycle_ || sel.decode == kernels::kDecodeRecycle;
         page_layers_[static_cast<size_t>(l)] |= sel.decode == kernels::kDecodePages;

@@ -540,10 +540,10 @@ int MaxSelectTopKLen() {
 
 bool LaunchSelectTopK(cudaStream_t stream, const DecodeKvCache& kv, const SelectDecodeView& sel,
                       const bf16* q, const float* scores, int64_t scores_width, int num_seqs,
-                      int hq, int d, int max_len) {
+                      int hq, int d, int rows, int max_len) {
   if (kv.seq_slot == nullptr || kv.hkv < 1 || hq % kv.hkv != 0 || hq / kv.hkv > kMaxGroup ||
-      hq > 65535 || num_seqs < 0 || num_seqs > 65535 || max_len > MaxSelectTopKLen() ||
-      scores_width < max_len) {
+      hq > 65535 || (rows != hq && rows != kv.hkv) || num_seqs < 0 || num_seqs > 65535 ||
+      max_len > MaxSelectTopKLen() || scores_width < max_len) {
     return false;
   }
   if (num_seqs == 0 || max_len < 1) return true;
@@ -558,7 +558,7 @@ bool LaunchSelectTopK(cudaStream_t stream, const DecodeKvCache& kv, const Select
                            static_cast<int>(kMaxKeysPerBlock * sizeof(uint32_t)));
   if (configured != cudaSuccess) return false;
   // A failed launch leaves its error for the caller's cudaGetLastError.
-  (void)PdlLaunch(dim3(static_cast<unsigned>(cluster), static_cast<unsigned>(hq),
+  (void)PdlLaunch(dim3(static_cast<unsigned>(cluster), static_cast<unsigned>(rows),
                        static_cast<unsigned>(num_seqs)),
                   dim3(kTopKThreads), smem, stream)
       .Cluster(static_cast<unsigned>(cluster))(SelectTopKKernel, p);

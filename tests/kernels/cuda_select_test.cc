@@ -282,7 +282,7 @@ class Selection {
     // the passes no head of the layer needs.
     b.ops = 0;
     for (const Rules& rules : sc.layers[static_cast<size_t>(l)]) {
-      for (const KvSelect& r : rules) b.ops |= SelectOpsOf(r.decode);
+      for (const KvSelect& r : rules) b.ops |= SelectOpsOf(r);
     }
     return b;
   }

@@ -518,8 +518,16 @@ TEST_CASE("A layer launches the selection operations of its heads' kinds, over t
   KvCache both(config, std::move(layouts), *be);
   CHECK(both.layer_select_ops(0) == kSelectOpScoreKeys);
   CHECK(both.layer_select_ops(1) == (kSelectOpGate | kSelectOpScoreKeys | kSelectOpAttend));
-  CHECK(SelectOpsOf(kDecodePages) == (kSelectOpScorePages | kSelectOpAttend));
-  CHECK(SelectOpsOf(kDecodeRetrieve) == 0);
+  KvSelect rule;
+  rule.decode = kDecodePages;
+  CHECK(SelectOpsOf(rule) == (kSelectOpScorePages | kSelectOpAttend));
+  rule.decode = kDecodeSelect;
+  rule.per_q_head = 1;
+  CHECK(SelectOpsOf(rule) == (kSelectOpScoreKeys | kSelectOpPerQHead));
+  rule.decode = kDecodeConsume;  // consumers read the sets; they choose none
+  CHECK(SelectOpsOf(rule) == kSelectOpAttend);
+  rule.decode = kDecodeRetrieve;
+  CHECK(SelectOpsOf(rule) == 0);
 }
 
 TEST_CASE("KvLayout validation names the problem", "[kvcache]") {
