@@ -33,7 +33,6 @@ ModelRunner::ModelRunner(std::vector<models::LlamaModel*> ranks, kvcache::KvCach
   if (cache.has_select_heads()) {
     for (int l = 0; l < c.num_layers; ++l) {
       select_ops_.push_back(static_cast<char>(cache.layer_select_ops(l)));
-      page_layers_.push_back(cache.layer_selects_pages(l) ? 1 : 0);
       offload_layers_.push_back(cache.layer_offloads(l) ? 1 : 0);
     }
   }
@@ -158,7 +157,6 @@ Tensor ModelRunner::Run(Rank& rank, const Step& step, const kernels::Buffer& dat
     in.select_state = cache_.select_state();
     in.select_max_len = step.select_max_len;
     in.select_ops = select_ops_;
-    in.page_layers = page_layers_;
   }
   if (step.offload) {  // one rank (KvCache refuses offload heads over several)
     const int64_t hq = model.num_heads(), d = model.config().head_dim;

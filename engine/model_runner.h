@@ -110,8 +110,8 @@ class ModelRunner {
   std::vector<Rank> ranks_;
   kvcache::KvCache& cache_;
   std::unique_ptr<RankThreads> threads_;
-  std::vector<char> select_ops_, page_layers_;  // per layer (KvCache::layer_select_ops)
-  std::vector<char> offload_layers_;            // per layer (KvCache::layer_offloads)
+  std::vector<char> select_ops_;      // per layer (KvCache::layer_select_ops)
+  std::vector<char> offload_layers_;  // per layer (KvCache::layer_offloads)
   // Offload steps: the host's results on the device, and host scratch.
   kernels::Buffer offload_out_, offload_lse_, offload_q_;
   Tensor offload_q_sent_;  // the rows of offload_q_ the last OffloadSend queued

@@ -236,8 +236,8 @@ struct SelectDecodeBatch {
   // heads); the other operations check it against the pool's.
   int page_size = 16;
   // The decode kinds the layer's heads have, as SelectOp bits (KvCache::layer_select_ops): a
-  // backend may skip ScoreAttention's pass over every key without kSelectOpScoreKeys, and its
-  // page bounds without kSelectOpScorePages.
+  // backend may skip ScoreAttention's pass over every key without kSelectOpScoreKeys and its
+  // page bounds without kSelectOpScorePages, and shape SelectTopK's grid by them.
   int ops = kSelectOpAll;
 };
 

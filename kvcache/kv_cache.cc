@@ -162,7 +162,6 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
   std::vector<int32_t> selects;
   if (selecting) {
     select_ops_.assign(static_cast<size_t>(num_layers), 0);
-    page_layers_.assign(static_cast<size_t>(num_layers), 0);
     offload_layers_.assign(static_cast<size_t>(num_layers), 0);
   }
   for (int l = 0; l < num_layers; ++l) {
@@ -183,7 +182,6 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
         select_ops_[static_cast<size_t>(l)] |= static_cast<char>(kernels::SelectOpsOf(sel));
         offload_layers_[static_cast<size_t>(l)] |= sel.decode == kernels::kDecodeRetrieve;
         has_recycle_ = has_recycle_ || sel.decode == kernels::kDecodeRecycle;
-        page_layers_[static_cast<size_t>(l)] |= sel.decode == kernels::kDecodePages;
       }
     }
   }
@@ -219,7 +217,8 @@ KvCache::KvCache(const KvCacheConfig& config, std::vector<KvLayout> layouts,
     rank.k_pool = be.Allocate(be.kv_dtype(), {config.num_pages, ps, config.head_dim});
     rank.v_pool = be.Allocate(be.kv_dtype(), {config.num_pages, ps, config.head_dim});
   }
-  if (std::any_of(page_layers_.begin(), page_layers_.end(), [](char c) { return c != 0; })) {
+  if (std::any_of(select_ops_.begin(), select_ops_.end(),
+                  [](char ops) { return (ops & kernels::kSelectOpScorePages) != 0; })) {
     kmin_ = backend.Allocate(backend.kv_dtype(), {config.num_pages, config.head_dim});
     kmax_ = backend.Allocate(backend.kv_dtype(), {config.num_pages, config.head_dim});
   }
@@ -313,10 +312,6 @@ int KvCache::layer_select_ops(int layer) const {
 
 bool KvCache::layer_offloads(int layer) const {
   return has_select_heads() && offload_layers_[static_cast<size_t>(layer)] != 0;
-}
-
-bool KvCache::layer_selects_pages(int layer) const {
-  return has_select_heads() && page_layers_[static_cast<size_t>(layer)] != 0;
 }
 
 int32_t KvCache::SelectSlotFor(const SequenceKv& kv, int num_keys) const {

@@ -141,9 +141,9 @@ class KvCache {
   bool has_select_heads() const { return !select_ops_.empty(); }
   bool has_page_bounds() const { return !kmin_.empty(); }
   // Per layer, over the layouts: the selection operations its heads take part in (kernels::
-  // SelectOp bits; 0: none) / whether some head selects pages. The model launches only those.
+  // SelectOp bits; 0: none; kSelectOpScorePages: it keeps page bounds). The model launches only
+  // those.
   int layer_select_ops(int layer) const;
-  bool layer_selects_pages(int layer) const;
   // Per layer, over the layouts: some head is an offload head (KvDecode retrieve). The model
   // asks the host tier for the retrieved keys' result and runs OffloadAttention on such layers.
   bool layer_offloads(int layer) const;
@@ -322,7 +322,7 @@ class KvCache {
   kernels::Buffer selects_;
   // Per layer; empty without selecting (or offload) heads.
   std::vector<char> select_ops_;  // kernels::SelectOp bits per layer
-  std::vector<char> page_layers_, offload_layers_;
+  std::vector<char> offload_layers_;
   // Selection state (kernels::SelectState) and the page bounds (KvPoolView::kmin / kmax).
   kernels::Buffer sel_positions_, sel_counts_, sel_chosen_len_, sel_steps_, sel_refresh_,
       sel_q_ref_;

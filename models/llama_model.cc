@@ -272,13 +272,14 @@ Tensor LlamaModel::Run(const StepInputs& step) {
     };
     const bool offloads = flag(step.offload_layers);
     if (offloads) step.offload_send(q);
-    if (flag(step.page_layers)) {
+    const int ops = step.select_ops.empty() ? 0 : step.select_ops[static_cast<size_t>(l)];
+    if (ops & kernels::kSelectOpScorePages) {
       be.UpdatePageSummaries(step.pool, attn_batch);
       mark("page_summaries");
     }
     be.PagedAttention(q, step.pool, attn_batch, scale, attn);
     mark("attention");
-    if (const int ops = step.select_ops.empty() ? 0 : step.select_ops[static_cast<size_t>(l)]) {
+    if (ops != 0) {
       // The operations this layer's heads take part in, launched whether or not a sequence
       // selects this step (the kernels skip rows that do not), so a captured decode step
       // replays the same launches for any mix of sequences.

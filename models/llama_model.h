@@ -32,11 +32,11 @@ struct StepInputs {
   std::span<const kernels::BlockTable> layer_tables;  // one per layer
   // Decode-time selection (kernels::SelectDecodeBatch), when the cache has selecting heads:
   // per layer the selection operations that run (kernels::SelectOp bits of its heads, over the
-  // layouts) and whether it keeps page bounds (some layout selects pages there); the
-  // sequences' decode rows and lengths; the state; and the scores' width.
-  std::span<const char> select_ops, page_layers;  // empty: no selection
-  Tensor seq_token;                               // i32 [S]
-  Tensor seq_len;                                 // i32 [S]
+  // layouts; kSelectOpScorePages also keeps its page bounds up to date); the sequences' decode
+  // rows and lengths; the state; and the scores' width.
+  std::span<const char> select_ops;  // empty: no selection
+  Tensor seq_token;                  // i32 [S]
+  Tensor seq_len;                    // i32 [S]
   kernels::SelectState select_state;
   int select_max_len = 0;
   // Offload heads (kernels::OffloadDecodeBatch, with seq_token and seq_len above), when the step
