@@ -267,12 +267,13 @@ Tensor LlamaModel::Run(const StepInputs& step) {
     mark("qkv");
     be.RopeWriteKv(qkv, attn_batch, inv_freq_.view(), step.pool, q);
     mark("rope_write_kv");
-    const auto flag = [l](std::span<const char> flags) {
-      return !flags.empty() && flags[static_cast<size_t>(l)] != 0;
+    // This layer's entry of a per-layer list (0 when the step has none).
+    const auto at_layer = [l](std::span<const char> per_layer) {
+      return per_layer.empty() ? 0 : static_cast<int>(per_layer[static_cast<size_t>(l)]);
     };
-    const bool offloads = flag(step.offload_layers);
+    const bool offloads = at_layer(step.offload_layers) != 0;
     if (offloads) step.offload_send(q);
-    const int ops = step.select_ops.empty() ? 0 : step.select_ops[static_cast<size_t>(l)];
+    const int ops = at_layer(step.select_ops);
     if (ops & kernels::kSelectOpScorePages) {
       be.UpdatePageSummaries(step.pool, attn_batch);
       mark("page_summaries");
