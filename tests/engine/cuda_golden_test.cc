@@ -33,6 +33,14 @@ struct Run {
   std::vector<float> logits;  // of every prompt position
 };
 
+// The gap between the two largest logits: where greedy decodings part, it must be smaller than
+// bf16 resolves (a fraction of the logits' range) for the parting to be rounding, not a fault.
+double TopTwoMargin(const std::vector<float>& logits) {
+  std::vector<float> sorted = logits;
+  std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
+  return double(sorted[0]) - sorted[1];
+}
+
 Run Forward(kernels::Backend& backend, const std::string& model_path,
             const std::vector<int32_t>& prompt, int greedy_tokens) {
   auto loaded = LoadModel(model_path, LoadOptions{}, backend);
@@ -126,10 +134,8 @@ void CheckModel(kernels::Backend& gpu, kernels::Backend& cpu, const std::string&
     std::vector<int32_t> context = prompt;
     context.insert(context.end(), c.ids.begin(), c.ids.begin() + static_cast<long>(same));
     const Run at = Forward(cpu, model_path, context, 1);
-    std::vector<float> last(at.logits.end() - static_cast<long>(vocab), at.logits.end());
-    std::vector<float> sorted = last;
-    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
-    const double margin = sorted[0] - sorted[1];
+    const double margin = TopTwoMargin(
+        std::vector<float>(at.logits.end() - static_cast<long>(vocab), at.logits.end()));
     WARN(name << ": divergence at step " << same << ", CPU top-2 logit margin " << margin);
     CHECK(margin < 0.02 * range);
   }
@@ -443,10 +449,9 @@ void CheckRanksMatchOne(const std::vector<kernels::Backend*>& backends,
     while (same < tokens[0].size() && tokens[0][same] == tokens[1][same]) ++same;
     if (same < tokens[0].size()) {
       const std::vector<float>& at = logits[0][same];  // the logits that chose token `same`
-      std::vector<float> sorted = at;
-      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
-      const double range = sorted.front() - *std::min_element(at.begin(), at.end());
-      const double margin = sorted[0] - sorted[1];
+      const auto [lo, hi] = std::minmax_element(at.begin(), at.end());
+      const double range = double(*hi) - *lo;
+      const double margin = TopTwoMargin(at);
       WARN("layout " << layout.name << ": tokens part at step " << same << " of "
                      << tokens[0].size() << ", one rank's top-2 logit margin " << margin
                      << " of a range of " << range);
