@@ -739,15 +739,14 @@ class CudaBackend final : public Backend {
     HW_CHECK(batch.max_len <= cuda::MaxSelectTopKLen(),
              "selection top-k takes sequences of at most {} keys; max_len is {}",
              cuda::MaxSelectTopKLen(), batch.max_len);
-    // The grid from the layer's kinds: a row per query head only where some head chooses per
-    // query head, and candidates counted in pages where every chooser scores pages.
+    // A row per query head only where some head chooses per query head. The cluster stays sized
+    // by keys even where every chooser scores pages: one block per head over a 128K context's
+    // 8192 pages took Quest's top-k from 0.75 to 1.48 ms a step on the H100
+    // (sparse-decode-speed-full-2026-12-07-h100.md), eight blocks of 1024 pages are faster.
     const int rows = (batch.ops & kSelectOpPerQHead) ? hq : batch.table.num_kv_heads();
-    const int max_units = (batch.ops & kSelectOpScore) == kSelectOpScorePages
-                              ? (batch.max_len + batch.page_size - 1) / batch.page_size
-                              : batch.max_len;
     HW_CHECK(
         cuda::LaunchSelectTopK(stream_, SelectCache(batch), sel, q.ptr<bf16>(), scores.ptr<float>(),
-                               scores.dim(2), num_seqs, hq, d, rows, max_units),
+                               scores.dim(2), num_seqs, hq, d, rows, batch.max_len),
         "selection top-k: unsupported shape (Hq {}, Hkv {}, max_len {})", hq,
         batch.table.num_kv_heads(), batch.max_len);
     HW_CUDA_LAUNCHED();

@@ -88,9 +88,8 @@ bool LaunchPageBounds(cudaStream_t stream, const DecodeKvCache& kv, const Select
 
 // SelectTopK: every set chosen this step (KvSelect's choosing rule) from scores f32 [num_seqs, hq,
 // scores_width] (ScoreAttention's): positions and counts, and per (slot, set) chosen_len, steps and
-// q_ref. rows: hq, or hkv where no rule chooses per query head. max_len (>= every seq_len, or its
-// page count where every choosing rule scores pages) sizes the grid and shared memory; more than
-// MaxSelectTopKLen() is unsupported.
+// q_ref. rows: hq, or hkv where no rule chooses per query head. max_len (>= every seq_len) sizes
+// the grid and shared memory; more than MaxSelectTopKLen() is unsupported.
 bool LaunchSelectTopK(cudaStream_t stream, const DecodeKvCache& kv, const SelectDecodeView& sel,
                       const __nv_bfloat16* q, const float* scores, int64_t scores_width,
                       int num_seqs, int hq, int d, int rows, int max_len);
