@@ -877,6 +877,25 @@ TEST_CASE("Decode-time selection: the assignment is checked per (layer, KV head)
              Contains("layer 3 KV head 1 (policy \"tidal_sparse\") consumes channel \"tidal\""));
 }
 
+// The 1.5B's head profiles are committed beside its policies: DuoAttention keeps the 37 KV heads
+// with any retrieval score in retrieval-profile.json (made on the H100, bench/results/
+// quality-qwen2.5-coder-1.5b-2026-12-07-h100.md), RazorAttention the 29 of razor-profile.json.
+TEST_CASE(
+    "The shipped Qwen2.5-Coder-1.5B DuoAttention and RazorAttention policies read their profiles",
+    "[policy]") {
+  for (const auto& [file, full_heads] : {std::pair{"qwen2.5-coder-1.5b-instruct/duo.json", 37},
+                                         std::pair{"qwen2.5-coder-1.5b-instruct/razor.json", 29}}) {
+    INFO(file);
+    const PolicySet set = LoadShipped(file, kQwen15);
+    int full = 0;
+    for (int l = 0; l < kQwen15.num_layers; ++l) {
+      for (int h = 0; h < kQwen15.num_kv_heads; ++h)
+        full += set.At(l, h).storage == StorageKind::kFull;
+    }
+    CHECK(full == full_heads);
+  }
+}
+
 TEST_CASE("Decode-time selection: the shipped Qwen2.5-Coder policies load", "[policy][select]") {
   for (const auto& [dir, shape] :
        {std::pair{std::string("qwen2.5-coder-0.5b-instruct/"), kQwen05},
