@@ -14,6 +14,9 @@
 //                 request's tokens, and the tokens of all requests per second
 //   device_kv_bytes  KV pages the arm held in that window, in bytes; host_bytes: the offload
 //                 tier's (headwise_offload_host_bytes)
+//   retrieve_calls, retrieve_ms_per_call  the host's part of the offload arm's decode steps over
+//                 the cell (OffloadTier::Retrieve: one call per offload layer and step, which the
+//                 device waits for); scanned_frac: the keys its searches scored / the keys held
 // Requests prefill one after another (chunked prefill), so a batch needs --tokens well above the
 // steps that the later prefills take, or there is no common window (reported as an error).
 // Dense batches that do not fit the device at once are left out (--dense-batches, default 1).
@@ -57,6 +60,9 @@ struct Cell {
   std::vector<RequestTimes> requests;
   double device_kv_pages = 0, host_bytes = 0;
   double compaction_s = 0, build_s = 0, builds = 0;  // metric deltas over the cell
+  // The host's part of the decode steps (metric deltas): OffloadTier::Retrieve calls, their time,
+  // and the keys their searches scored against the keys the searched heads held.
+  double retrieve_calls = 0, retrieve_s = 0, keys_scanned = 0, keys_over = 0;
 };
 
 // Runs `batch` requests of `arm` at once, each prompt `context` random ids, and times them.
@@ -66,6 +72,11 @@ Cell RunBatch(hw::engine::Engine& engine, int arm, int batch, int context, int t
   const double compaction0 = metrics.Value("headwise_kv_compaction_seconds_total"),
                build0 = metrics.Value("headwise_offload_index_build_seconds_total"),
                builds0 = metrics.Value("headwise_offload_index_builds_total");
+  const char* kRetrieveMetrics[] = {
+      "headwise_offload_retrieve_calls_total", "headwise_offload_retrieve_seconds_total",
+      "headwise_offload_keys_scanned_total", "headwise_offload_keys_searched_over_total"};
+  double retrieve0[4];
+  for (int i = 0; i < 4; ++i) retrieve0[i] = metrics.Value(kRetrieveMetrics[i]);
   Cell cell;
   cell.requests.resize(static_cast<size_t>(batch));
   const int vocab = engine.limits(arm).vocab_size;
@@ -130,6 +141,9 @@ Cell RunBatch(hw::engine::Engine& engine, int arm, int batch, int context, int t
   cell.compaction_s = metrics.Value("headwise_kv_compaction_seconds_total") - compaction0;
   cell.build_s = metrics.Value("headwise_offload_index_build_seconds_total") - build0;
   cell.builds = metrics.Value("headwise_offload_index_builds_total") - builds0;
+  double* retrieved[] = {&cell.retrieve_calls, &cell.retrieve_s, &cell.keys_scanned,
+                         &cell.keys_over};
+  for (int i = 0; i < 4; ++i) *retrieved[i] = metrics.Value(kRetrieveMetrics[i]) - retrieve0[i];
   return cell;
 }
 
@@ -174,9 +188,16 @@ std::string Report(const Cell& cell, const std::string& arm, int batch, int cont
   if (gaps.size() < 2 * done.size()) {
     return line + R"(, "error": "no common decode window: raise --tokens"})";
   }
-  return line + fmt::format(R"(, "step_ms": {:.2f}, "tok_s": {:.1f}, "window_s": {:.2f}}})",
-                            1e3 * Median(gaps), window_tokens / (window_end - window_begin),
-                            window_end - window_begin);
+  line +=
+      fmt::format(R"(, "step_ms": {:.2f}, "tok_s": {:.1f}, "window_s": {:.2f})", 1e3 * Median(gaps),
+                  window_tokens / (window_end - window_begin), window_end - window_begin);
+  if (cell.retrieve_calls > 0) {
+    line += fmt::format(R"(, "retrieve_calls": {:.0f}, "retrieve_ms_per_call": {:.3f}, )"
+                        R"("scanned_frac": {:.4f})",
+                        cell.retrieve_calls, 1e3 * cell.retrieve_s / cell.retrieve_calls,
+                        cell.keys_over > 0 ? cell.keys_scanned / cell.keys_over : 0.0);
+  }
+  return line + "}";
 }
 
 }  // namespace

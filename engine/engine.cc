@@ -188,6 +188,12 @@ void Engine::Impl::UpdateGauges() {
       metrics->Increment("headwise_offload_index_builds_total");
       metrics->Increment("headwise_offload_index_build_seconds_total", seconds);
     }
+    const kvcache::OffloadTier::RetrieveStats retrieved = tier->TakeRetrieveStats();
+    metrics->Increment("headwise_offload_retrieve_calls_total", retrieved.calls);
+    metrics->Increment("headwise_offload_retrieve_seconds_total", retrieved.seconds);
+    metrics->Increment("headwise_offload_searches_total", retrieved.searches);
+    metrics->Increment("headwise_offload_keys_scanned_total", retrieved.keys_scanned);
+    metrics->Increment("headwise_offload_keys_searched_over_total", retrieved.keys_over);
   }
 }
 
@@ -436,6 +442,15 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model, RankGroup ran
                     "Offload index builds finished (one per prompt, every head).");
   m->DeclareCounter("headwise_offload_index_build_seconds_total",
                     "Wall time of the finished offload index builds (on the tier's threads).");
+  m->DeclareCounter("headwise_offload_retrieve_calls_total",
+                    "Host retrievals of offload heads (one per offload layer and decode step).");
+  m->DeclareCounter("headwise_offload_retrieve_seconds_total",
+                    "Wall time of those retrievals (search and attention on the tier's threads; "
+                    "the device waits for them).");
+  m->DeclareCounter("headwise_offload_searches_total", "Index searches of offload heads.");
+  m->DeclareCounter("headwise_offload_keys_scanned_total", "Keys those searches scored.");
+  m->DeclareCounter("headwise_offload_keys_searched_over_total",
+                    "Keys the searched heads held (scanned / this: the share a search reads).");
   m->DeclareCounter("headwise_kv_compaction_seconds_total",
                     "Engine-thread time compacting completed prompts (compress_once, offload) and "
                     "moving tokens out of offload heads' windows.");

@@ -332,6 +332,10 @@ std::vector<double> OffloadTier::TakeFinishedBuilds() {
   return std::exchange(finished_builds_, {});
 }
 
+OffloadTier::RetrieveStats OffloadTier::TakeRetrieveStats() {
+  return std::exchange(retrieve_stats_, {});
+}
+
 namespace {
 
 StatusOr<std::vector<ann::ScoredId>> ExactOf(const KvRows& rows, std::span<const float> query,
@@ -406,6 +410,8 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
   const auto num_seqs = static_cast<int64_t>(slots.size());
   std::fill(out, out + static_cast<size_t>(num_seqs) * hq * d, 0.0f);
   std::fill(lse, lse + static_cast<size_t>(num_seqs) * hq, -std::numeric_limits<float>::infinity());
+  const auto start = std::chrono::steady_clock::now();
+  std::atomic<int64_t> searches = 0, scanned = 0, over = 0;
   // One unit per (sequence, query head): a batch of one 8B sequence has 32 searches a layer for
   // 16 cores, against 8 units per (sequence, KV head). A group searching with its mean query is
   // one unit, its first query head's.
@@ -414,6 +420,7 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
         kernels::cpu::KeyList list;
         kernels::cpu::ListScratch scratch;
         std::vector<float> converted;
+        int64_t my_searches = 0, my_scanned = 0, my_over = 0;
         for (int64_t u = begin; u < end; ++u) {
           const int64_t seq = u / hq;
           const int qh = static_cast<int>(u % hq), kv_head = qh / group;
@@ -429,6 +436,9 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
           auto found = Search(slot, layer, qh, q_row);
           HW_CHECK(found.ok(), "offload search, layer {} KV head {}: {}", layer, kv_head,
                    found.status().ToString());
+          ++my_searches;
+          my_scanned += static_cast<int64_t>(found->scanned);
+          my_over += static_cast<int64_t>(head.rows(d));
           list.Clear();
           // bf16 rows convert into `converted`, [keys | values] per row (sized first: it must not
           // move); f32 rows are read in place.
@@ -446,7 +456,16 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
                                    static_cast<int64_t>(d), list, config_.scale,
                                    {out + first * d, lse + first, nullptr, 0}, scratch);
         }
+        searches += my_searches;
+        scanned += my_scanned;
+        over += my_over;
       });
+  ++retrieve_stats_.calls;
+  retrieve_stats_.seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  retrieve_stats_.searches += searches;
+  retrieve_stats_.keys_scanned += scanned;
+  retrieve_stats_.keys_over += over;
 }
 
 size_t OffloadTier::bytes_held() const {

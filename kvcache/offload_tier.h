@@ -123,6 +123,17 @@ class OffloadTier {
   // The wall time of each build finished since the last call (for the engine's metrics).
   std::vector<double> TakeFinishedBuilds();
 
+  // What decode steps asked of the host since the last call (for the engine's metrics, and so that
+  // a step's time splits into the host's part and the rest): Retrieve calls (one per offload layer
+  // and step), their wall time, the searches run, the keys they scored and the keys they searched
+  // over (scanned / over: the share of each head's keys a search reads).
+  struct RetrieveStats {
+    int64_t calls = 0;
+    double seconds = 0;
+    int64_t searches = 0, keys_scanned = 0, keys_over = 0;
+  };
+  RetrieveStats TakeRetrieveStats();
+
   // One decode step of `layer`: batch sequence s (slots[s] >= 0 and active) has its query in row
   // s of q [S, Hq, D]; for each of its offload heads and each query head h of the group,
   // out[s, h] and lse[s, h] (out [S, Hq, D], lse [S, Hq], f32) are the attention over the keys
@@ -159,6 +170,7 @@ class OffloadTier {
   std::vector<std::future<void>> builders_;
   std::mutex finished_mu_;
   std::vector<double> finished_builds_;  // seconds, guarded by finished_mu_
+  RetrieveStats retrieve_stats_;         // the engine thread's alone (Retrieve, TakeRetrieveStats)
   std::unique_ptr<kernels::cpu::ThreadPool> pool_;
 };
 

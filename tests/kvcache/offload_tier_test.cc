@@ -198,10 +198,20 @@ TEST_CASE("Offload tier: exact search attends each query head's exact top-k", "[
     CHECK(Empty(step, 1, qh));
     CHECK(Empty(step, 2, qh));
   }
+  // The step's statistics: one call, a search per query head of the offload KV head, each
+  // scanning all 200 keys (exact).
+  const OffloadTier::RetrieveStats stats = t.tier.TakeRetrieveStats();
+  CHECK(stats.calls == 1);
+  CHECK(stats.seconds > 0);
+  CHECK(stats.searches == kQHeads / kKvHeads);
+  CHECK(stats.keys_scanned == 200 * kQHeads / kKvHeads);
+  CHECK(stats.keys_over == stats.keys_scanned);
+  CHECK(t.tier.TakeRetrieveStats().calls == 0);
   // Layer 0 has no offload head.
   Step other({1}, rng);
   other.Run(t.tier, 0);
   for (int qh = 0; qh < kQHeads; ++qh) CHECK(Empty(other, 0, qh));
+  CHECK(t.tier.TakeRetrieveStats().searches == 0);
   // Ended: nothing retrieved.
   t.tier.End(1);
   CHECK_FALSE(t.tier.active(1));
