@@ -448,7 +448,10 @@ class CpuMeter:
 
 async def run_rate(args, model: str, specs: list[RequestSpec], rate: float,
                    run_index: int, server_pid: int | None = None) -> dict:
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    # --no-keepalive: a connection per request. llama-server closes the connection after every
+    # streamed response while announcing keep-alive, so a reused connection fails the next
+    # request ("Server disconnected"); with it, both servers pay the same loopback connect.
+    connector = aiohttp.TCPConnector(limit=0, force_close=args.no_keepalive)
     per_run = args.num_warmup + args.num_prompts
     specs = specs[run_index * per_run:(run_index + 1) * per_run]
     warm, specs = specs[: args.num_warmup], specs[args.num_warmup:]
@@ -955,6 +958,8 @@ def parse_args(argv=None):
     g.add_argument("--num-warmup", type=int, default=1,
                    help="requests sent one by one before each run, not measured")
     g.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
+    g.add_argument("--no-keepalive", action="store_true",
+                   help="open a connection per request (llama-server closes streamed ones)")
     g.add_argument("--start-at", type=float, default=None, metavar="UNIX_TIME",
                    help="after the warm-up, wait until this wall-clock time (time.time()) "
                         "before each timed run: lines up several client processes")

@@ -97,7 +97,7 @@ for server in ${SERVERS:-headwise llama}; do
     n=${!n_var:-$((c * 8 > 16 ? c * 8 : 16))}
     "${PYTHON:-python3}" bench/serving/benchmark_serving.py --base-url "http://127.0.0.1:$port" --model model \
       --num-prompts "$n" --max-concurrency "$c" --input-len "$in_len" --output-len "$out_len" \
-      --prompt-format ids --token-id-range 1000:30000 --num-warmup "${WARMUP:-2}" --seed 1 \
+      --prompt-format ids --token-id-range 1000:30000 --num-warmup "${WARMUP:-2}" --seed 1 --no-keepalive \
       --server-cmd "${cmd[*]}" --result-dir "$res" --result-name "$tag-$server-c$c" \
       >"$res/$server-c$c.out" 2>&1 || { echo "FAIL $server c=$c"; tail -5 "$res/$server-c$c.out"; }
   done
