@@ -12,12 +12,19 @@
 #                    (CONCS, N_<C>; llama-server unpacked first by a call carrying .carry/llama-bin:
 #                    bash bench/serving/run-peer.sh build)
 #   kernels          kernels_cuda_test, all of it (at most KERNELS_S seconds, default 300)
+# A step may carry its own environment after a '+' each, for that step alone (no spaces):
+#   quality:32768+TASKS=niah_single_uuid,niah_multivalue+OUT_TAG=b
 # e.g. (device): SERIES="offload sparse model checks quality:16384" MODEL_NAME=qwen2.5-coder-1.5b-instruct
 #   STAGE=.carry/stage-1.5b COMMIT=<sha> bash scripts/device/background.sh start scripts/device/series.sh
 set -uo pipefail
-for step in ${SERIES:?name the steps in SERIES}; do
+for spec in ${SERIES:?name the steps in SERIES}; do
   t0=$SECONDS
-  echo "=== $step ($(date -u +%H:%M:%S))"
+  echo "=== $spec ($(date -u +%H:%M:%S))"
+  IFS=+ read -r -a parts <<<"$spec"
+  step=${parts[0]}
+  # The step's own variables, exported in a subshell so that the next step does not see them.
+  (
+  for assignment in "${parts[@]:1}"; do export "${assignment%%=*}=${assignment#*=}"; done
   case $step in
     offload) bash scripts/device/run-offload-bench.sh ;;
     sparse) bash scripts/device/run-sparse-decode-bench.sh ;;
@@ -39,5 +46,9 @@ for step in ${SERIES:?name the steps in SERIES}; do
       ;;
     *) echo "unknown step $step" ;;
   esac
-  echo "=== $step: $((SECONDS - t0)) s"
+  )
+  rc=$?
+  echo "=== $spec: $((SECONDS - t0)) s"
+  # The model never came: what follows needs it.
+  if [[ $step == model && $rc != 0 ]]; then exit "$rc"; fi
 done
