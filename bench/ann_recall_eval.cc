@@ -242,6 +242,37 @@ StatusOr<HeadResult> EvaluateHead(const HeadInput& in, const SweepOptions& o) {
   };
   HW_RETURN_IF_ERROR(
       MeasureIndex("roargraph", in, truth, o, true, o.queues, none, roar_search, out.settings));
+  if (o.group_max) {
+    // group_max: one traversal per step for the whole group (RoarGraph::SearchGroup), each head
+    // taking its own top-k of the keys it scored.
+    const size_t group = in.tests.size(), steps = in.tests[0].rows, dim = in.keys.dim;
+    for (size_t queue : EffectiveSettings(o.queues, o.top_k)) {
+      std::vector<Measured> m(steps);
+      std::vector<std::vector<double>> recalls(steps);
+      std::vector<Status> errors(steps);
+      ParallelFor(steps, o.threads, [&](size_t s) {
+        std::vector<float> queries;
+        for (size_t h = 0; h < group; ++h) {
+          queries.insert(queries.end(), in.tests[h].Row(s), in.tests[h].Row(s) + dim);
+        }
+        const double t0 = Seconds();
+        StatusOr<kvcache::ann::GroupSearchResult> r =
+            graph.SearchGroup(queries, group, o.top_k, queue);
+        m[s].seconds = Seconds() - t0;
+        if (!r.ok()) {
+          errors[s] = r.status();
+          return;
+        }
+        m[s].scanned = r->scanned;
+        for (size_t h = 0; h < group; ++h) recalls[s].push_back(Recall(r->top[h], truth[h][s]));
+      });
+      for (const Status& e : errors) HW_RETURN_IF_ERROR(e);
+      std::vector<double> flat;
+      for (const auto& r : recalls) flat.insert(flat.end(), r.begin(), r.end());
+      out.settings.push_back(
+          Reduce("roargraph", "group_max", o.top_k, queue, in.keys.rows, flat, m, 1));
+    }
+  }
 
 #ifdef HEADWISE_HAVE_HNSWLIB
   if (o.hnsw) {

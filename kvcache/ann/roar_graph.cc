@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <limits>
 #include <variant>
 
 #include "kvcache/ann/parallel.h"
@@ -41,17 +42,18 @@ class VisitedKeys {
   uint32_t epoch_ = 0;
 };
 
-// Best-first search from `entry` with a pool of `capacity` best keys (sorted by BetterThan);
-// stops when every pooled key is expanded. Returns the number of inner products computed.
+// Best-first search from `entry` with a pool of `capacity` best keys (sorted by BetterThan) by
+// score_of(id); stops when every pooled key is expanded. Returns the number of keys scored.
 // neighbors_of(id) gives a key's out-edges as a range of uint32_t.
-template <typename T, typename NeighborsOf>
-size_t BestFirstSearch(const RowsOf<T>& keys, const float* query, uint32_t entry, size_t capacity,
-                       const NeighborsOf& neighbors_of, std::vector<PoolEntry>& pool) {
+template <typename T, typename NeighborsOf, typename ScoreOf>
+size_t BestFirstSearchBy(const RowsOf<T>& keys, const ScoreOf& score_of, uint32_t entry,
+                         size_t capacity, const NeighborsOf& neighbors_of,
+                         std::vector<PoolEntry>& pool) {
   pool.clear();
   thread_local VisitedKeys visited;
   visited.Start(keys.rows);
   visited.Visit(entry);
-  pool.push_back({entry, InnerProduct(keys.Row(entry), query, keys.dim), false});
+  pool.push_back({entry, score_of(entry), false});
   size_t scanned = 1;
   size_t cursor = 0;  // every entry before it is expanded
   while (cursor < pool.size()) {
@@ -67,7 +69,7 @@ size_t BestFirstSearch(const RowsOf<T>& keys, const float* query, uint32_t entry
     }
     for (uint32_t nb : neighbors_of(current)) {
       if (visited.Visit(nb)) continue;
-      const ScoredId cand{nb, InnerProduct(keys.Row(nb), query, keys.dim)};
+      const ScoredId cand{nb, score_of(nb)};
       ++scanned;
       if (pool.size() == capacity && !BetterThan(cand, {pool.back().id, pool.back().score})) {
         continue;
@@ -85,6 +87,15 @@ size_t BestFirstSearch(const RowsOf<T>& keys, const float* query, uint32_t entry
     while (cursor < pool.size() && pool[cursor].expanded) ++cursor;
   }
   return scanned;
+}
+
+// The search by inner product with `query`.
+template <typename T, typename NeighborsOf>
+size_t BestFirstSearch(const RowsOf<T>& keys, const float* query, uint32_t entry, size_t capacity,
+                       const NeighborsOf& neighbors_of, std::vector<PoolEntry>& pool) {
+  return BestFirstSearchBy(
+      keys, [&](uint32_t id) { return InnerProduct(keys.Row(id), query, keys.dim); }, entry,
+      capacity, neighbors_of, pool);
 }
 
 // Similarity of two keys for the graph's own structure (candidate order and occlusion): minus the
@@ -359,6 +370,50 @@ StatusOr<AnnSearchResult> RoarGraph::Search(std::span<const float> query, size_t
   const size_t count = std::min(k, pool.size());
   result.top.reserve(count);
   for (size_t i = 0; i < count; ++i) result.top.push_back({pool[i].id, pool[i].score});
+  return result;
+}
+
+StatusOr<GroupSearchResult> RoarGraph::SearchGroup(std::span<const float> queries, size_t group,
+                                                   size_t k, size_t queue_capacity) const {
+  const size_t dim = std::visit([](const auto& keys) { return keys.dim; }, keys_);
+  if (group == 0 || queries.size() != group * dim) {
+    return InvalidArgument("RoarGraph::SearchGroup: {} values for {} queries of dim {}",
+                           queries.size(), group, dim);
+  }
+  if (queue_capacity == 0) return InvalidArgument("RoarGraph::SearchGroup: queue_capacity is 0");
+  GroupSearchResult result;
+  result.top.resize(group);
+  if (size() == 0 || k == 0) return result;
+  // Every scored key's scores for each query, [scored, group]: each query's top-k is taken from
+  // all of them at the end, not only from the pool (ordered by the best of the group).
+  std::vector<uint32_t> ids;
+  std::vector<float> scores;
+  std::vector<PoolEntry> pool;
+  result.scanned = std::visit(
+      [&](const auto& keys) {
+        auto best_of_group = [&](uint32_t id) {
+          ids.push_back(id);
+          float best = -std::numeric_limits<float>::infinity();
+          for (size_t g = 0; g < group; ++g) {
+            const float s = InnerProduct(keys.Row(id), queries.data() + g * dim, dim);
+            scores.push_back(s);
+            best = std::max(best, s);
+          }
+          return best;
+        };
+        return BestFirstSearchBy(
+            keys, best_of_group, entry_, std::max(queue_capacity, k),
+            [this](uint32_t id) { return Neighbors(id); }, pool);
+      },
+      keys_);
+  const size_t count = std::min(k, ids.size());
+  std::vector<ScoredId> all(ids.size());
+  for (size_t g = 0; g < group; ++g) {
+    for (size_t i = 0; i < ids.size(); ++i) all[i] = {ids[i], scores[i * group + g]};
+    std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(count), all.end(),
+                      BetterThan);
+    result.top[g].assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(count));
+  }
   return result;
 }
 

@@ -79,6 +79,13 @@ struct AnnSearchResult {
   size_t scanned = 0;         // inner products computed (keys scanned)
 };
 
+// One traversal for a GQA group's queries (RoarGraph::SearchGroup): each query's top-k among the
+// keys the traversal scored, and how many keys it scored (each against every query of the group).
+struct GroupSearchResult {
+  std::vector<std::vector<ScoredId>> top;  // per query, best first
+  size_t scanned = 0;
+};
+
 class RoarGraph {
  public:
   // train_top: step 1's answer when it was computed elsewhere (the GPU: Backend::TopKeys), the
@@ -100,6 +107,13 @@ class RoarGraph {
   // Errors: query.size() != dim, queue_capacity == 0.
   StatusOr<AnnSearchResult> Search(std::span<const float> query, size_t k,
                                    size_t queue_capacity) const;
+  // One search for `group` queries ([group, dim], row-major) at once: the pool is ordered by the
+  // best score a key has for any of them, so the traversal covers what each query would reach,
+  // and every key it scores is scored for all; each query then takes its own top-k of those.
+  // A group of one is Search. Thread-safe. Errors: queries.size() != group * dim, group == 0,
+  // queue_capacity == 0.
+  StatusOr<GroupSearchResult> SearchGroup(std::span<const float> queries, size_t group, size_t k,
+                                          size_t queue_capacity) const;
 
   size_t size() const {
     return std::visit([](const auto& keys) { return keys.rows; }, keys_);

@@ -184,6 +184,52 @@ TEST_CASE("RoarGraph search with a queue of every key is exact", "[ann]") {
   }
 }
 
+// One traversal for a group: with a queue of every key each query's list is its exact top-k;
+// a group of one is Search, list and count; bad shapes are refused.
+TEST_CASE("RoarGraph group search", "[ann]") {
+  const OodData data = MakeOod(2000, 500, 8, 32, 12);
+  RoarGraphParams params;
+  params.num_threads = 2;
+  auto graph = RoarGraph::Build(data.keys.View(), data.train_queries.View(), params);
+  REQUIRE(graph.ok());
+  const size_t group = 4;
+  std::vector<float> queries;
+  for (size_t q = 0; q < group; ++q) {
+    const auto row = data.test_queries.Row(q);
+    queries.insert(queries.end(), row.begin(), row.end());
+  }
+  auto all = graph->SearchGroup(queries, group, 50, 2000);
+  REQUIRE(all.ok());
+  CHECK(all->scanned == 2000);
+  REQUIRE(all->top.size() == group);
+  for (size_t q = 0; q < group; ++q) {
+    CHECK(all->top[q] == *ExactTopK(data.keys.View(), data.test_queries.Row(q), 50));
+  }
+  // A small queue: each query's list is its best of the keys scored, so never better than exact
+  // and each entry's score is its own inner product.
+  auto some = graph->SearchGroup(queries, group, 50, 64);
+  REQUIRE(some.ok());
+  CHECK(some->scanned < 2000);
+  for (size_t q = 0; q < group; ++q) {
+    REQUIRE(some->top[q].size() == 50);
+    const auto exact = *ExactTopK(data.keys.View(), data.test_queries.Row(q), 50);
+    CHECK(some->top[q].front().score <= exact.front().score);
+    CHECK(std::is_sorted(some->top[q].begin(), some->top[q].end(), BetterThan));
+  }
+  for (size_t q = 0; q < 3; ++q) {
+    const auto row = data.test_queries.Row(q);
+    auto one = graph->SearchGroup(row, 1, 20, 80);
+    auto single = graph->Search(row, 20, 80);
+    REQUIRE(one.ok());
+    REQUIRE(single.ok());
+    CHECK(one->top[0] == single->top);
+    CHECK(one->scanned == single->scanned);
+  }
+  CHECK_FALSE(graph->SearchGroup(queries, 3, 10, 64).ok());
+  CHECK_FALSE(graph->SearchGroup(queries, 0, 10, 64).ok());
+  CHECK_FALSE(graph->SearchGroup(queries, group, 10, 0).ok());
+}
+
 TEST_CASE("RoarGraph build is the same for every thread count", "[ann]") {
   const OodData data = MakeOod(3000, 800, 0, 32, 21);
   std::vector<RoarGraph> graphs;
