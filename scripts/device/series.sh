@@ -8,6 +8,7 @@
 #                    at most STAGE_WAIT_S seconds, default 900), then goes on
 #   checks           qwen-checks.sh run MODEL_NAME (STEPS, default "goldens cuda")
 #   quality:LENGTHS  run-quality.sh MODEL_NAME LENGTHS (POLICIES, TASKS, OUT_TAG, COMMIT)
+#   ann:LENGTHS      run-ann-recall.sh MODEL_NAME LENGTHS (ANN_ARGS, TAG, ANN_TIMEOUT)
 #   peer             bench/serving/run-peer.sh run: headwise beside llama-server on the staged model
 #                    (CONCS, N_<C>; llama-server unpacked first by a call carrying .carry/llama-bin:
 #                    bash bench/serving/run-peer.sh build)
@@ -36,6 +37,7 @@ for spec in ${SERIES:?name the steps in SERIES}; do
       ;;
     checks) STEPS=${STEPS:-goldens cuda} bash scripts/device/qwen-checks.sh run "${MODEL_NAME:?}" ;;
     quality:*) bash scripts/device/run-quality.sh "${MODEL_NAME:?}" "${step#quality:}" ;;
+    ann:*) bash scripts/device/run-ann-recall.sh "${MODEL_NAME:?}" "${step#ann:}" ;;
     peer) bash bench/serving/run-peer.sh run ;;
     kernels)
       bash scripts/device/unpack-libs.sh /tmp/hw-gpu/lib || exit 1
