@@ -149,9 +149,13 @@ __global__ void __launch_bounds__(kGateThreads)
 
 // --- ScoreAttention's pages heads ---
 
-constexpr int kBoundWarps = 4;
+// One page per warp: the kernel is bound by how many page bounds are in flight. With 32 pages a
+// block and 4 warps each warp read its 8 pages one after another, and the kernel moved 0.4-0.7
+// TB/s of bounds on the H100 (Quest's "score" in sparse-decode-speed-full-2026-12-07-h100.md's
+// operation times: 22-45 us a layer at 32K-128K for 8-34 MB).
+constexpr int kBoundWarps = 8;
 constexpr int kBoundThreads = 32 * kBoundWarps;
-constexpr int kPagesPerBlock = 32;
+constexpr int kPagesPerBlock = kBoundWarps;
 constexpr int kMaxDimPerLane = 8;  // d <= 256
 
 // Block (sequence, KV head, run of kPagesPerBlock pages); a warp per page: its bounds' columns
