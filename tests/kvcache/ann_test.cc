@@ -6,7 +6,6 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <deque>
-#include <optional>
 #include <random>
 #include <vector>
 
@@ -163,15 +162,21 @@ TEST_CASE("ExactTopK on empty and tiny inputs, and bad shapes", "[ann]") {
   CHECK_FALSE(ExactTopK(MatrixView{nullptr, 4, 8}, query.Row(0), 3).ok());
 }
 
-TEST_CASE("RoarGraph search with a queue of every key is exact", "[ann]") {
-  const OodData data = MakeOod(2000, 500, 20, 32, 11);
+// The graph of `data` with the default parameters, built on 2 threads.
+RoarGraph BuildOn(const OodData& data) {
   RoarGraphParams params;
   params.num_threads = 2;
   auto graph = RoarGraph::Build(data.keys.View(), data.train_queries.View(), params);
   REQUIRE(graph.ok());
-  CHECK(CountReachable(*graph) == 2000);
+  return std::move(graph).value();
+}
+
+TEST_CASE("RoarGraph search with a queue of every key is exact", "[ann]") {
+  const OodData data = MakeOod(2000, 500, 20, 32, 11);
+  const RoarGraph graph = BuildOn(data);
+  CHECK(CountReachable(graph) == 2000);
   for (size_t q = 0; q < data.test_queries.rows; ++q) {
-    auto found = graph->Search(data.test_queries.Row(q), 100, 2000);
+    auto found = graph.Search(data.test_queries.Row(q), 100, 2000);
     REQUIRE(found.ok());
     CHECK(found->scanned == 2000);
     CHECK(found->top == *ExactTopK(data.keys.View(), data.test_queries.Row(q), 100));
@@ -179,7 +184,7 @@ TEST_CASE("RoarGraph search with a queue of every key is exact", "[ann]") {
   // Out-of-distribution search too: a key-distribution query.
   const Matrix other = Gaussian(3, 32, 99);
   for (size_t q = 0; q < other.rows; ++q) {
-    CHECK(graph->Search(other.Row(q), 10, 2000)->top ==
+    CHECK(graph.Search(other.Row(q), 10, 2000)->top ==
           *ExactTopK(data.keys.View(), other.Row(q), 10));
   }
 }
@@ -188,17 +193,14 @@ TEST_CASE("RoarGraph search with a queue of every key is exact", "[ann]") {
 // a group of one is Search, list and count; bad shapes are refused.
 TEST_CASE("RoarGraph group search", "[ann]") {
   const OodData data = MakeOod(2000, 500, 8, 32, 12);
-  RoarGraphParams params;
-  params.num_threads = 2;
-  auto graph = RoarGraph::Build(data.keys.View(), data.train_queries.View(), params);
-  REQUIRE(graph.ok());
+  const RoarGraph graph = BuildOn(data);
   const size_t group = 4;
   std::vector<float> queries;
   for (size_t q = 0; q < group; ++q) {
     const auto row = data.test_queries.Row(q);
     queries.insert(queries.end(), row.begin(), row.end());
   }
-  auto all = graph->SearchGroup(queries, group, 50, 2000);
+  auto all = graph.SearchGroup(queries, group, 50, 2000);
   REQUIRE(all.ok());
   CHECK(all->scanned == 2000);
   REQUIRE(all->top.size() == group);
@@ -207,7 +209,7 @@ TEST_CASE("RoarGraph group search", "[ann]") {
   }
   // A small queue: each query's list is its best of the keys scored, so never better than exact
   // and each entry's score is its own inner product.
-  auto some = graph->SearchGroup(queries, group, 50, 64);
+  auto some = graph.SearchGroup(queries, group, 50, 64);
   REQUIRE(some.ok());
   CHECK(some->scanned < 2000);
   for (size_t q = 0; q < group; ++q) {
@@ -218,16 +220,16 @@ TEST_CASE("RoarGraph group search", "[ann]") {
   }
   for (size_t q = 0; q < 3; ++q) {
     const auto row = data.test_queries.Row(q);
-    auto one = graph->SearchGroup(row, 1, 20, 80);
-    auto single = graph->Search(row, 20, 80);
+    auto one = graph.SearchGroup(row, 1, 20, 80);
+    auto single = graph.Search(row, 20, 80);
     REQUIRE(one.ok());
     REQUIRE(single.ok());
     CHECK(one->top[0] == single->top);
     CHECK(one->scanned == single->scanned);
   }
-  CHECK_FALSE(graph->SearchGroup(queries, 3, 10, 64).ok());
-  CHECK_FALSE(graph->SearchGroup(queries, 0, 10, 64).ok());
-  CHECK_FALSE(graph->SearchGroup(queries, group, 10, 0).ok());
+  CHECK_FALSE(graph.SearchGroup(queries, 3, 10, 64).ok());
+  CHECK_FALSE(graph.SearchGroup(queries, 0, 10, 64).ok());
+  CHECK_FALSE(graph.SearchGroup(queries, group, 10, 0).ok());
 }
 
 TEST_CASE("RoarGraph build is the same for every thread count", "[ann]") {
