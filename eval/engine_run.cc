@@ -45,6 +45,7 @@ StatusOr<ArmRun> RunSamples(engine::Engine& engine, int arm, const std::vector<S
   size_t next = 0, done = 0;
   const Clock::time_point t0 = Clock::now();
   Clock::time_point last_finish = t0;
+  const double compaction0 = engine.metrics().Value("headwise_kv_compaction_seconds_total");
   max_in_flight = std::max(max_in_flight, 1);
   while (done < samples.size()) {
     // Keep the engine's queue full.
@@ -125,6 +126,7 @@ StatusOr<ArmRun> RunSamples(engine::Engine& engine, int arm, const std::vector<S
     }
   }
   run.wall_s = Seconds(t0, last_finish);
+  run.compaction_s = engine.metrics().Value("headwise_kv_compaction_seconds_total") - compaction0;
   return run;
 }
 

@@ -20,6 +20,9 @@ struct ArmRun {
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double decode_s = 0;        // summed over requests: first token to finish
   int64_t decode_tokens = 0;  // tokens after each request's first
+  // The engine thread's compaction time meanwhile (headwise_kv_compaction_seconds_total): the
+  // steps it held up, every running sequence's decode included.
+  double compaction_s = 0;
 };
 
 // `progress(done, total)` is called after each finished request (may be empty).

@@ -16,7 +16,10 @@ int64_t KvPagesHeld(const kvcache::KvLayout& layout, const kvcache::KvCacheConfi
   const int ps = config.page_size;
   const int64_t logical = CeilDiv(tokens, ps);
   const int64_t full = layout.CountStorage(kernels::kStorageFull);
-  const int64_t comp = layout.CountStorage(kernels::kStorageCompressOnce);
+  // Offload heads compact as compress-once heads do (without the compensation token): what they
+  // dropped lives in host memory, which this does not count.
+  const int64_t comp = layout.CountStorage(kernels::kStorageCompressOnce) +
+                       layout.CountStorage(kernels::kStorageOffload);
   const int64_t ring = layout.CountStorage(kernels::kStorageRing);
   int64_t pages = logical * full;
   if (ring > 0) {

@@ -11,9 +11,10 @@ namespace headwise::eval {
 
 // Pages a sequence of `layout` holds after a prompt of `tokens` tokens (and its compaction):
 // full heads a page per page_size tokens; ring heads their sink pages and the window's, which
-// also hold a step's new tokens (config.chunk_tokens), allocated at once; compress-once heads a
-// page per page_size tokens less the pages wholly inside the span compaction dropped
-// (SequenceKv::MarkCompacted).
+// also hold a step's new tokens (config.chunk_tokens), allocated at once; compress-once and
+// offload heads a page per page_size tokens less the pages wholly inside the span compaction
+// dropped (SequenceKv::MarkCompacted; an offload head's dropped span is in host memory, not
+// counted here).
 int64_t KvPagesHeld(const kvcache::KvLayout& layout, const kvcache::KvCacheConfig& config,
                     int tokens);
 

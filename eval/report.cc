@@ -172,6 +172,7 @@ ojson ToJson(const EvalResults& r) {
          {"generated_tokens", p.generated_tokens},
          {"decode_s", p.decode_s},
          {"decode_tokens", p.decode_tokens},
+         {"compaction_s", p.compaction_s},
          {"prompt_tokens_per_s", Rate(static_cast<double>(p.prompt_tokens), p.wall_s)},
          {"generated_tokens_per_s", Rate(static_cast<double>(p.generated_tokens), p.wall_s)},
          {"decode_tokens_per_s_per_seq", Rate(static_cast<double>(p.decode_tokens), p.decode_s)},
@@ -267,6 +268,7 @@ StatusOr<EvalResults> FromJson(const nlohmann::json& j) {
       q.generated_tokens = p.at("generated_tokens").get<int64_t>();
       q.decode_s = p.at("decode_s").get<double>();
       q.decode_tokens = p.at("decode_tokens").get<int64_t>();
+      q.compaction_s = p.value("compaction_s", 0.0);  // absent from results before 2026-12-07
       q.loglik_chunk = p.at("loglik_chunk").get<int>();
       for (const auto& b : p.at("loglik")) {
         q.loglik.push_back({b.at("begin").get<int>(), b.at("end").get<int>(),
@@ -390,14 +392,18 @@ std::string ToMarkdown(const EvalResults& r) {
       "in brackets the MiB it holds in the engine's pool, whose rings also have room for one "
       "step's new tokens (--max-num-batched-tokens). Speeds over this policy's requests, run by "
       "themselves in one engine (batched): prompt and generated tokens per second of wall time, "
-      "and decode tokens per second of one sequence";
+      "and decode tokens per second of one sequence (from its first token to its last, so "
+      "other requests' prefill chunks and the engine's compactions of finished prompts, which "
+      "hold up every running sequence, count in it; compaction s: that engine time)";
   md += h.warmup > 0 ? fmt::format(", after {} untimed warm-up requests.", h.warmup)
                      : " (no warm-up: the first policy's include the engine's one-time costs).";
-  md += "\n\n| policy | file | hash | wall s | prompt tok/s | gen tok/s | decode tok/s/seq |";
+  md +=
+      "\n\n| policy | file | hash | wall s | prompt tok/s | gen tok/s | decode tok/s/seq | "
+      "compaction s |";
   std::vector<int> kv_lengths;
   for (const auto& [len, bytes] : r.policies.front().kv_bytes) kv_lengths.push_back(len);
   for (int len : kv_lengths) md += fmt::format(" KV @{} |", len);
-  md += "\n|---|---|---|---:|---:|---:|---:|";
+  md += "\n|---|---|---|---:|---:|---:|---:|---:|";
   for (size_t i = 0; i < kv_lengths.size(); ++i) md += "---:|";
   md += "\n";
   for (const PolicyRecord& p : r.policies) {
@@ -406,6 +412,7 @@ std::string ToMarkdown(const EvalResults& r) {
                       Rate(static_cast<double>(p.prompt_tokens), p.wall_s),
                       Rate(static_cast<double>(p.generated_tokens), p.wall_s),
                       Rate(static_cast<double>(p.decode_tokens), p.decode_s));
+    md += fmt::format(" {:.1f} |", p.compaction_s);
     for (int len : kv_lengths) {
       const int64_t kept = At(p.kv_retained, len), ref = At(r.policies.front().kv_retained, len);
       md +=
@@ -492,6 +499,7 @@ StatusOr<EvalResults> Merge(std::vector<EvalResults> runs) {
       a.generated_tokens += b.generated_tokens;
       a.decode_s += b.decode_s;
       a.decode_tokens += b.decode_tokens;
+      a.compaction_s += b.compaction_s;
       for (auto [into, from] :
            {std::pair{&a.kv_bytes, &b.kv_bytes}, std::pair{&a.kv_retained, &b.kv_retained}}) {
         for (const auto& kv : *from) {

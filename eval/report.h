@@ -56,6 +56,7 @@ struct PolicyRecord {
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double decode_s = 0;        // summed over requests: first token to last
   int64_t decode_tokens = 0;  // tokens after each request's first
+  double compaction_s = 0;    // the engine thread's, during this policy's requests (ArmRun)
   std::vector<LogLikelihoodBucket> loglik;
   int loglik_chunk = 0;  // prefill chunk of the teacher-forced pass
 };

@@ -501,6 +501,7 @@ int RunEval(int argc, char** argv) {
     rec.generated_tokens = run->generated_tokens;
     rec.decode_s = run->decode_s;
     rec.decode_tokens = run->decode_tokens;
+    rec.compaction_s = run->compaction_s;
     results.outcomes.push_back(std::move(run->outcomes));
     std::fprintf(stderr, "  %s: %.1f s, %.0f prompt tok/s\n", rec.name.c_str(), rec.wall_s,
                  rec.wall_s > 0 ? static_cast<double>(rec.prompt_tokens) / rec.wall_s : 0.0);

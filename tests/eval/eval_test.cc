@@ -287,13 +287,21 @@ TEST_CASE("KV footprints equal what a real cache holds", "[eval]") {
   kvcache::KvLayout razor = kvcache::KvLayout::Dense(2, 3, "razor");
   razor.At(0, 0) = kernels::KvRetention::CompressOnce(4, 8);
   razor.At(1, 0) = kernels::KvRetention::CompressOnce(4, 8);
-  kvcache::KvCache cache(cfg, {dense, ring, razor}, *be);
-  for (int layout = 0; layout < 3; ++layout) {
+  // RetrievalAttention: the device keeps 4 sink + 8 recent tokens of the offload heads.
+  kvcache::KvLayout offload = kvcache::KvLayout::Dense(2, 3, "ra");
+  offload.At(0, 2) = kernels::KvRetention::Offload(4, 8);
+  offload.At(1, 1) = kernels::KvRetention::Offload(4, 8);
+  offload.offload = kvcache::OffloadRule{};
+  offload.offload->index = kvcache::OffloadRule::Index::kExact;
+  cfg.select_slots = 2;
+  kvcache::KvCache cache(cfg, {dense, ring, razor, offload}, *be);
+  for (int layout = 0; layout < 4; ++layout) {
     for (const int tokens : {1, 7, 16, 40, 103}) {
       kvcache::SequenceKv seq(cache, layout);
       REQUIRE(seq.Reserve(tokens).ok());
       const kvcache::KvRetention c = cache.layout(layout).compress();
-      if (layout == 2 && tokens > c.sink + c.window + 1) seq.MarkCompacted(tokens - c.window);
+      const int kept_head = c.sink + (c.compensation ? 1 : 0);
+      if (layout >= 2 && tokens > kept_head + c.window) seq.MarkCompacted(tokens - c.window);
       INFO("layout " << layout << ", " << tokens << " tokens");
       CHECK(KvPagesHeld(cache.layout(layout), cfg, tokens) == seq.num_pages_held());
     }
@@ -347,6 +355,7 @@ EvalResults SmallResults() {
     p.kv_retained = {{100, p.name == "dense" ? 800 : 200}};
     p.wall_s = 2;
     p.prompt_tokens = 400;
+    p.compaction_s = p.name == "dense" ? 0.0 : 0.25;
     p.loglik = {{0, 64, 63, -63.0}};
     p.loglik_chunk = 32;
   }
@@ -393,6 +402,15 @@ TEST_CASE("reports: JSON round trip, Markdown tables, files, merging", "[eval]")
         std::string::npos);
   CHECK(md.find("| niah_single | 100 | 0 | 100.0 (2/2) | 0.0 (0/2) |") != std::string::npos);
   CHECK(md.find("| 0-64 | -1.0000 | -1.0000 (Δ +0.0000) |") != std::string::npos);
+  CHECK(md.find("| decode tok/s/seq | compaction s |") != std::string::npos);
+  CHECK(md.find("| ring | (none: dense) | fnv1a64:1 | 2.0 | 200 | 0.0 | 0.0 | 0.2 | 0.0 (25%)") !=
+        std::string::npos);  // its 0.25 s of compaction
+  // Results written before compaction_s read as 0.
+  nlohmann::json old = j;
+  old["policies"][1].erase("compaction_s");
+  auto older = FromJson(old);
+  REQUIRE(older.ok());
+  CHECK(older->policies[1].compaction_s == 0.0);
 
   const auto dir = std::filesystem::temp_directory_path() / "hw_eval_report_test";
   std::filesystem::create_directories(dir);
@@ -418,6 +436,7 @@ TEST_CASE("reports: JSON round trip, Markdown tables, files, merging", "[eval]")
   CHECK(merged->samples.size() == 8);
   CHECK(merged->header.lengths == std::vector<int>{100, 200});
   CHECK(merged->policies[0].wall_s == 4);
+  CHECK(merged->policies[1].compaction_s == 0.5);
   CHECK(merged->policies[0].kv_bytes.size() == 2);
   CHECK(merged->policies[0].loglik.size() == 2);  // the longer document's
   CHECK(Cells(*merged, false).size() == 4);
