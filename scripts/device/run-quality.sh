@@ -11,12 +11,13 @@
 # 1000-token block 4 times, RAZOR_INDUCTION_RATIO default 0.5) and comes back with the results.
 # One eval run per length, each its own PREFIX (merge them here with `headwise eval --merge`).
 # Everything comes back as $OUT/quality.tgz.
-# Environment: TASKS (all), POLICIES (the four), EVAL_ARGS (extra flags), OUT_TAG (a suffix of
-# the results' names, so that a run split by TASKS over calls keeps each part).
+# Environment: SAMPLES (50; the third argument wins), TASKS (all), POLICIES (the four), EVAL_ARGS
+# (extra flags), OUT_TAG (a suffix of the results' names, so that a run split by TASKS over calls
+# keeps each part).
 set -uo pipefail
 name=${1:?usage: run-quality.sh NAME LENGTHS [SAMPLES]}
 lengths=${2:?usage: run-quality.sh NAME LENGTHS [SAMPLES]}
-samples=${3:-50}
+samples=${3:-${SAMPLES:-50}}
 NEED_BIN=headwise source scripts/device/stashed-env.sh
 res=/tmp/hw-quality && mkdir -p "$res"
 trap 'tar -C "$res" -czf "$OUT/quality.tgz" .' EXIT
