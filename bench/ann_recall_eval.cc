@@ -71,6 +71,36 @@ std::vector<size_t> EffectiveSettings(std::span<const size_t> settings, size_t s
   return {out.begin(), out.end()};
 }
 
+// One search per decode step for the whole group (group_mean, group_max): search(s) gives step
+// s's keys scanned and its lists, one per head of the group or one the heads share; each head is
+// scored against its own truth.
+template <typename SearchFn>
+StatusOr<SettingResult> MeasureGroupSteps(std::string index, std::string mode, size_t search_k,
+                                          size_t setting, const HeadInput& in, const Truths& truth,
+                                          int threads, const SearchFn& search) {
+  const size_t group = in.tests.size(), steps = in.tests[0].rows;
+  std::vector<Measured> m(steps);
+  std::vector<std::vector<double>> recalls(steps);
+  std::vector<Status> errors(steps);
+  ParallelFor(steps, threads, [&](size_t s) {
+    const double t0 = Seconds();
+    StatusOr<kvcache::ann::GroupSearchResult> r = search(s);
+    m[s].seconds = Seconds() - t0;
+    if (!r.ok()) {
+      errors[s] = r.status();
+      return;
+    }
+    m[s].scanned = r->scanned;
+    for (size_t h = 0; h < group; ++h) {
+      recalls[s].push_back(Recall(r->top[std::min(h, r->top.size() - 1)], truth[h][s]));
+    }
+  });
+  for (const Status& e : errors) HW_RETURN_IF_ERROR(e);
+  std::vector<double> flat;
+  for (const auto& r : recalls) flat.insert(flat.end(), r.begin(), r.end());
+  return Reduce(std::move(index), std::move(mode), search_k, setting, in.keys.rows, flat, m, 1);
+}
+
 // Runs one index over every mode and setting, appending per_head, then per_head_union, then
 // group_mean at each search_k, each series by ascending setting. `prepare(setting)` runs before a
 // setting's searches (hnswlib keeps its ef in the index); `search(query, k, setting)` returns a
@@ -135,24 +165,15 @@ Status MeasureIndex(const std::string& index, const HeadInput& in, const Truths&
   for (size_t search_k : o.mean_ks) {
     for (size_t setting : EffectiveSettings(settings, search_k)) {
       prepare(setting);
-      std::vector<Measured> m(steps);
-      std::vector<std::vector<double>> recalls(steps);
-      std::vector<Status> errors(steps);
-      ParallelFor(steps, threads, [&](size_t s) {
-        const double t0 = Seconds();
-        StatusOr<AnnSearchResult> r = search(means[s], search_k, setting);
-        m[s].seconds = Seconds() - t0;
-        if (!r.ok()) {
-          errors[s] = r.status();
-          return;
-        }
-        m[s].scanned = r->scanned;
-        for (size_t h = 0; h < group; ++h) recalls[s].push_back(Recall(r->top, truth[h][s]));
-      });
-      for (const Status& e : errors) HW_RETURN_IF_ERROR(e);
-      std::vector<double> flat;
-      for (const auto& r : recalls) flat.insert(flat.end(), r.begin(), r.end());
-      out.push_back(Reduce(index, "group_mean", search_k, setting, n, flat, m, 1));
+      HW_ASSIGN_OR_RETURN(
+          SettingResult r,
+          MeasureGroupSteps(
+              index, "group_mean", search_k, setting, in, truth, threads,
+              [&](size_t s) -> StatusOr<kvcache::ann::GroupSearchResult> {
+                HW_ASSIGN_OR_RETURN(AnnSearchResult one, search(means[s], search_k, setting));
+                return kvcache::ann::GroupSearchResult{{std::move(one.top)}, one.scanned};
+              }));
+      out.push_back(std::move(r));
     }
   }
   return Status::Ok();
@@ -245,32 +266,19 @@ StatusOr<HeadResult> EvaluateHead(const HeadInput& in, const SweepOptions& o) {
   if (o.group_max) {
     // group_max: one traversal per step for the whole group (RoarGraph::SearchGroup), each head
     // taking its own top-k of the keys it scored.
-    const size_t group = in.tests.size(), steps = in.tests[0].rows, dim = in.keys.dim;
+    const size_t group = in.tests.size(), dim = in.keys.dim;
     for (size_t queue : EffectiveSettings(o.queues, o.top_k)) {
-      std::vector<Measured> m(steps);
-      std::vector<std::vector<double>> recalls(steps);
-      std::vector<Status> errors(steps);
-      ParallelFor(steps, o.threads, [&](size_t s) {
-        std::vector<float> queries;
-        for (size_t h = 0; h < group; ++h) {
-          queries.insert(queries.end(), in.tests[h].Row(s), in.tests[h].Row(s) + dim);
-        }
-        const double t0 = Seconds();
-        StatusOr<kvcache::ann::GroupSearchResult> r =
-            graph.SearchGroup(queries, group, o.top_k, queue);
-        m[s].seconds = Seconds() - t0;
-        if (!r.ok()) {
-          errors[s] = r.status();
-          return;
-        }
-        m[s].scanned = r->scanned;
-        for (size_t h = 0; h < group; ++h) recalls[s].push_back(Recall(r->top[h], truth[h][s]));
-      });
-      for (const Status& e : errors) HW_RETURN_IF_ERROR(e);
-      std::vector<double> flat;
-      for (const auto& r : recalls) flat.insert(flat.end(), r.begin(), r.end());
-      out.settings.push_back(
-          Reduce("roargraph", "group_max", o.top_k, queue, in.keys.rows, flat, m, 1));
+      HW_ASSIGN_OR_RETURN(
+          SettingResult r,
+          MeasureGroupSteps(
+              "roargraph", "group_max", o.top_k, queue, in, truth, o.threads, [&](size_t s) {
+                std::vector<float> queries;
+                for (size_t h = 0; h < group; ++h) {
+                  queries.insert(queries.end(), in.tests[h].Row(s), in.tests[h].Row(s) + dim);
+                }
+                return graph.SearchGroup(queries, group, o.top_k, queue);
+              }));
+      out.settings.push_back(std::move(r));
     }
   }
 

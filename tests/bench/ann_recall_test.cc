@@ -125,6 +125,7 @@ TEST_CASE("EvaluateHead: exact and a full-queue RoarGraph score recall 1", "[ben
   o.queues = {10, 50, 600};
   o.efs = {10, 600};
   o.mean_ks = {10, 20};
+  o.group_max = true;
   o.threads = 2;
   auto r = EvaluateHead(in, o);
   REQUIRE(r.ok());
@@ -173,6 +174,13 @@ TEST_CASE("EvaluateHead: exact and a full-queue RoarGraph score recall 1", "[ben
   const SettingResult* roar_mean = Find(r->settings, "roargraph", "group_mean", 20, 600);
   REQUIRE(roar_mean != nullptr);
   CHECK(roar_mean->recall == mean20->recall);
+  // One traversal for the group with a queue of every key scores every key for every head: each
+  // head's own top 10, one search a step.
+  const SettingResult* group_full = Find(r->settings, "roargraph", "group_max", 10, 600);
+  REQUIRE(group_full != nullptr);
+  CHECK(group_full->recall == 1.0);
+  CHECK(group_full->searches_per_step == 1);
+  CHECK(group_full->searches == 5);
   // Settings below search_k are raised to it: group_mean k=20 has no queue 10.
   CHECK(Find(r->settings, "roargraph", "group_mean", 20, 10) == nullptr);
   CHECK(Find(r->settings, "roargraph", "group_mean", 20, 20) != nullptr);
