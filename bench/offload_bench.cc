@@ -69,15 +69,18 @@ struct Cell {
 Cell RunBatch(hw::engine::Engine& engine, int arm, int batch, int context, int tokens,
               uint32_t seed) {
   hw::MetricsRegistry& metrics = engine.metrics();
-  const double compaction0 = metrics.Value("headwise_kv_compaction_seconds_total"),
-               build0 = metrics.Value("headwise_offload_index_build_seconds_total"),
-               builds0 = metrics.Value("headwise_offload_index_builds_total");
-  const char* kRetrieveMetrics[] = {
-      "headwise_offload_retrieve_calls_total", "headwise_offload_retrieve_seconds_total",
-      "headwise_offload_keys_scanned_total", "headwise_offload_keys_searched_over_total"};
-  double retrieve0[4];
-  for (int i = 0; i < 4; ++i) retrieve0[i] = metrics.Value(kRetrieveMetrics[i]);
+  // The counters the cell reports, as (field, metric): each field starts at minus the counter's
+  // value and gets the value at the end added, so it holds the increase over the cell.
   Cell cell;
+  const std::pair<double*, const char*> counters[] = {
+      {&cell.compaction_s, "headwise_kv_compaction_seconds_total"},
+      {&cell.build_s, "headwise_offload_index_build_seconds_total"},
+      {&cell.builds, "headwise_offload_index_builds_total"},
+      {&cell.retrieve_calls, "headwise_offload_retrieve_calls_total"},
+      {&cell.retrieve_s, "headwise_offload_retrieve_seconds_total"},
+      {&cell.keys_scanned, "headwise_offload_keys_scanned_total"},
+      {&cell.keys_over, "headwise_offload_keys_searched_over_total"}};
+  for (const auto& [field, name] : counters) *field = -metrics.Value(name);
   cell.requests.resize(static_cast<size_t>(batch));
   const int vocab = engine.limits(arm).vocab_size;
   std::vector<std::thread> readers;
@@ -138,12 +141,7 @@ Cell RunBatch(hw::engine::Engine& engine, int arm, int batch, int context, int t
     cell.host_bytes = metrics.Value("headwise_offload_host_bytes");
   }
   for (auto& t : readers) t.join();
-  cell.compaction_s = metrics.Value("headwise_kv_compaction_seconds_total") - compaction0;
-  cell.build_s = metrics.Value("headwise_offload_index_build_seconds_total") - build0;
-  cell.builds = metrics.Value("headwise_offload_index_builds_total") - builds0;
-  double* retrieved[] = {&cell.retrieve_calls, &cell.retrieve_s, &cell.keys_scanned,
-                         &cell.keys_over};
-  for (int i = 0; i < 4; ++i) *retrieved[i] = metrics.Value(kRetrieveMetrics[i]) - retrieve0[i];
+  for (const auto& [field, name] : counters) *field += metrics.Value(name);
   return cell;
 }
 
