@@ -531,6 +531,7 @@ struct GrpcServer::Running {
 
 namespace {
 constexpr std::chrono::milliseconds kHealthPeriod{500};
+constexpr std::chrono::seconds kStopGrace{2};
 }  // namespace
 
 GrpcServer::GrpcServer(HttpServer& http, MetricsRegistry& metrics, GrpcOptions options)
@@ -589,8 +590,11 @@ void GrpcServer::Stop() {
     running_->cv.notify_all();
     running_->health.join();
     service_->Stopping();
-    // The HTTP server has drained by now (serve stops it first): whatever is left is cancelled.
-    running_->server->Shutdown(std::chrono::system_clock::now());
+    // The HTTP server has drained by now (serve stops it first), so every handler's exchange has
+    // ended or is cut: each handler sees that within kPoll and returns its status. Cancelling at
+    // once would race a handler still writing its stream's last messages (the client would get
+    // UNAVAILABLE after finish_reason "abort"); what is left after the grace is cancelled.
+    running_->server->Shutdown(std::chrono::system_clock::now() + kStopGrace);
   });
 }
 
