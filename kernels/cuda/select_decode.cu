@@ -273,9 +273,9 @@ __device__ void ChooseSet(const TopKParams& p, cg::cluster_group& cluster, int s
   __shared__ float2 s_part[kMaxGroup];   // this block's (max, sum of exp) per query head
   __shared__ float2 s_warp[kTopKWarps];
   __shared__ float s_lse[kMaxGroup];
-  __shared__ int s_counts[2];  // keys above the threshold, equal to it
-  __shared__ int s_scan[kTopKWarps + 1];
-  __shared__ int s_found[2];  // a round's bin and the keys above it
+  __shared__ int s_counts[2];                 // keys above the threshold, equal to it
+  __shared__ int2 s_warp_counts[kTopKWarps];  // the same per warp's run of keys
+  __shared__ int s_found[2];                  // a round's bin and the keys above it
 
   const int rank = static_cast<int>(cluster.block_rank());
   const int blocks = static_cast<int>(cluster.num_blocks());
@@ -385,9 +385,17 @@ __device__ void ChooseSet(const TopKParams& p, cg::cluster_group& cluster, int s
     uint32_t* hist = s_hist[round % 2];  // its peers' reads of two rounds ago are over (barrier)
     if (tid < kBins) hist[tid] = 0;
     __syncthreads();
-    for (int i = tid; i < count; i += kTopKThreads) {
-      const uint32_t key = s_keys[i];
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1u);
+    // The lanes of a warp whose keys fall in one bin add once: most keys share their top bits
+    // (round 0's are the sign and exponent), and shared-memory atomics on one address serialize
+    // lane by lane (a block of 16K keys in one bin took tens of microseconds a round).
+    for (int i0 = warp * 32; i0 < count; i0 += kTopKThreads) {
+      const int i = i0 + lane;
+      const uint32_t key = i < count ? s_keys[i] : 0u;
+      const bool counted = i < count && (key & mask) == prefix;
+      if (!__any_sync(0xffffffffu, counted)) continue;
+      const uint32_t bin = counted ? (key >> shift) & 0xffu : kBins;  // kBins: not counted
+      const uint32_t peers = __match_any_sync(0xffffffffu, bin);
+      if (counted && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
     }
     cluster.sync();
     if (tid < kBins) {
@@ -429,39 +437,54 @@ __device__ void ChooseSet(const TopKParams& p, cg::cluster_group& cluster, int s
   }
   const uint32_t threshold = prefix;  // `remaining` keys equal to it are taken, the lowest first
 
-  // Where this block's chosen positions start: the earlier blocks' keys above the threshold and
-  // their share of the equal ones.
+  // The set in position order: each warp takes a contiguous run of this block's keys, so that an
+  // entry's place follows from counts before its run (earlier blocks', then earlier warps') and
+  // ballots within it, with no block barrier per tile of keys. An entry's place: the keys above
+  // the threshold before it, plus the equal keys before it that are taken (the first `remaining`).
+  const int per_warp = (count + kTopKWarps - 1) / kTopKWarps;
+  const int wlo = min(count, warp * per_warp), whi = min(count, wlo + per_warp);
   int above = 0, equal = 0;
-  for (int i = tid; i < count; i += kTopKThreads) {
+  for (int i = wlo + lane; i < whi; i += 32) {
     above += s_keys[i] > threshold;
     equal += s_keys[i] == threshold;
   }
-  int total;
-  BlockExclusiveScan<kTopKWarps>(above, s_scan, &total);
-  if (tid == 0) s_counts[0] = total;
-  BlockExclusiveScan<kTopKWarps>(equal, s_scan, &total);
-  if (tid == 0) s_counts[1] = total;
+  above = static_cast<int>(__reduce_add_sync(0xffffffffu, static_cast<unsigned>(above)));
+  equal = static_cast<int>(__reduce_add_sync(0xffffffffu, static_cast<unsigned>(equal)));
+  if (lane == 0) s_warp_counts[warp] = make_int2(above, equal);
+  __syncthreads();
+  if (tid == 0) {
+    int2 block = make_int2(0, 0);
+    for (int w = 0; w < kTopKWarps; ++w) {
+      block.x += s_warp_counts[w].x;
+      block.y += s_warp_counts[w].y;
+    }
+    s_counts[0] = block.x;
+    s_counts[1] = block.y;
+  }
   cluster.sync();
-  int base = 0, equal_before = 0;
+  int above_before = 0, equal_before = 0;
   for (int b = 0; b < rank; ++b) {
     const int* peer = cluster.map_shared_rank(s_counts, b);
-    const int peer_above = peer[0], peer_equal = peer[1];
-    base += peer_above + min(peer_equal, max(0, remaining - equal_before));
-    equal_before += peer_equal;
+    above_before += peer[0];
+    equal_before += peer[1];
   }
-  // Ordered compaction, a block-wide tile of keys at a time.
-  for (int i0 = 0; i0 < count; i0 += kTopKThreads) {
-    const int i = i0 + tid;
-    const uint32_t key = i < count ? s_keys[i] : 0u;
-    const int is_equal = i < count && key == threshold ? 1 : 0;
-    int tile_equal, tile_taken;
-    const int equal_rank =
-        equal_before + BlockExclusiveScan<kTopKWarps>(is_equal, s_scan, &tile_equal);
-    const int take = i < count && (key > threshold || (is_equal && equal_rank < remaining)) ? 1 : 0;
-    const int at = base + BlockExclusiveScan<kTopKWarps>(take, s_scan, &tile_taken);
-    if (take) emit(at, lo + i);
-    equal_before += tile_equal;
-    base += tile_taken;
+  for (int w = 0; w < warp; ++w) {
+    above_before += s_warp_counts[w].x;
+    equal_before += s_warp_counts[w].y;
+  }
+  const uint32_t lanes_below = (1u << lane) - 1u;
+  for (int i0 = wlo; i0 < whi; i0 += 32) {
+    const int i = i0 + lane;
+    const uint32_t key = i < whi ? s_keys[i] : 0u;
+    const bool is_above = i < whi && key > threshold, is_equal = i < whi && key == threshold;
+    const uint32_t above_lanes = __ballot_sync(0xffffffffu, is_above);
+    const uint32_t equal_lanes = __ballot_sync(0xffffffffu, is_equal);
+    const int a = above_before + __popc(above_lanes & lanes_below);
+    const int e = equal_before + __popc(equal_lanes & lanes_below);
+    if (is_above) emit(a + min(e, remaining), lo + i);
+    if (is_equal && e < remaining) emit(a + e, lo + i);
+    above_before += __popc(above_lanes);
+    equal_before += __popc(equal_lanes);
   }
   cluster.sync();  // peers have read s_counts (distributed shared memory outlives no block)
 }
