@@ -250,6 +250,7 @@ StatusOr<kvcache::KvLayout> KvLayoutFor(const attention::PolicySet& set) {
           rule.build_list = p.offload.build_list;
           rule.search_list = p.offload.search_list;
           rule.train_stride = p.offload.train_stride;
+          rule.group_search = p.offload.group_search;
           if (layout.offload && *layout.offload != rule) {
             return InvalidArgument(
                 "attention policy \"{}\": offload policies with different index or retrieval "

@@ -112,7 +112,11 @@ Status OffloadTier::Supports(const OffloadRule& rule) {
         "offload index hnsw: this build has no hnswlib (install libhnswlib-dev and rebuild)");
   }
 #endif
-  (void)rule;
+  if (rule.group_search && (rule.index != OffloadRule::Index::kRoarGraph || !rule.per_q_head)) {
+    return InvalidArgument(
+        "offload group search: only a RoarGraph index with a set per query head traverses for a "
+        "group");
+  }
   return Status::Ok();
 }
 
@@ -344,62 +348,108 @@ StatusOr<std::vector<ann::ScoredId>> ExactOf(const KvRows& rows, std::span<const
                      : ann::ExactTopK(rows.KeysF32(d), query, k);
 }
 
-// The top_k keys of `head` for `query` as row ids (span, then tail), best first, and the keys
-// scanned: the span's by its index, the tail's exactly, merged by score.
-template <typename Head>
-StatusOr<ann::AnnSearchResult> SearchHead(Head& head, const OffloadRule& rule,
-                                          std::span<const float> query, size_t dim) {
-  const size_t k = static_cast<size_t>(rule.top_k);
-  const size_t queue = std::max(k, static_cast<size_t>(rule.search_list));
-  ann::AnnSearchResult found;
-  if (auto* graph = std::get_if<ann::RoarGraph>(&head.index)) {
-    HW_ASSIGN_OR_RETURN(found, graph->Search(query, k, queue));
-#ifdef HEADWISE_HAVE_HNSWLIB
-  } else if (auto* hnsw = std::get_if<ann::HnswIndex>(&head.index)) {
-    HW_ASSIGN_OR_RETURN(found, hnsw->Search(query, k));
-#endif
-  } else {
-    HW_ASSIGN_OR_RETURN(found.top, ExactOf(head.span, query, k, dim));
-    found.scanned = head.span.count(dim);
-  }
-  const size_t in_span = head.span.count(dim), in_tail = head.tail.count(dim);
-  if (in_tail == 0) return found;
-  HW_ASSIGN_OR_RETURN(std::vector<ann::ScoredId> tail, ExactOf(head.tail, query, k, dim));
-  for (ann::ScoredId& e : tail) e.id += static_cast<uint32_t>(in_span);
-  found.top.insert(found.top.end(), tail.begin(), tail.end());
+// `top` (the span's best keys for `query`, best first) merged with the exact top_k of the tail
+// (row ids after the span's), best first; the tail's keys count as scanned.
+Status MergeTail(const KvRows& tail, size_t in_span, std::span<const float> query, size_t k,
+                 size_t dim, ann::AnnSearchResult& found) {
+  const size_t in_tail = tail.count(dim);
+  if (in_tail == 0) return Status::Ok();
+  HW_ASSIGN_OR_RETURN(std::vector<ann::ScoredId> best, ExactOf(tail, query, k, dim));
+  for (ann::ScoredId& e : best) e.id += static_cast<uint32_t>(in_span);
+  found.top.insert(found.top.end(), best.begin(), best.end());
   std::sort(found.top.begin(), found.top.end(), ann::BetterThan);
   found.top.resize(std::min(found.top.size(), k));
   found.scanned += in_tail;
+  return Status::Ok();
+}
+
+// The top_k keys of `head` for each of `group` queries [group, dim] as row ids (span, then tail),
+// best first, and the keys scored for each: the span's by its index (one search per query, or
+// with group_search one RoarGraph traversal that scores every key it reaches for all of them),
+// the tail's exactly, merged by score.
+template <typename Head>
+StatusOr<std::vector<ann::AnnSearchResult>> SearchHead(Head& head, const OffloadRule& rule,
+                                                       std::span<const float> queries, size_t group,
+                                                       size_t dim) {
+  const size_t k = static_cast<size_t>(rule.top_k);
+  const size_t queue = std::max(k, static_cast<size_t>(rule.search_list));
+  std::vector<ann::AnnSearchResult> found(group);
+  auto query = [&](size_t g) { return queries.subspan(g * dim, dim); };
+  if (auto* graph = std::get_if<ann::RoarGraph>(&head.index)) {
+    if (rule.group_search) {
+      HW_ASSIGN_OR_RETURN(ann::GroupSearchResult all, graph->SearchGroup(queries, group, k, queue));
+      for (size_t g = 0; g < group; ++g) found[g] = {std::move(all.top[g]), all.scanned};
+    } else {
+      for (size_t g = 0; g < group; ++g) {
+        HW_ASSIGN_OR_RETURN(found[g], graph->Search(query(g), k, queue));
+      }
+    }
+#ifdef HEADWISE_HAVE_HNSWLIB
+  } else if (auto* hnsw = std::get_if<ann::HnswIndex>(&head.index)) {
+    for (size_t g = 0; g < group; ++g) {
+      HW_ASSIGN_OR_RETURN(found[g], hnsw->Search(query(g), k));
+    }
+#endif
+  } else {
+    for (size_t g = 0; g < group; ++g) {
+      HW_ASSIGN_OR_RETURN(found[g].top, ExactOf(head.span, query(g), k, dim));
+      found[g].scanned = head.span.count(dim);
+    }
+  }
+  for (size_t g = 0; g < group; ++g) {
+    HW_RETURN_IF_ERROR(MergeTail(head.tail, head.span.count(dim), query(g), k, dim, found[g]));
+  }
   return found;
 }
 
 }  // namespace
 
-StatusOr<RetrievedKeys> OffloadTier::Search(int32_t slot, int layer, int q_head, const float* q) {
+StatusOr<OffloadTier::UnitSets> OffloadTier::SearchUnit(int32_t slot, int layer, int q_head,
+                                                        const float* q) {
   const int group = config_.num_q_heads / config_.num_kv_heads;
   const auto d = static_cast<size_t>(config_.head_dim);
   HW_CHECK(ready(slot), "offload slot {} searches while its indexes are being built", slot);
-  Head& head = HeadAt(slot, layer, q_head / group);
-  if (!head.stored) return RetrievedKeys{};
-  const Slot& s = *slots_[static_cast<size_t>(slot)];
-  std::vector<float> query(q + static_cast<size_t>(q_head) * d,
-                           q + static_cast<size_t>(q_head + 1) * d);
-  if (!s.rule.per_q_head) {
-    const float* first = q + static_cast<size_t>(q_head / group) * group * d;
-    std::fill(query.begin(), query.end(), 0.0f);
+  const int kv_head = q_head / group;
+  Head& head = HeadAt(slot, layer, kv_head);
+  const OffloadRule& rule = slots_[static_cast<size_t>(slot)]->rule;
+  UnitSets unit;
+  if (!head.stored) return unit;
+  const float* first = q + static_cast<size_t>(kv_head) * group * d;  // the group's queries
+  std::vector<ann::AnnSearchResult> found;
+  if (rule.per_q_head && rule.group_search) {
+    unit.first_head = kv_head * group;
+    HW_ASSIGN_OR_RETURN(found, SearchHead(head, rule, {first, group * d}, group, d));
+  } else if (rule.per_q_head) {
+    unit.first_head = q_head;
+    HW_ASSIGN_OR_RETURN(found,
+                        SearchHead(head, rule, {q + static_cast<size_t>(q_head) * d, d}, 1, d));
+  } else {
+    unit.first_head = kv_head * group;
+    unit.heads_per_set = group;
+    std::vector<float> mean(d, 0.0f);
     for (int g = 0; g < group; ++g) {
-      for (size_t c = 0; c < d; ++c) query[c] += first[static_cast<size_t>(g) * d + c];
+      for (size_t c = 0; c < d; ++c) mean[c] += first[static_cast<size_t>(g) * d + c];
     }
-    for (float& x : query) x /= static_cast<float>(group);
+    for (float& x : mean) x /= static_cast<float>(group);
+    HW_ASSIGN_OR_RETURN(found, SearchHead(head, rule, mean, 1, d));
   }
-  HW_ASSIGN_OR_RETURN(ann::AnnSearchResult found, SearchHead(head, s.rule, query, d));
-  RetrievedKeys keys;
-  keys.scanned = found.scanned;
-  for (const ann::ScoredId& e : found.top) {
-    keys.positions.push_back(head.begin + static_cast<int32_t>(e.id));
+  for (const ann::AnnSearchResult& f : found) {
+    RetrievedKeys keys;
+    keys.scanned = f.scanned;
+    for (const ann::ScoredId& e : f.top) {
+      keys.positions.push_back(head.begin + static_cast<int32_t>(e.id));
+    }
+    std::sort(keys.positions.begin(), keys.positions.end());
+    unit.sets.push_back(std::move(keys));
   }
-  std::sort(keys.positions.begin(), keys.positions.end());
-  return keys;
+  return unit;
+}
+
+StatusOr<RetrievedKeys> OffloadTier::Search(int32_t slot, int layer, int q_head, const float* q) {
+  HW_ASSIGN_OR_RETURN(UnitSets unit, SearchUnit(slot, layer, q_head, q));
+  if (unit.sets.empty()) return RetrievedKeys{};
+  return std::move(
+      unit.sets[unit.sets.size() == 1 ? 0 : static_cast<size_t>(q_head - unit.first_head)]);
 }
 
 void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const float* q, float* out,
@@ -413,8 +463,8 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
   const auto start = std::chrono::steady_clock::now();
   std::atomic<int64_t> searches = 0, scanned = 0, over = 0;
   // One unit per (sequence, query head): a batch of one 8B sequence has 32 searches a layer for
-  // 16 cores, against 8 units per (sequence, KV head). A group searching with its mean query is
-  // one unit, its first query head's.
+  // 16 cores, against 8 units per (sequence, KV head). A group searching together (its mean query,
+  // or one traversal for its queries) is one unit, its first query head's.
   pool_->ParallelFor(
       num_seqs * hq, std::numeric_limits<int64_t>::max(), [&](int64_t begin, int64_t end) {
         kernels::cpu::KeyList list;
@@ -428,33 +478,41 @@ void OffloadTier::Retrieve(int layer, std::span<const int32_t> slots, const floa
           if (!active(slot)) continue;
           HW_CHECK(ready(slot), "offload slot {} retrieves while its indexes are being built",
                    slot);
-          const bool per_q_head = slots_[static_cast<size_t>(slot)]->rule.per_q_head;
-          if (!per_q_head && qh % group != 0) continue;
+          const OffloadRule& rule = slots_[static_cast<size_t>(slot)]->rule;
+          if ((!rule.per_q_head || rule.group_search) && qh % group != 0) continue;
           Head& head = HeadAt(slot, layer, kv_head);
           if (!head.stored || head.rows(d) == 0) continue;
           const float* q_row = q + static_cast<size_t>(seq) * hq * d;
-          auto found = Search(slot, layer, qh, q_row);
-          HW_CHECK(found.ok(), "offload search, layer {} KV head {}: {}", layer, kv_head,
-                   found.status().ToString());
-          ++my_searches;
-          my_scanned += static_cast<int64_t>(found->scanned);
-          my_over += static_cast<int64_t>(head.rows(d));
-          list.Clear();
-          // bf16 rows convert into `converted`, [keys | values] per row (sized first: it must not
-          // move); f32 rows are read in place.
-          converted.resize(2 * found->positions.size() * d);
-          float* buffer = converted.data();
-          for (int32_t pos : found->positions) {
-            const auto [k, v] = head.Row(static_cast<size_t>(pos - head.begin), d, buffer);
-            list.k.push_back(k);
-            list.v.push_back(v);
-            buffer += 2 * d;
+          auto unit = SearchUnit(slot, layer, qh, q_row);
+          HW_CHECK(unit.ok(), "offload search, layer {} KV head {}: {}", layer, kv_head,
+                   unit.status().ToString());
+          // A group's traversal reads each key it scores once for all its queries.
+          const size_t traversals = rule.group_search ? 1 : unit->sets.size();
+          for (size_t i = 0; i < traversals; ++i) {
+            ++my_searches;
+            my_scanned += static_cast<int64_t>(unit->sets[i].scanned);
+            my_over += static_cast<int64_t>(head.rows(d));
           }
-          const int heads = per_q_head ? 1 : group;
-          const size_t first = static_cast<size_t>(seq) * hq + static_cast<size_t>(qh);
-          kernels::cpu::AttendList(q_row + static_cast<size_t>(qh) * d, heads,
-                                   static_cast<int64_t>(d), list, config_.scale,
-                                   {out + first * d, lse + first, nullptr, 0}, scratch);
+          for (size_t i = 0; i < unit->sets.size(); ++i) {
+            const RetrievedKeys& found = unit->sets[i];
+            list.Clear();
+            // bf16 rows convert into `converted`, [keys | values] per row (sized first: it must
+            // not move); f32 rows are read in place.
+            converted.resize(2 * found.positions.size() * d);
+            float* buffer = converted.data();
+            for (int32_t pos : found.positions) {
+              const auto [k, v] = head.Row(static_cast<size_t>(pos - head.begin), d, buffer);
+              list.k.push_back(k);
+              list.v.push_back(v);
+              buffer += 2 * d;
+            }
+            const int first_head = unit->first_head + static_cast<int>(i);
+            const size_t first = static_cast<size_t>(seq) * hq + static_cast<size_t>(first_head);
+            kernels::cpu::AttendList(q_row + static_cast<size_t>(first_head) * d,
+                                     unit->heads_per_set, static_cast<int64_t>(d), list,
+                                     config_.scale, {out + first * d, lse + first, nullptr, 0},
+                                     scratch);
+          }
         }
         searches += my_searches;
         scanned += my_scanned;

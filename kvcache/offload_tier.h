@@ -14,8 +14,10 @@
 // the oldest of the static window out -> End (frees it; a preempted sequence starts again at
 // Begin).
 //
-// Retrieval (KvLayout::offload, OffloadRule): per query head, or once per KV head with the mean
-// of its group's queries (the group then attends one set); the top_k keys by inner product from
+// Retrieval (KvLayout::offload, OffloadRule): per query head (a search each, or with group_search
+// one RoarGraph traversal for the group's queries, each taking its own top_k of the keys it
+// scored), or once per KV head with the mean of its group's queries (the group then attends one
+// set); the top_k keys by inner product from
 // the index (RoarGraph searched with queue search_list; HNSW with ef search_list; exact search)
 // and from an exact search of the appended positions, merged by score,
 // then list attention (kernels/cpu/list_attention.h, the CPU backend's arithmetic) over them in
@@ -163,6 +165,16 @@ class OffloadTier {
                    bool bf16);
   static void BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule, size_t dim,
                            int threads);
+  // What one unit of Retrieve finds: the sets of query heads first_head, first_head + 1, ... (one
+  // per query head searched, or one for a group's mean query, attended by heads_per_set heads).
+  struct UnitSets {
+    int first_head = 0;
+    int heads_per_set = 1;
+    std::vector<RetrievedKeys> sets;  // empty where the head stores nothing
+  };
+  // The search of query head q_head's unit (q [Hq, D], the layer's row): that head alone, or its
+  // whole group (the group's mean query, or the group's traversal with group_search).
+  StatusOr<UnitSets> SearchUnit(int32_t slot, int layer, int q_head, const float* q);
 
   OffloadTierConfig config_;
   // Shared with a slot's builder thread, so that ending (or restarting) a slot never waits for it.

@@ -368,6 +368,15 @@ Status ParseOffload(const json& j, const std::string& path, Policy& p) {
     HW_ASSIGN_OR_RETURN(index.build_list, i.Int("build_L", index.build_list, 1));
     HW_ASSIGN_OR_RETURN(index.search_list, i.Int("search_L", index.search_list, 1));
     HW_ASSIGN_OR_RETURN(index.train_stride, i.Int("train_stride", index.train_stride, 1));
+    HW_ASSIGN_OR_RETURN(const std::string search,
+                        i.Enum("search", "per_query", {"per_query", "group"}));
+    index.group_search = search == "group";
+    if (index.group_search && index.type != AnnIndexType::kRoarGraph) {
+      return InvalidArgument(
+          "{}: group is for type roargraph (a graph traversal shared by the "
+          "group's queries); {} searches per query",
+          i.At("search"), type);
+    }
     if (index.build_list < index.max_degree) {
       return InvalidArgument(
           "{}: {} is below max_degree {}: the candidates a key's neighbours "
@@ -575,6 +584,12 @@ StatusOr<ParsedPolicy> ParseOnePolicy(const json& j, const std::string& name,
   if (offload) {
     if (p.positions != Positions::kOriginal) {
       return InvalidArgument("{}: offload keeps original positions", f.At("positions"));
+    }
+    if (p.offload.group_search && p.selection.granularity != SelectionGranularity::kQHead) {
+      return InvalidArgument(
+          "{}: search group (one traversal for the group's queries, a set per query head) needs "
+          "granularity q_head; kv_head already searches once per group, with its mean query",
+          f.At("storage.offload.index.search"));
     }
     if (p.prefill != PrefillMode::kDense) {
       return InvalidArgument(

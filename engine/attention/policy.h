@@ -91,11 +91,12 @@ enum class PrefillMode { kDense, kRetained };
 enum class AnnIndexType { kRoarGraph, kHnsw, kExact };
 struct OffloadIndex {
   AnnIndexType type = AnnIndexType::kRoarGraph;
-  int knn_per_query = 100;  // roargraph: exact neighbours per training query [N_q]
-  int max_degree = 35;      // roargraph [M]; hnsw M
-  int build_list = 500;     // roargraph candidate list [L]; hnsw ef_construction
-  int search_list = 128;    // search queue capacity [L_pq]; hnsw ef (at least the budget)
-  int train_stride = 1;     // roargraph: every train_stride-th prompt query trains the index
+  int knn_per_query = 100;    // roargraph: exact neighbours per training query [N_q]
+  int max_degree = 35;        // roargraph [M]; hnsw M
+  int build_list = 500;       // roargraph candidate list [L]; hnsw ef_construction
+  int search_list = 128;      // search queue capacity [L_pq]; hnsw ef (at least the budget)
+  int train_stride = 1;       // roargraph: every train_stride-th prompt query trains the index
+  bool group_search = false;  // roargraph: one traversal for a GQA group's queries (search group)
 };
 
 struct Policy {

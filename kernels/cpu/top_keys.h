@@ -25,10 +25,14 @@ struct ScoredId {
   friend bool operator==(const ScoredId&, const ScoredId&) = default;
 };
 
-// The order of every result list: higher score first, ties to the lower id.
-inline bool BetterThan(const ScoredId& a, const ScoredId& b) {
-  return a.score > b.score || (a.score == b.score && a.id < b.id);
-}
+// The order of every result list: higher score first, ties to the lower id. A function object,
+// not a function: the sorts and heaps it is given to inline it, where a function pointer costs a
+// call per comparison (a tenth of a graph search's time).
+inline constexpr struct {
+  bool operator()(const ScoredId& a, const ScoredId& b) const {
+    return a.score > b.score || (a.score == b.score && a.id < b.id);
+  }
+} BetterThan;
 
 // The sum of term(i) over i < dim in a fixed order (eight interleaved partial sums, then a fixed
 // tree), so the same pair of rows gives the same float wherever it is computed; the eight

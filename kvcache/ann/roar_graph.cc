@@ -5,6 +5,7 @@
 #include <limits>
 #include <variant>
 
+#include "kvcache/ann/inner_products.h"
 #include "kvcache/ann/parallel.h"
 
 namespace headwise::kvcache::ann {
@@ -393,13 +394,10 @@ StatusOr<GroupSearchResult> RoarGraph::SearchGroup(std::span<const float> querie
       [&](const auto& keys) {
         auto best_of_group = [&](uint32_t id) {
           ids.push_back(id);
-          float best = -std::numeric_limits<float>::infinity();
-          for (size_t g = 0; g < group; ++g) {
-            const float s = InnerProduct(keys.Row(id), queries.data() + g * dim, dim);
-            scores.push_back(s);
-            best = std::max(best, s);
-          }
-          return best;
+          const size_t at = scores.size();
+          scores.resize(at + group);
+          InnerProducts(keys.Row(id), queries.data(), group, dim, scores.data() + at);
+          return *std::max_element(scores.begin() + static_cast<std::ptrdiff_t>(at), scores.end());
         };
         return BestFirstSearchBy(
             keys, best_of_group, entry_, std::max(queue_capacity, k),
@@ -410,9 +408,12 @@ StatusOr<GroupSearchResult> RoarGraph::SearchGroup(std::span<const float> querie
   std::vector<ScoredId> all(ids.size());
   for (size_t g = 0; g < group; ++g) {
     for (size_t i = 0; i < ids.size(); ++i) all[i] = {ids[i], scores[i * group + g]};
-    std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(count), all.end(),
-                      BetterThan);
-    result.top[g].assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(count));
+    // Selection then a sort of the chosen: linear in the keys scored, where a partial sort's heap
+    // costs a log factor on each of the thousands of them.
+    const auto chosen_end = all.begin() + static_cast<std::ptrdiff_t>(count);
+    if (count < all.size()) std::nth_element(all.begin(), chosen_end - 1, all.end(), BetterThan);
+    std::sort(all.begin(), chosen_end, BetterThan);
+    result.top[g].assign(all.begin(), chosen_end);
   }
   return result;
 }

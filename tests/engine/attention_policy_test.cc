@@ -1238,6 +1238,15 @@ TEST_CASE("Offload: the shipped Llama-3-8B benchmark policy loads", "[policy][of
   CHECK(layout.offload->build_list == 500);
   CHECK(layout.offload->search_list == 128);
   CHECK(layout.offload->train_stride == 16);
+  CHECK_FALSE(layout.offload->group_search);
+  // Its twin with one graph traversal for each GQA group's four queries.
+  const kvcache::KvLayout group =
+      LayoutOf(LoadShipped("llama-3-8b-offload/roargraph-group.json", kLlama3));
+  REQUIRE(group.offload.has_value());
+  kvcache::OffloadRule want = *layout.offload;
+  want.group_search = true;
+  CHECK(*group.offload == want);
+  CHECK(group.heads == layout.heads);
 }
 
 TEST_CASE("Offload (RetrievalAttention): contradictions and unsupported options are refused",
@@ -1273,6 +1282,13 @@ TEST_CASE("Offload (RetrievalAttention): contradictions and unsupported options 
       {"\"knn_per_query\": 100", "\"knn_per_query\": 1025",
        at + "storage.offload.index.knn_per_query: 1025 is above 1024"},
       {"\"search_L\": 128", "\"search_l\": 128", at + "storage.offload.index.search_l: unknown"},
+      {"\"search_L\": 128", "\"search_L\": 128, \"search\": \"union\"",
+       at + "storage.offload.index.search: \"union\" is not one of per_query, group"},
+      {"\"type\": \"roargraph\"", "\"type\": \"hnsw\", \"search\": \"group\"",
+       at + "storage.offload.index.search: group is for type roargraph"},
+      {"\"search_L\": 128", "\"search_L\": 128, \"search\": \"group\"",
+       at + "storage.offload.index.search: search group (one traversal for the group's queries, "
+            "a set per query head) needs granularity q_head"},
       {"\"cpu_attention\": true", "\"cpu_attention\": false",
        at + "storage.offload.cpu_attention: false", StatusCode::kUnimplemented},
       {"\"storage\": {\"kind\": \"full\"}", "\"storage\": {\"kind\": \"full\", \"offload\": {}}",

@@ -28,14 +28,15 @@ using testing_arms::RunTogether;
 using testing_arms::StartWith;
 
 // KV heads 0 and 2 of every layer offload; the others keep every key on the device.
-std::string Offload(const std::string& index, int top_k, const std::string& granularity) {
+std::string Offload(const std::string& index, int top_k, const std::string& granularity,
+                    const std::string& search) {
   return fmt::format(R"({{
-    "schema": "attn-policy/v1", "name": "ra-{0}-{1}-{2}",
+    "schema": "attn-policy/v1", "name": "ra-{0}-{1}-{2}-{3}",
     "policies": {{
       "ra": {{"storage": {{"kind": "offload",
                           "offload": {{"gpu_static": {{"sink": 4, "recent": 16}},
                                       "index": {{"type": "{0}", "search_L": 64,
-                                                "train_stride": 2}}}}}},
+                                                "train_stride": 2, "search": "{3}"}}}}}},
               "decode": {{"mode": "select",
                          "selection": {{"method": "ann", "budget": {1},
                                        "granularity": "{2}"}}}}}},
@@ -43,7 +44,7 @@ std::string Offload(const std::string& index, int top_k, const std::string& gran
     "assignment": {{"default": "full", "head_matrix": {{"format": "duo_tsv", "path": "heads.tsv",
                    "binarize": {{"by": "global_quantile", "sparsity": 0.5}},
                    "map": {{"1": "ra", "0": "full"}}}}}}}})",
-                     index, top_k, granularity);
+                     index, top_k, granularity, search);
 }
 
 // The policy files, written to a fresh directory; arm 0 is dense.
@@ -53,11 +54,13 @@ std::vector<Arm> Arms(int top_k) {
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "heads.tsv") << "1\t0\t1\t0\n1\t0\t1\t0\n";
   std::vector<Arm> arms = {{"dense", "", 1.0}};
-  for (const auto& [name, index, granularity] :
-       {std::tuple{"exact", "exact", "q_head"}, std::tuple{"roargraph", "roargraph", "q_head"},
-        std::tuple{"mean", "exact", "kv_head"}}) {
+  for (const auto& [name, index, granularity, search] :
+       {std::tuple{"exact", "exact", "q_head", "per_query"},
+        std::tuple{"roargraph", "roargraph", "q_head", "per_query"},
+        std::tuple{"mean", "exact", "kv_head", "per_query"},
+        std::tuple{"group", "roargraph", "q_head", "group"}}) {
     const auto path = dir / (std::string(name) + ".json");
-    std::ofstream(path) << Offload(index, top_k, granularity);
+    std::ofstream(path) << Offload(index, top_k, granularity, search);
     arms.push_back({name, path.string(), 1.0});
   }
   return arms;
@@ -71,18 +74,18 @@ TEST_CASE("Offload retrieving every offloaded key decodes as dense", "[engine]")
   EngineConfig config;
   config.arms = Arms(4096);
   auto engine = StartWith(Cpu, config);
-  const std::vector<std::vector<int32_t>> prompts(4, LongPrompt(*engine->tokenizer(), 1));
+  const std::vector<std::vector<int32_t>> prompts(5, LongPrompt(*engine->tokenizer(), 1));
   REQUIRE(prompts[0].size() > 60);  // beyond the static set: a span is offloaded
-  const auto out = RunTogether(*engine, {0, 1, 2, 3}, prompts, 40);
+  const auto out = RunTogether(*engine, {0, 1, 2, 3, 4}, prompts, 40);
   for (size_t a = 1; a < out.size(); ++a) {
     INFO("arm " << config.arms[a].name);
     CHECK(out[a] == out[0]);
   }
-  // What an operator sees of it: three prompts compacted, one index built (exact search builds
+  // What an operator sees of it: four prompts compacted, two indexes built (exact search builds
   // none), each taking time.
   MetricsRegistry& m = engine->metrics();
   CHECK(m.Value("headwise_kv_compaction_seconds_total") > 0);
-  CHECK(m.Value("headwise_offload_index_builds_total") == 1);
+  CHECK(m.Value("headwise_offload_index_builds_total") == 2);
   CHECK(m.Value("headwise_offload_index_build_seconds_total") > 0);
 }
 
@@ -99,7 +102,7 @@ TEST_CASE("Offload sequences preempted and recomputed go on with the same text",
   // the prompt's compaction, which does not retrieve) would change the text.
   for (const int top_k : {4096, 2}) {
     const std::vector<Arm> arms = Arms(top_k);
-    for (const size_t arm : {size_t{1}, size_t{2}}) {  // exact search, RoarGraph
+    for (const size_t arm : {size_t{1}, size_t{2}, size_t{4}}) {  // exact, RoarGraph, group
       INFO("top_k " << top_k << ", " << arms[arm].name);
       const auto [expected, preempted] =
           testing_arms::RunWithPreemption(Cpu, arms[arm].policy_path);

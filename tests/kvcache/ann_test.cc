@@ -5,11 +5,13 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstring>
 #include <deque>
 #include <random>
 #include <vector>
 
 #include "kvcache/ann/exact_search.h"
+#include "kvcache/ann/inner_products.h"
 #include "kvcache/ann/roar_graph.h"
 #ifdef HEADWISE_HAVE_HNSWLIB
 #include "kvcache/ann/hnsw_baseline.h"
@@ -191,6 +193,36 @@ TEST_CASE("RoarGraph search with a queue of every key is exact", "[ann]") {
 
 // One traversal for a group: with a queue of every key each query's list is its exact top-k;
 // a group of one is Search, list and count; bad shapes are refused.
+// The group search's scoring: every query's inner product bit for bit InnerProduct's, on the
+// vector path (dims of whole groups of eight) and off it, for group sizes around its pass of four.
+TEST_CASE("InnerProducts equals InnerProduct per query, bit for bit", "[ann]") {
+  std::mt19937 rng(std::random_device{}());
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (size_t dim : {8, 16, 64, 128, 13}) {
+    for (size_t count : {1, 2, 3, 4, 5, 7, 8, 9}) {
+      INFO("dim " << dim << " count " << count);
+      std::vector<float> key(dim), queries(count * dim), out(count);
+      std::vector<kernels::cpu::Bf16> key16(dim);
+      for (float& x : queries) x = normal(rng);
+      for (size_t i = 0; i < dim; ++i) {
+        key16[i].bits = F32ToBF16(normal(rng));
+        key[i] = kernels::cpu::ToF32(key16[i]);
+      }
+      for (int rows = 0; rows < 2; ++rows) {
+        if (rows == 0) {
+          InnerProducts(key.data(), queries.data(), count, dim, out.data());
+        } else {
+          InnerProducts(key16.data(), queries.data(), count, dim, out.data());
+        }
+        for (size_t g = 0; g < count; ++g) {
+          const float want = InnerProduct(key.data(), queries.data() + g * dim, dim);
+          CHECK(std::memcmp(&out[g], &want, sizeof(float)) == 0);
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("RoarGraph group search", "[ann]") {
   const OodData data = MakeOod(2000, 500, 8, 32, 12);
   const RoarGraph graph = BuildOn(data);

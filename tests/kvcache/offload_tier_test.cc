@@ -291,12 +291,17 @@ TEST_CASE("Offload tier: RoarGraph with a queue over the span finds the exact to
 // set; f32 and bf16 rows.
 TEST_CASE("Offload tier: appended rows are searched exactly beside the index", "[kvcache]") {
   std::mt19937 rng(std::random_device{}());
-  for (auto index : {OffloadRule::Index::kExact, OffloadRule::Index::kRoarGraph}) {
+  // RoarGraph also with one traversal for each group's queries (group_search).
+  for (int mode : {0, 1, 2}) {
+    const auto index = mode == 0 ? OffloadRule::Index::kExact : OffloadRule::Index::kRoarGraph;
     for (Rows rows : {Rows::kF32, Rows::kBf16}) {
-      INFO((index == OffloadRule::Index::kExact ? "exact" : "RoarGraph")
+      INFO((mode == 0   ? "exact"
+            : mode == 1 ? "RoarGraph"
+                        : "RoarGraph, group search")
            << (rows == Rows::kBf16 ? ", bf16 rows" : ", f32 rows"));
       OffloadRule rule;
       rule.index = index;
+      rule.group_search = mode == 2;
       rule.top_k = 10;
       rule.search_list = 1000;  // at least every key of the span
       rule.train_stride = 2;
@@ -313,8 +318,25 @@ TEST_CASE("Offload tier: appended rows are searched exactly beside the index", "
         for (uint32_t r : CheckExactTopK(t, step, qh, 10)) from_tail += r >= 120;
       }
       CHECK(from_tail > 0);  // the appended keys rank: a search that missed them would fail
+      // A traversal per query head, or one for the group; each reads all 153 keys here.
+      const OffloadTier::RetrieveStats stats = t.tier.TakeRetrieveStats();
+      const int searches = mode == 2 ? 1 : kQHeads / kKvHeads;
+      CHECK(stats.searches == searches);
+      CHECK(stats.keys_over == searches * 153);
+      CHECK(stats.keys_scanned == searches * 153);
     }
   }
+}
+
+TEST_CASE("Offload tier: group search is refused where it has no meaning", "[kvcache]") {
+  OffloadRule rule;
+  rule.group_search = true;
+  CHECK(OffloadTier::Supports(rule).ok());
+  rule.per_q_head = false;  // one search with the mean query already
+  CHECK(OffloadTier::Supports(rule).code() == StatusCode::kInvalidArgument);
+  rule.per_q_head = true;
+  rule.index = OffloadRule::Index::kExact;
+  CHECK(OffloadTier::Supports(rule).code() == StatusCode::kInvalidArgument);
 }
 
 // The CUDA backend's KV arrives as bf16 and stays bf16 on the host (half the memory): searches and
@@ -325,12 +347,15 @@ TEST_CASE("Offload tier: bf16 rows retrieve and attend as the same values in f32
   const unsigned seed = std::random_device{}();
   INFO("seed " << seed);
   for (auto index : {OffloadRule::Index::kExact, OffloadRule::Index::kRoarGraph}) {
-    for (bool per_q_head : {true, false}) {
+    for (int search : {0, 1, 2}) {  // per query head, the group's mean, a group traversal
+      if (search == 2 && index != OffloadRule::Index::kRoarGraph) continue;
+      INFO("index " << static_cast<int>(index) << " search " << search);
       OffloadRule rule;
       rule.index = index;
       rule.top_k = 12;
       rule.search_list = 24;
-      rule.per_q_head = per_q_head;
+      rule.per_q_head = search != 1;
+      rule.group_search = search == 2;
       std::mt19937 rng_f32(seed), rng_bf16(seed);
       Tier f32(rule, 400, rng_f32, 64, Rows::kF32OfBf16);
       Tier bf16(rule, 400, rng_bf16, 64, Rows::kBf16);
