@@ -15,9 +15,9 @@ constexpr int64_t kGatherRows = int64_t{1} << 17;
 
 // One head's offloaded rows `t` on the host, as the tier keeps them: the bf16 bits as stored, or
 // f32.
-std::vector<kernels::cpu::Bf16> Bf16Rows(kernels::Backend& backend, const Tensor& t) {
+HostVector<kernels::cpu::Bf16> Bf16Rows(kernels::Backend& backend, const Tensor& t) {
   static_assert(sizeof(kernels::cpu::Bf16) == sizeof(uint16_t));
-  std::vector<kernels::cpu::Bf16> rows(static_cast<size_t>(t.numel()));
+  HostVector<kernels::cpu::Bf16> rows(static_cast<size_t>(t.numel()));
   backend.CopyToHost(rows.data(), t, t.nbytes());
   return rows;
 }

@@ -12,6 +12,7 @@
 #include "kernels/cpu/list_attention.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kvcache/ann/exact_search.h"
+#include "kvcache/ann/parallel.h"
 #include "kvcache/ann/roar_graph.h"
 #ifdef HEADWISE_HAVE_HNSWLIB
 #include "kvcache/ann/hnsw_baseline.h"
@@ -32,7 +33,7 @@ namespace {
 // Rows [n, D] of keys and values: f32, or bf16 with bf16 rows (the other pair empty).
 struct KvRows {
   std::vector<float> keys, values;
-  std::vector<kernels::cpu::Bf16> keys16, values16;
+  HostVector<kernels::cpu::Bf16> keys16, values16;
 
   size_t count(size_t d) const { return (keys.size() + keys16.size()) / d; }
   bool bf16() const { return !keys16.empty(); }
@@ -54,8 +55,8 @@ struct KvRows {
   }
 };
 
-template <typename T>
-void AppendTo(std::vector<T>& to, const std::vector<T>& rows) {
+template <typename Vector>
+void AppendTo(Vector& to, const Vector& rows) {
   to.insert(to.end(), rows.begin(), rows.end());
 }
 
@@ -212,8 +213,8 @@ void OffloadTier::Store(int32_t slot, int layer, int kv_head, int begin, std::ve
 }
 
 void OffloadTier::Store(int32_t slot, int layer, int kv_head, int begin,
-                        std::vector<kernels::cpu::Bf16> keys,
-                        std::vector<kernels::cpu::Bf16> values, std::vector<uint32_t> train_top) {
+                        HostVector<kernels::cpu::Bf16> keys, HostVector<kernels::cpu::Bf16> values,
+                        std::vector<uint32_t> train_top) {
   Head& head = StoreHead(slot, layer, kv_head, begin, keys.size(), values.size(), true,
                          std::move(train_top));
   head.span.keys16 = std::move(keys);
@@ -243,56 +244,69 @@ void OffloadTier::Append(int32_t slot, int layer, int kv_head, int begin,
 }
 
 void OffloadTier::Append(int32_t slot, int layer, int kv_head, int begin,
-                         const std::vector<kernels::cpu::Bf16>& keys,
-                         const std::vector<kernels::cpu::Bf16>& values) {
+                         const HostVector<kernels::cpu::Bf16>& keys,
+                         const HostVector<kernels::cpu::Bf16>& values) {
   Head& head = AppendHead(slot, layer, kv_head, begin, keys.size(), values.size(), true);
   AppendTo(head.tail.keys16, keys);
   AppendTo(head.tail.values16, values);
 }
 
 // Runs on a builder thread; nothing else touches the heads' indexes until it is done (ready()).
+// Whole heads go to the threads, each built on one thread where there are at least as many heads
+// as threads (a model's layers x KV heads, usually): a build's own threads wait at its serial steps
+// and start afresh at every step, whole heads keep every thread busy. Fewer heads split the threads
+// between them. The index is the same for any thread count.
 void OffloadTier::BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule, size_t dim,
                                int threads) {
+  std::vector<size_t> stored;
   for (size_t i = 0; i < heads.size(); ++i) {
-    Head& head = heads[i];
-    if (!head.stored) continue;
-    const bool bf16 = head.span.bf16();
-    if (rule.index == OffloadRule::Index::kRoarGraph) {
-      const ann::MatrixView train{head.train.data(), head.train.size() / dim, dim};
-      ann::RoarGraphParams p;
-      p.n_q = static_cast<size_t>(rule.knn_per_query);
-      p.max_degree = static_cast<size_t>(rule.max_degree);
-      p.candidate_list = static_cast<size_t>(rule.build_list);
-      p.num_threads = threads;
-      auto graph = bf16 ? ann::RoarGraph::Build(head.span.KeysBf16(dim), train, p, head.train_top)
-                        : ann::RoarGraph::Build(head.span.KeysF32(dim), train, p, head.train_top);
-      HW_CHECK(graph.ok(), "offload index of head {}: {}", i, graph.status().ToString());
-      head.index = std::move(*graph);
-    }
-#ifdef HEADWISE_HAVE_HNSWLIB
-    if (rule.index == OffloadRule::Index::kHnsw) {
-      ann::HnswParams p;
-      p.max_degree = static_cast<size_t>(rule.max_degree);
-      p.ef_construction = static_cast<size_t>(rule.build_list);
-      p.num_threads = threads;
-      // hnswlib copies the vectors into its own storage, as f32: bf16 rows convert for the build.
-      std::vector<float> converted;
-      if (bf16) {
-        converted.reserve(head.span.keys16.size());
-        for (kernels::cpu::Bf16 x : head.span.keys16) converted.push_back(kernels::cpu::ToF32(x));
-      }
-      auto hnsw = ann::HnswIndex::Build(
-          bf16 ? ann::MatrixView{converted.data(), converted.size() / dim, dim}
-               : head.span.KeysF32(dim),
-          p);
-      HW_CHECK(hnsw.ok(), "offload index of head {}: {}", i, hnsw.status().ToString());
-      hnsw->SetEf(static_cast<size_t>(rule.search_list));
-      head.index = std::move(*hnsw);
-    }
-#endif
-    head.train = {};
-    head.train_top = {};
+    if (heads[i].stored) stored.push_back(i);
   }
+  const int outer = std::max(1, std::min(threads, static_cast<int>(stored.size())));
+  const int per_head = std::max(1, threads / outer);
+  ann::ParallelFor(
+      stored.size(), outer,
+      [&](size_t j) { BuildIndex(heads[stored[j]], stored[j], rule, dim, per_head); }, /*chunk=*/1);
+}
+
+void OffloadTier::BuildIndex(Head& head, size_t i, const OffloadRule& rule, size_t dim,
+                             int threads) {
+  const bool bf16 = head.span.bf16();
+  if (rule.index == OffloadRule::Index::kRoarGraph) {
+    const ann::MatrixView train{head.train.data(), head.train.size() / dim, dim};
+    ann::RoarGraphParams p;
+    p.n_q = static_cast<size_t>(rule.knn_per_query);
+    p.max_degree = static_cast<size_t>(rule.max_degree);
+    p.candidate_list = static_cast<size_t>(rule.build_list);
+    p.num_threads = threads;
+    auto graph = bf16 ? ann::RoarGraph::Build(head.span.KeysBf16(dim), train, p, head.train_top)
+                      : ann::RoarGraph::Build(head.span.KeysF32(dim), train, p, head.train_top);
+    HW_CHECK(graph.ok(), "offload index of head {}: {}", i, graph.status().ToString());
+    head.index = std::move(*graph);
+  }
+#ifdef HEADWISE_HAVE_HNSWLIB
+  if (rule.index == OffloadRule::Index::kHnsw) {
+    ann::HnswParams p;
+    p.max_degree = static_cast<size_t>(rule.max_degree);
+    p.ef_construction = static_cast<size_t>(rule.build_list);
+    p.num_threads = threads;
+    // hnswlib copies the vectors into its own storage, as f32: bf16 rows convert for the build.
+    std::vector<float> converted;
+    if (bf16) {
+      converted.reserve(head.span.keys16.size());
+      for (kernels::cpu::Bf16 x : head.span.keys16) converted.push_back(kernels::cpu::ToF32(x));
+    }
+    auto hnsw =
+        ann::HnswIndex::Build(bf16 ? ann::MatrixView{converted.data(), converted.size() / dim, dim}
+                                   : head.span.KeysF32(dim),
+                              p);
+    HW_CHECK(hnsw.ok(), "offload index of head {}: {}", i, hnsw.status().ToString());
+    hnsw->SetEf(static_cast<size_t>(rule.search_list));
+    head.index = std::move(*hnsw);
+  }
+#endif
+  head.train = {};
+  head.train_top = {};
 }
 
 void OffloadTier::Build(int32_t slot) {

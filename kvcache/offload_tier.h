@@ -37,6 +37,7 @@
 #include <span>
 #include <vector>
 
+#include "core/huge_pages.h"
 #include "core/status.h"
 #include "kernels/cpu/top_keys.h"
 #include "kvcache/kv_layout.h"
@@ -101,9 +102,10 @@ class OffloadTier {
   // the builder finds them.
   void Store(int32_t slot, int layer, int kv_head, int begin, std::vector<float> keys,
              std::vector<float> values, std::vector<uint32_t> train_top = {});
-  // The same with bf16 rows (a tier with bf16_rows takes only these, one without only f32).
-  void Store(int32_t slot, int layer, int kv_head, int begin, std::vector<kernels::cpu::Bf16> keys,
-             std::vector<kernels::cpu::Bf16> values, std::vector<uint32_t> train_top = {});
+  // The same with bf16 rows (a tier with bf16_rows takes only these, one without only f32), in
+  // huge-page memory (core/huge_pages.h: a search reads rows at random all over them).
+  void Store(int32_t slot, int layer, int kv_head, int begin, HostVector<kernels::cpu::Bf16> keys,
+             HostVector<kernels::cpu::Bf16> values, std::vector<uint32_t> train_top = {});
   // Positions [begin, begin + n) of (layer, kv_head) that left the device's static window after
   // the prompt (rows [n, D] of keys and values), right after what the host holds: not indexed,
   // searched exactly beside the index (a decode adds one key a step, so against a long prompt
@@ -111,8 +113,8 @@ class OffloadTier {
   void Append(int32_t slot, int layer, int kv_head, int begin, const std::vector<float>& keys,
               const std::vector<float>& values);
   void Append(int32_t slot, int layer, int kv_head, int begin,
-              const std::vector<kernels::cpu::Bf16>& keys,
-              const std::vector<kernels::cpu::Bf16>& values);
+              const HostVector<kernels::cpu::Bf16>& keys,
+              const HostVector<kernels::cpu::Bf16>& values);
   // Builds every stored head's index, then drops the training queries: on a thread of its own
   // (the engine thread goes on with other sequences; this one may not retrieve until ready()).
   // Exact search builds nothing and is ready at once. Ending the slot before the build is done
@@ -165,6 +167,8 @@ class OffloadTier {
                    bool bf16);
   static void BuildIndexes(std::vector<Head>& heads, const OffloadRule& rule, size_t dim,
                            int threads);
+  // Head i's index (BuildIndexes' part for one head), on `threads` threads.
+  static void BuildIndex(Head& head, size_t i, const OffloadRule& rule, size_t dim, int threads);
   // What one unit of Retrieve finds: the sets of query heads first_head, first_head + 1, ... (one
   // per query head searched, or one for a group's mean query, attended by heads_per_set heads).
   struct UnitSets {

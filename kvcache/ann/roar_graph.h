@@ -55,6 +55,7 @@
 #include <variant>
 #include <vector>
 
+#include "core/huge_pages.h"
 #include "core/status.h"
 #include "kvcache/ann/exact_search.h"
 
@@ -132,8 +133,10 @@ class RoarGraph {
 
   std::variant<MatrixView, Bf16MatrixView> keys_;
   uint32_t entry_ = 0;
-  std::vector<size_t> offsets_;  // CSR adjacency: Neighbors(i) = ids_[offsets_[i], offsets_[i+1])
-  std::vector<uint32_t> ids_;
+  // CSR adjacency: Neighbors(i) = ids_[offsets_[i], offsets_[i+1]); huge-page memory, as a search
+  // reads a node's list at random.
+  HostVector<size_t> offsets_;
+  HostVector<uint32_t> ids_;
 };
 
 }  // namespace headwise::kvcache::ann

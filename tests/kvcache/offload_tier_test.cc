@@ -51,8 +51,8 @@ OffloadTierConfig TierConfig(Rows rows) {
   return config;
 }
 
-std::vector<kernels::cpu::Bf16> ToBf16(const std::vector<float>& v) {
-  std::vector<kernels::cpu::Bf16> out;
+HostVector<kernels::cpu::Bf16> ToBf16(const std::vector<float>& v) {
+  HostVector<kernels::cpu::Bf16> out;
   for (float x : v) out.push_back({F32ToBF16(x)});
   return out;
 }
