@@ -21,8 +21,9 @@
 # keys: ~30 s for the 256 heads of a 32K prompt, ~4 min at 128K). Run 32K first, then 65536;
 # 131072 when the 64K build time says it fits a call.
 #
-# Output: $OUT/offload-bench-CONTEXT.jsonl and $OUT/offload-logs-CONTEXT.tgz (stderr, the checks'
-# logs), so that runs at several contexts in one series keep each other's results.
+# Output: $OUT/offload-bench-CONTEXT[-TAG].jsonl and $OUT/offload-logs-CONTEXT[-TAG].tgz (stderr, the
+# checks' logs), so that runs at several contexts (or policies, TAG) in one series keep each other's
+# results.
 set -uo pipefail
 root=$(pwd)
 carry=$root/.carry/gpu
@@ -35,7 +36,8 @@ out=${OUT:-/tmp/hw-offload-out}
 context=${CONTEXT:-32768}
 logs=/tmp/hw-offload-logs
 rm -rf "$logs" && mkdir -p "$logs" "$out"
-trap 'tar czf "$out/offload-logs-$context.tgz" -C "$logs" .' EXIT
+stem=$context${TAG:+-$TAG}  # TAG: runs of other policies at one context keep each other's files
+trap 'tar czf "$out/offload-logs-$stem.tgz" -C "$logs" .' EXIT
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$logs/nvidia-smi.txt"
 nproc; free -g | head -2
 
@@ -55,7 +57,7 @@ timeout "${BENCH_S:-420}" "$carry/bin/hw_bench_offload" "${MODEL:-configs/models
   --load-format dummy --policy "${POLICY:-configs/policies/llama-3-8b-offload/roargraph.json}" \
   --context "$context" --batches "${BATCHES:-1}" --dense-batches "${DENSE_BATCHES:-1}" \
   --tokens "${TOKENS:-128}" --cpu-kv-memory-gb "${CPU_KV_GB:-100}" ${BENCH_ARGS:-} \
-  >"$out/offload-bench-$context.jsonl" 2>"$logs/bench.err"
+  >"$out/offload-bench-$stem.jsonl" 2>"$logs/bench.err"
 echo "hw_bench_offload: rc $?"
-cat "$out/offload-bench-$context.jsonl"
+cat "$out/offload-bench-$stem.jsonl"
 tail -5 "$logs/bench.err"

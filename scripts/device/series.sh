@@ -2,7 +2,8 @@
 # A device series as one queue, for scripts/device/background.sh: the steps named in SERIES run in
 # order, each one's results under $OUT, so the GPU goes from one to the next without waiting for
 # a call. Steps:
-#   offload          run-offload-bench.sh (its environment: CONTEXT, BATCHES, CHECKS_S, BENCH_S)
+#   offload          run-offload-bench.sh (its environment: CONTEXT, BATCHES, CHECKS_S, BENCH_S,
+#                    POLICY, TAG)
 #   sparse           run-sparse-decode-bench.sh (BATCHES, CONTEXTS, SELECT_TEST_S, BENCH_BUDGET_S)
 #   model            waits until the model being staged verifies (stage-model.sh verify, STAGE;
 #                    at most STAGE_WAIT_S seconds, default 900), then goes on
