@@ -28,10 +28,11 @@ __attribute__((target("avx2"))) inline __m256 Load8(const Bf16* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
 }
 
+// FixedOrderSum's tree, ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)), in registers.
 __attribute__((target("avx2"))) inline float SumLanes(__m256 acc) {
-  alignas(32) float a[8];
-  _mm256_store_ps(a, acc);
-  return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  const __m128 t = _mm_add_ps(s, _mm_shuffle_ps(s, s, _MM_SHUFFLE(2, 3, 0, 1)));  // s0+s1, s2+s3
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehl_ps(t, t)));
 }
 
 // Up to kMaxGroup queries a pass (their accumulators stay in registers).

@@ -385,35 +385,42 @@ StatusOr<GroupSearchResult> RoarGraph::SearchGroup(std::span<const float> querie
   GroupSearchResult result;
   result.top.resize(group);
   if (size() == 0 || k == 0) return result;
-  // Every scored key's scores for each query, [scored, group]: each query's top-k is taken from
-  // all of them at the end, not only from the pool (ordered by the best of the group).
-  std::vector<uint32_t> ids;
-  std::vector<float> scores;
+  // Each query's best k of every key scored (not only of the pool, which is ordered by the best
+  // of the group), kept as it goes in a heap whose front is its worst entry: after the first few
+  // hundred keys most keys fall below every query's k-th and cost one comparison each, where
+  // keeping all scores and selecting at the end cost as much as the traversal.
+  std::vector<std::vector<ScoredId>> best(group);
+  for (auto& h : best) h.reserve(k);
+  std::vector<float> scores(group);
   std::vector<PoolEntry> pool;
   result.scanned = std::visit(
       [&](const auto& keys) {
         auto best_of_group = [&](uint32_t id) {
-          ids.push_back(id);
-          const size_t at = scores.size();
-          scores.resize(at + group);
-          InnerProducts(keys.Row(id), queries.data(), group, dim, scores.data() + at);
-          return *std::max_element(scores.begin() + static_cast<std::ptrdiff_t>(at), scores.end());
+          InnerProducts(keys.Row(id), queries.data(), group, dim, scores.data());
+          float top = scores[0];
+          for (size_t g = 0; g < group; ++g) {
+            top = std::max(top, scores[g]);
+            std::vector<ScoredId>& heap = best[g];
+            const ScoredId c{id, scores[g]};
+            if (heap.size() < k) {
+              heap.push_back(c);
+              std::push_heap(heap.begin(), heap.end(), BetterThan);
+            } else if (BetterThan(c, heap.front())) {
+              std::pop_heap(heap.begin(), heap.end(), BetterThan);
+              heap.back() = c;
+              std::push_heap(heap.begin(), heap.end(), BetterThan);
+            }
+          }
+          return top;
         };
         return BestFirstSearchBy(
             keys, best_of_group, entry_, std::max(queue_capacity, k),
             [this](uint32_t id) { return Neighbors(id); }, pool);
       },
       keys_);
-  const size_t count = std::min(k, ids.size());
-  std::vector<ScoredId> all(ids.size());
   for (size_t g = 0; g < group; ++g) {
-    for (size_t i = 0; i < ids.size(); ++i) all[i] = {ids[i], scores[i * group + g]};
-    // Selection then a sort of the chosen: linear in the keys scored, where a partial sort's heap
-    // costs a log factor on each of the thousands of them.
-    const auto chosen_end = all.begin() + static_cast<std::ptrdiff_t>(count);
-    if (count < all.size()) std::nth_element(all.begin(), chosen_end - 1, all.end(), BetterThan);
-    std::sort(all.begin(), chosen_end, BetterThan);
-    result.top[g].assign(all.begin(), chosen_end);
+    std::sort_heap(best[g].begin(), best[g].end(), BetterThan);
+    result.top[g] = std::move(best[g]);
   }
   return result;
 }
