@@ -400,16 +400,7 @@ StatusOr<GroupSearchResult> RoarGraph::SearchGroup(std::span<const float> querie
           float top = scores[0];
           for (size_t g = 0; g < group; ++g) {
             top = std::max(top, scores[g]);
-            std::vector<ScoredId>& heap = best[g];
-            const ScoredId c{id, scores[g]};
-            if (heap.size() < k) {
-              heap.push_back(c);
-              std::push_heap(heap.begin(), heap.end(), BetterThan);
-            } else if (BetterThan(c, heap.front())) {
-              std::pop_heap(heap.begin(), heap.end(), BetterThan);
-              heap.back() = c;
-              std::push_heap(heap.begin(), heap.end(), BetterThan);
-            }
+            kernels::cpu::KeepBest(best[g], {id, scores[g]}, k);
           }
           return top;
         };
