@@ -145,7 +145,8 @@ class OffloadTier {
   // -inf and out 0.
   void Retrieve(int layer, std::span<const int32_t> slots, const float* q, float* out, float* lse);
   // The keys one search retrieves for query head `q_head`'s query q [Hq, D] (the whole layer's
-  // row: a search with the group's mean reads every head of the group), as Retrieve would.
+  // row: a search with the group's mean, or a group traversal, reads every head of the group), as
+  // Retrieve would.
   StatusOr<RetrievedKeys> Search(int32_t slot, int layer, int q_head, const float* q);
 
   // Bytes of keys, values, indexes and training queries held, over the slots (a slot whose
