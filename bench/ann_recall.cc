@@ -6,7 +6,8 @@
 //          [--haystack FILE] [--task niah_multikey] [--depth 0.5] [--seed 1]
 //          [--prompt-form chat|raw] [--decode-steps 32] [--train-stride 1] [--prefill-chunk 2048]
 //          [--sink 128] [--window 512] [--top-k 100] [--queues 100,128,...] [--efs 100,...]
-//          [--mean-ks 100,200] [--no-hnsw] [--group-max] [--layers 0,5,12-23] [--parallel-heads P]
+//          [--mean-ks 100,200] [--no-hnsw] [--group-search] [--layers 0,5,12-23] [--parallel-heads
+//          P]
 //          [--train-top backend|host]
 //          [--target 0.9] [--markdown FILE]
 //
@@ -20,7 +21,8 @@
 // group's prompt queries at every --train-stride-th position as training queries) searched at
 // each --queues capacity, HNSW (M 16, ef_construction 200) at each --efs; GQA searched per query
 // head, as the union of a group's per-head results, once with the group-mean query at each
-// --mean-ks k, and with --group-max as one traversal for the whole group (RoarGraph::SearchGroup).
+// --mean-ks k, and with --group-search as one traversal for the whole group
+// (RoarGraph::SearchGroup).
 //
 // RoarGraph's step 1 (each training query's exact top keys) runs where --train-top says: backend
 // (the default with --device cuda) is the engine's way, Backend::TopKeys on the device, one unit
@@ -261,7 +263,7 @@ int main(int argc, char** argv) {
   int64_t seed = 1;
   float depth = 0.5f;
   std::string target_s = "0.9", train_top_s;
-  bool no_hnsw = false, group_max = false;
+  bool no_hnsw = false, group_search = false;
   flags.String("device", device);
   flags.String("lengths", lengths_s);
   flags.String("haystack", haystack_path);
@@ -284,7 +286,7 @@ int main(int argc, char** argv) {
   flags.Float("depth", depth);
   flags.String("target", target_s);
   flags.Bool("no-hnsw", no_hnsw);
-  flags.Bool("group-max", group_max);
+  flags.Bool("group-search", group_search);
   flags.String("train-top", train_top_s);
   const auto fail = [](const std::string& what) {
     std::fprintf(stderr, "hw_bench_ann: error: %s\n", what.c_str());
@@ -316,7 +318,7 @@ int main(int argc, char** argv) {
   sweep.top_k = static_cast<size_t>(top_k);
   sweep.mean_ks = {sweep.top_k, 2 * sweep.top_k};
   sweep.hnsw = !no_hnsw;
-  sweep.group_max = group_max;
+  sweep.group_search = group_search;
   for (auto [flag, text, out] :
        {std::tuple{"queues", &queues_s, &sweep.queues}, std::tuple{"efs", &efs_s, &sweep.efs},
         std::tuple{"mean-ks", &mean_ks_s, &sweep.mean_ks}}) {

@@ -71,7 +71,7 @@ std::vector<size_t> EffectiveSettings(std::span<const size_t> settings, size_t s
   return {out.begin(), out.end()};
 }
 
-// One search per decode step for the whole group (group_mean, group_max): search(s) gives step
+// One search per decode step for the whole group (group_mean, group_search): search(s) gives step
 // s's keys scanned and its lists, one per head of the group or one the heads share; each head is
 // scored against its own truth.
 template <typename SearchFn>
@@ -263,15 +263,15 @@ StatusOr<HeadResult> EvaluateHead(const HeadInput& in, const SweepOptions& o) {
   };
   HW_RETURN_IF_ERROR(
       MeasureIndex("roargraph", in, truth, o, true, o.queues, none, roar_search, out.settings));
-  if (o.group_max) {
-    // group_max: one traversal per step for the whole group (RoarGraph::SearchGroup), each head
-    // taking its own top-k of the keys it scored.
+  if (o.group_search) {
+    // group_search: one traversal per step for the whole group (RoarGraph::SearchGroup), each head
+    // taking its own top-k.
     const size_t group = in.tests.size(), dim = in.keys.dim;
     for (size_t queue : EffectiveSettings(o.queues, o.top_k)) {
       HW_ASSIGN_OR_RETURN(
           SettingResult r,
           MeasureGroupSteps(
-              "roargraph", "group_max", o.top_k, queue, in, truth, o.threads, [&](size_t s) {
+              "roargraph", "group_search", o.top_k, queue, in, truth, o.threads, [&](size_t s) {
                 std::vector<float> queries;
                 for (size_t h = 0; h < group; ++h) {
                   queries.insert(queries.end(), in.tests[h].Row(s), in.tests[h].Row(s) + dim);

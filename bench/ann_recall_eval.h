@@ -13,10 +13,9 @@
 //                   head's exact top-k scored against the union (union_size says its size);
 //   group_mean      one search with the mean of the group's queries, returning search_k keys,
 //                   each head's exact top-k scored against them (search_k = k, 2k, ...);
-//   group_max       (RoarGraph, SweepOptions::group_max) one traversal for the group's queries,
-//                   its pool ordered by a key's best score for any of them; every key it scores
-//                   is scored for all, and each head takes its own top-k (scanned: keys, each
-//                   scored G times).
+//   group_search    (RoarGraph, SweepOptions::group_search) one traversal for the group's queries
+//                   (RoarGraph::SearchGroup: a pool per query, each key scored once for all of
+//                   them), each head taking its own top-k (scanned: keys, each scored G times).
 // Indexes: "exact" (ExactTopK over every indexed key: the ceiling of a mode, scanned fraction 1),
 // "roargraph" at each queue capacity, "hnsw" at each ef (kvcache::ann::HnswIndex, its inner
 // products counted as RoarGraph's are). scanned_frac is the mean over searches of
@@ -63,7 +62,7 @@ struct SweepOptions {
   std::vector<size_t> queues{100, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024, 1600, 2048};
   std::vector<size_t> efs{100, 200, 400, 800, 1600, 3200, 6400};
   std::vector<size_t> mean_ks{100, 200};  // group_mean's search_k; {} leaves the mode out
-  bool group_max = false;                 // RoarGraph's group_max mode too (SearchGroup)
+  bool group_search = false;              // RoarGraph's group_search mode too (SearchGroup)
   bool hnsw = true;                       // where built (HEADWISE_HAVE_HNSWLIB)
   kvcache::ann::RoarGraphParams roar;     // num_threads is set from `threads`
   kvcache::ann::HnswParams hnsw_params;
@@ -79,7 +78,7 @@ struct SweepOptions {
 // Mean over the searches (and heads) of one setting.
 struct SettingResult {
   std::string index;  // exact, roargraph, hnsw
-  std::string mode;   // per_head, per_head_union, group_mean, group_max
+  std::string mode;   // per_head, per_head_union, group_mean, group_search
   size_t search_k = 0;
   size_t setting = 0;  // roargraph: queue capacity; hnsw: ef (both as the searches used them:
                        // raised to search_k); exact: search_k

@@ -24,9 +24,9 @@ struct OffloadRule {
   Index index = Index::kRoarGraph;
   int top_k = 100;         // keys retrieved per search
   bool per_q_head = true;  // a set per query head; else one with the group's mean query
-  // With per_q_head and RoarGraph: one traversal of the graph for the group's queries (the pool
-  // ordered by a key's best score for any of them, every key reached scored for all), each query
-  // head taking its own top_k of those; else a search per query head.
+  // With per_q_head and RoarGraph: one traversal of the graph for the group's queries
+  // (RoarGraph::SearchGroup: a pool per query, each key read and scored once for all of them),
+  // each query head taking its own top_k; else a search per query head.
   bool group_search = false;
   int knn_per_query = 100;  // RoarGraph: exact neighbours per training query [N_q]
   int max_degree = 35;      // RoarGraph [M]; HNSW M

@@ -15,16 +15,15 @@
 // Begin).
 //
 // Retrieval (KvLayout::offload, OffloadRule): per query head (a search each, or with group_search
-// one RoarGraph traversal for the group's queries, each taking its own top_k of the keys it
-// scored), or once per KV head with the mean of its group's queries (the group then attends one
-// set); the top_k keys by inner product from
-// the index (RoarGraph searched with queue search_list; HNSW with ef search_list; exact search)
-// and from an exact search of the appended positions, merged by score,
-// then list attention (kernels/cpu/list_attention.h, the CPU backend's arithmetic) over them in
-// increasing position, at the model's softmax scale. Keys and values are kept as the device stored
-// them: f32 from the CPU backend, bf16 from the CUDA backend (OffloadTierConfig::bf16_rows: half
-// the host memory, which is what lets four 128K prompts of an 8B model fit 128 GB); a bf16 value
-// converts to f32 exactly, so either attends alike.
+// one RoarGraph traversal for the group's queries, RoarGraph::SearchGroup), or once per KV head
+// with the mean of its group's queries (the group then attends one set); the top_k keys by inner
+// product from the index (RoarGraph searched with queue search_list; HNSW with ef search_list;
+// exact search) and from an exact search of the appended positions, merged by score, then list
+// attention (kernels/cpu/list_attention.h, the CPU backend's arithmetic) over them in increasing
+// position, at the model's softmax scale. Keys and values are kept as the device stored them: f32
+// from the CPU backend, bf16 from the CUDA backend (OffloadTierConfig::bf16_rows: half the host
+// memory, which is what lets four 128K prompts of an 8B model fit 128 GB); a bf16 value converts to
+// f32 exactly, so either attends alike.
 //
 // Threads: one caller at a time (the engine thread); the work inside runs on the tier's own pool,
 // one unit per (sequence, query head): every index searches from several threads at once.

@@ -385,33 +385,74 @@ StatusOr<GroupSearchResult> RoarGraph::SearchGroup(std::span<const float> querie
   GroupSearchResult result;
   result.top.resize(group);
   if (size() == 0 || k == 0) return result;
-  // Each query's best k of every key scored (not only of the pool, which is ordered by the best
-  // of the group), kept as it goes in a heap whose front is its worst entry: after the first few
-  // hundred keys most keys fall below every query's k-th and cost one comparison each, where
-  // keeping all scores and selecting at the end cost as much as the traversal.
-  std::vector<std::vector<ScoredId>> best(group);
-  for (auto& h : best) h.reserve(k);
+  // Every query keeps a pool of its own, as its own search would, and the traversal expands each
+  // pool's best unexpanded key in turn; a key is read and scored once for all of them (the first
+  // time any expansion reaches it) and offered to every pool, and a key one query expanded is not
+  // expanded again for another. Each query's pool thus holds at least what its own search would
+  // find from the keys scored, while the group pays for the union of its searches' keys, not
+  // their sum.
+  const size_t capacity = std::max(queue_capacity, k);
+  std::vector<std::vector<PoolEntry>> pools(group);
+  std::vector<size_t> cursor(group, 0);  // every entry of pools[g] before it is expanded
   std::vector<float> scores(group);
-  std::vector<PoolEntry> pool;
+  thread_local VisitedKeys visited, expanded;
+  visited.Start(size());
+  expanded.Start(size());
   result.scanned = std::visit(
       [&](const auto& keys) {
-        auto best_of_group = [&](uint32_t id) {
+        size_t scanned = 0;
+        auto score = [&](uint32_t id) {
           InnerProducts(keys.Row(id), queries.data(), group, dim, scores.data());
-          float top = scores[0];
+          ++scanned;
           for (size_t g = 0; g < group; ++g) {
-            top = std::max(top, scores[g]);
-            kernels::cpu::KeepBest(best[g], {id, scores[g]}, k);
+            std::vector<PoolEntry>& pool = pools[g];
+            const ScoredId cand{id, scores[g]};
+            if (pool.size() == capacity && !BetterThan(cand, {pool.back().id, pool.back().score})) {
+              continue;
+            }
+            auto pos = std::upper_bound(pool.begin(), pool.end(), cand,
+                                        [](const ScoredId& c, const PoolEntry& e) {
+                                          return BetterThan(c, {e.id, e.score});
+                                        });
+            const size_t index = static_cast<size_t>(pos - pool.begin());
+            pool.insert(pos, {cand.id, cand.score, false});
+            if (pool.size() > capacity) pool.pop_back();
+            cursor[g] = std::min(cursor[g], index);
           }
-          return top;
         };
-        return BestFirstSearchBy(
-            keys, best_of_group, entry_, std::max(queue_capacity, k),
-            [this](uint32_t id) { return Neighbors(id); }, pool);
+        visited.Visit(entry_);
+        score(entry_);
+        for (bool progress = true; progress;) {
+          progress = false;
+          for (size_t g = 0; g < group; ++g) {
+            std::vector<PoolEntry>& pool = pools[g];
+            // This pool's best key not yet expanded (by this query or another).
+            while (cursor[g] < pool.size() &&
+                   (pool[cursor[g]].expanded || expanded.Seen(pool[cursor[g]].id))) {
+              pool[cursor[g]].expanded = true;
+              ++cursor[g];
+            }
+            if (cursor[g] == pool.size()) continue;
+            progress = true;
+            const uint32_t current = pool[cursor[g]].id;
+            pool[cursor[g]].expanded = true;
+            expanded.Visit(current);
+            for (uint32_t nb : Neighbors(current)) {
+              if (visited.Seen(nb)) continue;
+              const char* row = reinterpret_cast<const char*>(keys.Row(nb));
+              for (size_t b = 0; b < dim * sizeof(*keys.data); b += 64) __builtin_prefetch(row + b);
+            }
+            for (uint32_t nb : Neighbors(current)) {
+              if (!visited.Visit(nb)) score(nb);
+            }
+          }
+        }
+        return scanned;
       },
       keys_);
   for (size_t g = 0; g < group; ++g) {
-    std::sort_heap(best[g].begin(), best[g].end(), BetterThan);
-    result.top[g] = std::move(best[g]);
+    const size_t count = std::min(k, pools[g].size());
+    for (size_t i = 0; i < count; ++i) result.top[g].push_back({pools[g][i].id, pools[g][i].score});
   }
   return result;
 }

@@ -108,11 +108,13 @@ class RoarGraph {
   // Errors: query.size() != dim, queue_capacity == 0.
   StatusOr<AnnSearchResult> Search(std::span<const float> query, size_t k,
                                    size_t queue_capacity) const;
-  // One search for `group` queries ([group, dim], row-major) at once: the pool is ordered by the
-  // best score a key has for any of them, so the traversal covers what each query would reach,
-  // and every key it scores is scored for all; each query then takes its own top-k of those.
-  // A group of one is Search. Thread-safe. Errors: queries.size() != group * dim, group == 0,
-  // queue_capacity == 0.
+  // One traversal for `group` queries ([group, dim], row-major) at once: each query keeps a pool
+  // of queue_capacity as its own Search would, the traversal expands every pool's best unexpanded
+  // key in turn, and a key is scored once for all queries (the first time an expansion reaches
+  // it) and offered to every pool; each query takes the top-k of its pool. Each query's pool sees
+  // at least the keys its own search would, so it retrieves as well or better, and the group
+  // scans the union of its searches' keys instead of their sum. A group of one is Search.
+  // Thread-safe. Errors: queries.size() != group * dim, group == 0, queue_capacity == 0.
   StatusOr<GroupSearchResult> SearchGroup(std::span<const float> queries, size_t group, size_t k,
                                           size_t queue_capacity) const;
 

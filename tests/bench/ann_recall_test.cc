@@ -125,7 +125,7 @@ TEST_CASE("EvaluateHead: exact and a full-queue RoarGraph score recall 1", "[ben
   o.queues = {10, 50, 600};
   o.efs = {10, 600};
   o.mean_ks = {10, 20};
-  o.group_max = true;
+  o.group_search = true;
   o.threads = 2;
   auto r = EvaluateHead(in, o);
   REQUIRE(r.ok());
@@ -176,7 +176,7 @@ TEST_CASE("EvaluateHead: exact and a full-queue RoarGraph score recall 1", "[ben
   CHECK(roar_mean->recall == mean20->recall);
   // One traversal for the group with a queue of every key scores every key for every head: each
   // head's own top 10, one search a step.
-  const SettingResult* group_full = Find(r->settings, "roargraph", "group_max", 10, 600);
+  const SettingResult* group_full = Find(r->settings, "roargraph", "group_search", 10, 600);
   REQUIRE(group_full != nullptr);
   CHECK(group_full->recall == 1.0);
   CHECK(group_full->searches_per_step == 1);
