@@ -43,6 +43,36 @@ class VisitedKeys {
   uint32_t epoch_ = 0;
 };
 
+// Puts `cand` into `pool` (sorted by BetterThan, at most `capacity` entries) unless the pool is
+// full and cand is no better than its last entry. Returns the index cand took, or `capacity` if
+// none.
+size_t OfferToPool(std::vector<PoolEntry>& pool, const ScoredId& cand, size_t capacity) {
+  if (pool.size() == capacity && !BetterThan(cand, {pool.back().id, pool.back().score})) {
+    return capacity;
+  }
+  auto pos =
+      std::upper_bound(pool.begin(), pool.end(), cand, [](const ScoredId& c, const PoolEntry& e) {
+        return BetterThan(c, {e.id, e.score});
+      });
+  const size_t index = static_cast<size_t>(pos - pool.begin());
+  pool.insert(pos, {cand.id, cand.score, false});
+  if (pool.size() > capacity) pool.pop_back();
+  return index;
+}
+
+// Asks for the rows of `current`'s neighbours not yet visited. They are scattered over the span (a
+// 32K-key head of dim 128 is 8 MB of bf16): asking for all of them before reading any lets their
+// memory reads overlap.
+template <typename T, typename Neighbors>
+void PrefetchUnvisited(const RowsOf<T>& keys, const Neighbors& neighbors,
+                       const VisitedKeys& visited) {
+  for (uint32_t nb : neighbors) {
+    if (visited.Seen(nb)) continue;
+    const char* row = reinterpret_cast<const char*>(keys.Row(nb));
+    for (size_t b = 0; b < keys.dim * sizeof(T); b += 64) __builtin_prefetch(row + b);
+  }
+}
+
 // Best-first search from `entry` with a pool of `capacity` best keys (sorted by BetterThan) by
 // score_of(id); stops when every pooled key is expanded. Returns the number of keys scored.
 // neighbors_of(id) gives a key's out-edges as a range of uint32_t.
@@ -61,28 +91,11 @@ size_t BestFirstSearchBy(const RowsOf<T>& keys, const ScoreOf& score_of, uint32_
     pool[cursor].expanded = true;
     const uint32_t current = pool[cursor].id;
     size_t lowest_insert = pool.size();
-    // The unvisited neighbours' rows are scattered over the span (a 32K-key head of dim 128 is
-    // 8 MB of bf16): asking for all of them first lets their memory reads overlap.
-    for (uint32_t nb : neighbors_of(current)) {
-      if (visited.Seen(nb)) continue;
-      const char* row = reinterpret_cast<const char*>(keys.Row(nb));
-      for (size_t b = 0; b < keys.dim * sizeof(T); b += 64) __builtin_prefetch(row + b);
-    }
+    PrefetchUnvisited(keys, neighbors_of(current), visited);
     for (uint32_t nb : neighbors_of(current)) {
       if (visited.Visit(nb)) continue;
-      const ScoredId cand{nb, score_of(nb)};
       ++scanned;
-      if (pool.size() == capacity && !BetterThan(cand, {pool.back().id, pool.back().score})) {
-        continue;
-      }
-      auto pos = std::upper_bound(pool.begin(), pool.end(), cand,
-                                  [](const ScoredId& c, const PoolEntry& e) {
-                                    return BetterThan(c, {e.id, e.score});
-                                  });
-      const size_t index = static_cast<size_t>(pos - pool.begin());
-      pool.insert(pos, {cand.id, cand.score, false});
-      if (pool.size() > capacity) pool.pop_back();
-      lowest_insert = std::min(lowest_insert, index);
+      lowest_insert = std::min(lowest_insert, OfferToPool(pool, {nb, score_of(nb)}, capacity));
     }
     cursor = std::min(cursor, lowest_insert);
     while (cursor < pool.size() && pool[cursor].expanded) ++cursor;
@@ -405,19 +418,7 @@ StatusOr<GroupSearchResult> RoarGraph::SearchGroup(std::span<const float> querie
           InnerProducts(keys.Row(id), queries.data(), group, dim, scores.data());
           ++scanned;
           for (size_t g = 0; g < group; ++g) {
-            std::vector<PoolEntry>& pool = pools[g];
-            const ScoredId cand{id, scores[g]};
-            if (pool.size() == capacity && !BetterThan(cand, {pool.back().id, pool.back().score})) {
-              continue;
-            }
-            auto pos = std::upper_bound(pool.begin(), pool.end(), cand,
-                                        [](const ScoredId& c, const PoolEntry& e) {
-                                          return BetterThan(c, {e.id, e.score});
-                                        });
-            const size_t index = static_cast<size_t>(pos - pool.begin());
-            pool.insert(pos, {cand.id, cand.score, false});
-            if (pool.size() > capacity) pool.pop_back();
-            cursor[g] = std::min(cursor[g], index);
+            cursor[g] = std::min(cursor[g], OfferToPool(pools[g], {id, scores[g]}, capacity));
           }
         };
         visited.Visit(entry_);
@@ -437,11 +438,7 @@ StatusOr<GroupSearchResult> RoarGraph::SearchGroup(std::span<const float> querie
             const uint32_t current = pool[cursor[g]].id;
             pool[cursor[g]].expanded = true;
             expanded.Visit(current);
-            for (uint32_t nb : Neighbors(current)) {
-              if (visited.Seen(nb)) continue;
-              const char* row = reinterpret_cast<const char*>(keys.Row(nb));
-              for (size_t b = 0; b < dim * sizeof(*keys.data); b += 64) __builtin_prefetch(row + b);
-            }
+            PrefetchUnvisited(keys, Neighbors(current), visited);
             for (uint32_t nb : Neighbors(current)) {
               if (!visited.Visit(nb)) score(nb);
             }
