@@ -6,9 +6,8 @@
 //          [--haystack FILE] [--task niah_multikey] [--depth 0.5] [--seed 1]
 //          [--prompt-form chat|raw] [--decode-steps 32] [--train-stride 1] [--prefill-chunk 2048]
 //          [--sink 128] [--window 512] [--top-k 100] [--queues 100,128,...] [--efs 100,...]
-//          [--mean-ks 100,200] [--no-hnsw] [--group-search] [--layers 0,5,12-23] [--parallel-heads
-//          P]
-//          [--train-top backend|host]
+//          [--mean-ks 100,200] [--no-hnsw] [--group-search] [--layers 0,5,12-23]
+//          [--parallel-heads P] [--train-top backend|host]
 //          [--target 0.9] [--markdown FILE]
 //
 // Per length: a prompt of about that many tokens from the long-context harness (eval/tasks.h:
