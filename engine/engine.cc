@@ -447,8 +447,9 @@ StatusOr<std::unique_ptr<Engine>> Engine::Start(LoadedModel model, RankGroup ran
   m->DeclareCounter("headwise_offload_retrieve_seconds_total",
                     "Wall time of those retrievals (search and attention on the tier's threads; "
                     "the device waits for them).");
-  m->DeclareCounter("headwise_offload_searches_total", "Index searches of offload heads.");
-  m->DeclareCounter("headwise_offload_keys_scanned_total", "Keys those searches scored.");
+  m->DeclareCounter("headwise_offload_searches_total",
+                    "Index searches of offload heads (a group search counts once for its group).");
+  m->DeclareCounter("headwise_offload_keys_scanned_total", "Keys those searches read and scored.");
   m->DeclareCounter("headwise_offload_keys_searched_over_total",
                     "Keys the searched heads held (scanned / this: the share a search reads).");
   m->DeclareCounter("headwise_kv_compaction_seconds_total",
