@@ -1,9 +1,9 @@
 // Host memory that the kernel may back with 2 MB pages (transparent huge pages, asked for with
 // madvise where the system's policy is "madvise"), for large arrays read at random: the offload
 // tier's keys and values and its graphs' edges, which a search reads a row at a time all over
-// gigabytes. With 4 KB pages nearly every such read also misses the TLB; measured on the 2-core
-// development machine, random 256-byte rows of a 2 GB array: 48.6 ns a row with 4 KB pages, 34.3
-// ns with huge pages.
+// gigabytes. With 4 KB pages nearly every such read also misses the TLB (random 256-byte rows of
+// 2 GiB took 25-35% less time with huge pages on the development machine:
+// bench/results/host-rows-huge-pages-2026-12-08-cpu.md).
 //
 // HostVector<T> is a std::vector whose blocks of at least one huge page start on a huge-page
 // boundary and are marked MADV_HUGEPAGE before anything touches them (so the page faults that

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <deque>
-#include <limits>
 #include <variant>
 
 #include "kvcache/ann/inner_products.h"
@@ -73,13 +72,13 @@ void PrefetchUnvisited(const RowsOf<T>& keys, const Neighbors& neighbors,
   }
 }
 
-// Best-first search from `entry` with a pool of `capacity` best keys (sorted by BetterThan) by
-// score_of(id); stops when every pooled key is expanded. Returns the number of keys scored.
+// Best-first search from `entry` with a pool of `capacity` best keys (sorted by BetterThan);
+// stops when every pooled key is expanded. Returns the number of inner products computed.
 // neighbors_of(id) gives a key's out-edges as a range of uint32_t.
-template <typename T, typename NeighborsOf, typename ScoreOf>
-size_t BestFirstSearchBy(const RowsOf<T>& keys, const ScoreOf& score_of, uint32_t entry,
-                         size_t capacity, const NeighborsOf& neighbors_of,
-                         std::vector<PoolEntry>& pool) {
+template <typename T, typename NeighborsOf>
+size_t BestFirstSearch(const RowsOf<T>& keys, const float* query, uint32_t entry, size_t capacity,
+                       const NeighborsOf& neighbors_of, std::vector<PoolEntry>& pool) {
+  auto score_of = [&](uint32_t id) { return InnerProduct(keys.Row(id), query, keys.dim); };
   pool.clear();
   thread_local VisitedKeys visited;
   visited.Start(keys.rows);
@@ -101,15 +100,6 @@ size_t BestFirstSearchBy(const RowsOf<T>& keys, const ScoreOf& score_of, uint32_
     while (cursor < pool.size() && pool[cursor].expanded) ++cursor;
   }
   return scanned;
-}
-
-// The search by inner product with `query`.
-template <typename T, typename NeighborsOf>
-size_t BestFirstSearch(const RowsOf<T>& keys, const float* query, uint32_t entry, size_t capacity,
-                       const NeighborsOf& neighbors_of, std::vector<PoolEntry>& pool) {
-  return BestFirstSearchBy(
-      keys, [&](uint32_t id) { return InnerProduct(keys.Row(id), query, keys.dim); }, entry,
-      capacity, neighbors_of, pool);
 }
 
 // Similarity of two keys for the graph's own structure (candidate order and occlusion): minus the
@@ -401,9 +391,8 @@ StatusOr<GroupSearchResult> RoarGraph::SearchGroup(std::span<const float> querie
   // Every query keeps a pool of its own, as its own search would, and the traversal expands each
   // pool's best unexpanded key in turn; a key is read and scored once for all of them (the first
   // time any expansion reaches it) and offered to every pool, and a key one query expanded is not
-  // expanded again for another. Each query's pool thus holds at least what its own search would
-  // find from the keys scored, while the group pays for the union of its searches' keys, not
-  // their sum.
+  // expanded again for another. Each pool is offered every key the group's expansions reach,
+  // while the group pays for the union of those keys, not a sum over its queries.
   const size_t capacity = std::max(queue_capacity, k);
   std::vector<std::vector<PoolEntry>> pools(group);
   std::vector<size_t> cursor(group, 0);  // every entry of pools[g] before it is expanded
