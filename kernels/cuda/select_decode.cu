@@ -387,7 +387,8 @@ __device__ void ChooseSet(const TopKParams& p, cg::cluster_group& cluster, int s
     __syncthreads();
     // The lanes of a warp whose keys fall in one bin add once: most keys share their top bits
     // (round 0's are the sign and exponent), and shared-memory atomics on one address serialize
-    // lane by lane (a block of 16K keys in one bin took tens of microseconds a round).
+    // lane by lane: the likely cause of SelectTopK's ~25 us a layer over a few thousand pages in
+    // sparse-decode-speed-full-2026-12-07-h100.md (inferred; not yet timed after this change).
     for (int i0 = warp * 32; i0 < count; i0 += kTopKThreads) {
       const int i = i0 + lane;
       const uint32_t key = i < count ? s_keys[i] : 0u;
